@@ -1,0 +1,5 @@
+import sys
+
+from raykube.cli import main
+
+sys.exit(main())

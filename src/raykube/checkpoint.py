@@ -1,0 +1,138 @@
+"""The checkpoint format: one file any PyTorch can read, no Ray needed.
+
+A checkpoint is a directory holding
+- ``checkpoint.pt``: ``{"format", "model", "optimizer", "epoch", "spec", "class_names",
+  "input_shape", "metrics"}`` saved with ``torch.save``; every value is a tensor or a
+  plain Python value, so ``torch.load(..., weights_only=True)`` reads it (no pickled code
+  runs when a checkpoint from shared storage is opened);
+- ``meta.json``: the same minus the tensors, readable without torch (operator, CLI).
+
+Ray Train's checkpoints are directories, so a Ray ``Checkpoint`` wraps this unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch stays out of import time for light users (operator, validate)
+    import torch
+
+FORMAT = 1
+WEIGHTS_FILE = "checkpoint.pt"
+META_FILE = "meta.json"
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint says about itself (meta.json)."""
+
+    epoch: int
+    spec: dict[str, Any]
+    class_names: list[str]
+    input_shape: list[int]
+    metrics: dict[str, float] = field(default_factory=dict)
+    format: int = FORMAT
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    spec: dict[str, Any],
+    class_names: list[str],
+    input_shape: list[int] | tuple[int, ...],
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Write a checkpoint into ``directory`` (created if needed) and return it.
+
+    ``model`` may be wrapped in DistributedDataParallel: the bare module's weights are
+    saved so the checkpoint loads into an unwrapped model.
+    """
+    import torch
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    bare = getattr(model, "module", model)
+    meta = CheckpointMeta(
+        epoch=int(epoch),
+        spec=spec,
+        class_names=[str(c) for c in class_names],
+        input_shape=[int(x) for x in input_shape],
+        metrics={k: float(v) for k, v in (metrics or {}).items()},
+    )
+    payload = {
+        "format": FORMAT,
+        "model": {k: v.detach().cpu() for k, v in bare.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        **{k: v for k, v in meta.__dict__.items() if k != "format"},
+    }
+    # Write-then-rename so a reader never sees half a file (a worker may die mid-save).
+    with tempfile.NamedTemporaryFile(dir=directory, delete=False, suffix=".tmp") as tmp:
+        torch.save(payload, tmp)
+    os.replace(tmp.name, directory / WEIGHTS_FILE)
+    (directory / META_FILE).write_text(json.dumps(meta.__dict__, indent=2, sort_keys=True))
+    return directory
+
+
+def _weights_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    return p / WEIGHTS_FILE if p.is_dir() else p
+
+
+def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
+    """The metadata of a checkpoint directory, without torch."""
+    p = Path(path)
+    meta_file = p / META_FILE if p.is_dir() else p.with_name(META_FILE)
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{path}: not a raykube checkpoint (no {META_FILE})")
+    data = json.loads(meta_file.read_text())
+    return CheckpointMeta(**data)
+
+
+def load_payload(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, read with ``weights_only=True``."""
+    import torch
+
+    wp = _weights_path(path)
+    if not wp.exists():
+        raise FileNotFoundError(f"{path}: not a raykube checkpoint (no {WEIGHTS_FILE})")
+    payload = torch.load(wp, map_location=map_location, weights_only=True)
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, expected {FORMAT}")
+    return payload
+
+
+def load_model(
+    path: str | os.PathLike[str], map_location: str = "cpu"
+) -> tuple[torch.nn.Module, CheckpointMeta]:
+    """Rebuild the model of a checkpoint, in eval mode, with its metadata.
+
+    Works without Ray: this is what serving, batch prediction and users' own scripts call.
+    """
+    from raykube.models import build_model
+    from raykube.spec import TrainingRunSpec
+
+    payload = load_payload(path, map_location)
+    meta = CheckpointMeta(
+        epoch=payload["epoch"],
+        spec=payload["spec"],
+        class_names=list(payload["class_names"]),
+        input_shape=list(payload["input_shape"]),
+        metrics=dict(payload.get("metrics") or {}),
+    )
+    spec = TrainingRunSpec.model_validate(meta.spec)
+    model = build_model(spec.model, tuple(meta.input_shape), meta.num_classes)
+    model.load_state_dict(payload["model"])
+    model.eval()
+    return model, meta

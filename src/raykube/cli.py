@@ -1,0 +1,68 @@
+"""The ``raykube`` command line.
+
+Each sub-command lives in ``raykube.commands.<name>`` with two functions,
+``add_arguments(parser)`` and ``run(args) -> int``. Only the chosen command's module is
+imported, and those modules import torch/ray inside ``run``: ``raykube validate`` and
+``raykube render`` start in a fraction of a second and work without the training extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> one-line help. Order is the order of `raykube --help`.
+COMMANDS: dict[str, str] = {
+    "validate": "check TrainingRun files; exit 1 on any error",
+    "run": "train (and optionally tune and serve) a TrainingRun on this machine",
+    "train": "the in-cluster entrypoint the RayJob runs (same code path as run)",
+    "serve": "serve a checkpoint over HTTP on this machine until Ctrl-C",
+    "predict": "batch inference over a dataset with Ray Data",
+    "render": "print the KubeRay objects a TrainingRun becomes (for GitOps)",
+    "crd": "print the TrainingRun CustomResourceDefinition",
+    "bench": "benchmarks against plain PyTorch / DDP / DataLoader / FastAPI baselines",
+}
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"raykube.commands.{name.replace('-', '_')}")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command`` set, only that sub-command's module is loaded."""
+    from raykube import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="raykube",
+        description="Train and serve PyTorch models on Kubernetes (or this machine) "
+        "from one TrainingRun resource.",
+    )
+    parser.add_argument("--version", action="version", version=f"raykube {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            _command_module(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(_command_module(args.command).run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""``raykube validate FILE...``: exit 0 when every file holds valid TrainingRuns."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files holding TrainingRuns")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+
+
+def run(args: argparse.Namespace) -> int:
+    from raykube.spec import validate_files
+
+    results = validate_files(args.files)
+    bad = 0
+    for path, errors in results.items():
+        if errors:
+            bad += 1
+            for e in errors:
+                print(f"{path}: {e.path}: {e.message}", file=sys.stderr)
+        elif not args.quiet:
+            print(f"{path}: valid")
+    if bad:
+        print(f"{bad} of {len(results)} file(s) invalid", file=sys.stderr)
+    return 1 if bad else 0

@@ -1,0 +1,54 @@
+"""Run observers: how progress leaves the training driver.
+
+The driver (``raykube.train.fit``, ``raykube.tune.run_tune``) calls every observer it was
+given; observers never influence training and must not raise (the driver guards them
+anyway). Implementations: the local rich display (``raykube run``) and the Kubernetes
+status reporter (``raykube train`` inside a RayJob).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from raykube.spec import TrainingRun
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class RunObserver(Protocol):
+    def on_start(self, run: TrainingRun) -> None:
+        """The run is about to start (after validation, before Ray work)."""
+
+    def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None, trial: str | None) -> None:
+        """An epoch finished: aggregated metrics, the checkpoint written (if any), and the
+        Tune trial id when the epoch belongs to a search."""
+
+    def on_end(self, result: dict[str, Any]) -> None:
+        """The run finished; ``result`` is what result.json holds."""
+
+
+class Observers:
+    """Fan-out to several observers; an observer's failure is logged, never raised."""
+
+    def __init__(self, observers: Iterable[RunObserver] = ()):
+        self._observers = list(observers)
+
+    def _call(self, method: str, *args: Any) -> None:
+        for obs in self._observers:
+            try:
+                getattr(obs, method)(*args)
+            except Exception:  # an observer must never fail training
+                log.warning("observer %r failed in %s", obs, method, exc_info=True)
+
+    def on_start(self, run: TrainingRun) -> None:
+        self._call("on_start", run)
+
+    def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None, trial: str | None = None) -> None:
+        self._call("on_epoch", metrics, checkpoint, trial)
+
+    def on_end(self, result: dict[str, Any]) -> None:
+        self._call("on_end", result)

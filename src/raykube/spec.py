@@ -1,0 +1,865 @@
+"""The TrainingRun contract: pydantic models, the one source of truth.
+
+The CRD under ``k8s/`` is generated from these models (``raykube crd``), the operator
+parses objects with them, and ``raykube run`` / ``raykube train`` read YAML files with
+them. This module must stay importable without torch or ray (the operator image has
+neither); a test enforces that.
+
+Conventions:
+- YAML is camelCase (``batchSize``), Python is snake_case (``batch_size``). Models only
+  accept the camelCase spelling, exactly as the API server would: a snake_case key is an
+  unknown field and is refused, rather than silently pruned on a cluster.
+- Unknown fields are errors everywhere in ``spec`` (``extra="forbid"``).
+- Types are strict (no ``"2"`` for ``2``), as the API server's schema is.
+- Metric names are camelCase too (``valAccuracy``), the same in the loop's reports,
+  ``status.progress``, ``checkpoint.scoreMetric``, ``tune.metric`` and ``result.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "raykube.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TrainingRun"
+PLURAL = "trainingruns"
+SINGULAR = "trainingrun"
+SHORT_NAMES = ["tr"]
+LABEL = f"{GROUP}/trainingrun"
+"""Label put on every child object, value = the TrainingRun's name."""
+
+# Metrics the training loop reports every epoch, with the direction that is "better".
+METRICS: dict[str, Literal["max", "min"]] = {
+    "valAccuracy": "max",
+    "valLoss": "min",
+    "trainLoss": "min",
+    "trainAccuracy": "max",
+}
+
+DatasetName = Literal["digits", "fashion-mnist", "cifar10", "image-folder", "synthetic"]
+ModelName = Literal["mlp", "cifar-cnn", "resnet18"]
+
+# Input shape (C, H, W) and class count of the datasets whose shape is fixed. Used for
+# validation and rendering; the data module is the authority at run time.
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
+
+_DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
+MAX_NAME_LENGTH = 40
+"""Child objects append suffixes (``-serve-svc``, KubeRay's ``-raycluster-xxxxx``) and
+Kubernetes caps Service names at 63 characters, so TrainingRun names stay short."""
+
+
+class _Model(BaseModel):
+    """Base: camelCase aliases only, unknown fields forbidden, strict types."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=False,
+        serialize_by_alias=True,
+        extra="forbid",
+        strict=True,
+        validate_default=False,
+    )
+
+    def to_dict(self, *, exclude_none: bool = True) -> dict[str, Any]:
+        """camelCase plain dict, as it would appear in YAML."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=exclude_none)
+
+
+# ----------------------------------------------------------------------------- model
+class ModelOptions(_Model):
+    """Architecture knobs. Each applies to some models only (checked on validation)."""
+
+    hidden: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="mlp: sizes of the hidden layers (default [512, 512], as in the "
+        "FashionMNIST tutorial).",
+    )
+    dropout: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="mlp, cifar-cnn: dropout probability before each hidden layer "
+        "(default 0.0 for cifar-cnn, 0.25 for mlp).",
+    )
+    channels: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="cifar-cnn: output channels of the convolution blocks (default "
+        "[6, 16], as in the CIFAR-10 tutorial).",
+    )
+
+
+MODEL_OPTIONS: dict[str, set[str]] = {
+    "mlp": {"hidden", "dropout"},
+    "cifar-cnn": {"channels", "dropout"},
+    "resnet18": set(),
+}
+
+
+class ModelSpec(_Model):
+    """Which network to train. Input shape and class count come from the dataset."""
+
+    name: ModelName = Field(
+        description="Model from the registry: mlp (the FashionMNIST tutorial MLP), "
+        "cifar-cnn (the CIFAR-10 tutorial CNN, sized to the input), resnet18 "
+        "(torchvision ResNet-18 adapted to small images)."
+    )
+    options: ModelOptions = Field(
+        default_factory=ModelOptions, description="Architecture options of the model."
+    )
+
+
+# ------------------------------------------------------------------------------ data
+class DataSpec(_Model):
+    """Where the examples come from and how they are split."""
+
+    dataset: DatasetName = Field(
+        description="digits (scikit-learn's bundled 8x8 digits, offline), fashion-mnist "
+        "and cifar10 (torchvision, downloaded once into the cache directory), "
+        "image-folder (a directory or s3:// URI of <class>/<image> files, read with Ray "
+        "Data), synthetic (deterministic random tensors, for benchmarks)."
+    )
+    uri: str | None = Field(
+        default=None,
+        min_length=1,
+        description="image-folder only: a directory (on the shared volume) or an s3:// URI "
+        "whose sub-folders are the class names.",
+    )
+    validation_fraction: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Fraction of the examples held out for validation (a deterministic "
+        "split by train.seed). Ignored by datasets with an official test split "
+        "(fashion-mnist, cifar10), which validate on that split.",
+    )
+    image_size: int | None = Field(
+        default=None,
+        ge=4,
+        le=1024,
+        description="image-folder: images are resized to imageSize x imageSize (default 32).",
+    )
+    grayscale: bool = Field(
+        default=False, description="image-folder: convert images to one channel."
+    )
+    shape: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=3,
+        description="synthetic: the shape of one example, [C, H, W] or [features] "
+        "(default [3, 32, 32]).",
+    )
+    num_classes: int | None = Field(
+        default=None, ge=2, le=100000, description="synthetic: number of classes (default 10)."
+    )
+    num_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="synthetic: number of examples (default 2048). For other datasets: "
+        "use at most this many training examples (handy for quick runs).",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Where downloaded datasets are kept, shared by all runs (default: "
+        "datasets/ under the storage root). Pre-seed it for offline clusters.",
+    )
+
+
+# ----------------------------------------------------------------------------- train
+class OptimizerSpec(_Model):
+    """The optimizer and its hyperparameters."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field(default="sgd", description="sgd, adam or adamw.")
+    lr: float = Field(default=0.01, gt=0.0, le=10.0, description="Learning rate.")
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="sgd only: momentum.")
+    weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0, description="L2 weight decay.")
+
+
+class TrainSpec(_Model):
+    """The training loop's settings."""
+
+    epochs: int = Field(default=10, ge=1, le=100000, description="Number of epochs.")
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=1048576,
+        description="Global batch size, split evenly across scaling.workers.",
+    )
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
+    seed: int = Field(default=0, ge=0, description="Seed of the split, the initial weights "
+                      "and the shuffling: two runs with one seed see the same data.")
+
+
+# --------------------------------------------------------------------------- scaling
+class Toleration(_Model):
+    """A Kubernetes toleration for the Ray worker pods."""
+
+    key: str | None = Field(default=None, description="Taint key (empty with Exists: all).")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate (empty: all)."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="NoExecute only: how long the pod stays bound."
+    )
+
+
+class HeadSpec(_Model):
+    """The Ray head pod (runs the driver; no training work)."""
+
+    cpus: float = Field(default=1.0, gt=0.0, le=512, description="CPUs of the head pod.")
+    memory: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory of the head pod.")
+
+
+class ScalingSpec(_Model):
+    """How many Ray Train workers, and what each one gets."""
+
+    workers: int = Field(default=2, ge=1, le=1024, description="Number of Ray Train workers "
+                         "(DDP processes); one Ray worker pod each.")
+    cpus_per_worker: float = Field(default=1.0, gt=0.0, le=512, description="CPUs per worker; "
+                                   "also the worker's torch thread count.")
+    gpus_per_worker: float = Field(default=0.0, ge=0.0, le=16, description="GPUs per worker "
+                                   "(0: CPU training). Fractions below 1 share a GPU, e.g. "
+                                   "between Tune trials.")
+    memory_per_worker: str = Field(default="4Gi", pattern=_QUANTITY, description="Memory per "
+                                   "worker pod (Kubernetes quantity).")
+    node_selector: dict[str, str] | None = Field(default=None, description="Node selector "
+                                                 "for the worker pods.")
+    tolerations: list[Toleration] | None = Field(default=None, description="Tolerations for "
+                                                 "the worker pods.")
+    head: HeadSpec = Field(default_factory=HeadSpec, description="The Ray head pod.")
+
+
+# ------------------------------------------------------------------------------ tune
+class Distribution(_Model):
+    """One search dimension: exactly one of choice, uniform, loguniform, randint."""
+
+    choice: list[Any] | None = Field(default=None, description="Pick one of these values.")
+    uniform: list[float] | None = Field(default=None, description="[low, high]: a float "
+                                        "drawn uniformly.")
+    loguniform: list[float] | None = Field(default=None, description="[low, high], low > 0: "
+                                           "a float drawn uniformly in log space.")
+    randint: list[int] | None = Field(default=None, description="[low, high): an integer.")
+
+    def kind(self) -> str:
+        return next(k for k in ("choice", "uniform", "loguniform", "randint")
+                    if getattr(self, k) is not None)
+
+    def sample_values(self) -> list[Any]:
+        """Representative values (used to check a path accepts this dimension)."""
+        kind = self.kind()
+        vals = getattr(self, kind)
+        return list(vals) if kind == "choice" else [vals[0]]
+
+
+class SchedulerSpec(_Model):
+    """Trial scheduler (early stopping)."""
+
+    name: Literal["asha", "fifo"] = Field(default="asha", description="asha (stop bad trials "
+                                          "early) or fifo (run every trial to the end).")
+    grace_period: int = Field(default=1, ge=1, description="asha: epochs every trial runs "
+                              "before it can be stopped.")
+    reduction_factor: float = Field(default=2.0, gt=1.0, le=100, description="asha: keep the "
+                                    "top 1/reductionFactor trials at each rung.")
+
+
+class TuneSpec(_Model):
+    """A Ray Tune search run before the final model is chosen."""
+
+    trials: int = Field(default=4, ge=1, le=10000, description="Number of trials (samples).")
+    max_concurrent_trials: int = Field(default=1, ge=1, le=1000, description="Trials running "
+                                       "at once; the Ray cluster is sized for this many "
+                                       "times scaling.")
+    metric: str = Field(default="valAccuracy", description="Metric that ranks trials: "
+                        "valAccuracy, valLoss, trainLoss or trainAccuracy.")
+    mode: Literal["max", "min"] | None = Field(default=None, description="max or min "
+                                               "(default: the metric's natural direction).")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="Scheduler.")
+    search_space: dict[str, Distribution] = Field(
+        min_length=1,
+        description="Dotted spec paths (e.g. train.optimizer.lr) to distributions.",
+    )
+
+    @property
+    def resolved_mode(self) -> Literal["max", "min"]:
+        return self.mode or METRICS.get(self.metric, "max")
+
+
+# ------------------------------------------------------------------------ checkpoint
+class PVCStorage(_Model):
+    """A PersistentVolumeClaim (ReadWriteMany) mounted into every Ray pod."""
+
+    claim_name: str = Field(default="raykube-storage", pattern=_DNS_LABEL[:-1] + r"$",
+                            max_length=253, description="Name of the claim, in the "
+                            "TrainingRun's namespace.")
+    mount_path: str = Field(default="/mnt/raykube", pattern=r"^/", description="Where the "
+                            "volume is mounted in the pods.")
+
+
+class SecretRef(_Model):
+    """A Secret in the TrainingRun's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret (keys "
+                      "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN "
+                      "and AWS_ENDPOINT_URL).")
+
+
+class StorageSpec(_Model):
+    """Shared storage for checkpoints, results and datasets: a PVC or an s3:// URI."""
+
+    pvc: PVCStorage | None = Field(default=None, description="A shared volume (default: the "
+                                   "claim raykube-storage at /mnt/raykube).")
+    uri: str | None = Field(default=None, pattern=r"^s3://[^/]+", description="An s3:// "
+                            "URI (bucket and optional prefix); not with pvc.")
+    secret_ref: SecretRef | None = Field(default=None, description="Credentials for uri.")
+
+
+class CheckpointSpec(_Model):
+    """Where checkpoints go and which are kept. One is written every epoch."""
+
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Shared storage.")
+    keep: int = Field(default=2, ge=1, le=1000, description="Checkpoints kept (the best by "
+                      "scoreMetric).")
+    score_metric: str = Field(default="valAccuracy", description="Metric that ranks "
+                              "checkpoints (and picks the one served): valAccuracy, valLoss, "
+                              "trainLoss or trainAccuracy.")
+
+    @property
+    def score_mode(self) -> Literal["max", "min"]:
+        return METRICS.get(self.score_metric, "max")
+
+
+# ----------------------------------------------------------------------------- serve
+class ServeSpec(_Model):
+    """Promotion to a Ray Serve deployment (RayService on a cluster)."""
+
+    enabled: bool = Field(default=False, description="Serve the model once training succeeds "
+                          "and passes the gate.")
+    min_accuracy: float = Field(default=0.0, ge=0.0, le=1.0, description="Gate: the served "
+                                "checkpoint's valAccuracy must be at least this.")
+    replicas: int = Field(default=1, ge=1, le=1000, description="Serve replicas.")
+    cpus_per_replica: float = Field(default=1.0, gt=0.0, le=512, description="CPUs per replica.")
+    gpus_per_replica: float = Field(default=0.0, ge=0.0, le=16, description="GPUs per replica.")
+    memory_per_replica: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory per "
+                                    "serving worker pod.")
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Dynamic batching: "
+                                "most requests answered by one model call.")
+    batch_wait_timeout_ms: float = Field(default=5.0, ge=0.0, le=10000, description="Dynamic "
+                                         "batching: longest wait for a batch to fill.")
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest "
+                                   "request body accepted (413 above).")
+
+
+# ---------------------------------------------------------------------------- top level
+class FailureSpec(_Model):
+    """Retries. Worker failures are retried inside the Ray job; job failures by KubeRay."""
+
+    max_retries: int = Field(default=2, ge=0, le=100, description="Times the whole RayJob is "
+                             "retried (a new Ray cluster) after a failure; each retry resumes "
+                             "from the latest checkpoint.")
+    max_worker_failures: int = Field(default=3, ge=-1, le=1000, description="Worker failures "
+                                     "Ray Train recovers from within one attempt (restart "
+                                     "the worker group from the latest checkpoint); -1: no "
+                                     "limit.")
+
+
+class TrainingRunSpec(_Model):
+    """What to train, on what, at what scale, and whether to serve it."""
+
+    model: ModelSpec = Field(description="The network.")
+    data: DataSpec = Field(description="The dataset.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training loop settings.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Workers and "
+                                 "resources.")
+    tune: TuneSpec | None = Field(default=None, description="Optional hyperparameter search.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints "
+                                       "and storage.")
+    serve: ServeSpec = Field(default_factory=ServeSpec, description="Serving after training.")
+    failure: FailureSpec = Field(default_factory=FailureSpec, description="Retries.")
+    image: str | None = Field(default=None, min_length=1, description="Container image of the "
+                              "Ray pods (default: the operator's CPU image, or its CUDA image "
+                              "when scaling.gpusPerWorker > 0).")
+    active_deadline_seconds: int | None = Field(default=None, ge=1, description="Fail the "
+                                                "RayJob after this many seconds.")
+    ttl_seconds_after_finished: int = Field(default=600, ge=0, description="Seconds the "
+                                            "finished Ray cluster is kept before deletion.")
+    suspend: bool = Field(default=False, description="Do not run (yet); set to false to start. "
+                          "Setting it on a running run stops its Ray cluster.")
+
+
+class Metadata(BaseModel):
+    """ObjectMeta: only name/namespace are ours; the API server adds the rest."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=_DNS_LABEL)
+    namespace: str = Field(default="default", min_length=1, max_length=63, pattern=_DNS_LABEL)
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+# ---------------------------------------------------------------------------- status
+class Condition(_Model):
+    """metav1.Condition."""
+
+    type: str = Field(description="Validated, Running, Succeeded, Failed, Promoted or Ready.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Generation of the spec "
+                                            "this condition was computed from.")
+
+
+class ProgressStatus(_Model):
+    """Live training progress, patched by the driver each epoch."""
+
+    epoch: int | None = Field(default=None, description="Last finished epoch (1-based).")
+    epochs: int | None = Field(default=None, description="Epochs in total.")
+    train_loss: float | None = Field(default=None, description="Mean training loss.")
+    val_loss: float | None = Field(default=None, description="Validation loss.")
+    val_accuracy: float | None = Field(default=None, description="Validation accuracy.")
+    trial: str | None = Field(default=None, description="Tune: the trial reporting.")
+    updated_at: str | None = Field(default=None, description="When this was reported.")
+
+
+class CheckpointStatus(_Model):
+    """The checkpoint that counts (best by scoreMetric)."""
+
+    uri: str | None = Field(default=None, description="Where it is (path on the shared volume "
+                            "or s3:// URI).")
+    epoch: int | None = Field(default=None, description="Epoch it was taken after.")
+    metrics: dict[str, float] | None = Field(default=None, description="Its metrics.")
+
+
+class BestTrialStatus(_Model):
+    """Tune: the winning trial."""
+
+    trial_id: str | None = Field(default=None, description="Trial id.")
+    config: dict[str, Any] | None = Field(default=None, description="Its sampled settings "
+                                          "(dotted spec paths).")
+    metric: float | None = Field(default=None, description="Its value of tune.metric.")
+
+
+class ServingStatus(_Model):
+    """Where the model is served."""
+
+    endpoint: str | None = Field(default=None, description="In-cluster URL of the HTTP API.")
+    checkpoint: str | None = Field(default=None, description="Checkpoint being served.")
+    since: str | None = Field(default=None, description="When this checkpoint went live.")
+
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Serving", "Suspended"]
+
+
+class TrainingRunStatus(_Model):
+    """Written by the operator (and progress/checkpoint by the driver). Never by users."""
+
+    phase: Phase | None = Field(default=None, description="Pending, Running, Succeeded, "
+                                "Failed, Serving or Suspended (derived from conditions).")
+    conditions: list[Condition] | None = Field(default=None, description="Validated, Running, "
+                                               "Succeeded, Failed, Promoted, Ready.")
+    observed_generation: int | None = Field(default=None, description="Last generation acted on.")
+    ray_job: str | None = Field(default=None, description="Name of the RayJob.")
+    ray_service: str | None = Field(default=None, description="Name of the RayService.")
+    job_id: str | None = Field(default=None, description="Ray job submission id.")
+    progress: ProgressStatus | None = Field(default=None, description="Training progress.")
+    checkpoint: CheckpointStatus | None = Field(default=None, description="Best checkpoint.")
+    best_trial: BestTrialStatus | None = Field(default=None, description="Tune: best trial.")
+    serving: ServingStatus | None = Field(default=None, description="Serving endpoint.")
+    start_time: str | None = Field(default=None, description="When the RayJob started.")
+    completion_time: str | None = Field(default=None, description="When it finished.")
+    attempts: int | None = Field(default=None, description="Attempts so far (1 + retries).")
+    message: str | None = Field(default=None, description="Last notable event, for humans.")
+
+
+class TrainingRun(_Model):
+    """A TrainingRun: trains (optionally tunes), checkpoints, and serves a PyTorch model."""
+
+    api_version: Literal["raykube.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TrainingRun"]
+    metadata: Metadata
+    spec: TrainingRunSpec
+    status: TrainingRunStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    @model_validator(mode="after")
+    def _semantic(self) -> TrainingRun:
+        errors = list(semantic_errors(self.spec))
+        if errors:
+            raise SpecErrors(errors)
+        return self
+
+
+# ------------------------------------------------------------------------ validation
+@dataclass(frozen=True)
+class SpecError:
+    """One problem, at a camelCase field path such as ``spec.scaling.workers``."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class SpecErrors(ValueError):
+    """Semantic errors raised from inside validation (pydantic wraps them)."""
+
+    def __init__(self, errors: list[SpecError]):
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+class InvalidTrainingRun(ValueError):
+    """A document is not a valid TrainingRun. ``errors`` lists every problem found."""
+
+    def __init__(self, errors: list[SpecError], source: str | None = None):
+        self.errors = errors
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        super().__init__(prefix + "; ".join(str(e) for e in errors))
+
+
+def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
+    s = "spec"
+    ds = spec.data.dataset
+    if ds == "image-folder" and not spec.data.uri:
+        yield SpecError(f"{s}.data.uri", "is required when dataset is image-folder")
+    if ds != "image-folder":
+        if spec.data.uri:
+            yield SpecError(f"{s}.data.uri", f"only applies to dataset image-folder, not {ds}")
+        for f in ("image_size", "grayscale"):
+            if getattr(spec.data, f):
+                yield SpecError(f"{s}.data.{to_camel(f)}", f"only applies to dataset image-folder, not {ds}")
+    if ds != "synthetic":
+        for f in ("shape", "num_classes"):
+            if getattr(spec.data, f) is not None:
+                yield SpecError(f"{s}.data.{to_camel(f)}", f"only applies to dataset synthetic, not {ds}")
+    if ds == "synthetic" and spec.data.shape and len(spec.data.shape) == 2:
+        yield SpecError(f"{s}.data.shape", "must be [C, H, W] or [features], not two numbers")
+
+    allowed = MODEL_OPTIONS[spec.model.name]
+    for opt in ModelOptions.model_fields:
+        if getattr(spec.model.options, opt) is not None and opt not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            yield SpecError(f"{s}.model.options.{to_camel(opt)}",
+                            f"does not apply to model {spec.model.name} (its options: {names})")
+    if spec.model.name != "mlp":
+        shape = _input_shape(spec.data)
+        if shape is not None and len(shape) != 3:
+            yield SpecError(f"{s}.model.name", f"{spec.model.name} needs image input [C, H, W]; "
+                            f"the dataset gives {list(shape)} (use mlp)")
+
+    if spec.train.batch_size < spec.scaling.workers:
+        yield SpecError(f"{s}.train.batchSize", f"global batch {spec.train.batch_size} is "
+                        f"smaller than scaling.workers={spec.scaling.workers}")
+    for f in ("gpus_per_worker",):
+        g = getattr(spec.scaling, f)
+        if g > 1 and not float(g).is_integer():
+            yield SpecError(f"{s}.scaling.{to_camel(f)}", f"{g}: above 1 it must be a whole number")
+    if spec.serve.gpus_per_replica > 1 and not float(spec.serve.gpus_per_replica).is_integer():
+        yield SpecError(f"{s}.serve.gpusPerReplica", "above 1 it must be a whole number")
+
+    st = spec.checkpoint.storage
+    if st.pvc is not None and st.uri is not None:
+        yield SpecError(f"{s}.checkpoint.storage", "set either pvc or uri, not both")
+    if st.secret_ref is not None and st.uri is None:
+        yield SpecError(f"{s}.checkpoint.storage.secretRef", "only applies with uri")
+    if spec.checkpoint.score_metric not in METRICS:
+        yield SpecError(f"{s}.checkpoint.scoreMetric",
+                        f"{spec.checkpoint.score_metric!r} is not a reported metric "
+                        f"(one of: {', '.join(METRICS)})")
+
+    if spec.tune is not None:
+        yield from _tune_checks(spec)
+
+
+def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
+    tune = spec.tune
+    assert tune is not None
+    t = "spec.tune"
+    if tune.metric not in METRICS:
+        yield SpecError(f"{t}.metric", f"{tune.metric!r} is not a reported metric "
+                        f"(one of: {', '.join(METRICS)})")
+    if tune.scheduler.name == "asha" and tune.scheduler.grace_period > spec.train.epochs:
+        yield SpecError(f"{t}.scheduler.gracePeriod", f"{tune.scheduler.grace_period} is more "
+                        f"than train.epochs={spec.train.epochs}")
+    base = spec.to_dict(exclude_none=False)
+    for path, dist in tune.search_space.items():
+        p = f"{t}.searchSpace[{path}]"
+        set_kinds = [k for k in ("choice", "uniform", "loguniform", "randint")
+                     if getattr(dist, k) is not None]
+        if len(set_kinds) != 1:
+            yield SpecError(p, "needs exactly one of choice, uniform, loguniform, randint "
+                            f"(got {', '.join(set_kinds) or 'none'})")
+            continue
+        kind = set_kinds[0]
+        vals = getattr(dist, kind)
+        if kind == "choice":
+            if not vals:
+                yield SpecError(f"{p}.choice", "must not be empty")
+                continue
+        else:
+            if len(vals) != 2:
+                yield SpecError(f"{p}.{kind}", f"must be [low, high], got {len(vals)} numbers")
+                continue
+            lo, hi = vals
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                yield SpecError(f"{p}.{kind}", "bounds must be finite")
+                continue
+            if lo >= hi:
+                yield SpecError(f"{p}.{kind}", f"low ({lo}) must be below high ({hi})")
+                continue
+            if kind == "loguniform" and lo <= 0:
+                yield SpecError(f"{p}.loguniform", f"low ({lo}) must be > 0")
+                continue
+        if path.startswith(("tune.", "metadata.")) or path in ("tune",):
+            yield SpecError(p, "cannot search over the tune section itself")
+            continue
+        if not _path_exists(TrainingRunSpec, path.split(".")):
+            yield SpecError(p, f"{path!r} is not a field of the spec")
+            continue
+        for value in dist.sample_values():
+            err = _check_override(base, path, value)
+            if err:
+                yield SpecError(p, f"value {value!r} is not valid at {path}: {err}")
+                break
+
+
+def _path_exists(model: type[BaseModel], parts: list[str]) -> bool:
+    """Whether a dotted camelCase path names a leaf field of ``model``."""
+    by_alias = {to_camel(n): f for n, f in model.model_fields.items()}
+    field = by_alias.get(parts[0])
+    if field is None:
+        return False
+    if len(parts) == 1:
+        return True
+    sub = _model_type(field.annotation)
+    return sub is not None and _path_exists(sub, parts[1:])
+
+
+def _model_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def set_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Copy of a camelCase spec dict with a dotted path set (creates missing sections)."""
+    out = copy.deepcopy(doc)
+    cur = out
+    parts = path.split(".")
+    for part in parts[:-1]:
+        if not isinstance(cur.get(part), dict):
+            cur[part] = {}
+        cur = cur[part]
+    cur[parts[-1]] = value
+    return out
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj]
+    return obj
+
+
+def _check_override(base: dict[str, Any], path: str, value: Any) -> str | None:
+    doc = _drop_none(set_path(base, path, value))
+    doc.pop("tune", None)
+    try:
+        TrainingRunSpec.model_validate(doc)
+    except ValidationError as exc:
+        return "; ".join(f"{_loc(e['loc'], '')}: {e['msg']}".lstrip(": ") for e in exc.errors())
+    except SpecErrors as exc:
+        return str(exc)
+    return None
+
+
+def apply_overrides(spec: TrainingRunSpec, overrides: dict[str, Any]) -> TrainingRunSpec:
+    """The spec with dotted-path overrides applied (Tune samples, CLI flags), re-validated."""
+    doc = spec.to_dict()
+    for path, value in overrides.items():
+        doc = set_path(doc, path, value)
+    return TrainingRunSpec.model_validate(doc)
+
+
+def _input_shape(data: DataSpec) -> tuple[int, ...] | None:
+    if data.dataset in DATASET_SHAPES:
+        return DATASET_SHAPES[data.dataset][0]
+    if data.dataset == "synthetic":
+        return tuple(data.shape or (3, 32, 32))
+    return None  # image-folder: [C, size, size], known once read
+
+
+def semantic_errors(spec: TrainingRunSpec) -> list[SpecError]:
+    """Cross-field checks the schema alone cannot express."""
+    return list(_semantic_checks(spec))
+
+
+def _loc(loc: Iterable[Any], prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif out:
+            out += f".{part}"
+        else:
+            out = str(part)
+    return out
+
+
+def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
+    errors: list[SpecError] = []
+    for e in exc.errors():
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, SpecErrors):
+            errors.extend(ctx_err.errors)
+            continue
+        path = _loc(e["loc"], "")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+            last = str(e["loc"][-1]) if e["loc"] else ""
+            if "_" in last and to_camel(last) != last:
+                msg += f" (fields are camelCase: did you mean {to_camel(last)!r}?)"
+        elif e["type"] == "missing":
+            msg = "is required"
+        elif e["type"] == "literal_error":
+            msg = f"{e['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
+        errors.append(SpecError(path or "(document)", msg))
+    return errors
+
+
+def parse_training_run(doc: Any, *, source: str | None = None) -> TrainingRun:
+    """Validate one TrainingRun document (a dict as read from YAML or the API).
+
+    Raises InvalidTrainingRun listing every problem, each at its camelCase field path.
+    """
+    if not isinstance(doc, dict):
+        raise InvalidTrainingRun([SpecError("(document)", f"expected a mapping, got "
+                                            f"{type(doc).__name__}")], source)
+    errors: list[SpecError] = []
+    if doc.get("apiVersion") != API_VERSION:
+        errors.append(SpecError("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}"))
+    if doc.get("kind") != KIND:
+        errors.append(SpecError("kind", f"must be {KIND!r}, got {doc.get('kind')!r}"))
+    if errors:
+        raise InvalidTrainingRun(errors, source)
+    try:
+        return TrainingRun.model_validate(doc)
+    except ValidationError as exc:
+        raise InvalidTrainingRun(_errors_from_pydantic(exc), source) from None
+    except SpecErrors as exc:
+        raise InvalidTrainingRun(exc.errors, source) from None
+
+
+def parse_spec(spec_doc: Any, *, name: str = "run", namespace: str = "default") -> TrainingRun:
+    """Validate a bare ``spec`` mapping (e.g. a Tune trial's), wrapped as a TrainingRun."""
+    return parse_training_run({"apiVersion": API_VERSION, "kind": KIND,
+                               "metadata": {"name": name, "namespace": namespace},
+                               "spec": spec_doc})
+
+
+# --------------------------------------------------------------------------- loading
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3`` as a float, as Kubernetes' YAML parser does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``); without this,
+    ``lr: 1e-3`` would be the string "1e-3" here and a number on the cluster.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_documents(text: str) -> list[Any]:
+    """All non-empty documents of a YAML stream (K8s-compatible number parsing)."""
+    return [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+
+
+def load_file(path: str | Path) -> list[TrainingRun]:
+    """Every TrainingRun in a YAML file (one or more documents).
+
+    Raises InvalidTrainingRun (source = the file name, document index when several)
+    on the first invalid document, or when the file holds none.
+    """
+    path = Path(path)
+    src = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidTrainingRun([SpecError("(file)", exc.strerror or str(exc))], src) from None
+    try:
+        docs = load_yaml_documents(text)
+    except yaml.YAMLError as exc:
+        raise InvalidTrainingRun([SpecError("(file)", f"not valid YAML: {exc}")], src) from None
+    if not docs:
+        raise InvalidTrainingRun([SpecError("(file)", "holds no TrainingRun")], src)
+    runs = []
+    for i, doc in enumerate(docs):
+        runs.append(parse_training_run(doc, source=src if len(docs) == 1 else f"{src}[{i}]"))
+    return runs
+
+
+def load_one(path: str | Path) -> TrainingRun:
+    """The single TrainingRun in a file (error if it holds several)."""
+    runs = load_file(path)
+    if len(runs) != 1:
+        raise InvalidTrainingRun([SpecError("(file)", f"holds {len(runs)} TrainingRuns; "
+                                            "expected one")], str(path))
+    return runs[0]
+
+
+def validate_files(paths: Iterable[str | Path]) -> dict[str, list[SpecError]]:
+    """File -> its errors (empty list when valid). Never raises for bad input."""
+    out: dict[str, list[SpecError]] = {}
+    for p in paths:
+        try:
+            load_file(p)
+            out[str(p)] = []
+        except InvalidTrainingRun as exc:
+            out[str(p)] = exc.errors
+    return out

@@ -1,0 +1,68 @@
+"""Test-session wiring shared by all suites.
+
+One local Ray instance serves the whole session (starting Ray costs ~10 s here); tests
+that need it take the ``ray_session`` fixture. Unit tests never start Ray.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = REPO / "jobs"
+SHARED = REPO.parent / "shared"
+KUBERAY_CRDS = SHARED / "kuberay" / "v1.7.0"
+
+# No network here and no telemetry wanted in tests.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Keep Ray Train's worker processes from each spawning a full set of BLAS threads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray instance shared by every test of the session.
+
+    Logical CPUs are oversubscribed (4 on a 2-core machine) so a 2-worker Train run, a
+    Serve replica and the Train controller can be scheduled together; the work itself
+    is small.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=int(os.environ.get("RAYKUBE_TEST_RAY_CPUS", "4")),
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    yield ray
+    # Serve (if a test started it) must go before Ray itself.
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
+
+
+@pytest.fixture
+def jobs_dir() -> Path:
+    return JOBS
+
+
+@pytest.fixture(scope="session")
+def kuberay_crds() -> Path:
+    """KubeRay v1.7.0 CRDs: ../shared in CI, or fetched by `make kuberay-crds`."""
+    for candidate in (KUBERAY_CRDS, REPO / "build" / "kuberay" / "v1.7.0"):
+        if (candidate / "ray.io_rayjobs.yaml").exists():
+            return candidate
+    pytest.fail(
+        "KubeRay v1.7.0 CRDs not found: expected ../shared/kuberay/v1.7.0/ or "
+        "build/kuberay/v1.7.0/ (run `make kuberay-crds`)"
+    )
