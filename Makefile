@@ -1,0 +1,115 @@
+# raykube — `make help` lists the targets.
+#
+# Everything runs from a project virtual environment (.venv) that `make install` creates;
+# every other target depends on it, so on a fresh machine `make test` or `make run` is the
+# only command needed.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+TAG ?= 0.1.0
+REGISTRY ?= raykube
+KUBERAY_VERSION ?= v1.7.0
+KUBERAY_CRDS ?= build/kuberay/$(KUBERAY_VERSION)
+PYTEST_ARGS ?=
+
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# ---------------------------------------------------------------------------- set-up
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
+	@touch $@
+
+.PHONY: install
+install: $(STAMP) ## create .venv and install raykube with the train, operator and dev extras
+
+# ------------------------------------------------------------------------------ use
+.PHONY: run
+run: $(STAMP) ## train, check and serve the quickstart on this machine (embedded Ray)
+	$(BIN)/raykube run jobs/quickstart.yaml
+
+.PHONY: validate
+validate: $(STAMP) ## validate every TrainingRun in jobs/
+	$(BIN)/raykube validate jobs/*.yaml
+
+.PHONY: render
+render: $(STAMP) ## print the KubeRay objects of every job in jobs/ (GitOps)
+	$(BIN)/raykube render jobs/*.yaml
+
+.PHONY: crd
+crd: $(STAMP) ## regenerate k8s/base/crd.yaml from the pydantic spec
+	$(BIN)/raykube crd --out k8s/base/crd.yaml
+
+# ---------------------------------------------------------------------------- tests
+.PHONY: test
+test: $(STAMP) ## set up (first time) and run the unit and integration tests
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: $(STAMP) ## unit tests only (no Ray, seconds)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff + the layering check (spec/render never import torch or ray)
+	$(BIN)/ruff check src operator tests
+	$(BIN)/python -m pytest -q tests/unit/test_layering.py
+
+.PHONY: kuberay-crds
+kuberay-crds: ## fetch KubeRay's CRDs (for schema tests outside this repo's CI)
+	mkdir -p $(KUBERAY_CRDS)
+	for kind in rayclusters rayjobs rayservices; do \
+	  curl -fsSL -o $(KUBERAY_CRDS)/ray.io_$$kind.yaml \
+	    https://raw.githubusercontent.com/ray-project/kuberay/$(KUBERAY_VERSION)/ray-operator/config/crd/bases/ray.io_$$kind.yaml; \
+	done
+
+# --------------------------------------------------------------------------- bench
+.PHONY: bench
+bench: $(STAMP) ## benchmarks vs baselines, quick mode (~10 min); bench-out/
+	$(BIN)/raykube bench all --quick --out bench-out
+
+.PHONY: bench-full
+bench-full: $(STAMP) ## benchmarks vs baselines, full size
+	$(BIN)/raykube bench all --out bench-out
+
+# ------------------------------------------------------------------- images & kind
+.PHONY: images
+images: ## build the cpu, cuda and operator images with one tag (needs docker)
+	TAG=$(TAG) REGISTRY=$(REGISTRY) images/build.sh
+
+.PHONY: kind-up
+kind-up: ## create a kind cluster with the KubeRay operator (needs kind, helm, docker)
+	k8s/kind/up.sh
+
+.PHONY: kind-load
+kind-load: ## load the images into kind
+	TAG=$(TAG) REGISTRY=$(REGISTRY) k8s/kind/load.sh
+
+.PHONY: deploy
+deploy: ## install raykube (CRD, operator, storage) with the kind overlay
+	k8s/kind/deploy.sh
+
+.PHONY: e2e
+e2e: ## apply the quickstart on the cluster, wait, call the served endpoint
+	k8s/kind/e2e.sh
+
+.PHONY: test-e2e
+test-e2e: $(STAMP) ## the e2e flow as a pytest test against the current kube context
+	RAYKUBE_E2E=1 $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+
+.PHONY: kind-down
+kind-down: ## delete the kind cluster
+	k8s/kind/down.sh
+
+.PHONY: clean
+clean: ## remove local runs, benchmark output and caches (keeps .venv)
+	rm -rf runs bench-out build .pytest_cache .ruff_cache

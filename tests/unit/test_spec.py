@@ -1,0 +1,230 @@
+"""The TrainingRun contract: valid examples load, invalid ones name the offending field."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raykube.spec import (
+    InvalidTrainingRun,
+    TrainingRunSpec,
+    apply_overrides,
+    load_file,
+    load_one,
+    load_yaml_documents,
+    parse_training_run,
+    validate_files,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+JOB_FILES = sorted((REPO / "jobs").glob("*.yaml"))
+
+BASE = {
+    "apiVersion": "raykube.io/v1alpha1",
+    "kind": "TrainingRun",
+    "metadata": {"name": "digits-mlp", "namespace": "ml"},
+    "spec": {
+        "model": {"name": "mlp", "options": {"hidden": [64]}},
+        "data": {"dataset": "digits"},
+        "train": {"epochs": 3, "batchSize": 32, "optimizer": {"name": "adam", "lr": 0.01}},
+        "scaling": {"workers": 2},
+        "tune": {
+            "trials": 4,
+            "metric": "valAccuracy",
+            "searchSpace": {"train.optimizer.lr": {"loguniform": [1e-4, 1e-1]}},
+        },
+        "serve": {"enabled": True, "minAccuracy": 0.5},
+    },
+}
+
+
+def _set(doc: dict, path: str, value) -> dict:
+    doc = copy.deepcopy(doc)
+    *parents, last = path.split("/")
+    cur = doc
+    for p in parents:
+        cur = cur.setdefault(p, {})
+    if value is _DELETE:
+        del cur[last]
+    else:
+        cur[last] = value
+    return doc
+
+
+_DELETE = object()
+
+# (id, path to change ("/"-separated keys), new value, the field path the error must name)
+INVALID = [
+    ("api-version", "apiVersion", "raykube.io/v1", "apiVersion"),
+    ("kind", "kind", "RayJob", "kind"),
+    ("no-name", "metadata/name", _DELETE, "metadata.name"),
+    ("name-uppercase", "metadata/name", "Digits", "metadata.name"),
+    ("name-too-long", "metadata/name", "a" * 41, "metadata.name"),
+    ("no-model", "spec/model", _DELETE, "spec.model"),
+    ("unknown-model", "spec/model/name", "vgg16", "spec.model.name"),
+    ("option-wrong-model", "spec/model/options", {"channels": [8]}, "spec.model.options.channels"),
+    ("hidden-zero", "spec/model/options", {"hidden": [0]}, "spec.model.options.hidden[0]"),
+    ("dropout-one", "spec/model/options", {"dropout": 1.0}, "spec.model.options.dropout"),
+    ("unknown-dataset", "spec/data/dataset", "mnist", "spec.data.dataset"),
+    ("image-folder-no-uri", "spec/data/dataset", "image-folder", "spec.data.uri"),
+    ("uri-wrong-dataset", "spec/data/uri", "/data/x", "spec.data.uri"),
+    ("validation-fraction", "spec/data/validationFraction", 1.5, "spec.data.validationFraction"),
+    ("shape-not-synthetic", "spec/data/shape", [3, 8, 8], "spec.data.shape"),
+    ("epochs-zero", "spec/train/epochs", 0, "spec.train.epochs"),
+    ("epochs-string", "spec/train/epochs", "3", "spec.train.epochs"),
+    ("snake-case", "spec/train/batch_size", 32, "spec.train.batch_size"),
+    ("batch-below-workers", "spec/train/batchSize", 1, "spec.train.batchSize"),
+    ("lr-negative", "spec/train/optimizer/lr", -0.1, "spec.train.optimizer.lr"),
+    ("optimizer-unknown", "spec/train/optimizer/name", "lion", "spec.train.optimizer.name"),
+    ("workers-zero", "spec/scaling/workers", 0, "spec.scaling.workers"),
+    ("gpus-fraction-above-one", "spec/scaling/gpusPerWorker", 1.5, "spec.scaling.gpusPerWorker"),
+    ("memory-quantity", "spec/scaling/memoryPerWorker", "4 gigs", "spec.scaling.memoryPerWorker"),
+    ("toleration-effect", "spec/scaling/tolerations", [{"key": "gpu", "effect": "Never"}],
+     "spec.scaling.tolerations[0].effect"),
+    ("unknown-top-field", "spec/replicas", 3, "spec.replicas"),
+    ("tune-metric", "spec/tune/metric", "accuracy", "spec.tune.metric"),
+    ("tune-mode", "spec/tune/mode", "maximize", "spec.tune.mode"),
+    ("tune-unknown-path", "spec/tune/searchSpace", {"train.learningRate": {"uniform": [0.1, 0.2]}},
+     "spec.tune.searchSpace[train.learningRate]"),
+    ("tune-empty-choice", "spec/tune/searchSpace", {"train.batchSize": {"choice": []}},
+     "spec.tune.searchSpace[train.batchSize].choice"),
+    ("tune-low-high", "spec/tune/searchSpace", {"train.optimizer.lr": {"uniform": [0.5, 0.1]}},
+     "spec.tune.searchSpace[train.optimizer.lr].uniform"),
+    ("tune-loguniform-zero", "spec/tune/searchSpace", {"train.optimizer.lr": {"loguniform": [0, 1]}},
+     "spec.tune.searchSpace[train.optimizer.lr].loguniform"),
+    ("tune-two-kinds", "spec/tune/searchSpace",
+     {"train.optimizer.lr": {"uniform": [0.1, 0.2], "loguniform": [0.1, 0.2]}},
+     "spec.tune.searchSpace[train.optimizer.lr]"),
+    ("tune-bad-choice-value", "spec/tune/searchSpace", {"train.batchSize": {"choice": [16, "big"]}},
+     "spec.tune.searchSpace[train.batchSize]"),
+    ("tune-empty-space", "spec/tune/searchSpace", {}, "spec.tune.searchSpace"),
+    ("tune-grace-period", "spec/tune/scheduler", {"gracePeriod": 10}, "spec.tune.scheduler.gracePeriod"),
+    ("storage-both", "spec/checkpoint", {"storage": {"uri": "s3://b/p", "pvc": {}}},
+     "spec.checkpoint.storage"),
+    ("storage-scheme", "spec/checkpoint", {"storage": {"uri": "gs://b/p"}}, "spec.checkpoint.storage.uri"),
+    ("secret-without-uri", "spec/checkpoint", {"storage": {"secretRef": {"name": "s3"}}},
+     "spec.checkpoint.storage.secretRef"),
+    ("score-metric", "spec/checkpoint", {"scoreMetric": "f1"}, "spec.checkpoint.scoreMetric"),
+    ("keep-zero", "spec/checkpoint", {"keep": 0}, "spec.checkpoint.keep"),
+    ("min-accuracy", "spec/serve/minAccuracy", 95, "spec.serve.minAccuracy"),
+    ("serve-replicas", "spec/serve/replicas", 0, "spec.serve.replicas"),
+    ("max-retries", "spec/failure", {"maxRetries": -1}, "spec.failure.maxRetries"),
+    ("cnn-on-vectors", "spec/model/name", "cifar-cnn", None),  # filled below: synthetic [64]
+]
+
+
+def _case(case):
+    cid, path, value, field = case
+    doc = _set(BASE, path, value)
+    if cid == "cnn-on-vectors":
+        doc["spec"]["model"] = {"name": "cifar-cnn"}
+        doc["spec"]["data"] = {"dataset": "synthetic", "shape": [64]}
+        field = "spec.model.name"
+    return doc, field
+
+
+def test_corpus_is_big_enough():
+    assert len(INVALID) >= 25
+
+
+def test_base_document_is_valid():
+    run = parse_training_run(copy.deepcopy(BASE))
+    assert run.name == "digits-mlp"
+    assert run.namespace == "ml"
+    assert run.spec.tune is not None and run.spec.tune.resolved_mode == "max"
+
+
+@pytest.mark.parametrize("case", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_names_the_field(case):
+    doc, field = _case(case)
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(doc)
+    paths = [e.path for e in info.value.errors]
+    assert field in paths, f"expected an error at {field}, got {info.value}"
+    assert all(e.message for e in info.value.errors)
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=[p.name for p in JOB_FILES])
+def test_every_job_file_is_valid(path):
+    runs = load_file(path)
+    assert runs and all(r.kind == "TrainingRun" for r in runs)
+
+
+def test_snake_case_gets_a_hint():
+    doc = _set(BASE, "spec/train/batch_size", 32)
+    with pytest.raises(InvalidTrainingRun, match="did you mean 'batchSize'"):
+        parse_training_run(doc)
+
+
+def test_all_errors_reported_at_once():
+    doc = _set(_set(BASE, "spec/scaling/workers", 0), "spec/train/epochs", -1)
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(doc)
+    assert {"spec.scaling.workers", "spec.train.epochs"} <= {e.path for e in info.value.errors}
+
+
+def test_yaml_exponent_floats_are_numbers():
+    (doc,) = load_yaml_documents("lr: 1e-3\nbig: 2E+4\nname: 1e\n")
+    assert doc == {"lr": 0.001, "big": 20000.0, "name": "1e"}
+
+
+def test_defaults_are_sensible():
+    run = parse_training_run(_set(BASE, "spec/tune", _DELETE))
+    s = run.spec
+    assert s.scaling.workers == 2 and s.scaling.gpus_per_worker == 0
+    assert s.checkpoint.storage.pvc is None and s.checkpoint.storage.uri is None
+    assert s.checkpoint.score_metric == "valAccuracy" and s.checkpoint.score_mode == "max"
+    assert s.failure.max_retries >= 1
+
+
+def test_apply_overrides_revalidates():
+    spec = parse_training_run(copy.deepcopy(BASE)).spec
+    out = apply_overrides(spec, {"train.optimizer.lr": 0.2, "model.options.hidden": [8, 8]})
+    assert out.train.optimizer.lr == 0.2 and out.model.options.hidden == [8, 8]
+    assert spec.train.optimizer.lr == 0.01  # original untouched
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's error type is an implementation detail
+        apply_overrides(spec, {"train.batchSize": "x"})
+
+
+def test_round_trip_through_dict():
+    spec = parse_training_run(copy.deepcopy(BASE)).spec
+    again = TrainingRunSpec.model_validate(spec.to_dict())
+    assert again == spec
+
+
+def test_load_file_errors(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("spec: [unclosed\n")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing\n")
+    results = validate_files([bad_yaml, empty, tmp_path / "missing.yaml"])
+    assert all(results[str(p)] for p in (bad_yaml, empty, tmp_path / "missing.yaml"))
+    assert "not valid YAML" in results[str(bad_yaml)][0].message
+
+
+def test_multi_document_file(tmp_path):
+    two = tmp_path / "two.yaml"
+    second = _set(BASE, "metadata/name", "second")
+    two.write_text(yaml.safe_dump(BASE) + "---\n" + yaml.safe_dump(second))
+    assert [r.name for r in load_file(two)] == ["digits-mlp", "second"]
+    with pytest.raises(InvalidTrainingRun, match="expected one"):
+        load_one(two)
+
+
+def test_cli_validate_exit_codes(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(BASE))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_set(BASE, "spec/scaling/workers", 0)))
+    cmd = [sys.executable, "-m", "raykube", "validate"]
+    ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    ko = subprocess.run([*cmd, str(good), str(bad)], capture_output=True, text=True)
+    assert ko.returncode == 1
+    assert f"{bad}: spec.scaling.workers:" in ko.stderr
+    assert "1 of 2 file(s) invalid" in ko.stderr
