@@ -11,9 +11,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-TAG ?= 0.1.0
+IMAGE_TAG ?= dev
 REGISTRY ?= raykube
-KUBERAY_VERSION ?= v1.7.0
+# One place for versions: k8s/base/config.env (also the operator's RAYKUBE_* settings).
+KUBERAY_VERSION ?= v$(shell sed -n 's/^RAYKUBE_KUBERAY_VERSION=//p' k8s/base/config.env)
 KUBERAY_CRDS ?= build/kuberay/$(KUBERAY_VERSION)
 PYTEST_ARGS ?=
 
@@ -83,19 +84,19 @@ bench-full: $(STAMP) ## benchmarks vs baselines, full size
 
 # ------------------------------------------------------------------- images & kind
 .PHONY: images
-images: ## build the cpu, cuda and operator images with one tag (needs docker)
-	TAG=$(TAG) REGISTRY=$(REGISTRY) images/build.sh
+images: ## build the cpu, cuda and operator images with one tag (needs docker; IMAGES="cpu operator" skips CUDA)
+	TAG=$(IMAGE_TAG) REGISTRY=$(REGISTRY) images/build.sh
 
 .PHONY: kind-up
 kind-up: ## create a kind cluster with the KubeRay operator (needs kind, helm, docker)
 	k8s/kind/up.sh
 
 .PHONY: kind-load
-kind-load: ## load the images into kind
-	TAG=$(TAG) REGISTRY=$(REGISTRY) k8s/kind/load.sh
+kind-load: ## load the images into kind (LOAD_CUDA=1 for the CUDA image too)
+	TAG=$(IMAGE_TAG) REGISTRY=raykube k8s/kind/load.sh
 
 .PHONY: deploy
-deploy: ## install raykube (CRD, operator, storage) with the kind overlay
+deploy: ## install raykube (CRD, operator, storage) with the kind overlay (OVERLAY=... for others)
 	k8s/kind/deploy.sh
 
 .PHONY: e2e
@@ -104,11 +105,18 @@ e2e: ## apply the quickstart on the cluster, wait, call the served endpoint
 
 .PHONY: test-e2e
 test-e2e: $(STAMP) ## the e2e flow as a pytest test against the current kube context
-	RAYKUBE_E2E=1 $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+	RAYKUBE_E2E=1 $(BIN)/python -m pytest tests/e2e -q -s $(PYTEST_ARGS)
 
 .PHONY: kind-down
 kind-down: ## delete the kind cluster
 	k8s/kind/down.sh
+
+.PHONY: kind
+kind: kind-up images kind-load deploy e2e ## the whole kind walkthrough, from nothing to a served prediction
+
+.PHONY: kuberay-manifests
+kuberay-manifests: $(STAMP) ## regenerate the plain KubeRay manifests in k8s/kuberay/
+	$(BIN)/python k8s/kuberay/generate.py
 
 .PHONY: clean
 clean: ## remove local runs, benchmark output and caches (keeps .venv)

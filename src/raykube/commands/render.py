@@ -1,0 +1,69 @@
+"""``raykube render FILE...``: print the Kubernetes objects TrainingRuns become.
+
+For GitOps users without the operator: commit the output (or pipe it to
+``kubectl apply -f -``). Same pure functions as the operator (``raykube.render``), minus
+ownerReferences (there is no TrainingRun object to own them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files holding TrainingRuns")
+    p.add_argument("--image", help="container image of the Ray pods (overrides spec.image "
+                   "and the CPU/CUDA defaults)")
+    p.add_argument("-n", "--namespace", help="namespace of the rendered objects (overrides "
+                   "metadata.namespace)")
+    p.add_argument("--checkpoint", metavar="URI", help="checkpoint the RayService serves "
+                   "(default: <storage>/<namespace>/<name>/best; use the TrainingRun's "
+                   "status.checkpoint.uri)")
+    serve = p.add_mutually_exclusive_group()
+    serve.add_argument("--serve", dest="serve", action="store_true", default=None,
+                       help="also render the RayService (default: when serve.enabled)")
+    serve.add_argument("--no-serve", dest="serve", action="store_false",
+                       help="training objects only")
+    p.add_argument("--out", "-o", metavar="FILE", help="write to FILE instead of stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raykube.render import (
+        RenderConfig,
+        default_checkpoint_uri,
+        dump_yaml,
+        render_rayservice,
+        render_training,
+    )
+    from raykube.spec import InvalidTrainingRun, load_file, parse_training_run
+
+    cfg = RenderConfig.from_env()
+    objs = []
+    try:
+        for path in args.files:
+            for tr in load_file(path):
+                if args.image or args.namespace:
+                    doc = tr.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    if args.image:
+                        doc["spec"]["image"] = args.image
+                    if args.namespace:
+                        doc["metadata"]["namespace"] = args.namespace
+                    tr = parse_training_run(doc, source=path)
+                objs.extend(render_training(tr, cfg))
+                if args.serve or (args.serve is None and tr.spec.serve.enabled):
+                    ckpt = args.checkpoint or default_checkpoint_uri(tr, cfg)
+                    objs.append(render_rayservice(tr, cfg, ckpt))
+    except InvalidTrainingRun as exc:
+        for e in exc.errors:
+            print(f"{exc.source}: {e.path}: {e.message}", file=sys.stderr)
+        return 1
+    text = dump_yaml(objs)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {len(objs)} objects to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

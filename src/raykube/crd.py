@@ -1,0 +1,360 @@
+"""The TrainingRun CustomResourceDefinition, generated from the pydantic models.
+
+``raykube.spec`` is the single source of truth; this module turns its JSON Schema into a
+*structural* OpenAPI v3 schema the API server accepts and enforces:
+
+- ``$ref`` inlined, ``anyOf [X, null]`` collapsed to ``X`` (an absent optional field is
+  how Kubernetes spells "unset"; a null is pruned by the API server),
+- ``const`` -> ``enum``, numeric bounds in OpenAPI 3.0 form (``exclusiveMinimum: true``),
+- ``required`` by camelCase name, lengths, patterns, item/property counts kept,
+- no ``default`` in the schema: the API server would write defaults *into* the user's
+  object (GitOps drift); defaults are resolved when rendering and are shown in each
+  field's description instead,
+- ``x-kubernetes-preserve-unknown-fields`` only where the type is open (``Any``),
+- a description on every field (generation fails when one is missing, so that
+  ``kubectl explain trainingrun.spec.scaling`` always reads well),
+- CEL ``x-kubernetes-validations`` for the cross-field rules the API server can check
+  cheaply (storage pvc XOR uri, one distribution per search dimension, sane bounds).
+
+The remaining semantic checks (``raykube.spec.semantic_errors``) run in the operator,
+which reports them as the ``Validated=False`` condition. Spec changes while a run is
+going are *not* refused by the CRD: the operator decides what they mean (see its docs).
+
+This module imports neither torch nor ray (the operator image has neither).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from raykube.spec import (
+    GROUP,
+    KIND,
+    METRICS,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    TrainingRunSpec,
+    TrainingRunStatus,
+)
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+CATEGORIES = ["all", "raykube"]
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
+     "description": "Pending, Running, Succeeded, Failed, Serving or Suspended."},
+    {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch",
+     "description": "Last finished epoch."},
+    {"name": "Val-Acc", "type": "number", "jsonPath": ".status.progress.valAccuracy",
+     "description": "Validation accuracy of the last epoch."},
+    {"name": "Serving", "type": "string", "jsonPath": ".status.serving.endpoint",
+     "description": "In-cluster URL of the model's HTTP API."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+# Extra schema for fields whose Python type is wider than what is accepted (the models
+# check these in validators, with friendlier messages; the API server needs an enum).
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    "spec.tune.metric": {"enum": list(METRICS)},
+    "spec.checkpoint.scoreMetric": {"enum": list(METRICS)},
+}
+
+# CEL rules (x-kubernetes-validations) by schema path; "*" = each value of a map.
+_CEL: dict[str, list[dict[str, str]]] = {
+    "spec.checkpoint.storage": [
+        {"rule": "!(has(self.pvc) && has(self.uri))",
+         "message": "set either pvc or uri, not both"},
+        {"rule": "!has(self.secretRef) || has(self.uri)",
+         "message": "secretRef only applies with uri"},
+    ],
+    "spec.tune.searchSpace.*": [
+        {"rule": "(has(self.choice) ? 1 : 0) + (has(self.uniform) ? 1 : 0) + "
+                 "(has(self.loguniform) ? 1 : 0) + (has(self.randint) ? 1 : 0) == 1",
+         "message": "needs exactly one of choice, uniform, loguniform, randint"},
+        {"rule": "!has(self.choice) || size(self.choice) > 0",
+         "message": "choice must not be empty"},
+        {"rule": "!has(self.uniform) || (size(self.uniform) == 2 && self.uniform[0] < self.uniform[1])",
+         "message": "uniform must be [low, high] with low < high"},
+        {"rule": "!has(self.loguniform) || (size(self.loguniform) == 2 && "
+                 "self.loguniform[0] > 0.0 && self.loguniform[0] < self.loguniform[1])",
+         "message": "loguniform must be [low, high] with 0 < low < high"},
+        {"rule": "!has(self.randint) || (size(self.randint) == 2 && self.randint[0] < self.randint[1])",
+         "message": "randint must be [low, high) with low < high"},
+    ],
+}
+
+# Sizes that bound CEL cost estimation (the API server refuses rules whose worst case
+# is too expensive on unbounded lists/maps).
+_LIMITS: dict[str, dict[str, int]] = {
+    "spec.tune.searchSpace": {"maxProperties": 64},
+    "spec.tune.searchSpace.*.choice": {"maxItems": 1000},
+    "spec.tune.searchSpace.*.uniform": {"maxItems": 2},
+    "spec.tune.searchSpace.*.loguniform": {"maxItems": 2},
+    "spec.tune.searchSpace.*.randint": {"maxItems": 2},
+}
+
+
+class SchemaGenerationError(ValueError):
+    """The models cannot be expressed as a structural schema (or lack a description)."""
+
+
+# ------------------------------------------------------------------------ public API
+def openapi_schema(model: type[BaseModel], path: str, *, defaults: bool = False) -> dict[str, Any]:
+    """Structural OpenAPI v3 schema of a model, rooted at ``path`` (e.g. ``spec``).
+
+    ``defaults=True`` keeps ``default`` values (for the Markdown reference only; the CRD
+    never carries them).
+    """
+    js = model.model_json_schema(by_alias=True, mode="validation")
+    defs = js.pop("$defs", {})
+    return _Converter(defs, defaults).convert(js, path, top=True)
+
+
+def build_crd() -> dict[str, Any]:
+    """The apiextensions.k8s.io/v1 CustomResourceDefinition of TrainingRun."""
+    spec = openapi_schema(TrainingRunSpec, "spec")
+    status = openapi_schema(TrainingRunStatus, "status")
+    root = {
+        "type": "object",
+        "description": "A TrainingRun trains (optionally tunes) a PyTorch model with Ray "
+        "Train on KubeRay, checkpoints it to shared storage every epoch, and serves the best "
+        "checkpoint with Ray Serve once it passes the accuracy gate.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "raykube.io/v1alpha1."},
+            "kind": {"type": "string", "description": "TrainingRun."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "raykube", "app.kubernetes.io/part-of": "raykube"},
+            "annotations": {"raykube.io/generated-by": "raykube crd (from raykube.spec); do not edit"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": list(CATEGORIES),
+            },
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": root},
+            }],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    """``build_crd()`` as the YAML committed in k8s/base/crd.yaml."""
+    import yaml
+
+    header = ("# Generated by `raykube crd` from src/raykube/spec.py. Do not edit: change the\n"
+              "# models and run `make crd` (a test fails when this file drifts).\n")
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100, allow_unicode=True)
+
+
+def markdown_reference() -> str:
+    """The TrainingRun ``spec`` reference as a Markdown table (for README.md)."""
+    spec = openapi_schema(TrainingRunSpec, "spec", defaults=True)
+    lines = ["| Field | Type | Default | Description |", "|---|---|---|---|"]
+    for path, node, required in _walk(spec, "spec", True):
+        default = "required" if required else (
+            f"`{json.dumps(node['default'])}`" if "default" in node else "")
+        desc = (node.get("description", "").replace("|", "\\|").replace("\n", " ")
+                .replace("<", "&lt;").replace(">", "&gt;"))
+        lines.append(f"| `{path}` | {_type_text(node)} | {default} | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------ conversion
+class _Converter:
+    def __init__(self, defs: dict[str, Any], defaults: bool):
+        self.defs = defs
+        self.defaults = defaults
+
+    def convert(self, node: dict[str, Any], path: str, *, top: bool = False,
+                field_desc: str | None = None) -> dict[str, Any]:
+        node = dict(node)
+        desc_parts = [field_desc] if field_desc else []
+        default = node.pop("default", None) if "default" in node else _MISSING
+        node.pop("title", None)
+        if "description" in node:
+            desc_parts.append(node.pop("description"))
+        node = self._unwrap(node, path, desc_parts)
+        out: dict[str, Any] = {}
+
+        if "const" in node:
+            node.setdefault("enum", [node.pop("const")])
+        if node.get("type") is None and not node.get("enum"):
+            if node:
+                raise SchemaGenerationError(f"{path}: unsupported schema {node}")
+            out["x-kubernetes-preserve-unknown-fields"] = True  # Any: an open value
+        elif "type" in node:
+            out["type"] = node["type"]
+        t = out.get("type")
+
+        if t == "object":
+            props = node.get("properties") or {}
+            if props:
+                out["properties"] = {}
+                for name, sub in props.items():
+                    out["properties"][name] = self.convert(sub, f"{path}.{name}")
+                if node.get("required"):
+                    out["required"] = list(node["required"])
+            ap = node.get("additionalProperties")
+            if isinstance(ap, dict):
+                if props:
+                    raise SchemaGenerationError(f"{path}: both properties and additionalProperties")
+                out["additionalProperties"] = self.convert(ap, f"{path}.*", field_desc="")
+            elif ap is True or (not props and ap is None):
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            for k in ("minProperties", "maxProperties"):
+                if k in node:
+                    out[k] = node[k]
+        elif t == "array":
+            out["items"] = self.convert(node.get("items", {}), f"{path}[]", field_desc="")
+            for k in ("minItems", "maxItems"):
+                if k in node:
+                    out[k] = node[k]
+        elif t in ("integer", "number"):
+            for k in ("minimum", "maximum"):
+                if k in node:
+                    out[k] = node[k]
+            for k, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+                if k in node:
+                    out[bound] = node[k]
+                    out[k] = True
+        elif t == "string":
+            for k in ("minLength", "maxLength", "pattern", "format"):
+                if k in node:
+                    out[k] = node[k]
+        elif t not in ("boolean", None):
+            raise SchemaGenerationError(f"{path}: unsupported type {t!r}")
+        if "enum" in node:
+            out["enum"] = list(node["enum"])
+            if t is None:
+                out["type"] = _enum_type(node["enum"], path)
+
+        out.update(_OVERRIDES.get(path, {}))
+        out.update(_LIMITS.get(path, {}))
+        if path in _CEL:
+            out["x-kubernetes-validations"] = _CEL[path]
+
+        desc = " ".join(_sentence(p) for p in _dedupe(desc_parts) if p)
+        if not desc and not top and not path.endswith(("[]", ".*")):
+            raise SchemaGenerationError(f"{path}: field has no description; add one in "
+                                        "raykube.spec (kubectl explain shows it)")
+        if default is not _MISSING and default is not None:
+            if self.defaults:
+                out["default"] = default
+            elif "default" not in desc.lower() and not isinstance(default, (dict, list)):
+                desc += f" Default: {json.dumps(default)}."
+        if desc:
+            out = {"description": desc.strip(), **out}
+        return out
+
+    def _unwrap(self, node: dict[str, Any], path: str, desc_parts: list[str]) -> dict[str, Any]:
+        """Resolve $ref / single allOf and drop the null branch of an Optional."""
+        while True:
+            if "$ref" in node:
+                ref = node.pop("$ref").rsplit("/", 1)[-1]
+                target = dict(self.defs[ref])
+                target.pop("title", None)
+                if "description" in target:
+                    desc_parts.append(target.pop("description"))
+                node = {**target, **node}
+                continue
+            if "allOf" in node and len(node["allOf"]) == 1:
+                node = {**node.pop("allOf")[0], **node}
+                continue
+            if "anyOf" in node:
+                branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
+                if len(branches) != 1:
+                    raise SchemaGenerationError(f"{path}: unions are not structural "
+                                                f"({len(branches)} non-null branches)")
+                node = {**branches[0], **node}
+                continue
+            return node
+
+
+_MISSING = object()
+
+
+def _enum_type(values: list[Any], path: str) -> str:
+    kinds = {type(v) for v in values}
+    if kinds == {str}:
+        return "string"
+    if kinds <= {int} and bool not in kinds:
+        return "integer"
+    raise SchemaGenerationError(f"{path}: enum of mixed types {values}")
+
+
+def _dedupe(parts: list[str | None]) -> list[str]:
+    """Drop empty parts and parts another one already says ("The head." vs "The head (...)")."""
+    texts = [" ".join(p.split()) for p in parts if p and p.strip()]
+    out: list[str] = []
+    for i, t in enumerate(texts):
+        core = t.rstrip(".").lower()
+        if any(j != i and o.lower().startswith(core) and (len(o) > len(t) or j < i)
+               for j, o in enumerate(texts)):
+            continue
+        out.append(t)
+    return out
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if text.endswith((".", "!", "?", ")")) else text + "."
+
+
+# ------------------------------------------------------------------------- markdown
+def _walk(node: dict[str, Any], path: str, required: bool):
+    """(path, node, required) for every field below ``node``, depth first."""
+    for name, sub in (node.get("properties") or {}).items():
+        p = f"{path}.{name}"
+        yield p, sub, name in (node.get("required") or [])
+        yield from _walk(sub, p, False)
+        if sub.get("type") == "array" and sub["items"].get("properties"):
+            yield from _walk(sub["items"], f"{p}[]", False)
+        if isinstance(sub.get("additionalProperties"), dict) and sub["additionalProperties"].get("properties"):
+            yield from _walk(sub["additionalProperties"], f"{p}.<key>", False)
+
+
+def _type_text(node: dict[str, Any]) -> str:
+    t = node.get("type", "any")
+    if t == "array":
+        text = f"list of {_type_text(node['items'])}"
+    elif t == "object" and isinstance(node.get("additionalProperties"), dict):
+        text = f"map of {_type_text(node['additionalProperties'])}"
+    else:
+        text = t
+    if "enum" in node:
+        text += ": " + ", ".join(f"`{v}`" for v in node["enum"])
+    bounds = []
+    if "minimum" in node:
+        bounds.append(f"{'>' if node.get('exclusiveMinimum') else '≥'} {node['minimum']}")
+    if "maximum" in node:
+        bounds.append(f"{'<' if node.get('exclusiveMaximum') else '≤'} {node['maximum']}")
+    if bounds:
+        text += " (" + ", ".join(bounds) + ")"
+    return text

@@ -1,0 +1,376 @@
+"""TrainingRun -> Kubernetes objects (KubeRay RayJob/RayService, RBAC, spec ConfigMap).
+
+Pure functions: no I/O, no clock, no randomness, no torch/ray import. The same input
+always gives the same output (byte for byte once dumped), so the operator can re-apply
+without changing anything and ``raykube render`` output is stable in Git.
+
+Defaults that the spec leaves to the platform (images, Ray version, the default claim)
+come from ``RenderConfig``; the operator builds it from ``RAYKUBE_*`` variables. Defaults
+are resolved here, into the children, never written back into the TrainingRun.
+
+Sizing:
+- the head pod runs the driver (the Train V2 controller requests no CPU) and advertises
+  ``num-cpus: 0`` so no training work lands on it; a Tune run's head advertises its
+  cores instead, for the trial drivers (0.01 CPU each, see ``raykube.tune``);
+- one worker group; a Ray Train worker gets ``cpusPerWorker``/``memoryPerWorker``/
+  ``gpusPerWorker``; with ``tune`` the cluster holds ``maxConcurrentTrials`` x ``workers``
+  of them; fractional GPUs (< 1) pack ``floor(1 / gpusPerWorker)`` workers into one
+  1-GPU pod, otherwise a pod holds one worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from raykube.spec import API_VERSION, KIND, LABEL, TrainingRun
+
+SPEC_MOUNT = "/etc/raykube"
+SPEC_FILE = "trainingrun.yaml"
+SPEC_PATH = f"{SPEC_MOUNT}/{SPEC_FILE}"
+ENTRYPOINT = f"raykube train --spec {SPEC_PATH}"
+SERVE_PORT = 8000
+SERVE_IMPORT_PATH = "raykube.serve:app_builder"
+SERVE_DEPLOYMENT = "Classifier"
+SPEC_HASH_ANNOTATION = "raykube.io/spec-hash"
+ROLE_LABEL = "raykube.io/role"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Platform defaults, in one place. ``from_env`` reads ``RAYKUBE_<FIELD>`` overrides."""
+
+    cpu_image: str = "ghcr.io/raykube/raykube:0.1.0-cpu"
+    """Ray image with raykube installed (images/cpu.Dockerfile, FROM rayproject/ray)."""
+    gpu_image: str = "ghcr.io/raykube/raykube:0.1.0-cuda"
+    """Used when the run (or serving) asks for GPUs (images/cuda.Dockerfile)."""
+    ray_version: str = "2.60.0"
+    image_pull_policy: str = "IfNotPresent"
+    default_pvc: str = "raykube-storage"
+    """Claim mounted when checkpoint.storage names neither pvc nor uri."""
+    default_mount_path: str = "/mnt/raykube"
+    operator_service_account: str = "raykube-operator"
+    """The operator's own ServiceAccount (k8s/base); not used by rendered pods."""
+    run_service_account_suffix: str = "-raykube"
+    """The driver's ServiceAccount is ``<run name><suffix>``."""
+    gpu_toleration: bool = True
+    """Tolerate the usual ``nvidia.com/gpu:NoSchedule`` taint on GPU pods."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RenderConfig:
+        """Defaults overridden by ``RAYKUBE_CPU_IMAGE``, ``RAYKUBE_GPU_IMAGE``, ... ."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"RAYKUBE_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            if f.type in ("bool", bool):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[f.name] = raw
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------- naming
+def child_name(run: TrainingRun) -> str:
+    """Name of the RayJob and of the RayService (KubeRay adds its own suffixes)."""
+    return run.name
+
+
+def spec_configmap_name(run: TrainingRun) -> str:
+    return f"{run.name}-spec"
+
+
+def service_account_name(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
+    return f"{run.name}{(cfg or RenderConfig()).run_service_account_suffix}"
+
+
+def serve_endpoint(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
+    """In-cluster URL of the HTTP API (KubeRay's serve Service ``<name>-serve-svc``)."""
+    return f"http://{child_name(run)}-serve-svc.{run.namespace}:{SERVE_PORT}"
+
+
+def storage_root(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
+    """``RAYKUBE_STORAGE`` of the pods: ``<mountPath>/<namespace>`` or ``<uri>/<namespace>``."""
+    st = run.spec.checkpoint.storage
+    if st.uri:
+        return f"{st.uri.rstrip('/')}/{run.namespace}"
+    return f"{_mount_path(run, cfg or RenderConfig())}/{run.namespace}"
+
+
+def default_checkpoint_uri(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
+    """Placeholder for ``raykube render``: the run dir's ``best`` entry (set the real
+    one, status.checkpoint.uri, with ``--checkpoint``)."""
+    return f"{storage_root(run, cfg)}/{run.name}/best"
+
+
+# ------------------------------------------------------------------------- training
+def render_training(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Everything training needs, in apply order: ConfigMap, RBAC, RayJob."""
+    return [render_spec_configmap(run, cfg, owner), *render_rbac(run, cfg, owner),
+            render_rayjob(run, cfg, owner)]
+
+
+def render_spec_configmap(run: TrainingRun, cfg: RenderConfig,
+                          owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The TrainingRun (spec as parsed, defaults resolved) the driver reads at SPEC_PATH."""
+    doc = {"apiVersion": API_VERSION, "kind": KIND,
+           "metadata": {"name": run.name, "namespace": run.namespace},
+           "spec": run.spec.to_dict()}
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(run, spec_configmap_name(run), owner),
+            "data": {SPEC_FILE: yaml.safe_dump(doc, sort_keys=False)}}
+
+
+def render_rbac(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] | None = None
+                ) -> list[dict[str, Any]]:
+    """ServiceAccount + Role + RoleBinding: the driver may get/patch only its own status."""
+    sa = service_account_name(run, cfg)
+    rbac = "rbac.authorization.k8s.io"
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(run, sa, owner)},
+        {"apiVersion": f"{rbac}/v1", "kind": "Role", "metadata": _meta(run, sa, owner),
+         "rules": [{"apiGroups": [API_VERSION.split("/")[0]],
+                    "resources": ["trainingruns/status"],
+                    "resourceNames": [run.name],
+                    "verbs": ["get", "patch"]}]},
+        {"apiVersion": f"{rbac}/v1", "kind": "RoleBinding", "metadata": _meta(run, sa, owner),
+         "roleRef": {"apiGroup": rbac, "kind": "Role", "name": sa},
+         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": run.namespace}]},
+    ]
+
+
+def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """The KubeRay RayJob running ``raykube train`` on a cluster sized from ``scaling``."""
+    s = run.spec
+    sc = s.scaling
+    trials = s.tune.max_concurrent_trials if s.tune is not None else 1
+    image = s.image or (cfg.gpu_image if sc.gpus_per_worker > 0 else cfg.cpu_image)
+    env = [*_storage_env(run, cfg), {"name": "RAYKUBE_TRAININGRUN",
+                                     "value": f"{run.namespace}/{run.name}"}]
+    group = _worker_group(
+        run, cfg, name="workers", units=sc.workers * trials, cpus=sc.cpus_per_worker,
+        gpus=sc.gpus_per_worker, memory=sc.memory_per_worker, image=image, env=env,
+        spec_volume=True, node_selector=sc.node_selector,
+        tolerations=[t.to_dict() for t in sc.tolerations or []])
+    job: dict[str, Any] = {
+        "entrypoint": ENTRYPOINT,
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
+        "backoffLimit": s.failure.max_retries,
+        "suspend": s.suspend,
+        "rayClusterSpec": {
+            "rayVersion": cfg.ray_version,
+            "headGroupSpec": _head_group(run, cfg, image=image, env=env, spec_volume=True),
+            "workerGroupSpecs": [group],
+        },
+    }
+    if s.active_deadline_seconds is not None:
+        job["activeDeadlineSeconds"] = s.active_deadline_seconds
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob",
+            "metadata": _meta(run, child_name(run), owner), "spec": job}
+
+
+# -------------------------------------------------------------------------- serving
+def serve_config(run: TrainingRun, checkpoint_uri: str) -> dict[str, Any]:
+    """Ray Serve config (``serveConfigV2``) for the checkpoint, as a dict."""
+    sv = run.spec.serve
+    return {"applications": [{
+        "name": "classifier",
+        "import_path": SERVE_IMPORT_PATH,
+        "route_prefix": "/",
+        "args": {"checkpoint": checkpoint_uri, "maxBatchSize": sv.max_batch_size,
+                 "batchWaitTimeoutMs": sv.batch_wait_timeout_ms,
+                 "maxRequestBytes": sv.max_request_bytes},
+        "deployments": [{"name": SERVE_DEPLOYMENT, "num_replicas": sv.replicas,
+                         "ray_actor_options": {"num_cpus": sv.cpus_per_replica,
+                                               "num_gpus": sv.gpus_per_replica}}],
+    }]}
+
+
+def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
+                      owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The KubeRay RayService serving ``checkpoint_uri``; a new checkpoint only changes
+    ``serveConfigV2``, which KubeRay rolls out in place (no downtime)."""
+    s, sv = run.spec, run.spec.serve
+    image = s.image or (cfg.gpu_image if sv.gpus_per_replica > 0 else cfg.cpu_image)
+    env = _storage_env(run, cfg)
+    group = _worker_group(
+        run, cfg, name="serve", units=sv.replicas, cpus=sv.cpus_per_replica,
+        gpus=sv.gpus_per_replica, memory=sv.memory_per_replica, image=image, env=env,
+        spec_volume=False, node_selector=s.scaling.node_selector,
+        tolerations=[t.to_dict() for t in s.scaling.tolerations or []])
+    spec = {
+        "serveConfigV2": yaml.safe_dump(serve_config(run, checkpoint_uri), sort_keys=False),
+        "rayClusterConfig": {
+            "rayVersion": cfg.ray_version,
+            "headGroupSpec": _head_group(run, cfg, image=image, env=env, spec_volume=False),
+            "workerGroupSpecs": [group],
+        },
+    }
+    meta = _meta(run, child_name(run), owner)
+    meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec)}
+    return {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": meta, "spec": spec}
+
+
+def spec_hash(obj: Any) -> str:
+    """Stable short hash of a rendered spec: equal hashes mean nothing to update."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()[:16]
+
+
+# -------------------------------------------------------------------------- helpers
+def _meta(run: TrainingRun, name: str, owner: Mapping[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": run.namespace,
+                            "labels": {LABEL: run.name, "app.kubernetes.io/managed-by": "raykube"}}
+    if owner is not None:
+        if not owner.get("uid"):
+            raise ValueError("owner must carry the TrainingRun's uid")
+        meta["ownerReferences"] = [{
+            "apiVersion": API_VERSION, "kind": KIND, "name": owner.get("name", run.name),
+            "uid": owner["uid"], "controller": True, "blockOwnerDeletion": True}]
+    return meta
+
+
+def _mount_path(run: TrainingRun, cfg: RenderConfig) -> str:
+    pvc = run.spec.checkpoint.storage.pvc
+    return pvc.mount_path if pvc is not None else cfg.default_mount_path
+
+
+def _claim_name(run: TrainingRun, cfg: RenderConfig) -> str:
+    pvc = run.spec.checkpoint.storage.pvc
+    return pvc.claim_name if pvc is not None else cfg.default_pvc
+
+
+def _storage_env(run: TrainingRun, cfg: RenderConfig) -> list[dict[str, Any]]:
+    return [{"name": "RAYKUBE_STORAGE", "value": storage_root(run, cfg)},
+            {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+
+
+def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: dict[str, Any],
+                  spec_volume: bool, node_selector: dict[str, str] | None = None,
+                  tolerations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    st = run.spec.checkpoint.storage
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if st.uri is None:
+        volumes.append({"name": "storage",
+                        "persistentVolumeClaim": {"claimName": _claim_name(run, cfg)}})
+        mounts.append({"name": "storage", "mountPath": _mount_path(run, cfg)})
+    elif st.secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": st.secret_ref.name}}]
+    if spec_volume:
+        volumes.append({"name": "spec", "configMap": {"name": spec_configmap_name(run)}})
+        mounts.append({"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True})
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod: dict[str, Any] = {"containers": [container]}
+    if spec_volume:  # training pods: the driver patches its TrainingRun's status
+        pod["serviceAccountName"] = service_account_name(run, cfg)
+    if volumes:
+        pod["volumes"] = volumes
+    if node_selector:
+        pod["nodeSelector"] = dict(sorted(node_selector.items()))
+    if tolerations:
+        pod["tolerations"] = tolerations
+    return {"metadata": {"labels": {LABEL: run.name, ROLE_LABEL: role}}, "spec": pod}
+
+
+def _head_group(run: TrainingRun, cfg: RenderConfig, *, image: str, env: list[dict[str, Any]],
+                spec_volume: bool) -> dict[str, Any]:
+    head = run.spec.scaling.head
+    res = {"cpu": _cpu(head.cpus), "memory": head.memory}
+    container = {"name": "ray-head", "image": image, "imagePullPolicy": cfg.image_pull_policy,
+                 "env": [dict(e) for e in env],
+                 "resources": {"requests": dict(res), "limits": dict(res)}}
+    # No training work on the head; but Tune's trial drivers (a sliver of CPU each, see
+    # raykube.tune) need somewhere to run, and the head is where the search starts.
+    head_cpus = str(max(1, math.ceil(head.cpus - 1e-9))) if run.spec.tune is not None and spec_volume else "0"
+    return {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": head_cpus},
+            "template": _pod_template(run, cfg, role="head", container=container,
+                                      spec_volume=spec_volume)}
+
+
+def pods_needed(units: int, gpus_per_unit: float) -> tuple[int, int]:
+    """(pods, units per pod): fractional GPUs pack floor(1/g) units into a 1-GPU pod."""
+    per_pod = math.floor(1 / gpus_per_unit + 1e-9) if 0 < gpus_per_unit < 1 else 1
+    per_pod = max(1, min(per_pod, units))
+    return math.ceil(units / per_pod), per_pod
+
+
+def _worker_group(run: TrainingRun, cfg: RenderConfig, *, name: str, units: int, cpus: float,
+                  gpus: float, memory: str, image: str, env: list[dict[str, Any]],
+                  spec_volume: bool, node_selector: dict[str, str] | None,
+                  tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    pods, per_pod = pods_needed(units, gpus)
+    pod_cpus = cpus * per_pod
+    pod_gpus = math.ceil(gpus * per_pod - 1e-9) if gpus > 0 else 0
+    res: dict[str, str] = {"cpu": _cpu(pod_cpus), "memory": _scale_quantity(memory, per_pod)}
+    params = {"num-cpus": str(max(1, math.ceil(pod_cpus - 1e-9)))}
+    tolerations = list(tolerations)
+    if pod_gpus:
+        res[GPU_RESOURCE] = str(pod_gpus)
+        params["num-gpus"] = str(pod_gpus)
+        if cfg.gpu_toleration and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+            tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    container = {"name": "ray-worker", "image": image, "imagePullPolicy": cfg.image_pull_policy,
+                 "env": [dict(e) for e in env],
+                 "resources": {"requests": dict(res), "limits": dict(res)}}
+    return {"groupName": name, "replicas": pods, "minReplicas": pods, "maxReplicas": pods,
+            "rayStartParams": params,
+            "template": _pod_template(run, cfg, role=name, container=container,
+                                      spec_volume=spec_volume, node_selector=node_selector,
+                                      tolerations=tolerations)}
+
+
+def _cpu(cpus: float) -> str:
+    """Kubernetes CPU quantity: whole cores as "2", fractions in millicores ("1500m")."""
+    milli = round(cpus * 1000)
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+_QTY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$")
+
+
+def _scale_quantity(quantity: str, factor: int) -> str:
+    """``"4Gi" x 2 -> "8Gi"`` (the spec's pattern guarantees the shape)."""
+    if factor == 1:
+        return quantity
+    m = _QTY.match(quantity)
+    if m is None:
+        raise ValueError(f"not a quantity: {quantity!r}")
+    value = float(m.group(1)) * factor
+    text = str(int(value)) if value.is_integer() else f"{value:.3f}".rstrip("0").rstrip(".")
+    return text + m.group(2)
+
+
+# --------------------------------------------------------------------------- output
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the spec ConfigMap, serveConfigV2) as readable ``|`` blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_BlockDumper.add_representer(str, _str_representer)
+
+
+def dump_yaml(objs: list[dict[str, Any]]) -> str:
+    """Objects as one multi-document YAML stream (stable: same objects, same text)."""
+    return yaml.dump_all(objs, Dumper=_BlockDumper, sort_keys=False, explicit_start=True,
+                         width=100)

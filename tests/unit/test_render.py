@@ -1,0 +1,254 @@
+"""Rendering TrainingRuns to KubeRay/RBAC objects: strict schemas, sizing, determinism."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k8s_schemas import validate_all
+from raykube import render as R
+from raykube.spec import LABEL, load_file, load_yaml_documents, parse_training_run
+
+REPO = Path(__file__).resolve().parents[2]
+JOB_FILES = sorted((REPO / "jobs").glob("*.yaml"))
+CFG = R.RenderConfig()
+OWNER = {"name": "x", "uid": "0b3c5a4e-0000-4000-8000-000000000001"}
+
+
+def _run(**spec_over):
+    doc = load_yaml_documents((REPO / "jobs" / "quickstart.yaml").read_text())[0]
+    doc["spec"].update(spec_over)
+    return parse_training_run(doc)
+
+
+def _all(run, owner=None):
+    return [*R.render_training(run, CFG, owner), R.render_rayservice(run, CFG, "s3://b/ck", owner)]
+
+
+def _pods(rayjob):
+    spec = rayjob["spec"].get("rayClusterSpec") or rayjob["spec"]["rayClusterConfig"]
+    return spec["headGroupSpec"], spec["workerGroupSpecs"]
+
+
+@pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
+def test_every_job_renders_strictly_valid_objects(path):
+    for run in load_file(path):
+        objs = _all(run, OWNER)
+        assert [o["kind"] for o in objs] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding",
+                                             "RayJob", "RayService"]
+        assert validate_all(objs) == []
+        for o in objs:
+            assert o["metadata"]["labels"][LABEL] == run.name
+            assert o["metadata"]["namespace"] == run.namespace
+            ref, = o["metadata"]["ownerReferences"]
+            assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
+            assert ref["uid"] == OWNER["uid"] and ref["kind"] == "TrainingRun"
+
+
+def test_no_owner_references_without_owner():
+    objs = _all(_run())
+    assert all("ownerReferences" not in o["metadata"] for o in objs)
+    with pytest.raises(ValueError, match="uid"):
+        R.render_rayjob(_run(), CFG, owner={"name": "x"})
+
+
+def test_rayjob_contract():
+    run = _run(activeDeadlineSeconds=3600, suspend=True, failure={"maxRetries": 5})
+    job = R.render_rayjob(run, CFG)
+    s = job["spec"]
+    assert job["metadata"]["name"] == R.child_name(run) == "quickstart"
+    assert s["entrypoint"] == "raykube train --spec /etc/raykube/trainingrun.yaml"
+    assert s["shutdownAfterJobFinishes"] is True and s["ttlSecondsAfterFinished"] == 600
+    assert (s["activeDeadlineSeconds"], s["backoffLimit"], s["suspend"]) == (3600, 5, True)
+    assert s["rayClusterSpec"]["rayVersion"] == "2.60.0"
+    head, (group,) = _pods(job)
+    assert head["rayStartParams"]["num-cpus"] == "0"  # no training on the head
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
+    assert group["rayStartParams"]["num-cpus"] == "1"
+    for pod in (head["template"], group["template"]):
+        c, = pod["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert env == {"RAYKUBE_STORAGE": "/mnt/raykube/default", "RAY_USAGE_STATS_ENABLED": "0",
+                       "RAYKUBE_TRAININGRUN": "default/quickstart"}
+        assert c["image"] == CFG.cpu_image
+        assert {m["mountPath"] for m in c["volumeMounts"]} == {"/mnt/raykube", "/etc/raykube"}
+        assert pod["spec"]["serviceAccountName"] == "quickstart-raykube"
+        assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    c, = group["template"]["spec"]["containers"]
+    assert c["resources"]["limits"] == c["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+
+
+def test_spec_configmap_round_trips():
+    run = _run()
+    cm = R.render_spec_configmap(run, CFG)
+    assert cm["metadata"]["name"] == "quickstart-spec"
+    again = parse_training_run(yaml.safe_load(cm["data"]["trainingrun.yaml"]))
+    assert again.spec == run.spec and again.name == run.name
+
+
+def test_rbac_is_scoped_to_the_runs_own_status():
+    sa, role, binding = R.render_rbac(_run(), CFG)
+    rule, = role["rules"]
+    assert rule == {"apiGroups": ["raykube.io"], "resources": ["trainingruns/status"],
+                    "resourceNames": ["quickstart"], "verbs": ["get", "patch"]}
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": "default"}]
+
+
+def test_gpu_job_gets_gpus_and_the_cuda_image():
+    run, = load_file(REPO / "jobs" / "cifar10-gpu.yaml")
+    head, (group,) = _pods(R.render_rayjob(run, CFG))
+    c, = group["template"]["spec"]["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert c["image"] == CFG.gpu_image
+    assert group["replicas"] == run.spec.scaling.workers
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        group["template"]["spec"]["tolerations"]
+    assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
+    svc_head, (svc_group,) = _pods(R.render_rayservice(run, CFG, "s3://b/x"))
+    assert svc_group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_explicit_image_and_scheduling_constraints():
+    run = _run(image="registry.local/mine:1", scaling={
+        "workers": 3, "cpusPerWorker": 1.5, "memoryPerWorker": "3Gi",
+        "nodeSelector": {"pool": "train"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]})
+    job = R.render_rayjob(run, CFG)
+    _, (group,) = _pods(job)
+    pod = group["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.local/mine:1"
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "1500m", "memory": "3Gi"}
+    assert group["rayStartParams"]["num-cpus"] == "2"
+    assert pod["nodeSelector"] == {"pool": "train"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml",
+                                   "effect": "NoSchedule"}]
+    assert validate_all([job]) == []
+
+
+def _tune(max_concurrent, gpus=0.0, workers=2):
+    return _run(scaling={"workers": workers, "gpusPerWorker": gpus, "memoryPerWorker": "2Gi"},
+                tune={"trials": 8, "maxConcurrentTrials": max_concurrent,
+                      "searchSpace": {"train.optimizer.lr": {"loguniform": [1e-4, 1e-1]}}})
+
+
+def test_tune_sizes_the_cluster_for_concurrent_trials():
+    job = R.render_rayjob(_tune(3), CFG)
+    head, (group,) = _pods(job)
+    assert group["replicas"] == 6  # 3 trials x 2 workers
+    assert head["rayStartParams"]["num-cpus"] == "1"  # room for the trial drivers
+    assert validate_all([job]) == []
+
+
+def test_fractional_gpus_pack_trials_into_gpu_pods():
+    _, (group,) = _pods(R.render_rayjob(_tune(4, gpus=0.5, workers=1), CFG))
+    c, = group["template"]["spec"]["containers"]
+    assert group["replicas"] == 2  # 4 workers at half a GPU: 2 pods of 1 GPU
+    assert c["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
+    assert group["rayStartParams"] == {"num-cpus": "2", "num-gpus": "1"}
+    assert R.pods_needed(5, 0.25) == (2, 4)
+    assert R.pods_needed(1, 0.25) == (1, 1)
+    assert R.pods_needed(3, 2.0) == (3, 1)
+
+
+def test_s3_storage_uses_the_secret_and_no_volume():
+    run = _run(checkpoint={"storage": {"uri": "s3://bucket/prefix/", "secretRef": {"name": "s3-creds"}}})
+    job = R.render_rayjob(run, CFG)
+    for group in (_pods(job)[0], *_pods(job)[1]):
+        pod = group["template"]["spec"]
+        c, = pod["containers"]
+        assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+        assert {"name": "RAYKUBE_STORAGE", "value": "s3://bucket/prefix/default"} in c["env"]
+        assert [v["name"] for v in pod["volumes"]] == ["spec"]
+    assert validate_all([job]) == []
+
+
+def test_custom_pvc_is_mounted():
+    run = _run(checkpoint={"storage": {"pvc": {"claimName": "team-data", "mountPath": "/data"}}})
+    head, _ = _pods(R.render_rayjob(run, CFG))
+    assert {"name": "storage", "persistentVolumeClaim": {"claimName": "team-data"}} in \
+        head["template"]["spec"]["volumes"]
+    assert R.storage_root(run) == "/data/default"
+
+
+def test_rayservice_contract():
+    run = _run(serve={"enabled": True, "replicas": 3, "cpusPerReplica": 0.5, "maxBatchSize": 8})
+    svc = R.render_rayservice(run, CFG, "/mnt/raykube/default/quickstart/ckpt_7")
+    cfg = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    app, = cfg["applications"]
+    assert app["import_path"] == "raykube.serve:app_builder" and app["route_prefix"] == "/"
+    assert app["args"] == {"checkpoint": "/mnt/raykube/default/quickstart/ckpt_7", "maxBatchSize": 8,
+                           "batchWaitTimeoutMs": 5.0, "maxRequestBytes": 4194304}
+    dep, = app["deployments"]
+    assert dep == {"name": "Classifier", "num_replicas": 3,
+                   "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0}}
+    _, (group,) = _pods(svc)
+    assert group["replicas"] == 3
+    assert R.serve_endpoint(run) == "http://quickstart-serve-svc.default:8000"
+    # a new checkpoint changes the serve config and the hash; nothing else
+    other = R.render_rayservice(run, CFG, "/mnt/raykube/default/quickstart/ckpt_9")
+    assert other["metadata"]["annotations"] != svc["metadata"]["annotations"]
+    assert other["spec"]["rayClusterConfig"] == svc["spec"]["rayClusterConfig"]
+
+
+def test_rendering_is_deterministic():
+    a = R.dump_yaml(_all(_tune(2), OWNER))
+    b = R.dump_yaml(_all(_tune(2), OWNER))
+    assert a == b
+    h1 = R.render_rayservice(_run(), CFG, "x")["metadata"]["annotations"][R.SPEC_HASH_ANNOTATION]
+    assert h1 == R.render_rayservice(_run(), CFG, "x")["metadata"]["annotations"][R.SPEC_HASH_ANNOTATION]
+
+
+def test_render_config_from_env():
+    cfg = R.RenderConfig.from_env({"RAYKUBE_CPU_IMAGE": "me/cpu:1", "RAYKUBE_GPU_TOLERATION": "false",
+                                   "RAYKUBE_DEFAULT_PVC": "shared", "UNRELATED": "x"})
+    assert (cfg.cpu_image, cfg.gpu_toleration, cfg.default_pvc) == ("me/cpu:1", False, "shared")
+    assert cfg.gpu_image == R.RenderConfig().gpu_image
+    job = R.render_rayjob(_run(), cfg)
+    head, _ = _pods(job)
+    assert head["template"]["spec"]["containers"][0]["image"] == "me/cpu:1"
+    assert {"name": "storage", "persistentVolumeClaim": {"claimName": "shared"}} in \
+        head["template"]["spec"]["volumes"]
+
+
+def test_render_imports_neither_torch_nor_ray():
+    code = ("import sys, raykube.render, raykube.crd, raykube.commands.render; "
+            "bad = [m for m in ('torch', 'ray') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cli_render_prints_every_job(capsys):
+    from raykube.cli import main
+
+    assert main(["render", *map(str, JOB_FILES), "--checkpoint", "s3://b/best"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert validate_all(docs) == []
+    assert all("ownerReferences" not in d["metadata"] for d in docs)
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("RayJob") == len(JOB_FILES)
+    services = [d for d in docs if d["kind"] == "RayService"]
+    assert services and all("s3://b/best" in s["spec"]["serveConfigV2"] for s in services)
+
+
+def test_cli_render_overrides_and_errors(tmp_path, capsys):
+    from raykube.cli import main
+
+    assert main(["render", str(REPO / "jobs" / "quickstart.yaml"), "--no-serve", "-n", "ml",
+                 "--image", "me/img:2"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert "RayService" not in [d["kind"] for d in docs]
+    assert {d["metadata"]["namespace"] for d in docs} == {"ml"}
+    job = next(d for d in docs if d["kind"] == "RayJob")
+    assert job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0][
+        "image"] == "me/img:2"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "jobs" / "quickstart.yaml").read_text().replace("workers: 2", "workers: 0"))
+    assert main(["render", str(bad)]) == 1
+    assert "spec.scaling.workers" in capsys.readouterr().err
