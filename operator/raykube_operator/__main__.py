@@ -1,0 +1,57 @@
+"""``python -m raykube_operator``: run the TrainingRun operator.
+
+Connects with in-cluster credentials, or KUBECONFIG / ~/.kube/config outside a cluster.
+Scope: ``--namespace`` (repeatable) or ``RAYKUBE_NAMESPACES=a,b``; cluster-wide by
+default (``-A``). Runs standalone (no kopf peering): deploy exactly one replica.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import kopf
+
+from raykube_operator.config import OperatorConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m raykube_operator", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable; globs allowed); "
+                       "default: RAYKUBE_NAMESPACES, else all")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch every namespace (the default)")
+    p.add_argument("--liveness", metavar="URL", default=None,
+                   help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz "
+                   "(default: RAYKUBE_LIVENESS; 'off' disables)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = OperatorConfig.from_env()  # fail fast on a bad RAYKUBE_* value
+    namespaces: tuple[str, ...] = () if args.all_namespaces else (
+        tuple(args.namespace) or cfg.namespaces)
+    liveness = cfg.liveness if args.liveness is None else (
+        None if args.liveness.lower() in ("off", "none", "") else args.liveness)
+    kopf.configure(debug=args.verbose, verbose=args.verbose)
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else cfg.log_level)
+
+    import raykube_operator.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

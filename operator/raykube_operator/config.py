@@ -1,0 +1,63 @@
+"""Typed operator settings, read once from ``RAYKUBE_*`` environment variables.
+
+Rendering defaults (images, storage, ...) belong to ``raykube.render.RenderConfig``
+and are read by its own ``from_env``; this module adds what only the operator needs.
+
+| variable | default | meaning |
+|---|---|---|
+| ``RAYKUBE_NAMESPACES`` | (empty: all) | comma-separated namespaces to watch |
+| ``RAYKUBE_LIVENESS`` | ``http://0.0.0.0:8080/healthz`` | kopf liveness endpoint (``off`` disables) |
+| ``RAYKUBE_RETRY_DELAY`` | ``5`` | seconds before a handler retries after a transient API error |
+| ``RAYKUBE_MAX_WORKERS`` | ``8`` | threads running the (synchronous) handlers |
+| ``RAYKUBE_LOG_LEVEL`` | ``INFO`` | operator log level |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from raykube.render import RenderConfig
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key}={raw!r}: expected a number") from None
+    if value < 0:
+        raise ValueError(f"{key}={raw!r}: must be >= 0")
+    return value
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the handlers need to know besides the TrainingRun itself."""
+
+    render: RenderConfig = field(default_factory=RenderConfig)
+    namespaces: tuple[str, ...] = ()
+    liveness: str | None = "http://0.0.0.0:8080/healthz"
+    retry_delay: float = 5.0
+    max_workers: int = 8
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        namespaces = tuple(n.strip() for n in env.get("RAYKUBE_NAMESPACES", "").split(",")
+                           if n.strip())
+        liveness = env.get("RAYKUBE_LIVENESS", cls.liveness or "").strip()
+        if liveness.lower() in ("", "off", "none", "false", "0"):
+            liveness = None
+        return cls(
+            render=RenderConfig.from_env(env),
+            namespaces=namespaces,
+            liveness=liveness,
+            retry_delay=_float(env, "RAYKUBE_RETRY_DELAY", cls.retry_delay),
+            max_workers=max(1, int(_float(env, "RAYKUBE_MAX_WORKERS", cls.max_workers))),
+            log_level=env.get("RAYKUBE_LOG_LEVEL", cls.log_level).upper(),
+        )

@@ -1,0 +1,153 @@
+"""The operator's only Kubernetes I/O: a tiny JSON-over-REST client for any kind.
+
+Built on the official client's ``ApiClient`` (kubeconfig / in-cluster auth, TLS), but
+talking plain dicts: the rendered objects are dicts, and the typed models of the
+generated client would add nothing but conversions. Errors come back as
+``ApiError(status, reason, message)``; ``transient`` says whether a retry can help.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import kubernetes
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = {409, 429, 500, 502, 503, 504}
+"""409 here means a write conflict (optimistic locking), not AlreadyExists on create."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str = "", message: str = ""):
+        self.status = status
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{status} {reason}: {message}".strip())
+
+    @property
+    def transient(self) -> bool:
+        return self.status in TRANSIENT or self.status == 0
+
+
+def load_api_client() -> kubernetes.client.ApiClient:
+    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+def split_api_version(api_version: str) -> tuple[str, str]:
+    if "/" in api_version:
+        group, version = api_version.split("/", 1)
+        return group, version
+    return "", api_version
+
+
+def resource_path(api_version: str, plural: str, namespace: str | None = None,
+                  name: str | None = None, subresource: str | None = None) -> str:
+    group, version = split_api_version(api_version)
+    path = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+    if namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+# Plurals of the kinds the operator writes (render output) or reads.
+PLURALS: dict[str, str] = {
+    "TrainingRun": "trainingruns",
+    "RayJob": "rayjobs",
+    "RayService": "rayservices",
+    "RayCluster": "rayclusters",
+    "ConfigMap": "configmaps",
+    "Secret": "secrets",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "Event": "events",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+}
+
+
+def plural_of(kind: str) -> str:
+    try:
+        return PLURALS[kind]
+    except KeyError:
+        raise ValueError(f"the operator does not manage kind {kind!r}") from None
+
+
+class Kube:
+    """Create/get/patch/delete plain-dict objects."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None,
+                 timeout: float = 30.0):
+        self.api = api_client or load_api_client()
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/json") -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        try:
+            m, url, hdrs, data, _ = self.api.param_serialize(
+                method, path, header_params=headers, body=body, auth_settings=["BearerToken"])
+            resp = self.api.call_api(m, url, header_params=hdrs, body=data,
+                                     _request_timeout=self.timeout)
+            raw = resp.read()
+        except kubernetes.client.ApiException as exc:
+            raise ApiError(int(exc.status or 0), str(exc.reason or ""), str(exc.body or "")) from exc
+        except Exception as exc:  # connection refused, timeouts: retryable
+            raise ApiError(0, type(exc).__name__, str(exc)) from exc
+        text = raw.decode("utf-8", "replace") if raw else ""
+        if not 200 <= resp.status < 300:
+            reason, message = "", text[:500]
+            try:
+                doc = json.loads(text)
+                reason, message = doc.get("reason", ""), doc.get("message", message)
+            except ValueError:
+                pass
+            raise ApiError(resp.status, reason, message)
+        return json.loads(text) if text else {}
+
+    # ----------------------------------------------------------------- object verbs
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self.request("GET", resource_path(api_version, plural_of(kind), namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], plural_of(obj["kind"]), meta.get("namespace"))
+        return self.request("POST", path, obj)
+
+    def patch(self, api_version: str, kind: str, namespace: str, name: str,
+              patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
+        """JSON merge patch (RFC 7386): ``None`` deletes a key, lists are replaced."""
+        path = resource_path(api_version, plural_of(kind), namespace, name, subresource)
+        return self.request("PATCH", path, patch, "application/merge-patch+json")
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """True when deleted, False when it was already gone (background propagation)."""
+        path = resource_path(api_version, plural_of(kind), namespace, name)
+        try:
+            self.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1",
+                                          "propagationPolicy": "Background"})
+            return True
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise

@@ -1,0 +1,27 @@
+"""What the operator's ClusterRole must allow: (apiGroup, resource, verbs).
+
+The integration tests record every request the operator makes against the emulator and
+check it stays within this table; the k8s manifests' ClusterRole must cover it.
+"""
+
+from __future__ import annotations
+
+PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
+    ("raykube.io", "trainingruns"): frozenset({"get", "list", "watch", "patch"}),
+    ("raykube.io", "trainingruns/status"): frozenset({"get", "patch"}),
+    ("ray.io", "rayjobs"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    ("ray.io", "rayservices"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    ("", "configmaps"): frozenset({"get", "create", "patch"}),
+    ("", "serviceaccounts"): frozenset({"get", "create", "patch"}),
+    ("rbac.authorization.k8s.io", "roles"): frozenset({"get", "create", "patch"}),
+    ("rbac.authorization.k8s.io", "rolebindings"): frozenset({"get", "create", "patch"}),
+    ("", "events"): frozenset({"create"}),
+    ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
+    ("", "namespaces"): frozenset({"list", "watch"}),
+}
+"""Operator needs ``escalate``/``bind``-free RBAC: the rendered Role grants only
+get/patch on ``trainingruns/status``, which the operator itself holds."""
+
+
+def allowed(group: str, resource: str, verb: str) -> bool:
+    return verb in PERMISSIONS.get((group, resource), frozenset())

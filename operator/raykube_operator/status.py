@@ -1,0 +1,311 @@
+"""Pure status logic: KubeRay status -> TrainingRun conditions, phase and counters.
+
+Nothing here does I/O or reads the clock: callers pass ``now`` (RFC 3339) and the
+current status, and get back the new one. That keeps every mapping unit-testable and
+makes the handlers thin.
+
+Conditions follow ``metav1.Condition``: ``lastTransitionTime`` changes only when the
+condition's *status* changes (a new reason or message alone keeps it), and
+``observedGeneration`` records the spec generation the condition was computed from.
+The phase is derived from the conditions only (``phase_of``), so it can never
+contradict them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+# Condition types, in the order they are listed in status.conditions.
+VALIDATED = "Validated"
+RUNNING = "Running"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+PROMOTED = "Promoted"
+READY = "Ready"
+SPEC_APPLIED = "SpecApplied"
+CONDITION_ORDER = (VALIDATED, SPEC_APPLIED, RUNNING, SUCCEEDED, FAILED, PROMOTED, READY)
+
+# KubeRay RayJob status.jobDeploymentStatus values (v1.x).
+PENDING_DEPLOYMENT = {"", "New", "Initializing", "Waiting"}
+ACTIVE_DEPLOYMENT = {"Running", "Retrying"}
+SUSPENDED_DEPLOYMENT = {"Suspending", "Suspended"}
+TERMINAL_DEPLOYMENT = {"Complete", "Failed", "ValidationFailed"}
+
+
+def now_rfc3339(dt: datetime | None = None) -> str:
+    """``2025-01-31T12:00:00Z``: the format metav1.Time uses."""
+    dt = dt or datetime.now(timezone.utc)
+    return dt.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------ conditions
+def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    for c in conditions or []:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    c = get_condition(conditions, type_)
+    return bool(c and c.get("status") == "True")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: str | bool,
+    reason: str,
+    message: str = "",
+    *,
+    now: str,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """A new condition list with ``type_`` set; lastTransitionTime kept unless status flips."""
+    if isinstance(status, bool):
+        status = "True" if status else "False"
+    out = [copy.deepcopy(c) for c in conditions or [] if c.get("type") != type_]
+    old = get_condition(conditions, type_)
+    ltt = old["lastTransitionTime"] if old and old.get("status") == status and old.get(
+        "lastTransitionTime") else now
+    new: dict[str, Any] = {"type": type_, "status": status, "reason": reason,
+                           "message": message, "lastTransitionTime": ltt}
+    if generation is not None:
+        new["observedGeneration"] = int(generation)
+    out.append(new)
+    return sort_conditions(out)
+
+
+def remove_condition(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
+    return [copy.deepcopy(c) for c in conditions or [] if c.get("type") != type_]
+
+
+def sort_conditions(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rank = {t: i for i, t in enumerate(CONDITION_ORDER)}
+    return sorted(conditions, key=lambda c: (rank.get(c.get("type", ""), len(rank)), c.get("type", "")))
+
+
+def phase_of(conditions: list[dict[str, Any]] | None) -> str:
+    """The human phase, derived from conditions (first match wins)."""
+    validated = get_condition(conditions, VALIDATED)
+    if validated is not None and validated.get("status") == "False":
+        return "Failed"
+    if is_true(conditions, FAILED):
+        return "Failed"
+    if is_true(conditions, READY):
+        return "Serving"
+    if is_true(conditions, SUCCEEDED):
+        return "Succeeded"
+    running = get_condition(conditions, RUNNING)
+    if running is not None:
+        if running.get("status") == "True":
+            return "Running"
+        if running.get("reason") == "Suspended":
+            return "Suspended"
+    return "Pending"
+
+
+# ----------------------------------------------------------------------------- RayJob
+@dataclass(frozen=True)
+class JobState:
+    """What one RayJob status means for us."""
+
+    running: tuple[str, str, str]  # (status, reason, message) of the Running condition
+    outcome: str | None  # "Succeeded", "Failed" or None while undecided
+    reason: str
+    message: str
+    terminal: bool
+
+
+def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
+    """Interpret KubeRay's ``jobDeploymentStatus`` + ``jobStatus`` (+ reason/message)."""
+    st = rayjob_status or {}
+    dep = st.get("jobDeploymentStatus") or ""
+    job = st.get("jobStatus") or ""
+    kr_reason = st.get("reason") or ""
+    kr_msg = st.get("message") or ""
+    failed = int(st.get("failed") or 0)
+
+    if dep in TERMINAL_DEPLOYMENT:
+        if dep == "Complete" and job == "SUCCEEDED":
+            return JobState(("False", "Completed", "the Ray job finished"), "Succeeded",
+                            "JobSucceeded", "the Ray job succeeded", True)
+        reason = kr_reason or ("JobStopped" if job == "STOPPED" else "JobFailed")
+        if dep == "ValidationFailed":
+            reason = kr_reason or "ValidationFailed"
+        detail = kr_msg or f"jobDeploymentStatus={dep}, jobStatus={job or 'unknown'}"
+        return JobState(("False", "Completed", "the Ray job finished"), "Failed", reason,
+                        f"the Ray job failed after {max(failed, 1)} attempt(s): {detail}", True)
+    if dep in SUSPENDED_DEPLOYMENT:
+        return JobState(("False", "Suspended", "spec.suspend is true: the Ray cluster is "
+                         "stopped; set it to false to resume from the latest checkpoint"),
+                        None, "Suspended", "suspended", False)
+    if dep == "Retrying":
+        return JobState(("True", "Retrying", f"attempt {failed} failed; KubeRay is starting "
+                         "a new Ray cluster that resumes from the latest checkpoint"),
+                        None, "Retrying", kr_msg or "retrying", False)
+    if dep == "Running":
+        if job in ("", "PENDING"):
+            return JobState(("True", "JobPending", "the Ray cluster is up; the job is being "
+                             "submitted"), None, "JobPending", "job submitted", False)
+        return JobState(("True", "JobRunning", "training is running"), None, "JobRunning",
+                        "training is running", False)
+    # "", New, Initializing, Waiting (or a value this operator does not know yet)
+    reason = dep or "Created"
+    return JobState(("False", reason, "waiting for the Ray cluster"
+                     + (f" ({dep})" if dep else "")), None, reason, "waiting for the Ray cluster",
+                    False)
+
+
+def attempts_of(rayjob_status: dict[str, Any] | None) -> int | None:
+    """1 + retries: finished attempts (``failed`` + ``succeeded``) plus the running one."""
+    st = rayjob_status or {}
+    dep = st.get("jobDeploymentStatus") or ""
+    done = int(st.get("failed") or 0) + int(st.get("succeeded") or 0)
+    if dep in TERMINAL_DEPLOYMENT:
+        return max(done, 1)
+    if dep in ACTIVE_DEPLOYMENT or dep == "Initializing":
+        return done + 1
+    return done or None
+
+
+def status_from_rayjob(
+    rayjob: dict[str, Any],
+    current: dict[str, Any] | None,
+    *,
+    now: str,
+    generation: int | None,
+) -> dict[str, Any]:
+    """The TrainingRun status fields to patch after the RayJob's status changed.
+
+    Returns only the keys owned by this mapping (conditions, phase, rayJob, jobId,
+    attempts, startTime, completionTime, message); progress/checkpoint/serving stay as
+    they are.
+    """
+    cur = current or {}
+    st = rayjob.get("status") or {}
+    state = job_state(st)
+    conds = cur.get("conditions") or []
+    r_status, r_reason, r_msg = state.running
+    conds = set_condition(conds, RUNNING, r_status, r_reason, r_msg, now=now,
+                          generation=generation)
+    if state.outcome == "Succeeded":
+        conds = set_condition(conds, SUCCEEDED, "True", state.reason, state.message, now=now,
+                              generation=generation)
+        conds = set_condition(conds, FAILED, "False", "JobSucceeded", "", now=now,
+                              generation=generation)
+    elif state.outcome == "Failed":
+        conds = set_condition(conds, FAILED, "True", state.reason, state.message, now=now,
+                              generation=generation)
+        conds = set_condition(conds, SUCCEEDED, "False", state.reason, "", now=now,
+                              generation=generation)
+    else:  # a (re)started run: no outcome yet
+        for t in (SUCCEEDED, FAILED):
+            if get_condition(conds, t) is not None:
+                conds = set_condition(conds, t, "False", state.reason, "", now=now,
+                                      generation=generation)
+
+    out: dict[str, Any] = {
+        "conditions": conds,
+        "phase": phase_of(conds),
+        "rayJob": (rayjob.get("metadata") or {}).get("name"),
+        "message": state.message,
+    }
+    if st.get("jobId"):
+        out["jobId"] = st["jobId"]
+    attempts = attempts_of(st)
+    if attempts is not None:
+        out["attempts"] = attempts
+    start = st.get("startTime")
+    if start and not cur.get("startTime"):
+        out["startTime"] = start
+    if state.terminal:
+        out["completionTime"] = st.get("endTime") or cur.get("completionTime") or now
+    elif cur.get("completionTime"):
+        out["completionTime"] = None  # a rerun / retry: not complete any more
+    return out
+
+
+# --------------------------------------------------------------------------- promotion
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str  # GatePassed, GateNotMet, NoCheckpoint, ServeDisabled
+    message: str
+    checkpoint: str | None
+
+
+def gate(serve: dict[str, Any] | None, checkpoint: dict[str, Any] | None) -> GateDecision:
+    """Whether the best checkpoint may be served: ``valAccuracy >= serve.minAccuracy``.
+
+    ``serve`` is the camelCase ``spec.serve`` (defaults applied), ``checkpoint`` the
+    ``status.checkpoint`` the driver wrote ({uri, epoch, metrics}).
+    """
+    serve = serve or {}
+    if not serve.get("enabled"):
+        return GateDecision(False, "ServeDisabled", "spec.serve.enabled is false", None)
+    threshold = float(serve.get("minAccuracy") or 0.0)
+    uri = (checkpoint or {}).get("uri")
+    if not uri:
+        return GateDecision(False, "NoCheckpoint", "the run reported no checkpoint "
+                            "(status.checkpoint.uri is empty)", None)
+    metrics = (checkpoint or {}).get("metrics") or {}
+    acc = metrics.get("valAccuracy")
+    if not isinstance(acc, (int, float)):
+        return GateDecision(False, "GateNotMet", f"checkpoint {uri} has no valAccuracy metric "
+                            f"(gate: serve.minAccuracy={threshold:g})", uri)
+    if float(acc) >= threshold:
+        return GateDecision(True, "GatePassed", f"valAccuracy {float(acc):.4f} >= "
+                            f"serve.minAccuracy {threshold:g}; serving {uri}", uri)
+    return GateDecision(False, "GateNotMet", f"valAccuracy {float(acc):.4f} < "
+                        f"serve.minAccuracy {threshold:g}: not promoted", uri)
+
+
+# ------------------------------------------------------------------------- RayService
+def rayservice_ready(rayservice: dict[str, Any]) -> tuple[bool, str, str]:
+    """(ready, reason, message) from a KubeRay 1.7 RayService status.
+
+    Ready when the ``Ready`` condition is True and no upgrade is in progress (older
+    KubeRay versions only report ``serviceStatus: Running``).
+    """
+    st = rayservice.get("status") or {}
+    conds = st.get("conditions") or []
+    ready_c = get_condition(conds, "Ready")
+    upgrading = is_true(conds, "UpgradeInProgress")
+    if upgrading:
+        c = get_condition(conds, "UpgradeInProgress") or {}
+        return False, "UpgradeInProgress", c.get("message") or "a new serve config is rolling out"
+    if ready_c is not None:
+        ok = ready_c.get("status") == "True"
+        return ok, ready_c.get("reason") or ("ServeReady" if ok else "NotReady"), \
+            ready_c.get("message") or ""
+    if st.get("serviceStatus") == "Running":
+        return True, "ServeReady", "serviceStatus is Running"
+    return False, "Deploying", "waiting for the RayService to become ready"
+
+
+def serving_from_rayservice(
+    rayservice: dict[str, Any],
+    current: dict[str, Any] | None,
+    *,
+    endpoint: str,
+    checkpoint: str | None,
+    now: str,
+    generation: int | None,
+) -> dict[str, Any]:
+    """Status fields (conditions, phase, serving, rayService) after a RayService change."""
+    cur = current or {}
+    ready, reason, message = rayservice_ready(rayservice)
+    conds = set_condition(cur.get("conditions"), READY, ready, reason if not ready else "ServeReady",
+                          message or (f"serving {checkpoint} at {endpoint}" if ready else ""),
+                          now=now, generation=generation)
+    out: dict[str, Any] = {"conditions": conds, "phase": phase_of(conds),
+                           "rayService": (rayservice.get("metadata") or {}).get("name")}
+    if ready:
+        old = cur.get("serving") or {}
+        since = old.get("since") if old.get("checkpoint") == checkpoint and old.get("since") else now
+        out["serving"] = {"endpoint": endpoint, "checkpoint": checkpoint, "since": since}
+    return out

@@ -1,0 +1,154 @@
+"""Progress from the training driver into its TrainingRun's status (a RunObserver).
+
+``raykube train`` adds ``KubernetesReporter(namespace, name)`` when the environment
+holds ``RAYKUBE_TRAININGRUN=<namespace>/<name>`` (the rendered RayJob sets it). It
+patches ``status.progress`` and ``status.checkpoint`` (the best checkpoint so far by
+``checkpoint.scoreMetric``) through the ``/status`` subresource, which the rendered Role
+allows for this one object only.
+
+Rate-limited (at most one patch per ``min_interval`` seconds; the latest values are
+always flushed at ``on_end``) and never raising: an unreachable API server is logged
+and training carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from raykube.spec import API_VERSION, METRICS, PLURAL
+
+if TYPE_CHECKING:
+    from raykube.spec import TrainingRun
+
+log = logging.getLogger(__name__)
+
+PROGRESS_KEYS = ("trainLoss", "valLoss", "valAccuracy")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[k] = float(v)
+    return out
+
+
+class KubernetesReporter:
+    """RunObserver patching ``status.progress``/``status.checkpoint`` of one TrainingRun."""
+
+    def __init__(self, namespace: str, name: str, *, min_interval: float = 5.0,
+                 api: Any = None, score_metric: str = "valAccuracy"):
+        self.namespace = namespace
+        self.name = name
+        self.min_interval = min_interval
+        self.score_metric = score_metric
+        self._api = api
+        self._lock = threading.Lock()
+        self._last_sent = float("-inf")  # the first epoch is always sent
+        self._pending: dict[str, Any] = {}
+        self._best: dict[str, Any] | None = None
+        self._epochs: int | None = None
+        self.failures = 0
+        self.patches = 0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **kwargs: Any) -> KubernetesReporter | None:
+        """From ``RAYKUBE_TRAININGRUN=<namespace>/<name>``; None when unset."""
+        value = (env if env is not None else os.environ).get("RAYKUBE_TRAININGRUN", "")
+        if "/" not in value:
+            return None
+        ns, name = value.split("/", 1)
+        return cls(ns, name, **kwargs)
+
+    # ------------------------------------------------------------------ client
+    def _client(self) -> Any:
+        if self._api is None:
+            import kubernetes
+
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            self._api = kubernetes.client.CustomObjectsApi()
+        return self._api
+
+    def _send(self, status: dict[str, Any]) -> bool:
+        group, version = API_VERSION.split("/")
+        try:
+            self._client().patch_namespaced_custom_object_status(
+                group, version, self.namespace, PLURAL, self.name, {"status": status})
+            self.patches += 1
+            return True
+        except Exception as exc:  # never fail training because of the API
+            self.failures += 1
+            log.warning("could not report progress to TrainingRun %s/%s: %s",
+                        self.namespace, self.name, exc)
+            return False
+
+    def flush(self) -> bool:
+        with self._lock:
+            if not self._pending:
+                return True
+            status, self._pending = self._pending, {}
+            self._last_sent = time.monotonic()
+        ok = self._send(status)
+        if not ok:
+            with self._lock:  # keep it for the next try, newer values win
+                merged = {**status, **self._pending}
+                self._pending = merged
+        return ok
+
+    # ---------------------------------------------------------------- observer
+    def on_start(self, run: TrainingRun) -> None:
+        self._epochs = run.spec.train.epochs
+        self.score_metric = run.spec.checkpoint.score_metric
+
+    def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None, trial: str | None) -> None:
+        m = _finite(metrics)
+        progress: dict[str, Any] = {k: m[k] for k in PROGRESS_KEYS if k in m}
+        if isinstance(metrics.get("epoch"), int):
+            progress["epoch"] = metrics["epoch"]
+        if self._epochs is not None:
+            progress["epochs"] = self._epochs
+        if trial:
+            progress["trial"] = str(trial)
+        progress["updatedAt"] = _now()
+        with self._lock:
+            self._pending["progress"] = progress
+            if checkpoint and self.score_metric in m and self._better(m[self.score_metric]):
+                self._best = {"uri": str(checkpoint), "metrics": m}
+                if "epoch" in progress:
+                    self._best["epoch"] = progress["epoch"]
+                self._pending["checkpoint"] = dict(self._best)
+            due = time.monotonic() - self._last_sent >= self.min_interval
+        if due:
+            self.flush()
+
+    def _better(self, value: float) -> bool:
+        if self._best is None:
+            return True
+        old = self._best["metrics"].get(self.score_metric)
+        if old is None:
+            return True
+        return value > old if METRICS.get(self.score_metric, "max") == "max" else value < old
+
+    def on_end(self, result: dict[str, Any]) -> None:
+        best = result.get("bestCheckpoint") or result.get("best_checkpoint")
+        metrics = result.get("bestMetrics") or result.get("best_metrics")
+        if best and isinstance(metrics, dict):
+            with self._lock:
+                self._best = {"uri": str(best), "metrics": _finite(metrics)}
+                if isinstance(metrics.get("epoch"), int):
+                    self._best["epoch"] = metrics["epoch"]
+                self._pending["checkpoint"] = dict(self._best)
+        self.flush()

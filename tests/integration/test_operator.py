@@ -1,0 +1,210 @@
+"""The real operator (``python -m raykube_operator``) against the kmock API emulator.
+
+No Ray: KubeRay's part (status transitions) is simulated by patching RayJob /status,
+exactly what KubeRay's controller does on a cluster.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from raykube.testing.fixtures)
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from k8s_schemas import validate_strict
+from raykube.spec import load_yaml_documents
+from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
+from raykube_operator.rbac import allowed
+
+JOBS = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
+CHILD_KINDS = ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "RayJob")
+
+pytestmark = pytest.mark.usefixtures("operator", "operator_logs")
+
+
+def tr_doc(name: str, **spec_overrides) -> dict:
+    doc = load_yaml_documents((JOBS[0].parent / "quickstart.yaml").read_text())[0]
+    doc["metadata"] = {"name": name, "namespace": "default"}
+    doc["spec"]["serve"]["enabled"] = False
+    for key, value in spec_overrides.items():
+        doc["spec"][key] = value
+    return doc
+
+
+def children(kube, name):
+    out = []
+    for kind in CHILD_KINDS:
+        out += [o for o in kube.list(kind) if (o["metadata"].get("labels") or {}).get(
+            "raykube.io/trainingrun") == name]
+    return out
+
+
+def cond(tr, type_):
+    return next((c for c in tr["status"].get("conditions", []) if c["type"] == type_), None)
+
+
+def rayjob_status(kube, name, **status):
+    kube.patch_status("RayJob", name, status)
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
+def test_job_file_creates_valid_children(kube, path):
+    docs = load_yaml_documents(path.read_text())
+    for doc in docs:
+        doc.setdefault("metadata", {})["namespace"] = "default"
+        tr = kube.create(doc)
+        name = doc["metadata"]["name"]
+        kube.wait_condition(name, "Validated")
+        kube.wait_object("RayJob", name)
+        kids = kube.wait_for(lambda n=name: len(children(kube, n)) == len(CHILD_KINDS)
+                             and children(kube, n), what="all children")
+        for obj in kids:
+            assert validate_strict(obj) == [], (obj["kind"], validate_strict(obj))
+            refs = obj["metadata"]["ownerReferences"]
+            assert [r["uid"] for r in refs] == [tr["metadata"]["uid"]]
+            assert refs[0]["kind"] == "TrainingRun" and refs[0]["controller"] is True
+        final = kube.get("TrainingRun", name)
+        assert validate_strict(final) == [], validate_strict(final)  # status fits our CRD
+        assert final["status"]["phase"] in ("Pending", "Suspended")
+        assert final["status"]["rayJob"] == name
+        assert final["status"]["observedGeneration"] == 1
+
+
+def test_status_follows_kuberay_to_success(kube):
+    name = "life"
+    kube.create(tr_doc(name))
+    kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Initializing")
+    tr = kube.wait_condition(name, "Running", "False", reason="Initializing")
+    assert tr["status"]["phase"] == "Pending"
+
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING", jobId="j-1",
+                  startTime="2025-01-01T00:00:00Z")
+    tr = kube.wait_condition(name, "Running", reason="JobRunning")
+    assert tr["status"]["phase"] == "Running"
+    assert tr["status"]["attempts"] == 1 and tr["status"]["jobId"] == "j-1"
+    assert tr["status"]["startTime"] == "2025-01-01T00:00:00Z"
+    running_since = cond(tr, "Running")["lastTransitionTime"]
+
+    rayjob_status(kube, name, jobDeploymentStatus="Retrying", jobStatus="FAILED", failed=1)
+    tr = kube.wait_condition(name, "Running", reason="Retrying")
+    assert tr["status"]["phase"] == "Running" and tr["status"]["attempts"] == 2
+    assert cond(tr, "Running")["lastTransitionTime"] == running_since  # status unchanged
+
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1,
+                  endTime="2025-01-01T01:00:00Z")
+    tr = kube.wait_condition(name, "Succeeded")
+    st = tr["status"]
+    assert st["phase"] == "Succeeded" and st["completionTime"] == "2025-01-01T01:00:00Z"
+    assert st["attempts"] == 2
+    assert cond(tr, "Running")["status"] == "False"
+    assert validate_strict(tr) == []
+    reasons = kube.wait_for(lambda: {e.get("reason") for e in kube.list("Event")
+                                     if e.get("involvedObject", {}).get("name") == name}
+                            >= {"Created", "Succeeded"} and True, what="events")
+    assert reasons
+
+
+def test_failed_job_reported_with_kuberay_reason(kube):
+    name = "fails"
+    kube.create(tr_doc(name))
+    kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Failed", jobStatus="FAILED", failed=3,
+                  reason="AppFailed", message="Job entrypoint exited with code 1")
+    tr = kube.wait_condition(name, "Failed", reason="AppFailed")
+    assert tr["status"]["phase"] == "Failed" and tr["status"]["attempts"] == 3
+    assert "exited with code 1" in cond(tr, "Failed")["message"]
+
+
+def test_invalid_spec_gets_condition_and_no_children(kube):
+    doc = tr_doc("bad")
+    doc["spec"]["scaling"]["workers"] = 0  # the emulator does not validate: the operator must
+    kube.create(doc)
+    tr = kube.wait_condition("bad", "Validated", "False", reason="InvalidSpec")
+    assert "spec.scaling.workers" in cond(tr, "Validated")["message"]
+    assert tr["status"]["phase"] == "Failed"
+    time.sleep(0.5)
+    assert children(kube, "bad") == []
+
+
+def test_restart_creates_no_duplicates_and_keeps_status(kube, operator):
+    name = "restart"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    before = {(o["kind"], o["metadata"]["name"]): o["metadata"]["uid"] for o in children(kube, name)}
+    n_calls = len(kube.calls())
+    operator.restart()
+    # the resume handler has run once it read our RayJob again
+    kube.wait_for(lambda: any(c.verb == "get" and c.plural == "rayjobs" and c.name == name
+                              for c in kube.calls()[n_calls:]
+                              if c.user_agent != "raykube-tests"), what="resume")
+    time.sleep(1.0)
+    after_calls = [c for c in kube.calls()[n_calls:] if c.user_agent != "raykube-tests"]
+    writes = [(c.verb, c.resource) for c in after_calls
+              if c.verb in ("create", "delete") and c.plural != "events"]
+    assert writes == [], writes
+    child_patches = [(c.verb, c.resource, c.data) for c in after_calls if c.verb == "patch"
+                     and c.plural in ("configmaps", "serviceaccounts", "roles", "rolebindings")]
+    assert child_patches == []
+    after = {(o["kind"], o["metadata"]["name"]): o["metadata"]["uid"] for o in children(kube, name)}
+    assert after == before and job["metadata"]["uid"] == after[("RayJob", name)]
+    assert kube.get("TrainingRun", name)["status"]["phase"] == "Running"
+
+
+def test_transient_api_errors_are_retried(kube):
+    faults = [kube.inject("create", "rayjobs", 500), kube.inject("create", "configmaps", 429),
+              kube.inject("patch", "trainingruns", 409, subresource="status"),
+              kube.inject("get", "serviceaccounts", 503)]
+    name = "flaky"
+    kube.create(tr_doc(name))
+    kube.wait_condition(name, "Validated", timeout=30)
+    kube.wait_for(lambda: len(children(kube, name)) == len(CHILD_KINDS), what="children")
+    assert [f.hits for f in faults] == [1, 1, 1, 1]
+
+
+def test_suspend_propagates_and_running_changes_are_ignored(kube):
+    name = "edits"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name)
+    assert job["spec"]["suspend"] is False
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    kube.patch("TrainingRun", name, {"spec": {"suspend": True}})
+    kube.wait_object("RayJob", name, where=lambda o: o["spec"]["suspend"] is True)
+    rayjob_status(kube, name, jobDeploymentStatus="Suspended", jobStatus="STOPPED")
+    tr = kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Suspended")
+    assert tr["status"]["observedGeneration"] == 2
+    kube.patch("TrainingRun", name, {"spec": {"suspend": False}})
+    kube.wait_object("RayJob", name, where=lambda o: o["spec"]["suspend"] is False)
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    cm_before = kube.get("ConfigMap", f"{name}-spec")["data"]
+    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 99}}})
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangeIgnored")
+    assert "spec.train.epochs" in cond(tr, "SpecApplied")["message"]
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
+    assert kube.get("ConfigMap", f"{name}-spec")["data"] == cm_before
+
+
+def test_deletion_leaves_nothing_orphaned(kube):
+    name = "gone"
+    tr = kube.create(tr_doc(name))
+    kube.wait_for(lambda: len(children(kube, name)) == len(CHILD_KINDS), what="children")
+    for obj in children(kube, name):  # the API server's GC deletes these with the owner
+        assert [(r["kind"], r["uid"]) for r in obj["metadata"]["ownerReferences"]] == [
+            ("TrainingRun", tr["metadata"]["uid"])]
+    assert "finalizers" not in kube.get("TrainingRun", name)["metadata"]  # never blocks
+    assert kube.delete("TrainingRun", name)
+    kube.wait_for(lambda: kube.get("TrainingRun", name) is None, what="deletion")
+
+
+def test_operator_requests_stay_within_its_rbac(kube):
+    used = kube.operator_permissions()
+    assert ("ray.io", "rayjobs", "create") in used
+    denied = sorted(p for p in used if not allowed(*p))
+    assert denied == [], f"operator used permissions missing from its RBAC: {denied}"

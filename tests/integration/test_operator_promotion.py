@@ -1,0 +1,105 @@
+"""Promotion: RayJob SUCCEEDED + gate -> one RayService, updated in place; Serving status."""
+
+# ruff: noqa: F811  (pytest fixtures imported from raykube.testing.fixtures)
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k8s_schemas import validate_strict
+from raykube.spec import load_yaml_documents
+from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "jobs" / "quickstart.yaml"
+
+pytestmark = pytest.mark.usefixtures("operator", "operator_logs")
+
+
+def make(kube, name, min_accuracy=0.9):
+    doc = load_yaml_documents(QUICKSTART.read_text())[0]
+    doc["metadata"] = {"name": name, "namespace": "default"}
+    doc["spec"]["serve"] = {"enabled": True, "minAccuracy": min_accuracy}
+    kube.create(doc)
+    kube.wait_object("RayJob", name)
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    kube.wait_condition(name, "Running", reason="JobRunning")
+
+
+def driver_checkpoint(kube, name, uri, acc):
+    kube.patch_status("TrainingRun", name, {"checkpoint": {
+        "uri": uri, "epoch": 3, "metrics": {"valAccuracy": acc, "valLoss": 0.3}}})
+
+
+def succeed(kube, name, n=1):
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Complete",
+                                       "jobStatus": "SUCCEEDED", "succeeded": n})
+
+
+def cond(tr, t):
+    return next(c for c in tr["status"]["conditions"] if c["type"] == t)
+
+
+def served_checkpoint(svc):
+    return yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]["args"]["checkpoint"]
+
+
+def test_gate_met_promotes_then_serves_and_new_checkpoint_updates_in_place(kube):
+    name = "promo"
+    make(kube, name)
+    driver_checkpoint(kube, name, "/mnt/raykube/default/promo/ckpt-3", 0.95)
+    succeed(kube, name)
+    svc = kube.wait_object("RayService", name)
+    assert validate_strict(svc) == [], validate_strict(svc)
+    assert served_checkpoint(svc) == "/mnt/raykube/default/promo/ckpt-3"
+    tr = kube.wait_condition(name, "Promoted", reason="GatePassed")
+    assert "0.9500" in cond(tr, "Promoted")["message"]
+
+    kube.patch_status("RayService", name, {"conditions": [
+        {"type": "Ready", "status": "True", "reason": "RunningServeDeployments", "message": "",
+         "lastTransitionTime": "2025-01-01T00:00:00Z"}], "serviceStatus": "Running"})
+    tr = kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
+    serving = tr["status"]["serving"]
+    assert serving["endpoint"] == f"http://{name}-serve-svc.default:8000"
+    assert serving["checkpoint"] == "/mnt/raykube/default/promo/ckpt-3" and serving["since"]
+    assert validate_strict(tr) == []
+
+    # a new run of the same TrainingRun (training field changed after it finished)
+    uid = svc["metadata"]["uid"]
+    old_job = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 20}}})
+    kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != old_job)
+    tr = kube.wait_condition(name, "SpecApplied", reason="Rerun")
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    driver_checkpoint(kube, name, "/mnt/raykube/default/promo/ckpt-20", 0.97)
+    succeed(kube, name)
+    svc = kube.wait_object("RayService", name,
+                           where=lambda o: served_checkpoint(o).endswith("ckpt-20"))
+    assert svc["metadata"]["uid"] == uid  # updated in place
+    assert [s["metadata"]["name"] for s in kube.list("RayService")
+            if s["metadata"]["labels"].get("raykube.io/trainingrun") == name] == [name]
+    assert validate_strict(svc) == []
+
+
+def test_gate_not_met_creates_no_rayservice(kube):
+    name = "weak"
+    make(kube, name)
+    driver_checkpoint(kube, name, "/mnt/raykube/default/weak/ckpt-3", 0.5)
+    succeed(kube, name)
+    tr = kube.wait_condition(name, "Promoted", "False", reason="GateNotMet")
+    msg = cond(tr, "Promoted")["message"]
+    assert "0.5000" in msg and "0.9" in msg and "minAccuracy" in msg
+    assert tr["status"]["phase"] == "Succeeded"
+    time.sleep(0.5)
+    assert kube.get("RayService", name) is None
+
+
+def test_no_checkpoint_is_reported(kube):
+    name = "nockpt"
+    make(kube, name)
+    succeed(kube, name)
+    kube.wait_condition(name, "Promoted", "False", reason="NoCheckpoint")
+    assert kube.get("RayService", name) is None

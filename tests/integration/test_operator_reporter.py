@@ -1,0 +1,54 @@
+"""KubernetesReporter against the emulator over HTTP (real kubernetes client, KUBECONFIG)."""
+
+# ruff: noqa: F811  (pytest fixtures imported from raykube.testing.fixtures)
+from __future__ import annotations
+
+import pytest
+
+from raykube.k8s_reporter import KubernetesReporter
+from raykube.spec import parse_spec
+from raykube.testing.fixtures import kube  # noqa: F401
+
+
+@pytest.fixture
+def kubeconfig(kube, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return kube
+
+
+def test_reporter_patches_progress_and_best_checkpoint(kubeconfig):
+    kube = kubeconfig
+    kube.create({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+                 "metadata": {"name": "rep"}, "spec": {}})
+    run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
+                      "train": {"epochs": 3}}, name="rep")
+    rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": "default/rep"}, min_interval=3600)
+    rep.on_start(run)
+    rep.on_epoch({"epoch": 1, "trainLoss": 1.0, "valLoss": 0.9, "valAccuracy": 0.6}, "/c/1", None)
+    tr = kube.get("TrainingRun", "rep")
+    assert tr["status"]["progress"]["epoch"] == 1 and tr["status"]["checkpoint"]["uri"] == "/c/1"
+    # rate-limited: the next epochs are held back ...
+    rep.on_epoch({"epoch": 2, "trainLoss": 0.5, "valLoss": 0.4, "valAccuracy": 0.9}, "/c/2", None)
+    rep.on_epoch({"epoch": 3, "trainLoss": 0.4, "valLoss": 0.5, "valAccuracy": 0.8}, "/c/3", None)
+    assert kube.get("TrainingRun", "rep")["status"]["progress"]["epoch"] == 1
+    assert rep.patches == 1
+    # ... and flushed at the end: last progress, best checkpoint (epoch 2 by valAccuracy)
+    rep.on_end({})
+    st = kube.get("TrainingRun", "rep")["status"]
+    assert st["progress"]["epoch"] == 3 and st["progress"]["epochs"] == 3
+    assert st["checkpoint"] == {"uri": "/c/2", "epoch": 2, "metrics": {
+        "epoch": 2.0, "trainLoss": 0.5, "valLoss": 0.4, "valAccuracy": 0.9}}
+    assert rep.failures == 0
+
+
+def test_reporter_never_raises_when_api_is_unreachable(tmp_path, monkeypatch):
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text("apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n"
+                   "    server: http://127.0.0.1:9\nusers:\n- name: x\n  user: {}\n"
+                   "contexts:\n- name: x\n  context: {cluster: x, user: x}\ncurrent-context: x\n")
+    monkeypatch.setenv("KUBECONFIG", str(cfg))
+    rep = KubernetesReporter("default", "nowhere", min_interval=0)
+    rep.on_epoch({"epoch": 1, "valAccuracy": 0.5}, "/c/1", None)
+    rep.on_end({})
+    assert rep.failures >= 1 and rep.patches == 0

@@ -1,0 +1,140 @@
+"""raykube_operator.status: KubeRay status -> conditions/phase, gate, serving (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from raykube_operator import status as st
+
+T0, T1 = "2025-01-01T00:00:00Z", "2025-01-01T01:00:00Z"
+
+
+def job(**status):
+    return {"metadata": {"name": "r"}, "status": status}
+
+
+def apply(seq):
+    cur: dict = {}
+    for i, s in enumerate(seq):
+        cur = {**cur, **st.status_from_rayjob(job(**s), cur, now=f"2025-01-01T00:00:0{i}Z",
+                                              generation=1)}
+        cur = {k: v for k, v in cur.items() if v is not None}
+    return cur
+
+
+@pytest.mark.parametrize("status,phase,running_reason", [
+    ({}, "Pending", "Created"),
+    ({"jobDeploymentStatus": "Initializing"}, "Pending", "Initializing"),
+    ({"jobDeploymentStatus": "Waiting"}, "Pending", "Waiting"),
+    ({"jobDeploymentStatus": "Running", "jobStatus": "PENDING"}, "Running", "JobPending"),
+    ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}, "Running", "JobRunning"),
+    ({"jobDeploymentStatus": "Retrying", "failed": 1}, "Running", "Retrying"),
+    ({"jobDeploymentStatus": "Suspending"}, "Suspended", "Suspended"),
+    ({"jobDeploymentStatus": "Suspended", "jobStatus": "STOPPED"}, "Suspended", "Suspended"),
+    ({"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}, "Succeeded", "Completed"),
+    ({"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}, "Failed", "Completed"),
+    ({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED"}, "Failed", "Completed"),
+    ({"jobDeploymentStatus": "ValidationFailed"}, "Failed", "Completed"),
+    ({"jobDeploymentStatus": "SomethingNew"}, "Pending", "SomethingNew"),
+])
+def test_phase_and_running_condition(status, phase, running_reason):
+    out = st.status_from_rayjob(job(**status), {}, now=T0, generation=3)
+    assert out["phase"] == phase
+    running = st.get_condition(out["conditions"], "Running")
+    assert running["reason"] == running_reason and running["observedGeneration"] == 3
+
+
+def test_failure_reason_and_message_come_from_kuberay():
+    out = st.status_from_rayjob(job(jobDeploymentStatus="Failed", jobStatus="FAILED", failed=3,
+                                    reason="DeadlineExceeded", message="took too long"),
+                                {}, now=T0, generation=1)
+    failed = st.get_condition(out["conditions"], "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "DeadlineExceeded"
+    assert "3 attempt" in failed["message"] and "took too long" in failed["message"]
+    assert st.get_condition(out["conditions"], "Succeeded")["status"] == "False"
+    assert out["attempts"] == 3 and out["completionTime"] == T0
+
+
+def test_full_lifecycle_attempts_times():
+    cur = apply([
+        {"jobDeploymentStatus": "Initializing"},
+        {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "startTime": T0, "jobId": "j"},
+        {"jobDeploymentStatus": "Retrying", "failed": 1, "startTime": T0},
+        {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "failed": 1},
+        {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "failed": 1, "succeeded": 1,
+         "endTime": T1},
+    ])
+    assert cur["phase"] == "Succeeded" and cur["attempts"] == 2
+    assert cur["startTime"] == T0 and cur["completionTime"] == T1 and cur["jobId"] == "j"
+    running = st.get_condition(cur["conditions"], "Running")
+    # True since step 1, False at step 4 (Complete): transition time of step 4
+    assert running["status"] == "False" and running["lastTransitionTime"] == "2025-01-01T00:00:04Z"
+
+
+def test_transition_time_kept_when_only_reason_changes():
+    c = st.set_condition([], "Running", True, "JobPending", now=T0)
+    c = st.set_condition(c, "Running", True, "JobRunning", "msg", now=T1)
+    assert c[0]["lastTransitionTime"] == T0 and c[0]["reason"] == "JobRunning"
+    c = st.set_condition(c, "Running", False, "Completed", now=T1)
+    assert c[0]["lastTransitionTime"] == T1
+
+
+def test_conditions_sorted_and_phase_priorities():
+    c = st.set_condition([], "Ready", True, "ServeReady", now=T0)
+    c = st.set_condition(c, "Validated", True, "SpecValid", now=T0)
+    c = st.set_condition(c, "Succeeded", True, "JobSucceeded", now=T0)
+    assert [x["type"] for x in c] == ["Validated", "Succeeded", "Ready"]
+    assert st.phase_of(c) == "Serving"
+    assert st.phase_of(st.set_condition(c, "Validated", False, "InvalidSpec", now=T0)) == "Failed"
+    assert st.phase_of([]) == "Pending"
+
+
+def test_rerun_clears_completion_and_outcome():
+    done = apply([{"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "succeeded": 1}])
+    out = st.status_from_rayjob(job(jobDeploymentStatus="Running", jobStatus="RUNNING"), done,
+                                now=T1, generation=2)
+    assert out["completionTime"] is None and out["phase"] == "Running"
+    assert st.get_condition(out["conditions"], "Succeeded")["status"] == "False"
+
+
+@pytest.mark.parametrize("serve,ckpt,promote,reason,words", [
+    ({"enabled": False}, {"uri": "u", "metrics": {"valAccuracy": 1.0}}, False, "ServeDisabled", []),
+    ({"enabled": True, "minAccuracy": 0.9}, None, False, "NoCheckpoint", ["checkpoint"]),
+    ({"enabled": True, "minAccuracy": 0.9}, {"uri": "u", "metrics": {}}, False, "GateNotMet",
+     ["no valAccuracy", "0.9"]),
+    ({"enabled": True, "minAccuracy": 0.9}, {"uri": "u", "metrics": {"valAccuracy": 0.85}},
+     False, "GateNotMet", ["0.8500", "0.9", "minAccuracy"]),
+    ({"enabled": True, "minAccuracy": 0.9}, {"uri": "u", "metrics": {"valAccuracy": 0.9}},
+     True, "GatePassed", ["0.9000", "u"]),
+    ({"enabled": True}, {"uri": "u", "metrics": {"valAccuracy": 0.1}}, True, "GatePassed", []),
+])
+def test_gate(serve, ckpt, promote, reason, words):
+    d = st.gate(serve, ckpt)
+    assert (d.promote, d.reason) == (promote, reason)
+    for w in words:
+        assert w in d.message
+
+
+@pytest.mark.parametrize("status,ready,reason", [
+    ({}, False, "Deploying"),
+    ({"serviceStatus": "Running"}, True, "ServeReady"),
+    ({"conditions": [{"type": "Ready", "status": "True", "reason": "RunningServeDeployments"}]},
+     True, "RunningServeDeployments"),
+    ({"conditions": [{"type": "Ready", "status": "False", "reason": "Initializing"}]},
+     False, "Initializing"),
+    ({"conditions": [{"type": "Ready", "status": "True"},
+                     {"type": "UpgradeInProgress", "status": "True"}]}, False, "UpgradeInProgress"),
+])
+def test_rayservice_ready(status, ready, reason):
+    assert st.rayservice_ready({"status": status})[:2] == (ready, reason)
+
+
+def test_serving_since_kept_for_same_checkpoint():
+    svc = {"metadata": {"name": "r"}, "status": {"serviceStatus": "Running"}}
+    a = st.serving_from_rayservice(svc, {}, endpoint="e", checkpoint="c1", now=T0, generation=1)
+    assert a["phase"] == "Serving" and a["serving"] == {"endpoint": "e", "checkpoint": "c1",
+                                                        "since": T0}
+    b = st.serving_from_rayservice(svc, a, endpoint="e", checkpoint="c1", now=T1, generation=1)
+    assert b["serving"]["since"] == T0
+    c = st.serving_from_rayservice(svc, a, endpoint="e", checkpoint="c2", now=T1, generation=1)
+    assert c["serving"]["since"] == T1
