@@ -21,6 +21,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Keep Ray Train's worker processes from each spawning a full set of BLAS threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray Train's controller polls workers every 2 s by default and each report waits for
+# the poll: tiny test epochs would take 2 s each (raykube run and rendered pods set it too).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 @pytest.fixture(scope="session")

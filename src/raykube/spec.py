@@ -339,8 +339,8 @@ class CheckpointSpec(_Model):
     """Where checkpoints go and which are kept. One is written every epoch."""
 
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Shared storage.")
-    keep: int = Field(default=2, ge=1, le=1000, description="Checkpoints kept (the best by "
-                      "scoreMetric).")
+    keep: int = Field(default=2, ge=1, le=1000, description="Checkpoints kept: the best by "
+                      "scoreMetric, plus the latest (always kept, so a retry can resume).")
     score_metric: str = Field(default="valAccuracy", description="Metric that ranks "
                               "checkpoints (and picks the one served): valAccuracy, valLoss, "
                               "trainLoss or trainAccuracy.")

@@ -73,7 +73,8 @@ def test_rayjob_contract():
         c, = pod["spec"]["containers"]
         env = {e["name"]: e["value"] for e in c["env"]}
         assert env == {"RAYKUBE_STORAGE": "/mnt/raykube/default", "RAY_USAGE_STATS_ENABLED": "0",
-                       "RAYKUBE_TRAININGRUN": "default/quickstart"}
+                       "RAYKUBE_TRAININGRUN": "default/quickstart",
+                       "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
         assert c["image"] == CFG.cpu_image
         assert {m["mountPath"] for m in c["volumeMounts"]} == {"/mnt/raykube", "/etc/raykube"}
         assert pod["spec"]["serviceAccountName"] == "quickstart-raykube"

@@ -1,0 +1,86 @@
+"""The local run's live display: a rich progress bar and one table row per epoch.
+
+It is a ``RunObserver`` (``raykube.events``), fed by the driver exactly like the
+Kubernetes status reporter is on a cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from raykube.spec import TrainingRun
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+class RichDisplay:
+    """Live per-epoch progress on a terminal (a RunObserver)."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console()
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.started = 0.0
+        self.epochs = 0
+
+    def on_start(self, run: TrainingRun) -> None:
+        s = run.spec
+        self.epochs = s.train.epochs
+        self.started = time.monotonic()
+        self.console.print(
+            f"[bold]{run.name}[/]: {s.model.name} on {s.data.dataset}, {s.scaling.workers} "
+            f"worker(s) x {s.scaling.cpus_per_worker:g} CPU"
+            + (f" + {s.scaling.gpus_per_worker:g} GPU" if s.scaling.gpus_per_worker else "")
+            + f", {s.train.epochs} epochs, batch {s.train.batch_size}, "
+            f"{s.train.optimizer.name} lr={s.train.optimizer.lr:g}")
+        self.progress = Progress(TextColumn("[progress.description]{task.description}"),
+                                 BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=self.console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("starting Ray Train workers", total=self.epochs)
+
+    def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None, trial: str | None) -> None:
+        epoch = metrics.get("epoch")
+        prefix = f"[{trial}] " if trial else ""
+        self.console.print(
+            f"{prefix}epoch {epoch:>3}/{metrics.get('epochs', self.epochs)}  "
+            f"loss {_fmt(metrics.get('trainLoss'))} acc {_fmt(metrics.get('trainAccuracy'))} "
+            f"| val {_fmt(metrics.get('valLoss'))} acc [bold]{_fmt(metrics.get('valAccuracy'))}[/] "
+            f"{_fmt(metrics.get('samplesPerSecond'), 0)}/s {_fmt(metrics.get('epochTime'), 2)}s",
+            highlight=False)
+        if self.progress is not None and not trial and isinstance(epoch, int):
+            self.progress.update(self.task, completed=epoch, description="training")
+
+    def on_end(self, result: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        self.console.print(summary_table(result))
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    """Final metrics, best checkpoint and where the artefacts are."""
+    t = Table(title=f"{result.get('name', '')} finished" + (
+        " (already done: nothing retrained)" if result.get("reused") else ""), show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    m = result.get("metrics") or {}
+    best = result.get("best_metrics") or {}
+    t.add_row("epochs", str(result.get("epochs")))
+    for key in ("trainLoss", "trainAccuracy", "valLoss", "valAccuracy"):
+        t.add_row(f"final {key}", _fmt(m.get(key)))
+    t.add_row("best valAccuracy", f"{_fmt(best.get('valAccuracy'))} (epoch {best.get('epoch', '-')})")
+    t.add_row("wall time", f"{_fmt(result.get('wall_time_s'), 1)} s")
+    t.add_row("best checkpoint", str(result.get("best_checkpoint")))
+    run_dir = result.get("run_dir", "")
+    t.add_row("report", f"{run_dir}/report.png")
+    t.add_row("result", f"{run_dir}/result.json")
+    return t

@@ -1,0 +1,510 @@
+"""Distributed training with Ray Train: the per-worker loop and the driver.
+
+``train_loop_per_worker(config)`` runs in every Ray Train worker (one DDP process each);
+``fit(run, storage_path)`` is the driver that ``raykube run`` (local Ray) and
+``raykube train`` (in a RayJob) both call, so the two paths are one.
+
+The loop is built for throughput on small CPU nodes: in-memory datasets are tensors
+indexed directly on the worker (no DataLoader processes, no per-example Python), metrics
+are accumulated on-device and synchronised once per epoch with a single ``all_reduce``,
+and each worker uses exactly ``scaling.cpusPerWorker`` torch threads.
+
+Every epoch rank 0 writes a raykube checkpoint (``raykube.checkpoint``) plus
+``history.json`` (the metrics of every epoch so far) and reports it with
+``ray.train.report``; the other ranks report the same aggregated metrics without a
+checkpoint. A restarted worker group (worker failure) or a re-run of the same
+name + storage path (RayJob retry) continues from ``ray.train.get_checkpoint()`` at the
+next epoch, so no finished epoch is ever trained twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from raykube.events import Observers, RunObserver
+from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.json"
+RESULT_FILE = "result.json"
+REPORT_FILE = "report.png"
+VAL_BATCH = 1024
+
+
+# ============================================================================ worker
+def _make_optimizer(spec: TrainingRunSpec, params: Iterable[torch.nn.Parameter]):
+    import torch
+
+    o = spec.train.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _maybe_fail(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
+    """Test hook: kill this worker process once (marker file) to exercise recovery."""
+    if not fault or int(fault.get("epoch", -1)) != epoch or int(fault.get("rank", 0)) != rank:
+        return
+    marker = fault["marker"]
+    if os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(f"killed rank {rank} in epoch {epoch}\n")
+    os._exit(1)
+
+
+def _in_memory_batches(x: torch.Tensor, y: torch.Tensor, batch: int, rank: int, world: int,
+                       seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's shard of one epoch, like DistributedSampler: one seeded permutation
+    shared by all ranks, equal-sized contiguous slices (so every rank takes the same
+    number of steps, as DDP needs), indexed straight from the tensors."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    per = len(x) // world
+    idx = torch.randperm(len(x), generator=g)[rank * per:(rank + 1) * per].to(x.device)
+    for i in range(0, per, batch):
+        b = idx[i:i + batch]
+        yield x[b], y[b]
+
+
+def _read_json_file(path: str, default: Any) -> Any:
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def _restore(ckpt: Any, spec: TrainingRunSpec) -> tuple[dict | None, dict | None, int, list[dict]]:
+    """(model state, optimizer state, next epoch, history) from a Ray checkpoint."""
+    from raykube.checkpoint import load_payload
+
+    with ckpt.as_directory() as d:
+        payload = load_payload(d)
+        hist_path = os.path.join(d, HISTORY_FILE)
+        history = _read_json_file(hist_path, [])
+    old = TrainingRunSpec.model_validate(payload["spec"])
+    for section in ("model", "data"):
+        if getattr(old, section) != getattr(spec, section):
+            raise ValueError(
+                f"the run directory holds checkpoints of a different spec.{section} "
+                f"({getattr(old, section).to_dict()} vs {getattr(spec, section).to_dict()}); "
+                "use a new metadata.name / storage path or delete the old run directory")
+    return payload["model"], payload["optimizer"], int(payload["epoch"]) + 1, history
+
+
+def _quiet_reports() -> None:
+    """Ray 2.60 logs every report at INFO from a logger named after a file path, which
+    LoggingConfig does not filter; progress reaches users through the observers."""
+    try:
+        from ray.train.v2._internal.execution import context as _ctx
+
+        logging.getLogger(_ctx.__file__).setLevel(
+            os.environ.get("RAYKUBE_TRAIN_LOG_LEVEL", "WARNING"))
+    except Exception:  # a private module moved: only noise is at stake
+        pass
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker. ``config``: ``spec`` (camelCase spec dict, required),
+    ``overrides`` (dotted path -> value, e.g. a Tune sample), ``cache_dir``,
+    ``fault`` (test hook, see ``_maybe_fail``)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from ray.train import Checkpoint
+
+    from raykube import data as rk_data
+    from raykube.checkpoint import save_checkpoint
+    from raykube.models import build_model
+
+    _quiet_reports()
+    spec = TrainingRunSpec.model_validate(config["spec"])
+    if config.get("overrides"):
+        spec = apply_overrides(spec, config["overrides"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    cache_dir = config.get("cache_dir") or rk_data.cache_dir_for(spec, "runs")
+    seed = spec.train.seed
+
+    streamed = spec.data.dataset == "image-folder"
+    if streamed:
+        info = rk_data.dataset_info(spec, cache_dir)
+    else:
+        arrays = rk_data.load_arrays(spec, cache_dir)
+        info = arrays.info
+        train_x, train_y = arrays.train_x.to(device), arrays.train_y.to(device)
+        # Each rank validates a disjoint stride of the validation set; sums are reduced.
+        val_x, val_y = arrays.val_x[rank::world].to(device), arrays.val_y[rank::world].to(device)
+
+    torch.manual_seed(seed)
+    model = build_model(spec.model, info.input_shape, info.num_classes)
+    start_epoch, history, opt_state = 1, [], None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        state, opt_state, start_epoch, history = _restore(ckpt, spec)
+        model.load_state_dict(state)
+    # Gradients are views into the all-reduce buckets: one copy less per step.
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
+    bare = getattr(model, "module", model)
+    optimizer = _make_optimizer(spec, model.parameters())
+    if opt_state:
+        optimizer.load_state_dict(opt_state)
+    per_worker_batch = max(1, spec.train.batch_size // world)
+    spec_dict = spec.to_dict()
+
+    for epoch in range(start_epoch, spec.train.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        if streamed:
+            batches: Iterable = (
+                (b["image"], b["label"]) for b in ray.train.get_dataset_shard("train").iter_torch_batches(
+                    batch_size=per_worker_batch, dtypes={"image": torch.float32, "label": torch.int64},
+                    device=device, local_shuffle_buffer_size=4 * per_worker_batch,
+                    local_shuffle_seed=seed * 100_003 + epoch))
+        else:
+            batches = _in_memory_batches(train_x, train_y, per_worker_batch, rank, world, seed, epoch)
+        for step, (xb, yb) in enumerate(batches):
+            if step == 2:
+                _maybe_fail(config.get("fault"), epoch, rank)
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = yb.shape[0]
+            loss_sum += loss.detach() * n
+            correct += (out.detach().argmax(1) == yb).sum()
+            seen += n
+        train_time = time.perf_counter() - t0
+
+        model.eval()
+        v_loss = torch.zeros((), device=device, dtype=torch.float64)
+        v_correct = torch.zeros((), device=device, dtype=torch.int64)
+        v_seen = 0
+        with torch.no_grad():
+            if streamed:
+                vb: Iterable = ((b["image"], b["label"]) for b in ray.train.get_dataset_shard("val").iter_torch_batches(
+                    batch_size=VAL_BATCH, dtypes={"image": torch.float32, "label": torch.int64}, device=device))
+            else:
+                vb = ((val_x[i:i + VAL_BATCH], val_y[i:i + VAL_BATCH]) for i in range(0, len(val_x), VAL_BATCH))
+            for xb, yb in vb:
+                out = bare(xb)
+                v_loss += F.cross_entropy(out, yb, reduction="sum")
+                v_correct += (out.argmax(1) == yb).sum()
+                v_seen += yb.shape[0]
+
+        # One collective per epoch: sums over every worker (whole validation set).
+        sums = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=device),
+                            v_loss, v_correct.double(), torch.tensor(float(v_seen), device=device),
+                            torch.tensor(train_time, device=device, dtype=torch.float64)])
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            times = sums[6:].clone()
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+            dist.all_reduce(times, op=dist.ReduceOp.MAX)
+            sums[6] = times[0]
+        s = sums.tolist()
+        n_train, n_val = max(s[2], 1.0), max(s[5], 1.0)
+        metrics = {
+            "epoch": epoch,
+            "epochs": spec.train.epochs,
+            "trainLoss": s[0] / n_train,
+            "trainAccuracy": s[1] / n_train,
+            "valLoss": s[3] / n_val,
+            "valAccuracy": s[4] / n_val,
+            "trainExamples": int(s[2]),
+            "valExamples": int(s[5]),
+            "epochTime": time.perf_counter() - t0,
+            "samplesPerSecond": s[2] / max(s[6], 1e-9),
+            "workers": world,
+        }
+        history.append(metrics)
+        name = f"checkpoint_epoch_{epoch:04d}"
+        if rank == 0:
+            tmp = tempfile.mkdtemp(prefix="raykube-ckpt-")
+            try:
+                save_checkpoint(tmp, model=model, optimizer=optimizer, epoch=epoch, spec=spec_dict,
+                                class_names=info.class_names, input_shape=info.input_shape,
+                                metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
+                with open(os.path.join(tmp, HISTORY_FILE), "w") as f:
+                    json.dump(history, f)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=name)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+
+
+# ============================================================================ driver
+@dataclass
+class TrainOutcome:
+    """What a finished run produced (also what ``result.json`` holds)."""
+
+    metrics: dict[str, Any]
+    best_checkpoint: str | None
+    best_metrics: dict[str, Any]
+    epochs: int
+    wall_time_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: str = ""
+    name: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[str] = field(default_factory=list)
+    reused: bool = False
+    """True when the run had already finished and nothing was trained this time."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def checkpoint_uri(storage_path: str, path: str | None) -> str | None:
+    """A Ray checkpoint's filesystem path as a URI users can pass on (``s3://...`` when
+    the storage is remote; Ray's ``Checkpoint.path`` drops the scheme)."""
+    if path is None or "://" not in storage_path or "://" in path:
+        return path
+    return f"{storage_path.split('://', 1)[0]}://{path.lstrip('/')}"
+
+
+def _forwarder(queue: Any, storage_path: str):
+    """A Ray Train ``UserCallback`` (runs in the Train controller) that forwards each
+    report to the driver through a Ray queue, where the observers run."""
+    from ray.train import UserCallback
+
+    class _Forward(UserCallback):
+        def __init__(self, q: Any, storage: str):
+            self.q = q
+            self.storage = storage
+
+        def after_report(self, run_context, metrics, checkpoint):  # noqa: ANN001
+            try:
+                self.q.put_nowait({"metrics": dict(metrics[0]) if metrics else {},
+                                   "checkpoint": checkpoint_uri(
+                                   self.storage, checkpoint.path if checkpoint else None)})
+            except Exception:  # progress display must never fail training
+                log.warning("could not forward a report", exc_info=True)
+
+    return _Forward(queue, storage_path)
+
+
+def _fs(uri: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+
+
+def write_bytes(uri: str, payload: bytes) -> None:
+    """Write a file on a local path or an s3:// URI."""
+    fs, path = _fs(uri)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(payload)
+
+
+def read_bytes(uri: str) -> bytes | None:
+    """A file's bytes, or None when it does not exist."""
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+BEST_DIR = "best"
+
+
+def publish_best(checkpoint: str, run_dir: str) -> str:
+    """Copy ``checkpoint`` to ``<run_dir>/best`` and return that address.
+
+    A stable path to the best model for people and tools that cannot read status
+    (``raykube serve runs/<name>/best``, a RayService committed to Git by
+    ``raykube render --serve``). The operator serves the concrete, immutable checkpoint
+    directory instead, so that a new best is a serve-config change KubeRay rolls out.
+    """
+    import pyarrow.fs as pafs
+
+    fs, src = _fs(checkpoint)
+    _, dst = _fs(f"{run_dir}/{BEST_DIR}")
+    fs.create_dir(dst, recursive=True)
+    fs.delete_dir_contents(dst, missing_dir_ok=True)
+    pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
+    return f"{run_dir}/{BEST_DIR}"
+
+
+def run_dir_for(storage_path: str, name: str) -> str:
+    """``<storage>/<name>``: where Ray Train puts checkpoints, and result.json/report.png."""
+    base = storage_path if "://" in storage_path else os.path.abspath(storage_path)
+    return f"{base.rstrip('/')}/{name}"
+
+
+def read_result(run_dir: str) -> dict[str, Any] | None:
+    raw = read_bytes(f"{run_dir}/{RESULT_FILE}")
+    return json.loads(raw) if raw else None
+
+
+def _finished(run_dir: str, spec: TrainingRunSpec) -> TrainOutcome | None:
+    """The recorded outcome when this exact spec already finished in ``run_dir``."""
+    prev = read_result(run_dir)
+    if not prev or prev.get("spec") != spec.to_dict() or prev.get("epochs", 0) < spec.train.epochs:
+        return None
+    known = {f for f in TrainOutcome.__dataclass_fields__}
+    out = TrainOutcome(**{k: v for k, v in prev.items() if k in known})
+    out.reused = True
+    return out
+
+
+def _history_of(checkpoint: Any) -> list[dict[str, Any]]:
+    with checkpoint.as_directory() as d:
+        return _read_json_file(os.path.join(d, HISTORY_FILE), [])
+
+
+def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver] = (),
+        name: str | None = None, extra_config: dict[str, Any] | None = None) -> TrainOutcome:
+    """Train ``run`` with Ray Train on the current Ray cluster; write result.json and
+    report.png into ``<storage_path>/<name>/``.
+
+    Re-running a finished run returns its recorded outcome without training; re-running
+    an unfinished one (or one whose ``train.epochs`` grew) continues from its latest
+    checkpoint. ``extra_config`` is merged into the workers' config (tests use it).
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    from raykube import data as rk_data
+
+    spec = run.spec
+    name = name or run.name
+    run_dir = run_dir_for(storage_path, name)
+    obs = Observers(observers)
+    done = _finished(run_dir, spec)
+    if done is not None:
+        log.info("%s already finished; not training again", run_dir)
+        obs.on_start(run)
+        obs.on_end(done.to_dict())
+        return done
+
+    cache_dir = rk_data.cache_dir_for(spec, storage_path)
+    info = rk_data.prepare(spec, cache_dir)
+    datasets = None
+    if spec.data.dataset == "image-folder":
+        datasets = {s: rk_data.as_ray_dataset(spec, s, cache_dir) for s in ("train", "val")}
+
+    sc = spec.scaling
+    resources = {"CPU": sc.cpus_per_worker}
+    if sc.gpus_per_worker > 0:
+        resources["GPU"] = sc.gpus_per_worker
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir, **(extra_config or {})},
+        scaling_config=ScalingConfig(num_workers=sc.workers, use_gpu=sc.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path if "://" in storage_path else os.path.abspath(storage_path),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.checkpoint.keep,
+                checkpoint_score_attribute=spec.checkpoint.score_metric,
+                checkpoint_score_order=spec.checkpoint.score_mode),
+            failure_config=FailureConfig(max_failures=spec.failure.max_worker_failures),
+            callbacks=[_forwarder(queue, storage_path)],
+            # Progress goes through the observers; Ray Train's per-report INFO lines
+            # would drown it.
+            logging_config=LoggingConfig(log_level=os.environ.get("RAYKUBE_TRAIN_LOG_LEVEL",
+                                                                  "WARNING")),
+        ),
+        datasets=datasets,
+    )
+
+    obs.on_start(run)
+    start = time.monotonic()
+    box: dict[str, Any] = {}
+
+    def _run() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised on the driver thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=_run, name="raykube-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() or not queue.empty():
+            try:
+                ev = queue.get(timeout=0.5)
+            except Empty:
+                continue
+            obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
+        thread.join()
+    finally:
+        with contextlib.suppress(Exception):
+            ray.kill(queue.actor)
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"{name}: training reported no checkpoint")
+
+    history = _history_of(result.checkpoint)
+    best = result.get_best_checkpoint(spec.checkpoint.score_metric, spec.checkpoint.score_mode) \
+        or result.checkpoint
+    best_metrics = next((dict(m) for c, m in result.best_checkpoints if c.path == best.path),
+                        dict(result.metrics or {}))
+    outcome = TrainOutcome(
+        metrics=history[-1] if history else dict(result.metrics or {}),
+        best_checkpoint=checkpoint_uri(storage_path, best.path),
+        best_metrics=best_metrics,
+        epochs=int(history[-1]["epoch"]) if history else 0,
+        wall_time_s=round(time.monotonic() - start, 3),
+        history=history,
+        run_dir=run_dir,
+        name=name,
+        spec=spec.to_dict(),
+        checkpoints=sorted(str(checkpoint_uri(storage_path, c.path)) for c, _ in result.best_checkpoints),
+    )
+    if outcome.best_checkpoint:
+        try:
+            publish_best(outcome.best_checkpoint, run_dir)
+        except Exception:  # the concrete checkpoint is still there and in result.json
+            log.warning("could not copy the best checkpoint to %s/%s", run_dir, BEST_DIR,
+                        exc_info=True)
+    write_bytes(f"{run_dir}/{RESULT_FILE}", json.dumps(outcome.to_dict(), indent=2).encode())
+    try:
+        from raykube.report import render_report
+
+        write_bytes(f"{run_dir}/{REPORT_FILE}", render_report(history, title=name))
+    except Exception:  # a missing plot must not lose a finished run
+        log.warning("could not write %s", REPORT_FILE, exc_info=True)
+    obs.on_end(outcome.to_dict())
+    del info
+    return outcome

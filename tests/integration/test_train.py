@@ -1,0 +1,177 @@
+"""Ray Train on real local Ray: learning, aggregation, keep, recovery, no retraining.
+
+Small on purpose (digits, a small MLP, few epochs): each TorchTrainer start costs tens
+of seconds on a 2-core machine, so each test asserts several properties of one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from raykube.spec import parse_spec
+
+pytestmark = pytest.mark.integration
+
+# Before the session's Ray starts (collection precedes it): Ray Train's controller then
+# polls every 0.2 s instead of 2 s, so each short epoch does not wait for a poll.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+
+class Recorder:
+    """A RunObserver that remembers what it was told."""
+
+    def __init__(self):
+        self.started = 0
+        self.epochs: list[dict] = []
+        self.checkpoints: list[str | None] = []
+        self.ended: list[dict] = []
+
+    def on_start(self, run):
+        self.started += 1
+
+    def on_epoch(self, metrics, checkpoint, trial):
+        self.epochs.append(metrics)
+        self.checkpoints.append(checkpoint)
+
+    def on_end(self, result):
+        self.ended.append(result)
+
+
+def digits_run(name: str, *, epochs: int = 4, keep: int = 1, workers: int = 2):
+    return parse_spec({
+        "model": {"name": "mlp", "options": {"hidden": [64], "dropout": 0.0}},
+        "data": {"dataset": "digits", "validationFraction": 0.2},
+        "train": {"epochs": epochs, "batchSize": 64, "seed": 0,
+                  "optimizer": {"name": "adam", "lr": 0.003}},
+        "scaling": {"workers": workers, "cpusPerWorker": 1},
+        "checkpoint": {"keep": keep, "scoreMetric": "valAccuracy"},
+        "failure": {"maxWorkerFailures": 2},
+    }, name=name)
+
+
+def checkpoint_dirs(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.iterdir()
+                  if p.is_dir() and p.name.startswith("checkpoint_epoch_"))
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def finished(ray_session, storage):
+    """One 2-worker digits run shared by the tests below."""
+    from raykube.train import fit
+
+    rec = Recorder()
+    outcome = fit(digits_run("digits2"), str(storage), observers=[rec])
+    return outcome, rec
+
+
+def test_two_workers_learn_digits_and_write_artefacts(finished, storage):
+    outcome, rec = finished
+    assert outcome.epochs == 4 and [h["epoch"] for h in outcome.history] == [1, 2, 3, 4]
+    assert outcome.best_metrics["valAccuracy"] >= 0.9  # chance is 0.1
+    assert outcome.history[-1]["workers"] == 2
+    assert outcome.history[-1]["trainLoss"] < outcome.history[0]["trainLoss"]
+    run_dir = storage / "digits2"
+    assert outcome.run_dir == str(run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["epochs"] == 4 and result["best_checkpoint"] == outcome.best_checkpoint
+    assert result["history"] == outcome.history and result["wall_time_s"] > 0
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # best/ is a stable copy of the best checkpoint (for `raykube serve`, GitOps renders).
+    from raykube.checkpoint import read_meta
+
+    best_meta = read_meta(run_dir / "best")
+    assert best_meta.epoch == read_meta(outcome.best_checkpoint).epoch
+    assert best_meta.metrics["valAccuracy"] == outcome.best_metrics["valAccuracy"]
+    # Observers saw each epoch once, in order, each with its checkpoint.
+    assert rec.started == 1 and len(rec.ended) == 1
+    assert [m["epoch"] for m in rec.epochs] == [1, 2, 3, 4]
+    assert all(c and Path(c).name == f"checkpoint_epoch_{i:04d}"
+               for i, c in enumerate(rec.checkpoints, 1))
+
+
+def test_metrics_cover_the_whole_validation_set_across_workers(finished):
+    """valAccuracy must be over all 359 validation examples, not rank 0's half: the
+    final checkpoint, evaluated here on the full set, gives exactly the reported value."""
+    from raykube import data
+    from raykube.checkpoint import load_model
+
+    outcome, _ = finished
+    spec = digits_run("x").spec
+    arrays = data.load_arrays(spec, "/unused")
+    last = outcome.history[-1]
+    assert last["valExamples"] == len(arrays.val_y) == 359
+    assert last["trainExamples"] == 2 * (len(arrays.train_y) // 2)
+    final_ckpt = Path(outcome.run_dir) / "checkpoint_epoch_0004"
+    model, meta = load_model(final_ckpt)  # plain torch, weights_only, no Ray
+    assert meta.epoch == 4 and meta.class_names == [str(i) for i in range(10)]
+    with torch.no_grad():
+        logits = model(arrays.val_x)
+    full_acc = (logits.argmax(1) == arrays.val_y).double().mean().item()
+    full_loss = torch.nn.functional.cross_entropy(logits, arrays.val_y).item()
+    assert last["valAccuracy"] == pytest.approx(full_acc, abs=1e-9)
+    assert last["valLoss"] == pytest.approx(full_loss, rel=1e-4)
+    half = (logits[0::2].argmax(1) == arrays.val_y[0::2]).double().mean().item()
+    assert 359 * last["valAccuracy"] == pytest.approx(round(359 * full_acc))  # integer count
+    assert last["valExamples"] != len(arrays.val_y[0::2]) or half == full_acc
+
+
+def test_keep_is_honoured(finished):
+    """keep=1: the best checkpoint survives; Ray Train also keeps the latest (to resume)."""
+    outcome, _ = finished
+    run_dir = Path(outcome.run_dir)
+    dirs = checkpoint_dirs(run_dir)
+    latest = "checkpoint_epoch_0004"
+    assert Path(outcome.best_checkpoint).name in dirs and latest in dirs
+    assert set(dirs) == {Path(outcome.best_checkpoint).name, latest}  # 4 written, <= 2 left
+
+
+def test_rerun_of_a_finished_run_does_not_retrain(finished, storage):
+    from raykube.train import fit
+
+    outcome, _ = finished
+    before = {p: os.stat(storage / "digits2" / p).st_mtime_ns for p in checkpoint_dirs(storage / "digits2")}
+    rec = Recorder()
+    again = fit(digits_run("digits2"), str(storage), observers=[rec])
+    assert again.reused and rec.epochs == [] and len(rec.ended) == 1
+    assert again.history == outcome.history and again.best_checkpoint == outcome.best_checkpoint
+    after = {p: os.stat(storage / "digits2" / p).st_mtime_ns for p in checkpoint_dirs(storage / "digits2")}
+    assert after == before
+
+
+def test_more_epochs_resume_from_the_latest_checkpoint(finished, storage, tmp_path):
+    """Same name, train.epochs 4 -> 5: only epoch 5 is trained, history stays whole."""
+    import shutil
+
+    from raykube.train import fit
+
+    outcome, _ = finished
+    copy = tmp_path / "runs"
+    shutil.copytree(storage, copy)  # keep the shared run untouched for other tests
+    rec = Recorder()
+    more = fit(digits_run("digits2", epochs=5), str(copy), observers=[rec])
+    assert [m["epoch"] for m in rec.epochs] == [5]
+    assert [h["epoch"] for h in more.history] == [1, 2, 3, 4, 5]
+    assert more.history[:4] == outcome.history and not more.reused
+
+
+def test_killed_worker_is_replaced_without_repeating_epochs(ray_session, tmp_path):
+    from raykube.train import fit
+
+    marker = tmp_path / "killed"
+    rec = Recorder()
+    out = fit(digits_run("faulty", epochs=3, keep=2), str(tmp_path / "runs"), observers=[rec],
+              extra_config={"fault": {"epoch": 2, "rank": 1, "marker": str(marker)}})
+    assert marker.exists(), "the fault hook never fired: nothing was tested"
+    assert [h["epoch"] for h in out.history] == [1, 2, 3]
+    assert [m["epoch"] for m in rec.epochs] == [1, 2, 3]  # epoch 1 not retrained
+    assert out.best_metrics["valAccuracy"] > 0.5

@@ -1,0 +1,123 @@
+"""Datasets without Ray: splits, normalisation, FashionMNIST files through torchvision."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from raykube import data
+from raykube.spec import parse_spec
+
+
+def make_spec(dataset: str, **data_fields):
+    train = data_fields.pop("train", {})
+    return parse_spec({"model": {"name": "mlp"}, "data": {"dataset": dataset, **data_fields},
+                       "train": train}).spec
+
+
+def test_digits_shape_normalisation_and_deterministic_split():
+    spec = make_spec("digits", validationFraction=0.25)
+    tx, ty, vx, vy = data._numpy_arrays(spec, "/nonexistent")
+    assert tx.shape[1:] == (1, 8, 8) and tx.dtype == np.float32 and ty.dtype == np.int64
+    assert len(tx) + len(vx) == 1797 and len(vx) == round(1797 * 0.25)
+    assert tx.min() == -1.0 and tx.max() == 1.0  # [0,1] then Normalize(0.5, 0.5)
+    again = data._numpy_arrays(spec, "/nonexistent")
+    assert np.array_equal(again[2], vx) and np.array_equal(again[3], vy)
+    other = data._numpy_arrays(make_spec("digits", validationFraction=0.25, train={"seed": 1}), "/x")
+    assert not np.array_equal(other[3], vy)
+    assert set(np.unique(vy)) == set(range(10))
+
+
+def test_synthetic_is_deterministic_and_learnable_shape():
+    spec = make_spec("synthetic", shape=[2, 4, 4], numClasses=3, numSamples=100)
+    a, b = data._numpy_arrays(spec, "/x"), data._numpy_arrays(spec, "/x")
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x, y)
+    assert a[0].shape == (80, 2, 4, 4) and set(np.unique(a[1])) <= {0, 1, 2}
+    info = data.dataset_info(spec)
+    assert info.input_shape == (2, 4, 4) and info.class_names == ["0", "1", "2"]
+
+
+def test_num_samples_caps_training_examples_of_real_datasets():
+    tx, _, vx, _ = data._numpy_arrays(make_spec("digits", numSamples=100), "/x")
+    assert len(tx) == 100 and len(vx) == 359
+
+
+def _idx(path, array: np.ndarray, *, labels: bool) -> None:
+    """Write an idx file (the MNIST/FashionMNIST format), gzip'd, like the official ones."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fashion_mnist(root, n_train: int = 60, n_test: int = 20) -> tuple[np.ndarray, ...]:
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train),
+              rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test))
+    for name, arr in zip(data.FASHION_FILES, arrays, strict=True):
+        _idx(raw / f"{name}.gz", arr, labels=arr.ndim == 1)
+    return arrays
+
+
+def test_fashion_mnist_preseeded_gz_files_load_through_torchvision(tmp_path):
+    images, labels, test_images, test_labels = write_fashion_mnist(tmp_path)
+    spec = make_spec("fashion-mnist")
+    tx, ty, vx, vy = data._numpy_arrays(spec, str(tmp_path))
+    assert tx.shape == (60, 1, 28, 28) and vx.shape == (20, 1, 28, 28)
+    np.testing.assert_allclose(tx[:, 0], (images / 255.0 - 0.5) / 0.5, atol=1e-6)
+    assert np.array_equal(ty, labels) and np.array_equal(vy, test_labels)
+    assert data.dataset_info(spec).class_names[0] == "T-shirt/top"
+
+
+def test_fashion_mnist_offline_error_says_how_to_preseed(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist as mnist
+
+    monkeypatch.setattr(mnist.FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(data.DatasetUnavailable) as err:
+        data._numpy_arrays(make_spec("fashion-mnist"), str(tmp_path))
+    msg = str(err.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in msg and "train-images-idx3-ubyte.gz" in msg
+
+
+def test_cache_dir_defaults_and_override():
+    spec = make_spec("digits")
+    assert data.cache_dir_for(spec, "/mnt/raykube/ns") == "/mnt/raykube/ns/datasets"
+    assert data.cache_dir_for(spec, "s3://b/p").endswith(".cache/raykube/datasets")
+    assert data.cache_dir_for(make_spec("digits", cacheDir="/data"), "/x") == "/data"
+
+
+def test_preprocess_image_matches_training_normalisation():
+    info = data.DatasetInfo((1, 8, 8), [str(i) for i in range(10)])
+    img = Image.fromarray(np.full((16, 16), 255, dtype=np.uint8))
+    x = data.preprocess_image(img, info, make_spec("digits"))
+    assert x.shape == (1, 8, 8) and x.dtype == np.float32 and np.allclose(x, 1.0)
+    rgb = data.preprocess_image(Image.new("RGB", (40, 20), (0, 0, 0)),
+                                data.DatasetInfo((3, 32, 32), ["a", "b"]), make_spec("digits"))
+    assert rgb.shape == (3, 32, 32) and np.allclose(rgb, -1.0)
+
+
+def test_image_folder_classes_and_stable_split(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+    (tmp_path / ".hidden").mkdir()
+    spec = make_spec("image-folder", uri=str(tmp_path), imageSize=16)
+    info = data.dataset_info(spec)
+    assert info.class_names == ["cat", "dog"] and info.input_shape == (3, 16, 16)
+    paths = [f"{tmp_path}/cat/{i}.png" for i in range(400)]
+    val = [p for p in paths if data._in_split(p, str(tmp_path), "val", 0.25, 0)]
+    train = [p for p in paths if data._in_split(p, str(tmp_path), "train", 0.25, 0)]
+    assert len(val) + len(train) == 400 and not set(val) & set(train)
+    assert 60 < len(val) < 140
+
+
+def test_image_folder_needs_class_subfolders(tmp_path):
+    (tmp_path / "only").mkdir()
+    with pytest.raises(data.DatasetUnavailable, match="sub-folder per class"):
+        data.dataset_info(make_spec("image-folder", uri=str(tmp_path)))

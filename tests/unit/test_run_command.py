@@ -1,0 +1,45 @@
+"""`raykube run` / `raykube train` refuse bad input before any Ray work starts."""
+
+from __future__ import annotations
+
+from raykube.cli import main
+from raykube.local import describe_answer, gate_passed
+from raykube.spec import parse_spec
+
+
+def test_run_rejects_an_invalid_file_naming_the_field(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text("apiVersion: raykube.io/v1alpha1\nkind: TrainingRun\nmetadata: {name: x}\n"
+                 "spec:\n  model: {name: mlp}\n  data: {dataset: digits}\n  scaling: {workers: 0}\n")
+    assert main(["run", str(f)]) == 1
+    assert "spec.scaling.workers" in capsys.readouterr().err
+
+
+def test_run_rejects_a_bad_override(jobs_dir, capsys):
+    assert main(["run", str(jobs_dir / "quickstart.yaml"), "--workers", "0"]) == 1
+    assert "workers" in capsys.readouterr().err
+
+
+def test_train_rejects_a_missing_spec_file(tmp_path, capsys):
+    assert main(["train", "--spec", str(tmp_path / "nope.yaml")]) == 1
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_gate_and_answer_formatting():
+    run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
+                      "serve": {"enabled": True, "minAccuracy": 0.9}})
+    assert gate_passed(run, {"valAccuracy": 0.95}) and not gate_passed(run, {"valAccuracy": 0.5})
+    assert not gate_passed(run, {})
+    ans = {"predictions": [{"class": 3, "label": "3", "probabilities": [0.1, 0.9]}]}
+    assert describe_answer(ans) == "[bold]3[/] (p=0.900)"
+    assert describe_answer({"weird": 1}) == '{"weird": 1}'
+
+
+def test_checkpoint_uri_keeps_the_storage_scheme():
+    from raykube.train import checkpoint_uri, run_dir_for
+
+    assert checkpoint_uri("s3://bucket/p/ns", "bucket/p/ns/r/checkpoint_epoch_0001") == \
+        "s3://bucket/p/ns/r/checkpoint_epoch_0001"
+    assert checkpoint_uri("/mnt/x", "/mnt/x/r/c") == "/mnt/x/r/c"
+    assert checkpoint_uri("s3://b", None) is None
+    assert run_dir_for("s3://b/p/", "r") == "s3://b/p/r"
