@@ -1,0 +1,65 @@
+"""``raykube predict CHECKPOINT --out FILE``: batch inference over a dataset with Ray Data.
+
+Without ``--data`` the checkpoint's own validation split is classified, so the accuracy
+printed is the one training reported. Writes one Parquet or CSV file (row i = example i
+of the split) and prints accuracy and a per-class table when the data has labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="checkpoint directory (holding checkpoint.pt) or s3:// URI")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="predictions file: .parquet (with all probabilities) or .csv")
+    p.add_argument("--data", metavar="SOURCE",
+                   help="TrainingRun YAML, dataset name (digits, fashion-mnist, cifar10, "
+                   "synthetic), or an image folder / s3:// URI (default: the checkpoint's "
+                   "own data)")
+    p.add_argument("--split", choices=["train", "val", "all"],
+                   help="which examples (default val; all for an image folder)")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per model call")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="predictor actors (each loads the model once)")
+    p.add_argument("--gpus-per-actor", type=float,
+                   help="GPUs per predictor actor (default: 1 when the cluster has GPUs)")
+    p.add_argument("--cpus-per-actor", type=float,
+                   help="CPUs per predictor actor (default: 1, less when the actors would "
+                   "otherwise hold every CPU of the cluster)")
+    p.add_argument("--cache-dir", help="dataset cache (default: <storage>/datasets)")
+    p.add_argument("--storage", help="storage root (default $RAYKUBE_STORAGE or ./runs)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from raykube.predict import PredictError, predict, print_report
+    from raykube.spec import InvalidTrainingRun
+
+    started = False
+    if not ray.is_initialized():
+        # RAY_ADDRESS (e.g. inside a Ray cluster) connects to it; otherwise a local Ray.
+        ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else args.num_cpus,
+                 include_dashboard=False, configure_logging=False)
+        started = True
+    try:
+        outcome = predict(args.checkpoint, out=args.out, data=args.data, split=args.split,
+                          batch_size=args.batch_size, concurrency=args.concurrency,
+                          gpus_per_actor=args.gpus_per_actor,
+                          cpus_per_actor=args.cpus_per_actor, cache_dir=args.cache_dir,
+                          storage=args.storage)
+    except (PredictError, InvalidTrainingRun, FileNotFoundError) as exc:
+        print(f"raykube predict: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if started:
+            ray.shutdown()
+    print_report(outcome)
+    return 0

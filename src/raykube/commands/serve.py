@@ -1,0 +1,90 @@
+"""``raykube serve CHECKPOINT``: serve a checkpoint over HTTP on this machine until Ctrl-C.
+
+Starts a local Ray, deploys the same Serve application a RayService runs
+(``raykube.serve``) and prints a ready-to-paste ``curl`` request. Batching and limits
+default to the ``serve`` section of the spec stored in the checkpoint; flags override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="checkpoint directory (holding checkpoint.pt) or s3:// URI")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--replicas", type=int, help="Serve replicas (default: spec serve.replicas)")
+    p.add_argument("--max-batch-size", type=int,
+                   help="dynamic batching: most requests per model call")
+    p.add_argument("--batch-wait-ms", type=float,
+                   help="dynamic batching: longest wait for a batch to fill (ms)")
+    p.add_argument("--max-request-bytes", type=int, help="largest accepted body (413 above)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+
+
+def serve_spec_for(args: argparse.Namespace, checkpoint_spec: dict):
+    """The checkpoint's own serve section, with command-line overrides applied."""
+    from raykube.spec import ServeSpec
+
+    doc = dict(checkpoint_spec.get("serve") or {})
+    for flag, key in (("replicas", "replicas"), ("max_batch_size", "maxBatchSize"),
+                      ("batch_wait_ms", "batchWaitTimeoutMs"),
+                      ("max_request_bytes", "maxRequestBytes")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            doc[key] = value
+    doc.pop("enabled", None)
+    doc.pop("minAccuracy", None)
+    return ServeSpec.model_validate(doc)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import time
+
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from raykube.checkpoint import read_meta
+
+    console = Console(soft_wrap=True)  # URLs and the curl line stay pasteable
+    try:
+        from raykube.serve import resolve_checkpoint
+
+        meta = read_meta(resolve_checkpoint(args.checkpoint))
+        serve_spec = serve_spec_for(args, meta.spec)
+    except (FileNotFoundError, ValueError, ValidationError) as exc:
+        print(f"raykube serve: {exc}", file=sys.stderr)
+        return 2
+
+    import ray
+
+    from raykube.serve import curl_example, start_local, stop_local
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
+    try:
+        base = start_local(args.checkpoint, serve_spec, port=args.port, host=args.host)
+        model = (meta.spec.get("model") or {}).get("name")
+        acc = meta.metrics.get("valAccuracy")
+        console.print(f"[bold green]serving[/] {model} (epoch {meta.epoch}"
+                      + (f", valAccuracy {acc:.4f}" if acc is not None else "")
+                      + f") from {args.checkpoint} at [cyan]{base}[/]")
+        console.print(f"  POST {base}/predict   GET {base}/metadata   GET {base}/healthz")
+        console.print("try:")
+        print(curl_example(base, meta.input_shape), flush=True)
+        console.print("Ctrl-C to stop")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        try:
+            stop_local()
+        finally:
+            ray.shutdown()
+    return 0

@@ -1,0 +1,329 @@
+"""Batch inference: a checkpoint over a whole dataset with Ray Data.
+
+The Ray Data "working with PyTorch" pattern: the dataset (``raykube.data.as_ray_dataset``,
+the very examples and normalisation training used) streams through ``map_batches`` into
+a predictor class running on an actor pool (``concurrency`` actors, each loading the
+checkpoint once, GPU when asked for); predictions stream back to the driver, which
+writes them to one Parquet or CSV file and counts accuracy per class as it goes, so
+memory stays flat however large the dataset.
+
+What to predict on (``data``):
+- ``None``: the checkpoint's own data spec (its validation split by default): the
+  accuracy then equals the ``valAccuracy`` training reported for that checkpoint;
+- a TrainingRun YAML file: its ``spec.data`` (and ``train.seed``, which fixes the split);
+- a dataset name (``digits``, ``fashion-mnist``, ``cifar10``, ``synthetic``);
+- a directory or ``s3://`` URI of ``<class>/<image>`` files (image-folder, resized to
+  the model's input; the whole folder by default, ``split="all"``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from raykube.spec import DatasetName, TrainingRunSpec, load_one
+
+if TYPE_CHECKING:
+    import ray.data
+
+Split = Literal["train", "val", "all"]
+NAMED_DATASETS = [d for d in DatasetName.__args__ if d != "image-folder"]  # type: ignore[attr-defined]
+
+
+class PredictError(ValueError):
+    """Bad ``predict`` input (data source, split, output file): a message for users."""
+
+
+@dataclass
+class ClassAccuracy:
+    name: str
+    examples: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.examples if self.examples else float("nan")
+
+
+@dataclass
+class PredictOutcome:
+    """What ``predict`` did: where the rows went and, with labels, how good they are."""
+
+    out: str
+    rows: int
+    split: str
+    dataset: str
+    checkpoint: str
+    checkpoint_metrics: dict[str, float]
+    accuracy: float | None = None
+    per_class: list[ClassAccuracy] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    same_data_as_training: bool = False
+    """True when the data and split are the checkpoint's own validation split, so
+    ``accuracy`` is directly comparable with ``checkpoint_metrics['valAccuracy']``."""
+
+
+# ------------------------------------------------------------------------- predictor
+class TorchPredictor:
+    """Ray Data actor: loads the checkpoint once, then classifies batches.
+
+    Output columns: ``prediction`` (class id), ``prediction_name``, ``confidence`` (its
+    probability), ``probabilities`` (all classes), plus ``label`` and ``label_name``
+    when the input has labels.
+    """
+
+    def __init__(self, checkpoint: str, label_names: list[str] | None = None):
+        import torch
+
+        from raykube.checkpoint import load_model
+        from raykube.serve import resolve_checkpoint
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, meta = load_model(resolve_checkpoint(checkpoint), map_location=self.device)
+        self.model = model.to(self.device).eval()
+        self.names = np.asarray(meta.class_names)
+        self.label_names = np.asarray(label_names if label_names is not None else meta.class_names)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32))
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(x.to(self.device)).float(), dim=1).cpu().numpy()
+        pred = probs.argmax(axis=1)
+        out = {"prediction": pred.astype(np.int64), "prediction_name": self.names[pred],
+               "confidence": probs[np.arange(len(pred)), pred], "probabilities": probs}
+        if "label" in batch:
+            label = np.asarray(batch["label"], dtype=np.int64)
+            out = {"label": label, "label_name": self.label_names[label], **out}
+        return out
+
+
+# ------------------------------------------------------------------------ data source
+def resolve_data(ckpt_spec: TrainingRunSpec, data: str | None) -> tuple[TrainingRunSpec, bool]:
+    """The spec whose data to predict on, and whether it is the checkpoint's own data."""
+    if data is None:
+        return ckpt_spec, True
+    doc = ckpt_spec.to_dict()
+    doc.pop("tune", None)
+    if data.endswith((".yaml", ".yml")) and Path(data).is_file():
+        run = load_one(data)
+        doc["data"] = run.spec.data.to_dict()
+        doc["train"]["seed"] = run.spec.train.seed
+    elif data in NAMED_DATASETS:
+        if data == ckpt_spec.data.dataset:
+            return ckpt_spec, True
+        doc["data"] = {"dataset": data}
+        if ckpt_spec.data.cache_dir:
+            doc["data"]["cacheDir"] = ckpt_spec.data.cache_dir
+    elif "://" in data or Path(data).is_dir():
+        doc["data"] = {"dataset": "image-folder", "uri": data}
+        prev = ckpt_spec.data
+        if prev.dataset == "image-folder":  # keep the training-time preprocessing
+            doc["data"].update({k: v for k, v in prev.to_dict().items()
+                                if k in ("imageSize", "grayscale", "validationFraction")})
+    else:
+        raise PredictError(f"--data {data!r}: not a TrainingRun YAML file, a dataset name "
+                           f"({', '.join(NAMED_DATASETS)}), a directory or an s3:// URI")
+    try:
+        spec = TrainingRunSpec.model_validate(doc)
+    except ValueError as exc:
+        raise PredictError(f"--data {data!r}: {exc}") from None
+    return spec, spec.data == ckpt_spec.data and spec.train.seed == ckpt_spec.train.seed
+
+
+def _image_folder_for_model(spec: TrainingRunSpec, input_shape: list[int]) -> TrainingRunSpec:
+    """An image folder is read at the model's input size and channel count."""
+    if spec.data.dataset != "image-folder" or len(input_shape) != 3:
+        return spec
+    doc = spec.to_dict()
+    doc["data"]["imageSize"] = int(input_shape[-1])
+    doc["data"]["grayscale"] = input_shape[0] == 1
+    if not doc["data"]["grayscale"]:
+        doc["data"].pop("grayscale")
+    return TrainingRunSpec.model_validate(doc)
+
+
+def dataset_for(spec: TrainingRunSpec, split: Split, cache_dir: str) -> ray.data.Dataset:
+    from raykube.data import as_ray_dataset
+
+    if split == "all":
+        return as_ray_dataset(spec, "train", cache_dir).union(as_ray_dataset(spec, "val", cache_dir))
+    return as_ray_dataset(spec, split, cache_dir)
+
+
+# --------------------------------------------------------------------------- writing
+class _Writer:
+    """Streams numpy batches into one Parquet or CSV file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.kind = Path(path).suffix.lower().lstrip(".")
+        if self.kind not in ("parquet", "csv"):
+            raise PredictError(f"--out {path!r}: the file name must end in .parquet or .csv")
+        self._writer: Any = None
+        self._tmp = f"{path}.tmp-{os.getpid()}"
+
+    def write(self, batch: dict[str, np.ndarray]) -> None:
+        import pyarrow as pa
+
+        cols: dict[str, Any] = {}
+        for k, v in batch.items():
+            if k == "probabilities":
+                if self.kind == "csv":
+                    continue  # CSV has no list cells; Parquet keeps the full vector
+                v = np.ascontiguousarray(v, dtype=np.float32)
+                cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), v.shape[1])
+            else:
+                cols[k] = pa.array(np.asarray(v).tolist() if v.dtype.kind in "OUS" else v)
+        table = pa.table(cols)
+        if self._writer is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.kind == "parquet":
+                import pyarrow.parquet as pq
+
+                self._writer = pq.ParquetWriter(self._tmp, table.schema)
+            else:
+                import pyarrow.csv as pacsv
+
+                self._writer = pacsv.CSVWriter(self._tmp, table.schema)
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            Path(self._tmp).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------ main
+def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split | None = None,
+            batch_size: int = 256, concurrency: int = 1, gpus_per_actor: float | None = None,
+            cpus_per_actor: float | None = None,
+            cache_dir: str | None = None, storage: str | None = None) -> PredictOutcome:
+    """Classify a dataset with a checkpoint; write the predictions to ``out``.
+
+    Uses the current Ray (the caller starts it). ``split`` defaults to ``val``, or
+    ``all`` for an image folder given as ``data``.
+    """
+    import ray
+    import ray.data
+
+    from raykube.checkpoint import read_meta
+    from raykube.data import cache_dir_for, dataset_info
+    from raykube.serve import resolve_checkpoint
+
+    t0 = time.perf_counter()
+    writer = _Writer(out)  # checks the suffix before any work
+    if batch_size < 1 or concurrency < 1:
+        raise PredictError("--batch-size and --concurrency must be at least 1")
+    meta = read_meta(resolve_checkpoint(checkpoint))
+    ckpt_spec = TrainingRunSpec.model_validate(meta.spec)
+    spec, same = resolve_data(ckpt_spec, data)
+    spec = _image_folder_for_model(spec, meta.input_shape)
+    if split is None:
+        split = "all" if (data is not None and spec.data.dataset == "image-folder"
+                          and not same) else "val"
+    if split not in ("train", "val", "all"):
+        raise PredictError(f"--split {split!r}: use train, val or all")
+    cache = cache_dir or cache_dir_for(spec, storage or os.environ.get("RAYKUBE_STORAGE", "runs"))
+    info = dataset_info(spec, cache)
+    if tuple(info.input_shape) != tuple(meta.input_shape):
+        raise PredictError(f"the data ({spec.data.dataset}) has examples of shape "
+                           f"{list(info.input_shape)}; the checkpoint's model takes "
+                           f"{list(meta.input_shape)}")
+    resources = ray.cluster_resources()
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    if cpus_per_actor is None:
+        # Leave one CPU to the read/repartition tasks feeding the actors: actors holding
+        # every CPU would starve them and the pipeline would wait forever.
+        cpus_per_actor = min(1.0, max(resources.get("CPU", 1.0) - 1.0, 0.0) / concurrency)
+
+    ctx = ray.data.DataContext.get_current()
+    keep_order = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # row i of the file = example i of the split
+    names = list(meta.class_names)
+    label_index = {n: i for i, n in enumerate(names)}
+    # Dataset label id -> model class id (-1: a class the model does not know).
+    to_model = np.asarray([label_index.get(n, -1) for n in info.class_names], dtype=np.int64)
+    examples = np.zeros(len(names) + 1, dtype=np.int64)  # last slot: unknown classes
+    correct = np.zeros(len(names) + 1, dtype=np.int64)
+    rows = 0
+    has_labels = False
+    try:
+        ds = dataset_for(spec, split, cache)
+        if concurrency > 1 and spec.data.dataset != "image-folder":
+            # In-memory splits come as a few large blocks; one block feeds one actor, so
+            # cut them into batch-sized blocks for the whole pool to share.
+            ds = ds.repartition(target_num_rows_per_block=batch_size)
+        preds = ds.map_batches(
+            TorchPredictor,
+            fn_constructor_kwargs={"checkpoint": str(checkpoint),
+                                   "label_names": list(info.class_names)},
+            batch_size=batch_size, batch_format="numpy", concurrency=concurrency,
+            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+        for batch in preds.iter_batches(batch_size=None, batch_format="numpy"):
+            writer.write(batch)
+            rows += len(batch["prediction"])
+            if "label" in batch:
+                has_labels = True
+                truth = to_model[batch["label"]]
+                slot = np.where(truth < 0, len(names), truth)
+                examples += np.bincount(slot, minlength=len(names) + 1)
+                correct += np.bincount(slot, weights=truth == batch["prediction"],
+                                       minlength=len(names) + 1).astype(np.int64)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        ctx.execution_options.preserve_order = keep_order
+
+    outcome = PredictOutcome(out=out, rows=rows, split=split, dataset=spec.data.dataset,
+                             checkpoint=str(checkpoint), checkpoint_metrics=dict(meta.metrics),
+                             same_data_as_training=same and split == "val")
+    if has_labels and rows:
+        outcome.accuracy = float(correct.sum() / examples.sum())
+        outcome.per_class = [ClassAccuracy(n, int(examples[i]), int(correct[i]))
+                             for i, n in enumerate(names)]
+        if examples[-1]:
+            outcome.per_class.append(ClassAccuracy("(not a model class)", int(examples[-1]), 0))
+    outcome.wall_time_s = time.perf_counter() - t0
+    return outcome
+
+
+def print_report(outcome: PredictOutcome, console: Any = None) -> None:
+    """Accuracy and a per-class table, as at the end of the CIFAR-10 tutorial."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[bold]{outcome.rows}[/] predictions ({outcome.dataset}, split "
+                  f"{outcome.split}) -> [cyan]{outcome.out}[/] in {outcome.wall_time_s:.1f}s")
+    if outcome.accuracy is None:
+        console.print("no labels: accuracy not computed")
+        return
+    table = Table(title="Accuracy per class")
+    table.add_column("class")
+    table.add_column("examples", justify="right")
+    table.add_column("correct", justify="right")
+    table.add_column("accuracy", justify="right")
+    for c in outcome.per_class:
+        acc = "-" if not c.examples else f"{100 * c.accuracy:.1f} %"
+        table.add_row(c.name, str(c.examples), str(c.correct), acc)
+    console.print(table)
+    line = f"[bold]accuracy {100 * outcome.accuracy:.2f} %[/]"
+    reported = outcome.checkpoint_metrics.get("valAccuracy")
+    if outcome.same_data_as_training and reported is not None:
+        line += f" (training reported valAccuracy {100 * reported:.2f} % for this checkpoint)"
+    console.print(line)

@@ -1,0 +1,567 @@
+"""Online inference: a Ray Serve application answering HTTP JSON requests.
+
+One deployment, ``Classifier``, built from a raykube checkpoint (local directory or a
+remote URI such as ``s3://bucket/run/checkpoint_000004``, downloaded once per node),
+loaded with ``weights_only=True`` and put on the GPU when the replica has one.
+
+HTTP API (route prefix ``/``, port 8000):
+
+- ``POST /predict`` with ``{"instances": [...]}`` (each instance nested in the model's
+  input shape, e.g. ``[1, 8, 8]``, or flat with the same number of values) or
+  ``{"images": ["<base64 PNG/JPEG>", ...]}`` (decoded, resized and normalised exactly as
+  in training) -> ``{"predictions": [{"class", "label", "probabilities"}], ...}``.
+- ``GET /healthz`` and ``GET /metadata``.
+
+Why a plain ``__call__`` on a starlette Request rather than a FastAPI ingress: the body
+is read and parsed exactly once, validated with vectorised numpy checks, and every
+problem becomes a 4xx JSON ``{"error": ...}`` without framework layers in between;
+that keeps the added latency per request small and the error answers uniform.
+
+Why validation happens before batching: ``@serve.batch`` runs requests of many
+callers in one model call, so one malformed request must never reach it (it would fail
+every request of the batch). Only arrays of the right shape, dtype and finiteness are
+enqueued. A request that finds the replica idle skips the batch queue (waiting
+``batchWaitTimeoutMs`` for company that is not coming only adds latency); under
+concurrent load requests are batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from raykube.spec import ServeSpec
+
+log = logging.getLogger("raykube.serve")
+
+APP_NAME = "raykube"
+DEPLOYMENT_NAME = "Classifier"
+DEFAULT_MAX_INSTANCES = 1024
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""Larger images are refused before decoding (a small PNG can inflate enormously)."""
+IMAGE_FORMATS = ("PNG", "JPEG")
+INLINE_MAX_S = 0.002
+"""Models answering a full batch faster than this run on the event loop (see __init__)."""
+
+
+# ------------------------------------------------------------------ checkpoint access
+def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
+    """A local directory holding the checkpoint ``checkpoint`` names.
+
+    Local paths (and ``file://`` URIs) are used in place; any other URI (``s3://``,
+    ``gs://``...) is downloaded with Ray Train's Checkpoint (pyarrow filesystems) into a
+    per-URI directory under the temp dir, once per node: replicas and Ray Data actors
+    on one node share the copy (Ray's file lock serialises the download).
+    """
+    text = str(checkpoint)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if "://" not in text:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {text}: no such file or directory")
+        return str(path)
+    from ray.train import Checkpoint
+
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / "raykube-checkpoints" / digest
+    if not (target / "checkpoint.pt").exists():
+        Checkpoint(text).to_directory(str(target))
+    return str(target)
+
+
+# ------------------------------------------------------------------ request validation
+class RequestError(Exception):
+    """A bad request: becomes a 4xx JSON answer ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class InputSpec:
+    """What a valid request looks like for one model (shape, limits, preprocessing)."""
+
+    def __init__(self, input_shape: list[int] | tuple[int, ...], class_names: list[str],
+                 spec: Any, *, max_instances: int = DEFAULT_MAX_INSTANCES):
+        self.input_shape = tuple(int(x) for x in input_shape)
+        self.flat_size = math.prod(self.input_shape)
+        self.class_names = list(class_names)
+        self.spec = spec  # TrainingRunSpec, for image preprocessing
+        self.max_instances = max_instances
+        self._info = None
+
+    # -- instances ---------------------------------------------------------------
+    def instances_to_array(self, instances: Any, *, raw: bytes = b"") -> np.ndarray:
+        """Validate ``instances`` (parsed JSON) into a float32 (N, *input_shape) array.
+
+        Accepted: a non-empty list of instances, each nested in the input shape or flat
+        with prod(input_shape) numbers. Refused with a message: other types, ragged
+        lists, strings/booleans/nulls, NaN or infinity, more than max_instances.
+        """
+        self._check_list("instances", instances)
+        # JSON true/false would silently become 1/0 inside a numeric array; the only
+        # place they can appear in an {"instances": ...} body is among the numbers.
+        if raw and (b"true" in raw or b"false" in raw):
+            raise RequestError(422, "instances must hold numbers only (found a boolean)")
+        try:
+            arr = np.asarray(instances)
+        except (ValueError, TypeError):
+            raise RequestError(422, "instances are ragged: every instance must have shape "
+                               f"{list(self.input_shape)} (or {self.flat_size} flat "
+                               "numbers)") from None
+        if arr.dtype.kind not in "iuf":
+            what = {"b": "a boolean", "U": "a string", "S": "a string"}.get(
+                arr.dtype.kind, "a non-numeric value (null, object or out-of-range number)")
+            raise RequestError(422, f"instances must hold numbers only (found {what})")
+        shape = arr.shape[1:]
+        if shape != self.input_shape:
+            if arr.ndim == 2 and shape[0] == self.flat_size:
+                arr = arr.reshape((arr.shape[0], *self.input_shape))
+            else:
+                raise RequestError(422, f"each instance must have shape "
+                                   f"{list(self.input_shape)} (or {self.flat_size} flat "
+                                   f"numbers); got {list(shape)}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = arr.astype(np.float32, copy=False)
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = int(np.argwhere(~finite.reshape(len(arr), -1).all(axis=1))[0][0])
+            raise RequestError(422, f"instances[{bad}] holds NaN or infinity (or a number "
+                               "too large for float32)")
+        return np.ascontiguousarray(arr)
+
+    # -- images ------------------------------------------------------------------
+    def images_to_array(self, images: Any) -> np.ndarray:
+        """Decode base64 PNG/JPEG images and preprocess them exactly as in training."""
+        from PIL import Image, UnidentifiedImageError
+
+        from raykube.data import DatasetInfo, preprocess_image
+
+        self._check_list("images", images)
+        if len(self.input_shape) != 3:
+            raise RequestError(422, f"this model takes {self.flat_size}-number feature "
+                               "vectors, not images: send \"instances\"")
+        if self._info is None:
+            self._info = DatasetInfo(input_shape=self.input_shape,
+                                     class_names=self.class_names)
+        out = []
+        for i, item in enumerate(images):
+            if not isinstance(item, str):
+                raise RequestError(422, f"images[{i}] must be a base64 string, got "
+                                   f"{_json_type(item)}")
+            data = item.split(",", 1)[1] if item.startswith("data:") else item
+            try:
+                raw = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raise RequestError(422, f"images[{i}] is not valid base64") from None
+            try:
+                img = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
+                w, h = img.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise RequestError(422, f"images[{i}] is {w}x{h} pixels; at most "
+                                       f"{MAX_IMAGE_PIXELS} pixels are accepted")
+                img.load()
+                x = np.asarray(preprocess_image(img, self._info, self.spec), dtype=np.float32)
+            except RequestError:
+                raise
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+                    Image.DecompressionBombError):
+                raise RequestError(422, f"images[{i}] is not a decodable image "
+                                   f"({' or '.join(IMAGE_FORMATS)} expected)") from None
+            if x.shape != self.input_shape:  # preprocessing must match the model
+                raise RequestError(422, f"images[{i}] preprocessed to shape {list(x.shape)}, "
+                                   f"the model expects {list(self.input_shape)}")
+            out.append(x)
+        return np.stack(out)
+
+    def _check_list(self, key: str, value: Any) -> None:
+        if not isinstance(value, list):
+            raise RequestError(422, f"{key} must be a list, got {_json_type(value)}")
+        if not value:
+            raise RequestError(422, f"{key} is empty: send at least one")
+        if len(value) > self.max_instances:
+            raise RequestError(422, f"{key} holds {len(value)} items; at most "
+                               f"{self.max_instances} per request")
+
+    # -- body ----------------------------------------------------------------------
+    def parse_body(self, body: bytes, content_type: str | None) -> np.ndarray:
+        """The whole validation of a ``POST /predict`` body: bytes -> model input."""
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise RequestError(415, f"content-type must be application/json, got {media!r}")
+        if not body:
+            raise RequestError(400, "empty body: send a JSON object with \"instances\" or "
+                               "\"images\"")
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise RequestError(400, f"body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise RequestError(422, f"body must be a JSON object, got {_json_type(doc)}")
+        unknown = sorted(set(doc) - {"instances", "images"})
+        if unknown:
+            raise RequestError(422, f"unknown key(s) {', '.join(map(repr, unknown))}: send "
+                               "\"instances\" or \"images\"")
+        if "instances" in doc and "images" in doc:
+            raise RequestError(422, "send either \"instances\" or \"images\", not both")
+        if "instances" in doc:
+            return self.instances_to_array(doc["instances"], raw=body)
+        if "images" in doc:
+            return self.images_to_array(doc["images"])
+        raise RequestError(422, "missing key: send \"instances\" (numbers) or \"images\" "
+                           "(base64 PNG/JPEG)")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value),
+                                                                          type(value).__name__)
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":"), allow_nan=False).encode(),
+                    status_code=status, media_type="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+# ------------------------------------------------------------------------ deployment
+class ServeAppArgs(BaseModel):
+    """``args`` of the serve application (serveConfigV2), camelCase as in the spec."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+    checkpoint: str = Field(min_length=1, description="Checkpoint directory or URI.")
+    maxBatchSize: int = Field(default=32, ge=1, le=4096)
+    batchWaitTimeoutMs: float = Field(default=5.0, ge=0.0, le=10000)
+    maxRequestBytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    maxInstances: int = Field(default=DEFAULT_MAX_INSTANCES, ge=1)
+    replicas: int | None = Field(default=None, ge=1, description="Overrides num_replicas.")
+    cpusPerReplica: float | None = Field(default=None, gt=0)
+    gpusPerReplica: float | None = Field(default=None, ge=0)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=256)
+class Classifier:
+    """Serves one checkpoint. Construct through ``build_app`` / ``app_builder``."""
+
+    def __init__(self, checkpoint: str, max_batch_size: int = 32,
+                 batch_wait_timeout_ms: float = 5.0,
+                 max_request_bytes: int = 4 * 1024 * 1024,
+                 max_instances: int = DEFAULT_MAX_INSTANCES):
+        import torch
+
+        from raykube.checkpoint import load_model
+        from raykube.spec import TrainingRunSpec
+
+        self.checkpoint = str(checkpoint)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        local = resolve_checkpoint(checkpoint)
+        model, meta = load_model(local, map_location=self.device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        spec = TrainingRunSpec.model_validate(meta.spec)
+        self.inputs = InputSpec(meta.input_shape, meta.class_names, spec,
+                                max_instances=max_instances)
+        self.max_request_bytes = int(max_request_bytes)
+        self.max_batch_size = int(max_batch_size)
+        self.batch_wait_timeout_ms = float(batch_wait_timeout_ms)
+        self._batched.set_max_batch_size(self.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.batch_wait_timeout_ms / 1000.0)
+        self._torch = torch
+        self._active = 0  # /predict requests in this replica (read, queued or running)
+        self.stats = {"requests": 0, "instances": 0, "errors": 0, "modelCalls": 0,
+                      "batchedCalls": 0, "largestBatch": 0, "started": time.time()}
+        # Warm up with a full batch and time it. A model slower than INLINE_MAX_S per
+        # batch runs on one worker thread: torch releases the GIL, so the event loop keeps
+        # reading and validating the next requests (filling the next batch) meanwhile.
+        # Faster models run inline: the thread hand-off would cost more than the model.
+        warm = np.zeros((self.max_batch_size, *self.inputs.input_shape), np.float32)
+        self._forward(warm)
+        t0 = time.perf_counter()
+        self._forward(warm)
+        self._inline = time.perf_counter() - t0 < INLINE_MAX_S
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="raykube-model")
+        self._metadata = self._build_metadata()
+        log.info("serving %s (%s, epoch %s) on %s", self.checkpoint, spec.model.name,
+                 meta.epoch, self.device)
+
+    # -- model ---------------------------------------------------------------------
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(self.device, non_blocking=True)
+            probs = torch.softmax(self.model(t).float(), dim=1)
+            return probs.cpu().numpy()
+
+    async def _run(self, x: np.ndarray) -> np.ndarray:
+        if self._inline:
+            return self._forward(x)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._forward, x)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batched(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """One model call for the requests of a batch (sizes set in __init__)."""
+        x = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        probs = await self._run(x)
+        self.stats["modelCalls"] += 1
+        self.stats["batchedCalls"] += len(arrays) > 1
+        self.stats["largestBatch"] = max(self.stats["largestBatch"], len(arrays))
+        bounds = np.cumsum([len(a) for a in arrays])[:-1]
+        return np.split(probs, bounds)
+
+    async def predict_array(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for a validated (N, *input_shape) float32 array."""
+        if self._active == 1:  # no other request in this replica: do not wait for company
+            probs = await self._run(x)
+            self.stats["modelCalls"] += 1
+            return probs
+        return await self._batched(x)
+
+    def _answer(self, probs: np.ndarray) -> dict[str, Any]:
+        classes = probs.argmax(axis=1).tolist()
+        names = self.inputs.class_names
+        return {
+            "predictions": [{"class": c, "label": names[c], "probabilities": p}
+                            for c, p in zip(classes, probs.tolist(), strict=True)],
+            "checkpoint": self.checkpoint,
+            "model": self._metadata["model"],
+            "epoch": self.meta.epoch,
+        }
+
+    # -- HTTP ----------------------------------------------------------------------
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
+        root = request.scope.get("root_path") or ""
+        if root and path.startswith(root):  # an app mounted under a route prefix
+            path = path[len(root):]
+        path = path.rstrip("/") or "/"
+        method = request.method
+        try:
+            if path == "/predict":
+                if method != "POST":
+                    raise RequestError(405, f"{method} /predict: use POST")
+                return await self._predict(request)
+            if path in ("/healthz", "/metadata", "/"):
+                if method not in ("GET", "HEAD"):
+                    raise RequestError(405, f"{method} {path}: use GET")
+                if path == "/healthz":
+                    return _json({"status": "ok", "checkpoint": self.checkpoint})
+                return _json(self.metadata())
+            raise RequestError(404, f"no route {path}: use POST /predict, GET /healthz or "
+                               "GET /metadata")
+        except RequestError as exc:
+            self.stats["errors"] += 1
+            return _error(exc.status, exc.message)
+        except Exception as exc:  # a bug of ours: answer 500, keep the replica alive
+            log.exception("request failed")
+            self.stats["errors"] += 1
+            return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _predict(self, request: Request) -> Response:
+        # Requests still being read count too: they are the company a batch waits for.
+        self._active += 1
+        try:
+            body = await self._read_body(request)
+            x = self.inputs.parse_body(body, request.headers.get("content-type"))
+            probs = await self.predict_array(x)
+        finally:
+            self._active -= 1
+        self.stats["requests"] += 1
+        self.stats["instances"] += len(x)
+        return _json(self._answer(probs))
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise RequestError(400, "invalid content-length header") from None
+            if size > limit:
+                raise RequestError(413, f"request body is {size} bytes; the limit is {limit}"
+                                   " (maxRequestBytes)")
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise RequestError(413, f"request body exceeds {limit} bytes "
+                                   "(maxRequestBytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _build_metadata(self) -> dict[str, Any]:
+        spec = self.inputs.spec
+        return {
+            "model": spec.model.name,
+            "modelOptions": spec.model.options.to_dict(),
+            "dataset": spec.data.dataset,
+            "checkpoint": self.checkpoint,
+            "epoch": self.meta.epoch,
+            "metrics": self.meta.metrics,
+            "classes": self.inputs.class_names,
+            "inputShape": list(self.inputs.input_shape),
+            "device": self.device,
+            "modelThread": not self._inline,
+            "batching": {"maxBatchSize": self.max_batch_size,
+                         "batchWaitTimeoutMs": self.batch_wait_timeout_ms},
+            "limits": {"maxRequestBytes": self.max_request_bytes,
+                       "maxInstances": self.inputs.max_instances},
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        """Static metadata plus this replica's counters (per replica, not global)."""
+        try:
+            replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:
+            replica = None
+        return {**self._metadata, "replica": replica, "stats": dict(self.stats)}
+
+
+def build_app(checkpoint: str, *, max_batch_size: int = 32, batch_wait_timeout_ms: float = 5.0,
+              max_request_bytes: int = 4 * 1024 * 1024,
+              max_instances: int = DEFAULT_MAX_INSTANCES, replicas: int | None = None,
+              cpus_per_replica: float | None = None,
+              gpus_per_replica: float | None = None) -> serve.Application:
+    """The bound application; options left None keep the deployment's defaults (so a
+    serveConfigV2 ``deployments:`` section can still set them)."""
+    options: dict[str, Any] = {
+        # Enough concurrent requests per replica to fill a batch (Serve's default is 5).
+        "max_ongoing_requests": max(256, 2 * max_batch_size),
+    }
+    if replicas is not None:
+        options["num_replicas"] = replicas
+    actor: dict[str, Any] = {}
+    if cpus_per_replica is not None:
+        actor["num_cpus"] = cpus_per_replica
+    if gpus_per_replica:
+        actor["num_gpus"] = gpus_per_replica
+    if actor:
+        options["ray_actor_options"] = actor
+    return Classifier.options(**options).bind(
+        checkpoint, max_batch_size, batch_wait_timeout_ms, max_request_bytes, max_instances)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder (``import_path: raykube.serve:app_builder``).
+
+    ``args``: ``checkpoint`` (required: directory or URI), ``maxBatchSize``,
+    ``batchWaitTimeoutMs``, ``maxRequestBytes``, ``maxInstances``, ``replicas``,
+    ``cpusPerReplica``, ``gpusPerReplica``. Unknown keys are refused.
+    """
+    try:
+        a = ServeAppArgs.model_validate(dict(args or {}))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"invalid raykube serve args: {problems}") from None
+    return build_app(a.checkpoint, max_batch_size=a.maxBatchSize,
+                     batch_wait_timeout_ms=a.batchWaitTimeoutMs,
+                     max_request_bytes=a.maxRequestBytes, max_instances=a.maxInstances,
+                     replicas=a.replicas, cpus_per_replica=a.cpusPerReplica,
+                     gpus_per_replica=a.gpusPerReplica)
+
+
+# ----------------------------------------------------------------------------- local
+def start_local(checkpoint: str, serve_spec: ServeSpec | None = None, port: int = 8000,
+                *, host: str = "127.0.0.1", timeout_s: float = 120.0) -> str:
+    """Deploy ``checkpoint`` on the current Ray (started if needed) and return the base
+    URL once ``GET /healthz`` answers."""
+    import ray
+
+    s = serve_spec or ServeSpec()
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(include_dashboard=False, configure_logging=False)
+    serve.start(http_options={"host": host, "port": port})
+    app = build_app(checkpoint, max_batch_size=s.max_batch_size,
+                    batch_wait_timeout_ms=s.batch_wait_timeout_ms,
+                    max_request_bytes=s.max_request_bytes, replicas=s.replicas,
+                    cpus_per_replica=s.cpus_per_replica,
+                    gpus_per_replica=s.gpus_per_replica)
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    base = f"http://{host}:{port}"
+    wait_healthy(base, timeout_s)
+    return base
+
+
+def wait_healthy(base_url: str, timeout_s: float = 60.0) -> None:
+    """Poll ``GET /healthz`` until it answers 200 (the proxy may lag the deployment)."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | str = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}"
+        except Exception as exc:  # connection refused / 404 while routes propagate
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url}/healthz did not answer within {timeout_s:.0f}s: {last}")
+
+
+def query(base_url: str, instances: Any, timeout_s: float = 30.0) -> dict[str, Any]:
+    """POST ``{"instances": instances}`` to ``/predict`` and return the JSON answer
+    (a 4xx answer raises ``RequestError`` with the server's message)."""
+    if isinstance(instances, np.ndarray):
+        instances = instances.tolist()
+    req = urllib.request.Request(f"{base_url}/predict",
+                                 data=json.dumps({"instances": instances}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", str(exc))
+        except ValueError:
+            message = str(exc)
+        raise RequestError(exc.code, message) from None
+
+
+def stop_local() -> None:
+    """Shut Serve down (the HTTP port is released; Ray itself keeps running)."""
+    serve.shutdown()
+
+
+def curl_example(base_url: str, input_shape: list[int] | tuple[int, ...]) -> str:
+    """A ready-to-paste ``curl`` request with one all-zero instance of the right shape."""
+    def zeros(shape: tuple[int, ...]) -> Any:
+        return [zeros(shape[1:]) for _ in range(shape[0])] if len(shape) > 1 else [0] * shape[0]
+
+    payload = json.dumps({"instances": [zeros(tuple(input_shape))]}, separators=(",", ":"))
+    if len(payload) > 2000:  # big images: send the flat form built by python instead
+        n = math.prod(input_shape)
+        return (f"python -c 'import json; print(json.dumps({{\"instances\": [[0.0]*{n}]}}))' "
+                f"| curl -s -X POST {base_url}/predict -H 'Content-Type: application/json' "
+                "-d @-")
+    return (f"curl -s -X POST {base_url}/predict -H 'Content-Type: application/json' "
+            f"-d '{payload}'")

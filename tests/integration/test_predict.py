@@ -1,0 +1,114 @@
+"""Batch inference with Ray Data over a checkpoint written by real Ray Train training.
+
+The accuracy ``raykube predict`` prints must be the validation accuracy training
+reported for that checkpoint, and equal to a direct in-process computation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raykube.checkpoint import load_model, read_meta
+from raykube.cli import main
+from raykube.data import load_arrays
+from raykube.spec import TrainingRunSpec, parse_spec
+
+pytestmark = pytest.mark.integration
+
+SPEC = {"model": {"name": "mlp", "options": {"hidden": [32]}},
+        "data": {"dataset": "digits", "validationFraction": 0.25},
+        "train": {"epochs": 2, "batchSize": 64, "seed": 3,
+                  "optimizer": {"name": "adam", "lr": 0.01}},
+        "scaling": {"workers": 1}}
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, tmp_path_factory) -> tuple[str, dict]:
+    """(best checkpoint path, its metrics) from a real 1-worker Ray Train run."""
+    from raykube.train import fit
+
+    storage = tmp_path_factory.mktemp("storage")
+    outcome = fit(parse_spec(SPEC, name="predict-digits"), str(storage))
+    assert outcome.best_checkpoint
+    return outcome.best_checkpoint, outcome.best_metrics
+
+
+def direct_probs(checkpoint: str, x: np.ndarray) -> np.ndarray:
+    model, _ = load_model(checkpoint)
+    with torch.no_grad():
+        return torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+
+
+def test_predict_accuracy_equals_training_and_direct(trained, tmp_path, capsys):
+    checkpoint, metrics = trained
+    out = tmp_path / "preds.parquet"
+    assert main(["predict", checkpoint, "--out", str(out), "--concurrency", "2",
+                 "--batch-size", "50"]) == 0
+    printed = capsys.readouterr().out
+    table = pq.read_table(out)
+    assert table.column_names == ["label", "label_name", "prediction", "prediction_name",
+                                  "confidence", "probabilities"]
+    # Row i is validation example i, in order (the file lines up with the split).
+    arrays = load_arrays(TrainingRunSpec.model_validate(SPEC), "/tmp")
+    vx, vy = arrays.val_x.numpy(), arrays.val_y.numpy()
+    assert table.num_rows == len(vy)
+    np.testing.assert_array_equal(table["label"].to_numpy(), vy)
+    probs = np.stack(table["probabilities"].to_numpy(zero_copy_only=False))
+    want = direct_probs(checkpoint, vx)
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(table["prediction"].to_numpy(), want.argmax(1))
+
+    file_acc = float((table["prediction"].to_numpy() == vy).mean())
+    direct_acc = float((want.argmax(1) == vy).mean())
+    reported = read_meta(checkpoint).metrics["valAccuracy"]
+    assert file_acc == pytest.approx(direct_acc, abs=1e-12)
+    assert file_acc == pytest.approx(reported, abs=1e-12)
+    assert reported == pytest.approx(metrics["valAccuracy"], abs=1e-12)
+    assert f"accuracy {100 * reported:.2f} %" in printed
+    assert "Accuracy per class" in printed and "training reported valAccuracy" in printed
+
+
+def test_predict_csv_and_image_folder(trained, tmp_path):
+    """CSV output; PNG files in class folders predict like the equivalent arrays."""
+    from PIL import Image
+
+    checkpoint, _ = trained
+    arrays = load_arrays(TrainingRunSpec.model_validate(SPEC), "/tmp")
+    vx, vy = arrays.val_x.numpy()[:40], arrays.val_y.numpy()[:40]
+    u8 = np.round((vx[:, 0] * 0.5 + 0.5) * 255).astype(np.uint8)
+    root = tmp_path / "digits-png"
+    for i, (img, label) in enumerate(zip(u8, vy, strict=True)):
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, mode="L").save(root / str(label) / f"{i:03d}.png")
+    for c in range(10):  # every class folder exists (class list = the model's)
+        (root / str(c)).mkdir(exist_ok=True)
+    out = tmp_path / "folder.csv"
+    assert main(["predict", checkpoint, "--data", str(root), "--out", str(out)]) == 0
+    table = pacsv.read_csv(out)
+    assert table.num_rows == 40  # --split defaults to all for a folder
+    assert "probabilities" not in table.column_names
+    inst = ((u8.astype(np.float32) / 255.0 - 0.5) / 0.5)[:, None]
+    want = direct_probs(checkpoint, inst)
+    # Rows follow file order; compare as multisets of (label, prediction) pairs.
+    got_pairs = sorted(zip(table["label"].to_pylist(), table["prediction"].to_pylist(),
+                           strict=True))
+    want_pairs = sorted(zip(vy.tolist(), want.argmax(1).tolist(), strict=True))
+    assert got_pairs == want_pairs
+
+
+def test_predict_bad_input(trained, tmp_path, capsys):
+    checkpoint, _ = trained
+    assert main(["predict", checkpoint, "--out", str(tmp_path / "x.txt")]) == 2
+    assert ".parquet or .csv" in capsys.readouterr().err
+    assert main(["predict", checkpoint, "--data", "no-such-thing",
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    assert "dataset name" in capsys.readouterr().err
+    assert main(["predict", checkpoint, "--data", "cifar10",
+                 "--out", str(tmp_path / "x.csv"), "--cache-dir", str(tmp_path)]) == 2
+    assert "shape" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert not list(tmp_path.glob("x.*"))

@@ -1,0 +1,92 @@
+"""Request validation of the serving API, without Ray (the HTTP path is in integration)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from raykube.serve import InputSpec, RequestError, curl_example
+from raykube.spec import TrainingRunSpec
+
+SPEC = TrainingRunSpec.model_validate({"model": {"name": "mlp"}, "data": {"dataset": "digits"}})
+
+
+@pytest.fixture
+def inputs() -> InputSpec:
+    return InputSpec([1, 8, 8], [str(i) for i in range(10)], SPEC, max_instances=4)
+
+
+def parse(inputs: InputSpec, doc, ct: str | None = "application/json") -> np.ndarray:
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return inputs.parse_body(body, ct)
+
+
+def test_nested_flat_and_integer_instances(inputs):
+    x = np.arange(128, dtype=np.float32).reshape(2, 1, 8, 8) / 100
+    a = parse(inputs, {"instances": x.tolist()})
+    b = parse(inputs, {"instances": x.reshape(2, 64).tolist()}, "application/json; charset=utf-8")
+    c = parse(inputs, {"instances": [[0] * 64]}, None)  # ints; no content-type is JSON
+    assert a.dtype == np.float32 and a.shape == (2, 1, 8, 8)
+    np.testing.assert_array_equal(a, x)
+    np.testing.assert_array_equal(b, x)
+    assert c.shape == (1, 1, 8, 8) and not c.any()
+
+
+@pytest.mark.parametrize("doc,status,word", [
+    ({"instances": [[0] * 64] * 5}, 422, "at most 4"),
+    ({"instances": [[0] * 64, [0] * 63]}, 422, "ragged"),
+    ({"instances": [[[0] * 8] * 7]}, 422, "shape"),
+    ({"instances": [[False] * 64]}, 422, "boolean"),
+    ({"instances": [[1] * 63 + [True]]}, 422, "boolean"),
+    ({"instances": [[10**40] + [0] * 63]}, 422, "numbers"),
+    ({"instances": [[0] * 63 + [1e300]]}, 422, "instances[0]"),
+    ({"instances": [[0] * 64, [0] * 63 + [float("inf")]]}, 422, "instances[1]"),
+    ({"instances": "0" * 64}, 422, "list"),
+    ({"instance": []}, 422, "'instance'"),
+    ({"images": "abc"}, 422, "list"),
+    ([1, 2], 422, "object"),
+    (b"\x00", 400, "JSON"),
+])
+def test_refused_with_message(inputs, doc, status, word):
+    with pytest.raises(RequestError) as err:
+        parse(inputs, doc)
+    assert err.value.status == status
+    assert word in err.value.message
+
+
+def test_content_type(inputs):
+    for ct in ("text/plain", "multipart/form-data; boundary=x"):
+        with pytest.raises(RequestError) as err:
+            parse(inputs, {"instances": [[0] * 64]}, ct)
+        assert err.value.status == 415
+    assert parse(inputs, {"instances": [[0] * 64]}, "application/vnd.api+json").shape[0] == 1
+
+
+def test_curl_example_is_a_valid_request(inputs):
+    cmd = curl_example("http://127.0.0.1:8000", [1, 8, 8])
+    assert cmd.startswith("curl -s -X POST http://127.0.0.1:8000/predict")
+    payload = cmd.split("-d '", 1)[1].rstrip("'")
+    assert parse(inputs, payload.encode()).shape == (1, 1, 8, 8)
+    big = curl_example("http://h:1", [3, 224, 224])  # too long to paste: generated instead
+    assert "python -c" in big and str(3 * 224 * 224) in big
+
+
+def test_serve_cli_overrides_checkpoint_serve_section():
+    from raykube.commands.serve import serve_spec_for
+
+    ckpt_spec = {"serve": {"enabled": True, "minAccuracy": 0.9, "maxBatchSize": 8,
+                           "replicas": 2}}
+    args = argparse.Namespace(replicas=None, max_batch_size=64, batch_wait_ms=1.5,
+                              max_request_bytes=None)
+    s = serve_spec_for(args, ckpt_spec)
+    assert (s.replicas, s.max_batch_size, s.batch_wait_timeout_ms) == (2, 64, 1.5)
+
+
+def test_images_refused_for_feature_models():
+    inputs = InputSpec([64], [str(i) for i in range(10)], SPEC)
+    assert parse(inputs, {"instances": [[1.0] * 64]}).shape == (1, 64)
+    with pytest.raises(RequestError, match="feature vectors"):
+        parse(inputs, {"images": ["aGk="]})
