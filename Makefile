@@ -48,8 +48,12 @@ render: $(STAMP) ## print the KubeRay objects of every job in jobs/ (GitOps)
 	$(BIN)/raykube render jobs/*.yaml
 
 .PHONY: crd
-crd: $(STAMP) ## regenerate k8s/base/crd.yaml from the pydantic spec
+crd: $(STAMP) ## regenerate k8s/base/crd.yaml and README's reference table from the spec
 	$(BIN)/raykube crd --out k8s/base/crd.yaml
+	@mkdir -p build
+	$(BIN)/raykube crd --markdown > build/reference.md
+	$(BIN)/python -c 'import pathlib, re; readme = pathlib.Path("README.md"); table = pathlib.Path("build/reference.md").read_text(); \
+	  readme.write_text(re.sub(r"(<!-- BEGIN REFERENCE -->\n).*?(<!-- END REFERENCE -->)", lambda m: m[1] + table + m[2], readme.read_text(), flags=re.S))'
 
 # ---------------------------------------------------------------------------- tests
 .PHONY: test

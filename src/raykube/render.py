@@ -110,8 +110,9 @@ def storage_root(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
 
 
 def default_checkpoint_uri(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
-    """Placeholder for ``raykube render``: the run dir's ``best`` entry (set the real
-    one, status.checkpoint.uri, with ``--checkpoint``)."""
+    """What ``raykube render`` serves by default: ``<run dir>/best``, the copy of the best
+    checkpoint that training refreshes at the end of every run (``raykube.train.publish_best``).
+    A fixed address suits Git; a RayService reads it when its replicas start."""
     return f"{storage_root(run, cfg)}/{run.name}/best"
 
 

@@ -18,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--namespace", help="namespace of the rendered objects (overrides "
                    "metadata.namespace)")
     p.add_argument("--checkpoint", metavar="URI", help="checkpoint the RayService serves "
-                   "(default: <storage>/<namespace>/<name>/best; use the TrainingRun's "
-                   "status.checkpoint.uri)")
+                   "(default: <storage>/<namespace>/<name>/best, the copy of the best "
+                   "checkpoint each finished training run writes)")
     serve = p.add_mutually_exclusive_group()
     serve.add_argument("--serve", dest="serve", action="store_true", default=None,
                        help="also render the RayService (default: when serve.enabled)")
