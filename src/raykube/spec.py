@@ -267,10 +267,18 @@ class Distribution(_Model):
                     if getattr(self, k) is not None)
 
     def sample_values(self) -> list[Any]:
-        """Representative values (used to check a path accepts this dimension)."""
+        """Representative values (used to check a path accepts this dimension): every
+        choice, or both ends of a range (high is exclusive: Tune samples [low, high))."""
         kind = self.kind()
         vals = getattr(self, kind)
-        return list(vals) if kind == "choice" else [vals[0]]
+        if kind == "choice":
+            return list(vals)
+        if len(vals) != 2:
+            return list(vals[:1])
+        low, high = vals
+        if kind == "randint":
+            return [low, high - 1] if high - 1 > low else [low]
+        return [low, math.nextafter(high, low)]
 
 
 class SchedulerSpec(_Model):
@@ -614,6 +622,8 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         yield SpecError(f"{t}.scheduler.gracePeriod", f"{tune.scheduler.grace_period} is more "
                         f"than train.epochs={spec.train.epochs}")
     base = spec.to_dict(exclude_none=False)
+    no_tune = spec.model_copy(update={"tune": None})
+    known = frozenset(str(e) for e in semantic_errors(no_tune))
     for path, dist in tune.search_space.items():
         p = f"{t}.searchSpace[{path}]"
         set_kinds = [k for k in ("choice", "uniform", "loguniform", "randint")
@@ -649,7 +659,7 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
             yield SpecError(p, f"{path!r} is not a field of the spec")
             continue
         for value in dist.sample_values():
-            err = _check_override(base, path, value)
+            err = _check_override(base, path, value, known)
             if err:
                 yield SpecError(p, f"value {value!r} is not valid at {path}: {err}")
                 break
@@ -698,16 +708,21 @@ def _drop_none(obj: Any) -> Any:
     return obj
 
 
-def _check_override(base: dict[str, Any], path: str, value: Any) -> str | None:
+def _check_override(base: dict[str, Any], path: str, value: Any,
+                    known: frozenset[str] = frozenset()) -> str | None:
     doc = _drop_none(set_path(base, path, value))
     doc.pop("tune", None)
     try:
-        TrainingRunSpec.model_validate(doc)
+        trial = TrainingRunSpec.model_validate(doc)
     except ValidationError as exc:
         return "; ".join(f"{_loc(e['loc'], '')}: {e['msg']}".lstrip(": ") for e in exc.errors())
     except SpecErrors as exc:
         return str(exc)
-    return None
+    # Cross-field rules too (e.g. an option the model does not have, a batch smaller
+    # than the worker count): a trial would fail on them at run time.
+    # ``known``: the base spec's own errors, reported once already.
+    errors = [str(e) for e in semantic_errors(trial) if str(e) not in known]
+    return "; ".join(errors) if errors else None
 
 
 def apply_overrides(spec: TrainingRunSpec, overrides: dict[str, Any]) -> TrainingRunSpec:

@@ -1,0 +1,875 @@
+"""Hyperparameter search: ``spec.tune`` as a Ray Tune experiment of Ray Train runs.
+
+The "How to use Tune with PyTorch" workflow, declared in YAML. The pattern is the one Ray
+documents for Train V2 (Tune + Train interop): every Tune trial is a small *driver*
+function that builds and fits a ``TorchTrainer`` for its own spec, so each trial is a
+full Ray Train run with ``spec.scaling`` (DDP workers, fractional GPUs allowed). Ray's
+``TuneReportCallback`` forwards each epoch's report (metrics + checkpoint path) from the
+inner Train controller to Tune, which is what lets ASHA stop bad trials early.
+
+Layout, all in the run's storage (a shared volume or ``s3://``)::
+
+    <storage>/<name>/                  the Tune experiment (Tuner state, restorable)
+        raykube-tune.json              the spec this search is for
+        trial-<id>/                    Tune's per-trial results (progress.csv ...)
+            train/checkpoint_*/        the trial's Ray Train run and its checkpoints
+        result.json, report.png        the outcome, once the search is complete
+
+An interrupted search (driver killed, RayJob retried, Ctrl+C) is resumed with
+``Tuner.restore``: finished trials are kept, unfinished ones restart and their Train run
+picks up its latest checkpoint (same storage path and name). Re-running a finished
+search returns the stored result without starting Ray work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from raykube.events import Observers, RunObserver
+from raykube.spec import (
+    METRICS,
+    Distribution,
+    TrainingRun,
+    TrainingRunSpec,
+    TuneSpec,
+    apply_overrides,
+    parse_spec,
+)
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+REPORT_FILE = "report.png"
+MARKER_FILE = "raykube-tune.json"
+CHECKPOINT_KEY = "checkpoint_path"  # what Ray's TuneReportCallback adds to each report
+TIME_ATTR = "epoch"  # ASHA's clock: the loop's epoch counter survives trial restarts
+# The spec sections that decide what a search computes: a stored search is reused (or
+# resumed) only for the same values. Serving or scaling changes do not invalidate it.
+_IDENTITY_SECTIONS = ("model", "data", "train", "tune")
+
+
+class TuneInterrupted(RuntimeError):
+    """The search stopped before every trial finished; run it again to resume."""
+
+
+class StorageConflict(RuntimeError):
+    """The experiment directory holds a search for a different spec."""
+
+
+# ------------------------------------------------------------------ search space
+def to_domain(dist: Distribution) -> Any:
+    """One ``searchSpace`` entry as a Ray Tune sampling domain."""
+    kind = dist.kind()
+    values = getattr(dist, kind)
+    if kind == "choice":
+        return tune.choice(list(values))
+    low, high = values
+    if kind == "uniform":
+        return tune.uniform(low, high)
+    if kind == "loguniform":
+        return tune.loguniform(low, high)
+    return tune.randint(int(low), int(high))  # randint: [low, high), as in the spec
+
+
+def param_space(tune_spec: TuneSpec) -> dict[str, Any]:
+    """Tune's ``param_space``: the dotted spec paths themselves are the keys, so a trial's
+    config *is* its overrides (and reads well in tables and ``result.json``)."""
+    return {path: to_domain(dist) for path, dist in tune_spec.search_space.items()}
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars (Tune samples with numpy) as plain Python values: the spec is strict."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
+
+
+def trial_overrides(spec: TrainingRunSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """The sampled values of a trial config, keyed by the searched spec paths."""
+    assert spec.tune is not None
+    return {path: _plain(config[path]) for path in spec.tune.search_space if path in config}
+
+
+def trial_spec(spec: TrainingRunSpec, config: dict[str, Any]) -> TrainingRunSpec:
+    """The spec one trial trains: the base spec with the sampled values, without ``tune``.
+
+    Fully re-validated (field types and cross-field rules), so a sample that makes no
+    sense (e.g. a batch smaller than the worker count) fails its trial with the field's
+    message instead of training something else.
+    """
+    overridden = apply_overrides(spec, trial_overrides(spec, config))
+    doc = overridden.to_dict()
+    doc.pop("tune", None)
+    return parse_spec(doc).spec
+
+
+def _identity(spec: TrainingRunSpec) -> dict[str, Any]:
+    doc = spec.to_dict()
+    return {k: doc.get(k) for k in _IDENTITY_SECTIONS}
+
+
+# --------------------------------------------------------------------- storage
+def _fs(uri: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0] + "://" if "://" in uri else ""
+
+
+def _as_uri(path: str | None, storage_path: str) -> str | None:
+    """Ray reports checkpoint paths without the scheme (``bucket/x``); give it back."""
+    if not path:
+        return None
+    scheme = _scheme(storage_path)
+    return path if not scheme or path.startswith(scheme) else scheme + path.lstrip("/")
+
+
+def _exists(uri: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def _read_json(uri: str) -> dict[str, Any] | None:
+    if not _exists(uri):
+        return None
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def _write_bytes(uri: str, data: bytes) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def _write_json(uri: str, doc: dict[str, Any]) -> None:
+    _write_bytes(uri, json.dumps(doc, indent=2, sort_keys=True, default=str).encode())
+
+
+# ---------------------------------------------------------------------- trials
+def trial_dirname(trial: Any) -> str:
+    """Short, stable trial folder names (Tune's default embeds every parameter)."""
+    return f"trial-{trial.trial_id}"
+
+
+def _scaling_config(spec: TrainingRunSpec) -> Any:
+    from ray.train import ScalingConfig
+
+    s = spec.scaling
+    resources: dict[str, float] = {"CPU": s.cpus_per_worker}
+    if s.gpus_per_worker > 0:
+        resources["GPU"] = s.gpus_per_worker  # fractions let trials share a GPU
+    return ScalingConfig(num_workers=s.workers, use_gpu=s.gpus_per_worker > 0,
+                         resources_per_worker=resources)
+
+
+def _build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str, name: str,
+                   callbacks: Sequence[Any]) -> Any:
+    """A TorchTrainer for one trial, configured as ``raykube.train.fit`` configures its
+    own (same loop, data cache, checkpoint ranking and worker fault tolerance)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from raykube import data as rk_data
+    from raykube.train import train_loop_per_worker
+
+    cache_dir = rk_data.cache_dir_for(spec, storage_root)
+    rk_data.prepare(spec, cache_dir)  # downloads once per cluster, under a file lock
+    datasets = None
+    if spec.data.dataset == "image-folder":
+        datasets = {s: rk_data.as_ray_dataset(spec, s, cache_dir) for s in ("train", "val")}
+    ck = spec.checkpoint
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir},
+        scaling_config=_scaling_config(spec),
+        run_config=RunConfig(
+            storage_path=storage_path,
+            name=name,
+            callbacks=list(callbacks),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=ck.keep,
+                checkpoint_score_attribute=ck.score_metric,
+                checkpoint_score_order=ck.score_mode,
+            ),
+            failure_config=FailureConfig(max_failures=spec.failure.max_worker_failures),
+        ),
+        datasets=datasets,
+    )
+
+
+class _Forward:
+    """Ray Train ``UserCallback`` (runs in the trial's Train controller): sends each
+    report, and once the controller's own handle, to the trial through a Ray queue.
+
+    Like Ray's ``TuneReportCallback``, but the queue is unbounded so the controller never
+    blocks on a trial that Tune has stopped, and the handle lets that trial abort its
+    Train run gracefully (see ``_AbortTrainOnStop``).
+    """
+
+    def __init__(self, queue: Any):
+        self.queue = queue
+        self._sent_handle = False
+
+    def after_report(self, run_context, metrics, checkpoint):  # noqa: ANN001
+        import ray
+
+        if not self._sent_handle:
+            self.queue.put_nowait({"controller": ray.get_runtime_context().current_actor})
+            self._sent_handle = True
+        self.queue.put_nowait({"metrics": dict(metrics[0]) if metrics else {},
+                               "checkpoint": checkpoint.path if checkpoint else None})
+
+    def after_exception(self, run_context, worker_exceptions):  # noqa: ANN001
+        pass
+
+
+def _user_callback(queue: Any) -> Any:
+    from ray.train import UserCallback
+
+    class Forward(_Forward, UserCallback):
+        pass
+
+    return Forward(queue)
+
+
+# The Train controller of the trial running in this (trial actor) process.
+_RUNNING_CONTROLLER: dict[str, Any] = {}
+
+
+def _abort_train_run(timeout_s: float = 30.0) -> None:
+    """Abort this process's trial Train run, if one is still going.
+
+    Ray Train V2's worker placement group belongs to the job, not to the controller actor:
+    when Tune stops a trial (an ASHA early stop) by ending the trial actor, an unaborted
+    controller dies and its workers' resources stay reserved until Ray's cleaner notices
+    (which needs the dashboard's state API). ``abort`` releases them at once.
+    """
+    import ray
+
+    controller = _RUNNING_CONTROLLER.pop("handle", None)
+    if controller is None:
+        return
+    # abort ends the controller actor, so its reply may well be an "actor died" error
+    with contextlib.suppress(Exception):
+        ray.get(controller.abort.remote(), timeout=timeout_s)
+
+
+class _AbortTrainOnStop:
+    """Mixin for the trial's FunctionTrainable: Tune calls ``cleanup`` when it stops a
+    trial (early stop, end of the experiment, interruption); abort the Train run then."""
+
+    def cleanup(self) -> None:
+        _abort_train_run()
+        super().cleanup()  # type: ignore[misc]
+
+
+def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None,
+                  storage_root: str | None = None, experiment_uri: str | None = None) -> None:
+    """One Tune trial: a Ray Train run of the trial's spec (runs in the trial actor).
+
+    The Train run lives in the trial's folder with a fixed name, so a restarted trial
+    (resumed search, or Tune retrying it) continues from its latest checkpoint. Each
+    epoch's report is forwarded with ``tune.report`` (ASHA decides on those).
+    """
+    import threading
+
+    import ray
+    from ray.util.queue import Empty, Queue
+
+    assert spec_doc is not None and storage_root is not None and experiment_uri is not None
+    spec = trial_spec(TrainingRunSpec.model_validate(spec_doc), config)
+    trial_id = tune.get_context().get_trial_id()
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = _build_trainer(
+        spec,
+        storage_root=storage_root,
+        storage_path=_join(experiment_uri, f"trial-{trial_id}"),
+        name="train",
+        callbacks=[_user_callback(queue)],
+    )
+    box: dict[str, Any] = {}
+
+    def _fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised in the trial thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=_fit, name="raykube-trial-fit", daemon=True)
+    thread.start()
+    reports = 0
+    try:
+        while thread.is_alive() or not queue.empty():
+            try:
+                item = queue.get(timeout=0.5)
+            except Empty:
+                continue
+            if "controller" in item:
+                _RUNNING_CONTROLLER["handle"] = item["controller"]
+                continue
+            report = dict(item["metrics"])
+            if item["checkpoint"]:
+                report[CHECKPOINT_KEY] = _as_uri(item["checkpoint"], storage_root)
+            tune.report(report)
+            reports += 1
+        thread.join()
+    finally:
+        _RUNNING_CONTROLLER.pop("handle", None)
+        with contextlib.suppress(Exception):
+            ray.kill(queue.actor)
+    if "error" in box:
+        raise box["error"]
+    if reports == 0:
+        _report_finished_run(box["result"], storage_root)
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _report_finished_run(result: Any, storage_root: str) -> None:
+    """A resumed trial whose Train run had already finished (it ended after Tune last
+    saved its state) trains nothing: report its final epoch from the checkpoint's
+    history, so Tune records where the trial really ended."""
+    from raykube.train import HISTORY_FILE
+
+    ckpt = result.checkpoint
+    if ckpt is None:
+        return
+    with ckpt.as_directory() as d:
+        path = os.path.join(d, HISTORY_FILE)
+        history = json.loads(_read_text(path)) if os.path.exists(path) else []
+    if history:
+        tune.report({**history[-1], CHECKPOINT_KEY: _as_uri(ckpt.path, storage_root)})
+
+
+_trial_driver.__mixins__ = (_AbortTrainOnStop,)  # type: ignore[attr-defined]
+
+
+def _epoch_of(result: dict[str, Any]) -> int:
+    value = result.get(TIME_ATTR)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return 0
+    return int(value)
+
+
+def _metric_of(result: dict[str, Any], metric: str) -> float | None:
+    value = result.get(metric)
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def trial_status(status: str, epochs_done: int, epochs: int) -> str:
+    """Tune's status, with ASHA's early stops told apart from trials that ran to the end
+    (Tune calls both TERMINATED)."""
+    if status == "TERMINATED" and epochs_done < epochs:
+        return "STOPPED"
+    return status
+
+
+def trial_row(trial: Any, spec: TrainingRunSpec, metric: str,
+              last_result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One line of the trial table: trial, params, status, metric, iterations.
+
+    ``last_result`` overrides the trial's own (Tune calls result callbacks before it
+    stores the result on the trial)."""
+    last = last_result if last_result is not None else (trial.last_result or {})
+    done = _epoch_of(last)
+    return {
+        "trial": trial.trial_id,
+        "params": trial_overrides(spec, trial.config or {}),
+        "status": trial_status(str(trial.status), done, spec.train.epochs),
+        "metric": _metric_of(last, metric),
+        "iterations": done,
+    }
+
+
+class _ObserverSink:
+    """Where the Tune callback sends progress: the run's observers (display, k8s status).
+
+    Looked up by experiment path at call time, because Tune pickles its callbacks into the
+    experiment state: observers (a live console, an API client) must not travel there.
+    """
+
+    def __init__(self, observers: Sequence[RunObserver], spec: TrainingRunSpec,
+                 storage_path: str):
+        self.observers = Observers(observers)
+        self.spec = spec
+        self.storage_path = storage_path
+        self._table_observers = [o for o in observers if hasattr(o, "on_trials")]
+
+    def epoch(self, trial_id: str, result: dict[str, Any]) -> None:
+        metrics = {k: result[k] for k in (TIME_ATTR, *METRICS, "epochTime", "samplesPerSecond")
+                   if k in result}
+        ckpt = _as_uri(result.get(CHECKPOINT_KEY), self.storage_path)
+        self.observers.on_epoch(metrics, ckpt, trial_id)
+
+    def trials(self, trials: Sequence[Any], current: Any = None,
+               result: dict[str, Any] | None = None) -> None:
+        if not self._table_observers:
+            return
+        assert self.spec.tune is not None
+        rows = [trial_row(t, self.spec, self.spec.tune.metric,
+                          result if t is current else None) for t in trials]
+        for obs in self._table_observers:
+            try:
+                obs.on_trials(rows)
+            except Exception:  # a display must never fail the search
+                log.warning("observer %r failed in on_trials", obs, exc_info=True)
+
+
+_SINKS: dict[str, _ObserverSink] = {}
+
+
+class _ProgressCallback(tune.Callback):
+    """Forwards Tune events (driver process, main thread) to the run's observers."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def _sink(self) -> _ObserverSink | None:
+        return _SINKS.get(self.key)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+        sink = self._sink()
+        if sink is not None:
+            sink.epoch(trial.trial_id, result)
+            sink.trials(trials, trial, result)
+
+    def _changed(self, trials: Sequence[Any]) -> None:
+        sink = self._sink()
+        if sink is not None:
+            sink.trials(trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._changed(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._changed(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+        self._changed(trials)
+
+
+# --------------------------------------------------------------------- outcome
+@dataclass
+class TuneOutcome:
+    """What a search produced; ``to_result()`` is ``result.json``."""
+
+    name: str
+    experiment_dir: str
+    metric: str
+    mode: str
+    best_trial_id: str
+    best_config: dict[str, Any]
+    best_metric: float | None
+    best_checkpoint: str | None
+    best_metrics: dict[str, Any]
+    trials: list[dict[str, Any]]
+    wall_time_s: float = 0.0
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> str:
+        return self.experiment_dir
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.best_metrics
+
+    def to_result(self) -> dict[str, Any]:
+        """``result.json``. Top-level keys follow ``raykube.train``'s result.json
+        (``metrics``, ``best_checkpoint``, ``best_metrics``, ``run_dir`` ...) so consumers
+        of either read the same fields; ``best_trial`` has the shape of
+        ``status.bestTrial`` (trialId, config, metric), ready to patch."""
+        return {
+            "kind": "tune",
+            "complete": True,
+            "name": self.name,
+            "run_dir": self.experiment_dir,
+            "metric": self.metric,
+            "mode": self.mode,
+            "metrics": self.best_metrics,
+            "best_checkpoint": self.best_checkpoint,
+            "best_metrics": self.best_metrics,
+            "epochs": self.best_metrics.get(TIME_ATTR),
+            "best_trial": {"trialId": self.best_trial_id, "config": self.best_config,
+                           "metric": self.best_metric},
+            "trials": [{k: v for k, v in t.items() if k != "history"} for t in self.trials],
+            "history": {t["trial"]: t.get("history", []) for t in self.trials},
+            "wall_time_s": self.wall_time_s,
+            "spec": self.spec,
+        }
+
+    @classmethod
+    def from_result(cls, doc: dict[str, Any]) -> TuneOutcome:
+        history = doc.get("history") or {}
+        best = doc["best_trial"]
+        return cls(
+            name=doc["name"], experiment_dir=doc["run_dir"], metric=doc["metric"],
+            mode=doc["mode"], best_trial_id=best["trialId"], best_config=best["config"],
+            best_metric=best["metric"], best_checkpoint=doc["best_checkpoint"],
+            best_metrics=doc["best_metrics"],
+            trials=[{**t, "history": history.get(t["trial"], [])} for t in doc["trials"]],
+            wall_time_s=doc.get("wall_time_s", 0.0), spec=doc.get("spec") or {},
+        )
+
+
+def _history(df: Any) -> list[dict[str, Any]]:
+    """A trial's reports, one per epoch (a restarted trial may repeat epochs: keep last)."""
+    if df is None or len(df) == 0 or TIME_ATTR not in df.columns:
+        return []
+    keep = [c for c in (TIME_ATTR, *METRICS, CHECKPOINT_KEY) if c in df.columns]
+    rows: dict[int, dict[str, Any]] = {}
+    for rec in df[keep].to_dict("records"):
+        if rec.get(TIME_ATTR) is None or math.isnan(float(rec[TIME_ATTR])):
+            continue
+        clean = {k: v for k, v in rec.items()
+                 if not (isinstance(v, float) and math.isnan(v))}
+        clean[TIME_ATTR] = int(clean[TIME_ATTR])
+        rows[clean[TIME_ATTR]] = clean
+    return [rows[e] for e in sorted(rows)]
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
+              storage_path: str) -> TuneOutcome:
+    """Read a finished experiment and pick the best trial and checkpoint.
+
+    The best is the reported epoch with the best ``tune.metric`` (by ``mode``) among
+    epochs whose checkpoint is still in storage (``checkpoint.keep`` prunes others), so
+    the metric, config and checkpoint always describe the same model.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    assert spec.tune is not None
+    metric, mode = spec.tune.metric, spec.tune.resolved_mode
+    analysis = ExperimentAnalysis(experiment_uri, default_metric=metric, default_mode=mode)
+    frames = analysis.trial_dataframes
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
+    for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
+        row = trial_row(trial, spec, metric)
+        row["history"] = history = _history(frames.get(trial.trial_id))
+        if history:  # progress.csv is the full record; last_result may lag a restore
+            row["iterations"] = max(row["iterations"], history[-1][TIME_ATTR])
+            row["status"] = trial_status(str(trial.status), row["iterations"],
+                                         spec.train.epochs)
+            if row["metric"] is None:
+                row["metric"] = _metric_of(history[-1], metric)
+        trials.append(row)
+        for rec in history:
+            value = _metric_of(rec, metric)
+            uri = _as_uri(rec.get(CHECKPOINT_KEY), storage_path)
+            if value is None or uri is None:
+                continue
+            if (best is None or _better(value, best[0], mode)) and _exists(uri):
+                best = (value, row, {**rec, CHECKPOINT_KEY: uri})
+    if best is None:
+        errors = [f"{t['trial']}: {t['status']}" for t in trials]
+        raise RuntimeError(f"no trial of {experiment_uri} reported {metric!r} with a "
+                           f"checkpoint ({'; '.join(errors) or 'no trials'})")
+    value, row, rec = best
+    best_metrics = {k: v for k, v in rec.items() if k != CHECKPOINT_KEY}
+    return TuneOutcome(
+        name=name, experiment_dir=experiment_uri, metric=metric, mode=mode,
+        best_trial_id=row["trial"], best_config=row["params"], best_metric=value,
+        best_checkpoint=rec[CHECKPOINT_KEY], best_metrics=best_metrics, trials=trials,
+        spec=_identity(spec),
+    )
+
+
+# ---------------------------------------------------------------------- report
+def plot_trials(outcome: TuneOutcome) -> bytes:
+    """``report.png``: every trial's ``tune.metric`` per epoch (best trial highlighted)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for t in outcome.trials:
+        pts = [(h[TIME_ATTR], h[outcome.metric]) for h in t.get("history", [])
+               if outcome.metric in h]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        is_best = t["trial"] == outcome.best_trial_id
+        params = ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in t["params"].items())
+        ax.plot(xs, ys, marker="o", linewidth=2.5 if is_best else 1.2,
+                label=f"{t['trial']} ({t['status'].lower()}) {params}" + (" *best*" if is_best else ""))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(outcome.metric)
+    ax.set_title(f"{outcome.name}: {len(outcome.trials)} trials, {outcome.metric} ({outcome.mode})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+# ------------------------------------------------------------------------- run
+def _tune_config(spec: TrainingRunSpec) -> Any:
+    assert spec.tune is not None
+    t = spec.tune
+    if t.scheduler.name == "asha":
+        # stop_last_trials=False: a trial that reaches max_t ends by itself (its Train run
+        # finishes cleanly) instead of being stopped by the scheduler.
+        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=spec.train.epochs,
+                                  grace_period=t.scheduler.grace_period,
+                                  reduction_factor=t.scheduler.reduction_factor,
+                                  stop_last_trials=False)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.TuneConfig(
+        metric=t.metric,
+        mode=t.resolved_mode,
+        num_samples=t.trials,
+        scheduler=scheduler,
+        # Seeded sampling: a resumed or repeated search proposes the same trials.
+        search_alg=BasicVariantGenerator(random_state=spec.train.seed,
+                                         max_concurrent=t.max_concurrent_trials),
+        trial_dirname_creator=trial_dirname,
+    )
+
+
+def _trainable(spec: TrainingRunSpec, storage_root: str, experiment_uri: str) -> Any:
+    # The trial actor only drives its Train run (the workers hold the real resources),
+    # so it asks for a sliver of a CPU: concurrency is bounded by maxConcurrentTrials.
+    fn = tune.with_parameters(_trial_driver, spec_doc=spec.to_dict(),
+                              storage_root=storage_root, experiment_uri=experiment_uri)
+    return tune.with_resources(fn, {"cpu": 0.01})
+
+
+def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserver] = (),
+             name: str | None = None) -> TuneOutcome:
+    """Run (or resume, or return the stored result of) the search of ``run.spec.tune``.
+
+    ``storage_path`` is the storage root (a directory or ``s3://`` URI); the experiment is
+    ``<storage_path>/<name>`` (name defaults to the TrainingRun's). Observers get
+    ``on_start``, ``on_epoch(metrics, checkpoint, trial=<trial id>)`` for every trial
+    epoch, ``on_trials(rows)`` when they have it (the live table), and ``on_end`` with
+    the ``result.json`` document. Raises ``TuneInterrupted`` when the search stopped
+    before every trial ended (run again to resume).
+    """
+    spec = run.spec
+    if spec.tune is None:
+        raise ValueError(f"{run.name}: spec.tune is not set; nothing to search")
+    name = name or run.name
+    if "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)  # Tune and Train want absolute paths
+    observers = list(observers)
+    obs = Observers(observers)
+    experiment_uri = _join(storage_path, name)
+    result_uri = _join(experiment_uri, RESULT_FILE)
+    marker_uri = _join(experiment_uri, MARKER_FILE)
+    identity = _identity(spec)
+    obs.on_start(run)
+
+    stored = _read_json(result_uri)
+    if (stored is not None and stored.get("kind") == "tune" and stored.get("complete")
+            and stored.get("spec") == identity):
+        log.info("search %s already finished; returning its result", experiment_uri)
+        outcome = TuneOutcome.from_result(stored)
+        obs.on_end(stored)
+        return outcome
+    marker = _read_json(marker_uri)
+    if marker is not None and marker.get("spec") != identity:
+        raise StorageConflict(
+            f"{experiment_uri} holds a search for a different spec (model, data, train "
+            "or tune changed); give the TrainingRun another metadata.name or delete "
+            "that directory to start over")
+
+    started = time.monotonic()
+    key = experiment_uri
+    _SINKS[key] = _ObserverSink(observers, spec, storage_path)
+    try:
+        trainable = _trainable(spec, storage_path, experiment_uri)
+        if marker is not None and tune.Tuner.can_restore(experiment_uri):
+            log.info("resuming the interrupted search in %s", experiment_uri)
+            tuner = tune.Tuner.restore(experiment_uri, trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            _write_json(marker_uri, {"spec": identity})
+            quiet = any(hasattr(o, "on_trials") for o in observers)
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(spec.tune),
+                tune_config=_tune_config(spec),
+                run_config=tune.RunConfig(
+                    storage_path=storage_path, name=name,
+                    callbacks=[_ProgressCallback(key)],
+                    verbose=0 if quiet else 1,
+                ),
+            )
+        grid = tuner.fit()
+    finally:
+        _SINKS.pop(key, None)
+
+    del grid  # its in-memory trials say TERMINATED for trials an interruption stopped
+    statuses = _saved_statuses(experiment_uri)
+    # Trials are sampled lazily (maxConcurrentTrials at a time), so an interrupted search
+    # may also have trials it never created.
+    unfinished = [r for r in statuses if r not in ("TERMINATED", "ERROR")]
+    missing = spec.tune.trials - len(statuses)
+    if unfinished or missing > 0:
+        raise TuneInterrupted(f"search {experiment_uri} stopped with "
+                              f"{len(unfinished) + max(missing, 0)} of {spec.tune.trials} "
+                              "trials unfinished; run it again to resume")
+    outcome = summarize(experiment_uri, spec, name=name, storage_path=storage_path)
+    outcome.wall_time_s = round(time.monotonic() - started, 2)
+    result = outcome.to_result()
+    try:
+        _write_bytes(_join(experiment_uri, REPORT_FILE), plot_trials(outcome))
+    except Exception:  # a plot must never lose a finished search
+        log.warning("could not write %s", REPORT_FILE, exc_info=True)
+    _write_json(result_uri, result)
+    obs.on_end(result)
+    return outcome
+
+
+def _saved_statuses(experiment_uri: str) -> list[str]:
+    """Trial statuses as the experiment state in storage has them: what a resume sees.
+
+    Tune saves that state before it stops the trials of an interrupted search, so a
+    trial cut off mid-way is still RUNNING there (and resumes), whereas the returned
+    ResultGrid already shows it TERMINATED.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    return [str(t.status) for t in ExperimentAnalysis(experiment_uri).trials]
+
+
+# --------------------------------------------------------------------- display
+def trials_table(rows: Sequence[dict[str, Any]], metric: str, title: str | None = None) -> Any:
+    """The tutorial-style trial table (rich)."""
+    from rich.table import Table
+
+    table = Table(title=title, expand=False)
+    table.add_column("trial")
+    paths = sorted({p for r in rows for p in r["params"]})
+    for p in paths:
+        table.add_column(p, justify="right")
+    table.add_column("status")
+    table.add_column(metric, justify="right")
+    table.add_column("iter", justify="right")
+    styles = {"RUNNING": "cyan", "TERMINATED": "green", "STOPPED": "yellow", "ERROR": "red"}
+    for r in rows:
+        table.add_row(
+            r["trial"], *[_fmt(r["params"].get(p, "")) for p in paths],
+            f"[{styles.get(r['status'], 'white')}]{r['status']}[/]",
+            "" if r["metric"] is None else f"{r['metric']:.4f}", str(r["iterations"]),
+        )
+    return table
+
+
+def best_trial_summary(result: dict[str, Any]) -> Any:
+    """The final "best trial" panel (rich), from a ``result.json`` document."""
+    from rich.panel import Panel
+
+    best = result["best_trial"]
+    params = "\n".join(f"  {k} = {_fmt(v)}" for k, v in best["config"].items())
+    bm = result.get("best_metrics") or {}
+    metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in bm.items() if k in METRICS)
+    body = (f"trial {best['trialId']}: {result['metric']} = {_fmt(best['metric'])} "
+            f"({result['mode']})\n{params}\nepoch {bm.get(TIME_ATTR)}: {metrics}\n"
+            f"checkpoint: {result.get('best_checkpoint')}")
+    return Panel(body, title="Best trial", expand=False)
+
+
+class TrialTable:
+    """Live trial table for ``raykube run`` (a RunObserver with ``on_trials``).
+
+    Use as a context manager or let ``on_start``/``on_end`` drive the live display.
+    """
+
+    def __init__(self, console: Any = None, refresh_per_second: float = 4):
+        from rich.console import Console
+
+        self.console = console or Console()
+        self.refresh_per_second = refresh_per_second
+        self._live: Any = None
+        self._metric = "valAccuracy"
+        self._title = "trials"
+        self.rows: list[dict[str, Any]] = []
+
+    def on_start(self, run: TrainingRun) -> None:
+        from rich.live import Live
+
+        if run.spec.tune is not None:
+            self._metric = run.spec.tune.metric
+        self._title = f"{run.name}: Tune search ({run.spec.tune.trials if run.spec.tune else 0} trials)"
+        if self._live is None:
+            self._live = Live(trials_table([], self._metric, self._title), console=self.console,
+                              refresh_per_second=self.refresh_per_second, transient=False)
+            self._live.start()
+
+    def on_trials(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        if self._live is not None:
+            self._live.update(trials_table(rows, self._metric, self._title))
+
+    def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None,
+                 trial: str | None = None) -> None:
+        pass  # rows come with on_trials (they carry status and iterations too)
+
+    def on_end(self, result: dict[str, Any]) -> None:
+        self.stop()
+        if result.get("trials"):
+            self.console.print(trials_table(result["trials"], result["metric"], self._title))
+        if result.get("best_trial"):
+            self.console.print(best_trial_summary(result))
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+__all__ = [
+    "TrialTable", "TuneInterrupted", "TuneOutcome", "StorageConflict", "best_trial_summary",
+    "param_space", "plot_trials", "run_tune", "summarize", "to_domain", "trial_spec",
+    "trials_table",
+]

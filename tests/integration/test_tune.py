@@ -1,0 +1,194 @@
+"""Ray Tune search on a real local Ray: ASHA early stopping, best-trial choice, resume.
+
+One search tells the whole story (each trial is a full Ray Train run, 10-20 s here, so
+the phases share trials instead of paying for separate searches):
+
+1. 4 trials on digits, one at a time, ASHA (grace 1, reduction 2), metric valLoss (mode
+   min, so the choice is not just "the default"). The sampled space has a deliberately
+   bad region (lr 1e-6 cannot learn in 4 epochs). Once three trials have finished and
+   the fourth has reported an epoch, the driver gets SIGUSR1, Tune's graceful interrupt
+   (like Ctrl+C): the search must stop, keep its state, and say so.
+2. Re-running resumes with ``Tuner.restore``: the finished trials are not run again; the
+   interrupted one continues from its Train checkpoint.
+3. Re-running the finished search returns the stored result without training.
+Then: the bad trial was stopped early, the best trial is the one with the lowest
+reported valLoss, and its checkpoint loads and predicts exactly as it scored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from raykube.spec import parse_training_run
+
+pytestmark = pytest.mark.integration
+
+BAD_LR = 1e-6
+EPOCHS = 4
+
+
+def _run(tmp_name: str = "digits-tune-test"):
+    return parse_training_run({
+        "apiVersion": "raykube.io/v1alpha1",
+        "kind": "TrainingRun",
+        "metadata": {"name": tmp_name},
+        "spec": {
+            "model": {"name": "mlp", "options": {"hidden": [32]}},
+            "data": {"dataset": "digits"},
+            # seed 5 samples [good, bad, bad, good] in this order (asserted below): the
+            # first finished trial gives ASHA a rung to cut the bad ones against.
+            "train": {"epochs": EPOCHS, "batchSize": 64, "seed": 5,
+                      "optimizer": {"name": "adam", "lr": 0.01}},
+            "scaling": {"workers": 1, "cpusPerWorker": 1},
+            "tune": {
+                "trials": 4,
+                "maxConcurrentTrials": 1,
+                "metric": "valLoss",
+                "scheduler": {"name": "asha", "gracePeriod": 1, "reductionFactor": 2},
+                "searchSpace": {
+                    "train.optimizer.lr": {"choice": [BAD_LR, 0.01]},
+                    "model.options.hidden": {"choice": [[16], [32]]},
+                },
+            },
+            "checkpoint": {"keep": 2, "scoreMetric": "valLoss"},
+        },
+    })
+
+
+class Recorder:
+    """A RunObserver (with the trial-table hook) that remembers what it saw, and can
+    interrupt the search once ``finished`` trials are done and another has reported."""
+
+    def __init__(self, interrupt_after_finished: int | None = None):
+        self.interrupt_after = interrupt_after_finished
+        self.epochs: list[tuple[str | None, int, str | None]] = []
+        self.rows: list[dict] = []
+        self.ended: dict | None = None
+        self._sent = False
+
+    def on_start(self, run):
+        pass
+
+    def on_epoch(self, metrics, checkpoint, trial=None):
+        self.epochs.append((trial, int(metrics["epoch"]), checkpoint))
+
+    def on_trials(self, rows):
+        self.rows = rows
+        finished = [r for r in rows if r["status"] in ("TERMINATED", "STOPPED", "ERROR")]
+        midway = [r for r in rows if r["status"] == "RUNNING" and r["iterations"] >= 1]
+        if (self.interrupt_after and not self._sent and midway
+                and len(finished) >= self.interrupt_after):
+            self._sent = True
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop signal
+
+    def on_end(self, result):
+        self.ended = result
+
+    def epochs_of(self, trial: str) -> list[int]:
+        return [e for t, e, _ in self.epochs if t == trial]
+
+
+def test_search_early_stops_bad_trials_resumes_and_serves_the_best(ray_session, tmp_path):
+    from raykube import data as rk_data
+    from raykube.checkpoint import load_model
+    from raykube.tune import TuneInterrupted, run_tune, trial_spec
+
+    run = _run()
+    storage = str(tmp_path / "storage")
+    cpus_free_before = ray_session.available_resources().get("CPU", 0.0)
+    exp = Path(storage) / run.name
+
+    # -- phase 1: interrupted while the 4th trial is mid-way (3 finished)
+    first = Recorder(interrupt_after_finished=3)
+    with pytest.raises(TuneInterrupted, match="run it again to resume"):
+        run_tune(run, storage, observers=[first])
+    finished_before = {r["trial"] for r in first.rows if r["status"] in ("TERMINATED", "STOPPED")}
+    midway = [r["trial"] for r in first.rows if r["trial"] not in finished_before]
+    assert len(finished_before) == 3 and len(midway) == 1, first.rows
+    assert not (exp / "result.json").exists(), "an interrupted search must not look finished"
+
+    # -- phase 2: the same call resumes: finished trials are not run again, the
+    # interrupted one continues from its Train checkpoint (no epoch trained twice)
+    second = Recorder()
+    outcome = run_tune(run, storage, observers=[second])
+    assert {t for t, _, _ in second.epochs} == set(midway), second.epochs
+    before, after = first.epochs_of(midway[0]), second.epochs_of(midway[0])
+    assert before and after and min(after) > max(before), (before, after)
+    assert max(after) == EPOCHS
+    assert len(outcome.trials) == 4
+    assert {t["trial"] for t in outcome.trials} == finished_before | set(midway)
+
+    # The sampled space really covers both regions, in the order the seed gives.
+    lrs = [t["params"]["train.optimizer.lr"] for t in outcome.trials]
+    assert lrs == [0.01, BAD_LR, BAD_LR, 0.01], lrs
+    bad = [t for t in outcome.trials if t["params"]["train.optimizer.lr"] == BAD_LR]
+    good = [t for t in outcome.trials if t["params"]["train.optimizer.lr"] != BAD_LR]
+
+    # ASHA: the bad trial that met a finished good trial at the first rung was stopped
+    # there: fewer iterations than every good trial, and visible as STOPPED.
+    stopped = [t for t in bad if t["status"] == "STOPPED"]
+    assert stopped, outcome.trials
+    assert all(t["iterations"] < EPOCHS for t in stopped)
+    assert all(t["iterations"] == EPOCHS and t["status"] == "TERMINATED" for t in good), good
+    assert max(t["iterations"] for t in stopped) < min(t["iterations"] for t in good)
+
+    # Best = lowest valLoss reported by any trial (mode min), with its checkpoint.
+    reported = [(h["valLoss"], t["trial"]) for t in outcome.trials for h in t["history"]]
+    best_loss, best_trial = min(reported)
+    assert outcome.mode == "min" and outcome.metric == "valLoss"
+    assert outcome.best_trial_id == best_trial
+    assert outcome.best_metric == pytest.approx(best_loss)
+    assert outcome.best_config["train.optimizer.lr"] == 0.01
+    assert outcome.best_checkpoint and Path(outcome.best_checkpoint).is_dir()
+    assert Path(outcome.best_checkpoint).is_relative_to(exp / f"trial-{best_trial}")
+
+    # result.json + report.png in the experiment directory; observers were told.
+    result = json.loads((exp / "result.json").read_text())
+    assert result["best_trial"] == {"trialId": best_trial, "config": outcome.best_config,
+                                    "metric": outcome.best_metric}
+    assert result["best_checkpoint"] == outcome.best_checkpoint
+    assert result["best_metrics"]["valLoss"] == outcome.best_metric
+    assert {t["trial"]: t["status"] for t in result["trials"]} == \
+        {t["trial"]: t["status"] for t in outcome.trials}
+    assert (exp / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert second.ended == result
+
+    # The best checkpoint loads without Ray and predicts exactly as it scored.
+    model, meta = load_model(outcome.best_checkpoint)
+    spec = trial_spec(run.spec, outcome.best_config)
+    assert meta.spec["model"] == spec.model.to_dict()
+    arrays = rk_data.load_arrays(spec, rk_data.cache_dir_for(spec, storage))
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        logits = model(arrays.val_x)
+    assert logits.shape == (len(arrays.val_y), 10)
+    assert F.cross_entropy(logits, arrays.val_y).item() == pytest.approx(outcome.best_metric,
+                                                                         rel=1e-4)
+    accuracy = (logits.argmax(1) == arrays.val_y).float().mean().item()
+    assert accuracy == pytest.approx(outcome.best_metrics["valAccuracy"], abs=1e-6)
+    assert accuracy > 0.8
+
+    # Early-stopped and interrupted trials released their Train workers (Tune ends the
+    # trial actor; the trial aborts its Train run so the placement group goes too).
+    deadline = time.monotonic() + 30
+    while ray_session.available_resources().get("CPU", 0.0) < cpus_free_before - 1e-6:
+        assert time.monotonic() < deadline, (
+            f"CPUs still reserved after the search: {ray_session.available_resources()} "
+            f"(free before: {cpus_free_before})")
+        time.sleep(0.5)
+
+    # -- phase 3: a finished search is not run again
+    third = Recorder()
+    t0 = time.monotonic()
+    again = run_tune(run, storage, observers=[third])
+    assert time.monotonic() - t0 < 10
+    assert not third.epochs and third.ended == result
+    assert again.best_trial_id == best_trial and again.best_checkpoint == outcome.best_checkpoint

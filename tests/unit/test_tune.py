@@ -1,0 +1,278 @@
+"""raykube.tune without a Ray cluster: search-space mapping, trial specs, scheduler
+settings, validation of bad search spaces (field-level), the trial table and report."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Uniform
+
+from raykube import tune as rt
+from raykube.spec import InvalidTrainingRun, load_one, parse_training_run
+
+BASE = {
+    "apiVersion": "raykube.io/v1alpha1",
+    "kind": "TrainingRun",
+    "metadata": {"name": "t"},
+    "spec": {
+        "model": {"name": "mlp", "options": {"hidden": [32]}},
+        "data": {"dataset": "digits"},
+        "train": {"epochs": 5, "batchSize": 64},
+        "scaling": {"workers": 2},
+        "tune": {
+            "trials": 6,
+            "maxConcurrentTrials": 3,
+            "metric": "valLoss",
+            "scheduler": {"name": "asha", "gracePeriod": 2, "reductionFactor": 3},
+            "searchSpace": {
+                "train.optimizer.lr": {"loguniform": [1e-4, 1e-1]},
+                "train.optimizer.momentum": {"uniform": [0.5, 0.99]},
+                "train.batchSize": {"randint": [16, 129]},
+                "model.options.hidden": {"choice": [[32], [128, 64]]},
+            },
+        },
+    },
+}
+
+
+def _run(**tune_updates):
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["tune"].update(tune_updates)
+    return parse_training_run(doc)
+
+
+def _errors(search_space=None, **tune_updates):
+    doc = copy.deepcopy(BASE)
+    if search_space is not None:
+        doc["spec"]["tune"]["searchSpace"] = search_space
+    doc["spec"]["tune"].update(tune_updates)
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(doc)
+    return {e.path: e.message for e in exc.value.errors}
+
+
+# ------------------------------------------------------------------- search space
+def test_search_space_maps_to_tune_domains_with_the_same_bounds():
+    space = rt.param_space(_run().spec.tune)
+    assert set(space) == set(BASE["spec"]["tune"]["searchSpace"])  # dotted paths are keys
+
+    lr = space["train.optimizer.lr"]
+    assert isinstance(lr, Float) and isinstance(lr.get_sampler(), LogUniform)
+    assert (lr.lower, lr.upper) == (1e-4, 1e-1)
+    mom = space["train.optimizer.momentum"]
+    assert isinstance(mom, Float) and isinstance(mom.get_sampler(), Uniform)
+    assert (mom.lower, mom.upper) == (0.5, 0.99)
+    bs = space["train.batchSize"]
+    assert isinstance(bs, Integer) and (bs.lower, bs.upper) == (16, 129)
+    hidden = space["model.options.hidden"]
+    assert isinstance(hidden, Categorical) and hidden.categories == [[32], [128, 64]]
+
+    rng = np.random.RandomState(0)
+    lrs = np.array(lr.sample(size=2000, random_state=rng))
+    assert lrs.min() >= 1e-4 and lrs.max() <= 1e-1
+    # log-uniform: about as many samples per decade
+    per_decade = np.histogram(np.log10(lrs), bins=[-4, -3, -2, -1])[0]
+    assert per_decade.min() > 500
+    ints = bs.sample(size=500, random_state=rng)
+    assert min(ints) >= 16 and max(ints) <= 128  # randint is [low, high)
+
+
+def test_trial_spec_applies_samples_as_plain_values_and_drops_tune():
+    spec = _run().spec
+    sampled = {"train.optimizer.lr": np.float64(0.003), "train.batchSize": np.int64(32),
+               "train.optimizer.momentum": 0.8, "model.options.hidden": [np.int64(128), 64],
+               "unrelated": 1}
+    trial = rt.trial_spec(spec, sampled)
+    assert trial.tune is None
+    assert trial.train.optimizer.lr == 0.003 and type(trial.train.optimizer.lr) is float
+    assert trial.train.batch_size == 32 and type(trial.train.batch_size) is int
+    assert trial.model.options.hidden == [128, 64]
+    assert trial.data == spec.data and trial.scaling == spec.scaling
+    assert rt.trial_overrides(spec, sampled) == {
+        "train.optimizer.lr": 0.003, "train.batchSize": 32, "train.optimizer.momentum": 0.8,
+        "model.options.hidden": [128, 64]}
+
+
+def test_a_sample_that_breaks_a_cross_field_rule_fails_with_the_field():
+    with pytest.raises(InvalidTrainingRun) as exc:
+        rt.trial_spec(_run().spec, {"train.batchSize": 1})  # < scaling.workers=2
+    assert [e.path for e in exc.value.errors] == ["spec.train.batchSize"]
+
+
+# ------------------------------------------------------------------- validation
+@pytest.mark.parametrize(("space", "path", "needle"), [
+    ({"train.optimizer.learningRate": {"choice": [0.1]}},
+     "spec.tune.searchSpace[train.optimizer.learningRate]", "not a field of the spec"),
+    ({"model.options.hidden": {"choice": []}},
+     "spec.tune.searchSpace[model.options.hidden].choice", "must not be empty"),
+    ({"train.optimizer.lr": {"uniform": [0.1, 0.01]}},
+     "spec.tune.searchSpace[train.optimizer.lr].uniform", "low (0.1) must be below high (0.01)"),
+    ({"train.batchSize": {"randint": [64, 64]}},
+     "spec.tune.searchSpace[train.batchSize].randint", "must be below high"),
+    ({"train.optimizer.lr": {"loguniform": [0.0, 0.1]}},
+     "spec.tune.searchSpace[train.optimizer.lr].loguniform", "must be > 0"),
+    ({"train.optimizer.lr": {"loguniform": [-1.0, 0.1]}},
+     "spec.tune.searchSpace[train.optimizer.lr].loguniform", "must be > 0"),
+    ({"train.optimizer.lr": {"uniform": [0.1, 0.2], "choice": [0.1]}},
+     "spec.tune.searchSpace[train.optimizer.lr]", "exactly one of"),
+    ({"train.batchSize": {"choice": [32, "big"]}},
+     "spec.tune.searchSpace[train.batchSize]", "value 'big' is not valid"),
+    # the upper end of a range is checked too, not only the lower one
+    ({"train.optimizer.momentum": {"uniform": [0.5, 1.5]}},
+     "spec.tune.searchSpace[train.optimizer.momentum]", "less than 1"),
+    # cross-field rules are checked for sampled values (mlp has no conv channels)
+    ({"model.options.channels": {"choice": [[6, 16]]}},
+     "spec.tune.searchSpace[model.options.channels]", "does not apply to model mlp"),
+    ({"train.batchSize": {"randint": [1, 64]}},
+     "spec.tune.searchSpace[train.batchSize]", "smaller than scaling.workers=2"),
+    ({"tune.trials": {"choice": [1, 2]}},
+     "spec.tune.searchSpace[tune.trials]", "cannot search over the tune section"),
+])
+def test_bad_search_spaces_are_rejected_at_the_field(space, path, needle):
+    errors = _errors(space)
+    assert path in errors, errors
+    assert needle in errors[path]
+
+
+def test_a_metric_the_loop_does_not_report_is_rejected():
+    errors = _errors(metric="accuracy")
+    assert "not a reported metric" in errors["spec.tune.metric"]
+    assert "valAccuracy" in errors["spec.tune.metric"]
+
+
+def test_the_upper_end_of_a_range_is_exclusive():
+    # momentum must be < 1; uniform [0.5, 1.0) never samples 1.0, so it is valid
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["tune"]["searchSpace"] = {"train.optimizer.momentum": {"uniform": [0.5, 1.0]}}
+    parse_training_run(doc)
+
+
+# ------------------------------------------------------------------- scheduler
+def test_asha_uses_epochs_and_the_declared_metric_and_mode():
+    run = _run()
+    cfg = rt._tune_config(run.spec)
+    assert (cfg.metric, cfg.mode, cfg.num_samples) == ("valLoss", "min", 6)
+    asha = cfg.scheduler
+    assert type(asha).__name__ == "AsyncHyperBandScheduler"
+    assert asha._time_attr == "epoch"
+    assert asha._max_t == 5 and asha._reduction_factor == 3
+    # rungs: grace period 2, then x3 (6 > max_t, so only one)
+    assert [r[0] for r in asha._brackets[0]._rungs] == [2]
+    assert cfg.search_alg.max_concurrent == 3  # maxConcurrentTrials
+
+    fifo = rt._tune_config(_run(scheduler={"name": "fifo"}, metric="valAccuracy").spec)
+    assert type(fifo.scheduler).__name__ == "FIFOScheduler"
+    assert (fifo.metric, fifo.mode) == ("valAccuracy", "max")
+    assert rt._tune_config(_run(mode="max").spec).mode == "max"  # explicit mode wins
+
+
+def test_each_trial_gets_the_spec_scaling_including_fractional_gpus():
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["scaling"] = {"workers": 2, "cpusPerWorker": 1.5, "gpusPerWorker": 0.25}
+    sc = rt._scaling_config(parse_training_run(doc).spec)
+    assert sc.num_workers == 2 and sc.use_gpu
+    assert sc.resources_per_worker == {"CPU": 1.5, "GPU": 0.25}
+    cpu = rt._scaling_config(_run().spec)
+    assert not cpu.use_gpu and cpu.resources_per_worker == {"CPU": 1.0}
+
+
+# ------------------------------------------------------------------- results
+def test_trial_status_tells_early_stops_from_full_runs():
+    assert rt.trial_status("TERMINATED", 2, 5) == "STOPPED"
+    assert rt.trial_status("TERMINATED", 5, 5) == "TERMINATED"
+    assert rt.trial_status("RUNNING", 2, 5) == "RUNNING"
+    assert rt.trial_status("ERROR", 1, 5) == "ERROR"
+
+
+def test_history_keeps_one_row_per_epoch_the_last_one():
+    import pandas as pd
+
+    df = pd.DataFrame([
+        {"epoch": 1, "valLoss": 1.0, "checkpoint_path": "/a/1", "other": 3},
+        {"epoch": 2, "valLoss": 0.9, "checkpoint_path": "/a/2", "other": 3},
+        {"epoch": 2, "valLoss": 0.8, "checkpoint_path": "/b/2", "other": 3},  # after restart
+        {"epoch": float("nan"), "valLoss": 0.1},
+    ])
+    hist = rt._history(df)
+    assert hist == [{"epoch": 1, "valLoss": 1.0, "checkpoint_path": "/a/1"},
+                    {"epoch": 2, "valLoss": 0.8, "checkpoint_path": "/b/2"}]
+
+
+def test_checkpoint_paths_get_their_scheme_back():
+    assert rt._as_uri("bucket/runs/x/checkpoint_1", "s3://bucket/runs") == \
+        "s3://bucket/runs/x/checkpoint_1"
+    assert rt._as_uri("s3://bucket/x", "s3://bucket") == "s3://bucket/x"
+    assert rt._as_uri("/mnt/raykube/x", "/mnt/raykube") == "/mnt/raykube/x"
+    assert rt._as_uri(None, "/mnt") is None
+
+
+def _outcome():
+    trials = [
+        {"trial": "a_00000", "params": {"train.optimizer.lr": 0.01}, "status": "TERMINATED",
+         "metric": 0.2, "iterations": 3,
+         "history": [{"epoch": e, "valLoss": 1.0 / e} for e in (1, 2, 3)]},
+        {"trial": "a_00001", "params": {"train.optimizer.lr": 1e-6}, "status": "STOPPED",
+         "metric": 2.3, "iterations": 1, "history": [{"epoch": 1, "valLoss": 2.3}]},
+    ]
+    return rt.TuneOutcome(name="t", experiment_dir="/s/t", metric="valLoss", mode="min",
+                          best_trial_id="a_00000", best_config={"train.optimizer.lr": 0.01},
+                          best_metric=1 / 3, best_checkpoint="/s/t/trial-a_00000/train/c3",
+                          best_metrics={"epoch": 3, "valLoss": 1 / 3, "valAccuracy": 0.9},
+                          trials=trials, wall_time_s=1.5, spec={"train": {}})
+
+
+def test_result_document_round_trips_and_carries_the_status_shapes():
+    out = _outcome()
+    doc = out.to_result()
+    assert doc["best_trial"] == {"trialId": "a_00000", "config": {"train.optimizer.lr": 0.01},
+                                 "metric": 1 / 3}
+    assert doc["best_checkpoint"] == out.best_checkpoint
+    assert doc["best_metrics"]["valAccuracy"] == 0.9
+    assert all("history" not in t for t in doc["trials"])
+    assert rt.TuneOutcome.from_result(doc) == out
+
+
+def test_trial_table_and_best_summary_render():
+    from rich.console import Console
+
+    out = _outcome()
+    console = Console(record=True, width=160)
+    console.print(rt.trials_table(out.trials, "valLoss", "search"))
+    console.print(rt.best_trial_summary(out.to_result()))
+    text = console.export_text()
+    for needle in ("a_00000", "a_00001", "train.optimizer.lr", "STOPPED", "TERMINATED",
+                   "0.01", "1e-06", "2.3000", "Best trial", "/s/t/trial-a_00000/train/c3"):
+        assert needle in text, needle
+
+
+def test_trial_table_observer_keeps_the_rows_and_prints_the_summary():
+    from rich.console import Console
+
+    console = Console(record=True, width=160, force_terminal=False)
+    table = rt.TrialTable(console=console)
+    run = _run()
+    table.on_start(run)
+    table.on_trials(_outcome().trials)
+    table.on_epoch({"epoch": 1}, None, "a_00000")
+    table.on_end(_outcome().to_result())
+    assert table.rows[1]["status"] == "STOPPED"
+    assert "Best trial" in console.export_text()
+
+
+def test_report_png_has_a_curve_per_trial():
+    png = rt.plot_trials(_outcome())
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+@pytest.mark.parametrize("name", ["digits-tune.yaml", "cifar10-tune.yaml"])
+def test_example_jobs_are_valid_searches(jobs_dir, name):
+    run = load_one(jobs_dir / name)
+    assert run.spec.tune is not None and run.spec.tune.scheduler.name == "asha"
+    space = rt.param_space(run.spec.tune)
+    assert space and set(space) == set(run.spec.tune.search_space)
+    # every first choice / lower bound makes a valid trial spec
+    first = {p: (d.choice[0] if d.choice else getattr(d, d.kind())[0])
+             for p, d in run.spec.tune.search_space.items()}
+    assert rt.trial_spec(run.spec, first).tune is None
