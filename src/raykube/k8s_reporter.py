@@ -151,4 +151,9 @@ class KubernetesReporter:
                 if isinstance(metrics.get("epoch"), int):
                     self._best["epoch"] = metrics["epoch"]
                 self._pending["checkpoint"] = dict(self._best)
+        trial = result.get("best_trial")  # a Tune search: already in the status shape
+        if isinstance(trial, dict) and trial.get("trialId"):
+            with self._lock:
+                self._pending["bestTrial"] = {
+                    k: trial[k] for k in ("trialId", "config", "metric") if k in trial}
         self.flush()

@@ -68,6 +68,8 @@ def _mlp(spec: ModelSpec, shape: tuple[int, ...], num_classes: int) -> nn.Module
 class CifarCNN(nn.Module):
     """The CIFAR-10 tutorial CNN: conv5-pool-conv5-pool-fc120-fc84-fc.
 
+    ``hidden`` sizes the fully connected layers (the Tune tutorial's l1/l2).
+
     Generalised: input channels from the data; on 32x32 (and anything from 16 pixels up)
     it is exactly the tutorial's network; smaller images (8x8 digits) get "same" padding
     and ceil-mode pooling so the feature map never vanishes. The flatten size is measured
@@ -75,7 +77,8 @@ class CifarCNN(nn.Module):
     """
 
     def __init__(self, shape: tuple[int, int, int], num_classes: int,
-                 channels: Sequence[int] = (6, 16), dropout: float = 0.0):
+                 channels: Sequence[int] = (6, 16), hidden: Sequence[int] = (120, 84),
+                 dropout: float = 0.0):
         super().__init__()
         c, h, w = shape
         small = min(h, w) < 16
@@ -89,13 +92,15 @@ class CifarCNN(nn.Module):
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():
             flat = int(math.prod(self.features(torch.zeros(1, c, h, w)).shape[1:]))
-        drop: list[nn.Module] = [nn.Dropout(dropout)] if dropout > 0 else []
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            *drop, nn.Linear(flat, 120), nn.ReLU(),
-            *drop, nn.Linear(120, 84), nn.ReLU(),
-            nn.Linear(84, num_classes),
-        )
+        fc: list[nn.Module] = [nn.Flatten()]
+        width = flat
+        for size in hidden:  # the tutorial's l1, l2
+            if dropout > 0:
+                fc.append(nn.Dropout(dropout))
+            fc += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        fc.append(nn.Linear(width, num_classes))
+        self.classifier = nn.Sequential(*fc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -105,6 +110,7 @@ class CifarCNN(nn.Module):
 def _cifar_cnn(spec: ModelSpec, shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return CifarCNN(_image_shape("cifar-cnn", shape), num_classes,
                     channels=spec.options.channels or (6, 16),
+                    hidden=spec.options.hidden or (120, 84),
                     dropout=spec.options.dropout or 0.0)
 
 

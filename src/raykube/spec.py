@@ -91,7 +91,8 @@ class ModelOptions(_Model):
         default=None,
         min_length=1,
         description="mlp: sizes of the hidden layers (default [512, 512], as in the "
-        "FashionMNIST tutorial).",
+        "FashionMNIST tutorial). cifar-cnn: sizes of the fully connected layers after the "
+        "convolutions (default [120, 84], the tutorial's l1 and l2).",
     )
     dropout: float | None = Field(
         default=None,
@@ -110,7 +111,7 @@ class ModelOptions(_Model):
 
 MODEL_OPTIONS: dict[str, set[str]] = {
     "mlp": {"hidden", "dropout"},
-    "cifar-cnn": {"channels", "dropout"},
+    "cifar-cnn": {"channels", "hidden", "dropout"},
     "resnet18": set(),
 }
 

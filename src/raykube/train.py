@@ -384,6 +384,62 @@ def _history_of(checkpoint: Any) -> list[dict[str, Any]]:
         return _read_json_file(os.path.join(d, HISTORY_FILE), [])
 
 
+def scaling_config(spec: TrainingRunSpec) -> Any:
+    """Ray Train's ScalingConfig for ``spec.scaling`` (fractional GPUs let Tune trials
+    share a GPU)."""
+    from ray.train import ScalingConfig
+
+    s = spec.scaling
+    resources: dict[str, float] = {"CPU": s.cpus_per_worker}
+    if s.gpus_per_worker > 0:
+        resources["GPU"] = s.gpus_per_worker
+    return ScalingConfig(num_workers=s.workers, use_gpu=s.gpus_per_worker > 0,
+                         resources_per_worker=resources)
+
+
+def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str, name: str,
+                  callbacks: Iterable[Any] = (), extra_config: dict[str, Any] | None = None) -> Any:
+    """The TorchTrainer for ``spec``: the one place a Ray Train run is configured, for
+    ``fit`` and for every Tune trial alike (loop, data cache, scaling, checkpoint ranking,
+    worker fault tolerance, logging).
+
+    ``storage_root`` holds the shared dataset cache; ``storage_path``/``name`` is where
+    this run's checkpoints go. Prepares the dataset first (downloads once per cluster,
+    under a file lock) so that workers never race to download.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from raykube import data as rk_data
+
+    cache_dir = rk_data.cache_dir_for(spec, storage_root)
+    rk_data.prepare(spec, cache_dir)
+    datasets = None
+    if spec.data.dataset == "image-folder":
+        datasets = {s: rk_data.as_ray_dataset(spec, s, cache_dir) for s in ("train", "val")}
+    ck = spec.checkpoint
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir, **(extra_config or {})},
+        scaling_config=scaling_config(spec),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path if "://" in storage_path else os.path.abspath(storage_path),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=ck.keep,
+                checkpoint_score_attribute=ck.score_metric,
+                checkpoint_score_order=ck.score_mode),
+            failure_config=FailureConfig(max_failures=spec.failure.max_worker_failures),
+            callbacks=list(callbacks),
+            # Progress goes through the observers; Ray Train's per-report INFO lines
+            # would drown it.
+            logging_config=LoggingConfig(log_level=os.environ.get("RAYKUBE_TRAIN_LOG_LEVEL",
+                                                                  "WARNING")),
+        ),
+        datasets=datasets,
+    )
+
+
 def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver] = (),
         name: str | None = None, extra_config: dict[str, Any] | None = None) -> TrainOutcome:
     """Train ``run`` with Ray Train on the current Ray cluster; write result.json and
@@ -394,11 +450,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     checkpoint. ``extra_config`` is merged into the workers' config (tests use it).
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
-
-    from raykube import data as rk_data
 
     spec = run.spec
     name = name or run.name
@@ -411,38 +463,10 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         obs.on_end(done.to_dict())
         return done
 
-    cache_dir = rk_data.cache_dir_for(spec, storage_path)
-    info = rk_data.prepare(spec, cache_dir)
-    datasets = None
-    if spec.data.dataset == "image-folder":
-        datasets = {s: rk_data.as_ray_dataset(spec, s, cache_dir) for s in ("train", "val")}
-
-    sc = spec.scaling
-    resources = {"CPU": sc.cpus_per_worker}
-    if sc.gpus_per_worker > 0:
-        resources["GPU"] = sc.gpus_per_worker
     queue = Queue(actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir, **(extra_config or {})},
-        scaling_config=ScalingConfig(num_workers=sc.workers, use_gpu=sc.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path if "://" in storage_path else os.path.abspath(storage_path),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=spec.checkpoint.keep,
-                checkpoint_score_attribute=spec.checkpoint.score_metric,
-                checkpoint_score_order=spec.checkpoint.score_mode),
-            failure_config=FailureConfig(max_failures=spec.failure.max_worker_failures),
-            callbacks=[_forwarder(queue, storage_path)],
-            # Progress goes through the observers; Ray Train's per-report INFO lines
-            # would drown it.
-            logging_config=LoggingConfig(log_level=os.environ.get("RAYKUBE_TRAIN_LOG_LEVEL",
-                                                                  "WARNING")),
-        ),
-        datasets=datasets,
-    )
+    trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
+                            name=name, callbacks=[_forwarder(queue, storage_path)],
+                            extra_config=extra_config)
 
     obs.on_start(run)
     start = time.monotonic()
@@ -506,5 +530,4 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     except Exception:  # a missing plot must not lose a finished run
         log.warning("could not write %s", REPORT_FILE, exc_info=True)
     obs.on_end(outcome.to_dict())
-    del info
     return outcome

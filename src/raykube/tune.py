@@ -177,52 +177,6 @@ def trial_dirname(trial: Any) -> str:
     return f"trial-{trial.trial_id}"
 
 
-def _scaling_config(spec: TrainingRunSpec) -> Any:
-    from ray.train import ScalingConfig
-
-    s = spec.scaling
-    resources: dict[str, float] = {"CPU": s.cpus_per_worker}
-    if s.gpus_per_worker > 0:
-        resources["GPU"] = s.gpus_per_worker  # fractions let trials share a GPU
-    return ScalingConfig(num_workers=s.workers, use_gpu=s.gpus_per_worker > 0,
-                         resources_per_worker=resources)
-
-
-def _build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str, name: str,
-                   callbacks: Sequence[Any]) -> Any:
-    """A TorchTrainer for one trial, configured as ``raykube.train.fit`` configures its
-    own (same loop, data cache, checkpoint ranking and worker fault tolerance)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-
-    from raykube import data as rk_data
-    from raykube.train import train_loop_per_worker
-
-    cache_dir = rk_data.cache_dir_for(spec, storage_root)
-    rk_data.prepare(spec, cache_dir)  # downloads once per cluster, under a file lock
-    datasets = None
-    if spec.data.dataset == "image-folder":
-        datasets = {s: rk_data.as_ray_dataset(spec, s, cache_dir) for s in ("train", "val")}
-    ck = spec.checkpoint
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir},
-        scaling_config=_scaling_config(spec),
-        run_config=RunConfig(
-            storage_path=storage_path,
-            name=name,
-            callbacks=list(callbacks),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=ck.keep,
-                checkpoint_score_attribute=ck.score_metric,
-                checkpoint_score_order=ck.score_mode,
-            ),
-            failure_config=FailureConfig(max_failures=spec.failure.max_worker_failures),
-        ),
-        datasets=datasets,
-    )
-
-
 class _Forward:
     """Ray Train ``UserCallback`` (runs in the trial's Train controller): sends each
     report, and once the controller's own handle, to the trial through a Ray queue.
@@ -306,7 +260,9 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     spec = trial_spec(TrainingRunSpec.model_validate(spec_doc), config)
     trial_id = tune.get_context().get_trial_id()
     queue = Queue(actor_options={"num_cpus": 0})
-    trainer = _build_trainer(
+    from raykube.train import build_trainer
+
+    trainer = build_trainer(
         spec,
         storage_root=storage_root,
         storage_path=_join(experiment_uri, f"trial-{trial_id}"),

@@ -52,3 +52,26 @@ def test_reporter_never_raises_when_api_is_unreachable(tmp_path, monkeypatch):
     rep.on_epoch({"epoch": 1, "valAccuracy": 0.5}, "/c/1", None)
     rep.on_end({})
     assert rep.failures >= 1 and rep.patches == 0
+
+
+def test_reporter_publishes_the_best_tune_trial(kubeconfig):
+    """A Tune result (tune.py's result.json shape) fills status.bestTrial and the
+    checkpoint the operator will serve; the stored object stays valid under our CRD."""
+    from k8s_schemas import validate_strict
+
+    kube = kubeconfig
+    kube.create({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+                 "metadata": {"name": "tuned"}, "spec": {
+                     "model": {"name": "mlp"}, "data": {"dataset": "digits"}}})
+    rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": "default/tuned"}, min_interval=3600)
+    rep.on_start(parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"}}, name="tuned"))
+    rep.on_epoch({"epoch": 1, "valAccuracy": 0.7}, "/t/a/1", "a")
+    rep.on_end({"best_checkpoint": "/t/b/3", "best_metrics": {"epoch": 3, "valAccuracy": 0.95},
+                "best_trial": {"trialId": "b", "config": {"train.optimizer.lr": 0.01},
+                               "metric": 0.95}})
+    tr = kube.get("TrainingRun", "tuned")
+    st = tr["status"]
+    assert st["bestTrial"] == {"trialId": "b", "config": {"train.optimizer.lr": 0.01}, "metric": 0.95}
+    assert st["checkpoint"]["uri"] == "/t/b/3" and st["checkpoint"]["epoch"] == 3
+    assert st["progress"]["trial"] == "a"
+    assert validate_strict({k: tr[k] for k in ("apiVersion", "kind", "metadata", "spec", "status")}) == []

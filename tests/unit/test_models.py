@@ -56,6 +56,12 @@ def test_cifar_cnn_adapts_to_channels_and_small_images(shape):
     assert m(torch.randn(3, *shape)).shape == (3, 7)
 
 
+def test_cifar_cnn_fully_connected_sizes_are_the_tune_tutorials_l1_l2():
+    m = build_model(spec("cifar-cnn", hidden=[64, 32]), (3, 32, 32), 10)
+    fcs = [x for x in m.modules() if isinstance(x, nn.Linear)]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(400, 64), (64, 32), (32, 10)]
+
+
 def test_resnet18_small_image_stem():
     m = build_model(spec("resnet18"), (1, 8, 8), 10)
     assert m.conv1.in_channels == 1 and m.conv1.stride == (1, 1) and m.conv1.kernel_size == (3, 3)

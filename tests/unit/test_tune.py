@@ -11,6 +11,7 @@ from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Unif
 
 from raykube import tune as rt
 from raykube.spec import InvalidTrainingRun, load_one, parse_training_run
+from raykube.train import scaling_config
 
 BASE = {
     "apiVersion": "raykube.io/v1alpha1",
@@ -171,10 +172,10 @@ def test_asha_uses_epochs_and_the_declared_metric_and_mode():
 def test_each_trial_gets_the_spec_scaling_including_fractional_gpus():
     doc = copy.deepcopy(BASE)
     doc["spec"]["scaling"] = {"workers": 2, "cpusPerWorker": 1.5, "gpusPerWorker": 0.25}
-    sc = rt._scaling_config(parse_training_run(doc).spec)
+    sc = scaling_config(parse_training_run(doc).spec)
     assert sc.num_workers == 2 and sc.use_gpu
     assert sc.resources_per_worker == {"CPU": 1.5, "GPU": 0.25}
-    cpu = rt._scaling_config(_run().spec)
+    cpu = scaling_config(_run().spec)
     assert not cpu.use_gpu and cpu.resources_per_worker == {"CPU": 1.0}
 
 

@@ -54,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     init_ray(num_cpus=local_cpus(tr))
-    outcome = train_or_tune(tr, args.storage, observers=[RichDisplay(console)])
+    if tr.spec.tune is not None:
+        from raykube.tune import TrialTable
+
+        display = TrialTable(console)
+    else:
+        display = RichDisplay(console)
+    outcome = train_or_tune(tr, args.storage, observers=[display])
     acc = outcome.best_metrics.get("valAccuracy")
     console.print(f"best checkpoint: [bold]{outcome.best_checkpoint}[/] (valAccuracy {acc})")
 
