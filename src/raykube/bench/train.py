@@ -1,0 +1,508 @@
+"""The ``train`` suite: raykube's Ray Train path vs plain PyTorch and plain DDP.
+
+Variants, each in its own process, on the same synthetic data shapes, model
+(``raykube.models.build_model``), global batch, optimizer and total CPU threads:
+
+- ``torch``: a plain single-process loop, ``torch.set_num_threads(total threads)``;
+- ``ddp``: plain ``torch.distributed`` DDP, one process per worker (gloo), spawned with
+  ``torch.multiprocessing``, ``threads / workers`` threads each;
+- ``raykube``: ``raykube.train.fit`` (Ray Train, TorchTrainer) with ``scaling.workers``
+  workers and ``cpusPerWorker`` CPUs each, in a child that starts and stops its own Ray,
+  so no Ray process is alive while the baselines run.
+
+Every variant is timed the same way: a global optimizer step hook
+(``torch.optim.optimizer.register_optimizer_step_post_hook``) logs a timestamp per step
+in every training process (for the Ray path it is installed in Ray's workers by a
+``worker_process_setup_hook``), so raykube's own metrics are not trusted blindly.
+From the step log:
+
+- samples/s after warm-up: the median over fixed-size windows of steps after the first
+  epoch, times the global batch (steady-state training throughput);
+- time to first step: from the variant's launch (process start, imports, Ray start,
+  worker group, data) to the end of the first optimizer step;
+- checkpoint cost: time in ``raykube.checkpoint.save_checkpoint`` (+ Ray Train's upload of
+  the checkpoint directory to storage inside ``ray.train.report`` for the Ray path) per
+  epoch, as a fraction of the epoch time.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from raykube.bench.common import (
+    ChildError,
+    Goal,
+    Report,
+    child_env,
+    child_main,
+    machine_info,
+    median,
+    run_child,
+)
+
+MODULE = "raykube.bench.train"
+STEP_LOG_ENV = "RAYKUBE_BENCH_STEP_LOG"
+
+# case -> model spec and example shape (the real datasets' shapes).
+CASES: dict[str, dict[str, Any]] = {
+    "cifar10-cnn": {"model": {"name": "cifar-cnn"}, "shape": [3, 32, 32]},
+    "fashion-mnist-mlp": {"model": {"name": "mlp"}, "shape": [1, 28, 28]},
+}
+GPU_CASE = "cifar10-cnn-gpu"
+
+# num_samples is the whole synthetic set; validation_fraction of it is validated on.
+FULL = {"num_samples": 30000, "epochs": 4, "batch_size": 128, "validation_fraction": 0.1,
+        "rounds": 2}
+QUICK = {"num_samples": 10240, "epochs": 3, "batch_size": 128, "validation_fraction": 0.1,
+         "rounds": 1}
+WORKERS = 2
+VAL_BATCH = 1024  # as raykube.train
+THREADS = 2  # total CPU threads given to every variant
+
+GOALS = {
+    ("raykube", "torch"): Goal(">=", 0.9),
+    ("raykube", "ddp"): Goal(">=", 0.95),
+}
+CHECKPOINT_GOAL = Goal("<=", 0.02)  # of the CNN's epoch time
+
+
+# ----------------------------------------------------------------------- step clock
+class _StepLog:
+    """Appends ``s <time>`` per optimizer step and ``c|u <time> <seconds>`` per checkpoint
+    save / upload to one file per process. Every line is flushed at once (a write syscall,
+    microseconds against steps of milliseconds): worker processes may end without
+    running any exit handler, and no step may be lost."""
+
+    def __init__(self, directory: str):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.f = open(os.path.join(directory, f"steps-{os.getpid()}.log"), "a")  # noqa: SIM115
+
+    def step(self, *_: Any) -> None:
+        self.f.write(f"s {time.time():.6f}\n")
+        self.f.flush()
+
+    def event(self, kind: str, seconds: float) -> None:
+        self.f.write(f"{kind} {time.time():.6f} {seconds:.6f}\n")
+        self.f.flush()
+
+
+_LOG: _StepLog | None = None
+
+
+def _timed(fn: Any, kind: str, when: Any = None) -> Any:
+    """Wrap ``fn`` to log its duration as a ``kind`` event (if ``when(args, kwargs)``)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if _LOG is not None and (when is None or when(args, kwargs)):
+                _LOG.event(kind, time.perf_counter() - t)
+
+    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+    return wrapper
+
+
+def install_step_clock(directory: str | None = None) -> bool:
+    """Log every optimizer step (and checkpoint saves/reports) of this process.
+
+    Used directly by the baselines and as Ray's ``worker_process_setup_hook`` (then the
+    directory comes from ``$RAYKUBE_BENCH_STEP_LOG``). Idempotent.
+    """
+    global _LOG
+    directory = directory or os.environ.get(STEP_LOG_ENV)
+    if not directory or _LOG is not None:
+        return False
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    import raykube.checkpoint as ck
+
+    _LOG = _StepLog(directory)
+    register_optimizer_step_post_hook(_LOG.step)
+    ck.save_checkpoint = _timed(ck.save_checkpoint, "c")
+    return True
+
+
+def _has_checkpoint(args: tuple, kwargs: dict) -> bool:
+    # TrainContext._upload_checkpoint(self, checkpoint_dir_name, metrics, checkpoint, ...)
+    ckpt = kwargs.get("checkpoint", args[3] if len(args) > 3 else None)
+    return ckpt is not None
+
+
+def ray_worker_setup() -> None:
+    """Ray ``worker_process_setup_hook``: the step clock, plus timing of Ray Train's
+    checkpoint upload (``u``) inside ``ray.train.report``."""
+    if not install_step_clock():
+        return
+    try:
+        from ray.train.v2._internal.execution.context import TrainContext
+
+        TrainContext._upload_checkpoint = _timed(TrainContext._upload_checkpoint, "u",
+                                                 _has_checkpoint)
+    except Exception:  # another Ray Train version: steps and saves are still logged
+        pass
+
+
+def read_step_logs(directory: str) -> list[dict[str, list[float]]]:
+    """Each process's log: ``{"steps": [t...], "c": [(t, s)...], "u": [(t, s)...]}``."""
+    logs = []
+    for path in sorted(glob.glob(os.path.join(directory, "steps-*.log"))):
+        log: dict[str, list[Any]] = {"steps": [], "c": [], "u": []}
+        for line in Path(path).read_text().splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                if parts[0] == "s" and len(parts) == 2:
+                    log["steps"].append(float(parts[1]))
+                elif parts[0] in ("c", "u") and len(parts) == 3:
+                    log[parts[0]].append((float(parts[1]), float(parts[2])))
+            except ValueError:  # a line cut by a killed process
+                continue
+        if log["steps"]:
+            logs.append(log)
+    return logs
+
+
+def steady_rate(steps: list[float], epochs: int, window: int | None = None) -> float:
+    """Median steps/s over fixed windows of steps after the first epoch (the warm-up)."""
+    n = len(steps)
+    per_epoch = n // max(1, epochs)
+    start = per_epoch if epochs > 1 else min(n // 4, 10)
+    tail = steps[start:]
+    if len(tail) < 3:
+        return float("nan")
+    w = window or max(4, min(50, per_epoch // 5 or 4))
+    w = min(w, len(tail) - 1)
+    rates = [w / (tail[i + w] - tail[i]) for i in range(0, len(tail) - w, w)
+             if tail[i + w] > tail[i]]
+    return median(rates)
+
+
+def analyse(logs: list[dict[str, list[Any]]], *, t_launch: float, epochs: int,
+            global_batch: int, epoch_times: list[float] | None = None) -> dict[str, Any]:
+    """The variant's figures from its step logs (one per training process).
+
+    Processes of one data-parallel group step in lockstep, each step covering
+    ``global_batch`` samples in total: samples/s = steps/s x global batch (median over
+    processes). ``epoch_times`` (if given) are the epochs' wall times as the variant
+    measured them; otherwise they come from the steps.
+    """
+    if not logs:
+        raise ChildError("no optimizer step was logged (is the step clock installed?)")
+    rates = [steady_rate(lg["steps"], epochs) for lg in logs]
+    first = min(lg["steps"][0] for lg in logs)
+    # Checkpoint cost per epoch: the save (+ Ray Train's upload to storage) in the
+    # process that writes it.
+    writer = next((lg for lg in logs if lg["c"]), logs[0])
+    ckpt_per_epoch = [s for _, s in writer["c"]]
+    uploads = [s for _, s in writer["u"]]
+    if uploads:
+        ckpt_per_epoch = [c + u for c, u in zip(ckpt_per_epoch, uploads, strict=False)]
+    if not epoch_times:
+        steps = logs[0]["steps"]
+        per = len(steps) // max(1, epochs)
+        epoch_times = [steps[min(len(steps) - 1, (i + 1) * per - 1)] - steps[i * per]
+                       for i in range(epochs)] if per > 1 else []
+    epoch_med = median(epoch_times[1:] if len(epoch_times) > 1 else epoch_times)
+    # Between epochs: validation, metric sync, checkpoint, report (from the step clock).
+    steps0 = logs[0]["steps"]
+    per = len(steps0) // max(1, epochs)
+    gaps = [steps0[k * per] - steps0[k * per - 1] for k in range(1, epochs) if per > 1]
+    ckpt_med = median(ckpt_per_epoch[1:] if len(ckpt_per_epoch) > 1 else ckpt_per_epoch)
+    return {
+        "samples_per_s": median(rates) * global_batch,
+        "time_to_first_step_s": first - t_launch,
+        "epoch_time_s": epoch_med,
+        "between_epochs_s": median(gaps),
+        "checkpoint_s": ckpt_med if ckpt_per_epoch else float("nan"),
+        "checkpoint_fraction": (ckpt_med / epoch_med) if ckpt_per_epoch and epoch_med > 0
+        else float("nan"),
+        "steps_logged": sum(len(lg["steps"]) for lg in logs),
+        "processes": len(logs),
+        "checkpoint_saves": len(writer["c"]),
+        "checkpoint_uploads": len(uploads),
+    }
+
+
+# ------------------------------------------------------------------------ baselines
+def _synthetic_pool(shape: list[int], n: int, seed: int):
+    """A pool of random examples the loop indexes with wrap-around (memory stays small)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    pool = min(n, 4096)
+    x = torch.randn((pool, *shape), generator=g)
+    y = torch.randint(0, 10, (pool,), generator=g)
+    return x, y
+
+
+def _plain_loop(payload: dict[str, Any], *, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """The loop a PyTorch user writes: shuffle, step, validate, save a checkpoint, per epoch.
+
+    Mirrors what raykube's loop does per epoch (train on the shard, validate, checkpoint
+    with ``raykube.checkpoint.save_checkpoint``) so the comparison is like for like.
+    """
+    import torch
+    from torch import nn
+
+    from raykube.checkpoint import save_checkpoint
+    from raykube.models import build_model
+    from raykube.spec import ModelSpec
+
+    device = torch.device(payload.get("device", "cpu"))
+    shape = payload["shape"]
+    n = payload["num_samples"]
+    n_val = max(1, round(n * payload["validation_fraction"]))
+    n_train = n - n_val
+    x, y = _synthetic_pool(shape, n, seed=0)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec.model_validate(payload["model"]), tuple(shape), 10).to(device)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    batch = payload["batch_size"] // world
+    per = n_train // world  # equal shards: every rank takes the same number of steps
+    my_train = range(rank * per, (rank + 1) * per)
+    ckpt_root = tempfile.mkdtemp(prefix="raykube-bench-ckpt-")
+    epoch_times = []
+    for epoch in range(payload["epochs"]):
+        t0 = time.perf_counter()
+        model.train()
+        g = torch.Generator().manual_seed(epoch)
+        order = torch.tensor(my_train)[torch.randperm(len(my_train), generator=g)]
+        total_loss = torch.zeros((), device=device)
+        train_correct = torch.zeros((), device=device, dtype=torch.int64)
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch] % len(x)
+            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += loss.detach()
+            train_correct += (out.detach().argmax(1) == yb).sum()
+        model.eval()
+        correct = torch.zeros((), device=device)
+        with torch.no_grad():
+            val_idx = torch.arange(n_train + rank, n, world) % len(x)
+            for i in range(0, len(val_idx), VAL_BATCH):
+                vb = val_idx[i:i + VAL_BATCH]
+                correct += (model(x[vb].to(device)).argmax(1) == y[vb].to(device)).sum()
+        metrics = {"trainLoss": float(total_loss), "valAccuracy": float(correct) / max(1, n_val)}
+        if rank == 0 and payload.get("checkpoint", True):
+            save_checkpoint(os.path.join(ckpt_root, f"epoch-{epoch}"), model=model,
+                            optimizer=opt, epoch=epoch, spec={}, class_names=list("0123456789"),
+                            input_shape=shape, metrics=metrics)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_times.append(time.perf_counter() - t0)
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    return {"epoch_times": epoch_times}
+
+
+def _single_child(payload: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(payload["threads"])
+    install_step_clock(payload["step_dir"])
+    return _plain_loop(payload)
+
+
+def _ddp_rank(rank: int, payload: dict[str, Any], port: int, queue: Any) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(max(1, payload["threads"] // payload["workers"]))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=payload["workers"])
+    install_step_clock(payload["step_dir"])
+    try:
+        out = _plain_loop(payload, rank=rank, world=payload["workers"])
+        if rank == 0:
+            queue.put(out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_child(payload: dict[str, Any]) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.spawn(_ddp_rank, args=(payload, _free_port(), queue), nprocs=payload["workers"],
+             join=True)
+    return queue.get()
+
+
+# ------------------------------------------------------------------------- raykube
+def raykube_spec(payload: dict[str, Any]) -> dict[str, Any]:
+    """The TrainingRun spec the Ray path trains: the same model, data shape and batch."""
+    spec = {
+        "model": payload["model"],
+        "data": {"dataset": "synthetic", "shape": payload["shape"], "numClasses": 10,
+                 "numSamples": payload["num_samples"],
+                 "validationFraction": payload["validation_fraction"]},
+        "train": {"epochs": payload["epochs"], "batchSize": payload["batch_size"],
+                  "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}, "seed": 0},
+        "scaling": {"workers": payload["workers"],
+                    "cpusPerWorker": payload["threads"] // payload["workers"],
+                    "gpusPerWorker": payload.get("gpus_per_worker", 0)},
+        "checkpoint": {"keep": 1},
+    }
+    return spec
+
+
+def _raykube_child(payload: dict[str, Any]) -> dict[str, Any]:
+    os.environ[STEP_LOG_ENV] = payload["step_dir"]
+    import ray
+
+    from raykube.spec import parse_spec
+    from raykube.train import fit
+
+    ray.init(
+        address="local",  # always a fresh Ray of our own, never one found on the machine
+        num_cpus=payload["threads"] + 1,
+        num_gpus=payload.get("gpus_per_worker", 0) * payload["workers"] or None,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+        runtime_env={"worker_process_setup_hook": f"{MODULE}.ray_worker_setup",
+                     "env_vars": {STEP_LOG_ENV: payload["step_dir"]}},
+    )
+    try:
+        run = parse_spec(raykube_spec(payload), name="bench")
+        storage = tempfile.mkdtemp(prefix="raykube-bench-storage-")
+        try:
+            outcome = fit(run, storage, name="bench")
+        finally:
+            shutil.rmtree(storage, ignore_errors=True)
+        history = [dict(h) for h in outcome.history]
+    finally:
+        ray.shutdown()
+    return {"history": history,
+            "epoch_times": [float(h["epochTime"]) for h in history if h.get("epochTime")],
+            "reported_samples_per_s": [float(h["samplesPerSecond"]) for h in history
+                                       if h.get("samplesPerSecond")]}
+
+
+# --------------------------------------------------------------------------- suite
+def _measure(case: str, variant: str, mode: str, payload: dict[str, Any],
+             timeout: float) -> dict[str, Any]:
+    """One run of one variant in its own process; its figures from its step logs."""
+    step_dir = tempfile.mkdtemp(prefix=f"raykube-bench-{variant}-")
+    payload = {**payload, "step_dir": step_dir}
+    env = child_env(OMP_NUM_THREADS=str(payload["threads"] if mode == "single"
+                                        else max(1, payload["threads"] // payload["workers"])))
+    t_launch = time.time()
+    try:
+        out = run_child(MODULE, mode, payload, timeout=timeout, env=env)
+        logs = read_step_logs(step_dir)
+    finally:
+        shutil.rmtree(step_dir, ignore_errors=True)
+    metrics = analyse(logs, t_launch=t_launch, epochs=payload["epochs"],
+                      global_batch=payload["batch_size"], epoch_times=out.get("epoch_times"))
+    metrics["load_1m"] = os.getloadavg()[0]
+    return {"metrics": metrics, "epoch_times": out.get("epoch_times"),
+            "reported_samples_per_s": out.get("reported_samples_per_s")}
+
+
+def _record(report: Report, case: str, variant: str, runs: list[dict[str, Any]]) -> None:
+    """Median over rounds of every figure; the rounds themselves are kept in bench.json."""
+    if not runs:
+        return
+    keys = list(runs[0]["metrics"])
+    metrics = {k: median(r["metrics"].get(k) for r in runs) for k in keys}
+    report.add(case, variant, metrics, rounds=runs)
+
+
+def run_suite(*, quick: bool = False, cases: list[str] | None = None,
+              params: dict[str, Any] | None = None, timeout: float = 900) -> Report:
+    """Measure every variant of every case, compute the ratios, return the report."""
+    import torch
+
+    p = {**(QUICK if quick else FULL), **(params or {})}
+    p.setdefault("workers", WORKERS)
+    p.setdefault("threads", THREADS)
+    report = Report("train", quick=quick, params=p, machine=machine_info())
+    report.columns = {
+        "samples_per_s": ("samples/s", ".0f"),
+        "time_to_first_step_s": ("first step (s)", ".1f"),
+        "epoch_time_s": ("epoch (s)", ".2f"),
+        "between_epochs_s": ("between epochs (s)", ".3f"),
+        "checkpoint_s": ("checkpoint (s)", ".3f"),
+        "checkpoint_fraction": ("checkpoint / epoch", ".2%"),
+        "load_1m": ("load avg", ".1f"),
+    }
+    report.primary = "samples_per_s"
+    wanted = cases or list(CASES)
+    rounds = int(p.get("rounds", 1))
+
+    def measure_all(case: str, variants: list[tuple[str, str]], payload: dict[str, Any]) -> None:
+        # Rounds interleave the variants, so a burst of load elsewhere on the machine
+        # hits all of them rather than one.
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v, _ in variants}
+        for _ in range(rounds):
+            for variant, mode in variants:
+                try:
+                    runs[variant].append(_measure(case, variant, mode, payload, timeout))
+                except ChildError as exc:
+                    report.error(case, variant, str(exc).strip().splitlines()[0])
+                    report.notes.append(f"{case}/{variant} failure detail: {str(exc)[-1500:]}")
+        for variant, _ in variants:
+            _record(report, case, variant, runs[variant])
+
+    for case in wanted:
+        if case == GPU_CASE:
+            continue
+        measure_all(case, [("torch", "single"), ("ddp", "ddp"), ("raykube", "raykube")],
+                    {**p, **CASES[case]})
+        for (num, den), goal in GOALS.items():
+            report.add_ratio(case, "samples_per_s", num, den, goal=goal)
+        report.add_ratio(case, "time_to_first_step_s", "raykube", "torch")
+        if case == "cifar10-cnn":
+            frac = report.get(case, "raykube", "checkpoint_fraction")
+            report.add_check(f"{case}: raykube per-epoch checkpoint / epoch time", frac * 100,
+                             Goal("<=", CHECKPOINT_GOAL.target * 100), unit="%")
+    if torch.cuda.is_available() and (cases is None or GPU_CASE in wanted):
+        gpu = {**p, **CASES["cifar10-cnn"], "device": "cuda", "workers": 1,
+               "gpus_per_worker": 1}
+        measure_all(GPU_CASE, [("torch", "single"), ("raykube", "raykube")], gpu)
+        report.add_ratio(GPU_CASE, "samples_per_s", "raykube", "torch", goal=Goal(">=", 0.9))
+    elif cases is None:
+        report.notes.append("GPU variant (gpusPerWorker: 1 vs plain PyTorch on the GPU) not "
+                            "run: no CUDA device on this machine.")
+    report.notes.append(
+        f"Synthetic data of the real shapes, {p['num_samples']} examples "
+        f"({p['validation_fraction']:.0%} validated on), global batch {p['batch_size']}, "
+        f"{p['epochs']} epochs (the first is warm-up), median of {rounds} interleaved "
+        f"round(s), {p['threads']} CPU threads in total for "
+        f"every variant; torch: 1 process x {p['threads']} threads, ddp and raykube: "
+        f"{p['workers']} processes x {p['threads'] // p['workers']} thread(s). samples/s is the "
+        "median over step windows after the first epoch, from a step clock in every "
+        "training process. Ray's worker processes run at nice 0 like the baselines "
+        "(RAY_worker_niceness=0 instead of Ray's 15), so on a shared machine every variant "
+        "competes for the CPUs at the same priority.")
+    return report
+
+
+if __name__ == "__main__":
+    raise SystemExit(child_main({"single": _single_child, "ddp": _ddp_child,
+                                 "raykube": _raykube_child}))

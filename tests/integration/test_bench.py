@@ -1,0 +1,98 @@
+"""Smoke runs of every benchmark suite at toy sizes: the harness runs the real variants
+(child processes, their own local Ray, real HTTP, the real operator) and the ratios are
+computed from what was measured. No speed is asserted: speed is what `raykube bench`
+measures, and a timed test on a shared machine would only measure the neighbours."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _check_ratios(report) -> None:
+    for q in report.ratios:
+        num = report.get(q["case"], q["numerator"], q["metric"])
+        den = report.get(q["case"], q["denominator"], q["metric"])
+        assert q["value"] == pytest.approx(num / den), q
+
+
+def _check_written(report, tmp_path) -> dict:
+    paths = report.write(tmp_path / report.suite)
+    data = json.loads(paths["json"].read_text())
+    assert data["machine"]["cpus_usable"] >= 1
+    assert paths["chart"].read_bytes()[:4] == b"\x89PNG"
+    assert "| comparison |" in paths["markdown"].read_text()
+    return data
+
+
+def test_train_suite_smoke(tmp_path):
+    from raykube.bench import train
+
+    report = train.run_suite(quick=True, cases=["fashion-mnist-mlp"],
+                             params={"num_samples": 2048, "epochs": 2, "batch_size": 128})
+    assert report.errors == [], report.notes
+    rows = {r["variant"]: r["metrics"] for r in report.results}
+    assert set(rows) == {"torch", "ddp", "raykube"}
+    for variant, m in rows.items():
+        assert m["samples_per_s"] > 0 and m["time_to_first_step_s"] > 0, variant
+        assert m["checkpoint_saves"] == 2, variant  # one per epoch, by the writing process
+    assert rows["torch"]["processes"] == 1
+    assert rows["ddp"]["processes"] == 2 and rows["raykube"]["processes"] == 2
+    # Both DDP flavours step in lockstep: 2 epochs x (1843 train examples / 2 ranks / 64).
+    assert rows["ddp"]["steps_logged"] == rows["raykube"]["steps_logged"] == 2 * 2 * 15
+    assert rows["raykube"]["checkpoint_uploads"] == 2  # Ray Train's upload was timed
+    assert {(q["numerator"], q["denominator"]) for q in report.ratios} >= {
+        ("raykube", "torch"), ("raykube", "ddp")}
+    _check_ratios(report)
+    _check_written(report, tmp_path)
+
+
+def test_ingest_suite_smoke(tmp_path):
+    from raykube.bench import ingest
+
+    report = ingest.run_suite(quick=True, params={"images": 300, "passes": 2},
+                              work_dir=str(tmp_path))
+    assert report.errors == [], report.notes
+    rows = {r["variant"]: r["metrics"] for r in report.results}
+    assert set(rows) == {"dataloader", "raykube"}
+    # Both read every image (the raykube split keeps (nearly) all files for training).
+    assert rows["dataloader"]["images_per_pass"] == 300
+    assert 295 <= rows["raykube"]["images_per_pass"] <= 300
+    assert all(m["images_per_s"] > 0 and m["time_to_first_batch_s"] > 0 for m in rows.values())
+    _check_ratios(report)
+    _check_written(report, tmp_path)
+
+
+def test_serve_suite_smoke(tmp_path):
+    from raykube.bench import serve
+
+    report = serve.run_suite(quick=True, params={"latency_requests": 20, "warmup": 3,
+                                                 "saturation_requests": 60, "concurrency": 8})
+    assert report.errors == [], report.notes
+    rows = {r["variant"]: r["metrics"] for r in report.results}
+    assert set(rows) == {"direct", "fastapi", "raykube", "raykube-batched"}
+    for variant in ("fastapi", "raykube", "raykube-batched"):
+        m = rows[variant]
+        assert m["errors"] == 0 and m["requests"] == 80, variant
+        assert 0 < m["p50_ms"] <= m["p99_ms"] and m["requests_per_s"] > 0
+    added = {c["name"]: c["value"] for c in report.checks}
+    assert added["cifar10-cnn: raykube p50 added over the direct call"] == pytest.approx(
+        rows["raykube"]["p50_ms"] - rows["direct"]["p50_ms"])
+    _check_ratios(report)
+    _check_written(report, tmp_path)
+
+
+def test_operator_suite_smoke(tmp_path):
+    from raykube.bench import operator
+
+    report = operator.run_suite(quick=True, params={"runs": 6, "timeout_s": 60})
+    assert report.errors == [], report.errors
+    (row,) = report.results
+    m = row["metrics"]
+    assert m["rayjobs"] == 6
+    assert 0 < m["p50_s"] <= m["p99_s"] <= m["max_s"]
+    assert m["peak_rss_mib"] >= m["idle_rss_mib"] > 10
+    _check_written(report, tmp_path)
