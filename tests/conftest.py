@@ -30,6 +30,9 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 def ray_session():
     """A local Ray instance shared by every test of the session.
 
+    Ray's default (dashboard on 127.0.0.1) is kept: in Ray 2.60 the state API lives
+    there, and Ray Train's placement-group cleaner polls it (as in `raykube run`).
+
     Logical CPUs are oversubscribed (4 on a 2-core machine) so a 2-worker Train run, a
     Serve replica and the Train controller can be scheduled together; the work itself
     is small.
@@ -39,7 +42,6 @@ def ray_session():
     if not ray.is_initialized():
         ray.init(
             num_cpus=int(os.environ.get("RAYKUBE_TEST_RAY_CPUS", "4")),
-            include_dashboard=False,
             log_to_driver=True,
             configure_logging=False,
         )

@@ -27,6 +27,26 @@ WEIGHTS_FILE = "checkpoint.pt"
 META_FILE = "meta.json"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that exists but cannot be used (truncated, corrupted, from another
+    tool, or whose weights do not fit the model it describes). The message names the
+    file; callers show it as is."""
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The gist of a library error: its first sentence of its first line."""
+    text = str(exc).strip().splitlines()
+    return (text[0].split(". ")[0] if text else type(exc).__name__)[:limit]
+
+
+def _not_a_checkpoint(path: str | os.PathLike[str], missing: str) -> FileNotFoundError:
+    p = Path(path)
+    hint = ""
+    if (p / "best" / missing).exists():  # people pass the run directory
+        hint = f"; this is a run directory, its best checkpoint is {p / 'best'}"
+    return FileNotFoundError(f"{path}: not a raykube checkpoint (no {missing}{hint})")
+
+
 @dataclass
 class CheckpointMeta:
     """What a checkpoint says about itself (meta.json)."""
@@ -95,9 +115,13 @@ def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
     p = Path(path)
     meta_file = p / META_FILE if p.is_dir() else p.with_name(META_FILE)
     if not meta_file.exists():
-        raise FileNotFoundError(f"{path}: not a raykube checkpoint (no {META_FILE})")
-    data = json.loads(meta_file.read_text())
-    return CheckpointMeta(**data)
+        raise _not_a_checkpoint(path, META_FILE)
+    try:
+        data = json.loads(meta_file.read_text())
+        return CheckpointMeta(**data)
+    except (ValueError, TypeError) as exc:  # bad JSON, missing or unknown fields
+        raise CheckpointError(f"{meta_file}: not a valid raykube {META_FILE} "
+                              f"({_first_line(exc)})") from None
 
 
 def load_payload(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
@@ -106,8 +130,22 @@ def load_payload(path: str | os.PathLike[str], map_location: str = "cpu") -> dic
 
     wp = _weights_path(path)
     if not wp.exists():
-        raise FileNotFoundError(f"{path}: not a raykube checkpoint (no {WEIGHTS_FILE})")
-    payload = torch.load(wp, map_location=map_location, weights_only=True)
+        raise _not_a_checkpoint(path, WEIGHTS_FILE)
+    try:
+        payload = torch.load(wp, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError...
+        text = str(exc).lower()
+        if "unsupported global" in text:  # a pickled object, not weights
+            why = ("it holds more than tensors and plain values, and raykube never "
+                   "runs code from a checkpoint (torch.load weights_only=True)")
+        elif "weights only load failed" in text:  # torch's advice (weights_only=False) is unsafe
+            why = "corrupted, or not a file written by torch.save"
+        else:
+            why = f"truncated or corrupted ({_first_line(exc)})"
+        raise CheckpointError(f"{wp}: cannot read this checkpoint: {why}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{wp}: not a raykube checkpoint (holds a "
+                              f"{type(payload).__name__}, not a dict)")
     if payload.get("format") != FORMAT:
         raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, expected {FORMAT}")
     return payload
@@ -124,15 +162,25 @@ def load_model(
     from raykube.spec import TrainingRunSpec
 
     payload = load_payload(path, map_location)
-    meta = CheckpointMeta(
-        epoch=payload["epoch"],
-        spec=payload["spec"],
-        class_names=list(payload["class_names"]),
-        input_shape=list(payload["input_shape"]),
-        metrics=dict(payload.get("metrics") or {}),
-    )
-    spec = TrainingRunSpec.model_validate(meta.spec)
-    model = build_model(spec.model, tuple(meta.input_shape), meta.num_classes)
-    model.load_state_dict(payload["model"])
+    try:
+        meta = CheckpointMeta(
+            epoch=payload["epoch"],
+            spec=payload["spec"],
+            class_names=list(payload["class_names"]),
+            input_shape=list(payload["input_shape"]),
+            metrics=dict(payload.get("metrics") or {}),
+        )
+        spec = TrainingRunSpec.model_validate(meta.spec)
+        model = build_model(spec.model, tuple(meta.input_shape), meta.num_classes)
+    except Exception as exc:  # missing keys, a spec this version cannot read
+        raise CheckpointError(f"{path}: incomplete or incompatible checkpoint "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path}: its weights do not fit the model its spec describes ({spec.model.name}, "
+            f"input {meta.input_shape}, {meta.num_classes} classes): "
+            f"{' '.join(str(exc).split())[:400]}") from None
     model.eval()
     return model, meta

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -30,6 +31,7 @@ class RichDisplay:
         self.task: Any = None
         self.started = 0.0
         self.epochs = 0
+        self.last_epoch: int | None = None
 
     def on_start(self, run: TrainingRun) -> None:
         s = run.spec
@@ -49,7 +51,12 @@ class RichDisplay:
 
     def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None, trial: str | None) -> None:
         epoch = metrics.get("epoch")
-        prefix = f"[{trial}] " if trial else ""
+        prefix = escape(f"[{trial}] ") if trial else ""  # not a markup tag
+        if not trial and isinstance(epoch, int):
+            if self.last_epoch is None and epoch > 1:
+                self.console.print(f"continuing from the checkpoint of epoch {epoch - 1} "
+                                   "(earlier epochs are not trained again)", style="dim")
+            self.last_epoch = epoch
         self.console.print(
             f"{prefix}epoch {epoch:>3}/{metrics.get('epochs', self.epochs)}  "
             f"loss {_fmt(metrics.get('trainLoss'))} acc {_fmt(metrics.get('trainAccuracy'))} "
@@ -58,6 +65,10 @@ class RichDisplay:
             highlight=False)
         if self.progress is not None and not trial and isinstance(epoch, int):
             self.progress.update(self.task, completed=epoch, description="training")
+
+    def on_failure(self, message: str) -> None:
+        """The worker group failed (optional hook, see ``raykube.train.fit``)."""
+        self.console.print(f"[yellow]{escape(message)}[/]", highlight=False)
 
     def on_end(self, result: dict[str, Any]) -> None:
         if self.progress is not None:

@@ -43,7 +43,10 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> None
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # Ray's default dashboard setting, not include_dashboard=False: that also drops
+        # the state API, which Ray Train's placement-group cleaner polls every second
+        # (a warning each time it fails). It listens on 127.0.0.1 only.
+        ray.init(num_cpus=num_cpus, log_to_driver=True)
 
 
 def local_cpus(run: TrainingRun) -> int:
@@ -59,8 +62,9 @@ def local_cpus(run: TrainingRun) -> int:
 
 def train_or_tune(run: TrainingRun, storage: str, observers: Iterable[RunObserver] = ()) -> Outcome:
     """``fit`` the run, or ``raykube.tune.run_tune`` it when ``spec.tune`` is set."""
-    from raykube.train import fit, run_dir_for
+    from raykube.train import check_storage, fit, run_dir_for
 
+    check_storage(storage, run.name)
     if run.spec.tune is not None:
         try:
             from raykube.tune import run_tune

@@ -490,23 +490,54 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 
 
 # ----------------------------------------------------------------------------- local
+class PortUnavailable(OSError):
+    """The HTTP port cannot be listened on (in use, or not allowed)."""
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Raise ``PortUnavailable`` unless ``host:port`` can be listened on now.
+
+    Ray Serve's proxy only finds out once Ray is up (and, in ``raykube run``, after
+    training), with a traceback from inside an actor: callers check first instead.
+    """
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                why = "the port is already in use (pick another with --port)"
+            else:
+                why = f"{exc.strerror or exc} (check --host)"
+            raise PortUnavailable(f"cannot listen on {host}:{port}: {why}") from None
+
+
 def start_local(checkpoint: str, serve_spec: ServeSpec | None = None, port: int = 8000,
-                *, host: str = "127.0.0.1", timeout_s: float = 120.0) -> str:
+                *, host: str = "127.0.0.1", timeout_s: float = 120.0,
+                quiet: bool = False) -> str:
     """Deploy ``checkpoint`` on the current Ray (started if needed) and return the base
-    URL once ``GET /healthz`` answers."""
+    URL once ``GET /healthz`` answers. ``quiet``: Serve logs warnings only (no per-request
+    access lines), for ``raykube run``'s one demo request."""
     import ray
 
     s = serve_spec or ServeSpec()
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(include_dashboard=False, configure_logging=False)
-    serve.start(http_options={"host": host, "port": port})
+    logging_config = {"log_level": "WARNING"} if quiet else None
+    if quiet:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
     app = build_app(checkpoint, max_batch_size=s.max_batch_size,
                     batch_wait_timeout_ms=s.batch_wait_timeout_ms,
                     max_request_bytes=s.max_request_bytes, replicas=s.replicas,
                     cpus_per_replica=s.cpus_per_replica,
                     gpus_per_replica=s.gpus_per_replica)
-    serve.run(app, name=APP_NAME, route_prefix="/")
+    serve.run(app, name=APP_NAME, route_prefix="/", logging_config=logging_config)
     base = f"http://{host}:{port}"
     wait_healthy(base, timeout_s)
     return base

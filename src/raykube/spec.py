@@ -817,7 +817,31 @@ class _Loader(yaml.SafeLoader):
 
     PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``); without this,
     ``lr: 1e-3`` would be the string "1e-3" here and a number on the cluster.
+
+    A key repeated in one mapping is an error (kubectl refuses it too); PyYAML would
+    silently keep the last value, so ``epochs: 3`` above ``epochs: 12`` would vanish.
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # "<<" merges may legitimately be overridden
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found duplicate key {key_node.value!r}", key_node.start_mark)
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """'line 3, column 11: expected ...' (PyYAML's own text names "<unicode string>")."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return str(exc)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 _Loader.add_implicit_resolver(
@@ -845,13 +869,17 @@ def load_file(path: str | Path) -> list[TrainingRun]:
     path = Path(path)
     src = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidTrainingRun([SpecError("(file)", exc.strerror or str(exc))], src) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidTrainingRun([SpecError("(file)", f"not UTF-8 text (byte {exc.start}): "
+                                            "is this a YAML file?")], src) from None
     try:
         docs = load_yaml_documents(text)
     except yaml.YAMLError as exc:
-        raise InvalidTrainingRun([SpecError("(file)", f"not valid YAML: {exc}")], src) from None
+        raise InvalidTrainingRun([SpecError("(file)", f"not valid YAML: {_yaml_problem(exc)}")],
+                                 src) from None
     if not docs:
         raise InvalidTrainingRun([SpecError("(file)", "holds no TrainingRun")], src)
     runs = []

@@ -99,13 +99,9 @@ def _restore(ckpt: Any, spec: TrainingRunSpec) -> tuple[dict | None, dict | None
         payload = load_payload(d)
         hist_path = os.path.join(d, HISTORY_FILE)
         history = _read_json_file(hist_path, [])
-    old = TrainingRunSpec.model_validate(payload["spec"])
-    for section in ("model", "data"):
-        if getattr(old, section) != getattr(spec, section):
-            raise ValueError(
-                f"the run directory holds checkpoints of a different spec.{section} "
-                f"({getattr(old, section).to_dict()} vs {getattr(spec, section).to_dict()}); "
-                "use a new metadata.name / storage path or delete the old run directory")
+    problem = _spec_conflict(TrainingRunSpec.model_validate(payload["spec"]), spec)
+    if problem:  # check_resumable catches this on the driver first
+        raise RunDirConflict(problem)
     return payload["model"], payload["optimizer"], int(payload["epoch"]) + 1, history
 
 
@@ -308,6 +304,16 @@ def _forwarder(queue: Any, storage_path: str):
             except Exception:  # progress display must never fail training
                 log.warning("could not forward a report", exc_info=True)
 
+        def after_exception(self, run_context, worker_exceptions):  # noqa: ANN001
+            # Tell the driver, so the user reads why the workers restart amid Ray's logs.
+            try:
+                parts = ", ".join(f"rank {rank}: {type(exc).__name__}"
+                                  for rank, exc in sorted(worker_exceptions.items()))
+                self.q.put_nowait({"failure": f"worker failure ({parts}; Ray's log above "
+                                              "has the details)"})
+            except Exception:
+                log.warning("could not forward a worker failure", exc_info=True)
+
     return _Forward(queue, storage_path)
 
 
@@ -361,6 +367,73 @@ def run_dir_for(storage_path: str, name: str) -> str:
     """``<storage>/<name>``: where Ray Train puts checkpoints, and result.json/report.png."""
     base = storage_path if "://" in storage_path else os.path.abspath(storage_path)
     return f"{base.rstrip('/')}/{name}"
+
+
+class StorageError(OSError):
+    """The storage root cannot hold the run (a file, read-only, no permission)."""
+
+
+def check_storage(storage_path: str, name: str) -> str:
+    """Create ``<storage>/<name>`` and prove it is writable; return the run directory.
+
+    Done before any Ray work: otherwise a bad ``--storage`` surfaces as a traceback from
+    inside Ray Train's controller actor, after Ray started and the data was prepared.
+    Remote URIs (s3://) are left to Ray (credentials are only known there).
+    """
+    run_dir = run_dir_for(storage_path, name)
+    if "://" in storage_path:
+        return run_dir
+    probe = os.path.join(run_dir, ".raykube-write-test")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise StorageError(f"storage {storage_path!r} cannot hold run {name!r}: "
+                           f"{exc.strerror or exc} ({exc.filename or run_dir})") from None
+    return run_dir
+
+
+class RunDirConflict(ValueError):
+    """The run directory holds checkpoints of a different model or dataset."""
+
+
+def _spec_conflict(old: TrainingRunSpec, new: TrainingRunSpec) -> str | None:
+    for section in ("model", "data"):
+        if getattr(old, section) != getattr(new, section):
+            return (f"the run directory holds checkpoints of a different spec.{section} "
+                    f"({getattr(old, section).to_dict()} vs {getattr(new, section).to_dict()}); "
+                    "use a new metadata.name / storage path or delete the old run directory")
+    return None
+
+
+def check_resumable(run_dir: str, spec: TrainingRunSpec) -> None:
+    """Raise ``RunDirConflict`` when ``run_dir`` holds checkpoints ``spec`` cannot resume.
+
+    Ray Train would restore the latest one into every worker, where the mismatch can
+    only fail the workers, be retried ``maxWorkerFailures`` times, and end in a
+    traceback; reading one meta.json here (no torch) says it in one line, at once.
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(run_dir)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:  # unreadable: Ray Train will say why
+        return
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                   and i.base_name.startswith("checkpoint_epoch_"))
+    if not names:
+        return
+    raw = read_bytes(f"{run_dir}/{names[-1]}/meta.json")
+    try:
+        old = TrainingRunSpec.model_validate(json.loads(raw)["spec"]) if raw else None
+    except Exception:  # an older or foreign meta.json: let the worker-side check decide
+        return
+    problem = old and _spec_conflict(old, spec)
+    if problem:
+        raise RunDirConflict(f"{run_dir}: {problem}")
 
 
 def read_result(run_dir: str) -> dict[str, Any] | None:
@@ -440,6 +513,25 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
     )
 
 
+def _announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowed: int) -> None:
+    """Tell observers that have an ``on_failure(message)`` (optional, beyond the
+    RunObserver protocol) and the log that the worker group failed, and what happens next."""
+    if allowed < 0 or n <= allowed:
+        of = f" of {allowed}" if allowed >= 0 else ""
+        nxt = f"restarting the workers from the last checkpoint (retry {n}{of})"
+    else:
+        nxt = f"no retries left (failure.maxWorkerFailures={allowed})"
+    message = f"{what}; {nxt}"
+    log.info("%s", message)
+    for o in observers:
+        hook = getattr(o, "on_failure", None)
+        if hook is not None:
+            try:
+                hook(message)
+            except Exception:
+                log.warning("observer %r failed in on_failure", o, exc_info=True)
+
+
 def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver] = (),
         name: str | None = None, extra_config: dict[str, Any] | None = None) -> TrainOutcome:
     """Train ``run`` with Ray Train on the current Ray cluster; write result.json and
@@ -454,7 +546,8 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
 
     spec = run.spec
     name = name or run.name
-    run_dir = run_dir_for(storage_path, name)
+    run_dir = check_storage(storage_path, name)
+    observers = list(observers)
     obs = Observers(observers)
     done = _finished(run_dir, spec)
     if done is not None:
@@ -462,6 +555,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         obs.on_start(run)
         obs.on_end(done.to_dict())
         return done
+    check_resumable(run_dir, spec)
 
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
@@ -480,11 +574,17 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
 
     thread = threading.Thread(target=_run, name="raykube-fit", daemon=True)
     thread.start()
+    failures = 0
     try:
         while thread.is_alive() or not queue.empty():
             try:
                 ev = queue.get(timeout=0.5)
             except Empty:
+                continue
+            if "failure" in ev:
+                failures += 1
+                _announce_failure(observers, ev["failure"], failures,
+                                  spec.failure.max_worker_failures)
                 continue
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
         thread.join()

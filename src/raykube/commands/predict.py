@@ -13,6 +13,12 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from raykube.commands._util import with_examples
+
+    with_examples(p, """
+raykube predict runs/quickstart/best --out preds.parquet       # its validation split
+raykube predict runs/cifar10-cnn/best --data ./my-images --out preds.csv
+""")
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="checkpoint directory (holding checkpoint.pt) or s3:// URI")
     p.add_argument("--out", required=True, metavar="FILE",
@@ -38,10 +44,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
+    from raykube.checkpoint import load_model
+    from raykube.data import DatasetUnavailable
     from raykube.predict import PredictError, predict, print_report
+    from raykube.serve import resolve_checkpoint
     from raykube.spec import InvalidTrainingRun
+
+    user_errors = (PredictError, InvalidTrainingRun, DatasetUnavailable, OSError, ValueError)
+    if args.batch_size < 1 or args.concurrency < 1:
+        print("raykube predict: --batch-size and --concurrency must be at least 1",
+              file=sys.stderr)
+        return 2
+    try:
+        # A broken checkpoint is one line now, not a failing actor pool once Ray is up.
+        load_model(resolve_checkpoint(args.checkpoint))
+    except user_errors as exc:
+        print(f"raykube predict: {exc}", file=sys.stderr)
+        return 2
+
+    import ray
 
     started = False
     if not ray.is_initialized():
@@ -55,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                           gpus_per_actor=args.gpus_per_actor,
                           cpus_per_actor=args.cpus_per_actor, cache_dir=args.cache_dir,
                           storage=args.storage)
-    except (PredictError, InvalidTrainingRun, FileNotFoundError) as exc:
+    except (PredictError, InvalidTrainingRun, DatasetUnavailable, FileNotFoundError) as exc:
         print(f"raykube predict: {exc}", file=sys.stderr)
         return 2
     finally:

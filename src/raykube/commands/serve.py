@@ -11,11 +11,22 @@ import argparse
 import os
 import sys
 
+from raykube.commands._util import flag_errors, port_number, stop_on_sigterm, with_examples
+
+FLAGS = {"replicas": "--replicas", "maxBatchSize": "--max-batch-size",
+         "batchWaitTimeoutMs": "--batch-wait-ms", "maxRequestBytes": "--max-request-bytes"}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    with_examples(p, """
+raykube serve runs/quickstart/best              # the best checkpoint of a local run
+raykube serve s3://bucket/runs/ns/name/best --host 0.0.0.0 --port 8080
+curl -s localhost:8000/metadata                 # then, from another terminal
+""")
     p.add_argument("checkpoint", metavar="CHECKPOINT",
-                   help="checkpoint directory (holding checkpoint.pt) or s3:// URI")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+                   help="checkpoint directory (holding checkpoint.pt and meta.json, e.g. "
+                   "<storage>/<name>/best) or s3:// URI")
+    p.add_argument("--port", type=port_number, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--replicas", type=int, help="Serve replicas (default: spec serve.replicas)")
@@ -50,15 +61,22 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from rich.console import Console
 
-    from raykube.checkpoint import read_meta
+    from raykube.checkpoint import load_model
 
     console = Console(soft_wrap=True)  # URLs and the curl line stay pasteable
     try:
-        from raykube.serve import resolve_checkpoint
+        from raykube.serve import ensure_port_free, resolve_checkpoint
 
-        meta = read_meta(resolve_checkpoint(args.checkpoint))
+        # Load it once here: a truncated or mismatched checkpoint is a one-line error
+        # now, not a Serve deployment failing in a loop once Ray is up.
+        _, meta = load_model(resolve_checkpoint(args.checkpoint))
         serve_spec = serve_spec_for(args, meta.spec)
-    except (FileNotFoundError, ValueError, ValidationError) as exc:
+        ensure_port_free(args.host, args.port)
+    except ValidationError as exc:
+        for line in flag_errors(exc, FLAGS):
+            print(f"raykube serve: {line}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # missing/corrupt checkpoint, port in use
         print(f"raykube serve: {exc}", file=sys.stderr)
         return 2
 
@@ -67,8 +85,13 @@ def run(args: argparse.Namespace) -> int:
     from raykube.serve import curl_example, start_local, stop_local
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
+    stop_on_sigterm()
     try:
-        base = start_local(args.checkpoint, serve_spec, port=args.port, host=args.host)
+        try:
+            base = start_local(args.checkpoint, serve_spec, port=args.port, host=args.host)
+        except (RuntimeError, TimeoutError) as exc:  # Serve's deploy/proxy failures
+            print(f"raykube serve: could not start serving: {exc}", file=sys.stderr)
+            return 1
         model = (meta.spec.get("model") or {}).get("name")
         acc = meta.metrics.get("valAccuracy")
         console.print(f"[bold green]serving[/] {model} (epoch {meta.epoch}"

@@ -51,10 +51,16 @@ def run(args: argparse.Namespace) -> int:
         return 1
     storage = args.storage or os.environ.get("RAYKUBE_STORAGE") or "./runs"
 
+    from raykube.data import DatasetUnavailable
     from raykube.local import init_ray, train_or_tune
+    from raykube.train import RunDirConflict, StorageError
 
     init_ray(address=os.environ.get("RAY_ADDRESS") or None)
-    outcome = train_or_tune(tr, storage, observers=_observers())
+    try:
+        outcome = train_or_tune(tr, storage, observers=_observers())
+    except (DatasetUnavailable, StorageError, RunDirConflict) as exc:  # the pod log shows one clear line
+        print(f"raykube train: {exc}", file=sys.stderr)
+        return 1
     print(f"best checkpoint: {outcome.best_checkpoint} "
           f"(valAccuracy {outcome.best_metrics.get('valAccuracy')})")
     return 0

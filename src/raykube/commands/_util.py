@@ -1,0 +1,56 @@
+"""Small helpers the command modules share: argument types, error formatting, signals.
+
+Light imports only (argparse, signal): ``raykube validate --help`` must stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port a server can listen on (1-65535).
+
+    Port 0 would make Ray Serve pick a random port nobody is told about, and anything
+    above 65535 fails deep inside Ray after it started: refuse both up front.
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
+def flag_errors(exc: Any, flags: Mapping[str, str]) -> list[str]:
+    """One line per error of a pydantic ``ValidationError`` raised by command-line
+    overrides, naming the flag (``--epochs 0: must be >= 1``) rather than pydantic's
+    multi-line dump. ``flags``: dotted field path -> flag name."""
+    lines = []
+    for e in exc.errors():
+        path = ".".join(str(p) for p in e.get("loc", ()))
+        flag = flags.get(path, path or "value")
+        shown = f"{flag} {e['input']!r}" if "input" in e and not isinstance(e["input"], dict) \
+            else flag
+        lines.append(f"{shown}: {e['msg'][0].lower()}{e['msg'][1:]}")
+    return lines
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a container stop, systemd) end the command like Ctrl-C:
+    the ``finally`` blocks shut Serve and Ray down instead of Ray's crash-style dump."""
+    def _raise(signum: int, frame: Any) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+def with_examples(p: argparse.ArgumentParser, examples: str) -> None:
+    """Append an 'examples:' block to a sub-command's --help, kept as written."""
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "examples:\n" + "\n".join(f"  {line}" if line else ""
+                                         for line in examples.strip("\n").splitlines())

@@ -1,0 +1,275 @@
+"""What a new user gets wrong on the local side gets one clear line, exit code != 0, and
+no traceback, before any Ray work starts (regressions found by using the CLI as a new
+user would: odd files, bad flags, a busy port, a broken checkpoint, a reused run dir)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+
+import pytest
+from rich.console import Console
+
+from raykube.cli import main
+from raykube.spec import InvalidTrainingRun, load_file, parse_spec
+
+QUICKSTART_SPEC = {"model": {"name": "mlp", "options": {"hidden": [16]}},
+                   "data": {"dataset": "digits"}, "train": {"epochs": 2}}
+
+
+def _yaml(tmp_path, text: str, name: str = "run.yaml"):
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+def _run_yaml(tmp_path, extra: str = "") -> str:
+    return str(_yaml(tmp_path, "apiVersion: raykube.io/v1alpha1\nkind: TrainingRun\n"
+                     "metadata: {name: r}\nspec:\n  model: {name: mlp, options: {hidden: [16]}}\n"
+                     "  data: {dataset: digits}\n  train: {epochs: 2}\n" + extra))
+
+
+def _no_traceback(err: str) -> None:
+    assert "Traceback" not in err and "pydantic.dev" not in err, err
+
+
+# ------------------------------------------------------------------------ files
+def test_binary_file_is_an_error_not_a_traceback(tmp_path, capsys):
+    f = tmp_path / "model.pt"
+    f.write_bytes(b"\x00\x01PK\xff\xfe")
+    with pytest.raises(InvalidTrainingRun) as exc:
+        load_file(f)
+    assert exc.value.errors[0].path == "(file)" and "UTF-8" in exc.value.errors[0].message
+    assert main(["validate", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert str(f) in err
+    _no_traceback(err)
+
+
+def test_duplicate_keys_are_refused_as_kubectl_does(tmp_path):
+    f = _yaml(tmp_path, "apiVersion: raykube.io/v1alpha1\nkind: TrainingRun\nmetadata: {name: r}\n"
+                        "spec:\n  model: {name: mlp}\n  data: {dataset: digits}\n"
+                        "  train:\n    epochs: 3\n    batchSize: 8\n    epochs: 12\n")
+    with pytest.raises(InvalidTrainingRun) as exc:
+        load_file(f)
+    msg = exc.value.errors[0].message
+    assert "duplicate key 'epochs'" in msg and "line 10" in msg
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    from raykube.spec import load_yaml_documents
+
+    docs = load_yaml_documents("base: &b {x: 1, y: 2}\nm:\n  <<: *b\n  x: 3\n")
+    assert docs[0]["m"] == {"x": 3, "y": 2}
+
+
+def test_yaml_syntax_error_gives_line_and_column(tmp_path):
+    f = _yaml(tmp_path, "apiVersion: raykube.io/v1alpha1\nkind: TrainingRun\n"
+                        "metadata:\n\tname: x\n")
+    with pytest.raises(InvalidTrainingRun) as exc:
+        load_file(f)
+    msg = exc.value.errors[0].message
+    assert "line 4, column 1" in msg and "<unicode string>" not in msg
+
+
+# ------------------------------------------------------------------- raykube run
+@pytest.mark.parametrize("flags, expected", [
+    (["--epochs", "0"], "--epochs 0: input should be greater than or equal to 1"),
+    (["--workers", "-2"], "--workers -2: input should be greater than or equal to 1"),
+])
+def test_run_names_the_bad_flag(tmp_path, capsys, flags, expected):
+    assert main(["run", _run_yaml(tmp_path), *flags]) == 1
+    err = capsys.readouterr().err
+    assert expected in err
+    _no_traceback(err)
+
+
+def test_run_overrides_go_through_the_cross_field_checks(tmp_path, capsys):
+    f = _run_yaml(tmp_path, "  tune:\n    trials: 2\n    scheduler: {name: asha, gracePeriod: 2}\n"
+                            "    searchSpace:\n      train.optimizer.lr: {loguniform: [0.001, 0.1]}\n")
+    assert main(["run", f, "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "gracePeriod" in err and "--epochs" in err
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_run_and_serve_refuse_a_port_that_cannot_be(port, capsys):
+    for cmd in (["run", "x.yaml"], ["serve", "ckpt"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*cmd, "--port", port])
+        assert exc.value.code == 2
+        assert "not a port number" in capsys.readouterr().err
+
+
+def test_run_refuses_a_storage_that_is_a_file_before_ray(tmp_path, capsys):
+    storage = tmp_path / "storage"
+    storage.write_text("I am a file")
+    assert main(["run", _run_yaml(tmp_path), "--storage", str(storage)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot hold run 'r'" in err and "Not a directory" in err
+    _no_traceback(err)
+
+
+def test_run_refuses_a_run_dir_of_another_model_before_ray(tmp_path, capsys):
+    """Ray Train would restore it into every worker, fail them maxWorkerFailures times
+    over a minute, then print a traceback."""
+    other = parse_spec({**QUICKSTART_SPEC, "model": {"name": "mlp", "options": {"hidden": [64]}}})
+    ckpt = tmp_path / "runs" / "r" / "checkpoint_epoch_0002"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text(json.dumps({"spec": other.spec.to_dict()}))
+    assert main(["run", _run_yaml(tmp_path), "--storage", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    assert "different spec.model" in err
+    _no_traceback(err)
+
+
+def test_run_refuses_a_busy_serve_port_before_training(tmp_path, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        f = _run_yaml(tmp_path, "  serve: {enabled: true}\n")
+        assert main(["run", f, "--storage", str(tmp_path / "runs"), "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "already in use" in err
+
+
+def test_port_number_type():
+    from raykube.commands._util import port_number
+
+    assert port_number("8080") == 8080
+    for bad in ("0", "65536", "-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            port_number(bad)
+
+
+# ----------------------------------------------------------------- checkpoints
+@pytest.fixture
+def checkpoint(tmp_path):
+    from raykube.checkpoint import save_checkpoint
+    from raykube.models import build_model
+
+    run = parse_spec(QUICKSTART_SPEC)
+    model = build_model(run.spec.model, (1, 8, 8), 10)
+    return save_checkpoint(tmp_path / "ckpt", model=model, optimizer=None, epoch=1,
+                           spec=run.spec.to_dict(), class_names=[str(i) for i in range(10)],
+                           input_shape=(1, 8, 8), metrics={"valAccuracy": 0.5})
+
+
+def _corrupt(path, how: str) -> None:
+    import torch
+
+    pt = path / "checkpoint.pt"
+    if how == "truncated":
+        pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+    elif how == "garbage":
+        pt.write_bytes(bytes(range(256)) * 20)
+    elif how == "empty":
+        pt.write_bytes(b"")
+    elif how == "not a dict":
+        torch.save([1, 2, 3], pt)
+    elif how == "missing key":
+        payload = torch.load(pt, weights_only=True)
+        del payload["class_names"]
+        torch.save(payload, pt)
+    elif how == "other model":  # weights of [16] hidden units, spec says [64]
+        payload = torch.load(pt, weights_only=True)
+        payload["spec"]["model"]["options"]["hidden"] = [64]
+        torch.save(payload, pt)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("truncated", "truncated or corrupted"),
+    ("garbage", "corrupted, or not a file written by torch.save"),
+    ("empty", "truncated or corrupted"),
+    ("not a dict", "holds a list"),
+    ("missing key", "incomplete or incompatible checkpoint (KeyError: 'class_names')"),
+    ("other model", "weights do not fit the model its spec describes (mlp"),
+])
+def test_load_model_explains_a_broken_checkpoint(checkpoint, how, words):
+    from raykube.checkpoint import CheckpointError, load_model
+
+    load_model(checkpoint)  # sound before
+    _corrupt(checkpoint, how)
+    with pytest.raises(CheckpointError) as exc:
+        load_model(checkpoint)
+    assert words in str(exc.value) and str(checkpoint) in str(exc.value)
+    assert "weights_only` set to `False`" not in str(exc.value)  # torch's unsafe advice
+
+
+def test_read_meta_explains_a_broken_meta_json(checkpoint):
+    from raykube.checkpoint import CheckpointError, read_meta
+
+    (checkpoint / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a valid raykube meta.json"):
+        read_meta(checkpoint)
+
+
+def test_serve_points_from_a_run_dir_to_its_best_checkpoint(tmp_path, capsys):
+    (tmp_path / "r" / "best").mkdir(parents=True)
+    (tmp_path / "r" / "best" / "checkpoint.pt").write_bytes(b"")
+    assert main(["serve", str(tmp_path / "r")]) == 2
+    assert f"its best checkpoint is {tmp_path / 'r' / 'best'}" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_corrupt_checkpoint_before_ray(checkpoint, capsys):
+    _corrupt(checkpoint, "truncated")
+    assert main(["serve", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "truncated or corrupted" in err
+
+
+def test_serve_names_bad_flags_and_a_busy_port(checkpoint, capsys):
+    assert main(["serve", str(checkpoint), "--replicas", "0", "--batch-wait-ms", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--replicas 0:" in err and "--batch-wait-ms -1.0:" in err
+    _no_traceback(err)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(checkpoint), "--port", str(port)]) == 2
+    assert "already in use" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- display
+def _display():
+    from raykube.display import RichDisplay
+
+    console = Console(record=True, width=200)
+    return RichDisplay(console), console
+
+
+def test_display_keeps_trial_ids_and_escapes_failure_text():
+    d, console = _display()
+    d.on_epoch({"epoch": 1, "epochs": 2, "trainLoss": 0.5}, None, "abc_00000")
+    d.on_failure("worker failure (rank 1: ActorDiedError) [/x] [bold]")
+    text = console.export_text()
+    assert "[abc_00000] epoch" in text  # was swallowed as a rich markup tag
+    assert "[/x] [bold]" in text
+
+
+def test_display_says_when_a_run_continues():
+    d, console = _display()
+    d.on_epoch({"epoch": 4, "epochs": 6}, None, None)
+    d.on_epoch({"epoch": 5, "epochs": 6}, None, None)
+    text = console.export_text()
+    assert text.count("continuing from the checkpoint of epoch 3") == 1
+
+
+def test_failure_announcement_counts_retries():
+    from raykube.train import _announce_failure
+
+    seen = []
+
+    class Obs:
+        def on_failure(self, message):
+            seen.append(message)
+
+    _announce_failure([Obs(), object()], "worker failure (rank 1: ActorDiedError)", 1, 3)
+    _announce_failure([Obs()], "worker failure", 4, 3)
+    _announce_failure([Obs()], "worker failure", 9, -1)
+    assert "retry 1 of 3" in seen[0]
+    assert "no retries left (failure.maxWorkerFailures=3)" in seen[1]
+    assert seen[2].endswith("restarting the workers from the last checkpoint (retry 9)")
