@@ -16,6 +16,23 @@ Decisions (README "Operator"):
   active they are *not* applied (condition ``SpecApplied=False``, reason
   ``SpecChangeIgnored``, naming the fields); once it has finished, a change starts a new
   run (the RayJob is replaced; a passing result updates the RayService in place).
+  After success, ``serve`` edits re-check the gate without retraining: lowering
+  ``serve.minAccuracy`` below the reported accuracy (or turning ``serve.enabled`` back
+  on) promotes; raising it above keeps the live RayService (``Promoted=False`` says so;
+  ``serve.enabled: false`` removes it). Metadata-only edits (labels) change no child.
+- **Children deleted behind our back**: a RayJob deleted (``kubectl delete rayjob``)
+  while the run is active is recreated (condition ``Running=False``, reason
+  ``RayJobRecreated``, Warning event; the new Ray cluster resumes from the latest
+  checkpoint; stop a run with ``spec.suspend`` instead). Once the run has finished, a
+  missing RayJob is *not* recreated (that would train again): the outcome stays. A
+  deleted RayService is promoted again when the gate still passes. Children with our
+  name that another TrainingRun owns (e.g. a just-deleted one with the same name whose
+  children the garbage collector has not removed yet) are never adopted:
+  ``NameConflict``, retried when they are gone. The same holds after an operator
+  restart (the resume handler reconciles every TrainingRun level-triggered).
+- **Bad input**: anything the API server let through (no CRD installed, a stale CRD)
+  is validated again here: ``Validated=False``, reason ``InvalidSpec``, naming every
+  field, phase Failed, a Warning event, no children; fixing the spec starts the run.
 - **Status**: KubeRay's RayJob/RayService status is followed with ``kopf.on.field`` and
   mapped by the pure ``raykube_operator.status``; every phase change posts an Event.
 - kopf's own bookkeeping lives in ``raykube.io/*`` annotations.
@@ -28,6 +45,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -160,43 +178,54 @@ def apply_child(kube: Kube, obj: dict[str, Any]) -> str:
     return "updated"
 
 
-def rayjob_blocked(kube: Kube, job: dict[str, Any], *, allow_rerun: bool) -> str | None:
-    """"ignored"/"finished" when the training change must not be applied now, else None.
+def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished: bool,
+                allow_rerun: bool, training_changed: bool) -> str:
+    """What to do with the RayJob (pure; ``job`` carries its hash annotations).
 
-    ``job`` carries its TRAINING_HASH annotation already."""
-    current = kube.get(*_ref(job))
-    if current is None or _ann(current, TRAINING_HASH) == _ann(job, TRAINING_HASH):
-        return None
-    deployment = ((current.get("status") or {}).get("jobDeploymentStatus")) or ""
-    if deployment in st.TERMINAL_DEPLOYMENT:
-        return None if allow_rerun else "finished"
-    return "ignored"
-
-
-def apply_rayjob(kube: Kube, job: dict[str, Any], *, allow_rerun: bool) -> str:
-    """The RayJob's spec-change semantics (module docstring). Returns what was done."""
-    job = _annotate(job)
-    current = kube.get(*_ref(job))
-    if current is not None and (current.get("metadata") or {}).get("deletionTimestamp"):
-        raise ApiError(409, "Terminating", "the previous RayJob is still being deleted")
+    - ``create``: none exists and the run has no outcome yet (first sight, or the RayJob
+      was deleted by someone while the run was active: it is recreated and training
+      resumes from the latest checkpoint);
+    - ``finished``: the change must not start a new run (none was asked for; or the run is
+      over and its RayJob was cleaned up: it is not recreated, that would train again);
+    - ``rerun``: a training change after the run finished: a new RayJob replaces the old;
+    - ``ignored``: a training change while the RayJob is active (not applied);
+    - ``suspend``: only ``suspend`` (or other non-training fields) differ: patch it;
+    - ``unchanged``.
+    """
     if current is None:
-        return apply_child(kube, job)
+        if not finished:
+            return "create"
+        return "rerun" if allow_rerun and training_changed else "finished"
+    if (current.get("metadata") or {}).get("deletionTimestamp"):
+        return "terminating"
     if _ann(current, TRAINING_HASH) != _ann(job, TRAINING_HASH):
         deployment = ((current.get("status") or {}).get("jobDeploymentStatus")) or ""
         if deployment not in st.TERMINAL_DEPLOYMENT:
             return "ignored"
-        if not allow_rerun:
-            return "finished"
-        kube.delete(*_ref(job))
-        if kube.get(*_ref(job)) is not None:  # KubeRay's finalizer: wait for it
-            raise ApiError(409, "Terminating", "the previous RayJob is still being deleted")
-        kube.create(job)
-        return "rerun"
+        return "rerun" if allow_rerun else "finished"
     if _ann(current, SPEC_HASH) == _ann(job, SPEC_HASH):
         return "unchanged"
-    kube.patch(*_ref(job), {"metadata": {"annotations": {SPEC_HASH: _ann(job, SPEC_HASH)}},
-                            "spec": {"suspend": bool(job["spec"].get("suspend", False))}})
     return "suspend"
+
+
+def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None,
+                 action: str) -> str:
+    """Carry out ``plan_rayjob``'s decision. Returns the action (``created`` for create)."""
+    if action == "terminating":
+        raise ApiError(409, "Terminating", "the previous RayJob is still being deleted")
+    if action == "create":
+        return apply_child(kube, job)
+    if action == "rerun":
+        if current is not None:
+            kube.delete(*_ref(job))
+            if kube.get(*_ref(job)) is not None:  # KubeRay's finalizer: wait for it
+                raise ApiError(409, "Terminating", "the previous RayJob is still being deleted")
+        kube.create(job)
+        return "rerun"
+    if action == "suspend":
+        kube.patch(*_ref(job), {"metadata": {"annotations": {SPEC_HASH: _ann(job, SPEC_HASH)}},
+                                "spec": {"suspend": bool(job["spec"].get("suspend", False))}})
+    return action
 
 
 def _get_tr(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
@@ -223,6 +252,10 @@ def _owned(child: dict[str, Any], tr: dict[str, Any]) -> bool:
 
 
 # ------------------------------------------------------------------ TrainingRun
+SERVING_ONLY = ("spec.serve", "spec.suspend")
+"""Spec paths whose change never starts a new training run."""
+
+
 @kopf.on.resume(*TR)
 @kopf.on.create(*TR)
 def on_trainingrun(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -237,6 +270,11 @@ def on_spec_change(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, **_: Any) 
     reconcile(dict(body), memo, allow_rerun=True, changed=changed)
 
 
+def _training_changed(changed: list[str] | None) -> bool:
+    return any(not any(c == p or c.startswith(p + ".") for p in SERVING_ONLY)
+               for c in changed or [])
+
+
 def reconcile(body: dict[str, Any], memo: kopf.Memo, *, allow_rerun: bool,
               changed: list[str] | None) -> dict[str, str]:
     """Validate, render, apply; returns what happened to each child (for logs/tests).
@@ -245,79 +283,144 @@ def reconcile(body: dict[str, Any], memo: kopf.Memo, *, allow_rerun: bool,
     cfg: OperatorConfig = memo.cfg
     kube: Kube = memo.kube
     meta = body["metadata"]
-    ns, name, gen = meta["namespace"], meta["name"], meta.get("generation")
+    ns, name = meta["namespace"], meta["name"]
     try:
         with _lock(memo, ns, name):
-            tr = _get_tr(kube, ns, name) or body
-            cur = tr.get("status") or {}
-            now = st.now_rfc3339()
-            try:
-                run = _parse(body)
-            except InvalidTrainingRun as exc:
-                msg = "; ".join(f"{e.path}: {e.message}" for e in exc.errors)
-                conds = st.set_condition(cur.get("conditions"), st.VALIDATED, False,
-                                         "InvalidSpec", msg, now=now, generation=gen)
-                _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
-                                         "observedGeneration": gen, "message": msg})
-                _event(tr, "Warning", "InvalidSpec", msg)
-                return {"validated": False, "errors": msg}
-
-            children = render_training(run, cfg.render, owner=_owner(meta))
-            jobs = [_annotate(c, {TRAINING_HASH: training_hash(run, c)})
-                    for c in children if c.get("kind") == "RayJob"]
-            others = [c for c in children if c.get("kind") != "RayJob"]
-            results: dict[str, str] = {}
-            if rayjob_blocked(kube, jobs[0], allow_rerun=allow_rerun) is None:
-                # the ConfigMap holds the spec the driver reads (also on a retry): it only
-                # changes together with the RayJob
-                results = {f"{c['kind']}/{c['metadata']['name']}": apply_child(kube, c)
-                           for c in others}
-            job_result = apply_rayjob(kube, jobs[0], allow_rerun=allow_rerun)
-            results[f"RayJob/{jobs[0]['metadata']['name']}"] = job_result
-
-            conds = st.set_condition(cur.get("conditions"), st.VALIDATED, True, "SpecValid",
-                                     "the spec is valid", now=now, generation=gen)
-            patch: dict[str, Any] = {"rayJob": jobs[0]["metadata"]["name"],
-                                     "observedGeneration": gen}
-            if job_result == "ignored":
-                fields = ", ".join(changed or []) or "training fields"
-                msg = (f"{fields} changed while the RayJob is running: not applied to this "
-                       "run; change the spec again after it finishes to start a new run")
-                conds = st.set_condition(conds, st.SPEC_APPLIED, False, "SpecChangeIgnored", msg,
-                                         now=now, generation=gen)
-                _event(tr, "Warning", "SpecChangeIgnored", msg)
-            else:
-                reason = {"created": "Created", "unchanged": "UpToDate", "updated": "Updated",
-                          "suspend": "SuspendUpdated", "rerun": "Rerun",
-                          "finished": "Finished"}[job_result]
-                conds = st.set_condition(conds, st.SPEC_APPLIED, True, reason,
-                                         f"RayJob {job_result}", now=now, generation=gen)
-            if job_result == "created" and st.get_condition(conds, st.RUNNING) is None:
-                conds = st.set_condition(conds, st.RUNNING, False, "Created",
-                                         "RayJob created; waiting for KubeRay", now=now,
-                                         generation=gen)
-            if job_result == "rerun":
-                for t in (st.SUCCEEDED, st.FAILED):
-                    if st.get_condition(conds, t) is not None:
-                        conds = st.set_condition(conds, t, False, "Rerun", "", now=now,
-                                                 generation=gen)
-                conds = st.set_condition(conds, st.RUNNING, False, "Rerun", "a new run was "
-                                         "started for the changed spec", now=now, generation=gen)
-                patch.update({"startTime": None, "completionTime": None, "attempts": None})
-            if run.spec.suspend and job_result in ("created", "suspend"):
-                conds = st.set_condition(conds, st.RUNNING, False, "Suspended",
-                                         "spec.suspend is true", now=now, generation=gen)
-            patch["conditions"] = conds
-            patch["phase"] = st.phase_of(conds)
-            _patch_status(kube, tr, patch)
-            if job_result in ("created", "rerun", "suspend"):
-                _event(tr, "Normal", {"created": "Created", "rerun": "Rerun",
-                                      "suspend": "Suspend"}[job_result],
-                       f"RayJob {jobs[0]['metadata']['name']}: {job_result}")
-            _reconcile_rayservice(kube, cfg, tr, run, now=now, gen=gen, results=results)
-            return results
+            results = _reconcile_locked(kube, cfg, body, allow_rerun=allow_rerun,
+                                        changed=changed)
+        if results.get("promote"):
+            # a finished run whose serve settings (or missing RayService) call for the
+            # gate again: e.g. serve.minAccuracy lowered, serve.enabled turned back on
+            promote(kube, cfg, memo, ns, name)
+        return results
     except ApiError as exc:
         raise _transient(exc, cfg) from exc
+
+
+def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
+                      allow_rerun: bool, changed: list[str] | None) -> dict[str, str]:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    tr = _get_tr(kube, ns, name)
+    if tr is None or (tr.get("metadata") or {}).get("deletionTimestamp"):
+        return {}  # gone or going: ownerReferences clean up, nothing to create
+    if tr["metadata"].get("uid") != meta.get("uid") and meta.get("uid"):
+        return {}  # deleted and recreated under the same name: the new one has its own event
+    body = {**body, "spec": tr.get("spec"), "metadata": tr["metadata"]}  # the freshest spec
+    meta = tr["metadata"]
+    gen = meta.get("generation")
+    cur = tr.get("status") or {}
+    was_invalid = (st.get_condition(cur.get("conditions"), st.VALIDATED) or {}).get(
+        "status") == "False"
+    now = st.now_rfc3339()
+    try:
+        run = _parse(body)
+    except InvalidTrainingRun as exc:
+        msg = "; ".join(f"{e.path}: {e.message}" for e in exc.errors)
+        conds = st.set_condition(cur.get("conditions"), st.VALIDATED, False,
+                                 "InvalidSpec", msg, now=now, generation=gen)
+        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
+                                 "observedGeneration": gen, "message": msg})
+        _event(tr, "Warning", "InvalidSpec", msg)
+        return {"validated": "False", "errors": msg}
+
+    try:
+        children = render_training(run, cfg.render, owner=_owner(meta))
+    except Exception as exc:  # a valid spec render cannot handle: a bug, say so and stop
+        msg = f"could not render the Kubernetes objects: {type(exc).__name__}: {exc}"
+        conds = st.set_condition(cur.get("conditions"), st.VALIDATED, False, "RenderFailed",
+                                 msg, now=now, generation=gen)
+        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
+                                 "observedGeneration": gen, "message": msg})
+        _event(tr, "Warning", "RenderFailed", msg)
+        raise kopf.PermanentError(msg) from exc
+    job = next(_annotate(c, {TRAINING_HASH: training_hash(run, c)})
+               for c in children if c.get("kind") == "RayJob")
+    job_name = job["metadata"]["name"]
+    others = [c for c in children if c.get("kind") != "RayJob"]
+    finished = st.is_true(cur.get("conditions"), st.SUCCEEDED) or st.is_true(
+        cur.get("conditions"), st.FAILED)
+    current = kube.get(*_ref(job))
+    if current is not None and not _owned(current, tr):
+        msg = (f"a RayJob named {job_name} exists and is not owned by this TrainingRun: "
+               "rename the TrainingRun or delete that RayJob")
+        conds = st.set_condition(cur.get("conditions"), st.SPEC_APPLIED, False, "NameConflict",
+                                 msg, now=now, generation=gen)
+        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
+                                 "message": msg})
+        _event(tr, "Warning", "NameConflict", msg)
+        return {f"RayJob/{job_name}": "conflict"}
+    action = plan_rayjob(current, job, finished=finished, allow_rerun=allow_rerun,
+                         training_changed=_training_changed(changed))
+    results: dict[str, str] = {}
+    if action in ("create", "rerun", "suspend", "unchanged"):
+        # the ConfigMap holds the spec the driver reads (also on a retry): it only
+        # changes together with the RayJob
+        results = {f"{c['kind']}/{c['metadata']['name']}": apply_child(kube, c)
+                   for c in others}
+    job_result = apply_rayjob(kube, job, current, action)
+    results[f"RayJob/{job_name}"] = job_result
+    recreated = job_result == "created" and bool(cur.get("rayJob"))
+
+    conds = st.set_condition(cur.get("conditions"), st.VALIDATED, True, "SpecValid",
+                             "the spec is valid", now=now, generation=gen)
+    patch: dict[str, Any] = {"rayJob": job_name, "observedGeneration": gen}
+    if was_invalid:
+        patch["message"] = f"the spec is valid now: RayJob {job_result}"
+    if job_result == "ignored":
+        fields = ", ".join(changed or []) or "training fields"
+        msg = (f"{fields} changed while the RayJob is running: not applied to this "
+               "run; change the spec again after it finishes to start a new run")
+        conds = st.set_condition(conds, st.SPEC_APPLIED, False, "SpecChangeIgnored", msg,
+                                 now=now, generation=gen)
+        _event(tr, "Warning", "SpecChangeIgnored", msg)
+    else:
+        reason = {"created": "Created", "unchanged": "UpToDate", "updated": "Updated",
+                  "suspend": "SuspendUpdated", "rerun": "Rerun",
+                  "finished": "Finished"}[job_result]
+        message = f"RayJob {job_result}"
+        old = st.get_condition(conds, st.SPEC_APPLIED)
+        if job_result == "unchanged" and old is not None and old.get("status") == "True":
+            # a no-op keeps the reason of the last real action (Created, Rerun, ...)
+            reason, message = old.get("reason") or reason, old.get("message") or message
+        conds = st.set_condition(conds, st.SPEC_APPLIED, True, reason, message, now=now,
+                                 generation=gen)
+    if recreated:
+        msg = (f"RayJob {job_name} was deleted while the run was active: recreated it; "
+               "training resumes from the latest checkpoint")
+        conds = st.set_condition(conds, st.RUNNING, False, "RayJobRecreated", msg, now=now,
+                                 generation=gen)
+        patch["message"] = msg
+        _event(tr, "Warning", "RayJobRecreated", msg)
+    elif job_result == "created" and st.get_condition(conds, st.RUNNING) is None:
+        conds = st.set_condition(conds, st.RUNNING, False, "Created",
+                                 "RayJob created; waiting for KubeRay", now=now,
+                                 generation=gen)
+    if job_result == "rerun":
+        for t in (st.SUCCEEDED, st.FAILED):
+            if st.get_condition(conds, t) is not None:
+                conds = st.set_condition(conds, t, False, "Rerun", "", now=now,
+                                         generation=gen)
+        conds = st.set_condition(conds, st.RUNNING, False, "Rerun", "a new run was "
+                                 "started for the changed spec", now=now, generation=gen)
+        patch.update({"startTime": None, "completionTime": None, "attempts": None,
+                      "jobId": None})
+    if run.spec.suspend and job_result in ("created", "suspend"):
+        conds = st.set_condition(conds, st.RUNNING, False, "Suspended",
+                                 "spec.suspend is true", now=now, generation=gen)
+    patch["conditions"] = conds
+    patch["phase"] = st.phase_of(conds)
+    if any(cur.get(k) != v for k, v in patch.items()):
+        _patch_status(kube, tr, patch)
+    if job_result in ("created", "rerun", "suspend") and not recreated:
+        _event(tr, "Normal", {"created": "Created", "rerun": "Rerun",
+                              "suspend": "Suspend"}[job_result],
+               f"RayJob {job_name}: {job_result}")
+    _reconcile_rayservice(kube, cfg, tr, run, now=now, gen=gen, results=results)
+    if (job_result != "rerun" and run.spec.serve.enabled
+            and st.is_true(conds, st.SUCCEEDED)):
+        results["promote"] = "gate"
+    return results
 
 
 def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
@@ -398,30 +501,141 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
         except InvalidTrainingRun:
             return
         cur = tr.get("status") or {}
+        if not st.is_true(cur.get("conditions"), st.SUCCEEDED):
+            return  # only a finished, successful run is promoted
         decision = st.gate(run.spec.serve.to_dict(), cur.get("checkpoint"))
         now = st.now_rfc3339()
         gen = tr["metadata"].get("generation")
         if decision.reason == "ServeDisabled":
             return
         if not decision.promote:
+            message = decision.message
+            svc = kube.get(RAY_API, "RayService", ns, name)
+            if svc is not None and _owned(svc, tr):
+                # e.g. serve.minAccuracy raised after promotion: a config tweak does not
+                # take a live model down; serve.enabled=false does
+                message += (f"; RayService {name} keeps serving "
+                            f"{_ann(svc, CHECKPOINT_ANNOTATION)} (promoted earlier): set "
+                            "spec.serve.enabled=false to remove it")
             old = st.get_condition(cur.get("conditions"), st.PROMOTED) or {}
             conds = st.set_condition(cur.get("conditions"), st.PROMOTED, False, decision.reason,
-                                     decision.message, now=now, generation=gen)
-            _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds)})
-            if old.get("reason") != decision.reason or old.get("message") != decision.message:
-                _event(tr, "Warning", decision.reason, decision.message)
+                                     message, now=now, generation=gen)
+            if conds != cur.get("conditions"):
+                _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds)})
+            if old.get("reason") != decision.reason or old.get("message") != message:
+                _event(tr, "Warning", decision.reason, message)
             return
         assert decision.checkpoint is not None
         obj = render_rayservice(run, cfg.render, decision.checkpoint, owner=_owner(tr["metadata"]))
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: decision.checkpoint})
+        existing = kube.get(RAY_API, "RayService", ns, name)
+        if existing is not None and not _owned(existing, tr):
+            msg = (f"a RayService named {name} exists and is not owned by this TrainingRun: "
+                   "not promoted")
+            conds = st.set_condition(cur.get("conditions"), st.PROMOTED, False, "NameConflict",
+                                     msg, now=now, generation=gen)
+            if conds != cur.get("conditions"):
+                _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds)})
+                _event(tr, "Warning", "NameConflict", msg)
+            return
         result = apply_child(kube, obj)
         conds = st.set_condition(cur.get("conditions"), st.PROMOTED, True, decision.reason,
                                  decision.message, now=now, generation=gen)
-        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
-                                 "rayService": obj["metadata"]["name"]})
+        patch = {"conditions": conds, "phase": st.phase_of(conds),
+                 "rayService": obj["metadata"]["name"]}
+        if any(cur.get(k) != v for k, v in patch.items()):
+            _patch_status(kube, tr, patch)
         if result != "unchanged":
             _event(tr, "Normal", "Promoted", f"RayService {obj['metadata']['name']} {result}: "
                    f"{decision.message}")
+
+
+# ------------------------------------------------------------- children deleted
+def _retrying(memo: kopf.Memo, what: str, fn: Any) -> None:
+    """kopf does not retry event handlers: retry transient API errors here, then log."""
+    cfg: OperatorConfig = memo.cfg
+    for attempt in range(5):
+        try:
+            fn()
+            return
+        except ApiError as exc:
+            if not exc.transient or attempt == 4:
+                log.error("%s failed: %s (the next operator start reconciles it)", what, exc)
+                return
+            time.sleep(cfg.retry_delay * (attempt + 1))
+
+
+def _deleted(type: str, **_: Any) -> bool:
+    """Only DELETED watch events (kopf would log every other one as handled)."""
+    return type == "DELETED"
+
+
+def _owner_of(body: kopf.Body, kube: Kube, *, owned: bool = True) -> dict[str, Any] | None:
+    """The live TrainingRun named by the child's label; None if gone or going, or (with
+    ``owned``) when it does not own the child."""
+    tr = _get_tr(kube, body.metadata.namespace, body.metadata.labels[LABEL])
+    if tr is None or tr["metadata"].get("deletionTimestamp"):
+        return None
+    return tr if not owned or _owned(dict(body), tr) else None
+
+
+@kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL: kopf.PRESENT}, when=_deleted)
+def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A RayJob deleted behind our back (``kubectl delete rayjob``): reconcile its owner.
+
+    While the run is active the RayJob is recreated (KubeRay starts a new Ray cluster;
+    the driver resumes from the latest checkpoint); once the run has finished it is not
+    (that would train again), the TrainingRun keeps its outcome."""
+    if type != "DELETED":
+        return
+
+    def again() -> None:
+        # not only its owner: a same-named successor may be waiting (NameConflict)
+        tr = _owner_of(body, memo.kube, owned=False)
+        if tr is not None:
+            reconcile(tr, memo, allow_rerun=False, changed=None)
+
+    _retrying(memo, f"reconciling after RayJob {body.metadata.name} was deleted",
+              lambda: _unwrap(again))
+
+
+@kopf.on.event("ray.io", "v1", "rayservices", labels={LABEL: kopf.PRESENT}, when=_deleted)
+def on_rayservice_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A RayService deleted by someone: not Ready any more; promoted again if still due."""
+    if type != "DELETED":
+        return
+    kube: Kube = memo.kube
+    ns, tr_name = body.metadata.namespace, body.metadata.labels[LABEL]
+
+    def again() -> None:
+        with _lock(memo, ns, tr_name):
+            tr = _owner_of(body, kube)
+            if tr is None:
+                return
+            cur = tr.get("status") or {}
+            if st.get_condition(cur.get("conditions"), st.READY) is None:
+                return  # the operator removed it itself (serve.enabled=false)
+            conds = st.set_condition(cur.get("conditions"), st.READY, False, "RayServiceDeleted",
+                                     f"RayService {body.metadata.name} was deleted",
+                                     now=st.now_rfc3339(),
+                                     generation=tr["metadata"].get("generation"))
+            _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
+                                     "serving": None})
+            _event(tr, "Warning", "RayServiceDeleted",
+                   f"RayService {body.metadata.name} was deleted")
+        promote(kube, memo.cfg, memo, ns, tr_name)
+
+    _retrying(memo, f"reconciling after RayService {body.metadata.name} was deleted", again)
+
+
+def _unwrap(fn: Any) -> None:
+    """Run ``fn``; a kopf.TemporaryError from ``reconcile`` back into its ApiError."""
+    try:
+        fn()
+    except kopf.TemporaryError as exc:
+        if isinstance(exc.__cause__, ApiError):
+            raise exc.__cause__ from None
+        raise
 
 
 # ------------------------------------------------------------------ RayService status

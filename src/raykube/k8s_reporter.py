@@ -75,11 +75,15 @@ class KubernetesReporter:
         if self._api is None:
             import kubernetes
 
+            # Our own Configuration (not the process-wide default), and KUBECONFIG read
+            # now: the client freezes its default path when ``kubernetes`` is imported.
+            cfg = kubernetes.client.Configuration()
             try:
-                kubernetes.config.load_incluster_config()
+                kubernetes.config.load_incluster_config(client_configuration=cfg)
             except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()
-            self._api = kubernetes.client.CustomObjectsApi()
+                kubernetes.config.load_kube_config(
+                    config_file=os.environ.get("KUBECONFIG") or None, client_configuration=cfg)
+            self._api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(cfg))
         return self._api
 
     def _send(self, status: dict[str, Any]) -> bool:

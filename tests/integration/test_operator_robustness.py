@@ -1,0 +1,397 @@
+"""Attacks on the real operator (``python -m raykube_operator``) over HTTP (kmock emulator).
+
+Malformed TrainingRuns sent straight to an API server that validates nothing (no CRD,
+or a stale one), an operator killed (SIGKILL) at each stage of a run, KubeRay moving
+while the operator is down, races with the driver's progress reporter, spec edits
+after the fact, and a RayJob deleted behind the operator's back.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from raykube.testing.fixtures)
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k8s_schemas import validate_strict
+from raykube.k8s_reporter import KubernetesReporter
+from raykube.spec import load_yaml_documents, parse_spec
+from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "jobs" / "quickstart.yaml"
+CRD = REPO / "k8s" / "base" / "crd.yaml"
+CHILD_KINDS = ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "RayJob", "RayService")
+
+pytestmark = pytest.mark.usefixtures("operator", "operator_logs")
+
+
+def good_spec(serve: bool = False, min_accuracy: float = 0.9) -> dict:
+    spec = load_yaml_documents(QUICKSTART.read_text())[0]["spec"]
+    spec["serve"] = {"enabled": serve, "minAccuracy": min_accuracy}
+    return spec
+
+
+def tr_doc(name: str, namespace: str = "default", **kw) -> dict:
+    return {"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+            "metadata": {"name": name, "namespace": namespace}, "spec": good_spec(**kw)}
+
+
+def children(kube, name, namespace="default"):
+    out = []
+    for kind in CHILD_KINDS:
+        out += [o for o in kube.list(kind, namespace)
+                if (o["metadata"].get("labels") or {}).get("raykube.io/trainingrun") == name]
+    return out
+
+
+def cond(tr, type_):
+    return next((c for c in (tr.get("status") or {}).get("conditions", [])
+                 if c["type"] == type_), None)
+
+
+def status_is_valid(tr: dict) -> list[str]:
+    """The stored status against our CRD (the spec replaced by a valid one: it may be junk)."""
+    doc = {"apiVersion": tr["apiVersion"], "kind": tr["kind"],
+           "metadata": {"name": tr["metadata"]["name"], "namespace": tr["metadata"]["namespace"]},
+           "spec": good_spec(), "status": tr.get("status") or {}}
+    return validate_strict(doc)
+
+
+def events(kube, name, namespace="default"):
+    return [e for e in kube.list("Event", namespace)
+            if (e.get("involvedObject") or {}).get("name") == name]
+
+
+def run_job(kube, name, namespace="default"):
+    kube.wait_object("RayJob", name, namespace)
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+                      namespace)
+    return kube.wait_condition(name, "Running", reason="JobRunning", namespace=namespace)
+
+
+def succeed(kube, name, namespace="default"):
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Complete",
+                                       "jobStatus": "SUCCEEDED", "succeeded": 1}, namespace)
+
+
+def checkpoint(kube, name, acc, namespace="default"):
+    """What the driver's KubernetesReporter writes at the end of training."""
+    kube.patch_status("TrainingRun", name, {
+        "progress": {"epoch": 3, "epochs": 3, "trainLoss": 0.2, "valLoss": 0.3,
+                     "valAccuracy": acc, "updatedAt": "2025-01-01T00:00:00Z"},
+        "checkpoint": {"uri": f"/mnt/raykube/{namespace}/{name}/ckpt", "epoch": 3,
+                       "metrics": {"valAccuracy": acc}}}, namespace)
+
+
+def printer_columns(tr: dict) -> dict:
+    """``kubectl get tr`` as the CRD's additionalPrinterColumns would show it."""
+    crd = yaml.safe_load(CRD.read_text())
+    out = {}
+    for col in crd["spec"]["versions"][0]["additionalPrinterColumns"]:
+        value = tr
+        for part in col["jsonPath"].lstrip(".").split("."):
+            value = (value or {}).get(part)
+        ok = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "string": lambda v: isinstance(v, str), "date": lambda v: isinstance(v, str)}
+        assert value is None or ok[col["type"]](value), (col, value)
+        out[col["name"]] = value
+    return out
+
+
+def ready(kube, name, namespace="default"):
+    kube.patch_status("RayService", name, {"conditions": [
+        {"type": "Ready", "status": "True", "reason": "RunningServeDeployments", "message": "",
+         "lastTransitionTime": "2025-01-01T00:00:00Z"}]}, namespace)
+
+
+# ------------------------------------------------------------------ malformed input
+def _bad(spec_edit):
+    def make(name):
+        doc = tr_doc(name)
+        spec_edit(doc)
+        return doc
+    return make
+
+
+MALFORMED = {
+    "no-spec": (lambda d: d.pop("spec"), "spec"),
+    "spec-list": (lambda d: d.update(spec=[1, 2]), "spec"),
+    "spec-null": (lambda d: d.update(spec=None), "spec"),
+    "model-str": (lambda d: d["spec"].update(model="mlp"), "spec.model"),
+    "deep-type": (lambda d: d["spec"]["train"]["optimizer"].update(lr="fast"),
+                  "spec.train.optimizer.lr"),
+    "hidden-str": (lambda d: d["spec"]["model"]["options"].update(hidden="128"),
+                   "spec.model.options.hidden"),
+    "unknown": (lambda d: d["spec"]["scaling"].update(gpus=1), "spec.scaling.gpus"),
+    "long-name": (lambda d: d["metadata"].update(name="x" * 50), "metadata.name"),
+    "junk-status": (lambda d: d.update(status={"phase": "Serving", "junk": [1]},
+                                       extra={"a": 1}) or d["spec"].update(suspend="yes"),
+                    "spec.suspend"),
+}
+
+
+def test_malformed_trainingruns_fail_cleanly_and_recover_when_fixed(kube, operator):
+    names = {}
+    for key, (edit, _field) in MALFORMED.items():
+        doc = tr_doc(f"bad-{key}")
+        edit(doc)
+        names[key] = doc["metadata"]["name"]
+        kube.create(doc)
+    for key, (_edit, field) in MALFORMED.items():
+        name = names[key]
+        tr = kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+        msg = cond(tr, "Validated")["message"]
+        assert field in msg, (key, msg)
+        assert tr["status"]["phase"] == "Failed", (key, tr["status"])
+        assert status_is_valid(tr) == [], (key, status_is_valid(tr))
+        kube.wait_for(lambda n=name: any(e.get("reason") == "InvalidSpec"
+                                         for e in events(kube, n)), what=f"{key} event")
+    # the operator keeps serving valid TrainingRuns after all that, without a retry loop
+    # on the bad ones (a permanent problem is reported once, not hammered)
+    def bad_writes():
+        return sum(1 for c in kube.operator_calls() if c.verb == "patch"
+                   and c.name in names.values())
+    writes = bad_writes()
+    kube.create(tr_doc("after-bad"))
+    kube.wait_object("RayJob", "after-bad")
+    time.sleep(1.0)
+    assert operator.proc.poll() is None and bad_writes() == writes
+    for name in names.values():
+        assert children(kube, name) == [], name
+    # fixing the spec starts the run, and the stale error goes away
+    for key in ("no-spec", "spec-list", "model-str", "deep-type", "junk-status"):
+        name = names[key]
+        # RFC 7386 replaces a list/scalar by an object; kmock cannot: null it first
+        kube.patch("TrainingRun", name, {"spec": None})
+        kube.patch("TrainingRun", name, {"spec": good_spec()})
+        tr = kube.wait_condition(name, "Validated", "True")
+        kube.wait_object("RayJob", name)
+        tr = kube.wait_object("TrainingRun", name,
+                              where=lambda o: o["status"].get("phase") == "Pending")
+        assert tr["status"]["message"].startswith("the spec is valid now"), tr["status"]
+        assert status_is_valid(tr) == [], status_is_valid(tr)
+
+
+# --------------------------------------------------------------- operator killed
+def test_killed_after_create_before_rayjob(kube, operator):
+    operator.kill()
+    kube.create(tr_doc("k-early"))
+    operator.start()
+    kube.wait_object("RayJob", "k-early")
+    tr = kube.wait_condition("k-early", "SpecApplied", reason="Created")
+    assert tr["status"]["phase"] == "Pending" and tr["status"]["rayJob"] == "k-early"
+    time.sleep(0.5)
+    creates = [c for c in kube.operator_calls() if c.verb == "create" and (
+        ((c.data or {}).get("metadata") or {}).get("labels") or {}).get(
+            "raykube.io/trainingrun") == "k-early"]
+    assert sorted(c.plural for c in creates) == sorted(
+        ["configmaps", "serviceaccounts", "roles", "rolebindings", "rayjobs"]), creates
+
+
+def test_killed_while_running_picks_up_success_and_promotes(kube, operator):
+    name = "k-run"
+    kube.create(tr_doc(name, serve=True))
+    run_job(kube, name)
+    checkpoint(kube, name, 0.95)
+    time.sleep(0.5)
+    operator.kill()
+    succeed(kube, name)  # KubeRay finishes while the operator is down
+    operator.start()
+    tr = kube.wait_condition(name, "Succeeded")
+    assert tr["status"]["phase"] in ("Succeeded", "Serving")
+    kube.wait_object("RayService", name)
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+    # (c) RayService becomes Ready while the operator is down
+    operator.kill()
+    ready(kube, name)
+    operator.start()
+    tr = kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
+    assert tr["status"]["serving"]["endpoint"] == f"http://{name}-serve-svc.default:8000"
+    assert status_is_valid(tr) == []
+    assert validate_strict(tr) == []  # the whole stored object, kopf's annotations included
+    cols = printer_columns(tr)
+    assert cols["Phase"] == "Serving" and cols["Epoch"] == 3 and cols["Val-Acc"] == 0.95
+    assert cols["Serving"] == f"http://{name}-serve-svc.default:8000" and cols["Age"]
+    assert [o["kind"] for o in children(kube, name)].count("RayService") == 1
+    assert [o["kind"] for o in children(kube, name)].count("RayJob") == 1
+
+
+def test_deleted_while_operator_down(kube, operator):
+    name = "k-del"
+    kube.create(tr_doc(name))
+    run_job(kube, name)
+    operator.kill()
+    kube.delete("TrainingRun", name)
+    for obj in children(kube, name):  # what the garbage collector does
+        kube.delete(obj["kind"], obj["metadata"]["name"])
+    operator.start()
+    kube.create(tr_doc("k-del-after"))
+    kube.wait_object("RayJob", "k-del-after")
+    time.sleep(0.5)
+    assert kube.get("TrainingRun", name) is None and children(kube, name) == []
+
+
+# ------------------------------------------------------------------------ races
+def test_reporter_and_operator_do_not_clobber_each_other(kube, monkeypatch):
+    name = "race"
+    kube.create(tr_doc(name))
+    run_job(kube, name)
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    rep = KubernetesReporter("default", name, min_interval=0)
+    rep.on_start(parse_spec(good_spec(), name=name))
+    stop = threading.Event()
+
+    def driver():
+        epoch = 0
+        while not stop.is_set():
+            epoch += 1
+            rep.on_epoch({"epoch": epoch, "valAccuracy": 0.5 + epoch / 1000, "valLoss": 0.1},
+                         f"/c/{epoch}", None)
+    t = threading.Thread(target=driver)
+    t.start()
+    try:
+        for i in range(6):  # status flapping quickly
+            dep = ("Running", "Retrying")[i % 2]
+            kube.patch_status("RayJob", name, {"jobDeploymentStatus": dep, "jobStatus": "RUNNING",
+                                               "failed": i // 2})
+            time.sleep(0.05)
+        kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Running",
+                                           "jobStatus": "RUNNING", "failed": 3})
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join()
+    rep.on_end({})
+    tr = kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("attempts") == 4)
+    st = tr["status"]
+    assert cond(tr, "Running")["reason"] == "JobRunning"
+    assert {c["type"] for c in st["conditions"]} >= {"Validated", "SpecApplied", "Running"}
+    assert st["progress"]["epoch"] >= 1 and st["checkpoint"]["uri"].startswith("/c/")
+    assert status_is_valid(tr) == []
+    assert rep.failures == 0
+
+
+def test_same_name_in_two_namespaces(kube):
+    a = kube.create(tr_doc("twin", "default"))
+    b = kube.create(tr_doc("twin", "other"))
+    ja = kube.wait_object("RayJob", "twin", "default")
+    jb = kube.wait_object("RayJob", "twin", "other")
+    assert ja["metadata"]["ownerReferences"][0]["uid"] == a["metadata"]["uid"]
+    assert jb["metadata"]["ownerReferences"][0]["uid"] == b["metadata"]["uid"]
+    kube.patch_status("RayJob", "twin", {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED"},
+                      "other")
+    kube.wait_condition("twin", "Failed", namespace="other")
+    kube.patch_status("RayJob", "twin", {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    tr = kube.wait_condition("twin", "Running", reason="JobRunning")
+    assert tr["status"]["phase"] == "Running"
+    assert kube.get("TrainingRun", "twin", "other")["status"]["phase"] == "Failed"
+
+
+# ------------------------------------------------------------------- spec edits
+def test_lowering_min_accuracy_after_success_promotes(kube):
+    name = "gate-edit"
+    kube.create(tr_doc(name, serve=True, min_accuracy=0.99))
+    run_job(kube, name)
+    checkpoint(kube, name, 0.95)
+    succeed(kube, name)
+    kube.wait_condition(name, "Promoted", "False", reason="GateNotMet")
+    job_uid = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"minAccuracy": 0.9}}})
+    kube.wait_object("RayService", name)
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job_uid  # no retraining
+    # raising the bar again does not take the live model down, and says so
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"minAccuracy": 0.99}}})
+    tr = kube.wait_condition(name, "Promoted", "False", reason="GateNotMet")
+    assert "keeps serving" in cond(tr, "Promoted")["message"]
+    assert kube.get("RayService", name) is not None
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"enabled": False}}})
+    kube.wait_for(lambda: kube.get("RayService", name) is None, what="RayService deleted")
+    tr = kube.wait_condition(name, "Promoted", "False", reason="ServeDisabled")
+    assert tr["status"]["phase"] == "Succeeded" and status_is_valid(tr) == []
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"enabled": True, "minAccuracy": 0.5}}})
+    kube.wait_object("RayService", name)  # re-enabled: promoted again, still no retraining
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job_uid
+
+
+def test_label_edit_changes_no_child(kube):
+    name = "labels"
+    kube.create(tr_doc(name))
+    run_job(kube, name)
+    before = {o["kind"]: o["metadata"]["resourceVersion"] for o in children(kube, name)}
+    kube.patch("TrainingRun", name, {"metadata": {"labels": {"team": "x"}}})
+    time.sleep(1.0)
+    after = {o["kind"]: o["metadata"]["resourceVersion"] for o in children(kube, name)}
+    assert after == before
+
+
+def test_rayjob_deleted_while_running_is_recreated(kube):
+    name = "rj-del"
+    kube.create(tr_doc(name))
+    run_job(kube, name)
+    old = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.delete("RayJob", name)
+    job = kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != old)
+    assert job["spec"]["suspend"] is False
+    tr = kube.wait_condition(name, "Running", "False", reason="RayJobRecreated")
+    assert tr["status"]["phase"] == "Pending"
+    # a finished run's RayJob going away (cleanup) does not start training again
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
+    kube.wait_condition(name, "Succeeded")
+    uid = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.delete("RayJob", name)
+    time.sleep(1.0)
+    assert kube.get("RayJob", name) is None, uid
+    assert kube.get("TrainingRun", name)["status"]["phase"] == "Succeeded"
+
+
+def test_recreated_with_same_name_never_adopts_the_old_children(kube):
+    """``kubectl delete -f x.yaml && kubectl apply -f x.yaml``: the old RayJob still runs
+    until the garbage collector removes it; the new TrainingRun must not take it over."""
+    name = "reborn"
+    kube.create(tr_doc(name))
+    old = run_job(kube, name)
+    old_job = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.delete("TrainingRun", name)
+    new = kube.create(tr_doc(name))
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="NameConflict")
+    assert "not owned" in cond(tr, "SpecApplied")["message"]
+    assert kube.get("RayJob", name)["metadata"]["uid"] == old_job
+    kube.delete("RayJob", name)  # the garbage collector catches up
+    job = kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != old_job)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == new["metadata"]["uid"]
+    tr = kube.wait_condition(name, "SpecApplied", reason="Created")
+    assert tr["status"]["phase"] == "Pending" and status_is_valid(tr) == []
+
+
+def test_rayservice_deleted_is_promoted_again(kube):
+    name = "rs-del"
+    kube.create(tr_doc(name, serve=True))
+    run_job(kube, name)
+    checkpoint(kube, name, 0.95)
+    succeed(kube, name)
+    old = kube.wait_object("RayService", name)["metadata"]["uid"]
+    ready(kube, name)
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
+    kube.delete("RayService", name)
+    kube.wait_object("RayService", name, where=lambda o: o["metadata"]["uid"] != old)
+    tr = kube.wait_condition(name, "Ready", "False", reason="RayServiceDeleted")
+    assert tr["status"]["phase"] == "Succeeded" and "serving" not in tr["status"]
+    assert status_is_valid(tr) == []
+    ready(kube, name)
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
+
+
+def test_everything_above_stayed_within_the_operator_rbac(kube):
+    from raykube_operator.rbac import allowed
+
+    used = kube.operator_permissions()
+    assert ("ray.io", "rayjobs", "create") in used
+    denied = sorted(p for p in used if not allowed(*p))
+    assert denied == [], f"operator used permissions missing from its RBAC: {denied}"

@@ -1,0 +1,42 @@
+"""The RayJob decision table of the operator (pure: no API, no kopf run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from raykube_operator.handlers import SPEC_HASH, TRAINING_HASH, _training_changed, plan_rayjob
+
+
+def job(training: str = "t1", spec: str = "s1", deployment: str | None = None,
+        deleting: bool = False) -> dict:
+    meta: dict = {"name": "x", "annotations": {TRAINING_HASH: training, SPEC_HASH: spec}}
+    if deleting:
+        meta["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    return {"metadata": meta, "status": {"jobDeploymentStatus": deployment} if deployment else {}}
+
+
+@pytest.mark.parametrize("current, finished, allow_rerun, training_changed, expected", [
+    (None, False, False, False, "create"),  # first sight / restart before creation
+    (None, False, True, True, "create"),  # fixed invalid spec
+    (None, True, False, False, "finished"),  # cleaned-up RayJob of a finished run: no retrain
+    (None, True, True, False, "finished"),  # serve-only edit after cleanup
+    (None, True, True, True, "rerun"),  # training edit after cleanup
+    (job(), False, False, False, "unchanged"),
+    (job(spec="s2"), False, True, False, "suspend"),
+    (job(training="t0", deployment="Running"), False, True, True, "ignored"),
+    (job(training="t0", deployment="Complete"), True, True, True, "rerun"),
+    (job(training="t0", deployment="Complete"), True, False, False, "finished"),
+    (job(deleting=True), False, False, False, "terminating"),
+])
+def test_plan_rayjob(current, finished, allow_rerun, training_changed, expected):
+    assert plan_rayjob(current, job(), finished=finished, allow_rerun=allow_rerun,
+                       training_changed=training_changed) == expected
+
+
+@pytest.mark.parametrize("changed, expected", [
+    (None, False), ([], False), (["spec.serve.minAccuracy"], False), (["spec.suspend"], False),
+    (["spec.serve"], False), (["spec.train.epochs"], True), (["spec"], True),
+    (["spec.serveX"], True), (["spec.serve.enabled", "spec.image"], True),
+])
+def test_training_changed(changed, expected):
+    assert _training_changed(changed) is expected
