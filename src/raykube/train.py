@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -532,6 +532,44 @@ def _announce_failure(observers: Iterable[RunObserver], what: str, n: int, allow
                 log.warning("observer %r failed in on_failure", o, exc_info=True)
 
 
+def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]], None], *,
+                   thread_name: str = "raykube-fit") -> Any:
+    """Run ``trainer.fit()`` in a thread while this thread hands each item that the Train
+    controller's callback put on ``queue`` to ``on_item``, in order; return fit's Result.
+
+    Why: ``fit`` blocks until training ends, but observers (the rich display, the status
+    reporter) and ``tune.report`` must run here, on the driver's (or trial's) thread, as
+    each epoch ends. fit's exception is re-raised here; the queue actor is always killed.
+    """
+    import ray
+    from ray.util.queue import Empty
+
+    box: dict[str, Any] = {}
+
+    def _fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised on this thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=_fit, name=thread_name, daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() or not queue.empty():
+            try:
+                item = queue.get(timeout=0.5)
+            except Empty:
+                continue
+            on_item(item)
+        thread.join()
+    finally:
+        with contextlib.suppress(Exception):
+            ray.kill(queue.actor)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver] = (),
         name: str | None = None, extra_config: dict[str, Any] | None = None) -> TrainOutcome:
     """Train ``run`` with Ray Train on the current Ray cluster; write result.json and
@@ -541,8 +579,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     an unfinished one (or one whose ``train.epochs`` grew) continues from its latest
     checkpoint. ``extra_config`` is merged into the workers' config (tests use it).
     """
-    import ray
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Queue
 
     spec = run.spec
     name = name or run.name
@@ -564,36 +601,17 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
 
     obs.on_start(run)
     start = time.monotonic()
-    box: dict[str, Any] = {}
-
-    def _run() -> None:
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as exc:  # re-raised on the driver thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=_run, name="raykube-fit", daemon=True)
-    thread.start()
     failures = 0
-    try:
-        while thread.is_alive() or not queue.empty():
-            try:
-                ev = queue.get(timeout=0.5)
-            except Empty:
-                continue
-            if "failure" in ev:
-                failures += 1
-                _announce_failure(observers, ev["failure"], failures,
-                                  spec.failure.max_worker_failures)
-                continue
+
+    def _on_item(ev: dict[str, Any]) -> None:
+        nonlocal failures
+        if "failure" in ev:
+            failures += 1
+            _announce_failure(observers, ev["failure"], failures, spec.failure.max_worker_failures)
+        else:
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
-        thread.join()
-    finally:
-        with contextlib.suppress(Exception):
-            ray.kill(queue.actor)
-    if "error" in box:
-        raise box["error"]
-    result = box["result"]
+
+    result = fit_and_stream(trainer, queue, _on_item)
     if result.error:
         raise result.error
     if result.checkpoint is None:

@@ -251,16 +251,14 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     (resumed search, or Tune retrying it) continues from its latest checkpoint. Each
     epoch's report is forwarded with ``tune.report`` (ASHA decides on those).
     """
-    import threading
+    from ray.util.queue import Queue
 
-    import ray
-    from ray.util.queue import Empty, Queue
+    from raykube.train import build_trainer, fit_and_stream
 
     assert spec_doc is not None and storage_root is not None and experiment_uri is not None
     spec = trial_spec(TrainingRunSpec.model_validate(spec_doc), config)
     trial_id = tune.get_context().get_trial_id()
     queue = Queue(actor_options={"num_cpus": 0})
-    from raykube.train import build_trainer
 
     trainer = build_trainer(
         spec,
@@ -269,40 +267,25 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
         name="train",
         callbacks=[_user_callback(queue)],
     )
-    box: dict[str, Any] = {}
-
-    def _fit() -> None:
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as exc:  # re-raised in the trial thread below
-            box["error"] = exc
-
-    thread = threading.Thread(target=_fit, name="raykube-trial-fit", daemon=True)
-    thread.start()
     reports = 0
+
+    def _on_item(item: dict[str, Any]) -> None:
+        nonlocal reports
+        if "controller" in item:
+            _RUNNING_CONTROLLER["handle"] = item["controller"]
+            return
+        report = dict(item["metrics"])
+        if item["checkpoint"]:
+            report[CHECKPOINT_KEY] = _as_uri(item["checkpoint"], storage_root)
+        tune.report(report)
+        reports += 1
+
     try:
-        while thread.is_alive() or not queue.empty():
-            try:
-                item = queue.get(timeout=0.5)
-            except Empty:
-                continue
-            if "controller" in item:
-                _RUNNING_CONTROLLER["handle"] = item["controller"]
-                continue
-            report = dict(item["metrics"])
-            if item["checkpoint"]:
-                report[CHECKPOINT_KEY] = _as_uri(item["checkpoint"], storage_root)
-            tune.report(report)
-            reports += 1
-        thread.join()
+        result = fit_and_stream(trainer, queue, _on_item, thread_name="raykube-trial-fit")
     finally:
         _RUNNING_CONTROLLER.pop("handle", None)
-        with contextlib.suppress(Exception):
-            ray.kill(queue.actor)
-    if "error" in box:
-        raise box["error"]
     if reports == 0:
-        _report_finished_run(box["result"], storage_root)
+        _report_finished_run(result, storage_root)
 
 
 def _read_text(path: str) -> str:
