@@ -5,7 +5,10 @@ Decisions (README "Operator"):
 - **Children** (RayJob, ConfigMap, ServiceAccount, Role, RoleBinding, later the
   RayService) are created idempotently: read first, create when missing (a 409 on
   create re-reads), and patch only when the ``raykube.io/spec-hash`` annotation of the
-  rendered object differs. A restarted operator therefore writes nothing.
+  rendered object differs. A restarted operator therefore writes nothing. (A
+  TrainingRun with no status yet cannot have children: those are created without
+  reading first, and any 409 falls back to the read-first path; the RayJob is created
+  last, after the ConfigMap and RBAC its pods need.)
 - **Deletion** relies on ownerReferences (every child points at the TrainingRun's uid)
   and Kubernetes' garbage collector; there is no delete handler, so kopf adds no
   finalizer and a TrainingRun can always be deleted, even with the operator down.
@@ -158,10 +161,13 @@ def _ref(obj: dict[str, Any]) -> tuple[str, str, str, str]:
     return obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]
 
 
-def apply_child(kube: Kube, obj: dict[str, Any]) -> str:
-    """Create ``obj`` or bring it up to date. Returns created, unchanged or updated."""
+def apply_child(kube: Kube, obj: dict[str, Any], *, missing: bool = False) -> str:
+    """Create ``obj`` or bring it up to date. Returns created, unchanged or updated.
+
+    ``missing``: the caller has just read that it does not exist: create without
+    reading it again (a 409 still re-reads)."""
     obj = _annotate(obj)
-    current = kube.get(*_ref(obj))
+    current = None if missing else kube.get(*_ref(obj))
     if current is None:
         try:
             kube.create(obj)
@@ -214,7 +220,7 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
     if action == "terminating":
         raise ApiError(409, "Terminating", "the previous RayJob is still being deleted")
     if action == "create":
-        return apply_child(kube, job)
+        return apply_child(kube, job, missing=True)
     if action == "rerun":
         if current is not None:
             kube.delete(*_ref(job))
@@ -232,9 +238,16 @@ def _get_tr(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
     return kube.get(API_VERSION, KIND, namespace, name)
 
 
-def _patch_status(kube: Kube, tr: dict[str, Any], patch: dict[str, Any]) -> None:
+def _patch_status(kube: Kube, tr: dict[str, Any], patch: dict[str, Any], *,
+                  precondition: bool = False) -> None:
+    """Merge-patch ``status``. With ``precondition`` the patch carries ``tr``'s
+    resourceVersion: the API server answers 409 if the TrainingRun changed since ``tr``
+    was read (or was deleted and recreated under the same name)."""
     meta = tr["metadata"]
-    kube.patch(API_VERSION, KIND, meta["namespace"], meta["name"], {"status": patch},
+    body: dict[str, Any] = {"status": patch}
+    if precondition and meta.get("resourceVersion"):
+        body["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+    kube.patch(API_VERSION, KIND, meta["namespace"], meta["name"], body,
                subresource="status")
 
 
@@ -300,6 +313,12 @@ def reconcile(body: dict[str, Any], memo: kopf.Memo, *, allow_rerun: bool,
 def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
                       allow_rerun: bool, changed: list[str] | None) -> dict[str, str]:
     meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return {}  # going: ownerReferences clean up, nothing to create
+    if not allow_rerun and not body.get("status") and meta.get("uid"):
+        results = _first_sight(kube, cfg, body)
+        if results is not None:
+            return results
     ns, name = meta["namespace"], meta["name"]
     tr = _get_tr(kube, ns, name)
     if tr is None or (tr.get("metadata") or {}).get("deletionTimestamp"):
@@ -307,37 +326,14 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     if tr["metadata"].get("uid") != meta.get("uid") and meta.get("uid"):
         return {}  # deleted and recreated under the same name: the new one has its own event
     body = {**body, "spec": tr.get("spec"), "metadata": tr["metadata"]}  # the freshest spec
+    prepared = _prepare(kube, cfg, body)
+    if isinstance(prepared, dict):
+        return prepared
+    run, job, others = prepared
     meta = tr["metadata"]
     gen = meta.get("generation")
     cur = tr.get("status") or {}
-    was_invalid = (st.get_condition(cur.get("conditions"), st.VALIDATED) or {}).get(
-        "status") == "False"
-    now = st.now_rfc3339()
-    try:
-        run = _parse(body)
-    except InvalidTrainingRun as exc:
-        msg = "; ".join(f"{e.path}: {e.message}" for e in exc.errors)
-        conds = st.set_condition(cur.get("conditions"), st.VALIDATED, False,
-                                 "InvalidSpec", msg, now=now, generation=gen)
-        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
-                                 "observedGeneration": gen, "message": msg})
-        _event(tr, "Warning", "InvalidSpec", msg)
-        return {"validated": "False", "errors": msg}
-
-    try:
-        children = render_training(run, cfg.render, owner=_owner(meta))
-    except Exception as exc:  # a valid spec render cannot handle: a bug, say so and stop
-        msg = f"could not render the Kubernetes objects: {type(exc).__name__}: {exc}"
-        conds = st.set_condition(cur.get("conditions"), st.VALIDATED, False, "RenderFailed",
-                                 msg, now=now, generation=gen)
-        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
-                                 "observedGeneration": gen, "message": msg})
-        _event(tr, "Warning", "RenderFailed", msg)
-        raise kopf.PermanentError(msg) from exc
-    job = next(_annotate(c, {TRAINING_HASH: training_hash(run, c)})
-               for c in children if c.get("kind") == "RayJob")
     job_name = job["metadata"]["name"]
-    others = [c for c in children if c.get("kind") != "RayJob"]
     finished = st.is_true(cur.get("conditions"), st.SUCCEEDED) or st.is_true(
         cur.get("conditions"), st.FAILED)
     current = kube.get(*_ref(job))
@@ -345,7 +341,7 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
         msg = (f"a RayJob named {job_name} exists and is not owned by this TrainingRun: "
                "rename the TrainingRun or delete that RayJob")
         conds = st.set_condition(cur.get("conditions"), st.SPEC_APPLIED, False, "NameConflict",
-                                 msg, now=now, generation=gen)
+                                 msg, now=st.now_rfc3339(), generation=gen)
         _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
                                  "message": msg})
         _event(tr, "Warning", "NameConflict", msg)
@@ -360,6 +356,100 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
                    for c in others}
     job_result = apply_rayjob(kube, job, current, action)
     results[f"RayJob/{job_name}"] = job_result
+    return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
+
+
+def _prepare(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], *, precondition: bool = False
+             ) -> tuple[TrainingRun, dict[str, Any], list[dict[str, Any]]] | dict[str, str]:
+    """Parse and render ``tr``: (run, annotated RayJob, other children), or, for a spec
+    the operator cannot run, the result after reporting it (status + Warning event)."""
+    meta = tr["metadata"]
+    gen = meta.get("generation")
+    cur = tr.get("status") or {}
+    now = st.now_rfc3339()
+    try:
+        run = _parse(tr)
+    except InvalidTrainingRun as exc:
+        msg = "; ".join(f"{e.path}: {e.message}" for e in exc.errors)
+        conds = st.set_condition(cur.get("conditions"), st.VALIDATED, False,
+                                 "InvalidSpec", msg, now=now, generation=gen)
+        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
+                                 "observedGeneration": gen, "message": msg},
+                      precondition=precondition)
+        _event(tr, "Warning", "InvalidSpec", msg)
+        return {"validated": "False", "errors": msg}
+
+    try:
+        children = render_training(run, cfg.render, owner=_owner(meta))
+    except Exception as exc:  # a valid spec render cannot handle: a bug, say so and stop
+        msg = f"could not render the Kubernetes objects: {type(exc).__name__}: {exc}"
+        conds = st.set_condition(cur.get("conditions"), st.VALIDATED, False, "RenderFailed",
+                                 msg, now=now, generation=gen)
+        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
+                                 "observedGeneration": gen, "message": msg},
+                      precondition=precondition)
+        _event(tr, "Warning", "RenderFailed", msg)
+        raise kopf.PermanentError(msg) from exc
+    job = next(_annotate(c, {TRAINING_HASH: training_hash(run, c)})
+               for c in children if c.get("kind") == "RayJob")
+    return run, job, [c for c in children if c.get("kind") != "RayJob"]
+
+
+def _first_sight(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any]) -> dict[str, str] | None:
+    """The fast path for a TrainingRun kopf shows us with no status at all (just created,
+    or created while the operator was down): nothing of ours can exist yet, so create the
+    children straight away, without reading the TrainingRun or any child first.
+
+    The body kopf gave is used as is; the status patch carries its resourceVersion, so
+    a TrainingRun changed (or recreated) meanwhile is re-read instead of overwritten.
+    Returns None when anything already exists (a 409 on any create: a retry after a
+    partial attempt, or another TrainingRun's leftovers): the caller then takes the
+    careful read-first path, which checks ownership before touching anything.
+
+    Order: ConfigMap, ServiceAccount, Role, RoleBinding, then the RayJob, as on the
+    read-first path: the RayJob's pods mount the ConfigMap and run as the
+    ServiceAccount, so they exist (with this spec) before KubeRay starts any pod."""
+    prepared = _prepare(kube, cfg, tr, precondition=True)
+    if isinstance(prepared, dict):
+        return prepared
+    run, job, others = prepared
+    results: dict[str, str] = {}
+    try:
+        for child in [*(_annotate(c) for c in others), job]:
+            kube.create(child)
+            results[f"{child['kind']}/{child['metadata']['name']}"] = "created"
+    except ApiError as exc:
+        if exc.status == 409:
+            return None
+        raise
+    try:
+        return _applied(kube, cfg, tr, run, job["metadata"]["name"], "created", None, results,
+                        precondition=True)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+    # the TrainingRun changed between kopf's event and our status patch: write the same
+    # outcome onto the fresh status (the RayJob is ours: we just created it)
+    meta = tr["metadata"]
+    fresh = _get_tr(kube, meta["namespace"], meta["name"])
+    if fresh is None or fresh["metadata"].get("uid") != meta.get("uid") or (
+            fresh["metadata"].get("deletionTimestamp")):
+        return results
+    return _applied(kube, cfg, fresh, run, job["metadata"]["name"], "created", None, results)
+
+
+def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
+             job_name: str, job_result: str, changed: list[str] | None,
+             results: dict[str, str], *, precondition: bool = False) -> dict[str, str]:
+    """After the RayJob action: one status patch (if anything changed), the event, the
+    RayService follow-up. ``tr`` is the TrainingRun as last read (its status is the
+    base of the conditions written)."""
+    meta = tr["metadata"]
+    gen = meta.get("generation")
+    cur = tr.get("status") or {}
+    now = st.now_rfc3339()
+    was_invalid = (st.get_condition(cur.get("conditions"), st.VALIDATED) or {}).get(
+        "status") == "False"
     recreated = job_result == "created" and bool(cur.get("rayJob"))
 
     conds = st.set_condition(cur.get("conditions"), st.VALIDATED, True, "SpecValid",
@@ -367,13 +457,14 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     patch: dict[str, Any] = {"rayJob": job_name, "observedGeneration": gen}
     if was_invalid:
         patch["message"] = f"the spec is valid now: RayJob {job_result}"
+    events: list[tuple[str, str, str]] = []
     if job_result == "ignored":
         fields = ", ".join(changed or []) or "training fields"
         msg = (f"{fields} changed while the RayJob is running: not applied to this "
                "run; change the spec again after it finishes to start a new run")
         conds = st.set_condition(conds, st.SPEC_APPLIED, False, "SpecChangeIgnored", msg,
                                  now=now, generation=gen)
-        _event(tr, "Warning", "SpecChangeIgnored", msg)
+        events.append(("Warning", "SpecChangeIgnored", msg))
     else:
         reason = {"created": "Created", "unchanged": "UpToDate", "updated": "Updated",
                   "suspend": "SuspendUpdated", "rerun": "Rerun",
@@ -391,7 +482,7 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
         conds = st.set_condition(conds, st.RUNNING, False, "RayJobRecreated", msg, now=now,
                                  generation=gen)
         patch["message"] = msg
-        _event(tr, "Warning", "RayJobRecreated", msg)
+        events.append(("Warning", "RayJobRecreated", msg))
     elif job_result == "created" and st.get_condition(conds, st.RUNNING) is None:
         conds = st.set_condition(conds, st.RUNNING, False, "Created",
                                  "RayJob created; waiting for KubeRay", now=now,
@@ -411,7 +502,9 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     patch["conditions"] = conds
     patch["phase"] = st.phase_of(conds)
     if any(cur.get(k) != v for k, v in patch.items()):
-        _patch_status(kube, tr, patch)
+        _patch_status(kube, tr, patch, precondition=precondition)
+    for type_, reason, msg in events:
+        _event(tr, type_, reason, msg)
     if job_result in ("created", "rerun", "suspend") and not recreated:
         _event(tr, "Normal", {"created": "Created", "rerun": "Rerun",
                               "suspend": "Suspend"}[job_result],
@@ -427,6 +520,10 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
                           *, now: str, gen: int | None, results: dict[str, str]) -> None:
     """serve changes reach an existing RayService; serve.enabled=false removes it."""
     name = run.name
+    cur = tr.get("status") or {}
+    if (not cur.get("rayService") and st.get_condition(cur.get("conditions"), st.SUCCEEDED)
+            is None and st.get_condition(cur.get("conditions"), st.PROMOTED) is None):
+        return  # never succeeded, never promoted: no RayService of ours can exist
     svc = kube.get(RAY_API, "RayService", run.namespace, name)
     if svc is None or not _owned(svc, tr):
         return

@@ -6,7 +6,8 @@ Used by the operator integration tests and by the operator benchmark. Pieces:
   rely on and kmock 0.8 leaves out: ``uid``, ``creationTimestamp``, ``generation``
   (bumped on spec changes) and ``resourceVersion`` on every write; the ``status``
   subresource honoured (a write to the main resource cannot change ``status``, a
-  ``/status`` write changes nothing else); and fault injection (``Fault``: answer the
+  ``/status`` write changes nothing else); a ``metadata.resourceVersion`` in a patch
+  is a precondition (409 Conflict when the object has moved on); and fault injection (``Fault``: answer the
   next N matching requests with 409/429/500 *before* any state changes).
 - ``KubeCluster``: runs the emulator + ``kmock.Server`` on 127.0.0.1 in a background
   thread with every resource we use declared (kind, singular, namespaced, verbs and
@@ -173,6 +174,14 @@ class Emulator(kmock.KubernetesEmulator):
         elif request.action == kmock_enums.action.UPDATE and request.name:
             key = (res, request.namespace, request.name)
             current = self._objects[key].raw if key in self._objects else None
+            wanted = (data.get("metadata") or {}).get("resourceVersion")
+            have = ((current or {}).get("metadata") or {}).get("resourceVersion")
+            if wanted and current is not None and str(wanted) != str(have):
+                # a resourceVersion in a patch is a precondition (optimistic locking)
+                raise kmock.KubernetesError(
+                    status=409, reason="Conflict", message=f"the object has been modified "
+                    f"(resourceVersion {wanted} != {have}); please apply your changes to "
+                    "the latest version and try again")
             if has_status and request.subresource == "status":
                 for k in [k for k in data if k not in ("status", "metadata")]:
                     data.pop(k)
