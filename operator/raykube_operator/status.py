@@ -89,9 +89,15 @@ def sort_conditions(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def phase_of(conditions: list[dict[str, Any]] | None) -> str:
-    """The human phase, derived from conditions (first match wins)."""
+    """The human phase, derived from conditions (first match wins).
+
+    ``Validated=False`` means Failed only while nothing was started: an invalid *edit* of
+    a run whose RayJob exists (possible without the CRD, or with a stale one) must not
+    claim a training that goes on has failed; the phase keeps following the RayJob and
+    the Validated condition's message says what is wrong with the edit."""
     validated = get_condition(conditions, VALIDATED)
-    if validated is not None and validated.get("status") == "False":
+    started = any(get_condition(conditions, t) is not None for t in (RUNNING, SUCCEEDED, FAILED))
+    if validated is not None and validated.get("status") == "False" and not started:
         return "Failed"
     if is_true(conditions, FAILED):
         return "Failed"

@@ -85,8 +85,21 @@ def test_conditions_sorted_and_phase_priorities():
     c = st.set_condition(c, "Succeeded", True, "JobSucceeded", now=T0)
     assert [x["type"] for x in c] == ["Validated", "Succeeded", "Ready"]
     assert st.phase_of(c) == "Serving"
-    assert st.phase_of(st.set_condition(c, "Validated", False, "InvalidSpec", now=T0)) == "Failed"
     assert st.phase_of([]) == "Pending"
+
+
+def test_invalid_spec_fails_only_runs_that_never_started():
+    """A spec that never validated: Failed. An invalid *edit* of a started run: the phase
+    keeps following its RayJob (training goes on); Validated=False carries the message."""
+    never = st.set_condition([], "Validated", False, "InvalidSpec", now=T0)
+    assert st.phase_of(never) == "Failed"
+    running = st.set_condition([], "Running", True, "JobRunning", now=T0)
+    assert st.phase_of(st.set_condition(running, "Validated", False, "InvalidSpec", now=T1)) == "Running"
+    serving = st.set_condition(st.set_condition([], "Succeeded", True, "JobSucceeded", now=T0),
+                               "Ready", True, "ServeReady", now=T0)
+    assert st.phase_of(st.set_condition(serving, "Validated", False, "InvalidSpec", now=T1)) == "Serving"
+    failed = st.set_condition([], "Failed", True, "AppFailed", now=T0)
+    assert st.phase_of(st.set_condition(failed, "Validated", False, "InvalidSpec", now=T1)) == "Failed"
 
 
 def test_rerun_clears_completion_and_outcome():
