@@ -241,7 +241,9 @@ def _list_classes(uri: str) -> list[str]:
     """Sub-folder names of an image-folder root (local or s3://), sorted."""
     import pyarrow.fs as pafs
 
-    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+    from raykube.storage import filesystem
+
+    fs, path = filesystem(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=False))
     except (FileNotFoundError, OSError) as exc:

@@ -66,10 +66,8 @@ def train_or_tune(run: TrainingRun, storage: str, observers: Iterable[RunObserve
 
     check_storage(storage, run.name)
     if run.spec.tune is not None:
-        try:
-            from raykube.tune import run_tune
-        except ImportError as exc:
-            raise RuntimeError(f"spec.tune is set but the tuning module is unavailable ({exc})") from exc
+        from raykube.tune import run_tune
+
         t = run_tune(run, storage, observers=observers)
         return Outcome(t.best_checkpoint, dict(t.best_metrics or {}), run_dir_for(storage, run.name), t)
     o = fit(run, storage, observers=observers)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from raykube.events import Observers, RunObserver
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
+from raykube.storage import checkpoint_uri, filesystem, read_bytes, write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -278,14 +279,6 @@ class TrainOutcome:
         return asdict(self)
 
 
-def checkpoint_uri(storage_path: str, path: str | None) -> str | None:
-    """A Ray checkpoint's filesystem path as a URI users can pass on (``s3://...`` when
-    the storage is remote; Ray's ``Checkpoint.path`` drops the scheme)."""
-    if path is None or "://" not in storage_path or "://" in path:
-        return path
-    return f"{storage_path.split('://', 1)[0]}://{path.lstrip('/')}"
-
-
 def _forwarder(queue: Any, storage_path: str):
     """A Ray Train ``UserCallback`` (runs in the Train controller) that forwards each
     report to the driver through a Ray queue, where the observers run."""
@@ -317,31 +310,6 @@ def _forwarder(queue: Any, storage_path: str):
     return _Forward(queue, storage_path)
 
 
-def _fs(uri: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
-
-
-def write_bytes(uri: str, payload: bytes) -> None:
-    """Write a file on a local path or an s3:// URI."""
-    fs, path = _fs(uri)
-    fs.create_dir(os.path.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(payload)
-
-
-def read_bytes(uri: str) -> bytes | None:
-    """A file's bytes, or None when it does not exist."""
-    import pyarrow.fs as pafs
-
-    fs, path = _fs(uri)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read()
-
-
 BEST_DIR = "best"
 
 
@@ -355,8 +323,8 @@ def publish_best(checkpoint: str, run_dir: str) -> str:
     """
     import pyarrow.fs as pafs
 
-    fs, src = _fs(checkpoint)
-    _, dst = _fs(f"{run_dir}/{BEST_DIR}")
+    fs, src = filesystem(checkpoint)
+    _, dst = filesystem(f"{run_dir}/{BEST_DIR}")
     fs.create_dir(dst, recursive=True)
     fs.delete_dir_contents(dst, missing_dir_ok=True)
     pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
@@ -417,7 +385,7 @@ def check_resumable(run_dir: str, spec: TrainingRunSpec) -> None:
     """
     import pyarrow.fs as pafs
 
-    fs, path = _fs(run_dir)
+    fs, path = filesystem(run_dir)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except OSError:  # unreadable: Ray Train will say why

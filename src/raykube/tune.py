@@ -47,6 +47,7 @@ from raykube.spec import (
     apply_overrides,
     parse_spec,
 )
+from raykube.storage import checkpoint_uri, exists, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -123,52 +124,17 @@ def _identity(spec: TrainingRunSpec) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------- storage
-def _fs(uri: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(uri)
-
-
 def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def _scheme(uri: str) -> str:
-    return uri.split("://", 1)[0] + "://" if "://" in uri else ""
-
-
-def _as_uri(path: str | None, storage_path: str) -> str | None:
-    """Ray reports checkpoint paths without the scheme (``bucket/x``); give it back."""
-    if not path:
-        return None
-    scheme = _scheme(storage_path)
-    return path if not scheme or path.startswith(scheme) else scheme + path.lstrip("/")
-
-
-def _exists(uri: str) -> bool:
-    import pyarrow.fs
-
-    fs, path = _fs(uri)
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
 def _read_json(uri: str) -> dict[str, Any] | None:
-    if not _exists(uri):
-        return None
-    fs, path = _fs(uri)
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
-
-
-def _write_bytes(uri: str, data: bytes) -> None:
-    fs, path = _fs(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+    raw = read_bytes(uri)
+    return json.loads(raw.decode()) if raw is not None else None
 
 
 def _write_json(uri: str, doc: dict[str, Any]) -> None:
-    _write_bytes(uri, json.dumps(doc, indent=2, sort_keys=True, default=str).encode())
+    write_bytes(uri, json.dumps(doc, indent=2, sort_keys=True, default=str).encode())
 
 
 # ---------------------------------------------------------------------- trials
@@ -276,7 +242,7 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
             return
         report = dict(item["metrics"])
         if item["checkpoint"]:
-            report[CHECKPOINT_KEY] = _as_uri(item["checkpoint"], storage_root)
+            report[CHECKPOINT_KEY] = checkpoint_uri(storage_root, item["checkpoint"])
         tune.report(report)
         reports += 1
 
@@ -306,7 +272,7 @@ def _report_finished_run(result: Any, storage_root: str) -> None:
         path = os.path.join(d, HISTORY_FILE)
         history = json.loads(_read_text(path)) if os.path.exists(path) else []
     if history:
-        tune.report({**history[-1], CHECKPOINT_KEY: _as_uri(ckpt.path, storage_root)})
+        tune.report({**history[-1], CHECKPOINT_KEY: checkpoint_uri(storage_root, ckpt.path)})
 
 
 _trial_driver.__mixins__ = (_AbortTrainOnStop,)  # type: ignore[attr-defined]
@@ -369,7 +335,7 @@ class _ObserverSink:
     def epoch(self, trial_id: str, result: dict[str, Any]) -> None:
         metrics = {k: result[k] for k in (TIME_ATTR, *METRICS, "epochTime", "samplesPerSecond")
                    if k in result}
-        ckpt = _as_uri(result.get(CHECKPOINT_KEY), self.storage_path)
+        ckpt = checkpoint_uri(self.storage_path, result.get(CHECKPOINT_KEY))
         self.observers.on_epoch(metrics, ckpt, trial_id)
 
     def trials(self, trials: Sequence[Any], current: Any = None,
@@ -531,10 +497,10 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
         trials.append(row)
         for rec in history:
             value = _metric_of(rec, metric)
-            uri = _as_uri(rec.get(CHECKPOINT_KEY), storage_path)
+            uri = checkpoint_uri(storage_path, rec.get(CHECKPOINT_KEY))
             if value is None or uri is None:
                 continue
-            if (best is None or _better(value, best[0], mode)) and _exists(uri):
+            if (best is None or _better(value, best[0], mode)) and exists(uri):
                 best = (value, row, {**rec, CHECKPOINT_KEY: uri})
     if best is None:
         errors = [f"{t['trial']}: {t['status']}" for t in trials]
@@ -701,7 +667,7 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     outcome.wall_time_s = round(time.monotonic() - started, 2)
     result = outcome.to_result()
     try:
-        _write_bytes(_join(experiment_uri, REPORT_FILE), plot_trials(outcome))
+        write_bytes(_join(experiment_uri, REPORT_FILE), plot_trials(outcome))
     except Exception:  # a plot must never lose a finished search
         log.warning("could not write %s", REPORT_FILE, exc_info=True)
     _write_json(result_uri, result)

@@ -202,11 +202,13 @@ def test_history_keeps_one_row_per_epoch_the_last_one():
 
 
 def test_checkpoint_paths_get_their_scheme_back():
-    assert rt._as_uri("bucket/runs/x/checkpoint_1", "s3://bucket/runs") == \
+    from raykube.storage import checkpoint_uri
+
+    assert checkpoint_uri("s3://bucket/runs", "bucket/runs/x/checkpoint_1") == \
         "s3://bucket/runs/x/checkpoint_1"
-    assert rt._as_uri("s3://bucket/x", "s3://bucket") == "s3://bucket/x"
-    assert rt._as_uri("/mnt/raykube/x", "/mnt/raykube") == "/mnt/raykube/x"
-    assert rt._as_uri(None, "/mnt") is None
+    assert checkpoint_uri("s3://bucket", "s3://bucket/x") == "s3://bucket/x"
+    assert checkpoint_uri("/mnt/raykube", "/mnt/raykube/x") == "/mnt/raykube/x"
+    assert checkpoint_uri("/mnt", None) is None
 
 
 def _outcome():

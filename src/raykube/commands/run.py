@@ -108,11 +108,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]not served[/]: valAccuracy {acc_text} is below "
                       f"serve.minAccuracy {serve.min_accuracy}")
         return 0
-    try:
-        from raykube.serve import start_local, stop_local
-    except ImportError as exc:
-        console.print(f"[red]serving unavailable[/] ({exc})")
-        return 1
+    from raykube.serve import start_local, stop_local
+
     try:
         url = start_local(str(outcome.best_checkpoint), serve, port=args.port, quiet=True)
     except (OSError, RuntimeError, TimeoutError) as exc:  # e.g. the port got taken meanwhile

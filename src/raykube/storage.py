@@ -1,0 +1,53 @@
+"""Files on the run storage: a local path or an ``s3://`` URI, through pyarrow.
+
+One place for it because training, Tune and the datasets all read and write the same
+storage (result.json, report.png, checkpoints, the image-folder listing) and must treat
+local paths and object stores alike. pyarrow is imported lazily (it ships with Ray).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def filesystem(uri: str) -> tuple[Any, str]:
+    """``(pyarrow FileSystem, path)`` for a URI or a (relative or absolute) local path."""
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+
+
+def exists(uri: str) -> bool:
+    """Whether a file or directory is there."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_bytes(uri: str, payload: bytes) -> None:
+    """Write a file (parents created)."""
+    fs, path = filesystem(uri)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(payload)
+
+
+def read_bytes(uri: str) -> bytes | None:
+    """A file's bytes, or None when it does not exist."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def checkpoint_uri(storage_path: str, path: str | None) -> str | None:
+    """A Ray checkpoint's filesystem path as a URI users can pass on (``s3://...`` when
+    the storage is remote; Ray's ``Checkpoint.path`` drops the scheme)."""
+    if not path or "://" not in storage_path or "://" in path:
+        return path or None
+    return f"{storage_path.split('://', 1)[0]}://{path.lstrip('/')}"
