@@ -55,9 +55,22 @@ crd: $(STAMP) ## regenerate k8s/base/crd.yaml and README's reference table from 
 	$(BIN)/python -c 'import pathlib, re; readme = pathlib.Path("README.md"); table = pathlib.Path("build/reference.md").read_text(); \
 	  readme.write_text(re.sub(r"(<!-- BEGIN REFERENCE -->\n).*?(<!-- END REFERENCE -->)", lambda m: m[1] + table + m[2], readme.read_text(), flags=re.S))'
 
+# ------------------------------------------------------------- local control plane
+.PHONY: cluster-bins
+cluster-bins: ## build etcd, Kubernetes, kwok and KubeRay from Go modules (cached by version)
+	tests/cluster/build-bins.sh
+
+.PHONY: cluster-up
+cluster-up: $(STAMP) cluster-bins ## start a real control plane + KubeRay on loopback (build/cluster/kubeconfig)
+	$(BIN)/python -m raykube.testing.control_plane up --dir build/cluster
+
+.PHONY: cluster-down
+cluster-down: $(STAMP) ## stop the local control plane (no process left behind)
+	$(BIN)/python -m raykube.testing.control_plane down --dir build/cluster
+
 # ---------------------------------------------------------------------------- tests
 .PHONY: test
-test: $(STAMP) ## set up (first time) and run the unit and integration tests
+test: $(STAMP) cluster-bins ## set up (first time) and run the unit and integration tests
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 .PHONY: test-unit

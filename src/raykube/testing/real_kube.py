@@ -1,0 +1,317 @@
+"""Test clients for the real control plane (``raykube.testing.control_plane``).
+
+``RealKube`` offers the small synchronous API the operator tests were written against
+(create/get/list/patch/delete and waits, see ``raykube.testing.kube.KubeCluster``), bound
+to one namespace of a shared control plane: each test module gets its own namespace, so
+modules share one API server without seeing each other. "default" in a call means that
+namespace.
+
+``RealOperator`` runs the unmodified operator (``python -m raykube_operator``) against
+it, authenticated as the ``raykube-operator`` ServiceAccount of ``k8s/base`` with a token
+from the TokenRequest API: the RBAC we ship is the RBAC the tests run under. Every
+request it makes is read back from the API server's audit log (``operator_calls``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from raykube.testing.control_plane import ControlPlane
+from raykube.testing.kube import KIND_TO_RESOURCE, RESOURCES, Call, KubeError, _free_port
+
+OPERATOR_SA = ("raykube-system", "raykube-operator")
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_SA[0]}:{OPERATOR_SA[1]}"
+TEST_AGENT = "raykube-tests"
+
+_EXTRA = {  # kinds the tests read besides the operator's own
+    "Pod": ("v1", "pods", True),
+    "Service": ("v1", "services", True),
+    "Job": ("batch/v1", "jobs", True),
+    "Node": ("v1", "nodes", False),
+}
+
+
+def _resource(kind: str) -> tuple[str, str, bool]:
+    if kind in _EXTRA:
+        return _EXTRA[kind]
+    api_version, plural = KIND_TO_RESOURCE[kind]
+    return api_version, plural, RESOURCES[(api_version, plural)][1]
+
+
+class RealKube:
+    """A namespace of the real API server, as an admin client."""
+
+    def __init__(self, cp: ControlPlane, namespace: str, *, pvc: bool = True):
+        self.cp = cp
+        self.namespace = namespace
+        self.kubeconfig = cp.kubeconfig
+        self.http = httpx.Client(
+            base_url=cp.server, timeout=30, verify=str(cp.workdir / "pki" / "ca.crt"),
+            headers={"Authorization": f"Bearer {cp.tokens['admin']}", "User-Agent": TEST_AGENT})
+        self.created_at = time.time()
+        self.ensure_namespace(namespace, pvc=pvc)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def ensure_namespace(self, namespace: str, *, pvc: bool = True) -> None:
+        """The namespace, and (``pvc``) the ``raykube-storage`` claim the rendered pods
+        mount, bound to a hostPath volume of its own (pods stay Pending otherwise)."""
+        objs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": namespace}}]
+        if pvc and namespace != "default":
+            objs += [
+                {"apiVersion": "v1", "kind": "PersistentVolume",
+                 "metadata": {"name": f"raykube-storage-{namespace}"},
+                 "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                          "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
+                          "claimRef": {"namespace": namespace, "name": "raykube-storage"},
+                          "hostPath": {"path": f"/var/local/raykube/{namespace}"}}},
+                {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": "raykube-storage", "namespace": namespace},
+                 "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                          "volumeName": f"raykube-storage-{namespace}",
+                          "resources": {"requests": {"storage": "1Gi"}}}},
+            ]
+        self.cp.apply_objects(objs)
+
+    def delete_namespace(self, namespace: str | None = None) -> None:
+        ns = namespace or self.namespace
+        self.http.delete(f"/api/v1/namespaces/{ns}")
+        self.http.delete(f"/api/v1/persistentvolumes/raykube-storage-{ns}")
+
+    # ------------------------------------------------------------------- paths
+    def _ns(self, namespace: str | None) -> str:
+        return self.namespace if namespace in (None, "default") else namespace
+
+    def path(self, kind: str, namespace: str | None = None, name: str | None = None,
+             subresource: str | None = None) -> str:
+        api_version, plural, namespaced = _resource(kind)
+        p = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        if namespaced:
+            p += f"/namespaces/{self._ns(namespace)}"
+        p += f"/{plural}"
+        if name:
+            p += f"/{name}"
+        if subresource:
+            p += f"/{subresource}"
+        return p
+
+    # ------------------------------------------------------------------ client
+    @staticmethod
+    def _check(resp: httpx.Response) -> dict[str, Any]:
+        if resp.status_code >= 400:
+            raise KubeError(resp.status_code, resp.text[:500])
+        return resp.json() if resp.content else {}
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta["namespace"] = self._ns(meta.get("namespace"))
+        if meta["namespace"] != self.namespace:
+            self.ensure_namespace(meta["namespace"])
+        return self._check(self.http.post(self.path(obj["kind"], meta["namespace"]), json=obj))
+
+    def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        resp = self.http.get(self.path(kind, namespace, name))
+        if resp.status_code == 404:
+            return None
+        return self._check(resp)
+
+    def list(self, kind: str, namespace: str | None = None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        return self._check(self.http.get(self.path(kind, namespace), params=params))["items"]
+
+    def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default",
+              subresource: str | None = None) -> dict[str, Any]:
+        return self._check(self.http.patch(
+            self.path(kind, namespace, name, subresource), json=patch,
+            headers={"Content-Type": "application/merge-patch+json"}))
+
+    def patch_status(self, kind: str, name: str, status: dict[str, Any],
+                     namespace: str = "default") -> dict[str, Any]:
+        return self.patch(kind, name, {"status": status}, namespace, subresource="status")
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> bool:
+        resp = self.http.request("DELETE", self.path(kind, namespace, name),
+                                 json={"propagationPolicy": "Background"})
+        if resp.status_code == 404:
+            return False
+        self._check(resp)
+        return True
+
+    # ----------------------------------------------------------------- waiting
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0,
+                 interval: float = 0.1, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        last_exc: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except (KeyError, TypeError, IndexError, AttributeError) as exc:
+                last_exc = exc
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
+                           + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+    def wait_object(self, kind: str, name: str, namespace: str = "default",
+                    where: Callable[[dict[str, Any]], Any] | None = None,
+                    timeout: float = 30.0) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            obj = self.get(kind, name, namespace)
+            return obj if obj is not None and (where is None or where(obj)) else None
+        return self.wait_for(check, timeout, what=f"{kind} {self._ns(namespace)}/{name}")
+
+    def wait_gone(self, kind: str, name: str, namespace: str = "default",
+                  timeout: float = 60.0) -> None:
+        self.wait_for(lambda: self.get(kind, name, namespace) is None, timeout,
+                      what=f"{kind} {self._ns(namespace)}/{name} to be deleted")
+
+    def wait_condition(self, name: str, type_: str, status: str = "True",
+                       namespace: str = "default", reason: str | None = None,
+                       timeout: float = 30.0) -> dict[str, Any]:
+        def ok(tr: dict[str, Any]) -> bool:
+            return any(c.get("type") == type_ and c.get("status") == status
+                       and (reason is None or c.get("reason") == reason)
+                       for c in (tr.get("status") or {}).get("conditions") or [])
+        return self.wait_object("TrainingRun", name, namespace, ok, timeout)
+
+    # ------------------------------------------------------------ request log
+    def calls(self, user: str | None = OPERATOR_USER, since: float = 0.0) -> list[Call]:
+        """Requests of ``user`` (the operator by default) from the audit log, in this
+        module's namespaces or cluster-scoped, made after ``since`` (epoch seconds)."""
+        out = []
+        for ev in self.cp.audit_events(user):
+            ref = ev.get("objectRef") or {}
+            if not ref.get("resource"):
+                continue
+            if _epoch(ev.get("requestReceivedTimestamp", "")) < since:
+                continue
+            out.append(Call(verb=ev.get("verb", ""), group=ref.get("apiGroup", ""),
+                            plural=ref["resource"], subresource=ref.get("subresource"),
+                            namespace=ref.get("namespace"), name=ref.get("name"),
+                            user_agent=ev.get("userAgent", ""),
+                            data=ev.get("requestObject")))
+        return out
+
+
+    def operator_calls(self) -> list[Call]:
+        """The operator's requests since this client was made, in its namespace(s) or
+        cluster-scoped."""
+        return self.calls(since=self.created_at)
+
+    def operator_permissions(self) -> set[tuple[str, str, str]]:
+        """(apiGroup, resource[/subresource], verb) triples the operator used."""
+        return {(c.group, c.resource, c.verb) for c in self.operator_calls()}
+
+
+def _epoch(ts: str) -> float:
+    from datetime import datetime
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+@dataclass
+class RealOperator:
+    """``python -m raykube_operator`` as the operator's ServiceAccount, scoped to the
+    module's namespace(s)."""
+
+    kube: RealKube
+    namespaces: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    _log_count: int = 0
+
+    @property
+    def workdir(self) -> Path:
+        d = self.kube.cp.workdir / "operators" / self.kube.namespace
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"operator-{self._log_count}.log"
+
+    def start(self, wait: bool = True, timeout: float = 30.0) -> RealOperator:
+        if not self.started_at:
+            self.started_at = time.time()
+        self._log_count += 1
+        kubeconfig = self.kube.cp.kubeconfig_for(*reversed(OPERATOR_SA),
+                                                 self.workdir / "kubeconfig")
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+               "RAYKUBE_LIVENESS": f"http://127.0.0.1:{_free_port()}/healthz",
+               "RAYKUBE_RETRY_DELAY": "0.5", "PYTHONUNBUFFERED": "1", **self.env}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        scope: list[str] = []
+        for ns in self.namespaces or (self.kube.namespace,):
+            scope += ["-n", ns]
+        since = time.time() - 0.5
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen([sys.executable, "-m", "raykube_operator", *scope],
+                                     env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        if wait:
+            self.kube.wait_for(lambda: self._watching(since) or self._dead(), timeout,
+                               what="the operator to watch TrainingRuns")
+            if self._dead():
+                raise RuntimeError(f"operator exited:\n{self.logs()}")
+        return self
+
+    def _watching(self, since: float) -> bool:
+        return any(c.verb == "watch" and c.plural == "trainingruns"
+                   for c in self.kube.calls(since=since))
+
+    def _dead(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def calls(self) -> list[Call]:
+        """Every request this operator (all its restarts) made."""
+        return self.kube.calls(since=self.started_at)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash or an evicted pod (no graceful shutdown, nothing flushed)."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+        self.proc = None
+
+    def restart(self) -> RealOperator:
+        self.stop()
+        return self.start()
