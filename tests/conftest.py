@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# the real control plane (session), per-module namespaces, the operator process
+pytest_plugins = ["raykube.testing.fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
 SHARED = REPO.parent / "shared"

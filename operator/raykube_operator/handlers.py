@@ -54,7 +54,7 @@ from typing import Any
 
 import kopf
 
-from raykube.render import render_rayservice, render_training, serve_endpoint
+from raykube.render import rayservice_name, render_rayservice, render_training, serve_endpoint
 from raykube.spec import (
     API_VERSION,
     GROUP,
@@ -162,26 +162,18 @@ def _ref(obj: dict[str, Any]) -> tuple[str, str, str, str]:
 
 
 def apply_child(kube: Kube, obj: dict[str, Any], *, missing: bool = False) -> str:
-    """Create ``obj`` or bring it up to date. Returns created, unchanged or updated.
+    """Create ``obj`` or bring it up to date (server-side apply, only when its spec-hash
+    annotation differs). Returns created, unchanged or updated.
 
-    ``missing``: the caller has just read that it does not exist: create without
-    reading it again (a 409 still re-reads)."""
+    ``missing``: the caller has just read that it does not exist: apply without reading
+    it again. The RayJob is created with a plain create instead (``apply_rayjob``): a 409
+    there is how a same-named leftover of another TrainingRun is noticed."""
     obj = _annotate(obj)
     current = None if missing else kube.get(*_ref(obj))
-    if current is None:
-        try:
-            kube.create(obj)
-            return "created"
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            current = kube.get(*_ref(obj))
-            if current is None:
-                raise ApiError(409, "Conflict", "object exists but cannot be read yet") from exc
-    if _ann(current, SPEC_HASH) == _ann(obj, SPEC_HASH):
+    if current is not None and _ann(current, SPEC_HASH) == _ann(obj, SPEC_HASH):
         return "unchanged"
-    kube.patch(*_ref(obj), {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "status")})
-    return "updated"
+    kube.apply(obj)  # server-side apply: fields that left the render leave the object
+    return "created" if current is None else "updated"
 
 
 def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished: bool,
@@ -195,6 +187,7 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
       over and its RayJob was cleaned up: it is not recreated, that would train again);
     - ``rerun``: a training change after the run finished: a new RayJob replaces the old;
     - ``ignored``: a training change while the RayJob is active (not applied);
+    - ``update``: a training change while the RayJob is suspended: applied to it now;
     - ``suspend``: only ``suspend`` (or other non-training fields) differ: patch it;
     - ``unchanged``.
     """
@@ -206,6 +199,9 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
         return "terminating"
     if _ann(current, TRAINING_HASH) != _ann(job, TRAINING_HASH):
         deployment = ((current.get("status") or {}).get("jobDeploymentStatus")) or ""
+        if deployment == "Suspended" or (deployment in ("", "New") and (
+                current.get("spec") or {}).get("suspend")):
+            return "update"  # nothing runs: the edit applies when it resumes
         if deployment not in st.TERMINAL_DEPLOYMENT:
             return "ignored"
         return "rerun" if allow_rerun else "finished"
@@ -220,7 +216,11 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
     if action == "terminating":
         raise ApiError(409, "Terminating", "the previous RayJob is still being deleted")
     if action == "create":
-        return apply_child(kube, job, missing=True)
+        kube.create(job)
+        return "created"
+    if action == "update":  # suspended: a training edit takes effect when it resumes
+        kube.apply(job)
+        return "update"
     if action == "rerun":
         if current is not None:
             kube.delete(*_ref(job))
@@ -348,8 +348,10 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
         return {f"RayJob/{job_name}": "conflict"}
     action = plan_rayjob(current, job, finished=finished, allow_rerun=allow_rerun,
                          training_changed=_training_changed(changed))
+    if action == "rerun" and _run_dir_conflict(changed):
+        return _refuse_rerun(kube, cfg, tr, run, job_name, changed)
     results: dict[str, str] = {}
-    if action in ("create", "rerun", "suspend", "unchanged"):
+    if action in ("create", "rerun", "suspend", "unchanged", "update"):
         # the ConfigMap holds the spec the driver reads (also on a retry): it only
         # changes together with the RayJob
         results = {f"{c['kind']}/{c['metadata']['name']}": apply_child(kube, c)
@@ -357,6 +359,38 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     job_result = apply_rayjob(kube, job, current, action)
     results[f"RayJob/{job_name}"] = job_result
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
+
+
+RUN_DIR_IDENTITY = ("spec.model", "spec.data")
+"""What a run directory's checkpoints are tied to (raykube.train refuses to resume them
+with another model or dataset): a new run of such a spec under the same name would fail
+every KubeRay retry with RunDirConflict, each on a fresh Ray cluster."""
+
+
+def _run_dir_conflict(changed: list[str] | None) -> list[str]:
+    return [c for c in changed or [] if any(c == p or c.startswith(p + ".")
+                                            for p in RUN_DIR_IDENTITY)]
+
+
+def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
+                  job_name: str, changed: list[str] | None) -> dict[str, str]:
+    """Refuse, before creating anything, a rerun its run directory cannot hold."""
+    from raykube.render import storage_root
+
+    fields = ", ".join(_run_dir_conflict(changed))
+    msg = (f"{fields} changed after the run finished: {storage_root(run, cfg.render)}/"
+           f"{run.name} holds checkpoints of the previous model/dataset, which a new run "
+           "cannot resume; apply the new spec under a new metadata.name (or delete that run "
+           "directory and edit the spec again). The finished run is kept.")
+    cur = tr.get("status") or {}
+    gen = tr["metadata"].get("generation")
+    conds = st.set_condition(cur.get("conditions"), st.SPEC_APPLIED, False, "RunDirConflict",
+                             msg, now=st.now_rfc3339(), generation=gen)
+    patch = {"conditions": conds, "phase": st.phase_of(conds), "observedGeneration": gen}
+    if any(cur.get(k) != v for k, v in patch.items()):
+        _patch_status(kube, tr, patch)
+        _event(tr, "Warning", "RunDirConflict", msg)
+    return {f"RayJob/{job_name}": "conflict"}
 
 
 def _prepare(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], *, precondition: bool = False
@@ -416,7 +450,10 @@ def _first_sight(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any]) -> dict[st
     results: dict[str, str] = {}
     try:
         for child in [*(_annotate(c) for c in others), job]:
-            kube.create(child)
+            if child is job:
+                kube.create(child)  # 409: another TrainingRun's leftover, the careful path
+            else:
+                kube.apply(child)  # ours alone once the old owner's reference is gone
             results[f"{child['kind']}/{child['metadata']['name']}"] = "created"
     except ApiError as exc:
         if exc.status == 409:
@@ -468,8 +505,10 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     else:
         reason = {"created": "Created", "unchanged": "UpToDate", "updated": "Updated",
                   "suspend": "SuspendUpdated", "rerun": "Rerun",
-                  "finished": "Finished"}[job_result]
-        message = f"RayJob {job_result}"
+                  "finished": "Finished", "update": "UpdatedWhileSuspended"}[job_result]
+        message = (f"RayJob {job_result}" if job_result != "update" else
+                   f"{', '.join(changed or []) or 'the spec'} applied to the suspended RayJob: "
+                   "the run resumes with it")
         old = st.get_condition(conds, st.SPEC_APPLIED)
         if job_result == "unchanged" and old is not None and old.get("status") == "True":
             # a no-op keeps the reason of the last real action (Created, Rerun, ...)
@@ -524,12 +563,13 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
     if (not cur.get("rayService") and st.get_condition(cur.get("conditions"), st.SUCCEEDED)
             is None and st.get_condition(cur.get("conditions"), st.PROMOTED) is None):
         return  # never succeeded, never promoted: no RayService of ours can exist
-    svc = kube.get(RAY_API, "RayService", run.namespace, name)
+    svc_name = rayservice_name(run)
+    svc = kube.get(RAY_API, "RayService", run.namespace, svc_name)
     if svc is None or not _owned(svc, tr):
         return
     if not run.spec.serve.enabled:
-        kube.delete(RAY_API, "RayService", run.namespace, name)
-        results[f"RayService/{name}"] = "deleted"
+        kube.delete(RAY_API, "RayService", run.namespace, svc_name)
+        results[f"RayService/{svc_name}"] = "deleted"
         fresh = _get_tr(kube, run.namespace, name) or tr
         conds = st.remove_condition((fresh.get("status") or {}).get("conditions"), st.READY)
         conds = st.set_condition(conds, st.PROMOTED, False, "ServeDisabled",
@@ -541,39 +581,63 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
     if checkpoint:
         obj = render_rayservice(run, cfg.render, checkpoint, owner=_owner(tr["metadata"]))
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: checkpoint})
-        results[f"RayService/{name}"] = apply_child(kube, obj)
+        results[f"RayService/{svc_name}"] = apply_child(kube, obj)
 
 
 # ---------------------------------------------------------------------- RayJob status
-@kopf.on.field("ray.io", "v1", "rayjobs", field="status", labels={LABEL: kopf.PRESENT})
-def on_rayjob_status(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+# RayJobs and RayServices are followed with kopf.on.event, which keeps no bookkeeping: a
+# kopf.on.field handler would store kopf's last-handled-configuration annotation on them,
+# and KubeRay copies a RayJob's annotations into its RayCluster. Objects whose schema is
+# KubeRay's carry only what we render.
+def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
     """KubeRay moved the job: map it onto the TrainingRun, promote on success."""
     cfg: OperatorConfig = memo.cfg
     kube: Kube = memo.kube
-    rayjob = dict(body)
-    ns = body.metadata.namespace
-    tr_name = body.metadata.labels[LABEL]
-    try:
-        with _lock(memo, ns, tr_name):
-            tr = _get_tr(kube, ns, tr_name)
-            if tr is None or not _owned(rayjob, tr):
-                return
-            cur = tr.get("status") or {}
-            patch = st.status_from_rayjob(rayjob, cur, now=st.now_rfc3339(),
-                                          generation=tr["metadata"].get("generation"))
+    meta = rayjob["metadata"]
+    ns, tr_name = meta["namespace"], meta["labels"][LABEL]
+    with _lock(memo, ns, tr_name):
+        tr = _get_tr(kube, ns, tr_name)
+        if tr is None or not _owned(rayjob, tr):
+            return
+        cur = tr.get("status") or {}
+        patch = st.status_from_rayjob(rayjob, cur, now=st.now_rfc3339(),
+                                      generation=tr["metadata"].get("generation"))
+        changed = any(cur.get(k) != v for k, v in patch.items())
+        if changed:
             _patch_status(kube, tr, patch)
-            old_phase, new_phase = cur.get("phase"), patch["phase"]
-            if old_phase != new_phase or patch.get("message") != cur.get("message"):
-                failed = st.is_true(patch["conditions"], st.FAILED)
-                _event(tr, "Warning" if failed else "Normal",
-                       new_phase if new_phase != "Running" else
-                       (st.get_condition(patch["conditions"], st.RUNNING) or {}).get("reason", "Running"),
-                       patch.get("message") or new_phase)
-            succeeded = st.is_true(patch["conditions"], st.SUCCEEDED)
-        if succeeded:
-            promote(kube, cfg, memo, ns, tr_name)
-    except ApiError as exc:
-        raise _transient(exc, cfg) from exc
+        old_phase, new_phase = cur.get("phase"), patch["phase"]
+        if old_phase != new_phase or patch.get("message") != cur.get("message"):
+            failed = st.is_true(patch["conditions"], st.FAILED)
+            _event(tr, "Warning" if failed else "Normal",
+                   new_phase if new_phase != "Running" else
+                   (st.get_condition(patch["conditions"], st.RUNNING) or {}).get("reason", "Running"),
+                   patch.get("message") or new_phase)
+        succeeded = st.is_true(patch["conditions"], st.SUCCEEDED)
+    if succeeded and changed:
+        promote(kube, cfg, memo, ns, tr_name)
+
+
+@kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL: kopf.PRESENT})
+def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A RayJob changed (status: follow it) or was deleted behind our back.
+
+    Deleted while the run is active: the RayJob is recreated (KubeRay starts a new Ray
+    cluster; the driver resumes from the latest checkpoint); once the run has finished it
+    is not (that would train again), the TrainingRun keeps its outcome."""
+    if type == "DELETED":
+        def again() -> None:
+            # not only its owner: a same-named successor may be waiting (NameConflict)
+            tr = _owner_of(body, memo.kube, owned=False)
+            if tr is not None:
+                reconcile(tr, memo, allow_rerun=False, changed=None)
+
+        _retrying(memo, f"reconciling after RayJob {body.metadata.name} was deleted",
+                  lambda: _unwrap(again))
+        return
+    if body.get("status"):
+        rayjob = dict(body)
+        _retrying(memo, f"following RayJob {body.metadata.name}",
+                  lambda: _sync_rayjob_status(rayjob, memo))
 
 
 @kopf.on.field(*TR, field="status.checkpoint")
@@ -607,11 +671,11 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
             return
         if not decision.promote:
             message = decision.message
-            svc = kube.get(RAY_API, "RayService", ns, name)
+            svc = kube.get(RAY_API, "RayService", ns, rayservice_name(run))
             if svc is not None and _owned(svc, tr):
                 # e.g. serve.minAccuracy raised after promotion: a config tweak does not
                 # take a live model down; serve.enabled=false does
-                message += (f"; RayService {name} keeps serving "
+                message += (f"; RayService {rayservice_name(run)} keeps serving "
                             f"{_ann(svc, CHECKPOINT_ANNOTATION)} (promoted earlier): set "
                             "spec.serve.enabled=false to remove it")
             old = st.get_condition(cur.get("conditions"), st.PROMOTED) or {}
@@ -625,9 +689,9 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
         assert decision.checkpoint is not None
         obj = render_rayservice(run, cfg.render, decision.checkpoint, owner=_owner(tr["metadata"]))
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: decision.checkpoint})
-        existing = kube.get(RAY_API, "RayService", ns, name)
+        existing = kube.get(RAY_API, "RayService", ns, rayservice_name(run))
         if existing is not None and not _owned(existing, tr):
-            msg = (f"a RayService named {name} exists and is not owned by this TrainingRun: "
+            msg = (f"a RayService named {rayservice_name(run)} exists and is not owned by this TrainingRun: "
                    "not promoted")
             conds = st.set_condition(cur.get("conditions"), st.PROMOTED, False, "NameConflict",
                                      msg, now=now, generation=gen)
@@ -662,11 +726,6 @@ def _retrying(memo: kopf.Memo, what: str, fn: Any) -> None:
             time.sleep(cfg.retry_delay * (attempt + 1))
 
 
-def _deleted(type: str, **_: Any) -> bool:
-    """Only DELETED watch events (kopf would log every other one as handled)."""
-    return type == "DELETED"
-
-
 def _owner_of(body: kopf.Body, kube: Kube, *, owned: bool = True) -> dict[str, Any] | None:
     """The live TrainingRun named by the child's label; None if gone or going, or (with
     ``owned``) when it does not own the child."""
@@ -676,53 +735,64 @@ def _owner_of(body: kopf.Body, kube: Kube, *, owned: bool = True) -> dict[str, A
     return tr if not owned or _owned(dict(body), tr) else None
 
 
-@kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL: kopf.PRESENT}, when=_deleted)
-def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A RayJob deleted behind our back (``kubectl delete rayjob``): reconcile its owner.
-
-    While the run is active the RayJob is recreated (KubeRay starts a new Ray cluster;
-    the driver resumes from the latest checkpoint); once the run has finished it is not
-    (that would train again), the TrainingRun keeps its outcome."""
-    if type != "DELETED":
-        return
-
-    def again() -> None:
-        # not only its owner: a same-named successor may be waiting (NameConflict)
-        tr = _owner_of(body, memo.kube, owned=False)
-        if tr is not None:
-            reconcile(tr, memo, allow_rerun=False, changed=None)
-
-    _retrying(memo, f"reconciling after RayJob {body.metadata.name} was deleted",
-              lambda: _unwrap(again))
-
-
-@kopf.on.event("ray.io", "v1", "rayservices", labels={LABEL: kopf.PRESENT}, when=_deleted)
-def on_rayservice_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def _rayservice_deleted(body: kopf.Body, memo: kopf.Memo) -> None:
     """A RayService deleted by someone: not Ready any more; promoted again if still due."""
-    if type != "DELETED":
-        return
     kube: Kube = memo.kube
     ns, tr_name = body.metadata.namespace, body.metadata.labels[LABEL]
+    with _lock(memo, ns, tr_name):
+        tr = _owner_of(body, kube)
+        if tr is None:
+            return
+        cur = tr.get("status") or {}
+        if st.get_condition(cur.get("conditions"), st.READY) is None:
+            return  # the operator removed it itself (serve.enabled=false)
+        conds = st.set_condition(cur.get("conditions"), st.READY, False, "RayServiceDeleted",
+                                 f"RayService {body.metadata.name} was deleted",
+                                 now=st.now_rfc3339(),
+                                 generation=tr["metadata"].get("generation"))
+        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
+                                 "serving": None})
+        _event(tr, "Warning", "RayServiceDeleted",
+               f"RayService {body.metadata.name} was deleted")
+    promote(kube, memo.cfg, memo, ns, tr_name)
 
-    def again() -> None:
-        with _lock(memo, ns, tr_name):
-            tr = _owner_of(body, kube)
-            if tr is None:
-                return
-            cur = tr.get("status") or {}
-            if st.get_condition(cur.get("conditions"), st.READY) is None:
-                return  # the operator removed it itself (serve.enabled=false)
-            conds = st.set_condition(cur.get("conditions"), st.READY, False, "RayServiceDeleted",
-                                     f"RayService {body.metadata.name} was deleted",
-                                     now=st.now_rfc3339(),
-                                     generation=tr["metadata"].get("generation"))
-            _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
-                                     "serving": None})
-            _event(tr, "Warning", "RayServiceDeleted",
-                   f"RayService {body.metadata.name} was deleted")
-        promote(kube, memo.cfg, memo, ns, tr_name)
 
-    _retrying(memo, f"reconciling after RayService {body.metadata.name} was deleted", again)
+def _sync_rayservice_status(svc: dict[str, Any], memo: kopf.Memo) -> None:
+    kube: Kube = memo.kube
+    meta = svc["metadata"]
+    ns, tr_name = meta["namespace"], meta["labels"][LABEL]
+    with _lock(memo, ns, tr_name):
+        tr = _get_tr(kube, ns, tr_name)
+        if tr is None or not _owned(svc, tr):
+            return
+        try:
+            run = _parse(tr)
+        except InvalidTrainingRun:
+            return
+        cur = tr.get("status") or {}
+        patch = st.serving_from_rayservice(
+            svc, cur, endpoint=serve_endpoint(run),
+            checkpoint=_ann(svc, CHECKPOINT_ANNOTATION), now=st.now_rfc3339(),
+            generation=tr["metadata"].get("generation"))
+        if any(cur.get(k) != v for k, v in patch.items()):
+            _patch_status(kube, tr, patch)
+        if patch["phase"] != cur.get("phase"):
+            _event(tr, "Normal", patch["phase"],
+                   f"serving {(patch.get('serving') or {}).get('checkpoint')} at "
+                   f"{(patch.get('serving') or {}).get('endpoint')}"
+                   if patch["phase"] == "Serving" else "RayService not ready")
+
+
+@kopf.on.event("ray.io", "v1", "rayservices", labels={LABEL: kopf.PRESENT})
+def on_rayservice_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A RayService changed (follow its status) or was deleted by someone."""
+    if type == "DELETED":
+        _retrying(memo, f"reconciling after RayService {body.metadata.name} was deleted",
+                  lambda: _rayservice_deleted(body, memo))
+    elif body.get("status"):
+        svc = dict(body)
+        _retrying(memo, f"following RayService {body.metadata.name}",
+                  lambda: _sync_rayservice_status(svc, memo))
 
 
 def _unwrap(fn: Any) -> None:
@@ -733,35 +803,3 @@ def _unwrap(fn: Any) -> None:
         if isinstance(exc.__cause__, ApiError):
             raise exc.__cause__ from None
         raise
-
-
-# ------------------------------------------------------------------ RayService status
-@kopf.on.field("ray.io", "v1", "rayservices", field="status", labels={LABEL: kopf.PRESENT})
-def on_rayservice_status(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    cfg: OperatorConfig = memo.cfg
-    kube: Kube = memo.kube
-    svc = dict(body)
-    ns = body.metadata.namespace
-    tr_name = body.metadata.labels[LABEL]
-    try:
-        with _lock(memo, ns, tr_name):
-            tr = _get_tr(kube, ns, tr_name)
-            if tr is None or not _owned(svc, tr):
-                return
-            try:
-                run = _parse(tr)
-            except InvalidTrainingRun:
-                return
-            cur = tr.get("status") or {}
-            patch = st.serving_from_rayservice(
-                svc, cur, endpoint=serve_endpoint(run),
-                checkpoint=_ann(svc, CHECKPOINT_ANNOTATION), now=st.now_rfc3339(),
-                generation=tr["metadata"].get("generation"))
-            _patch_status(kube, tr, patch)
-            if patch["phase"] != cur.get("phase"):
-                _event(tr, "Normal", patch["phase"],
-                       f"serving {(patch.get('serving') or {}).get('checkpoint')} at "
-                       f"{(patch.get('serving') or {}).get('endpoint')}"
-                       if patch["phase"] == "Serving" else "RayService not ready")
-    except ApiError as exc:
-        raise _transient(exc, cfg) from exc

@@ -13,10 +13,12 @@ import logging
 from typing import Any
 
 import kubernetes
+import urllib3
 
 log = logging.getLogger(__name__)
 
 TRANSIENT = {409, 429, 500, 502, 503, 504}
+FIELD_MANAGER = "raykube-operator"
 """409 here means a write conflict (optimistic locking), not AlreadyExists on create."""
 
 
@@ -106,7 +108,10 @@ class Kube:
             raw = resp.read()
         except kubernetes.client.ApiException as exc:
             raise ApiError(int(exc.status or 0), str(exc.reason or ""), str(exc.body or "")) from exc
-        except Exception as exc:  # connection refused, timeouts: retryable
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # connection refused, reset, timeouts: the API server may come back. Anything
+            # else (a programming error, a client without param_serialize) is not an API
+            # failure and must not be retried in silence: it propagates.
             raise ApiError(0, type(exc).__name__, str(exc)) from exc
         text = raw.decode("utf-8", "replace") if raw else ""
         if not 200 <= resp.status < 300:
@@ -133,6 +138,18 @@ class Kube:
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], plural_of(obj["kind"]), meta.get("namespace"))
         return self.request("POST", path, obj)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply (create or update) as the one field manager ``raykube-operator``.
+
+        Fields that drop out of the render are removed from the live object (a merge patch
+        would leave them); ``force`` takes over fields another manager wrote."""
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], plural_of(obj["kind"]), meta.get("namespace"),
+                             meta["name"])
+        body = {k: v for k, v in obj.items() if k != "status"}
+        return self.request("PATCH", f"{path}?fieldManager={FIELD_MANAGER}&force=true",
+                            json.dumps(body), "application/apply-patch+yaml")
 
     def patch(self, api_version: str, kind: str, namespace: str, name: str,
               patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:

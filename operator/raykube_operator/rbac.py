@@ -9,6 +9,9 @@ from __future__ import annotations
 PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("raykube.io", "trainingruns"): frozenset({"get", "list", "watch", "patch"}),
     ("raykube.io", "trainingruns/status"): frozenset({"get", "patch"}),
+    # never called: the OwnerReferencesPermissionEnforcement admission plugin checks it
+    # when a child's ownerReference sets blockOwnerDeletion
+    ("raykube.io", "trainingruns/finalizers"): frozenset({"update"}),
     ("ray.io", "rayjobs"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     ("ray.io", "rayservices"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     ("", "configmaps"): frozenset({"get", "create", "patch"}),

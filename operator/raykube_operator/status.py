@@ -149,7 +149,10 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
         return JobState(("False", "Suspended", "spec.suspend is true: the Ray cluster is "
                          "stopped; set it to false to resume from the latest checkpoint"),
                         None, "Suspended", "suspended", False)
-    if dep == "Retrying":
+    # KubeRay's retry goes Retrying -> "" -> Initializing -> Running while it replaces the
+    # Ray cluster; with a failed attempt on record all of it is one retry, not a new start
+    # (phase and attempts would otherwise flicker back to Pending and 1).
+    if dep == "Retrying" or (failed > 0 and dep in ("", "New", "Initializing", "Waiting")):
         return JobState(("True", "Retrying", f"attempt {failed} failed; KubeRay is starting "
                          "a new Ray cluster that resumes from the latest checkpoint"),
                         None, "Retrying", kr_msg or "retrying", False)
@@ -173,7 +176,8 @@ def attempts_of(rayjob_status: dict[str, Any] | None) -> int | None:
     done = int(st.get("failed") or 0) + int(st.get("succeeded") or 0)
     if dep in TERMINAL_DEPLOYMENT:
         return max(done, 1)
-    if dep in ACTIVE_DEPLOYMENT or dep == "Initializing":
+    if dep in ACTIVE_DEPLOYMENT or dep == "Initializing" or (
+            int(st.get("failed") or 0) and dep in ("", "New", "Waiting")):
         return done + 1
     return done or None
 
@@ -271,26 +275,58 @@ def gate(serve: dict[str, Any] | None, checkpoint: dict[str, Any] | None) -> Gat
 
 
 # ------------------------------------------------------------------------- RayService
+SERVE_APP = "classifier"
+"""The Serve application's name in the rendered serveConfigV2 (raykube.render.serve_config)."""
+_APP_FAILED = {"DEPLOY_FAILED": "ServeApplicationFailed", "UNHEALTHY": "ServeApplicationUnhealthy"}
+
+
+def _app(service_status: dict[str, Any] | None) -> tuple[str | None, str]:
+    """(status, message) of our Serve application in an active/pending service status."""
+    apps = (service_status or {}).get("applicationStatuses") or {}
+    app = apps.get(SERVE_APP)
+    if not isinstance(app, dict):
+        return None, ""
+    msgs = [app.get("message") or ""] + [
+        f"{name}: {d.get('message')}" for name, d in sorted(
+            (app.get("serveDeploymentStatuses") or {}).items())
+        if isinstance(d, dict) and d.get("message")]
+    return app.get("status"), "; ".join(m for m in msgs if m)[:1000]
+
+
 def rayservice_ready(rayservice: dict[str, Any]) -> tuple[bool, str, str]:
     """(ready, reason, message) from a KubeRay 1.7 RayService status.
 
-    Ready when the ``Ready`` condition is True and no upgrade is in progress (older
-    KubeRay versions only report ``serviceStatus: Running``).
+    KubeRay's ``Ready`` condition only says that the serve Service has endpoints; serving
+    also needs our Serve application RUNNING (``activeServiceStatus.applicationStatuses``).
+    A failed application (an unreadable checkpoint, say) is reported with Serve's message.
+    During a zero-downtime upgrade the previous cluster keeps serving: still ready, with
+    reason ``UpgradeInProgress``. (Older KubeRay versions only report ``serviceStatus``.)
     """
     st = rayservice.get("status") or {}
     conds = st.get("conditions") or []
     ready_c = get_condition(conds, "Ready")
-    upgrading = is_true(conds, "UpgradeInProgress")
-    if upgrading:
+    endpoints = (ready_c or {}).get("status") == "True" if ready_c is not None else (
+        st.get("serviceStatus") == "Running")
+    app_status, app_message = _app(st.get("activeServiceStatus"))
+    if is_true(conds, "UpgradeInProgress"):
         c = get_condition(conds, "UpgradeInProgress") or {}
-        return False, "UpgradeInProgress", c.get("message") or "a new serve config is rolling out"
-    if ready_c is not None:
-        ok = ready_c.get("status") == "True"
-        return ok, ready_c.get("reason") or ("ServeReady" if ok else "NotReady"), \
-            ready_c.get("message") or ""
-    if st.get("serviceStatus") == "Running":
-        return True, "ServeReady", "serviceStatus is Running"
-    return False, "Deploying", "waiting for the RayService to become ready"
+        pending, pending_message = _app(st.get("pendingServiceStatus"))
+        message = c.get("message") or "a new serve config is rolling out"
+        if pending in _APP_FAILED:
+            message += f"; the new application is {pending}: {pending_message}"
+        if endpoints and app_status == "RUNNING":
+            return True, "UpgradeInProgress", message + "; the previous config keeps serving"
+        return False, "UpgradeInProgress", message
+    if app_status in _APP_FAILED:
+        return False, _APP_FAILED[app_status], app_message or f"application {SERVE_APP} is {app_status}"
+    if not endpoints:
+        reason = (ready_c or {}).get("reason") or "Deploying"
+        return False, reason, (ready_c or {}).get("message") or "waiting for the RayService to become ready"
+    if app_status != "RUNNING":
+        return False, "ServeApplicationDeploying", (
+            f"application {SERVE_APP} is {app_status or 'not deployed yet'}"
+            + (f": {app_message}" if app_message else ""))
+    return True, "ServeReady", ""
 
 
 def serving_from_rayservice(
@@ -305,13 +341,15 @@ def serving_from_rayservice(
     """Status fields (conditions, phase, serving, rayService) after a RayService change."""
     cur = current or {}
     ready, reason, message = rayservice_ready(rayservice)
-    conds = set_condition(cur.get("conditions"), READY, ready, reason if not ready else "ServeReady",
+    conds = set_condition(cur.get("conditions"), READY, ready, reason,
                           message or (f"serving {checkpoint} at {endpoint}" if ready else ""),
                           now=now, generation=generation)
     out: dict[str, Any] = {"conditions": conds, "phase": phase_of(conds),
                            "rayService": (rayservice.get("metadata") or {}).get("name")}
-    if ready:
-        old = cur.get("serving") or {}
+    old = cur.get("serving") or {}
+    if ready and reason == "UpgradeInProgress" and old:
+        out["serving"] = old  # the previous checkpoint serves until the upgrade is done
+    elif ready:
         since = old.get("since") if old.get("checkpoint") == checkpoint and old.get("since") else now
         out["serving"] = {"endpoint": endpoint, "checkpoint": checkpoint, "since": since}
     return out

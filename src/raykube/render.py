@@ -84,8 +84,19 @@ class RenderConfig:
 
 # --------------------------------------------------------------------------- naming
 def child_name(run: TrainingRun) -> str:
-    """Name of the RayJob and of the RayService (KubeRay adds its own suffixes)."""
+    """Name of the RayJob (KubeRay adds its own suffixes)."""
     return run.name
+
+
+def rayservice_name(run: TrainingRun) -> str:
+    """Name of the RayService: not the RayJob's, or both KubeRay controllers would own
+    ``<name>-head-svc`` and rewrite its selector back and forth."""
+    return f"{run.name}-serve"
+
+
+def serve_service_name(run: TrainingRun) -> str:
+    """The Kubernetes Service in front of the Serve replicas (set on the RayService)."""
+    return f"{run.name}-serve-svc"
 
 
 def spec_configmap_name(run: TrainingRun) -> str:
@@ -97,8 +108,8 @@ def service_account_name(run: TrainingRun, cfg: RenderConfig | None = None) -> s
 
 
 def serve_endpoint(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
-    """In-cluster URL of the HTTP API (KubeRay's serve Service ``<name>-serve-svc``)."""
-    return f"http://{child_name(run)}-serve-svc.{run.namespace}:{SERVE_PORT}"
+    """In-cluster URL of the HTTP API (the RayService's serve Service ``<name>-serve-svc``)."""
+    return f"http://{serve_service_name(run)}.{run.namespace}:{SERVE_PORT}"
 
 
 def storage_root(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
@@ -165,12 +176,12 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
     group = _worker_group(
         run, cfg, name="workers", units=sc.workers * trials, cpus=sc.cpus_per_worker,
         gpus=sc.gpus_per_worker, memory=sc.memory_per_worker, image=image, env=env,
-        spec_volume=True, node_selector=sc.node_selector,
+        spec_volume=False, node_selector=sc.node_selector,
         tolerations=[t.to_dict() for t in sc.tolerations or []])
     job: dict[str, Any] = {
         "entrypoint": ENTRYPOINT,
         "shutdownAfterJobFinishes": True,
-        "ttlSecondsAfterFinished": s.ttl_seconds_after_finished,
+        "ttlSecondsAfterFinished": ttl_after_finished(run),
         "backoffLimit": s.failure.max_retries,
         "suspend": s.suspend,
         "rayClusterSpec": {
@@ -183,6 +194,16 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
         job["activeDeadlineSeconds"] = s.active_deadline_seconds
     return {"apiVersion": "ray.io/v1", "kind": "RayJob",
             "metadata": _meta(run, child_name(run), owner), "spec": job}
+
+
+def ttl_after_finished(run: TrainingRun) -> int:
+    """``ttlSecondsAfterFinished``: the spec's, else 600 s to read the cluster's logs, or 0
+    when the run is to be served (KubeRay keeps the finished training cluster that long,
+    and on a small cluster the serving cluster would wait for its resources)."""
+    s = run.spec
+    if s.ttl_seconds_after_finished is not None:
+        return s.ttl_seconds_after_finished
+    return 0 if s.serve.enabled else 600
 
 
 # -------------------------------------------------------------------------- serving
@@ -214,15 +235,20 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
         gpus=sv.gpus_per_replica, memory=sv.memory_per_replica, image=image, env=env,
         spec_volume=False, node_selector=s.scaling.node_selector,
         tolerations=[t.to_dict() for t in s.scaling.tolerations or []])
+    # KubeRay leaves replicas out of the RayService's cluster hash (kuberay#2333), so a
+    # replica change alone would never reach the pods: the count in the pod template
+    # makes it a cluster change, rolled out by KubeRay's zero-downtime upgrade.
+    group["template"]["metadata"]["annotations"] = {"raykube.io/serve-replicas": str(sv.replicas)}
     spec = {
         "serveConfigV2": yaml.safe_dump(serve_config(run, checkpoint_uri), sort_keys=False),
+        "serveService": {"metadata": {"name": serve_service_name(run)}},
         "rayClusterConfig": {
             "rayVersion": cfg.ray_version,
             "headGroupSpec": _head_group(run, cfg, image=image, env=env, spec_volume=False),
             "workerGroupSpecs": [group],
         },
     }
-    meta = _meta(run, child_name(run), owner)
+    meta = _meta(run, rayservice_name(run), owner)
     meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec)}
     return {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": meta, "spec": spec}
 
@@ -284,8 +310,10 @@ def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: 
     if mounts:
         container["volumeMounts"] = mounts
     pod: dict[str, Any] = {"containers": [container]}
-    if spec_volume:  # training pods: the driver patches its TrainingRun's status
+    if spec_volume:  # the training head: its driver patches its TrainingRun's status
         pod["serviceAccountName"] = service_account_name(run, cfg)
+    else:  # nothing else in a Ray cluster talks to the Kubernetes API
+        pod["automountServiceAccountToken"] = False
     if volumes:
         pod["volumes"] = volumes
     if node_selector:

@@ -409,10 +409,14 @@ class TrainingRunSpec(_Model):
     image: str | None = Field(default=None, min_length=1, description="Container image of the "
                               "Ray pods (default: the operator's CPU image, or its CUDA image "
                               "when scaling.gpusPerWorker > 0).")
-    active_deadline_seconds: int | None = Field(default=None, ge=1, description="Fail the "
-                                                "RayJob after this many seconds.")
-    ttl_seconds_after_finished: int = Field(default=600, ge=0, description="Seconds the "
-                                            "finished Ray cluster is kept before deletion.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail an attempt after this many seconds. KubeRay "
+        "counts it per attempt: each retry (failure.maxRetries) starts the clock again, so a "
+        "run can take up to (maxRetries + 1) times this.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Seconds the finished training Ray cluster is kept "
+        "(for its logs) before deletion. Default: 600, or 0 when serve.enabled, so the "
+        "serving cluster never has to fit beside an idle training cluster.")
     suspend: bool = Field(default=False, description="Do not run (yet); set to false to start. "
                           "Setting it on a running run stops its Ray cluster.")
 

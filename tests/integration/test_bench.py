@@ -85,14 +85,16 @@ def test_serve_suite_smoke(tmp_path):
     _check_written(report, tmp_path)
 
 
-def test_operator_suite_smoke(tmp_path):
+def test_operator_suite_smoke(tmp_path, control_plane):
     from raykube.bench import operator
 
-    report = operator.run_suite(quick=True, params={"runs": 6, "timeout_s": 60})
+    report = operator.run_suite(quick=True, params={"runs": 6, "timeout_s": 60},
+                                control_plane=control_plane)
     assert report.errors == [], report.errors
     (row,) = report.results
     m = row["metrics"]
     assert m["rayjobs"] == 6
+    assert m["api_requests_per_run"] > 1  # counted from the API server's audit log
     assert 0 < m["p50_s"] <= m["p99_s"] <= m["max_s"]
     assert m["peak_rss_mib"] >= m["idle_rss_mib"] > 10
     _check_written(report, tmp_path)

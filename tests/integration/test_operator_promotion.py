@@ -51,18 +51,19 @@ def test_gate_met_promotes_then_serves_and_new_checkpoint_updates_in_place(kube)
     make(kube, name)
     driver_checkpoint(kube, name, "/mnt/raykube/default/promo/ckpt-3", 0.95)
     succeed(kube, name)
-    svc = kube.wait_object("RayService", name)
+    svc = kube.wait_object("RayService", f"{name}-serve")
     assert validate_strict(svc) == [], validate_strict(svc)
     assert served_checkpoint(svc) == "/mnt/raykube/default/promo/ckpt-3"
     tr = kube.wait_condition(name, "Promoted", reason="GatePassed")
     assert "0.9500" in cond(tr, "Promoted")["message"]
 
-    kube.patch_status("RayService", name, {"conditions": [
+    kube.patch_status("RayService", f"{name}-serve", {"conditions": [
         {"type": "Ready", "status": "True", "reason": "RunningServeDeployments", "message": "",
-         "lastTransitionTime": "2025-01-01T00:00:00Z"}], "serviceStatus": "Running"})
+         "lastTransitionTime": "2025-01-01T00:00:00Z"}], "serviceStatus": "Running",
+        "activeServiceStatus": {"applicationStatuses": {"classifier": {"status": "RUNNING"}}}})
     tr = kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
     serving = tr["status"]["serving"]
-    assert serving["endpoint"] == f"http://{name}-serve-svc.default:8000"
+    assert serving["endpoint"] == f"http://{name}-serve-svc.{kube.namespace}:8000"
     assert serving["checkpoint"] == "/mnt/raykube/default/promo/ckpt-3" and serving["since"]
     assert validate_strict(tr) == []
 
@@ -76,11 +77,11 @@ def test_gate_met_promotes_then_serves_and_new_checkpoint_updates_in_place(kube)
     kube.wait_condition(name, "Running", reason="JobRunning")
     driver_checkpoint(kube, name, "/mnt/raykube/default/promo/ckpt-20", 0.97)
     succeed(kube, name)
-    svc = kube.wait_object("RayService", name,
+    svc = kube.wait_object("RayService", f"{name}-serve",
                            where=lambda o: served_checkpoint(o).endswith("ckpt-20"))
     assert svc["metadata"]["uid"] == uid  # updated in place
     assert [s["metadata"]["name"] for s in kube.list("RayService")
-            if s["metadata"]["labels"].get("raykube.io/trainingrun") == name] == [name]
+            if s["metadata"]["labels"].get("raykube.io/trainingrun") == name] == [f"{name}-serve"]
     assert validate_strict(svc) == []
 
 
@@ -94,7 +95,7 @@ def test_gate_not_met_creates_no_rayservice(kube):
     assert "0.5000" in msg and "0.9" in msg and "minAccuracy" in msg
     assert tr["status"]["phase"] == "Succeeded"
     time.sleep(0.5)
-    assert kube.get("RayService", name) is None
+    assert kube.get("RayService", f"{name}-serve") is None
 
 
 def test_no_checkpoint_is_reported(kube):
@@ -102,4 +103,25 @@ def test_no_checkpoint_is_reported(kube):
     make(kube, name)
     succeed(kube, name)
     kube.wait_condition(name, "Promoted", "False", reason="NoCheckpoint")
-    assert kube.get("RayService", name) is None
+    assert kube.get("RayService", f"{name}-serve") is None
+
+
+def test_fields_that_leave_the_render_leave_the_rayservice(kube):
+    """Children are written by server-side apply: a GPU serving config turned back to CPU
+    loses its GPU limit and toleration (a merge patch of the render would keep them)."""
+    name = "ssa"
+    make(kube, name)
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"gpusPerReplica": 1}}})
+    driver_checkpoint(kube, name, "/mnt/raykube/default/ssa/ckpt-3", 0.95)
+    succeed(kube, name)
+
+    def worker(o):
+        return o["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    svc = kube.wait_object("RayService", f"{name}-serve")
+    assert worker(svc)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"gpusPerReplica": 0}}})
+    svc = kube.wait_object("RayService", f"{name}-serve", where=lambda o: "nvidia.com/gpu" not in
+                           worker(o)["containers"][0]["resources"]["limits"])
+    assert not worker(svc).get("tolerations")
+    managers = {m["manager"] for m in svc["metadata"]["managedFields"]}
+    assert "raykube-operator" in managers

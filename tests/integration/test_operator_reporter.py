@@ -1,4 +1,4 @@
-"""KubernetesReporter against the emulator over HTTP (real kubernetes client, KUBECONFIG)."""
+"""KubernetesReporter (real kubernetes client, KUBECONFIG) against the real API server."""
 
 # ruff: noqa: F811  (pytest fixtures imported from raykube.testing.fixtures)
 from __future__ import annotations
@@ -23,7 +23,7 @@ def test_reporter_patches_progress_and_best_checkpoint(kubeconfig):
                  "metadata": {"name": "rep"}, "spec": {}})
     run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
                       "train": {"epochs": 3}}, name="rep")
-    rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": "default/rep"}, min_interval=3600)
+    rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": f"{kube.namespace}/rep"}, min_interval=3600)
     rep.on_start(run)
     rep.on_epoch({"epoch": 1, "trainLoss": 1.0, "valLoss": 0.9, "valAccuracy": 0.6}, "/c/1", None)
     tr = kube.get("TrainingRun", "rep")
@@ -63,7 +63,7 @@ def test_reporter_publishes_the_best_tune_trial(kubeconfig):
     kube.create({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
                  "metadata": {"name": "tuned"}, "spec": {
                      "model": {"name": "mlp"}, "data": {"dataset": "digits"}}})
-    rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": "default/tuned"}, min_interval=3600)
+    rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": f"{kube.namespace}/tuned"}, min_interval=3600)
     rep.on_start(parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"}}, name="tuned"))
     rep.on_epoch({"epoch": 1, "valAccuracy": 0.7}, "/t/a/1", "a")
     rep.on_end({"best_checkpoint": "/t/b/3", "best_metrics": {"epoch": 3, "valAccuracy": 0.95},

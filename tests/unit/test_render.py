@@ -62,7 +62,8 @@ def test_rayjob_contract():
     s = job["spec"]
     assert job["metadata"]["name"] == R.child_name(run) == "quickstart"
     assert s["entrypoint"] == "raykube train --spec /etc/raykube/trainingrun.yaml"
-    assert s["shutdownAfterJobFinishes"] is True and s["ttlSecondsAfterFinished"] == 600
+    # the quickstart is served: its training cluster goes as soon as the job finishes
+    assert s["shutdownAfterJobFinishes"] is True and s["ttlSecondsAfterFinished"] == 0
     assert (s["activeDeadlineSeconds"], s["backoffLimit"], s["suspend"]) == (3600, 5, True)
     assert s["rayClusterSpec"]["rayVersion"] == "2.60.0"
     head, (group,) = _pods(job)
@@ -76,11 +77,24 @@ def test_rayjob_contract():
                        "RAYKUBE_TRAININGRUN": "default/quickstart",
                        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
         assert c["image"] == CFG.cpu_image
-        assert {m["mountPath"] for m in c["volumeMounts"]} == {"/mnt/raykube", "/etc/raykube"}
-        assert pod["spec"]["serviceAccountName"] == "quickstart-raykube"
         assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    # the driver runs on the head: only it gets the spec and the run's API token
+    c, = head["template"]["spec"]["containers"]
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/mnt/raykube", "/etc/raykube"}
+    assert head["template"]["spec"]["serviceAccountName"] == "quickstart-raykube"
+    c, = group["template"]["spec"]["containers"]
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/mnt/raykube"}
+    assert "serviceAccountName" not in group["template"]["spec"]
+    assert group["template"]["spec"]["automountServiceAccountToken"] is False
     c, = group["template"]["spec"]["containers"]
     assert c["resources"]["limits"] == c["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+
+
+def test_ttl_after_finished_defaults():
+    assert R.render_rayjob(_run(serve={"enabled": False}), CFG)["spec"][
+        "ttlSecondsAfterFinished"] == 600
+    assert R.render_rayjob(_run(ttlSecondsAfterFinished=42), CFG)["spec"][
+        "ttlSecondsAfterFinished"] == 42  # an explicit value wins, served or not
 
 
 def test_spec_configmap_round_trips():
@@ -161,12 +175,14 @@ def test_fractional_gpus_pack_trials_into_gpu_pods():
 def test_s3_storage_uses_the_secret_and_no_volume():
     run = _run(checkpoint={"storage": {"uri": "s3://bucket/prefix/", "secretRef": {"name": "s3-creds"}}})
     job = R.render_rayjob(run, CFG)
-    for group in (_pods(job)[0], *_pods(job)[1]):
+    head = _pods(job)[0]
+    for group in (head, *_pods(job)[1]):
         pod = group["template"]["spec"]
         c, = pod["containers"]
         assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
         assert {"name": "RAYKUBE_STORAGE", "value": "s3://bucket/prefix/default"} in c["env"]
-        assert [v["name"] for v in pod["volumes"]] == ["spec"]
+        # only the head (the driver) mounts the spec; nobody mounts a claim
+        assert [v["name"] for v in pod.get("volumes") or []] == (["spec"] if group is head else [])
     assert validate_all([job]) == []
 
 

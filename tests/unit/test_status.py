@@ -128,22 +128,54 @@ def test_gate(serve, ckpt, promote, reason, words):
         assert w in d.message
 
 
+RUNNING_APP = {"applicationStatuses": {"classifier": {"status": "RUNNING"}}}
+READY = {"type": "Ready", "status": "True", "reason": "RunningServeDeployments"}
+UPGRADING = {"type": "UpgradeInProgress", "status": "True"}
+
+
 @pytest.mark.parametrize("status,ready,reason", [
     ({}, False, "Deploying"),
-    ({"serviceStatus": "Running"}, True, "ServeReady"),
-    ({"conditions": [{"type": "Ready", "status": "True", "reason": "RunningServeDeployments"}]},
-     True, "RunningServeDeployments"),
+    ({"serviceStatus": "Running", "activeServiceStatus": RUNNING_APP}, True, "ServeReady"),
+    ({"conditions": [READY], "activeServiceStatus": RUNNING_APP}, True, "ServeReady"),
+    # KubeRay's Ready only means the serve Service has endpoints: the app must be RUNNING
+    ({"conditions": [READY]}, False, "ServeApplicationDeploying"),
+    ({"conditions": [READY], "activeServiceStatus": {"applicationStatuses": {
+        "classifier": {"status": "DEPLOYING"}}}}, False, "ServeApplicationDeploying"),
+    ({"conditions": [{**READY, "status": "False"}], "activeServiceStatus": {
+        "applicationStatuses": {"classifier": {
+            "status": "DEPLOY_FAILED", "message": "cannot read checkpoint s3://b/x"}}}},
+     False, "ServeApplicationFailed"),
     ({"conditions": [{"type": "Ready", "status": "False", "reason": "Initializing"}]},
      False, "Initializing"),
-    ({"conditions": [{"type": "Ready", "status": "True"},
-                     {"type": "UpgradeInProgress", "status": "True"}]}, False, "UpgradeInProgress"),
+    # an upgrade while the previous config serves: still serving
+    ({"conditions": [READY, UPGRADING], "activeServiceStatus": RUNNING_APP}, True,
+     "UpgradeInProgress"),
+    ({"conditions": [{**READY, "status": "False"}, UPGRADING]}, False, "UpgradeInProgress"),
 ])
 def test_rayservice_ready(status, ready, reason):
     assert st.rayservice_ready({"status": status})[:2] == (ready, reason)
 
 
+def test_failed_application_message_is_surfaced():
+    ready, reason, msg = st.rayservice_ready({"status": {"activeServiceStatus": {
+        "applicationStatuses": {"classifier": {"status": "DEPLOY_FAILED", "message": "boom",
+                                               "serveDeploymentStatuses": {"Classifier": {
+                                                   "message": "cannot read checkpoint"}}}}}}})
+    assert (ready, reason) == (False, "ServeApplicationFailed")
+    assert "boom" in msg and "cannot read checkpoint" in msg
+
+
+def test_upgrade_keeps_the_previous_checkpoint_serving():
+    svc = {"metadata": {"name": "r"}, "status": {"conditions": [READY, UPGRADING],
+                                                  "activeServiceStatus": RUNNING_APP}}
+    old = {"serving": {"endpoint": "e", "checkpoint": "c1", "since": T0}}
+    out = st.serving_from_rayservice(svc, old, endpoint="e", checkpoint="c2", now=T1, generation=1)
+    assert out["phase"] == "Serving" and out["serving"]["checkpoint"] == "c1"
+
+
 def test_serving_since_kept_for_same_checkpoint():
-    svc = {"metadata": {"name": "r"}, "status": {"serviceStatus": "Running"}}
+    svc = {"metadata": {"name": "r"}, "status": {"serviceStatus": "Running",
+                                                  "activeServiceStatus": RUNNING_APP}}
     a = st.serving_from_rayservice(svc, {}, endpoint="e", checkpoint="c1", now=T0, generation=1)
     assert a["phase"] == "Serving" and a["serving"] == {"endpoint": "e", "checkpoint": "c1",
                                                         "since": T0}
@@ -151,3 +183,18 @@ def test_serving_since_kept_for_same_checkpoint():
     assert b["serving"]["since"] == T0
     c = st.serving_from_rayservice(svc, a, endpoint="e", checkpoint="c2", now=T1, generation=1)
     assert c["serving"]["since"] == T1
+
+
+def test_a_kuberay_retry_does_not_flicker():
+    """Retrying -> "" -> Initializing -> Running (KubeRay replacing the Ray cluster) is one
+    retry: phase Running and attempts 2 throughout, never back to Pending/1."""
+    cur: dict = {}
+    seen = []
+    for dep in ("Running", "Retrying", "", "Initializing", "Running"):
+        failed = 0 if not seen else 1
+        rayjob = {"metadata": {"name": "j"}, "status": {
+            "jobDeploymentStatus": dep, "jobStatus": "RUNNING" if dep == "Running" else "",
+            "failed": failed}}
+        cur = {**cur, **st.status_from_rayjob(rayjob, cur, now=T0, generation=1)}
+        seen.append((cur["phase"], cur.get("attempts")))
+    assert seen == [("Running", 1)] + [("Running", 2)] * 4, seen

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench-out", metavar="DIR",
                    help="output directory (default: bench-out/)")
     p.add_argument("--runs", type=int, default=None,
-                   help="operator: number of TrainingRuns (default 200, --quick 50)")
+                   help="operator: number of TrainingRuns (default: 200 and 1000; --quick 50)")
     p.add_argument("--case", action="append", default=None, metavar="NAME",
                    help="train: only this case (cifar10-cnn, fashion-mnist-mlp, "
                    "cifar10-cnn-gpu); repeatable")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -189,10 +190,8 @@ class ControlPlane:
         pid_dir = self.workdir / "pids"
         pids: dict[str, int] = {}
         for f in sorted(pid_dir.glob("*.pid")) if pid_dir.exists() else []:
-            try:
+            with contextlib.suppress(ValueError):
                 pids[f.stem] = int(f.read_text())
-            except ValueError:
-                pass
             f.unlink(missing_ok=True)
         # reverse start order: clients before the API server, etcd last
         for name in sorted(pids, key=lambda n: -COMPONENTS.index(n) if n in COMPONENTS else -99):

@@ -55,6 +55,8 @@ class RealKube:
     def __init__(self, cp: ControlPlane, namespace: str, *, pvc: bool = True):
         self.cp = cp
         self.namespace = namespace
+        self.other_namespace = f"{namespace}-b"
+        """A second namespace the module's operator also watches (same-name tests)."""
         self.kubeconfig = cp.kubeconfig
         self.http = httpx.Client(
             base_url=cp.server, timeout=30, verify=str(cp.workdir / "pki" / "ca.crt"),
@@ -86,10 +88,11 @@ class RealKube:
             ]
         self.cp.apply_objects(objs)
 
-    def delete_namespace(self, namespace: str | None = None) -> None:
-        ns = namespace or self.namespace
-        self.http.delete(f"/api/v1/namespaces/{ns}")
-        self.http.delete(f"/api/v1/persistentvolumes/raykube-storage-{ns}")
+    def delete_namespace(self) -> None:
+        """Both namespaces and their volumes (the garbage collector takes the rest)."""
+        for ns in (self.namespace, self.other_namespace):
+            self.http.delete(f"/api/v1/namespaces/{ns}")
+            self.http.delete(f"/api/v1/persistentvolumes/raykube-storage-{ns}")
 
     # ------------------------------------------------------------------- paths
     def _ns(self, namespace: str | None) -> str:
@@ -212,7 +215,8 @@ class RealKube:
     def operator_calls(self) -> list[Call]:
         """The operator's requests since this client was made, in its namespace(s) or
         cluster-scoped."""
-        return self.calls(since=self.created_at)
+        mine = (None, self.namespace, self.other_namespace)
+        return [c for c in self.calls(since=self.created_at) if c.namespace in mine]
 
     def operator_permissions(self) -> set[tuple[str, str, str]]:
         """(apiGroup, resource[/subresource], verb) triples the operator used."""
@@ -260,7 +264,7 @@ class RealOperator:
                "RAYKUBE_RETRY_DELAY": "0.5", "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         scope: list[str] = []
-        for ns in self.namespaces or (self.kube.namespace,):
+        for ns in self.namespaces or (self.kube.namespace, self.kube.other_namespace):
             scope += ["-n", ns]
         since = time.time() - 0.5
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)

@@ -1,0 +1,207 @@
+"""What KubeRay's real controller does with what raykube writes, on the real control plane.
+
+The operator runs as its ServiceAccount; KubeRay (built from its Go module) acts in this
+module's namespace; pods are kwok's (scheduled and Running, no container runs). Where a
+test needs an outcome that only a running Ray cluster could produce (a RayJob SUCCEEDED),
+it patches the RayJob's status as KubeRay would, and says so.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from raykube.testing.fixtures)
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raykube.spec import load_yaml_documents
+from raykube.testing.fixtures import kuberay_kube  # noqa: F401
+from raykube.testing.real_kube import RealOperator
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = load_yaml_documents((REPO / "jobs" / "quickstart.yaml").read_text())[0]
+LABEL = "raykube.io/trainingrun"
+
+
+@pytest.fixture(scope="module")
+def kube(kuberay_kube):  # noqa: F811
+    return kuberay_kube
+
+
+@pytest.fixture(scope="module")
+def operator(kube):
+    op = RealOperator(kube).start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture(autouse=True)
+def operator_logs(operator):
+    yield
+    print(operator.logs()[-6000:])
+
+
+def tr_doc(name: str, serve: bool = False) -> dict:
+    doc = copy.deepcopy(QUICKSTART)
+    doc["metadata"] = {"name": name}
+    doc["spec"]["serve"] = {"enabled": serve, "minAccuracy": 0.5}
+    return doc
+
+
+def owned_by(kube, kind: str, label: str) -> list[dict]:
+    return kube.list(kind, label_selector=label)
+
+
+def pods_running(kube, cluster: str) -> list[dict]:
+    pods = kube.list("Pod", label_selector=f"ray.io/cluster={cluster}")
+    return [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+
+
+def test_rayjob_becomes_a_raycluster_with_running_pods(kube, operator):
+    t0 = time.monotonic()
+    kube.create(tr_doc("kr-train"))
+    job = kube.wait_object("RayJob", "kr-train",
+                           where=lambda o: (o.get("status") or {}).get("rayClusterName"))
+    cluster = job["status"]["rayClusterName"]
+    rc = kube.wait_object("RayCluster", cluster)
+    assert rc["metadata"]["ownerReferences"][0]["kind"] == "RayJob"
+    workers = QUICKSTART["spec"]["scaling"]["workers"]
+    pods = kube.wait_for(lambda: len(pods_running(kube, cluster)) == 1 + workers
+                         and pods_running(kube, cluster), timeout=60, what="head + worker pods")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 60, elapsed
+    roles = sorted(p["metadata"]["labels"]["ray.io/node-type"] for p in pods)
+    assert roles == ["head"] + ["worker"] * workers
+    by_role = {p["metadata"]["labels"]["ray.io/node-type"]: p for p in pods}
+    head, worker = by_role["head"]["spec"], by_role["worker"]["spec"]
+    # only the head (the driver) gets the run's ServiceAccount token and the spec
+    assert head["serviceAccountName"] == "kr-train-raykube"
+    assert worker.get("automountServiceAccountToken") is False
+    assert not any(v.get("configMap") for v in worker.get("volumes") or [])
+    # KubeRay's own view: the RayCluster is ready, the job moved past Initializing
+    kube.wait_object("RayCluster", cluster, timeout=60,
+                     where=lambda o: (o.get("status") or {}).get("state") == "ready")
+    tr = kube.wait_object("TrainingRun", "kr-train",
+                          where=lambda o: (o.get("status") or {}).get("rayJob") == "kr-train")
+    assert tr["status"]["phase"] in ("Pending", "Running")
+
+
+def test_nothing_is_rewritten_back_and_forth(kube, operator):
+    """Once KubeRay has settled, the operator changes nothing and the head Service has one
+    owner (the RayJob's); an operator restart writes nothing either."""
+    kube.wait_object("RayJob", "kr-train", where=lambda o: (o.get("status") or {}).get(
+        "jobDeploymentStatus") in ("Running", "Initializing"))
+    time.sleep(2)
+    before = {(o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+              for kind in ("RayJob", "ConfigMap", "ServiceAccount", "Role", "RoleBinding")
+              for o in owned_by(kube, kind, f"{LABEL}=kr-train")}
+    n = len(operator.calls())
+    operator.restart()
+    time.sleep(3)
+    children = ("rayjobs", "rayservices", "configmaps", "serviceaccounts", "roles",
+                "rolebindings")
+    writes = [c for c in operator.calls()[n:] if c.plural in children
+              and c.verb in ("create", "patch", "update", "delete")]
+    assert writes == [], [(c.verb, c.resource, c.name) for c in writes]
+    after = {(o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+             for kind in ("ConfigMap", "ServiceAccount", "Role", "RoleBinding")
+             for o in owned_by(kube, kind, f"{LABEL}=kr-train")}
+    assert after == {k: v for k, v in before.items() if k[0] != "RayJob"}
+    # no kopf bookkeeping on objects whose schema is KubeRay's
+    job = kube.get("RayJob", "kr-train")
+    anns = job["metadata"].get("annotations") or {}
+    assert not [k for k in anns if "last-handled" in k or "kopf" in k], anns
+    cluster = kube.get("RayCluster", job["status"]["rayClusterName"])
+    assert not [k for k in (cluster["metadata"].get("annotations") or {})
+                if "last-handled" in k], cluster["metadata"].get("annotations")
+    svc = kube.get("Service", "kr-train-head-svc")
+    assert svc is not None and len(svc["metadata"]["ownerReferences"]) == 1
+
+
+def test_promotion_becomes_a_rayservice_cluster_and_deletion_removes_everything(kube, operator):
+    name = "kr-serve"
+    kube.create(tr_doc(name, serve=True))
+    job = kube.wait_object("RayJob", name)
+    assert job["spec"]["ttlSecondsAfterFinished"] == 0  # serving: free the training cluster
+    # stand-in for the driver (its KubernetesReporter) and for Ray finishing the job:
+    kube.patch_status("TrainingRun", name, {
+        "checkpoint": {"uri": f"/mnt/raykube/{kube.namespace}/{name}/best", "epoch": 3,
+                       "metrics": {"valAccuracy": 0.97}}})
+    kube.wait_object("RayJob", name, where=lambda o: (o.get("status") or {}).get("startTime"))
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Complete",
+                                       "jobStatus": "SUCCEEDED", "succeeded": 1})
+    svc = kube.wait_object("RayService", f"{name}-serve", timeout=30)
+    assert svc["spec"]["serveService"]["metadata"]["name"] == f"{name}-serve-svc"
+    # KubeRay creates the serving cluster and its pods from what we rendered
+    rc = kube.wait_for(lambda: [c for c in kube.list("RayCluster") if any(
+        r["kind"] == "RayService" and r["name"] == f"{name}-serve"
+        for r in c["metadata"].get("ownerReferences") or [])], timeout=60,
+        what="the RayService's RayCluster")[0]
+    kube.wait_for(lambda: len(pods_running(kube, rc["metadata"]["name"])) >= 1, timeout=60,
+                  what="serving pods")
+    tr = kube.wait_condition(name, "Promoted", reason="GatePassed")
+    assert tr["status"]["rayService"] == f"{name}-serve"
+    # deleting the TrainingRun removes all of it (garbage collector, cascading)
+    t0 = time.monotonic()
+    kube.delete("TrainingRun", name)
+
+    def leftovers():
+        out = []
+        for kind in ("RayJob", "RayService", "ConfigMap", "ServiceAccount", "Role",
+                     "RoleBinding"):
+            out += [(kind, o["metadata"]["name"]) for o in owned_by(kube, kind, f"{LABEL}={name}")]
+        out += [("RayCluster", c["metadata"]["name"]) for c in kube.list("RayCluster")
+                if c["metadata"]["name"].startswith(name)]
+        out += [("Pod", p["metadata"]["name"]) for p in kube.list("Pod")
+                if p["metadata"]["name"].startswith(name)]
+        return out
+    kube.wait_for(lambda: leftovers() == [], timeout=60, interval=0.5, what="no leftovers")
+    assert time.monotonic() - t0 < 60
+
+
+def _render(*files: Path) -> str:
+    out = subprocess.run([sys.executable, "-m", "raykube", "render", *map(str, files)],
+                         capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def test_gitops_render_applies_and_reapplies_unchanged(kube):
+    """``raykube render | kubectl apply --server-side`` without the operator: accepted,
+    KubeRay acts on it, and a second apply of the same output changes nothing."""
+    files = [REPO / "jobs" / "quickstart.yaml", REPO / "jobs" / "fashion-mnist-mlp.yaml"]
+    docs = [d for d in load_yaml_documents(_render(*files)) if d]
+    for d in docs:
+        d["metadata"]["namespace"] = kube.namespace
+    stream = "\n---\n".join(json.dumps(d) for d in docs)
+    kube.cp.kubectl_run("apply", "--server-side", "--field-manager=gitops", "-f", "-",
+                        input=stream)
+    jobs = [d["metadata"]["name"] for d in docs if d["kind"] == "RayJob"]
+    assert jobs
+    for name in jobs:
+        kube.wait_object("RayJob", name, timeout=60,
+                         where=lambda o: (o.get("status") or {}).get("rayClusterName"))
+
+    def versions():
+        return {(d["kind"], d["metadata"]["name"]):
+                kube.get(d["kind"], d["metadata"]["name"])["metadata"]["resourceVersion"]
+                for d in docs if d["kind"] != "RayJob"}
+    before = versions()
+    specs = {n: kube.get("RayJob", n)["metadata"]["generation"] for n in jobs}
+    kube.cp.kubectl_run("apply", "--server-side", "--field-manager=gitops", "-f", "-",
+                        input=stream)
+    assert versions() == before
+    assert {n: kube.get("RayJob", n)["metadata"]["generation"] for n in jobs} == specs
+
+
+def test_plain_kuberay_manifests_are_accepted(kube):
+    for path in sorted((REPO / "k8s" / "kuberay").glob("*.yaml")):
+        docs = [d for d in load_yaml_documents(path.read_text()) if d]
+        for d in docs:
+            d["metadata"]["namespace"] = kube.namespace
+        out = kube.cp.kubectl_run("apply", "--server-side", "--dry-run=server", "-f", "-",
+                                  input="\n---\n".join(json.dumps(d) for d in docs), check=False)
+        assert out.returncode == 0, (path.name, out.stderr)
