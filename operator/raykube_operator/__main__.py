@@ -32,8 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def client_problem() -> str | None:
+    """Why the installed Kubernetes client cannot work, or None. ``raykube_operator.kube``
+    uses ``ApiClient.param_serialize`` (kubernetes >= 37): with an older client every call
+    would fail, so say it once at start instead."""
+    import kubernetes
+
+    if not hasattr(kubernetes.client.ApiClient, "param_serialize"):
+        return (f"the installed kubernetes client ({kubernetes.__version__}) is too old: "
+                "raykube needs kubernetes>=37,<38 (pip install 'kubernetes>=37,<38')")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = client_problem()
+    if problem:
+        print(f"raykube operator: {problem}", file=sys.stderr)
+        return 2
     cfg = OperatorConfig.from_env()  # fail fast on a bad RAYKUBE_* value
     namespaces: tuple[str, ...] = () if args.all_namespaces else (
         tuple(args.namespace) or cfg.namespaces)

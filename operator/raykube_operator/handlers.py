@@ -348,8 +348,9 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
         return {f"RayJob/{job_name}": "conflict"}
     action = plan_rayjob(current, job, finished=finished, allow_rerun=allow_rerun,
                          training_changed=_training_changed(changed))
-    if action == "rerun" and _run_dir_conflict(changed):
-        return _refuse_rerun(kube, cfg, tr, run, job_name, changed)
+    conflicts = _run_dir_conflict(kube, run) if action == "rerun" else []
+    if conflicts:
+        return _refuse_rerun(kube, cfg, tr, run, job_name, conflicts)
     results: dict[str, str] = {}
     if action in ("create", "rerun", "suspend", "unchanged", "update"):
         # the ConfigMap holds the spec the driver reads (also on a retry): it only
@@ -361,24 +362,37 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
 
 
-RUN_DIR_IDENTITY = ("spec.model", "spec.data")
+RUN_DIR_IDENTITY = ("model", "data")
 """What a run directory's checkpoints are tied to (raykube.train refuses to resume them
 with another model or dataset): a new run of such a spec under the same name would fail
 every KubeRay retry with RunDirConflict, each on a fresh Ray cluster."""
 
 
-def _run_dir_conflict(changed: list[str] | None) -> list[str]:
-    return [c for c in changed or [] if any(c == p or c.startswith(p + ".")
-                                            for p in RUN_DIR_IDENTITY)]
+def _run_dir_conflict(kube: Kube, run: TrainingRun) -> list[str]:
+    """The identity sections in which ``run`` differs from the spec its run directory was
+    trained with (the spec ConfigMap of the finished run, which only changes with a run)."""
+    from raykube.render import spec_configmap_name
+
+    cm = kube.get("v1", "ConfigMap", run.namespace, spec_configmap_name(run))
+    if cm is None:
+        return []
+    try:
+        import yaml
+
+        old = parse_training_run(yaml.safe_load(next(iter((cm.get("data") or {}).values()))))
+    except Exception:  # unreadable: the driver's own check still stands
+        return []
+    return [f"spec.{k}" for k in RUN_DIR_IDENTITY
+            if getattr(old.spec, k) != getattr(run.spec, k)]
 
 
 def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
-                  job_name: str, changed: list[str] | None) -> dict[str, str]:
+                  job_name: str, conflicts: list[str]) -> dict[str, str]:
     """Refuse, before creating anything, a rerun its run directory cannot hold."""
     from raykube.render import storage_root
 
-    fields = ", ".join(_run_dir_conflict(changed))
-    msg = (f"{fields} changed after the run finished: {storage_root(run, cfg.render)}/"
+    fields = ", ".join(conflicts)
+    msg = (f"{fields} differs from the finished run's: {storage_root(run, cfg.render)}/"
            f"{run.name} holds checkpoints of the previous model/dataset, which a new run "
            "cannot resume; apply the new spec under a new metadata.name (or delete that run "
            "directory and edit the spec again). The finished run is kept.")

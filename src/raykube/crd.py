@@ -72,12 +72,11 @@ _CEL: dict[str, list[dict[str, str]]] = {
         {"rule": "!has(self.secretRef) || has(self.uri)",
          "message": "secretRef only applies with uri"},
     ],
+    # "exactly one of" and "choice not empty" are min/maxProperties and minItems (_LIMITS):
+    # CEL cannot name `choice` at all (its items are untyped, x-kubernetes-preserve-
+    # unknown-fields, so the field is left out of CEL's type: "undefined field 'choice'"
+    # and the API server refuses the whole CRD).
     "spec.tune.searchSpace.*": [
-        {"rule": "(has(self.choice) ? 1 : 0) + (has(self.uniform) ? 1 : 0) + "
-                 "(has(self.loguniform) ? 1 : 0) + (has(self.randint) ? 1 : 0) == 1",
-         "message": "needs exactly one of choice, uniform, loguniform, randint"},
-        {"rule": "!has(self.choice) || size(self.choice) > 0",
-         "message": "choice must not be empty"},
         {"rule": "!has(self.uniform) || (size(self.uniform) == 2 && self.uniform[0] < self.uniform[1])",
          "message": "uniform must be [low, high] with low < high"},
         {"rule": "!has(self.loguniform) || (size(self.loguniform) == 2 && "
@@ -92,7 +91,8 @@ _CEL: dict[str, list[dict[str, str]]] = {
 # is too expensive on unbounded lists/maps).
 _LIMITS: dict[str, dict[str, int]] = {
     "spec.tune.searchSpace": {"maxProperties": 64},
-    "spec.tune.searchSpace.*.choice": {"maxItems": 1000},
+    "spec.tune.searchSpace.*": {"minProperties": 1, "maxProperties": 1},
+    "spec.tune.searchSpace.*.choice": {"minItems": 1, "maxItems": 1000},
     "spec.tune.searchSpace.*.uniform": {"maxItems": 2},
     "spec.tune.searchSpace.*.loguniform": {"maxItems": 2},
     "spec.tune.searchSpace.*.randint": {"maxItems": 2},

@@ -183,13 +183,16 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": ttl_after_finished(run),
         "backoffLimit": s.failure.max_retries,
-        "suspend": s.suspend,
         "rayClusterSpec": {
             "rayVersion": cfg.ray_version,
             "headGroupSpec": _head_group(run, cfg, image=image, env=env, spec_volume=True),
             "workerGroupSpecs": [group],
         },
     }
+    if s.suspend:
+        # only when true: KubeRay writes RayJobs back without `suspend: false` (omitempty),
+        # so rendering it would make every apply of an unchanged render a spec change
+        job["suspend"] = True
     if s.active_deadline_seconds is not None:
         job["activeDeadlineSeconds"] = s.active_deadline_seconds
     return {"apiVersion": "ray.io/v1", "kind": "RayJob",
@@ -363,8 +366,12 @@ def _worker_group(run: TrainingRun, cfg: RenderConfig, *, name: str, units: int,
     container = {"name": "ray-worker", "image": image, "imagePullPolicy": cfg.image_pull_policy,
                  "env": [dict(e) for e in env],
                  "resources": {"requests": dict(res), "limits": dict(res)}}
+    # numOfHosts, priority and scaleStrategy as KubeRay's controller writes them back (no
+    # omitempty) when it adds its finalizer; workerGroupSpecs is an atomic list, so without
+    # it KubeRay takes over the whole list and a second `kubectl apply --server-side` of
+    # the same render conflicts with kuberay-operator (seen on the real control plane).
     return {"groupName": name, "replicas": pods, "minReplicas": pods, "maxReplicas": pods,
-            "rayStartParams": params,
+            "numOfHosts": 1, "priority": 0, "scaleStrategy": {}, "rayStartParams": params,
             "template": _pod_template(run, cfg, role=name, container=container,
                                       spec_volume=spec_volume, node_selector=node_selector,
                                       tolerations=tolerations)}

@@ -70,8 +70,21 @@ def _bad_values(node: dict[str, Any]) -> list[tuple[str, Any]]:
     if node.get("minProperties", 0) > 0:
         out.append(("minProperties", {}))
     if "maxProperties" in node:
-        out.append(("maxProperties", {f"k{i}": "v" for i in range(node["maxProperties"] + 1)}))
+        if node.get("properties"):  # known fields (unknown ones would be pruned first)
+            keys = list(node["properties"])[: node["maxProperties"] + 1]
+            out.append(("maxProperties", {k: _sample(node["properties"][k]) for k in keys}))
+        else:
+            out.append(("maxProperties", {f"k{i}": "v" for i in range(node["maxProperties"] + 1)}))
     return out
+
+
+def _sample(node: dict[str, Any]) -> Any:
+    """A value of the node's type that violates none of its own bounds."""
+    typ = node.get("type")
+    if typ == "array":
+        item = (node.get("items") or {}).get("type")
+        return {"number": [0.1, 0.2], "integer": [1, 2]}.get(item, [1])
+    return {"string": "a", "integer": 1, "number": 0.5, "boolean": True}.get(typ, {})
 
 
 def _walk(node: dict[str, Any], path: tuple[str, ...]):
@@ -148,9 +161,6 @@ CEL_CASES = {
         ("spec.checkpoint.storage", {"pvc": {"claimName": "c"}, "uri": "s3://b/p"}),
     "secretRef only applies with uri":
         ("spec.checkpoint.storage", {"pvc": {"claimName": "c"}, "secretRef": {"name": "s"}}),
-    "needs exactly one of choice, uniform, loguniform, randint":
-        ("spec.tune.searchSpace.train.optimizer.lr", {"choice": [1], "uniform": [0.1, 0.2]}),
-    "choice must not be empty": ("spec.tune.searchSpace.train.optimizer.lr", {"choice": []}),
     "uniform must be [low, high] with low < high":
         ("spec.tune.searchSpace.train.optimizer.lr", {"uniform": [0.5, 0.1]}),
     "loguniform must be [low, high] with 0 < low < high":

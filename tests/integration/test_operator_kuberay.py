@@ -202,6 +202,7 @@ def test_plain_kuberay_manifests_are_accepted(kube):
         docs = [d for d in load_yaml_documents(path.read_text()) if d]
         for d in docs:
             d["metadata"]["namespace"] = kube.namespace
-        out = kube.cp.kubectl_run("apply", "--server-side", "--dry-run=server", "-f", "-",
+        out = kube.cp.kubectl_run("apply", "--server-side", "--dry-run=server",
+                                  "--field-manager=gitops", "-f", "-",
                                   input="\n---\n".join(json.dumps(d) for d in docs), check=False)
         assert out.returncode == 0, (path.name, out.stderr)

@@ -274,7 +274,7 @@ def test_rayjob_deleted_while_running_is_recreated(kube):
     old = kube.get("RayJob", name)["metadata"]["uid"]
     kube.delete("RayJob", name)
     job = kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != old)
-    assert job["spec"]["suspend"] is False
+    assert job["spec"].get("suspend", False) is False
     tr = kube.wait_condition(name, "Running", "False", reason="RayJobRecreated")
     assert tr["status"]["phase"] == "Pending"
     # a finished run's RayJob going away (cleanup) does not start training again

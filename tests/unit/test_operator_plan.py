@@ -40,3 +40,31 @@ def test_plan_rayjob(current, finished, allow_rerun, training_changed, expected)
 ])
 def test_training_changed(changed, expected):
     assert _training_changed(changed) is expected
+
+
+def test_a_non_api_failure_is_not_transient(monkeypatch):
+    """Only API answers and connection failures are retried; a client bug (an AttributeError
+    from a too-old kubernetes client, say) propagates instead of looping in silence."""
+    import kubernetes
+
+    from raykube_operator import __main__ as entry
+    from raykube_operator.kube import ApiError, Kube
+
+    class Broken:
+        def param_serialize(self, *a, **k):
+            raise AttributeError("'ApiClient' object has no attribute 'param_serialize'")
+
+    kube = Kube(api_client=Broken())
+    with pytest.raises(AttributeError):
+        kube.request("GET", "/api/v1/namespaces")
+
+    class Refused:
+        def param_serialize(self, *a, **k):
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(ApiError) as err:
+        Kube(api_client=Refused()).request("GET", "/api/v1/namespaces")
+    assert err.value.transient
+    assert entry.client_problem() is None  # the pinned client
+    monkeypatch.delattr(kubernetes.client.ApiClient, "param_serialize")
+    assert "kubernetes>=37" in entry.client_problem()

@@ -47,6 +47,8 @@ POD_CIDR = "127.1.0.0/16"
 """kwok's simulated pod IPs: loopback, so a stray connection to a 'pod' stays here."""
 NODE_NAME = "kwok-node-0"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
+CRD_NAMES = ("trainingruns.raykube.io", "rayjobs.ray.io", "rayservices.ray.io",
+             "rayclusters.ray.io")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
               "kuberay-operator")
 
@@ -152,7 +154,8 @@ class ControlPlane:
             self._bin("kube-controller-manager"),
             f"--kubeconfig={self._component_kubeconfig('kube-controller-manager')}",
             "--leader-elect=false", "--secure-port=0", "--controllers=*",
-            "--use-service-account-credentials=false",
+            # each controller as its own ServiceAccount, with the bootstrap RBAC roles (kubeadm)
+            "--use-service-account-credentials=true",
             f"--root-ca-file={self.workdir / 'pki/ca.crt'}",
             f"--service-account-private-key-file={self.workdir / 'pki/sa.key'}",
             "--concurrent-gc-syncs=20", "--v=1",
@@ -181,7 +184,18 @@ class ControlPlane:
             ], env={"KUBECONFIG": str(self._component_kubeconfig("kuberay-operator"))})
         if self.kwok:
             self.wait_for(lambda: self._node_ready(), t0 + timeout, "the kwok node to be Ready")
-        (self.workdir / "state.json").write_text(json.dumps({"ports": self.ports}, indent=2))
+        (self.workdir / "state.json").write_text(json.dumps(
+            {"ports": self.ports, "kuberay_namespaces": list(self.kuberay_namespaces)}, indent=2))
+        return self
+
+    def attach(self) -> ControlPlane:
+        """Use a control plane already running in ``workdir`` (``make cluster-up``)."""
+        state = json.loads((self.workdir / "state.json").read_text())
+        self.ports = state["ports"]
+        self.kuberay_namespaces = tuple(state.get("kuberay_namespaces") or ())
+        self._pki()
+        if not all(self.running().values()):
+            raise ControlPlaneError(f"the control plane in {self.workdir} is not running")
         return self
 
     def down(self, quiet: bool = False) -> list[str]:
@@ -307,6 +321,9 @@ class ControlPlane:
             f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=default={peer}", "--unsafe-no-fsync", "--log-level=warn",
+            # KubeRay's CRDs are ~1.4 MB of schema; with their managedFields a status
+            # update of rayjobs.ray.io exceeds etcd's default 1.5 MiB request limit
+            "--max-request-bytes=8388608",
         ])
 
     def _start_apiserver(self) -> None:
@@ -333,6 +350,8 @@ class ControlPlane:
             "--allow-privileged=true", "--profiling=false",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
             "--audit-log-mode=blocking", "--v=1",
+            # the "kubernetes" Service cannot point at a loopback address
+            "--endpoint-reconciler-type=none",
         ])
 
     def _wait_ready(self, deadline: float) -> None:
@@ -392,11 +411,19 @@ class ControlPlane:
             args += ["-f", str(base / f)]
         args += ["-f", str(REPO / "k8s" / "overlays" / "kind" / "storage-pv.yaml")]
         self.kubectl_run(*args, timeout=120)
-        self.kubectl_run("wait", "--for=condition=Established", "--timeout=60s",
-                         "crd/trainingruns.raykube.io", "crd/rayjobs.ray.io",
-                         "crd/rayservices.ray.io", "crd/rayclusters.ray.io")
+        deadline = time.monotonic() + 120
+        self.wait_for(self._crds_established, deadline, "the CRDs to be established")
         self.kubectl_run("create", "serviceaccount", "raykube-operator", "-n", "raykube-system",
                          check=False)
+
+    def _crds_established(self) -> bool:
+        out = self.kubectl_run("get", "crd", "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        established = {c["metadata"]["name"] for c in json.loads(out.stdout)["items"]
+                       if any(x["type"] == "Established" and x["status"] == "True"
+                              for x in (c.get("status") or {}).get("conditions") or [])}
+        return established >= set(CRD_NAMES)
 
     def _node_ready(self) -> bool:
         out = self.kubectl_run("get", "node", NODE_NAME, "-o", "json", check=False)
@@ -418,20 +445,22 @@ class ControlPlane:
                                      namespace=namespace)
 
     def audit_events(self, user: str | None = None) -> list[dict[str, Any]]:
-        """Audit events (Metadata level) of ``user``, oldest first."""
-        out = []
+        """Audit events (Metadata level) of ``user``, oldest first. The log is read
+        incrementally: each call parses only what was appended since the last one."""
+        cache = self.__dict__.setdefault("_audit", {"offset": 0, "events": []})
         try:
-            lines = self.audit_log.read_text().splitlines()
+            with open(self.audit_log, "rb") as f:
+                f.seek(cache["offset"])
+                chunk = f.read()
         except OSError:
-            return out
-        for line in lines:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if user is None or (ev.get("user") or {}).get("username") == user:
-                out.append(ev)
-        return out
+            chunk = b""
+        end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next call
+        for line in chunk[:end].splitlines():
+            with contextlib.suppress(ValueError):
+                cache["events"].append(json.loads(line))
+        cache["offset"] += end
+        return [ev for ev in cache["events"]
+                if user is None or (ev.get("user") or {}).get("username") == user]
 
 
 def _kwok_node() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +37,11 @@ _ns_ids = itertools.count()
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
     """etcd, API server, controller manager, scheduler, kwok and KubeRay, once per session."""
-    workdir = Path(os.environ.get("RAYKUBE_TEST_CLUSTER_DIR", REPO / "build" / "cluster-test"))
+    reuse = os.environ.get("RAYKUBE_TEST_CLUSTER")
+    if reuse:  # a running `make cluster-up` (faster iterations); left running afterwards
+        yield ControlPlane(Path(reuse).resolve()).attach()
+        return
+    workdir = Path(REPO / "build" / "cluster-test")
     cp = ControlPlane(workdir.resolve(), kuberay_namespaces=KUBERAY_NAMESPACES)
     try:
         cp.up(timeout=120)
@@ -51,7 +56,8 @@ def control_plane() -> Iterator[ControlPlane]:
 
 def _module_namespace(request: pytest.FixtureRequest) -> str:
     stem = re.sub(r"[^a-z0-9]+", "-", Path(str(request.node.path)).stem.lower()).strip("-")
-    return f"{stem[:40]}-{next(_ns_ids)}"
+    # unique per session too: the last session's namespace may still be terminating
+    return f"{stem[:36]}-{next(_ns_ids)}{secrets.token_hex(2)}"
 
 
 @pytest.fixture(scope="module")

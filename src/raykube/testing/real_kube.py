@@ -135,7 +135,12 @@ class RealKube:
     def list(self, kind: str, namespace: str | None = None,
              label_selector: str | None = None) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else None
-        return self._check(self.http.get(self.path(kind, namespace), params=params))["items"]
+        items = self._check(self.http.get(self.path(kind, namespace), params=params))["items"]
+        api_version = _resource(kind)[0]
+        for item in items:  # a real list leaves them out of its items
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", api_version)
+        return items
 
     def patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str = "default",
               subresource: str | None = None) -> dict[str, Any]:
@@ -253,7 +258,7 @@ class RealOperator:
     def log_path(self) -> Path:
         return self.workdir / f"operator-{self._log_count}.log"
 
-    def start(self, wait: bool = True, timeout: float = 30.0) -> RealOperator:
+    def start(self, wait: bool = True, timeout: float = 90.0) -> RealOperator:
         if not self.started_at:
             self.started_at = time.time()
         self._log_count += 1
