@@ -100,9 +100,13 @@ bench-full: $(STAMP) ## benchmarks vs baselines, full size
 	$(BIN)/raykube bench all --out bench-out
 
 # ------------------------------------------------------------------- images & kind
+# standin: build the bases locally (no registry on this project's machines; PyPI only);
+# official: FROM rayproject/ray and python:slim, torch from download.pytorch.org.
+IMAGE_BASE ?= standin
+
 .PHONY: images
-images: ## build the cpu, cuda and operator images with one tag (needs docker; IMAGES="cpu operator" skips CUDA)
-	TAG=$(IMAGE_TAG) REGISTRY=$(REGISTRY) images/build.sh
+images: ## build the cpu, cuda and operator images (installs/starts docker; IMAGE_BASE=official for the registry bases; IMAGES="cpu operator" skips CUDA)
+	TAG=$(IMAGE_TAG) REGISTRY=$(REGISTRY) BASE=$(IMAGE_BASE) images/build.sh
 
 .PHONY: kind-up
 kind-up: ## create a kind cluster with the KubeRay operator (needs kind, helm, docker)

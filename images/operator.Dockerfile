@@ -1,9 +1,11 @@
-# syntax=docker/dockerfile:1
 # The raykube operator: kopf + the Kubernetes client + raykube's spec/render/crd modules.
 # No torch, no ray (the `operator` extra only): the image stays ~150 MB.
 #   docker build -f images/operator.Dockerfile -t raykube/raykube:dev-operator .   (or: make images)
 # Runs as a non-root numeric uid and writes nothing outside /tmp, so it works with
 # readOnlyRootFilesystem (k8s/base/operator.yaml mounts an emptyDir at /tmp).
+# No `# syntax=` line: it would make BuildKit pull docker/dockerfile from a registry.
+# PYTHON_IMAGE replaces the base where no registry is reachable (images/build.sh BASE=standin
+# passes a Debian bookworm + Python 3.11 stand-in built by images/base/build-standin.sh).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 # ---------------------------------------------------------------- build: a venv
