@@ -283,7 +283,7 @@ def test_base_images_are_build_arguments_so_a_local_stand_in_can_replace_them(do
     raw_froms = [line.split()[1] for line in _logical_lines(DOCKERFILES[name].read_text())
                  if line.upper().startswith("FROM ")]
     external = [f for f in raw_froms if f not in {s.alias for s in df.stages if s.alias}]
-    assert external and all(f == "${%s}" % arg for f in external), (name, raw_froms)
+    assert external and all(f == "${" + arg + "}" for f in external), (name, raw_froms)
     script = (IMAGES / "build.sh").read_text()
     assert f'--build-arg "{arg}=' in script
     assert "--network host" in script  # pip in the build reaches the index like the host
