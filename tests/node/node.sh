@@ -5,6 +5,7 @@
 #   tests/node/node.sh down      stop it, remove its iptables rules and network namespaces
 #   tests/node/node.sh load REF  docker save REF | ctr import (make images first)
 #   tests/node/node.sh demo      run a Pod from raykube/raykube:dev-operator on the node
+#   tests/node/node.sh runtime-up  containerd + pause + IMAGES only (checks the runtime alone)
 # State and logs: build/node/ (config, logs, pids) and /var/lib/raykube-node (containerd,
 # kubelet). Everything listens on 127.0.0.1 or on the pod bridge; pods cannot reach beyond
 # this machine (a FORWARD rule drops pod traffic leaving the bridge).
@@ -186,20 +187,25 @@ make_pause_image() {
   load_image raykube/pause:local
 }
 
-up() {
-  [[ -f $kubeconfig ]] || { echo "error: $kubeconfig missing: run make cluster-up first" >&2; exit 1; }
+runtime_up() {  # containerd with the CRI plugin, the pause image and our images; no kubelet
   check_cidrs
   install_packages
-  tests/node/build-node-bins.sh
   write_configs
-  modprobe br_netfilter 2>/dev/null || true
-  log "containerd ($(containerd --version | awk '{print $3}')) on $sock"
-  start_bg containerd containerd --config "$dir/containerd.toml"
-  for _ in $(seq 1 50); do ctr --address "$sock" version > /dev/null 2>&1 && break; sleep 0.2; done
+  if ! ctr --address "$sock" version > /dev/null 2>&1; then
+    log "containerd ($(containerd --version | awk '{print $3}')) on $sock"
+    start_bg containerd containerd --config "$dir/containerd.toml"
+    for _ in $(seq 1 50); do ctr --address "$sock" version > /dev/null 2>&1 && break; sleep 0.2; done
+  fi
   images/ensure-docker.sh
   make_pause_image
   for ref in $IMAGES; do load_image "$ref"; done
   pod_egress_rules -D; pod_egress_rules -I
+}
+
+up() {
+  [[ -f $kubeconfig ]] || { echo "error: $kubeconfig missing: run make cluster-up first" >&2; exit 1; }
+  tests/node/build-node-bins.sh
+  runtime_up
   log "kubelet $NODE_NAME"
   start_bg kubelet "$repo/build/bin/kubelet" --config "$dir/kubelet.yaml" --kubeconfig "$kubeconfig" \
     --hostname-override "$NODE_NAME" --node-ip 127.0.0.1 --root-dir "$state/kubelet" \
@@ -252,6 +258,7 @@ YAML
 
 case "${1:-}" in
   up) up ;;
+  runtime-up) runtime_up ;;   # containerd + images only (no control plane needed)
   down) down ;;
   load) shift; for ref in "$@"; do load_image "$ref"; done ;;
   demo) shift; demo "$@" ;;
