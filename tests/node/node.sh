@@ -4,7 +4,8 @@
 #   tests/node/node.sh up        start it (after `make cluster-up`); loads IMAGES into containerd
 #   tests/node/node.sh down      stop it, remove its iptables rules and network namespaces
 #   tests/node/node.sh load REF  docker save REF | ctr import (make images first)
-#   tests/node/node.sh demo      run a Pod from raykube/raykube:dev-operator on the node
+#   tests/node/node.sh demo [IMAGE]  run a Pod from IMAGE (default raykube/raykube:dev-operator)
+#                                on the node; a Ray image starts Ray in the pod and runs a task
 #   tests/node/node.sh runtime-up  containerd + pause + IMAGES only (checks the runtime alone)
 # State and logs: build/node/ (config, logs, pids) and /var/lib/raykube-node (containerd,
 # kubelet). Everything listens on 127.0.0.1, the node's dummy address or the pod bridge; pods cannot reach beyond
@@ -155,6 +156,7 @@ evictionHard: {memory.available: 200Mi, nodefs.available: 1Gi, imagefs.available
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+runtimeRequestTimeout: 10m     # creating the first container of a 7 GB image took > 2 min (the default) here
 registerNode: true
 YAML
   cat > "$dir/kube-proxy.yaml" <<YAML
@@ -260,6 +262,10 @@ down() {
 
 demo() {
   local image=${1:-raykube/raykube:dev-operator}
+  local code="import raykube, raykube.spec, sys; print('raykube', raykube.__name__, 'python', sys.version.split()[0], 'on', open('/etc/hostname').read().strip())"
+  if [[ $image != *operator* ]]; then  # a Ray image: start Ray in the pod, run a torch task on it
+    code="import ray, torch, raykube; ray.init(num_cpus=1, include_dashboard=False); print('ray', ray.__version__, 'torch', torch.__version__, 'task ->', ray.get(ray.remote(lambda: float(torch.ones(3).sum())).remote()))"
+  fi
   kubectl_ delete pod raykube-node-demo --ignore-not-found --wait=true > /dev/null
   kubectl_ apply -f - <<YAML
 apiVersion: v1
@@ -272,9 +278,9 @@ spec:
     - name: demo
       image: docker.io/$image
       imagePullPolicy: Never
-      command: ["python", "-c", "import raykube, raykube.spec, sys; print('raykube', raykube.__name__, 'python', sys.version.split()[0], 'on', open('/etc/hostname').read().strip())"]
+      command: ["python", "-c", "$code"]
 YAML
-  kubectl_ wait --for=jsonpath='{.status.phase}'=Succeeded pod/raykube-node-demo --timeout=120s
+  kubectl_ wait --for=jsonpath='{.status.phase}'=Succeeded pod/raykube-node-demo --timeout=300s
   kubectl_ get pod raykube-node-demo -o wide
   # `kubectl logs` goes through the API server, which dials the node by its Hostname
   # address first (its default --kubelet-preferred-address-types) and cannot resolve it;
