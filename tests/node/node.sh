@@ -52,6 +52,7 @@ kubectl_() { "$repo/build/bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
 start_bg() {  # name, command...: background it in its own session, pid in build/node/pids
   local name=$1; shift
+  stop_bg "$name"   # a second `up` replaces the running one instead of starting a twin
   setsid "$@" > "$dir/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$dir/pids/$name.pid"
 }
@@ -285,7 +286,8 @@ YAML
   # `kubectl logs` goes through the API server, which dials the node by its Hostname
   # address first (its default --kubelet-preferred-address-types) and cannot resolve it;
   # the kubelet's own log file says the same thing.
-  kubectl_ logs raykube-node-demo 2>/dev/null || cat /var/log/pods/default_raykube-node-demo_*/demo/0.log
+  kubectl_ logs raykube-node-demo 2>/dev/null || \
+    cat "/var/log/pods/default_raykube-node-demo_$(kubectl_ get pod raykube-node-demo -o jsonpath='{.metadata.uid}')/demo/0.log"
 }
 
 case "${1:-}" in
