@@ -6,6 +6,7 @@
 #   tests/node/node.sh load REF  docker save REF | ctr import (make images first)
 #   tests/node/node.sh demo [IMAGE]  run a Pod from IMAGE (default raykube/raykube:dev-operator)
 #                                on the node; a Ray image starts Ray in the pod and runs a task
+#   tests/node/node.sh svc-demo  a Pod behind a Service, fetched through its ClusterIP from the host
 #   tests/node/node.sh runtime-up  containerd + pause + IMAGES only (checks the runtime alone)
 # State and logs: build/node/ (config, logs, pids) and /var/lib/raykube-node (containerd,
 # kubelet). Everything listens on 127.0.0.1, the node's dummy address or the pod bridge; pods cannot reach beyond
@@ -290,11 +291,46 @@ YAML
     cat "/var/log/pods/default_raykube-node-demo_$(kubectl_ get pod raykube-node-demo -o jsonpath='{.metadata.uid}')/demo/0.log"
 }
 
+svc_demo() {  # a Pod behind a Service: kube-proxy's ClusterIP rules, reached from the host
+  kubectl_ delete pod,svc -l app=raykube-node-web --ignore-not-found --wait=true > /dev/null
+  kubectl_ apply -f - > /dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: raykube-node-web, namespace: default, labels: {app: raykube-node-web}}
+spec:
+  nodeName: $NODE_NAME
+  containers:
+    - name: web
+      image: docker.io/raykube/raykube:dev-operator
+      imagePullPolicy: Never
+      command: ["python", "-m", "http.server", "8080", "--directory", "/opt/venv"]
+      readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: raykube-node-web, namespace: default, labels: {app: raykube-node-web}}
+spec:
+  selector: {app: raykube-node-web}
+  ports: [{port: 80, targetPort: 8080}]
+YAML
+  kubectl_ wait --for=condition=Ready pod/raykube-node-web --timeout=120s > /dev/null
+  local ip code=000
+  ip=$(kubectl_ get svc raykube-node-web -o jsonpath='{.spec.clusterIP}')
+  for _ in $(seq 1 30); do  # until kube-proxy has synced the new Service
+    code=$(curl -s -m 3 -o /dev/null -w '%{http_code}' "http://$ip/") && [[ $code == 200 ]] && break
+    sleep 1
+  done
+  echo "GET http://$ip/ (Service raykube-node-web -> pod $(kubectl_ get pod raykube-node-web -o jsonpath='{.status.podIP}'):8080): HTTP $code"
+  kubectl_ delete pod,svc -l app=raykube-node-web --wait=false > /dev/null
+  [[ $code == 200 ]]
+}
+
 case "${1:-}" in
   up) up ;;
   runtime-up) runtime_up ;;   # containerd + images only (no control plane needed)
   down) down ;;
   load) shift; for ref in "$@"; do load_image "$ref"; done ;;
   demo) shift; demo "$@" ;;
-  *) echo "usage: $0 up|down|load REF...|demo [IMAGE]" >&2; exit 2 ;;
+  svc-demo) svc_demo ;;
+  *) echo "usage: $0 up|down|runtime-up|load REF...|demo [IMAGE]|svc-demo" >&2; exit 2 ;;
 esac
