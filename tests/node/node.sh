@@ -2,15 +2,16 @@
 # A real node for the local control plane (`make cluster-up`): containerd + runc + CNI
 # bridge + kubelet + kube-proxy on this machine, joined to build/cluster/kubeconfig.
 #   tests/node/node.sh up        start it (after `make cluster-up`); loads IMAGES into containerd
-#   tests/node/node.sh down      stop it, remove its iptables rules and network namespaces
+#   tests/node/node.sh down      stop it, remove its iptables rule, bridges and pod mounts
 #   tests/node/node.sh load REF  docker save REF | ctr import (make images first)
 #   tests/node/node.sh demo [IMAGE]  run a Pod from IMAGE (default raykube/raykube:dev-operator)
 #                                on the node; a Ray image starts Ray in the pod and runs a task
 #   tests/node/node.sh svc-demo  a Pod behind a Service, fetched through its ClusterIP from the host
 #   tests/node/node.sh runtime-up  containerd + pause + IMAGES only (checks the runtime alone)
 # State and logs: build/node/ (config, logs, pids) and /var/lib/raykube-node (containerd,
-# kubelet). Everything listens on 127.0.0.1, the node's dummy address or the pod bridge; pods cannot reach beyond
-# this machine (a FORWARD rule drops pod traffic leaving the bridge).
+# kubelet). Everything listens on 127.0.0.1, the node's own address (10.243.0.1) or the pod
+# bridge; pods cannot reach beyond this machine (a FORWARD rule drops pod traffic leaving
+# the bridge; pod traffic is never masqueraded).
 #
 # Choices, and why:
 #  - containerd and runc from Debian (containerd 1.6.20): kubelet 1.36 still accepts a CRI
@@ -25,8 +26,8 @@
 #  - CIDRs: pods 10.244.0.0/24 on bridge rk0; services are the control plane's 10.96.0.0/16;
 #    both are checked against `ip route` first (nothing may overlap).
 #  - the kubelet uses the control plane's admin kubeconfig (no TLS bootstrap, no node
-#    authorizer: a test node), serves on 127.0.0.1, and has eviction thresholds of 1Gi so a
-#    well-used disk does not put the node under DiskPressure.
+#    authorizer: a test node), serves on the node address, and has eviction thresholds of
+#    1Gi so a well-used disk does not put the node under DiskPressure.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
@@ -35,8 +36,8 @@ POD_CIDR=${POD_CIDR:-10.244.0.0/24}
 CLUSTER_CIDR=${CLUSTER_CIDR:-10.244.0.0/16}
 SERVICE_CIDR=${SERVICE_CIDR:-10.96.0.0/16}
 BRIDGE=rk0
-# The node's address: kubelet refuses a loopback node IP, so a /32 on an interface of its own
-# (local only: nothing routes it off this machine) on a port-less bridge. The API server reaches the kubelet here.
+# The node's address: kubelet refuses a loopback node IP, so a /32 on an interface of its
+# own (a port-less bridge; local only). The API server reaches the kubelet here.
 NODE_IP=${NODE_IP:-10.243.0.1}
 NODE_IF=rknode0
 dir=$repo/build/node
@@ -255,6 +256,17 @@ down() {
   fi
   stop_bg containerd
   pod_egress_rules -D
+  # kube-proxy's own chains (KUBE-*) outlive it unless asked to remove them.
+  [[ -x $repo/build/bin/kube-proxy ]] && "$repo/build/bin/kube-proxy" --cleanup > /dev/null 2>&1 || true
+  # ...and so do the kubelet's (KUBE-FIREWALL is jumped to from INPUT and OUTPUT).
+  for chain in INPUT OUTPUT; do
+    while iptables -w -D "$chain" -j KUBE-FIREWALL 2>/dev/null; do :; done
+  done
+  for t in filter nat mangle; do
+    for c in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+      iptables -w -t "$t" -F "$c" 2>/dev/null && iptables -w -t "$t" -X "$c" 2>/dev/null || true
+    done
+  done
   # kubelet's and CNI's leftovers: pod mounts, the bridge.
   awk -v d="$state/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
