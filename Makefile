@@ -68,6 +68,23 @@ cluster-up: $(STAMP) cluster-bins ## start a real control plane + KubeRay on loo
 cluster-down: $(STAMP) ## stop the local control plane (no process left behind)
 	$(BIN)/python -m raykube.testing.control_plane down --dir build/cluster
 
+# ------------------------------------------------------------------ a real node (WIP)
+.PHONY: node-bins
+node-bins: ## build kubelet, kube-proxy and the pause binary (same cache as cluster-bins)
+	tests/node/build-node-bins.sh
+
+.PHONY: node-up
+node-up: node-bins ## join a real node (containerd+runc+CNI+kubelet+kube-proxy) to `make cluster-up`'s control plane
+	tests/node/node.sh up
+
+.PHONY: node-demo
+node-demo: ## run a Pod from raykube/raykube:dev-operator on the real node
+	tests/node/node.sh demo
+
+.PHONY: node-down
+node-down: ## stop the real node (processes, pod network, iptables rule)
+	tests/node/node.sh down
+
 # ---------------------------------------------------------------------------- tests
 .PHONY: test
 test: $(STAMP) cluster-bins ## set up (first time) and run the unit and integration tests
@@ -100,9 +117,13 @@ bench-full: $(STAMP) ## benchmarks vs baselines, full size
 	$(BIN)/raykube bench all --out bench-out
 
 # ------------------------------------------------------------------- images & kind
+# standin: build the bases locally (no registry on this project's machines; PyPI only);
+# official: FROM rayproject/ray and python:slim, torch from download.pytorch.org.
+IMAGE_BASE ?= standin
+
 .PHONY: images
-images: ## build the cpu, cuda and operator images with one tag (needs docker; IMAGES="cpu operator" skips CUDA)
-	TAG=$(IMAGE_TAG) REGISTRY=$(REGISTRY) images/build.sh
+images: ## build the cpu, cuda and operator images (installs/starts docker; IMAGE_BASE=official for the registry bases; IMAGES="cpu operator" skips CUDA)
+	TAG=$(IMAGE_TAG) REGISTRY=$(REGISTRY) BASE=$(IMAGE_BASE) images/build.sh
 
 .PHONY: kind-up
 kind-up: ## create a kind cluster with the KubeRay operator (needs kind, helm, docker)

@@ -95,12 +95,18 @@ def validation_example(run: TrainingRun, storage: str) -> tuple[list, str]:
 
 
 def demo_request(base_url: str, instance: list) -> dict[str, Any]:
-    """POST one instance to /predict, as any client would."""
-    import httpx
+    """POST one instance to /predict, as any client would.
 
-    r = httpx.post(f"{base_url.rstrip('/')}/predict", json={"instances": [instance]}, timeout=60)
-    r.raise_for_status()
-    return r.json()
+    The standard library's client: the Ray image installs raykube[train], which has no
+    HTTP client package (httpx is a dev dependency), and `raykube run` must work there."""
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{base_url.rstrip('/')}/predict", method="POST",
+        data=json.dumps({"instances": [instance]}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:  # raises HTTPError on 4xx/5xx
+        return json.loads(r.read())
 
 
 def curl_command(base_url: str, instance: list) -> str:

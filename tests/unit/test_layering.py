@@ -53,3 +53,43 @@ def test_operator_imports_only_the_core(module):
     assert not heavy, f"{module} imports {heavy}"
     ours = {m for m in loaded if m == "raykube" or m.startswith("raykube.")}
     assert ours <= OPERATOR_ALLOWED_RAYKUBE, f"operator pulls in {sorted(ours - OPERATOR_ALLOWED_RAYKUBE)}"
+
+
+def test_shipped_code_imports_no_dev_only_package():
+    """The Ray image installs raykube[train] (the operator image raykube[operator]); a
+    package only the `dev` extra brings (httpx, kmock, ...) imported by code those images
+    run fails there and nowhere else: `raykube run`'s serve demo did (httpx). Only
+    raykube.testing and raykube.bench (dev tools) may import them."""
+    import ast
+    import re
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(reqs):
+        return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("-", "_") for r in reqs}
+
+    shipped = names(project["dependencies"] + extras["train"] + extras["operator"])
+    dev_only = names(extras["dev"]) - shipped - {"raykube"}
+    assert "httpx" in dev_only and "kmock" in dev_only, dev_only
+
+    bad = []
+    for root in (repo / "src" / "raykube", repo / "operator" / "raykube_operator"):
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root).parts
+            if rel[0] in ("testing", "bench"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                        else [])
+                bad += [f"{path.relative_to(repo)}: {m}" for m in mods
+                        if m.split(".")[0].lower() in dev_only]
+    assert not bad, bad

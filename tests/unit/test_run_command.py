@@ -43,3 +43,43 @@ def test_checkpoint_uri_keeps_the_storage_scheme():
     assert checkpoint_uri("/mnt/x", "/mnt/x/r/c") == "/mnt/x/r/c"
     assert checkpoint_uri("s3://b", None) is None
     assert run_dir_for("s3://b/p/", "r") == "s3://b/p/r"
+
+
+def test_demo_request_posts_json_with_the_standard_library():
+    """`raykube run`'s serve demo runs in the Ray image (raykube[train]: no httpx)."""
+    import http.server
+    import json
+    import threading
+
+    import pytest
+
+    from raykube.local import demo_request
+
+    seen = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            seen["path"] = self.path
+            seen["type"] = self.headers["Content-Type"]
+            seen["body"] = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            status = 200 if seen["body"]["instances"][0] != "bad" else 422
+            out = json.dumps({"predictions": [{"label": "3"}]}).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/"
+        assert demo_request(base, [0.0, 1.5]) == {"predictions": [{"label": "3"}]}
+        assert seen == {"path": "/predict", "type": "application/json",
+                        "body": {"instances": [[0.0, 1.5]]}}
+        with pytest.raises(Exception, match="422"):
+            demo_request(base, "bad")
+    finally:
+        server.shutdown()
