@@ -130,7 +130,10 @@ def _hash(obj: dict[str, Any], *, drop_suspend: bool = False) -> str:
     for key in (SPEC_HASH, TRAINING_HASH):
         anns.pop(key, None)
     if drop_suspend:
+        # neither changes what is trained: suspend pauses, the TTL (which follows
+        # serve.enabled) only says when the finished cluster goes
         (doc.get("spec") or {}).pop("suspend", None)
+        (doc.get("spec") or {}).pop("ttlSecondsAfterFinished", None)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -242,3 +242,37 @@ def test_operator_requests_stay_within_its_rbac(kube):
     assert ("ray.io", "rayjobs", "create") in used
     denied = sorted(p for p in used if not allowed(*p))
     assert denied == [], f"operator used permissions missing from its RBAC: {denied}"
+
+
+def test_driver_reporter_runs_as_the_runs_service_account_only(kube, monkeypatch, tmp_path):
+    """The driver's KubernetesReporter with a token of the per-run ServiceAccount (as the
+    head pod mounts it) patches its own TrainingRun's status, and is refused (403) on any
+    other TrainingRun: the rendered Role names only its own object."""
+    import httpx
+
+    from raykube.k8s_reporter import KubernetesReporter
+    from raykube.spec import parse_spec
+
+    kube.create(tr_doc("rep-sa"))
+    kube.create(tr_doc("rep-other"))
+    kube.wait_object("RoleBinding", "rep-sa-raykube")
+    kubeconfig = kube.cp.kubeconfig_for("rep-sa-raykube", kube.namespace, tmp_path / "kc")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    rep = KubernetesReporter(kube.namespace, "rep-sa", min_interval=0)
+    rep.on_start(parse_spec(tr_doc("rep-sa")["spec"], name="rep-sa"))
+    rep.on_epoch({"epoch": 1, "valAccuracy": 0.7, "valLoss": 0.5}, "/c/1", None)
+    assert rep.failures == 0 and rep.patches == 1
+    assert kube.get("TrainingRun", "rep-sa")["status"]["progress"]["epoch"] == 1
+    other = KubernetesReporter(kube.namespace, "rep-other", min_interval=0)
+    other.on_epoch({"epoch": 1, "valAccuracy": 0.7}, "/c/1", None)
+    assert other.failures == 1 and other.patches == 0  # logged, training goes on
+    token = kube.cp.token("rep-sa-raykube", kube.namespace)
+    with httpx.Client(base_url=kube.cp.server, verify=str(kube.cp.workdir / "pki" / "ca.crt"),
+                      headers={"Authorization": f"Bearer {token}"}) as http:
+        path = kube.path("TrainingRun", None, "rep-other", "status")
+        resp = http.patch(path, json={"status": {"phase": "Failed"}},
+                          headers={"Content-Type": "application/merge-patch+json"})
+        assert resp.status_code == 403, resp.text
+        assert http.get(kube.path("TrainingRun", None, "rep-sa")).status_code == 403  # no spec
+        assert http.get(kube.path("TrainingRun", None, "rep-sa", "status")).status_code == 200

@@ -20,7 +20,8 @@ def kubeconfig(kube, monkeypatch):
 def test_reporter_patches_progress_and_best_checkpoint(kubeconfig):
     kube = kubeconfig
     kube.create({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
-                 "metadata": {"name": "rep"}, "spec": {}})
+                 "metadata": {"name": "rep"}, "spec": {
+                     "model": {"name": "mlp"}, "data": {"dataset": "digits"}}})
     run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
                       "train": {"epochs": 3}}, name="rep")
     rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": f"{kube.namespace}/rep"}, min_interval=3600)

@@ -122,9 +122,9 @@ def test_killed_after_create_before_rayjob(kube, operator):
     tr = kube.wait_condition("k-early", "SpecApplied", reason="Created")
     assert tr["status"]["phase"] == "Pending" and tr["status"]["rayJob"] == "k-early"
     time.sleep(0.5)
-    creates = [c for c in kube.operator_calls() if c.verb == "create" and (
+    creates = [c for c in kube.operator_calls() if c.verb in ("create", "patch") and (
         ((c.data or {}).get("metadata") or {}).get("labels") or {}).get(
-            "raykube.io/trainingrun") == "k-early"]
+            "raykube.io/trainingrun") == "k-early"]  # create, or server-side apply (patch)
     assert sorted(c.plural for c in creates) == sorted(
         ["configmaps", "serviceaccounts", "roles", "rolebindings", "rayjobs"]), creates
 
@@ -288,13 +288,15 @@ def test_rayjob_deleted_while_running_is_recreated(kube):
 
 
 def test_recreated_with_same_name_never_adopts_the_old_children(kube):
-    """``kubectl delete -f x.yaml && kubectl apply -f x.yaml``: the old RayJob still runs
-    until the garbage collector removes it; the new TrainingRun must not take it over."""
+    """A same-named RayJob that is not ours (here: orphaned by ``kubectl delete
+    --cascade=orphan`` of the previous TrainingRun; also the old one still running until
+    the garbage collector removes it): the new TrainingRun must not take it over."""
     name = "reborn"
     kube.create(tr_doc(name))
     old = run_job(kube, name)
     old_job = kube.get("RayJob", name)["metadata"]["uid"]
-    kube.delete("TrainingRun", name)
+    kube.delete("TrainingRun", name, propagation="Orphan")
+    kube.wait_gone("TrainingRun", name)
     new = kube.create(tr_doc(name))
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
     tr = kube.wait_condition(name, "SpecApplied", "False", reason="NameConflict")

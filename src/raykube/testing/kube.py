@@ -139,6 +139,7 @@ class Emulator(kmock.KubernetesEmulator):
             self._done.add(id(request))
 
     async def _serve(self, request: Any) -> Any:
+        self._server_side_apply(request)
         if request.resource is not None and request.resource.plural:
             verb = _verb(request)
             with self._fault_lock:
@@ -151,6 +152,17 @@ class Emulator(kmock.KubernetesEmulator):
                             f"{request.resource.plural}", details={"retryAfterSeconds": 0})
             self._stamp(request)
         return await super()._handle(request)
+
+    def _server_side_apply(self, request: Any) -> None:
+        """Server-side apply, as far as the operator needs it: an apply of a missing object
+        creates it; of an existing one, kmock merges it (a real API server also removes
+        the fields the applier no longer sets: the real control plane tests that)."""
+        ctype = str(request.headers.get("Content-Type", ""))
+        if request.action != kmock_enums.action.UPDATE or "apply-patch" not in ctype:
+            return
+        key = (request.resource, request.namespace, request.name)
+        if key not in self._objects or self._objects[key].deleted:
+            object.__setattr__(request, "action", kmock_enums.action.CREATE)
 
     def _stamp(self, request: Any) -> None:
         """Set what a real API server sets; enforce the status subresource."""

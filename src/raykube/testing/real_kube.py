@@ -152,9 +152,12 @@ class RealKube:
                      namespace: str = "default") -> dict[str, Any]:
         return self.patch(kind, name, {"status": status}, namespace, subresource="status")
 
-    def delete(self, kind: str, name: str, namespace: str = "default") -> bool:
+    def delete(self, kind: str, name: str, namespace: str = "default",
+               propagation: str = "Background") -> bool:
+        """``propagation``: Background (the garbage collector deletes the dependents),
+        Foreground, or Orphan (they stay, without the owner reference)."""
         resp = self.http.request("DELETE", self.path(kind, namespace, name),
-                                 json={"propagationPolicy": "Background"})
+                                 json={"propagationPolicy": propagation})
         if resp.status_code == 404:
             return False
         self._check(resp)
