@@ -24,18 +24,42 @@ class Outcome:
     raw: Any
 
 
-# Ray Train's controller polls its workers every 2 s by default, and a worker's second
-# report blocks until the first was polled: short epochs would each wait up to 2 s.
-# Ray processes inherit this from the process that starts Ray (on a cluster, the pods'
-# env must carry it: render sets it).
-FAST_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+# On one machine a stopping Serve replica need not wait for remote load balancers:
+# HAProxy runs beside it and retries refused connections. (Ray's default 30 s made every
+# `serve.shutdown()` outlast its own 30 s wait, and a redeploy right after it failed.)
+LOCAL_SERVE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+# HAProxy's stats and Prometheus ports (8404, 9101 by default) bind all interfaces:
+# a free port each, so two local Rays (or a test session beside `raykube serve`) coexist.
+_HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def apply_ray_env(*, local: bool = True) -> None:
+    """Put raykube's Ray settings (``raykube.render.TRAIN_ENV``/``SERVE_ENV``, the same as
+    the rendered pods') into this process's environment, where Ray processes started or
+    joined from here read them. Values already set win (users can still override each).
+    Call before ``ray.init``."""
+    from raykube.render import SERVE_ENV, TRAIN_ENV
+
+    env = {**TRAIN_ENV, **SERVE_ENV, **(LOCAL_SERVE_ENV if local else {})}
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    if local:
+        for k in _HAPROXY_PORTS:
+            if not os.environ.get(k):
+                os.environ[k] = str(_free_port())
 
 
 def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> None:
     """Start an embedded Ray (no dashboard, no telemetry) or join ``address``."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    for k, v in FAST_POLL.items():
-        os.environ.setdefault(k, v)
+    apply_ray_env(local=not address)
     import ray
 
     if ray.is_initialized():
