@@ -84,9 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     import ray
 
-    from raykube.serve import curl_example, start_local, stop_local
-
     from raykube.local import apply_ray_env
+    from raykube.serve import curl_example, start_local, stop_local
 
     apply_ray_env()  # Serve's HAProxy ingress, short drain (README "Performance")
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
