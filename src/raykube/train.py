@@ -279,9 +279,76 @@ class TrainOutcome:
         return asdict(self)
 
 
+class ReportChannel:
+    """Items from a Ray Train callback (in the Train controller actor) to the driver,
+    in order, through the GCS key-value store that every Ray process already talks to.
+
+    Replaces a ``ray.util.queue.Queue``: that is an actor, i.e. one more Python process
+    to start (seconds on a small node) before the first training step. Pickled into the
+    controller with the callback; ``put_nowait`` runs there, ``get``/``empty``/``close``
+    on the driver, which polls (``poll_s``) for the next numbered key.
+    """
+
+    NAMESPACE = "raykube-reports"
+
+    def __init__(self, poll_s: float = 0.05):
+        import uuid
+
+        self.prefix = f"{uuid.uuid4().hex}/"
+        self.poll_s = poll_s
+        self._put = 0  # in the controller's copy
+        self._got = 0  # in the driver's copy
+
+    def _key(self, n: int) -> bytes:
+        return f"{self.prefix}{n:09d}".encode()
+
+    def put_nowait(self, item: dict[str, Any]) -> None:
+        from ray import cloudpickle
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        _internal_kv_put(self._key(self._put), cloudpickle.dumps(item), overwrite=True,
+                         namespace=self.NAMESPACE)
+        self._put += 1
+
+    def _take(self) -> dict[str, Any] | None:
+        from ray import cloudpickle
+        from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get
+
+        raw = _internal_kv_get(self._key(self._got), namespace=self.NAMESPACE)
+        if raw is None:
+            return None
+        _internal_kv_del(self._key(self._got), namespace=self.NAMESPACE)
+        self._got += 1
+        return cloudpickle.loads(raw)
+
+    def get(self, timeout: float) -> dict[str, Any]:
+        """The next item; ``queue.Empty`` when none came within ``timeout`` s."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self._take()
+            if item is not None:
+                return item
+            if time.monotonic() >= deadline:
+                raise queue.Empty
+            time.sleep(self.poll_s)
+
+    def empty(self) -> bool:
+        from ray.experimental.internal_kv import _internal_kv_exists
+
+        return not _internal_kv_exists(self._key(self._got), namespace=self.NAMESPACE)
+
+    def close(self) -> None:
+        """Drop what was never read (a failed run)."""
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        _internal_kv_del(self.prefix.encode(), del_by_prefix=True, namespace=self.NAMESPACE)
+
+
 def _forwarder(queue: Any, storage_path: str):
     """A Ray Train ``UserCallback`` (runs in the Train controller) that forwards each
-    report to the driver through a Ray queue, where the observers run."""
+    report to the driver through a ``ReportChannel``, where the observers run."""
     from ray.train import UserCallback
 
     class _Forward(UserCallback):
@@ -507,10 +574,9 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
 
     Why: ``fit`` blocks until training ends, but observers (the rich display, the status
     reporter) and ``tune.report`` must run here, on the driver's (or trial's) thread, as
-    each epoch ends. fit's exception is re-raised here; the queue actor is always killed.
+    each epoch ends. fit's exception is re-raised here; the channel is always closed.
     """
-    import ray
-    from ray.util.queue import Empty
+    from queue import Empty
 
     box: dict[str, Any] = {}
 
@@ -532,7 +598,7 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
         thread.join()
     finally:
         with contextlib.suppress(Exception):
-            ray.kill(queue.actor)
+            queue.close()
     if "error" in box:
         raise box["error"]
     return box["result"]
@@ -547,8 +613,6 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     an unfinished one (or one whose ``train.epochs`` grew) continues from its latest
     checkpoint. ``extra_config`` is merged into the workers' config (tests use it).
     """
-    from ray.util.queue import Queue
-
     spec = run.spec
     name = name or run.name
     run_dir = check_storage(storage_path, name)
@@ -562,7 +626,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         return done
     check_resumable(run_dir, spec)
 
-    queue = Queue(actor_options={"num_cpus": 0})
+    queue = ReportChannel()
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
                             name=name, callbacks=[_forwarder(queue, storage_path)],
                             extra_config=extra_config)
