@@ -28,6 +28,10 @@ class Outcome:
 # HAProxy runs beside it and retries refused connections. (Ray's default 30 s made every
 # `serve.shutdown()` outlast its own 30 s wait, and a redeploy right after it failed.)
 LOCAL_SERVE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+# Ray starts one idle worker process per CPU when the driver connects; Train's controller
+# and workers carry their own runtime env (Train propagates env vars) so they never use
+# them: on a small machine those starts only compete with the ones training waits for.
+LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0"}
 # HAProxy's stats and Prometheus ports (8404, 9101 by default) bind all interfaces:
 # a free port each, so two local Rays (or a test session beside `raykube serve`) coexist.
 _HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
@@ -48,7 +52,7 @@ def apply_ray_env(*, local: bool = True) -> None:
     Call before ``ray.init``."""
     from raykube.render import SERVE_ENV, TRAIN_ENV
 
-    env = {**TRAIN_ENV, **SERVE_ENV, **(LOCAL_SERVE_ENV if local else {})}
+    env = {**TRAIN_ENV, **SERVE_ENV, **({**LOCAL_RAY_ENV, **LOCAL_SERVE_ENV} if local else {})}
     for k, v in env.items():
         os.environ.setdefault(k, v)
     if local:

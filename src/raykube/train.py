@@ -505,8 +505,48 @@ def scaling_config(spec: TrainingRunSpec) -> Any:
                          resources_per_worker=resources)
 
 
+def _trainer_class(pg_cleaner: bool) -> Any:
+    """TorchTrainer, or (``pg_cleaner=False``) one without Ray Train's placement-group
+    cleaner: a detached actor (one more Python process, and the first worker-group start
+    waits for it) that frees the workers' placement group if the controller dies without
+    doing so. A ``fit`` run's Ray is its own (``raykube run``: gone with the driver; a
+    RayJob: a cluster per run), so nothing outlives it; Tune trials keep the cleaner."""
+    from ray.train.torch import TorchTrainer
+
+    if pg_cleaner:
+        return TorchTrainer
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError:  # another Ray version: keep its defaults
+        return TorchTrainer
+
+    class _Trainer(TorchTrainer):
+        def _create_default_callbacks(self):  # noqa: ANN202
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return _Trainer
+
+
+def _start_autoscaling_coordinator() -> None:
+    """Start Ray's (detached, per-cluster) AutoscalingCoordinator actor now, while the
+    driver prepares the data: the Train controller's start blocks (up to 5 s) on a call
+    to it, so otherwise its process start is on the path to the first step."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        get_or_create_autoscaling_coordinator()
+    except Exception:  # private API moved: the controller creates it as before
+        log.debug("could not pre-start the autoscaling coordinator", exc_info=True)
+
+
 def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str, name: str,
-                  callbacks: Iterable[Any] = (), extra_config: dict[str, Any] | None = None) -> Any:
+                  callbacks: Iterable[Any] = (), extra_config: dict[str, Any] | None = None,
+                  pg_cleaner: bool = True) -> Any:
     """The TorchTrainer for ``spec``: the one place a Ray Train run is configured, for
     ``fit`` and for every Tune trial alike (loop, data cache, scaling, checkpoint ranking,
     worker fault tolerance, logging).
@@ -516,17 +556,17 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
     under a file lock) so that workers never race to download.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
-    from ray.train.torch import TorchTrainer
 
     from raykube import data as rk_data
 
+    _start_autoscaling_coordinator()
     cache_dir = rk_data.cache_dir_for(spec, storage_root)
     rk_data.prepare(spec, cache_dir)
     datasets = None
     if spec.data.dataset == "image-folder":
         datasets = {s: rk_data.as_ray_dataset(spec, s, cache_dir) for s in ("train", "val")}
     ck = spec.checkpoint
-    return TorchTrainer(
+    return _trainer_class(pg_cleaner)(
         train_loop_per_worker,
         train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir, **(extra_config or {})},
         scaling_config=scaling_config(spec),
@@ -629,7 +669,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     queue = ReportChannel()
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
                             name=name, callbacks=[_forwarder(queue, storage_path)],
-                            extra_config=extra_config)
+                            extra_config=extra_config, pg_cleaner=False)
 
     obs.on_start(run)
     start = time.monotonic()
