@@ -115,11 +115,12 @@ def validation_example(run: TrainingRun, storage: str) -> tuple[list, str]:
     spec = run.spec
     cache = rk_data.cache_dir_for(spec, storage)
     info = rk_data.dataset_info(spec, cache)
-    if spec.data.dataset == "image-folder":
-        row = rk_data.as_ray_dataset(spec, "val", cache).take(1)[0]
-        return row["image"].tolist(), info.class_names[int(row["label"])]
-    arrays = rk_data.load_arrays(spec, cache)
-    return arrays.val_x[0].tolist(), info.class_names[int(arrays.val_y[0])]
+    if spec.data.dataset == "image-folder":  # the training run's decoded cache
+        arrays = rk_data.load_image_cache(rk_data.build_image_cache(spec, storage), spec)
+    else:
+        arrays = rk_data.load_arrays(spec, cache)
+    x = rk_data.normalise_batch(arrays.val_x[:1])[0]
+    return x.tolist(), info.class_names[int(arrays.val_y[0])]
 
 
 def demo_request(base_url: str, instance: list) -> dict[str, Any]:

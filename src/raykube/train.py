@@ -144,15 +144,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cache_dir = config.get("cache_dir") or rk_data.cache_dir_for(spec, "runs")
     seed = spec.train.seed
 
-    streamed = spec.data.dataset == "image-folder"
-    if streamed:
-        info = rk_data.dataset_info(spec, cache_dir)
+    if config.get("image_cache"):  # an image folder, decoded once into uint8 (data.py)
+        arrays = rk_data.load_image_cache(config["image_cache"], spec)
     else:
         arrays = rk_data.load_arrays(spec, cache_dir)
-        info = arrays.info
-        train_x, train_y = arrays.train_x.to(device), arrays.train_y.to(device)
-        # Each rank validates a disjoint stride of the validation set; sums are reduced.
-        val_x, val_y = arrays.val_x[rank::world].to(device), arrays.val_y[rank::world].to(device)
+    info = arrays.info
+    train_x, train_y = arrays.train_x.to(device), arrays.train_y.to(device)
+    # Each rank validates a disjoint stride of the validation set; sums are reduced.
+    val_x, val_y = arrays.val_x[rank::world].to(device), arrays.val_y[rank::world].to(device)
+    normalise = rk_data.normalise_batch  # uint8 images -> float (a no-op on float data)
 
     torch.manual_seed(seed)
     model = build_model(spec.model, info.input_shape, info.num_classes)
@@ -177,18 +177,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
-        if streamed:
-            batches: Iterable = (
-                (b["image"], b["label"]) for b in ray.train.get_dataset_shard("train").iter_torch_batches(
-                    batch_size=per_worker_batch, dtypes={"image": torch.float32, "label": torch.int64},
-                    device=device, local_shuffle_buffer_size=4 * per_worker_batch,
-                    local_shuffle_seed=seed * 100_003 + epoch))
-        else:
-            batches = _in_memory_batches(train_x, train_y, per_worker_batch, rank, world, seed, epoch)
+        batches = _in_memory_batches(train_x, train_y, per_worker_batch, rank, world, seed, epoch)
         for step, (xb, yb) in enumerate(batches):
             if step == 2:
                 _maybe_fail(config.get("fault"), epoch, rank)
-            out = model(xb)
+            out = model(normalise(xb))
             loss = F.cross_entropy(out, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -204,13 +197,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         v_correct = torch.zeros((), device=device, dtype=torch.int64)
         v_seen = 0
         with torch.no_grad():
-            if streamed:
-                vb: Iterable = ((b["image"], b["label"]) for b in ray.train.get_dataset_shard("val").iter_torch_batches(
-                    batch_size=VAL_BATCH, dtypes={"image": torch.float32, "label": torch.int64}, device=device))
-            else:
-                vb = ((val_x[i:i + VAL_BATCH], val_y[i:i + VAL_BATCH]) for i in range(0, len(val_x), VAL_BATCH))
+            vb = ((val_x[i:i + VAL_BATCH], val_y[i:i + VAL_BATCH]) for i in range(0, len(val_x), VAL_BATCH))
             for xb, yb in vb:
-                out = bare(xb)
+                out = bare(normalise(xb))
                 v_loss += F.cross_entropy(out, yb, reduction="sum")
                 v_correct += (out.argmax(1) == yb).sum()
                 v_seen += yb.shape[0]
@@ -562,13 +551,15 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
     _start_autoscaling_coordinator()
     cache_dir = rk_data.cache_dir_for(spec, storage_root)
     rk_data.prepare(spec, cache_dir)
-    datasets = None
+    config: dict[str, Any] = {"spec": spec.to_dict(), "cache_dir": cache_dir}
     if spec.data.dataset == "image-folder":
-        datasets = {s: rk_data.as_ray_dataset(spec, s, cache_dir) for s in ("train", "val")}
+        # Decoded here, once, on every CPU (no Train worker holds one yet); the workers
+        # read the uint8 cache. A later run, a retry or a Tune trial finds it done.
+        config["image_cache"] = rk_data.build_image_cache(spec, storage_root)
     ck = spec.checkpoint
     return _trainer_class(pg_cleaner)(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir, **(extra_config or {})},
+        train_loop_config={**config, **(extra_config or {})},
         scaling_config=scaling_config(spec),
         run_config=RunConfig(
             name=name,
@@ -584,7 +575,6 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
             logging_config=LoggingConfig(log_level=os.environ.get("RAYKUBE_TRAIN_LOG_LEVEL",
                                                                   "WARNING")),
         ),
-        datasets=datasets,
     )
 
 
