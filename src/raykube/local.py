@@ -31,7 +31,8 @@ LOCAL_SERVE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 # Ray starts one idle worker process per CPU when the driver connects; Train's controller
 # and workers carry their own runtime env (Train propagates env vars) so they never use
 # them: on a small machine those starts only compete with the ones training waits for.
-LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0"}
+# Ray Data's decode tasks (image folders) do use them: ``prestart_workers=True``.
+PRESTART_ENV = "RAY_prestart_worker_first_driver"
 # HAProxy's stats and Prometheus ports (8404, 9101 by default) bind all interfaces:
 # a free port each, so two local Rays (or a test session beside `raykube serve`) coexist.
 _HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
@@ -45,14 +46,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def apply_ray_env(*, local: bool = True) -> None:
+def apply_ray_env(*, local: bool = True, prestart_workers: bool = False) -> None:
     """Put raykube's Ray settings (``raykube.render.TRAIN_ENV``/``SERVE_ENV``, the same as
     the rendered pods') into this process's environment, where Ray processes started or
     joined from here read them. Values already set win (users can still override each).
     Call before ``ray.init``."""
     from raykube.render import SERVE_ENV, TRAIN_ENV
 
-    env = {**TRAIN_ENV, **SERVE_ENV, **({**LOCAL_RAY_ENV, **LOCAL_SERVE_ENV} if local else {})}
+    env = {**TRAIN_ENV, **SERVE_ENV}
+    if local:
+        env.update(LOCAL_SERVE_ENV)
+        env[PRESTART_ENV] = "1" if prestart_workers else "0"
     for k, v in env.items():
         os.environ.setdefault(k, v)
     if local:
@@ -61,9 +65,11 @@ def apply_ray_env(*, local: bool = True) -> None:
                 os.environ[k] = str(_free_port())
 
 
-def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start an embedded Ray (no dashboard, no telemetry) or join ``address``."""
-    apply_ray_env(local=not address)
+def init_ray(*, address: str | None = None, num_cpus: int | None = None,
+             prestart_workers: bool = False) -> None:
+    """Start an embedded Ray (no dashboard, no telemetry) or join ``address``.
+    ``prestart_workers``: idle workers for Ray Data's tasks (see ``PRESTART_ENV``)."""
+    apply_ray_env(local=not address, prestart_workers=prestart_workers)
     import ray
 
     if ray.is_initialized():

@@ -57,11 +57,16 @@ def test_ingest_suite_smoke(tmp_path):
                               work_dir=str(tmp_path))
     assert report.errors == [], report.notes
     rows = {r["variant"]: r["metrics"] for r in report.results}
-    assert set(rows) == {"dataloader", "raykube"}
-    # Both read every image (the raykube split keeps (nearly) all files for training).
-    assert rows["dataloader"]["images_per_pass"] == 300
+    assert set(rows) == {"dataloader", "raykube", "dataloader-cached"}
+    # All read every image (the raykube split keeps (nearly) all files for training);
+    # the cached DataLoader reads the cache raykube wrote (every file).
+    assert rows["dataloader"]["images_per_pass"] == rows["dataloader-cached"]["images_per_pass"] == 300
     assert 295 <= rows["raykube"]["images_per_pass"] <= 300
-    assert all(m["images_per_s"] > 0 and m["time_to_first_batch_s"] > 0 for m in rows.values())
+    assert all(m["cold_images_per_s"] > 0 and m["warm_images_per_s"] > 0
+               and m["time_to_first_batch_s"] > 0 for m in rows.values())
+    assert {(q["metric"], q["numerator"], q["denominator"]) for q in report.ratios} >= {
+        ("cold_images_per_s", "raykube", "dataloader"),
+        ("warm_images_per_s", "raykube", "dataloader-cached")}
     _check_ratios(report)
     _check_written(report, tmp_path)
 
