@@ -75,17 +75,18 @@ def test_serve_suite_smoke(tmp_path):
     from raykube.bench import serve
 
     report = serve.run_suite(quick=True, params={"latency_requests": 20, "warmup": 3,
-                                                 "saturation_requests": 60, "concurrency": 8})
+                                                 "saturation_requests": 60, "concurrency": 8,
+                                                 "latency_s": 2, "saturation_s": 2})
     assert report.errors == [], report.notes
     rows = {r["variant"]: r["metrics"] for r in report.results}
     assert set(rows) == {"direct", "fastapi", "raykube", "raykube-batched"}
     for variant in ("fastapi", "raykube", "raykube-batched"):
         m = rows[variant]
-        assert m["errors"] == 0 and m["requests"] == 80, variant
+        assert m["errors"] == 0 and m["requests"] > 8, variant
         assert 0 < m["p50_ms"] <= m["p99_ms"] and m["requests_per_s"] > 0
-    added = {c["name"]: c["value"] for c in report.checks}
-    assert added["cifar10-cnn: raykube p50 added over the direct call"] == pytest.approx(
-        rows["raykube"]["p50_ms"] - rows["direct"]["p50_ms"])
+        assert m["client_cpu"] > 0  # wrk (Debian's package) drove the load
+    goals = {(q["metric"], q["numerator"]) for q in report.ratios if q.get("goal")}
+    assert goals >= {("p50_ms", "raykube"), ("requests_per_s", "raykube-batched")}
     _check_ratios(report)
     _check_written(report, tmp_path)
 
