@@ -35,17 +35,24 @@ def test_train_suite_smoke(tmp_path):
                              params={"num_samples": 2048, "epochs": 2, "batch_size": 128})
     assert report.errors == [], report.notes
     rows = {r["variant"]: r["metrics"] for r in report.results}
-    assert set(rows) == {"torch", "ddp", "raykube"}
+    assert set(rows) == {"torch", "ddp", "raykube", "raykube-1x2"}
     for variant, m in rows.items():
         assert m["samples_per_s"] > 0 and m["time_to_first_step_s"] > 0, variant
         assert m["checkpoint_saves"] == 2, variant  # one per epoch, by the writing process
-    assert rows["torch"]["processes"] == 1
+    assert rows["torch"]["processes"] == rows["raykube-1x2"]["processes"] == 1
     assert rows["ddp"]["processes"] == 2 and rows["raykube"]["processes"] == 2
     # Both DDP flavours step in lockstep: 2 epochs x (1843 train examples / 2 ranks / 64).
     assert rows["ddp"]["steps_logged"] == rows["raykube"]["steps_logged"] == 2 * 2 * 15
+    assert rows["raykube-1x2"]["steps_logged"] == 2 * 15  # one worker, batch 128
     assert rows["raykube"]["checkpoint_uploads"] == 2  # Ray Train's upload was timed
+    # Ray's start and Train's start are parts of the time to the first step.
+    m = rows["raykube"]
+    assert m["ray_init_s"] > 0 and m["train_start_s"] > 0
+    assert m["ray_init_s"] + m["train_start_s"] < m["time_to_first_step_s"]
     assert {(q["numerator"], q["denominator"]) for q in report.ratios} >= {
-        ("raykube", "torch"), ("raykube", "ddp")}
+        ("raykube-1x2", "torch"), ("raykube", "ddp")}
+    assert [c["name"] for c in report.checks] == [
+        "fashion-mnist-mlp: raykube launch to first training step"]
     _check_ratios(report)
     _check_written(report, tmp_path)
 
