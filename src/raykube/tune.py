@@ -626,6 +626,12 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
             "or tune changed); give the TrainingRun another metadata.name or delete "
             "that directory to start over")
 
+    if spec.data.dataset == "image-folder":
+        # Decode once, here, while every CPU is free: trials find the cache done (their
+        # Train workers could otherwise leave Ray Data's decode tasks no CPU).
+        from raykube.data import build_image_cache
+
+        build_image_cache(spec, storage_path)
     started = time.monotonic()
     key = experiment_uri
     _SINKS[key] = _ObserverSink(observers, spec, storage_path)
