@@ -337,6 +337,12 @@ class Classifier:
 
     async def predict_array(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for a validated (N, *input_shape) float32 array."""
+        # Behind Serve's HAProxy ingress the replica's own HTTP server hands over whole
+        # requests, so reading and parsing never yield: without this, a request would
+        # always find itself alone. Two loop turns let requests already on the sockets
+        # be read and counted (microseconds when none are).
+        for _ in range(2):
+            await asyncio.sleep(0)
         if self._active == 1:  # no other request in this replica: do not wait for company
             probs = await self._run(x)
             self.stats["modelCalls"] += 1
