@@ -42,6 +42,9 @@ def ray_session():
     """
     import ray
 
+    from raykube.local import apply_ray_env
+
+    apply_ray_env()  # the settings `raykube run`/`serve` and the pods use (HAProxy ingress...)
     if not ray.is_initialized():
         ray.init(
             num_cpus=int(os.environ.get("RAYKUBE_TEST_RAY_CPUS", "4")),

@@ -4,9 +4,13 @@ Two paths, chosen by size and location:
 - in memory (``digits``, ``fashion-mnist``, ``cifar10``, ``synthetic``): each worker
   loads the whole (small) dataset once as normalised float32 tensors and indexes its own
   shard directly: no DataLoader processes, no per-example Python on the hot path.
-- streamed (``image-folder``): Ray Data ``read_images`` over a directory or ``s3://``
-  URI, decoded/resized/normalised in Ray Data tasks and fed to each worker through
-  ``ray.train.get_dataset_shard`` + ``iter_torch_batches``.
+- ``image-folder`` (a directory or ``s3://`` URI): decoded once per run, by Ray Data on
+  every CPU before the Train workers start, into a uint8 cache fingerprinted by the files'
+  paths, sizes and mtimes and the image size and mode (``image_cache``, under the run's
+  storage: a later run, a retry or a Tune trial decodes nothing); each worker then indexes
+  the cached uint8 array like an in-memory dataset and normalises its batches itself.
+  Batch inference (``as_ray_dataset``) streams instead: each split reads only its own
+  files, in few large blocks, one decode call per block.
 
 Normalisation follows the tutorials: FashionMNIST ``Normalize((0.5,), (0.5,))``, CIFAR-10
 ``Normalize((0.5,)*3, (0.5,)*3)``; digits and image folders use the same [0, 1] then
@@ -15,8 +19,12 @@ Normalisation follows the tutorials: FashionMNIST ``Normalize((0.5,), (0.5,))``,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import hashlib
+import io
+import json
 import os
 import shutil
 import zlib
@@ -306,39 +314,236 @@ def _in_split(path: str, root: str, split: Split, fraction: float, seed: int) ->
     return (h < fraction) == (split == "val")
 
 
-def _image_batch(batch: dict[str, Any], *, root: str, classes: list[str], channels: int,
-                 split: Split, fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Ray Data batch (image HWC uint8, path) -> (image CHW float32 normalised, label)."""
-    keep = [i for i, p in enumerate(batch["path"])
-            if _in_split(p, root, split, fraction, seed)]
+DECODE_LOG_ENV = "RAYKUBE_DECODE_LOG"
+"""Tests: a directory where every process appends the paths it decodes (one file each);
+read where a dataset is built (the driver) and passed to the decoding tasks."""
+IMAGE_CACHE_VERSION = 1
+FILES_PER_BLOCK = 512
+"""Image files per Ray Data block when decoding: few, large blocks (``read_images``
+makes one per file, and its per-block overhead costs more than a small image's decode)."""
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """An image folder's files (sorted), their labels, and where it lives."""
+
+    root: str  # path inside the filesystem (no scheme)
+    uri: str
+    paths: list[str]
+    labels: np.ndarray
+    sizes: list[int]
+    mtimes: list[int]
+    classes: list[str]
+
+
+def _folder_root(uri: str) -> str:
+    return (uri.split("://", 1)[1] if "://" in uri else os.path.abspath(uri)).rstrip("/")
+
+
+def list_image_files(uri: str) -> ImageFiles:
+    """Every image file of ``<uri>/<class>/...`` (sorted), with its label, size and mtime."""
+    import pyarrow.fs as pafs
+
+    from raykube.storage import filesystem
+
+    classes = _list_classes(uri)
     index = {c: i for i, c in enumerate(classes)}
-    images = np.stack([np.asarray(batch["image"][i]) for i in keep]) if keep else \
-        np.zeros((0, 1, 1, channels), dtype=np.uint8)
-    if images.ndim == 3:  # grayscale HW -> HW1
-        images = images[..., None]
-    x = _normalise(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    y = np.asarray([index[os.path.basename(os.path.dirname(batch["path"][i]))] for i in keep],
-                   dtype=np.int64)
-    return {"image": x, "label": y}
+    fs, path = filesystem(uri)
+    root = path.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    found = []
+    for i in infos:
+        if i.type != pafs.FileType.File:
+            continue
+        rel = i.path[len(root):].lstrip("/")
+        cls = rel.split("/", 1)[0]
+        if "/" not in rel or cls not in index or i.extension.lower() not in IMAGE_EXTENSIONS:
+            continue
+        found.append((i.path, index[cls], int(i.size or 0), int(i.mtime_ns or 0)))
+    if not found:
+        raise DatasetUnavailable(f"image-folder {uri}: no image files "
+                                 f"({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+    found.sort()
+    return ImageFiles(root=root, uri=uri, paths=[f[0] for f in found],
+                      labels=np.asarray([f[1] for f in found], dtype=np.int64),
+                      sizes=[f[2] for f in found], mtimes=[f[3] for f in found],
+                      classes=classes)
+
+
+def split_mask(files: ImageFiles, split: Split, fraction: float, seed: int) -> np.ndarray:
+    """Which of ``files`` belong to ``split`` (the stable hash of ``_in_split``)."""
+    return np.fromiter((_in_split(p, files.root, split, fraction, seed) for p in files.paths),
+                       dtype=bool, count=len(files.paths))
+
+
+def decode_images(blobs: list[bytes], size: int, channels: int,
+                  paths: list[str] | None = None, log_dir: str | None = None) -> np.ndarray:
+    """Encoded images -> one uint8 (N, C, size, size) array, exactly as serving
+    preprocesses an uploaded image (``preprocess_image``: convert, then resize)."""
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((len(blobs), size, size, channels), dtype=np.uint8)
+    for i, blob in enumerate(blobs):
+        img = Image.open(io.BytesIO(blob)).convert(mode)
+        if img.size != (size, size):
+            img = img.resize((size, size))
+        out[i] = np.asarray(img).reshape(size, size, channels)
+    if log_dir and paths is not None:
+        with open(os.path.join(log_dir, f"decoded-{os.getpid()}.log"), "a") as f:
+            f.write("".join(f"{p}\n" for p in paths))
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _decode_block(batch: dict[str, Any], *, size: int, channels: int, root: str,
+                  classes: list[str], decode_log: str | None = None) -> dict[str, np.ndarray]:
+    """A Ray Data block of raw files -> uint8 images, labels (class folder) and paths."""
+    paths = [str(p) for p in batch["path"]]
+    index = {c: i for i, c in enumerate(classes)}
+    labels = [index[p[len(root):].lstrip("/").split("/", 1)[0]] for p in paths]
+    return {"image": decode_images(list(batch["bytes"]), size, channels, paths, decode_log),
+            "label": np.asarray(labels, dtype=np.int64), "path": np.asarray(paths)}
+
+
+def _image_shape(spec: TrainingRunSpec) -> tuple[int, int]:
+    return spec.data.image_size or DEFAULT_IMAGE_SIZE, 1 if spec.data.grayscale else 3
+
+
+def _read_files(spec: TrainingRunSpec, files: ImageFiles, paths: list[str], *,
+                num_cpus: float = 1.0) -> ray.data.Dataset:
+    """Ray Data over exactly ``paths``: raw bytes in blocks of ``FILES_PER_BLOCK`` files,
+    one ``decode_images`` call per block -> columns image (uint8 CHW), label, path."""
+    import ray.data
+
+    size, channels = _image_shape(spec)
+    fs = None
+    if "://" in files.uri:
+        from raykube.storage import filesystem
+
+        fs = filesystem(files.uri)[0]
+    blocks = max(1, -(-len(paths) // FILES_PER_BLOCK))
+    ds = ray.data.read_binary_files(paths, include_paths=True, filesystem=fs,
+                                    override_num_blocks=blocks)
+    return ds.map_batches(_decode_block, batch_format="numpy", batch_size=None,
+                          num_cpus=num_cpus,
+                          fn_kwargs={"size": size, "channels": channels, "root": files.root,
+                                     "classes": files.classes,
+                                     "decode_log": os.environ.get(DECODE_LOG_ENV)})
+
+
+def image_cache_dir(spec: TrainingRunSpec, storage_root: str, files: ImageFiles) -> str:
+    """``<storage root>/datasets/image-folder/<fingerprint>``: the fingerprint covers each
+    file's path (relative), size and mtime, the image size and the colour mode."""
+    size, channels = _image_shape(spec)
+    doc = {"v": IMAGE_CACHE_VERSION, "size": size, "channels": channels,
+           "files": [[p[len(files.root):], s, m]
+                     for p, s, m in zip(files.paths, files.sizes, files.mtimes, strict=True)]}
+    digest = hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()[:24]
+    base = storage_root if "://" in storage_root else os.path.abspath(storage_root)
+    return f"{base.rstrip('/')}/datasets/image-folder/{digest}"
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def build_image_cache(spec: TrainingRunSpec, storage_root: str) -> str:
+    """Decode the image folder once into its uint8 cache (unless it is there); return
+    the cache's address. Decoding runs on Ray Data (every CPU of the cluster, before
+    any Train worker holds one) when Ray is up, else in this process."""
+    from raykube.storage import exists, write_bytes
+
+    assert spec.data.uri, "image-folder needs data.uri"
+    files = list_image_files(spec.data.uri)
+    cache = image_cache_dir(spec, storage_root, files)
+    if exists(f"{cache}/done"):
+        return cache
+    local = "://" not in cache
+    if local:
+        os.makedirs(cache, exist_ok=True)
+    lock = _lock(cache, "build") if local else contextlib.nullcontext()
+    with lock:
+        if exists(f"{cache}/done"):
+            return cache
+        size, channels = _image_shape(spec)
+        x = np.empty((len(files.paths), channels, size, size), dtype=np.uint8)
+        position = {p: i for i, p in enumerate(files.paths)}
+        import ray
+
+        if ray.is_initialized():
+            for batch in _read_files(spec, files, files.paths).iter_batches(
+                    batch_size=None, batch_format="numpy", prefetch_batches=2):
+                idx = [position[str(p)] for p in batch["path"]]
+                x[idx] = batch["image"]
+        else:
+            from raykube.storage import read_bytes
+
+            scheme = files.uri.split("://", 1)[0] + "://" if "://" in files.uri else ""
+            for i, p in enumerate(files.paths):
+                x[i] = decode_images([read_bytes(scheme + p) or b""], size, channels, [p],
+                                     os.environ.get(DECODE_LOG_ENV))[0]
+        write_bytes(f"{cache}/x.npy", _npy_bytes(x))
+        write_bytes(f"{cache}/y.npy", _npy_bytes(files.labels))
+        write_bytes(f"{cache}/files.json", json.dumps(
+            {"root": files.root, "paths": files.paths, "classes": files.classes}).encode())
+        write_bytes(f"{cache}/done", b"ok")
+    return cache
+
+
+def load_image_cache(cache: str, spec: TrainingRunSpec) -> Arrays:
+    """The cached folder as uint8 tensors, split: ``train_x``/``val_x`` are uint8 (N, C, H,
+    W); ``normalise_batch`` turns a batch into the model's float input. A local cache is
+    memory-mapped (pages shared by the workers of a node), a remote one downloaded."""
+    import torch
+
+    from raykube.storage import read_bytes
+
+    def load(name: str) -> np.ndarray:
+        if "://" not in cache:
+            return np.load(f"{cache}/{name}", mmap_mode="r")
+        raw = read_bytes(f"{cache}/{name}")
+        assert raw is not None, f"{cache}/{name} is missing"
+        return np.load(io.BytesIO(raw))
+
+    x, y = load("x.npy"), load("y.npy")
+    meta = json.loads((read_bytes(f"{cache}/files.json") or b"{}").decode())
+    files = ImageFiles(root=meta["root"], uri=spec.data.uri or "", paths=meta["paths"],
+                       labels=y, sizes=[], mtimes=[], classes=meta["classes"])
+    val = split_mask(files, "val", spec.data.validation_fraction, spec.train.seed)
+    tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    size, channels = _image_shape(spec)
+    info = DatasetInfo((channels, size, size), list(meta["classes"]))
+    return Arrays(torch.from_numpy(np.ascontiguousarray(x[tr_idx])),
+                  torch.from_numpy(np.ascontiguousarray(y[tr_idx])),
+                  torch.from_numpy(np.ascontiguousarray(x[va_idx])),
+                  torch.from_numpy(np.ascontiguousarray(y[va_idx])), info)
+
+
+def normalise_batch(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in the tutorials' Normalize(0.5, 0.5): x / 127.5 - 1."""
+    import torch
+
+    if x.dtype != torch.uint8:
+        return x
+    return x.float().mul_(1.0 / (255.0 * STD)).sub_(MEAN / STD)
+
+
+def _normalise_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    x = batch["image"].astype(np.float32) * np.float32(1.0 / (255.0 * STD)) - np.float32(MEAN / STD)
+    return {"image": x, "label": batch["label"]}
 
 
 def _read_image_folder(spec: TrainingRunSpec, split: Split) -> ray.data.Dataset:
-    import ray.data
-
-    uri = spec.data.uri
-    assert uri
-    info = dataset_info(spec)
-    _, size, _ = info.input_shape
-    channels = info.input_shape[0]
-    root = uri.split("://", 1)[1] if "://" in uri else os.path.abspath(uri)
-    ds = ray.data.read_images(uri if "://" in uri else root, size=(size, size),
-                              mode="L" if channels == 1 else "RGB", include_paths=True,
-                              file_extensions=IMAGE_EXTENSIONS)
-    return ds.map_batches(
-        _image_batch, batch_format="numpy",
-        fn_kwargs={"root": root.rstrip("/"), "classes": info.class_names, "channels": channels,
-                   "split": split, "fraction": spec.data.validation_fraction,
-                   "seed": spec.train.seed})
+    """One split, streamed: only this split's files are read, in blocks of
+    ``FILES_PER_BLOCK``, decoded to uint8 and normalised to float32 per block."""
+    assert spec.data.uri
+    files = list_image_files(spec.data.uri)
+    mask = split_mask(files, split, spec.data.validation_fraction, spec.train.seed)
+    paths = [p for p, keep in zip(files.paths, mask, strict=True) if keep]
+    return _read_files(spec, files, paths).map_batches(_normalise_columns, batch_format="numpy",
+                                                       batch_size=None)
 
 
 def as_ray_dataset(spec: TrainingRunSpec, split: Split, cache_dir: str) -> ray.data.Dataset:

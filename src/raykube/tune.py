@@ -145,9 +145,10 @@ def trial_dirname(trial: Any) -> str:
 
 class _Forward:
     """Ray Train ``UserCallback`` (runs in the trial's Train controller): sends each
-    report, and once the controller's own handle, to the trial through a Ray queue.
+    report, and once the controller's own handle, to the trial through a
+    ``raykube.train.ReportChannel`` (no queue actor).
 
-    Like Ray's ``TuneReportCallback``, but the queue is unbounded so the controller never
+    Like Ray's ``TuneReportCallback``, but the channel is unbounded so the controller never
     blocks on a trial that Tune has stopped, and the handle lets that trial abort its
     Train run gracefully (see ``_AbortTrainOnStop``).
     """
@@ -217,14 +218,12 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     (resumed search, or Tune retrying it) continues from its latest checkpoint. Each
     epoch's report is forwarded with ``tune.report`` (ASHA decides on those).
     """
-    from ray.util.queue import Queue
-
-    from raykube.train import build_trainer, fit_and_stream
+    from raykube.train import ReportChannel, build_trainer, fit_and_stream
 
     assert spec_doc is not None and storage_root is not None and experiment_uri is not None
     spec = trial_spec(TrainingRunSpec.model_validate(spec_doc), config)
     trial_id = tune.get_context().get_trial_id()
-    queue = Queue(actor_options={"num_cpus": 0})
+    queue = ReportChannel()
 
     trainer = build_trainer(
         spec,
@@ -627,6 +626,12 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
             "or tune changed); give the TrainingRun another metadata.name or delete "
             "that directory to start over")
 
+    if spec.data.dataset == "image-folder":
+        # Decode once, here, while every CPU is free: trials find the cache done (their
+        # Train workers could otherwise leave Ray Data's decode tasks no CPU).
+        from raykube.data import build_image_cache
+
+        build_image_cache(spec, storage_path)
     started = time.monotonic()
     key = experiment_uri
     _SINKS[key] = _ObserverSink(observers, spec, storage_path)

@@ -66,15 +66,42 @@ def test_image_folder_reads_through_ray_data(ray_session, image_folder):
     assert sorted(r["image"].sum() for r in other) != sorted(r["image"].sum() for r in val)
 
 
-def test_training_on_an_image_folder_uses_ray_data_shards(ray_session, image_folder, tmp_path):
+def _decoded(log_dir: Path) -> list[str]:
+    return [line for f in sorted(log_dir.glob("decoded-*.log"))
+            for line in f.read_text().splitlines()]
+
+
+def test_training_on_an_image_folder_decodes_each_image_once(ray_session, image_folder,
+                                                             tmp_path, monkeypatch):
     from raykube import data
+    from raykube.local import validation_example
     from raykube.train import fit
 
     spec = folder_spec(image_folder)
     n_val = data.as_ray_dataset(spec, "val", "/unused").count()
+    log = tmp_path / "decode-log"
+    log.mkdir()
+    monkeypatch.setenv(data.DECODE_LOG_ENV, str(log))
     run = parse_spec(spec.to_dict(), name="folder")
-    out = fit(run, str(tmp_path))
+    out = fit(run, str(tmp_path / "runs"))
     assert [h["epoch"] for h in out.history] == [1, 2]
     last = out.history[-1]
-    assert last["valExamples"] == n_val and last["trainExamples"] == 80 - n_val
+    # Every validation image, every training image but the remainder of an uneven split
+    # over 2 workers (equal shards, as DistributedSampler(drop_last=True)).
+    assert last["valExamples"] == n_val and last["trainExamples"] == (80 - n_val) // 2 * 2
     assert out.best_metrics["valAccuracy"] >= 0.9  # two colours: trivially separable
+    # Two epochs, training and validation, and the demo example: each image decoded once.
+    images = sorted(str(p) for p in image_folder.rglob("*.png"))
+    x, label = validation_example(run, str(tmp_path / "runs"))
+    assert np.asarray(x).shape == (3, 8, 8) and label in COLOURS
+    assert sorted(_decoded(log)) == images
+    # Another run over the same files (here: more epochs, another name) decodes nothing.
+    more = parse_spec({**spec.to_dict(), "train": {**spec.to_dict()["train"], "epochs": 1}},
+                      name="folder-again")
+    fit(more, str(tmp_path / "runs"))
+    assert sorted(_decoded(log)) == images
+    # A changed file is a new folder: decoded again (the cache is keyed by size/mtime).
+    changed = image_folder / "red" / "000.png"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    fit(parse_spec(more.spec.to_dict(), name="folder-third"), str(tmp_path / "runs"))
+    assert len(_decoded(log)) == 2 * len(images)

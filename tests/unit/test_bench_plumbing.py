@@ -131,3 +131,39 @@ def test_cli_parses_bench_arguments():
     assert (args.suite, args.quick, args.out, args.case) == ("train", True, "x", ["cifar10-cnn"])
     with pytest.raises(SystemExit):
         build_parser("bench").parse_args(["bench", "nope"])
+
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:8000/predict
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.10ms    1.20ms  20.00ms   90.00%
+    Req/Sec     2.50k   100.00     2.70k    70.00%
+  Latency Distribution
+     50%    2.95ms
+     75%    3.40ms
+     90%  850.00us
+     99%    1.02s
+  5000 requests in 2.00s, 1.50MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   2499.50
+Transfer/sec:    750.00KB
+"""
+
+
+def test_wrk_output_is_read_with_its_units():
+    from raykube.bench.serve import parse_wrk
+
+    r = parse_wrk(WRK_OUTPUT)
+    assert r["requests_per_s"] == 2499.5 and r["requests"] == 5000
+    assert r["percentiles"] == {50: pytest.approx(0.00295), 75: pytest.approx(0.0034),
+                                90: pytest.approx(0.00085), 99: pytest.approx(1.02)}
+    assert r["non_2xx"] == 4 and r["socket_errors"] == 3
+
+
+def test_unreadable_wrk_output_is_an_error_not_a_zero():
+    from raykube.bench.common import ChildError
+    from raykube.bench.serve import parse_wrk
+
+    with pytest.raises(ChildError):
+        parse_wrk("wrk: connection refused")

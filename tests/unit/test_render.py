@@ -75,7 +75,8 @@ def test_rayjob_contract():
         env = {e["name"]: e["value"] for e in c["env"]}
         assert env == {"RAYKUBE_STORAGE": "/mnt/raykube/default", "RAY_USAGE_STATS_ENABLED": "0",
                        "RAYKUBE_TRAININGRUN": "default/quickstart",
-                       "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+                       "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+                       "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
         assert c["image"] == CFG.cpu_image
         assert "nvidia.com/gpu" not in c["resources"]["limits"]
     # the driver runs on the head: only it gets the spec and the run's API token
@@ -205,8 +206,17 @@ def test_rayservice_contract():
     dep, = app["deployments"]
     assert dep == {"name": "Classifier", "num_replicas": 3,
                    "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0}}
-    _, (group,) = _pods(svc)
+    assert app["logging_config"] == {"enable_access_log": False}
+    head, (group,) = _pods(svc)
     assert group["replicas"] == 3
+    # Every Ray pod of a RayService runs Serve's HAProxy ingress with a short drain.
+    for pod in (head, group):
+        env = {e["name"]: e["value"] for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) <= 5
+    logged = R.render_rayservice(run, R.RenderConfig(serve_access_log=True), "x")
+    assert yaml.safe_load(logged["spec"]["serveConfigV2"])["applications"][0][
+        "logging_config"] == {"enable_access_log": True}
     assert R.serve_endpoint(run) == "http://quickstart-serve-svc.default:8000"
     # a new checkpoint changes the serve config and the hash; nothing else
     other = R.render_rayservice(run, CFG, "/mnt/raykube/default/quickstart/ckpt_9")

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    init_ray(num_cpus=local_cpus(tr))
+    init_ray(num_cpus=local_cpus(tr), prestart_workers=tr.spec.data.dataset == "image-folder")
     try:
         outcome = train_or_tune(tr, args.storage, observers=[RichDisplay(console)])
     except (DatasetUnavailable, StorageError, RunDirConflict) as exc:

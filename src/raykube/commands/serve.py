@@ -36,6 +36,8 @@ curl -s localhost:8000/metadata                 # then, from another terminal
                    help="dynamic batching: longest wait for a batch to fill (ms)")
     p.add_argument("--max-request-bytes", type=int, help="largest accepted body (413 above)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line per request (off by default: it costs CPU per request)")
 
 
 def serve_spec_for(args: argparse.Namespace, checkpoint_spec: dict):
@@ -82,13 +84,16 @@ def run(args: argparse.Namespace) -> int:
 
     import ray
 
+    from raykube.local import apply_ray_env
     from raykube.serve import curl_example, start_local, stop_local
 
+    apply_ray_env()  # Serve's HAProxy ingress, short drain (README "Performance")
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
     stop_on_sigterm()
     try:
         try:
-            base = start_local(args.checkpoint, serve_spec, port=args.port, host=args.host)
+            base = start_local(args.checkpoint, serve_spec, port=args.port, host=args.host,
+                               access_log=args.access_log)
         except (RuntimeError, TimeoutError) as exc:  # Serve's deploy/proxy failures
             print(f"raykube serve: could not start serving: {exc}", file=sys.stderr)
             return 1
