@@ -618,6 +618,8 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
             and stored.get("spec") == identity):
         log.info("search %s already finished; returning its result", experiment_uri)
         outcome = TuneOutcome.from_result(stored)
+        if not exists(_join(experiment_uri, "best")):  # a search finished by an older raykube
+            _publish_best(outcome.best_checkpoint, experiment_uri)
         obs.on_end(stored)
         return outcome
     marker = _read_json(marker_uri)
@@ -666,6 +668,7 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     outcome = summarize(experiment_uri, spec, name=name, storage_path=storage_path)
     outcome.wall_time_s = round(time.monotonic() - started, 2)
     result = outcome.to_result()
+    _publish_best(outcome.best_checkpoint, experiment_uri)
     try:
         write_bytes(_join(experiment_uri, REPORT_FILE), plot_trials(outcome))
     except Exception:  # a plot must never lose a finished search
@@ -673,6 +676,21 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     _write_json(result_uri, result)
     obs.on_end(result)
     return outcome
+
+
+def _publish_best(checkpoint: str | None, experiment_uri: str) -> None:
+    """``<run>/best``: the best trial's checkpoint where ``raykube serve``, the README and
+    ``raykube render --serve`` (its RayService) expect a run's best model, as for a
+    plain training run."""
+    if not checkpoint:
+        return
+    from raykube.train import publish_best
+
+    try:
+        publish_best(checkpoint, experiment_uri)
+    except Exception:  # the concrete checkpoint is still in result.json
+        log.warning("could not copy the best checkpoint to %s/best", experiment_uri,
+                    exc_info=True)
 
 
 def _saved_statuses(experiment_uri: str) -> list[str]:
