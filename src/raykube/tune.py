@@ -625,9 +625,9 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     marker = _read_json(marker_uri)
     if marker is not None and marker.get("spec") != identity:
         raise StorageConflict(
-            f"{experiment_uri} holds a search for a different spec (model, data, train "
-            "or tune changed); give the TrainingRun another metadata.name or delete "
-            "that directory to start over")
+            f"{experiment_uri} holds a search for a different spec "
+            f"({changed_fields(marker.get('spec') or {}, identity)}); give the TrainingRun "
+            "another metadata.name or delete that directory to start over")
 
     started = time.monotonic()
     key = experiment_uri
@@ -693,6 +693,25 @@ def _publish_best(checkpoint: str | None, experiment_uri: str) -> None:
                     exc_info=True)
 
 
+def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(doc, dict) and doc:
+        out: dict[str, Any] = {}
+        for k, v in doc.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: doc}
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """'spec.train.optimizer.lr 0.003 -> 0.1, ...': what differs between two spec
+    identities, so a refused re-run says which edit to undo."""
+    a, b = _flatten(old), _flatten(new)
+    diffs = [f"spec.{k} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return (", ".join(diffs[:limit]) + more) if diffs else "model, data, train or tune changed"
+
+
 def _saved_statuses(experiment_uri: str) -> list[str]:
     """Trial statuses as the experiment state in storage has them: what a resume sees.
 
@@ -737,8 +756,7 @@ def best_trial_summary(result: dict[str, Any]) -> Any:
     bm = result.get("best_metrics") or {}
     metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in bm.items() if k in METRICS)
     body = (f"trial {best['trialId']}: {result['metric']} = {_fmt(best['metric'])} "
-            f"({result['mode']})\n{params}\nepoch {bm.get(TIME_ATTR)}: {metrics}\n"
-            f"checkpoint: {result.get('best_checkpoint')}")
+            f"({result['mode']})\n{params}\nepoch {bm.get(TIME_ATTR)}: {metrics}")
     return Panel(body, title="Best trial", expand=False)
 
 
@@ -784,6 +802,13 @@ class TrialTable:
             self.console.print(trials_table(result["trials"], result["metric"], self._title))
         if result.get("best_trial"):
             self.console.print(best_trial_summary(result))
+            # Meant to be copied: whole lines, never wrapped.
+            run_dir = result.get("run_dir")
+            for label, path in (("best checkpoint", f"{run_dir}/best"),
+                                ("report", f"{run_dir}/{REPORT_FILE}"),
+                                ("result", f"{run_dir}/{RESULT_FILE}")):
+                self.console.print(f"{label:<16}{path}", soft_wrap=True, highlight=False,
+                                   markup=False)
 
     def stop(self) -> None:
         if self._live is not None:
