@@ -120,5 +120,5 @@ def test_image_folder_classes_and_stable_split(tmp_path):
 
 def test_image_folder_needs_class_subfolders(tmp_path):
     (tmp_path / "only").mkdir()
-    with pytest.raises(data.DatasetUnavailable, match="sub-folder per class"):
+    with pytest.raises(data.DatasetUnavailable, match="sub-folder of images per class"):
         data.dataset_info(make_spec("image-folder", uri=str(tmp_path)))
