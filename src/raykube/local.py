@@ -46,11 +46,10 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> None
         # Ray's default dashboard setting, not include_dashboard=False: that also drops
         # the state API, which Ray Train's placement-group cleaner polls every second
         # (a warning each time it fails). It listens on 127.0.0.1 only.
-        # address="local": this command's own Ray, even when another raykube command
-        # (or `ray start`) runs one here; RAY_ADDRESS then points Ray's own state-API
-        # lookups (Ray Train's placement-group cleaner) at it, not at "all instances".
-        ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
-        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+        # This command's own Ray, even when another one runs here (raykube.ray_local).
+        from raykube.ray_local import init_local_ray
+
+        init_local_ray(num_cpus=num_cpus, log_to_driver=True)
 
 
 def local_cpus(run: TrainingRun) -> int:

@@ -92,7 +92,10 @@ class TorchPredictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32))
+        arr = np.ascontiguousarray(batch["image"], dtype=np.float32)
+        if not arr.flags.writeable:  # Ray Data hands out read-only views; torch warns on them
+            arr = arr.copy()
+        x = torch.from_numpy(arr)
         with torch.inference_mode():
             probs = torch.softmax(self.model(x.to(self.device)).float(), dim=1).cpu().numpy()
         pred = probs.argmax(axis=1)
@@ -270,7 +273,8 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
             TorchPredictor,
             fn_constructor_kwargs={"checkpoint": str(checkpoint),
                                    "label_names": list(info.class_names)},
-            batch_size=batch_size, batch_format="numpy", concurrency=concurrency,
+            batch_size=batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
             num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
         for batch in preds.iter_batches(batch_size=None, batch_format="numpy"):
             writer.write(batch)

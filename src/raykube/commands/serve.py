@@ -107,12 +107,11 @@ def run(args: argparse.Namespace) -> int:
 
     import ray
 
+    from raykube.ray_local import init_local_ray
     from raykube.serve import curl_example, start_local, stop_local
 
-    # address="local": always this command's own Ray, even when another raykube command
-    # (or `ray start`) runs one on this machine.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             configure_logging=False)
+    # This command's own Ray, even when another one runs here (raykube.ray_local).
+    init_local_ray(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
     stop_on_sigterm()
     try:
         try:
