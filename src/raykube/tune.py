@@ -730,13 +730,16 @@ def trials_table(rows: Sequence[dict[str, Any]], metric: str, title: str | None 
     from rich.table import Table
 
     table = Table(title=title, expand=False)
-    table.add_column("trial")
+    table.add_column("trial", no_wrap=True)
     paths = sorted({p for r in rows for p in r["params"]})
-    for p in paths:
-        table.add_column(p, justify="right")
-    table.add_column("status")
-    table.add_column(metric, justify="right")
-    table.add_column("iter", justify="right")
+    # Headers by last path segment when unambiguous (lr, batchSize): fits 80 columns;
+    # the best-trial panel names the full paths.
+    lasts = [p.rsplit(".", 1)[-1] for p in paths]
+    for p, last in zip(paths, lasts, strict=True):
+        table.add_column(last if lasts.count(last) == 1 else p, justify="right")
+    table.add_column("status", no_wrap=True, min_width=10)
+    table.add_column(metric, justify="right", no_wrap=True)
+    table.add_column("iter", justify="right", no_wrap=True)
     styles = {"RUNNING": "cyan", "TERMINATED": "green", "STOPPED": "yellow", "ERROR": "red"}
     for r in rows:
         table.add_row(
@@ -754,9 +757,11 @@ def best_trial_summary(result: dict[str, Any]) -> Any:
     best = result["best_trial"]
     params = "\n".join(f"  {k} = {_fmt(v)}" for k, v in best["config"].items())
     bm = result.get("best_metrics") or {}
-    metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in bm.items() if k in METRICS)
+    metrics = "\n  ".join(  # validation metrics on one line, training on the next
+        ", ".join(f"{k}={_fmt(v)}" for k, v in bm.items() if k in METRICS and k.startswith(p))
+        for p in ("val", "train"))
     body = (f"trial {best['trialId']}: {result['metric']} = {_fmt(best['metric'])} "
-            f"({result['mode']})\n{params}\nepoch {bm.get(TIME_ATTR)}: {metrics}")
+            f"({result['mode']})\n{params}\nepoch {bm.get(TIME_ATTR)}:\n  {metrics}")
     return Panel(body, title="Best trial", expand=False)
 
 
@@ -783,8 +788,9 @@ class TrialTable:
             self._metric = run.spec.tune.metric
         self._title = f"{run.name}: Tune search ({run.spec.tune.trials if run.spec.tune else 0} trials)"
         if self._live is None:
+            # transient: the final table is printed once by on_end, not twice
             self._live = Live(trials_table([], self._metric, self._title), console=self.console,
-                              refresh_per_second=self.refresh_per_second, transient=False)
+                              refresh_per_second=self.refresh_per_second, transient=True)
             self._live.start()
 
     def on_trials(self, rows: list[dict[str, Any]]) -> None:
