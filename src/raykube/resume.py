@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,10 @@ class ResumePlan:
     spec: TrainingRunSpec | None = None
     notes: list[str] = field(default_factory=list)
     """What the user should know (a skipped checkpoint, a changed optimizer)."""
+    skipped: list[str] = field(default_factory=list)
+    """Names of unreadable checkpoint directories newer than ``checkpoint``: the epochs
+    trained again are saved under another name (``checkpoint_name``), since Ray Train's
+    bookkeeping may still hold these and would delete the new one with the old."""
 
 
 def checkpoint_dirs(run_dir: str) -> list[str]:
@@ -83,16 +88,23 @@ def _readable(ckpt_dir: str) -> str | None:
 
 
 def latest_usable(run_dir: str) -> tuple[str | None, dict[str, Any] | None, list[str]]:
-    """The newest checkpoint of ``run_dir`` that reads back, its meta.json, and a note
-    for each newer one skipped."""
-    notes: list[str] = []
+    """The newest checkpoint of ``run_dir`` that reads back, its meta.json, and the
+    directories of the newer ones skipped."""
+    skipped: list[str] = []
     for d in reversed(checkpoint_dirs(run_dir)):
         meta = _meta(d)
         why = "no readable meta.json" if meta is None else _readable(d)
         if why is None:
-            return d, meta, notes
-        notes.append(f"skipping {os.path.basename(d)}: it cannot be read ({why})")
-    return None, None, notes
+            return d, meta, skipped
+        skipped.append(d)
+    return None, None, skipped
+
+
+def checkpoint_name(epoch: int, taken: Iterable[str] = ()) -> str:
+    """The directory name of an epoch's checkpoint: ``checkpoint_epoch_NNNN``, or
+    ``checkpoint_epoch_NNNN-again`` when an unreadable one of that name is still there."""
+    name = f"{CHECKPOINT_PREFIX}{epoch:04d}"
+    return f"{name}-again" if name in set(taken) else name
 
 
 def optimizer_notes(old: TrainingRunSpec, new: TrainingRunSpec, epoch: int) -> list[str]:
@@ -124,32 +136,37 @@ def plan_resume(run_dir: str, spec: TrainingRunSpec) -> ResumePlan:
 
     Conflicting model/data sections are ``raykube.train.check_resumable``'s job.
     """
-    ckpt, meta, notes = latest_usable(run_dir)
+    ckpt, meta, skipped = latest_usable(run_dir)
+    notes = [f"skipping {os.path.basename(d)}: it cannot be read ({_readable(d) or 'no meta.json'})"
+             for d in reversed(skipped)]
+    names = [os.path.basename(d) for d in skipped]
     if ckpt is None or meta is None:
-        return ResumePlan(notes=notes)
+        return ResumePlan(notes=notes, skipped=names)
     try:
         old = TrainingRunSpec.model_validate(meta["spec"])
     except Exception:  # a foreign or older meta.json: the workers decide
-        return ResumePlan(checkpoint=ckpt, epoch=int(meta["epoch"]), notes=notes)
+        return ResumePlan(checkpoint=ckpt, epoch=int(meta["epoch"]), notes=notes, skipped=names)
     epoch = int(meta["epoch"])
     if epoch < spec.train.epochs:
         notes += optimizer_notes(old, spec, epoch)
-    return ResumePlan(checkpoint=ckpt, epoch=epoch, spec=old, notes=notes)
+    return ResumePlan(checkpoint=ckpt, epoch=epoch, spec=old, notes=notes, skipped=names)
 
 
 # ------------------------------------------------------------------------ worker side
-def choose_checkpoint(ray_ckpt: Any, resume_from: str | None) -> Any:
+def choose_checkpoint(ray_ckpt: Any, resume_from: str | None, skipped: Iterable[str] = ()) -> Any:
     """The Ray ``Checkpoint`` a worker restores: Ray Train's own (a restart within this
-    run) unless the driver found a newer readable one on storage (a re-run)."""
-    if not resume_from:
-        return ray_ckpt
+    run) unless the driver found a newer readable one on storage (a re-run) or found
+    Ray's unreadable (``skipped``)."""
     from ray.train import Checkpoint
 
+    if ray_ckpt is not None and os.path.basename(ray_ckpt.path.rstrip("/")) in set(skipped):
+        ray_ckpt = None
+    if not resume_from:
+        return ray_ckpt
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
             theirs = _meta(d)
-        if theirs is not None and int(theirs["epoch"]) >= _epoch_of(resume_from) \
-                and _readable(ray_ckpt.path) is None:
+        if theirs is not None and int(theirs["epoch"]) >= _epoch_of(resume_from):
             return ray_ckpt
     if "://" in resume_from:
         fs, path = filesystem(resume_from)
@@ -158,12 +175,8 @@ def choose_checkpoint(ray_ckpt: Any, resume_from: str | None) -> Any:
 
 
 def _epoch_of(ckpt_dir: str) -> int:
-    name = os.path.basename(ckpt_dir.rstrip("/"))
-    try:
-        return int(name[len(CHECKPOINT_PREFIX):])
-    except ValueError:
-        meta = _meta(ckpt_dir)
-        return int(meta["epoch"]) if meta else 0
+    meta = _meta(ckpt_dir)
+    return int(meta["epoch"]) if meta else 0
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict | None,

@@ -136,7 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from raykube import data as rk_data
     from raykube.checkpoint import save_checkpoint
     from raykube.models import build_model
-    from raykube.resume import choose_checkpoint, load_optimizer_state
+    from raykube.resume import checkpoint_name, choose_checkpoint, load_optimizer_state
 
     _quiet_reports()
     spec = TrainingRunSpec.model_validate(config["spec"])
@@ -163,7 +163,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(spec.model, info.input_shape, info.num_classes)
     start_epoch, history, opt_state, old_spec = 1, [], None, None
     # A re-run: the driver's pick (newest readable on storage) unless Ray's is as new.
-    ckpt = choose_checkpoint(ray.train.get_checkpoint(), config.get("resume_from"))
+    ckpt = choose_checkpoint(ray.train.get_checkpoint(), config.get("resume_from"),
+                             config.get("skipped_checkpoints", ()))
     if ckpt is not None:
         state, opt_state, start_epoch, history, old_spec = _restore(ckpt, spec)
         model.load_state_dict(state)
@@ -245,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "workers": world,
         }
         history.append(metrics)
-        name = f"checkpoint_epoch_{epoch:04d}"
+        name = checkpoint_name(epoch, config.get("skipped_checkpoints", ()))
         if rank == 0:
             tmp = tempfile.mkdtemp(prefix="raykube-ckpt-")
             try:
@@ -601,8 +602,9 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         done = _outcome_on_disk(run_dir, name, spec, plan.checkpoint)
         obs.on_end(done.to_dict())
         return done
-    if plan.checkpoint is not None:
-        extra_config = {**(extra_config or {}), "resume_from": plan.checkpoint}
+    if plan.checkpoint is not None or plan.skipped:
+        extra_config = {**(extra_config or {}), "resume_from": plan.checkpoint,
+                        "skipped_checkpoints": plan.skipped}
 
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,

@@ -206,7 +206,7 @@ def _interrupted(run_dir: str, tr) -> int:  # noqa: ANN001
     else:
         from raykube.resume import latest_usable
 
-        ckpt, meta, _ = latest_usable(run_dir)
+        ckpt, meta, _ = latest_usable(run_dir)  # what a re-run continues from
         msg = (f"interrupted: {run_dir} has {meta['epoch']} of {tr.spec.train.epochs} epochs; "
                f"running the same command again continues from epoch {int(meta['epoch']) + 1}"
                if ckpt and meta else f"interrupted before the first checkpoint of {run_dir}")
