@@ -102,7 +102,12 @@ def run(args: argparse.Namespace) -> int:
             from raykube.serve import ensure_port_free
 
             ensure_port_free("127.0.0.1", args.port)
-    except (OSError, RunDirConflict) as exc:
+        # The data too: a corrupt pre-seeded download, an undecodable image or too few
+        # classes is one line now (cached: training does not load it twice).
+        from raykube import data as rk_data
+
+        rk_data.prepare(tr.spec, rk_data.cache_dir_for(tr.spec, args.storage))
+    except (OSError, RunDirConflict, DatasetUnavailable) as exc:
         return _fail(str(exc))
 
     if not terminal.verbose(args.verbose):
