@@ -622,12 +622,7 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
             _publish_best(outcome.best_checkpoint, experiment_uri)
         obs.on_end(stored)
         return outcome
-    marker = _read_json(marker_uri)
-    if marker is not None and marker.get("spec") != identity:
-        raise StorageConflict(
-            f"{experiment_uri} holds a search for a different spec "
-            f"({changed_fields(marker.get('spec') or {}, identity)}); give the TrainingRun "
-            "another metadata.name or delete that directory to start over")
+    marker = check_search_storage(experiment_uri, spec)
 
     started = time.monotonic()
     key = experiment_uri
@@ -691,6 +686,20 @@ def _publish_best(checkpoint: str | None, experiment_uri: str) -> None:
     except Exception:  # the concrete checkpoint is still in result.json
         log.warning("could not copy the best checkpoint to %s/best", experiment_uri,
                     exc_info=True)
+
+
+def check_search_storage(experiment_uri: str, spec: TrainingRunSpec) -> dict[str, Any] | None:
+    """The stored search marker, or ``StorageConflict`` naming the changed fields when
+    ``experiment_uri`` holds a search of another spec (``raykube run`` calls it before
+    Ray starts)."""
+    marker = _read_json(_join(experiment_uri, MARKER_FILE))
+    identity = _identity(spec)
+    if marker is not None and marker.get("spec") != identity:
+        raise StorageConflict(
+            f"{experiment_uri} holds a search for a different spec "
+            f"({changed_fields(marker.get('spec') or {}, identity)}); give the TrainingRun "
+            "another metadata.name or delete that directory to start over")
+    return marker
 
 
 def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:

@@ -218,3 +218,63 @@ def test_in_process_errors_still_go_to_stderr(tmp_path, capsys):
     """Under pytest's capture nothing is diverted: messages stay where tests read them."""
     assert main(["render", QUICKSTART, "-o", str(tmp_path / "no" / "x")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- 7, 10: Tune
+TUNE = """metadata: {name: search}
+spec:
+  model: {name: mlp}
+  data: {dataset: digits}
+  train: {epochs: 2, optimizer: {name: adam, lr: 0.01}}
+  tune:
+    trials: 2
+    searchSpace:
+      train.batchSize: {choice: [32, 64]}
+"""
+
+
+def test_a_changed_search_is_refused_naming_the_fields_before_ray_starts(tmp_path):
+    import json
+
+    from raykube.spec import load_one
+    from raykube.tune import MARKER_FILE, _identity
+
+    f = spec_file(tmp_path, TUNE)
+    old = _identity(load_one(f).spec)
+    exp = tmp_path / "runs" / "search"
+    exp.mkdir(parents=True)
+    (exp / MARKER_FILE).write_text(json.dumps({"spec": old}))
+    Path(f).write_text(Path(f).read_text().replace("lr: 0.01", "lr: 0.1"))
+    one_error_line(cli("run", f, "--storage", str(tmp_path / "runs")),
+                   f"{exp} holds a search for a different spec",
+                   "spec.train.optimizer.lr 0.01 -> 0.1", "another metadata.name")
+
+
+def test_tune_runs_show_the_trial_table_and_best_trial_not_rays():
+    """raykube's table (STOPPED for ASHA-stopped trials), the best trial's parameters
+    and its stable checkpoint path; no live table left behind twice."""
+    from rich.console import Console
+
+    from raykube.spec import parse_spec
+    from raykube.tune import TrialTable
+
+    console = Console(width=100, record=True, file=open(os.devnull, "w"))
+    table = TrialTable(console)
+    run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
+                      "train": {"epochs": 2},
+                      "tune": {"trials": 2, "searchSpace": {"train.batchSize": {"choice": [32, 64]}}}})
+    rows = [{"trial": "a_00000", "params": {"train.batchSize": 32}, "status": "TERMINATED",
+             "metric": 0.95, "iterations": 2},
+            {"trial": "a_00001", "params": {"train.batchSize": 64}, "status": "STOPPED",
+             "metric": 0.4, "iterations": 1}]
+    table.on_start(run)
+    table.on_trials(rows)
+    table.on_end({"trials": rows, "metric": "valAccuracy", "mode": "max", "run_dir": "/r/search",
+                  "best_trial": {"trialId": "a_00000", "config": {"train.batchSize": 32},
+                                 "metric": 0.95},
+                  "best_metrics": {"epoch": 2, "valAccuracy": 0.95, "trainLoss": 0.1}})
+    text = console.export_text()
+    assert text.count("STOPPED") == 1 and "TERMINATED" in text and "batchSize" in text
+    assert "Best trial" in text and "train.batchSize = 32" in text
+    assert "best checkpoint /r/search/best" in text
+    assert "starting Ray Train workers" not in text

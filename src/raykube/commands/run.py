@@ -107,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
         from raykube import data as rk_data
 
         rk_data.prepare(tr.spec, rk_data.cache_dir_for(tr.spec, args.storage))
+        if tr.spec.tune is not None:
+            from raykube.tune import StorageConflict, check_search_storage
+
+            try:
+                check_search_storage(run_dir, tr.spec)
+            except StorageConflict as exc:
+                return _fail(str(exc))
     except (OSError, RunDirConflict, DatasetUnavailable) as exc:
         return _fail(str(exc))
 
