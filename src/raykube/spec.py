@@ -344,7 +344,7 @@ class StorageSpec(_Model):
                                    "claim raykube-storage at /mnt/raykube).")
     uri: str | None = Field(default=None, pattern=r"^s3://[^/]+", description="An s3:// "
                             "URI (bucket and optional prefix); not with pvc.")
-    secret_ref: SecretRef | None = Field(default=None, description="Credentials for uri.")
+    secret_ref: SecretRef | None = Field(default=None, description="Credentials to read and write uri.")
 
 
 class CheckpointSpec(_Model):
