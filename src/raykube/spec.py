@@ -385,7 +385,7 @@ class ServeSpec(_Model):
 
 # ---------------------------------------------------------------------------- top level
 class FailureSpec(_Model):
-    """Retries. Worker failures are retried inside the Ray job; job failures by KubeRay."""
+    """How failures are retried: worker failures inside the Ray job, job failures by KubeRay."""
 
     max_retries: int = Field(default=2, ge=0, le=100, description="Times the whole RayJob is "
                              "retried (a new Ray cluster) after a failure; each retry resumes "
