@@ -76,8 +76,9 @@ def divert(path: str, *, announce: str = "Ray's output goes to {path} (-v shows 
     enc = getattr(sys.stdout, "encoding", None) or "utf-8"
     _state.update(
         path=path, saved=(saved_out, saved_err),
-        out=open(saved_out, "w", buffering=1, encoding=enc, errors="replace", closefd=False),
-        err=open(saved_err, "w", buffering=1, encoding=enc, errors="replace", closefd=False))
+        # Live for the rest of the process (closed fds are restored by restore()).
+        out=open(saved_out, "w", buffering=1, encoding=enc, errors="replace", closefd=False),  # noqa: SIM115
+        err=open(saved_err, "w", buffering=1, encoding=enc, errors="replace", closefd=False))  # noqa: SIM115
     if announce:
         print(announce.format(path=path), file=err(), flush=True)
     _warnings_to_terminal()

@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raykube.events import Observers, RunObserver, notify
-from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
 from raykube.resume import checkpoint_dirs, plan_resume
+from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
 from raykube.storage import checkpoint_uri, filesystem, read_bytes, write_bytes
 
 if TYPE_CHECKING:

@@ -5,6 +5,7 @@ every one of these mistakes is caught before it."""
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import subprocess
 import sys
@@ -184,7 +185,7 @@ def test_printed_paths_and_curl_are_never_wrapped():
     result = {"name": "x", "run_dir": run_dir, "best_checkpoint": f"{run_dir}/checkpoint_epoch_0003",
               "epochs": 3, "metrics": {}, "best_metrics": {}}
     assert artefact_paths(result)[0] == ("best checkpoint", f"{run_dir}/best")
-    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console = Console(width=80, record=True, file=io.StringIO())
     RichDisplay(console).on_end(result)
     text = console.export_text()
     assert f"best checkpoint {run_dir}/best\n" in text
@@ -197,7 +198,7 @@ def test_the_epoch_line_labels_its_figures():
 
     from raykube.display import RichDisplay
 
-    console = Console(width=200, record=True, file=open(os.devnull, "w"))
+    console = Console(width=200, record=True, file=io.StringIO())
     RichDisplay(console).on_epoch({"epoch": 1, "epochs": 2, "samplesPerSecond": 36946.0,
                                    "epochTime": 0.04}, None, None)
     assert "36946 samples/s, 0.04 s/epoch" in console.export_text()
@@ -258,7 +259,7 @@ def test_tune_runs_show_the_trial_table_and_best_trial_not_rays():
     from raykube.spec import parse_spec
     from raykube.tune import TrialTable
 
-    console = Console(width=100, record=True, file=open(os.devnull, "w"))
+    console = Console(width=100, record=True, file=io.StringIO())
     table = TrialTable(console)
     run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
                       "train": {"epochs": 2},
