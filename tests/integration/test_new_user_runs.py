@@ -155,3 +155,44 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
     assert f"{run_dir} already has {saved + 2} epochs (asked for 2): nothing to train" in p.stdout
     assert not epochs_trained(p)
     assert (run_dir / "result.json").read_text() == result
+
+
+def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path):
+    """`raykube serve --replicas 3` on a small machine: Ray is sized for the replicas
+    instead of waiting forever (#8); the terminal shows raykube's lines only and the curl
+    line is whole (#11, #12); Ctrl-C stops it cleanly."""
+    import socket
+    import urllib.request
+
+    from raykube.checkpoint import save_checkpoint
+    from raykube.models import build_model
+    from raykube.spec import parse_spec
+
+    spec = parse_spec({"model": {"name": "mlp", "options": {"hidden": [8]}},
+                       "data": {"dataset": "digits"}}).spec
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, model=build_model(spec.model, (1, 8, 8), 10), optimizer=None, epoch=1,
+                    spec=spec.to_dict(), class_names=[str(i) for i in range(10)],
+                    input_shape=[1, 8, 8], metrics={"valAccuracy": 0.5})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "raykube", "serve", str(ckpt), "--port",
+                          str(port), "--replicas", "3"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith("Ctrl-C to stop"):
+            break
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
+    assert b'"epoch"' in body
+    os.killpg(p.pid, signal.SIGINT)
+    rest, err = p.communicate(timeout=120)
+    text = "".join(out) + rest
+    assert p.returncode == 0, (text, err)
+    for word in NOISE:
+        assert word not in text + err, (word, text, err)
+    curl = [ln for ln in text.splitlines() if ln.startswith("curl ")]
+    assert len(curl) == 1 and curl[0].rstrip().endswith("'"), text
+    assert err.count(".log (-v shows it here)") == 1, err
