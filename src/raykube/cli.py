@@ -57,11 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from raykube import terminal
+
     try:
         return int(_command_module(args.command).run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted", file=terminal.err())
         return 130
+    except Exception as exc:
+        if terminal.log_path() is None:  # nothing diverted: the traceback is the report
+            raise
+        # Ray's output is in the log: the details go there, one line here.
+        import traceback
+
+        traceback.print_exc()  # into the log (stderr is diverted)
+        print(f"raykube {args.command}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+              f" (details in {terminal.log_path()})", file=terminal.err())
+        return 1
+    finally:
+        terminal.restore()
 
 
 if __name__ == "__main__":

@@ -310,8 +310,15 @@ def _enum_type(values: list[Any], path: str) -> str:
 
 
 def _dedupe(parts: list[str | None]) -> list[str]:
-    """Drop empty parts and parts another one already says ("The head." vs "The head (...)")."""
+    """Drop empty parts and parts another one already says ("The head." vs "The head (...)").
+
+    A field's title-like description ("The network.", "Retries.": three words or fewer)
+    followed by its type's own docstring ("Which network to train. ...") says the same
+    thing twice in ``kubectl explain``: the docstring alone is kept.
+    """
     texts = [" ".join(p.split()) for p in parts if p and p.strip()]
+    if len(texts) > 1 and len(texts[0].rstrip(".").split()) <= 3:
+        texts = texts[1:]
     out: list[str] = []
     for i, t in enumerate(texts):
         core = t.rstrip(".").lower()

@@ -25,8 +25,8 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
-import shutil
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from raykube.spec import TrainingRunSpec
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import ray.data
@@ -162,26 +164,52 @@ def _seed_help(dataset: str, cache_dir: str) -> str:
             "cifar-10-batches-py/ folder")
 
 
+def _load_failure(dataset: str, where: str, present: bool, exc: BaseException,
+                  cache_dir: str) -> str:
+    """Why a torchvision dataset did not load: corrupt files that are there, or a
+    download that failed (offline); never an empty reason."""
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    if present:
+        return (f"{dataset}: the files in {where} cannot be read ({why}): one is truncated "
+                f"or corrupt; delete them and {_seed_help(dataset, cache_dir)}")
+    return (f"{dataset} is not in {cache_dir} and could not be downloaded ({why}); "
+            f"{_seed_help(dataset, cache_dir)}")
+
+
 def _fashion_mnist(spec: TrainingRunSpec, cache_dir: str) -> tuple[np.ndarray, ...]:
     from torchvision.datasets import FashionMNIST
 
+    from raykube.dataset_files import BadDatasetFile, check_checksum, gunzip
+
     raw = os.path.join(cache_dir, "FashionMNIST", "raw")
+    md5 = {os.path.basename(url): digest for url, digest in FashionMNIST.resources}
+    fix = f"replace it: {_seed_help('fashion-mnist', cache_dir)}"
     with _lock(cache_dir, "fashion-mnist"):
         # Pre-seeded .gz files (as published) are unpacked here, so no network is needed.
         for f in FASHION_FILES:
             path = os.path.join(raw, f)
             if not os.path.exists(path) and os.path.exists(path + ".gz"):
-                with gzip.open(path + ".gz", "rb") as src, open(path + ".tmp", "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                os.replace(path + ".tmp", path)
+                try:
+                    gunzip(path + ".gz", path, fix)
+                except BadDatasetFile as exc:
+                    # Say whether it is the published file (the checksum) and which to replace.
+                    try:
+                        check_checksum(path + ".gz", md5.get(f + ".gz"), fix)
+                    except BadDatasetFile as bad:
+                        raise DatasetUnavailable(str(bad)) from None
+                    raise DatasetUnavailable(str(exc)) from None
         present = all(os.path.exists(os.path.join(raw, f)) for f in FASHION_FILES)
         try:
             train = FashionMNIST(cache_dir, train=True, download=not present)
             test = FashionMNIST(cache_dir, train=False, download=False)
         except Exception as exc:  # offline: URLError/RuntimeError from torchvision
-            raise DatasetUnavailable(f"fashion-mnist is not in {cache_dir} and could not be "
-                                     f"downloaded ({exc}); {_seed_help('fashion-mnist', cache_dir)}"
-                                     ) from exc
+            for f in FASHION_FILES if present else ():  # name a file that is not the published one
+                try:
+                    check_checksum(os.path.join(raw, f + ".gz"), md5.get(f + ".gz"), fix)
+                except BadDatasetFile as bad:
+                    raise DatasetUnavailable(str(bad)) from None
+            raise DatasetUnavailable(_load_failure("fashion-mnist", raw, present, exc,
+                                                   cache_dir)) from None
     xs = [_normalise(ds.data.numpy().astype(np.float32)[:, None] / 255.0) for ds in (train, test)]
     ys = [ds.targets.numpy().astype(np.int64) for ds in (train, test)]
     return xs[0], ys[0], xs[1], ys[1]
@@ -190,15 +218,23 @@ def _fashion_mnist(spec: TrainingRunSpec, cache_dir: str) -> tuple[np.ndarray, .
 def _cifar10(spec: TrainingRunSpec, cache_dir: str) -> tuple[np.ndarray, ...]:
     from torchvision.datasets import CIFAR10
 
+    from raykube.dataset_files import BadDatasetFile, check_checksum
+
     with _lock(cache_dir, "cifar10"):
-        present = os.path.isdir(os.path.join(cache_dir, "cifar-10-batches-py"))
+        folder = os.path.join(cache_dir, "cifar-10-batches-py")
+        present = os.path.isdir(folder)
+        if not present:  # a pre-seeded archive that torchvision would silently re-download
+            try:
+                check_checksum(os.path.join(cache_dir, CIFAR10.filename), CIFAR10.tgz_md5,
+                               f"replace it: {_seed_help('cifar10', cache_dir)}")
+            except BadDatasetFile as exc:
+                raise DatasetUnavailable(str(exc)) from None
         try:
             train = CIFAR10(cache_dir, train=True, download=not present)
             test = CIFAR10(cache_dir, train=False, download=False)
         except Exception as exc:
-            raise DatasetUnavailable(f"cifar10 is not in {cache_dir} and could not be "
-                                     f"downloaded ({exc}); {_seed_help('cifar10', cache_dir)}"
-                                     ) from exc
+            raise DatasetUnavailable(_load_failure("cifar10", folder, present, exc,
+                                                   cache_dir)) from None
     # HWC uint8 -> CHW float, ToTensor + Normalize((0.5,)*3, (0.5,)*3) as in the tutorial.
     xs = [_normalise(ds.data.transpose(0, 3, 1, 2).astype(np.float32) / 255.0) for ds in (train, test)]
     ys = [np.asarray(ds.targets, dtype=np.int64) for ds in (train, test)]
@@ -245,8 +281,24 @@ def load_arrays(spec: TrainingRunSpec, cache_dir: str) -> Arrays:
 
 
 # ------------------------------------------------------------------------- info
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _images_in(fs: Any, folder: str) -> list[Any]:
+    """FileInfos of the images directly in ``folder`` (what ``read_images`` labels by
+    their parent folder)."""
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=False))
+    return [i for i in infos if i.type == pafs.FileType.File
+            and i.extension.lower() in IMAGE_EXTENSIONS]
+
+
 def _list_classes(uri: str) -> list[str]:
-    """Sub-folder names of an image-folder root (local or s3://), sorted."""
+    """Sub-folder names of an image-folder root (local or s3://) that hold images,
+    sorted. An empty class folder is left out with a warning (a class the model never
+    sees would only dilute its outputs); fewer than two classes with images is an error
+    (a one-class model scores 1.0 and is useless)."""
     import pyarrow.fs as pafs
 
     from raykube.storage import filesystem
@@ -254,14 +306,46 @@ def _list_classes(uri: str) -> list[str]:
     fs, path = filesystem(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=False))
+        folders = sorted((i for i in infos if i.type == pafs.FileType.Directory
+                          and not i.base_name.startswith(".")), key=lambda i: i.base_name)
+        counts = {i.base_name: len(_images_in(fs, i.path)) for i in folders}
     except (FileNotFoundError, OSError) as exc:
         raise DatasetUnavailable(f"image-folder {uri}: cannot list it ({exc})") from exc
-    names = sorted(i.base_name for i in infos
-                   if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
+    for name, n in counts.items():
+        if n == 0 and (uri, name) not in _WARNED:
+            _WARNED.add((uri, name))
+            log.warning("image-folder %s: class folder %r holds no images "
+                        "(%s); it is left out", uri, name, ", ".join(IMAGE_EXTENSIONS[:3]) + "...")
+    names = [n for n, c in counts.items() if c > 0]
     if len(names) < 2:
-        raise DatasetUnavailable(f"image-folder {uri}: expected one sub-folder per class "
-                                 f"(at least 2), found {names or 'none'}")
+        raise DatasetUnavailable(
+            f"image-folder {uri}: expected one sub-folder of images per class, at least 2 "
+            f"classes with images; found {names or 'none'}"
+            + (f" (empty: {', '.join(n for n, c in counts.items() if c == 0)})"
+               if any(c == 0 for c in counts.values()) else ""))
     return names
+
+
+def check_image_folder(spec: TrainingRunSpec) -> None:
+    """Decode each image of a local image folder once, before any worker reads it:
+    an undecodable file is one ``DatasetUnavailable`` line naming it, not a worker
+    failure retried until Ray Train gives up (``raykube.dataset_files``)."""
+    from raykube.dataset_files import BadDatasetFile, check_images
+
+    uri = spec.data.uri
+    if not uri or "://" in uri:
+        return  # object stores: the read tasks report it
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    root = os.path.abspath(uri)
+    files = [(f.path, f.size, f.mtime_ns) for name in _list_classes(uri)
+             for f in _images_in(fs, os.path.join(root, name))]
+    try:
+        check_images(files, "L" if spec.data.grayscale else "RGB",
+                     spec.data.image_size or DEFAULT_IMAGE_SIZE)
+    except BadDatasetFile as exc:
+        raise DatasetUnavailable(f"image-folder {uri}: {exc}") from None
 
 
 def dataset_info(spec: TrainingRunSpec, cache_dir: str | None = None) -> DatasetInfo:
@@ -285,6 +369,8 @@ def prepare(spec: TrainingRunSpec, cache_dir: str) -> DatasetInfo:
     """Make the data available before workers start (download once, check folders)."""
     if spec.data.dataset in ("fashion-mnist", "cifar10"):
         _cached_arrays(_data_key(spec), cache_dir)
+    if spec.data.dataset == "image-folder":
+        check_image_folder(spec)
     return dataset_info(spec, cache_dir)
 
 

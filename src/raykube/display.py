@@ -61,10 +61,16 @@ class RichDisplay:
             f"{prefix}epoch {epoch:>3}/{metrics.get('epochs', self.epochs)}  "
             f"loss {_fmt(metrics.get('trainLoss'))} acc {_fmt(metrics.get('trainAccuracy'))} "
             f"| val {_fmt(metrics.get('valLoss'))} acc [bold]{_fmt(metrics.get('valAccuracy'))}[/] "
-            f"{_fmt(metrics.get('samplesPerSecond'), 0)}/s {_fmt(metrics.get('epochTime'), 2)}s",
+            f"| {_fmt(metrics.get('samplesPerSecond'), 0)} samples/s, "
+            f"{_fmt(metrics.get('epochTime'), 2)} s/epoch",
             highlight=False)
         if self.progress is not None and not trial and isinstance(epoch, int):
             self.progress.update(self.task, completed=epoch, description="training")
+
+    def on_note(self, message: str) -> None:
+        """Something about this run the user should know (optional hook, see
+        ``raykube.events.notify``): a skipped checkpoint, a changed optimizer."""
+        self.console.print(f"[yellow]{escape(message)}[/]", highlight=False)
 
     def on_failure(self, message: str) -> None:
         """The worker group failed (optional hook, see ``raykube.train.fit``)."""
@@ -75,10 +81,31 @@ class RichDisplay:
             self.progress.stop()
             self.progress = None
         self.console.print(summary_table(result))
+        # Paths are meant to be copied: whole lines, never wrapped or cut.
+        for label, path in artefact_paths(result):
+            self.console.print(f"{label:<16}{path}", soft_wrap=True, highlight=False,
+                               markup=False)
+
+
+def stable_best(result: dict[str, Any]) -> str | None:
+    """``<run_dir>/best`` when the run has a best checkpoint: the copy every run
+    refreshes, where the concrete ``checkpoint_epoch_NNNN`` may be deleted by a later
+    run keeping only ``checkpoint.keep`` of them."""
+    run_dir = result.get("run_dir")
+    if not result.get("best_checkpoint"):
+        return None
+    return f"{run_dir}/best" if run_dir else str(result["best_checkpoint"])
+
+
+def artefact_paths(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, path) of what a finished run left on storage."""
+    run_dir = result.get("run_dir", "")
+    rows = [("best checkpoint", stable_best(result) or "-")]
+    return rows + [("report", f"{run_dir}/report.png"), ("result", f"{run_dir}/result.json")]
 
 
 def summary_table(result: dict[str, Any]) -> Table:
-    """Final metrics, best checkpoint and where the artefacts are."""
+    """Final metrics (paths are printed below it, unwrapped)."""
     t = Table(title=f"{result.get('name', '')} finished" + (
         " (already done: nothing retrained)" if result.get("reused") else ""), show_header=False)
     t.add_column("", style="bold")
@@ -90,8 +117,4 @@ def summary_table(result: dict[str, Any]) -> Table:
         t.add_row(f"final {key}", _fmt(m.get(key)))
     t.add_row("best valAccuracy", f"{_fmt(best.get('valAccuracy'))} (epoch {best.get('epoch', '-')})")
     t.add_row("wall time", f"{_fmt(result.get('wall_time_s'), 1)} s")
-    t.add_row("best checkpoint", str(result.get("best_checkpoint")))
-    run_dir = result.get("run_dir", "")
-    t.add_row("report", f"{run_dir}/report.png")
-    t.add_row("result", f"{run_dir}/result.json")
     return t

@@ -52,3 +52,17 @@ class Observers:
 
     def on_end(self, result: dict[str, Any]) -> None:
         self._call("on_end", result)
+
+
+def notify(observers: Iterable[Any], message: str) -> None:
+    """Tell observers that have an ``on_note(message)`` hook (optional, beyond the
+    protocol: the terminal display has one) something the user should know, such as a
+    skipped checkpoint or a changed optimizer on resume; the log always gets it."""
+    log.info("%s", message)
+    for o in observers:
+        hook = getattr(o, "on_note", None)
+        if hook is not None:
+            try:
+                hook(message)
+            except Exception:
+                log.warning("observer %r failed in on_note", o, exc_info=True)

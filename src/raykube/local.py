@@ -80,7 +80,10 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None,
         # Ray's default dashboard setting, not include_dashboard=False: that also drops
         # the state API, which Ray Train's placement-group cleaner polls every second
         # (a warning each time it fails). It listens on 127.0.0.1 only.
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+        # This command's own Ray, even when another one runs here (raykube.ray_local).
+        from raykube.ray_local import init_local_ray
+
+        init_local_ray(num_cpus=num_cpus, log_to_driver=True)
 
 
 def local_cpus(run: TrainingRun) -> int:

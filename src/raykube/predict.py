@@ -63,6 +63,8 @@ class PredictOutcome:
     accuracy: float | None = None
     per_class: list[ClassAccuracy] = field(default_factory=list)
     wall_time_s: float = 0.0
+    unscored_reason: str | None = None
+    """Why accuracy was not computed (no labels, or folder names that are not classes)."""
     same_data_as_training: bool = False
     """True when the data and split are the checkpoint's own validation split, so
     ``accuracy`` is directly comparable with ``checkpoint_metrics['valAccuracy']``."""
@@ -77,7 +79,8 @@ class TorchPredictor:
     when the input has labels.
     """
 
-    def __init__(self, checkpoint: str, label_names: list[str] | None = None):
+    def __init__(self, checkpoint: str, label_names: list[str] | None = None,
+                 label_to_model: list[int] | None = None):
         import torch
 
         from raykube.checkpoint import load_model
@@ -89,10 +92,17 @@ class TorchPredictor:
         self.model = model.to(self.device).eval()
         self.names = np.asarray(meta.class_names)
         self.label_names = np.asarray(label_names if label_names is not None else meta.class_names)
+        # Data label id -> model class id, matched by name (-1: not a class of the model),
+        # so ``label`` and ``prediction`` in the output are ids of the same classes.
+        self.to_model = np.asarray(label_to_model if label_to_model is not None
+                                   else range(len(self.label_names)), dtype=np.int64)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32))
+        arr = np.ascontiguousarray(batch["image"], dtype=np.float32)
+        if not arr.flags.writeable:  # Ray Data hands out read-only views; torch warns on them
+            arr = arr.copy()
+        x = torch.from_numpy(arr)
         with torch.inference_mode():
             probs = torch.softmax(self.model(x.to(self.device)).float(), dim=1).cpu().numpy()
         pred = probs.argmax(axis=1)
@@ -100,7 +110,9 @@ class TorchPredictor:
                "confidence": probs[np.arange(len(pred)), pred], "probabilities": probs}
         if "label" in batch:
             label = np.asarray(batch["label"], dtype=np.int64)
-            out = {"label": label, "label_name": self.label_names[label], **out}
+            out = {"label": self.to_model[label], "label_name": self.label_names[label], **out}
+        if "path" in batch:
+            out = {"path": np.asarray(batch["path"]), **out}
         return out
 
 
@@ -147,6 +159,83 @@ def _image_folder_for_model(spec: TrainingRunSpec, input_shape: list[int]) -> Tr
     if not doc["data"]["grayscale"]:
         doc["data"].pop("grayscale")
     return TrainingRunSpec.model_validate(doc)
+
+
+def folder_classes(uri: str) -> list[str] | None:
+    """Sub-folders of ``uri`` that hold images (sorted), or None when the images sit in
+    ``uri`` itself: a plain folder of unlabeled images is predicted too."""
+    import pyarrow.fs as pafs
+
+    from raykube.data import _images_in
+    from raykube.storage import filesystem
+
+    fs, path = filesystem(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=False))
+    except (FileNotFoundError, OSError) as exc:
+        raise PredictError(f"--data {uri}: cannot list it ({exc})") from None
+    classes = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                     and not i.base_name.startswith(".") and _images_in(fs, i.path))
+    if classes:
+        return classes
+    if _images_in(fs, path.rstrip("/")):
+        return None
+    raise PredictError(f"--data {uri}: no images in it nor in its sub-folders")
+
+
+def _folder_batch(batch: dict[str, Any], *, root: str, classes: list[str] | None,
+                  channels: int, split: Split, fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Ray Data batch (image HWC uint8, path) -> image CHW float32 normalised as in
+    training, path, and the folder's label when the folder has class sub-folders."""
+    from raykube.data import _in_split, _normalise
+
+    keep = [i for i, p in enumerate(batch["path"])
+            if split == "all" or _in_split(p, root, split, fraction, seed)]
+    images = np.stack([np.asarray(batch["image"][i]) for i in keep]) if keep else \
+        np.zeros((0, 1, 1, channels), dtype=np.uint8)
+    if images.ndim == 3:
+        images = images[..., None]
+    out = {"image": _normalise(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0),
+           "path": np.asarray([str(batch["path"][i]) for i in keep], dtype=object)}
+    if classes is not None:
+        index = {c: i for i, c in enumerate(classes)}
+        out["label"] = np.asarray([index.get(os.path.basename(os.path.dirname(batch["path"][i])),
+                                             len(classes)) for i in keep], dtype=np.int64)
+    return out
+
+
+def image_folder_dataset(spec: TrainingRunSpec, split: Split) -> tuple[ray.data.Dataset, list[str] | None]:
+    """An image folder for prediction (labeled or not), with a ``path`` column; and its
+    class names (None: unlabeled). Undecodable files are one error naming the file."""
+    import ray.data
+
+    from raykube.data import DEFAULT_IMAGE_SIZE, IMAGE_EXTENSIONS
+    from raykube.dataset_files import BadDatasetFile, check_images
+
+    uri = spec.data.uri
+    assert uri
+    classes = folder_classes(uri)
+    size = spec.data.image_size or DEFAULT_IMAGE_SIZE
+    mode = "L" if spec.data.grayscale else "RGB"
+    root = uri.split("://", 1)[1] if "://" in uri else os.path.abspath(uri)
+    if "://" not in uri:
+        import pyarrow.fs as pafs
+
+        from raykube.data import _images_in
+
+        fs = pafs.LocalFileSystem()
+        folders = [os.path.join(root, c) for c in classes] if classes else [root]
+        try:
+            check_images([(f.path, f.size, f.mtime_ns) for d in folders for f in _images_in(fs, d)],
+                         mode, size)
+        except BadDatasetFile as exc:
+            raise PredictError(f"--data {uri}: {exc}") from None
+    ds = ray.data.read_images(uri if "://" in uri else root, size=(size, size), mode=mode,
+                              include_paths=True, file_extensions=IMAGE_EXTENSIONS)
+    ds = ds.map_batches(_folder_batch, batch_format="numpy", fn_kwargs={
+        "root": root.rstrip("/"), "classes": classes, "channels": 1 if mode == "L" else 3,
+        "split": split, "fraction": spec.data.validation_fraction, "seed": spec.train.seed})
+    return ds, (None if classes is None else [*classes, "(other)"])
 
 
 def dataset_for(spec: TrainingRunSpec, split: Split, cache_dir: str) -> ray.data.Dataset:
@@ -236,8 +325,14 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
     if split not in ("train", "val", "all"):
         raise PredictError(f"--split {split!r}: use train, val or all")
     cache = cache_dir or cache_dir_for(spec, storage or os.environ.get("RAYKUBE_STORAGE", "runs"))
-    info = dataset_info(spec, cache)
-    if tuple(info.input_shape) != tuple(meta.input_shape):
+    folder = spec.data.dataset == "image-folder"
+    if folder:  # read at the model's input shape; labels from its sub-folders, if any
+        ds, folder_names = image_folder_dataset(spec, split)
+        label_names = folder_names or []
+    else:
+        info = dataset_info(spec, cache)
+        label_names = list(info.class_names)
+    if not folder and tuple(info.input_shape) != tuple(meta.input_shape):
         raise PredictError(f"the data ({spec.data.dataset}) has examples of shape "
                            f"{list(info.input_shape)}; the checkpoint's model takes "
                            f"{list(meta.input_shape)}")
@@ -255,29 +350,34 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
     names = list(meta.class_names)
     label_index = {n: i for i, n in enumerate(names)}
     # Dataset label id -> model class id (-1: a class the model does not know).
-    to_model = np.asarray([label_index.get(n, -1) for n in info.class_names], dtype=np.int64)
+    to_model = np.asarray([label_index.get(n, -1) for n in label_names], dtype=np.int64)
+    # Folders none of whose names is a model class carry no usable labels.
+    scored = bool(label_names) and bool((to_model >= 0).any())
     examples = np.zeros(len(names) + 1, dtype=np.int64)  # last slot: unknown classes
     correct = np.zeros(len(names) + 1, dtype=np.int64)
     rows = 0
     has_labels = False
     try:
-        ds = dataset_for(spec, split, cache)
-        if concurrency > 1 and spec.data.dataset != "image-folder":
+        if not folder:
+            ds = dataset_for(spec, split, cache)
+        if concurrency > 1 and not folder:
             # In-memory splits come as a few large blocks; one block feeds one actor, so
             # cut them into batch-sized blocks for the whole pool to share.
             ds = ds.repartition(target_num_rows_per_block=batch_size)
         preds = ds.map_batches(
             TorchPredictor,
             fn_constructor_kwargs={"checkpoint": str(checkpoint),
-                                   "label_names": list(info.class_names)},
-            batch_size=batch_size, batch_format="numpy", concurrency=concurrency,
+                                   "label_names": label_names or None,
+                                   "label_to_model": to_model.tolist() or None},
+            batch_size=batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
             num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
         for batch in preds.iter_batches(batch_size=None, batch_format="numpy"):
             writer.write(batch)
             rows += len(batch["prediction"])
-            if "label" in batch:
+            if "label" in batch and scored:
                 has_labels = True
-                truth = to_model[batch["label"]]
+                truth = batch["label"]  # model class ids (the predictor mapped them)
                 slot = np.where(truth < 0, len(names), truth)
                 examples += np.bincount(slot, minlength=len(names) + 1)
                 correct += np.bincount(slot, weights=truth == batch["prediction"],
@@ -290,6 +390,7 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
         ctx.execution_options.preserve_order = keep_order
 
     outcome = PredictOutcome(out=out, rows=rows, split=split, dataset=spec.data.dataset,
+                             unscored_reason=_unscored_reason(label_names, names, scored),
                              checkpoint=str(checkpoint), checkpoint_metrics=dict(meta.metrics),
                              same_data_as_training=same and split == "val")
     if has_labels and rows:
@@ -302,6 +403,17 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
     return outcome
 
 
+def _unscored_reason(label_names: list[str], model_names: list[str], scored: bool) -> str | None:
+    if scored:
+        return None
+    if not label_names:
+        return "no labels (images without class sub-folders): accuracy not computed"
+    shown = ", ".join(n for n in label_names if n != "(other)")
+    return (f"the folder names ({shown}) are none of the model's classes "
+            f"({', '.join(model_names[:12])}{'...' if len(model_names) > 12 else ''}): "
+            "accuracy not computed")
+
+
 def print_report(outcome: PredictOutcome, console: Any = None) -> None:
     """Accuracy and a per-class table, as at the end of the CIFAR-10 tutorial."""
     from rich.console import Console
@@ -311,7 +423,8 @@ def print_report(outcome: PredictOutcome, console: Any = None) -> None:
     console.print(f"[bold]{outcome.rows}[/] predictions ({outcome.dataset}, split "
                   f"{outcome.split}) -> [cyan]{outcome.out}[/] in {outcome.wall_time_s:.1f}s")
     if outcome.accuracy is None:
-        console.print("no labels: accuracy not computed")
+        console.print(outcome.unscored_reason or "no labels: accuracy not computed",
+                      highlight=False)
         return
     table = Table(title="Accuracy per class")
     table.add_column("class")

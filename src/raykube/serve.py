@@ -172,6 +172,9 @@ class InputSpec:
                 raise RequestError(422, f"images[{i}] must be a base64 string, got "
                                    f"{_json_type(item)}")
             data = item.split(",", 1)[1] if item.startswith("data:") else item
+            # Line-wrapped base64 (`base64` without -w0, MIME, many clients) is valid
+            # base64: whitespace carries nothing, so it is dropped before strict decoding.
+            data = "".join(data.split())
             try:
                 raw = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
@@ -215,7 +218,9 @@ class InputSpec:
             raise RequestError(400, "empty body: send a JSON object with \"instances\" or "
                                "\"images\"")
         try:
-            doc = json.loads(body)
+            # strict=False: raw line breaks inside a string are accepted, which is what
+            # `-d "{\"images\": [\"$(base64 < img.png)\"]}"` sends (base64 wraps at 76).
+            doc = json.loads(body, strict=False)
         except (ValueError, RecursionError) as exc:
             raise RequestError(400, f"body is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):

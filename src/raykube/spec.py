@@ -18,8 +18,11 @@ Conventions:
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import math
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,7 +344,7 @@ class StorageSpec(_Model):
                                    "claim raykube-storage at /mnt/raykube).")
     uri: str | None = Field(default=None, pattern=r"^s3://[^/]+", description="An s3:// "
                             "URI (bucket and optional prefix); not with pvc.")
-    secret_ref: SecretRef | None = Field(default=None, description="Credentials for uri.")
+    secret_ref: SecretRef | None = Field(default=None, description="Credentials to read and write uri.")
 
 
 class CheckpointSpec(_Model):
@@ -382,7 +385,7 @@ class ServeSpec(_Model):
 
 # ---------------------------------------------------------------------------- top level
 class FailureSpec(_Model):
-    """Retries. Worker failures are retried inside the Ray job; job failures by KubeRay."""
+    """How failures are retried: worker failures inside the Ray job, job failures by KubeRay."""
 
     max_retries: int = Field(default=2, ge=0, le=100, description="Times the whole RayJob is "
                              "retried (a new Ray cluster) after a failure; each retry resumes "
@@ -539,6 +542,8 @@ class SpecError:
 
     path: str
     message: str
+    source: str | None = None
+    """The file and document (``jobs/x.yaml[1]``) when a file holds several."""
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -763,6 +768,54 @@ def _loc(loc: Iterable[Any], prefix: str) -> str:
     return out
 
 
+def _model_at(loc: Iterable[Any]) -> type[BaseModel] | None:
+    """The pydantic model whose fields sit at ``loc`` (a TrainingRun error location)."""
+    model: type[BaseModel] | None = TrainingRun
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = {to_camel(n): f for n, f in model.model_fields.items()}.get(str(part)) \
+            or model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = _model_type(field.annotation)
+    return model
+
+
+def _field_at(loc: tuple[Any, ...]) -> Any:
+    parent = _model_at(loc[:-1]) if loc else None
+    if parent is None:
+        return None
+    by_alias = {to_camel(n): f for n, f in parent.model_fields.items()}
+    return by_alias.get(str(loc[-1])) or parent.model_fields.get(str(loc[-1]))
+
+
+def _bounds(field: Any) -> str:
+    """'between 1 and 10000' / '>= 1' from a field's Field(ge=, le=, gt=, lt=)."""
+    lo = hi = None
+    for m in getattr(field, "metadata", ()):
+        for attr, is_lo in (("ge", True), ("gt", True), ("le", False), ("lt", False)):
+            v = getattr(m, attr, None)
+            if v is not None:
+                text = f"{'>' if attr == 'gt' else '<' if attr == 'lt' else ''}{v}"
+                lo, hi = (text, hi) if is_lo else (lo, text)
+    if lo and hi and lo[0].isdigit() and hi[0].isdigit():
+        return f" between {lo} and {hi}"
+    parts = [f">= {lo}" if lo and lo[0].isdigit() else lo, f"<= {hi}" if hi and hi[0].isdigit() else hi]
+    return (" " + " and ".join(p for p in parts if p)) if any(parts) else ""
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    model = _model_at(loc[:-1])
+    if model is None or not loc:
+        return ""
+    names = [to_camel(n) for n in model.model_fields]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
     errors: list[SpecError] = []
     for e in exc.errors():
@@ -772,13 +825,25 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
             continue
         path = _loc(e["loc"], "")
         msg = e["msg"]
+        loc = tuple(e["loc"])
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
             last = str(e["loc"][-1]) if e["loc"] else ""
             if "_" in last and to_camel(last) != last:
                 msg += f" (fields are camelCase: did you mean {to_camel(last)!r}?)"
+            else:
+                msg += _did_you_mean(loc)
         elif e["type"] == "missing":
             msg = "is required"
+        elif e.get("input", ...) is None and e["type"] in ("model_type", "dict_type",
+                                                            "model_attributes_type"):
+            msg = "is empty (null): give it a value or remove the key"
+        elif e["type"].startswith("int_") or e["type"].startswith("float_"):
+            # e.g. `epochs: 1e9` is a float to YAML: say the range, not "valid integer"
+            bounds = _bounds(_field_at(loc))
+            kind = "a whole number" if e["type"].startswith("int_") else "a number"
+            if bounds or e["type"] in ("int_from_float", "int_type", "float_type"):
+                msg = f"must be {kind}{bounds}, got {e.get('input')!r}"
         elif e["type"] == "literal_error":
             msg = f"{e['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
         errors.append(SpecError(path or "(document)", msg))
@@ -870,10 +935,13 @@ def load_file(path: str | Path) -> list[TrainingRun]:
     Raises InvalidTrainingRun (source = the file name, document index when several)
     on the first invalid document, or when the file holds none.
     """
-    path = Path(path)
     src = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if src == "-":  # `raykube validate -`, `... | raykube render -`
+            src = "<stdin>"
+            text = sys.stdin.buffer.read().decode("utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidTrainingRun([SpecError("(file)", exc.strerror or str(exc))], src) from None
     except UnicodeDecodeError as exc:
@@ -886,9 +954,17 @@ def load_file(path: str | Path) -> list[TrainingRun]:
                                  src) from None
     if not docs:
         raise InvalidTrainingRun([SpecError("(file)", "holds no TrainingRun")], src)
-    runs = []
+    if len(docs) == 1:
+        return [parse_training_run(docs[0], source=src)]
+    # Several documents: every invalid one is reported, each with its index.
+    runs, errors = [], []
     for i, doc in enumerate(docs):
-        runs.append(parse_training_run(doc, source=src if len(docs) == 1 else f"{src}[{i}]"))
+        try:
+            runs.append(parse_training_run(doc, source=f"{src}[{i}]"))
+        except InvalidTrainingRun as exc:
+            errors += [dataclasses.replace(e, source=f"{src}[{i}]") for e in exc.errors]
+    if errors:
+        raise InvalidTrainingRun(errors, src)
     return runs
 
 

@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from raykube.events import Observers, RunObserver
+from raykube.events import Observers, RunObserver, notify
+from raykube.resume import checkpoint_dirs, plan_resume
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
 from raykube.storage import checkpoint_uri, filesystem, read_bytes, write_bytes
 
@@ -92,18 +93,21 @@ def _read_json_file(path: str, default: Any) -> Any:
         return json.load(f)
 
 
-def _restore(ckpt: Any, spec: TrainingRunSpec) -> tuple[dict | None, dict | None, int, list[dict]]:
-    """(model state, optimizer state, next epoch, history) from a Ray checkpoint."""
+def _restore(ckpt: Any, spec: TrainingRunSpec
+             ) -> tuple[dict | None, dict | None, int, list[dict], TrainingRunSpec]:
+    """(model state, optimizer state, next epoch, history, the checkpoint's spec) from a
+    Ray checkpoint."""
     from raykube.checkpoint import load_payload
 
     with ckpt.as_directory() as d:
         payload = load_payload(d)
         hist_path = os.path.join(d, HISTORY_FILE)
         history = _read_json_file(hist_path, [])
-    problem = _spec_conflict(TrainingRunSpec.model_validate(payload["spec"]), spec)
+    old = TrainingRunSpec.model_validate(payload["spec"])
+    problem = _spec_conflict(old, spec)
     if problem:  # check_resumable catches this on the driver first
         raise RunDirConflict(problem)
-    return payload["model"], payload["optimizer"], int(payload["epoch"]) + 1, history
+    return payload["model"], payload["optimizer"], int(payload["epoch"]) + 1, history, old
 
 
 def _quiet_reports() -> None:
@@ -132,6 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from raykube import data as rk_data
     from raykube.checkpoint import save_checkpoint
     from raykube.models import build_model
+    from raykube.resume import checkpoint_name, choose_checkpoint, load_optimizer_state
 
     _quiet_reports()
     spec = TrainingRunSpec.model_validate(config["spec"])
@@ -156,18 +161,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     torch.manual_seed(seed)
     model = build_model(spec.model, info.input_shape, info.num_classes)
-    start_epoch, history, opt_state = 1, [], None
-    ckpt = ray.train.get_checkpoint()
+    start_epoch, history, opt_state, old_spec = 1, [], None, None
+    # A re-run: the driver's pick (newest readable on storage) unless Ray's is as new.
+    ckpt = choose_checkpoint(ray.train.get_checkpoint(), config.get("resume_from"),
+                             config.get("skipped_checkpoints", ()))
     if ckpt is not None:
-        state, opt_state, start_epoch, history = _restore(ckpt, spec)
+        state, opt_state, start_epoch, history, old_spec = _restore(ckpt, spec)
         model.load_state_dict(state)
     # Gradients are views into the all-reduce buckets: one copy less per step.
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
     bare = getattr(model, "module", model)
     optimizer = _make_optimizer(spec, model.parameters())
-    if opt_state:
-        optimizer.load_state_dict(opt_state)
+    load_optimizer_state(optimizer, opt_state, old_spec, spec)  # see raykube.resume
     per_worker_batch = max(1, spec.train.batch_size // world)
     spec_dict = spec.to_dict()
 
@@ -229,7 +235,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "workers": world,
         }
         history.append(metrics)
-        name = f"checkpoint_epoch_{epoch:04d}"
+        name = checkpoint_name(epoch, config.get("skipped_checkpoints", ()))
         if rank == 0:
             tmp = tempfile.mkdtemp(prefix="raykube-ckpt-")
             try:
@@ -476,6 +482,33 @@ def _finished(run_dir: str, spec: TrainingRunSpec) -> TrainOutcome | None:
     return out
 
 
+def _outcome_on_disk(run_dir: str, name: str, spec: TrainingRunSpec, latest: str) -> TrainOutcome:
+    """The outcome of what ``run_dir`` already holds, read from its checkpoints (no
+    training): ``latest`` is the newest readable one; the best is ranked by
+    ``checkpoint.scoreMetric`` as Ray Train ranks them."""
+    ck = spec.checkpoint
+    ranked = []
+    for d in checkpoint_dirs(run_dir):
+        raw = read_bytes(f"{d}/meta.json")
+        meta = json.loads(raw) if raw else None
+        value = (meta or {}).get("metrics", {}).get(ck.score_metric)
+        if isinstance(value, (int, float)):
+            ranked.append((float(value), d, {**meta["metrics"], "epoch": meta["epoch"]}))
+    raw = read_bytes(f"{latest}/{HISTORY_FILE}")
+    history = json.loads(raw) if raw else []
+    prev = read_result(run_dir) or {}
+    best = (max if ck.score_mode == "max" else min)(ranked, key=lambda r: r[0]) if ranked else None
+    best_dir = best[1] if best else latest
+    with contextlib.suppress(Exception):
+        publish_best(best_dir, run_dir)
+    return TrainOutcome(
+        metrics=history[-1] if history else {}, best_checkpoint=best_dir,
+        best_metrics=best[2] if best else {}, epochs=int(history[-1]["epoch"]) if history else 0,
+        wall_time_s=float(prev.get("wall_time_s") or 0.0), history=history, run_dir=run_dir,
+        name=name, spec=prev.get("spec") or spec.to_dict(),
+        checkpoints=[r[1] for r in ranked], reused=True)
+
+
 def _history_of(checkpoint: Any) -> list[dict[str, Any]]:
     with checkpoint.as_directory() as d:
         return _read_json_file(os.path.join(d, HISTORY_FILE), [])
@@ -655,6 +688,17 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         obs.on_end(done.to_dict())
         return done
     check_resumable(run_dir, spec)
+    plan = plan_resume(run_dir, spec)
+    if plan.checkpoint is not None and plan.epoch >= spec.train.epochs:
+        obs.on_start(run)
+        notify(observers, f"{run_dir} already has {plan.epoch} epochs (asked for "
+                          f"{spec.train.epochs}): nothing to train")
+        done = _outcome_on_disk(run_dir, name, spec, plan.checkpoint)
+        obs.on_end(done.to_dict())
+        return done
+    if plan.checkpoint is not None or plan.skipped:
+        extra_config = {**(extra_config or {}), "resume_from": plan.checkpoint,
+                        "skipped_checkpoints": plan.skipped}
 
     queue = ReportChannel()
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
@@ -662,6 +706,8 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
                             extra_config=extra_config, pg_cleaner=False)
 
     obs.on_start(run)
+    for note in plan.notes:
+        notify(observers, note)
     start = time.monotonic()
     failures = 0
 

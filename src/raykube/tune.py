@@ -617,14 +617,11 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
             and stored.get("spec") == identity):
         log.info("search %s already finished; returning its result", experiment_uri)
         outcome = TuneOutcome.from_result(stored)
+        if not exists(_join(experiment_uri, "best")):  # a search finished by an older raykube
+            _publish_best(outcome.best_checkpoint, experiment_uri)
         obs.on_end(stored)
         return outcome
-    marker = _read_json(marker_uri)
-    if marker is not None and marker.get("spec") != identity:
-        raise StorageConflict(
-            f"{experiment_uri} holds a search for a different spec (model, data, train "
-            "or tune changed); give the TrainingRun another metadata.name or delete "
-            "that directory to start over")
+    marker = check_search_storage(experiment_uri, spec)
 
     if spec.data.dataset == "image-folder":
         # Decode once, here, while every CPU is free: trials find the cache done (their
@@ -671,6 +668,7 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     outcome = summarize(experiment_uri, spec, name=name, storage_path=storage_path)
     outcome.wall_time_s = round(time.monotonic() - started, 2)
     result = outcome.to_result()
+    _publish_best(outcome.best_checkpoint, experiment_uri)
     try:
         write_bytes(_join(experiment_uri, REPORT_FILE), plot_trials(outcome))
     except Exception:  # a plot must never lose a finished search
@@ -678,6 +676,54 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     _write_json(result_uri, result)
     obs.on_end(result)
     return outcome
+
+
+def _publish_best(checkpoint: str | None, experiment_uri: str) -> None:
+    """``<run>/best``: the best trial's checkpoint where ``raykube serve``, the README and
+    ``raykube render --serve`` (its RayService) expect a run's best model, as for a
+    plain training run."""
+    if not checkpoint:
+        return
+    from raykube.train import publish_best
+
+    try:
+        publish_best(checkpoint, experiment_uri)
+    except Exception:  # the concrete checkpoint is still in result.json
+        log.warning("could not copy the best checkpoint to %s/best", experiment_uri,
+                    exc_info=True)
+
+
+def check_search_storage(experiment_uri: str, spec: TrainingRunSpec) -> dict[str, Any] | None:
+    """The stored search marker, or ``StorageConflict`` naming the changed fields when
+    ``experiment_uri`` holds a search of another spec (``raykube run`` calls it before
+    Ray starts)."""
+    marker = _read_json(_join(experiment_uri, MARKER_FILE))
+    identity = _identity(spec)
+    if marker is not None and marker.get("spec") != identity:
+        raise StorageConflict(
+            f"{experiment_uri} holds a search for a different spec "
+            f"({changed_fields(marker.get('spec') or {}, identity)}); give the TrainingRun "
+            "another metadata.name or delete that directory to start over")
+    return marker
+
+
+def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(doc, dict) and doc:
+        out: dict[str, Any] = {}
+        for k, v in doc.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: doc}
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """'spec.train.optimizer.lr 0.003 -> 0.1, ...': what differs between two spec
+    identities, so a refused re-run says which edit to undo."""
+    a, b = _flatten(old), _flatten(new)
+    diffs = [f"spec.{k} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return (", ".join(diffs[:limit]) + more) if diffs else "model, data, train or tune changed"
 
 
 def _saved_statuses(experiment_uri: str) -> list[str]:
@@ -698,13 +744,16 @@ def trials_table(rows: Sequence[dict[str, Any]], metric: str, title: str | None 
     from rich.table import Table
 
     table = Table(title=title, expand=False)
-    table.add_column("trial")
+    table.add_column("trial", no_wrap=True)
     paths = sorted({p for r in rows for p in r["params"]})
-    for p in paths:
-        table.add_column(p, justify="right")
-    table.add_column("status")
-    table.add_column(metric, justify="right")
-    table.add_column("iter", justify="right")
+    # Headers by last path segment when unambiguous (lr, batchSize): fits 80 columns;
+    # the best-trial panel names the full paths.
+    lasts = [p.rsplit(".", 1)[-1] for p in paths]
+    for p, last in zip(paths, lasts, strict=True):
+        table.add_column(last if lasts.count(last) == 1 else p, justify="right")
+    table.add_column("status", no_wrap=True, min_width=10)
+    table.add_column(metric, justify="right", no_wrap=True)
+    table.add_column("iter", justify="right", no_wrap=True)
     styles = {"RUNNING": "cyan", "TERMINATED": "green", "STOPPED": "yellow", "ERROR": "red"}
     for r in rows:
         table.add_row(
@@ -722,10 +771,11 @@ def best_trial_summary(result: dict[str, Any]) -> Any:
     best = result["best_trial"]
     params = "\n".join(f"  {k} = {_fmt(v)}" for k, v in best["config"].items())
     bm = result.get("best_metrics") or {}
-    metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in bm.items() if k in METRICS)
+    metrics = "\n  ".join(  # validation metrics on one line, training on the next
+        ", ".join(f"{k}={_fmt(v)}" for k, v in bm.items() if k in METRICS and k.startswith(p))
+        for p in ("val", "train"))
     body = (f"trial {best['trialId']}: {result['metric']} = {_fmt(best['metric'])} "
-            f"({result['mode']})\n{params}\nepoch {bm.get(TIME_ATTR)}: {metrics}\n"
-            f"checkpoint: {result.get('best_checkpoint')}")
+            f"({result['mode']})\n{params}\nepoch {bm.get(TIME_ATTR)}:\n  {metrics}")
     return Panel(body, title="Best trial", expand=False)
 
 
@@ -752,8 +802,9 @@ class TrialTable:
             self._metric = run.spec.tune.metric
         self._title = f"{run.name}: Tune search ({run.spec.tune.trials if run.spec.tune else 0} trials)"
         if self._live is None:
+            # transient: the final table is printed once by on_end, not twice
             self._live = Live(trials_table([], self._metric, self._title), console=self.console,
-                              refresh_per_second=self.refresh_per_second, transient=False)
+                              refresh_per_second=self.refresh_per_second, transient=True)
             self._live.start()
 
     def on_trials(self, rows: list[dict[str, Any]]) -> None:
@@ -771,6 +822,13 @@ class TrialTable:
             self.console.print(trials_table(result["trials"], result["metric"], self._title))
         if result.get("best_trial"):
             self.console.print(best_trial_summary(result))
+            # Meant to be copied: whole lines, never wrapped.
+            run_dir = result.get("run_dir")
+            for label, path in (("best checkpoint", f"{run_dir}/best"),
+                                ("report", f"{run_dir}/{REPORT_FILE}"),
+                                ("result", f"{run_dir}/{RESULT_FILE}")):
+                self.console.print(f"{label:<16}{path}", soft_wrap=True, highlight=False,
+                                   markup=False)
 
     def stop(self) -> None:
         if self._live is not None:

@@ -112,3 +112,59 @@ def test_predict_bad_input(trained, tmp_path, capsys):
     assert "shape" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")]) == 2
     assert not list(tmp_path.glob("x.*"))
+
+
+def _digit_pngs(root, images, names) -> list[str]:
+    from PIL import Image
+
+    paths = []
+    for i, (img, name) in enumerate(zip(images, names, strict=True)):
+        folder = root / name if name else root
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, mode="L").save(folder / f"{i:03d}.png")
+        paths.append(str(folder / f"{i:03d}.png"))
+    return paths
+
+
+def test_predict_folders_as_users_have_them(trained, tmp_path, capsys):
+    """Issue 15 #14: a ``path`` column; a plain folder of unlabeled images; folder names
+    matched to the model's classes by name, not by folder index; and no accuracy when
+    no folder is one of the model's classes."""
+    checkpoint, _ = trained
+    arrays = load_arrays(TrainingRunSpec.model_validate(SPEC), "/tmp")
+    vx, vy = arrays.val_x.numpy()[:12], arrays.val_y.numpy()[:12]
+    u8 = np.round((vx[:, 0] * 0.5 + 0.5) * 255).astype(np.uint8)
+    want = direct_probs(checkpoint, ((u8.astype(np.float32) / 255 - 0.5) / 0.5)[:, None]).argmax(1)
+
+    # Unlabeled: images straight in the folder.
+    plain = tmp_path / "plain"
+    paths = _digit_pngs(plain, u8, [""] * len(u8))
+    out = tmp_path / "plain.csv"
+    assert main(["predict", checkpoint, "--data", str(plain), "--out", str(out)]) == 0
+    table = pacsv.read_csv(out)
+    assert sorted(table["path"].to_pylist()) == sorted(paths)
+    assert "label" not in table.column_names
+    got = dict(zip(table["path"].to_pylist(), table["prediction"].to_pylist(), strict=True))
+    assert [got[p] for p in paths] == want.tolist()
+    assert "no labels" in capsys.readouterr().out
+
+    # Only some classes present, as folders "3", "7", ...: label = the model's class id.
+    some = tmp_path / "some"
+    _digit_pngs(some, u8, [str(y) for y in vy])
+    out = tmp_path / "some.csv"
+    assert main(["predict", checkpoint, "--data", str(some), "--out", str(out)]) == 0
+    table = pacsv.read_csv(out)
+    labels = dict(zip(table["path"].to_pylist(), table["label"].to_pylist(), strict=True))
+    assert all(labels[p] == int(p.split("/")[-2]) for p in labels)
+    printed = capsys.readouterr().out
+    acc = float(np.mean(want == vy))
+    assert f"accuracy {100 * acc:.2f} %" in printed
+
+    # Folder names that are none of the model's classes: not scored as folder indexes.
+    other = tmp_path / "other"
+    _digit_pngs(other, u8, ["cat" if y % 2 else "dog" for y in vy])
+    assert main(["predict", checkpoint, "--data", str(other),
+                 "--out", str(tmp_path / "other.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "the folder names (cat, dog) are none of the model's classes" in printed
+    assert "accuracy 0" not in printed

@@ -158,6 +158,13 @@ def test_search_early_stops_bad_trials_resumes_and_serves_the_best(ray_session, 
         {t["trial"]: t["status"] for t in outcome.trials}
     assert (exp / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert second.ended == result
+    # Issue 15 #4: <run>/best is the best trial's checkpoint, where `raykube serve`, the
+    # README and `raykube render --serve` point (a copy: same files, same weights).
+    best_dir = exp / "best"
+    assert sorted(f.name for f in best_dir.iterdir()) == \
+        sorted(f.name for f in Path(outcome.best_checkpoint).iterdir())
+    assert (best_dir / "checkpoint.pt").read_bytes() == \
+        (Path(outcome.best_checkpoint) / "checkpoint.pt").read_bytes()
 
     # The best checkpoint loads without Ray and predicts exactly as it scored.
     model, meta = load_model(outcome.best_checkpoint)

@@ -134,3 +134,26 @@ def test_markdown_reference():
     text = readme.read_text()
     section = text.split("<!-- BEGIN REFERENCE -->\n", 1)[1].split("<!-- END REFERENCE -->", 1)[0]
     assert section.strip() == md.strip(), "README's TrainingRun reference is stale: run `make crd`"
+
+
+def test_no_description_says_the_same_thing_twice():
+    """Issue 15 #17: a field's title ("The network.") was printed before its type's own
+    docstring ("Which network to train."): kubectl explain read each twice."""
+    from raykube.crd import build_crd
+
+    def walk(node, path=""):
+        if isinstance(node, dict):
+            desc = node.get("description", "")
+            first = desc.split(". ")[0].rstrip(".")
+            if node.get("properties") and len(first.split()) <= 3 and ". " in desc:
+                raise AssertionError(f"{path}: title-like sentence before the text: {desc!r}")
+            for k, v in node.get("properties", {}).items():
+                walk(v, f"{path}.{k}")
+            if "items" in node:
+                walk(node["items"], f"{path}[]")
+
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    walk(schema["properties"]["spec"], "spec")
+    walk(schema["properties"]["status"], "status")
+    assert schema["properties"]["spec"]["properties"]["model"]["description"].startswith(
+        "Which network to train.")

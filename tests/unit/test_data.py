@@ -106,6 +106,7 @@ def test_preprocess_image_matches_training_normalisation():
 def test_image_folder_classes_and_stable_split(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
+        (tmp_path / cls / "a.png").write_bytes(b"listed, not decoded")
     (tmp_path / ".hidden").mkdir()
     spec = make_spec("image-folder", uri=str(tmp_path), imageSize=16)
     info = data.dataset_info(spec)
@@ -119,5 +120,5 @@ def test_image_folder_classes_and_stable_split(tmp_path):
 
 def test_image_folder_needs_class_subfolders(tmp_path):
     (tmp_path / "only").mkdir()
-    with pytest.raises(data.DatasetUnavailable, match="sub-folder per class"):
+    with pytest.raises(data.DatasetUnavailable, match="sub-folder of images per class"):
         data.dataset_info(make_spec("image-folder", uri=str(tmp_path)))

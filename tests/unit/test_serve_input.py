@@ -90,3 +90,23 @@ def test_images_refused_for_feature_models():
     assert parse(inputs, {"instances": [[1.0] * 64]}).shape == (1, 64)
     with pytest.raises(RequestError, match="feature vectors"):
         parse(inputs, {"images": ["aGk="]})
+
+
+def test_line_wrapped_base64_images_are_accepted(inputs):
+    """Issue 15 #16: `base64` (GNU without -w0, BSD, MIME clients) wraps at 76 columns;
+    both the escaped form (JSON clients) and raw line breaks (curl -d "$(base64 ...)")
+    decode to the same image as the unwrapped form."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)).save(buf, "PNG")
+    flat = base64.b64encode(buf.getvalue()).decode()
+    wrapped = base64.encodebytes(buf.getvalue()).decode()  # a newline every 76 characters
+    assert "\n" in wrapped.strip()
+    want = parse(inputs, {"images": [flat]})
+    np.testing.assert_array_equal(parse(inputs, {"images": [wrapped]}), want)
+    raw = ('{"images": ["' + wrapped + '"]}').encode()  # what the shell substitution sends
+    np.testing.assert_array_equal(parse(inputs, raw), want)

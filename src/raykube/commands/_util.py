@@ -54,3 +54,26 @@ def with_examples(p: argparse.ArgumentParser, examples: str) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "examples:\n" + "\n".join(f"  {line}" if line else ""
                                          for line in examples.strip("\n").splitlines())
+
+
+def local_path(text: str) -> str:
+    """argparse type for a storage path: ``~`` expanded (the shell does not expand it in
+    ``--storage=~/runs``); URIs (``s3://``) are kept as they are."""
+    import os
+
+    return text if "://" in text else os.path.expanduser(text)
+
+
+def resolve_data_uri(run: Any, spec_file: str) -> Any:
+    """``data.uri`` relative paths are relative to the spec file, as a reader of the
+    file expects (and as kustomize and docker-compose resolve them), not to the working
+    directory the command happens to run in."""
+    import os
+
+    uri = run.spec.data.uri
+    if not uri or "://" in uri or os.path.isabs(uri) or spec_file == "-":
+        return run
+    base = os.path.dirname(os.path.abspath(spec_file))
+    absolute = os.path.normpath(os.path.join(base, os.path.expanduser(uri)))
+    data = run.spec.data.model_copy(update={"uri": absolute})
+    return run.model_copy(update={"spec": run.spec.model_copy(update={"data": data})})

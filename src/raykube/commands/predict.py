@@ -40,6 +40,8 @@ raykube predict runs/cifar10-cnn/best --data ./my-images --out preds.csv
     p.add_argument("--cache-dir", help="dataset cache (default: <storage>/datasets)")
     p.add_argument("--storage", help="storage root (default $RAYKUBE_STORAGE or ./runs)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's own output here instead of in a log file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,11 +66,20 @@ def run(args: argparse.Namespace) -> int:
 
     import ray
 
+    from raykube import terminal
+
     started = False
     if not ray.is_initialized():
-        # RAY_ADDRESS (e.g. inside a Ray cluster) connects to it; otherwise a local Ray.
-        ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else args.num_cpus,
-                 include_dashboard=False, configure_logging=False)
+        if not terminal.verbose(args.verbose):
+            terminal.divert(terminal.default_log("predict"))
+        # RAY_ADDRESS (e.g. inside a Ray cluster) connects to it; otherwise our own Ray.
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(include_dashboard=False, configure_logging=False)
+        else:
+            from raykube.ray_local import init_local_ray
+
+            init_local_ray(num_cpus=args.num_cpus, include_dashboard=False,
+                           configure_logging=False)
         started = True
     try:
         outcome = predict(args.checkpoint, out=args.out, data=args.data, split=args.split,
@@ -77,10 +88,12 @@ def run(args: argparse.Namespace) -> int:
                           cpus_per_actor=args.cpus_per_actor, cache_dir=args.cache_dir,
                           storage=args.storage)
     except (PredictError, InvalidTrainingRun, DatasetUnavailable, FileNotFoundError) as exc:
-        print(f"raykube predict: {exc}", file=sys.stderr)
+        print(f"raykube predict: {exc}", file=terminal.err())
         return 2
     finally:
         if started:
             ray.shutdown()
-    print_report(outcome)
+    from rich.console import Console
+
+    print_report(outcome, Console(file=terminal.out(), soft_wrap=True))
     return 0

@@ -42,9 +42,19 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = RenderConfig.from_env()
     objs = []
+    seen: dict[tuple[str, str], str] = {}
     try:
         for path in args.files:
             for tr in load_file(path):
+                # Two runs of one name would render objects that overwrite each other
+                # on apply (and share a run directory): refuse, naming both.
+                key = (args.namespace or tr.metadata.namespace or "default", tr.name)
+                if key in seen:
+                    print(f"raykube render: {path}: TrainingRun {key[1]!r} (namespace "
+                          f"{key[0]}) is already defined in {seen[key]}; names must be "
+                          "unique", file=sys.stderr)
+                    return 1
+                seen[key] = path
                 if args.image or args.namespace:
                     doc = tr.model_dump(mode="json", by_alias=True, exclude_none=True)
                     if args.image:
@@ -58,11 +68,16 @@ def run(args: argparse.Namespace) -> int:
                     objs.append(render_rayservice(tr, cfg, ckpt))
     except InvalidTrainingRun as exc:
         for e in exc.errors:
-            print(f"{exc.source}: {e.path}: {e.message}", file=sys.stderr)
+            print(f"{e.source or exc.source}: {e.path}: {e.message}", file=sys.stderr)
         return 1
     text = dump_yaml(objs)
     if args.out:
-        Path(args.out).write_text(text)
+        try:
+            Path(args.out).write_text(text)
+        except OSError as exc:  # a missing directory, no permission, a directory
+            print(f"raykube render: cannot write {args.out}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
         print(f"wrote {len(objs)} objects to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raykube.commands._util import flag_errors, port_number, with_examples
+from raykube.commands._util import (
+    flag_errors,
+    local_path,
+    port_number,
+    resolve_data_uri,
+    with_examples,
+)
 
 FLAGS = {"scaling.workers": "--workers", "train.epochs": "--epochs"}
 
@@ -18,10 +24,11 @@ raykube run jobs/quickstart.yaml --serve         # keep serving until Ctrl-C
 raykube run my-run.yaml --storage /data/runs --workers 4
 
 Re-running a finished run trains nothing; an interrupted one (Ctrl-C, a crash)
-continues from its last checkpoint in <storage>/<name>/.
+continues from its last checkpoint in <storage>/<name>/. Ray's own output goes to
+<storage>/<name>/raykube.log (-v or RAYKUBE_VERBOSE=1 shows it on the terminal).
 """)
     p.add_argument("file", metavar="FILE", help="YAML file holding one TrainingRun")
-    p.add_argument("--storage", default="./runs",
+    p.add_argument("--storage", default="./runs", type=local_path,
                    help="storage root; the run directory is <storage>/<name>/ (default ./runs)")
     p.add_argument("--workers", type=int, help="override spec.scaling.workers")
     p.add_argument("--epochs", type=int, help="override spec.train.epochs")
@@ -29,11 +36,29 @@ continues from its last checkpoint in <storage>/<name>/.
                    help="keep the model served after the demo request (until Ctrl-C)")
     p.add_argument("--port", type=port_number, default=8000,
                    help="HTTP port of the local server (default 8000)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's own output here instead of in the run's raykube.log")
 
 
 def _fail(message: str) -> int:
-    print(f"raykube run: {message}", file=sys.stderr)
+    from raykube import terminal
+
+    print(f"raykube run: {message}", file=terminal.err())
     return 1
+
+
+def _oversubscribed(tr, cpus: int | None) -> str | None:  # noqa: ANN001
+    """A warning when the run asks for more CPUs than the machine has (it still runs,
+    on an oversubscribed local Ray, but each worker gets a fraction of a core)."""
+    s = tr.spec
+    need = s.scaling.workers * s.scaling.cpus_per_worker * (
+        s.tune.max_concurrent_trials if s.tune is not None else 1)
+    if cpus and need > cpus:
+        return (f"note: {s.scaling.workers} worker(s) x {s.scaling.cpus_per_worker:g} CPU"
+                + (f" x {s.tune.max_concurrent_trials} concurrent trials" if s.tune else "")
+                + f" on a {cpus}-CPU machine: the workers share cores, so this is slower "
+                f"than fewer workers would be (--workers {max(1, int(cpus // s.scaling.cpus_per_worker))})")
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from rich.console import Console
 
+    from raykube import terminal
     from raykube.spec import InvalidTrainingRun, apply_overrides, load_one, parse_training_run
 
-    console = Console()
     try:
-        tr = load_one(args.file)
+        tr = resolve_data_uri(load_one(args.file), args.file)
         overrides = {k: v for k, v in (("scaling.workers", args.workers),
                                        ("train.epochs", args.epochs)) if v is not None}
         if overrides:
@@ -58,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                                     source=f"{args.file} (with {' '.join(map(FLAGS.get, overrides))})")
     except InvalidTrainingRun as exc:
         for e in exc.errors:
-            print(f"{exc.source or args.file}: {e.path}: {e.message}", file=sys.stderr)
+            print(f"{e.source or exc.source or args.file}: {e.path}: {e.message}", file=sys.stderr)
         return 1
     except ValidationError as exc:  # a bad override
         for line in flag_errors(exc, FLAGS):
@@ -71,15 +96,36 @@ def run(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before Ray starts and training runs:
     # the storage, what it already holds, and the port the model will be served on.
     try:
-        check_resumable(check_storage(args.storage, tr.name), tr.spec)
+        run_dir = check_storage(args.storage, tr.name)
+        check_resumable(run_dir, tr.spec)
         if tr.spec.serve.enabled:
             from raykube.serve import ensure_port_free
 
             ensure_port_free("127.0.0.1", args.port)
-    except (OSError, RunDirConflict) as exc:
+        # The data too: a corrupt pre-seeded download, an undecodable image or too few
+        # classes is one line now (cached: training does not load it twice).
+        from raykube import data as rk_data
+
+        rk_data.prepare(tr.spec, rk_data.cache_dir_for(tr.spec, args.storage))
+        if tr.spec.tune is not None:
+            from raykube.tune import StorageConflict, check_search_storage
+
+            try:
+                check_search_storage(run_dir, tr.spec)
+            except StorageConflict as exc:
+                return _fail(str(exc))
+    except (OSError, RunDirConflict, DatasetUnavailable) as exc:
         return _fail(str(exc))
 
-    from raykube.display import RichDisplay
+    if not terminal.verbose(args.verbose):
+        terminal.divert(f"{run_dir}/raykube.log" if "://" not in run_dir
+                        else terminal.default_log("run"))
+    console = Console(file=terminal.out(), soft_wrap=True)  # paths and curl stay pasteable
+    warning = _oversubscribed(tr, os.cpu_count())
+    if warning:
+        console.print(warning, style="yellow", highlight=False)
+
+    from raykube.checkpoint import CheckpointError
     from raykube.local import (
         curl_command,
         demo_request,
@@ -91,15 +137,29 @@ def run(args: argparse.Namespace) -> int:
         validation_example,
     )
 
+    if tr.spec.tune is not None:
+        from raykube.tune import StorageConflict, TrialTable, TuneInterrupted
+
+        observers: list = [TrialTable(console)]
+        expected: tuple = (StorageConflict, TuneInterrupted)
+    else:
+        from raykube.display import RichDisplay
+
+        observers, expected = [RichDisplay(console)], ()
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     init_ray(num_cpus=local_cpus(tr), prestart_workers=tr.spec.data.dataset == "image-folder")
     try:
-        outcome = train_or_tune(tr, args.storage, observers=[RichDisplay(console)])
-    except (DatasetUnavailable, StorageError, RunDirConflict) as exc:
+        outcome = train_or_tune(tr, args.storage, observers=observers)
+    except (DatasetUnavailable, StorageError, RunDirConflict, CheckpointError, *expected) as exc:
+        _stop(observers)
         return _fail(str(exc))
+    except KeyboardInterrupt:
+        _stop(observers)
+        return _interrupted(run_dir, tr)
     acc = outcome.best_metrics.get("valAccuracy")
     acc_text = f"{acc:.4f}" if isinstance(acc, float) else str(acc)
-    console.print(f"best checkpoint: [bold]{outcome.best_checkpoint}[/] (valAccuracy {acc_text})")
+    best = f"{run_dir}/best"
 
     serve = tr.spec.serve
     if not serve.enabled:
@@ -111,10 +171,10 @@ def run(args: argparse.Namespace) -> int:
     from raykube.serve import start_local, stop_local
 
     try:
-        url = start_local(str(outcome.best_checkpoint), serve, port=args.port, quiet=True)
+        url = start_local(best, serve, port=args.port, quiet=True)
     except (OSError, RuntimeError, TimeoutError) as exc:  # e.g. the port got taken meanwhile
-        return _fail(f"trained, but could not serve {outcome.best_checkpoint}: {exc} "
-                     f"(try: raykube serve {outcome.best_checkpoint} --port ...)")
+        return _fail(f"trained, but could not serve {best}: {exc} "
+                     f"(try: raykube serve {best} --port ...)")
     try:
         instance, truth = validation_example(tr, args.storage)
         answer = demo_request(url, instance)
@@ -124,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
             from raykube.commands._util import stop_on_sigterm
 
             stop_on_sigterm()
-            console.print("serving until Ctrl-C. Try:\n" + curl_command(url, instance))
+            console.print("serving until Ctrl-C. Try:")
+            print(curl_command(url, instance), file=terminal.out(), flush=True)
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:
@@ -132,3 +193,34 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stop_local()
     return 0
+
+
+def _stop(observers: list) -> None:
+    """End live displays before printing an error under them."""
+    for o in observers:
+        for name in ("stop",):
+            hook = getattr(o, name, None)
+            if hook is not None:
+                hook()
+        progress = getattr(o, "progress", None)
+        if progress is not None:
+            progress.stop()
+            o.progress = None
+
+
+def _interrupted(run_dir: str, tr) -> int:  # noqa: ANN001
+    """Ctrl-C: say what is safely on storage, from the storage itself (the live display
+    may be behind it), and what running again does."""
+    from raykube import terminal
+
+    if tr.spec.tune is not None:
+        msg = f"interrupted: the search in {run_dir} resumes when you run the same command again"
+    else:
+        from raykube.resume import latest_usable
+
+        ckpt, meta, _ = latest_usable(run_dir)  # what a re-run continues from
+        msg = (f"interrupted: {run_dir} has {meta['epoch']} of {tr.spec.train.epochs} epochs; "
+               f"running the same command again continues from epoch {int(meta['epoch']) + 1}"
+               if ckpt and meta else f"interrupted before the first checkpoint of {run_dir}")
+    print(msg, file=terminal.err())
+    return 130

@@ -35,9 +35,28 @@ curl -s localhost:8000/metadata                 # then, from another terminal
     p.add_argument("--batch-wait-ms", type=float,
                    help="dynamic batching: longest wait for a batch to fill (ms)")
     p.add_argument("--max-request-bytes", type=int, help="largest accepted body (413 above)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all, or "
+                   "what the replicas need when that is more)")
     p.add_argument("--access-log", action="store_true",
                    help="log one line per request (off by default: it costs CPU per request)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's own output here instead of in a log file")
+
+
+def local_ray_cpus(num_cpus: int | None, serve_spec, machine_cpus: int | None) -> int:  # noqa: ANN001
+    """Logical CPUs for the local Ray: enough for every replica, so that Serve never
+    waits forever for a replica that cannot be placed (as ``raykube run`` sizes its Ray).
+
+    An explicit ``--num-cpus`` too small for the replicas is refused with what they need.
+    """
+    need = serve_spec.replicas * serve_spec.cpus_per_replica
+    if num_cpus is not None:
+        if num_cpus < need:
+            raise ValueError(f"--num-cpus {num_cpus} cannot hold {serve_spec.replicas} "
+                             f"replica(s) x {serve_spec.cpus_per_replica:g} CPU; give at "
+                             f"least --num-cpus {-(-need // 1):.0f} or fewer --replicas")
+        return num_cpus
+    return int(max(machine_cpus or 1, -(-need // 1)))
 
 
 def serve_spec_for(args: argparse.Namespace, checkpoint_spec: dict):
@@ -65,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
     from raykube.checkpoint import load_model
 
-    console = Console(soft_wrap=True)  # URLs and the curl line stay pasteable
     try:
         from raykube.serve import ensure_port_free, resolve_checkpoint
 
@@ -73,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         # now, not a Serve deployment failing in a loop once Ray is up.
         _, meta = load_model(resolve_checkpoint(args.checkpoint))
         serve_spec = serve_spec_for(args, meta.spec)
+        num_cpus = local_ray_cpus(args.num_cpus, serve_spec, os.cpu_count())
         ensure_port_free(args.host, args.port)
     except ValidationError as exc:
         for line in flag_errors(exc, FLAGS):
@@ -82,20 +101,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"raykube serve: {exc}", file=sys.stderr)
         return 2
 
+    from raykube import terminal
+
+    if not terminal.verbose(args.verbose):
+        terminal.divert(terminal.default_log("serve"))
+    console = Console(file=terminal.out(), soft_wrap=True)  # URLs and the curl line stay pasteable
+
     import ray
 
     from raykube.local import apply_ray_env
+    from raykube.ray_local import init_local_ray
     from raykube.serve import curl_example, start_local, stop_local
 
     apply_ray_env()  # Serve's HAProxy ingress, short drain (README "Performance")
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
+    # This command's own Ray, even when another one runs here (raykube.ray_local).
+    init_local_ray(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
     stop_on_sigterm()
     try:
         try:
             base = start_local(args.checkpoint, serve_spec, port=args.port, host=args.host,
                                access_log=args.access_log)
         except (RuntimeError, TimeoutError) as exc:  # Serve's deploy/proxy failures
-            print(f"raykube serve: could not start serving: {exc}", file=sys.stderr)
+            print(f"raykube serve: could not start serving: {exc}", file=terminal.err())
             return 1
         model = (meta.spec.get("model") or {}).get("name")
         acc = meta.metrics.get("valAccuracy")
@@ -104,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
                       + f") from {args.checkpoint} at [cyan]{base}[/]")
         console.print(f"  POST {base}/predict   GET {base}/metadata   GET {base}/healthz")
         console.print("try:")
-        print(curl_example(base, meta.input_shape), flush=True)
+        print(curl_example(base, meta.input_shape), file=terminal.out(), flush=True)
         console.print("Ctrl-C to stop")
         while True:
             time.sleep(3600)

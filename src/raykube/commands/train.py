@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         tr = load_one(args.spec)
     except InvalidTrainingRun as exc:
         for e in exc.errors:
-            print(f"{exc.source or args.spec}: {e.path}: {e.message}", file=sys.stderr)
+            print(f"{e.source or exc.source or args.spec}: {e.path}: {e.message}", file=sys.stderr)
         return 1
     storage = args.storage or os.environ.get("RAYKUBE_STORAGE") or "./runs"
 

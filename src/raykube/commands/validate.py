@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
         if errors:
             bad += 1
             for e in errors:
-                print(f"{path}: {e.path}: {e.message}", file=sys.stderr)
+                print(f"{e.source or path}: {e.path}: {e.message}", file=sys.stderr)
         elif not args.quiet:
             print(f"{path}: valid")
     if bad:

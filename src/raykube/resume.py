@@ -1,0 +1,194 @@
+"""What a re-run of the same name does with the checkpoints already on storage.
+
+Decided here, per spec section, so that what is printed, saved and used agree:
+
+- ``model``, ``data``: refused (``RunDirConflict``): the weights cannot mean the same.
+- ``train.epochs``: more than trained continues; no more than trained trains nothing.
+- ``train.optimizer``: the new values are used from the next epoch. Same optimizer
+  kind: its restored state (momentum buffers, Adam moments) is kept and ``lr``,
+  ``momentum`` and ``weightDecay`` are set to the new values; another kind (adam ->
+  sgd) starts with a fresh optimizer state, since one kind's state means nothing to
+  another (torch would fail on it).
+- ``train.batchSize``, ``train.seed``, ``scaling``, ``serve``, ``checkpoint``: used as
+  given from the next epoch.
+
+The resume point is the newest checkpoint on storage that can be read, not only the one
+Ray Train's own bookkeeping remembers: after a Ctrl-C that bookkeeping can lag the
+checkpoint directories written meanwhile, and a checkpoint cut off mid-copy must be
+skipped rather than restored (and retried) until the workers give up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from raykube.spec import TrainingRunSpec
+from raykube.storage import filesystem, read_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+CHECKPOINT_PREFIX = "checkpoint_epoch_"
+
+
+@dataclass
+class ResumePlan:
+    """Where a run continues from. ``checkpoint`` None: nothing usable, start at 1."""
+
+    checkpoint: str | None = None
+    epoch: int = 0
+    spec: TrainingRunSpec | None = None
+    notes: list[str] = field(default_factory=list)
+    """What the user should know (a skipped checkpoint, a changed optimizer)."""
+    skipped: list[str] = field(default_factory=list)
+    """Names of unreadable checkpoint directories newer than ``checkpoint``: the epochs
+    trained again are saved under another name (``checkpoint_name``), since Ray Train's
+    bookkeeping may still hold these and would delete the new one with the old."""
+
+
+def checkpoint_dirs(run_dir: str) -> list[str]:
+    """``checkpoint_epoch_NNNN`` directories of ``run_dir``, oldest first."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(run_dir)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    return sorted(f"{run_dir.rstrip('/')}/{i.base_name}" for i in infos
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX))
+
+
+def _meta(ckpt_dir: str) -> dict[str, Any] | None:
+    raw = read_bytes(f"{ckpt_dir}/meta.json")
+    try:
+        doc = json.loads(raw) if raw else None
+        return doc if isinstance(doc, dict) and "epoch" in doc and "spec" in doc else None
+    except ValueError:
+        return None
+
+
+def _readable(ckpt_dir: str) -> str | None:
+    """Why a local checkpoint cannot be restored, or None when it can (torch load)."""
+    if "://" in ckpt_dir:
+        return None  # object stores: the workers read it
+    try:
+        from raykube.checkpoint import load_payload
+
+        load_payload(ckpt_dir)
+    except ImportError:
+        return None
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def latest_usable(run_dir: str) -> tuple[str | None, dict[str, Any] | None, list[str]]:
+    """The newest checkpoint of ``run_dir`` that reads back, its meta.json, and the
+    directories of the newer ones skipped."""
+    skipped: list[str] = []
+    for d in reversed(checkpoint_dirs(run_dir)):
+        meta = _meta(d)
+        why = "no readable meta.json" if meta is None else _readable(d)
+        if why is None:
+            return d, meta, skipped
+        skipped.append(d)
+    return None, None, skipped
+
+
+def checkpoint_name(epoch: int, taken: Iterable[str] = ()) -> str:
+    """The directory name of an epoch's checkpoint: ``checkpoint_epoch_NNNN``, or
+    ``checkpoint_epoch_NNNN-again`` when an unreadable one of that name is still there."""
+    name = f"{CHECKPOINT_PREFIX}{epoch:04d}"
+    return f"{name}-again" if name in set(taken) else name
+
+
+def optimizer_notes(old: TrainingRunSpec, new: TrainingRunSpec, epoch: int) -> list[str]:
+    """One line per ``train`` setting that differs from the checkpoint's, saying what
+    the resumed run does with it."""
+    notes = []
+    o, n = old.train.optimizer, new.train.optimizer
+    if o.name != n.name:
+        notes.append(f"train.optimizer.name changed ({o.name} -> {n.name}): epochs after "
+                     f"{epoch} use a fresh {n.name} optimizer (lr={n.lr:g}); {o.name}'s "
+                     "state is not carried over")
+    else:
+        changed = [f"{k} {getattr(o, a):g} -> {getattr(n, a):g}"
+                   for k, a in (("lr", "lr"), ("momentum", "momentum"),
+                                ("weightDecay", "weight_decay"))
+                   if getattr(o, a) != getattr(n, a)]
+        if changed:
+            notes.append(f"train.optimizer changed ({', '.join(changed)}): applied to the "
+                         f"restored {n.name} optimizer from epoch {epoch + 1}")
+    for key, attr in (("batchSize", "batch_size"), ("seed", "seed")):
+        a, b = getattr(old.train, attr), getattr(new.train, attr)
+        if a != b:
+            notes.append(f"train.{key} changed ({a} -> {b}): used from epoch {epoch + 1}")
+    return notes
+
+
+def plan_resume(run_dir: str, spec: TrainingRunSpec) -> ResumePlan:
+    """The resume point of ``run_dir`` for ``spec``, with notes for the user.
+
+    Conflicting model/data sections are ``raykube.train.check_resumable``'s job.
+    """
+    ckpt, meta, skipped = latest_usable(run_dir)
+    notes = [f"skipping {os.path.basename(d)}: it cannot be read ({_readable(d) or 'no meta.json'})"
+             for d in reversed(skipped)]
+    names = [os.path.basename(d) for d in skipped]
+    if ckpt is None or meta is None:
+        return ResumePlan(notes=notes, skipped=names)
+    try:
+        old = TrainingRunSpec.model_validate(meta["spec"])
+    except Exception:  # a foreign or older meta.json: the workers decide
+        return ResumePlan(checkpoint=ckpt, epoch=int(meta["epoch"]), notes=notes, skipped=names)
+    epoch = int(meta["epoch"])
+    if epoch < spec.train.epochs:
+        notes += optimizer_notes(old, spec, epoch)
+    return ResumePlan(checkpoint=ckpt, epoch=epoch, spec=old, notes=notes, skipped=names)
+
+
+# ------------------------------------------------------------------------ worker side
+def choose_checkpoint(ray_ckpt: Any, resume_from: str | None, skipped: Iterable[str] = ()) -> Any:
+    """The Ray ``Checkpoint`` a worker restores: Ray Train's own (a restart within this
+    run) unless the driver found a newer readable one on storage (a re-run) or found
+    Ray's unreadable (``skipped``)."""
+    from ray.train import Checkpoint
+
+    if ray_ckpt is not None and os.path.basename(ray_ckpt.path.rstrip("/")) in set(skipped):
+        ray_ckpt = None
+    if not resume_from:
+        return ray_ckpt
+    if ray_ckpt is not None:
+        with ray_ckpt.as_directory() as d:
+            theirs = _meta(d)
+        if theirs is not None and int(theirs["epoch"]) >= _epoch_of(resume_from):
+            return ray_ckpt
+    if "://" in resume_from:
+        fs, path = filesystem(resume_from)
+        return Checkpoint(path=path, filesystem=fs)
+    return Checkpoint.from_directory(resume_from)
+
+
+def _epoch_of(ckpt_dir: str) -> int:
+    meta = _meta(ckpt_dir)
+    return int(meta["epoch"]) if meta else 0
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict | None,
+                         old: TrainingRunSpec | None, new: TrainingRunSpec) -> None:
+    """Restore ``state`` into ``optimizer`` as the module docstring decides: same kind,
+    state kept and the new hyperparameters applied; another kind, fresh state."""
+    if not state or old is None or old.train.optimizer.name != new.train.optimizer.name:
+        return
+    optimizer.load_state_dict(state)
+    o = new.train.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = o.lr
+        group["weight_decay"] = o.weight_decay
+        if "momentum" in group:
+            group["momentum"] = o.momentum

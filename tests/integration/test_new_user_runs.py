@@ -1,0 +1,198 @@
+"""Issue 15, end to end: `raykube run` as a subprocess, as a new user drives it.
+
+One run directory tells the story (each `raykube run` starts its own Ray, ~20-60 s
+here, so the steps share it):
+
+1. Ctrl-C mid-training (SIGINT to the process group, as a terminal sends it): one line
+   saying how many epochs are on storage, matching the newest checkpoint there (#5, #7).
+   Meanwhile another Ray instance runs on the machine (#9).
+2. The same file with a new ``lr``: continues right after the saved epochs, says the new
+   lr applies, and the optimizer in the next checkpoint has it (#1, #5).
+3. adam -> sgd with the newest checkpoint truncated: one note each, the truncated epoch
+   trained again once, a fresh sgd optimizer, no crash (#2, #7).
+4. ``--epochs`` below what is trained: "nothing to train", result.json untouched (#3).
+
+Every successful run prints raykube's lines only; Ray's go to the run's raykube.log (#11).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SPEC = """apiVersion: raykube.io/v1alpha1
+kind: TrainingRun
+metadata: {name: newuser}
+spec:
+  model: {name: mlp, options: {hidden: [16]}}
+  data: {dataset: digits}
+  train:
+    epochs: 200
+    batchSize: 64
+    optimizer: {name: adam, lr: 3e-3}
+  scaling: {workers: 1}
+  checkpoint: {keep: 1, scoreMetric: valAccuracy}
+"""
+# Lines that must never reach the terminal of a successful run (issue 15 #11).
+NOISE = ["Traceback", "View the dashboard", "Token authentication", "core_worker.cc",
+         "graceful_shutdown", "WARNING", "multiple active Ray instances", "(raylet)",
+         "PreemptionWatcher", "pid="]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYKUBE_VERBOSE")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raykube", "run", *args], text=True,
+                          capture_output=True, env=_env(), timeout=timeout)
+
+
+def clean(p: subprocess.CompletedProcess) -> None:
+    """Success, and nothing but raykube's own lines."""
+    assert p.returncode == 0, p.stdout + p.stderr
+    for word in NOISE:
+        assert word not in p.stdout + p.stderr, (word, p.stdout, p.stderr)
+    assert p.stderr.count("raykube.log") == 1, p.stderr  # the log path, once
+
+
+def epochs_trained(p: subprocess.CompletedProcess) -> list[int]:
+    return [int(m) for m in re.findall(r"^epoch +(\d+)/", p.stdout, flags=re.M)]
+
+
+def newest(run_dir: Path) -> Path:
+    return max(run_dir.glob("checkpoint_epoch_*"), key=lambda d: json.loads(
+        (d / "meta.json").read_text())["epoch"] if (d / "meta.json").exists() else -1)
+
+
+def optimizer_of(ckpt: Path) -> tuple[str, dict]:
+    import torch
+
+    payload = torch.load(ckpt / "checkpoint.pt", weights_only=True)
+    return payload["spec"]["train"]["optimizer"]["name"], payload["optimizer"]["param_groups"][0]
+
+
+@pytest.fixture
+def other_ray():
+    """Another Ray instance on this machine, as when `raykube serve` runs in another
+    terminal (issue 15 #9)."""
+    p = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(address='local', "
+                          "num_cpus=1, include_dashboard=False); print('up', flush=True); "
+                          "time.sleep(3600)"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         text=True, env=_env(), start_new_session=True)
+    assert p.stdout.readline().strip() == "up"
+    yield p
+    os.killpg(p.pid, signal.SIGTERM)
+    p.wait(timeout=60)
+
+
+def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
+    spec = tmp_path / "run.yaml"
+    spec.write_text(SPEC)
+    storage = tmp_path / "runs"
+    run_dir = storage / "newuser"
+
+    # -- 1. Ctrl-C after a few epochs
+    p = subprocess.Popen([sys.executable, "-m", "raykube", "run", str(spec), "--storage",
+                          str(storage)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=_env(), start_new_session=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if line.startswith("epoch   3/"):
+            os.killpg(p.pid, signal.SIGINT)
+            break
+    rest, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (seen, rest, err)
+    assert "Traceback" not in err + rest
+    saved = json.loads((newest(run_dir) / "meta.json").read_text())["epoch"]
+    assert f"interrupted: {run_dir} has {saved} of 200 epochs; running the same command " \
+           f"again continues from epoch {saved + 1}" in err
+    assert "multiple active Ray instances" not in (run_dir / "raykube.log").read_text()
+
+    # -- 2. a new lr: applied from the next epoch, saved and used alike
+    spec.write_text(SPEC.replace("lr: 3e-3", "lr: 5e-2"))
+    p = run_cli(str(spec), "--storage", str(storage), "--epochs", str(saved + 1))
+    clean(p)
+    assert f"train.optimizer changed (lr 0.003 -> 0.05): applied to the restored adam " \
+           f"optimizer from epoch {saved + 1}" in p.stdout
+    assert epochs_trained(p) == [saved + 1], p.stdout
+    name, group = optimizer_of(newest(run_dir))
+    assert name == "adam" and group["lr"] == pytest.approx(0.05)
+    assert f"best checkpoint {run_dir}/best\n" in p.stdout  # whole, stable path (#12)
+
+    # -- 3. adam -> sgd, and the newest checkpoint truncated meanwhile: the truncated
+    # one is skipped with a note and its epoch trained again, once; a fresh sgd
+    # optimizer, not a crash
+    bad = newest(run_dir)
+    weights = bad / "checkpoint.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    spec.write_text(SPEC.replace("{name: adam, lr: 3e-3}", "{name: sgd, lr: 0.02, momentum: 0.8}"))
+    p = run_cli(str(spec), "--storage", str(storage), "--epochs", str(saved + 2))
+    clean(p)
+    assert f"skipping {bad.name}: it cannot be read" in p.stdout
+    assert "train.optimizer.name changed (adam -> sgd)" in p.stdout
+    assert epochs_trained(p) == [saved + 1, saved + 2], p.stdout
+    name, group = optimizer_of(newest(run_dir))
+    assert name == "sgd" and group["momentum"] == pytest.approx(0.8)
+    assert json.loads((newest(run_dir) / "meta.json").read_text())["epoch"] == saved + 2
+    result = (run_dir / "result.json").read_text()
+
+    # -- 4. fewer epochs than trained: nothing starts, nothing is rewritten
+    p = run_cli(str(spec), "--storage", str(storage), "--epochs", "2")
+    clean(p)
+    assert f"{run_dir} already has {saved + 2} epochs (asked for 2): nothing to train" in p.stdout
+    assert not epochs_trained(p)
+    assert (run_dir / "result.json").read_text() == result
+
+
+def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path):
+    """`raykube serve --replicas 3` on a small machine: Ray is sized for the replicas
+    instead of waiting forever (#8); the terminal shows raykube's lines only and the curl
+    line is whole (#11, #12); Ctrl-C stops it cleanly."""
+    import socket
+    import urllib.request
+
+    from raykube.checkpoint import save_checkpoint
+    from raykube.models import build_model
+    from raykube.spec import parse_spec
+
+    spec = parse_spec({"model": {"name": "mlp", "options": {"hidden": [8]}},
+                       "data": {"dataset": "digits"}}).spec
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, model=build_model(spec.model, (1, 8, 8), 10), optimizer=None, epoch=1,
+                    spec=spec.to_dict(), class_names=[str(i) for i in range(10)],
+                    input_shape=[1, 8, 8], metrics={"valAccuracy": 0.5})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "raykube", "serve", str(ckpt), "--port",
+                          str(port), "--replicas", "3"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith("Ctrl-C to stop"):
+            break
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
+    assert b'"epoch"' in body
+    os.killpg(p.pid, signal.SIGINT)
+    rest, err = p.communicate(timeout=120)
+    text = "".join(out) + rest
+    assert p.returncode == 0, (text, err)
+    for word in NOISE:
+        assert word not in text + err, (word, text, err)
+    curl = [ln for ln in text.splitlines() if ln.startswith("curl ")]
+    assert len(curl) == 1 and curl[0].rstrip().endswith("'"), text
+    assert err.count(".log (-v shows it here)") == 1, err

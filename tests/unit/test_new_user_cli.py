@@ -1,0 +1,281 @@
+"""Issue 15, as a new user meets it: each command run as a subprocess, asserting on what
+the terminal shows (exit code, the one line, no traceback). None of these start Ray:
+every one of these mistakes is caught before it."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raykube.cli import main
+
+HEADER = "apiVersion: raykube.io/v1alpha1\nkind: TrainingRun\n"
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "jobs" / "quickstart.yaml")
+
+
+def cli(*args: str, stdin: str | None = None, cwd: Path | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "raykube", *args], input=stdin, text=True,
+                          capture_output=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def one_error_line(p: subprocess.CompletedProcess, *needles: str) -> str:
+    """The command failed with exactly one line on stderr holding every needle."""
+    assert p.returncode != 0, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def spec_file(tmp_path: Path, body: str, name: str = "run.yaml") -> str:
+    f = tmp_path / name
+    f.write_text(HEADER + body)
+    return str(f)
+
+
+# -------------------------------------------------------------- 17: validate / render
+MULTI = """metadata: {name: a}
+spec:
+  model: {name: mlp}
+  data: {dataset: digits}
+  train: {epochs: 1e9, batchSiz: 32}
+---
+""" + HEADER + """metadata: {name: b}
+spec:
+  model: null
+  data: {dataset: digits}
+"""
+
+
+def test_validate_reports_every_bad_document_with_its_index_bounds_and_hints(tmp_path):
+    f = spec_file(tmp_path, MULTI)
+    p = cli("validate", f)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    err = p.stderr
+    assert f"{f}[0]: spec.train.epochs: must be a whole number between 1 and 100000" in err
+    assert f"{f}[0]: spec.train.batchSiz: unknown field (did you mean 'batchSize'?)" in err
+    assert f"{f}[1]: spec.model: is empty (null)" in err
+    assert "valid integer" not in err and "valid dictionary" not in err
+
+
+def test_validate_reads_stdin(tmp_path):
+    good = Path(QUICKSTART).read_text()
+    assert cli("validate", "-", stdin=good).returncode == 0
+    p = cli("validate", "-", stdin=HEADER + MULTI)
+    assert p.returncode == 1 and "<stdin>[1]: spec.model" in p.stderr
+
+
+def test_render_refuses_duplicate_names_and_a_missing_output_directory(tmp_path):
+    one_error_line(cli("render", QUICKSTART, QUICKSTART),
+                   "'quickstart'", f"already defined in {QUICKSTART}")
+    one_error_line(cli("render", QUICKSTART, "-o", str(tmp_path / "no" / "x.yaml")),
+                   "cannot write", "No such file or directory")
+
+
+# ------------------------------------------------------------- 6, 13: image folders
+def _png(path: Path, value: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)
+
+
+def _folder_spec(tmp_path: Path, uri: str) -> str:
+    return spec_file(tmp_path, f"""metadata: {{name: folder}}
+spec:
+  model: {{name: mlp}}
+  data: {{dataset: image-folder, uri: {uri}, imageSize: 8}}
+  train: {{epochs: 1}}
+""")
+
+
+def test_a_corrupt_image_is_one_line_naming_it_before_ray_starts(tmp_path):
+    for cls in ("cat", "dog"):
+        for i in range(3):
+            _png(tmp_path / "imgs" / cls / f"{i}.png", 40 * i)
+    bad = tmp_path / "imgs" / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    # data.uri is relative to the spec file, not to the working directory (17)
+    f = _folder_spec(tmp_path, "imgs")
+    line = one_error_line(cli("run", f, "--storage", str(tmp_path / "runs"), cwd=Path("/")),
+                          str(bad), "not a readable image", "remove or replace it")
+    assert line.startswith("raykube run: ")
+
+
+def test_empty_class_folders_warn_and_one_class_is_refused(tmp_path):
+    _png(tmp_path / "imgs" / "cat" / "0.png", 10)
+    (tmp_path / "imgs" / "dog").mkdir()
+    (tmp_path / "imgs" / "bird").mkdir()
+    f = _folder_spec(tmp_path, str(tmp_path / "imgs"))
+    p = cli("run", f, "--storage", str(tmp_path / "runs"))
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "class folder 'dog' holds no images" in p.stderr
+    assert "class folder 'bird' holds no images" in p.stderr
+    assert "at least 2 classes with images; found ['cat'] (empty: bird, dog)" in p.stderr
+
+
+# -------------------------------------------------------- 15: corrupt pre-seeded data
+def test_a_corrupt_preseeded_download_names_the_file_and_leaves_no_tmp(tmp_path):
+    from raykube.data import FASHION_FILES
+
+    raw = tmp_path / "runs" / "datasets" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in FASHION_FILES:
+        (raw / f"{name}.gz").write_bytes(gzip.compress(os.urandom(4000))[:2000])  # truncated
+    f = spec_file(tmp_path, "metadata: {name: fm}\nspec:\n  model: {name: mlp}\n"
+                            "  data: {dataset: fashion-mnist}\n")
+    line = one_error_line(cli("run", f, "--storage", str(tmp_path / "runs")),
+                          "fails its checksum", "expected", "replace it")
+    assert "could not be downloaded" not in line
+    assert not list(raw.glob("*.tmp")) and not list(raw.glob("*-ubyte"))  # nothing half-made
+
+
+def test_a_corrupt_cifar_archive_says_checksum_not_download(tmp_path):
+    cache = tmp_path / "runs" / "datasets"
+    cache.mkdir(parents=True)
+    (cache / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
+    f = spec_file(tmp_path, "metadata: {name: c}\nspec:\n  model: {name: cifar-cnn}\n"
+                            "  data: {dataset: cifar10}\n")
+    one_error_line(cli("run", f, "--storage", str(tmp_path / "runs")),
+                   "cifar-10-python.tar.gz fails its checksum", "replace it")
+
+
+# ------------------------------------------------------------------ 8: serve sizing
+def test_serve_fails_fast_when_the_replicas_cannot_fit(tmp_path):
+    from raykube.commands.serve import local_ray_cpus
+    from raykube.spec import ServeSpec
+
+    four = ServeSpec.model_validate({"replicas": 4})
+    assert local_ray_cpus(None, four, machine_cpus=2) == 4  # sized to fit, as run does
+    assert local_ray_cpus(None, four, machine_cpus=8) == 8
+    with pytest.raises(ValueError, match="--num-cpus 2 cannot hold 4 replica"):
+        local_ray_cpus(2, four, machine_cpus=8)
+
+
+# ---------------------------------------------------------- 12, 17: paths, overrides
+def test_storage_tilde_and_spec_relative_data_uri(tmp_path, monkeypatch):
+    from raykube.commands._util import local_path, resolve_data_uri
+    from raykube.spec import load_one
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert local_path("~/runs") == str(tmp_path / "runs")
+    assert local_path("s3://b/p") == "s3://b/p"
+    f = _folder_spec(tmp_path, "imgs")
+    assert resolve_data_uri(load_one(f), f).spec.data.uri == str(tmp_path / "imgs")
+
+
+def test_printed_paths_and_curl_are_never_wrapped():
+    from rich.console import Console
+
+    from raykube.display import RichDisplay, artefact_paths
+    from raykube.local import curl_command
+
+    run_dir = "/a/very/long/storage/path/that/goes/on/and/on/for/a/while/runs/" + "x" * 60
+    result = {"name": "x", "run_dir": run_dir, "best_checkpoint": f"{run_dir}/checkpoint_epoch_0003",
+              "epochs": 3, "metrics": {}, "best_metrics": {}}
+    assert artefact_paths(result)[0] == ("best checkpoint", f"{run_dir}/best")
+    console = Console(width=80, record=True, file=io.StringIO())
+    RichDisplay(console).on_end(result)
+    text = console.export_text()
+    assert f"best checkpoint {run_dir}/best\n" in text
+    assert "checkpoint_epoch_0003" not in text
+    assert "\n" not in curl_command("http://127.0.0.1:8000", [[0.5] * 64])
+
+
+def test_the_epoch_line_labels_its_figures():
+    from rich.console import Console
+
+    from raykube.display import RichDisplay
+
+    console = Console(width=200, record=True, file=io.StringIO())
+    RichDisplay(console).on_epoch({"epoch": 1, "epochs": 2, "samplesPerSecond": 36946.0,
+                                   "epochTime": 0.04}, None, None)
+    assert "36946 samples/s, 0.04 s/epoch" in console.export_text()
+
+
+def test_oversubscribed_workers_get_a_note(tmp_path):
+    from raykube.commands.run import _oversubscribed
+    from raykube.spec import parse_spec
+
+    tr = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
+                     "scaling": {"workers": 16}})
+    note = _oversubscribed(tr, 2)
+    assert note and "16 worker(s) x 1 CPU on a 2-CPU machine" in note and "--workers 2" in note
+    assert _oversubscribed(tr, 32) is None
+
+
+def test_in_process_errors_still_go_to_stderr(tmp_path, capsys):
+    """Under pytest's capture nothing is diverted: messages stay where tests read them."""
+    assert main(["render", QUICKSTART, "-o", str(tmp_path / "no" / "x")]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- 7, 10: Tune
+TUNE = """metadata: {name: search}
+spec:
+  model: {name: mlp}
+  data: {dataset: digits}
+  train: {epochs: 2, optimizer: {name: adam, lr: 0.01}}
+  tune:
+    trials: 2
+    searchSpace:
+      train.batchSize: {choice: [32, 64]}
+"""
+
+
+def test_a_changed_search_is_refused_naming_the_fields_before_ray_starts(tmp_path):
+    import json
+
+    from raykube.spec import load_one
+    from raykube.tune import MARKER_FILE, _identity
+
+    f = spec_file(tmp_path, TUNE)
+    old = _identity(load_one(f).spec)
+    exp = tmp_path / "runs" / "search"
+    exp.mkdir(parents=True)
+    (exp / MARKER_FILE).write_text(json.dumps({"spec": old}))
+    Path(f).write_text(Path(f).read_text().replace("lr: 0.01", "lr: 0.1"))
+    one_error_line(cli("run", f, "--storage", str(tmp_path / "runs")),
+                   f"{exp} holds a search for a different spec",
+                   "spec.train.optimizer.lr 0.01 -> 0.1", "another metadata.name")
+
+
+def test_tune_runs_show_the_trial_table_and_best_trial_not_rays():
+    """raykube's table (STOPPED for ASHA-stopped trials), the best trial's parameters
+    and its stable checkpoint path; no live table left behind twice."""
+    from rich.console import Console
+
+    from raykube.spec import parse_spec
+    from raykube.tune import TrialTable
+
+    console = Console(width=100, record=True, file=io.StringIO())
+    table = TrialTable(console)
+    run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
+                      "train": {"epochs": 2},
+                      "tune": {"trials": 2, "searchSpace": {"train.batchSize": {"choice": [32, 64]}}}})
+    rows = [{"trial": "a_00000", "params": {"train.batchSize": 32}, "status": "TERMINATED",
+             "metric": 0.95, "iterations": 2},
+            {"trial": "a_00001", "params": {"train.batchSize": 64}, "status": "STOPPED",
+             "metric": 0.4, "iterations": 1}]
+    table.on_start(run)
+    table.on_trials(rows)
+    table.on_end({"trials": rows, "metric": "valAccuracy", "mode": "max", "run_dir": "/r/search",
+                  "best_trial": {"trialId": "a_00000", "config": {"train.batchSize": 32},
+                                 "metric": 0.95},
+                  "best_metrics": {"epoch": 2, "valAccuracy": 0.95, "trainLoss": 0.1}})
+    text = console.export_text()
+    assert text.count("STOPPED") == 1 and "TERMINATED" in text and "batchSize" in text
+    assert "Best trial" in text and "train.batchSize = 32" in text
+    assert "best checkpoint /r/search/best" in text
+    assert "starting Ray Train workers" not in text
