@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["s3_server"]  # a real S3 server (MinIO): s3_server, s3_prefix
+
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"
 SHARED = REPO.parent / "shared"

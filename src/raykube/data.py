@@ -243,6 +243,13 @@ def _list_classes(uri: str) -> list[str]:
 
     from raykube.storage import filesystem
 
+    if uri.startswith("s3://"):
+        from raykube import s3
+
+        try:
+            s3.check(uri)
+        except s3.S3Unavailable as exc:
+            raise DatasetUnavailable(f"image-folder {exc}") from None
     fs, path = filesystem(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=False))
@@ -325,13 +332,17 @@ def _image_batch(batch: dict[str, Any], *, root: str, classes: list[str], channe
 def _read_image_folder(spec: TrainingRunSpec, split: Split) -> ray.data.Dataset:
     import ray.data
 
+    from raykube.storage import filesystem
+
     uri = spec.data.uri
     assert uri
     info = dataset_info(spec)
     _, size, _ = info.input_shape
     channels = info.input_shape[0]
-    root = uri.split("://", 1)[1] if "://" in uri else os.path.abspath(uri)
-    ds = ray.data.read_images(uri if "://" in uri else root, size=(size, size),
+    # Object stores get raykube's filesystem (endpoint and credentials from the AWS
+    # environment, see raykube.s3); its paths are "bucket/key", like the root here.
+    fs, root = filesystem(uri) if "://" in uri else (None, os.path.abspath(uri))
+    ds = ray.data.read_images(root, filesystem=fs, size=(size, size),
                               mode="L" if channels == 1 else "RGB", include_paths=True,
                               file_extensions=IMAGE_EXTENSIONS)
     return ds.map_batches(

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from raykube.events import Observers, RunObserver
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
-from raykube.storage import checkpoint_uri, filesystem, read_bytes, write_bytes
+from raykube.storage import checkpoint_uri, filesystem, ray_storage, read_bytes, write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -346,10 +346,19 @@ def check_storage(storage_path: str, name: str) -> str:
 
     Done before any Ray work: otherwise a bad ``--storage`` surfaces as a traceback from
     inside Ray Train's controller actor, after Ray started and the data was prepared.
-    Remote URIs (s3://) are left to Ray (credentials are only known there).
+    An ``s3://`` root gets a probe object written and deleted under the run directory
+    (``raykube.s3.check``: one line for an unreachable endpoint, refused credentials or
+    a missing bucket, in seconds).
     """
     run_dir = run_dir_for(storage_path, name)
     if "://" in storage_path:
+        from raykube import s3
+
+        if s3.is_s3(storage_path):
+            try:
+                s3.check(run_dir, write=True)
+            except s3.S3Unavailable as exc:
+                raise StorageError(f"storage {exc}") from None
         return run_dir
     probe = os.path.join(run_dir, ".raykube-write-test")
     try:
@@ -459,13 +468,15 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
     if spec.data.dataset == "image-folder":
         datasets = {s: rk_data.as_ray_dataset(spec, s, cache_dir) for s in ("train", "val")}
     ck = spec.checkpoint
+    ray_path, ray_fs = ray_storage(storage_path)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir, **(extra_config or {})},
         scaling_config=scaling_config(spec),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_path if "://" in storage_path else os.path.abspath(storage_path),
+            storage_path=ray_path,
+            storage_filesystem=ray_fs,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=ck.keep,
                 checkpoint_score_attribute=ck.score_metric,

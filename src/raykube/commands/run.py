@@ -21,14 +21,30 @@ Re-running a finished run trains nothing; an interrupted one (Ctrl-C, a crash)
 continues from its last checkpoint in <storage>/<name>/.
 """)
     p.add_argument("file", metavar="FILE", help="YAML file holding one TrainingRun")
-    p.add_argument("--storage", default="./runs",
-                   help="storage root; the run directory is <storage>/<name>/ (default ./runs)")
+    p.add_argument("--storage", default=None,
+                   help="storage root; the run directory is <storage>/<name>/ (default: "
+                   "<checkpoint.storage.uri>/<namespace> when the spec names an s3:// URI, "
+                   "as on a cluster, else ./runs)")
     p.add_argument("--workers", type=int, help="override spec.scaling.workers")
     p.add_argument("--epochs", type=int, help="override spec.train.epochs")
     p.add_argument("--serve", action="store_true",
                    help="keep the model served after the demo request (until Ctrl-C)")
     p.add_argument("--port", type=port_number, default=8000,
                    help="HTTP port of the local server (default 8000)")
+
+
+def local_storage(tr, flag: str | None) -> str:  # noqa: ANN001 (TrainingRun; lazy import)
+    """The storage root of a local run: ``--storage`` when given; else the spec's own
+    ``checkpoint.storage.uri`` laid out as on a cluster (``<uri>/<namespace>``, so
+    ``raykube run`` and the operator share checkpoints and ``best/``); else ./runs (a
+    spec's PVC exists only in a cluster)."""
+    if flag:
+        return flag
+    if tr.spec.checkpoint.storage.uri:
+        from raykube.render import storage_root
+
+        return storage_root(tr)
+    return "./runs"
 
 
 def _fail(message: str) -> int:
@@ -68,10 +84,18 @@ def run(args: argparse.Namespace) -> int:
     from raykube.data import DatasetUnavailable
     from raykube.train import RunDirConflict, StorageError, check_resumable, check_storage
 
+    storage = local_storage(tr, args.storage)
     # Everything a user can get wrong is checked before Ray starts and training runs:
     # the storage, what it already holds, and the port the model will be served on.
     try:
-        check_resumable(check_storage(args.storage, tr.name), tr.spec)
+        check_resumable(check_storage(storage, tr.name), tr.spec)
+        if tr.spec.data.uri and tr.spec.data.uri.startswith("s3://"):
+            from raykube import s3
+
+            try:
+                s3.check(tr.spec.data.uri)
+            except s3.S3Unavailable as exc:
+                raise OSError(f"data.uri {exc}") from None
         if tr.spec.serve.enabled:
             from raykube.serve import ensure_port_free
 
@@ -94,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     init_ray(num_cpus=local_cpus(tr))
     try:
-        outcome = train_or_tune(tr, args.storage, observers=[RichDisplay(console)])
+        outcome = train_or_tune(tr, storage, observers=[RichDisplay(console)])
     except (DatasetUnavailable, StorageError, RunDirConflict) as exc:
         return _fail(str(exc))
     acc = outcome.best_metrics.get("valAccuracy")
@@ -116,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"trained, but could not serve {outcome.best_checkpoint}: {exc} "
                      f"(try: raykube serve {outcome.best_checkpoint} --port ...)")
     try:
-        instance, truth = validation_example(tr, args.storage)
+        instance, truth = validation_example(tr, storage)
         answer = demo_request(url, instance)
         console.print(f"served at [bold]{url}[/]\n  question: one validation example, "
                       f"true label [bold]{truth}[/]\n  answer:   {describe_answer(answer)}")
