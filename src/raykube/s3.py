@@ -152,6 +152,9 @@ def check(uri: str, *, write: bool = False, settings: S3Settings | None = None) 
     bucket, key = split(uri)
     fs = settings.filesystem(connect_timeout=2.0, request_timeout=5.0, attempts=1)
     try:
+        # A listing first: unlike HEAD requests, its error answers carry the S3 error
+        # code, which tells refused credentials from a missing permission.
+        fs.get_file_info(pafs.FileSelector(f"{bucket}/{key}".rstrip("/"), allow_not_found=True))
         if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             raise S3Unavailable(f"{uri}: bucket {bucket!r} does not exist at {settings.where}")
         if write:

@@ -326,8 +326,13 @@ def publish_best(checkpoint: str, run_dir: str) -> str:
     fs, src = filesystem(checkpoint)
     _, dst = filesystem(f"{run_dir}/{BEST_DIR}")
     fs.create_dir(dst, recursive=True)
-    fs.delete_dir_contents(dst, missing_dir_ok=True)
+    # Overwrite in place, then drop leftovers: best/ is never empty meanwhile, and on an
+    # object store each file is replaced whole (a PUT is atomic), never half-written.
     pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
+    fresh = {i.path[len(src):] for i in fs.get_file_info(pafs.FileSelector(src, recursive=True))}
+    for info in fs.get_file_info(pafs.FileSelector(dst, recursive=True)):
+        if info.type == pafs.FileType.File and info.path[len(dst):] not in fresh:
+            fs.delete_file(info.path)
     return f"{run_dir}/{BEST_DIR}"
 
 

@@ -79,7 +79,7 @@ def write_job(path: Path, name: str, spec: dict) -> Path:
 
 # ------------------------------------------------------------------ raykube run
 def test_run_with_s3_storage_writes_the_bucket_reruns_and_resumes(
-        ray_session, s3_server, s3_prefix, tmp_path, monkeypatch, capsys):
+        ray_session, s3_server, s3_prefix, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a local ./runs must not appear
     spec = {**DIGITS_SPEC, "checkpoint": {"keep": 1, "storage": {"uri": s3_prefix}}}
     job = write_job(tmp_path / "job.yaml", "s3run", spec)
@@ -96,7 +96,6 @@ def test_run_with_s3_storage_writes_the_bucket_reruns_and_resumes(
     best_meta = json.loads(read(fs, f"{run_dir}/best/meta.json"))
     assert best_meta["epoch"] == int(result["best_checkpoint"][-4:])
     assert read(fs, f"{run_dir}/best/checkpoint.pt") == read(fs, f"{result['best_checkpoint']}/checkpoint.pt")
-    assert result["best_checkpoint"] in capsys.readouterr().out
     best_mtime = mtime(fs, f"{run_dir}/best/checkpoint.pt")
 
     # Again: nothing is trained, nothing in the bucket changes.

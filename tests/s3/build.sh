@@ -2,7 +2,8 @@
 # Build the pinned MinIO (tests/s3/versions.env, go.mod) once per user and link it into
 # build/bin/minio. The binary is cached outside the checkout, under
 # ${RAYKUBE_CACHE:-$HOME/.cache/raykube}/bin/minio-<version>/, because CI runs in a fresh
-# clone on the same machine: only the first build pays (measured ~5 min on 2 busy cores).
+# clone on the same machine: only the first build pays (measured 22 min cold on 2 cores
+# shared with other builds, 30 s with a warm Go build cache).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
