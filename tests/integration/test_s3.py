@@ -171,12 +171,17 @@ def test_server_killed_mid_upload_leaves_no_half_checkpoint_as_latest(
     try:
         try:
             out = fit(run, s3_prefix, observers=[rec])
-        except Exception:  # the run may give up while the server is away: a retry resumes
+        except Exception as exc:  # the run may give up while the server is away: a
+            # retry (what a RayJob's next attempt does) must resume
+            print(f"first attempt ended with {type(exc).__name__}; running it again")
             t.join(60)
             out = fit(run, s3_prefix, observers=[rec])
     finally:
         t.join(60)
         proxy.close()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    print(f"server killed after {cut.get('uploaded')} bytes of epoch 2's upload; "
+          f"epochs reported: {rec.epochs}")
     assert cut, "the server was never stopped: nothing was tested"
     assert cut["uploaded"] < 12_000_000  # it died mid-upload, not after it
     assert [h["epoch"] for h in out.history] == [1, 2, 3]
