@@ -118,6 +118,44 @@ def _quiet_reports() -> None:
         pass
 
 
+def ensure_uploaded(local_dir: str, fs: Any, path: str, *, timeout_s: float = 300.0) -> list[str]:
+    """Make ``path`` on ``fs`` (the run storage Ray Train uploads to) hold every file of
+    ``local_dir`` whole; return what had to be re-sent.
+
+    Why: Ray Train uploads checkpoints with ``pyarrow.fs.copy_files``, which drops the
+    error of an S3 upload that fails as it completes ("Error ignored when destroying
+    file": seen when the endpoint dies mid-upload), so a checkpoint without its
+    ``checkpoint.pt`` gets registered as the latest. Each file's size in storage is
+    compared with the local copy and anything missing or short is uploaded again
+    (explicitly closed, so errors surface), retrying until the store is back or
+    ``timeout_s`` passes; then the error is raised and the worker fails.
+    """
+    files: dict[str, int] = {}
+    for root, _, names in os.walk(local_dir):
+        for n in names:
+            full = os.path.join(root, n)
+            files[os.path.relpath(full, local_dir).replace(os.sep, "/")] = os.path.getsize(full)
+    resent: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            bad = [rel for rel, size in sorted(files.items())
+                   if fs.get_file_info(f"{path}/{rel}").size != size]
+            if not bad:
+                return resent
+            for rel in bad:
+                log.warning("checkpoint file %s/%s is missing or incomplete in storage; "
+                            "uploading it again", path, rel)
+                with open(os.path.join(local_dir, rel), "rb") as src, \
+                        fs.open_output_stream(f"{path}/{rel}") as dst:
+                    shutil.copyfileobj(src, dst, 8 << 20)
+                resent.append(rel)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker. ``config``: ``spec`` (camelCase spec dict, required),
     ``overrides`` (dotted path -> value, e.g. a Tune sample), ``cache_dir``,
@@ -251,6 +289,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     json.dump(history, f)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=name)
+                if config.get("storage_fs") is not None:  # an object store: prove the upload whole
+                    ensure_uploaded(tmp, config["storage_fs"], f"{config['run_path']}/{name}")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -476,7 +516,10 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
     ray_path, ray_fs = ray_storage(storage_path)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir, **(extra_config or {})},
+        train_loop_config={"spec": spec.to_dict(), "cache_dir": cache_dir,
+                           # object stores: rank 0 checks each checkpoint upload there
+                           "storage_fs": ray_fs, "run_path": f"{ray_path.rstrip('/')}/{name}",
+                           **(extra_config or {})},
         scaling_config=scaling_config(spec),
         run_config=RunConfig(
             name=name,
@@ -554,6 +597,24 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
     return box["result"]
 
 
+def _storage_outage(exc: BaseException) -> str | None:
+    """The first line of an object-store error behind a failed run, if that is what
+    ended it (Ray Train's controller stops when it cannot write its checkpoint list;
+    it wraps the pyarrow error in a ControllerError)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        text = str(e)
+        if isinstance(e, OSError) and "AWS Error" in text:
+            return " ".join(text.split())[:300]
+        todo += [e.__cause__, e.__context__, getattr(e, "controller_failure", None)]
+    return None
+
+
 def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver] = (),
         name: str | None = None, extra_config: dict[str, Any] | None = None) -> TrainOutcome:
     """Train ``run`` with Ray Train on the current Ray cluster; write result.json and
@@ -595,9 +656,17 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         else:
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
 
-    result = fit_and_stream(trainer, queue, _on_item)
-    if result.error:
-        raise result.error
+    try:
+        result = fit_and_stream(trainer, queue, _on_item)
+        if result.error:
+            raise result.error
+    except Exception as exc:
+        lost = _storage_outage(exc) if "://" in storage_path else None
+        if lost is None:
+            raise
+        raise StorageError(f"storage {run_dir}: the object store failed during training "
+                           f"({lost}); run again to resume from the latest complete "
+                           "checkpoint") from exc
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: training reported no checkpoint")
 

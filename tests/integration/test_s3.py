@@ -142,7 +142,7 @@ def test_server_killed_mid_upload_leaves_no_half_checkpoint_as_latest(
     makes the upload last seconds), and restarted 3 s later on the same data."""
     from raykube.checkpoint import load_model
     from raykube.serve import resolve_checkpoint
-    from raykube.train import fit
+    from raykube.train import StorageError, fit
     from s3_server import SlowProxy
 
     proxy = SlowProxy(s3_server.port, rate=2_000_000)
@@ -171,9 +171,10 @@ def test_server_killed_mid_upload_leaves_no_half_checkpoint_as_latest(
     try:
         try:
             out = fit(run, s3_prefix, observers=[rec])
-        except Exception as exc:  # the run may give up while the server is away: a
-            # retry (what a RayJob's next attempt does) must resume
-            print(f"first attempt ended with {type(exc).__name__}; running it again")
+        except StorageError as exc:  # the run may give up while the server is away,
+            # saying so in one line; a retry (a RayJob's next attempt) must resume
+            print(f"first attempt: {exc}")
+            assert f"storage {s3_prefix}/cut: the object store failed" in str(exc)
             t.join(60)
             out = fit(run, s3_prefix, observers=[rec])
     finally:
@@ -289,3 +290,23 @@ def test_serve_from_s3_answers_like_the_local_checkpoint(local_and_s3_checkpoint
     assert [p["class"] for p in preds] == want.argmax(1).tolist()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert uri in json.dumps(meta)
+
+
+def test_checkpoint_upload_check_resends_missing_and_short_files(s3_server, s3_prefix, tmp_path):
+    """What the mid-upload test found: pyarrow's copy_files (Ray Train's uploader) can
+    leave a checkpoint without its checkpoint.pt and report success. ensure_uploaded
+    (run by rank 0 after each report) finds missing and short files and sends them."""
+    from raykube.train import ensure_uploaded
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"w" * 100_000)
+    (tmp_path / "meta.json").write_text('{"epoch": 2}')
+    fs = s3_server.filesystem()
+    path = f"{key(s3_prefix)}/checkpoint_epoch_0002"
+    with fs.open_output_stream(f"{path}/meta.json") as f:
+        f.write(b'{"epoch": 2}')
+    assert ensure_uploaded(str(tmp_path), fs, path) == ["checkpoint.pt"]
+    assert read(fs, f"{s3_prefix}/checkpoint_epoch_0002/checkpoint.pt") == b"w" * 100_000
+    with fs.open_output_stream(f"{path}/checkpoint.pt") as f:
+        f.write(b"w" * 10)  # a short copy
+    assert ensure_uploaded(str(tmp_path), fs, path) == ["checkpoint.pt"]
+    assert ensure_uploaded(str(tmp_path), fs, path) == []
