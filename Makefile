@@ -87,7 +87,7 @@ node-down: ## stop the real node (processes, pod network, iptables rule)
 
 # ---------------------------------------------------------------------------- tests
 .PHONY: test
-test: $(STAMP) cluster-bins ## set up (first time) and run the unit and integration tests
+test: $(STAMP) cluster-bins s3-build ## set up (first time) and run the unit and integration tests
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -106,6 +106,23 @@ kuberay-crds: ## fetch KubeRay's CRDs (for schema tests outside this repo's CI)
 	  curl -fsSL -o $(KUBERAY_CRDS)/ray.io_$$kind.yaml \
 	    https://raw.githubusercontent.com/ray-project/kuberay/$(KUBERAY_VERSION)/ray-operator/config/crd/bases/ray.io_$$kind.yaml; \
 	done
+
+# ------------------------------------------------------------------------------ s3
+# MinIO, built from its Go module (pinned in tests/s3/versions.env + go.mod), cached per
+# user outside the checkout and linked into build/bin/minio. The s3:// tests start their
+# own on a free port; s3-up is for trying raykube against S3 by hand (README). The build
+# is skipped when the cached binary exists, so s3-build costs nothing after the first time.
+.PHONY: s3-build
+s3-build: ## build the pinned MinIO once into ~/.cache/raykube (needs Go) and link build/bin/minio
+	tests/s3/build.sh
+
+.PHONY: s3-up
+s3-up: $(STAMP) s3-build ## start MinIO on 127.0.0.1:9000 with bucket s3://raykube; prints the AWS_* to export
+	tests/s3/up.sh
+
+.PHONY: s3-down
+s3-down: ## stop the MinIO of s3-up (data stays in build/s3/data)
+	tests/s3/down.sh
 
 # --------------------------------------------------------------------------- bench
 .PHONY: bench

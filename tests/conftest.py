@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-# the real control plane (session), per-module namespaces, the operator process
-pytest_plugins = ["raykube.testing.fixtures"]
+# the real control plane (session), per-module namespaces, the operator process; and a
+# real S3 server (MinIO): s3_server, s3_prefix
+pytest_plugins = ["raykube.testing.fixtures", "s3_server"]
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = REPO / "jobs"

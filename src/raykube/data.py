@@ -302,6 +302,13 @@ def _list_classes(uri: str) -> list[str]:
 
     from raykube.storage import filesystem
 
+    if uri.startswith("s3://"):
+        from raykube import s3
+
+        try:
+            s3.check(uri)
+        except s3.S3Unavailable as exc:
+            raise DatasetUnavailable(f"image-folder {exc}") from None
     fs, path = filesystem(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=False))

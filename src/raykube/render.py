@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from raykube.spec import API_VERSION, KIND, LABEL, TrainingRun
+from raykube.spec import S3_SECRET_KEYS as SECRET_KEYS
 
 SPEC_MOUNT = "/etc/raykube"
 SPEC_FILE = "trainingrun.yaml"
@@ -333,6 +334,18 @@ def _storage_env(run: TrainingRun, cfg: RenderConfig, ray_env: Mapping[str, str]
             *({"name": k, "value": v} for k, v in ray_env.items())]
 
 
+def s3_secret_env(secret: str) -> list[dict[str, Any]]:
+    """Container env entries taking each S3 setting from the Secret by key; the two
+    credentials are required (a pod without them would fail later, less clearly)."""
+    out = []
+    for key, optional in SECRET_KEYS:
+        ref: dict[str, Any] = {"name": secret, "key": key}
+        if optional:
+            ref["optional"] = True
+        out.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return out
+
+
 def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: dict[str, Any],
                   spec_volume: bool, node_selector: dict[str, str] | None = None,
                   tolerations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -344,7 +357,9 @@ def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: 
                         "persistentVolumeClaim": {"claimName": _claim_name(run, cfg)}})
         mounts.append({"name": "storage", "mountPath": _mount_path(run, cfg)})
     elif st.secret_ref is not None:
-        container["envFrom"] = [{"secretRef": {"name": st.secret_ref.name}}]
+        # Named keys, not envFrom: the pods get the S3 settings raykube reads
+        # (raykube.s3.SECRET_KEYS) and nothing else the Secret may hold.
+        container["env"] = [*container.get("env", []), *s3_secret_env(st.secret_ref.name)]
     if spec_volume:
         volumes.append({"name": "spec", "configMap": {"name": spec_configmap_name(run)}})
         mounts.append({"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True})

@@ -83,10 +83,29 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
         return str(path)
     from ray.train import Checkpoint
 
+    from raykube.storage import filesystem
+
+    text = text.rstrip("/")
+    if text.startswith("s3://"):
+        from raykube import s3
+
+        s3.require_file(f"{text}/checkpoint.pt")  # one line, in seconds, when it cannot be had
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / "raykube-checkpoints" / digest
     if not (target / "checkpoint.pt").exists():
-        Checkpoint(text).to_directory(str(target))
+        fs, path = filesystem(text)
+        # Download next to the target and rename: a download cut short (endpoint gone
+        # mid-way) must never pass for a complete copy on the next call.
+        partial = target.with_name(f"{digest}.partial-{os.getpid()}")
+        Checkpoint(path, filesystem=fs).to_directory(str(partial))
+        if not (partial / "checkpoint.pt").exists():
+            raise FileNotFoundError(f"checkpoint {text}: no checkpoint.pt in it")
+        try:
+            partial.rename(target)
+        except OSError:  # another process on this node finished first
+            import shutil
+
+            shutil.rmtree(partial, ignore_errors=True)
     return str(target)
 
 

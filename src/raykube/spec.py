@@ -329,12 +329,25 @@ class PVCStorage(_Model):
                             "volume is mounted in the pods.")
 
 
+S3_SECRET_KEYS: tuple[tuple[str, bool], ...] = (
+    ("AWS_ACCESS_KEY_ID", False),
+    ("AWS_SECRET_ACCESS_KEY", False),
+    ("AWS_SESSION_TOKEN", True),
+    ("AWS_ENDPOINT_URL", True),
+    ("AWS_REGION", True),
+)
+"""(key, optional) of a ``checkpoint.storage.secretRef`` Secret: the pods get exactly these
+keys as environment variables (never the rest of the Secret), which is what
+``raykube.s3`` builds its S3 client from. Part of the contract, hence here."""
+
+
 class SecretRef(_Model):
     """A Secret in the TrainingRun's namespace."""
 
     name: str = Field(min_length=1, max_length=253, description="Name of the Secret (keys "
-                      "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN "
-                      "and AWS_ENDPOINT_URL).")
+                      "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN, "
+                      "AWS_ENDPOINT_URL for a non-AWS endpoint such as MinIO, and AWS_REGION; "
+                      "the pods get only these keys).")
 
 
 class StorageSpec(_Model):

@@ -12,10 +12,29 @@ from typing import Any
 
 
 def filesystem(uri: str) -> tuple[Any, str]:
-    """``(pyarrow FileSystem, path)`` for a URI or a (relative or absolute) local path."""
+    """``(pyarrow FileSystem, path)`` for a URI or a (relative or absolute) local path.
+
+    ``s3://`` goes through ``raykube.s3`` (endpoint, region and credentials from the AWS
+    environment variables), never pyarrow's own URI parsing: that one ignores a custom
+    endpoint for the region lookup and would ask amazonaws.com.
+    """
     import pyarrow.fs as pafs
 
+    from raykube import s3
+
+    if s3.is_s3(uri):
+        return s3.filesystem(uri)
     return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))
+
+
+def ray_storage(storage_path: str) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray Train/Tune's ``RunConfig``: an
+    explicit filesystem for object stores (so Ray uses our endpoint and credentials),
+    an absolute path and None (Ray's default) for local directories."""
+    if "://" not in storage_path:
+        return os.path.abspath(storage_path), None
+    fs, path = filesystem(storage_path)
+    return path, fs
 
 
 def exists(uri: str) -> bool:

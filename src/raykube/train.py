@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from raykube.events import Observers, RunObserver, notify
 from raykube.resume import checkpoint_dirs, plan_resume
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
-from raykube.storage import checkpoint_uri, filesystem, read_bytes, write_bytes
+from raykube.storage import checkpoint_uri, filesystem, ray_storage, read_bytes, write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -120,6 +120,44 @@ def _quiet_reports() -> None:
             os.environ.get("RAYKUBE_TRAIN_LOG_LEVEL", "WARNING"))
     except Exception:  # a private module moved: only noise is at stake
         pass
+
+
+def ensure_uploaded(local_dir: str, fs: Any, path: str, *, timeout_s: float = 300.0) -> list[str]:
+    """Make ``path`` on ``fs`` (the run storage Ray Train uploads to) hold every file of
+    ``local_dir`` whole; return what had to be re-sent.
+
+    Why: Ray Train uploads checkpoints with ``pyarrow.fs.copy_files``, which drops the
+    error of an S3 upload that fails as it completes ("Error ignored when destroying
+    file": seen when the endpoint dies mid-upload), so a checkpoint without its
+    ``checkpoint.pt`` gets registered as the latest. Each file's size in storage is
+    compared with the local copy and anything missing or short is uploaded again
+    (explicitly closed, so errors surface), retrying until the store is back or
+    ``timeout_s`` passes; then the error is raised and the worker fails.
+    """
+    files: dict[str, int] = {}
+    for root, _, names in os.walk(local_dir):
+        for n in names:
+            full = os.path.join(root, n)
+            files[os.path.relpath(full, local_dir).replace(os.sep, "/")] = os.path.getsize(full)
+    resent: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            bad = [rel for rel, size in sorted(files.items())
+                   if fs.get_file_info(f"{path}/{rel}").size != size]
+            if not bad:
+                return resent
+            for rel in bad:
+                log.warning("checkpoint file %s/%s is missing or incomplete in storage; "
+                            "uploading it again", path, rel)
+                with open(os.path.join(local_dir, rel), "rb") as src, \
+                        fs.open_output_stream(f"{path}/{rel}") as dst:
+                    shutil.copyfileobj(src, dst, 8 << 20)
+                resent.append(rel)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -246,6 +284,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     json.dump(history, f)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=name)
+                if config.get("storage_fs") is not None:  # an object store: prove the upload whole
+                    ensure_uploaded(tmp, config["storage_fs"], f"{config['run_path']}/{name}")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -388,8 +428,13 @@ def publish_best(checkpoint: str, run_dir: str) -> str:
     fs, src = filesystem(checkpoint)
     _, dst = filesystem(f"{run_dir}/{BEST_DIR}")
     fs.create_dir(dst, recursive=True)
-    fs.delete_dir_contents(dst, missing_dir_ok=True)
+    # Overwrite in place, then drop leftovers: best/ is never empty meanwhile, and on an
+    # object store each file is replaced whole (a PUT is atomic), never half-written.
     pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
+    fresh = {i.path[len(src):] for i in fs.get_file_info(pafs.FileSelector(src, recursive=True))}
+    for info in fs.get_file_info(pafs.FileSelector(dst, recursive=True)):
+        if info.type == pafs.FileType.File and info.path[len(dst):] not in fresh:
+            fs.delete_file(info.path)
     return f"{run_dir}/{BEST_DIR}"
 
 
@@ -408,10 +453,19 @@ def check_storage(storage_path: str, name: str) -> str:
 
     Done before any Ray work: otherwise a bad ``--storage`` surfaces as a traceback from
     inside Ray Train's controller actor, after Ray started and the data was prepared.
-    Remote URIs (s3://) are left to Ray (credentials are only known there).
+    An ``s3://`` root gets a probe object written and deleted under the run directory
+    (``raykube.s3.check``: one line for an unreachable endpoint, refused credentials or
+    a missing bucket, in seconds).
     """
     run_dir = run_dir_for(storage_path, name)
     if "://" in storage_path:
+        from raykube import s3
+
+        if s3.is_s3(storage_path):
+            try:
+                s3.check(run_dir, write=True)
+            except s3.S3Unavailable as exc:
+                raise StorageError(f"storage {exc}") from None
         return run_dir
     probe = os.path.join(run_dir, ".raykube-write-test")
     try:
@@ -590,13 +644,17 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
         # read the uint8 cache. A later run, a retry or a Tune trial finds it done.
         config["image_cache"] = rk_data.build_image_cache(spec, storage_root)
     ck = spec.checkpoint
+    ray_path, ray_fs = ray_storage(storage_path)
+    # object stores: rank 0 checks each checkpoint upload there
+    config.update(storage_fs=ray_fs, run_path=f"{ray_path.rstrip('/')}/{name}")
     return _trainer_class(pg_cleaner)(
         train_loop_per_worker,
         train_loop_config={**config, **(extra_config or {})},
         scaling_config=scaling_config(spec),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_path if "://" in storage_path else os.path.abspath(storage_path),
+            storage_path=ray_path,
+            storage_filesystem=ray_fs,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=ck.keep,
                 checkpoint_score_attribute=ck.score_metric,
@@ -667,6 +725,24 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
     return box["result"]
 
 
+def _storage_outage(exc: BaseException) -> str | None:
+    """The first line of an object-store error behind a failed run, if that is what
+    ended it (Ray Train's controller stops when it cannot write its checkpoint list;
+    it wraps the pyarrow error in a ControllerError)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        text = str(e)
+        if isinstance(e, OSError) and "AWS Error" in text:
+            return " ".join(text.split())[:300]
+        todo += [e.__cause__, e.__context__, getattr(e, "controller_failure", None)]
+    return None
+
+
 def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver] = (),
         name: str | None = None, extra_config: dict[str, Any] | None = None) -> TrainOutcome:
     """Train ``run`` with Ray Train on the current Ray cluster; write result.json and
@@ -719,9 +795,17 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         else:
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
 
-    result = fit_and_stream(trainer, queue, _on_item)
-    if result.error:
-        raise result.error
+    try:
+        result = fit_and_stream(trainer, queue, _on_item)
+        if result.error:
+            raise result.error
+    except Exception as exc:
+        lost = _storage_outage(exc) if "://" in storage_path else None
+        if lost is None:
+            raise
+        raise StorageError(f"storage {run_dir}: the object store failed during training "
+                           f"({lost}); run again to resume from the latest complete "
+                           "checkpoint") from exc
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: training reported no checkpoint")
 

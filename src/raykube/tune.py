@@ -47,7 +47,7 @@ from raykube.spec import (
     apply_overrides,
     parse_spec,
 )
-from raykube.storage import checkpoint_uri, exists, read_bytes, write_bytes
+from raykube.storage import checkpoint_uri, exists, ray_storage, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +480,9 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
 
     assert spec.tune is not None
     metric, mode = spec.tune.metric, spec.tune.resolved_mode
-    analysis = ExperimentAnalysis(experiment_uri, default_metric=metric, default_mode=mode)
+    path, fs = ray_storage(experiment_uri)
+    analysis = ExperimentAnalysis(path, default_metric=metric, default_mode=mode,
+                                  storage_filesystem=fs)
     frames = analysis.trial_dataframes
     trials: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
@@ -634,10 +636,15 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     _SINKS[key] = _ObserverSink(observers, spec, storage_path)
     try:
         trainable = _trainable(spec, storage_path, experiment_uri)
-        if marker is not None and tune.Tuner.can_restore(experiment_uri):
+        # Object stores: Tune gets raykube's filesystem (endpoint, credentials) and
+        # scheme-less paths, as Ray Train does (raykube.storage.ray_storage).
+        ray_root, ray_fs = ray_storage(storage_path)
+        ray_experiment, _ = ray_storage(experiment_uri)
+        if marker is not None and tune.Tuner.can_restore(ray_experiment, storage_filesystem=ray_fs):
             log.info("resuming the interrupted search in %s", experiment_uri)
-            tuner = tune.Tuner.restore(experiment_uri, trainable=trainable,
-                                       resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(ray_experiment, trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=ray_fs)
         else:
             _write_json(marker_uri, {"spec": identity})
             quiet = any(hasattr(o, "on_trials") for o in observers)
@@ -646,7 +653,7 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
                 param_space=param_space(spec.tune),
                 tune_config=_tune_config(spec),
                 run_config=tune.RunConfig(
-                    storage_path=storage_path, name=name,
+                    storage_path=ray_root, storage_filesystem=ray_fs, name=name,
                     callbacks=[_ProgressCallback(key)],
                     verbose=0 if quiet else 1,
                 ),
@@ -735,7 +742,8 @@ def _saved_statuses(experiment_uri: str) -> list[str]:
     """
     from ray.tune import ExperimentAnalysis
 
-    return [str(t.status) for t in ExperimentAnalysis(experiment_uri).trials]
+    path, fs = ray_storage(experiment_uri)
+    return [str(t.status) for t in ExperimentAnalysis(path, storage_filesystem=fs).trials]
 
 
 # --------------------------------------------------------------------- display

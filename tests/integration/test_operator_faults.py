@@ -77,7 +77,7 @@ def status_is_valid(tr: dict) -> list[str]:
 def test_transient_api_errors_are_retried(kube, operator):
     faults = [kube.inject("create", "rayjobs", 500), kube.inject("create", "configmaps", 429),
               kube.inject("patch", "trainingruns", 409, subresource="status"),
-              kube.inject("get", "serviceaccounts", 503)]
+              kube.inject("create", "serviceaccounts", 503)]
     name = "flaky"
     kube.create(tr_doc(name))
     kube.wait_condition(name, "Validated", timeout=30)

@@ -177,14 +177,41 @@ def test_s3_storage_uses_the_secret_and_no_volume():
     run = _run(checkpoint={"storage": {"uri": "s3://bucket/prefix/", "secretRef": {"name": "s3-creds"}}})
     job = R.render_rayjob(run, CFG)
     head = _pods(job)[0]
-    for group in (head, *_pods(job)[1]):
+    svc = R.render_rayservice(run, CFG, "s3://bucket/prefix/default/x/best")
+    groups = [head, *_pods(job)[1], _pods(svc)[0], *_pods(svc)[1]]
+    assert len(groups) >= 4
+    for group in groups:
         pod = group["template"]["spec"]
         c, = pod["containers"]
-        assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+        # Named keys from the Secret, never envFrom (which would import every key of it).
+        assert "envFrom" not in c
+        from_secret = [e for e in c["env"] if "valueFrom" in e]
+        assert from_secret == [
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}},
+            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}},
+            {"name": "AWS_SESSION_TOKEN", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SESSION_TOKEN", "optional": True}}},
+            {"name": "AWS_ENDPOINT_URL", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ENDPOINT_URL", "optional": True}}},
+            {"name": "AWS_REGION", "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_REGION", "optional": True}}},
+        ]
+        assert "s3-creds" not in yaml.safe_dump({k: v for k, v in c.items() if k != "env"})
         assert {"name": "RAYKUBE_STORAGE", "value": "s3://bucket/prefix/default"} in c["env"]
-        # only the head (the driver) mounts the spec; nobody mounts a claim
+        # only the training head (the driver) mounts the spec; nobody mounts a claim
         assert [v["name"] for v in pod.get("volumes") or []] == (["spec"] if group is head else [])
-    assert validate_all([job]) == []
+    assert validate_all([job, svc]) == []
+
+
+def test_s3_secret_keys_are_what_raykube_reads():
+    """The keys pods get are exactly the variables raykube.s3 builds its client from."""
+    from raykube.s3 import S3Settings
+
+    env = {k: f"v-{k}" for k, _ in R.SECRET_KEYS}
+    env["AWS_ENDPOINT_URL"] = "http://minio:9000"
+    got = S3Settings.from_env(env)
+    assert (got.access_key, got.secret_key, got.session_token, got.endpoint, got.region) == (
+        "v-AWS_ACCESS_KEY_ID", "v-AWS_SECRET_ACCESS_KEY", "v-AWS_SESSION_TOKEN",
+        "http://minio:9000", "v-AWS_REGION")
+    assert [k for k, optional in R.SECRET_KEYS if not optional] == \
+        ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
 
 
 def test_custom_pvc_is_mounted():

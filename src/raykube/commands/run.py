@@ -28,8 +28,10 @@ continues from its last checkpoint in <storage>/<name>/. Ray's own output goes t
 <storage>/<name>/raykube.log (-v or RAYKUBE_VERBOSE=1 shows it on the terminal).
 """)
     p.add_argument("file", metavar="FILE", help="YAML file holding one TrainingRun")
-    p.add_argument("--storage", default="./runs", type=local_path,
-                   help="storage root; the run directory is <storage>/<name>/ (default ./runs)")
+    p.add_argument("--storage", default=None, type=local_path,
+                   help="storage root; the run directory is <storage>/<name>/ (default: "
+                   "<checkpoint.storage.uri>/<namespace> when the spec names an s3:// URI, "
+                   "as on a cluster, else ./runs)")
     p.add_argument("--workers", type=int, help="override spec.scaling.workers")
     p.add_argument("--epochs", type=int, help="override spec.train.epochs")
     p.add_argument("--serve", action="store_true",
@@ -38,6 +40,20 @@ continues from its last checkpoint in <storage>/<name>/. Ray's own output goes t
                    help="HTTP port of the local server (default 8000)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show Ray's own output here instead of in the run's raykube.log")
+
+
+def local_storage(tr, flag: str | None) -> str:  # noqa: ANN001 (TrainingRun; lazy import)
+    """The storage root of a local run: ``--storage`` when given; else the spec's own
+    ``checkpoint.storage.uri`` laid out as on a cluster (``<uri>/<namespace>``, so
+    ``raykube run`` and the operator share checkpoints and ``best/``); else ./runs (a
+    spec's PVC exists only in a cluster)."""
+    if flag:
+        return flag
+    if tr.spec.checkpoint.storage.uri:
+        from raykube.render import storage_root
+
+        return storage_root(tr)
+    return "./runs"
 
 
 def _fail(message: str) -> int:
@@ -93,11 +109,19 @@ def run(args: argparse.Namespace) -> int:
     from raykube.data import DatasetUnavailable
     from raykube.train import RunDirConflict, StorageError, check_resumable, check_storage
 
+    storage = local_storage(tr, args.storage)
     # Everything a user can get wrong is checked before Ray starts and training runs:
     # the storage, what it already holds, and the port the model will be served on.
     try:
-        run_dir = check_storage(args.storage, tr.name)
+        run_dir = check_storage(storage, tr.name)
         check_resumable(run_dir, tr.spec)
+        if tr.spec.data.uri and tr.spec.data.uri.startswith("s3://"):
+            from raykube import s3
+
+            try:
+                s3.check(tr.spec.data.uri)
+            except s3.S3Unavailable as exc:
+                raise OSError(f"data.uri {exc}") from None
         if tr.spec.serve.enabled:
             from raykube.serve import ensure_port_free
 
@@ -106,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         # classes is one line now (cached: training does not load it twice).
         from raykube import data as rk_data
 
-        rk_data.prepare(tr.spec, rk_data.cache_dir_for(tr.spec, args.storage))
+        rk_data.prepare(tr.spec, rk_data.cache_dir_for(tr.spec, storage))
         if tr.spec.tune is not None:
             from raykube.tune import StorageConflict, check_search_storage
 
@@ -150,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     init_ray(num_cpus=local_cpus(tr), prestart_workers=tr.spec.data.dataset == "image-folder")
     try:
-        outcome = train_or_tune(tr, args.storage, observers=observers)
+        outcome = train_or_tune(tr, storage, observers=observers)
     except (DatasetUnavailable, StorageError, RunDirConflict, CheckpointError, *expected) as exc:
         _stop(observers)
         return _fail(str(exc))
@@ -176,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"trained, but could not serve {best}: {exc} "
                      f"(try: raykube serve {best} --port ...)")
     try:
-        instance, truth = validation_example(tr, args.storage)
+        instance, truth = validation_example(tr, storage)
         answer = demo_request(url, instance)
         console.print(f"served at [bold]{url}[/]\n  question: one validation example, "
                       f"true label [bold]{truth}[/]\n  answer:   {describe_answer(answer)}")

@@ -1,0 +1,186 @@
+"""S3 and S3-compatible object stores (AWS, MinIO, Ceph, R2, GCS interop): one way in.
+
+Why one module: training (Ray Train's storage), Ray Data reads, checkpoint loading in
+serve/predict and our own result.json/best/ writes must all reach the same bucket the same
+way. The one way is the standard AWS environment variables (what the rendered pods get
+from the ``secretRef`` Secret, and what a shell exports locally)::
+
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY     required unless the machine has a role
+    AWS_SESSION_TOKEN                            optional
+    AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3)    e.g. http://minio.storage:9000; unset = AWS
+    AWS_REGION (or AWS_DEFAULT_REGION)           default us-east-1 (what MinIO/Ceph accept)
+
+From them we build one pyarrow ``S3FileSystem`` (the filesystem Ray Train uses) and hand
+it to every consumer explicitly, rather than letting each parse ``s3://`` on its own:
+pyarrow's own URI parsing would ask AWS for the bucket's region (a network call to
+amazonaws.com, which fails or hangs next to a private endpoint). With an endpoint set,
+requests are path-style (``http://host:9000/bucket/key``), which MinIO and Ceph need and
+which pyarrow uses unless virtual addressing is forced.
+
+Failures are turned into one line naming the URI and the cause (``S3Unavailable``) by
+``check``, which the commands call before Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from raykube.spec import S3_SECRET_KEYS as SECRET_KEYS  # noqa: F401 (the Secret's shape)
+
+DEFAULT_REGION = "us-east-1"
+CONNECT_TIMEOUT_S = 3.0
+REQUEST_TIMEOUT_S = 60.0
+"""Per request (socket read), not per transfer: a slow multipart part may take a while."""
+
+
+class S3Unavailable(OSError):
+    """An s3:// location cannot be used: unreachable endpoint, refused credentials,
+    missing bucket, no permission. ``str()`` is the one line users read."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where and as whom to reach the object store (from the AWS environment variables)."""
+
+    endpoint: str | None = None
+    """``scheme://host:port`` of a non-AWS endpoint, or None for AWS itself."""
+    region: str = DEFAULT_REGION
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
+        env = os.environ if env is None else env
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        return cls(endpoint=endpoint.rstrip("/") if endpoint else None,
+                   region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+                   access_key=env.get("AWS_ACCESS_KEY_ID") or None,
+                   secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+                   session_token=env.get("AWS_SESSION_TOKEN") or None)
+
+    @property
+    def where(self) -> str:
+        """The endpoint as users named it (for messages)."""
+        return self.endpoint or f"AWS S3 ({self.region})"
+
+    def filesystem(self, *, connect_timeout: float = CONNECT_TIMEOUT_S,
+                   request_timeout: float = REQUEST_TIMEOUT_S, attempts: int = 3) -> Any:
+        """A pyarrow ``S3FileSystem`` for these settings (picklable: Ray ships it to
+        workers, so they need no environment of their own)."""
+        import pyarrow.fs as pafs
+
+        kw: dict[str, Any] = {
+            "region": self.region,
+            "connect_timeout": connect_timeout,
+            "request_timeout": request_timeout,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+        }
+        if self.endpoint:
+            parts = urlsplit(self.endpoint if "://" in self.endpoint else f"https://{self.endpoint}")
+            kw["endpoint_override"] = parts.netloc
+            kw["scheme"] = parts.scheme or "https"
+        if self.access_key or self.secret_key:
+            kw["access_key"] = self.access_key or ""
+            kw["secret_key"] = self.secret_key or ""
+            if self.session_token:
+                kw["session_token"] = self.session_token
+        return pafs.S3FileSystem(**kw)
+
+
+def is_s3(uri: str | os.PathLike[str]) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> (``bucket``, ``a/b``); a bad URI is an ``S3Unavailable``."""
+    if not is_s3(uri):
+        raise S3Unavailable(f"{uri}: not an s3:// URI")
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket or "?" in rest or "#" in rest:
+        raise S3Unavailable(f"{uri}: expected s3://<bucket>/<path> (no query or fragment)")
+    return bucket, key.strip("/")
+
+
+def filesystem(uri: str, settings: S3Settings | None = None) -> tuple[Any, str]:
+    """``(S3FileSystem, "bucket/key")`` for an s3:// URI: the pair every consumer gets."""
+    bucket, key = split(uri)
+    fs = (settings or S3Settings.from_env()).filesystem()
+    return fs, f"{bucket}/{key}" if key else bucket
+
+
+def _cause(exc: BaseException, settings: S3Settings, bucket: str) -> str:
+    """One human line for what pyarrow/the AWS SDK reported (their text is long)."""
+    text = str(exc)
+    low = text.lower()
+    if any(s in low for s in ("network_connection", "curlcode", "couldn't connect", "could not connect",
+                              "connection refused", "timeout", "timed out", "resolve host")):
+        return f"cannot reach the S3 endpoint {settings.where} (is it running, is AWS_ENDPOINT_URL right?)"
+    if any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "INVALID_ACCESS_KEY_ID",
+                               "SIGNATURE_DOES_NOT_MATCH", "InvalidClientTokenId")):
+        return (f"{settings.where} refused the credentials (check AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or the Secret they come from)")
+    if "NoSuchBucket" in text or "NO_SUCH_BUCKET" in text:
+        return f"bucket {bucket!r} does not exist at {settings.where}"
+    if any(s in text for s in ("ACCESS_DENIED", "AccessDenied", "403")):
+        if not (settings.access_key and settings.secret_key):
+            return (f"access denied by {settings.where} and no credentials are set "
+                    "(export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+        return (f"access denied by {settings.where} (wrong AWS_ACCESS_KEY_ID/"
+                f"AWS_SECRET_ACCESS_KEY, or no permission on bucket {bucket!r})")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"{settings.where}: {first}"
+
+
+def check(uri: str, *, write: bool = False, settings: S3Settings | None = None) -> None:
+    """Prove ``uri`` usable in a few seconds, or raise ``S3Unavailable`` with one line.
+
+    Reads the bucket (so a missing bucket, refused credentials or an unreachable endpoint
+    are told apart) and, with ``write``, writes and deletes a small probe object under
+    ``uri`` (a read-only key would otherwise fail the first checkpoint, inside Ray).
+    One attempt with short timeouts: this is the fast answer; the filesystem Ray uses
+    keeps retrying transient errors.
+    """
+    import pyarrow.fs as pafs
+
+    settings = settings or S3Settings.from_env()
+    bucket, key = split(uri)
+    fs = settings.filesystem(connect_timeout=2.0, request_timeout=5.0, attempts=1)
+    try:
+        # A listing first: unlike HEAD requests, its error answers carry the S3 error
+        # code, which tells refused credentials from a missing permission.
+        fs.get_file_info(pafs.FileSelector(f"{bucket}/{key}".rstrip("/"), allow_not_found=True))
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise S3Unavailable(f"{uri}: bucket {bucket!r} does not exist at {settings.where}")
+        if write:
+            probe = f"{bucket}/{key}/.raykube-write-test".replace("//", "/")
+            with fs.open_output_stream(probe) as f:
+                f.write(b"ok")
+            fs.delete_file(probe)
+        else:
+            fs.get_file_info(f"{bucket}/{key}" if key else bucket)
+    except S3Unavailable:
+        raise
+    except (OSError, ValueError) as exc:
+        raise S3Unavailable(f"{uri}: {_cause(exc, settings, bucket)}") from None
+
+
+def require_file(uri: str, settings: S3Settings | None = None) -> None:
+    """``check`` plus: the object ``uri`` exists (a checkpoint's checkpoint.pt)."""
+    import pyarrow.fs as pafs
+
+    settings = settings or S3Settings.from_env()
+    check(uri.rsplit("/", 1)[0] if uri.count("/") > 2 else uri, settings=settings)
+    fs = settings.filesystem(connect_timeout=2.0, request_timeout=5.0, attempts=1)
+    bucket, key = split(uri)
+    try:
+        info = fs.get_file_info(f"{bucket}/{key}")
+    except OSError as exc:
+        raise S3Unavailable(f"{uri}: {_cause(exc, settings, bucket)}") from None
+    if info.type != pafs.FileType.File:
+        raise S3Unavailable(f"{uri}: no such object at {settings.where}")

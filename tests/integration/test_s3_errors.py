@@ -1,0 +1,134 @@
+"""Bad S3 settings end in one line naming the URI and the cause, in seconds, before
+Ray starts: against the real MinIO (wrong secret, missing bucket, missing object), a
+loopback port nobody listens on, and one that accepts connections but never answers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import yaml
+
+from raykube.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A loopback server that accepts TCP connections and never answers (a hung proxy)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    for s in held:
+        s.close()
+    sock.close()
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if a command gets as far as starting Ray."""
+    import raykube.local
+
+    def refuse(**_):
+        raise AssertionError("Ray was started before the S3 problem was reported")
+
+    monkeypatch.setattr(raykube.local, "init_ray", refuse)
+
+
+def one_line(capsys, rc: int, started: float, want_rc: int = 1) -> str:
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == want_rc
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert elapsed < 15, f"took {elapsed:.1f} s"
+    print(f"[{elapsed:.2f} s] {lines[0]}")  # the README and the report quote these
+    return lines[0]
+
+
+def job(tmp_path, *, storage: str | None = None, data_uri: str | None = None):
+    spec = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}, "scaling": {"workers": 1}}
+    if storage:
+        spec["checkpoint"] = {"storage": {"uri": storage}}
+    if data_uri:
+        spec["data"] = {"dataset": "image-folder", "uri": data_uri}
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+                                 "metadata": {"name": "bad-s3"}, "spec": spec}))
+    return str(f)
+
+
+@pytest.mark.parametrize("case", ["wrong-secret", "missing-bucket", "refused", "silent"])
+def test_run_with_bad_s3_storage_says_why_in_one_line(case, s3_server, tmp_path, monkeypatch,
+                                                      capsys, no_ray, request):
+    storage = "s3://raykube-test/runs"
+    if case == "wrong-secret":
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        want = "refused the credentials"
+    elif case == "missing-bucket":
+        storage = "s3://no-such-bucket/runs"
+        want = "bucket 'no-such-bucket' does not exist"
+    elif case == "refused":
+        from s3_server import free_port
+
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        want = "cannot reach the S3 endpoint http://127.0.0.1:"
+    else:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("silent_endpoint"))
+        want = "cannot reach the S3 endpoint http://127.0.0.1:"
+    started = time.monotonic()
+    line = one_line(capsys, main(["run", job(tmp_path, storage=storage)]), started)
+    assert line.startswith(f"raykube run: storage {storage}/default/bad-s3: "), line
+    assert want in line, line
+
+
+def test_run_with_an_image_folder_in_a_missing_bucket(s3_server, tmp_path, capsys, no_ray):
+    started = time.monotonic()
+    line = one_line(capsys, main(["run", job(tmp_path, data_uri="s3://no-such-bucket/images"),
+                                  "--storage", str(tmp_path / "runs")]), started)
+    assert line == ("raykube run: data.uri s3://no-such-bucket/images: bucket 'no-such-bucket' "
+                    f"does not exist at {s3_server.endpoint}")
+
+
+@pytest.mark.parametrize("command", ["serve", "predict"])
+def test_serve_and_predict_of_a_missing_s3_checkpoint(command, s3_server, tmp_path, capsys):
+    uri = "s3://raykube-test/no/such/run/best"
+    extra = ["--out", str(tmp_path / "p.parquet")] if command == "predict" else []
+    started = time.monotonic()
+    line = one_line(capsys, main([command, uri, *extra]), started, want_rc=2)
+    assert f"{uri}/checkpoint.pt: no such object at {s3_server.endpoint}" in line, line
+
+
+@pytest.mark.parametrize("command", ["serve", "predict"])
+def test_serve_and_predict_with_refused_credentials(command, s3_server, tmp_path, capsys,
+                                                    monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
+    uri = "s3://raykube-test/some/run/best"
+    extra = ["--out", str(tmp_path / "p.parquet")] if command == "predict" else []
+    started = time.monotonic()
+    line = one_line(capsys, main([command, uri, *extra]), started, want_rc=2)
+    assert uri in line and "refused the credentials" in line, line
+
+
+def test_a_malformed_s3_uri_is_named(capsys):
+    started = time.monotonic()
+    line = one_line(capsys, main(["serve", "s3:///best"]), started, want_rc=2)
+    assert "s3:///best" in line and "expected s3://<bucket>/<path>" in line, line

@@ -1,0 +1,50 @@
+"""How raykube reads S3 settings (no server needed; the real-server tests are in
+tests/integration/test_s3*.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from raykube import s3
+from raykube.commands.run import local_storage
+from raykube.spec import parse_spec
+
+
+def test_settings_come_from_the_standard_aws_variables():
+    got = s3.S3Settings.from_env({"AWS_ENDPOINT_URL": "http://minio:9000/", "AWS_DEFAULT_REGION": "eu-west-1",
+                                  "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"})
+    assert got == s3.S3Settings(endpoint="http://minio:9000", region="eu-west-1",
+                                access_key="a", secret_key="b")
+    # The S3-specific endpoint and AWS_REGION win, as in the AWS SDKs.
+    got = s3.S3Settings.from_env({"AWS_ENDPOINT_URL": "http://a:1", "AWS_ENDPOINT_URL_S3": "http://b:2",
+                                  "AWS_REGION": "r1", "AWS_DEFAULT_REGION": "r2"})
+    assert (got.endpoint, got.region) == ("http://b:2", "r1")
+    assert s3.S3Settings.from_env({}) == s3.S3Settings(region="us-east-1")
+    assert s3.S3Settings.from_env({}).where == "AWS S3 (us-east-1)"
+
+
+def test_filesystem_targets_the_endpoint_path_style():
+    fs = s3.S3Settings(endpoint="http://127.0.0.1:9", region="r").filesystem()
+    assert fs.region == "r"
+    # pyarrow keeps the options it was built with; path-style unless forced virtual.
+    assert "127.0.0.1:9" in repr(fs.__reduce__()) and "http" in repr(fs.__reduce__())
+
+
+@pytest.mark.parametrize("uri,bucket,key", [("s3://b", "b", ""), ("s3://b/", "b", ""),
+                                            ("s3://b/x/y/", "b", "x/y")])
+def test_split(uri, bucket, key):
+    assert s3.split(uri) == (bucket, key)
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///x", "s3://b/x?endpoint_override=h", "gs://b/x"])
+def test_split_refuses_what_is_not_a_bucket_and_path(uri):
+    with pytest.raises(s3.S3Unavailable, match="s3://|not an s3"):
+        s3.split(uri)
+
+
+def test_local_run_uses_the_specs_s3_storage_unless_told_otherwise():
+    base = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}
+    tr = parse_spec({**base, "checkpoint": {"storage": {"uri": "s3://bkt/runs/"}}}, name="r")
+    assert local_storage(tr, None) == "s3://bkt/runs/default"  # where the operator puts it
+    assert local_storage(tr, "/tmp/x") == "/tmp/x"
+    assert local_storage(parse_spec(base, name="r"), None) == "./runs"
