@@ -14,10 +14,12 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("raykube.io", "trainingruns/finalizers"): frozenset({"update"}),
     ("ray.io", "rayjobs"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     ("ray.io", "rayservices"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
-    ("", "configmaps"): frozenset({"get", "create", "patch"}),
-    ("", "serviceaccounts"): frozenset({"get", "create", "patch"}),
-    ("rbac.authorization.k8s.io", "roles"): frozenset({"get", "create", "patch"}),
-    ("rbac.authorization.k8s.io", "rolebindings"): frozenset({"get", "create", "patch"}),
+    # delete: never called; OwnerReferencesPermissionEnforcement requires it to set an
+    # ownerReference on an existing object (adopting a same-named orphan)
+    ("", "configmaps"): frozenset({"get", "create", "patch", "delete"}),
+    ("", "serviceaccounts"): frozenset({"get", "create", "patch", "delete"}),
+    ("rbac.authorization.k8s.io", "roles"): frozenset({"get", "create", "patch", "delete"}),
+    ("rbac.authorization.k8s.io", "rolebindings"): frozenset({"get", "create", "patch", "delete"}),
     ("", "events"): frozenset({"create"}),
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
     ("", "namespaces"): frozenset({"list", "watch"}),
