@@ -306,3 +306,24 @@ def test_cli_render_overrides_and_errors(tmp_path, capsys):
     bad.write_text((REPO / "jobs" / "quickstart.yaml").read_text().replace("workers: 2", "workers: 0"))
     assert main(["render", str(bad)]) == 1
     assert "spec.scaling.workers" in capsys.readouterr().err
+
+
+def test_a_replica_change_reaches_the_serving_pods():
+    """KubeRay leaves replicas out of the RayService's cluster hash (kuberay#2333): the count
+    is also in the pod template, so a change is a cluster change KubeRay rolls out."""
+    def template(replicas):
+        run = _run(serve={"enabled": True, "replicas": replicas})
+        svc = R.render_rayservice(run, CFG, "s3://b/ck")
+        _, (group,) = _pods(svc)
+        return group["replicas"], group["template"]["metadata"]["annotations"]
+    assert template(1) == (1, {"raykube.io/serve-replicas": "1"})
+    assert template(3) == (3, {"raykube.io/serve-replicas": "3"})
+
+
+def test_rayservice_has_its_own_name_and_serve_service():
+    """Not the RayJob's name: both KubeRay controllers would own <name>-head-svc."""
+    run = _run()
+    svc = R.render_rayservice(run, CFG, "s3://b/ck")
+    assert svc["metadata"]["name"] == "quickstart-serve" != R.render_rayjob(run, CFG)["metadata"]["name"]
+    assert svc["spec"]["serveService"]["metadata"]["name"] == "quickstart-serve-svc"
+    assert R.serve_endpoint(run) == "http://quickstart-serve-svc.default:8000"
