@@ -88,7 +88,7 @@ node-down: ## stop the real node (processes, pod network, iptables rule)
 # ---------------------------------------------------------------------------- tests
 .PHONY: test
 test: $(STAMP) cluster-bins s3-build ## set up (first time) and run the unit and integration tests
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## unit tests only (no Ray, seconds)
