@@ -49,7 +49,13 @@ NOISE = ["Traceback", "View the dashboard", "Token authentication", "core_worker
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYKUBE_VERBOSE")}
+    """A user's fresh terminal: none of what this test session's own Ray put in the
+    environment (its address; the HAProxy stats/metrics ports its Serve holds, which a
+    second Serve inheriting them could not bind)."""
+    from raykube.local import _HAPROXY_PORTS
+
+    drop = {"RAY_ADDRESS", "RAYKUBE_VERBOSE", *_HAPROXY_PORTS}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env
 
@@ -108,12 +114,17 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
                           str(storage)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=_env(), start_new_session=True)
     seen = []
-    for line in p.stdout:
-        seen.append(line)
-        if line.startswith("epoch   3/"):
-            os.killpg(p.pid, signal.SIGINT)
-            break
-    rest, err = p.communicate(timeout=120)
+    try:
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("epoch   3/"):
+                os.killpg(p.pid, signal.SIGINT)
+                break
+        rest, err = p.communicate(timeout=120)
+    finally:  # never leave a run behind for the tests after this one
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(30)
     assert p.returncode == 130, (seen, rest, err)
     assert "Traceback" not in err + rest
     saved = json.loads((newest(run_dir) / "meta.json").read_text())["epoch"]
@@ -181,14 +192,19 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
                           str(port), "--replicas", "3"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
     out = []
-    for line in p.stdout:
-        out.append(line)
-        if line.startswith("Ctrl-C to stop"):
-            break
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
-    assert b'"epoch"' in body
-    os.killpg(p.pid, signal.SIGINT)
-    rest, err = p.communicate(timeout=120)
+    try:
+        for line in p.stdout:
+            out.append(line)
+            if line.startswith("Ctrl-C to stop"):
+                break
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
+        assert b'"epoch"' in body
+        os.killpg(p.pid, signal.SIGINT)
+        rest, err = p.communicate(timeout=120)
+    finally:  # never leave a Serve instance holding ports for the tests after this one
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(30)
     text = "".join(out) + rest
     assert p.returncode == 0, (text, err)
     for word in NOISE:
