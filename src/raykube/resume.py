@@ -75,7 +75,21 @@ def _meta(ckpt_dir: str) -> dict[str, Any] | None:
 def _readable(ckpt_dir: str) -> str | None:
     """Why a local checkpoint cannot be restored, or None when it can (torch load)."""
     if "://" in ckpt_dir:
-        return None  # object stores: the workers read it
+        # object stores: an upload cut short (the store died mid-checkpoint) leaves a
+        # checkpoint without its weights; an S3 object is either whole or absent
+        import pyarrow.fs as pafs
+
+        from raykube.checkpoint import WEIGHTS_FILE
+        from raykube.storage import filesystem
+
+        try:
+            fs, path = filesystem(ckpt_dir)
+            info = fs.get_file_info(f"{path.rstrip('/')}/{WEIGHTS_FILE}")
+        except OSError as exc:
+            return str(exc)
+        if info.type != pafs.FileType.File or not info.size:
+            return f"{ckpt_dir}: no {WEIGHTS_FILE} (its upload was cut short)"
+        return None
     try:
         from raykube.checkpoint import load_payload
 

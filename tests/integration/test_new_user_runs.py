@@ -49,13 +49,11 @@ NOISE = ["Traceback", "View the dashboard", "Token authentication", "core_worker
 
 
 def _env() -> dict[str, str]:
-    """A user's fresh terminal: none of what this test session's own Ray put in the
-    environment (its address; the HAProxy stats/metrics ports its Serve holds, which a
-    second Serve inheriting them could not bind)."""
-    from raykube.local import _HAPROXY_PORTS
-
-    drop = {"RAY_ADDRESS", "RAYKUBE_VERBOSE", *_HAPROXY_PORTS}
-    env = {k: v for k, v in os.environ.items() if k not in drop}
+    """A user's fresh terminal: none of the Ray settings this test session put in its own
+    environment (its Ray's address, the HAProxy stats/metrics ports its Serve holds, which a
+    second Serve inheriting them could not bind, and the rest of its tuning)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_", "RAYKUBE_")) and k not in ("OMP_NUM_THREADS",)}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env
 
