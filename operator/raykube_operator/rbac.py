@@ -21,6 +21,8 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("rbac.authorization.k8s.io", "roles"): frozenset({"get", "create", "patch", "delete"}),
     ("rbac.authorization.k8s.io", "rolebindings"): frozenset({"get", "create", "patch", "delete"}),
     ("", "events"): frozenset({"create"}),
+    # watched (label raykube.io/trainingrun) to say why a run's Ray pods do not start
+    ("", "pods"): frozenset({"list", "watch"}),
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
     ("", "namespaces"): frozenset({"list", "watch"}),
 }

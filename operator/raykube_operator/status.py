@@ -169,6 +169,38 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
                     False)
 
 
+# Container waiting reasons that do not resolve by waiting (kubelet's names).
+STUCK_CONTAINER_REASONS = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+    "CrashLoopBackOff"})
+
+
+def pod_problem(pod: dict[str, Any]) -> str | None:
+    """Why one Ray pod cannot run, in one line, or None: the scheduler's verdict on an
+    unschedulable pod (no node fits; an unbound or missing PersistentVolumeClaim: a
+    ReadWriteMany claim the default StorageClass cannot provision stays Pending here), or
+    a container stuck in a state that waiting does not fix (image pull, bad config).
+
+    KubeRay's own status cannot say this: its HeadPodReady condition reads the pod's
+    Ready condition, which an unscheduled pod does not have (reason "Unknown")."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") not in ("Pending", None, ""):
+        return None
+    name = meta.get("name", "?")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            why = " ".join((cond.get("message") or cond.get("reason") or "").split())
+            return f"pod {name} cannot be scheduled: {why}"
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_CONTAINER_REASONS:
+            why = " ".join((waiting.get("message") or "").split())
+            return (f"pod {name}: container {cs.get('name')} {waiting['reason']}"
+                    + (f": {why}" if why else ""))
+    return None
+
+
 def attempts_of(rayjob_status: dict[str, Any] | None) -> int | None:
     """1 + retries: finished attempts (``failed`` + ``succeeded``) plus the running one."""
     st = rayjob_status or {}
@@ -188,18 +220,30 @@ def status_from_rayjob(
     *,
     now: str,
     generation: int | None,
+    pod_problems: list[str] | None = None,
 ) -> dict[str, Any]:
     """The TrainingRun status fields to patch after the RayJob's status changed.
 
     Returns only the keys owned by this mapping (conditions, phase, rayJob, jobId,
     attempts, startTime, completionTime, message); progress/checkpoint/serving stay as
-    they are.
+    they are. ``pod_problems``: ``pod_problem`` of the RayJob's pods that have one; while
+    the job is not running they replace "waiting for the Ray cluster" with what it waits
+    for (reason ``PodsPending``).
     """
     cur = current or {}
     st = rayjob.get("status") or {}
     state = job_state(st)
     conds = cur.get("conditions") or []
     r_status, r_reason, r_msg = state.running
+    message = state.message
+    if pod_problems and state.outcome is None and state.reason != "JobRunning" \
+            and r_reason != "Suspended":
+        problems = sorted(pod_problems)
+        more = f" (and {len(problems) - 1} more pod(s))" if len(problems) > 1 else ""
+        message = f"waiting for the Ray cluster: {problems[0]}{more}"
+        r_msg = message
+        if r_status == "False":
+            r_reason = "PodsPending"
     conds = set_condition(conds, RUNNING, r_status, r_reason, r_msg, now=now,
                           generation=generation)
     if state.outcome == "Succeeded":
@@ -222,7 +266,7 @@ def status_from_rayjob(
         "conditions": conds,
         "phase": phase_of(conds),
         "rayJob": (rayjob.get("metadata") or {}).get("name"),
-        "message": state.message,
+        "message": message,
     }
     if st.get("jobId"):
         out["jobId"] = st["jobId"]

@@ -122,6 +122,52 @@ def test_nothing_is_rewritten_back_and_forth(kube, operator):
     assert svc is not None and len(svc["metadata"]["ownerReferences"]) == 1
 
 
+def test_a_pod_that_cannot_start_is_named_in_the_message(kube, operator):
+    """The claim the run mounts does not exist yet (as when the default StorageClass
+    cannot provision ReadWriteMany): the scheduler keeps the Ray pods Pending, and the
+    TrainingRun says which pod and why instead of "waiting for the Ray cluster" forever.
+    Once the claim exists the pods are scheduled and the message goes back to KubeRay's."""
+    doc = tr_doc("kr-pending")
+    doc["spec"].setdefault("checkpoint", {})["storage"] = {"pvc": {"claimName": "kr-late"}}
+    kube.create(doc)
+
+    def message(o: dict) -> str:
+        return (o.get("status") or {}).get("message") or ""
+
+    tr = kube.wait_object("TrainingRun", "kr-pending", timeout=60,
+                          where=lambda o: "cannot be scheduled" in message(o))
+    assert "waiting for the Ray cluster: pod kr-pending-" in message(tr), message(tr)
+    assert 'persistentvolumeclaim "kr-late" not found' in message(tr), message(tr)
+    running = next(c for c in tr["status"]["conditions"] if c["type"] == "Running")
+    assert (running["status"], running["reason"]) == ("False", "PodsPending")
+    assert tr["status"]["phase"] == "Pending"
+    assert kube.wait_for(lambda: [e for e in kube.list("Event") if e.get("involvedObject", {})
+                                  .get("name") == "kr-pending" and "kr-late" in e.get("message", "")],
+                         timeout=30, what="an Event naming the claim")
+
+    ns = kube.namespace
+    kube.cp.apply_objects([
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"kr-late-{ns}"},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                  "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
+                  "claimRef": {"namespace": ns, "name": "kr-late"},
+                  "hostPath": {"path": f"/var/local/raykube/{ns}-late"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": "kr-late", "namespace": ns},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                  "volumeName": f"kr-late-{ns}", "resources": {"requests": {"storage": "1Gi"}}}},
+    ])
+    try:
+        tr = kube.wait_object("TrainingRun", "kr-pending", timeout=90,
+                              where=lambda o: message(o) and "cannot be" not in message(o))
+        assert "kr-late" not in message(tr), message(tr)
+        running = next(c for c in tr["status"]["conditions"] if c["type"] == "Running")
+        assert running["reason"] != "PodsPending", running
+    finally:
+        kube.delete("TrainingRun", "kr-pending")
+        kube.http.delete(f"/api/v1/persistentvolumes/kr-late-{ns}")
+
+
 def test_promotion_becomes_a_rayservice_cluster_and_deletion_removes_everything(kube, operator):
     name = "kr-serve"
     kube.create(tr_doc(name, serve=True))

@@ -198,3 +198,47 @@ def test_a_kuberay_retry_does_not_flicker():
         cur = {**cur, **st.status_from_rayjob(rayjob, cur, now=T0, generation=1)}
         seen.append((cur["phase"], cur.get("attempts")))
     assert seen == [("Running", 1)] + [("Running", 2)] * 4, seen
+
+
+UNSCHEDULABLE = {"metadata": {"name": "r-head-abc"}, "status": {
+    "phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/1 nodes are available: persistentvolumeclaim \"shared\" not found.\n "
+                   "preemption: 0/1 nodes are available"}]}}
+
+
+@pytest.mark.parametrize("pod,words", [
+    (UNSCHEDULABLE, "pod r-head-abc cannot be scheduled: 0/1 nodes are available: "
+                    "persistentvolumeclaim \"shared\" not found. preemption: 0/1 nodes are available"),
+    ({"metadata": {"name": "w"}, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "ray-worker", "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": "Back-off pulling image \"x:1\""}}}]}},
+     "pod w: container ray-worker ImagePullBackOff: Back-off pulling image \"x:1\""),
+    # waiting that resolves by waiting, a running pod, a pod being deleted: nothing to say
+    ({"metadata": {"name": "w"}, "status": {"phase": "Pending", "containerStatuses": [
+        {"name": "c", "state": {"waiting": {"reason": "ContainerCreating"}}}]}}, None),
+    ({"metadata": {"name": "w"}, "status": {"phase": "Running"}}, None),
+    ({**UNSCHEDULABLE, "metadata": {"name": "x", "deletionTimestamp": T0}}, None),
+])
+def test_pod_problem(pod, words):
+    assert st.pod_problem(pod) == words
+
+
+def test_pod_problems_name_what_the_run_waits_for_until_it_runs():
+    problem = st.pod_problem(UNSCHEDULABLE)
+    waiting = st.status_from_rayjob(job(jobDeploymentStatus="Initializing"), {}, now=T0,
+                                    generation=1, pod_problems=["pod z: ...", problem])
+    assert waiting["phase"] == "Pending"
+    assert waiting["message"] == f"waiting for the Ray cluster: {problem} (and 1 more pod(s))"
+    running = st.get_condition(waiting["conditions"], st.RUNNING)
+    assert (running["reason"], running["message"]) == ("PodsPending", waiting["message"])
+    # no problem left: back to KubeRay's own words
+    cleared = st.status_from_rayjob(job(jobDeploymentStatus="Initializing"), waiting, now=T1,
+                                    generation=1, pod_problems=[])
+    assert cleared["message"] == "waiting for the Ray cluster"
+    assert st.get_condition(cleared["conditions"], st.RUNNING)["reason"] == "Initializing"
+    # a finished or running job is not described by a stale pod
+    for s in ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+              {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}):
+        out = st.status_from_rayjob(job(**s), {}, now=T0, generation=1, pod_problems=[problem])
+        assert problem not in out["message"]
