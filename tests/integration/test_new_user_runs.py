@@ -17,12 +17,14 @@ Every successful run prints raykube's lines only; Ray's go to the run's raykube.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,21 @@ def _env() -> dict[str, str]:
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "raykube", "run", *args], text=True,
                           capture_output=True, env=_env(), timeout=timeout)
+
+
+@contextlib.contextmanager
+def in_terminal(*args: str):
+    """``raykube ARGS`` as a terminal's foreground job: its own process group, so a
+    SIGINT to the group is the user's Ctrl-C; always reaped, so no run or Serve instance
+    outlives its test holding ports or CPUs."""
+    p = subprocess.Popen([sys.executable, "-m", "raykube", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(30)
 
 
 def clean(p: subprocess.CompletedProcess) -> None:
@@ -108,21 +125,14 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
     run_dir = storage / "newuser"
 
     # -- 1. Ctrl-C after a few epochs
-    p = subprocess.Popen([sys.executable, "-m", "raykube", "run", str(spec), "--storage",
-                          str(storage)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=_env(), start_new_session=True)
     seen = []
-    try:
+    with in_terminal("run", str(spec), "--storage", str(storage)) as p:
         for line in p.stdout:
             seen.append(line)
             if line.startswith("epoch   3/"):
                 os.killpg(p.pid, signal.SIGINT)
                 break
         rest, err = p.communicate(timeout=120)
-    finally:  # never leave a run behind for the tests after this one
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(30)
     assert p.returncode == 130, (seen, rest, err)
     assert "Traceback" not in err + rest
     saved = json.loads((newest(run_dir) / "meta.json").read_text())["epoch"]
@@ -186,11 +196,8 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = subprocess.Popen([sys.executable, "-m", "raykube", "serve", str(ckpt), "--port",
-                          str(port), "--replicas", "3"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
     out = []
-    try:
+    with in_terminal("serve", str(ckpt), "--port", str(port), "--replicas", "3") as p:
         for line in p.stdout:
             out.append(line)
             if line.startswith("Ctrl-C to stop"):
@@ -199,10 +206,6 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
         assert b'"epoch"' in body
         os.killpg(p.pid, signal.SIGINT)
         rest, err = p.communicate(timeout=120)
-    finally:  # never leave a Serve instance holding ports for the tests after this one
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(30)
     text = "".join(out) + rest
     assert p.returncode == 0, (text, err)
     for word in NOISE:
@@ -210,3 +213,51 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
     curl = [ln for ln in text.splitlines() if ln.startswith("curl ")]
     assert len(curl) == 1 and curl[0].rstrip().endswith("'"), text
     assert err.count(".log (-v shows it here)") == 1, err
+
+
+TUNE_SPEC = """apiVersion: raykube.io/v1alpha1
+kind: TrainingRun
+metadata: {name: newuser-tune}
+spec:
+  model: {name: mlp, options: {hidden: [16]}}
+  data: {dataset: digits}
+  train: {epochs: 4, batchSize: 64, optimizer: {name: adam, lr: 3e-3}}
+  scaling: {workers: 1}
+  tune:
+    trials: 2
+    maxConcurrentTrials: 1
+    searchSpace:
+      train.batchSize: {choice: [32, 64]}
+  checkpoint: {keep: 1}
+"""
+
+
+def test_ctrl_c_during_a_tune_search_then_the_same_command_resumes_it(tmp_path):
+    """Ctrl-C once a trial has saved a checkpoint: one line saying the search resumes
+    when the same command runs again, exit 130, no traceback and none of Ray's advice
+    for API users (`Tuner.restore(...)`) (#7). The same command then finishes the search
+    with raykube's lines only: the trial table, the best trial, a `best/` (#4, #10)."""
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(TUNE_SPEC)
+    storage = tmp_path / "runs"
+    run_dir = storage / "newuser-tune"
+    with in_terminal("run", str(spec), "--storage", str(storage)) as p:
+        deadline = time.monotonic() + 240
+        while not any(run_dir.rglob("checkpoint_epoch_*")) and p.poll() is None:
+            assert time.monotonic() < deadline, "no trial saved a checkpoint in 240 s"
+            time.sleep(0.5)
+        assert p.poll() is None, p.communicate()
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (out, err)
+    assert f"interrupted: the search in {run_dir} resumes when you run the same command " \
+           f"again" in err, err
+    for word in ("Traceback", "Tuner.restore", "tune.Tuner", "resume_errored"):
+        assert word not in out + err, (word, out, err)
+
+    p = run_cli(str(spec), "--storage", str(storage))
+    clean(p)
+    assert "Best trial" in p.stdout and f"best checkpoint {run_dir}/best" in p.stdout, p.stdout
+    result = json.loads((run_dir / "result.json").read_text())
+    assert len(result["trials"]) == 2, result
+    assert (run_dir / "best").is_dir()

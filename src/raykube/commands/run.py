@@ -165,11 +165,13 @@ def run(args: argparse.Namespace) -> int:
         from raykube.tune import StorageConflict, TrialTable, TuneInterrupted
 
         observers: list = [TrialTable(console)]
-        expected: tuple = (StorageConflict, TuneInterrupted)
+        expected: tuple = (StorageConflict,)
+        # Tune takes the first Ctrl-C itself (it saves the search state and returns)
+        stopped: tuple = (TuneInterrupted,)
     else:
         from raykube.display import RichDisplay
 
-        observers, expected = [RichDisplay(console)], ()
+        observers, expected, stopped = [RichDisplay(console)], (), ()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     init_ray(num_cpus=local_cpus(tr), prestart_workers=tr.spec.data.dataset == "image-folder")
@@ -178,8 +180,9 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetUnavailable, StorageError, RunDirConflict, CheckpointError, *expected) as exc:
         _stop(observers)
         return _fail(str(exc))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, *stopped):
         _stop(observers)
+        _stop_ray()  # no Train worker may save another epoch after we say what is saved
         return _interrupted(run_dir, tr)
     acc = outcome.best_metrics.get("valAccuracy")
     acc_text = f"{acc:.4f}" if isinstance(acc, float) else str(acc)
@@ -230,6 +233,20 @@ def _stop(observers: list) -> None:
         if progress is not None:
             progress.stop()
             o.progress = None
+
+
+def _stop_ray() -> None:
+    """Shut this command's Ray down now, workers included: a Ctrl-C reaches the driver
+    first, and a Train worker finishing its epoch meanwhile would otherwise save one more
+    checkpoint after the interrupted message counted them (the message would be behind
+    the storage, and a re-run's "continuing from" would not match it)."""
+    import ray
+
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - best effort; the storage is read either way
+        pass
 
 
 def _interrupted(run_dir: str, tr) -> int:  # noqa: ANN001
