@@ -88,12 +88,7 @@ node-down: ## stop the real node (processes, pod network, iptables rule)
 # ---------------------------------------------------------------------------- tests
 .PHONY: test
 test: $(STAMP) cluster-bins s3-build ## set up (first time) and run the unit and integration tests
-	@# The new-user CLI tests (Ctrl-C of `raykube run`/`raykube serve` subprocesses) run in a
-	@# pytest process of their own, first: after the other integration modules (session Ray,
-	@# control plane, MinIO) both failed in full-suite runs (exit 0 instead of 130; serve not
-	@# exiting within 120 s of Ctrl-C) while passing alone. Cause not found yet: see README.
-	$(BIN)/python -m pytest tests/integration/test_new_user_runs.py $(PYTEST_ARGS)
-	$(BIN)/python -m pytest tests/unit tests/integration --ignore=tests/integration/test_new_user_runs.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## unit tests only (no Ray, seconds)

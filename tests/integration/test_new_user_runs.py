@@ -65,12 +65,20 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           capture_output=True, env=_env(), timeout=timeout)
 
 
+# A terminal's foreground job starts with SIGINT at its default, whatever started this
+# test session: pytest run in the background of a non-interactive shell (`make test &`, a
+# CI runner) inherits SIGINT *ignored*, and so would every child, so a Ctrl-C sent to the
+# group would be lost (the run trains on and exits 0; serve never stops).
+AS_FOREGROUND_JOB = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                     "os.execv(sys.executable, [sys.executable, '-m', 'raykube', *sys.argv[1:]])")
+
+
 @contextlib.contextmanager
 def in_terminal(*args: str):
     """``raykube ARGS`` as a terminal's foreground job: its own process group, so a
     SIGINT to the group is the user's Ctrl-C; always reaped, so no run or Serve instance
     outlives its test holding ports or CPUs."""
-    p = subprocess.Popen([sys.executable, "-m", "raykube", *args], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", AS_FOREGROUND_JOB, *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
     try:
         yield p
