@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from k8s_schemas import validate_strict
+from operator_helpers import CHILD_KINDS, children, cond
 from raykube.spec import load_yaml_documents
 from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
 from raykube.testing.kube import KubeError
 from raykube_operator.rbac import allowed
 
 JOBS = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
-CHILD_KINDS = ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "RayJob")
 
 pytestmark = pytest.mark.usefixtures("operator", "operator_logs")
 
@@ -33,18 +33,6 @@ def tr_doc(name: str, **spec_overrides) -> dict:
     for key, value in spec_overrides.items():
         doc["spec"][key] = value
     return doc
-
-
-def children(kube, name):
-    out = []
-    for kind in CHILD_KINDS:
-        out += [o for o in kube.list(kind) if (o["metadata"].get("labels") or {}).get(
-            "raykube.io/trainingrun") == name]
-    return out
-
-
-def cond(tr, type_):
-    return next((c for c in tr["status"].get("conditions", []) if c["type"] == type_), None)
 
 
 def rayjob_status(kube, name, **status):

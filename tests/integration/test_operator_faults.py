@@ -8,17 +8,11 @@ the real control plane (test_operator*.py).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from k8s_schemas import validate_strict
-from raykube.spec import load_yaml_documents
+from operator_helpers import CHILD_KINDS, children, cond, events, good_spec, status_is_valid, tr_doc
 from raykube.testing.fixtures import kmock_kube, kmock_operator  # noqa: F401
-
-REPO = Path(__file__).resolve().parents[2]
-QUICKSTART = REPO / "jobs" / "quickstart.yaml"
-CHILD_KINDS = ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "RayJob")
 
 
 @pytest.fixture(scope="module")
@@ -35,43 +29,6 @@ def operator(kmock_operator):
 def operator_logs(operator):
     yield
     print(operator.logs()[-8000:])
-
-
-def good_spec() -> dict:
-    spec = load_yaml_documents(QUICKSTART.read_text())[0]["spec"]
-    spec["serve"] = {"enabled": False}
-    return spec
-
-
-def tr_doc(name: str, namespace: str = "default") -> dict:
-    return {"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
-            "metadata": {"name": name, "namespace": namespace}, "spec": good_spec()}
-
-
-def children(kube, name, namespace="default"):
-    out = []
-    for kind in CHILD_KINDS:
-        out += [o for o in kube.list(kind, namespace)
-                if (o["metadata"].get("labels") or {}).get("raykube.io/trainingrun") == name]
-    return out
-
-
-def cond(tr, type_):
-    return next((c for c in (tr.get("status") or {}).get("conditions", [])
-                 if c["type"] == type_), None)
-
-
-def events(kube, name, namespace="default"):
-    return [e for e in kube.list("Event", namespace)
-            if (e.get("involvedObject") or {}).get("name") == name]
-
-
-def status_is_valid(tr: dict) -> list[str]:
-    """The stored status against our CRD (the spec replaced by a valid one: it may be junk)."""
-    doc = {"apiVersion": tr["apiVersion"], "kind": tr["kind"],
-           "metadata": {"name": tr["metadata"]["name"], "namespace": tr["metadata"]["namespace"]},
-           "spec": good_spec(), "status": tr.get("status") or {}}
-    return validate_strict(doc)
 
 
 def test_transient_api_errors_are_retried(kube, operator):

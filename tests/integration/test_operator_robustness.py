@@ -19,53 +19,22 @@ import pytest
 import yaml
 
 from k8s_schemas import validate_strict
+from operator_helpers import CHILD_KINDS as BASE_KINDS
+from operator_helpers import children as _children
+from operator_helpers import cond, good_spec, status_is_valid, tr_doc
 from raykube.k8s_reporter import KubernetesReporter
-from raykube.spec import load_yaml_documents, parse_spec
+from raykube.spec import parse_spec
 from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
-QUICKSTART = REPO / "jobs" / "quickstart.yaml"
 CRD = REPO / "k8s" / "base" / "crd.yaml"
-CHILD_KINDS = ("ConfigMap", "ServiceAccount", "Role", "RoleBinding", "RayJob", "RayService")
+CHILD_KINDS = (*BASE_KINDS, "RayService")
 
 pytestmark = pytest.mark.usefixtures("operator", "operator_logs")
 
 
-def good_spec(serve: bool = False, min_accuracy: float = 0.9) -> dict:
-    spec = load_yaml_documents(QUICKSTART.read_text())[0]["spec"]
-    spec["serve"] = {"enabled": serve, "minAccuracy": min_accuracy}
-    return spec
-
-
-def tr_doc(name: str, namespace: str = "default", **kw) -> dict:
-    return {"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
-            "metadata": {"name": name, "namespace": namespace}, "spec": good_spec(**kw)}
-
-
 def children(kube, name, namespace="default"):
-    out = []
-    for kind in CHILD_KINDS:
-        out += [o for o in kube.list(kind, namespace)
-                if (o["metadata"].get("labels") or {}).get("raykube.io/trainingrun") == name]
-    return out
-
-
-def cond(tr, type_):
-    return next((c for c in (tr.get("status") or {}).get("conditions", [])
-                 if c["type"] == type_), None)
-
-
-def status_is_valid(tr: dict) -> list[str]:
-    """The stored status against our CRD (the spec replaced by a valid one: it may be junk)."""
-    doc = {"apiVersion": tr["apiVersion"], "kind": tr["kind"],
-           "metadata": {"name": tr["metadata"]["name"], "namespace": tr["metadata"]["namespace"]},
-           "spec": good_spec(), "status": tr.get("status") or {}}
-    return validate_strict(doc)
-
-
-def events(kube, name, namespace="default"):
-    return [e for e in kube.list("Event", namespace)
-            if (e.get("involvedObject") or {}).get("name") == name]
+    return _children(kube, name, namespace, CHILD_KINDS)
 
 
 def run_job(kube, name, namespace="default"):

@@ -240,7 +240,57 @@ class Call:
 TEST_AGENT = "raykube-tests"
 
 
-class KubeCluster:
+class Waiting:
+    """Polling helpers shared by the test clients (``KubeCluster`` here, ``RealKube`` on
+    the real control plane); they need only ``get(kind, name, namespace)``."""
+
+    wait_timeout: float = 20.0
+
+    def _ns(self, namespace: str | None) -> str | None:
+        return namespace
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None,
+                 interval: float = 0.1, what: str = "condition") -> Any:
+        """Poll until ``predicate()`` is truthy; return its value (TimeoutError otherwise)."""
+        timeout = self.wait_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        last_exc: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except (KeyError, TypeError, IndexError, AttributeError) as exc:
+                last_exc = exc
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
+                           + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+    def wait_object(self, kind: str, name: str, namespace: str = "default",
+                    where: Callable[[dict[str, Any]], Any] | None = None,
+                    timeout: float | None = None) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            obj = self.get(kind, name, namespace)  # type: ignore[attr-defined]
+            return obj if obj is not None and (where is None or where(obj)) else None
+        return self.wait_for(check, timeout, what=f"{kind} {self._ns(namespace)}/{name}")
+
+    def wait_gone(self, kind: str, name: str, namespace: str = "default",
+                  timeout: float = 60.0) -> None:
+        self.wait_for(lambda: self.get(kind, name, namespace) is None,  # type: ignore[attr-defined]
+                      timeout, what=f"{kind} {self._ns(namespace)}/{name} to be deleted")
+
+    def wait_condition(self, name: str, type_: str, status: str = "True",
+                       namespace: str = "default", reason: str | None = None,
+                       timeout: float | None = None) -> dict[str, Any]:
+        """Wait for a TrainingRun condition; returns the TrainingRun."""
+        def ok(tr: dict[str, Any]) -> bool:
+            return any(c.get("type") == type_ and c.get("status") == status
+                       and (reason is None or c.get("reason") == reason)
+                       for c in (tr.get("status") or {}).get("conditions") or [])
+        return self.wait_object("TrainingRun", name, namespace, ok, timeout)
+
+
+class KubeCluster(Waiting):
     """The emulator on 127.0.0.1 (background thread) + a kubeconfig + an HTTP client."""
 
     def __init__(self, workdir: str | Path):
@@ -371,42 +421,6 @@ class KubeCluster:
         return True
 
     # ----------------------------------------------------------------- waiting
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0,
-                 interval: float = 0.1, what: str = "condition") -> Any:
-        """Poll until ``predicate()`` is truthy; return its value (TimeoutError otherwise)."""
-        deadline = time.monotonic() + timeout
-        last_exc: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                value = predicate()
-                if value:
-                    return value
-            except (KeyError, TypeError, IndexError, AttributeError) as exc:
-                last_exc = exc
-            time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
-                           + (f" (last error: {last_exc!r})" if last_exc else ""))
-
-    def wait_object(self, kind: str, name: str, namespace: str = "default",
-                    where: Callable[[dict[str, Any]], Any] | None = None,
-                    timeout: float = 20.0) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            obj = self.get(kind, name, namespace)
-            return obj if obj is not None and (where is None or where(obj)) else None
-        return self.wait_for(check, timeout, what=f"{kind} {namespace}/{name}")
-
-    def wait_condition(self, name: str, type_: str, status: str = "True",
-                       namespace: str = "default", reason: str | None = None,
-                       timeout: float = 20.0) -> dict[str, Any]:
-        """Wait for a TrainingRun condition; returns the TrainingRun."""
-        def ok(tr: dict[str, Any]) -> bool:
-            for c in (tr.get("status") or {}).get("conditions") or []:
-                if c.get("type") == type_ and c.get("status") == status and (
-                        reason is None or c.get("reason") == reason):
-                    return True
-            return False
-        return self.wait_object("TrainingRun", name, namespace, ok, timeout)
-
     # ------------------------------------------------------------ request log
     def calls(self) -> list[Call]:
         assert self.emulator is not None
@@ -445,8 +459,55 @@ class KubeError(Exception):
         super().__init__(f"{status}: {text}")
 
 
+class OperatorLifecycle:
+    """Stop, kill, restart and read the log of an operator subprocess (``OperatorProcess``
+    against kmock, ``RealOperator`` on the real control plane); subclasses provide
+    ``start()``, ``proc``, ``_log`` and ``log_path``."""
+
+    def _dead(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash or an evicted pod (no graceful shutdown, nothing flushed)."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+        self.proc = None
+
+    def restart(self) -> Any:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 @dataclass
-class OperatorProcess:
+class OperatorProcess(OperatorLifecycle):
     """The real operator (``python -m raykube_operator -A``) against a KubeCluster."""
 
     cluster: KubeCluster
@@ -478,50 +539,10 @@ class OperatorProcess:
                 raise RuntimeError(f"operator exited:\n{self.logs()}")
         return self
 
-    def _dead(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
-
     def _watch_count(self) -> int:
         return sum(1 for c in self.cluster.operator_calls()
                    if c.verb == "watch" and c.plural == "trainingruns")
 
-    def logs(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash or an evicted pod (no graceful shutdown, nothing flushed)."""
-        if self.proc is None:
-            return
-        self.proc.kill()
-        self.proc.wait(10)
-        self._log.close()
-        self.proc = None
-
-    def restart(self) -> OperatorProcess:
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> OperatorProcess:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def iter_children(cluster: KubeCluster, namespace: str = "default",

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,15 @@ from typing import Any
 import httpx
 
 from raykube.testing.control_plane import ControlPlane
-from raykube.testing.kube import KIND_TO_RESOURCE, RESOURCES, Call, KubeError, _free_port
+from raykube.testing.kube import (
+    KIND_TO_RESOURCE,
+    RESOURCES,
+    Call,
+    KubeError,
+    OperatorLifecycle,
+    Waiting,
+    _free_port,
+)
 
 OPERATOR_SA = ("raykube-system", "raykube-operator")
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_SA[0]}:{OPERATOR_SA[1]}"
@@ -49,8 +55,10 @@ def _resource(kind: str) -> tuple[str, str, bool]:
     return api_version, plural, RESOURCES[(api_version, plural)][1]
 
 
-class RealKube:
+class RealKube(Waiting):
     """A namespace of the real API server, as an admin client."""
+
+    wait_timeout = 30.0
 
     def __init__(self, cp: ControlPlane, namespace: str, *, pvc: bool = True):
         self.cp = cp
@@ -163,44 +171,6 @@ class RealKube:
         self._check(resp)
         return True
 
-    # ----------------------------------------------------------------- waiting
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0,
-                 interval: float = 0.1, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        last_exc: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                value = predicate()
-                if value:
-                    return value
-            except (KeyError, TypeError, IndexError, AttributeError) as exc:
-                last_exc = exc
-            time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
-                           + (f" (last error: {last_exc!r})" if last_exc else ""))
-
-    def wait_object(self, kind: str, name: str, namespace: str = "default",
-                    where: Callable[[dict[str, Any]], Any] | None = None,
-                    timeout: float = 30.0) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            obj = self.get(kind, name, namespace)
-            return obj if obj is not None and (where is None or where(obj)) else None
-        return self.wait_for(check, timeout, what=f"{kind} {self._ns(namespace)}/{name}")
-
-    def wait_gone(self, kind: str, name: str, namespace: str = "default",
-                  timeout: float = 60.0) -> None:
-        self.wait_for(lambda: self.get(kind, name, namespace) is None, timeout,
-                      what=f"{kind} {self._ns(namespace)}/{name} to be deleted")
-
-    def wait_condition(self, name: str, type_: str, status: str = "True",
-                       namespace: str = "default", reason: str | None = None,
-                       timeout: float = 30.0) -> dict[str, Any]:
-        def ok(tr: dict[str, Any]) -> bool:
-            return any(c.get("type") == type_ and c.get("status") == status
-                       and (reason is None or c.get("reason") == reason)
-                       for c in (tr.get("status") or {}).get("conditions") or [])
-        return self.wait_object("TrainingRun", name, namespace, ok, timeout)
-
     # ------------------------------------------------------------ request log
     def calls(self, user: str | None = OPERATOR_USER, since: float = 0.0) -> list[Call]:
         """Requests of ``user`` (the operator by default) from the audit log, in this
@@ -240,7 +210,7 @@ def _epoch(ts: str) -> float:
 
 
 @dataclass
-class RealOperator:
+class RealOperator(OperatorLifecycle):
     """``python -m raykube_operator`` as the operator's ServiceAccount, scoped to the
     module's namespace(s)."""
 
@@ -289,41 +259,7 @@ class RealOperator:
         return any(c.verb == "watch" and c.plural == "trainingruns"
                    for c in self.kube.calls(since=since))
 
-    def _dead(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
-
-    def logs(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
     def calls(self) -> list[Call]:
         """Every request this operator (all its restarts) made."""
         return self.kube.calls(since=self.started_at)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash or an evicted pod (no graceful shutdown, nothing flushed)."""
-        if self.proc is None:
-            return
-        self.proc.kill()
-        self.proc.wait(10)
-        self._log.close()
-        self.proc = None
-
-    def restart(self) -> RealOperator:
-        self.stop()
-        return self.start()
