@@ -73,6 +73,10 @@ rules:
 """
 
 
+AUDIT_FIELDS = ("user", "userAgent", "verb", "stage", "objectRef", "requestReceivedTimestamp",
+                "requestObject", "responseStatus")
+
+
 class ControlPlaneError(RuntimeError):
     pass
 
@@ -445,8 +449,10 @@ class ControlPlane:
                                      namespace=namespace)
 
     def audit_events(self, user: str | None = None) -> list[dict[str, Any]]:
-        """Audit events (Metadata level) of ``user``, oldest first. The log is read
-        incrementally: each call parses only what was appended since the last one."""
+        """Audit events of ``user`` (all users when None), oldest first, with the fields the
+        tests and the bench read (``AUDIT_FIELDS``). The log is read incrementally: each call parses
+        only what was appended since the last one, and keeps only those fields (a test
+        session's log reaches tens of MB)."""
         cache = self.__dict__.setdefault("_audit", {"offset": 0, "events": []})
         try:
             with open(self.audit_log, "rb") as f:
@@ -457,7 +463,8 @@ class ControlPlane:
         end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next call
         for line in chunk[:end].splitlines():
             with contextlib.suppress(ValueError):
-                cache["events"].append(json.loads(line))
+                ev = json.loads(line)
+                cache["events"].append({k: ev[k] for k in AUDIT_FIELDS if k in ev})
         cache["offset"] += end
         return [ev for ev in cache["events"]
                 if user is None or (ev.get("user") or {}).get("username") == user]
