@@ -31,8 +31,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from raykube.spec import (
+    _DNS_LABEL,
     GROUP,
     KIND,
+    MAX_NAME_LENGTH,
     METRICS,
     PLURAL,
     SHORT_NAMES,
@@ -87,6 +89,16 @@ _CEL: dict[str, list[dict[str, str]]] = {
     ],
 }
 
+_NAME_RULES = [
+    {"rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+     "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (children add "
+                "suffixes such as -serve-svc and KubeRay's -raycluster-xxxxx, and KubeRay "
+                "caps RayJob and RayService names at 47)"},
+    {"rule": f"self.metadata.name.matches('{_DNS_LABEL}')",
+     "message": "metadata.name must be a DNS label (lower-case letters, digits and '-', "
+                "starting with a letter): it names the run's Services"},
+]
+
 # Sizes that bound CEL cost estimation (the API server refuses rules whose worst case
 # is too expensive on unbounded lists/maps).
 _LIMITS: dict[str, dict[str, int]] = {
@@ -125,6 +137,9 @@ def build_crd() -> dict[str, Any]:
         "Train on KubeRay, checkpoints it to shared storage every epoch, and serves the best "
         "checkpoint with Ray Serve once it passes the accuracy gate.",
         "required": ["spec"],
+        # The API server checks only that a custom resource's name is a DNS subdomain;
+        # ours names Services and KubeRay objects, which need a shorter DNS label.
+        "x-kubernetes-validations": _NAME_RULES,
         "properties": {
             "apiVersion": {"type": "string", "description": "raykube.io/v1alpha1."},
             "kind": {"type": "string", "description": "TrainingRun."},
