@@ -1,0 +1,84 @@
+# Phase 6 of k8s/local/e2e.sh (sourced there, after phase 5 served the first model):
+# a second training of the same TrainingRun (train.epochs raised: a finished run whose
+# training fields change starts a new RayJob that resumes from the latest checkpoint),
+# with faults while it runs, and the RayService kept answering throughout:
+#   a) a Ray worker pod deleted mid-training -> the run completes, no epoch trained twice
+#   b) the operator pod deleted mid-run -> no duplicate children, status catches up
+#   c) the second run's best checkpoint promoted -> the RayService serves it, and no
+#      request sent during all of phase 6 failed
+EPOCHS2=${EPOCHS2:-30}
+
+begin "6: faults during a second training, the model served throughout"
+first_ckpt=$(tr_field '{.status.serving.checkpoint}')
+[[ -n $first_ckpt ]] || first_ckpt=$(k -n "$NS" get rayservice "$NAME-serve" -o jsonpath='{.spec.serveConfigV2}' | grep -o 'checkpoint: .*' | head -1)
+note "serving before: $first_ckpt"
+old_job_uid=$(k -n "$NS" get rayjob "$NAME" -o jsonpath='{.metadata.uid}' 2>/dev/null || true)
+first_epochs=$(tr_field '{.spec.train.epochs}')
+
+# requests, one at a time, for the whole phase (stopped by the stop file)
+rm -f "$WORK/loop.stop"
+"$PY" k8s/local/predict_check.py "$URL" "$JOB" --loop 3600 --stop-file "$WORK/loop.stop" \
+  > "$WORK/loop.out" 2> "$WORK/loop.err" &
+LOADER=$!
+
+k -n "$NS" patch tr "$NAME" --type merge -p "{\"spec\":{\"train\":{\"epochs\":$EPOCHS2}}}"
+new_job() {
+  local uid
+  uid=$(k -n "$NS" get rayjob "$NAME" -o jsonpath='{.metadata.uid}' 2>/dev/null) && [[ -n $uid && $uid != "$old_job_uid" ]]
+}
+wait_until 300 "the second RayJob" new_job
+
+# a) a worker pod, once this run has reported an epoch beyond the first run's
+epoch_gt() { local e; e=$(tr_field '{.status.progress.epoch}'); [[ -n $e ]] && ((e > $1)); }
+wait_until 1200 "the second run to report an epoch after $first_epochs" epoch_gt "$first_epochs"
+rc=$(k -n "$NS" get rayjob "$NAME" -o jsonpath='{.status.rayClusterName}')
+worker=$(k -n "$NS" get pods -l "ray.io/cluster=$rc,ray.io/node-type=worker" -o jsonpath='{.items[0].metadata.name}')
+[[ -n $worker ]] || fail "no worker pod of $rc"
+at=$(tr_field '{.status.progress.epoch}')
+k -n "$NS" delete pod "$worker" --wait=false
+note "a) deleted worker pod $worker at epoch $at/$EPOCHS2"
+
+# b) the operator pod, while the run goes on
+sleep 5
+op=$(k -n raykube-system get pods -l app.kubernetes.io/name=raykube-operator -o jsonpath='{.items[0].metadata.name}')
+k -n raykube-system delete pod "$op" --wait=false
+note "b) deleted operator pod $op at epoch $(tr_field '{.status.progress.epoch}')/$EPOCHS2"
+k -n raykube-system rollout status deploy/raykube-operator --timeout=300s || fail "the operator did not come back"
+
+# the run completes and the new checkpoint is promoted and served
+deadline=$((SECONDS + TRAIN_TIMEOUT))
+last=""
+while :; do
+  row=$(tr_row)
+  if [[ $row != "$last" ]]; then echo "  $(date +%T) $row"; last=$row; fi
+  phase=$(tr_field '{.status.phase}')
+  ckpt=$(tr_field '{.status.serving.checkpoint}')
+  [[ $phase == Failed ]] && fail "the TrainingRun failed"
+  [[ $phase == Serving && -n $ckpt && $ckpt != "$first_ckpt" ]] && break
+  ((SECONDS < deadline)) || fail "the second run was not served within ${TRAIN_TIMEOUT}s"
+  sleep 10
+done
+note "c) promoted and served: $ckpt"
+# the served answers come from the new checkpoint before the load stops
+wait_until 300 "answers from the new checkpoint" bash -c "curl -fsS -m 10 -X POST -H 'Content-Type: application/json' \
+  -d '{\"instances\": [[$(printf '0,%.0s' $(seq 1 63))0]]}' $URL/predict | grep -q '$(basename "$ckpt")'"
+sleep 5
+touch "$WORK/loop.stop"
+wait "$LOADER" && loop_ok=1 || loop_ok=0
+LOADER=""
+note "requests during phase 6: $(cat "$WORK/loop.out")"
+((loop_ok)) || fail "requests failed while serving: $(tail -5 "$WORK/loop.err")"
+
+# no duplicate children (the operator came back and re-read everything)
+n_jobs=$(k -n "$NS" get rayjobs -l "raykube.io/trainingrun=$NAME" -o name | wc -l)
+n_svcs=$(k -n "$NS" get rayservices -l "raykube.io/trainingrun=$NAME" -o name | wc -l)
+n_cms=$(k -n "$NS" get configmaps -l "raykube.io/trainingrun=$NAME" -o name | wc -l)
+note "children after the operator restart: $n_jobs RayJob, $n_svcs RayService, $n_cms ConfigMap"
+((n_jobs == 1 && n_svcs == 1 && n_cms == 1)) || fail "duplicate children"
+
+# no epoch trained twice: the run's history (result.json) has each epoch once, 1..EPOCHS2
+hist=$("$PY" -c "import json,sys; h=json.load(open('$RUN_DIR/result.json'))['history']; print(' '.join(str(int(m['epoch'])) for m in h))")
+note "epochs in result.json history: $hist"
+[[ $hist == "$(seq -s ' ' 1 "$EPOCHS2")" ]] || fail "epochs repeated or missing in the history"
+note "epoch at the worker kill: $at; status.progress.epoch now $(tr_field '{.status.progress.epoch}')"
+end
