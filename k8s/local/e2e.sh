@@ -138,13 +138,23 @@ pods_of() { k -n "$NS" get pods -l "raykube.io/trainingrun=$NAME$1" --no-headers
 
 # ============================================================ 1: cluster, node, images
 begin "1: control plane + real node up, images loaded"
+images/ensure-docker.sh
+# An image is current when the code it was built from (its revision label) is this
+# checkout's (src, operator, pyproject.toml, images; README and src/raykube/testing
+# edits do not count: the pods never run them).
+image_current() {
+  local rev
+  rev=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$1" 2>/dev/null) \
+    && [[ -n $rev && $rev != unknown ]] && git diff --quiet "$rev" -- src operator pyproject.toml images ':(exclude)src/raykube/testing' 2>/dev/null
+}
 for ref in $IMAGES; do
-  docker image inspect "$ref" > /dev/null 2>&1 || images/ensure-docker.sh > /dev/null
-  docker image inspect "$ref" > /dev/null 2>&1 || {
-    say "$ref missing: make images IMAGES=\"operator cpu\""
+  if ! image_current "$ref"; then
+    say "$ref missing or built from other code: make images IMAGES=\"operator cpu\" (about 15 min the first time, ~1 min after a source edit)"
     make images IMAGES="operator cpu"
-  }
+    break
+  fi
 done
+note "images: $(for ref in $IMAGES; do printf '%s (%s) ' "$ref" "$(docker image inspect -f '{{.Size}}' "$ref" | awk '{printf "%.0f MB", $1/1e6}')"; done)"
 tests/cluster/build-bins.sh
 tests/node/build-node-bins.sh
 tests/node/node.sh down > /dev/null 2>&1 || true
@@ -235,6 +245,7 @@ if [[ $PHASES == *" 7 "* ]]; then
     k -n "$NS" get rayjobs,rayservices,rayclusters,pods,svc,configmaps,serviceaccounts,roles,rolebindings \
       -l "raykube.io/trainingrun=$NAME" -o name 2>/dev/null
   }
+  wait_until 120 "KubeRay's submitter Job to be gone" bash -c "! '$KUBECTL' -n $NS get job $NAME"
   wait_until 300 "every child to be gone ($(children | tr '\n' ' '))" bash -c "[[ -z \$('$KUBECTL' -n $NS get rayjobs,rayservices,rayclusters,pods,svc,configmaps,serviceaccounts,roles,rolebindings -l raykube.io/trainingrun=$NAME -o name 2>/dev/null) ]]"
   after=$(find "$RUN_DIR" -maxdepth 3 -type d -name 'checkpoint_*' | wc -l)
   ((after == before && after > 0)) || fail "checkpoints: $before before the delete, $after after"
