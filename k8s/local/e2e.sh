@@ -140,20 +140,31 @@ pods_of() { k -n "$NS" get pods -l "raykube.io/trainingrun=$NAME$1" --no-headers
 begin "1: control plane + real node up, images loaded"
 images/ensure-docker.sh
 # An image is current when the code it was built from (its revision label) is this
-# checkout's (src, operator, pyproject.toml, images; README and src/raykube/testing
-# edits do not count: the pods never run them).
+# checkout's: src, pyproject.toml and its Dockerfile, plus operator/ for the operator image
+# (README and src/raykube/testing edits do not count: no pod runs them). Stale or missing
+# images are rebuilt (`make images`): ~15 min the first time, ~1 min after a source edit.
+image_paths() {
+  case $1 in
+    *operator) echo "src operator pyproject.toml images/operator.Dockerfile" ;;
+    *) echo "src pyproject.toml images/cpu.Dockerfile images/base" ;;
+  esac
+}
 image_current() {
   local rev
   rev=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$1" 2>/dev/null) \
-    && [[ -n $rev && $rev != unknown ]] && git diff --quiet "$rev" -- src operator pyproject.toml images ':(exclude)src/raykube/testing' 2>/dev/null
+    && [[ -n $rev && $rev != unknown ]] \
+    && git diff --quiet "$rev" -- $(image_paths "$1") ':(exclude)src/raykube/testing' 2>/dev/null
 }
+stale=""
 for ref in $IMAGES; do
-  if ! image_current "$ref"; then
-    say "$ref missing or built from other code: make images IMAGES=\"operator cpu\" (about 15 min the first time, ~1 min after a source edit)"
-    make images IMAGES="operator cpu"
-    break
-  fi
+  image_current "$ref" || stale+=" ${ref##*:dev-}"
 done
+if [[ -n $stale ]]; then
+  say "missing or built from other code:$stale: make images IMAGES=\"${stale# }\""
+  t=$SECONDS
+  make images IMAGES="${stale# }"
+  note "make images IMAGES=\"${stale# }\": $((SECONDS - t)) s"
+fi
 note "images: $(for ref in $IMAGES; do printf '%s (%s) ' "$ref" "$(docker image inspect -f '{{.Size}}' "$ref" | awk '{printf "%.0f MB", $1/1e6}')"; done)"
 tests/cluster/build-bins.sh
 tests/node/build-node-bins.sh
