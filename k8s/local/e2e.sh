@@ -170,6 +170,9 @@ tests/cluster/build-bins.sh
 tests/node/build-node-bins.sh
 tests/node/node.sh down > /dev/null 2>&1 || true
 "$PY" -m raykube.testing.control_plane down --dir "$CLUSTER_DIR" > /dev/null 2>&1 || true
+# A fresh cluster every time: etcd's state from a previous run would bring back its objects,
+# and the kubernetes Service's endpoint port (the API server gets a new free port per up).
+rm -rf "$CLUSTER_DIR"
 tests/node/node.sh net-up
 t=$SECONDS
 "$PY" -m raykube.testing.control_plane up --dir "$CLUSTER_DIR" --node-ip "$NODE_IP" \
