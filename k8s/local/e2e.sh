@@ -206,7 +206,7 @@ k -n "$NS" get tr "$NAME"
 end
 
 # ============================================================ 4: training in Ray pods
-begin "4: KubeRay's Ray pods train (kubectl get tr every 10 s)"
+begin "4: KubeRay's Ray pods train (kubectl get tr every 2 s)"
 deadline=$((SECONDS + TRAIN_TIMEOUT))
 last=""
 epochs_seen=()
@@ -221,7 +221,7 @@ while :; do
     Failed) fail "the TrainingRun failed" ;;
   esac
   ((SECONDS < deadline)) || fail "training did not finish within ${TRAIN_TIMEOUT}s"
-  sleep 10
+  sleep 2
 done
 note "epochs seen in kubectl get tr: ${epochs_seen[*]}"
 note "best valAccuracy: $(tr_field '{.status.checkpoint.metrics.valAccuracy}') (last epoch's: $(tr_field '{.status.progress.valAccuracy}'))"

@@ -2,11 +2,15 @@
 # a second training of the same TrainingRun (train.epochs raised: a finished run whose
 # training fields change starts a new RayJob that resumes from the latest checkpoint),
 # with faults while it runs, and the RayService kept answering throughout:
-#   a) a Ray worker pod deleted mid-training -> the run completes, no epoch trained twice
-#   b) the operator pod deleted mid-run -> no duplicate children, status catches up
+#   b) the operator pod deleted mid-run (the new RayJob's Ray cluster starting) -> no
+#      duplicate children, status catches up (the run is followed to the end)
+#   a) a Ray worker pod deleted mid-training (an epoch of this run reported) -> the run
+#      completes, no epoch trained twice (result.json's history), the driver's log says
+#      how Ray Train recovered
 #   c) the second run's best checkpoint promoted -> the RayService serves it, and no
 #      request sent during all of phase 6 failed
-EPOCHS2=${EPOCHS2:-30}
+# ~0.3 s an epoch here: enough epochs that the worker is deleted well before the end
+EPOCHS2=${EPOCHS2:-100}
 
 begin "6: faults during a second training, the model served throughout"
 first_ckpt=$(tr_field '{.status.serving.checkpoint}')
@@ -28,6 +32,12 @@ new_job() {
 }
 wait_until 300 "the second RayJob" new_job
 
+# b) the operator pod, while the new run is active (its Ray cluster is starting)
+op=$(k -n raykube-system get pods -l app.kubernetes.io/name=raykube-operator -o jsonpath='{.items[0].metadata.name}')
+k -n raykube-system delete pod "$op" --wait=false
+note "b) deleted operator pod $op while RayJob $NAME is $(k -n "$NS" get rayjob "$NAME" -o jsonpath='{.status.jobDeploymentStatus}')"
+k -n raykube-system rollout status deploy/raykube-operator --timeout=300s || fail "the operator did not come back"
+
 # a) a worker pod, once this run has reported an epoch beyond the first run's
 epoch_gt() { local e; e=$(tr_field '{.status.progress.epoch}'); [[ -n $e ]] && ((e > $1)); }
 wait_until 1200 "the second run to report an epoch after $first_epochs" epoch_gt "$first_epochs"
@@ -37,13 +47,6 @@ worker=$(k -n "$NS" get pods -l "ray.io/cluster=$rc,ray.io/node-type=worker" -o 
 at=$(tr_field '{.status.progress.epoch}')
 k -n "$NS" delete pod "$worker" --wait=false
 note "a) deleted worker pod $worker at epoch $at/$EPOCHS2"
-
-# b) the operator pod, while the run goes on
-sleep 5
-op=$(k -n raykube-system get pods -l app.kubernetes.io/name=raykube-operator -o jsonpath='{.items[0].metadata.name}')
-k -n raykube-system delete pod "$op" --wait=false
-note "b) deleted operator pod $op at epoch $(tr_field '{.status.progress.epoch}')/$EPOCHS2"
-k -n raykube-system rollout status deploy/raykube-operator --timeout=300s || fail "the operator did not come back"
 
 # the run completes and the new checkpoint is promoted and served
 deadline=$((SECONDS + TRAIN_TIMEOUT))
@@ -56,7 +59,7 @@ while :; do
   [[ $phase == Failed ]] && fail "the TrainingRun failed"
   [[ $phase == Serving && -n $ckpt && $ckpt != "$first_ckpt" ]] && break
   ((SECONDS < deadline)) || fail "the second run was not served within ${TRAIN_TIMEOUT}s"
-  sleep 10
+  sleep 3
 done
 note "c) promoted and served: $ckpt"
 # the served answers come from the new checkpoint before the load stops
@@ -80,5 +83,11 @@ note "children after the operator restart: $n_jobs RayJob, $n_svcs RayService, $
 hist=$("$PY" -c "import json,sys; h=json.load(open('$RUN_DIR/result.json'))['history']; print(' '.join(str(int(m['epoch'])) for m in h))")
 note "epochs in result.json history: $hist"
 [[ $hist == "$(seq -s ' ' 1 "$EPOCHS2")" ]] || fail "epochs repeated or missing in the history"
-note "epoch at the worker kill: $at; status.progress.epoch now $(tr_field '{.status.progress.epoch}')"
+# how the driver saw the worker's loss (KubeRay's submitter follows the job's log)
+submitter=$(k -n "$NS" get pods -l "job-name=$NAME" --sort-by=.metadata.creationTimestamp -o name 2>/dev/null | tail -1)
+if [[ -n $submitter ]]; then
+  k -n "$NS" logs "$submitter" > "$WORK/train2.log" 2>&1 || true
+  note "driver log ($WORK/train2.log), lines about the lost worker:"
+  grep -iE "fail|restart|died|dead|lost|retry|error" "$WORK/train2.log" | grep -v "^\s*$" | head -8 | cut -c1-220 | sed 's/^/      /' | tee -a "$SUMMARY"
+fi
 end
