@@ -211,9 +211,9 @@ deadline=$((SECONDS + TRAIN_TIMEOUT))
 last=""
 epochs_seen=()
 while :; do
-  phase=$(tr_field '{.status.phase}')
-  epoch=$(tr_field '{.status.progress.epoch}')
   row=$(tr_row)
+  phase=$(awk '{print $2}' <<<"$row")
+  epoch=$(awk '$3 ~ /^[0-9]+$/ {print $3}' <<<"$row")   # the Epoch column of this very row
   if [[ $row != "$last" ]]; then echo "  $(date +%T) $row"; last=$row; fi
   [[ -n $epoch && " ${epochs_seen[*]} " != *" $epoch "* ]] && epochs_seen+=("$epoch")
   case $phase in

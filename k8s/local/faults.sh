@@ -42,11 +42,18 @@ k -n raykube-system rollout status deploy/raykube-operator --timeout=300s || fai
 epoch_gt() { local e; e=$(tr_field '{.status.progress.epoch}'); [[ -n $e ]] && ((e > $1)); }
 wait_until 1200 "the second run to report an epoch after $first_epochs" epoch_gt "$first_epochs"
 rc=$(k -n "$NS" get rayjob "$NAME" -o jsonpath='{.status.rayClusterName}')
-worker=$(k -n "$NS" get pods -l "ray.io/cluster=$rc,ray.io/node-type=worker" -o jsonpath='{.items[0].metadata.name}')
-[[ -n $worker ]] || fail "no worker pod of $rc"
+# The pod that runs a Ray Train worker process: with fractional cpusPerWorker a worker pod
+# advertises 1 Ray CPU, and Ray may place both Train workers in one pod (the other then
+# runs none, and deleting it would prove nothing).
+worker=""
+for pod in $(k -n "$NS" get pods -l "ray.io/cluster=$rc,ray.io/node-type=worker" -o name); do
+  n=$(k -n "$NS" exec "$pod" -c ray-worker -- pgrep -fc RayTrainWorker 2>/dev/null || true)
+  if [[ ${n:-0} -gt 0 ]]; then worker=${pod#pod/}; trainers=$n; break; fi
+done
+[[ -n $worker ]] || fail "no worker pod of $rc runs a RayTrainWorker"
 at=$(tr_field '{.status.progress.epoch}')
 k -n "$NS" delete pod "$worker" --wait=false
-note "a) deleted worker pod $worker at epoch $at/$EPOCHS2"
+note "a) deleted worker pod $worker (running $trainers Ray Train worker process(es)) at epoch $at/$EPOCHS2"
 
 # the run completes and the new checkpoint is promoted and served
 deadline=$((SECONDS + TRAIN_TIMEOUT))
@@ -88,6 +95,7 @@ submitter=$(k -n "$NS" get pods -l "job-name=$NAME" --sort-by=.metadata.creation
 if [[ -n $submitter ]]; then
   k -n "$NS" logs "$submitter" > "$WORK/train2.log" 2>&1 || true
   note "driver log ($WORK/train2.log), lines about the lost worker:"
-  grep -iE "fail|restart|died|dead|lost|retry|error" "$WORK/train2.log" | grep -v "^\s*$" | head -8 | cut -c1-220 | sed 's/^/      /' | tee -a "$SUMMARY"
+  { grep -iE "fail|restart|died|dead|lost|retry|error|resum|continu" "$WORK/train2.log" || echo "(none)"; } \
+    | head -8 | cut -c1-220 | sed 's/^/      /' | tee -a "$SUMMARY"
 fi
 end
