@@ -12,8 +12,9 @@
 #     checkpoints land on the shared volume     second checkpoint promoted while serving
 #                                             7 TrainingRun deleted: children gone,
 #                                               checkpoints kept
-# Each phase prints its wall time and the peak memory of the node's pods (the kubepods
-# memory cgroup) and of this machine (MemTotal - MemAvailable, sampled every 2 s).
+# Each phase prints its wall time and the peak memory, sampled every 2 s, of the node's
+# pods (resident memory in the kubelet's kubepods cgroup) and of this machine as a whole
+# (MemTotal - MemAvailable: includes whatever else runs here).
 # Every wait has a timeout; a failure prints the phase, pod states, the last events and
 # logs, tears everything down (KEEP=1 leaves it up) and exits non-zero.
 #
@@ -49,15 +50,20 @@ note() { echo "    $*"; echo "    $*" >> "$SUMMARY"; }
 
 # ------------------------------------------------------------------ memory sampling
 mem_used_mib() { awk '/^MemTotal/ {t=$2} /^MemAvailable/ {a=$2} END {print int((t-a)/1024)}' /proc/meminfo; }
-sampler() {  # the machine's used memory every 2 s, max per phase in $WORK/mem-peak
+pods_rss_mib() {  # resident memory of every pod (the kubelet's kubepods cgroup, no page cache)
+  awk '/^total_rss / {print int($2/1048576)}' "$KUBEPODS_MEM/memory.stat" 2>/dev/null || echo 0
+}
+sampler() {  # every 2 s: max per phase of the machine's used memory and of the pods' RSS
   while :; do
     local used peak
     used=$(mem_used_mib); peak=$(cat "$WORK/mem-peak" 2>/dev/null || echo 0)
     ((used > peak)) && echo "$used" > "$WORK/mem-peak"
+    used=$(pods_rss_mib); peak=$(cat "$WORK/pods-peak" 2>/dev/null || echo 0)
+    ((${used:-0} > peak)) && echo "$used" > "$WORK/pods-peak"
     sleep 2
   done
 }
-echo 0 > "$WORK/mem-peak"
+echo 0 > "$WORK/mem-peak"; echo 0 > "$WORK/pods-peak"
 sampler &
 SAMPLER=$!
 
@@ -66,16 +72,12 @@ PHASE=none PHASE_T0=$SECONDS
 begin() {
   PHASE=$1; PHASE_T0=$SECONDS
   mem_used_mib > "$WORK/mem-peak"
-  # the pods' memory high-water mark, from now on (cgroup v1; absent before the node runs)
-  [[ -w $KUBEPODS_MEM/memory.max_usage_in_bytes ]] && echo 0 > "$KUBEPODS_MEM/memory.max_usage_in_bytes" 2>/dev/null || true
+  pods_rss_mib > "$WORK/pods-peak"
   say "phase $PHASE"
   echo "phase $PHASE" >> "$SUMMARY"
 }
 end() {
-  local pods="n/a"
-  [[ -r $KUBEPODS_MEM/memory.max_usage_in_bytes ]] && \
-    pods="$(( $(cat "$KUBEPODS_MEM/memory.max_usage_in_bytes") / 1048576 )) MiB"
-  note "phase $PHASE: $((SECONDS - PHASE_T0)) s wall; peak memory: pods $pods, machine $(cat "$WORK/mem-peak") MiB"
+  note "phase $PHASE: $((SECONDS - PHASE_T0)) s wall; peak memory (2 s samples): pods' RSS $(cat "$WORK/pods-peak") MiB, machine $(cat "$WORK/mem-peak") MiB in use"
 }
 
 dump() {  # what a failure needs to be understood
