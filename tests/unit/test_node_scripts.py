@@ -81,3 +81,15 @@ def test_control_plane_on_a_node_address(tmp_path):
     cp.ports = {"apiserver": 6443}
     assert cp.server == "https://10.243.0.1:6443"
     assert ControlPlane(tmp_path).address == "127.0.0.1"
+
+
+def test_the_two_core_quickstart_is_valid_and_fits_two_cores():
+    from raykube.spec import load_one
+
+    run = load_one(REPO / "k8s" / "local" / "quickstart.yaml")
+    s = run.spec
+    submitter, operator = 0.5, 0.02  # KubeRay's default submitter request; the overlay's
+    training = s.scaling.head.cpus + s.scaling.workers * s.scaling.cpus_per_worker
+    serving = s.scaling.head.cpus + s.serve.replicas * s.serve.cpus_per_replica
+    # phase 6 trains a second time beside the live RayService
+    assert operator + submitter + training + serving <= 2.0
