@@ -333,9 +333,9 @@ spec:
 YAML
   kubectl_ wait --for=jsonpath='{.status.phase}'=Succeeded pod/raykube-node-demo --timeout=300s
   kubectl_ get pod raykube-node-demo -o wide
-  # `kubectl logs` goes through the API server, which dials the node by its Hostname
-  # address first (its default --kubelet-preferred-address-types) and cannot resolve it;
-  # the kubelet's own log file says the same thing.
+  # `kubectl logs` goes through the API server to the kubelet on the node address (the
+  # control plane prefers InternalIP); a control plane started before that flag could not
+  # resolve the node's Hostname address, hence the fallback to the kubelet's own log file.
   kubectl_ logs raykube-node-demo 2>/dev/null || \
     cat "/var/log/pods/default_raykube-node-demo_$(kubectl_ get pod raykube-node-demo -o jsonpath='{.metadata.uid}')/demo/0.log"
 }
