@@ -68,7 +68,7 @@ cluster-up: $(STAMP) cluster-bins ## start a real control plane + KubeRay on loo
 cluster-down: $(STAMP) ## stop the local control plane (no process left behind)
 	$(BIN)/python -m raykube.testing.control_plane down --dir build/cluster
 
-# ------------------------------------------------------------------ a real node (WIP)
+# ------------------------------------------------------------------ a real node
 .PHONY: node-bins
 node-bins: ## build kubelet, kube-proxy and the pause binary (same cache as cluster-bins)
 	tests/node/build-node-bins.sh
@@ -84,6 +84,15 @@ node-demo: ## run a Pod from raykube/raykube:dev-operator on the real node
 .PHONY: node-down
 node-down: ## stop the real node (processes, pod network, iptables rule)
 	tests/node/node.sh down
+
+.PHONY: e2e-local
+e2e-local: $(STAMP) ## the mission on this machine: real node, our images, TrainingRun -> Ray pods -> served (~30 min; not in make test)
+	k8s/local/e2e.sh
+
+.PHONY: e2e-local-down
+e2e-local-down: $(STAMP) ## stop what `KEEP=1 make e2e-local` left running
+	tests/node/node.sh down
+	$(BIN)/python -m raykube.testing.control_plane down --dir build/e2e-local/cluster
 
 # ---------------------------------------------------------------------------- tests
 .PHONY: test

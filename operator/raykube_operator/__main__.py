@@ -65,8 +65,22 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
+        identity=operator_identity(),
     )
     return 0
+
+
+def operator_identity() -> str:
+    """Who this operator is (kopf's peering id; unused when standalone, but always built).
+
+    kopf's own default asks ``getpass.getuser()``, which raises KeyError for a uid without
+    an /etc/passwd entry: the Deployment runs the image as uid 65532, which has none, so
+    the operator pod crashed at start (found on the real node, ``make e2e-local``).
+    ``POD_ID`` is kopf's own variable for this; otherwise the host name (the pod's name)."""
+    import os
+    import socket
+
+    return os.environ.get("POD_ID") or f"raykube-operator@{socket.gethostname()}/{os.getpid()}"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 #                        (tests/cluster/versions.env), with the control plane's go.mod pins;
 #   pause                the pod sandbox binary, from the same module's build/pause/linux/pause.c
 #                        (no registry here: registry.k8s.io/pause cannot be pulled);
+#   coredns              the cluster DNS, from github.com/coredns/coredns at $COREDNS_VERSION with
+#                        the plugins tests/cluster/coredns/main.go imports (pinned in its go.mod/go.sum);
 # into the same per-user cache as tests/cluster/build-bins.sh ($RAYKUBE_CACHE/bin/<name>-<version>/),
 # linked into build/bin/. The container runtime (containerd, runc) and the CNI plugins come
 # from Debian packages (installed by tests/node/node.sh).
@@ -30,7 +32,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 moddir=$repo/build/node/gomod-kubernetes
-want=" ${BINS:-kubelet kube-proxy pause} "
+want=" ${BINS:-kubelet kube-proxy pause coredns} "
 for name in kubelet kube-proxy; do
   [[ $want == *" $name "* ]] || continue
   dest=$cache/$name-$KUBERNETES_VERSION/$name
@@ -58,4 +60,17 @@ if [[ $want == *" pause "* ]]; then
     mv "$dest.tmp" "$dest"
   fi
   ln -sfn "$dest" "$out/pause"
+fi
+
+if [[ $want == *" coredns "* ]]; then
+  dest=$cache/coredns-$COREDNS_VERSION/coredns
+  if [[ ! -x $dest ]]; then
+    mkdir -p "$(dirname "$dest")"
+    echo "building coredns $COREDNS_VERSION" >&2
+    start=$(date +%s)
+    (cd "$repo/tests/cluster/coredns" && go build -trimpath -ldflags "-s -w" -o "$dest.tmp" .)
+    mv "$dest.tmp" "$dest"
+    echo "built coredns in $(( $(date +%s) - start )) s" >&2
+  fi
+  ln -sfn "$dest" "$out/coredns"
 fi

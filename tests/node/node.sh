@@ -8,6 +8,7 @@
 #                                on the node; a Ray image starts Ray in the pod and runs a task
 #   tests/node/node.sh svc-demo  a Pod behind a Service, fetched through its ClusterIP from the host
 #   tests/node/node.sh runtime-up  containerd + pause + IMAGES only (checks the runtime alone)
+#   tests/node/node.sh net-up    only the node's address (before `control_plane up --node-ip`)
 # State and logs: build/node/ (config, logs, pids) and /var/lib/raykube-node (containerd,
 # kubelet). Everything listens on 127.0.0.1, the node's own address (10.243.0.1) or the pod
 # bridge; pods cannot reach beyond this machine (a FORWARD rule drops pod traffic leaving
@@ -28,6 +29,14 @@
 #  - the kubelet uses the control plane's admin kubeconfig (no TLS bootstrap, no node
 #    authorizer: a test node), serves on the node address, and has eviction thresholds of
 #    1Gi so a well-used disk does not put the node under DiskPressure.
+#  - cluster DNS: CoreDNS (built by build-node-bins.sh) runs on this machine on the node
+#    address, port 53, answering cluster.local from the API server (kubernetes plugin) and
+#    nothing else (no upstream); the kubelet gives pods that address as their nameserver.
+#  - pods reach the API server through the `kubernetes` Service when the control plane was
+#    started with --node-ip (it then listens on the node address; pod -> node address is
+#    local traffic, not forwarded).
+#  - these machines load br_netfilter and Docker sets FORWARD's policy to DROP: bridged
+#    pod-to-pod traffic (a Service's backend on the same bridge) gets an ACCEPT rule.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
@@ -93,6 +102,7 @@ install_packages() {
   command -v runc > /dev/null || missing+=(runc)
   [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
   command -v conntrack > /dev/null || missing+=(conntrack)
+  command -v iptables > /dev/null || missing+=(iptables)
   if ((${#missing[@]})); then
     log "apt-get install ${missing[*]}"
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
@@ -155,11 +165,15 @@ authorization: {mode: AlwaysAllow}
 failSwapOn: false
 resolvConf: ""                 # no upstream DNS for pods: nothing leaves this machine
 clusterDomain: cluster.local
+clusterDNS: [$NODE_IP]         # CoreDNS on this machine (cluster.local only)
 evictionHard: {memory.available: 200Mi, nodefs.available: 1Gi, imagefs.available: 1Gi, nodefs.inodesFree: 1%}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 runtimeRequestTimeout: 10m     # creating the first container of a 7 GB image took > 2 min (the default) here
+# CPU limits are not enforced (no CFS quota): a 2-core node schedules pods on requests, and
+# Ray processes may use idle cores beyond them instead of being throttled to a sliver.
+cpuCFSQuota: false
 registerNode: true
 YAML
   cat > "$dir/kube-proxy.yaml" <<YAML
@@ -175,18 +189,49 @@ nodePortAddresses: ["127.0.0.0/8"]
 clientConnection: {kubeconfig: $kubeconfig}
 conntrack: {maxPerCore: 0}     # leave the host's conntrack sysctls alone
 YAML
+  cat > "$dir/Corefile" <<COREFILE
+.:53 {
+    bind $NODE_IP
+    errors
+    ready 127.0.0.1:18181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $kubeconfig
+        pods insecure
+    }
+}
+COREFILE
 }
 
 pod_egress_rules() {  # $1 = -I (add) or -D (remove): pods never reach beyond this machine
   iptables -w "$1" FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -j DROP -m comment --comment raykube-node 2>/dev/null || true
+  # pod to pod on the bridge (br_netfilter sends bridged frames through FORWARD, whose
+  # policy Docker sets to DROP)
+  iptables -w "$1" FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT -m comment --comment raykube-node 2>/dev/null || true
+}
+
+net_up() {  # the node's address, on an interface of its own
+  check_cidrs
+  if ! ip link show "$NODE_IF" > /dev/null 2>&1; then
+    ip link add "$NODE_IF" type bridge   # (no dummy module in these kernels; a port-less bridge)
+    ip addr add "$NODE_IP/32" dev "$NODE_IF"
+    ip link set "$NODE_IF" up
+  fi
 }
 
 load_image() {
-  local ref=$1 start=$SECONDS
+  local ref=$1 start=$SECONDS id stamp
+  # Skipped when containerd already has this very image (the CPU image takes minutes).
+  id=$(docker image inspect --format '{{.Id}}' "$ref")
+  stamp=$state/loaded/${ref//[\/:]/_}
+  if [[ -f $stamp && $(cat "$stamp") == "$id" ]] && ctr_ images ls -q | grep -qx "docker.io/$ref"; then
+    log "$ref already in containerd ($id)"
+    return
+  fi
   log "loading $ref into containerd (docker save | ctr import)"
   docker save "$ref" | ctr_ images import --no-unpack - > /dev/null
   # Unpack for the overlayfs snapshotter the CRI uses (done once, here, not at pod start).
   ctr_ images unpack --snapshotter overlayfs "docker.io/$ref" > /dev/null 2>&1 || true
+  mkdir -p "$state/loaded" && echo "$id" > "$stamp"
   log "  $ref loaded in $((SECONDS - start)) s"
 }
 
@@ -212,26 +257,15 @@ runtime_up() {  # containerd with the CRI plugin, the pause image and our images
   make_pause_image
   for ref in $IMAGES; do load_image "$ref"; done
   pod_egress_rules -D; pod_egress_rules -I
-  if ! ip link show "$NODE_IF" > /dev/null 2>&1; then
-    ip link add "$NODE_IF" type bridge   # (no dummy module in these kernels; a port-less bridge)
-    ip addr add "$NODE_IP/32" dev "$NODE_IF"
-    ip link set "$NODE_IF" up
-  fi
+  net_up
 }
 
 up() {
   [[ -f $kubeconfig ]] || { echo "error: $kubeconfig missing: run make cluster-up first" >&2; exit 1; }
   tests/node/build-node-bins.sh
   runtime_up
-  # Workaround for the control plane (raykube.testing.control_plane, WIP): its controller
-  # manager runs as one identity (--use-service-account-credentials=false) whose bootstrap
-  # role lacks what the controllers need, so e.g. the root-CA publisher cannot create the
-  # kube-root-ca.crt ConfigMap that every pod's service-account volume mounts (pods then
-  # hang in ContainerCreating). kwok never mounts volumes, so only a real node shows it.
-  kubectl_ create clusterrolebinding raykube-node-kcm-workaround --clusterrole=cluster-admin \
-    --user=system:kube-controller-manager --dry-run=client -o yaml | kubectl_ apply -f - > /dev/null
-  # The publisher backs off after those failures; a namespace update re-queues it now.
-  for ns in $(kubectl_ get ns -o name); do kubectl_ annotate "$ns" raykube.io/node-resync="$(date +%s)" --overwrite > /dev/null; done
+  log "coredns $("$repo/build/bin/coredns" -version 2>/dev/null | head -1 | awk '{print $1}') on $NODE_IP:53"
+  start_bg coredns "$repo/build/bin/coredns" -conf "$dir/Corefile"
   log "kubelet $NODE_NAME"
   start_bg kubelet "$repo/build/bin/kubelet" --config "$dir/kubelet.yaml" --kubeconfig "$kubeconfig" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --root-dir "$state/kubelet" \
@@ -241,10 +275,13 @@ up() {
   log "waiting for node/$NODE_NAME to be Ready"
   for _ in $(seq 1 120); do kubectl_ get node "$NODE_NAME" > /dev/null 2>&1 && break; sleep 1; done
   kubectl_ wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s
+  for _ in $(seq 1 50); do curl -fs -o /dev/null http://127.0.0.1:18181/ready && break; sleep 0.2; done
+  curl -fs -o /dev/null http://127.0.0.1:18181/ready || { tail -20 "$dir/logs/coredns.log" >&2; echo "error: coredns not ready" >&2; exit 1; }
   kubectl_ get node "$NODE_NAME" -o wide
 }
 
 down() {
+  stop_bg coredns
   stop_bg kube-proxy
   stop_bg kubelet
   # The pods' containers (the kubelet is gone: kill them through containerd).
@@ -296,9 +333,9 @@ spec:
 YAML
   kubectl_ wait --for=jsonpath='{.status.phase}'=Succeeded pod/raykube-node-demo --timeout=300s
   kubectl_ get pod raykube-node-demo -o wide
-  # `kubectl logs` goes through the API server, which dials the node by its Hostname
-  # address first (its default --kubelet-preferred-address-types) and cannot resolve it;
-  # the kubelet's own log file says the same thing.
+  # `kubectl logs` goes through the API server to the kubelet on the node address (the
+  # control plane prefers InternalIP); a control plane started before that flag could not
+  # resolve the node's Hostname address, hence the fallback to the kubelet's own log file.
   kubectl_ logs raykube-node-demo 2>/dev/null || \
     cat "/var/log/pods/default_raykube-node-demo_$(kubectl_ get pod raykube-node-demo -o jsonpath='{.metadata.uid}')/demo/0.log"
 }
@@ -340,9 +377,10 @@ YAML
 case "${1:-}" in
   up) up ;;
   runtime-up) runtime_up ;;   # containerd + images only (no control plane needed)
+  net-up) net_up ;;
   down) down ;;
   load) shift; for ref in "$@"; do load_image "$ref"; done ;;
   demo) shift; demo "$@" ;;
   svc-demo) svc_demo ;;
-  *) echo "usage: $0 up|down|runtime-up|load REF...|demo [IMAGE]|svc-demo" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|runtime-up|net-up|load REF...|demo [IMAGE]|svc-demo" >&2; exit 2 ;;
 esac

@@ -44,7 +44,7 @@ except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-OVERLAYS = ["base", "overlays/kind", "overlays/gpu"]
+OVERLAYS = ["base", "overlays/kind", "overlays/local", "overlays/gpu"]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 KUBERAY_VERSION = "1.7.0"
@@ -263,6 +263,25 @@ def test_kind_overlay_uses_local_images_and_a_shared_host_path():
     assert f"containerPath: {pv['spec']['hostPath']['path']}" in (K8S / "kind" / "up.sh").read_text()
     small = c["resources"]["limits"]["memory"]
     assert small.endswith("Mi") and int(small[:-2]) <= 256
+
+
+def test_local_overlay_never_pulls_and_binds_the_node_host_path():
+    """k8s/overlays/local (make e2e-local's real node): images are loaded into the node's
+    containerd, never pulled; the claim binds the hostPath of this machine."""
+    objs = build("overlays/local")
+    data = operator_config(objs)
+    (c,) = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "raykube/raykube:dev-operator" and c["imagePullPolicy"] == "Never"
+    assert data["RAYKUBE_CPU_IMAGE"] == "raykube/raykube:dev-cpu"
+    assert data["RAYKUBE_IMAGE_PULL_POLICY"] == "Never"
+    pv, pvc = one(objs, "PersistentVolume"), one(objs, "PersistentVolumeClaim")
+    assert pvc["spec"]["volumeName"] == pv["metadata"]["name"]
+    assert pv["spec"]["claimRef"] == {"namespace": pvc["metadata"]["namespace"],
+                                      "name": pvc["metadata"]["name"]}
+    assert pv["spec"]["accessModes"] == pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pv["spec"]["capacity"]["storage"] == pvc["spec"]["resources"]["requests"]["storage"]
+    assert f"STORAGE={pv['spec']['hostPath']['path']}" in (K8S / "local" / "e2e.sh").read_text()
+    assert c["resources"]["requests"]["cpu"] == "20m"  # the node has 2 cores for everything
 
 
 def test_gpu_overlay_defaults_to_the_cuda_image():

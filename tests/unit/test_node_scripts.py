@@ -42,3 +42,54 @@ def test_kubelet_and_runtime_settings_these_machines_need():
     assert 'resolvConf: ""' in NODE_SH  # no upstream DNS for pods
     clamp = (REPO / "tests" / "node" / "runc-oom-clamp").read_text()
     assert 'exec runc "$@"' in clamp
+
+
+E2E_SH = (REPO / "k8s" / "local" / "e2e.sh").read_text()
+LOCAL_OVERLAY = REPO / "k8s" / "overlays" / "local"
+
+
+def test_pods_get_cluster_dns_only_and_reach_each_other():
+    assert "clusterDNS: [$NODE_IP]" in NODE_SH
+    corefile = NODE_SH.split('cat > "$dir/Corefile"', 1)[1].split("COREFILE\n}", 1)[0]
+    assert "bind $NODE_IP" in corefile and "kubernetes cluster.local" in corefile
+    assert "forward" not in corefile  # nothing is resolved beyond the cluster
+    assert 'FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT' in NODE_SH  # br_netfilter + DROP policy
+    assert "cpuCFSQuota: false" in NODE_SH
+
+
+def test_e2e_local_agrees_with_the_node_and_its_overlay():
+    import yaml
+
+    assert re.search(r"^NODE_IP=\$\{NODE_IP:-([^}]+)\}", E2E_SH, re.M).group(1) == _default("NODE_IP")
+    pv = yaml.safe_load((LOCAL_OVERLAY / "storage-pv.yaml").read_text())
+    storage = re.search(r"^STORAGE=(\S+)", E2E_SH, re.M).group(1)
+    assert pv["spec"]["hostPath"]["path"] == storage
+    kust = (LOCAL_OVERLAY / "kustomization.yaml").read_text()
+    # images are loaded into the node, never pulled (no registry is reachable)
+    assert "RAYKUBE_IMAGE_PULL_POLICY=Never" in kust and "value: Never" in kust
+    assert "raykube/raykube:dev-cpu" in kust and "newTag: dev-operator" in kust
+    for ref in ("raykube/raykube:dev-operator", "raykube/raykube:dev-cpu"):
+        assert ref in E2E_SH
+    # the control plane is started where pods can reach it, without kwok
+    assert '--node-ip "$NODE_IP"' in E2E_SH and "--no-kwok" in E2E_SH
+
+
+def test_control_plane_on_a_node_address(tmp_path):
+    from raykube.testing.control_plane import ControlPlane
+
+    cp = ControlPlane(tmp_path, node_ip="10.243.0.1")
+    cp.ports = {"apiserver": 6443}
+    assert cp.server == "https://10.243.0.1:6443"
+    assert ControlPlane(tmp_path).address == "127.0.0.1"
+
+
+def test_the_two_core_quickstart_is_valid_and_fits_two_cores():
+    from raykube.spec import load_one
+
+    run = load_one(REPO / "k8s" / "local" / "quickstart.yaml")
+    s = run.spec
+    submitter, operator = 0.5, 0.02  # KubeRay's default submitter request; the overlay's
+    training = s.scaling.head.cpus + s.scaling.workers * s.scaling.cpus_per_worker
+    serving = s.scaling.head.cpus + s.serve.replicas * s.serve.cpus_per_replica
+    # phase 6 trains a second time beside the live RayService
+    assert operator + submitter + training + serving <= 2.0

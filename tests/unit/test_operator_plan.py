@@ -68,3 +68,27 @@ def test_a_non_api_failure_is_not_transient(monkeypatch):
     assert entry.client_problem() is None  # the pinned client
     monkeypatch.delattr(kubernetes.client.ApiClient, "param_serialize")
     assert "kubernetes>=37" in entry.client_problem()
+
+
+def test_the_operator_starts_as_a_uid_without_a_passwd_entry(monkeypatch):
+    """The Deployment runs the image as uid 65532, which has no /etc/passwd entry, and
+    kopf's default identity (getpass.getuser) raises KeyError there: the operator pod
+    crashed at start on a real node. The entry point names its identity itself."""
+    import getpass
+
+    import kopf
+
+    from raykube_operator import __main__ as entry
+
+    def no_user() -> str:
+        raise KeyError("getpwuid(): uid not found: 65532")
+
+    monkeypatch.setattr(getpass, "getuser", no_user)
+    seen = {}
+    monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
+    monkeypatch.delenv("POD_ID", raising=False)
+    assert entry.main(["-A", "--liveness", "off"]) == 0
+    assert seen["identity"].startswith("raykube-operator@") and seen["standalone"] is True
+    monkeypatch.setenv("POD_ID", "raykube-operator-abc")
+    entry.main(["-A", "--liveness", "off"])
+    assert seen["identity"] == "raykube-operator-abc"

@@ -9,7 +9,16 @@ kubeconfig live in one directory (``build/cluster`` for ``make cluster-up``, a t
 one for the test session).
 
     python -m raykube.testing.control_plane up [--dir build/cluster] [--no-kuberay]
+    python -m raykube.testing.control_plane up --node-ip 10.243.0.1 --no-kwok --no-raykube
     python -m raykube.testing.control_plane down [--dir build/cluster]
+
+``--node-ip`` is for a real node (tests/node/node.sh, ``make e2e-local``): the API server
+listens and advertises there instead of on loopback, so the ``kubernetes`` Service gets
+that endpoint and pods reach the API server through it (the address must already exist
+on this machine: ``tests/node/node.sh net-up``); KubeRay, which runs on this machine and
+cannot resolve cluster DNS names, reaches the Ray dashboards through the API server's
+service proxy (``--use-kubernetes-proxy``). ``--no-raykube`` installs only KubeRay's
+CRDs: raykube itself comes from a kustomize overlay.
 
 Processes run in their own sessions (they outlive ``up``); ``down`` stops every process
 whose pid file is in the directory and waits until each is gone.
@@ -114,6 +123,10 @@ class ControlPlane:
     bin_dir: Path = BIN
     kuberay: bool = True
     kwok: bool = True
+    node_ip: str | None = None
+    """Listen and advertise here instead of 127.0.0.1 (a real node's address; see above)."""
+    install_raykube: bool = True
+    """Install raykube's namespace, CRD, RBAC and storage (False: KubeRay's CRDs only)."""
     kuberay_namespaces: tuple[str, ...] = ()
     """Where KubeRay acts (empty: everywhere). The tests keep namespaces where KubeRay does
     not, to stand in for it there by patching status without racing the real controller."""
@@ -131,7 +144,11 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.address}:{self.ports['apiserver']}"
+
+    @property
+    def address(self) -> str:
+        return self.node_ip or "127.0.0.1"
 
     def _bin(self, name: str) -> str:
         path = self.bin_dir / name
@@ -185,11 +202,15 @@ class ControlPlane:
                 f"--health-probe-bind-address=127.0.0.1:{self.ports['kuberay_probe']}",
                 "--enable-leader-election=false", "--log-stdout-encoder=console",
                 f"--watch-namespace={','.join(self.kuberay_namespaces)}",
+                # out of the cluster it cannot resolve <head-svc>.<ns>.svc.cluster.local:
+                # the dashboards are reached through the API server's service proxy
+                *(["--use-kubernetes-proxy"] if self.node_ip else []),
             ], env={"KUBECONFIG": str(self._component_kubeconfig("kuberay-operator"))})
         if self.kwok:
             self.wait_for(lambda: self._node_ready(), t0 + timeout, "the kwok node to be Ready")
         (self.workdir / "state.json").write_text(json.dumps(
-            {"ports": self.ports, "kuberay_namespaces": list(self.kuberay_namespaces)}, indent=2))
+            {"ports": self.ports, "kuberay_namespaces": list(self.kuberay_namespaces),
+             "node_ip": self.node_ip}, indent=2))
         return self
 
     def attach(self) -> ControlPlane:
@@ -197,6 +218,7 @@ class ControlPlane:
         state = json.loads((self.workdir / "state.json").read_text())
         self.ports = state["ports"]
         self.kuberay_namespaces = tuple(state.get("kuberay_namespaces") or ())
+        self.node_ip = state.get("node_ip")
         self._pki()
         if not all(self.running().values()):
             raise ControlPlaneError(f"the control plane in {self.workdir} is not running")
@@ -241,12 +263,16 @@ class ControlPlane:
     # ---------------------------------------------------------------- pieces
     def _pki(self) -> None:
         pki = self.workdir / "pki"
+        ips = ["127.0.0.1", "10.96.0.1", *([self.node_ip] if self.node_ip else [])]
+        sans = ("DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+                "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,"
+                + ",".join(f"IP:{ip}" for ip in ips))
+        if (pki / "ext.cnf").exists() and (pki / "ext.cnf").read_text() != f"subjectAltName={sans}\n":
+            for f in pki.iterdir():  # certificates made for another address: start over
+                f.unlink()
         if not (pki / "ca.crt").exists():
             _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
                   "-keyout", pki / "ca.key", "-out", pki / "ca.crt", "-subj", "/CN=raykube-local-ca"])
-            sans = ("DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-                    "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,"
-                    "IP:127.0.0.1,IP:10.96.0.1")
             _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", pki / "apiserver.key",
                   "-out", pki / "apiserver.csr", "-subj", "/CN=kube-apiserver"])
             (pki / "ext.cnf").write_text(f"subjectAltName={sans}\n")
@@ -337,7 +363,7 @@ class ControlPlane:
         self._start("kube-apiserver", [
             self._bin("kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}",
             f"--secure-port={self.ports['apiserver']}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -354,8 +380,10 @@ class ControlPlane:
             "--allow-privileged=true", "--profiling=false",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
             "--audit-log-mode=blocking", "--v=1",
+            # a real node's kubelet is known by its InternalIP (no DNS for its hostname)
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             # the "kubernetes" Service cannot point at a loopback address
-            "--endpoint-reconciler-type=none",
+            *([] if self.node_ip else ["--endpoint-reconciler-type=none"]),
         ])
 
     def _wait_ready(self, deadline: float) -> None:
@@ -410,24 +438,28 @@ class ControlPlane:
         args = ["apply", "--server-side", "--field-manager=raykube-install"]
         for f in sorted(crds.glob("ray.io_*.yaml")):
             args += ["-f", str(f)]
-        base = REPO / "k8s" / "base"
-        for f in ("namespace.yaml", "crd.yaml", "rbac.yaml", "storage.yaml"):
-            args += ["-f", str(base / f)]
-        args += ["-f", str(REPO / "k8s" / "overlays" / "kind" / "storage-pv.yaml")]
+        if self.install_raykube:
+            base = REPO / "k8s" / "base"
+            for f in ("namespace.yaml", "crd.yaml", "rbac.yaml", "storage.yaml"):
+                args += ["-f", str(base / f)]
+            args += ["-f", str(REPO / "k8s" / "overlays" / "kind" / "storage-pv.yaml")]
         self.kubectl_run(*args, timeout=120)
         deadline = time.monotonic() + 120
-        self.wait_for(self._crds_established, deadline, "the CRDs to be established")
-        self.kubectl_run("create", "serviceaccount", "raykube-operator", "-n", "raykube-system",
-                         check=False)
+        self.wait_for(lambda: self._crds_established(
+            CRD_NAMES if self.install_raykube else CRD_NAMES[1:]),
+            deadline, "the CRDs to be established")
+        if self.install_raykube:
+            self.kubectl_run("create", "serviceaccount", "raykube-operator",
+                             "-n", "raykube-system", check=False)
 
-    def _crds_established(self) -> bool:
+    def _crds_established(self, names: Sequence[str] = CRD_NAMES) -> bool:
         out = self.kubectl_run("get", "crd", "-o", "json", check=False)
         if out.returncode != 0:
             return False
         established = {c["metadata"]["name"] for c in json.loads(out.stdout)["items"]
                        if any(x["type"] == "Established" and x["status"] == "True"
                               for x in (c.get("status") or {}).get("conditions") or [])}
-        return established >= set(CRD_NAMES)
+        return established >= set(names)
 
     def _node_ready(self) -> bool:
         out = self.kubectl_run("get", "node", NODE_NAME, "-o", "json", check=False)
@@ -488,9 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--dir", type=Path, default=REPO / "build" / "cluster")
     p.add_argument("--no-kuberay", action="store_true", help="do not start the KubeRay operator")
+    p.add_argument("--no-kwok", action="store_true", help="no simulated node (a real one joins)")
+    p.add_argument("--no-raykube", action="store_true",
+                   help="install KubeRay's CRDs only (raykube comes from an overlay)")
+    p.add_argument("--node-ip", help="listen and advertise on this address of this machine "
+                   "(a real node's), not 127.0.0.1")
     p.add_argument("--timeout", type=float, default=60.0)
     args = p.parse_args(argv)
-    cp = ControlPlane(args.dir.resolve(), kuberay=not args.no_kuberay)
+    cp = ControlPlane(args.dir.resolve(), kuberay=not args.no_kuberay, kwok=not args.no_kwok,
+                      install_raykube=not args.no_raykube, node_ip=args.node_ip)
     try:
         if args.action == "up":
             t0 = time.monotonic()
