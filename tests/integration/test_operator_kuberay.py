@@ -20,7 +20,7 @@ import pytest
 
 from raykube.spec import load_yaml_documents
 from raykube.testing.fixtures import kuberay_kube  # noqa: F401
-from raykube.testing.real_kube import RealOperator
+from raykube.testing.real_kube import RealOperator, bound_claim
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = load_yaml_documents((REPO / "jobs" / "quickstart.yaml").read_text())[0]
@@ -146,17 +146,7 @@ def test_a_pod_that_cannot_start_is_named_in_the_message(kube, operator):
                          timeout=30, what="an Event naming the claim")
 
     ns = kube.namespace
-    kube.cp.apply_objects([
-        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"kr-late-{ns}"},
-         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                  "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
-                  "claimRef": {"namespace": ns, "name": "kr-late"},
-                  "hostPath": {"path": f"/var/local/raykube/{ns}-late"}}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-         "metadata": {"name": "kr-late", "namespace": ns},
-         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
-                  "volumeName": f"kr-late-{ns}", "resources": {"requests": {"storage": "1Gi"}}}},
-    ])
+    kube.cp.apply_objects(bound_claim(ns, "kr-late", f"kr-late-{ns}"))
     try:
         tr = kube.wait_object("TrainingRun", "kr-pending", timeout=90,
                               where=lambda o: message(o) and "cannot be" not in message(o))

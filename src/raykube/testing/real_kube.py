@@ -55,6 +55,22 @@ def _resource(kind: str) -> tuple[str, str, bool]:
     return api_version, plural, RESOURCES[(api_version, plural)][1]
 
 
+def bound_claim(namespace: str, claim: str, volume: str) -> list[dict[str, Any]]:
+    """A ReadWriteMany claim and the hostPath PersistentVolume it is bound to (the control
+    plane has no provisioner; the path is never used: kwok runs no container)."""
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                  "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
+                  "claimRef": {"namespace": namespace, "name": claim},
+                  "hostPath": {"path": f"/var/local/raykube/{volume}"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": claim, "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
+                  "resources": {"requests": {"storage": "1Gi"}}}},
+    ]
+
+
 class RealKube(Waiting):
     """A namespace of the real API server, as an admin client."""
 
@@ -81,19 +97,7 @@ class RealKube(Waiting):
         objs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace",
                                        "metadata": {"name": namespace}}]
         if pvc and namespace != "default":
-            objs += [
-                {"apiVersion": "v1", "kind": "PersistentVolume",
-                 "metadata": {"name": f"raykube-storage-{namespace}"},
-                 "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                          "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "",
-                          "claimRef": {"namespace": namespace, "name": "raykube-storage"},
-                          "hostPath": {"path": f"/var/local/raykube/{namespace}"}}},
-                {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                 "metadata": {"name": "raykube-storage", "namespace": namespace},
-                 "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
-                          "volumeName": f"raykube-storage-{namespace}",
-                          "resources": {"requests": {"storage": "1Gi"}}}},
-            ]
+            objs += bound_claim(namespace, "raykube-storage", f"raykube-storage-{namespace}")
         self.cp.apply_objects(objs)
 
     def delete_namespace(self) -> None:
