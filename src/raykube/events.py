@@ -54,15 +54,16 @@ class Observers:
         self._call("on_end", result)
 
 
-def notify(observers: Iterable[Any], message: str) -> None:
-    """Tell observers that have an ``on_note(message)`` hook (optional, beyond the
-    protocol: the terminal display has one) something the user should know, such as a
-    skipped checkpoint or a changed optimizer on resume; the log always gets it."""
+def notify(observers: Iterable[Any], message: str, hook: str = "on_note") -> None:
+    """Tell observers that have an optional ``hook(message)`` (beyond the protocol: the
+    terminal display has ``on_note`` and ``on_failure``) something the user should know,
+    such as a skipped checkpoint, a changed optimizer on resume or a worker failure; the
+    log always gets it."""
     log.info("%s", message)
     for o in observers:
-        hook = getattr(o, "on_note", None)
-        if hook is not None:
+        fn = getattr(o, hook, None)
+        if fn is not None:
             try:
-                hook(message)
+                fn(message)
             except Exception:
-                log.warning("observer %r failed in on_note", o, exc_info=True)
+                log.warning("observer %r failed in %s", o, hook, exc_info=True)

@@ -677,15 +677,7 @@ def _announce_failure(observers: Iterable[RunObserver], what: str, n: int, allow
         nxt = f"restarting the workers from the last checkpoint (retry {n}{of})"
     else:
         nxt = f"no retries left (failure.maxWorkerFailures={allowed})"
-    message = f"{what}; {nxt}"
-    log.info("%s", message)
-    for o in observers:
-        hook = getattr(o, "on_failure", None)
-        if hook is not None:
-            try:
-                hook(message)
-            except Exception:
-                log.warning("observer %r failed in on_failure", o, exc_info=True)
+    notify(observers, f"{what}; {nxt}", hook="on_failure")
 
 
 def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]], None], *,
