@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from raykube.ports import free_port  # noqa: F401  (tests import it from here)
+
 REPO = Path(__file__).resolve().parents[1]
 MINIO = REPO / "build" / "bin" / "minio"
 ACCESS_KEY = "raykube-test"
@@ -35,12 +37,6 @@ SECRET_KEY = "raykube-test-secret"
 REGION = "us-east-1"
 BUCKET = "raykube-test"
 """Created at start; tests use a fresh prefix each (``s3_prefix``)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raykube.events import RunObserver
+from raykube.ports import free_port
 from raykube.spec import TrainingRun
 
 
@@ -38,14 +39,6 @@ PRESTART_ENV = "RAY_prestart_worker_first_driver"
 _HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def apply_ray_env(*, local: bool = True, prestart_workers: bool = False) -> None:
     """Put raykube's Ray settings (``raykube.render.TRAIN_ENV``/``SERVE_ENV``, the same as
     the rendered pods') into this process's environment, where Ray processes started or
@@ -62,7 +55,7 @@ def apply_ray_env(*, local: bool = True, prestart_workers: bool = False) -> None
     if local:
         for k in _HAPROXY_PORTS:
             if not os.environ.get(k):
-                os.environ[k] = str(_free_port())
+                os.environ[k] = str(free_port(""))
 
 
 def init_ray(*, address: str | None = None, num_cpus: int | None = None,

@@ -12,14 +12,9 @@ before start, and every process of the job gets ``RAY_ADDRESS`` pointing at it.
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+from raykube.ports import free_port
 
 
 def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
@@ -27,7 +22,7 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     import ray
     from ray._private.services import get_node_ip_address
 
-    port = _free_port()
+    port = free_port("")
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     address = f"{get_node_ip_address()}:{port}"
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -27,6 +26,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from raykube.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = os.environ.get("RAYKUBE_E2E_NAMESPACE", "default")
@@ -55,12 +56,6 @@ def kubectl(*args: str, input: str | None = None, check: bool = True,
 
 def get_tr(name: str) -> dict[str, Any]:
     return json.loads(kubectl("get", "trainingrun", name, "-o", "json").stdout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +112,7 @@ def test_quickstart_trains_and_serves(trainingrun: str):
 
     import httpx
 
-    port = _free_port()
+    port = free_port()
     pf = subprocess.Popen(["kubectl", "-n", NAMESPACE, "port-forward", f"svc/{name}-serve-svc",
                            f"{port}:8000"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -46,6 +46,7 @@ from raykube.bench.common import (
     percentile,
     run_child,
 )
+from raykube.ports import free_port
 
 MODULE = "raykube.bench.serve"
 FULL = {"latency_requests": 600, "saturation_requests": 3000, "concurrency": 32,
@@ -284,14 +285,6 @@ def _raykube_server(p: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -387,7 +380,7 @@ def run_suite(*, quick: bool = False, params: dict[str, Any] | None = None,
     except ChildError as exc:
         report.error(case, "direct", str(exc).strip().splitlines()[0])
     # fastapi
-    port = _free_port()
+    port = free_port()
     proc = _popen("fastapi-server", {**p, "port": port}, tmp, stdout=subprocess.DEVNULL,
                   stderr=subprocess.PIPE)
     try:
@@ -402,7 +395,7 @@ def run_suite(*, quick: bool = False, params: dict[str, Any] | None = None,
         except subprocess.TimeoutExpired:
             proc.kill()
     # raykube (one Ray for both configurations)
-    port = _free_port()
+    port = free_port()
     proc = _popen("raykube-server", {**p, "port": port}, tmp, stdin=subprocess.PIPE,
                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:

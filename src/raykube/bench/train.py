@@ -45,6 +45,7 @@ from raykube.bench.common import (
     median,
     run_child,
 )
+from raykube.ports import free_port
 
 MODULE = "raykube.bench.train"
 STEP_LOG_ENV = "RAYKUBE_BENCH_STEP_LOG"
@@ -341,20 +342,12 @@ def _ddp_rank(rank: int, payload: dict[str, Any], port: int, queue: Any) -> None
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_child(payload: dict[str, Any]) -> dict[str, Any]:
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    mp.spawn(_ddp_rank, args=(payload, _free_port(), queue), nprocs=payload["workers"],
+    mp.spawn(_ddp_rank, args=(payload, free_port(), queue), nprocs=payload["workers"],
              join=True)
     return queue.get()
 

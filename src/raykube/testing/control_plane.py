@@ -38,7 +38,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,6 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from raykube.ports import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = REPO / "build" / "bin"
@@ -88,12 +89,6 @@ AUDIT_FIELDS = ("user", "userAgent", "verb", "stage", "objectRef", "requestRecei
 
 class ControlPlaneError(RuntimeError):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -166,7 +161,7 @@ class ControlPlane:
         self.down(quiet=True)  # a stale set of processes from a crashed session
         for sub in ("pki", "logs", "pids", "etcd"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
-        self.ports = {k: _free_port() for k in ("etcd", "etcd_peer", "apiserver", "kuberay_probe")}
+        self.ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kuberay_probe")}
         self._pki()
         self._start_etcd()
         self._start_apiserver()

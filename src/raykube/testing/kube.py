@@ -27,7 +27,6 @@ import copy
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +43,8 @@ import httpx
 import kmock
 from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums as kmock_enums
+
+from raykube.ports import free_port
 
 VERBS = {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
 
@@ -211,12 +212,6 @@ class Emulator(kmock.KubernetesEmulator):
                 if merged.get("spec") != current.get("spec"):
                     meta["generation"] = int((current.get("metadata") or {}).get("generation") or 1) + 1
             meta["resourceVersion"] = str(next(self._rv))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -523,7 +518,7 @@ class OperatorProcess(OperatorLifecycle):
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> OperatorProcess:
         self._log_count += 1
-        self.liveness_port = _free_port()
+        self.liveness_port = free_port()
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig),
                "RAYKUBE_LIVENESS": f"http://127.0.0.1:{self.liveness_port}/healthz",
                "RAYKUBE_RETRY_DELAY": "0.5", "PYTHONUNBUFFERED": "1", **self.env}
@@ -542,7 +537,6 @@ class OperatorProcess(OperatorLifecycle):
     def _watch_count(self) -> int:
         return sum(1 for c in self.cluster.operator_calls()
                    if c.verb == "watch" and c.plural == "trainingruns")
-
 
 
 def iter_children(cluster: KubeCluster, namespace: str = "default",

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from raykube.ports import free_port
 from raykube.testing.control_plane import ControlPlane
 from raykube.testing.kube import (
     KIND_TO_RESOURCE,
@@ -33,7 +34,6 @@ from raykube.testing.kube import (
     KubeError,
     OperatorLifecycle,
     Waiting,
-    _free_port,
 )
 
 OPERATOR_SA = ("raykube-system", "raykube-operator")
@@ -242,7 +242,7 @@ class RealOperator(OperatorLifecycle):
         kubeconfig = self.kube.cp.kubeconfig_for(*reversed(OPERATOR_SA),
                                                  self.workdir / "kubeconfig")
         env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-               "RAYKUBE_LIVENESS": f"http://127.0.0.1:{_free_port()}/healthz",
+               "RAYKUBE_LIVENESS": f"http://127.0.0.1:{free_port()}/healthz",
                "RAYKUBE_RETRY_DELAY": "0.5", "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         scope: list[str] = []
