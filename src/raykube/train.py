@@ -637,11 +637,12 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
 
     _start_autoscaling_coordinator()
     cache_dir = rk_data.cache_dir_for(spec, storage_root)
-    rk_data.prepare(spec, cache_dir)
+    rk_data.prepare(spec, cache_dir, storage_root)
     config: dict[str, Any] = {"spec": spec.to_dict(), "cache_dir": cache_dir}
     if spec.data.dataset == "image-folder":
-        # Decoded here, once, on every CPU (no Train worker holds one yet); the workers
-        # read the uint8 cache. A later run, a retry or a Tune trial finds it done.
+        # Decoded once, before any Train worker holds a CPU (in this process, or by Ray
+        # Data for a large or remote folder); the workers read the uint8 cache. A later
+        # run, a retry or a Tune trial finds it done.
         config["image_cache"] = rk_data.build_image_cache(spec, storage_root)
     ck = spec.checkpoint
     ray_path, ray_fs = ray_storage(storage_path)

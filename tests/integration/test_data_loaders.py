@@ -105,3 +105,37 @@ def test_training_on_an_image_folder_decodes_each_image_once(ray_session, image_
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
     fit(parse_spec(more.spec.to_dict(), name="folder-third"), str(tmp_path / "runs"))
     assert len(_decoded(log)) == 2 * len(images)
+
+
+def test_both_decode_paths_give_the_same_cache_and_name_a_bad_file(ray_session, image_folder,
+                                                                   tmp_path, monkeypatch):
+    """A small local folder decodes in-process (threads); a large or s3:// one on Ray
+    Data (forced here by lowering the threshold). Same bytes either way, and an
+    undecodable image is one ``DatasetUnavailable`` naming it on both paths."""
+    import shutil
+
+    from raykube import data
+
+    spec = folder_spec(image_folder)
+    assert data.decodes_in_process(spec)
+    in_process = data.build_image_cache(spec, str(tmp_path / "a"))
+    monkeypatch.setattr(data, "IN_PROCESS_MAX_FILES", 0)
+    assert not data.decodes_in_process(spec)
+    ray_data = data.build_image_cache(spec, str(tmp_path / "b"))
+    for name in ("x.npy", "y.npy"):
+        a, b = np.load(f"{in_process}/{name}"), np.load(f"{ray_data}/{name}")
+        assert a.shape == b.shape and np.array_equal(a, b)
+    assert np.load(f"{in_process}/x.npy").shape == (80, 3, 8, 8)
+
+    bad_root = tmp_path / "bad"
+    shutil.copytree(image_folder, bad_root)
+    (bad_root / "blue" / "017.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    bad = folder_spec(bad_root)
+    for limit in (0, 10_000):  # Ray Data, then in-process
+        monkeypatch.setattr(data, "IN_PROCESS_MAX_FILES", limit)
+        with pytest.raises(data.DatasetUnavailable) as err:
+            data.build_image_cache(bad, str(tmp_path / f"bad-{limit}"))
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"image-folder {bad_root}: ")
+        assert f"{bad_root}/blue/017.png is not a readable image" in msg
+        assert not list((tmp_path / f"bad-{limit}").rglob("done"))  # nothing half-written kept

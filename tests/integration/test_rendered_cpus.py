@@ -86,7 +86,10 @@ def test_image_folder_trains_on_exactly_the_rendered_cpus(tmp_path):
 
     storage = tmp_path / "runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(DRIVER_TIMEOUT="300", RAY_USAGE_STATS_ENABLED="0")
+    # Ray Data decodes the folder (as it does a large or s3:// one; this small one would
+    # be decoded in the driver): its tasks need CPUs the Train workers do not hold.
+    env.update(DRIVER_TIMEOUT="300", RAY_USAGE_STATS_ENABLED="0",
+               RAYKUBE_DECODE_IN_PROCESS_MAX_FILES="0")
     p = subprocess.run([sys.executable, "-c", CLUSTER, json.dumps(cpus), "--spec", str(spec),
                         "--storage", str(storage)], capture_output=True, text=True, env=env,
                        timeout=420)

@@ -7,16 +7,20 @@ each in its own process with the same 2 CPUs:
 - ``dataloader``: torchvision ``ImageFolder`` + ``Resize, ToTensor, Normalize(0.5, 0.5)``
   and ``DataLoader(num_workers=cpus, persistent_workers=True)`` (the usual recipe): it
   decodes every PNG on every pass;
-- ``raykube``: what a training run does (``raykube.data``): Ray Data decodes the folder
-  once into the uint8 cache (``build_image_cache``), then each pass indexes the cached
-  array in shuffled batches and normalises them (``normalise_batch``), as the workers do;
+- ``raykube``: what a training run does (``raykube.data``): the folder is decoded once
+  into the uint8 cache (``build_image_cache``; a local folder this size in-process, on a
+  few threads, before Ray starts), then each pass indexes the cached array in shuffled
+  batches and normalises them (``normalise_batch``), as the workers do;
+- ``raykube-ray-data``: the same, with the decode forced onto Ray Data (the path of
+  folders over ``IN_PROCESS_MAX_FILES`` files and of ``s3://`` folders; Ray's start
+  reported apart, its worker processes' start included);
 - ``dataloader-cached``: a ``DataLoader`` over a ``TensorDataset`` of the same cached
   uint8 array (shuffle, default collate, normalised per batch as above): the usual way
   to feed an in-memory array, so the warm comparison is over the same bytes.
 
 Two figures. **Cold**: the first pass, from the moment the dataset is created (the
-DataLoader's worker start, raykube's Ray Data decode and cache write included; Ray's own
-start is reported separately), both decoding every PNG. **Warm**: the median of the
+DataLoader's worker start, raykube's decode and cache write included; Ray's own start,
+for the Ray Data variant, is reported separately), both decoding every PNG. **Warm**: the median of the
 later passes; raykube's against ``dataloader-cached`` (the decoding DataLoader's warm
 figure is reported beside it).
 """
@@ -128,18 +132,13 @@ def _cached_batches(x: Any, y: Any, batch: int, seed: int) -> Any:
 
 
 def _raykube_child(p: dict[str, Any]) -> dict[str, Any]:
-    t_ray = time.perf_counter()
-    import ray
-
-    from raykube.data import build_image_cache, load_image_cache
-    from raykube.local import apply_ray_env
+    """What a training run does: build the uint8 cache (``raykube.data.prepare``, before
+    Ray starts: a local folder this size decodes in-process), then workers' passes.
+    ``p["ray_data"]``: force the Ray Data decode (the path of folders over
+    ``IN_PROCESS_MAX_FILES`` files and of ``s3://`` folders), Ray started first."""
+    from raykube import data as rk_data
     from raykube.spec import parse_spec
 
-    apply_ray_env(prestart_workers=True)  # what `raykube run` starts Ray with (image folder)
-    ray.init(address="local", num_cpus=p["cpus"], include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
-    ray_start = time.perf_counter() - t_ray
-    ray.data.DataContext.get_current().enable_progress_bars = False
     spec = parse_spec({
         "model": {"name": "cifar-cnn"},
         # A tiny validation fraction: the train split is (nearly) every file, like the
@@ -147,11 +146,30 @@ def _raykube_child(p: dict[str, Any]) -> dict[str, Any]:
         "data": {"dataset": "image-folder", "uri": p["root"], "imageSize": p["size"],
                  "validationFraction": 0.0001},
     }).spec
+    ray_start = None
+    if p.get("ray_data"):
+        t_ray = time.perf_counter()
+        import ray
+
+        from raykube.local import apply_ray_env
+
+        rk_data.IN_PROCESS_MAX_FILES = 0
+        apply_ray_env(prestart_workers=True)  # what `raykube run` starts Ray with then
+        ray.init(address="local", num_cpus=p["cpus"], include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)
+        ray_start = time.perf_counter() - t_ray
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    # What the DataLoader child has imported before its clock starts (torch, and PIL
+    # through torchvision), and pyarrow's filesystem, which every raykube driver has.
+    import pyarrow.fs  # noqa: F401
+    import torch  # noqa: F401
+    from PIL import Image  # noqa: F401
+
     passes = []
     try:
         t0 = time.perf_counter()
-        cache = build_image_cache(spec, p["storage"])
-        arrays = load_image_cache(cache, spec)
+        cache = rk_data.build_image_cache(spec, p["storage"])
+        arrays = rk_data.load_image_cache(cache, spec)
         decoded = time.perf_counter() - t0
         for i in range(p["passes"]):
             n, first, marks = _consume(
@@ -159,7 +177,10 @@ def _raykube_child(p: dict[str, Any]) -> dict[str, Any]:
             passes.append(_pass(n, t0, first, marks))
             t0 = time.perf_counter()
     finally:
-        ray.shutdown()
+        if ray_start is not None:
+            import ray
+
+            ray.shutdown()
     return {"passes": passes, "ray_start_s": ray_start, "decode_s": decoded, "cache": cache}
 
 
@@ -215,15 +236,19 @@ def run_suite(*, quick: bool = False, params: dict[str, Any] | None = None,
     case = f"png-{p['size']}px"
     env = child_env(OMP_NUM_THREADS="1")
     try:
-        for variant, mode in (("dataloader", "dataloader"), ("raykube", "raykube"),
-                              ("dataloader-cached", "dataloader-cached")):
+        for variant, mode, extra in (
+                ("dataloader", "dataloader", {}),
+                ("raykube", "raykube", {"storage": storage + "/in-process"}),
+                ("raykube-ray-data", "raykube", {"storage": storage + "/ray-data",
+                                                 "ray_data": True}),
+                ("dataloader-cached", "dataloader-cached", {})):
             try:
-                out = run_child(MODULE, mode, p, timeout=timeout, env=env)
+                out = run_child(MODULE, mode, {**p, **extra}, timeout=timeout, env=env)
             except ChildError as exc:
                 report.error(case, variant, str(exc).strip().splitlines()[0])
                 report.notes.append(f"{variant} failure detail: {str(exc)[-1500:]}")
                 continue
-            if "cache" in out:
+            if "cache" in out and "cache" not in p:
                 p["cache"] = out["cache"]
             report.add(case, variant, _metrics(out), passes=out["passes"])
     finally:
@@ -231,6 +256,7 @@ def run_suite(*, quick: bool = False, params: dict[str, Any] | None = None,
     report.add_ratio(case, "cold_images_per_s", "raykube", "dataloader", goal=COLD_GOAL)
     report.add_ratio(case, "warm_images_per_s", "raykube", "dataloader-cached", goal=WARM_GOAL)
     report.add_ratio(case, "warm_images_per_s", "raykube", "dataloader")
+    report.add_ratio(case, "cold_images_per_s", "raykube-ray-data", "dataloader")
     report.notes.append(
         f"{p['images']} PNG files ({p['size']}x{p['size']} RGB, 10 class folders), batch "
         f"{p['batch_size']}, {p['passes']} passes (cold: the first; warm: median of the "

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         # classes is one line now (cached: training does not load it twice).
         from raykube import data as rk_data
 
-        rk_data.prepare(tr.spec, rk_data.cache_dir_for(tr.spec, storage))
+        rk_data.prepare(tr.spec, rk_data.cache_dir_for(tr.spec, storage), storage)
         if tr.spec.tune is not None:
             from raykube.tune import StorageConflict, check_search_storage
 
@@ -174,7 +174,10 @@ def run(args: argparse.Namespace) -> int:
         observers, expected, stopped = [RichDisplay(console)], (), ()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    init_ray(num_cpus=local_cpus(tr), prestart_workers=tr.spec.data.dataset == "image-folder")
+    # Idle workers for Ray Data's decode tasks: only for a folder Ray Data decodes (a
+    # small local one was decoded above, by prepare()).
+    init_ray(num_cpus=local_cpus(tr), prestart_workers=tr.spec.data.dataset == "image-folder"
+             and not rk_data.decodes_in_process(tr.spec))
     try:
         outcome = train_or_tune(tr, storage, observers=observers)
     except (DatasetUnavailable, StorageError, RunDirConflict, CheckpointError, *expected) as exc:
