@@ -326,7 +326,7 @@ class ReportChannel:
 
     NAMESPACE = "raykube-reports"
 
-    def __init__(self, poll_s: float = 0.05):
+    def __init__(self, poll_s: float = 0.2):
         import uuid
 
         self.prefix = f"{uuid.uuid4().hex}/"
@@ -582,16 +582,22 @@ def scaling_config(spec: TrainingRunSpec) -> Any:
 
 
 def _trainer_class(pg_cleaner: bool) -> Any:
-    """TorchTrainer, or (``pg_cleaner=False``) one without Ray Train's placement-group
-    cleaner: a detached actor (one more Python process, and the first worker-group start
-    waits for it) that frees the workers' placement group if the controller dies without
-    doing so. A ``fit`` run's Ray is its own (``raykube run``: gone with the driver; a
-    RayJob: a cluster per run), so nothing outlives it; Tune trials keep the cleaner."""
+    """TorchTrainer without the callbacks a raykube run does not use, each one Python
+    process less to start before the first step (and less background CPU beside the
+    workers while they train):
+
+    - Ray Train's dataset callback when the trainer gets no Ray Datasets (raykube's never
+      do: workers index in-memory or cached arrays): it starts a ``DatasetManager`` actor
+      for every run all the same;
+    - (``pg_cleaner=False``) the placement-group cleaner: a detached actor (the first
+      worker-group start waits for it) that frees the workers' placement group if the
+      controller dies without doing so. A ``fit`` run's Ray is its own (``raykube run``:
+      gone with the driver; a RayJob: a cluster per run), so nothing outlives it; Tune
+      trials keep the cleaner."""
     from ray.train.torch import TorchTrainer
 
-    if pg_cleaner:
-        return TorchTrainer
     try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
         from ray.train.v2._internal.callbacks.placement_group_callback import (
             PlacementGroupCleanerCallback,
         )
@@ -600,8 +606,11 @@ def _trainer_class(pg_cleaner: bool) -> Any:
 
     class _Trainer(TorchTrainer):
         def _create_default_callbacks(self):  # noqa: ANN202
+            unused: tuple[type, ...] = () if self.datasets else (DatasetsCallback,)
+            if not pg_cleaner:
+                unused += (PlacementGroupCleanerCallback,)
             return [c for c in super()._create_default_callbacks()
-                    if not isinstance(c, PlacementGroupCleanerCallback)]
+                    if not isinstance(c, unused)]
 
     return _Trainer
 

@@ -64,15 +64,19 @@ def test_ingest_suite_smoke(tmp_path):
                               work_dir=str(tmp_path))
     assert report.errors == [], report.notes
     rows = {r["variant"]: r["metrics"] for r in report.results}
-    assert set(rows) == {"dataloader", "raykube", "dataloader-cached"}
+    assert set(rows) == {"dataloader", "raykube", "raykube-ray-data", "dataloader-cached"}
     # All read every image (the raykube split keeps (nearly) all files for training);
     # the cached DataLoader reads the cache raykube wrote (every file).
     assert rows["dataloader"]["images_per_pass"] == rows["dataloader-cached"]["images_per_pass"] == 300
     assert 295 <= rows["raykube"]["images_per_pass"] <= 300
+    assert rows["raykube-ray-data"]["images_per_pass"] == rows["raykube"]["images_per_pass"]
+    # The in-process decode starts no Ray; the Ray Data variant reports Ray's start apart.
+    assert rows["raykube"]["ray_start_s"] is None and rows["raykube-ray-data"]["ray_start_s"] > 0
     assert all(m["cold_images_per_s"] > 0 and m["warm_images_per_s"] > 0
                and m["time_to_first_batch_s"] > 0 for m in rows.values())
     assert {(q["metric"], q["numerator"], q["denominator"]) for q in report.ratios} >= {
         ("cold_images_per_s", "raykube", "dataloader"),
+        ("cold_images_per_s", "raykube-ray-data", "dataloader"),
         ("warm_images_per_s", "raykube", "dataloader-cached")}
     _check_ratios(report)
     _check_written(report, tmp_path)

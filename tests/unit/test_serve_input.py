@@ -41,7 +41,7 @@ def test_nested_flat_and_integer_instances(inputs):
     ({"instances": [[[0] * 8] * 7]}, 422, "shape"),
     ({"instances": [[False] * 64]}, 422, "boolean"),
     ({"instances": [[1] * 63 + [True]]}, 422, "boolean"),
-    ({"instances": [[10**40] + [0] * 63]}, 422, "numbers"),
+    ({"instances": [[10**40] + [0] * 63]}, 422, "too large for float32"),
     ({"instances": [[0] * 63 + [1e300]]}, 422, "instances[0]"),
     ({"instances": [[0] * 64, [0] * 63 + [float("inf")]]}, 422, "instances[1]"),
     ({"instances": "0" * 64}, 422, "list"),
