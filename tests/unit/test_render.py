@@ -241,6 +241,15 @@ def test_rayservice_contract():
         env = {e["name"]: e["value"] for e in pod["template"]["spec"]["containers"][0]["env"]}
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) <= 5
+        # HAProxy: one thread, no per-request metrics datagrams unless asked for.
+        assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
+        assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
+    metered = R.render_rayservice(run, R.RenderConfig(serve_request_metrics=True), "x")
+    m_head, m_groups = _pods(metered)
+    for pod in (m_head, *m_groups):
+        env = {e["name"]: e["value"] for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "1"
+    assert R.RenderConfig.from_env({"RAYKUBE_SERVE_REQUEST_METRICS": "true"}).serve_request_metrics
     logged = R.render_rayservice(run, R.RenderConfig(serve_access_log=True), "x")
     assert yaml.safe_load(logged["spec"]["serveConfigV2"])["applications"][0][
         "logging_config"] == {"enable_access_log": True}
