@@ -402,8 +402,11 @@ def prepare(spec: TrainingRunSpec, cache_dir: str, storage_root: str | None = No
     if spec.data.dataset in ("fashion-mnist", "cifar10"):
         _cached_arrays(_data_key(spec), cache_dir)
     if spec.data.dataset == "image-folder":
-        if storage_root is not None and decodes_in_process(spec):
-            build_image_cache(spec, storage_root)
+        uri = spec.data.uri
+        files = (list_image_files(uri) if storage_root is not None and uri and "://" not in uri
+                 else None)
+        if files is not None and _in_process(files):
+            build_image_cache(spec, storage_root, files)
         else:
             check_image_folder(spec)
     return dataset_info(spec, cache_dir)
@@ -625,16 +628,9 @@ def _decode_with_ray_data(spec: TrainingRunSpec, files: ImageFiles, x: np.ndarra
             idx = [position[str(p)] for p in batch["path"]]
             x[idx] = batch["image"]
     except Exception as exc:
-        # Ray wraps a decode task's error (RayTaskError(UserCodeException)) and keeps
-        # the task's traceback as text: find our one line in it.
-        seen: list[BaseException] = [exc]
-        for _ in range(32):  # a bounded walk: causes can form a cycle
-            if not seen:
-                break
-            e = seen.pop()
-            if isinstance(e, BadDatasetFile):
-                raise BadDatasetFile(str(e).splitlines()[-1]) from None
-            seen += [c for c in (getattr(e, "cause", None), e.__cause__) if c is not None]
+        # Ray Data re-raises a decode task's error on the driver as
+        # RayTaskError(UserCodeException), with the task's exception only as traceback
+        # text (not as a cause): find our one line in it.
         for line in str(exc).splitlines():
             _, found, rest = line.partition(f"{BadDatasetFile.__name__}: ")
             if found:
@@ -648,7 +644,8 @@ def _ray_is_up() -> bool:
     return ray.is_initialized()
 
 
-def build_image_cache(spec: TrainingRunSpec, storage_root: str) -> str:
+def build_image_cache(spec: TrainingRunSpec, storage_root: str,
+                      files: ImageFiles | None = None) -> str:
     """Decode the image folder once into its uint8 cache (unless it is there); return
     the cache's address. Every image is decoded exactly once, and that decode is also
     the check: an unreadable file is a ``DatasetUnavailable`` naming it. A local folder
@@ -659,7 +656,7 @@ def build_image_cache(spec: TrainingRunSpec, storage_root: str) -> str:
     from raykube.storage import exists, write_bytes
 
     assert spec.data.uri, "image-folder needs data.uri"
-    files = list_image_files(spec.data.uri)
+    files = files or list_image_files(spec.data.uri)  # ``files``: the caller just listed it
     cache = image_cache_dir(spec, storage_root, files)
     if exists(f"{cache}/done"):
         return cache

@@ -153,7 +153,7 @@ def _raykube_child(p: dict[str, Any]) -> dict[str, Any]:
 
         from raykube.local import apply_ray_env
 
-        rk_data.IN_PROCESS_MAX_FILES = 0
+        os.environ[rk_data.IN_PROCESS_MAX_FILES_ENV] = "0"  # always Ray Data
         apply_ray_env(prestart_workers=True)  # what `raykube run` starts Ray with then
         ray.init(address="local", num_cpus=p["cpus"], include_dashboard=False,
                  configure_logging=False, log_to_driver=False)
