@@ -582,13 +582,20 @@ def scaling_config(spec: TrainingRunSpec) -> Any:
 
 
 def _trainer_class(pg_cleaner: bool) -> Any:
-    """TorchTrainer without the callbacks a raykube run does not use, each one Python
-    process less to start before the first step (and less background CPU beside the
-    workers while they train):
+    """TorchTrainer without the parts of Ray Train a raykube run does not use, each one
+    Python process less to start before the first step (and less background CPU beside
+    the workers while they train):
 
     - Ray Train's dataset callback when the trainer gets no Ray Datasets (raykube's never
       do: workers index in-memory or cached arrays): it starts a ``DatasetManager`` actor
       for every run all the same;
+    - the resource requests that ``FixedScalingPolicy`` sends to Ray's detached
+      ``AutoscalingCoordinator`` actor (started on first use, ~3 CPU-s on a 2-core
+      machine; the controller's start waits on it): they tell a Ray autoscaler, and Ray
+      Data running beside Train, what Train holds. raykube's clusters have a fixed size
+      (a RayCluster per RayJob; one machine for ``raykube run``) and raykube decodes with
+      Ray Data before training, never beside it. A worker group that cannot be placed
+      still shows as a pending placement group, which Ray's autoscaler scales for;
     - (``pg_cleaner=False``) the placement-group cleaner: a detached actor (the first
       worker-group start waits for it) that frees the workers' placement group if the
       controller dies without doing so. A ``fit`` run's Ray is its own (``raykube run``:
@@ -601,8 +608,24 @@ def _trainer_class(pg_cleaner: bool) -> Any:
         from ray.train.v2._internal.callbacks.placement_group_callback import (
             PlacementGroupCleanerCallback,
         )
+        from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
     except ImportError:  # another Ray version: keep its defaults
         return TorchTrainer
+
+    class _FixedSize(FixedScalingPolicy):
+        """Ray's fixed-size policy, minus its calls to the AutoscalingCoordinator."""
+
+        def after_controller_start(self, train_run_context: Any) -> None:
+            self._requester_id = f"train-{train_run_context.run_id}"
+
+        def _maybe_send_resource_request(self) -> None:
+            pass
+
+        def _send_resource_request(self) -> None:
+            pass
+
+        def _cancel_resource_request(self) -> None:
+            pass
 
     class _Trainer(TorchTrainer):
         def _create_default_callbacks(self):  # noqa: ANN202
@@ -612,21 +635,13 @@ def _trainer_class(pg_cleaner: bool) -> Any:
             return [c for c in super()._create_default_callbacks()
                     if not isinstance(c, unused)]
 
+        def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
+            policy = kwargs.get("scaling_policy")
+            if type(policy) is FixedScalingPolicy:  # elastic runs keep Ray's policy
+                kwargs["scaling_policy"] = _FixedSize(policy.scaling_config)
+            return super()._initialize_and_run_controller(**kwargs)
+
     return _Trainer
-
-
-def _start_autoscaling_coordinator() -> None:
-    """Start Ray's (detached, per-cluster) AutoscalingCoordinator actor now, while the
-    driver prepares the data: the Train controller's start blocks (up to 5 s) on a call
-    to it, so otherwise its process start is on the path to the first step."""
-    try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-            get_or_create_autoscaling_coordinator,
-        )
-
-        get_or_create_autoscaling_coordinator()
-    except Exception:  # private API moved: the controller creates it as before
-        log.debug("could not pre-start the autoscaling coordinator", exc_info=True)
 
 
 def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str, name: str,
@@ -644,7 +659,6 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
 
     from raykube import data as rk_data
 
-    _start_autoscaling_coordinator()
     cache_dir = rk_data.cache_dir_for(spec, storage_root)
     rk_data.prepare(spec, cache_dir, storage_root)
     config: dict[str, Any] = {"spec": spec.to_dict(), "cache_dir": cache_dir}
@@ -778,10 +792,17 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         extra_config = {**(extra_config or {}), "resume_from": plan.checkpoint,
                         "skipped_checkpoints": plan.skipped}
 
+    # Worker processes for Train's controller and SynchronizationActor start now, beside
+    # the imports and data preparation below; the Train workers' just before fit
+    # (the raylet starts only a few at a time). See raykube.prestart.
+    from raykube.prestart import prestart_train_workers
+
+    prestart_train_workers(2)
     queue = ReportChannel()
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
                             name=name, callbacks=[_forwarder(queue, storage_path)],
                             extra_config=extra_config, pg_cleaner=False)
+    prestart_train_workers(spec.scaling.workers)
 
     obs.on_start(run)
     for note in plan.notes:

@@ -1,0 +1,103 @@
+"""Start Ray Train's worker processes while the driver is still preparing the run.
+
+Why: on a small machine most of the time from ``raykube run`` to the first training step
+is Python processes starting one after another. Ray Train's controller starts only once
+the driver has imported Ray Train and torch and built the trainer; the controller then
+starts its SynchronizationActor and the Train workers. Each of those actors needs a
+worker process, and Ray starts one only when the actor is created, because every one of
+them carries a runtime env (the variables Train propagates) that no idle worker has.
+
+Ray's raylet can start workers ahead of time for a given job and runtime env
+(``NodeManagerService.PrestartWorkers``, kept alive for a while). Started right after
+``ray.init``, they come up on the idle core while the driver imports, and the Train
+actors are placed in them without waiting for a process start. The runtime env must be
+byte-identical to the one Ray computes for those actors, or the workers go unused
+(nothing breaks: they exit when their keep-alive ends). ``train_runtime_env_string``
+derives it the way Ray 2.60 does; ``tests/integration/test_prestart.py`` proves on a real
+Ray that a run then starts no worker process of its own.
+
+Only for a Ray of one node (``raykube run``, the bench): on a multi-node cluster the
+workers' nodes are not known before Train places them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+KEEP_ALIVE_S = 60
+"""How long an unused prestarted worker stays (Ray reclaims idle workers after that)."""
+ENABLE_ENV = "RAYKUBE_PRESTART_TRAIN_WORKERS"
+"""``0`` turns prestarting off."""
+
+
+def train_runtime_env_string(job_runtime_env: dict[str, Any]) -> str:
+    """The serialized runtime env of Ray Train's controller, SynchronizationActor and
+    workers in a job whose runtime env is ``job_runtime_env``.
+
+    The driver creates the controller with ``env_vars``: the Train variables set in its
+    environment plus ``RAY_WARN_BLOCKING_GET_INSIDE_ASYNC`` (default); Ray's core worker
+    merges that into the job's runtime env (the child's variables win) and writes compact
+    JSON with sorted keys. The controller's children inherit it: the SynchronizationActor
+    unchanged, the workers merged with the same variables again."""
+    from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
+    from ray.train.v2._internal.constants import (
+        DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+        get_env_vars_to_propagate,
+    )
+
+    child = get_env_vars_to_propagate()
+    child.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
+                     DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+    merged = dict(job_runtime_env)
+    merged["env_vars"] = {**(job_runtime_env.get("env_vars") or {}), **child}
+    return json.dumps(merged, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def startup_concurrency(node_cpus: float) -> int:
+    """How many worker processes the raylet starts at once (Ray's ``services.py``): a
+    prestart request for more starts only this many and drops the rest."""
+    return max(1, min(os.cpu_count() or 1, int(node_cpus)))
+
+
+def prestart_train_workers(num: int, *, keep_alive_s: int = KEEP_ALIVE_S) -> int:
+    """Ask this one-node Ray to start ``num`` worker processes with the runtime env of
+    Ray Train's actors (at most as many as the raylet starts at once). Returns how many
+    were asked for; any failure is logged and ignored (the run then starts its workers
+    as Ray normally does). Call after ``ray.init``, before ``trainer.fit()``: first for
+    the controller and its SynchronizationActor (2), then for the Train workers."""
+    if num <= 0 or os.environ.get(ENABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return 0
+    try:
+        import ray
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+        from ray.runtime_env import RuntimeEnvConfig
+
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if len(nodes) != 1:
+            return 0
+        node = nodes[0]
+        num = min(num, startup_concurrency(node.get("Resources", {}).get("CPU", 1)))
+        ctx = ray.get_runtime_context()
+        job_env = json.loads(ctx.get_runtime_env_string() or "{}")
+        req = node_manager_pb2.PrestartWorkersRequest(
+            language=common_pb2.PYTHON, job_id=bytes.fromhex(ctx.get_job_id()),
+            keep_alive_duration_secs=keep_alive_s, num_workers=num)
+        req.runtime_env_info.serialized_runtime_env = train_runtime_env_string(job_env)
+        req.runtime_env_info.runtime_env_config.CopyFrom(
+            RuntimeEnvConfig.default_config().build_proto_runtime_env_config())
+        channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}",
+                                    asynchronous=False)
+        try:
+            node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(req, timeout=10)
+        finally:
+            channel.close()
+        return num
+    except Exception:  # a private Ray API: if it moved, start workers as Ray does
+        log.debug("could not prestart Train's worker processes", exc_info=True)
+        return 0

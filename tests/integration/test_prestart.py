@@ -1,0 +1,85 @@
+"""Start-up (issue 14): a ``raykube run`` places Ray Train's controller, its
+SynchronizationActor and its workers in worker processes that ``raykube.prestart`` asked
+the raylet for before Train needed them, and starts no actor that raykube does not use
+(Ray's AutoscalingCoordinator and DatasetManager; ``raykube.train._trainer_class``).
+
+Real Ray: ``raykube run`` in a subprocess, with a Ray temp dir of its own so that the
+logs read below are that run's only. The evidence is Ray's own: the raylet's
+"Started worker process" lines, the Train controller's log and each worker's actor name.
+If the runtime env that ``prestart`` derives differed from the one Ray gives Train's
+actors, the prestarted processes would sit unused and Train would start its own: more
+processes than actors. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SPEC = """apiVersion: raykube.io/v1alpha1
+kind: TrainingRun
+metadata: {name: prestart}
+spec:
+  model: {name: mlp}
+  data: {dataset: synthetic, shape: [1, 28, 28], numClasses: 10, numSamples: 512}
+  train: {epochs: 1, batchSize: 64}
+  scaling: {workers: 2}
+  checkpoint: {keep: 1}
+"""
+_RAY_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def _ray_time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f")
+
+
+def _lines(path: str) -> list[str]:
+    with open(path) as f:
+        return f.readlines()
+
+
+def test_train_actors_run_in_prestarted_workers(tmp_path):
+    (tmp_path / "tr.yaml").write_text(SPEC)
+    # Short: Ray's unix sockets live under it (a 107-byte limit on their paths).
+    ray_tmp = tempfile.mkdtemp(prefix="rkp", dir="/tmp")
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["RAY_TMPDIR"] = ray_tmp
+        r = subprocess.run([sys.executable, "-m", "raykube", "run", str(tmp_path / "tr.yaml"),
+                            "--storage", str(tmp_path / "runs")],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        [session] = glob.glob(f"{ray_tmp}/ray/session_2*")
+        logs = f"{session}/logs"
+
+        starts = [_ray_time(m.group(1)) for line in _lines(f"{logs}/raylet.out")
+                  if "Started worker process" in line and (m := _RAY_TIME.match(line))]
+        [controller_log] = glob.glob(f"{logs}/train/ray-train-sys-controller-*.log")
+        group_start = next(_ray_time(json.loads(line)["asctime"]) for line in _lines(controller_log)
+                           if "Attempting to start training worker group" in line)
+        actors = sorted(line.split(":actor_name:", 1)[1].strip()
+                        for path in glob.glob(f"{logs}/worker-*.out")
+                        for line in _lines(path) if line.startswith(":actor_name:"))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    # Exactly Train's actors, nothing else (no coordinator, dataset manager or cleaner).
+    assert actors == ["RayTrainWorker", "RayTrainWorker", "SynchronizationActor",
+                      "TrainController"], actors
+    # One process per actor: every prestarted process was used (the runtime env matched).
+    assert len(starts) == len(actors), (starts, actors)
+    # Without prestarting only the controller's process starts before it asks for the
+    # worker group; the controller and its SynchronizationActor's (the first request)
+    # were started before, and the workers' too unless the raylet was still busy.
+    assert sum(t <= group_start for t in starts) >= 2, (starts, group_start)
