@@ -33,6 +33,10 @@ KEEP_ALIVE_S = 60
 """How long an unused prestarted worker stays (Ray reclaims idle workers after that)."""
 ENABLE_ENV = "RAYKUBE_PRESTART_TRAIN_WORKERS"
 """``0`` turns prestarting off."""
+PLAIN_ENV_KEYS = frozenset({"env_vars", "worker_process_setup_hook", "config"})
+"""Job runtime envs prestarting handles: nothing to download or install. A job with a
+``working_dir``, ``py_modules``, ``pip``, ... (its URIs travel beside the serialized env)
+lets Ray start Train's workers itself."""
 
 
 def train_runtime_env_string(job_runtime_env: dict[str, Any]) -> str:
@@ -85,6 +89,8 @@ def prestart_train_workers(num: int, *, keep_alive_s: int = KEEP_ALIVE_S) -> int
         num = min(num, startup_concurrency(node.get("Resources", {}).get("CPU", 1)))
         ctx = ray.get_runtime_context()
         job_env = json.loads(ctx.get_runtime_env_string() or "{}")
+        if set(job_env) - PLAIN_ENV_KEYS:  # a working_dir, pip, ...: left to Ray
+            return 0
         req = node_manager_pb2.PrestartWorkersRequest(
             language=common_pb2.PYTHON, job_id=bytes.fromhex(ctx.get_job_id()),
             keep_alive_duration_secs=keep_alive_s, num_workers=num)
