@@ -8,13 +8,15 @@ worker process, and Ray starts one only when the actor is created, because every
 them carries a runtime env (the variables Train propagates) that no idle worker has.
 
 Ray's raylet can start workers ahead of time for a given job and runtime env
-(``NodeManagerService.PrestartWorkers``, kept alive for a while). Started right after
-``ray.init``, they come up on the idle core while the driver imports, and the Train
-actors are placed in them without waiting for a process start. The runtime env must be
-byte-identical to the one Ray computes for those actors, or the workers go unused
-(nothing breaks: they exit when their keep-alive ends). ``train_runtime_env_string``
-derives it the way Ray 2.60 does; ``tests/integration/test_prestart.py`` proves on a real
-Ray that a run then starts no worker process of its own.
+(``NodeManagerService.PrestartWorkers``, kept alive for a while). Asked for as ``fit``
+begins (the controller's and the SynchronizationActor's) and just before
+``trainer.fit()`` (the workers'), they come up on the core the driver's imports leave
+idle, and the Train actors are placed in them without waiting for a process start. The
+runtime env must be byte-identical to the one Ray computes for those actors, or the
+workers go unused (nothing breaks: they exit when their keep-alive ends).
+``train_runtime_env_string`` derives it the way Ray 2.60 does;
+``tests/integration/test_prestart.py`` shows from a real Ray's logs that a run then has
+one worker process per Train actor, none left unused.
 
 Only for a Ray of one node (``raykube run``, the bench): on a multi-node cluster the
 workers' nodes are not known before Train places them.
