@@ -2,16 +2,17 @@
 
 Why: on a small machine most of the time from ``raykube run`` to the first training step
 is Python processes starting one after another. Ray Train's controller starts only once
-the driver has imported Ray Train and torch and built the trainer; the controller then
-starts its SynchronizationActor and the Train workers. Each of those actors needs a
+the driver has imported Ray Train and built the trainer; the controller then starts its
+SynchronizationActor and the Train workers. Each of those actors needs a
 worker process, and Ray starts one only when the actor is created, because every one of
 them carries a runtime env (the variables Train propagates) that no idle worker has.
 
 Ray's raylet can start workers ahead of time for a given job and runtime env
 (``NodeManagerService.PrestartWorkers``, kept alive for a while). Asked for as ``fit``
-begins (the controller's and the SynchronizationActor's) and just before
-``trainer.fit()`` (the workers'), they come up on the core the driver's imports leave
-idle, and the Train actors are placed in them without waiting for a process start. The
+begins (all of them: the raylet starts two at a time on two cores, so a background
+thread asks for the next two once the first have registered), they come up while the
+driver prepares the data and the controller loads, and the Train actors are placed in
+them without waiting for a process start. The
 runtime env must be byte-identical to the one Ray computes for those actors, or the
 workers go unused (nothing breaks: they exit when their keep-alive ends).
 ``train_runtime_env_string`` derives it the way Ray 2.60 does;
@@ -27,11 +28,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 KEEP_ALIVE_S = 60
+FOLLOW_UP_S = 30.0
+"""How long the follow-up requests wait for earlier batches to come up."""
 """How long an unused prestarted worker stays (Ray reclaims idle workers after that)."""
 ENABLE_ENV = "RAYKUBE_PRESTART_TRAIN_WORKERS"
 """``0`` turns prestarting off."""
@@ -72,10 +77,16 @@ def startup_concurrency(node_cpus: float) -> int:
 
 def prestart_train_workers(num: int, *, keep_alive_s: int = KEEP_ALIVE_S) -> int:
     """Ask this one-node Ray to start ``num`` worker processes with the runtime env of
-    Ray Train's actors (at most as many as the raylet starts at once). Returns how many
-    were asked for; any failure is logged and ignored (the run then starts its workers
-    as Ray normally does). Call after ``ray.init``, before ``trainer.fit()``: first for
-    the controller and its SynchronizationActor (2), then for the Train workers."""
+    Ray Train's actors: the controller, its SynchronizationActor and the workers
+    (``workers + 2``). Call after ``ray.init``, as the run begins.
+
+    The raylet starts at most ``startup_concurrency`` processes at a time and drops the
+    rest of a request while those are still starting, so the first batch is asked for
+    here, and a daemon thread asks for the next as soon as the previous one has
+    registered (the raylet's ``GetWorkerPIDs``, polled every 50 ms, for at most
+    ``FOLLOW_UP_S``). Returns how many the first request asked for; any failure is
+    logged at debug level and ignored (Ray then starts the workers as it normally does).
+    """
     if num <= 0 or os.environ.get(ENABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return 0
     try:
@@ -88,24 +99,50 @@ def prestart_train_workers(num: int, *, keep_alive_s: int = KEEP_ALIVE_S) -> int
         if len(nodes) != 1:
             return 0
         node = nodes[0]
-        num = min(num, startup_concurrency(node.get("Resources", {}).get("CPU", 1)))
+        batch = startup_concurrency(node.get("Resources", {}).get("CPU", 1))
         ctx = ray.get_runtime_context()
         job_env = json.loads(ctx.get_runtime_env_string() or "{}")
         if set(job_env) - PLAIN_ENV_KEYS:  # a working_dir, pip, ...: left to Ray
             return 0
         req = node_manager_pb2.PrestartWorkersRequest(
             language=common_pb2.PYTHON, job_id=bytes.fromhex(ctx.get_job_id()),
-            keep_alive_duration_secs=keep_alive_s, num_workers=num)
+            keep_alive_duration_secs=keep_alive_s)
         req.runtime_env_info.serialized_runtime_env = train_runtime_env_string(job_env)
         req.runtime_env_info.runtime_env_config.CopyFrom(
             RuntimeEnvConfig.default_config().build_proto_runtime_env_config())
         channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}",
                                     asynchronous=False)
-        try:
-            node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(req, timeout=10)
-        finally:
-            channel.close()
-        return num
+        raylet = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
+
+        def registered() -> set[int]:
+            return set(raylet.GetWorkerPIDs(node_manager_pb2.GetWorkerPIDsRequest(),
+                                            timeout=10).pids)
+
+        before = registered()
+        first = min(num, batch)
+        req.num_workers = first
+        raylet.PrestartWorkers(req, timeout=10)
     except Exception:  # a private Ray API: if it moved, start workers as Ray does
         log.debug("could not prestart Train's worker processes", exc_info=True)
         return 0
+    if first >= num:
+        channel.close()
+        return first
+
+    def follow_up() -> None:
+        asked, deadline = first, time.monotonic() + FOLLOW_UP_S
+        try:
+            while asked < num and time.monotonic() < deadline:
+                if len(registered() - before) >= asked:  # the last batch is up
+                    req.num_workers = min(num - asked, batch)
+                    raylet.PrestartWorkers(req, timeout=10)
+                    asked += req.num_workers
+                else:
+                    time.sleep(0.05)
+        except Exception:  # Ray shut down meanwhile, or the API moved
+            log.debug("could not prestart more of Train's worker processes", exc_info=True)
+        finally:
+            channel.close()
+
+    threading.Thread(target=follow_up, name="raykube-prestart", daemon=True).start()
+    return first

@@ -582,9 +582,11 @@ def scaling_config(spec: TrainingRunSpec) -> Any:
 
 
 def _trainer_class(pg_cleaner: bool) -> Any:
-    """TorchTrainer without the parts of Ray Train a raykube run does not use, each one
-    Python process less to start before the first step (and less background CPU beside
-    the workers while they train):
+    """Ray Train's data-parallel trainer with the PyTorch backend
+    (:class:`raykube.torch_backend.TorchBackendConfig`: what a ``TorchTrainer`` does,
+    without torch imported in the driver or Train's controller), and without the parts
+    of Ray Train a raykube run does not use, each one Python process less to start
+    before the first step (and less background CPU beside the workers while they train):
 
     - Ray Train's dataset callback when the trainer gets no Ray Datasets (raykube's never
       do: workers index in-memory or cached arrays): it starts a ``DatasetManager`` actor
@@ -601,7 +603,13 @@ def _trainer_class(pg_cleaner: bool) -> Any:
       controller dies without doing so. A ``fit`` run's Ray is its own (``raykube run``:
       gone with the driver; a RayJob: a cluster per run), so nothing outlives it; Tune
       trials keep the cleaner."""
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from raykube.torch_backend import TorchBackendConfig
+
+    class _TorchTrainer(DataParallelTrainer):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, backend_config=TorchBackendConfig(), **kwargs)
 
     try:
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
@@ -610,7 +618,7 @@ def _trainer_class(pg_cleaner: bool) -> Any:
         )
         from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
     except ImportError:  # another Ray version: keep its defaults
-        return TorchTrainer
+        return _TorchTrainer
 
     class _FixedSize(FixedScalingPolicy):
         """Ray's fixed-size policy, minus its calls to the AutoscalingCoordinator."""
@@ -627,7 +635,7 @@ def _trainer_class(pg_cleaner: bool) -> Any:
         def _cancel_resource_request(self) -> None:
             pass
 
-    class _Trainer(TorchTrainer):
+    class _Trainer(_TorchTrainer):
         def _create_default_callbacks(self):  # noqa: ANN202
             unused: tuple[type, ...] = () if self.datasets else (DatasetsCallback,)
             if not pg_cleaner:
@@ -792,17 +800,16 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         extra_config = {**(extra_config or {}), "resume_from": plan.checkpoint,
                         "skipped_checkpoints": plan.skipped}
 
-    # Worker processes for Train's controller and SynchronizationActor start now, beside
-    # the imports and data preparation below; the Train workers' just before fit
-    # (the raylet starts only a few at a time). See raykube.prestart.
+    # Worker processes for Train's controller, its SynchronizationActor and the workers
+    # start now, beside the data preparation below and the controller's own start
+    # (a few at a time, as the raylet allows). See raykube.prestart.
     from raykube.prestart import prestart_train_workers
 
-    prestart_train_workers(2)
+    prestart_train_workers(spec.scaling.workers + 2)
     queue = ReportChannel()
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
                             name=name, callbacks=[_forwarder(queue, storage_path)],
                             extra_config=extra_config, pg_cleaner=False)
-    prestart_train_workers(spec.scaling.workers)
 
     obs.on_start(run)
     for note in plan.notes:

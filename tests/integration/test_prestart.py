@@ -1,7 +1,8 @@
 """Start-up (issue 14): a ``raykube run`` places Ray Train's controller, its
 SynchronizationActor and its workers in worker processes that ``raykube.prestart`` asked
 the raylet for before Train needed them, and starts no actor that raykube does not use
-(Ray's AutoscalingCoordinator and DatasetManager; ``raykube.train._trainer_class``).
+(Ray's AutoscalingCoordinator and DatasetManager; ``raykube.train._trainer_class``), and
+that only the Train workers import torch (``raykube.torch_backend``).
 
 Real Ray: ``raykube run`` in a subprocess, with a Ray temp dir of its own so that the
 logs read below are that run's only. The evidence is Ray's own: the raylet's
@@ -37,6 +38,7 @@ spec:
   scaling: {workers: 2}
   checkpoint: {keep: 1}
 """
+_TORCH_IMPORT = re.compile(r"^import time:.*\|\s+torch$")
 _RAY_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -56,6 +58,8 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
     try:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env["RAY_TMPDIR"] = ray_tmp
+        # Every Ray worker process inherits it: its imports go to its own .err log.
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
         r = subprocess.run([sys.executable, "-m", "raykube", "run", str(tmp_path / "tr.yaml"),
                             "--storage", str(tmp_path / "runs")],
                            env=env, capture_output=True, text=True, timeout=300)
@@ -68,9 +72,12 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
         [controller_log] = glob.glob(f"{logs}/train/ray-train-sys-controller-*.log")
         group_start = next(_ray_time(json.loads(line)["asctime"]) for line in _lines(controller_log)
                            if "Attempting to start training worker group" in line)
-        actors = sorted(line.split(":actor_name:", 1)[1].strip()
-                        for path in glob.glob(f"{logs}/worker-*.out")
-                        for line in _lines(path) if line.startswith(":actor_name:"))
+        names = {path[:-len(".out")]: line.split(":actor_name:", 1)[1].strip()
+                 for path in glob.glob(f"{logs}/worker-*.out")
+                 for line in _lines(path) if line.startswith(":actor_name:")}
+        actors = sorted(names.values())
+        torch_in = {stem: any(_TORCH_IMPORT.search(line) for line in _lines(f"{stem}.err"))
+                    for stem in names}
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -80,6 +87,11 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
     # One process per actor: every prestarted process was used (the runtime env matched).
     assert len(starts) == len(actors), (starts, actors)
     # Without prestarting only the controller's process starts before it asks for the
-    # worker group; the controller and its SynchronizationActor's (the first request)
-    # were started before, and the workers' too unless the raylet was still busy.
+    # worker group; the first batch (the raylet starts two at a time on two cores) was
+    # started before, and the next one too unless the machine was slow.
     assert sum(t <= group_start for t in starts) >= 2, (starts, group_start)
+    # torch is imported by the Train workers only, not by the controller
+    # (raykube.torch_backend: ray.train.torch would import it there).
+    assert {names[s]: torch_in[s] for s in names if names[s] != "RayTrainWorker"} == {
+        "SynchronizationActor": False, "TrainController": False}, torch_in
+    assert all(torch_in[s] for s in names if names[s] == "RayTrainWorker"), torch_in

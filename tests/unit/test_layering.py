@@ -93,3 +93,29 @@ def test_shipped_code_imports_no_dev_only_package():
                 bad += [f"{path.relative_to(repo)}: {m}" for m in mods
                         if m.split(".")[0].lower() in dev_only]
     assert not bad, bad
+
+
+def test_trainer_is_built_without_torch():
+    """The driver builds the run's trainer without importing torch: Ray Train's
+    PyTorch backend is configured through ``raykube.torch_backend`` (``ray.train.torch``
+    imports torch at its top; ~1.6 CPU-s on the path to the first step). Workers import
+    torch when they set up the process group and train."""
+    code = """
+import json, sys, tempfile
+from raykube.spec import parse_spec
+from raykube.train import build_trainer
+spec = parse_spec({"model": {"name": "cifar-cnn"},
+                   "data": {"dataset": "synthetic", "shape": [3, 32, 32], "numSamples": 64},
+                   "scaling": {"workers": 2}}).spec
+d = tempfile.mkdtemp()
+t = build_trainer(spec, storage_root=d, storage_path=d, name="layering")
+print(json.dumps({"backend": type(t.backend_config).__module__ + "." + type(t.backend_config).__name__,
+                  "context": t.backend_config.train_func_context.__module__,
+                  "torch": sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["backend"] == "raykube.torch_backend.TorchBackendConfig", got
+    assert got["context"] == "raykube.torch_backend", got
+    assert got["torch"] == [], got["torch"][:10]

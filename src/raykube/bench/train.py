@@ -1,7 +1,8 @@
 """The ``train`` suite: raykube's Ray Train path vs plain PyTorch and plain DDP.
 
-Variants, each in its own process, on the same synthetic data shapes, model
-(``raykube.models.build_model``), global batch, optimizer and total CPU threads:
+Variants, each in its own process, on the same synthetic examples (``raykube.data``'s
+generator: every training process holds the whole set, as each Ray Train worker does),
+model (``raykube.models.build_model``), global batch, optimizer and total CPU threads:
 
 - ``torch``: a plain single-process loop, ``torch.set_num_threads(total threads)``;
 - ``ddp``: plain ``torch.distributed`` DDP, one process per worker (gloo), spawned with
@@ -28,8 +29,11 @@ From the step log:
 from __future__ import annotations
 
 import glob
+import importlib.abc
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -140,9 +144,44 @@ def _has_checkpoint(args: tuple, kwargs: dict) -> bool:
     return ckpt is not None
 
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``then()`` once the module ``name`` has been imported (and executed)."""
+
+    def __init__(self, name: str, then: Any):
+        self.name, self.then = name, then
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then(module: Any) -> None:
+            exec_module(module)
+            self.then()
+
+        spec.loader.exec_module = exec_then  # type: ignore[method-assign]
+        return spec
+
+
 def ray_worker_setup() -> None:
     """Ray ``worker_process_setup_hook``: the step clock, plus timing of Ray Train's
-    checkpoint upload (``u``) inside ``ray.train.report``."""
+    checkpoint upload (``u``) inside ``ray.train.report``.
+
+    Every process of the job runs the hook (Train's controller and synchronization actor
+    too), and ``raykube run`` imports torch only in the Train workers: the clock is
+    installed when a process imports torch's optimizers, so that the hook adds no torch
+    import, and no CPU, that ``raykube run`` would not spend."""
+    if "torch.optim.optimizer" in sys.modules:
+        _install_ray_step_clock()
+    elif os.environ.get(STEP_LOG_ENV):
+        sys.meta_path.insert(0, _AfterImport("torch.optim.optimizer", _install_ray_step_clock))
+
+
+def _install_ray_step_clock() -> None:
     if not install_step_clock():
         return
     try:
@@ -241,15 +280,16 @@ def analyse(logs: list[dict[str, list[Any]]], *, t_launch: float, epochs: int,
 
 
 # ------------------------------------------------------------------------ baselines
-def _synthetic_pool(shape: list[int], n: int, seed: int):
-    """A pool of random examples the loop indexes with wrap-around (memory stays small)."""
-    import torch
+def _synthetic_arrays(payload: dict[str, Any]) -> Any:
+    """The very examples raykube's workers train on (``raykube.data.load_arrays`` on the
+    bench's TrainingRun): same generator, same size, same split. Each process holds the
+    whole set, as each Ray Train worker does, so a batch is gathered from the same amount
+    of memory in every variant (a small pool that stays in cache would favour the
+    baselines)."""
+    from raykube.data import load_arrays
+    from raykube.spec import parse_spec
 
-    g = torch.Generator().manual_seed(seed)
-    pool = min(n, 4096)
-    x = torch.randn((pool, *shape), generator=g)
-    y = torch.randint(0, 10, (pool,), generator=g)
-    return x, y
+    return load_arrays(parse_spec(raykube_spec(payload), name="bench").spec, "unused")
 
 
 def _plain_loop(payload: dict[str, Any], *, rank: int = 0, world: int = 1) -> dict[str, Any]:
@@ -267,10 +307,10 @@ def _plain_loop(payload: dict[str, Any], *, rank: int = 0, world: int = 1) -> di
 
     device = torch.device(payload.get("device", "cpu"))
     shape = payload["shape"]
-    n = payload["num_samples"]
-    n_val = max(1, round(n * payload["validation_fraction"]))
-    n_train = n - n_val
-    x, y = _synthetic_pool(shape, n, seed=0)
+    arrays = _synthetic_arrays(payload)
+    x, y = arrays.train_x.to(device), arrays.train_y.to(device)
+    val_x, val_y = arrays.val_x[rank::world].to(device), arrays.val_y[rank::world].to(device)
+    n_train, n_val = len(arrays.train_x), len(arrays.val_x)
     torch.manual_seed(0)
     model = build_model(ModelSpec.model_validate(payload["model"]), tuple(shape), 10).to(device)
     if world > 1:
@@ -290,8 +330,8 @@ def _plain_loop(payload: dict[str, Any], *, rank: int = 0, world: int = 1) -> di
         total_loss = torch.zeros((), device=device)
         train_correct = torch.zeros((), device=device, dtype=torch.int64)
         for i in range(0, len(order), batch):
-            idx = order[i:i + batch] % len(x)
-            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+            idx = order[i:i + batch]
+            xb, yb = x[idx], y[idx]
             out = model(xb)
             loss = loss_fn(out, yb)
             opt.zero_grad(set_to_none=True)
@@ -302,10 +342,9 @@ def _plain_loop(payload: dict[str, Any], *, rank: int = 0, world: int = 1) -> di
         model.eval()
         correct = torch.zeros((), device=device)
         with torch.no_grad():
-            val_idx = torch.arange(n_train + rank, n, world) % len(x)
-            for i in range(0, len(val_idx), VAL_BATCH):
-                vb = val_idx[i:i + VAL_BATCH]
-                correct += (model(x[vb].to(device)).argmax(1) == y[vb].to(device)).sum()
+            for i in range(0, len(val_x), VAL_BATCH):
+                correct += (model(val_x[i:i + VAL_BATCH]).argmax(1)
+                            == val_y[i:i + VAL_BATCH]).sum()
         metrics = {"trainLoss": float(total_loss), "valAccuracy": float(correct) / max(1, n_val)}
         if rank == 0 and payload.get("checkpoint", True):
             save_checkpoint(os.path.join(ckpt_root, f"epoch-{epoch}"), model=model,
@@ -515,7 +554,8 @@ def run_suite(*, quick: bool = False, cases: list[str] | None = None,
                             "run: no CUDA device on this machine.")
     report.notes.append(
         f"Synthetic data of the real shapes, {p['num_samples']} examples "
-        f"({p['validation_fraction']:.0%} validated on), global batch {p['batch_size']}, "
+        f"({p['validation_fraction']:.0%} validated on; the same examples, held whole by "
+        f"every training process, in every variant), global batch {p['batch_size']}, "
         + ("epochs per case (cifar10-cnn 6, fashion-mnist-mlp 14)" if not quick
            else f"{p['epochs']} epochs") + " (the first is warm-up; the measured window, "
         "every later epoch, is in the table), median of "
