@@ -32,6 +32,8 @@ import threading
 import time
 from typing import Any
 
+from raykube.flags import env_flag
+
 log = logging.getLogger(__name__)
 
 KEEP_ALIVE_S = 60
@@ -87,7 +89,7 @@ def prestart_train_workers(num: int, *, keep_alive_s: int = KEEP_ALIVE_S) -> int
     ``FOLLOW_UP_S``). Returns how many the first request asked for; any failure is
     logged at debug level and ignored (Ray then starts the workers as it normally does).
     """
-    if num <= 0 or os.environ.get(ENABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if num <= 0 or not env_flag(ENABLE_ENV, True):
         return 0
     try:
         import ray

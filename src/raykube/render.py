@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from raykube.flags import parse_flag
 from raykube.spec import API_VERSION, KIND, LABEL, TrainingRun
 from raykube.spec import S3_SECRET_KEYS as SECRET_KEYS
 
@@ -122,7 +123,7 @@ class RenderConfig:
             if raw is None or raw == "":
                 continue
             if f.type in ("bool", bool):
-                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                values[f.name] = parse_flag(raw, f.default)
             else:
                 values[f.name] = raw
         return cls(**values)

@@ -19,6 +19,8 @@ import os
 import sys
 from typing import TextIO
 
+from raykube.flags import env_flag
+
 VERBOSE_ENV = "RAYKUBE_VERBOSE"
 
 _state: dict[str, object] = {}
@@ -26,7 +28,7 @@ _state: dict[str, object] = {}
 
 def verbose(flag: bool = False) -> bool:
     """Whether Ray's output should stay on the terminal (``-v`` or RAYKUBE_VERBOSE)."""
-    return flag or os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return flag or env_flag(VERBOSE_ENV)
 
 
 def out() -> TextIO:

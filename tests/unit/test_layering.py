@@ -27,7 +27,7 @@ LIGHT_MODULES = [
 ]
 OPERATOR_MODULES = ["raykube_operator", "raykube_operator.handlers", "raykube_operator.status"]
 OPERATOR_ALLOWED_RAYKUBE = {"raykube", "raykube.spec", "raykube.render", "raykube.crd",
-                            "raykube.events"}
+                            "raykube.events", "raykube.flags"}
 
 
 def _imported_after(module: str) -> list[str]:

@@ -280,6 +280,19 @@ def test_render_config_from_env():
         head["template"]["spec"]["volumes"]
 
 
+def test_render_config_booleans_read_like_every_raykube_flag():
+    """On/off words in any case; a value that is neither keeps the setting's default
+    (``raykube.flags``), as RAYKUBE_VERBOSE and RAYKUBE_PRESTART_TRAIN_WORKERS do."""
+    from raykube.flags import env_flag
+
+    for raw, want in [("OFF", False), (" no ", False), ("0", False), ("Yes", True),
+                      ("on", True), ("maybe", True), ("", True)]:
+        assert R.RenderConfig.from_env({"RAYKUBE_GPU_TOLERATION": raw}).gpu_toleration is want, raw
+        assert env_flag("X", True, {"X": raw}) is want, raw
+    assert R.RenderConfig.from_env({"RAYKUBE_SERVE_REQUEST_METRICS": "maybe"}).serve_request_metrics is False
+    assert env_flag("UNSET", False, {}) is False
+
+
 def test_render_imports_neither_torch_nor_ray():
     code = ("import sys, raykube.render, raykube.crd, raykube.commands.render; "
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
