@@ -655,9 +655,9 @@ def _trainer_class(pg_cleaner: bool) -> Any:
 def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str, name: str,
                   callbacks: Iterable[Any] = (), extra_config: dict[str, Any] | None = None,
                   pg_cleaner: bool = True) -> Any:
-    """The TorchTrainer for ``spec``: the one place a Ray Train run is configured, for
-    ``fit`` and for every Tune trial alike (loop, data cache, scaling, checkpoint ranking,
-    worker fault tolerance, logging).
+    """The Ray Train trainer (PyTorch, DDP) for ``spec``: the one place a Ray Train run is
+    configured, for ``fit`` and for every Tune trial alike (loop, data cache, scaling,
+    checkpoint ranking, worker fault tolerance, logging).
 
     ``storage_root`` holds the shared dataset cache; ``storage_path``/``name`` is where
     this run's checkpoints go. Prepares the dataset first (downloads once per cluster,

@@ -2,7 +2,7 @@
 
 The "How to use Tune with PyTorch" workflow, declared in YAML. The pattern is the one Ray
 documents for Train V2 (Tune + Train interop): every Tune trial is a small *driver*
-function that builds and fits a ``TorchTrainer`` for its own spec, so each trial is a
+function that builds and fits a Ray Train trainer for its own spec, so each trial is a
 full Ray Train run with ``spec.scaling`` (DDP workers, fractional GPUs allowed). Ray's
 ``TuneReportCallback`` forwards each epoch's report (metrics + checkpoint path) from the
 inner Train controller to Tune, which is what lets ASHA stop bad trials early.

@@ -7,7 +7,7 @@ model (``raykube.models.build_model``), global batch, optimizer and total CPU th
 - ``torch``: a plain single-process loop, ``torch.set_num_threads(total threads)``;
 - ``ddp``: plain ``torch.distributed`` DDP, one process per worker (gloo), spawned with
   ``torch.multiprocessing``, ``threads / workers`` threads each;
-- ``raykube``: ``raykube.train.fit`` (Ray Train, TorchTrainer) with ``scaling.workers``
+- ``raykube``: ``raykube.train.fit`` (Ray Train, PyTorch backend) with ``scaling.workers``
   workers and ``cpusPerWorker`` CPUs each, in a child that starts and stops its own Ray,
   so no Ray process is alive while the baselines run.
 
