@@ -91,6 +91,7 @@ def prestart_train_workers(num: int, *, keep_alive_s: int = KEEP_ALIVE_S) -> int
     """
     if num <= 0 or not env_flag(ENABLE_ENV, True):
         return 0
+    channel = None
     try:
         import ray
         from ray._private.grpc_utils import init_grpc_channel
@@ -126,6 +127,8 @@ def prestart_train_workers(num: int, *, keep_alive_s: int = KEEP_ALIVE_S) -> int
         raylet.PrestartWorkers(req, timeout=10)
     except Exception:  # a private Ray API: if it moved, start workers as Ray does
         log.debug("could not prestart Train's worker processes", exc_info=True)
+        if channel is not None:
+            channel.close()
         return 0
     if first >= num:
         channel.close()
