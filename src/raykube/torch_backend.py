@@ -65,6 +65,7 @@ class TorchBackend(Backend):
     share_cuda_visible_devices: bool = True
 
     def on_start(self, worker_group: Any, backend_config: TorchBackendConfig) -> None:
+        from ray._common.network_utils import build_address
         from ray.train._internal.utils import get_address_and_port
 
         backend = backend_config.backend
@@ -76,7 +77,7 @@ class TorchBackend(Backend):
             worker_group.execute(_set_master, addr=addr, port=port)
             url = "env://"
         elif backend_config.init_method == "tcp":
-            url = f"tcp://{addr}:{port}" if ":" not in addr else f"tcp://[{addr}]:{port}"
+            url = f"tcp://{build_address(addr, port)}"
         else:
             raise ValueError(f"init_method {backend_config.init_method!r} is not supported: "
                              "use 'env' or 'tcp'")
@@ -90,6 +91,7 @@ class TorchBackend(Backend):
         ])
 
     def on_shutdown(self, worker_group: Any, backend_config: TorchBackendConfig) -> None:
+        from ray._private import ray_constants
         from ray.exceptions import GetTimeoutError
         from ray.train.constants import (
             DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
@@ -98,8 +100,8 @@ class TorchBackend(Backend):
 
         futures = worker_group.execute_async(_run_ray_torch, name="_shutdown_torch",
                                              destroy_process_group=len(worker_group) > 1)
-        timeout_s = float(os.environ.get(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
-                                         DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S))
+        timeout_s = ray_constants.env_integer(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S,
+                                              DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S)
         try:
             ray.get(futures, timeout=timeout_s)
         except GetTimeoutError:
