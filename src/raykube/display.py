@@ -43,9 +43,11 @@ class RichDisplay:
             + (f" + {s.scaling.gpus_per_worker:g} GPU" if s.scaling.gpus_per_worker else "")
             + f", {s.train.epochs} epochs, batch {s.train.batch_size}, "
             f"{s.train.optimizer.name} lr={s.train.optimizer.lr:g}")
+        # Redrawn once a second (rich's default is 10): it shows whole seconds and epochs,
+        # and each redraw is Python on the driver, beside the workers, for the whole run.
         self.progress = Progress(TextColumn("[progress.description]{task.description}"),
                                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 console=self.console, transient=True)
+                                 console=self.console, transient=True, refresh_per_second=1)
         self.progress.start()
         self.task = self.progress.add_task("starting Ray Train workers", total=self.epochs)
 

@@ -17,8 +17,9 @@ from typing import Any
 from raykube.ports import free_port
 
 
-def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
-    """``ray.init`` of a new local instance whose processes all know its address."""
+def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> Any:
+    """``ray.init`` of a new local instance whose processes all know its address;
+    ``ray.init``'s context."""
     import ray
     from ray._private.services import get_node_ip_address
 
@@ -28,6 +29,6 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": address}
     try:
-        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, **kwargs)
+        return ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, **kwargs)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)

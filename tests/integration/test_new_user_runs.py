@@ -5,7 +5,8 @@ here, so the steps share it):
 
 1. Ctrl-C mid-training (SIGINT to the process group, as a terminal sends it): one line
    saying how many epochs are on storage, matching the newest checkpoint there (#5, #7).
-   Meanwhile another Ray instance runs on the machine (#9).
+   Meanwhile another Ray instance runs on the machine (#9). This run asks for Ray's
+   dashboard (``--dashboard``): its address is printed and answers while training.
 2. The same file with a new ``lr``: continues right after the saved epochs, says the new
    lr applies, and the optimizer in the next checkpoint has it (#1, #5).
 3. adam -> sgd with the newest checkpoint truncated: one note each, the truncated epoch
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -134,9 +136,17 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
 
     # -- 1. Ctrl-C after a few epochs
     seen = []
-    with in_terminal("run", str(spec), "--storage", str(storage)) as p:
+    dashboard = None
+    with in_terminal("run", str(spec), "--storage", str(storage), "--dashboard") as p:
         for line in p.stdout:
             seen.append(line)
+            if line.startswith("Ray dashboard: "):
+                dashboard = line.split(": ", 1)[1].strip()
+                assert dashboard.startswith("http://127.0.0.1:"), line
+            if line.startswith("epoch   1/"):  # training: the dashboard's page answers
+                assert dashboard is not None, seen
+                with urllib.request.urlopen(dashboard, timeout=30) as page:
+                    assert page.status == 200 and b"<html" in page.read()
             if line.startswith("epoch   3/"):
                 os.killpg(p.pid, signal.SIGINT)
                 break

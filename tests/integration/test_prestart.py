@@ -1,8 +1,10 @@
 """Start-up (issue 14): a ``raykube run`` places Ray Train's controller, its
 SynchronizationActor and its workers in worker processes that ``raykube.prestart`` asked
 the raylet for before Train needed them, and starts no actor that raykube does not use
-(Ray's AutoscalingCoordinator and DatasetManager; ``raykube.train._trainer_class``), and
-that only the Train workers import torch (``raykube.torch_backend``).
+(Ray's AutoscalingCoordinator and DatasetManager; ``raykube.train._trainer_class``),
+that only the Train workers import torch (``raykube.torch_backend``), and that its Ray
+loads no dashboard module (``raykube.local.init_ray``: a plain run has no use for them;
+``--dashboard`` turns them on, tests/integration/test_new_user_runs.py).
 
 Real Ray: ``raykube run`` in a subprocess, with a Ray temp dir of its own so that the
 logs read below are that run's only. The evidence is Ray's own: the raylet's
@@ -78,6 +80,9 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
         actors = sorted(names.values())
         torch_in = {stem: any(_TORCH_IMPORT.search(line) for line in _lines(f"{stem}.err"))
                     for stem in names}
+        # Ray always starts its API-server process; this is the modules it loaded into it.
+        modules = [line.split("to load:", 1)[1].strip().rstrip(".") for line in _lines(f"{logs}/dashboard.log")
+                   if "DashboardHeadModules to load:" in line]
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -95,3 +100,5 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
     assert {names[s]: torch_in[s] for s in names if names[s] != "RayTrainWorker"} == {
         "SynchronizationActor": False, "TrainController": False}, torch_in
     assert all(torch_in[s] for s in names if names[s] == "RayTrainWorker"), torch_in
+    # No dashboard: Ray's minimal API server (usage stats only), as include_dashboard=False.
+    assert modules == ["{'UsageStatsHead'}"], modules

@@ -38,6 +38,10 @@ continues from its last checkpoint in <storage>/<name>/. Ray's own output goes t
                    help="keep the model served after the demo request (until Ctrl-C)")
     p.add_argument("--port", type=port_number, default=8000,
                    help="HTTP port of the local server (default 8000)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="start Ray's dashboard on 127.0.0.1 and print its address (always on "
+                   "for a spec with tune:, whose trials need its state API; off otherwise: "
+                   "~1 s sooner to the first step)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show Ray's own output here instead of in the run's raykube.log")
 
@@ -176,8 +180,13 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Idle workers for Ray Data's decode tasks: only for a folder Ray Data decodes (a
     # small local one was decoded above, by prepare()).
-    init_ray(num_cpus=local_cpus(tr), prestart_workers=tr.spec.data.dataset == "image-folder"
-             and not rk_data.decodes_in_process(tr.spec))
+    dashboard = init_ray(num_cpus=local_cpus(tr), dashboard=args.dashboard or tr.spec.tune is not None,
+                         prestart_workers=tr.spec.data.dataset == "image-folder"
+                         and not rk_data.decodes_in_process(tr.spec))
+    if args.dashboard:
+        console.print(f"Ray dashboard: {dashboard}" if dashboard else
+                      "[yellow]note[/]: Ray's dashboard did not start (see the run's raykube.log)",
+                      highlight=False)
     try:
         outcome = train_or_tune(tr, storage, observers=observers)
     except (DatasetUnavailable, StorageError, RunDirConflict, CheckpointError, *expected) as exc:

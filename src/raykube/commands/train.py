@@ -55,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from raykube.local import init_ray, train_or_tune
     from raykube.train import RunDirConflict, StorageError
 
-    init_ray(address=os.environ.get("RAY_ADDRESS") or None)
+    # A RayJob's driver joins its cluster (RAY_ADDRESS), whose head runs the dashboard
+    # KubeRay submits through; without an address, a Ray of its own, as `raykube run`.
+    init_ray(address=os.environ.get("RAY_ADDRESS") or None, dashboard=tr.spec.tune is not None)
     try:
         outcome = train_or_tune(tr, storage, observers=_observers())
     except (DatasetUnavailable, StorageError, RunDirConflict) as exc:  # the pod log shows one clear line
