@@ -119,3 +119,34 @@ print(json.dumps({"backend": type(t.backend_config).__module__ + "." + type(t.ba
     assert got["backend"] == "raykube.torch_backend.TorchBackendConfig", got
     assert got["context"] == "raykube.torch_backend", got
     assert got["torch"] == [], got["torch"][:10]
+
+
+def test_prestart_derives_trains_runtime_env_without_importing_ray_train():
+    """``raykube.prestart`` asks for Train's worker processes before the driver imports
+    Ray Train (~0.7-1.5 s, with Ray Data and pandas): it reads Ray Train's propagated
+    variables from ``ray.train.v2._internal.constants`` loaded on its own. The result must
+    be what Ray's own module gives once ``ray.train`` is imported (else the prestarted
+    processes go unused; ``tests/integration/test_prestart.py`` shows that end to end)."""
+    code = """
+import json, os, sys
+os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
+os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+from raykube.prestart import train_runtime_env_string
+job = {"env_vars": {"A": "1"}, "worker_process_setup_hook": "m.f"}
+ours = train_runtime_env_string(job)
+before = sorted(m for m in sys.modules if m == "ray.train" or m.startswith(("ray.train.", "ray.data", "pandas")))
+from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR as W
+from ray.train.v2._internal.constants import (DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE as D,
+                                              get_env_vars_to_propagate)
+child = get_env_vars_to_propagate()
+child.setdefault(W, D)
+rays = json.dumps({**job, "env_vars": {**job["env_vars"], **child}}, sort_keys=True,
+                  separators=(",", ":"), ensure_ascii=False)
+print(json.dumps({"ours": ours, "rays": rays, "before": before}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["before"] == [], got["before"][:10]
+    assert got["ours"] == got["rays"], got
+    assert '"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S":"0.2"' in got["ours"], got["ours"]
