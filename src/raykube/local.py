@@ -84,8 +84,10 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None,
         # None, not True: Ray's default (start it, without failing the run if it cannot)
         ctx = init_local_ray(num_cpus=num_cpus, log_to_driver=True,
                              include_dashboard=None if dashboard else False)
-    url = getattr(ctx, "dashboard_url", None)
-    return f"http://{url}" if url and "://" not in url else url or None
+    url = getattr(ctx, "dashboard_url", None)  # "" without a dashboard; host:port without a scheme
+    if not url:
+        return None
+    return url if "://" in url else f"http://{url}"
 
 
 def local_cpus(run: TrainingRun) -> int:
