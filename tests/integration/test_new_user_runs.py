@@ -90,6 +90,29 @@ def in_terminal(*args: str):
             p.wait(30)
 
 
+def ctrl_c_taken_by_another_thread(p: subprocess.Popen) -> None:
+    """Ctrl-C as the kernel sometimes delivers it: the process group gets SIGINT, and in
+    raykube's own process a thread other than the main one takes it (any thread that does
+    not block SIGINT may; Ray's gRPC and core-worker threads do not). A terminal does this
+    only now and then, so the test picks the thread itself (``tgkill``); it stands in for
+    the kernel's choice, the rest is real."""
+    import ctypes
+
+    def takes_sigint(task: Path) -> bool:
+        blocked = next(ln for ln in (task / "status").read_text().splitlines()
+                       if ln.startswith("SigBlk:"))
+        return not int(blocked.split()[1], 16) & (1 << (signal.SIGINT - 1))
+
+    tasks = sorted(Path(f"/proc/{p.pid}/task").iterdir(), key=lambda t: int(t.name))
+    other = next(t for t in tasks if t.name != str(p.pid) and takes_sigint(t))
+    assert ctypes.CDLL(None, use_errno=True).syscall(234, p.pid, int(other.name),  # tgkill
+                                                     signal.SIGINT) == 0
+    for proc in Path("/proc").iterdir():  # the rest of the group: Ray's processes
+        with contextlib.suppress(OSError, ValueError):
+            if proc.name.isdigit() and int(proc.name) != p.pid and os.getpgid(int(proc.name)) == p.pid:
+                os.kill(int(proc.name), signal.SIGINT)
+
+
 def clean(p: subprocess.CompletedProcess) -> None:
     """Success, and nothing but raykube's own lines."""
     assert p.returncode == 0, p.stdout + p.stderr
@@ -197,7 +220,8 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
 def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path):
     """`raykube serve --replicas 3` on a small machine: Ray is sized for the replicas
     instead of waiting forever (#8); the terminal shows raykube's lines only and the curl
-    line is whole (#11, #12); Ctrl-C stops it cleanly."""
+    line is whole (#11, #12); Ctrl-C stops it cleanly, also when one of Ray's threads
+    rather than the main one takes the SIGINT (it slept on through it, now and then)."""
     import socket
     import urllib.request
 
@@ -222,7 +246,7 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
                 break
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
         assert b'"epoch"' in body
-        os.killpg(p.pid, signal.SIGINT)
+        ctrl_c_taken_by_another_thread(p)
         rest, err = p.communicate(timeout=120)
     text = "".join(out) + rest
     assert p.returncode == 0, (text, err)

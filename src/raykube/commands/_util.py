@@ -6,9 +6,12 @@ Light imports only (argparse, signal): ``raykube validate --help`` must stay ins
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import select
 import signal
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 
 def port_number(text: str) -> int:
@@ -47,6 +50,33 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
+
+
+def wait_for_interrupt() -> NoReturn:
+    """Block this (main) thread until Ctrl-C or SIGTERM raises ``KeyboardInterrupt``.
+
+    Not ``time.sleep``: a signal sent to the process goes to any one of its threads that
+    does not block it, and Ray's C++ threads (gRPC's, the core worker's) do not. When one
+    of them takes the SIGINT, CPython only marks the Python handler as due; a main thread
+    asleep in ``time.sleep`` is not woken and sleeps on, so Ctrl-C seemed ignored (a
+    `raykube serve` that did not stop, now and then; reproduced by sending SIGINT to one
+    of those threads with ``tgkill``). CPython's C handler also writes the signal to the
+    wakeup fd, whichever thread ran it: waiting on that fd wakes this thread, which then
+    runs the handler. The timeout is a backstop should something replace the fd.
+    """
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    try:
+        while True:
+            select.select([r], [], [], 1.0)  # a due handler runs on the way back
+            with contextlib.suppress(BlockingIOError):
+                os.read(r, 512)
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(r)
+        os.close(w)
 
 
 def with_examples(p: argparse.ArgumentParser, examples: str) -> None:

@@ -83,7 +83,6 @@ def _oversubscribed(tr, cpus: int | None) -> str | None:  # noqa: ANN001
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import time
 
     from pydantic import ValidationError
     from rich.console import Console
@@ -220,13 +219,12 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"served at [bold]{url}[/]\n  question: one validation example, "
                       f"true label [bold]{truth}[/]\n  answer:   {describe_answer(answer)}")
         if args.serve:
-            from raykube.commands._util import stop_on_sigterm
+            from raykube.commands._util import stop_on_sigterm, wait_for_interrupt
 
             stop_on_sigterm()
             console.print("serving until Ctrl-C. Try:")
             print(curl_command(url, instance), file=terminal.out(), flush=True)
-            while True:
-                time.sleep(3600)
+            wait_for_interrupt()
     except KeyboardInterrupt:
         pass
     finally:

@@ -11,7 +11,13 @@ import argparse
 import os
 import sys
 
-from raykube.commands._util import flag_errors, port_number, stop_on_sigterm, with_examples
+from raykube.commands._util import (
+    flag_errors,
+    port_number,
+    stop_on_sigterm,
+    wait_for_interrupt,
+    with_examples,
+)
 
 FLAGS = {"replicas": "--replicas", "maxBatchSize": "--max-batch-size",
          "batchWaitTimeoutMs": "--batch-wait-ms", "maxRequestBytes": "--max-request-bytes"}
@@ -77,8 +83,6 @@ def serve_spec_for(args: argparse.Namespace, checkpoint_spec: dict):
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import time
-
     from pydantic import ValidationError
     from rich.console import Console
 
@@ -133,8 +137,7 @@ def run(args: argparse.Namespace) -> int:
         console.print("try:")
         print(curl_example(base, meta.input_shape), file=terminal.out(), flush=True)
         console.print("Ctrl-C to stop")
-        while True:
-            time.sleep(3600)
+        wait_for_interrupt()
     except KeyboardInterrupt:
         console.print("stopping")
     finally:
