@@ -172,11 +172,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.train import Checkpoint
 
     from raykube import data as rk_data
+    from raykube.allocator import keep_freed_memory
     from raykube.checkpoint import save_checkpoint
     from raykube.models import build_model
     from raykube.resume import checkpoint_name, choose_checkpoint, load_optimizer_state
 
     _quiet_reports()
+    keep_freed_memory()  # before the first tensor: this thread's arena keeps its pages
     spec = TrainingRunSpec.model_validate(config["spec"])
     if config.get("overrides"):
         spec = apply_overrides(spec, config["overrides"])
