@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     import torch
 
 CHECKPOINT_PREFIX = "checkpoint_epoch_"
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+"""Ray Train's ``CHECKPOINT_MANAGER_SNAPSHOT_FILENAME``, spelled out: importing Ray's
+constant imports ``ray.train`` (Ray Data, pandas) ahead of the prestart request (a test
+checks the two agree)."""
 
 
 @dataclass
@@ -72,7 +76,7 @@ def _meta(ckpt_dir: str) -> dict[str, Any] | None:
         return None
 
 
-def _readable(ckpt_dir: str) -> str | None:
+def cannot_restore(ckpt_dir: str) -> str | None:
     """Why a local checkpoint cannot be restored, or None when it can (torch load)."""
     if "://" in ckpt_dir:
         # object stores: an upload cut short (the store died mid-checkpoint) leaves a
@@ -107,7 +111,7 @@ def latest_usable(run_dir: str) -> tuple[str | None, dict[str, Any] | None, list
     skipped: list[str] = []
     for d in reversed(checkpoint_dirs(run_dir)):
         meta = _meta(d)
-        why = "no readable meta.json" if meta is None else _readable(d)
+        why = "no readable meta.json" if meta is None else cannot_restore(d)
         if why is None:
             return d, meta, skipped
         skipped.append(d)
@@ -151,7 +155,7 @@ def plan_resume(run_dir: str, spec: TrainingRunSpec) -> ResumePlan:
     Conflicting model/data sections are ``raykube.train.check_resumable``'s job.
     """
     ckpt, meta, skipped = latest_usable(run_dir)
-    notes = [f"skipping {os.path.basename(d)}: it cannot be read ({_readable(d) or 'no meta.json'})"
+    notes = [f"skipping {os.path.basename(d)}: it cannot be read ({cannot_restore(d) or 'no meta.json'})"
              for d in reversed(skipped)]
     names = [os.path.basename(d) for d in skipped]
     if ckpt is None or meta is None:
@@ -164,6 +168,38 @@ def plan_resume(run_dir: str, spec: TrainingRunSpec) -> ResumePlan:
     if epoch < spec.train.epochs:
         notes += optimizer_notes(old, spec, epoch)
     return ResumePlan(checkpoint=ckpt, epoch=epoch, spec=old, notes=notes, skipped=names)
+
+
+def drop_unreadable_train_snapshot(run_dir: str) -> str | None:
+    """Delete Ray Train's checkpoint list in ``run_dir`` when it cannot be parsed; the
+    note for the user, or None when there was nothing to do.
+
+    Ray Train (2.60) rewrites ``checkpoint_manager_snapshot.json`` in place at every
+    report (truncate, then write: not atomic on a file system), and its controller
+    parses it before anything else on every later run of the same name. A run killed
+    between the two (Ctrl-C, a preempted pod, an OOM kill) left it empty, and from then
+    on each re-run and RayJob retry failed at the controller's start with a
+    ``JSONDecodeError``, seen after a Ctrl-C here. Without it Ray Train starts a new
+    list; raykube resumes from the checkpoints on storage either way (``plan_resume``).
+    The cost: checkpoints from before the cut are no longer deleted under
+    ``checkpoint.keep`` (Ray's list no longer names them). An object store replaces a
+    file whole, so there this never happens."""
+    name = TRAIN_SNAPSHOT
+    uri = f"{run_dir.rstrip('/')}/{name}"
+    raw = read_bytes(uri)
+    if raw is None:
+        return None
+    try:
+        if isinstance(json.loads(raw), dict):
+            return None
+    except ValueError:
+        pass
+    fs, path = filesystem(uri)
+    fs.delete_file(path)
+    what = "was empty" if not raw.strip() else f"could not be parsed ({len(raw)} bytes)"
+    return (f"Ray Train's checkpoint list {name} {what}, as a run killed while writing it "
+            "leaves it: removed. Training resumes from the checkpoints on storage; those "
+            "already there are no longer pruned by checkpoint.keep")
 
 
 # ------------------------------------------------------------------------ worker side

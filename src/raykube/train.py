@@ -32,7 +32,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raykube.events import Observers, RunObserver, notify
-from raykube.resume import checkpoint_dirs, plan_resume
+from raykube.resume import (
+    cannot_restore,
+    checkpoint_dirs,
+    drop_unreadable_train_snapshot,
+    plan_resume,
+)
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
 from raykube.storage import checkpoint_uri, filesystem, ray_storage, read_bytes, write_bytes
 
@@ -546,14 +551,19 @@ def _outcome_on_disk(run_dir: str, name: str, spec: TrainingRunSpec, latest: str
     ranked = []
     for d in checkpoint_dirs(run_dir):
         raw = read_bytes(f"{d}/meta.json")
-        meta = json.loads(raw) if raw else None
-        value = (meta or {}).get("metrics", {}).get(ck.score_metric)
+        try:
+            meta = json.loads(raw) if raw else None
+        except ValueError:  # cut off: not a candidate
+            meta = None
+        value = (meta or {}).get("metrics", {}).get(ck.score_metric) if isinstance(meta, dict) else None
         if isinstance(value, (int, float)):
             ranked.append((float(value), d, {**meta["metrics"], "epoch": meta["epoch"]}))
     raw = read_bytes(f"{latest}/{HISTORY_FILE}")
     history = json.loads(raw) if raw else []
     prev = read_result(run_dir) or {}
-    best = (max if ck.score_mode == "max" else min)(ranked, key=lambda r: r[0]) if ranked else None
+    # The best that reads back: one whose weights were cut off must not become best/.
+    ranked.sort(key=lambda r: r[0], reverse=ck.score_mode == "max")
+    best = next((r for r in ranked if r[1] == latest or cannot_restore(r[1]) is None), None)
     best_dir = best[1] if best else latest
     with contextlib.suppress(Exception):
         publish_best(best_dir, run_dir)
@@ -563,6 +573,22 @@ def _outcome_on_disk(run_dir: str, name: str, spec: TrainingRunSpec, latest: str
         wall_time_s=float(prev.get("wall_time_s") or 0.0), history=history, run_dir=run_dir,
         name=name, spec=prev.get("spec") or spec.to_dict(),
         checkpoints=[r[1] for r in ranked], reused=True)
+
+
+def _best_of(result: Any, spec: TrainingRunSpec, *, skipped: Iterable[str]) -> tuple[Any, dict]:
+    """The best checkpoint of a finished ``fit`` and its metrics, ranked as Ray Train
+    ranks them (``Result.get_best_checkpoint``) but never one of ``skipped``: Ray's
+    list still names a checkpoint whose weights were found cut off at the start of this
+    run, with the metrics it reported, and it must not become ``best/``."""
+    ck = spec.checkpoint
+    skipped = set(skipped)
+    scored = [(float(m[ck.score_metric]), c, dict(m)) for c, m in result.best_checkpoints
+              if os.path.basename(c.path.rstrip("/")) not in skipped
+              and isinstance(m.get(ck.score_metric), (int, float))]
+    if not scored:
+        return result.checkpoint, dict(result.metrics or {})
+    _, best, metrics = (max if ck.score_mode == "max" else min)(scored, key=lambda t: t[0])
+    return best, metrics
 
 
 def _history_of(checkpoint: Any) -> list[dict[str, Any]]:
@@ -791,6 +817,8 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         return done
     check_resumable(run_dir, spec)
     plan = plan_resume(run_dir, spec)
+    if (note := drop_unreadable_train_snapshot(run_dir)) is not None:
+        plan.notes.insert(0, note)
     if plan.checkpoint is not None and plan.epoch >= spec.train.epochs:
         obs.on_start(run)
         notify(observers, f"{run_dir} already has {plan.epoch} epochs (asked for "
@@ -842,10 +870,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         raise RuntimeError(f"{name}: training reported no checkpoint")
 
     history = _history_of(result.checkpoint)
-    best = result.get_best_checkpoint(spec.checkpoint.score_metric, spec.checkpoint.score_mode) \
-        or result.checkpoint
-    best_metrics = next((dict(m) for c, m in result.best_checkpoints if c.path == best.path),
-                        dict(result.metrics or {}))
+    best, best_metrics = _best_of(result, spec, skipped=plan.skipped)
     outcome = TrainOutcome(
         metrics=history[-1] if history else dict(result.metrics or {}),
         best_checkpoint=checkpoint_uri(storage_path, best.path),

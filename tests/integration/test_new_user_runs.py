@@ -12,6 +12,8 @@ here, so the steps share it):
 3. adam -> sgd with the newest checkpoint truncated: one note each, the truncated epoch
    trained again once, a fresh sgd optimizer, no crash (#2, #7).
 4. ``--epochs`` below what is trained: "nothing to train", result.json untouched (#3).
+5. The same with ``serve: {enabled: true}`` and ``--serve``: the best checkpoint is
+   served until Ctrl-C, taken here by one of Ray's threads rather than the main one.
 
 Every successful run prints raykube's lines only; Ray's go to the run's raykube.log (#11).
 """
@@ -30,6 +32,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from raykube.resume import cannot_restore
 
 pytestmark = pytest.mark.integration
 
@@ -208,6 +212,9 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
     assert name == "sgd" and group["momentum"] == pytest.approx(0.8)
     assert json.loads((newest(run_dir) / "meta.json").read_text())["epoch"] == saved + 2
     result = (run_dir / "result.json").read_text()
+    # best/ is never the truncated one, though Ray's own list still ranks it
+    assert cannot_restore(str(run_dir / "best")) is None
+    assert json.loads(result)["best_checkpoint"] != str(bad)
 
     # -- 4. fewer epochs than trained: nothing starts, nothing is rewritten
     p = run_cli(str(spec), "--storage", str(storage), "--epochs", "2")
@@ -215,6 +222,35 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
     assert f"{run_dir} already has {saved + 2} epochs (asked for 2): nothing to train" in p.stdout
     assert not epochs_trained(p)
     assert (run_dir / "result.json").read_text() == result
+    assert cannot_restore(str(run_dir / "best")) is None
+
+    # -- 5. serving it with --serve until Ctrl-C, which one of Ray's threads takes
+    spec.write_text(spec.read_text() + "  serve: {enabled: true}\n")
+    port = free_port()
+    with in_terminal("run", str(spec), "--storage", str(storage), "--epochs", str(saved + 2),
+                     "--serve", "--port", str(port)) as p:
+        seen = []
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("serving until Ctrl-C"):
+                break
+        assert any(f"served at http://127.0.0.1:{port}" in ln for ln in seen), seen
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
+        best = json.loads((run_dir / "best" / "meta.json").read_text())
+        assert json.loads(body)["epoch"] == best["epoch"]
+        ctrl_c_taken_by_another_thread(p)
+        rest, err = p.communicate(timeout=120)
+    assert p.returncode == 0, (seen, rest, err)
+    assert "Traceback" not in "".join(seen) + rest + err
+    assert (run_dir / "result.json").read_text() == result
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path):
@@ -222,8 +258,6 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
     instead of waiting forever (#8); the terminal shows raykube's lines only and the curl
     line is whole (#11, #12); Ctrl-C stops it cleanly, also when one of Ray's threads
     rather than the main one takes the SIGINT (it slept on through it, now and then)."""
-    import socket
-    import urllib.request
 
     from raykube.checkpoint import save_checkpoint
     from raykube.models import build_model
@@ -235,9 +269,7 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
     save_checkpoint(ckpt, model=build_model(spec.model, (1, 8, 8), 10), optimizer=None, epoch=1,
                     spec=spec.to_dict(), class_names=[str(i) for i in range(10)],
                     input_shape=[1, 8, 8], metrics={"valAccuracy": 0.5})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = []
     with in_terminal("serve", str(ckpt), "--port", str(port), "--replicas", "3") as p:
         for line in p.stdout:

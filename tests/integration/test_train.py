@@ -164,6 +164,32 @@ def test_more_epochs_resume_from_the_latest_checkpoint(finished, storage, tmp_pa
     assert more.history[:4] == outcome.history and not more.reused
 
 
+def test_a_run_killed_while_ray_wrote_its_checkpoint_list_resumes(finished, storage, tmp_path):
+    """Ray Train rewrites checkpoint_manager_snapshot.json in place at each report; a run
+    killed between truncate and write (seen after a Ctrl-C) left it empty, and Train's
+    controller then died parsing it on every re-run (``JSONDecodeError``). Emptying the
+    file stands in for that kill; the controller that reads it is Ray's own."""
+    import shutil
+
+    from raykube.resume import TRAIN_SNAPSHOT
+    from raykube.train import fit
+
+    outcome, _ = finished
+    copy = tmp_path / "runs"
+    shutil.copytree(storage, copy)
+    snapshot = copy / "digits2" / TRAIN_SNAPSHOT
+    assert snapshot.stat().st_size > 0  # Ray wrote one: the file this test breaks
+    snapshot.write_bytes(b"")
+    rec = Recorder()
+    rec.notes = []
+    rec.on_note = rec.notes.append
+    more = fit(digits_run("digits2", epochs=5), str(copy), observers=[rec])
+    assert [m["epoch"] for m in rec.epochs] == [5]
+    assert [h["epoch"] for h in more.history] == [1, 2, 3, 4, 5]
+    assert any(f"{TRAIN_SNAPSHOT} was empty" in n for n in rec.notes), rec.notes
+    assert json.loads(snapshot.read_text())  # Ray's new list, written at epoch 5
+
+
 def test_killed_worker_is_replaced_without_repeating_epochs(ray_session, tmp_path):
     from raykube.train import fit
 
