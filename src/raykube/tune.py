@@ -218,19 +218,30 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     (resumed search, or Tune retrying it) continues from its latest checkpoint. Each
     epoch's report is forwarded with ``tune.report`` (ASHA decides on those).
     """
+    from raykube.resume import drop_unreadable_train_snapshot, latest_usable
     from raykube.train import ReportChannel, build_trainer, fit_and_stream
 
     assert spec_doc is not None and storage_root is not None and experiment_uri is not None
     spec = trial_spec(TrainingRunSpec.model_validate(spec_doc), config)
     trial_id = tune.get_context().get_trial_id()
     queue = ReportChannel()
+    trial_dir = _join(experiment_uri, f"trial-{trial_id}")
+    extra_config = None
+    # A trial resumes through Ray Train's checkpoint list; when a kill cut it off, Train's
+    # controller would fail on it at every restart: continue from storage instead.
+    if (note := drop_unreadable_train_snapshot(_join(trial_dir, "train"))) is not None:
+        log.warning("trial %s: %s", trial_id, note)
+        ckpt, _, skipped = latest_usable(_join(trial_dir, "train"))
+        extra_config = {"resume_from": ckpt,
+                        "skipped_checkpoints": [os.path.basename(d) for d in skipped]}
 
     trainer = build_trainer(
         spec,
         storage_root=storage_root,
-        storage_path=_join(experiment_uri, f"trial-{trial_id}"),
+        storage_path=trial_dir,
         name="train",
         callbacks=[_user_callback(queue)],
+        extra_config=extra_config,
     )
     reports = 0
 
