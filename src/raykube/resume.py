@@ -184,8 +184,7 @@ def drop_unreadable_train_snapshot(run_dir: str) -> str | None:
     The cost: checkpoints from before the cut are no longer deleted under
     ``checkpoint.keep`` (Ray's list no longer names them). An object store replaces a
     file whole, so there this never happens."""
-    name = TRAIN_SNAPSHOT
-    uri = f"{run_dir.rstrip('/')}/{name}"
+    uri = f"{run_dir.rstrip('/')}/{TRAIN_SNAPSHOT}"
     raw = read_bytes(uri)
     if raw is None:
         return None
@@ -197,7 +196,7 @@ def drop_unreadable_train_snapshot(run_dir: str) -> str | None:
     fs, path = filesystem(uri)
     fs.delete_file(path)
     what = "was empty" if not raw.strip() else f"could not be parsed ({len(raw)} bytes)"
-    return (f"Ray Train's checkpoint list {name} {what}, as a run killed while writing it "
+    return (f"Ray Train's checkpoint list {TRAIN_SNAPSHOT} {what}, as a run killed while writing it "
             "leaves it: removed. Training resumes from the checkpoints on storage; those "
             "already there are no longer pruned by checkpoint.keep")
 

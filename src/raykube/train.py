@@ -572,7 +572,7 @@ def _outcome_on_disk(run_dir: str, name: str, spec: TrainingRunSpec, latest: str
         best_metrics=best[2] if best else {}, epochs=int(history[-1]["epoch"]) if history else 0,
         wall_time_s=float(prev.get("wall_time_s") or 0.0), history=history, run_dir=run_dir,
         name=name, spec=prev.get("spec") or spec.to_dict(),
-        checkpoints=[r[1] for r in ranked], reused=True)
+        checkpoints=sorted(r[1] for r in ranked), reused=True)
 
 
 def _best_of(result: Any, spec: TrainingRunSpec, *, skipped: Iterable[str]) -> tuple[Any, dict]:

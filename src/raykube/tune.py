@@ -226,12 +226,13 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     trial_id = tune.get_context().get_trial_id()
     queue = ReportChannel()
     trial_dir = _join(experiment_uri, f"trial-{trial_id}")
+    train_dir = _join(trial_dir, "train")  # Ray Train's run: storage_path/name below
     extra_config = None
     # A trial resumes through Ray Train's checkpoint list; when a kill cut it off, Train's
     # controller would fail on it at every restart: continue from storage instead.
-    if (note := drop_unreadable_train_snapshot(_join(trial_dir, "train"))) is not None:
+    if (note := drop_unreadable_train_snapshot(train_dir)) is not None:
         log.warning("trial %s: %s", trial_id, note)
-        ckpt, _, skipped = latest_usable(_join(trial_dir, "train"))
+        ckpt, _, skipped = latest_usable(train_dir)
         extra_config = {"resume_from": ckpt,
                         "skipped_checkpoints": [os.path.basename(d) for d in skipped]}
 
