@@ -67,7 +67,9 @@ def checkpoint_dirs(run_dir: str) -> list[str]:
                   if i.type == pafs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX))
 
 
-def _meta(ckpt_dir: str) -> dict[str, Any] | None:
+def read_meta(ckpt_dir: str) -> dict[str, Any] | None:
+    """A raykube checkpoint's meta.json (``epoch``, ``spec``, ``metrics``), or None when
+    it is missing or cut off."""
     raw = read_bytes(f"{ckpt_dir}/meta.json")
     try:
         doc = json.loads(raw) if raw else None
@@ -110,7 +112,7 @@ def latest_usable(run_dir: str) -> tuple[str | None, dict[str, Any] | None, list
     directories of the newer ones skipped."""
     skipped: list[str] = []
     for d in reversed(checkpoint_dirs(run_dir)):
-        meta = _meta(d)
+        meta = read_meta(d)
         why = "no readable meta.json" if meta is None else cannot_restore(d)
         if why is None:
             return d, meta, skipped
@@ -214,7 +216,7 @@ def choose_checkpoint(ray_ckpt: Any, resume_from: str | None, skipped: Iterable[
         return ray_ckpt
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
-            theirs = _meta(d)
+            theirs = read_meta(d)
         if theirs is not None and int(theirs["epoch"]) >= _epoch_of(resume_from):
             return ray_ckpt
     if "://" in resume_from:
@@ -224,7 +226,7 @@ def choose_checkpoint(ray_ckpt: Any, resume_from: str | None, skipped: Iterable[
 
 
 def _epoch_of(ckpt_dir: str) -> int:
-    meta = _meta(ckpt_dir)
+    meta = read_meta(ckpt_dir)
     return int(meta["epoch"]) if meta else 0
 
 

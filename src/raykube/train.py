@@ -37,6 +37,7 @@ from raykube.resume import (
     checkpoint_dirs,
     drop_unreadable_train_snapshot,
     plan_resume,
+    read_meta,
 )
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
 from raykube.storage import checkpoint_uri, filesystem, ray_storage, read_bytes, write_bytes
@@ -550,12 +551,8 @@ def _outcome_on_disk(run_dir: str, name: str, spec: TrainingRunSpec, latest: str
     ck = spec.checkpoint
     ranked = []
     for d in checkpoint_dirs(run_dir):
-        raw = read_bytes(f"{d}/meta.json")
-        try:
-            meta = json.loads(raw) if raw else None
-        except ValueError:  # cut off: not a candidate
-            meta = None
-        value = (meta or {}).get("metrics", {}).get(ck.score_metric) if isinstance(meta, dict) else None
+        meta = read_meta(d)  # None when cut off: not a candidate
+        value = (meta or {}).get("metrics", {}).get(ck.score_metric)
         if isinstance(value, (int, float)):
             ranked.append((float(value), d, {**meta["metrics"], "epoch": meta["epoch"]}))
     raw = read_bytes(f"{latest}/{HISTORY_FILE}")
