@@ -3,8 +3,9 @@ SynchronizationActor and its workers in worker processes that ``raykube.prestart
 the raylet for before Train needed them, and starts no actor that raykube does not use
 (Ray's AutoscalingCoordinator and DatasetManager; ``raykube.train._trainer_class``),
 that only the Train workers import torch (``raykube.torch_backend``), and that its Ray
-loads no dashboard module (``raykube.local.init_ray``: a plain run has no use for them;
-``--dashboard`` turns them on, tests/integration/test_new_user_runs.py).
+starts neither its API-server process nor its autoscaler monitor (``raykube.ray_local``:
+a plain run has no use for them; ``--dashboard`` starts Ray in full,
+tests/integration/test_new_user_runs.py).
 
 Real Ray: ``raykube run`` in a subprocess, with a Ray temp dir of its own so that the
 logs read below are that run's only. The evidence is Ray's own: the raylet's
@@ -80,9 +81,8 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
         actors = sorted(names.values())
         torch_in = {stem: any(_TORCH_IMPORT.search(line) for line in _lines(f"{stem}.err"))
                     for stem in names}
-        # Ray always starts its API-server process; this is the modules it loaded into it.
-        modules = [line.split("to load:", 1)[1].strip().rstrip(".") for line in _lines(f"{logs}/dashboard.log")
-                   if "DashboardHeadModules to load:" in line]
+        # Each of Ray's Python daemons writes its own log as it starts.
+        daemon_logs = {os.path.basename(f) for f in glob.glob(f"{logs}/*.log")}
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -100,5 +100,7 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
     assert {names[s]: torch_in[s] for s in names if names[s] != "RayTrainWorker"} == {
         "SynchronizationActor": False, "TrainController": False}, torch_in
     assert all(torch_in[s] for s in names if names[s] == "RayTrainWorker"), torch_in
-    # No dashboard: Ray's minimal API server (usage stats only), as include_dashboard=False.
-    assert modules == ["{'UsageStatsHead'}"], modules
+    # No API server (dashboard.log) and no autoscaler monitor (monitor.log); the log
+    # monitor and the raylet's two agents did start (the logs are where they should be).
+    assert {"log_monitor.log", "dashboard_agent.log", "runtime_env_agent.log"} <= daemon_logs
+    assert not {"dashboard.log", "monitor.log"} & daemon_logs, sorted(daemon_logs)

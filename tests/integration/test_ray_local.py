@@ -1,0 +1,79 @@
+"""``raykube.ray_local``'s lean start (issue 14): a local Ray without the dashboard starts
+no API-server process and no autoscaler monitor, finds its raylet by polling the GCS
+(not Ray's once-a-second wait), and works; with the dashboard, or with
+``RAYKUBE_LEAN_RAY=0``, Ray starts in full (the controls).
+
+Real Ray, each case in a fresh interpreter (``ray.init`` is once per process), with a
+Ray temp dir of its own. What is read is Ray's own record of what it started
+(``Node.all_processes``) and a task's answer; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+PROBE = r"""
+import json, sys
+import ray
+from ray._private import node, services
+import raykube.ray_local as rl
+
+before = (node.Node.start_api_server, node.Node.start_monitor, services.get_node)
+asked = []
+real_wait = rl._wait_for_node
+def spy(get_node):
+    wrapped = real_wait(get_node)
+    def wait(gcs_address, node_id):
+        info = wrapped(gcs_address, node_id)
+        asked.append(info["node_id"] == node_id)
+        return info
+    return wait
+rl._wait_for_node = spy
+dashboard = json.loads(sys.argv[1])
+rl.init_local_ray(num_cpus=1, include_dashboard=dashboard, configure_logging=False)
+started = sorted(ray._private.worker._global_node.all_processes)
+answer = ray.get(ray.remote(lambda: 6 * 7).remote())
+restored = before == (node.Node.start_api_server, node.Node.start_monitor, services.get_node)
+ray.shutdown()
+print(json.dumps({"started": started, "answer": answer, "asked": asked, "restored": restored}))
+"""
+
+
+def _start(dashboard: bool | None, **env: str) -> dict:
+    ray_tmp = tempfile.mkdtemp(prefix="rkl", dir="/tmp")  # short: Ray's socket paths
+    try:
+        full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYKUBE_LEAN_RAY")}
+        full_env.update({"RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", **env})
+        r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(dashboard)], env=full_env,
+                           capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_ray_without_dashboard_starts_lean_and_works():
+    out = _start(False)
+    assert out["answer"] == 42
+    assert "dashboard" not in out["started"] and "monitor" not in out["started"], out
+    assert {"gcs_server", "raylet", "log_monitor"} <= set(out["started"]), out
+    # ray.init found its node through raykube's poll, and Ray's functions are back.
+    assert out["asked"] == [True], out
+    assert out["restored"], out
+
+
+def test_the_controls_start_ray_in_full():
+    # Ray's default (the dashboard when it can) and the switch: nothing left out.
+    for out in (_start(None), _start(False, RAYKUBE_LEAN_RAY="0")):
+        assert out["answer"] == 42
+        assert {"dashboard", "monitor", "gcs_server", "raylet"} <= set(out["started"]), out
+        assert out["restored"], out
