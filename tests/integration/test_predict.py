@@ -11,6 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fake_datasets import write_fashion_mnist
 
 from raykube.checkpoint import load_model, read_meta
 from raykube.cli import main
@@ -168,3 +169,28 @@ def test_predict_folders_as_users_have_them(trained, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "the folder names (cat, dog) are none of the model's classes" in printed
     assert "accuracy 0" not in printed
+
+
+def test_uint8_dataset_trains_and_predicts_with_one_normalisation(ray_session, tmp_path, capsys):
+    """FashionMNIST is held as its uint8 images and normalised per batch in training;
+    batch inference normalises in its Ray Data blocks. Both must see the same numbers:
+    the accuracy ``predict`` computes equals the one training reported, and its
+    probabilities equal the model's on the tutorial's normalisation done here."""
+    from raykube.train import fit
+
+    storage = tmp_path / "storage"
+    _, _, test_images, test_labels = write_fashion_mnist(storage / "datasets", n_train=200,
+                                                         n_test=60)
+    spec = {**SPEC, "data": {"dataset": "fashion-mnist"}}
+    outcome = fit(parse_spec(spec, name="fashion-u8"), str(storage))
+    checkpoint = outcome.best_checkpoint
+    out = tmp_path / "preds.parquet"
+    assert main(["predict", checkpoint, "--data", "fashion-mnist", "--split", "val",
+                 "--cache-dir", str(storage / "datasets"), "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    np.testing.assert_array_equal(table["label"].to_numpy(), test_labels)
+    probs = np.stack(table["probabilities"].to_numpy(zero_copy_only=False))
+    x = ((test_images.astype(np.float32) / 255.0 - 0.5) / 0.5)[:, None]
+    np.testing.assert_allclose(probs, direct_probs(checkpoint, x), rtol=1e-5, atol=1e-6)
+    acc = float((table["prediction"].to_numpy() == test_labels).mean())
+    assert acc == pytest.approx(read_meta(checkpoint).metrics["valAccuracy"], abs=1e-12)

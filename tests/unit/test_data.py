@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
-
 import numpy as np
 import pytest
 from PIL import Image
+
+from fake_datasets import write_fashion_mnist
 
 from raykube import data
 from raykube.spec import parse_spec
@@ -47,31 +46,21 @@ def test_num_samples_caps_training_examples_of_real_datasets():
     assert len(tx) == 100 and len(vx) == 359
 
 
-def _idx(path, array: np.ndarray, *, labels: bool) -> None:
-    """Write an idx file (the MNIST/FashionMNIST format), gzip'd, like the official ones."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + b"".join(
-        struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def write_fashion_mnist(root, n_train: int = 60, n_test: int = 20) -> tuple[np.ndarray, ...]:
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    arrays = (rng.integers(0, 256, (n_train, 28, 28)), rng.integers(0, 10, n_train),
-              rng.integers(0, 256, (n_test, 28, 28)), rng.integers(0, 10, n_test))
-    for name, arr in zip(data.FASHION_FILES, arrays, strict=True):
-        _idx(raw / f"{name}.gz", arr, labels=arr.ndim == 1)
-    return arrays
-
-
 def test_fashion_mnist_preseeded_gz_files_load_through_torchvision(tmp_path):
+    import torch
+
     images, labels, test_images, test_labels = write_fashion_mnist(tmp_path)
     spec = make_spec("fashion-mnist")
     tx, ty, vx, vy = data._numpy_arrays(spec, str(tmp_path))
     assert tx.shape == (60, 1, 28, 28) and vx.shape == (20, 1, 28, 28)
-    np.testing.assert_allclose(tx[:, 0], (images / 255.0 - 0.5) / 0.5, atol=1e-6)
+    # Held as the published uint8 images; each batch normalised as the tutorial's
+    # ToTensor + Normalize((0.5,), (0.5,)) when it is used.
+    assert tx.dtype == np.uint8 and np.array_equal(tx[:, 0], images)
+    np.testing.assert_allclose(data.normalise_batch(torch.from_numpy(tx[:7])).numpy()[:, 0],
+                               (images[:7] / 255.0 - 0.5) / 0.5, atol=1e-6)
+    as_rows = data._as_float({"image": tx[:7], "label": ty[:7]})  # batch inference's blocks
+    assert as_rows["image"].dtype == np.float32
+    np.testing.assert_allclose(as_rows["image"][:, 0], (images[:7] / 255.0 - 0.5) / 0.5, atol=1e-6)
     assert np.array_equal(ty, labels) and np.array_equal(vy, test_labels)
     assert data.dataset_info(spec).class_names[0] == "T-shirt/top"
 
