@@ -11,8 +11,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fake_datasets import write_fashion_mnist
 
+from fake_datasets import write_fashion_mnist
 from raykube.checkpoint import load_model, read_meta
 from raykube.cli import main
 from raykube.data import load_arrays

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from fake_datasets import write_fashion_mnist
-
 from raykube import data
 from raykube.spec import parse_spec
 
