@@ -2,8 +2,8 @@
 SynchronizationActor and its workers in worker processes that ``raykube.prestart`` asked
 the raylet for before Train needed them, and starts no actor that raykube does not use
 (Ray's AutoscalingCoordinator and DatasetManager; ``raykube.train._trainer_class``),
-that only the Train workers import torch (``raykube.torch_backend``), and that its Ray
-starts neither its API-server process nor its autoscaler monitor (``raykube.ray_local``:
+that only the Train workers import torch (``raykube.torch_backend``), that its worker
+processes run at nice 0 (``RAY_worker_niceness``, not Ray's 15), and that its Ray starts neither its API-server process nor its autoscaler monitor (``raykube.ray_local``:
 a plain run has no use for them; ``--dashboard`` starts Ray in full,
 tests/integration/test_new_user_runs.py).
 
@@ -81,6 +81,10 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
         actors = sorted(names.values())
         torch_in = {stem: any(_TORCH_IMPORT.search(line) for line in _lines(f"{stem}.err"))
                     for stem in names}
+        # Each core worker logs the niceness Ray gave its process (raykube: 0, Ray: 15).
+        niceness = sorted({line.rsplit(" ", 1)[1].strip()
+                           for f in glob.glob(f"{logs}/python-core-worker-*.log")
+                           for line in _lines(f) if "Adjusted worker niceness to" in line})
         # Each of Ray's Python daemons writes its own log as it starts.
         daemon_logs = {os.path.basename(f) for f in glob.glob(f"{logs}/*.log")}
     finally:
@@ -100,6 +104,8 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
     assert {names[s]: torch_in[s] for s in names if names[s] != "RayTrainWorker"} == {
         "SynchronizationActor": False, "TrainController": False}, torch_in
     assert all(torch_in[s] for s in names if names[s] == "RayTrainWorker"), torch_in
+    # Every worker process (the Train workers among them) at nice 0 (raykube.render.TRAIN_ENV).
+    assert niceness == ["0"], niceness
     # No API server (dashboard.log) and no autoscaler monitor (monitor.log); the log
     # monitor and the raylet's two agents did start (the logs are where they should be).
     assert {"log_monitor.log", "dashboard_agent.log", "runtime_env_agent.log"} <= daemon_logs

@@ -76,7 +76,7 @@ def test_rayjob_contract():
         assert env == {"RAYKUBE_STORAGE": "/mnt/raykube/default", "RAY_USAGE_STATS_ENABLED": "0",
                        "RAYKUBE_TRAININGRUN": "default/quickstart",
                        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-                       "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+                       "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_worker_niceness": "0"}
         assert c["image"] == CFG.cpu_image
         assert "nvidia.com/gpu" not in c["resources"]["limits"]
     # the driver runs on the head: only it gets the spec and the run's API token

@@ -35,12 +35,8 @@ CHILD_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "PYTHONUNBUFFERED": "1",
 }
-# Not set: RAY_worker_niceness. Ray runs its worker processes (Train workers, Serve
-# replicas) at nice 15, so its own daemons stay responsive and, on a shared machine,
-# other processes come first; raykube keeps Ray's default, and the bench measures what
-# a user gets. On the quiet bench machine nothing else competes: interleaved probes of
-# `raykube run` on the CNN (2 x 1 in 6 rounds, 1 x 2 in 2) had Ray's 15 ahead of 0 in 6
-# of 8 rounds, by -17 % to +12 %: within this machine's noise.
+# Not set here: RAY_worker_niceness. raykube sets it to 0 itself (raykube.render.TRAIN_ENV,
+# applied by `raykube run` and in the pods), so the bench measures what a user gets.
 
 
 # --------------------------------------------------------------------------- statistics

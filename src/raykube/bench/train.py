@@ -601,8 +601,8 @@ def run_suite(*, quick: bool = False, cases: list[str] | None = None,
         "the `raykube run` command, its imports, Ray's start, Train's controller and workers, "
         "data) to the end of its first optimizer step; Ray's start (its GCS to the driver "
         "connected, from Ray's logs) and Ray-up-to-first-step are its parts. "
-        "Ray's worker processes run at Ray's default niceness (15), as `raykube run` "
-        "gives a user; the baselines at 0.")
+        "Every process runs at nice 0 (raykube's Ray workers through RAY_worker_niceness=0, "
+        "which raykube sets instead of Ray's 15).")
     return report
 
 
