@@ -11,8 +11,8 @@ Real Ray: ``raykube run`` in a subprocess, with a Ray temp dir of its own so tha
 logs read below are that run's only. The evidence is Ray's own: the raylet's
 "Started worker process" lines, the Train controller's log and each worker's actor name.
 If the runtime env that ``prestart`` derives differed from the one Ray gives Train's
-actors, the prestarted processes would sit unused and Train would start its own: more
-processes than actors. No timing is asserted.
+actors, the prestarted processes would sit unused and the actors would run in processes
+Ray started after them. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ spec:
   scaling: {workers: 2}
   checkpoint: {keep: 1}
 """
+_STARTED_PID = re.compile(r"Started worker process with pid (\d+)")
 _TORCH_IMPORT = re.compile(r"^import time:.*\|\s+torch$")
 _RAY_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
@@ -70,8 +71,11 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
         [session] = glob.glob(f"{ray_tmp}/ray/session_2*")
         logs = f"{session}/logs"
 
-        starts = [_ray_time(m.group(1)) for line in _lines(f"{logs}/raylet.out")
-                  if "Started worker process" in line and (m := _RAY_TIME.match(line))]
+        started = sorted((_ray_time(m.group(1)), int(p.group(1)))
+                         for line in _lines(f"{logs}/raylet.out")
+                         if "Started worker process" in line and (m := _RAY_TIME.match(line))
+                         and (p := _STARTED_PID.search(line)))
+        starts = [t for t, _ in started]
         [controller_log] = glob.glob(f"{logs}/train/ray-train-sys-controller-*.log")
         group_start = next(_ray_time(json.loads(line)["asctime"]) for line in _lines(controller_log)
                            if "Attempting to start training worker group" in line)
@@ -88,13 +92,19 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
         # Each of Ray's Python daemons writes its own log as it starts.
         daemon_logs = {os.path.basename(f) for f in glob.glob(f"{logs}/*.log")}
     finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        if not os.environ.get("KEEP_RAY_TMP"):  # =1 keeps Ray's logs to read after a failure
+            shutil.rmtree(ray_tmp, ignore_errors=True)
 
     # Exactly Train's actors, nothing else (no coordinator, dataset manager or cleaner).
     assert actors == ["RayTrainWorker", "RayTrainWorker", "SynchronizationActor",
                       "TrainController"], actors
-    # One process per actor: every prestarted process was used (the runtime env matched).
-    assert len(starts) == len(actors), (starts, actors)
+    # The actors run in the first processes started, the ones raykube asked for: had the
+    # runtime env not matched, those would sit unused and the actors would run in
+    # processes Ray started later. Ray itself may start one more when a worker-group
+    # lease arrives while the last prestarted batch is still registering; that one hosts
+    # no actor and is stopped as idle (seen in 2 of 6 runs on a loaded machine).
+    actor_pids = {int(stem.rsplit("-", 1)[1]) for stem in names}
+    assert actor_pids == {pid for _, pid in started[:len(actors)]}, (started, names)
     # Without prestarting only the controller's process starts before it asks for the
     # worker group; the first batch (the raylet starts two at a time on two cores) was
     # started before, and the next one too unless the machine was slow.
