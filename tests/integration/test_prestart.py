@@ -98,13 +98,16 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
     # Exactly Train's actors, nothing else (no coordinator, dataset manager or cleaner).
     assert actors == ["RayTrainWorker", "RayTrainWorker", "SynchronizationActor",
                       "TrainController"], actors
-    # The actors run in the first processes started, the ones raykube asked for: had the
-    # runtime env not matched, those would sit unused and the actors would run in
-    # processes Ray started later. Ray itself may start one more when a worker-group
-    # lease arrives while the last prestarted batch is still registering; that one hosts
-    # no actor and is stopped as idle (seen in 2 of 6 runs on a loaded machine).
+    # The first batch raykube asked for (before Train's controller existed) hosts actors:
+    # had the runtime env not matched, those processes would sit unused and every actor
+    # would run in a process Ray started later. The later batch can race with Ray: when
+    # the worker group's leases reach the raylet while it is still registering, Ray
+    # starts a process itself, and a worker may run there while a prestarted one goes
+    # unused (seen on a loaded machine: in CI, and in 2 of 6 runs beside other work).
     actor_pids = {int(stem.rsplit("-", 1)[1]) for stem in names}
-    assert actor_pids == {pid for _, pid in started[:len(actors)]}, (started, names)
+    first_batch = {pid for _, pid in started[:min(len(actors), os.cpu_count() or 1)]}
+    assert first_batch <= actor_pids, (started, names)
+    assert len(started) <= len(actors) + 2, (started, names)  # at most the race's extras
     # Without prestarting only the controller's process starts before it asks for the
     # worker group; the first batch (the raylet starts two at a time on two cores) was
     # started before, and the next one too unless the machine was slow.
