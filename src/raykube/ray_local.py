@@ -23,11 +23,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from raykube.flags import env_flag
 from raykube.ports import free_port
 
 log = logging.getLogger(__name__)
 
-LEAN_ENV = "RAYKUBE_LEAN_RAY"  # "0": start Ray exactly as ray.init does
+LEAN_ENV = "RAYKUBE_LEAN_RAY"  # off ("0", "false"): start Ray exactly as ray.init does
 NODE_POLL_S = 0.02
 NODE_WAIT_S = 30.0  # Ray's own limit (raylet_start_wait_time_s)
 
@@ -76,7 +77,7 @@ def _lean_start(include_dashboard: bool | None) -> Iterator[None]:
     Each replacement is undone when ``ray.init`` returns. ``tests/integration/
     test_ray_local.py`` checks from Ray's own process table that they took effect, so a
     Ray upgrade that moves them fails a test instead of quietly making start-up slow."""
-    if os.environ.get(LEAN_ENV, "1") == "0":
+    if not env_flag(LEAN_ENV, True):
         yield
         return
     from ray._common.usage import usage_lib
