@@ -3,8 +3,9 @@ SynchronizationActor and its workers in worker processes that ``raykube.prestart
 the raylet for before Train needed them, and starts no actor that raykube does not use
 (Ray's AutoscalingCoordinator and DatasetManager; ``raykube.train._trainer_class``),
 that only the Train workers import torch (``raykube.torch_backend``), that its worker
-processes run at nice 0 (``RAY_worker_niceness``, not Ray's 15), and that its Ray starts neither its API-server process nor its autoscaler monitor (``raykube.ray_local``:
-a plain run has no use for them; ``--dashboard`` starts Ray in full,
+processes run at nice 0 (``RAY_worker_niceness``, not Ray's 15), and that its Ray starts
+neither its API-server process nor its autoscaler monitor (``raykube.ray_local``: a plain
+run has no use for them; ``--dashboard`` starts Ray in full,
 tests/integration/test_new_user_runs.py).
 
 Real Ray: ``raykube run`` in a subprocess, with a Ray temp dir of its own so that the
@@ -28,6 +29,8 @@ import sys
 import tempfile
 
 import pytest
+
+from raykube.prestart import startup_concurrency
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +76,7 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
 
         started = sorted((_ray_time(m.group(1)), int(p.group(1)))
                          for line in _lines(f"{logs}/raylet.out")
-                         if "Started worker process" in line and (m := _RAY_TIME.match(line))
-                         and (p := _STARTED_PID.search(line)))
+                         if (p := _STARTED_PID.search(line)) and (m := _RAY_TIME.match(line)))
         starts = [t for t, _ in started]
         [controller_log] = glob.glob(f"{logs}/train/ray-train-sys-controller-*.log")
         group_start = next(_ray_time(json.loads(line)["asctime"]) for line in _lines(controller_log)
@@ -105,7 +107,8 @@ def test_train_actors_run_in_prestarted_workers(tmp_path):
     # starts a process itself, and a worker may run there while a prestarted one goes
     # unused (seen on a loaded machine: in CI, and in 2 of 6 runs beside other work).
     actor_pids = {int(stem.rsplit("-", 1)[1]) for stem in names}
-    first_batch = {pid for _, pid in started[:min(len(actors), os.cpu_count() or 1)]}
+    first = min(len(actors), startup_concurrency(os.cpu_count() or 1))  # as prestart asks
+    first_batch = {pid for _, pid in started[:first]}
     assert first_batch <= actor_pids, (started, names)
     assert len(started) <= len(actors) + 2, (started, names)  # at most the race's extras
     # Without prestarting only the controller's process starts before it asks for the
