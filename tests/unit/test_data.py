@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fake_datasets import write_fashion_mnist
@@ -36,6 +37,10 @@ def test_synthetic_is_deterministic_and_learnable_shape():
     for x, y in zip(a, b, strict=True):
         assert np.array_equal(x, y)
     assert a[0].shape == (80, 2, 4, 4) and set(np.unique(a[1])) <= {0, 1, 2}
+    # uint8, like the image datasets: the training loop normalises each batch to [-1, 1]
+    assert a[0].dtype == np.uint8
+    x = data.normalise_batch(torch.from_numpy(a[0]))
+    assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
     info = data.dataset_info(spec)
     assert info.input_shape == (2, 4, 4) and info.class_names == ["0", "1", "2"]
 

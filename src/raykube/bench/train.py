@@ -306,6 +306,7 @@ def _plain_loop(payload: dict[str, Any], *, rank: int = 0, world: int = 1) -> di
     from torch import nn
 
     from raykube.checkpoint import save_checkpoint
+    from raykube.data import normalise_batch
     from raykube.models import build_model
     from raykube.spec import ModelSpec
 
@@ -335,7 +336,7 @@ def _plain_loop(payload: dict[str, Any], *, rank: int = 0, world: int = 1) -> di
         train_correct = torch.zeros((), device=device, dtype=torch.int64)
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
-            xb, yb = x[idx], y[idx]
+            xb, yb = normalise_batch(x[idx]), y[idx]  # uint8, as raykube's loop
             out = model(xb)
             loss = loss_fn(out, yb)
             opt.zero_grad(set_to_none=True)
@@ -347,7 +348,7 @@ def _plain_loop(payload: dict[str, Any], *, rank: int = 0, world: int = 1) -> di
         correct = torch.zeros((), device=device)
         with torch.no_grad():
             for i in range(0, len(val_x), VAL_BATCH):
-                correct += (model(val_x[i:i + VAL_BATCH]).argmax(1)
+                correct += (model(normalise_batch(val_x[i:i + VAL_BATCH])).argmax(1)
                             == val_y[i:i + VAL_BATCH]).sum()
         metrics = {"trainLoss": float(total_loss), "valAccuracy": float(correct) / max(1, n_val)}
         if rank == 0 and payload.get("checkpoint", True):
