@@ -95,8 +95,15 @@ e2e-local-down: $(STAMP) ## stop what `KEEP=1 make e2e-local` left running
 	$(BIN)/python -m raykube.testing.control_plane down --dir build/e2e-local/cluster
 
 # ---------------------------------------------------------------------------- tests
+# wrk (Debian's package) drives the serve benchmark's load and its smoke test; a fresh
+# machine gets it from apt the first time (the bench falls back to httpx without it).
+.PHONY: bench-tools
+bench-tools: ## install wrk from Debian's packages when it is not on the PATH
+	@command -v wrk > /dev/null || { echo "apt-get install wrk"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
+
 .PHONY: test
-test: $(STAMP) cluster-bins s3-build ## set up (first time) and run the unit and integration tests
+test: $(STAMP) cluster-bins s3-build bench-tools ## set up (first time) and run the unit and integration tests
 	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: test-unit
@@ -135,11 +142,11 @@ s3-down: ## stop the MinIO of s3-up (data stays in build/s3/data)
 
 # --------------------------------------------------------------------------- bench
 .PHONY: bench
-bench: $(STAMP) ## benchmarks vs baselines, quick mode (~10 min); bench-out/
+bench: $(STAMP) bench-tools ## benchmarks vs baselines, quick mode (~10 min); bench-out/
 	$(BIN)/raykube bench all --quick --out bench-out
 
 .PHONY: bench-full
-bench-full: $(STAMP) ## benchmarks vs baselines, full size
+bench-full: $(STAMP) bench-tools ## benchmarks vs baselines, full size
 	$(BIN)/raykube bench all --out bench-out
 
 # ------------------------------------------------------------------- images & kind
