@@ -37,9 +37,9 @@ from raykube.flags import env_flag
 log = logging.getLogger(__name__)
 
 KEEP_ALIVE_S = 60
+"""How long an unused prestarted worker stays (Ray reclaims idle workers after that)."""
 FOLLOW_UP_S = 30.0
 """How long the follow-up requests wait for earlier batches to come up."""
-"""How long an unused prestarted worker stays (Ray reclaims idle workers after that)."""
 ENABLE_ENV = "RAYKUBE_PRESTART_TRAIN_WORKERS"
 """``0`` turns prestarting off."""
 PLAIN_ENV_KEYS = frozenset({"env_vars", "worker_process_setup_hook", "config"})

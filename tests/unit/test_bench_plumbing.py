@@ -57,6 +57,25 @@ def test_ratios_come_from_the_recorded_measurements():
     assert math.isnan(r.add_ratio("cnn", "samples_per_s", "raykube", "nope"))
 
 
+def test_ratios_pair_the_runs_of_each_round():
+    """Interleaved rounds: the ratio is the median of per-round ratios, so a round where
+    the whole machine was slow (round 1 here) does not skew it; a round one variant
+    failed (no run for round 2) is left out of the pairing."""
+    r = Report("train")
+    torch = [{"round": 0, "metrics": {"samples_per_s": 1000.0}},
+             {"round": 1, "metrics": {"samples_per_s": 500.0}},
+             {"round": 2, "metrics": {"samples_per_s": 1000.0}}]
+    ray = [{"round": 0, "metrics": {"samples_per_s": 960.0}},
+           {"round": 1, "metrics": {"samples_per_s": 490.0}}]
+    r.add("cnn", "torch", {"samples_per_s": 1000.0}, rounds=torch)
+    r.add("cnn", "raykube", {"samples_per_s": 725.0}, rounds=ray)
+    v = r.add_ratio("cnn", "samples_per_s", "raykube", "torch", goal=Goal(">=", 0.95))
+    assert r.ratios[-1]["per_round"] == pytest.approx([0.96, 0.98])
+    assert v == pytest.approx(0.97) and r.ratios[-1]["met"] is True
+    assert r.ratios[-1]["ratio_of_medians"] == pytest.approx(0.725)
+    assert "0.97x (rounds 0.96, 0.98)" in r.markdown()
+
+
 def test_report_writes_json_markdown_and_png(tmp_path):
     r = _report()
     r.add_ratio("cnn", "samples_per_s", "raykube", "torch", goal=Goal(">=", 0.9))
@@ -129,6 +148,8 @@ def test_cli_parses_bench_arguments():
     args = build_parser("bench").parse_args(["bench", "train", "--quick", "--out", "x",
                                              "--case", "cifar10-cnn"])
     assert (args.suite, args.quick, args.out, args.case) == ("train", True, "x", ["cifar10-cnn"])
+    assert args.rounds is None
+    assert build_parser("bench").parse_args(["bench", "train", "--rounds", "5"]).rounds == 5
     with pytest.raises(SystemExit):
         build_parser("bench").parse_args(["bench", "nope"])
 

@@ -551,12 +551,14 @@ def run_suite(*, quick: bool = False, cases: list[str] | None = None,
 
     def measure_all(case: str, variants: list[tuple[str, str]], payload: dict[str, Any]) -> None:
         # Rounds interleave the variants, so a burst of load elsewhere on the machine
-        # hits all of them rather than one.
+        # hits all of them rather than one; each run keeps its round, and the ratios pair
+        # the runs of a round (Report.add_ratio).
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v, _ in variants}
-        for _ in range(rounds):
+        for i in range(rounds):
             for variant, mode in variants:
                 try:
-                    runs[variant].append(_measure(case, variant, mode, payload, timeout))
+                    runs[variant].append({**_measure(case, variant, mode, payload, timeout),
+                                          "round": i})
                 except ChildError as exc:
                     report.error(case, variant, str(exc).strip().splitlines()[0])
                     report.notes.append(f"{case}/{variant} failure detail: {str(exc)[-1500:]}")
@@ -566,8 +568,9 @@ def run_suite(*, quick: bool = False, cases: list[str] | None = None,
     for case in wanted:
         if case == GPU_CASE:
             continue
-        measure_all(case, [("torch", "single"), ("ddp", "ddp"), ("raykube", "raykube"),
-                           ("raykube-1x2", "raykube")], {**p, **case_params(case, quick)})
+        # Each goal's two variants run back to back (ddp, raykube | raykube-1x2, torch).
+        measure_all(case, [("ddp", "ddp"), ("raykube", "raykube"), ("raykube-1x2", "raykube"),
+                           ("torch", "single")], {**p, **case_params(case, quick)})
         for (num, den), goal in GOALS.items():
             report.add_ratio(case, "samples_per_s", num, den, goal=goal)
         report.add_ratio(case, "samples_per_s", "raykube-1x2", "raykube")
@@ -593,7 +596,8 @@ def run_suite(*, quick: bool = False, cases: list[str] | None = None,
         + ("epochs per case (cifar10-cnn 6, fashion-mnist-mlp 14)" if not quick
            else f"{p['epochs']} epochs") + " (the first is warm-up; the measured window, "
         "every later epoch, is in the table), median of "
-        f"{rounds} interleaved round(s), {p['threads']} CPU threads in total for "
+        f"{rounds} interleaved round(s) (a ratio is the median of the per-round ratios), "
+        f"{p['threads']} CPU threads in total for "
         f"every variant; torch: 1 process x {p['threads']} threads, ddp and raykube: "
         f"{p['workers']} processes x {p['threads'] // p['workers']} thread(s), raykube-1x2: "
         f"1 Ray Train worker x {p['threads']} threads. samples/s is the "

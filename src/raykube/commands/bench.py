@@ -26,13 +26,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--case", action="append", default=None, metavar="NAME",
                    help="train: only this case (cifar10-cnn, fashion-mnist-mlp, "
                    "cifar10-cnn-gpu); repeatable")
+    p.add_argument("--rounds", type=int, default=None, metavar="N",
+                   help="train: interleaved rounds per variant (default: 3; --quick 1); "
+                   "more rounds narrow the per-round ratios on a noisy machine")
 
 
 def _run_one(suite: str, args: argparse.Namespace):
     if suite == "train":
         from raykube.bench import train
 
-        return train.run_suite(quick=args.quick, cases=args.case)
+        return train.run_suite(quick=args.quick, cases=args.case,
+                               params={"rounds": args.rounds} if args.rounds else None)
     if suite == "ingest":
         from raykube.bench import ingest
 
