@@ -507,6 +507,9 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
                                          spec.train.epochs)
             if row["metric"] is None:
                 row["metric"] = _metric_of(history[-1], metric)
+        if row["status"] == "ERROR":
+            row["error"] = _trial_error(trial, experiment_uri)
+            log.warning("trial %s ended in ERROR: %s", row["trial"], row["error"])
         trials.append(row)
         for rec in history:
             value = _metric_of(rec, metric)
@@ -527,6 +530,32 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
         best_checkpoint=rec[CHECKPOINT_KEY], best_metrics=best_metrics, trials=trials,
         spec=_identity(spec),
     )
+
+
+def _trial_error(trial: Any, experiment_uri: str) -> str:
+    """'ValueError: ... (traceback: <trial dir>/error.txt)': the last line of a failed
+    trial's stored traceback, so a search that found a best trial still says which
+    trials failed and why, in one line (Tune itself only logs it while running)."""
+    folder = getattr(trial.storage, "trial_dir_name", None)
+    where = folder and _join(experiment_uri, folder,
+                             trial.run_metadata.error_filename or "error.txt")
+    try:
+        err = trial.get_error()
+    except Exception:  # unreadable storage: say where to look
+        err = None
+    lines = [ln.strip() for ln in str(err or "").splitlines() if ln.strip()]
+    message = lines[-1] if lines else "no error message stored"
+    return f"{message} (traceback: {where})" if where else message
+
+
+def failed_trials_lines(result: dict[str, Any]) -> list[str]:
+    """One line per trial of ``result.json`` that ended in ERROR (empty when none)."""
+    failed = [t for t in result.get("trials") or [] if t.get("status") == "ERROR"]
+    if not failed:
+        return []
+    total = len(result.get("trials") or [])
+    return [f"{len(failed)} of {total} trials failed; the best is chosen from the others:",
+            *(f"  {t['trial']}: {t.get('error') or 'error not recorded'}" for t in failed)]
 
 
 # ---------------------------------------------------------------------- report
@@ -849,6 +878,9 @@ class TrialTable:
                                 ("result", f"{run_dir}/{RESULT_FILE}")):
                 self.console.print(f"{label:<16}{path}", soft_wrap=True, highlight=False,
                                    markup=False)
+        for line in failed_trials_lines(result):
+            self.console.print(line, style="yellow", soft_wrap=True, highlight=False,
+                               markup=False)
 
     def stop(self) -> None:
         if self._live is not None:
@@ -858,6 +890,7 @@ class TrialTable:
 
 __all__ = [
     "TrialTable", "TuneInterrupted", "TuneOutcome", "StorageConflict", "best_trial_summary",
+    "failed_trials_lines",
     "param_space", "plot_trials", "run_tune", "summarize", "to_domain", "trial_spec",
     "trials_table",
 ]

@@ -199,3 +199,38 @@ def test_search_early_stops_bad_trials_resumes_and_serves_the_best(ray_session, 
     assert time.monotonic() - t0 < 10
     assert not third.epochs and third.ended == result
     assert again.best_trial_id == best_trial and again.best_checkpoint == outcome.best_checkpoint
+
+
+def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
+    """A search that found a best trial still says which trials failed and why: the last
+    line of each failed trial's stored traceback, and where the whole one is. A real Tune
+    experiment (a plain function trainable, one trial raising) stands in for a raykube
+    trial whose worker failed; its stored state is read back as `summarize` reads it."""
+    from ray import tune
+    from ray.tune import ExperimentAnalysis
+
+    from raykube.tune import _trial_error, failed_trials_lines
+
+    def trainable(config):
+        if config["x"] == 1:
+            raise ValueError("x=1 is not trainable")
+        tune.report({"score": config["x"]})
+
+    storage = str(tmp_path / "storage")
+    tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0.01}),
+        param_space={"x": tune.grid_search([0, 1])},
+        run_config=tune.RunConfig(storage_path=storage, name="exp", verbose=0),
+    ).fit()
+    trials = {t.config["x"]: t for t in ExperimentAnalysis(f"{storage}/exp").trials}
+    assert str(trials[1].status) == "ERROR" and str(trials[0].status) == "TERMINATED"
+    message = _trial_error(trials[1], f"{storage}/exp")
+    where = f"{storage}/exp/{trials[1].storage.trial_dir_name}/error.txt"
+    assert message == f"ValueError: x=1 is not trainable (traceback: {where})"
+    assert Path(where).is_file()
+
+    doc = {"trials": [{"trial": "a", "status": "TERMINATED"},
+                      {"trial": "b", "status": "ERROR", "error": message}]}
+    assert failed_trials_lines(doc) == [
+        "1 of 2 trials failed; the best is chosen from the others:", f"  b: {message}"]
+    assert failed_trials_lines({"trials": doc["trials"][:1]}) == []
