@@ -8,7 +8,7 @@ and are read by its own ``from_env``; this module adds what only the operator ne
 | ``RAYKUBE_NAMESPACES`` | (empty: all) | comma-separated namespaces to watch |
 | ``RAYKUBE_LIVENESS`` | ``http://0.0.0.0:8080/healthz`` | kopf liveness endpoint (``off`` disables) |
 | ``RAYKUBE_RETRY_DELAY`` | ``5`` | seconds before a handler retries after a transient API error |
-| ``RAYKUBE_MAX_WORKERS`` | ``8`` | threads running the (synchronous) handlers |
+| ``RAYKUBE_MAX_WORKERS`` | ``32`` | threads running the (synchronous) handlers |
 | ``RAYKUBE_LOG_LEVEL`` | ``INFO`` | operator log level |
 """
 

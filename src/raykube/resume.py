@@ -183,9 +183,10 @@ def drop_unreadable_train_snapshot(run_dir: str) -> str | None:
     on each re-run and RayJob retry failed at the controller's start with a
     ``JSONDecodeError``, seen after a Ctrl-C here. Without it Ray Train starts a new
     list; raykube resumes from the checkpoints on storage either way (``plan_resume``).
-    The cost: checkpoints from before the cut are no longer deleted under
-    ``checkpoint.keep`` (Ray's list no longer names them). An object store replaces a
-    file whole, so there this never happens."""
+    Ray's new list no longer names the checkpoints from before the cut: the run's end
+    ranks them with Ray's and prunes them under ``checkpoint.keep`` itself
+    (``unlisted_checkpoints``, ``unlisted_to_delete``). An object store replaces a file
+    whole, so there this never happens."""
     uri = f"{run_dir.rstrip('/')}/{TRAIN_SNAPSHOT}"
     raw = read_bytes(uri)
     if raw is None:
@@ -200,7 +201,59 @@ def drop_unreadable_train_snapshot(run_dir: str) -> str | None:
     what = "was empty" if not raw.strip() else f"could not be parsed ({len(raw)} bytes)"
     return (f"Ray Train's checkpoint list {TRAIN_SNAPSHOT} {what}, as a run killed while writing it "
             "leaves it: removed. Training resumes from the checkpoints on storage; those "
-            "already there are no longer pruned by checkpoint.keep")
+            "already there are ranked and pruned under checkpoint.keep when the run ends")
+
+
+def listed_checkpoints(run_dir: str) -> set[str] | None:
+    """Names of the checkpoint directories Ray Train's list in ``run_dir`` holds (kept,
+    latest and pending), or None when there is no readable list."""
+    raw = read_bytes(f"{run_dir.rstrip('/')}/{TRAIN_SNAPSHOT}")
+    try:
+        doc = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    entries = [*(doc.get("checkpoint_results") or []), doc.get("latest_checkpoint_result"),
+               *(doc.get("pending_training_results") or [])]
+    return {e["checkpoint_dir_name"] for e in entries
+            if isinstance(e, dict) and isinstance(e.get("checkpoint_dir_name"), str)}
+
+
+def unlisted_checkpoints(run_dir: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(directory, meta.json)`` of the readable checkpoints in ``run_dir`` that Ray
+    Train's list does not name: those written before a list that was dropped
+    (``drop_unreadable_train_snapshot``), or left by a process killed between Ray
+    saving its list and deleting what fell out of it. Ray Train neither ranks nor
+    prunes them; ``raykube.train.fit`` does, at the end of a run. Empty when Ray has no
+    readable list (then nothing is known to be outside it). Unreadable directories
+    (cut off mid-write) are not returned: ``plan_resume`` skips them and they are left
+    for a person to look at."""
+    listed = listed_checkpoints(run_dir)
+    if listed is None:
+        return []
+    out = []
+    for d in checkpoint_dirs(run_dir):
+        if os.path.basename(d) not in listed and (meta := read_meta(d)) is not None:
+            out.append((d, meta))
+    return out
+
+
+def unlisted_to_delete(listed: Iterable[tuple[str, float | None]],
+                       unlisted: Iterable[tuple[str, float | None]], *, keep: int,
+                       mode: str) -> list[str]:
+    """Which unlisted checkpoints go (pure): every one that is not among the ``keep``
+    best of all (Ray's and the unlisted, by score, ``mode`` max or min; a checkpoint
+    without the score ranks last). Ray's own are never deleted here (its list would
+    then name a missing checkpoint, which Ray Train refuses at the next start), and the
+    latest checkpoint is always one of Ray's, so at most ``keep`` unlisted ones stay."""
+    sign = -1.0 if mode == "max" else 1.0
+    unlisted = list(unlisted)
+    everyone = [(name, score, False) for name, score in listed] + [
+        (name, score, True) for name, score in unlisted]
+    ranked = sorted(everyone, key=lambda t: (t[1] is None, sign * (t[1] or 0.0)))
+    best = {name for name, _, mine in ranked[:keep] if mine}
+    return [name for name, _ in unlisted if name not in best]
 
 
 # ------------------------------------------------------------------------ worker side

@@ -38,6 +38,8 @@ from raykube.resume import (
     drop_unreadable_train_snapshot,
     plan_resume,
     read_meta,
+    unlisted_checkpoints,
+    unlisted_to_delete,
 )
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
 from raykube.storage import checkpoint_uri, filesystem, ray_storage, read_bytes, write_bytes
@@ -572,20 +574,60 @@ def _outcome_on_disk(run_dir: str, name: str, spec: TrainingRunSpec, latest: str
         checkpoints=sorted(r[1] for r in ranked), reused=True)
 
 
-def _best_of(result: Any, spec: TrainingRunSpec, *, skipped: Iterable[str]) -> tuple[Any, dict]:
+def _best_of(result: Any, spec: TrainingRunSpec, *, skipped: Iterable[str],
+             unlisted: Iterable[tuple[Any, dict]] = ()) -> tuple[Any, dict]:
     """The best checkpoint of a finished ``fit`` and its metrics, ranked as Ray Train
     ranks them (``Result.get_best_checkpoint``) but never one of ``skipped``: Ray's
     list still names a checkpoint whose weights were found cut off at the start of this
-    run, with the metrics it reported, and it must not become ``best/``."""
+    run, with the metrics it reported, and it must not become ``best/``. ``unlisted``:
+    ``(checkpoint, metrics)`` of checkpoints on storage Ray's list does not name
+    (``raykube.resume.unlisted_checkpoints``), ranked with Ray's."""
     ck = spec.checkpoint
     skipped = set(skipped)
-    scored = [(float(m[ck.score_metric]), c, dict(m)) for c, m in result.best_checkpoints
+    scored = [(float(m[ck.score_metric]), c, dict(m))
+              for c, m in [*result.best_checkpoints, *unlisted]
               if os.path.basename(c.path.rstrip("/")) not in skipped
               and isinstance(m.get(ck.score_metric), (int, float))]
     if not scored:
         return result.checkpoint, dict(result.metrics or {})
     _, best, metrics = (max if ck.score_mode == "max" else min)(scored, key=lambda t: t[0])
     return best, metrics
+
+
+@dataclass(frozen=True)
+class _StoredCheckpoint:
+    """A checkpoint directory on storage that Ray's list does not name (only its path
+    is used, as of Ray's ``Checkpoint``)."""
+
+    path: str
+
+
+def _prune_unlisted(result: Any, spec: TrainingRunSpec, unlisted: list[tuple[Any, dict]],
+                    observers: Iterable[RunObserver]) -> list[str]:
+    """Apply ``checkpoint.keep`` to the checkpoints Ray's list does not name (it prunes
+    only its own): delete those outside the ``keep`` best of all, tell the user, and
+    return the URIs of those kept. A deletion that fails is logged, never fatal: the
+    run has finished and ``result.json`` is what matters."""
+    ck = spec.checkpoint
+
+    def score(m: dict) -> float | None:
+        v = m.get(ck.score_metric)
+        return float(v) if isinstance(v, (int, float)) else None
+
+    doomed = set(unlisted_to_delete(
+        [(c.path, score(m)) for c, m in result.best_checkpoints],
+        [(c.path, score(m)) for c, m in unlisted], keep=ck.keep, mode=ck.score_mode))
+    for path in sorted(doomed):
+        try:
+            fs, p = filesystem(path)
+            fs.delete_dir(p)
+        except OSError as exc:
+            log.warning("could not delete %s: %s", path, exc)
+    if doomed:
+        notify(observers, f"deleted {len(doomed)} checkpoint(s) from before Ray's checkpoint "
+                          f"list was reset ({', '.join(sorted(os.path.basename(p) for p in doomed))}): "
+                          f"checkpoint.keep is {ck.keep}")
+    return [c.path for c, _ in unlisted if c.path not in doomed]
 
 
 def _history_of(checkpoint: Any) -> list[dict[str, Any]]:
@@ -867,7 +909,9 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         raise RuntimeError(f"{name}: training reported no checkpoint")
 
     history = _history_of(result.checkpoint)
-    best, best_metrics = _best_of(result, spec, skipped=plan.skipped)
+    unlisted = [(_StoredCheckpoint(d if "://" in d else os.path.abspath(d)), meta.get("metrics") or {})
+                for d, meta in unlisted_checkpoints(run_dir)]
+    best, best_metrics = _best_of(result, spec, skipped=plan.skipped, unlisted=unlisted)
     outcome = TrainOutcome(
         metrics=history[-1] if history else dict(result.metrics or {}),
         best_checkpoint=checkpoint_uri(storage_path, best.path),
@@ -886,6 +930,9 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         except Exception:  # the concrete checkpoint is still there and in result.json
             log.warning("could not copy the best checkpoint to %s/%s", run_dir, BEST_DIR,
                         exc_info=True)
+    if unlisted:
+        kept = _prune_unlisted(result, spec, unlisted, observers)
+        outcome.checkpoints = sorted([*outcome.checkpoints, *kept])
     write_bytes(f"{run_dir}/{RESULT_FILE}", json.dumps(outcome.to_dict(), indent=2).encode())
     try:
         from raykube.report import render_report

@@ -177,9 +177,21 @@ def test_a_run_killed_while_ray_wrote_its_checkpoint_list_resumes(finished, stor
     outcome, _ = finished
     copy = tmp_path / "runs"
     shutil.copytree(storage, copy)
-    snapshot = copy / "digits2" / TRAIN_SNAPSHOT
+    run_dir = copy / "digits2"
+    snapshot = run_dir / TRAIN_SNAPSHOT
     assert snapshot.stat().st_size > 0  # Ray wrote one: the file this test breaks
     snapshot.write_bytes(b"")
+    old = {n: json.loads((run_dir / n / "meta.json").read_text())["metrics"]["valAccuracy"]
+           for n in checkpoint_dirs(run_dir)}
+    assert old, "the finished run left no checkpoint: nothing to prune"
+    # one more old checkpoint that ranks last (as a keep=2 list would have kept): the
+    # pruning must delete it whatever the seeds make of the others
+    worst = run_dir / "checkpoint_epoch_0001"
+    if not worst.exists():
+        shutil.copytree(run_dir / max(old), worst)
+        meta = json.loads((worst / "meta.json").read_text())
+        meta["metrics"]["valAccuracy"] = old["checkpoint_epoch_0001"] = 0.0
+        (worst / "meta.json").write_text(json.dumps(meta))
     rec = Recorder()
     rec.notes = []
     rec.on_note = rec.notes.append
@@ -188,6 +200,16 @@ def test_a_run_killed_while_ray_wrote_its_checkpoint_list_resumes(finished, stor
     assert [h["epoch"] for h in more.history] == [1, 2, 3, 4, 5]
     assert any(f"{TRAIN_SNAPSHOT} was empty" in n for n in rec.notes), rec.notes
     assert json.loads(snapshot.read_text())  # Ray's new list, written at epoch 5
+    # Ray's new list names epoch 5 only: the older checkpoints are ranked with it and
+    # pruned under keep=1 by raykube (the best of all stays, and is the run's best)
+    top = max(old, key=old.get)
+    old_wins = old[top] > more.history[-1]["valAccuracy"]
+    kept = {"checkpoint_epoch_0005", *([top] if old_wins else [])}
+    assert set(checkpoint_dirs(run_dir)) == kept, (old, more.history[-1])
+    assert more.best_checkpoint.endswith(top if old_wins else "checkpoint_epoch_0005")
+    assert sorted(os.path.basename(c) for c in more.checkpoints) == sorted(kept)
+    said = any("deleted" in n and "checkpoint.keep is 1" in n for n in rec.notes)
+    assert said == (len(old) > int(old_wins)), rec.notes
 
 
 def test_killed_worker_is_replaced_without_repeating_epochs(ray_session, tmp_path):

@@ -35,3 +35,52 @@ def test_a_whole_list_or_none_is_left_alone(tmp_path):
     (tmp_path / TRAIN_SNAPSHOT).write_text(json.dumps({"checkpoint_results": []}))
     assert drop_unreadable_train_snapshot(str(tmp_path)) is None
     assert (tmp_path / TRAIN_SNAPSHOT).exists()
+
+
+def _snapshot(names: list[str], latest: str | None, pending: list[str] = ()) -> str:
+    entry = lambda n: {"checkpoint_dir_name": n, "metrics": {}}  # noqa: E731
+    return json.dumps({"checkpoint_results": [entry(n) for n in names],
+                       "latest_checkpoint_result": entry(latest) if latest else None,
+                       "pending_training_results": [entry(n) for n in pending]})
+
+
+def test_unlisted_checkpoints_are_the_readable_ones_rays_list_does_not_name(tmp_path):
+    from raykube.resume import listed_checkpoints, unlisted_checkpoints
+
+    for epoch in (1, 2, 3, 4, 5):
+        d = tmp_path / f"checkpoint_epoch_{epoch:04d}"
+        d.mkdir()
+        if epoch != 2:  # epoch 2 was cut off: no meta.json, left alone
+            (d / "meta.json").write_text(json.dumps(
+                {"epoch": epoch, "spec": {}, "metrics": {"valAccuracy": epoch / 10}}))
+    assert unlisted_checkpoints(str(tmp_path)) == []  # no list of Ray's: nothing is known
+    (tmp_path / TRAIN_SNAPSHOT).write_text(_snapshot(["checkpoint_epoch_0004"],
+                                                     "checkpoint_epoch_0005"))
+    assert listed_checkpoints(str(tmp_path)) == {"checkpoint_epoch_0004", "checkpoint_epoch_0005"}
+    got = unlisted_checkpoints(str(tmp_path))
+    assert [p.rsplit("/", 1)[1] for p, _ in got] == ["checkpoint_epoch_0001", "checkpoint_epoch_0003"]
+    assert got[1][1]["metrics"] == {"valAccuracy": 0.3}
+    (tmp_path / TRAIN_SNAPSHOT).write_text(
+        _snapshot([], None, pending=["checkpoint_epoch_0001", "checkpoint_epoch_0003"]))
+    assert unlisted_checkpoints(str(tmp_path))[0][0].endswith("checkpoint_epoch_0004")
+    (tmp_path / TRAIN_SNAPSHOT).write_text("{")
+    assert listed_checkpoints(str(tmp_path)) is None and unlisted_checkpoints(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize(("listed", "unlisted", "keep", "mode", "deleted"), [
+    # the old list's best (a) is better than anything Ray's new list holds: it stays
+    ([("x", 0.5), ("y", 0.6)], [("a", 0.9), ("b", 0.4), ("c", 0.55)], 2, "max", ["b", "c"]),
+    ([("x", 0.5), ("y", 0.6)], [("a", 0.9), ("b", 0.4), ("c", 0.55)], 3, "max", ["b"]),
+    ([("x", 0.5), ("y", 0.6)], [("a", 0.9), ("b", 0.4), ("c", 0.7)], 1, "max", ["b", "c"]),
+    # ranked by loss
+    ([("x", 0.5)], [("a", 0.9), ("b", 0.1)], 1, "min", ["a"]),
+    # Ray's win ties; a checkpoint without the score ranks last
+    ([("x", 0.5)], [("a", 0.5), ("b", None)], 1, "max", ["a", "b"]),
+    ([("x", None)], [("a", 0.2), ("b", None)], 2, "max", ["b"]),
+    ([], [("a", 0.2)], 1, "max", []),
+])
+def test_unlisted_checkpoints_outside_the_keep_best_of_all_are_deleted(listed, unlisted, keep,
+                                                                          mode, deleted):
+    from raykube.resume import unlisted_to_delete
+
+    assert unlisted_to_delete(listed, unlisted, keep=keep, mode=mode) == deleted
