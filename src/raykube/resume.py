@@ -223,8 +223,9 @@ def listed_checkpoints(run_dir: str) -> set[str] | None:
 def unlisted_checkpoints(run_dir: str) -> list[tuple[str, dict[str, Any]]]:
     """``(directory, meta.json)`` of the readable checkpoints in ``run_dir`` that Ray
     Train's list does not name: those written before a list that was dropped
-    (``drop_unreadable_train_snapshot``), or left by a process killed between Ray
-    saving its list and deleting what fell out of it. Ray Train neither ranks nor
+    (``drop_unreadable_train_snapshot``), those a run interrupted by Ctrl-C wrote after
+    the last list Ray saved (its bookkeeping lags the uploads), and those left by a
+    process killed between Ray saving its list and deleting what fell out of it. Ray Train neither ranks nor
     prunes them; ``raykube.train.fit`` does, at the end of a run. Empty when Ray has no
     readable list (then nothing is known to be outside it). Unreadable directories
     (cut off mid-write) are not returned: ``plan_resume`` skips them and they are left

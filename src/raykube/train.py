@@ -624,8 +624,9 @@ def _prune_unlisted(result: Any, spec: TrainingRunSpec, unlisted: list[tuple[Any
         except OSError as exc:
             log.warning("could not delete %s: %s", path, exc)
     if doomed:
-        notify(observers, f"deleted {len(doomed)} checkpoint(s) from before Ray's checkpoint "
-                          f"list was reset ({', '.join(sorted(os.path.basename(p) for p in doomed))}): "
+        notify(observers, f"deleted {len(doomed)} older checkpoint(s) that Ray Train's "
+                          "checkpoint list did not name "
+                          f"({', '.join(sorted(os.path.basename(p) for p in doomed))}): "
                           f"checkpoint.keep is {ck.keep}")
     return [c.path for c, _ in unlisted if c.path not in doomed]
 

@@ -48,8 +48,12 @@ spec:
     batchSize: 64
     optimizer: {name: adam, lr: 3e-3}
   scaling: {workers: 1}
-  checkpoint: {keep: 1, scoreMetric: valAccuracy}
+  checkpoint: {keep: 10, scoreMetric: valAccuracy}
 """
+# keep: 10 keeps every checkpoint of these few epochs, so that step 3 below, which cuts
+# off the newest, finds the one before it. (With keep: 1 the run would rightly have
+# deleted it: that step once passed only because the checkpoint written just before the
+# Ctrl-C was missing from Ray Train's list and nothing pruned it.)
 # Lines that must never reach the terminal of a successful run (issue 15 #11).
 NOISE = ["Traceback", "View the dashboard", "Token authentication", "core_worker.cc",
          "graceful_shutdown", "WARNING", "multiple active Ray instances", "(raylet)",
