@@ -225,11 +225,12 @@ def unlisted_checkpoints(run_dir: str) -> list[tuple[str, dict[str, Any]]]:
     Train's list does not name: those written before a list that was dropped
     (``drop_unreadable_train_snapshot``), those a run interrupted by Ctrl-C wrote after
     the last list Ray saved (its bookkeeping lags the uploads), and those left by a
-    process killed between Ray saving its list and deleting what fell out of it. Ray Train neither ranks nor
-    prunes them; ``raykube.train.fit`` does, at the end of a run. Empty when Ray has no
-    readable list (then nothing is known to be outside it). Unreadable directories
-    (cut off mid-write) are not returned: ``plan_resume`` skips them and they are left
-    for a person to look at."""
+    process killed between Ray saving its list and deleting what fell out of it. Ray
+    Train neither ranks nor prunes them; ``raykube.train.fit`` does, at the end of a
+    run. Empty when Ray has no readable list (then nothing is known to be outside it).
+    Directories without a readable meta.json are not returned, and ``fit`` also leaves
+    out those whose weights ``plan_resume`` found cut off: they are left for a person
+    to look at, and never outrank (and so push out) a checkpoint that loads."""
     listed = listed_checkpoints(run_dir)
     if listed is None:
         return []

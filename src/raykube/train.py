@@ -911,7 +911,8 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
 
     history = _history_of(result.checkpoint)
     unlisted = [(_StoredCheckpoint(d if "://" in d else os.path.abspath(d)), meta.get("metrics") or {})
-                for d, meta in unlisted_checkpoints(run_dir)]
+                for d, meta in unlisted_checkpoints(run_dir)
+                if os.path.basename(d) not in plan.skipped]
     best, best_metrics = _best_of(result, spec, skipped=plan.skipped, unlisted=unlisted)
     outcome = TrainOutcome(
         metrics=history[-1] if history else dict(result.metrics or {}),
