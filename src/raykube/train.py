@@ -584,14 +584,19 @@ def _best_of(result: Any, spec: TrainingRunSpec, *, skipped: Iterable[str],
     (``raykube.resume.unlisted_checkpoints``), ranked with Ray's."""
     ck = spec.checkpoint
     skipped = set(skipped)
-    scored = [(float(m[ck.score_metric]), c, dict(m))
-              for c, m in [*result.best_checkpoints, *unlisted]
+    scored = [(score, c, dict(m)) for c, m in [*result.best_checkpoints, *unlisted]
               if os.path.basename(c.path.rstrip("/")) not in skipped
-              and isinstance(m.get(ck.score_metric), (int, float))]
+              and (score := _score(m, ck.score_metric)) is not None]
     if not scored:
         return result.checkpoint, dict(result.metrics or {})
     _, best, metrics = (max if ck.score_mode == "max" else min)(scored, key=lambda t: t[0])
     return best, metrics
+
+
+def _score(metrics: dict, metric: str) -> float | None:
+    """A checkpoint's ``scoreMetric`` value, or None when it reported none."""
+    v = metrics.get(metric)
+    return float(v) if isinstance(v, (int, float)) else None
 
 
 @dataclass(frozen=True)
@@ -609,14 +614,10 @@ def _prune_unlisted(result: Any, spec: TrainingRunSpec, unlisted: list[tuple[Any
     return the URIs of those kept. A deletion that fails is logged, never fatal: the
     run has finished and ``result.json`` is what matters."""
     ck = spec.checkpoint
-
-    def score(m: dict) -> float | None:
-        v = m.get(ck.score_metric)
-        return float(v) if isinstance(v, (int, float)) else None
-
     doomed = set(unlisted_to_delete(
-        [(c.path, score(m)) for c, m in result.best_checkpoints],
-        [(c.path, score(m)) for c, m in unlisted], keep=ck.keep, mode=ck.score_mode))
+        [(c.path, _score(m, ck.score_metric)) for c, m in result.best_checkpoints],
+        [(c.path, _score(m, ck.score_metric)) for c, m in unlisted],
+        keep=ck.keep, mode=ck.score_mode))
     for path in sorted(doomed):
         try:
             fs, p = filesystem(path)
