@@ -32,6 +32,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from raykube import k8s_rules
+
 GROUP = "raykube.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -79,6 +81,9 @@ class _Model(BaseModel):
         extra="forbid",
         strict=True,
         validate_default=False,
+        # YAML has .nan and .inf; NaN passes every bound (each comparison is false), so
+        # refuse non-finite numbers by name instead of "less than or equal to 10"
+        allow_inf_nan=False,
     )
 
     def to_dict(self, *, exclude_none: bool = True) -> dict[str, Any]:
@@ -620,6 +625,8 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     if spec.serve.gpus_per_replica > 1 and not float(spec.serve.gpus_per_replica).is_integer():
         yield SpecError(f"{s}.serve.gpusPerReplica", "above 1 it must be a whole number")
 
+    yield from _pod_field_checks(spec)
+
     st = spec.checkpoint.storage
     if st.pvc is not None and st.uri is not None:
         yield SpecError(f"{s}.checkpoint.storage", "set either pvc or uri, not both")
@@ -632,6 +639,22 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
 
     if spec.tune is not None:
         yield from _tune_checks(spec)
+
+
+def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
+    """What a Pod refuses but a RayJob's pod template accepts (see ``k8s_rules``)."""
+    sc = "spec.scaling"
+    for key, value in (spec.scaling.node_selector or {}).items():
+        for p in k8s_rules.label_key_problems(key):
+            yield SpecError(f"{sc}.nodeSelector[{key}]", f"key {key!r}: {p}")
+        for p in k8s_rules.label_value_problems(value):
+            yield SpecError(f"{sc}.nodeSelector[{key}]", f"value {value!r}: {p}")
+    for i, t in enumerate(spec.scaling.tolerations or []):
+        for field, p in k8s_rules.toleration_problems(t.key, t.operator, t.value, t.effect,
+                                                      t.toleration_seconds):
+            yield SpecError(f"{sc}.tolerations[{i}].{field}", p)
+    if spec.image is not None and (p := k8s_rules.image_problem(spec.image)):
+        yield SpecError("spec.image", p)
 
 
 def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:

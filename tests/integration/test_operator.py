@@ -122,6 +122,26 @@ def test_invalid_spec_is_refused_by_the_api_server_naming_the_field(kube):
     assert kube.get("TrainingRun", "bad") is None and children(kube, "bad") == []
 
 
+def test_a_pod_rule_the_crd_cannot_check_is_refused_by_the_operator(kube):
+    """A toleration a Pod refuses passes the CRD (and would pass on KubeRay's RayJob,
+    leaving pods never created): the operator says Validated=False naming it, creates
+    nothing, and starts the run once it is fixed."""
+    name = "bad-toleration"
+    doc = tr_doc(name)
+    doc["spec"]["scaling"]["tolerations"] = [{"key": "gpu", "operator": "Exists",
+                                              "value": "a100"}]
+    kube.create(doc)
+    tr = kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+    assert "spec.scaling.tolerations[0].value" in cond(tr, "Validated")["message"]
+    assert tr["status"]["phase"] == "Failed" and children(kube, name) == []
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"tolerations": [
+        {"key": "gpu", "operator": "Exists"}]}}})
+    kube.wait_condition(name, "Validated", "True")
+    job = kube.wait_object("RayJob", name)
+    pod = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+
+
 def test_restart_creates_no_duplicates_and_keeps_status(kube, operator):
     name = "restart"
     kube.create(tr_doc(name))

@@ -26,7 +26,7 @@ LIGHT_MODULES = [
     "raykube.commands.crd",
 ]
 OPERATOR_MODULES = ["raykube_operator", "raykube_operator.handlers", "raykube_operator.status"]
-OPERATOR_ALLOWED_RAYKUBE = {"raykube", "raykube.spec", "raykube.render", "raykube.crd",
+OPERATOR_ALLOWED_RAYKUBE = {"raykube", "raykube.spec", "raykube.k8s_rules", "raykube.render", "raykube.crd",
                             "raykube.events", "raykube.flags"}
 
 

@@ -86,6 +86,17 @@ INVALID = [
     ("memory-quantity", "spec/scaling/memoryPerWorker", "4 gigs", "spec.scaling.memoryPerWorker"),
     ("toleration-effect", "spec/scaling/tolerations", [{"key": "gpu", "effect": "Never"}],
      "spec.scaling.tolerations[0].effect"),
+    ("toleration-exists-value", "spec/scaling/tolerations",
+     [{"key": "gpu", "operator": "Exists", "value": "a100"}], "spec.scaling.tolerations[0].value"),
+    ("toleration-seconds-noschedule", "spec/scaling/tolerations",
+     [{"key": "gpu", "effect": "NoSchedule", "tolerationSeconds": 60}],
+     "spec.scaling.tolerations[0].effect"),
+    ("node-selector-key", "spec/scaling/nodeSelector", {"node pool": "gpu"},
+     "spec.scaling.nodeSelector[node pool]"),
+    ("image-space", "spec/image", "raykube/raykube: 0.1.0", "spec.image"),
+    ("image-uppercase", "spec/image", "Raykube/Raykube:0.1.0", "spec.image"),
+    ("lr-nan", "spec/train/optimizer/lr", float("nan"), "spec.train.optimizer.lr"),
+    ("min-accuracy-inf", "spec/serve/minAccuracy", float("-inf"), "spec.serve.minAccuracy"),
     ("unknown-top-field", "spec/replicas", 3, "spec.replicas"),
     ("tune-metric", "spec/tune/metric", "accuracy", "spec.tune.metric"),
     ("tune-mode", "spec/tune/mode", "maximize", "spec.tune.mode"),
@@ -228,3 +239,19 @@ def test_cli_validate_exit_codes(tmp_path):
     assert ko.returncode == 1
     assert f"{bad}: spec.scaling.workers:" in ko.stderr
     assert "1 of 2 file(s) invalid" in ko.stderr
+
+
+@pytest.mark.parametrize("image", [
+    "raykube/raykube:0.1.0-cpu", "docker.io/rayproject/ray:2.60.0-py311",
+    "localhost:5000/raykube", "registry.example.com:443/team/raykube@sha256:" + "a" * 64,
+    "[::1]:5000/raykube:dev", "my_registry.local/ray__x/train-job:v1.2_rc.3",
+])
+def test_image_references_kubernetes_pulls_are_valid(image):
+    parse_training_run(_set(BASE, "spec/image", image))
+
+
+def test_non_finite_numbers_are_named_not_compared():
+    """YAML's .nan passes every bound (each comparison is false): it is refused by name."""
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(_set(BASE, "spec/train/optimizer/lr", float("nan")))
+    assert "finite" in str(info.value) and "less than" not in str(info.value)

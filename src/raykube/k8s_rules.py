@@ -1,0 +1,86 @@
+"""Kubernetes' own rules for the pod fields a TrainingRun passes through to its pods.
+
+The API server accepts a RayJob whose pod template holds a toleration, node selector or
+image that it would refuse on a Pod (KubeRay's CRD types those fields but does not
+validate them), so the mistake would only surface as KubeRay failing to create pods,
+with the TrainingRun stuck. These checks refuse such a spec up front, naming the field,
+with the messages Kubernetes uses (``apimachinery/pkg/util/validation``,
+``pkg/apis/core/validation.ValidateTolerations``, distribution's image reference).
+Pure functions: each returns the problems, empty when valid.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_NAME_RE = re.compile(rf"^{_NAME}$")
+_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+# distribution/reference's grammar (docker.io/library/ray:2.60.0, localhost:5000/x@sha256:...)
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
+IMAGE_PATTERN = (rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+                 r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                 r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,})?$")
+_IMAGE_RE = re.compile(IMAGE_PATTERN)
+
+
+def label_key_problems(key: str) -> list[str]:
+    """A label key: an optional DNS-subdomain prefix and '/', then a name of <= 63."""
+    prefix, _, name = key.rpartition("/")
+    problems = []
+    if "/" in key and not prefix:
+        problems.append("prefix part must be non-empty")
+    elif prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
+        problems.append(f"prefix {prefix!r} must be a lowercase DNS subdomain "
+                        "(e.g. example.com)")
+    if not name:
+        problems.append("name part must be non-empty")
+    elif len(name) > 63:
+        problems.append("name part must be no more than 63 characters")
+    elif not _NAME_RE.match(name):
+        problems.append("name part must consist of alphanumeric characters, '-', '_' or '.', "
+                        "and must start and end with an alphanumeric character")
+    return problems
+
+
+def label_value_problems(value: str) -> list[str]:
+    """A label value: empty, or a name of <= 63 characters."""
+    if value == "":
+        return []
+    if len(value) > 63:
+        return ["must be no more than 63 characters"]
+    if not _NAME_RE.match(value):
+        return ["must consist of alphanumeric characters, '-', '_' or '.', and must start "
+                "and end with an alphanumeric character"]
+    return []
+
+
+def toleration_problems(key: str | None, operator: str | None, value: str | None,
+                        effect: str | None, toleration_seconds: int | None) -> list[tuple[str, str]]:
+    """(field, problem) pairs, as ``ValidateTolerations`` reports them for a Pod."""
+    out: list[tuple[str, str]] = []
+    if key:
+        out += [("key", p) for p in label_key_problems(key)]
+    elif operator != "Exists":
+        out.append(("operator", "must be Exists when key is empty (a toleration of every "
+                                "taint)"))
+    if toleration_seconds is not None and effect != "NoExecute":
+        out.append(("effect", "must be NoExecute when tolerationSeconds is set"))
+    if operator == "Exists" and value:
+        out.append(("value", "must be empty when operator is Exists"))
+    elif operator != "Exists" and value is not None:
+        out += [("value", p) for p in label_value_problems(value)]
+    return out
+
+
+def image_problem(image: str) -> str | None:
+    """None for a valid image reference, else why the kubelet would refuse it."""
+    if image != image.strip():
+        return "must not have leading or trailing whitespace"
+    if not _IMAGE_RE.match(image):
+        return (f"{image!r} is not a valid image reference (e.g. "
+                "registry.example.com/raykube:0.1.0; the repository is lowercase)")
+    return None
