@@ -84,3 +84,33 @@ def image_problem(image: str) -> str | None:
         return (f"{image!r} is not a valid image reference (e.g. "
                 "registry.example.com/raykube:0.1.0; the repository is lowercase)")
     return None
+
+
+_QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
+_MULTIPLIER = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+               "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+               "Ei": 2**60}
+
+MIN_RAY_POD_MEMORY = "512Mi"
+"""Below this a Ray pod of ours cannot start its work: Ray refuses an object store under
+75 MiB (``OBJECT_STORE_MINIMUM_MEMORY_BYTES``; the store is 30 % of the pod's memory by
+default, so 250 MiB at the least), and a process importing torch peaks at 527 MiB on its
+own (``import torch``, PyPI's torch 2.14.1 wheel, measured here: maximum RSS)."""
+
+
+def quantity_bytes(quantity: str) -> float | None:
+    """A memory quantity in bytes ("4Gi" -> 4294967296.0); None if it is not one."""
+    m = _QUANTITY_RE.match(quantity)
+    if m is None:
+        return None
+    return float(m.group(1)) * _MULTIPLIER[m.group(2)]
+
+
+def ray_pod_memory_problem(quantity: str) -> str | None:
+    """None when a Ray pod of ``quantity`` memory can run, else why not."""
+    have = quantity_bytes(quantity)
+    if have is not None and have < (quantity_bytes(MIN_RAY_POD_MEMORY) or 0):
+        return (f"{quantity} is too little for a Ray pod: at least {MIN_RAY_POD_MEMORY} "
+                "(Ray's object store alone needs 75 MiB, 30 % of the pod's memory, and "
+                "importing torch takes ~530 MiB)")
+    return None

@@ -642,7 +642,8 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
 
 
 def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
-    """What a Pod refuses but a RayJob's pod template accepts (see ``k8s_rules``)."""
+    """What a Pod refuses but a RayJob's pod template accepts, and memory no Ray pod can
+    run in (see ``k8s_rules``)."""
     sc = "spec.scaling"
     for key, value in (spec.scaling.node_selector or {}).items():
         for p in k8s_rules.label_key_problems(key):
@@ -653,6 +654,11 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         for field, p in k8s_rules.toleration_problems(t.key, t.operator, t.value, t.effect,
                                                       t.toleration_seconds):
             yield SpecError(f"{sc}.tolerations[{i}].{field}", p)
+    for path, qty in ((f"{sc}.memoryPerWorker", spec.scaling.memory_per_worker),
+                      (f"{sc}.head.memory", spec.scaling.head.memory),
+                      ("spec.serve.memoryPerReplica", spec.serve.memory_per_replica)):
+        if p := k8s_rules.ray_pod_memory_problem(qty):
+            yield SpecError(path, p)
     if spec.image is not None and (p := k8s_rules.image_problem(spec.image)):
         yield SpecError("spec.image", p)
 

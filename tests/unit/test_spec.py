@@ -93,6 +93,10 @@ INVALID = [
      "spec.scaling.tolerations[0].effect"),
     ("node-selector-key", "spec/scaling/nodeSelector", {"node pool": "gpu"},
      "spec.scaling.nodeSelector[node pool]"),
+    ("memory-one-byte", "spec/scaling/memoryPerWorker", "1", "spec.scaling.memoryPerWorker"),
+    ("head-memory-256Mi", "spec/scaling/head", {"memory": "256Mi"}, "spec.scaling.head.memory"),
+    ("replica-memory-500M", "spec/serve", {"memoryPerReplica": "500M"},
+     "spec.serve.memoryPerReplica"),
     ("image-space", "spec/image", "raykube/raykube: 0.1.0", "spec.image"),
     ("image-uppercase", "spec/image", "Raykube/Raykube:0.1.0", "spec.image"),
     ("lr-nan", "spec/train/optimizer/lr", float("nan"), "spec.train.optimizer.lr"),
@@ -255,3 +259,14 @@ def test_non_finite_numbers_are_named_not_compared():
     with pytest.raises(InvalidTrainingRun) as info:
         parse_training_run(_set(BASE, "spec/train/optimizer/lr", float("nan")))
     assert "finite" in str(info.value) and "less than" not in str(info.value)
+
+
+@pytest.mark.parametrize("qty, ok", [("512Mi", True), ("0.5Gi", True), ("537M", True),
+                                     ("511Mi", False), ("536M", False), ("600000k", True)])
+def test_ray_pod_memory_floor_is_exact(qty, ok):
+    errors = []
+    try:
+        parse_training_run(_set(BASE, "spec/scaling/memoryPerWorker", qty))
+    except InvalidTrainingRun as exc:
+        errors = [e.path for e in exc.errors]
+    assert (errors == []) == ok, errors
