@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import json
@@ -602,16 +603,34 @@ def start_local(checkpoint: str, serve_spec: ServeSpec | None = None, port: int 
     if quiet:
         logging_config["log_level"] = "WARNING"
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
     app = build_app(checkpoint, max_batch_size=s.max_batch_size,
                     batch_wait_timeout_ms=s.batch_wait_timeout_ms,
                     max_request_bytes=s.max_request_bytes, replicas=s.replicas,
                     cpus_per_replica=s.cpus_per_replica,
                     gpus_per_replica=s.gpus_per_replica)
-    serve.run(app, name=APP_NAME, route_prefix="/", logging_config=logging_config)
+    try:
+        serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+        serve.run(app, name=APP_NAME, route_prefix="/", logging_config=logging_config)
+    except Exception as exc:  # Ray's error text is a remote traceback: say it in one line
+        with contextlib.suppress(Exception):
+            serve.shutdown()  # so a retry on another port starts clean
+        raise RuntimeError(serve_start_problem(exc, host, port)) from None
     base = f"http://{host}:{port}"
     wait_healthy(base, timeout_s)
     return base
+
+
+def serve_start_problem(exc: BaseException, host: str, port: int) -> str:
+    """One line for a failed Serve start. The common case is a port taken between the
+    command's own check and Serve binding it (HAProxy's "cannot bind socket"); otherwise
+    the last line of Ray's error, which is the exception, not a traceback frame."""
+    text = str(exc)
+    if "Address already in use" in text or "cannot bind socket" in text:
+        return f"{host}:{port} is already in use (taken while the model was loading)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+             and not ln.startswith((" ", "\t", "Traceback")) and "^^^" not in ln]
+    last = lines[-1] if lines else type(exc).__name__
+    return last if len(last) <= 300 else last[:297] + "..."
 
 
 def wait_healthy(base_url: str, timeout_s: float = 60.0) -> None:
