@@ -412,14 +412,25 @@ def _forwarder(queue: Any, storage_path: str):
         def after_exception(self, run_context, worker_exceptions):  # noqa: ANN001
             # Tell the driver, so the user reads why the workers restart amid Ray's logs.
             try:
-                parts = ", ".join(f"rank {rank}: {type(exc).__name__}"
+                parts = ", ".join(f"rank {rank}: {failure_line(exc)}"
                                   for rank, exc in sorted(worker_exceptions.items()))
-                self.q.put_nowait({"failure": f"worker failure ({parts}; Ray's log above "
-                                              "has the details)"})
+                self.q.put_nowait({"failure": f"worker failure ({parts}; the traceback is "
+                                              "in Ray's log)"})
             except Exception:
                 log.warning("could not forward a worker failure", exc_info=True)
 
     return _Forward(queue, storage_path)
+
+
+def failure_line(exc: BaseException, limit: int = 200) -> str:
+    """``FileNotFoundError: [Errno 2] ... 'model.pt'``: the exception's own last line (a
+    worker's error can carry its remote traceback in its text), prefixed by its type."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    name = type(exc).__name__
+    last = lines[-1] if lines else ""
+    text = last if last.startswith(name) or not last else f"{name}: {last}"
+    text = text or name
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 BEST_DIR = "best"

@@ -30,6 +30,10 @@ class Recorder:
         self.epochs: list[dict] = []
         self.checkpoints: list[str | None] = []
         self.ended: list[dict] = []
+        self.failures: list[str] = []
+
+    def on_failure(self, message):
+        self.failures.append(message)
 
     def on_start(self, run):
         self.started += 1
@@ -223,3 +227,9 @@ def test_killed_worker_is_replaced_without_repeating_epochs(ray_session, tmp_pat
     assert [h["epoch"] for h in out.history] == [1, 2, 3]
     assert [m["epoch"] for m in rec.epochs] == [1, 2, 3]  # epoch 1 not retrained
     assert out.best_metrics["valAccuracy"] > 0.5
+    # the user is told which rank failed and why, in one line (its traceback is in Ray's
+    # log); which rank Ray names varies: rank 0 can fail first, in gloo, on its dead peer
+    assert len(rec.failures) == 1 and rec.failures[0].startswith("worker failure (rank "), \
+        rec.failures
+    assert "Error" in rec.failures[0].split(";")[0], rec.failures
+    assert "\n" not in rec.failures[0] and "restarting the workers" in rec.failures[0]

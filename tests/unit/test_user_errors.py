@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 
 import pytest
@@ -133,6 +134,39 @@ def test_run_refuses_a_busy_serve_port_before_training(tmp_path, capsys):
         assert main(["run", f, "--storage", str(tmp_path / "runs"), "--port", str(port)]) == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "already in use" in err
+
+
+def test_run_refuses_a_run_dir_another_run_is_training_before_ray(tmp_path, capsys,
+                                                                 monkeypatch):
+    """Two runs in one run directory write and prune the same checkpoints (seen: the
+    second failed its worker with FileNotFoundError). The holder here is another process
+    taking the lock as `raykube run` does; SIGKILLing it frees the directory at once."""
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("RAYKUBE_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from raykube import run_lock; "
+         f"f = run_lock.hold({str(run_dir)!r}); print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # the same directory spelled through a symlink is the same run
+        (tmp_path / "alias").symlink_to(tmp_path / "runs")
+        assert main(["run", _run_yaml(tmp_path), "--storage", str(tmp_path / "alias")]) == 1
+        err = capsys.readouterr().err
+        assert "in use by another raykube run" in err and f"pid {holder.pid}" in err, err
+        assert len(err.strip().splitlines()) == 1
+        _no_traceback(err)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    from raykube import run_lock
+
+    run_lock.hold(str(run_dir)).close()  # no stale lock after a SIGKILL
 
 
 def test_port_number_type():

@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.file}: {line}", file=sys.stderr)
         return 1
 
+    from raykube import run_lock
     from raykube.data import DatasetUnavailable
     from raykube.train import RunDirConflict, StorageError, check_resumable, check_storage
 
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     # the storage, what it already holds, and the port the model will be served on.
     try:
         run_dir = check_storage(storage, tr.name)
+        lock = run_lock.hold(run_dir)  # noqa: F841 (held until this process exits)
         check_resumable(run_dir, tr.spec)
         if tr.spec.data.uri and tr.spec.data.uri.startswith("s3://"):
             from raykube import s3
