@@ -663,6 +663,10 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         yield SpecError("spec.image", p)
 
 
+SEARCHABLE = ("model", "data", "train")
+"""The spec sections a Tune search may vary per trial."""
+
+
 def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     tune = spec.tune
     assert tune is not None
@@ -709,6 +713,11 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
             continue
         if not _path_exists(TrainingRunSpec, path.split(".")):
             yield SpecError(p, f"{path!r} is not a field of the spec")
+            continue
+        if path.split(".")[0] not in SEARCHABLE:
+            yield SpecError(p, "only model.*, data.* and train.* can vary between trials: "
+                            "scaling sizes the Ray cluster (maxConcurrentTrials x scaling, "
+                            "the same for every trial); the rest belongs to the whole run")
             continue
         for value in dist.sample_values():
             err = _check_override(base, path, value, known)

@@ -130,6 +130,12 @@ def test_a_sample_that_breaks_a_cross_field_rule_fails_with_the_field():
      "spec.tune.searchSpace[train.batchSize]", "smaller than scaling.workers=2"),
     ({"tune.trials": {"choice": [1, 2]}},
      "spec.tune.searchSpace[tune.trials]", "cannot search over the tune section"),
+    # the cluster is sized from the spec's scaling: a trial sampling more workers would
+    # wait for resources that never come
+    ({"scaling.workers": {"randint": [1, 4]}},
+     "spec.tune.searchSpace[scaling.workers]", "only model.*, data.* and train.*"),
+    ({"checkpoint.keep": {"choice": [1, 3]}},
+     "spec.tune.searchSpace[checkpoint.keep]", "only model.*, data.* and train.*"),
 ])
 def test_bad_search_spaces_are_rejected_at_the_field(space, path, needle):
     errors = _errors(space)
