@@ -101,6 +101,29 @@ def local_cpus(run: TrainingRun) -> int:
     return int(max(os.cpu_count() or 1, -(-need // 1)))
 
 
+def gpu_shortfall(run: TrainingRun, gpus: float) -> str | None:
+    """Why ``gpus`` (what this machine's Ray sees) cannot run ``run``, or None.
+
+    Without it a GPU spec on a CPU machine waits silently: Ray Train retries starting its
+    worker group every 60 s for workers that can never be placed."""
+    s = run.spec
+    train = s.scaling.workers * s.scaling.gpus_per_worker
+    serve = s.serve.replicas * s.serve.gpus_per_replica if s.serve.enabled else 0.0
+    if max(train, serve) <= gpus + 1e-9:
+        return None
+    asks = []
+    if train > gpus + 1e-9:
+        asks.append(f"scaling: {s.scaling.workers} worker(s) x gpusPerWorker "
+                    f"{s.scaling.gpus_per_worker:g}")
+    if serve > gpus + 1e-9:
+        asks.append(f"serve: {s.serve.replicas} replica(s) x gpusPerReplica "
+                    f"{s.serve.gpus_per_replica:g}")
+    fix = ("set scaling.gpusPerWorker (and serve.gpusPerReplica) to 0 to train on CPUs"
+           if gpus == 0 else "ask for fewer")
+    return (f"the run needs {max(train, serve):g} GPU(s) ({'; '.join(asks)}) and Ray sees "
+            f"{gpus:g} on this machine: {fix}, or run it on a machine with CUDA GPUs")
+
+
 def train_or_tune(run: TrainingRun, storage: str, observers: Iterable[RunObserver] = ()) -> Outcome:
     """``fit`` the run, or ``raykube.tune.run_tune`` it when ``spec.tune`` is set."""
     from raykube.train import check_storage, fit, run_dir_for

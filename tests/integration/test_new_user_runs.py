@@ -346,3 +346,19 @@ def test_ctrl_c_during_a_tune_search_then_the_same_command_resumes_it(tmp_path):
     assert len(result["trials"]) == 2, result
     assert not [t for t in result["trials"] if t["status"] == "ERROR"], result["trials"]
     assert (run_dir / "best").is_dir()
+
+
+def test_a_gpu_run_on_a_machine_without_those_gpus_says_so_at_once(tmp_path):
+    """Before this check such a run printed its header and waited without end (Ray
+    Train retries its worker group's start every 60 s). 32 GPUs: no test machine has
+    them, so this holds on a GPU machine too."""
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(SPEC.replace("scaling: {workers: 1}",
+                                 "scaling: {workers: 2, gpusPerWorker: 16}"))
+    p = run_cli(str(spec), "--storage", str(tmp_path / "runs"), timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    err = [ln for ln in p.stderr.strip().splitlines() if not ln.startswith("Ray's output")]
+    assert len(err) == 1 and err[0].startswith("raykube run: the run needs 32 GPU(s) "
+                                               "(scaling: 2 worker(s) x gpusPerWorker 16)"), err
+    assert "Ray sees" in err[0] and "Traceback" not in p.stdout + p.stderr
+    assert not list((tmp_path / "runs" / "newuser").glob("checkpoint_*"))

@@ -83,3 +83,21 @@ def test_demo_request_posts_json_with_the_standard_library():
             demo_request(base, "bad")
     finally:
         server.shutdown()
+
+
+def test_gpu_shortfall_names_what_asks_for_gpus():
+    from raykube.local import gpu_shortfall
+    from raykube.spec import parse_spec
+
+    base = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}
+    cpu = parse_spec({**base, "scaling": {"workers": 2}})
+    assert gpu_shortfall(cpu, 0) is None
+    gpu = parse_spec({**base, "scaling": {"workers": 2, "gpusPerWorker": 0.5},
+                      "serve": {"enabled": True, "replicas": 2, "gpusPerReplica": 1}})
+    assert gpu_shortfall(gpu, 2) is None  # training needs 1, serving 2
+    msg = gpu_shortfall(gpu, 1)
+    assert msg is not None and "needs 2 GPU(s)" in msg and "serve: 2 replica(s)" in msg
+    assert "scaling:" not in msg and "ask for fewer" in msg
+    msg = gpu_shortfall(gpu, 0)
+    assert msg is not None and "scaling: 2 worker(s) x gpusPerWorker 0.5" in msg
+    assert "to 0 to train on CPUs" in msg

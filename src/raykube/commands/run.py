@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         demo_request,
         describe_answer,
         gate_passed,
+        gpu_shortfall,
         init_ray,
         local_cpus,
         train_or_tune,
@@ -184,6 +185,10 @@ def run(args: argparse.Namespace) -> int:
     dashboard = init_ray(num_cpus=local_cpus(tr), dashboard=args.dashboard or tr.spec.tune is not None,
                          prestart_workers=tr.spec.data.dataset == "image-folder"
                          and not rk_data.decodes_in_process(tr.spec))
+    import ray
+
+    if shortfall := gpu_shortfall(tr, float(ray.cluster_resources().get("GPU", 0))):
+        return _fail(shortfall)
     if args.dashboard:
         console.print(f"Ray dashboard: {dashboard}" if dashboard else
                       "[yellow]note[/]: Ray's dashboard did not start (see the run's raykube.log)",
