@@ -115,11 +115,19 @@ def test_nothing_is_rewritten_back_and_forth(kube, operator):
     job = kube.get("RayJob", "kr-train")
     anns = job["metadata"].get("annotations") or {}
     assert not [k for k in anns if "last-handled" in k or "kopf" in k], anns
-    cluster = kube.get("RayCluster", job["status"]["rayClusterName"])
+    # The RayJob's current RayCluster: on kwok no Ray job ever runs, so KubeRay in time
+    # fails the attempt and retries it on a new RayCluster (seen in a CI run on a loaded
+    # machine: the cluster the status named was gone 50 s later); read the current one.
+    def current_cluster():
+        name = (kube.get("RayJob", "kr-train").get("status") or {}).get("rayClusterName")
+        return kube.get("RayCluster", name) if name else None
+
+    cluster = kube.wait_for(current_cluster, timeout=60, what="the RayJob's RayCluster")
     assert not [k for k in (cluster["metadata"].get("annotations") or {})
                 if "last-handled" in k], cluster["metadata"].get("annotations")
-    svc = kube.get("Service", "kr-train-head-svc")
-    assert svc is not None and len(svc["metadata"]["ownerReferences"]) == 1
+    svc = kube.wait_for(lambda: kube.get("Service", "kr-train-head-svc"), timeout=60,
+                        what="the head Service")
+    assert len(svc["metadata"]["ownerReferences"]) == 1, svc["metadata"]["ownerReferences"]
 
 
 def test_a_pod_that_cannot_start_is_named_in_the_message(kube, operator):
