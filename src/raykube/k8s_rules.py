@@ -86,7 +86,9 @@ def image_problem(image: str) -> str | None:
     return None
 
 
-_QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
+"""A Kubernetes quantity as the spec accepts it (the CRD's pattern too)."""
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 _MULTIPLIER = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
                "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
                "Ei": 2**60}
@@ -103,7 +105,8 @@ def quantity_bytes(quantity: str) -> float | None:
     m = _QUANTITY_RE.match(quantity)
     if m is None:
         return None
-    return float(m.group(1)) * _MULTIPLIER[m.group(2)]
+    suffix = m.group(2)
+    return float(quantity[:len(quantity) - len(suffix or "")]) * _MULTIPLIER[suffix]
 
 
 def ray_pod_memory_problem(quantity: str) -> str | None:

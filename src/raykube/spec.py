@@ -64,7 +64,7 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
 }
 
 _DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
+_QUANTITY = k8s_rules.QUANTITY_PATTERN
 MAX_NAME_LENGTH = 40
 """Child objects append suffixes (``-serve-svc``, KubeRay's ``-raycluster-xxxxx``) and
 Kubernetes caps Service names at 63 characters, so TrainingRun names stay short."""
