@@ -109,10 +109,13 @@ def quantity_bytes(quantity: str) -> float | None:
     return float(quantity[:len(quantity) - len(suffix or "")]) * _MULTIPLIER[suffix]
 
 
+_MIN_RAY_POD_BYTES = quantity_bytes(MIN_RAY_POD_MEMORY) or 0.0
+
+
 def ray_pod_memory_problem(quantity: str) -> str | None:
     """None when a Ray pod of ``quantity`` memory can run, else why not."""
     have = quantity_bytes(quantity)
-    if have is not None and have < (quantity_bytes(MIN_RAY_POD_MEMORY) or 0):
+    if have is not None and have < _MIN_RAY_POD_BYTES:
         return (f"{quantity} is too little for a Ray pod: at least {MIN_RAY_POD_MEMORY} "
                 "(Ray's object store alone needs 75 MiB, 30 % of the pod's memory, and "
                 "importing torch takes ~530 MiB)")

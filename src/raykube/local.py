@@ -109,8 +109,6 @@ def gpu_shortfall(run: TrainingRun, gpus: float) -> str | None:
     s = run.spec
     train = s.scaling.workers * s.scaling.gpus_per_worker
     serve = s.serve.replicas * s.serve.gpus_per_replica if s.serve.enabled else 0.0
-    if max(train, serve) <= gpus + 1e-9:
-        return None
     asks = []
     if train > gpus + 1e-9:
         asks.append(f"scaling: {s.scaling.workers} worker(s) x gpusPerWorker "
@@ -118,6 +116,8 @@ def gpu_shortfall(run: TrainingRun, gpus: float) -> str | None:
     if serve > gpus + 1e-9:
         asks.append(f"serve: {s.serve.replicas} replica(s) x gpusPerReplica "
                     f"{s.serve.gpus_per_replica:g}")
+    if not asks:
+        return None
     fix = ("set scaling.gpusPerWorker (and serve.gpusPerReplica) to 0 to train on CPUs"
            if gpus == 0 else "ask for fewer")
     return (f"the run needs {max(train, serve):g} GPU(s) ({'; '.join(asks)}) and Ray sees "

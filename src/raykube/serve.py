@@ -627,9 +627,9 @@ def serve_start_problem(exc: BaseException, host: str, port: int) -> str:
     text = str(exc)
     if "Address already in use" in text or "cannot bind socket" in text:
         return f"{host}:{port} is already in use (taken while the model was loading)"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
-             and not ln.startswith((" ", "\t", "Traceback")) and "^^^" not in ln]
-    last = lines[-1] if lines else type(exc).__name__
+    from raykube.terminal import error_line
+
+    last = error_line(text) or type(exc).__name__
     return last if len(last) <= 300 else last[:297] + "..."
 
 

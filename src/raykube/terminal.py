@@ -142,3 +142,12 @@ def default_log(command: str) -> str:
 
     base = os.path.join(tempfile.gettempdir(), f"raykube-{os.getuid()}")
     return os.path.join(base, f"{command}-{os.getpid()}.log")
+
+
+def error_line(text: str) -> str:
+    """The line of an error's text that says what went wrong: its last line that is not
+    a traceback frame (Ray's and Tune's errors carry the remote traceback in their text,
+    the exception's own line last). "" when there is none."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()
+             and not ln.startswith((" ", "\t", "Traceback")) and "^^^" not in ln]
+    return lines[-1] if lines else ""

@@ -425,11 +425,11 @@ def _forwarder(queue: Any, storage_path: str):
 def failure_line(exc: BaseException, limit: int = 200) -> str:
     """``FileNotFoundError: [Errno 2] ... 'model.pt'``: the exception's own last line (a
     worker's error can carry its remote traceback in its text), prefixed by its type."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    from raykube.terminal import error_line
+
     name = type(exc).__name__
-    last = lines[-1] if lines else ""
-    text = last if last.startswith(name) or not last else f"{name}: {last}"
-    text = text or name
+    last = error_line(str(exc))
+    text = last if last.startswith(name) else f"{name}: {last}" if last else name
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

@@ -543,8 +543,9 @@ def _trial_error(trial: Any, experiment_uri: str) -> str:
         err = trial.get_error()
     except Exception:  # unreadable storage: say where to look
         err = None
-    lines = [ln.strip() for ln in str(err or "").splitlines() if ln.strip()]
-    message = lines[-1] if lines else "no error message stored"
+    from raykube.terminal import error_line
+
+    message = error_line(str(err or "")) or "no error message stored"
     return f"{message} (traceback: {where})" if where else message
 
 
