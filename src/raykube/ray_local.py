@@ -12,13 +12,23 @@ It also starts leaner than ``ray.init`` does on its own (``_lean_start``): ``ray
 took 3.4-3.7 s here, of which ~1 s waiting for Ray's API-server process (which, without
 the dashboard and with usage stats off, serves nothing) and up to 1 s more because it
 looks for its raylet in the GCS once a second.
+
+And it ends with nothing left behind (``shutdown_local_ray``): Ray 2.60's worker processes
+can deadlock in their own exit (seen here: a Train controller of a finished ``raykube
+run``, its core worker's destructor waiting on a mutex the same thread held, in
+``boost::asio::detail::scheduler::shutdown``). Such a process has already left its raylet,
+so Ray's shutdown does not kill it, and it stayed forever (211 MB resident, one thread
+waking). The raylet's processes are listed before Ray shuts down, and any still there a
+moment after are killed.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +41,7 @@ log = logging.getLogger(__name__)
 LEAN_ENV = "RAYKUBE_LEAN_RAY"  # off ("0", "false"): start Ray exactly as ray.init does
 NODE_POLL_S = 0.02
 NODE_WAIT_S = 30.0  # Ray's own limit (raylet_start_wait_time_s)
+REAP_GRACE_S = 2.0  # how long Ray's processes get to exit on their own after shutdown
 
 
 def _wait_for_node(get_node: Any) -> Any:
@@ -115,7 +126,86 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> Any:
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": address}
     try:
         with _lean_start(kwargs.get("include_dashboard")):
-            return ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env,
-                            **kwargs)
+            ctx = ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env,
+                           **kwargs)
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    # Before Ray's own exit hook (registered when ray was imported: hooks run last first).
+    atexit.register(shutdown_local_ray)
+    return ctx
+
+
+# ----------------------------------------------------------------- ending it
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), to tell it from a later
+    process that reuses its pid; None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _descendants(pid: int) -> dict[int, int]:
+    """Every live descendant of ``pid`` (Linux ``/proc``), with its start time."""
+    out: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            for kid in kids:
+                if kid not in out and (start := _start_time(kid)) is not None:
+                    out[kid] = start
+                    todo.append(kid)
+    return out
+
+
+def _raylet_processes() -> dict[int, int]:
+    """The processes this driver's local raylet started (workers, agents), if any."""
+    try:
+        import ray
+
+        node = ray._private.worker._global_node
+        raylets = node.all_processes.get("raylet", []) if node is not None else []
+        return _descendants(raylets[0].process.pid) if raylets else {}
+    except Exception:  # Ray's internals moved: shut down as Ray does
+        log.debug("raykube: could not list the raylet's processes", exc_info=True)
+        return {}
+
+
+def shutdown_local_ray(grace_s: float = REAP_GRACE_S) -> list[int]:
+    """``ray.shutdown()``, then kill (SIGKILL) every process the raylet had started that
+    is still running ``grace_s`` later; the pids killed. Idempotent (registered at exit
+    by ``init_local_ray``; commands may call it sooner)."""
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    procs = _raylet_processes()
+    ray.shutdown()
+    deadline = time.monotonic() + grace_s
+    while procs and time.monotonic() < deadline:
+        procs = {p: t for p, t in procs.items() if _start_time(p) == t}
+        if procs:
+            time.sleep(0.05)
+    killed = []
+    for pid, started in procs.items():
+        if _start_time(pid) == started:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    if killed:
+        log.warning("raykube: %d Ray process(es) still running %.0f s after Ray shut down "
+                    "were killed (pids %s)", len(killed), grace_s,
+                    ", ".join(map(str, killed)))
+    return killed

@@ -132,8 +132,10 @@ def _shutdown_ray() -> None:
     if "ray.serve" in sys.modules:
         with contextlib.suppress(Exception):
             sys.modules["ray.serve"].shutdown()
+    from raykube.ray_local import shutdown_local_ray
+
     with contextlib.suppress(Exception):
-        ray.shutdown()
+        shutdown_local_ray()
 
 
 def default_log(command: str) -> str:

@@ -1,7 +1,8 @@
 """``raykube.ray_local``'s lean start (issue 14): a local Ray without the dashboard starts
 no API-server process and no autoscaler monitor, finds its raylet by polling the GCS
 (not Ray's once-a-second wait), and works; with the dashboard, or with
-``RAYKUBE_LEAN_RAY=0``, Ray starts in full (the controls).
+``RAYKUBE_LEAN_RAY=0``, Ray starts in full (the controls). And its end: no Ray process
+outlives the command.
 
 Real Ray, each case in a fresh interpreter (``ray.init`` is once per process), with a
 Ray temp dir of its own. What is read is Ray's own record of what it started
@@ -77,3 +78,80 @@ def test_the_controls_start_ray_in_full():
         assert out["answer"] == 42
         assert {"dashboard", "monitor", "gcs_server", "raylet"} <= set(out["started"]), out
         assert out["restored"], out
+
+
+# A worker that has left its raylet and then hangs in its own exit. Stands in for Ray
+# 2.60's exit deadlock (a Train controller's core worker destructor waiting on a mutex
+# its own thread held), which no real part produces on demand: here a Python exit hook
+# that sleeps, after ``exit_actor`` has disconnected the worker from its raylet.
+STUCK = r"""
+import json, os, sys, time
+import ray
+from raykube.ray_local import init_local_ray
+
+init_local_ray(num_cpus=1, include_dashboard=False, configure_logging=False)
+
+@ray.remote
+class Stuck:
+    def pid_then_hang_at_exit(self):
+        import atexit
+        atexit.register(time.sleep, 3600)
+        return os.getpid()
+
+    def leave(self):
+        ray.actor.exit_actor()
+
+actor = Stuck.remote()
+pid = ray.get(actor.pid_then_hang_at_exit.remote())
+try:
+    ray.get(actor.leave.remote())  # answered once Ray has seen the worker leave
+except ray.exceptions.RayActorError:
+    pass
+print(json.dumps({"pid": pid}), flush=True)
+if sys.argv[1] == "plain":
+    ray.shutdown()  # Ray's shutdown alone: raykube's exit hook then has nothing to do
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _run_stuck(mode: str) -> int:
+    ray_tmp = tempfile.mkdtemp(prefix="rks", dir="/tmp")
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update({"RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"})
+        r = subprocess.run([sys.executable, "-c", STUCK, mode], env=env,
+                           capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])["pid"]
+
+
+def test_no_ray_process_outlives_the_command():
+    import signal
+    import time
+
+    # The control: with Ray's shutdown alone, the stuck worker outlives its Ray.
+    orphan = _run_stuck("plain")
+    try:
+        time.sleep(3)
+        assert _alive(orphan), "the stand-in did not hang: this test would prove nothing"
+    finally:
+        if _alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
+
+    # raykube's exit (shutdown_local_ray, registered by init_local_ray): gone when the
+    # command has returned.
+    pid = _run_stuck("raykube")
+    try:
+        assert not _alive(pid)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     finally:
         if started:
-            ray.shutdown()
+            from raykube.ray_local import shutdown_local_ray
+
+            shutdown_local_ray()
     from rich.console import Console
 
     print_report(outcome, Console(file=terminal.out(), soft_wrap=True))

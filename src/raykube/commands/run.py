@@ -257,13 +257,12 @@ def _stop_ray() -> None:
     first, and a Train worker finishing its epoch meanwhile would otherwise save one more
     checkpoint after the interrupted message counted them (the message would be behind
     the storage, and a re-run's "continuing from" would not match it)."""
-    import ray
+    import contextlib
 
-    try:
-        if ray.is_initialized():
-            ray.shutdown()
-    except Exception:  # noqa: BLE001 - best effort; the storage is read either way
-        pass
+    from raykube.ray_local import shutdown_local_ray
+
+    with contextlib.suppress(Exception):  # best effort; the storage is read either way
+        shutdown_local_ray()
 
 
 def _interrupted(run_dir: str, tr) -> int:  # noqa: ANN001

@@ -111,10 +111,8 @@ def run(args: argparse.Namespace) -> int:
         terminal.divert(terminal.default_log("serve"))
     console = Console(file=terminal.out(), soft_wrap=True)  # URLs and the curl line stay pasteable
 
-    import ray
-
     from raykube.local import apply_ray_env
-    from raykube.ray_local import init_local_ray
+    from raykube.ray_local import init_local_ray, shutdown_local_ray
     from raykube.serve import curl_example, start_local, stop_local
 
     apply_ray_env()  # Serve's HAProxy ingress, short drain (README "Performance")
@@ -144,5 +142,5 @@ def run(args: argparse.Namespace) -> int:
         try:
             stop_local()
         finally:
-            ray.shutdown()
+            shutdown_local_ray()
     return 0
