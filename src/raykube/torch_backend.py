@@ -11,10 +11,10 @@ imports before it creates the controller, the controller before it starts the wo
 and :class:`TorchBackend` does what Ray's ``_TorchBackend.on_start``/``on_shutdown`` do
 for the backends raykube runs (gloo on CPUs, NCCL on CUDA): rank 0's address and a free
 port become ``MASTER_ADDR``/``MASTER_PORT``, every worker gets the torchrun variables,
-then joins the process group; a group of one worker joins none (below). Every step that runs on a worker is Ray's own function
-(``_set_torch_distributed_env_vars``, ``_setup_torch_process_group``,
-``_shutdown_torch``, ``TorchConfigContextManager``), imported there when it runs, so
-worker behaviour is Ray's. Inside the training function everything is as under a
+then joins the process group (a group of one worker joins none: below). Every step that
+runs on a worker is Ray's own function (``_set_torch_distributed_env_vars``,
+``_setup_torch_process_group``, ``_shutdown_torch``, ``TorchConfigContextManager``),
+imported there when it runs, so worker behaviour is Ray's. Inside the training function everything is as under a
 ``TorchTrainer``: ``ray.train.torch.get_device``/``prepare_model`` work unchanged.
 
 A group of one worker (``scaling.workers: 1``, each Tune trial of one worker) gets the
