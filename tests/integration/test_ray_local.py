@@ -14,11 +14,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
+
+from raykube.ray_local import _start_time
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +53,22 @@ print(json.dumps({"started": started, "answer": answer, "asked": asked, "restore
 """
 
 
-def _start(dashboard: bool | None, **env: str) -> dict:
+def _run_script(script: str, arg: str, **env: str) -> dict:
+    """``script`` in a fresh interpreter with its own Ray temp dir; its last line (JSON)."""
     ray_tmp = tempfile.mkdtemp(prefix="rkl", dir="/tmp")  # short: Ray's socket paths
     try:
         full_env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAYKUBE_LEAN_RAY")}
         full_env.update({"RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", **env})
-        r = subprocess.run([sys.executable, "-c", PROBE, json.dumps(dashboard)], env=full_env,
+        r = subprocess.run([sys.executable, "-c", script, arg], env=full_env,
                            capture_output=True, text=True, timeout=180)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _start(dashboard: bool | None, **env: str) -> dict:
+    return _run_script(PROBE, json.dumps(dashboard), **env)
 
 
 def test_a_ray_without_dashboard_starts_lean_and_works():
@@ -114,32 +123,12 @@ if sys.argv[1] == "plain":
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _run_stuck(mode: str) -> int:
-    ray_tmp = tempfile.mkdtemp(prefix="rks", dir="/tmp")
-    try:
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        env.update({"RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"})
-        r = subprocess.run([sys.executable, "-c", STUCK, mode], env=env,
-                           capture_output=True, text=True, timeout=180)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])["pid"]
+    return _start_time(pid) is not None  # None: gone, or a zombie
 
 
 def test_no_ray_process_outlives_the_command():
-    import signal
-    import time
-
     # The control: with Ray's shutdown alone, the stuck worker outlives its Ray.
-    orphan = _run_stuck("plain")
+    orphan = _run_script(STUCK, "plain")["pid"]
     try:
         time.sleep(3)
         assert _alive(orphan), "the stand-in did not hang: this test would prove nothing"
@@ -149,7 +138,7 @@ def test_no_ray_process_outlives_the_command():
 
     # raykube's exit (shutdown_local_ray, registered by init_local_ray): gone when the
     # command has returned.
-    pid = _run_stuck("raykube")
+    pid = _run_script(STUCK, "raykube")["pid"]
     try:
         assert not _alive(pid)
     finally:
