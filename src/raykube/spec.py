@@ -200,7 +200,14 @@ class OptimizerSpec(_Model):
 
     name: Literal["sgd", "adam", "adamw"] = Field(default="sgd", description="sgd, adam or adamw.")
     lr: float = Field(default=0.01, gt=0.0, le=10.0, description="Learning rate.")
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="sgd only: momentum.")
+    momentum: float = Field(
+        default=0.9,
+        ge=0.0,
+        lt=1.0,
+        description="sgd: momentum. adam, adamw: beta1, the decay rate of the gradient's "
+        "running average (PyTorch's OneCycleLR reads it the same way); the default 0.9 is "
+        "Adam's own.",
+    )
     weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0, description="L2 weight decay.")
 
 
