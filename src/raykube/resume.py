@@ -6,9 +6,9 @@ Decided here, per spec section, so that what is printed, saved and used agree:
 - ``train.epochs``: more than trained continues; no more than trained trains nothing.
 - ``train.optimizer``: the new values are used from the next epoch. Same optimizer
   kind: its restored state (momentum buffers, Adam moments) is kept and ``lr``,
-  ``momentum`` (Adam's beta1) and ``weightDecay`` are set to the new values; another kind (adam ->
-  sgd) starts with a fresh optimizer state, since one kind's state means nothing to
-  another (torch would fail on it).
+  ``momentum`` (Adam's beta1) and ``weightDecay`` are set to the new values; another
+  kind (adam -> sgd) starts with a fresh optimizer state, since one kind's state means
+  nothing to another (torch would fail on it).
 - ``train.batchSize``, ``train.seed``, ``scaling``, ``serve``, ``checkpoint``: used as
   given from the next epoch.
 
@@ -292,11 +292,5 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict | None,
     if not state or old is None or old.train.optimizer.name != new.train.optimizer.name:
         return
     optimizer.load_state_dict(state)
-    o = new.train.optimizer
     for group in optimizer.param_groups:
-        group["lr"] = o.lr
-        group["weight_decay"] = o.weight_decay
-        if "momentum" in group:
-            group["momentum"] = o.momentum
-        if "betas" in group:  # adam, adamw: momentum is beta1 (train._make_optimizer)
-            group["betas"] = (o.momentum, group["betas"][1])
+        group.update(new.train.optimizer.torch_kwargs())

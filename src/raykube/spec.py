@@ -210,6 +210,19 @@ class OptimizerSpec(_Model):
     )
     weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0, description="L2 weight decay.")
 
+    def torch_kwargs(self) -> dict[str, Any]:
+        """The hyperparameters as ``torch.optim``'s keyword arguments for this kind: what
+        a new optimizer is built with and what a resumed one's param groups are set to.
+        Adam's beta1 is its momentum (what OneCycleLR cycles for it); beta2 stays
+        torch's 0.999. The CRD's stored default 0.9 is Adam's own beta1, so runs that
+        never set ``momentum`` train as they did when adam ignored it."""
+        kw: dict[str, Any] = {"lr": self.lr, "weight_decay": self.weight_decay}
+        if self.name == "sgd":
+            kw["momentum"] = self.momentum
+        else:
+            kw["betas"] = (self.momentum, 0.999)
+        return kw
+
 
 class TrainSpec(_Model):
     """The training loop's settings."""

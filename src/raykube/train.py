@@ -53,7 +53,6 @@ HISTORY_FILE = "history.json"
 RESULT_FILE = "result.json"
 REPORT_FILE = "report.png"
 VAL_BATCH = 1024
-ADAM_BETA2 = 0.999  # torch.optim.Adam's default; not part of the spec
 
 
 # ============================================================================ worker
@@ -61,12 +60,8 @@ def _make_optimizer(spec: TrainingRunSpec, params: Iterable[torch.nn.Parameter])
     import torch
 
     o = spec.train.optimizer
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    # Adam's beta1 is its momentum (what OneCycleLR cycles for it). The CRD's stored
-    # default 0.9 is Adam's own, so runs that never set it train exactly as before.
-    adam = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return adam(params, lr=o.lr, betas=(o.momentum, ADAM_BETA2), weight_decay=o.weight_decay)
+    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    return kind[o.name](params, **o.torch_kwargs())
 
 
 def _maybe_fail(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
