@@ -50,13 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"raykube operator: {problem}", file=sys.stderr)
         return 2
-    cfg = OperatorConfig.from_env()  # fail fast on a bad RAYKUBE_* value
+    try:
+        cfg = OperatorConfig.from_env()  # fail fast on a bad RAYKUBE_* value
+    except ValueError as exc:
+        print(f"raykube operator: {exc}", file=sys.stderr)
+        return 2
     namespaces: tuple[str, ...] = () if args.all_namespaces else (
         tuple(args.namespace) or cfg.namespaces)
     liveness = cfg.liveness if args.liveness is None else (
         None if args.liveness.lower() in ("off", "none", "") else args.liveness)
     kopf.configure(debug=args.verbose, verbose=args.verbose)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else cfg.log_level)
+    if cfg.preflight:
+        from raykube_operator import preflight
+
+        try:
+            preflight.run(namespaces, wait_s=cfg.api_wait)
+        except preflight.PreflightError as exc:
+            print(f"raykube operator: {exc}", file=sys.stderr)
+            return 2
 
     import raykube_operator.handlers  # noqa: F401  (registers the handlers)
 

@@ -24,6 +24,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     # watched (label raykube.io/trainingrun) to say why a run's Ray pods do not start
     ("", "pods"): frozenset({"list", "watch"}),
     ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
+    # raykube_operator.preflight, once at start: who am I, and may I do all of the above?
+    ("authentication.k8s.io", "selfsubjectreviews"): frozenset({"create"}),
+    ("authorization.k8s.io", "selfsubjectaccessreviews"): frozenset({"create"}),
     ("", "namespaces"): frozenset({"list", "watch"}),
 }
 """Operator needs ``escalate``/``bind``-free RBAC: the rendered Role grants only

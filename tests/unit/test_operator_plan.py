@@ -87,6 +87,7 @@ def test_the_operator_starts_as_a_uid_without_a_passwd_entry(monkeypatch):
     seen = {}
     monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
     monkeypatch.delenv("POD_ID", raising=False)
+    monkeypatch.setenv("RAYKUBE_PREFLIGHT", "0")  # no API server here (checked in integration)
     assert entry.main(["-A", "--liveness", "off"]) == 0
     assert seen["identity"].startswith("raykube-operator@") and seen["standalone"] is True
     monkeypatch.setenv("POD_ID", "raykube-operator-abc")
