@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,21 @@ def test_crd_is_established_and_structural(kube):
     status, text = dry_run(kube, base_doc())
     assert status == 201, text
     assert len(VIOLATIONS) > 60  # the walk found the schema's bounds
+
+
+def test_the_default_namespace_storage_claim_binds(kube):
+    """``make cluster-up`` (this control plane) installs the claim a TrainingRun applied to
+    ``default`` mounts, as the kind overlay patches it. Base's claim alone asked for a
+    20Gi storage class and stayed Pending, and so did every Ray pod of the README's
+    quickstart (the scheduler: "pod has unbound immediate PersistentVolumeClaims")."""
+    path = "/api/v1/namespaces/default/persistentvolumeclaims/raykube-storage"
+    deadline = time.monotonic() + 30
+    claim = kube.http.get(path).json()
+    while claim.get("status", {}).get("phase") != "Bound" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        claim = kube.http.get(path).json()
+    assert claim["status"]["phase"] == "Bound", claim.get("status")
+    assert claim["spec"]["volumeName"] == "raykube-storage-kind"
 
 
 @pytest.mark.parametrize("path,keyword,value", VIOLATIONS,

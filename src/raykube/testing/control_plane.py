@@ -435,10 +435,11 @@ class ControlPlane:
             args += ["-f", str(f)]
         if self.install_raykube:
             base = REPO / "k8s" / "base"
-            for f in ("namespace.yaml", "crd.yaml", "rbac.yaml", "storage.yaml"):
+            for f in ("namespace.yaml", "crd.yaml", "rbac.yaml"):
                 args += ["-f", str(base / f)]
-            args += ["-f", str(REPO / "k8s" / "overlays" / "kind" / "storage-pv.yaml")]
         self.kubectl_run(*args, timeout=120)
+        if self.install_raykube:
+            self._install_storage()
         deadline = time.monotonic() + 120
         self.wait_for(lambda: self._crds_established(
             CRD_NAMES if self.install_raykube else CRD_NAMES[1:]),
@@ -446,6 +447,24 @@ class ControlPlane:
         if self.install_raykube:
             self.kubectl_run("create", "serviceaccount", "raykube-operator",
                              "-n", "raykube-system", check=False)
+
+    def _install_storage(self) -> None:
+        """The ``raykube-storage`` claim of ``default`` and its volume, as the kind overlay
+        makes them (the claim patched to bind to the hostPath volume: base's claim alone
+        asks a storage class for 20Gi and stays Pending here, and with it every Ray pod of a
+        TrainingRun applied to ``default``). kwok runs no container: the path is never used.
+        A claim left Pending by an older install is replaced (it holds nothing)."""
+        import yaml
+
+        out = self.kubectl_run("kustomize", str(REPO / "k8s" / "overlays" / "kind")).stdout
+        objs = [o for o in yaml.safe_load_all(out)
+                if o and o["kind"] in ("PersistentVolume", "PersistentVolumeClaim")]
+        body = "\n---\n".join(json.dumps(o) for o in objs)
+        args = ("apply", "--server-side", "--field-manager=raykube-install", "-f", "-")
+        if self.kubectl_run(*args, input=body, check=False).returncode != 0:
+            self.kubectl_run("delete", "pvc", "raykube-storage", "-n", "default",
+                             "--wait=false", check=False)
+            self.kubectl_run(*args, input=body)
 
     def _crds_established(self, names: Sequence[str] = CRD_NAMES) -> bool:
         out = self.kubectl_run("get", "crd", "-o", "json", check=False)
@@ -534,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"control plane up in {time.monotonic() - t0:.1f} s: {cp.server}\n"
                   f"  export KUBECONFIG={cp.kubeconfig}\n"
+                  f"  export PATH={cp.bin_dir}:$PATH   # the kubectl built with it\n"
                   f"  logs: {cp.workdir / 'logs'}/\n  stop: make cluster-down")
         elif args.action == "down":
             stopped = cp.down()
