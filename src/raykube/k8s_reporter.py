@@ -7,12 +7,17 @@ patches ``status.progress`` and ``status.checkpoint`` (the best checkpoint so fa
 allows for this one object only.
 
 Rate-limited (at most one patch per ``min_interval`` seconds; the latest values are
-always flushed at ``on_end``) and never raising: an unreachable API server is logged
-and training carries on.
+always flushed at ``on_end``) and never raising: an unreachable API server or a refused
+patch is logged on one line and training carries on. Each patch has a deadline
+(``request_timeout``): an API server behind a firewall that drops packets (a
+NetworkPolicy without egress to it) must not hold the driver for the kernel's minutes of
+connection retries at every epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
@@ -29,6 +34,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_KEYS = ("trainLoss", "valLoss", "valAccuracy")
+REQUEST_TIMEOUT = (5.0, 15.0)
+"""(connect, read) seconds for one status patch."""
+
+
+def api_error_line(exc: BaseException) -> str:
+    """One line for a failed API call: ``403 Forbidden: <the API server's message>`` for an
+    answer (the client's own text spans a dozen lines with every response header), the
+    exception's text squeezed onto one line otherwise."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status:
+        message = ""
+        with contextlib.suppress(ValueError, AttributeError):
+            message = json.loads(getattr(exc, "body", None) or "{}").get("message", "")
+        return f"{status} {getattr(exc, 'reason', '') or ''}".strip() + (
+            f": {message}" if message else "")
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def _now() -> str:
@@ -47,10 +68,12 @@ class KubernetesReporter:
     """RunObserver patching ``status.progress``/``status.checkpoint`` of one TrainingRun."""
 
     def __init__(self, namespace: str, name: str, *, min_interval: float = 5.0,
-                 api: Any = None, score_metric: str = "valAccuracy"):
+                 api: Any = None, score_metric: str = "valAccuracy",
+                 request_timeout: float | tuple[float, float] = REQUEST_TIMEOUT):
         self.namespace = namespace
         self.name = name
         self.min_interval = min_interval
+        self.request_timeout = request_timeout
         self.score_metric = score_metric
         self._api = api
         self._lock = threading.Lock()
@@ -90,13 +113,14 @@ class KubernetesReporter:
         group, version = API_VERSION.split("/")
         try:
             self._client().patch_namespaced_custom_object_status(
-                group, version, self.namespace, PLURAL, self.name, {"status": status})
+                group, version, self.namespace, PLURAL, self.name, {"status": status},
+                _request_timeout=self.request_timeout)
             self.patches += 1
             return True
         except Exception as exc:  # never fail training because of the API
             self.failures += 1
             log.warning("could not report progress to TrainingRun %s/%s: %s",
-                        self.namespace, self.name, exc)
+                        self.namespace, self.name, api_error_line(exc))
             return False
 
     def flush(self) -> bool:

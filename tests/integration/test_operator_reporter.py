@@ -76,3 +76,47 @@ def test_reporter_publishes_the_best_tune_trial(kubeconfig):
     assert st["checkpoint"]["uri"] == "/t/b/3" and st["checkpoint"]["epoch"] == 3
     assert st["progress"]["trial"] == "a"
     assert validate_strict({k: tr[k] for k in ("apiVersion", "kind", "metadata", "spec", "status")}) == []
+
+
+def test_a_refused_patch_is_logged_on_one_line(kube, tmp_path, monkeypatch, caplog):
+    """A token that may not patch the TrainingRun (403 from the real API server): one
+    warning line with the status and the API server's message, no response headers."""
+    kube.cp.apply_objects([{"apiVersion": "v1", "kind": "ServiceAccount",
+                            "metadata": {"name": "no-status", "namespace": kube.namespace}}])
+    cfg = kube.cp.kubeconfig_for("no-status", kube.namespace, tmp_path / "kubeconfig")
+    monkeypatch.setenv("KUBECONFIG", str(cfg))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    rep = KubernetesReporter(kube.namespace, "someone-else", min_interval=0)
+    with caplog.at_level("WARNING", logger="raykube.k8s_reporter"):
+        rep.on_epoch({"epoch": 1, "valAccuracy": 0.5}, "/c/1", None)
+    assert rep.failures == 1 and rep.patches == 0
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line and "HTTP response headers" not in line, line
+    assert "403 Forbidden: " in line and "cannot patch resource" in line, line
+
+
+def test_a_server_that_never_answers_costs_the_deadline_not_a_hang(tmp_path, monkeypatch):
+    """Stands in for an API server behind a firewall that drops packets: a socket that
+    accepts and never answers. The patch gives up at the reporter's deadline (without
+    one it waited as long as the test let it: killed after 40 s)."""
+    import socket
+    import time
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text("apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n"
+                   f"    server: http://127.0.0.1:{port}\nusers:\n- name: x\n  user: {{}}\n"
+                   "contexts:\n- name: x\n  context: {cluster: x, user: x}\ncurrent-context: x\n")
+    monkeypatch.setenv("KUBECONFIG", str(cfg))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    rep = KubernetesReporter("default", "silent", min_interval=0, request_timeout=(1.0, 1.0))
+    t0 = time.monotonic()
+    try:
+        rep.on_epoch({"epoch": 1, "valAccuracy": 0.5}, "/c/1", None)
+    finally:
+        srv.close()
+    assert rep.failures == 1 and rep.patches == 0
+    assert time.monotonic() - t0 < 10
