@@ -38,8 +38,8 @@ from raykube_operator.rbac import PERMISSIONS
 log = logging.getLogger(__name__)
 
 SOFT = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
-"""Permissions kopf can do without (it warns and falls back): a warning, not fatal."""
-CLUSTER_SCOPED = SOFT
+"""Permissions kopf can do without (it warns and falls back): a warning, not fatal. Both
+are cluster-scoped: checked cluster-wide whatever the operator watches."""
 OWN = {("authentication.k8s.io", "selfsubjectreviews"),
        ("authorization.k8s.io", "selfsubjectaccessreviews")}
 """What the preflight itself uses (every authenticated user may, through the built-in
@@ -165,7 +165,7 @@ def checks(namespaces: Sequence[str]) -> list[Check]:
     for (group, resource), verbs in sorted(PERMISSIONS.items()):
         if (group, resource) in OWN:
             continue
-        spaces: Iterable[str | None] = [None] if (group, resource) in CLUSTER_SCOPED else where
+        spaces: Iterable[str | None] = [None] if (group, resource) in SOFT else where
         for ns in spaces:
             out.extend(Check(group, resource, verb, ns) for verb in sorted(verbs))
     return out
@@ -198,8 +198,8 @@ def denied(kube: Kube, todo: Sequence[Check], *, threads: int = 8) -> list[Check
 
 
 def describe(missing: Sequence[Check]) -> str:
-    """``list, watch trainingruns.raykube.io; create rayjobs.ray.io (in ns a)``: one
-    clause per resource and namespace, verbs in the table's order."""
+    """``list, watch trainingruns.raykube.io; create rayjobs.ray.io in namespace a``: one
+    clause per resource and namespace, verbs sorted."""
     groups: dict[tuple[str, str | None], list[str]] = {}
     for c in missing:
         groups.setdefault((c.kind(), c.namespace), []).append(c.verb)
