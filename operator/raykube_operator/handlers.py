@@ -33,6 +33,9 @@ Decisions (README "Operator"):
   children the garbage collector has not removed yet) are never adopted:
   ``NameConflict``, retried when they are gone. The same holds after an operator
   restart (the resume handler reconciles every TrainingRun level-triggered).
+- **KubeRay missing** (its CRDs not installed: a create answered "404 page not found"):
+  ``SpecApplied=False``, reason ``KubeRayMissing``, phase Pending, one Warning event;
+  retried until the RayJob can be created.
 - **Bad input**: anything the API server let through (no CRD installed, a stale CRD)
   is validated again here: ``Validated=False``, reason ``InvalidSpec``, naming every
   field, phase Failed, a Warning event, no children; fixing the spec starts the run.
@@ -314,7 +317,48 @@ def reconcile(body: dict[str, Any], memo: kopf.Memo, *, allow_rerun: bool,
             promote(kube, cfg, memo, ns, name)
         return results
     except ApiError as exc:
+        if kuberay_missing(exc):
+            msg = _report_kuberay_missing(kube, ns, name)
+            raise kopf.TemporaryError(msg, delay=cfg.retry_delay * 6) from exc
         raise _transient(exc, cfg) from exc
+
+
+KUBERAY_MISSING = (
+    f"KubeRay is not installed: the API server serves no {RAY_API} RayJob. Install the "
+    "KubeRay operator 1.7.0 with its CRDs (Helm chart kuberay/kuberay-operator from "
+    "https://ray-project.github.io/kuberay-helm/); this run starts once they are there")
+
+
+def kuberay_missing(exc: ApiError) -> bool:
+    """A 404 without a Status body: the API server serves no such resource type (KubeRay's
+    CRDs are absent), as opposed to a missing object ("NotFound"). The only objects the
+    operator creates from a type it does not own are KubeRay's."""
+    return exc.status == 404 and exc.reason != "NotFound" and "page not found" in exc.message
+
+
+def _report_kuberay_missing(kube: Kube, ns: str, name: str) -> str:
+    """``SpecApplied=False``, reason ``KubeRayMissing``, phase Pending, and one Warning
+    event: written once, not at every retry. The retry (kopf, every 6 x retry delay)
+    creates the RayJob as soon as KubeRay's CRDs are installed."""
+    try:
+        tr = _get_tr(kube, ns, name)
+        if tr is None:
+            return KUBERAY_MISSING
+        cur = tr.get("status") or {}
+        gen = tr["metadata"].get("generation")
+        now = st.now_rfc3339()
+        conds = st.set_condition(cur.get("conditions"), st.VALIDATED, True, "SpecValid",
+                                 "the spec is valid", now=now, generation=gen)
+        conds = st.set_condition(conds, st.SPEC_APPLIED, False, "KubeRayMissing",
+                                 KUBERAY_MISSING, now=now, generation=gen)
+        patch = {"conditions": conds, "phase": st.phase_of(conds), "message": KUBERAY_MISSING,
+                 "observedGeneration": gen}
+        if any(cur.get(k) != v for k, v in patch.items()):
+            _patch_status(kube, tr, patch)
+            _event(tr, "Warning", "KubeRayMissing", KUBERAY_MISSING)
+    except ApiError as exc:  # the status is a courtesy; the retry is what matters
+        log.warning("could not report that KubeRay is missing on %s/%s: %s", ns, name, exc)
+    return KUBERAY_MISSING
 
 
 def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
@@ -515,6 +559,9 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     patch: dict[str, Any] = {"rayJob": job_name, "observedGeneration": gen}
     if was_invalid:
         patch["message"] = f"the spec is valid now: RayJob {job_result}"
+    elif (st.get_condition(cur.get("conditions"), st.SPEC_APPLIED) or {}).get(
+            "reason") == "KubeRayMissing":
+        patch["message"] = f"KubeRay is installed now: RayJob {job_result}"
     events: list[tuple[str, str, str]] = []
     if job_result == "ignored":
         fields = ", ".join(changed or []) or "training fields"

@@ -150,6 +150,24 @@ def _tls_problem(exc: ApiError) -> str | None:
     return None
 
 
+KUBERAY_KINDS = {"rayjobs": "RayJob", "rayservices": "RayService"}
+
+
+def unserved(kube: Kube) -> list[str]:
+    """KubeRay's kinds the API server does not serve (its discovery of ray.io/v1): not a
+    reason to stop (KubeRay may be installed after the operator, and kopf starts watching
+    them when they appear), but worth one line at start."""
+    try:
+        doc = kube.request("GET", "/apis/ray.io/v1")
+    except ApiError as exc:
+        if exc.status != 404:
+            return []  # unknown: say nothing
+        doc = {}
+    served = {r.get("name") for r in doc.get("resources") or []}
+    return [f"ray.io/v1 {kind}" for plural, kind in KUBERAY_KINDS.items()
+            if plural not in served]
+
+
 def scope_namespaces(namespaces: Sequence[str]) -> list[str | None]:
     """Where the namespaced permissions must hold: everywhere (cluster-wide operator), or
     in each named namespace. Glob patterns name no namespace in advance: kopf lists the
@@ -221,6 +239,7 @@ def run(namespaces: Sequence[str], *, wait_s: float,
     pool_log.setLevel(logging.ERROR)
     try:
         user = whoami(kube, wait_s=wait_s)
+        missing_kinds = unserved(kube)
         todo = checks(namespaces)
         try:
             missing = denied(kube, todo)
@@ -233,6 +252,10 @@ def run(namespaces: Sequence[str], *, wait_s: float,
         if callable(close):
             close()
     who = user or "the operator's identity"
+    if missing_kinds:
+        log.warning("the API server serves no %s: is KubeRay installed? TrainingRuns wait "
+                    "(SpecApplied=False, reason KubeRayMissing) until its CRDs are",
+                    " or ".join(missing_kinds))
     if missing is None:
         log.warning("the API server does not answer SelfSubjectAccessReviews: the "
                     "operator's permissions were not checked")

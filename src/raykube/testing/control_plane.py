@@ -122,6 +122,8 @@ class ControlPlane:
     """Listen and advertise here instead of 127.0.0.1 (a real node's address; see above)."""
     install_raykube: bool = True
     """Install raykube's namespace, CRD, RBAC and storage (False: KubeRay's CRDs only)."""
+    with_kuberay_crds: bool = True
+    """Install KubeRay's CRDs (False: a cluster without KubeRay; needs ``kuberay=False``)."""
     kuberay_namespaces: tuple[str, ...] = ()
     """Where KubeRay acts (empty: everywhere). The tests keep namespaces where KubeRay does
     not, to stand in for it there by patching status without racing the real controller."""
@@ -429,10 +431,10 @@ class ControlPlane:
         return found[-1]
 
     def _install_base(self) -> None:
-        crds = self.kuberay_crds()
         args = ["apply", "--server-side", "--field-manager=raykube-install"]
-        for f in sorted(crds.glob("ray.io_*.yaml")):
-            args += ["-f", str(f)]
+        if self.with_kuberay_crds:
+            for f in sorted(self.kuberay_crds().glob("ray.io_*.yaml")):
+                args += ["-f", str(f)]
         if self.install_raykube:
             base = REPO / "k8s" / "base"
             for f in ("namespace.yaml", "crd.yaml", "rbac.yaml"):
@@ -441,9 +443,10 @@ class ControlPlane:
         if self.install_raykube:
             self._install_storage()
         deadline = time.monotonic() + 120
-        self.wait_for(lambda: self._crds_established(
-            CRD_NAMES if self.install_raykube else CRD_NAMES[1:]),
-            deadline, "the CRDs to be established")
+        names = [n for n in CRD_NAMES if (self.install_raykube or not n.endswith("raykube.io"))
+                 and (self.with_kuberay_crds or not n.endswith(".ray.io"))]
+        self.wait_for(lambda: self._crds_established(names), deadline,
+                      "the CRDs to be established")
         if self.install_raykube:
             self.kubectl_run("create", "serviceaccount", "raykube-operator",
                              "-n", "raykube-system", check=False)
