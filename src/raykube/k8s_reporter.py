@@ -74,6 +74,8 @@ class KubernetesReporter:
         self.name = name
         self.min_interval = min_interval
         self.request_timeout = request_timeout
+        self.gone = False
+        """The TrainingRun does not exist (404): nothing more is sent."""
         self.score_metric = score_metric
         self._api = api
         self._lock = threading.Lock()
@@ -110,6 +112,8 @@ class KubernetesReporter:
         return self._api
 
     def _send(self, status: dict[str, Any]) -> bool:
+        if self.gone:
+            return True  # nothing to report to: dropped (said once, below)
         group, version = API_VERSION.split("/")
         try:
             self._client().patch_namespaced_custom_object_status(
@@ -119,6 +123,16 @@ class KubernetesReporter:
             return True
         except Exception as exc:  # never fail training because of the API
             self.failures += 1
+            if getattr(exc, "status", None) == 404:
+                # No such TrainingRun (or no such resource type): a RayJob rendered by
+                # `raykube render` for GitOps runs without one. It will not appear later
+                # (the operator creates the RayJob only after the TrainingRun exists),
+                # so say it once and stop, instead of a warning at every epoch.
+                self.gone = True
+                log.warning("TrainingRun %s/%s does not exist (%s): progress is not "
+                            "reported to Kubernetes for this run", self.namespace,
+                            self.name, api_error_line(exc))
+                return False
             log.warning("could not report progress to TrainingRun %s/%s: %s",
                         self.namespace, self.name, api_error_line(exc))
             return False

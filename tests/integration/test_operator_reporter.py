@@ -120,3 +120,22 @@ def test_a_server_that_never_answers_costs_the_deadline_not_a_hang(tmp_path, mon
         srv.close()
     assert rep.failures == 1 and rep.patches == 0
     assert time.monotonic() - t0 < 10
+
+
+def test_no_trainingrun_is_said_once_and_not_retried(kubeconfig, caplog):
+    """A RayJob rendered for GitOps (``raykube render``) runs with no TrainingRun behind
+    it: the first patch's 404 is one warning, and the reporter stops (before, a warning
+    and a request at every epoch)."""
+    kube = kubeconfig
+    rep = KubernetesReporter(kube.namespace, "rendered-only", min_interval=0)
+    with caplog.at_level("WARNING", logger="raykube.k8s_reporter"):
+        for epoch in (1, 2, 3):
+            rep.on_epoch({"epoch": epoch, "valAccuracy": 0.5}, f"/c/{epoch}", None)
+        rep.on_end({"best_checkpoint": "/c/3", "best_metrics": {"epoch": 3, "valAccuracy": 0.5}})
+    assert rep.gone and rep.failures == 1 and rep.patches == 0
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "rendered-only does not exist (404 Not Found" in line, line
+    calls = [c for c in kube.calls(user="admin")
+             if c.plural == "trainingruns" and c.name == "rendered-only"
+             and c.namespace == kube.namespace]
+    assert len(calls) == 1, calls
