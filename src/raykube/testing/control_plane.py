@@ -466,7 +466,7 @@ class ControlPlane:
         args = ("apply", "--server-side", "--field-manager=raykube-install", "-f", "-")
         if self.kubectl_run(*args, input=body, check=False).returncode != 0:
             self.kubectl_run("delete", "pvc", "raykube-storage", "-n", "default",
-                             "--wait=false", check=False)
+                             "--timeout=60s", check=False)
             self.kubectl_run(*args, input=body)
 
     def _crds_established(self, names: Sequence[str] = CRD_NAMES) -> bool:
