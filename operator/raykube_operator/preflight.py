@@ -9,7 +9,8 @@ real API server before this module (``python -m raykube_operator -A``):
 - a token without the operator's RBAC (403): 282 lines, 12 tracebacks, exit after ~20 s;
 - no kubeconfig and not in a pod: a traceback from the startup handler, retried every
   60 s, forever;
-- the API server unreachable: six retries per endpoint, two tracebacks, exit 1 after ~18 s.
+- the API server unreachable: six retries per endpoint, then two chained errors (4
+  tracebacks, 175 lines in all) and exit 1 after ~18 s.
 
 What is checked, in order: the credentials load (in-cluster, else KUBECONFIG /
 ``~/.kube/config``); the API server answers and accepts them (``SelfSubjectReview``, which
