@@ -89,7 +89,7 @@ def server_of(kube: Kube) -> str:
     return str(getattr(getattr(kube.api, "configuration", None), "host", "") or "the API server")
 
 
-def whoami(kube: Kube, *, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> str | None:
+def whoami(kube: Kube, *, wait_s: float) -> str | None:
     """The authenticated user's name (None when the cluster has no SelfSubjectReview API).
 
     Connection failures and 5xx/429 answers are retried until ``wait_s`` has passed (an
@@ -126,7 +126,7 @@ def whoami(kube: Kube, *, wait_s: float, sleep: Callable[[float], None] = time.s
                     f"({wait_s:g} s): {reason}") from None
             log.warning("waiting for the API server at %s (attempt %d): %s",
                         server, attempt, reason)
-            sleep(min(2.0, left))
+            time.sleep(min(2.0, left))
 
 
 def _short(exc: ApiError) -> str:

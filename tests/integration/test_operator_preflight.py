@@ -195,26 +195,14 @@ def run_until_watching(kube, kubeconfig: str, user: str, *args: str) -> str:
         watching = False
         while time.monotonic() < deadline and proc.poll() is None and not watching:
             time.sleep(0.5)
-            watching = any(
-                ev.get("verb") == "watch"
-                and (ev.get("objectRef") or {}).get("resource") == "trainingruns"
-                for ev in kube.cp.audit_events(user) if _after(ev, since))
+            watching = any(c.verb == "watch" and c.plural == "trainingruns"
+                           for c in kube.calls(user=user, since=since))
         alive = proc.poll() is None
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert watching and alive, out[-3000:]
     return out
-
-
-def _after(ev: dict[str, Any], since: float) -> bool:
-    from datetime import datetime
-
-    ts = ev.get("requestReceivedTimestamp") or ""
-    try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() >= since
-    except ValueError:
-        return False
 
 
 @pytest.mark.parametrize("var,value", [("RAYKUBE_RETRY_DELAY", "soon"),
