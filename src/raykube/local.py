@@ -101,6 +101,55 @@ def local_cpus(run: TrainingRun) -> int:
     return int(max(os.cpu_count() or 1, -(-need // 1)))
 
 
+def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
+    """Bytes this machine can still give new processes: the kernel's ``MemAvailable``
+    plus free swap; None where there is no ``/proc/meminfo`` (not Linux)."""
+    fields: dict[str, int] = {}
+    try:
+        with open(meminfo, encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    fields[key] = int(parts[0]) * 1024  # kB
+    except OSError:
+        return None
+    if "MemAvailable" not in fields:
+        return None
+    return fields["MemAvailable"] + fields.get("SwapFree", 0)
+
+
+def memory_shortfall(run: TrainingRun, available: int | None) -> str | None:
+    """Why this machine cannot hold ``run``'s training processes, or None.
+
+    Counted by ``raykube.footprint``'s floors (torch, the model's weights, gradients and
+    optimizer buffers) for every Train worker that runs at once: when even that is more
+    than ``available``, the run would end in the OOM killer (Ray's memory monitor
+    killing workers, Train restarting them, the machine swapping), not in a result.
+    ``local_cpus`` lets a run ask for more workers than there are cores, so memory is
+    the limit that bites."""
+    from raykube import footprint as fpm
+
+    if available is None:
+        return None
+    s = run.spec
+    fp = fpm.footprint(s)
+    each = fp.training_bytes if fp is not None else fpm.TORCH_PROCESS_BYTES
+    trials = s.tune.max_concurrent_trials if s.tune is not None else 1
+    n = s.scaling.workers * trials
+    if n * each <= available:
+        return None
+    what = (f"{s.scaling.workers} worker(s)"
+            + (f" x {trials} concurrent trials" if trials > 1 else ""))
+    how = ("use fewer workers (--workers)" if each * trials <= available else
+           "not even one worker fits: make the model smaller")
+    detail = (fpm.training_breakdown(s, fp) if fp is not None
+              else "a Python process with torch imported")
+    return (f"{what} need at least {fpm.size(n * each)} of memory and this machine has "
+            f"{fpm.size(available)} available (each Train worker at least "
+            f"{fpm.size(each)}: {detail}); {how}")
+
+
 def gpu_shortfall(run: TrainingRun, gpus: float) -> str | None:
     """Why ``gpus`` (what this machine's Ray sees) cannot run ``run``, or None.
 

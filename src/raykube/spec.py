@@ -272,7 +272,9 @@ class ScalingSpec(_Model):
                                    "(0: CPU training). Fractions below 1 share a GPU, e.g. "
                                    "between Tune trials.")
     memory_per_worker: str = Field(default="4Gi", pattern=_QUANTITY, description="Memory per "
-                                   "worker pod (Kubernetes quantity).")
+                                   "worker pod (Kubernetes quantity). At least the model's "
+                                   "float32 weights, gradients and optimizer buffers plus "
+                                   "~400 MiB for torch (checked on validation).")
     node_selector: dict[str, str] | None = Field(default=None, description="Node selector "
                                                  "for the worker pods.")
     tolerations: list[Toleration] | None = Field(default=None, description="Tolerations for "
@@ -412,7 +414,9 @@ class ServeSpec(_Model):
     cpus_per_replica: float = Field(default=1.0, gt=0.0, le=512, description="CPUs per replica.")
     gpus_per_replica: float = Field(default=0.0, ge=0.0, le=16, description="GPUs per replica.")
     memory_per_replica: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory per "
-                                    "serving worker pod.")
+                                    "serving worker pod. At least the model's float32 "
+                                    "weights plus ~400 MiB for torch (checked on "
+                                    "validation).")
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Dynamic batching: "
                                 "most requests answered by one model call.")
     batch_wait_timeout_ms: float = Field(default=5.0, ge=0.0, le=10000, description="Dynamic "
@@ -681,6 +685,30 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
             yield SpecError(path, p)
     if spec.image is not None and (p := k8s_rules.image_problem(spec.image)):
         yield SpecError("spec.image", p)
+    yield from _model_memory_checks(spec)
+
+
+def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
+    """A model that cannot fit the memory its workers (or replicas) are given, by the
+    floors of ``raykube.footprint``: refused here rather than OOM-killed mid-run."""
+    from raykube import footprint as fpm
+
+    fp = fpm.footprint(spec)
+    if fp is None:
+        return
+    have = k8s_rules.quantity_bytes(spec.scaling.memory_per_worker)
+    if have is not None and fp.training_bytes > have:
+        yield SpecError("spec.scaling.memoryPerWorker", (
+            f"{spec.scaling.memory_per_worker} cannot hold the model: a training worker "
+            f"needs at least {fpm.size(fp.training_bytes)} ({fpm.training_breakdown(spec, fp)}, "
+            "before activations and data): raise memoryPerWorker or make the model smaller"))
+    have = k8s_rules.quantity_bytes(spec.serve.memory_per_replica)
+    if spec.serve.enabled and have is not None and fp.serving_bytes > have:
+        yield SpecError("spec.serve.memoryPerReplica", (
+            f"{spec.serve.memory_per_replica} cannot hold the model: a replica needs at "
+            f"least {fpm.size(fp.serving_bytes)} ({fp.parameters:,} float32 parameters, "
+            f"plus ~{fpm.size(fpm.TORCH_PROCESS_BYTES)} for torch): raise "
+            "memoryPerReplica or make the model smaller"))
 
 
 SEARCHABLE = ("model", "data", "train")

@@ -142,6 +142,27 @@ def test_a_pod_rule_the_crd_cannot_check_is_refused_by_the_operator(kube):
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
 
 
+def test_a_model_too_large_for_its_memory_is_refused_then_runs_when_given_it(kube):
+    """No schema can relate a model's size to memoryPerWorker: a model whose weights,
+    gradients and optimizer buffers alone exceed it would be OOM-killed in every
+    attempt. The operator refuses it naming the field and creates nothing; raising the
+    memory starts the run."""
+    name = "too-big"
+    doc = tr_doc(name)
+    doc["spec"]["model"] = {"name": "mlp", "options": {"hidden": [5_000_000]}}
+    doc["spec"]["scaling"]["memoryPerWorker"] = "4Gi"
+    kube.create(doc)
+    tr = kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+    msg = cond(tr, "Validated")["message"]
+    assert "spec.scaling.memoryPerWorker" in msg and "4Gi cannot hold the model" in msg
+    assert tr["status"]["phase"] == "Failed" and children(kube, name) == []
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"memoryPerWorker": "8Gi"}}})
+    kube.wait_condition(name, "Validated", "True")
+    job = kube.wait_object("RayJob", name)
+    pod = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["memory"] == "8Gi"
+
+
 def test_restart_creates_no_duplicates_and_keeps_status(kube, operator):
     name = "restart"
     kube.create(tr_doc(name))

@@ -109,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.file}: {line}", file=sys.stderr)
         return 1
 
+    from raykube.local import available_memory, memory_shortfall
+
+    if shortfall := memory_shortfall(tr, available_memory()):
+        return _fail(shortfall)
+
     from raykube import run_lock
     from raykube.data import DatasetUnavailable
     from raykube.train import RunDirConflict, StorageError, check_resumable, check_storage

@@ -1,0 +1,182 @@
+"""Memory floors from the spec (``raykube.footprint``): each figure is checked against
+what torch really builds and allocates, and a model or a worker count that cannot fit is
+refused naming the field, before anything starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from raykube import footprint as fpm
+from raykube.local import available_memory, memory_shortfall
+from raykube.models import build_model
+from raykube.spec import InvalidTrainingRun, ModelSpec, OptimizerSpec, parse_training_run
+
+
+def model(name: str, **options) -> ModelSpec:
+    return ModelSpec.model_validate({"name": name, "options": options})
+
+
+CASES = [
+    ("mlp", {}, (1, 8, 8), 10),
+    ("mlp", {"hidden": [7, 3, 5]}, (64,), 2),
+    ("mlp", {"hidden": [1000], "dropout": 0.5}, (3, 32, 32), 100),
+    ("cifar-cnn", {}, (3, 32, 32), 10),
+    ("cifar-cnn", {}, (1, 8, 8), 10),
+    ("cifar-cnn", {}, (1, 28, 28), 10),
+    ("cifar-cnn", {"channels": [4, 8, 16], "hidden": [50]}, (3, 64, 64), 7),
+    ("cifar-cnn", {"channels": [3, 5, 7]}, (1, 9, 13), 2),
+    ("cifar-cnn", {"channels": [32]}, (3, 17, 16), 5),
+    ("resnet18", {}, (3, 32, 32), 10),
+    ("resnet18", {}, (1, 28, 28), 2),
+]
+
+
+@pytest.mark.parametrize("name,options,shape,classes", CASES)
+def test_parameter_count_is_what_torch_builds(name, options, shape, classes):
+    m = build_model(model(name, **options), shape, classes)
+    assert fpm.parameter_count(model(name, **options), shape, classes) == sum(
+        p.numel() for p in m.parameters())
+
+
+def test_a_feature_map_that_vanishes_has_no_count():
+    with pytest.raises(RuntimeError):  # the model itself refuses it
+        build_model(model("cifar-cnn", channels=[4, 4, 4]), (3, 16, 16), 10)
+    assert fpm.parameter_count(model("cifar-cnn", channels=[4, 4, 4]), (3, 16, 16), 10) is None
+
+
+@pytest.mark.parametrize("opt,expected", [({"name": "adam"}, 2), ({"name": "adamw"}, 2),
+                                          ({"name": "sgd", "momentum": 0.9}, 1),
+                                          ({"name": "sgd", "momentum": 0.0}, 0)])
+def test_optimizer_buffers_are_what_torch_keeps_per_parameter(opt, expected):
+    from raykube.train import _make_optimizer
+
+    spec = parse_training_run({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+                               "metadata": {"name": "x"},
+                               "spec": {"model": {"name": "mlp"}, "data": {"dataset": "digits"},
+                                        "train": {"optimizer": opt}}}).spec
+    w = torch.nn.Parameter(torch.zeros(3, 5))
+    optimizer = _make_optimizer(spec, [w])
+    w.grad = torch.ones_like(w)
+    optimizer.step()
+    full = [t for t in optimizer.state[w].values()
+            if isinstance(t, torch.Tensor) and t.shape == w.shape]
+    assert len(full) == fpm.optimizer_buffers(OptimizerSpec.model_validate(opt)) == expected
+
+
+def test_defaults_agree_with_the_data_module():
+    from raykube import data
+
+    assert fpm.DEFAULT_IMAGE_SIZE == data.DEFAULT_IMAGE_SIZE
+
+
+def test_the_torch_floor_is_below_what_importing_torch_takes():
+    rss = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import torch
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                print(int(line.split()[1]) * 1024)
+        """)], capture_output=True, text=True, check=True, timeout=120).stdout
+    assert int(rss) > fpm.TORCH_PROCESS_BYTES
+
+
+def doc(**spec) -> dict:
+    base = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}
+    return {"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+            "metadata": {"name": "big"}, "spec": {**base, **spec}}
+
+
+def test_a_model_too_large_for_its_workers_is_refused_naming_the_field():
+    big = {"name": "mlp", "options": {"hidden": [5_000_000]}}  # 375M parameters
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(doc(model=big, train={"optimizer": {"name": "adam"}}))
+    (err,) = exc.value.errors
+    assert err.path == "spec.scaling.memoryPerWorker"
+    assert "4Gi cannot hold the model" in err.message
+    assert "375,000,010 parameters" in err.message and "adam's 2 moment buffers" in err.message
+    # given the memory, the same model is valid
+    parse_training_run(doc(model=big, train={"optimizer": {"name": "adam"}},
+                           scaling={"memoryPerWorker": "8Gi"}))
+
+
+def test_serving_needs_only_the_weights():
+    big = {"name": "mlp", "options": {"hidden": [2_000_000]}}  # 600 MB of float32 weights
+    ok = doc(model=big, scaling={"memoryPerWorker": "8Gi"})
+    parse_training_run(ok)
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run({**ok, "spec": {**ok["spec"], "serve": {
+            "enabled": True, "memoryPerReplica": "900Mi"}}})
+    assert [e.path for e in exc.value.errors] == ["spec.serve.memoryPerReplica"]
+    parse_training_run({**ok, "spec": {**ok["spec"], "serve": {
+        "enabled": True, "memoryPerReplica": "1Gi"}}})
+
+
+def test_a_tune_choice_too_large_is_refused_at_its_path():
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(doc(tune={"trials": 2, "searchSpace": {
+            "model.options.hidden": {"choice": [[64], [50_000_000]]}}}))
+    (err,) = exc.value.errors
+    assert err.path == "spec.tune.searchSpace[model.options.hidden]"
+    assert "memoryPerWorker" in err.message
+
+
+def test_the_shipped_jobs_fit():
+    from pathlib import Path
+
+    from raykube.spec import load_one
+
+    for path in sorted(Path(__file__).parents[2].joinpath("jobs").glob("*.yaml")):
+        load_one(str(path))
+
+
+def test_available_memory_reads_the_kernel(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 100 kB\nMemAvailable:   2048 kB\nSwapFree: 1024 kB\n")
+    assert available_memory(str(meminfo)) == 3 * 1024 * 1024
+    meminfo.write_text("MemTotal: 100 kB\n")
+    assert available_memory(str(meminfo)) is None
+    assert available_memory(str(tmp_path / "absent")) is None
+    assert 0 < available_memory() < 1 << 50  # this machine's
+
+
+def test_more_workers_than_memory_is_one_line_naming_the_figures():
+    run = parse_training_run(doc(train={"batchSize": 64}, scaling={"workers": 50}))
+    each = fpm.footprint(run.spec).training_bytes
+    assert memory_shortfall(run, 50 * each) is None
+    why = memory_shortfall(run, 50 * each - 1)
+    assert why is not None and "\n" not in why
+    assert why.startswith("50 worker(s) need at least") and "use fewer workers" in why
+    assert "not even one" in memory_shortfall(run, each - 1)
+    assert memory_shortfall(run, None) is None  # not Linux: no check
+
+
+def test_run_refuses_more_workers_than_this_machine_holds_before_anything_starts(
+        tmp_path, capsys):
+    """The real `raykube run` on this machine's real /proc/meminfo: a model of ~2.2 GB per
+    worker (150M parameters, sgd with momentum) and one worker more than the memory
+    available holds. Refused in one line; no storage, no lock, no Ray."""
+    from raykube.cli import main
+
+    big = doc(model={"name": "mlp", "options": {"hidden": [2_000_000]}},
+              scaling={"memoryPerWorker": "64Gi"}, train={"batchSize": 1024})
+    run = parse_training_run(big)
+    each = fpm.footprint(run.spec).training_bytes
+    workers = available_memory() // each + 2
+    assert workers <= 1024, "a machine this large needs a larger model here"
+    f = tmp_path / "big.yaml"
+    import yaml
+
+    f.write_text(yaml.safe_dump(big))
+    storage = tmp_path / "runs"
+    assert main(["run", str(f), "--workers", str(workers), "--storage", str(storage)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"raykube run: {workers} worker(s) need at least") and "\n" not in err
+    assert "use fewer workers (--workers)" in err and "150,000,010 parameters" in err
+    assert not storage.exists()
+    import ray
+
+    assert not ray.is_initialized()
