@@ -103,6 +103,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     # (namespace, TrainingRun) -> {pod name: (Ray cluster, problem)}: what keeps a run's
     # Ray pods from running, as last observed (see on_pod_event)
     memo.pod_problems = {}
+    memo.pod_ooms = {}  # (namespace, run) -> (Ray cluster, pod_oom's line): the latest
+    memo.ooms_seen = set()  # pod_oom keys already posted as an Event
     memo.pods_guard = threading.Lock()
     logger.info("raykube operator configured: namespaces=%s", list(cfg.namespaces) or "all")
 
@@ -672,9 +674,11 @@ def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
         with memo.pods_guard:
             problems = [why for c, why in memo.pod_problems.get((ns, tr_name), {}).values()
                         if cluster and c == cluster]
+            oom_cluster, oom = memo.pod_ooms.get((ns, tr_name), (None, None))
         patch = st.status_from_rayjob(rayjob, cur, now=st.now_rfc3339(),
                                       generation=tr["metadata"].get("generation"),
-                                      pod_problems=problems)
+                                      pod_problems=problems,
+                                      oom=oom if cluster and oom_cluster == cluster else None)
         changed = any(cur.get(k) != v for k, v in patch.items())
         if changed:
             _patch_status(kube, tr, patch)
@@ -719,16 +723,23 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A Ray pod of a TrainingRun changed: when whether it can run changed (unschedulable,
     an unbound claim, an image that cannot be pulled; or no longer so), re-derive the
     run's status from its RayJob, which then names the pod and the reason instead of
-    "waiting for the Ray cluster". Healthy pods cost nothing: no API call is made unless
-    the set of problems of the run changed."""
+    "waiting for the Ray cluster". A container OOM-killed (``st.pod_oom``) is one Warning
+    Event naming the field that sizes the pod, and the run's message carries it while
+    the job runs, retries or has failed. Healthy pods cost nothing: no API call is made
+    unless the set of problems of the run changed or a container was killed again."""
     meta = body.metadata
     labels = meta.labels or {}
     key = (meta.namespace, labels[LABEL])
     problem = None if type == "DELETED" else st.pod_problem(dict(body))
     entry = (labels["ray.io/cluster"], problem) if problem else None
+    oom = None if type == "DELETED" else st.pod_oom(dict(body))
     with memo.pods_guard:
+        new_oom = oom is not None and oom[0] not in memo.ooms_seen
+        if new_oom:
+            memo.ooms_seen.add(oom[0])
+            memo.pod_ooms[key] = (labels["ray.io/cluster"], oom[1])
         seen = memo.pod_problems.get(key, {})
-        if seen.get(meta.name) == entry:
+        if seen.get(meta.name) == entry and not new_oom:
             return
         seen = {**seen, meta.name: entry} if entry else {
             k: v for k, v in seen.items() if k != meta.name}
@@ -738,6 +749,11 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             memo.pod_problems.pop(key, None)
 
     def sync() -> None:
+        if new_oom:  # one Warning per kill: kubectl describe tr says why the workers restarted
+            tr = _get_tr(memo.kube, key[0], key[1])
+            if tr is not None:
+                _event(tr, "Warning", "OOMKilled", f"{oom[1]}: the run needs more memory "
+                       f"than its pods get; raise {st.oom_field(dict(labels))}")
         job = memo.kube.get(RAY_API, "RayJob", key[0], key[1])
         if job is not None and (job.get("status") or {}).get("rayClusterName") == labels[
                 "ray.io/cluster"]:

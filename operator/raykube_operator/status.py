@@ -201,6 +201,38 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     return None
 
 
+def pod_oom(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(a key that changes with each kill, one line) when a container of this Ray pod was
+    OOM-killed (now, or before its last restart), else None.
+
+    The kubelet restarts the container in place (KubeRay's Ray pods keep the default
+    ``restartPolicy: Always``), Ray Train restarts its workers from the last checkpoint,
+    and nothing in KubeRay's status says why: a run that keeps outgrowing its memory
+    looks like one that keeps failing for no reason."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    limits = {c.get("name"): ((c.get("resources") or {}).get("limits") or {}).get("memory")
+              for c in (pod.get("spec") or {}).get("containers") or []}
+    for cs in status.get("containerStatuses") or []:
+        for when in ("state", "lastState"):
+            term = (cs.get(when) or {}).get("terminated") or {}
+            if term.get("reason") == "OOMKilled":
+                name, limit = cs.get("name"), limits.get(cs.get("name"))
+                restarts = int(cs.get("restartCount") or 0)
+                key = f"{meta.get('uid')}/{name}/{restarts}/{term.get('finishedAt')}"
+                return key, (f"pod {meta.get('name', '?')}: container {name} was OOMKilled"
+                             + (f" at its {limit} memory limit" if limit else "")
+                             + (f" ({restarts} restart(s))" if restarts else ""))
+    return None
+
+
+def oom_field(pod_labels: dict[str, str]) -> str:
+    """The TrainingRun field that sizes this Ray pod's memory."""
+    head = pod_labels.get("ray.io/node-type") == "head"
+    if pod_labels.get("ray.io/originated-from-crd") == "RayService":
+        return "spec.scaling.head.memory" if head else "spec.serve.memoryPerReplica"
+    return "spec.scaling.head.memory" if head else "spec.scaling.memoryPerWorker"
+
+
 def attempts_of(rayjob_status: dict[str, Any] | None) -> int | None:
     """1 + retries: finished attempts (``failed`` + ``succeeded``) plus the running one."""
     st = rayjob_status or {}
@@ -221,6 +253,7 @@ def status_from_rayjob(
     now: str,
     generation: int | None,
     pod_problems: list[str] | None = None,
+    oom: str | None = None,
 ) -> dict[str, Any]:
     """The TrainingRun status fields to patch after the RayJob's status changed.
 
@@ -228,7 +261,8 @@ def status_from_rayjob(
     attempts, startTime, completionTime, message); progress/checkpoint/serving stay as
     they are. ``pod_problems``: ``pod_problem`` of the RayJob's pods that have one; while
     the job is not running they replace "waiting for the Ray cluster" with what it waits
-    for (reason ``PodsPending``).
+    for (reason ``PodsPending``). ``oom``: ``pod_oom``'s line for the latest OOM kill in
+    the run's Ray cluster, added to the message while the job runs, retries or has failed.
     """
     cur = current or {}
     st = rayjob.get("status") or {}
@@ -244,6 +278,10 @@ def status_from_rayjob(
         r_msg = message
         if r_status == "False":
             r_reason = "PodsPending"
+    fail_msg = state.message
+    if oom and (state.outcome == "Failed" or r_reason in ("Retrying", "JobRunning")):
+        message = f"{message} (last OOM kill: {oom})"
+        fail_msg = f"{fail_msg} (last OOM kill: {oom})"
     conds = set_condition(conds, RUNNING, r_status, r_reason, r_msg, now=now,
                           generation=generation)
     if state.outcome == "Succeeded":
@@ -252,7 +290,7 @@ def status_from_rayjob(
         conds = set_condition(conds, FAILED, "False", "JobSucceeded", "", now=now,
                               generation=generation)
     elif state.outcome == "Failed":
-        conds = set_condition(conds, FAILED, "True", state.reason, state.message, now=now,
+        conds = set_condition(conds, FAILED, "True", state.reason, fail_msg, now=now,
                               generation=generation)
         conds = set_condition(conds, SUCCEEDED, "False", state.reason, "", now=now,
                               generation=generation)

@@ -166,6 +166,56 @@ def test_a_pod_that_cannot_start_is_named_in_the_message(kube, operator):
         kube.http.delete(f"/api/v1/persistentvolumes/kr-late-{ns}")
 
 
+def test_an_oom_killed_worker_is_named_with_the_field_to_raise(kube, operator):
+    """A worker container killed for memory: the kubelet restarts it in place (KubeRay's
+    pods keep restartPolicy Always) and KubeRay's status says nothing. The TrainingRun
+    gets one Warning Event naming the pod, its limit and the field that sizes it, and
+    its message carries the kill once the job fails. Stand-in: kwok plays the kubelet
+    here, so the kill is written into the pod's status the way the kubelet reports one
+    (lastState.terminated.reason OOMKilled, restartCount 1)."""
+    name = "kr-oom"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name,
+                           where=lambda o: (o.get("status") or {}).get("rayClusterName"))
+    cluster = job["status"]["rayClusterName"]
+    pod = kube.wait_for(lambda: next((p for p in pods_running(kube, cluster)
+                                      if p["metadata"]["labels"]["ray.io/node-type"] == "worker"
+                                      and p["status"].get("containerStatuses")), None),
+                        timeout=60, what="a running worker pod")
+    pod_name = pod["metadata"]["name"]
+    statuses = copy.deepcopy(pod["status"]["containerStatuses"])
+    statuses[0]["restartCount"] = 1
+    statuses[0]["lastState"] = {"terminated": {
+        "reason": "OOMKilled", "exitCode": 137, "startedAt": "2026-12-01T00:00:00Z",
+        "finishedAt": "2026-12-01T00:01:00Z"}}
+    kube.patch_status("Pod", pod_name, {"containerStatuses": statuses})
+
+    def oom_events() -> list[dict]:
+        return [e for e in kube.list("Event") if e.get("reason") == "OOMKilled"
+                and (e.get("involvedObject") or {}).get("name") == name]
+
+    (event,) = kube.wait_for(oom_events, timeout=30, what="an OOMKilled Event")
+    assert event["type"] == "Warning" and event["involvedObject"]["kind"] == "TrainingRun"
+    container = statuses[0]["name"]
+    assert (f"pod {pod_name}: container {container} was OOMKilled at its 2Gi memory limit "
+            "(1 restart(s))") in event["message"], event["message"]
+    assert "raise spec.scaling.memoryPerWorker" in event["message"], event["message"]
+    # another change to the same pod is not another kill
+    kube.patch("Pod", pod_name, {"metadata": {"labels": {"raykube-test": "touched"}}})
+    time.sleep(2)
+    assert len(oom_events()) == 1
+
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
+                                       "failed": 1, "reason": "AppFailed",
+                                       "message": "Job entrypoint command failed"})
+    tr = kube.wait_object("TrainingRun", name, timeout=30,
+                          where=lambda o: (o.get("status") or {}).get("phase") == "Failed")
+    assert f"last OOM kill: pod {pod_name}" in tr["status"]["message"], tr["status"]["message"]
+    failed = next(c for c in tr["status"]["conditions"] if c["type"] == "Failed")
+    assert "OOMKilled at its 2Gi memory limit" in failed["message"], failed
+    kube.delete("TrainingRun", name)
+
+
 def test_promotion_becomes_a_rayservice_cluster_and_deletion_removes_everything(kube, operator):
     name = "kr-serve"
     kube.create(tr_doc(name, serve=True))

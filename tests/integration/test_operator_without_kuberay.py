@@ -26,7 +26,7 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealKube]:
     cp = ControlPlane(tmp_path_factory.mktemp("no-kuberay"), kuberay=False, kwok=False,
                       with_kuberay_crds=False)
     try:
-        cp.up(timeout=120)
+        cp.up(timeout=120, fresh=True)
         kube = RealKube(cp, "no-kuberay")
         yield kube
         kube.close()

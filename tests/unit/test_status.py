@@ -242,3 +242,52 @@ def test_pod_problems_name_what_the_run_waits_for_until_it_runs():
               {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}):
         out = st.status_from_rayjob(job(**s), {}, now=T0, generation=1, pod_problems=[problem])
         assert problem not in out["message"]
+
+
+def oom_pod(when: str = "lastState", limit: str | None = "4Gi", restarts: int = 1) -> dict:
+    container = {"name": "ray-worker", "resources": {"limits": {"memory": limit}} if limit else {}}
+    return {"metadata": {"name": "w-1", "uid": "u-1"}, "spec": {"containers": [container]},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "ray-worker", "restartCount": restarts, "state": {"running": {}},
+                when: {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                                      "finishedAt": "2026-12-01T00:01:00Z"}}}]}}
+
+
+def test_pod_oom_names_the_pod_container_and_limit():
+    key, line = st.pod_oom(oom_pod())
+    assert line == "pod w-1: container ray-worker was OOMKilled at its 4Gi memory limit (1 restart(s))"
+    assert st.pod_oom(oom_pod(when="state", restarts=0))[1] == (
+        "pod w-1: container ray-worker was OOMKilled at its 4Gi memory limit")
+    assert st.pod_oom(oom_pod(limit=None))[1].endswith("was OOMKilled (1 restart(s))")
+    assert st.pod_oom(oom_pod(restarts=2))[0] != key  # the next kill is a new one
+    healthy = oom_pod()
+    healthy["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] = "Error"
+    assert st.pod_oom(healthy) is None and st.pod_oom({}) is None
+
+
+@pytest.mark.parametrize("labels,field", [
+    ({"ray.io/node-type": "worker", "ray.io/originated-from-crd": "RayJob"},
+     "spec.scaling.memoryPerWorker"),
+    ({"ray.io/node-type": "head", "ray.io/originated-from-crd": "RayJob"},
+     "spec.scaling.head.memory"),
+    ({"ray.io/node-type": "worker", "ray.io/originated-from-crd": "RayService"},
+     "spec.serve.memoryPerReplica"),
+])
+def test_oom_field_is_the_one_that_sizes_the_pod(labels, field):
+    assert st.oom_field(labels) == field
+
+
+@pytest.mark.parametrize("status,shown", [
+    ({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "failed": 1}, True),
+    ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}, True),
+    ({"jobDeploymentStatus": "Retrying", "failed": 1}, True),
+    ({"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "succeeded": 1}, False),
+    ({"jobDeploymentStatus": "Initializing"}, False),
+])
+def test_the_last_oom_kill_is_in_the_message_while_it_matters(status, shown):
+    out = st.status_from_rayjob({"metadata": {"name": "r"}, "status": status}, None,
+                                now="2026-12-01T00:00:00Z", generation=1, oom="pod w-1: x")
+    assert ("last OOM kill: pod w-1: x" in out["message"]) is shown
+    failed = st.get_condition(out["conditions"], st.FAILED)
+    if status.get("jobStatus") == "FAILED":
+        assert "last OOM kill: pod w-1: x" in failed["message"]

@@ -84,7 +84,7 @@ def run_suite(*, quick: bool = False, params: dict[str, Any] | None = None,
         env["RAYKUBE_MAX_WORKERS"] = str(p["max_workers"])
     try:
         if control_plane is None:
-            cp.up(timeout=120)
+            cp.up(timeout=120, fresh=True)
         for n in sizes:
             _one_size(report, cp, n, p, env, RealKube, RealOperator, OPERATOR_USER)
     finally:

@@ -38,6 +38,7 @@ import json
 import os
 import secrets
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -158,9 +159,15 @@ class ControlPlane:
         return self._bin("kubectl")
 
     # ------------------------------------------------------------- lifecycle
-    def up(self, timeout: float = 60.0) -> ControlPlane:
+    def up(self, timeout: float = 60.0, *, fresh: bool = False) -> ControlPlane:
+        """Start every component. ``fresh``: etcd's data of an earlier start is removed
+        first (a test session: the namespaces the previous one deleted at its end may
+        still be terminating in it, and refuse new objects); without it, what was
+        applied survives a restart, as on a real cluster."""
         t0 = time.monotonic()
         self.down(quiet=True)  # a stale set of processes from a crashed session
+        if fresh:
+            shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
         for sub in ("pki", "logs", "pids", "etcd"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self.ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "kuberay_probe")}

@@ -44,7 +44,7 @@ def control_plane() -> Iterator[ControlPlane]:
     workdir = Path(REPO / "build" / "cluster-test")
     cp = ControlPlane(workdir.resolve(), kuberay_namespaces=KUBERAY_NAMESPACES)
     try:
-        cp.up(timeout=120)
+        cp.up(timeout=120, fresh=True)
     except BaseException:
         cp.down(quiet=True)
         raise
