@@ -85,6 +85,7 @@ class KubernetesReporter:
         self._epochs: int | None = None
         self.failures = 0
         self.patches = 0
+        self._worker_failures = 0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **kwargs: Any) -> KubernetesReporter | None:
@@ -175,6 +176,16 @@ class KubernetesReporter:
             due = time.monotonic() - self._last_sent >= self.min_interval
         if due:
             self.flush()
+
+    def on_failure(self, message: str) -> None:
+        """Ray Train's worker group failed (a worker killed for memory, a node lost, an
+        exception in the loop): ``status.workerFailures`` says so at once, not only the
+        driver's log, since the next epoch may be minutes away or never come."""
+        with self._lock:
+            self._worker_failures += 1
+            self._pending["workerFailures"] = {"count": self._worker_failures,
+                                               "last": message[:1000], "at": _now()}
+        self.flush()
 
     def _better(self, value: float) -> bool:
         if self._best is None:

@@ -528,6 +528,18 @@ class ServingStatus(_Model):
     since: str | None = Field(default=None, description="When this checkpoint went live.")
 
 
+class WorkerFailuresStatus(_Model):
+    """Ray Train's worker-group failures in the current attempt, patched by the driver
+    as each happens (on one machine ``raykube run`` prints the same line)."""
+
+    count: int | None = Field(default=None, description="Failures so far in this attempt "
+                              "(Ray Train restarted the workers from the last checkpoint "
+                              "after each, up to failure.maxWorkerFailures).")
+    last: str | None = Field(default=None, description="The last one: the failing rank, its "
+                             "error's last line, and what happened next.")
+    at: str | None = Field(default=None, description="When it was reported (RFC 3339).")
+
+
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Serving", "Suspended"]
 
 
@@ -545,6 +557,8 @@ class TrainingRunStatus(_Model):
     progress: ProgressStatus | None = Field(default=None, description="Training progress.")
     checkpoint: CheckpointStatus | None = Field(default=None, description="Best checkpoint.")
     best_trial: BestTrialStatus | None = Field(default=None, description="Tune: best trial.")
+    worker_failures: WorkerFailuresStatus | None = Field(
+        default=None, description="Worker-group failures Ray Train recovered from (or not).")
     serving: ServingStatus | None = Field(default=None, description="Serving endpoint.")
     start_time: str | None = Field(default=None, description="When the RayJob started.")
     completion_time: str | None = Field(default=None, description="When it finished.")

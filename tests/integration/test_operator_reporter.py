@@ -139,3 +139,33 @@ def test_no_trainingrun_is_said_once_and_not_retried(kubeconfig, caplog):
              if c.plural == "trainingruns" and c.name == "rendered-only"
              and c.namespace == kube.namespace]
     assert len(calls) == 1, calls
+
+
+def test_a_worker_failure_is_in_the_status_at_once(kubeconfig):
+    """Ray Train's worker-group failure (here the line train.py's failure callback gives
+    its observers) reaches status.workerFailures without waiting for the rate limit or
+    the next epoch, counted; the CRD keeps the field (the API server would prune one it
+    does not know)."""
+    kube = kubeconfig
+    kube.create({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+                 "metadata": {"name": "rep-fail"}, "spec": {
+                     "model": {"name": "mlp"}, "data": {"dataset": "digits"}}})
+    rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": f"{kube.namespace}/rep-fail"},
+                                      min_interval=3600)
+    rep.on_start(parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"}},
+                            name="rep-fail"))
+    rep.on_epoch({"epoch": 1, "valAccuracy": 0.5}, "/c/1", None)
+    rep.on_epoch({"epoch": 2, "valAccuracy": 0.6}, "/c/2", None)  # held back
+    first = ("worker failure (rank 1: OutOfMemoryError: Task was killed due to the node "
+             "running low on memory.); restarting the workers from the last checkpoint "
+             "(retry 1 of 3)")
+    rep.on_failure(first)
+    st = kube.get("TrainingRun", "rep-fail")["status"]
+    assert st["workerFailures"]["count"] == 1 and st["workerFailures"]["last"] == first
+    assert st["workerFailures"]["at"].endswith("Z")
+    assert st["progress"]["epoch"] == 2  # what was held back went with it
+    rep.on_failure("worker failure (rank 0: RuntimeError: boom); no retries left "
+                   "(failure.maxWorkerFailures=1)")
+    st = kube.get("TrainingRun", "rep-fail")["status"]
+    assert st["workerFailures"]["count"] == 2 and "no retries left" in st["workerFailures"]["last"]
+    assert rep.patches == 3

@@ -37,8 +37,8 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
