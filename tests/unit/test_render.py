@@ -70,13 +70,16 @@ def test_rayjob_contract():
     assert head["rayStartParams"]["num-cpus"] == "0"  # no training on the head
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
     assert group["rayStartParams"]["num-cpus"] == "1"
+    # one Train worker per pod: its slot (a Ray custom resource, quoted as KubeRay does)
+    assert group["rayStartParams"]["resources"] == """'{"raykube_worker_slot":1}'"""
     for pod in (head["template"], group["template"]):
         c, = pod["spec"]["containers"]
         env = {e["name"]: e["value"] for e in c["env"]}
         assert env == {"RAYKUBE_STORAGE": "/mnt/raykube/default", "RAY_USAGE_STATS_ENABLED": "0",
                        "RAYKUBE_TRAININGRUN": "default/quickstart",
                        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-                       "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_worker_niceness": "0"}
+                       "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_worker_niceness": "0",
+                       "RAYKUBE_WORKER_RESOURCE": "raykube_worker_slot"}
         assert c["image"] == CFG.cpu_image
         assert "nvidia.com/gpu" not in c["resources"]["limits"]
     # the driver runs on the head: only it gets the spec and the run's API token
@@ -167,7 +170,8 @@ def test_fractional_gpus_pack_trials_into_gpu_pods():
     c, = group["template"]["spec"]["containers"]
     assert group["replicas"] == 2  # 4 workers at half a GPU: 2 pods of 1 GPU
     assert c["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
-    assert group["rayStartParams"] == {"num-cpus": "2", "num-gpus": "1"}
+    assert group["rayStartParams"] == {"num-cpus": "2", "num-gpus": "1",
+                                       "resources": """'{"raykube_worker_slot":2}'"""}
     assert R.pods_needed(5, 0.25) == (2, 4)
     assert R.pods_needed(1, 0.25) == (1, 1)
     assert R.pods_needed(3, 2.0) == (3, 1)
