@@ -142,7 +142,8 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
         reason = kr_reason or ("JobStopped" if job == "STOPPED" else "JobFailed")
         if dep == "ValidationFailed":
             reason = kr_reason or "ValidationFailed"
-        detail = kr_msg or f"jobDeploymentStatus={dep}, jobStatus={job or 'unknown'}"
+        detail = driver_line(kr_msg) or kr_msg or \
+            f"jobDeploymentStatus={dep}, jobStatus={job or 'unknown'}"
         return JobState(("False", "Completed", "the Ray job finished"), "Failed", reason,
                         f"the Ray job failed after {max(failed, 1)} attempt(s): {detail}", True)
     if dep in SUSPENDED_DEPLOYMENT:
@@ -167,6 +168,25 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
     return JobState(("False", reason, "waiting for the Ray cluster"
                      + (f" ({dep})" if dep else "")), None, reason, "waiting for the Ray cluster",
                     False)
+
+
+DRIVER_PREFIX = "raykube train: "
+
+
+def driver_line(kuberay_message: str) -> str | None:
+    """The driver's own last word in a failed RayJob's message, or None.
+
+    KubeRay's message for a failed job is Ray's "Job entrypoint command failed with exit
+    code 1, last available logs (truncated to 20,000 chars):" and the job log's last
+    lines, which for a Ray error are the tail of its traceback (for Ray's memory monitor,
+    two paragraphs of advice, the figures cut off). ``raykube train`` ends a failed run
+    with one line saying what failed (``raykube.train.training_failure``): that line
+    leads, the rest stays in the RayJob (``kubectl describe rayjob``)."""
+    lines = [ln.strip() for ln in kuberay_message.splitlines()
+             if ln.strip().startswith(DRIVER_PREFIX)]
+    if not lines:
+        return None
+    return f"{lines[-1]} (the job's last log lines: kubectl describe rayjob)"
 
 
 # Container waiting reasons that do not resolve by waiting (kubelet's names).

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -420,15 +421,35 @@ def _forwarder(queue: Any, storage_path: str):
     return _Forward(queue, storage_path)
 
 
+_RAY_OOM = re.compile(r"(\d+) worker\(s\) were killed due to the node running low on memory"
+                      r".*?was ([\d.]+\s*[KMGT]?B) used / ([\d.]+\s*[KMGT]?B) limit", re.S)
+
+
 def failure_line(exc: BaseException, limit: int = 200) -> str:
     """``FileNotFoundError: [Errno 2] ... 'model.pt'``: the exception's own last line (a
-    worker's error can carry its remote traceback in its text), prefixed by its type."""
+    worker's error can carry its remote traceback in its text), prefixed by its type.
+    Ray's memory monitor's kill is the exception: its text ends with two paragraphs of
+    advice, so its figures are taken from its first line instead."""
     from raykube.terminal import error_line
 
     name = type(exc).__name__
+    if m := _RAY_OOM.search(str(exc)):
+        return (f"OutOfMemoryError: Ray's memory monitor killed {m[1]} worker(s): the node "
+                f"had {m[2]} in use of its {m[3]} limit")
     last = error_line(str(exc))
     text = last if last.startswith(name) else f"{name}: {last}" if last else name
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def training_failure(exc: BaseException) -> str:
+    """One line for a run that failed for good (Ray Train's ``TrainingFailedError``): the
+    failing ranks and their errors, or the controller's, instead of Ray's header ("Training
+    failed due to worker errors:") that names neither."""
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        return ", ".join(f"rank {rank}: {failure_line(e)}" for rank, e in sorted(failures.items()))
+    cause = getattr(exc, "controller_failure", None)
+    return failure_line(cause if isinstance(cause, BaseException) else exc)
 
 
 BEST_DIR = "best"

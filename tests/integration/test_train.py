@@ -233,3 +233,44 @@ def test_killed_worker_is_replaced_without_repeating_epochs(ray_session, tmp_pat
         rec.failures
     assert "Error" in rec.failures[0].split(";")[0], rec.failures
     assert "\n" not in rec.failures[0] and "restarting the workers" in rec.failures[0]
+
+
+def test_a_run_that_fails_for_good_is_one_line_naming_the_rank(ray_session, tmp_path):
+    """No retries left: Ray Train raises its WorkerGroupError, whose text starts with a
+    header that names nothing ("Training failed due to worker errors:"). raykube run and
+    raykube train end with training_failure's line instead: the failing rank and its
+    error; the RayJob's message, and so the TrainingRun's, quotes that last line."""
+    from ray.train import TrainingFailedError
+
+    from raykube.train import fit, training_failure
+
+    run = digits_run("fails", epochs=3)
+    run = run.model_copy(update={"spec": run.spec.model_copy(update={
+        "failure": run.spec.failure.model_copy(update={"max_worker_failures": 0})})})
+    marker = tmp_path / "killed"
+    with pytest.raises(TrainingFailedError) as exc:
+        fit(run, str(tmp_path / "runs"), observers=[Recorder()],
+            extra_config={"fault": {"epoch": 2, "rank": 1, "marker": str(marker)}})
+    assert marker.exists()
+    assert str(exc.value).startswith("Training failed due to worker errors")
+    line = training_failure(exc.value)
+    assert line.startswith("rank ") and "Error" in line and "\n" not in line, line
+    assert "Training failed due to" not in line
+
+
+def test_ray_memory_monitor_kill_keeps_its_figures():
+    """Ray's OutOfMemoryError text as a real node's memory monitor wrote it (make
+    e2e-local, a 1Gi worker pod): its last lines are advice; the line keeps the figures."""
+    from ray.exceptions import OutOfMemoryError
+    from ray.train.v2.api.exceptions import ControllerError
+
+    from raykube.train import training_failure
+
+    text = ("1 worker(s) were killed due to the node running low on memory. Memory on the "
+            "node (IP: 10.244.0.42, ID: 48cd7e79) was 0.96GB used / 1.00GB limit (0.962307)\n"
+            "OOM kill reason: Memory usage 1025490944B exceeded threshold of 1020054720B "
+            "(95.0% of 1073741824B limit)\nRefer to the documentation on how to address the "
+            "out of memory issue: https://docs.ray.io/en/latest/ray-observability/.")
+    assert training_failure(ControllerError(OutOfMemoryError(text))) == (
+        "OutOfMemoryError: Ray's memory monitor killed 1 worker(s): the node had 0.96GB in "
+        "use of its 1.00GB limit")

@@ -291,3 +291,23 @@ def test_the_last_oom_kill_is_in_the_message_while_it_matters(status, shown):
     failed = st.get_condition(out["conditions"], st.FAILED)
     if status.get("jobStatus") == "FAILED":
         assert "last OOM kill: pod w-1: x" in failed["message"]
+
+
+def test_a_failed_jobs_message_leads_with_the_drivers_line():
+    """KubeRay quotes the job log's last lines; with raykube train's summary among them
+    that line is the message (Ray's OOM advice, seen on a real node, is left out)."""
+    log_tail = ("Job entrypoint command failed with exit code 1, last available logs "
+                "(truncated to 20,000 chars):\nTo see more information about memory usage on "
+                "this node, use `ray logs raylet.out -ip 10.244.0.42`\nTop 10 memory users:\n"
+                "raykube train: training failed: OutOfMemoryError: Ray's memory monitor "
+                "killed 1 worker(s): the node had 0.96GB in use of its 1.00GB limit\n"
+                "Refer to the documentation on how to address the out of memory issue")
+    state = st.job_state({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
+                          "failed": 1, "reason": "AppFailed", "message": log_tail})
+    assert state.message == (
+        "the Ray job failed after 1 attempt(s): raykube train: training failed: "
+        "OutOfMemoryError: Ray's memory monitor killed 1 worker(s): the node had 0.96GB in "
+        "use of its 1.00GB limit (the job's last log lines: kubectl describe rayjob)")
+    plain = st.job_state({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
+                          "message": "Job entrypoint command failed with exit code 1"})
+    assert plain.message.endswith(": Job entrypoint command failed with exit code 1")

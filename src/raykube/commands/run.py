@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         console.print(warning, style="yellow", highlight=False)
 
+    from ray.train import TrainingFailedError
+
     from raykube.checkpoint import CheckpointError
     from raykube.local import (
         curl_command,
@@ -171,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         train_or_tune,
         validation_example,
     )
+    from raykube.train import training_failure
 
     if tr.spec.tune is not None:
         from raykube.tune import StorageConflict, TrialTable, TuneInterrupted
@@ -207,6 +210,17 @@ def run(args: argparse.Namespace) -> int:
         _stop(observers)
         _stop_ray()  # no Train worker may save another epoch after we say what is saved
         return _interrupted(run_dir, tr)
+    except TrainingFailedError as exc:  # the workers' errors, not Ray's header
+        import traceback
+
+        traceback.print_exc()  # into the run's log (stderr is diverted there)
+        _stop(observers)
+        why = training_failure(exc)
+        hint = ("; this machine's memory: fewer workers (--workers) or a smaller model"
+                if "OutOfMemoryError" in why else "")
+        where = terminal.log_path()
+        return _fail(f"training failed: {why}{hint}"
+                     + (f" (details in {where})" if where else ""))
     acc = outcome.best_metrics.get("valAccuracy")
     acc_text = f"{acc:.4f}" if isinstance(acc, float) else str(acc)
     best = f"{run_dir}/best"

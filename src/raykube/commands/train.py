@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+OOM_HINT = ("; give its pods more memory: spec.scaling.memoryPerWorker (the Train workers' "
+            "pods) or spec.scaling.head.memory (the driver's)")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", required=True, metavar="FILE",
@@ -51,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     storage = args.storage or os.environ.get("RAYKUBE_STORAGE") or "./runs"
 
+    from ray.train import TrainingFailedError
+
     from raykube.data import DatasetUnavailable
     from raykube.local import init_ray, train_or_tune
-    from raykube.train import RunDirConflict, StorageError
+    from raykube.train import RunDirConflict, StorageError, training_failure
 
     # A RayJob's driver joins its cluster (RAY_ADDRESS), whose head runs the dashboard
     # KubeRay submits through; without an address, a Ray of its own, as `raykube run`.
@@ -62,6 +67,16 @@ def run(args: argparse.Namespace) -> int:
         outcome = train_or_tune(tr, storage, observers=_observers())
     except (DatasetUnavailable, StorageError, RunDirConflict) as exc:  # the pod log shows one clear line
         print(f"raykube train: {exc}", file=sys.stderr)
+        return 1
+    except TrainingFailedError as exc:
+        # Ray's traceback for the log, then one line last: KubeRay's RayJob message (and
+        # so the TrainingRun's) quotes the job log's last lines.
+        import traceback
+
+        traceback.print_exc()
+        print(f"raykube train: training failed: {training_failure(exc)}"
+              + (OOM_HINT if "OutOfMemoryError" in training_failure(exc) else ""),
+              file=sys.stderr, flush=True)
         return 1
     print(f"best checkpoint: {outcome.best_checkpoint} "
           f"(valAccuracy {outcome.best_metrics.get('valAccuracy')})")
