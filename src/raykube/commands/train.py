@@ -74,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"raykube train: training failed: {training_failure(exc)}"
-              + (OOM_HINT if "OutOfMemoryError" in training_failure(exc) else ""),
-              file=sys.stderr, flush=True)
+        why = training_failure(exc)
+        print(f"raykube train: training failed: {why}"
+              + (OOM_HINT if "OutOfMemoryError" in why else ""), file=sys.stderr, flush=True)
         return 1
     print(f"best checkpoint: {outcome.best_checkpoint} "
           f"(valAccuracy {outcome.best_metrics.get('valAccuracy')})")
