@@ -238,7 +238,8 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
             seen.append(line)
             if line.startswith("serving until Ctrl-C"):
                 break
-        assert any(f"served at http://127.0.0.1:{port}" in ln for ln in seen), seen
+        assert any(f"served at http://127.0.0.1:{port}" in ln for ln in seen), \
+            (seen, p.stderr.read() if p.poll() is not None else "(still running)")
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
         best = json.loads((run_dir / "best" / "meta.json").read_text())
         assert json.loads(body)["epoch"] == best["epoch"]

@@ -159,8 +159,6 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         console.print(warning, style="yellow", highlight=False)
 
-    from ray.train import TrainingFailedError
-
     from raykube.checkpoint import CheckpointError
     from raykube.local import (
         curl_command,
@@ -173,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         train_or_tune,
         validation_example,
     )
-    from raykube.train import training_failure
+    from raykube.train import is_training_failure, training_failure
 
     if tr.spec.tune is not None:
         from raykube.tune import StorageConflict, TrialTable, TuneInterrupted
@@ -210,7 +208,9 @@ def run(args: argparse.Namespace) -> int:
         _stop(observers)
         _stop_ray()  # no Train worker may save another epoch after we say what is saved
         return _interrupted(run_dir, tr)
-    except TrainingFailedError as exc:  # the workers' errors, not Ray's header
+    except Exception as exc:  # Ray Train's TrainingFailedError: the workers' errors, not its header
+        if not is_training_failure(exc):
+            raise
         import traceback
 
         traceback.print_exc()  # into the run's log (stderr is diverted there)

@@ -54,11 +54,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     storage = args.storage or os.environ.get("RAYKUBE_STORAGE") or "./runs"
 
-    from ray.train import TrainingFailedError
-
     from raykube.data import DatasetUnavailable
     from raykube.local import init_ray, train_or_tune
-    from raykube.train import RunDirConflict, StorageError, training_failure
+    from raykube.train import RunDirConflict, StorageError, is_training_failure, training_failure
 
     # A RayJob's driver joins its cluster (RAY_ADDRESS), whose head runs the dashboard
     # KubeRay submits through; without an address, a Ray of its own, as `raykube run`.
@@ -68,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetUnavailable, StorageError, RunDirConflict) as exc:  # the pod log shows one clear line
         print(f"raykube train: {exc}", file=sys.stderr)
         return 1
-    except TrainingFailedError as exc:
+    except Exception as exc:
+        if not is_training_failure(exc):
+            raise
         # Ray's traceback for the log, then one line last: KubeRay's RayJob message (and
         # so the TrainingRun's) quotes the job log's last lines.
         import traceback
