@@ -19,7 +19,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from raykube.spec import DATASET_SHAPES, ModelSpec, OptimizerSpec, TrainingRunSpec
+from raykube.spec import (
+    DATASET_SHAPES,
+    ModelSpec,
+    OptimizerSpec,
+    TrainingRunSpec,
+    _input_shape,
+)
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
@@ -37,7 +43,6 @@ DEFAULT_IMAGE_SIZE = 32
 """``data.imageSize``'s default (``raykube.data.DEFAULT_IMAGE_SIZE``; a test keeps the
 two equal: importing ``raykube.data`` here would import numpy into the operator)."""
 
-DEFAULT_SYNTHETIC_SHAPE = (3, 32, 32)
 DEFAULT_SYNTHETIC_CLASSES = 10
 RESNET18_BODY = 11_167_104
 """Parameters of torchvision's ResNet-18 without its stem convolution and its classifier
@@ -45,17 +50,17 @@ RESNET18_BODY = 11_167_104
 
 
 def input_shape(spec: TrainingRunSpec) -> tuple[tuple[int, ...], int]:
-    """The example shape and a class count for ``spec``'s dataset. An image folder's
-    classes are only known once read: 2 then, the fewest it may have (a floor)."""
+    """The example shape (the spec's own ``_input_shape``; an image folder's from
+    ``imageSize`` and ``grayscale``) and a class count for ``spec``'s dataset. An image
+    folder's classes are only known once read: 2 then, the fewest it may have (a floor)."""
     d = spec.data
+    shape = _input_shape(d)
+    if shape is None:  # image-folder
+        size = d.image_size or DEFAULT_IMAGE_SIZE
+        return (1 if d.grayscale else 3, size, size), 2
     if d.dataset in DATASET_SHAPES:
-        shape, classes = DATASET_SHAPES[d.dataset]
-        return shape, classes
-    if d.dataset == "synthetic":
-        return (tuple(d.shape or DEFAULT_SYNTHETIC_SHAPE),
-                d.num_classes or DEFAULT_SYNTHETIC_CLASSES)
-    size = d.image_size or DEFAULT_IMAGE_SIZE
-    return (1 if d.grayscale else 3, size, size), 2
+        return shape, DATASET_SHAPES[d.dataset][1]
+    return shape, d.num_classes or DEFAULT_SYNTHETIC_CLASSES
 
 
 def _linear(widths: Sequence[int]) -> int:
