@@ -390,10 +390,17 @@ class ReportChannel:
         _internal_kv_del(self.prefix.encode(), del_by_prefix=True, namespace=self.NAMESPACE)
 
 
-def _forwarder(queue: Any, storage_path: str):
-    """A Ray Train ``UserCallback`` (runs in the Train controller) that forwards each
-    report to the driver through a ``ReportChannel``, where the observers run."""
+def _forwarder(queue: Any, storage_path: str) -> list[Any]:
+    """Ray Train callbacks (run in the Train controller) that forward each report, and
+    each failure of the worker group, to the driver through a ``ReportChannel``, where
+    the observers run."""
     from ray.train import UserCallback
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+    from ray.train.v2._internal.execution.controller.state import (
+        ReschedulingState,
+        RestartingState,
+        ShuttingDownState,
+    )
 
     class _Forward(UserCallback):
         def __init__(self, q: Any, storage: str):
@@ -408,17 +415,37 @@ def _forwarder(queue: Any, storage_path: str):
             except Exception:  # progress display must never fail training
                 log.warning("could not forward a report", exc_info=True)
 
-        def after_exception(self, run_context, worker_exceptions):  # noqa: ANN001
+    class _Failures(ControllerCallback):
+        """Every failure decision, read from the controller's next state: a retry
+        (Restarting after a worker failed, Rescheduling after the group failed to start)
+        or the end (ShuttingDown towards Errored). ``UserCallback.after_exception`` is
+        not enough: it sees only errors found by polling running workers, not those
+        raised while the controller polls or starts them (a worker killed by Ray's
+        memory monitor surfaced as a ControllerError there on a real node), so the
+        failure that ended such a run went unannounced."""
+
+        def __init__(self, q: Any):
+            self.q = q
+
+        def after_controller_state_update(self, previous_state, current_state):  # noqa: ANN001
+            retry = isinstance(current_state, (RestartingState, ReschedulingState))
+            if retry:
+                error = current_state.training_failed_error
+            elif isinstance(current_state, ShuttingDownState):
+                error = getattr(current_state.next_state, "training_failed_error", None)
+            else:
+                return
+            if error is None:
+                return
             # Tell the driver, so the user reads why the workers restart amid Ray's logs.
             try:
-                parts = ", ".join(f"rank {rank}: {failure_line(exc)}"
-                                  for rank, exc in sorted(worker_exceptions.items()))
-                self.q.put_nowait({"failure": f"worker failure ({parts}; the traceback is "
-                                              "in Ray's log)"})
+                self.q.put_nowait({"failure": f"worker failure ({training_failure(error)}; "
+                                              "the traceback is in Ray's log)",
+                                   "retry": retry})
             except Exception:
                 log.warning("could not forward a worker failure", exc_info=True)
 
-    return _Forward(queue, storage_path)
+    return [_Forward(queue, storage_path), _Failures(queue)]
 
 
 _RAY_OOM = re.compile(r"(\d+) worker\(s\) were killed due to the node running low on memory"
@@ -813,10 +840,14 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
     )
 
 
-def _announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowed: int) -> None:
+def _announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowed: int,
+                      retry: bool | None = None) -> None:
     """Tell observers that have an ``on_failure(message)`` (optional, beyond the
-    RunObserver protocol) and the log that the worker group failed, and what happens next."""
-    if allowed < 0 or n <= allowed:
+    RunObserver protocol) and the log that the worker group failed, and what happens next
+    (``retry``: Ray Train's decision; else from the count ``n`` against ``allowed``)."""
+    if retry is None:
+        retry = allowed < 0 or n <= allowed
+    if retry:
         of = f" of {allowed}" if allowed >= 0 else ""
         nxt = f"restarting the workers from the last checkpoint (retry {n}{of})"
     else:
@@ -922,7 +953,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     prestart_train_workers(spec.scaling.workers + 2)
     queue = ReportChannel()
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
-                            name=name, callbacks=[_forwarder(queue, storage_path)],
+                            name=name, callbacks=_forwarder(queue, storage_path),
                             extra_config=extra_config, pg_cleaner=False)
 
     obs.on_start(run)
@@ -935,7 +966,8 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         nonlocal failures
         if "failure" in ev:
             failures += 1
-            _announce_failure(observers, ev["failure"], failures, spec.failure.max_worker_failures)
+            _announce_failure(observers, ev["failure"], failures, spec.failure.max_worker_failures,
+                              ev.get("retry"))
         else:
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
 

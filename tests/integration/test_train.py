@@ -248,14 +248,17 @@ def test_a_run_that_fails_for_good_is_one_line_naming_the_rank(ray_session, tmp_
     run = run.model_copy(update={"spec": run.spec.model_copy(update={
         "failure": run.spec.failure.model_copy(update={"max_worker_failures": 0})})})
     marker = tmp_path / "killed"
+    rec = Recorder()
     with pytest.raises(TrainingFailedError) as exc:
-        fit(run, str(tmp_path / "runs"), observers=[Recorder()],
+        fit(run, str(tmp_path / "runs"), observers=[rec],
             extra_config={"fault": {"epoch": 2, "rank": 1, "marker": str(marker)}})
     assert marker.exists()
     assert str(exc.value).startswith("Training failed due to worker errors")
     line = training_failure(exc.value)
     assert line.startswith("rank ") and "Error" in line and "\n" not in line, line
     assert "Training failed due to" not in line
+    # the failure that ends the run is announced like any other (status.workerFailures)
+    assert len(rec.failures) == 1 and "no retries left" in rec.failures[0], rec.failures
 
 
 def test_ray_memory_monitor_kill_keeps_its_figures():

@@ -307,3 +307,58 @@ def test_failure_announcement_counts_retries():
     assert "retry 1 of 3" in seen[0]
     assert "no retries left (failure.maxWorkerFailures=3)" in seen[1]
     assert seen[2].endswith("restarting the workers from the last checkpoint (retry 9)")
+
+
+def test_every_failure_decision_is_forwarded_with_its_outcome():
+    """The controller-side hook reads Ray Train's own states (2.60): a retry after a
+    worker failed (Restarting), after the group failed to start (Rescheduling), and the
+    end (ShuttingDown towards Errored). A ControllerError (a worker killed by Ray's memory
+    monitor while the controller polled it, as on make e2e-local's node) reaches the
+    driver like a worker's error; a clean finish and other states send nothing."""
+    from ray.exceptions import OutOfMemoryError
+    from ray.train.v2._internal.execution.controller.state import (
+        ErroredState,
+        FinishedState,
+        ReschedulingState,
+        RestartingState,
+        RunningState,
+        ShuttingDownState,
+    )
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from raykube.train import _announce_failure, _forwarder
+
+    class Channel:
+        def __init__(self):
+            self.items = []
+
+        def put_nowait(self, item):
+            self.items.append(item)
+
+    q = Channel()
+    _, hook = _forwarder(q, "/tmp/runs")
+    oom = ControllerError(OutOfMemoryError(
+        "1 worker(s) were killed due to the node running low on memory. Memory on the node "
+        "(IP: 10.0.0.1, ID: ab) was 0.96GB used / 1.00GB limit (0.96)\n\nadvice"))
+    worker = WorkerGroupError("Training failed due to worker errors:",
+                              {1: RuntimeError("boom")})
+    running = RunningState()
+    hook.after_controller_state_update(running, RestartingState(training_failed_error=worker))
+    hook.after_controller_state_update(running, ReschedulingState(training_failed_error=oom))
+    end = ShuttingDownState(next_state=ErroredState(training_failed_error=oom))
+    hook.after_controller_state_update(running, end)
+    hook.after_controller_state_update(end, end.next_state)  # the same failure: not again
+    hook.after_controller_state_update(running, ShuttingDownState(next_state=FinishedState()))
+    assert [i["retry"] for i in q.items] == [True, True, False]
+    assert q.items[0]["failure"].startswith("worker failure (rank 1: RuntimeError: boom;")
+    assert "OutOfMemoryError: Ray's memory monitor killed 1 worker(s)" in q.items[1]["failure"]
+
+    seen = []
+
+    class Obs:
+        def on_failure(self, message):
+            seen.append(message)
+
+    # Ray's decision wins over the count (a startup failure may not count as a retry)
+    _announce_failure([Obs()], q.items[2]["failure"], 1, 3, q.items[2]["retry"])
+    assert seen[0].endswith("no retries left (failure.maxWorkerFailures=3)"), seen
