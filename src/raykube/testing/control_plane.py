@@ -258,6 +258,20 @@ class ControlPlane:
             print("stopped: " + ", ".join(stopped))
         return stopped
 
+    def crash_apiserver(self, down_s: float, timeout: float = 60.0) -> None:
+        """Kill the API server (SIGKILL: open watches are cut, not closed), keep it down
+        ``down_s`` seconds, then start it again on the same port, certificates and etcd,
+        as after a crash or a control-plane upgrade; return once it is ready."""
+        pid_file = self.workdir / "pids" / "kube-apiserver.pid"
+        pid = int(pid_file.read_text())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+        time.sleep(down_s)
+        self._start_apiserver()
+        self._wait_ready(time.monotonic() + timeout)
+
     def running(self) -> dict[str, bool]:
         out = {}
         for f in sorted((self.workdir / "pids").glob("*.pid")):
