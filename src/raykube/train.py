@@ -67,7 +67,8 @@ def _make_optimizer(spec: TrainingRunSpec, params: Iterable[torch.nn.Parameter])
 
 
 def _maybe_fail(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
-    """Test hook: kill this worker process once (marker file) to exercise recovery."""
+    """Test hook: make this worker fail once (marker file) to exercise recovery: exit the
+    process, or (``allocate_gib``) grow its memory until Ray's memory monitor kills it."""
     if not fault or int(fault.get("epoch", -1)) != epoch or int(fault.get("rank", 0)) != rank:
         return
     marker = fault["marker"]
@@ -75,6 +76,21 @@ def _maybe_fail(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
         return
     with open(marker, "w") as f:
         f.write(f"killed rank {rank} in epoch {epoch}\n")
+    if "allocate_gib" in fault:
+        import numpy as np
+
+        def available() -> int:
+            with open("/proc/meminfo") as f:
+                info = dict(line.split(":", 1) for line in f)
+            return int(info["MemAvailable"].split()[0]) * 1024
+
+        held = []
+        while len(held) < float(fault["allocate_gib"]) * 4 and available() > 2 * 2**30:
+            held.append(np.ones(2**28 // 8))  # 256 MiB, every page touched
+            time.sleep(0.1)  # the monitor looks every 250 ms
+        time.sleep(5)
+        raise RuntimeError(f"allocated {len(held) / 4} GiB and Ray's memory monitor did not "
+                           "kill this worker")
     os._exit(1)
 
 
@@ -441,7 +457,8 @@ def _forwarder(queue: Any, storage_path: str) -> list[Any]:
             try:
                 self.q.put_nowait({"failure": f"worker failure ({training_failure(error)}; "
                                               "the traceback is in Ray's log)",
-                                   "retry": retry})
+                                   "retry": retry,
+                                   "controller": type(error).__name__ == "ControllerError"})
             except Exception:
                 log.warning("could not forward a worker failure", exc_info=True)
 
@@ -841,15 +858,19 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
 
 
 def _announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowed: int,
-                      retry: bool | None = None) -> None:
+                      retry: bool | None = None, controller: bool = False) -> None:
     """Tell observers that have an ``on_failure(message)`` (optional, beyond the
     RunObserver protocol) and the log that the worker group failed, and what happens next
-    (``retry``: Ray Train's decision; else from the count ``n`` against ``allowed``)."""
+    (``retry``: Ray Train's decision; else from the count ``n`` against ``allowed``).
+    ``controller``: the error came from Ray Train's controller, which it retries only
+    when starting the workers failed, never against ``failure.maxWorkerFailures``."""
     if retry is None:
         retry = allowed < 0 or n <= allowed
     if retry:
         of = f" of {allowed}" if allowed >= 0 else ""
         nxt = f"restarting the workers from the last checkpoint (retry {n}{of})"
+    elif controller:
+        nxt = "not retried: Ray Train's controller failed, not a worker"
     else:
         nxt = f"no retries left (failure.maxWorkerFailures={allowed})"
     notify(observers, f"{what}; {nxt}", hook="on_failure")
@@ -967,7 +988,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         if "failure" in ev:
             failures += 1
             _announce_failure(observers, ev["failure"], failures, spec.failure.max_worker_failures,
-                              ev.get("retry"))
+                              ev.get("retry"), bool(ev.get("controller")))
         else:
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
 

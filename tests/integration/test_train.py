@@ -277,3 +277,75 @@ def test_ray_memory_monitor_kill_keeps_its_figures():
     assert training_failure(ControllerError(OutOfMemoryError(text))) == (
         "OutOfMemoryError: Ray's memory monitor killed 1 worker(s): the node had 0.96GB in "
         "use of its 1.00GB limit")
+
+
+OOM_PROBE = r"""
+import json, os, sys
+
+# Ray's memory monitor (a raylet setting, so a Ray of this process's own): kill when the
+# node's used memory grows 3 GiB past what it is now; the worker below grows until then.
+with open("/proc/meminfo") as f:
+    info = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)}
+used = info["MemTotal"] - info["MemAvailable"]
+os.environ["RAY_memory_usage_threshold"] = str(round((used + 3 * 2**30) / info["MemTotal"], 4))
+os.environ["RAY_memory_monitor_refresh_ms"] = "100"
+
+from raykube.local import init_ray
+from raykube.spec import parse_spec
+from raykube.train import fit
+
+init_ray(num_cpus=2)
+storage, marker = sys.argv[1], sys.argv[2]
+run = parse_spec({
+    "model": {"name": "mlp", "options": {"hidden": [64], "dropout": 0.0}},
+    "data": {"dataset": "digits", "validationFraction": 0.2},
+    "train": {"epochs": 3, "batchSize": 64, "seed": 0,
+              "optimizer": {"name": "adam", "lr": 0.003}},
+    "scaling": {"workers": 1, "cpusPerWorker": 1},
+    "failure": {"maxWorkerFailures": 1},
+}, name="oom")
+
+class Recorder:
+    failures, epochs = [], []
+    def on_start(self, run): pass
+    def on_epoch(self, metrics, checkpoint, trial): self.epochs.append(metrics["epoch"])
+    def on_end(self, result): pass
+    def on_failure(self, message): self.failures.append(message)
+
+rec = Recorder()
+try:
+    out = fit(run, storage, observers=[rec], extra_config={"fault": {
+        "epoch": 2, "rank": 0, "marker": marker, "allocate_gib": 8}})
+    result = {"history": [h["epoch"] for h in out.history]}
+except Exception as exc:
+    result = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+print("RESULT " + json.dumps({**result, "failures": rec.failures, "epochs": rec.epochs}))
+"""
+
+
+def test_a_worker_killed_by_rays_memory_monitor_is_retried(tmp_path):
+    """Ray's memory monitor kills the Train worker (a fault only a Ray configured for it
+    can produce: its threshold is a raylet setting, so this run has a Ray of its own, in a
+    fresh interpreter). Its error is ``OutOfMemoryError``, which Ray's backend tear-down
+    did not forgive: restarting the group then failed with a non-retryable
+    ControllerError, so the first OOM kill ended the run whatever
+    ``failure.maxWorkerFailures`` allowed (found on make e2e-local's node). Now the run
+    resumes from epoch 1's checkpoint and finishes, with the kill announced once."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    proc = subprocess.run([sys.executable, "-c", OOM_PROBE, str(tmp_path / "runs"),
+                           str(marker)], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=tmp_path)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert marker.exists(), "the fault hook never ran: nothing was tested"
+    assert "error" not in result, result
+    assert result["history"] == [1, 2, 3], result
+    assert result["epochs"] == [1, 2, 3], result  # epoch 1 not retrained
+    assert len(result["failures"]) == 1, result
+    assert "OutOfMemoryError: Ray's memory monitor killed" in result["failures"][0], result
+    assert "restarting the workers" in result["failures"][0], result

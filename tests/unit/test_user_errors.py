@@ -350,6 +350,7 @@ def test_every_failure_decision_is_forwarded_with_its_outcome():
     hook.after_controller_state_update(end, end.next_state)  # the same failure: not again
     hook.after_controller_state_update(running, ShuttingDownState(next_state=FinishedState()))
     assert [i["retry"] for i in q.items] == [True, True, False]
+    assert [i["controller"] for i in q.items] == [False, True, True]
     assert q.items[0]["failure"].startswith("worker failure (rank 1: RuntimeError: boom;")
     assert "OutOfMemoryError: Ray's memory monitor killed 1 worker(s)" in q.items[1]["failure"]
 
@@ -359,6 +360,10 @@ def test_every_failure_decision_is_forwarded_with_its_outcome():
         def on_failure(self, message):
             seen.append(message)
 
-    # Ray's decision wins over the count (a startup failure may not count as a retry)
-    _announce_failure([Obs()], q.items[2]["failure"], 1, 3, q.items[2]["retry"])
-    assert seen[0].endswith("no retries left (failure.maxWorkerFailures=3)"), seen
+    # Ray's decision wins over the count: a controller's error is not retried against
+    # failure.maxWorkerFailures, and the message does not blame that budget
+    _announce_failure([Obs()], q.items[2]["failure"], 1, 3, q.items[2]["retry"],
+                      q.items[2]["controller"])
+    _announce_failure([Obs()], q.items[0]["failure"], 4, 3, False)
+    assert seen[0].endswith("not retried: Ray Train's controller failed, not a worker"), seen
+    assert seen[1].endswith("no retries left (failure.maxWorkerFailures=3)"), seen
