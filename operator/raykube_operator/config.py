@@ -11,6 +11,7 @@ and are read by its own ``from_env``; this module adds what only the operator ne
 | ``RAYKUBE_MAX_WORKERS`` | ``32`` | threads running the (synchronous) handlers |
 | ``RAYKUBE_LOG_LEVEL`` | ``INFO`` | operator log level |
 | ``RAYKUBE_API_WAIT`` | ``30`` | seconds to wait at start for an unreachable API server before exiting (2) |
+| ``RAYKUBE_RESYNC_SECONDS`` | ``300`` | how often every TrainingRun's RayJob/RayService is checked to exist (``0``: never) |
 | ``RAYKUBE_PREFLIGHT`` | ``1`` | ``0``: skip the start-up checks of credentials and RBAC (``raykube_operator.preflight``) |
 """
 
@@ -60,6 +61,9 @@ class OperatorConfig:
     # waited for, and whether to check at all.
     api_wait: float = 30.0
     preflight: bool = True
+    # Level-triggered backstop (controller-runtime's SyncPeriod): a child deleted while a
+    # watch was cut (an API server restart) sends no DELETED event to anyone.
+    resync: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -78,4 +82,5 @@ class OperatorConfig:
             log_level=_log_level(env, "RAYKUBE_LOG_LEVEL", cls.log_level),
             api_wait=_float(env, "RAYKUBE_API_WAIT", cls.api_wait),
             preflight=env_flag("RAYKUBE_PREFLIGHT", cls.preflight, env),
+            resync=_float(env, "RAYKUBE_RESYNC_SECONDS", cls.resync),
         )

@@ -32,7 +32,11 @@ Decisions (README "Operator"):
   name that another TrainingRun owns (e.g. a just-deleted one with the same name whose
   children the garbage collector has not removed yet) are never adopted:
   ``NameConflict``, retried when they are gone. The same holds after an operator
-  restart (the resume handler reconciles every TrainingRun level-triggered).
+  restart (the resume handler reconciles every TrainingRun level-triggered), and for a
+  child deleted while a watch was cut (an API server restart: kopf lists again, and
+  nothing says what vanished meanwhile): every ``RAYKUBE_RESYNC_SECONDS`` each known
+  TrainingRun's RayJob (while the run is active) and RayService (while it serves) are
+  looked up, and a missing one goes down the same path as a deletion.
 - **KubeRay missing** (its CRDs not installed: a create answered "404 page not found"):
   ``SpecApplied=False``, reason ``KubeRayMissing``, phase Pending, one Warning event;
   retried until the RayJob can be created.
@@ -96,8 +100,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     settings.execution.max_workers = cfg.max_workers
     settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    init_memo(memo, cfg, Kube())
+    if cfg.resync > 0:
+        memo.resync_stop = threading.Event()
+        threading.Thread(target=_resync_loop, args=(memo, cfg.resync), daemon=True,
+                         name="raykube-resync").start()
+    logger.info("raykube operator configured: namespaces=%s", list(cfg.namespaces) or "all")
+
+
+def init_memo(memo: kopf.Memo, cfg: OperatorConfig, kube: Kube) -> kopf.Memo:
+    """The operator's shared state: config, API client, locks, and what it has observed."""
     memo.cfg = cfg
-    memo.kube = Kube()
+    memo.kube = kube
     memo.locks = defaultdict(threading.Lock)
     memo.locks_guard = threading.Lock()
     # (namespace, TrainingRun) -> {pod name: (Ray cluster, problem)}: what keeps a run's
@@ -106,7 +120,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     memo.pod_ooms = {}  # (namespace, run) -> (Ray cluster, pod_oom's line): the latest
     memo.ooms_seen = set()  # pod_oom keys already posted as an Event
     memo.pods_guard = threading.Lock()
-    logger.info("raykube operator configured: namespaces=%s", list(cfg.namespaces) or "all")
+    memo.runs = {}  # (namespace, name) -> uid: the TrainingRuns seen, for the resync
+    memo.runs_guard = threading.Lock()
+    return memo
 
 
 def _lock(memo: kopf.Memo, namespace: str, name: str) -> threading.Lock:
@@ -859,23 +875,29 @@ def _owner_of(body: kopf.Body, kube: Kube, *, owned: bool = True) -> dict[str, A
 
 def _rayservice_deleted(body: kopf.Body, memo: kopf.Memo) -> None:
     """A RayService deleted by someone: not Ready any more; promoted again if still due."""
+    _rayservice_gone(memo, body.metadata.namespace, body.metadata.labels[LABEL],
+                     body.metadata.name, lambda tr: _owned(dict(body), tr))
+
+
+def _rayservice_gone(memo: kopf.Memo, ns: str, tr_name: str, svc_name: str,
+                     owned: Any) -> None:
+    """The RayService ``svc_name`` of a TrainingRun (that ``owned(tr)`` says owned it)
+    is gone: not Ready any more; promoted again if still due."""
     kube: Kube = memo.kube
-    ns, tr_name = body.metadata.namespace, body.metadata.labels[LABEL]
     with _lock(memo, ns, tr_name):
-        tr = _owner_of(body, kube)
-        if tr is None:
+        tr = _get_tr(kube, ns, tr_name)
+        if tr is None or tr["metadata"].get("deletionTimestamp") or not owned(tr):
             return
         cur = tr.get("status") or {}
         if st.get_condition(cur.get("conditions"), st.READY) is None:
             return  # the operator removed it itself (serve.enabled=false)
         conds = st.set_condition(cur.get("conditions"), st.READY, False, "RayServiceDeleted",
-                                 f"RayService {body.metadata.name} was deleted",
+                                 f"RayService {svc_name} was deleted",
                                  now=st.now_rfc3339(),
                                  generation=tr["metadata"].get("generation"))
         _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
                                  "serving": None})
-        _event(tr, "Warning", "RayServiceDeleted",
-               f"RayService {body.metadata.name} was deleted")
+        _event(tr, "Warning", "RayServiceDeleted", f"RayService {svc_name} was deleted")
     promote(kube, memo.cfg, memo, ns, tr_name)
 
 
@@ -925,3 +947,78 @@ def _unwrap(fn: Any) -> None:
         if isinstance(exc.__cause__, ApiError):
             raise exc.__cause__ from None
         raise
+
+
+# --------------------------------------------------------------------------- resync
+@kopf.on.event(*TR)
+def on_trainingrun_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Which TrainingRuns exist, for the resync. No API call: kopf's own watch (and its
+    list after each reconnect) says so."""
+    key = (body.metadata.namespace, body.metadata.name)
+    with memo.runs_guard:
+        if type == "DELETED":
+            memo.runs.pop(key, None)
+        else:
+            memo.runs[key] = body.metadata.uid
+
+
+def _resync_loop(memo: kopf.Memo, interval: float) -> None:
+    while not memo.resync_stop.wait(interval):
+        try:
+            resync(memo)
+        except Exception:  # never let the backstop die
+            log.exception("resync failed (tried again in %s s)", interval)
+
+
+@kopf.on.cleanup()
+def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    stop = getattr(memo, "resync_stop", None)
+    if stop is not None:
+        stop.set()
+
+
+def resync(memo: kopf.Memo) -> list[str]:
+    """controller-runtime's SyncPeriod for what kopf cannot see: a RayJob or RayService
+    deleted while the watch on it was cut (the API server restarted). kopf then lists
+    again, and a list says nothing about what vanished meanwhile, so no DELETED event
+    comes. Each known TrainingRun costs one GET, plus one per child it should have: the
+    RayJob while the run is active, the RayService while it serves. A missing one goes
+    down the deletion path. Returns what it found missing (for logs and tests)."""
+    kube: Kube = memo.kube
+    with memo.runs_guard:
+        runs = list(memo.runs.items())
+    found = []
+    for (ns, name), uid in runs:
+        try:
+            tr = _get_tr(kube, ns, name)
+            if tr is None or tr["metadata"].get("uid") != uid:
+                with memo.runs_guard:  # gone (its DELETED may have been lost too)
+                    if memo.runs.get((ns, name)) == uid:
+                        del memo.runs[(ns, name)]
+                continue
+            if tr["metadata"].get("deletionTimestamp"):
+                continue
+            cur = tr.get("status") or {}
+            conds = cur.get("conditions")
+            finished = st.is_true(conds, st.SUCCEEDED) or st.is_true(conds, st.FAILED)
+            job = cur.get("rayJob")
+            if job and not finished and kube.get(RAY_API, "RayJob", ns, job) is None:
+                found.append(f"RayJob/{ns}/{job}")
+                log.warning("RayJob %s/%s of an active run is gone and no deletion was seen "
+                            "(a watch was cut?): reconciling", ns, job)
+                _retrying(memo, f"reconciling after RayJob {job} was found gone",
+                          lambda tr=tr: _unwrap(lambda: reconcile(
+                              tr, memo, allow_rerun=False, changed=None)))
+            svc = cur.get("rayService")
+            ready = st.get_condition(conds, st.READY)
+            if (svc and ready is not None and ready.get("reason") != "RayServiceDeleted"
+                    and kube.get(RAY_API, "RayService", ns, svc) is None):
+                found.append(f"RayService/{ns}/{svc}")
+                log.warning("RayService %s/%s is gone and no deletion was seen (a watch was "
+                            "cut?)", ns, svc)
+                _retrying(memo, f"reconciling after RayService {svc} was found gone",
+                          lambda ns=ns, name=name, svc=svc, uid=uid: _rayservice_gone(
+                              memo, ns, name, svc, lambda t: t["metadata"].get("uid") == uid))
+        except ApiError as exc:
+            log.warning("resync of TrainingRun %s/%s: %s", ns, name, exc)
+    return found

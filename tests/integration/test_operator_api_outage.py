@@ -8,6 +8,11 @@ cut) and kept down longer than that budget, then started again on the same etcd;
 after, its RBAC authorizer refuses requests for a few seconds until its caches fill (403
 "clusterrole ... not found"), which the operator also rides out.
 
+The operator's resync runs every 3 s here (``RAYKUBE_RESYNC_SECONDS``, 300 by default):
+a RayJob deleted right after the restart, before kopf has listed RayJobs again, sends
+no DELETED event to anyone (the new list simply lacks it). A clean-clone CI run met
+exactly that before the resync existed: the RayJob was never recreated.
+
 Its own module: the restart is seen by everything in the session (KubeRay, kwok, the
 controller manager reconnect), and the forbidden requests of the warm-up land in the
 audit log that test_operator_robustness.py reads for the operator's permissions.
@@ -16,11 +21,23 @@ audit log that test_operator_robustness.py reads for the operator's permissions.
 # ruff: noqa: F811  (pytest fixtures imported from raykube.testing.fixtures)
 from __future__ import annotations
 
+import pytest
+
 from operator_helpers import tr_doc
-from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
+from raykube.testing.fixtures import kube, operator_logs  # noqa: F401
+from raykube.testing.real_kube import RealOperator
 
 KOPF_RETRY_BUDGET_S = 0.5 + 1 + 2 + 5 + 10
 """raykube_operator.handlers.configure: settings.networking.error_backoffs, summed."""
+
+
+@pytest.fixture(scope="module")
+def operator(kube):
+    op = RealOperator(kube, env={"RAYKUBE_RESYNC_SECONDS": "3"}).start()
+    try:
+        yield op
+    finally:
+        op.stop()
 
 
 def test_operator_outlives_an_api_server_crash(kube, operator, operator_logs):
@@ -31,12 +48,50 @@ def test_operator_outlives_an_api_server_crash(kube, operator, operator_logs):
     kube.cp.crash_apiserver(down_s=KOPF_RETRY_BUDGET_S + 6)
     assert operator.proc.poll() is None, f"the operator exited:\n{operator.logs()[-4000:]}"
 
-    # its watches are back: a new run is handled, and a child deleted behind its back
-    # (an event on a RayJob watch) is put back
-    kube.create(tr_doc("after"))
-    kube.wait_object("RayJob", "after", timeout=60)
+    # at once, while kopf may still be listing again: a child deleted behind its back is
+    # put back (a DELETED event, or the resync when the watch missed it); and a new run
+    # is handled once its watches are back
     uid = kube.get("RayJob", "before")["metadata"]["uid"]
     kube.delete("RayJob", "before")
+    kube.create(tr_doc("after"))
+    kube.wait_object("RayJob", "after", timeout=60)
     kube.wait_for(lambda: (kube.get("RayJob", "before") or {}).get("metadata", {}).get(
         "uid") not in (None, uid), timeout=60, what="the deleted RayJob to be recreated")
     assert operator.proc.poll() is None
+
+
+def test_resync_puts_back_a_rayjob_whose_deletion_no_watch_saw(kube, operator):
+    """The resync alone, deterministically: the operator is down while the RayJob is
+    deleted (as a cut watch misses it), and ``resync`` runs as the operator's
+    ServiceAccount, on a memo that knows the run (as kopf's list would have told it),
+    with nothing else running that could react."""
+    import kopf
+    import kubernetes
+
+    from raykube.testing.real_kube import OPERATOR_SA
+    from raykube_operator.config import OperatorConfig
+    from raykube_operator.handlers import init_memo, resync
+    from raykube_operator.kube import Kube
+
+    kube.create(tr_doc("missed"))
+    kube.wait_object("RayJob", "missed")
+    tr = kube.wait_condition("missed", "SpecApplied", reason="Created")
+    operator.kill()
+    try:
+        old = kube.get("RayJob", "missed")["metadata"]["uid"]
+        kube.delete("RayJob", "missed")
+        kube.wait_for(lambda: kube.get("RayJob", "missed") is None, what="the RayJob gone")
+
+        path = kube.cp.kubeconfig_for(*reversed(OPERATOR_SA), kube.cp.workdir / "resync.kubeconfig")
+        client = kubernetes.config.new_client_from_config(config_file=str(path))
+        memo = init_memo(kopf.Memo(), OperatorConfig(resync=0), Kube(client))
+        memo.runs[(kube.namespace, "missed")] = tr["metadata"]["uid"]
+        memo.runs[(kube.namespace, "never-existed")] = "0"
+        assert resync(memo) == [f"RayJob/{kube.namespace}/missed"]
+        job = kube.get("RayJob", "missed")
+        assert job is not None and job["metadata"]["uid"] != old
+        kube.wait_condition("missed", "Running", status="False", reason="RayJobRecreated")
+        assert (kube.namespace, "never-existed") not in memo.runs  # forgotten, once
+        assert resync(memo) == []  # nothing missing now: nothing done
+    finally:
+        operator.start()
