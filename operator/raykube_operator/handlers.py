@@ -951,9 +951,10 @@ def _unwrap(fn: Any) -> None:
 
 # --------------------------------------------------------------------------- resync
 @kopf.on.event(*TR)
-def on_trainingrun_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_trainingrun_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Which TrainingRuns exist, for the resync. No API call: kopf's own watch (and its
-    list after each reconnect) says so."""
+    list after each reconnect) says so. Async: it only takes a short lock, and runs on
+    kopf's event loop instead of taking a handler thread at every TrainingRun event."""
     key = (body.metadata.namespace, body.metadata.name)
     with memo.runs_guard:
         if type == "DELETED":
