@@ -130,6 +130,9 @@ class ControlPlane:
     not, to stand in for it there by patching status without racing the real controller."""
     ports: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    _commands: dict[str, tuple[list[str], dict[str, str] | None]] = field(
+        default_factory=dict, repr=False)
+    """How each component was started by this object (``crash_apiserver`` restarts some)."""
 
     # ------------------------------------------------------------------ paths
     @property
@@ -261,7 +264,9 @@ class ControlPlane:
     def crash_apiserver(self, down_s: float, timeout: float = 60.0) -> None:
         """Kill the API server (SIGKILL: open watches are cut, not closed), keep it down
         ``down_s`` seconds, then start it again on the same port, certificates and etcd,
-        as after a crash or a control-plane upgrade; return once it is ready."""
+        as after a crash or a control-plane upgrade; return once it is ready, with the
+        controllers this object started restarted (not raykube's operator: the tests run
+        that themselves)."""
         pid_file = self.workdir / "pids" / "kube-apiserver.pid"
         pid = int(pid_file.read_text())
         with contextlib.suppress(ProcessLookupError):
@@ -271,6 +276,22 @@ class ControlPlane:
         time.sleep(down_s)
         self._start_apiserver()
         self._wait_ready(time.monotonic() + timeout)
+        # The session's other clients (KubeRay above all) back off for up to ~30 s
+        # before they watch again (client-go's reflector), and the next test module
+        # would wait on them: restart them, as a whole control plane coming back would.
+        # Only what this object started (not a `make cluster-up` it attached to).
+        for name in ("kube-controller-manager", "kube-scheduler", "kwok", "kuberay-operator"):
+            if name not in self._commands:
+                continue
+            pid = int((self.workdir / "pids" / f"{name}.pid").read_text())
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            self._start(name, *self._commands[name])
 
     def running(self) -> dict[str, bool]:
         out = {}
@@ -344,6 +365,7 @@ class ControlPlane:
                                      self.tokens[user], user=user)
 
     def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        self._commands[name] = (cmd, env)
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (owned by child)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=self.workdir,
