@@ -57,6 +57,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -880,7 +881,7 @@ def _rayservice_deleted(body: kopf.Body, memo: kopf.Memo) -> None:
 
 
 def _rayservice_gone(memo: kopf.Memo, ns: str, tr_name: str, svc_name: str,
-                     owned: Any) -> None:
+                     owned: Callable[[dict[str, Any]], bool]) -> None:
     """The RayService ``svc_name`` of a TrainingRun (that ``owned(tr)`` says owned it)
     is gone: not Ready any more; promoted again if still due."""
     kube: Kube = memo.kube

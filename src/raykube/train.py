@@ -436,9 +436,9 @@ def _forwarder(queue: Any, storage_path: str) -> list[Any]:
         (Restarting after a worker failed, Rescheduling after the group failed to start)
         or the end (ShuttingDown towards Errored). ``UserCallback.after_exception`` is
         not enough: it sees only errors found by polling running workers, not those
-        raised while the controller polls or starts them (a worker killed by Ray's
-        memory monitor surfaced as a ControllerError there on a real node), so the
-        failure that ended such a run went unannounced."""
+        raised while the controller polls, starts or tears them down (a worker killed
+        by Ray's memory monitor met again in the tear-down before a restart, as on make
+        e2e-local's node), so the failure that ended such a run went unannounced."""
 
         def __init__(self, q: Any):
             self.q = q
