@@ -98,6 +98,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our explicit events + warnings, no chatter
+    logging.getLogger("kopf.objects").addFilter(quiet_watch_handlers)
     settings.execution.max_workers = cfg.max_workers
     settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
@@ -107,6 +108,23 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
         threading.Thread(target=_resync_loop, args=(memo, cfg.resync), daemon=True,
                          name="raykube-resync").start()
     logger.info("raykube operator configured: namespaces=%s", list(cfg.namespaces) or "all")
+
+
+WATCH_HANDLERS = ("on_rayjob_event", "on_pod_event", "on_rayservice_event",
+                  "on_trainingrun_event")
+"""The ``kopf.on.event`` handlers: they run at every event of every watched object."""
+_WATCH_SUCCEEDED = tuple(f"Handler {h!r} succeeded." for h in WATCH_HANDLERS)
+
+
+def quiet_watch_handlers(record: logging.LogRecord) -> bool:
+    """kopf logs ``Handler '...' succeeded.`` at INFO after every handler call. For the
+    watch handlers that is a line per event of every Ray pod, RayJob and TrainingRun (the
+    driver patches progress every few seconds): at scale the log says nothing else. Those
+    lines become DEBUG (``--verbose`` shows them); their failures stay as they are."""
+    if record.levelno == logging.INFO and record.getMessage() in _WATCH_SUCCEEDED:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+    return True
 
 
 def init_memo(memo: kopf.Memo, cfg: OperatorConfig, kube: Kube) -> kopf.Memo:
@@ -119,7 +137,7 @@ def init_memo(memo: kopf.Memo, cfg: OperatorConfig, kube: Kube) -> kopf.Memo:
     # Ray pods from running, as last observed (see on_pod_event)
     memo.pod_problems = {}
     memo.pod_ooms = {}  # (namespace, run) -> (Ray cluster, pod_oom's line): the latest
-    memo.ooms_seen = set()  # pod_oom keys already posted as an Event
+    memo.ooms_seen = {}  # (namespace, run) -> pod_oom keys already posted as an Event
     memo.pods_guard = threading.Lock()
     memo.runs = {}  # (namespace, name) -> uid: the TrainingRuns seen, for the resync
     memo.runs_guard = threading.Lock()
@@ -751,9 +769,9 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     entry = (labels["ray.io/cluster"], problem) if problem else None
     oom = None if type == "DELETED" else st.pod_oom(dict(body))
     with memo.pods_guard:
-        new_oom = oom is not None and oom[0] not in memo.ooms_seen
+        new_oom = oom is not None and oom[0] not in memo.ooms_seen.get(key, ())
         if new_oom:
-            memo.ooms_seen.add(oom[0])
+            memo.ooms_seen.setdefault(key, set()).add(oom[0])
             memo.pod_ooms[key] = (labels["ray.io/cluster"], oom[1])
         seen = memo.pod_problems.get(key, {})
         if seen.get(meta.name) == entry and not new_oom:
@@ -1023,4 +1041,21 @@ def resync(memo: kopf.Memo) -> list[str]:
                               memo, ns, name, svc, lambda t: t["metadata"].get("uid") == uid))
         except ApiError as exc:
             log.warning("resync of TrainingRun %s/%s: %s", ns, name, exc)
+    _forget_gone(memo)
     return found
+
+
+def _forget_gone(memo: kopf.Memo) -> None:
+    """Drop what the operator keeps per run (its lock, its pods' problems and OOM kills)
+    for runs that no longer exist. Not at the TrainingRun's DELETED event: its pods'
+    termination events come after it and would bring entries back. By the next resync
+    they have come and gone. A lock that is held is kept (a handler is still at work)."""
+    with memo.runs_guard:
+        alive = set(memo.runs)
+    with memo.locks_guard:
+        for key in [k for k, lock in memo.locks.items() if k not in alive and not lock.locked()]:
+            del memo.locks[key]
+    with memo.pods_guard:
+        for table in (memo.pod_problems, memo.pod_ooms, memo.ooms_seen):
+            for key in [k for k in table if k not in alive]:
+                del table[key]

@@ -90,6 +90,21 @@ def test_rayjob_becomes_a_raycluster_with_running_pods(kube, operator):
     assert tr["status"]["phase"] in ("Pending", "Running")
 
 
+def test_the_log_has_no_line_per_watched_event(kube, operator):
+    """kopf logs ``Handler '...' succeeded.`` at INFO after every handler call. By now
+    the RayJob and its pods have changed many times: the watch handlers' lines are DEBUG,
+    the create handler's (once per run) stays."""
+    from raykube_operator.handlers import WATCH_HANDLERS
+
+    kube.wait_object("RayJob", "kr-train", where=lambda o: (o.get("status") or {}).get(
+        "jobDeploymentStatus"))
+    log = operator.logs()
+    assert "Handler 'on_trainingrun' succeeded." in log  # kopf's wording, as filtered
+    noisy = [line for line in log.splitlines()
+             if any(f"Handler {h!r} succeeded." in line for h in WATCH_HANDLERS)]
+    assert noisy == [], noisy[:5]
+
+
 def test_nothing_is_rewritten_back_and_forth(kube, operator):
     """Once KubeRay has settled, the operator changes nothing and the head Service has one
     owner (the RayJob's); an operator restart writes nothing either."""
