@@ -96,6 +96,27 @@ def _run(cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), check=True, capture_output=True, text=True, **kw)
 
 
+def _stop_pid(pid: int, grace: float = 10.0) -> bool:
+    """Stop ``pid``'s process group: SIGTERM, then SIGKILL after ``grace`` seconds (at
+    once when 0: a crash, open connections cut rather than closed). Returns once it is
+    gone; False if it already was."""
+    if not _alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+    return True
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -242,21 +263,8 @@ class ControlPlane:
             f.unlink(missing_ok=True)
         # reverse start order: clients before the API server, etcd last
         for name in sorted(pids, key=lambda n: -COMPONENTS.index(n) if n in COMPONENTS else -99):
-            pid = pids[name]
-            if not _alive(pid):
-                continue
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
-                while _alive(pid):
-                    time.sleep(0.05)
-            stopped.append(name)
+            if _stop_pid(pids[name]):
+                stopped.append(name)
         if stopped and not quiet:
             print("stopped: " + ", ".join(stopped))
         return stopped
@@ -267,12 +275,7 @@ class ControlPlane:
         as after a crash or a control-plane upgrade; return once it is ready, with the
         controllers this object started restarted (not raykube's operator: the tests run
         that themselves)."""
-        pid_file = self.workdir / "pids" / "kube-apiserver.pid"
-        pid = int(pid_file.read_text())
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
+        _stop_pid(int((self.workdir / "pids" / "kube-apiserver.pid").read_text()), grace=0)
         time.sleep(down_s)
         self._start_apiserver()
         self._wait_ready(time.monotonic() + timeout)
@@ -283,14 +286,7 @@ class ControlPlane:
         for name in ("kube-controller-manager", "kube-scheduler", "kwok", "kuberay-operator"):
             if name not in self._commands:
                 continue
-            pid = int((self.workdir / "pids" / f"{name}.pid").read_text())
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+            _stop_pid(int((self.workdir / "pids" / f"{name}.pid").read_text()))
             self._start(name, *self._commands[name])
 
     def running(self) -> dict[str, bool]:
