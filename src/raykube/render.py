@@ -279,7 +279,14 @@ def serve_config(run: TrainingRun, checkpoint_uri: str, *, access_log: bool = Fa
 
     Per-request access log lines are off unless ``access_log`` (the operator's
     ``RAYKUBE_SERVE_ACCESS_LOG``): at thousands of requests/s they cost CPU and disk.
-    """
+
+    ``max_replicas_per_node``: a serving pod holds as many replicas as it is sized for
+    (one, or ``floor(1/gpusPerReplica)`` in a 1-GPU pod). In a rolling update Serve
+    starts each incoming replica while the outgoing one still drains, and Ray put it on
+    the outgoing one's pod: on a real node, with ``memoryPerReplica: 1Gi`` (a pod of
+    ~815 MiB per replica of the digits MLP), Ray's memory monitor killed incoming
+    replicas on both pods during a serving-only edit. With the cap the incoming replica
+    waits for its pod to be free."""
     sv = run.spec.serve
     return {"applications": [{
         "name": "classifier",
@@ -290,6 +297,8 @@ def serve_config(run: TrainingRun, checkpoint_uri: str, *, access_log: bool = Fa
                  "batchWaitTimeoutMs": sv.batch_wait_timeout_ms,
                  "maxRequestBytes": sv.max_request_bytes},
         "deployments": [{"name": SERVE_DEPLOYMENT, "num_replicas": sv.replicas,
+                         "max_replicas_per_node": pods_needed(sv.replicas,
+                                                              sv.gpus_per_replica)[1],
                          "ray_actor_options": {"num_cpus": sv.cpus_per_replica,
                                                "num_gpus": sv.gpus_per_replica}}],
     }]}

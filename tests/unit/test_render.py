@@ -235,7 +235,9 @@ def test_rayservice_contract():
     assert app["args"] == {"checkpoint": "/mnt/raykube/default/quickstart/ckpt_7", "maxBatchSize": 8,
                            "batchWaitTimeoutMs": 5.0, "maxRequestBytes": 4194304}
     dep, = app["deployments"]
-    assert dep == {"name": "Classifier", "num_replicas": 3,
+    # each of the 3 pods is sized for one replica, and Ray may put no more there (an
+    # incoming replica of a rolling update waits for the outgoing one to leave its pod)
+    assert dep == {"name": "Classifier", "num_replicas": 3, "max_replicas_per_node": 1,
                    "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.0}}
     assert app["logging_config"] == {"enable_access_log": False}
     head, (group,) = _pods(svc)
@@ -262,6 +264,16 @@ def test_rayservice_contract():
     other = R.render_rayservice(run, CFG, "/mnt/raykube/default/quickstart/ckpt_9")
     assert other["metadata"]["annotations"] != svc["metadata"]["annotations"]
     assert other["spec"]["rayClusterConfig"] == svc["spec"]["rayClusterConfig"]
+
+
+@pytest.mark.parametrize("gpus, replicas, pods, per_pod", [
+    (0.0, 3, 3, 1), (1.0, 2, 2, 1), (0.5, 3, 2, 2), (0.25, 2, 1, 2), (0.3, 7, 3, 3)])
+def test_serving_pods_hold_the_replicas_they_are_sized_for(gpus, replicas, pods, per_pod):
+    run = _run(serve={"enabled": True, "replicas": replicas, "gpusPerReplica": gpus})
+    svc = R.render_rayservice(run, CFG, "x")
+    dep, = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]["deployments"]
+    _, (group,) = _pods(svc)
+    assert (group["replicas"], dep["max_replicas_per_node"]) == (pods, per_pod)
 
 
 def test_rendering_is_deterministic():
