@@ -36,6 +36,18 @@ TORCH_PROCESS_BYTES = 400 * MiB
 worker of a 16-worker quickstart (the machine's used memory rose 8.1 GB); rounded down
 so that it stays a floor on other builds."""
 
+RAY_SERVING_POD_BYTES = 400 * MiB
+"""Ray's own processes in a serving pod, beside the replica: measured on `make
+e2e-local`'s node (2026-12-02), a pod of one digits-MLP replica held 795 MiB of anonymous
+memory (its cgroup's ``total_rss``), the replica ~400 MiB of it; ``ray start``, Serve's
+HAProxyManager, the dashboard agent and the runtime-env agent the rest."""
+
+MEMORY_MONITOR_FRACTION = 0.95
+"""Ray's memory monitor kills workers above this fraction of the pod's memory
+(``RAY_memory_usage_threshold``): a pod of 768Mi with that replica reached 780 MB, was
+over its 765 MB threshold, never became Ready, and half the requests during an update
+got HTTP 500; 1Gi pods (815 MiB in use) served every request."""
+
 BYTES_PER_PARAMETER = 4
 """float32: raykube trains and serves in full precision."""
 
@@ -130,6 +142,12 @@ class Footprint:
     def serving_bytes(self) -> int:
         """The weights, plus torch."""
         return TORCH_PROCESS_BYTES + self.parameters * BYTES_PER_PARAMETER
+
+    @property
+    def serving_pod_bytes(self) -> int:
+        """A serving pod of one replica: the replica and Ray's processes, under Ray's
+        memory-monitor threshold."""
+        return math.ceil((self.serving_bytes + RAY_SERVING_POD_BYTES) / MEMORY_MONITOR_FRACTION)
 
 
 def footprint(spec: TrainingRunSpec) -> Footprint | None:

@@ -415,8 +415,9 @@ class ServeSpec(_Model):
     gpus_per_replica: float = Field(default=0.0, ge=0.0, le=16, description="GPUs per replica.")
     memory_per_replica: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory per "
                                     "serving worker pod. At least the model's float32 "
-                                    "weights plus ~400 MiB for torch (checked on "
-                                    "validation).")
+                                    "weights, ~400 MiB for torch and ~400 MiB for Ray's "
+                                    "processes, under Ray's memory monitor's 95 % (about "
+                                    "850 MiB for a small model; checked on validation).")
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Dynamic batching: "
                                 "most requests answered by one model call.")
     batch_wait_timeout_ms: float = Field(default=5.0, ge=0.0, le=10000, description="Dynamic "
@@ -717,12 +718,14 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
             f"needs at least {fpm.size(fp.training_bytes)} ({fpm.training_breakdown(spec, fp)}, "
             "before activations and data): raise memoryPerWorker or make the model smaller"))
     have = k8s_rules.quantity_bytes(spec.serve.memory_per_replica)
-    if spec.serve.enabled and have is not None and fp.serving_bytes > have:
+    if spec.serve.enabled and have is not None and fp.serving_pod_bytes > have:
         yield SpecError("spec.serve.memoryPerReplica", (
-            f"{spec.serve.memory_per_replica} cannot hold the model: a replica needs at "
-            f"least {fpm.size(fp.serving_bytes)} ({fp.parameters:,} float32 parameters, "
-            f"plus ~{fpm.size(fpm.TORCH_PROCESS_BYTES)} for torch): raise "
-            "memoryPerReplica or make the model smaller"))
+            f"{spec.serve.memory_per_replica} cannot hold the model: a serving pod needs at "
+            f"least {fpm.size(fp.serving_pod_bytes)} ({fp.parameters:,} float32 parameters, "
+            f"~{fpm.size(fpm.TORCH_PROCESS_BYTES)} for torch and "
+            f"~{fpm.size(fpm.RAY_SERVING_POD_BYTES)} for Ray's processes, under Ray's "
+            f"memory monitor's {fpm.MEMORY_MONITOR_FRACTION:.0%}): raise memoryPerReplica "
+            "or make the model smaller"))
 
 
 SEARCHABLE = ("model", "data", "train")

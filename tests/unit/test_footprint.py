@@ -109,10 +109,21 @@ def test_serving_needs_only_the_weights():
     parse_training_run(ok)
     with pytest.raises(InvalidTrainingRun) as exc:
         parse_training_run({**ok, "spec": {**ok["spec"], "serve": {
-            "enabled": True, "memoryPerReplica": "900Mi"}}})
+            "enabled": True, "memoryPerReplica": "1Gi"}}})
     assert [e.path for e in exc.value.errors] == ["spec.serve.memoryPerReplica"]
     parse_training_run({**ok, "spec": {**ok["spec"], "serve": {
-        "enabled": True, "memoryPerReplica": "1Gi"}}})
+        "enabled": True, "memoryPerReplica": "1536Mi"}}})
+
+
+def test_a_serving_pod_holds_rays_processes_too():
+    """Measured on a real node with the quickstart's MLP: a 768Mi serving pod went over
+    Ray's memory-monitor threshold and failed requests; 1Gi pods served every one."""
+    ok = doc(serve={"enabled": True, "memoryPerReplica": "1Gi"})
+    parse_training_run(ok)
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(doc(serve={"enabled": True, "memoryPerReplica": "768Mi"}))
+    err, = exc.value.errors
+    assert err.path == "spec.serve.memoryPerReplica" and "Ray's processes" in err.message
 
 
 def test_a_tune_choice_too_large_is_refused_at_its_path():
