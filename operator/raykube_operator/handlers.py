@@ -110,12 +110,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     logger.info("raykube operator configured: namespaces=%s", list(cfg.namespaces) or "all")
 
 
-WATCH_HANDLERS = ("on_rayjob_event", "on_pod_event", "on_rayservice_event",
-                  "on_trainingrun_event")
-"""The ``kopf.on.event`` handlers: they run at every event of every watched object."""
-_WATCH_SUCCEEDED = tuple(f"Handler {h!r} succeeded." for h in WATCH_HANDLERS)
-
-
 def quiet_watch_handlers(record: logging.LogRecord) -> bool:
     """kopf logs ``Handler '...' succeeded.`` at INFO after every handler call. For the
     watch handlers that is a line per event of every Ray pod, RayJob and TrainingRun (the
@@ -1059,3 +1053,10 @@ def _forget_gone(memo: kopf.Memo) -> None:
         for table in (memo.pod_problems, memo.pod_ooms, memo.ooms_seen):
             for key in [k for k in table if k not in alive]:
                 del table[key]
+
+
+WATCH_HANDLERS = tuple(f.__name__ for f in (on_rayjob_event, on_pod_event, on_rayservice_event,
+                                             on_trainingrun_event))
+"""The ``kopf.on.event`` handlers (kopf's handler id is the function's name): they run at
+every event of every watched object."""
+_WATCH_SUCCEEDED = tuple(f"Handler {h!r} succeeded." for h in WATCH_HANDLERS)
