@@ -19,7 +19,9 @@
 # logs, tears everything down (KEEP=1 leaves it up) and exits non-zero.
 #
 #   make e2e-local                        # all phases
-#   PHASES="1 2 3 4 5 7" make e2e-local   # a subset (in order; 1 and 2 are always run)
+#   PHASES="1 2 3 4 5 7" make e2e-local   # a subset (1 and 2 always run; each of 4..6 needs
+#                                         # the one before it, 7 needs 4)
+#   KEEP=1 PHASES="1 2" make e2e-local    # just the cluster, the node and raykube's operator
 #   KEEP=1 make e2e-local                 # leave the cluster up afterwards (make e2e-local-down)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -38,6 +40,17 @@ STORAGE=/var/lib/raykube-node/storage   # the hostPath of k8s/overlays/local/sto
 RUN_DIR=$STORAGE/$NS/$NAME
 IMAGES="raykube/raykube:dev-operator raykube/raykube:dev-cpu"
 PHASES=" ${PHASES:-1 2 3 4 5 6 7} "
+want() { [[ $PHASES == *" $1 "* ]]; }
+read -ra _shown <<<"$PHASES"; SHOWN="PHASES=\"${_shown[*]}\""
+for p in $PHASES; do
+  [[ $p =~ ^[1-7]$ ]] || { echo "error: $SHOWN: '$p' is not a phase (1..7)" >&2; exit 2; }
+done
+for p in 4 5 6; do  # a phase works on what the one before it left
+  if want "$p" && ! want $((p - 1)); then
+    echo "error: $SHOWN: phase $p needs phase $((p - 1))" >&2; exit 2
+  fi
+done
+if want 7 && ! want 4; then echo "error: $SHOWN: phase 7 needs phase 4 (checkpoints)" >&2; exit 2; fi
 TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-1800}
 KUBEPODS_MEM=/sys/fs/cgroup/memory/kubepods
 
@@ -200,60 +213,66 @@ k -n raykube-system get pods -o wide
 end
 
 # ============================================================ 3: the TrainingRun
-begin "3: kubectl apply -f $JOB"
-rm -rf "${RUN_DIR:?}"   # a previous e2e's checkpoints would make this a resumed run
-k -n "$NS" apply -f "$JOB"
-wait_until 60 "the RayJob" k -n "$NS" get rayjob "$NAME"
-k -n "$NS" get tr "$NAME"
-end
+if want 3; then
+  begin "3: kubectl apply -f $JOB"
+  rm -rf "${RUN_DIR:?}"   # a previous e2e's checkpoints would make this a resumed run
+  k -n "$NS" apply -f "$JOB"
+  wait_until 60 "the RayJob" k -n "$NS" get rayjob "$NAME"
+  k -n "$NS" get tr "$NAME"
+  end
+fi
 
 # ============================================================ 4: training in Ray pods
-begin "4: KubeRay's Ray pods train (kubectl get tr every 2 s)"
-deadline=$((SECONDS + TRAIN_TIMEOUT))
-last=""
-epochs_seen=()
-while :; do
-  row=$(tr_row)
-  phase=$(awk '{print $2}' <<<"$row")
-  epoch=$(awk '$3 ~ /^[0-9]+$/ {print $3}' <<<"$row")   # the Epoch column of this very row
-  if [[ $row != "$last" ]]; then echo "  $(date +%T) $row"; last=$row; fi
-  [[ -n $epoch && " ${epochs_seen[*]} " != *" $epoch "* ]] && epochs_seen+=("$epoch")
-  case $phase in
-    Succeeded|Serving) break ;;
-    Failed) fail "the TrainingRun failed" ;;
-  esac
-  ((SECONDS < deadline)) || fail "training did not finish within ${TRAIN_TIMEOUT}s"
-  sleep 2
-done
-note "epochs seen in kubectl get tr: ${epochs_seen[*]}"
-note "best valAccuracy: $(tr_field '{.status.checkpoint.metrics.valAccuracy}') (last epoch's: $(tr_field '{.status.progress.valAccuracy}'))"
-ckpts=$(find "$RUN_DIR" -maxdepth 3 -type d -name 'checkpoint_*' 2>/dev/null | wc -l)
-((ckpts > 0)) || fail "no checkpoint_* directory under $RUN_DIR (the shared volume)"
-note "checkpoints on the shared volume ($RUN_DIR): $ckpts, best/ $( [[ -d $RUN_DIR/best ]] && echo present || echo missing)"
-end
+if want 4; then
+  begin "4: KubeRay's Ray pods train (kubectl get tr every 2 s)"
+  deadline=$((SECONDS + TRAIN_TIMEOUT))
+  last=""
+  epochs_seen=()
+  while :; do
+    row=$(tr_row)
+    phase=$(awk '{print $2}' <<<"$row")
+    epoch=$(awk '$3 ~ /^[0-9]+$/ {print $3}' <<<"$row")   # the Epoch column of this very row
+    if [[ $row != "$last" ]]; then echo "  $(date +%T) $row"; last=$row; fi
+    [[ -n $epoch && " ${epochs_seen[*]} " != *" $epoch "* ]] && epochs_seen+=("$epoch")
+    case $phase in
+      Succeeded|Serving) break ;;
+      Failed) fail "the TrainingRun failed" ;;
+    esac
+    ((SECONDS < deadline)) || fail "training did not finish within ${TRAIN_TIMEOUT}s"
+    sleep 2
+  done
+  note "epochs seen in kubectl get tr: ${epochs_seen[*]}"
+  note "best valAccuracy: $(tr_field '{.status.checkpoint.metrics.valAccuracy}') (last epoch's: $(tr_field '{.status.progress.valAccuracy}'))"
+  ckpts=$(find "$RUN_DIR" -maxdepth 3 -type d -name 'checkpoint_*' 2>/dev/null | wc -l)
+  ((ckpts > 0)) || fail "no checkpoint_* directory under $RUN_DIR (the shared volume)"
+  note "checkpoints on the shared volume ($RUN_DIR): $ckpts, best/ $( [[ -d $RUN_DIR/best ]] && echo present || echo missing)"
+  end
+fi
 
 # ============================================================ 5: gate, RayService, predict
-begin "5: gate passes, RayService rolls out, POST /predict through $NAME-serve-svc"
-[[ $(tr_field '{.status.conditions[?(@.type=="Promoted")].status}') != False ]] \
-  || fail "the gate refused the model: $(tr_field '{.status.conditions[?(@.type=="Promoted")].message}')"
-wait_until 900 "phase Serving" bash -c "'$KUBECTL' -n $NS get tr $NAME -o jsonpath='{.status.phase}' | grep -qx Serving"
-k -n "$NS" wait "trainingrun/$NAME" --for=condition=Ready --timeout=120s
-k -n "$NS" get tr "$NAME"
-svc_ip=$(k -n "$NS" get svc "$NAME-serve-svc" -o jsonpath='{.spec.clusterIP}')
-URL=http://$svc_ip:8000
-wait_until 120 "GET $URL/healthz" curl -fsS -m 5 "$URL/healthz"
-note "serving: $(tr_field '{.status.serving.endpoint}') = Service $NAME-serve-svc $svc_ip:8000 (kube-proxy)"
-out=$("$PY" k8s/local/predict_check.py "$URL" "$JOB" --count 200) || fail "predict: $out"
-note "POST /predict: $out"
-end
+if want 5; then
+  begin "5: gate passes, RayService rolls out, POST /predict through $NAME-serve-svc"
+  [[ $(tr_field '{.status.conditions[?(@.type=="Promoted")].status}') != False ]] \
+    || fail "the gate refused the model: $(tr_field '{.status.conditions[?(@.type=="Promoted")].message}')"
+  wait_until 900 "phase Serving" bash -c "'$KUBECTL' -n $NS get tr $NAME -o jsonpath='{.status.phase}' | grep -qx Serving"
+  k -n "$NS" wait "trainingrun/$NAME" --for=condition=Ready --timeout=120s
+  k -n "$NS" get tr "$NAME"
+  svc_ip=$(k -n "$NS" get svc "$NAME-serve-svc" -o jsonpath='{.spec.clusterIP}')
+  URL=http://$svc_ip:8000
+  wait_until 120 "GET $URL/healthz" curl -fsS -m 5 "$URL/healthz"
+  note "serving: $(tr_field '{.status.serving.endpoint}') = Service $NAME-serve-svc $svc_ip:8000 (kube-proxy)"
+  out=$("$PY" k8s/local/predict_check.py "$URL" "$JOB" --count 200) || fail "predict: $out"
+  note "POST /predict: $out"
+  end
+fi
 
 # ============================================================ 6: faults
-if [[ $PHASES == *" 6 "* ]]; then
+if want 6; then
   source k8s/local/faults.sh
 fi
 
 # ============================================================ 7: delete
-if [[ $PHASES == *" 7 "* ]]; then
+if want 7; then
   begin "7: kubectl delete trainingrun: children gone, checkpoints kept"
   before=$(find "$RUN_DIR" -maxdepth 3 -type d -name 'checkpoint_*' | wc -l)
   k -n "$NS" delete tr "$NAME" --wait=true --timeout=120s

@@ -858,14 +858,14 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
 
 
 def _announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowed: int,
-                      retry: bool | None = None, controller: bool = False) -> None:
+                      retry: bool, controller: bool = False) -> None:
     """Tell observers that have an ``on_failure(message)`` (optional, beyond the
-    RunObserver protocol) and the log that the worker group failed, and what happens next
-    (``retry``: Ray Train's decision; else from the count ``n`` against ``allowed``).
-    ``controller``: the error came from Ray Train's controller, which it retries only
-    when starting the workers failed, never against ``failure.maxWorkerFailures``."""
-    if retry is None:
-        retry = allowed < 0 or n <= allowed
+    RunObserver protocol) and the log that the worker group failed, and what happens next.
+    ``retry`` is Ray Train's own decision (the controller's next state), never recomputed
+    here from the count ``n`` against ``allowed`` (``failure.maxWorkerFailures``, -1 for
+    no limit), which only words the message. ``controller``: the error came from Ray
+    Train's controller, which it retries only when starting the workers failed, never
+    against ``failure.maxWorkerFailures``."""
     if retry:
         of = f" of {allowed}" if allowed >= 0 else ""
         nxt = f"restarting the workers from the last checkpoint (retry {n}{of})"
@@ -988,7 +988,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         if "failure" in ev:
             failures += 1
             _announce_failure(observers, ev["failure"], failures, spec.failure.max_worker_failures,
-                              ev.get("retry"), bool(ev.get("controller")))
+                              ev["retry"], ev["controller"])
         else:
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
 

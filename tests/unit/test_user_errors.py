@@ -301,9 +301,9 @@ def test_failure_announcement_counts_retries():
         def on_failure(self, message):
             seen.append(message)
 
-    _announce_failure([Obs(), object()], "worker failure (rank 1: ActorDiedError)", 1, 3)
-    _announce_failure([Obs()], "worker failure", 4, 3)
-    _announce_failure([Obs()], "worker failure", 9, -1)
+    _announce_failure([Obs(), object()], "worker failure (rank 1: ActorDiedError)", 1, 3, True)
+    _announce_failure([Obs()], "worker failure", 4, 3, False)
+    _announce_failure([Obs()], "worker failure", 9, -1, True)
     assert "retry 1 of 3" in seen[0]
     assert "no retries left (failure.maxWorkerFailures=3)" in seen[1]
     assert seen[2].endswith("restarting the workers from the last checkpoint (retry 9)")
