@@ -142,7 +142,7 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
         reason = kr_reason or ("JobStopped" if job == "STOPPED" else "JobFailed")
         if dep == "ValidationFailed":
             reason = kr_reason or "ValidationFailed"
-        detail = driver_line(kr_msg) or kr_msg or \
+        detail = driver_line(kr_msg) or ray_oom_detail(kr_msg) or kr_msg or \
             f"jobDeploymentStatus={dep}, jobStatus={job or 'unknown'}"
         return JobState(("False", "Completed", "the Ray job finished"), "Failed", reason,
                         f"the Ray job failed after {max(failed, 1)} attempt(s): {detail}", True)
@@ -187,6 +187,22 @@ def driver_line(kuberay_message: str) -> str | None:
     if not lines:
         return None
     return f"{lines[-1]} (the job's last log lines: kubectl describe rayjob)"
+
+
+OOM_HINT = ("give its pods more memory: spec.scaling.head.memory (the head: the driver, Ray "
+            "Train's controller, the job supervisor) or spec.scaling.memoryPerWorker (the "
+            "Train workers' pods)")
+
+
+def ray_oom_detail(kuberay_message: str) -> str | None:
+    """Ray's memory monitor's kill in one line, when it took the job down before the
+    driver could say so itself (e.g. it killed the job supervisor or the Train controller
+    in the head pod: KubeRay's message is then Ray's whole page of statistics and
+    advice), or None."""
+    from raykube.terminal import ray_oom_line
+
+    line = ray_oom_line(kuberay_message)
+    return f"{line}; {OOM_HINT} (Ray's full text: kubectl describe rayjob)" if line else None
 
 
 # Container waiting reasons that do not resolve by waiting (kubelet's names).

@@ -36,17 +36,31 @@ TORCH_PROCESS_BYTES = 400 * MiB
 worker of a 16-worker quickstart (the machine's used memory rose 8.1 GB); rounded down
 so that it stays a floor on other builds."""
 
-RAY_SERVING_POD_BYTES = 400 * MiB
-"""Ray's own processes in a serving pod, beside the replica: measured on `make
-e2e-local`'s node (2026-12-02), a pod of one digits-MLP replica held 795 MiB of anonymous
-memory (its cgroup's ``total_rss``), the replica ~400 MiB of it; ``ray start``, Serve's
-HAProxyManager, the dashboard agent and the runtime-env agent the rest."""
+RAY_POD_BYTES = 400 * MiB
+"""Ray's own processes in a Ray pod, beside its Train worker or Serve replica (``ray
+start``, the raylet, the dashboard and runtime-env agents, the log monitor; Serve's
+HAProxyManager in a serving pod). Measured on `make e2e-local`'s node (2026-12-02) with
+the quickstart's digits MLP, as the pod cgroup's anonymous memory (``total_rss``): a
+serving pod of one replica held 795 MiB, a training worker pod 798-799 MiB (peaks,
+sampled every 0.5 s); in both, 400 MiB of torch plus this comes to 800 MiB. The split
+differs (a Train worker process, with Ray Train imported, is larger than a replica's
+torch; a training pod has no HAProxyManager), the sum does not."""
+
+RAY_HEAD_BYTES = 1100 * MiB
+"""A training RayCluster's head pod: Ray's GCS, dashboard and agents, the job supervisor,
+the driver (``raykube train``), Ray Train's controller and its synchronization actor.
+Measured on that node with the quickstart (2 workers): 1,129-1,169 MiB of anonymous
+memory in a 2Gi head, through the run and through a worker pod's loss and restart; a 1Gi
+head had the Train controller and the job supervisor killed by Ray's memory monitor on
+each of the RayJob's 3 attempts. No model in it: the same for every spec."""
 
 MEMORY_MONITOR_FRACTION = 0.95
 """Ray's memory monitor kills workers above this fraction of the pod's memory
-(``RAY_memory_usage_threshold``): a pod of 768Mi with that replica reached 780 MB, was
-over its 765 MB threshold, never became Ready, and half the requests during an update
-got HTTP 500; 1Gi pods (815 MiB in use) served every request."""
+(``RAY_memory_usage_threshold``). On that node, with that model: a 768Mi serving pod
+reached 780 MB, over its 765 MB threshold, never became Ready, and half the requests
+during an update got HTTP 500; training worker pods of 512Mi and of 768Mi had their
+Train workers killed by the monitor on each of the RayJob's 3 attempts and the run
+failed. 1Gi pods trained and served to the end."""
 
 BYTES_PER_PARAMETER = 4
 """float32: raykube trains and serves in full precision."""
@@ -143,11 +157,25 @@ class Footprint:
         """The weights, plus torch."""
         return TORCH_PROCESS_BYTES + self.parameters * BYTES_PER_PARAMETER
 
-    @property
-    def serving_pod_bytes(self) -> int:
-        """A serving pod of one replica: the replica and Ray's processes, under Ray's
-        memory-monitor threshold."""
-        return math.ceil((self.serving_bytes + RAY_SERVING_POD_BYTES) / MEMORY_MONITOR_FRACTION)
+    def training_pod_bytes(self, per_pod: int = 1) -> int:
+        """``memoryPerWorker`` for a pod of ``per_pod`` Train workers (fractional GPUs
+        pack several; its memory is ``per_pod`` times it): the workers and the pod's one
+        set of Ray processes, under Ray's memory-monitor threshold."""
+        return pod_share(self.training_bytes, per_pod)
+
+    def serving_pod_bytes(self, per_pod: int = 1) -> int:
+        """``memoryPerReplica`` for a pod of ``per_pod`` replicas, as above."""
+        return pod_share(self.serving_bytes, per_pod)
+
+
+HEAD_POD_BYTES = math.ceil(RAY_HEAD_BYTES / MEMORY_MONITOR_FRACTION)
+"""``scaling.head.memory``'s floor: the head's processes under the memory monitor."""
+
+
+def pod_share(unit_bytes: int, per_pod: int) -> int:
+    """Each unit's share of a pod holding ``per_pod`` units of ``unit_bytes`` and one set
+    of Ray's processes, divided by the memory monitor's fraction."""
+    return math.ceil((unit_bytes + RAY_POD_BYTES / per_pod) / MEMORY_MONITOR_FRACTION)
 
 
 def footprint(spec: TrainingRunSpec) -> Footprint | None:
@@ -175,3 +203,10 @@ def training_breakdown(spec: TrainingRunSpec, fp: Footprint) -> str:
             f"{size(fp.parameters * BYTES_PER_PARAMETER * (2 + fp.optimizer_buffers))} for "
             f"float32 weights, gradients and {buffers}, plus ~{size(TORCH_PROCESS_BYTES)} "
             "for torch")
+
+
+def pod_breakdown(per_pod: int) -> str:
+    """What a pod adds to a unit's own bytes, for an error message."""
+    ray = size(RAY_POD_BYTES) + (f" shared by the pod's {per_pod}" if per_pod > 1 else "")
+    return (f"~{ray} for Ray's processes in the pod, under Ray's memory monitor's "
+            f"{MEMORY_MONITOR_FRACTION:.0%}")

@@ -258,7 +258,10 @@ class HeadSpec(_Model):
     """The Ray head pod (runs the driver; no training work)."""
 
     cpus: float = Field(default=1.0, gt=0.0, le=512, description="CPUs of the head pod.")
-    memory: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory of the head pod.")
+    memory: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory of the head pod. "
+                        "At least 1158 MiB: Ray's own processes, the driver and Ray Train's "
+                        "controller, under Ray's memory monitor's 95 % (checked on "
+                        "validation).")
 
 
 class ScalingSpec(_Model):
@@ -273,8 +276,10 @@ class ScalingSpec(_Model):
                                    "between Tune trials.")
     memory_per_worker: str = Field(default="4Gi", pattern=_QUANTITY, description="Memory per "
                                    "worker pod (Kubernetes quantity). At least the model's "
-                                   "float32 weights, gradients and optimizer buffers plus "
-                                   "~400 MiB for torch (checked on validation).")
+                                   "float32 weights, gradients and optimizer buffers, ~400 "
+                                   "MiB for torch and ~400 MiB for Ray's processes, under "
+                                   "Ray's memory monitor's 95 % (about 850 MiB for a small "
+                                   "model; checked on validation).")
     node_selector: dict[str, str] | None = Field(default=None, description="Node selector "
                                                  "for the worker pods.")
     tolerations: list[Toleration] | None = Field(default=None, description="Tolerations for "
@@ -707,25 +712,35 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     """A model that cannot fit the memory its workers (or replicas) are given, by the
     floors of ``raykube.footprint``: refused here rather than OOM-killed mid-run."""
     from raykube import footprint as fpm
+    from raykube.render import pods_needed
 
+    sc, sv = spec.scaling, spec.serve
+    have = k8s_rules.quantity_bytes(sc.head.memory)
+    if have is not None and have < fpm.HEAD_POD_BYTES:
+        yield SpecError("spec.scaling.head.memory", (
+            f"{sc.head.memory} is too small for the Ray head: it needs at least "
+            f"{-(-fpm.HEAD_POD_BYTES // fpm.MiB)} MiB (~{fpm.RAY_HEAD_BYTES // fpm.MiB} MiB for Ray's GCS, "
+            "dashboard and agents, the job supervisor, the driver and Ray Train's "
+            f"controller, under Ray's memory monitor's {fpm.MEMORY_MONITOR_FRACTION:.0%})"))
     fp = fpm.footprint(spec)
     if fp is None:
         return
-    have = k8s_rules.quantity_bytes(spec.scaling.memory_per_worker)
-    if have is not None and fp.training_bytes > have:
+    have = k8s_rules.quantity_bytes(sc.memory_per_worker)
+    per_pod = pods_needed(sc.workers, sc.gpus_per_worker)[1]
+    if have is not None and (need := fp.training_pod_bytes(per_pod)) > have:
         yield SpecError("spec.scaling.memoryPerWorker", (
-            f"{spec.scaling.memory_per_worker} cannot hold the model: a training worker "
-            f"needs at least {fpm.size(fp.training_bytes)} ({fpm.training_breakdown(spec, fp)}, "
-            "before activations and data): raise memoryPerWorker or make the model smaller"))
-    have = k8s_rules.quantity_bytes(spec.serve.memory_per_replica)
-    if spec.serve.enabled and have is not None and fp.serving_pod_bytes > have:
+            f"{sc.memory_per_worker} cannot hold the model: a training worker's pod needs "
+            f"at least {fpm.size(need)} per worker ({fpm.training_breakdown(spec, fp)}, "
+            f"{fpm.pod_breakdown(per_pod)}; before activations and data): raise "
+            "memoryPerWorker or make the model smaller"))
+    have = k8s_rules.quantity_bytes(sv.memory_per_replica)
+    per_pod = pods_needed(sv.replicas, sv.gpus_per_replica)[1]
+    if sv.enabled and have is not None and (need := fp.serving_pod_bytes(per_pod)) > have:
         yield SpecError("spec.serve.memoryPerReplica", (
-            f"{spec.serve.memory_per_replica} cannot hold the model: a serving pod needs at "
-            f"least {fpm.size(fp.serving_pod_bytes)} ({fp.parameters:,} float32 parameters, "
-            f"~{fpm.size(fpm.TORCH_PROCESS_BYTES)} for torch and "
-            f"~{fpm.size(fpm.RAY_SERVING_POD_BYTES)} for Ray's processes, under Ray's "
-            f"memory monitor's {fpm.MEMORY_MONITOR_FRACTION:.0%}): raise memoryPerReplica "
-            "or make the model smaller"))
+            f"{sv.memory_per_replica} cannot hold the model: a serving pod needs at "
+            f"least {fpm.size(need)} per replica ({fp.parameters:,} float32 parameters, "
+            f"~{fpm.size(fpm.TORCH_PROCESS_BYTES)} for torch, {fpm.pod_breakdown(per_pod)}): "
+            "raise memoryPerReplica or make the model smaller"))
 
 
 SEARCHABLE = ("model", "data", "train")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from typing import TextIO
 
@@ -153,3 +154,23 @@ def error_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()
              and not ln.startswith((" ", "\t", "Traceback")) and "^^^" not in ln]
     return lines[-1] if lines else ""
+
+
+_RAY_OOM = re.compile(r"(\d+) worker\(s\) were killed due to the node running low on memory"
+                      r".*?was ([\d.]+\s*[KMGT]?B) used / ([\d.]+\s*[KMGT]?B) limit", re.S)
+_RAY_OOM_VICTIM = re.compile(r"Selected to kill: \(.*?task name=(?:[\w-]*:)?([\w.]+?)"
+                             r"(?:\.__init__)?,")
+
+
+def ray_oom_line(text: str) -> str | None:
+    """Ray's memory monitor's kill, from its text, in one line: how many workers, which
+    (the task or actor names Ray lists), and the node's figures; None for another error.
+    Why: Ray's text is a page (object-store statistics, a process table, two paragraphs
+    of advice) and the figures that matter are in its first line."""
+    m = _RAY_OOM.search(text)
+    if m is None:
+        return None
+    victims = list(dict.fromkeys(_RAY_OOM_VICTIM.findall(text)))
+    which = f" ({', '.join(victims)})" if victims else ""
+    return (f"OutOfMemoryError: Ray's memory monitor killed {m[1]} worker(s){which}: the "
+            f"node had {m[2]} in use of its {m[3]} limit")

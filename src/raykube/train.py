@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -465,21 +464,16 @@ def _forwarder(queue: Any, storage_path: str) -> list[Any]:
     return [_Forward(queue, storage_path), _Failures(queue)]
 
 
-_RAY_OOM = re.compile(r"(\d+) worker\(s\) were killed due to the node running low on memory"
-                      r".*?was ([\d.]+\s*[KMGT]?B) used / ([\d.]+\s*[KMGT]?B) limit", re.S)
-
-
 def failure_line(exc: BaseException, limit: int = 200) -> str:
     """``FileNotFoundError: [Errno 2] ... 'model.pt'``: the exception's own last line (a
     worker's error can carry its remote traceback in its text), prefixed by its type.
     Ray's memory monitor's kill is the exception: its text ends with two paragraphs of
     advice, so its figures are taken from its first line instead."""
-    from raykube.terminal import error_line
+    from raykube.terminal import error_line, ray_oom_line
 
     name = type(exc).__name__
-    if m := _RAY_OOM.search(str(exc)):
-        return (f"OutOfMemoryError: Ray's memory monitor killed {m[1]} worker(s): the node "
-                f"had {m[2]} in use of its {m[3]} limit")
+    if oom := ray_oom_line(str(exc)):
+        return oom
     last = error_line(str(exc))
     text = last if last.startswith(name) else f"{name}: {last}" if last else name
     return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -126,6 +126,53 @@ def test_a_serving_pod_holds_rays_processes_too():
     assert err.path == "spec.serve.memoryPerReplica" and "Ray's processes" in err.message
 
 
+def test_a_training_pod_holds_rays_processes_too():
+    """Measured on a real node with the quickstart's MLP: Train workers in 512Mi and in
+    768Mi pods were killed by Ray's memory monitor on every attempt and the run failed;
+    1Gi pods trained to the end. Both sizes passed the floor of the worker alone."""
+    quickstart = {"name": "mlp", "options": {"hidden": [128, 64]}}
+    parse_training_run(doc(model=quickstart, scaling={"memoryPerWorker": "1Gi"}))
+    for small in ("512Mi", "768Mi"):
+        with pytest.raises(InvalidTrainingRun) as exc:
+            parse_training_run(doc(model=quickstart, scaling={"memoryPerWorker": small}))
+        err, = exc.value.errors
+        assert err.path == "spec.scaling.memoryPerWorker", err
+        assert "Ray's processes in the pod" in err.message and "842 MiB" in err.message
+
+
+def test_the_head_holds_rays_processes_the_driver_and_trains_controller():
+    """Measured on a real node: a 1Gi head had Ray Train's controller and the job
+    supervisor killed by Ray's memory monitor on each of the RayJob's 3 attempts; 2Gi
+    heads (1.1-1.2 GiB in use) trained to the end, through a worker pod's loss too."""
+    parse_training_run(doc())  # the default, 2Gi
+    parse_training_run(doc(scaling={"head": {"memory": "1158Mi"}}))
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(doc(scaling={"head": {"memory": "1Gi"}}))
+    err, = exc.value.errors
+    assert err.path == "spec.scaling.head.memory"
+    assert err.message.startswith("1Gi is too small for the Ray head: it needs at least 1158 MiB")
+
+
+@pytest.mark.parametrize("field,section,units", [
+    ("memoryPerWorker", "scaling", {"workers": 2, "gpusPerWorker": 0.5}),
+    ("memoryPerReplica", "serve", {"enabled": True, "replicas": 2, "gpusPerReplica": 0.5}),
+])
+def test_units_sharing_a_gpu_pod_share_its_ray_processes(field, section, units):
+    """Two units per 1-GPU pod: the pod is twice the per-unit memory and holds one set of
+    Ray's processes, so each unit's floor carries half of it."""
+    fp = fpm.footprint(parse_training_run(doc()).spec)
+    unit = fp.training_bytes if section == "scaling" else fp.serving_bytes
+    alone, shared = fpm.pod_share(unit, 1), fpm.pod_share(unit, 2)
+    assert shared < alone
+    between = f"{(shared + alone) // 2 // 1024}Ki"
+    parse_training_run(doc(**{section: {**units, field: between}}))
+    one_per_pod = {k: (0 if k.startswith("gpus") else v) for k, v in units.items()}
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(doc(**{section: {**one_per_pod, field: between}}))
+    err, = exc.value.errors
+    assert err.path == f"spec.{section}.{field}"
+
+
 def test_a_tune_choice_too_large_is_refused_at_its_path():
     with pytest.raises(InvalidTrainingRun) as exc:
         parse_training_run(doc(tune={"trials": 2, "searchSpace": {

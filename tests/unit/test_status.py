@@ -311,3 +311,21 @@ def test_a_failed_jobs_message_leads_with_the_drivers_line():
     plain = st.job_state({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
                           "message": "Job entrypoint command failed with exit code 1"})
     assert plain.message.endswith(": Job entrypoint command failed with exit code 1")
+
+
+def test_a_head_killed_by_rays_memory_monitor_is_one_line_naming_the_fields():
+    """KubeRay's message, verbatim, of a RayJob on make e2e-local's real node whose 1Gi head
+    pod went over Ray's memory-monitor threshold: Ray killed the Train controller and the
+    job supervisor, so the driver never wrote its own line, and the message was Ray's
+    whole page (3,851 characters: statistics, a process table, advice)."""
+    from pathlib import Path
+
+    page = (Path(__file__).parent / "data" / "rayjob-message-head-oom.txt").read_text()
+    state = st.job_state({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
+                          "failed": 3, "reason": "AppFailed", "message": page})
+    assert "\n" not in state.message and len(state.message) < 500, state.message
+    assert state.message.startswith(
+        "the Ray job failed after 3 attempt(s): OutOfMemoryError: Ray's memory monitor "
+        "killed 2 worker(s) (TrainController, JobSupervisor): the node had 0.97GB in use "
+        "of its 1.00GB limit; give its pods more memory: spec.scaling.head.memory"), state.message
+    assert "spec.scaling.memoryPerWorker" in state.message
