@@ -705,7 +705,25 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
             yield SpecError(path, p)
     if spec.image is not None and (p := k8s_rules.image_problem(spec.image)):
         yield SpecError("spec.image", p)
+    yield from _head_memory_check(spec)
     yield from _model_memory_checks(spec)
+
+
+def _head_memory_check(spec: TrainingRunSpec) -> Iterator[SpecError]:
+    """A head too small for what runs there whatever the model (``raykube.footprint``'s
+    ``RAY_HEAD_BYTES``): refused here rather than have Ray's memory monitor kill the job
+    supervisor or Ray Train's controller on every attempt."""
+    from raykube import footprint as fpm
+
+    memory = spec.scaling.head.memory
+    have = k8s_rules.quantity_bytes(memory)
+    if have is not None and have < fpm.HEAD_POD_BYTES:
+        yield SpecError("spec.scaling.head.memory", (
+            f"{memory} is too small for the Ray head: it needs at least "
+            f"{math.ceil(fpm.HEAD_POD_BYTES / fpm.MiB)} MiB (~{fpm.RAY_HEAD_BYTES // fpm.MiB} "
+            "MiB for Ray's GCS, dashboard and agents, the job supervisor, the driver and Ray "
+            f"Train's controller, under Ray's memory monitor's "
+            f"{fpm.MEMORY_MONITOR_FRACTION:.0%})"))
 
 
 def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
@@ -715,13 +733,6 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     from raykube.render import pods_needed
 
     sc, sv = spec.scaling, spec.serve
-    have = k8s_rules.quantity_bytes(sc.head.memory)
-    if have is not None and have < fpm.HEAD_POD_BYTES:
-        yield SpecError("spec.scaling.head.memory", (
-            f"{sc.head.memory} is too small for the Ray head: it needs at least "
-            f"{-(-fpm.HEAD_POD_BYTES // fpm.MiB)} MiB (~{fpm.RAY_HEAD_BYTES // fpm.MiB} MiB for Ray's GCS, "
-            "dashboard and agents, the job supervisor, the driver and Ray Train's "
-            f"controller, under Ray's memory monitor's {fpm.MEMORY_MONITOR_FRACTION:.0%})"))
     fp = fpm.footprint(spec)
     if fp is None:
         return
