@@ -282,6 +282,19 @@ def attempts_of(rayjob_status: dict[str, Any] | None) -> int | None:
     return done or None
 
 
+def failed_trials_note(trials: dict[str, Any] | None) -> str:
+    """A search that succeeded with some trials failed says so in its message: it chose
+    the best of the trials that finished, which may not be the search that was asked for
+    (``status.trials``, written by the driver)."""
+    failed = int((trials or {}).get("failed") or 0)
+    if failed <= 0:
+        return ""
+    total = (trials or {}).get("total")
+    of = f" of {total}" if total else ""
+    return (f"{failed}{of} trial(s) failed; the best is from the others (the errors: "
+            "the driver's log, or trials[].error in the search's result.json)")
+
+
 def status_from_rayjob(
     rayjob: dict[str, Any],
     current: dict[str, Any] | None,
@@ -315,13 +328,16 @@ def status_from_rayjob(
         if r_status == "False":
             r_reason = "PodsPending"
     fail_msg = state.message
+    succ_msg = state.message
+    if state.outcome == "Succeeded" and (lost := failed_trials_note(cur.get("trials"))):
+        message = succ_msg = f"{message}; {lost}"
     if oom and (state.outcome == "Failed" or r_reason in ("Retrying", "JobRunning")):
         message = f"{message} (last OOM kill: {oom})"
         fail_msg = f"{fail_msg} (last OOM kill: {oom})"
     conds = set_condition(conds, RUNNING, r_status, r_reason, r_msg, now=now,
                           generation=generation)
     if state.outcome == "Succeeded":
-        conds = set_condition(conds, SUCCEEDED, "True", state.reason, state.message, now=now,
+        conds = set_condition(conds, SUCCEEDED, "True", state.reason, succ_msg, now=now,
                               generation=generation)
         conds = set_condition(conds, FAILED, "False", "JobSucceeded", "", now=now,
                               generation=generation)

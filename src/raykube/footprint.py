@@ -169,7 +169,48 @@ class Footprint:
 
 
 HEAD_POD_BYTES = math.ceil(RAY_HEAD_BYTES / MEMORY_MONITOR_FRACTION)
-"""``scaling.head.memory``'s floor: the head's processes under the memory monitor."""
+"""``scaling.head.memory``'s floor for a training run (and a serving cluster): the head's
+processes under the memory monitor."""
+
+TUNE_HEAD_BYTES = 1200 * MiB
+"""A Tune search's head before its trials: what ``RAY_HEAD_BYTES`` holds less the one
+Train run's actors, plus the Tune driver (460 MiB PSS against a training driver's 141).
+With each trial's actors pinned to the head (``raykube.tune.TRIAL_RESOURCES``), on
+`make e2e-local`'s node (2026-12-02, 4 trials of the digits MLP, 6 epochs, a 4Gi head,
+its cgroup's anonymous memory sampled every 0.5 s): a peak of 1,672 MiB at
+``maxConcurrentTrials: 1``, 2,142 at 2 and 3,048 at 4 (least squares: 1,219 MiB plus 458
+per concurrent trial); rounded down so that each stays a floor (1,640, 2,080, 2,960)."""
+
+TUNE_TRIAL_HEAD_BYTES = 440 * MiB
+"""Each running trial's actors on the head: the trial's driver (Tune's ``ImplicitFunc``),
+Ray Train's controller, its synchronization actor and its placement-group cleaner (127,
+125, 111 and 116 MiB PSS at the peak above); the slope of that line, rounded down."""
+
+DEFAULT_HEAD_MEMORY = "2Gi"
+"""``scaling.head.memory`` when unset, unless the head needs more (``default_head_memory``)."""
+
+
+def head_bytes(spec: TrainingRunSpec, *, job: bool = True) -> int:
+    """What the head holds: the training (``job``) cluster's head of a search holds the
+    Tune driver and each concurrent trial's actors; any other head is ``RAY_HEAD_BYTES``."""
+    if job and spec.tune is not None:
+        return TUNE_HEAD_BYTES + spec.tune.max_concurrent_trials * TUNE_TRIAL_HEAD_BYTES
+    return RAY_HEAD_BYTES
+
+
+def head_pod_bytes(spec: TrainingRunSpec, *, job: bool = True) -> int:
+    """``scaling.head.memory``'s floor: ``head_bytes`` under the memory monitor."""
+    return math.ceil(head_bytes(spec, job=job) / MEMORY_MONITOR_FRACTION)
+
+
+def default_head_memory(spec: TrainingRunSpec, *, job: bool = True) -> str:
+    """The head's memory when the spec leaves it unset: ``DEFAULT_HEAD_MEMORY``, or for a
+    search whose trials need more, the floor rounded up to a whole 512 MiB (2.5Gi at 2
+    concurrent trials; a figure measured on the node came within 95 % of no default)."""
+    need = head_pod_bytes(spec, job=job)
+    if need <= 2 * GiB:
+        return DEFAULT_HEAD_MEMORY
+    return f"{math.ceil(need / (512 * MiB)) * 512}Mi"
 
 
 def pod_share(unit_bytes: int, per_pod: int) -> int:

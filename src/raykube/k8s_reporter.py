@@ -4,7 +4,10 @@
 holds ``RAYKUBE_TRAININGRUN=<namespace>/<name>`` (the rendered RayJob sets it). It
 patches ``status.progress`` and ``status.checkpoint`` (the best checkpoint so far by
 ``checkpoint.scoreMetric``) through the ``/status`` subresource, which the rendered Role
-allows for this one object only.
+allows for this one object only. A Tune search adds ``status.trials`` (trials by state)
+and, at its end, ``status.bestTrial``, with ``status.progress`` set to the best trial's
+epoch, so that ``kubectl get tr``'s Epoch and Val-Acc columns show the model chosen,
+not whichever trial reported last.
 
 Rate-limited (at most one patch per ``min_interval`` seconds; the latest values are
 always flushed at ``on_end``) and never raising: an unreachable API server or a refused
@@ -56,6 +59,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+TRIAL_STATES = {"RUNNING": "running", "PAUSED": "running", "TERMINATED": "finished",
+                "STOPPED": "stopped", "ERROR": "failed"}
+"""``raykube.tune``'s trial statuses (Tune's, with ASHA's early stops as STOPPED) ->
+``status.trials`` keys; PENDING trials (and those not sampled yet) are only in ``total``."""
+
+
+def trial_counts(rows: list[dict[str, Any]], total: int | None) -> dict[str, int]:
+    """``status.trials`` from the trial table's rows."""
+    counts = dict.fromkeys(("running", "finished", "stopped", "failed"), 0)
+    for row in rows:
+        key = TRIAL_STATES.get(str(row.get("status")))
+        if key:
+            counts[key] += 1
+    return {"total": max(total or 0, len(rows)), **counts}
+
+
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
@@ -83,6 +102,8 @@ class KubernetesReporter:
         self._pending: dict[str, Any] = {}
         self._best: dict[str, Any] | None = None
         self._epochs: int | None = None
+        self._trials: int | None = None
+        self._ended = (0, 0, 0)
         self.failures = 0
         self.patches = 0
         self._worker_failures = 0
@@ -155,8 +176,24 @@ class KubernetesReporter:
     def on_start(self, run: TrainingRun) -> None:
         self._epochs = run.spec.train.epochs
         self.score_metric = run.spec.checkpoint.score_metric
+        self._trials = run.spec.tune.trials if run.spec.tune is not None else None
 
-    def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None, trial: str | None) -> None:
+    def on_trials(self, rows: list[dict[str, Any]]) -> None:
+        """A Tune search's trial table changed (a trial started, reported or ended)."""
+        counts = trial_counts(rows, self._trials)
+        ended = (counts["finished"], counts["stopped"], counts["failed"])
+        with self._lock:
+            self._pending["trials"] = counts
+            # A trial's end (a failure above all) is sent at once; the table changes at
+            # every report, which the rate limit covers.
+            due = (ended != self._ended
+                   or time.monotonic() - self._last_sent >= self.min_interval)
+            self._ended = ended
+        if due:
+            self.flush()
+
+    def _progress(self, metrics: dict[str, Any], trial: str | None) -> dict[str, Any]:
+        """``status.progress`` for an epoch's metrics (of ``trial``, in a search)."""
         m = _finite(metrics)
         progress: dict[str, Any] = {k: m[k] for k in PROGRESS_KEYS if k in m}
         if isinstance(metrics.get("epoch"), int):
@@ -166,6 +203,11 @@ class KubernetesReporter:
         if trial:
             progress["trial"] = str(trial)
         progress["updatedAt"] = _now()
+        return progress
+
+    def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None, trial: str | None) -> None:
+        m = _finite(metrics)
+        progress = self._progress(metrics, trial)
         with self._lock:
             self._pending["progress"] = progress
             if checkpoint and self.score_metric in m and self._better(m[self.score_metric]):
@@ -209,4 +251,9 @@ class KubernetesReporter:
             with self._lock:
                 self._pending["bestTrial"] = {
                     k: trial[k] for k in ("trialId", "config", "metric") if k in trial}
+                if isinstance(metrics, dict):
+                    self._pending["progress"] = self._progress(metrics, str(trial["trialId"]))
+        if isinstance(result.get("trials"), list):
+            with self._lock:
+                self._pending["trials"] = trial_counts(result["trials"], self._trials)
         self.flush()

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from raykube.flags import parse_flag
+from raykube.footprint import default_head_memory
 from raykube.spec import API_VERSION, KIND, LABEL, TrainingRun
 from raykube.spec import S3_SECRET_KEYS as SECRET_KEYS
 
@@ -421,7 +422,8 @@ def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: 
 def _head_group(run: TrainingRun, cfg: RenderConfig, *, image: str, env: list[dict[str, Any]],
                 spec_volume: bool) -> dict[str, Any]:
     head = run.spec.scaling.head
-    res = {"cpu": _cpu(head.cpus), "memory": head.memory}
+    memory = head.memory or default_head_memory(run.spec, job=spec_volume)
+    res = {"cpu": _cpu(head.cpus), "memory": memory}
     container = {"name": "ray-head", "image": image, "imagePullPolicy": cfg.image_pull_policy,
                  "env": [dict(e) for e in env],
                  "resources": {"requests": dict(res), "limits": dict(res)}}

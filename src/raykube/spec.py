@@ -258,10 +258,14 @@ class HeadSpec(_Model):
     """The Ray head pod (runs the driver; no training work)."""
 
     cpus: float = Field(default=1.0, gt=0.0, le=512, description="CPUs of the head pod.")
-    memory: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory of the head pod. "
-                        "At least 1158 MiB: Ray's own processes, the driver and Ray Train's "
-                        "controller, under Ray's memory monitor's 95 % (checked on "
-                        "validation).")
+    memory: str | None = Field(default=None, pattern=_QUANTITY, description="Memory of the "
+                               "head pod. Default 2Gi; with tune, what the search's head "
+                               "needs rounded up to 512Mi (2.5Gi at maxConcurrentTrials 2, "
+                               "3.5Gi at 4). At least 1158 MiB: Ray's own processes, the "
+                               "driver and Ray Train's controller, under Ray's memory "
+                               "monitor's 95 %; with tune, at least (1200 MiB + 440 MiB per "
+                               "concurrent trial) / 0.95, since each trial's driver and Ray "
+                               "Train's controller run there (checked on validation).")
 
 
 class ScalingSpec(_Model):
@@ -504,7 +508,9 @@ class ProgressStatus(_Model):
     train_loss: float | None = Field(default=None, description="Mean training loss.")
     val_loss: float | None = Field(default=None, description="Validation loss.")
     val_accuracy: float | None = Field(default=None, description="Validation accuracy.")
-    trial: str | None = Field(default=None, description="Tune: the trial reporting.")
+    trial: str | None = Field(default=None, description="Tune: the trial reporting; when "
+                              "the search has ended, the best trial (this epoch and these "
+                              "metrics are then its best checkpoint's).")
     updated_at: str | None = Field(default=None, description="When this was reported.")
 
 
@@ -524,6 +530,21 @@ class BestTrialStatus(_Model):
     config: dict[str, Any] | None = Field(default=None, description="Its sampled settings "
                                           "(dotted spec paths).")
     metric: float | None = Field(default=None, description="Its value of tune.metric.")
+
+
+class TrialsStatus(_Model):
+    """Tune: how many trials are in each state, patched by the driver as they change.
+    A search succeeds with the best trial that finished; ``failed`` says how many did not
+    (their errors: the driver's log and the search's ``result.json``)."""
+
+    total: int | None = Field(default=None, description="Trials the search runs "
+                              "(tune.trials).")
+    running: int | None = Field(default=None, description="Running now.")
+    finished: int | None = Field(default=None, description="Ran every epoch.")
+    stopped: int | None = Field(default=None, description="Stopped early by the scheduler "
+                                "(ASHA).")
+    failed: int | None = Field(default=None, description="Ended in an error (a worker "
+                               "killed for memory, an exception in the loop).")
 
 
 class ServingStatus(_Model):
@@ -563,6 +584,7 @@ class TrainingRunStatus(_Model):
     progress: ProgressStatus | None = Field(default=None, description="Training progress.")
     checkpoint: CheckpointStatus | None = Field(default=None, description="Best checkpoint.")
     best_trial: BestTrialStatus | None = Field(default=None, description="Tune: best trial.")
+    trials: TrialsStatus | None = Field(default=None, description="Tune: trials by state.")
     worker_failures: WorkerFailuresStatus | None = Field(
         default=None, description="Worker-group failures Ray Train recovered from (or not).")
     serving: ServingStatus | None = Field(default=None, description="Serving endpoint.")
@@ -701,7 +723,7 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     for path, qty in ((f"{sc}.memoryPerWorker", spec.scaling.memory_per_worker),
                       (f"{sc}.head.memory", spec.scaling.head.memory),
                       ("spec.serve.memoryPerReplica", spec.serve.memory_per_replica)):
-        if p := k8s_rules.ray_pod_memory_problem(qty):
+        if qty is not None and (p := k8s_rules.ray_pod_memory_problem(qty)):
             yield SpecError(path, p)
     if spec.image is not None and (p := k8s_rules.image_problem(spec.image)):
         yield SpecError("spec.image", p)
@@ -711,19 +733,29 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
 
 def _head_memory_check(spec: TrainingRunSpec) -> Iterator[SpecError]:
     """A head too small for what runs there whatever the model (``raykube.footprint``'s
-    ``RAY_HEAD_BYTES``): refused here rather than have Ray's memory monitor kill the job
-    supervisor or Ray Train's controller on every attempt."""
+    ``head_bytes``): refused here rather than have Ray's memory monitor kill the job
+    supervisor, Ray Train's controller or a search's trials on every attempt. Unset, the
+    head gets enough (``footprint.default_head_memory``)."""
     from raykube import footprint as fpm
 
     memory = spec.scaling.head.memory
-    have = k8s_rules.quantity_bytes(memory)
-    if have is not None and have < fpm.HEAD_POD_BYTES:
-        yield SpecError("spec.scaling.head.memory", (
-            f"{memory} is too small for the Ray head: it needs at least "
-            f"{math.ceil(fpm.HEAD_POD_BYTES / fpm.MiB)} MiB (~{fpm.RAY_HEAD_BYTES // fpm.MiB} "
-            "MiB for Ray's GCS, dashboard and agents, the job supervisor, the driver and Ray "
-            f"Train's controller, under Ray's memory monitor's "
-            f"{fpm.MEMORY_MONITOR_FRACTION:.0%})"))
+    have = k8s_rules.quantity_bytes(memory) if memory is not None else None
+    need = fpm.head_pod_bytes(spec)
+    if have is None or have >= need:
+        return
+    if spec.tune is not None:
+        n = spec.tune.max_concurrent_trials
+        what = (f"~{fpm.TUNE_HEAD_BYTES // fpm.MiB} MiB for Ray's processes, the job "
+                f"supervisor and Tune's driver, and ~{fpm.TUNE_TRIAL_HEAD_BYTES // fpm.MiB} "
+                f"MiB for each of the {n} concurrent trial(s) (spec.tune.maxConcurrentTrials): "
+                "its driver and Ray Train's controller run on the head")
+    else:
+        what = (f"~{fpm.RAY_HEAD_BYTES // fpm.MiB} MiB for Ray's GCS, dashboard and agents, "
+                "the job supervisor, the driver and Ray Train's controller")
+    yield SpecError("spec.scaling.head.memory", (
+        f"{memory} is too small for the Ray head: it needs at least "
+        f"{math.ceil(need / fpm.MiB)} MiB ({what}, under Ray's memory monitor's "
+        f"{fpm.MEMORY_MONITOR_FRACTION:.0%}); or leave it unset for a default that fits"))
 
 
 def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:

@@ -623,12 +623,27 @@ def _tune_config(spec: TrainingRunSpec) -> Any:
     )
 
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+"""A resource only Ray's head node has (``ray._common.constants.HEAD_NODE_RESOURCE_NAME``),
+on a cluster and in local Ray alike."""
+TRIAL_RESOURCES = {"cpu": 0.01, HEAD_NODE_RESOURCE: 0.001}
+"""What each trial's actor asks for (see ``_trainable``)."""
+
+
 def _trainable(spec: TrainingRunSpec, storage_root: str, experiment_uri: str) -> Any:
-    # The trial actor only drives its Train run (the workers hold the real resources),
-    # so it asks for a sliver of a CPU: concurrency is bounded by maxConcurrentTrials.
+    """The trial: an actor that only drives its Train run (the workers hold the real
+    resources), so it asks for a sliver of a CPU; concurrency is bounded by
+    maxConcurrentTrials.
+
+    It is pinned to the head. A worker pod of ``cpusPerWorker: 0.25`` advertises one
+    whole CPU, so without the pin Ray placed trial actors on worker pods, and Ray Train
+    pins each trial's controller and synchronization actor to its trial's node: on a
+    real node they added ~600 MiB to a 1Gi worker pod beside its Train worker, and Ray's
+    memory monitor killed 2 of 4 trials (3 of 4 at 4 concurrent). The head is sized for
+    them (``raykube.footprint.tune_head_bytes``)."""
     fn = tune.with_parameters(_trial_driver, spec_doc=spec.to_dict(),
                               storage_root=storage_root, experiment_uri=experiment_uri)
-    return tune.with_resources(fn, {"cpu": 0.01})
+    return tune.with_resources(fn, TRIAL_RESOURCES)
 
 
 def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserver] = (),
@@ -689,7 +704,7 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
                                        storage_filesystem=ray_fs)
         else:
             _write_json(marker_uri, {"spec": identity})
-            quiet = any(hasattr(o, "on_trials") for o in observers)
+            quiet = any(isinstance(o, TrialTable) for o in observers)  # it replaces Tune's
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space(spec.tune),

@@ -57,24 +57,42 @@ def test_reporter_never_raises_when_api_is_unreachable(tmp_path, monkeypatch):
 
 def test_reporter_publishes_the_best_tune_trial(kubeconfig):
     """A Tune result (tune.py's result.json shape) fills status.bestTrial and the
-    checkpoint the operator will serve; the stored object stays valid under our CRD."""
+    checkpoint the operator will serve, and the trials by state; progress ends on the
+    best trial (kubectl get tr's Epoch and Val-Acc columns), not the last to report. The
+    stored object stays valid under our CRD (a field missing from it would be pruned)."""
     from k8s_schemas import validate_strict
 
     kube = kubeconfig
+    doc = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}, "train": {"epochs": 3},
+           "tune": {"trials": 4, "searchSpace": {"train.optimizer.lr": {"choice": [0.1, 0.01]}}}}
     kube.create({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
-                 "metadata": {"name": "tuned"}, "spec": {
-                     "model": {"name": "mlp"}, "data": {"dataset": "digits"}}})
+                 "metadata": {"name": "tuned"}, "spec": doc})
     rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": f"{kube.namespace}/tuned"}, min_interval=3600)
-    rep.on_start(parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"}}, name="tuned"))
+    rep.on_start(parse_spec(doc, name="tuned"))
     rep.on_epoch({"epoch": 1, "valAccuracy": 0.7}, "/t/a/1", "a")
-    rep.on_end({"best_checkpoint": "/t/b/3", "best_metrics": {"epoch": 3, "valAccuracy": 0.95},
+    rows = [{"trial": "a", "status": "RUNNING"}, {"trial": "b", "status": "RUNNING"}]
+    rep.on_trials(rows)  # rate-limited: nothing new has ended
+    assert rep.patches == 1
+    # A trial's failure is sent at once, whatever the rate limit.
+    rep.on_trials([{"trial": "a", "status": "ERROR"}, {"trial": "b", "status": "RUNNING"},
+                   {"trial": "c", "status": "PENDING"}])
+    assert rep.patches == 2
+    assert kube.get("TrainingRun", "tuned")["status"]["trials"] == {
+        "total": 4, "running": 1, "finished": 0, "stopped": 0, "failed": 1}
+    rep.on_epoch({"epoch": 1, "valAccuracy": 0.3}, "/t/d/1", "d")  # the last to report
+    rep.on_end({"best_checkpoint": "/t/b/3",
+                "best_metrics": {"epoch": 3, "valAccuracy": 0.95, "valLoss": 0.2},
                 "best_trial": {"trialId": "b", "config": {"train.optimizer.lr": 0.01},
-                               "metric": 0.95}})
+                               "metric": 0.95},
+                "trials": [{"trial": "a", "status": "ERROR"}, {"trial": "b", "status": "TERMINATED"},
+                           {"trial": "c", "status": "TERMINATED"}, {"trial": "d", "status": "STOPPED"}]})
     tr = kube.get("TrainingRun", "tuned")
     st = tr["status"]
     assert st["bestTrial"] == {"trialId": "b", "config": {"train.optimizer.lr": 0.01}, "metric": 0.95}
     assert st["checkpoint"]["uri"] == "/t/b/3" and st["checkpoint"]["epoch"] == 3
-    assert st["progress"]["trial"] == "a"
+    assert st["trials"] == {"total": 4, "running": 0, "finished": 2, "stopped": 1, "failed": 1}
+    progress = {k: v for k, v in st["progress"].items() if k != "updatedAt"}
+    assert progress == {"trial": "b", "epoch": 3, "epochs": 3, "valAccuracy": 0.95, "valLoss": 0.2}
     assert validate_strict({k: tr[k] for k in ("apiVersion", "kind", "metadata", "spec", "status")}) == []
 
 

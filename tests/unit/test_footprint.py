@@ -144,13 +144,56 @@ def test_the_head_holds_rays_processes_the_driver_and_trains_controller():
     """Measured on a real node: a 1Gi head had Ray Train's controller and the job
     supervisor killed by Ray's memory monitor on each of the RayJob's 3 attempts; 2Gi
     heads (1.1-1.2 GiB in use) trained to the end, through a worker pod's loss too."""
-    parse_training_run(doc())  # the default, 2Gi
+    from raykube.render import RenderConfig, render_rayjob
+
+    run = parse_training_run(doc())  # the default, 2Gi
+    head = render_rayjob(run, RenderConfig())["spec"]["rayClusterSpec"]["headGroupSpec"]
+    assert head["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "2Gi"
     parse_training_run(doc(scaling={"head": {"memory": "1158Mi"}}))
     with pytest.raises(InvalidTrainingRun) as exc:
         parse_training_run(doc(scaling={"head": {"memory": "1Gi"}}))
     err, = exc.value.errors
     assert err.path == "spec.scaling.head.memory"
     assert err.message.startswith("1Gi is too small for the Ray head: it needs at least 1158 MiB")
+
+
+TUNE = {"trials": 4, "searchSpace": {"train.optimizer.lr": {"loguniform": [1e-4, 1e-1]}}}
+
+
+@pytest.mark.parametrize("concurrent,floor_mib,default", [(1, 1727, "2Gi"), (2, 2190, "2560Mi"),
+                                                          (4, 3116, "3584Mi")])
+def test_a_searchs_head_holds_each_concurrent_trials_actors(concurrent, floor_mib, default):
+    """Measured on a real node with the trials' actors pinned to the head: 1,672, 2,142
+    and 3,048 MiB at 1, 2 and 4 concurrent trials. An unset head.memory is rendered
+    with room for them (within the memory monitor's 95 % of each figure); one set too
+    small is refused naming the field; the serving cluster's head keeps the default."""
+    from raykube.render import RenderConfig, render_rayjob, render_rayservice
+
+    tune = {**TUNE, "maxConcurrentTrials": concurrent}
+    run = parse_training_run(doc(tune=tune, serve={"enabled": True}))
+    assert run.spec.scaling.head.memory is None  # resolved in the render, not stored
+    assert -(-fpm.head_pod_bytes(run.spec) // fpm.MiB) == floor_mib
+    measured = {1: 1672, 2: 2142, 4: 3048}[concurrent]
+    assert fpm.head_bytes(run.spec) <= measured * fpm.MiB  # a floor
+    head = render_rayjob(run, RenderConfig())["spec"]["rayClusterSpec"]["headGroupSpec"]
+    limits = head["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["memory"] == default
+    from raykube.k8s_rules import quantity_bytes
+
+    assert measured * fpm.MiB < fpm.MEMORY_MONITOR_FRACTION * quantity_bytes(default)
+    served = render_rayservice(run, RenderConfig(), "/ckpt")["spec"]["rayClusterConfig"]
+    assert served["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"][
+        "limits"]["memory"] == "2Gi"
+    # set explicitly: the floor is exact
+    parse_training_run(doc(tune=tune, scaling={"head": {"memory": f"{floor_mib}Mi"}}))
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(doc(tune=tune, scaling={"head": {"memory": f"{floor_mib - 1}Mi"}}))
+    err, = exc.value.errors
+    assert err.path == "spec.scaling.head.memory"
+    assert err.message.startswith(f"{floor_mib - 1}Mi is too small for the Ray head: it needs "
+                                  f"at least {floor_mib} MiB")
+    assert f"each of the {concurrent} concurrent trial(s) (spec.tune.maxConcurrentTrials)" \
+        in err.message and err.message.endswith("leave it unset for a default that fits")
 
 
 @pytest.mark.parametrize("field,section,units", [

@@ -27,7 +27,9 @@ LIGHT_MODULES = [
 ]
 OPERATOR_MODULES = ["raykube_operator", "raykube_operator.handlers", "raykube_operator.status"]
 OPERATOR_ALLOWED_RAYKUBE = {"raykube", "raykube.spec", "raykube.k8s_rules", "raykube.render", "raykube.crd",
-                            "raykube.events", "raykube.flags"}
+                            "raykube.events", "raykube.flags",
+                            # memory floors (math only): validation and the head's default
+                            "raykube.footprint"}
 
 
 def _imported_after(module: str) -> list[str]:

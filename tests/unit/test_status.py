@@ -55,6 +55,27 @@ def test_failure_reason_and_message_come_from_kuberay():
     assert out["attempts"] == 3 and out["completionTime"] == T0
 
 
+def test_a_search_that_lost_trials_says_so_when_it_succeeds():
+    """status.trials (the driver's) with failed trials: the Succeeded message and
+    condition say how many of the search's trials the best was chosen without."""
+    done = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "succeeded": 1}
+    cur = {"trials": {"total": 4, "running": 0, "finished": 1, "stopped": 1, "failed": 2}}
+    out = st.status_from_rayjob(job(**done), cur, now=T0, generation=1)
+    assert out["phase"] == "Succeeded"
+    assert out["message"] == ("the Ray job succeeded; 2 of 4 trial(s) failed; the best is "
+                              "from the others (the errors: the driver's log, or "
+                              "trials[].error in the search's result.json)")
+    assert st.get_condition(out["conditions"], "Succeeded")["message"] == out["message"]
+    # none failed, or a plain training run: the message is the job's
+    for trials in ({**cur["trials"], "failed": 0}, None):
+        out = st.status_from_rayjob(job(**done), {"trials": trials}, now=T0, generation=1)
+        assert out["message"] == "the Ray job succeeded"
+    # while the search runs, failures are in status.trials, not in the message
+    running = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
+    assert "trial" not in st.status_from_rayjob(job(**running), cur, now=T0,
+                                                generation=1)["message"]
+
+
 def test_full_lifecycle_attempts_times():
     cur = apply([
         {"jobDeploymentStatus": "Initializing"},
