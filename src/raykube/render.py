@@ -11,7 +11,9 @@ are resolved here, into the children, never written back into the TrainingRun.
 Sizing:
 - the head pod runs the driver (the Train V2 controller requests no CPU) and advertises
   ``num-cpus: 0`` so no training work lands on it; a Tune run's head advertises its
-  cores instead, for the trial drivers (0.01 CPU each, see ``raykube.tune``);
+  cores instead, for the trial drivers (0.01 CPU each, pinned to the head, see
+  ``raykube.tune``); an unset ``head.memory`` is ``footprint.default_head_memory``
+  (2Gi, more for a search's trials);
 - one worker group; a Ray Train worker gets ``cpusPerWorker``/``memoryPerWorker``/
   ``gpusPerWorker``; with ``tune`` the cluster holds ``maxConcurrentTrials`` x ``workers``
   of them; fractional GPUs (< 1) pack ``floor(1 / gpusPerWorker)`` workers into one
