@@ -283,16 +283,18 @@ def attempts_of(rayjob_status: dict[str, Any] | None) -> int | None:
 
 
 def failed_trials_note(trials: dict[str, Any] | None) -> str:
-    """A search that succeeded with some trials failed says so in its message: it chose
-    the best of the trials that finished, which may not be the search that was asked for
-    (``status.trials``, written by the driver)."""
+    """A search that succeeded with some trials failed says so in its message: fewer
+    trials were compared than were asked for (``status.trials``, written by the driver).
+    A failed trial's checkpoints of the epochs it finished stay candidates for the best
+    (``raykube.tune.summarize``)."""
     failed = int((trials or {}).get("failed") or 0)
     if failed <= 0:
         return ""
     total = (trials or {}).get("total")
     of = f" of {total}" if total else ""
-    return (f"{failed}{of} trial(s) failed; the best is from the others (the errors: "
-            "the driver's log, or trials[].error in the search's result.json)")
+    return (f"{failed}{of} trial(s) failed; the best is the best checkpoint any trial "
+            "saved, theirs included (the errors: the driver's log, or trials[].error in "
+            "the search's result.json)")
 
 
 def status_from_rayjob(

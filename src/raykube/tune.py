@@ -550,12 +550,17 @@ def _trial_error(trial: Any, experiment_uri: str) -> str:
 
 
 def failed_trials_lines(result: dict[str, Any]) -> list[str]:
-    """One line per trial of ``result.json`` that ended in ERROR (empty when none)."""
+    """One line per trial of ``result.json`` that ended in ERROR (empty when none), after
+    one saying where the best came from: a failed trial's checkpoints of the epochs it
+    finished are candidates too (``summarize``)."""
     failed = [t for t in result.get("trials") or [] if t.get("status") == "ERROR"]
     if not failed:
         return []
     total = len(result.get("trials") or [])
-    return [f"{len(failed)} of {total} trials failed; the best is chosen from the others:",
+    best = (result.get("best_trial") or {}).get("trialId")
+    source = (f"the best checkpoint is {best}'s, saved before it failed"
+              if best in {t["trial"] for t in failed} else "the best is from the others")
+    return [f"{len(failed)} of {total} trials failed; {source}:",
             *(f"  {t['trial']}: {t.get('error') or 'error not recorded'}" for t in failed)]
 
 

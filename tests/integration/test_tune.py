@@ -232,5 +232,8 @@ def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
     doc = {"trials": [{"trial": "a", "status": "TERMINATED"},
                       {"trial": "b", "status": "ERROR", "error": message}]}
     assert failed_trials_lines(doc) == [
-        "1 of 2 trials failed; the best is chosen from the others:", f"  b: {message}"]
+        "1 of 2 trials failed; the best is from the others:", f"  b: {message}"]
+    # a failed trial's checkpoints of the epochs it finished are candidates too
+    assert failed_trials_lines({**doc, "best_trial": {"trialId": "b"}})[0] == (
+        "1 of 2 trials failed; the best checkpoint is b's, saved before it failed:")
     assert failed_trials_lines({"trials": doc["trials"][:1]}) == []

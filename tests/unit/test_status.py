@@ -63,8 +63,9 @@ def test_a_search_that_lost_trials_says_so_when_it_succeeds():
     out = st.status_from_rayjob(job(**done), cur, now=T0, generation=1)
     assert out["phase"] == "Succeeded"
     assert out["message"] == ("the Ray job succeeded; 2 of 4 trial(s) failed; the best is "
-                              "from the others (the errors: the driver's log, or "
-                              "trials[].error in the search's result.json)")
+                              "the best checkpoint any trial saved, theirs included (the "
+                              "errors: the driver's log, or trials[].error in the search's "
+                              "result.json)")
     assert st.get_condition(out["conditions"], "Succeeded")["message"] == out["message"]
     # none failed, or a plain training run: the message is the job's
     for trials in ({**cur["trials"], "failed": 0}, None):
