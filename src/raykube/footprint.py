@@ -206,7 +206,8 @@ def head_pod_bytes(spec: TrainingRunSpec, *, job: bool = True) -> int:
 def default_head_memory(spec: TrainingRunSpec, *, job: bool = True) -> str:
     """The head's memory when the spec leaves it unset: ``DEFAULT_HEAD_MEMORY``, or for a
     search whose trials need more, the floor rounded up to a whole 512 MiB (2.5Gi at 2
-    concurrent trials; a figure measured on the node came within 95 % of no default)."""
+    concurrent trials). Each peak measured on the node (see ``TUNE_HEAD_BYTES``) stayed
+    under 95 % of the default it gets."""
     need = head_pod_bytes(spec, job=job)
     if need <= 2 * GiB:
         return DEFAULT_HEAD_MEMORY

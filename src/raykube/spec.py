@@ -534,8 +534,8 @@ class BestTrialStatus(_Model):
 
 class TrialsStatus(_Model):
     """Tune: how many trials are in each state, patched by the driver as they change.
-    A search succeeds with the best trial that finished; ``failed`` says how many did not
-    (their errors: the driver's log and the search's ``result.json``)."""
+    A search succeeds while some trial saved a checkpoint; ``failed`` says how many trials
+    ended in an error (their errors: the driver's log and the search's ``result.json``)."""
 
     total: int | None = Field(default=None, description="Trials the search runs "
                               "(tune.trials).")

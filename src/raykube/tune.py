@@ -645,7 +645,7 @@ def _trainable(spec: TrainingRunSpec, storage_root: str, experiment_uri: str) ->
     pins each trial's controller and synchronization actor to its trial's node: on a
     real node they added ~600 MiB to a 1Gi worker pod beside its Train worker, and Ray's
     memory monitor killed 2 of 4 trials (3 of 4 at 4 concurrent). The head is sized for
-    them (``raykube.footprint.tune_head_bytes``)."""
+    them (``raykube.footprint.head_bytes``)."""
     fn = tune.with_parameters(_trial_driver, spec_doc=spec.to_dict(),
                               storage_root=storage_root, experiment_uri=experiment_uri)
     return tune.with_resources(fn, TRIAL_RESOURCES)
