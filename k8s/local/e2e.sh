@@ -12,6 +12,8 @@
 #     checkpoints land on the shared volume     second checkpoint promoted while serving
 #                                             7 TrainingRun deleted: children gone,
 #                                               checkpoints kept
+#                                             8 a Tune search (k8s/local/tune.yaml): no
+#                                               trial lost, the head sized for them
 # Each phase prints its wall time and the peak memory, sampled every 2 s, of the node's
 # pods (resident memory in the kubelet's kubepods cgroup) and of this machine as a whole
 # (MemTotal - MemAvailable: includes whatever else runs here).
@@ -20,7 +22,7 @@
 #
 #   make e2e-local                        # all phases
 #   PHASES="1 2 3 4 5 7" make e2e-local   # a subset (1 and 2 always run; each of 4..6 needs
-#                                         # the one before it, 7 needs 4)
+#                                         # the one before it, 7 needs 4; 8 needs only 1 2)
 #   KEEP=1 PHASES="1 2" make e2e-local    # just the cluster, the node and raykube's operator
 #   KEEP=1 make e2e-local                 # leave the cluster up afterwards (make e2e-local-down)
 set -euo pipefail
@@ -39,11 +41,11 @@ JOB=k8s/local/quickstart.yaml
 STORAGE=/var/lib/raykube-node/storage   # the hostPath of k8s/overlays/local/storage-pv.yaml
 RUN_DIR=$STORAGE/$NS/$NAME
 IMAGES="raykube/raykube:dev-operator raykube/raykube:dev-cpu"
-PHASES=" ${PHASES:-1 2 3 4 5 6 7} "
+PHASES=" ${PHASES:-1 2 3 4 5 6 7 8} "
 want() { [[ $PHASES == *" $1 "* ]]; }
 read -ra _shown <<<"$PHASES"; SHOWN="PHASES=\"${_shown[*]}\""
 for p in $PHASES; do
-  [[ $p =~ ^[1-7]$ ]] || { echo "error: $SHOWN: '$p' is not a phase (1..7)" >&2; exit 2; }
+  [[ $p =~ ^[1-8]$ ]] || { echo "error: $SHOWN: '$p' is not a phase (1..8)" >&2; exit 2; }
 done
 for p in 4 5 6; do  # a phase works on what the one before it left
   if want "$p" && ! want $((p - 1)); then
@@ -285,6 +287,42 @@ if want 7; then
   after=$(find "$RUN_DIR" -maxdepth 3 -type d -name 'checkpoint_*' | wc -l)
   ((after == before && after > 0)) || fail "checkpoints: $before before the delete, $after after"
   note "children gone; checkpoints kept: $after under $RUN_DIR"
+  end
+fi
+# ============================================================ 8: a Tune search
+if want 8; then
+  TUNE=k8s/local/tune.yaml TUNE_NAME=digits-tune
+  begin "8: kubectl apply -f $TUNE: a search's trials on a real node"
+  if k -n "$NS" get tr "$NAME" > /dev/null 2>&1; then  # phase 7 not run: free its cores
+    k -n "$NS" delete tr "$NAME" --wait=true --timeout=120s
+    wait_until 300 "the quickstart's pods to be gone" \
+      bash -c "[[ -z \$('$KUBECTL' -n $NS get pods -l raykube.io/trainingrun=$NAME -o name) ]]"
+  fi
+  rm -rf "${STORAGE:?}/$NS/$TUNE_NAME"
+  k -n "$NS" apply -f "$TUNE"
+  wait_until 60 "the RayJob" k -n "$NS" get rayjob "$TUNE_NAME"
+  head_mem=$(k -n "$NS" get rayjob "$TUNE_NAME" -o jsonpath='{.spec.rayClusterSpec.headGroupSpec.template.spec.containers[0].resources.limits.memory}')
+  [[ $head_mem == 2560Mi ]] || fail "the search's head got $head_mem, not the 2560Mi its 2 concurrent trials need"
+  tf() { k -n "$NS" get tr "$TUNE_NAME" -o jsonpath="$1" 2>/dev/null; }
+  deadline=$((SECONDS + TRAIN_TIMEOUT)) last=""
+  while :; do
+    row="$(tf '{.status.phase} {.status.trials}')"
+    if [[ $row != "$last" ]]; then echo "  $(date +%T) $row"; last=$row; fi
+    case $(tf '{.status.phase}') in
+      Succeeded) break ;;
+      Failed) fail "the search failed: $(tf '{.status.message}')" ;;
+    esac
+    ((SECONDS < deadline)) || fail "the search did not finish within ${TRAIN_TIMEOUT}s"
+    sleep 3
+  done
+  [[ $(tf '{.status.trials.failed}') == 0 && $(tf '{.status.trials.running}') == 0 \
+     && $(( $(tf '{.status.trials.finished}') + $(tf '{.status.trials.stopped}') )) == 4 ]] \
+    || fail "trials: $(tf '{.status.trials}') (4 should end, none fail): $(tf '{.status.message}')"
+  [[ $(tf '{.status.progress.trial}') == "$(tf '{.status.bestTrial.trialId}')" ]] \
+    || fail "kubectl get tr shows trial $(tf '{.status.progress.trial}'), not the best $(tf '{.status.bestTrial.trialId}')"
+  note "head $head_mem; trials $(tf '{.status.trials}'); best $(tf '{.status.bestTrial.trialId}') valAccuracy $(tf '{.status.bestTrial.metric}')"
+  k -n "$NS" get tr "$TUNE_NAME"
+  k -n "$NS" delete tr "$TUNE_NAME" --wait=true --timeout=120s
   end
 fi
 say "e2e-local passed"

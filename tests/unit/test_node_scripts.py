@@ -93,3 +93,22 @@ def test_the_two_core_quickstart_is_valid_and_fits_two_cores():
     serving = s.scaling.head.cpus + s.serve.replicas * s.serve.cpus_per_replica
     # phase 6 trains a second time beside the live RayService
     assert operator + submitter + training + serving <= 2.0
+
+
+def test_the_e2e_search_fits_two_cores_and_gets_the_head_phase_8_expects():
+    """Phase 8 of `make e2e-local` applies k8s/local/tune.yaml with the head's memory
+    unset and checks the RayJob's head got the default a search of 2 concurrent trials
+    needs; this keeps the script's figure and the render's equal."""
+    from raykube.render import RenderConfig, render_rayjob
+    from raykube.spec import load_one
+
+    run = load_one(REPO / "k8s" / "local" / "tune.yaml")
+    s = run.spec
+    assert s.tune is not None and s.scaling.head.memory is None and not s.serve.enabled
+    submitter, operator = 0.5, 0.02
+    pods = s.tune.max_concurrent_trials * s.scaling.workers * s.scaling.cpus_per_worker
+    assert operator + submitter + s.scaling.head.cpus + pods <= 2.0
+    head = render_rayjob(run, RenderConfig())["spec"]["rayClusterSpec"]["headGroupSpec"]
+    memory = head["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert f"[[ $head_mem == {memory} ]]" in E2E_SH
+    assert re.search(r'PHASES:-1 2 3 4 5 6 7 8\}', E2E_SH)
