@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from raykube.k8s_rules import quantity_bytes
 from raykube.spec import (
     DATASET_SHAPES,
     ModelSpec,
@@ -168,10 +169,6 @@ class Footprint:
         return pod_share(self.serving_bytes, per_pod)
 
 
-HEAD_POD_BYTES = math.ceil(RAY_HEAD_BYTES / MEMORY_MONITOR_FRACTION)
-"""``scaling.head.memory``'s floor for a training run (and a serving cluster): the head's
-processes under the memory monitor."""
-
 TUNE_HEAD_BYTES = 1200 * MiB
 """A Tune search's head before its trials: what ``RAY_HEAD_BYTES`` holds less the one
 Train run's actors, plus the Tune driver (460 MiB PSS against a training driver's 141).
@@ -199,7 +196,8 @@ def head_bytes(spec: TrainingRunSpec, *, job: bool = True) -> int:
 
 
 def head_pod_bytes(spec: TrainingRunSpec, *, job: bool = True) -> int:
-    """``scaling.head.memory``'s floor: ``head_bytes`` under the memory monitor."""
+    """``scaling.head.memory``'s floor: ``head_bytes`` under the memory monitor (1158 MiB
+    for a training run and a serving cluster)."""
     return math.ceil(head_bytes(spec, job=job) / MEMORY_MONITOR_FRACTION)
 
 
@@ -209,7 +207,7 @@ def default_head_memory(spec: TrainingRunSpec, *, job: bool = True) -> str:
     concurrent trials). Each peak measured on the node (see ``TUNE_HEAD_BYTES``) stayed
     under 95 % of the default it gets."""
     need = head_pod_bytes(spec, job=job)
-    if need <= 2 * GiB:
+    if need <= quantity_bytes(DEFAULT_HEAD_MEMORY):
         return DEFAULT_HEAD_MEMORY
     return f"{math.ceil(need / (512 * MiB)) * 512}Mi"
 
