@@ -51,7 +51,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from raykube.spec import ServeSpec
+from raykube.spec import ServeSpec, location_problem
 
 _orjson: Any
 try:
@@ -75,14 +75,19 @@ INLINE_MAX_S = 0.002
 def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
     """A local directory holding the checkpoint ``checkpoint`` names.
 
-    Local paths (and ``file://`` URIs) are used in place; any other URI (``s3://``,
-    ``gs://``...) is downloaded with Ray Train's Checkpoint (pyarrow filesystems) into a
-    per-URI directory under the temp dir, once per node: replicas and Ray Data actors
-    on one node share the copy (Ray's file lock serialises the download).
+    Local paths (and ``file://`` URIs) are used in place; an ``s3://`` URI is downloaded
+    with Ray Train's Checkpoint (pyarrow filesystems) into a per-URI directory under the
+    temp dir, once per node: replicas and Ray Data actors on one node share the copy
+    (Ray's file lock serialises the download). Any other URI is a one-line
+    ``UnsupportedStorage`` (``raykube.spec.location_problem``).
     """
+    from raykube.storage import UnsupportedStorage
+
     text = str(checkpoint)
     if text.startswith("file://"):
         text = text[len("file://"):]
+    if problem := location_problem(text):
+        raise UnsupportedStorage(f"checkpoint {problem}")
     if "://" not in text:
         path = Path(text).expanduser()
         if not path.exists():

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -66,6 +67,44 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
 _DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 _QUANTITY = k8s_rules.QUANTITY_PATTERN
 MAX_NAME_LENGTH = 40
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
+_S3_BUCKET = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+
+
+def location_problem(location: str) -> str | None:
+    """Why ``location`` is neither a filesystem path nor an ``s3://<bucket>[/<prefix>]``
+    URI, the only two kinds of storage raykube reads and writes; None when it is one.
+
+    One rule for the spec (``data.uri``, ``checkpoint.storage.uri``) and the commands
+    (``--storage``, a checkpoint to serve): pyarrow would otherwise take ``gs://`` and
+    try Google's metadata server (a hang with no network), answer ``S3://`` with a
+    traceback, and read ``s3:/bucket`` as a local folder named ``s3:``.
+    """
+    m = _SCHEME.match(location)
+    if m is None:
+        return None  # a path, relative or absolute
+    scheme = m.group(1)
+    if scheme.lower() == "s3" and scheme != "s3":
+        return f"{location!r}: write the scheme in lower case (s3://)"
+    if scheme == "s3":
+        if not location.startswith("s3://"):
+            return f"{location!r}: an S3 URI starts with s3:// (two slashes)"
+        rest = location[len("s3://"):]
+        bucket = rest.partition("/")[0]
+        if not bucket:
+            return f"{location!r}: names no bucket (s3://<bucket>/<prefix>)"
+        if "?" in rest or "#" in rest:
+            return f"{location!r}: an s3:// URI takes no query or fragment"
+        if not _S3_BUCKET.match(bucket) or ".." in bucket:
+            return (f"{location!r}: {bucket!r} is not an S3 bucket name (up to 63 "
+                    "lower-case letters, digits, dots and hyphens)")
+        return None
+    if scheme == "file":
+        return f"{location!r}: give the path itself ({urlsplit(location).path or '/'})"
+    return (f"{location!r}: {scheme}:// storage is not supported: use a path (a local "
+            "directory or a mounted volume) or an s3:// URI (other object stores through "
+            "their S3 API, with AWS_ENDPOINT_URL)")
 """Child objects append suffixes (``-serve-svc``, KubeRay's ``-raycluster-xxxxx``) and
 Kubernetes caps Service names at 63 characters, so TrainingRun names stay short."""
 
@@ -656,6 +695,8 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     ds = spec.data.dataset
     if ds == "image-folder" and not spec.data.uri:
         yield SpecError(f"{s}.data.uri", "is required when dataset is image-folder")
+    if spec.data.uri and (problem := location_problem(spec.data.uri)):
+        yield SpecError(f"{s}.data.uri", problem)
     if ds != "image-folder":
         if spec.data.uri:
             yield SpecError(f"{s}.data.uri", f"only applies to dataset image-folder, not {ds}")
@@ -696,6 +737,8 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     st = spec.checkpoint.storage
     if st.pvc is not None and st.uri is not None:
         yield SpecError(f"{s}.checkpoint.storage", "set either pvc or uri, not both")
+    if st.uri is not None and (problem := location_problem(st.uri)):
+        yield SpecError(f"{s}.checkpoint.storage.uri", problem)
     if st.secret_ref is not None and st.uri is None:
         yield SpecError(f"{s}.checkpoint.storage.secretRef", "only applies with uri")
     if spec.checkpoint.score_metric not in METRICS:

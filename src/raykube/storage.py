@@ -10,6 +10,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from raykube.spec import location_problem
+
+
+class UnsupportedStorage(ValueError):
+    """A location that is neither a path nor an ``s3://<bucket>`` URI (the message says
+    which, in one line; ``raykube.spec.location_problem``)."""
+
 
 def filesystem(uri: str) -> tuple[Any, str]:
     """``(pyarrow FileSystem, path)`` for a URI or a (relative or absolute) local path.
@@ -22,6 +29,8 @@ def filesystem(uri: str) -> tuple[Any, str]:
 
     from raykube import s3
 
+    if problem := location_problem(str(uri)):
+        raise UnsupportedStorage(problem)
     if s3.is_s3(uri):
         return s3.filesystem(uri)
     return pafs.FileSystem.from_uri(uri if "://" in uri else os.path.abspath(uri))

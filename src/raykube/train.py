@@ -544,6 +544,10 @@ def check_storage(storage_path: str, name: str) -> str:
     (``raykube.s3.check``: one line for an unreachable endpoint, refused credentials or
     a missing bucket, in seconds).
     """
+    from raykube.spec import location_problem
+
+    if problem := location_problem(storage_path):
+        raise StorageError(f"storage {problem}")
     run_dir = run_dir_for(storage_path, name)
     if "://" in storage_path:
         from raykube import s3

@@ -131,4 +131,4 @@ def test_serve_and_predict_with_refused_credentials(command, s3_server, tmp_path
 def test_a_malformed_s3_uri_is_named(capsys):
     started = time.monotonic()
     line = one_line(capsys, main(["serve", "s3:///best"]), started, want_rc=2)
-    assert "s3:///best" in line and "expected s3://<bucket>/<path>" in line, line
+    assert "s3:///best" in line and "names no bucket (s3://<bucket>/<prefix>)" in line, line

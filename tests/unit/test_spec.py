@@ -17,6 +17,8 @@ from raykube.spec import (
     load_file,
     load_one,
     load_yaml_documents,
+    location_problem,
+    parse_spec,
     parse_training_run,
     validate_files,
 )
@@ -272,3 +274,32 @@ def test_ray_pod_memory_floor_is_exact(qty, ok):
     except InvalidTrainingRun as exc:
         errors = [e.path for e in exc.errors]
     assert (errors == []) == ok, errors
+
+
+@pytest.mark.parametrize("location", ["/data/images", "images", "./a:b/c", "~/x", "s3://bkt",
+                                      "s3://bkt/", "s3://my.bucket-1/a/b", "s3://b/x"])
+def test_paths_and_s3_uris_are_locations(location):
+    assert location_problem(location) is None
+
+
+@pytest.mark.parametrize("location,words", [
+    ("gs://bkt/images", "gs:// storage is not supported"),
+    ("https://example.com/images", "https:// storage is not supported"),
+    ("S3://bkt/images", "lower case"), ("s3:/bkt/images", "two slashes"),
+    ("s3://", "names no bucket"), ("s3:///images", "names no bucket"),
+    ("s3://Bkt/images", "not an S3 bucket name"), ("s3://bkt_1/x", "not an S3 bucket name"),
+    ("s3://bkt/x#y", "no query or fragment"), ("file:///data/images", "(/data/images)"),
+])
+@pytest.mark.parametrize("field", ["spec.data.uri", "spec.checkpoint.storage.uri"])
+def test_a_location_raykube_cannot_read_is_refused_naming_the_field(location, words, field):
+    spec = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}
+    if field == "spec.data.uri":
+        spec["data"] = {"dataset": "image-folder", "uri": location}
+    else:
+        spec["checkpoint"] = {"storage": {"uri": location}}
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_spec(spec)
+    [error] = [e for e in info.value.errors if e.path == field]
+    # the CRD's pattern (^s3://[^/]+) answers some storage URIs first, in pydantic's words
+    assert words in error.message or "should match pattern" in error.message, error
+    assert words in location_problem(location)

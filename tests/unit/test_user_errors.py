@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import socket
+import time
 
 import pytest
 from rich.console import Console
@@ -110,6 +111,58 @@ def test_run_refuses_a_storage_that_is_a_file_before_ray(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot hold run 'r'" in err and "Not a directory" in err
     _no_traceback(err)
+
+
+# Found by using the CLI: pyarrow took ``gs://`` and asked Google's metadata server (no
+# output for over a minute with no network), answered ``S3://`` with a traceback, and a
+# typo'd ``s3:/bucket`` trained into a local folder named ``s3:``.
+BAD_LOCATIONS = [
+    ("gs://b/runs", "gs:// storage is not supported"),
+    ("S3://bucket/runs", "lower case (s3://)"),
+    ("s3:/bucket/runs", "starts with s3:// (two slashes)"),
+    ("s3://", "names no bucket"),
+    ("s3://My_Bucket/runs", "not an S3 bucket name"),
+    ("s3://bucket/runs?region=x", "no query or fragment"),
+]
+
+
+@pytest.mark.parametrize("storage,words", BAD_LOCATIONS)
+def test_run_refuses_a_storage_that_is_neither_a_path_nor_s3_at_once(
+        storage, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    assert main(["run", _run_yaml(tmp_path), "--storage", storage]) == 1
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - started < 20  # a hang is the bug; 20 s is far above normal
+    assert err.count("\n") == 0 and repr(storage) in err and words in err, err
+    assert sorted(os.listdir(tmp_path)) == ["run.yaml"]  # nothing written (no ``s3:/``)
+
+
+@pytest.mark.parametrize("location,words", BAD_LOCATIONS)
+@pytest.mark.parametrize("command", ["serve", "predict"])
+def test_serve_and_predict_name_a_checkpoint_uri_they_cannot_read(
+        command, location, words, tmp_path, capsys):
+    extra = ["--out", str(tmp_path / "p.csv")] if command == "predict" else []
+    assert main([command, location, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"checkpoint {location!r}" in err and words in err, err
+
+
+def test_run_takes_a_file_uri_as_its_path():
+    from raykube.commands._util import local_path
+
+    assert local_path("file:///data/runs") == "/data/runs"
+    assert local_path("~/runs") == os.path.expanduser("~/runs")
+    assert local_path("s3://b/runs") == "s3://b/runs"
+
+
+def test_predict_names_a_data_source_it_cannot_read(checkpoint, tmp_path, capsys):
+    assert main(["predict", str(checkpoint), "--data", "gs://b/images",
+                 "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("raykube predict: --data 'gs://b/images': gs:// storage is not supported: "
+                   "use a path (a local directory or a mounted volume) or an s3:// URI "
+                   "(other object stores through their S3 API, with AWS_ENDPOINT_URL)")
 
 
 def test_run_refuses_a_run_dir_of_another_model_before_ray(tmp_path, capsys):

@@ -88,9 +88,14 @@ def with_examples(p: argparse.ArgumentParser, examples: str) -> None:
 
 def local_path(text: str) -> str:
     """argparse type for a storage path: ``~`` expanded (the shell does not expand it in
-    ``--storage=~/runs``); URIs (``s3://``) are kept as they are."""
+    ``--storage=~/runs``), a ``file://`` URI turned into its path; other URIs
+    (``s3://``) are kept as they are (and checked by ``raykube.spec.location_problem``
+    where they are used, for a one-line error in the command's own words)."""
     import os
+    from urllib.parse import urlsplit
 
+    if text.startswith("file://"):
+        return urlsplit(text).path or "/"
     return text if "://" in text else os.path.expanduser(text)
 
 

@@ -57,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
         print("raykube predict: --batch-size and --concurrency must be at least 1",
               file=sys.stderr)
         return 2
+    from raykube.spec import location_problem
+
+    for flag, value in (("--data", args.data), ("--storage", args.storage),
+                        ("--cache-dir", args.cache_dir)):
+        if value and (problem := location_problem(value)):
+            print(f"raykube predict: {flag} {problem}", file=sys.stderr)
+            return 2
     try:
         # A broken checkpoint is one line now, not a failing actor pool once Ray is up.
         load_model(resolve_checkpoint(args.checkpoint))
