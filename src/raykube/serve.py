@@ -466,6 +466,12 @@ class Classifier:
         return _json(self._answer(probs))
 
     async def _read_body(self, request: Request) -> bytes:
+        # A compressed body would otherwise be answered "not valid JSON" (its first
+        # byte); RFC 9110 15.5.16: 415 for a content coding the server does not take.
+        coding = (request.headers.get("content-encoding") or "identity").strip().lower()
+        if coding != "identity":
+            raise RequestError(415, f"content-encoding {coding!r} is not accepted: send "
+                               "the JSON uncompressed")
         limit = self.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import io
 import json
 
@@ -201,6 +202,8 @@ def bad_requests() -> list[tuple[str, object, dict | None, int, str]]:
          {"content-type": "text/plain"}, 415, "content-type"),
         ("form content-type", b"instances=1", {"content-type": "application/x-www-form-urlencoded"},
          415, "application/json"),
+        ("gzip body", gzip.compress(json.dumps({"instances": [ok]}).encode()),
+         {**json_ct, "content-encoding": "gzip"}, 415, "content-encoding"),
         ("top-level list", [ok], json_ct, 422, "object"),
         ("missing keys", {}, json_ct, 422, "instances"),
         ("unknown key", {"instances": [ok], "extra": 1}, json_ct, 422, "extra"),
