@@ -410,12 +410,6 @@ def _forwarder(queue: Any, storage_path: str) -> list[Any]:
     each failure of the worker group, to the driver through a ``ReportChannel``, where
     the observers run."""
     from ray.train import UserCallback
-    from ray.train.v2._internal.execution.callback import ControllerCallback
-    from ray.train.v2._internal.execution.controller.state import (
-        ReschedulingState,
-        RestartingState,
-        ShuttingDownState,
-    )
 
     class _Forward(UserCallback):
         def __init__(self, q: Any, storage: str):
@@ -429,6 +423,20 @@ def _forwarder(queue: Any, storage_path: str) -> list[Any]:
                                    self.storage, checkpoint.path if checkpoint else None)})
             except Exception:  # progress display must never fail training
                 log.warning("could not forward a report", exc_info=True)
+
+    return [_Forward(queue, storage_path), failure_callback(queue)]
+
+
+def failure_callback(queue: Any) -> Any:
+    """A Ray Train callback (run in the Train controller) that puts each failure of the
+    worker group on ``queue`` as ``{"failure": line, "retry": bool, "controller": bool}``
+    (a plain run's driver and each Tune trial use it)."""
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+    from ray.train.v2._internal.execution.controller.state import (
+        ReschedulingState,
+        RestartingState,
+        ShuttingDownState,
+    )
 
     class _Failures(ControllerCallback):
         """Every failure decision, read from the controller's next state: a retry
@@ -461,7 +469,7 @@ def _forwarder(queue: Any, storage_path: str) -> list[Any]:
             except Exception:
                 log.warning("could not forward a worker failure", exc_info=True)
 
-    return [_Forward(queue, storage_path), _Failures(queue)]
+    return _Failures(queue)
 
 
 def failure_line(exc: BaseException, limit: int = 200) -> str:
@@ -855,7 +863,7 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
     )
 
 
-def _announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowed: int,
+def announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowed: int,
                       retry: bool, controller: bool = False) -> None:
     """Tell observers that have an ``on_failure(message)`` (optional, beyond the
     RunObserver protocol) and the log that the worker group failed, and what happens next.
@@ -985,7 +993,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         nonlocal failures
         if "failure" in ev:
             failures += 1
-            _announce_failure(observers, ev["failure"], failures, spec.failure.max_worker_failures,
+            announce_failure(observers, ev["failure"], failures, spec.failure.max_worker_failures,
                               ev["retry"], ev["controller"])
         else:
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)

@@ -179,6 +179,57 @@ def _user_callback(queue: Any) -> Any:
     return Forward(queue)
 
 
+class TrialFailures:
+    """Worker-group failures of every trial's Train run, from the trial actors to the
+    search's driver, through the GCS key-value store (as ``raykube.train.ReportChannel``).
+
+    A trial's Train run retries its own worker failures inside the trial actor; Tune
+    hears of none of them (only of a trial that errored in the end), so without this
+    ``status.workerFailures`` and the terminal never said that a trial's workers
+    restarted. Every trial puts into one board (keys ordered by time, then trial and a
+    per-trial count); the driver takes what is there whenever Tune's loop turns.
+    """
+
+    NAMESPACE = "raykube-trial-failures"
+
+    def __init__(self) -> None:
+        import uuid
+
+        self.prefix = f"{uuid.uuid4().hex}/"
+        self._put = 0  # in each trial's copy
+
+    def put(self, trial_id: str, item: dict[str, Any]) -> None:
+        from ray import cloudpickle
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        key = f"{self.prefix}{time.time_ns():020d}-{trial_id}-{self._put:06d}"
+        _internal_kv_put(key.encode(), cloudpickle.dumps({**item, "trial": trial_id}),
+                         overwrite=True, namespace=self.NAMESPACE)
+        self._put += 1
+
+    def take(self) -> list[dict[str, Any]]:
+        """Everything put so far, oldest first, each item once."""
+        from ray import cloudpickle
+        from ray.experimental.internal_kv import (
+            _internal_kv_del,
+            _internal_kv_get,
+            _internal_kv_list,
+        )
+
+        items = []
+        for key in sorted(_internal_kv_list(self.prefix.encode(), namespace=self.NAMESPACE)):
+            raw = _internal_kv_get(key, namespace=self.NAMESPACE)
+            _internal_kv_del(key, namespace=self.NAMESPACE)
+            if raw is not None:
+                items.append(cloudpickle.loads(raw))
+        return items
+
+    def close(self) -> None:
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        _internal_kv_del(self.prefix.encode(), del_by_prefix=True, namespace=self.NAMESPACE)
+
+
 # The Train controller of the trial running in this (trial actor) process.
 _RUNNING_CONTROLLER: dict[str, Any] = {}
 
@@ -211,15 +262,19 @@ class _AbortTrainOnStop:
 
 
 def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None,
-                  storage_root: str | None = None, experiment_uri: str | None = None) -> None:
+                  storage_root: str | None = None, experiment_uri: str | None = None,
+                  failures: TrialFailures | None = None,
+                  extra_config: dict[str, Any] | None = None) -> None:
     """One Tune trial: a Ray Train run of the trial's spec (runs in the trial actor).
 
     The Train run lives in the trial's folder with a fixed name, so a restarted trial
     (resumed search, or Tune retrying it) continues from its latest checkpoint. Each
-    epoch's report is forwarded with ``tune.report`` (ASHA decides on those).
+    epoch's report is forwarded with ``tune.report`` (ASHA decides on those), each
+    failure of its worker group to ``failures`` (the driver's status and terminal).
+    ``extra_config`` is merged into the workers' config (tests use it).
     """
     from raykube.resume import drop_unreadable_train_snapshot, latest_usable
-    from raykube.train import ReportChannel, build_trainer, fit_and_stream
+    from raykube.train import ReportChannel, build_trainer, failure_callback, fit_and_stream
 
     assert spec_doc is not None and storage_root is not None and experiment_uri is not None
     spec = trial_spec(TrainingRunSpec.model_validate(spec_doc), config)
@@ -227,31 +282,39 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     queue = ReportChannel()
     trial_dir = _join(experiment_uri, f"trial-{trial_id}")
     train_dir = _join(trial_dir, "train")  # Ray Train's run: storage_path/name below
-    extra_config = None
+    extra_config = dict(extra_config or {})
     # A trial resumes through Ray Train's checkpoint list; when a kill cut it off, Train's
     # controller would fail on it at every restart: continue from storage instead.
     if (note := drop_unreadable_train_snapshot(train_dir)) is not None:
         log.warning("trial %s: %s", trial_id, note)
         ckpt, _, skipped = latest_usable(train_dir)
-        extra_config = {"resume_from": ckpt,
-                        "skipped_checkpoints": [os.path.basename(d) for d in skipped]}
+        extra_config.update(resume_from=ckpt,
+                            skipped_checkpoints=[os.path.basename(d) for d in skipped])
 
     trainer = build_trainer(
         spec,
         storage_root=storage_root,
         storage_path=trial_dir,
         name="train",
-        callbacks=[_user_callback(queue)],
-        extra_config=extra_config,
+        callbacks=[_user_callback(queue), failure_callback(queue)],
+        extra_config=extra_config or None,
     )
     reports = 0
+    last_epoch = 0  # the last epoch this trial reported to Tune (resumed trials: theirs)
 
     def _on_item(item: dict[str, Any]) -> None:
-        nonlocal reports
+        nonlocal reports, last_epoch
+        if "failure" in item:
+            log.warning("trial %s: %s", trial_id, item["failure"])
+            if failures is not None:
+                with contextlib.suppress(Exception):  # the search must not fail on it
+                    failures.put(trial_id, {**item, "after_epoch": last_epoch})
+            return
         if "controller" in item:
             _RUNNING_CONTROLLER["handle"] = item["controller"]
             return
         report = dict(item["metrics"])
+        last_epoch = _epoch_of(report) or last_epoch
         if item["checkpoint"]:
             report[CHECKPOINT_KEY] = checkpoint_uri(storage_root, item["checkpoint"])
         tune.report(report)
@@ -337,13 +400,51 @@ class _ObserverSink:
     """
 
     def __init__(self, observers: Sequence[RunObserver], spec: TrainingRunSpec,
-                 storage_path: str):
+                 storage_path: str, failures: TrialFailures | None = None):
         self.observers = Observers(observers)
+        self._observer_list = list(observers)
         self.spec = spec
         self.storage_path = storage_path
+        self.failures = failures
+        self._failures_per_trial: dict[str, int] = {}
+        self._held: list[dict[str, Any]] = []  # failures whose trial's epoch is still on its way
+        self._epoch_seen: dict[str, int] = {}
+        self._looked = 0.0
         self._table_observers = [o for o in observers if hasattr(o, "on_trials")]
 
+    def worker_failures(self, *, every_s: float = 0.0, flush: Iterable[str] | bool = ()
+                        ) -> None:
+        """Announce the trials' worker failures that have come in (``raykube.train.
+        announce_failure``: the terminal's line, ``status.workerFailures``), at most
+        every ``every_s`` seconds: Tune's loop turns many times a second.
+
+        A failure is held until Tune has handed over the trial's epochs reported before
+        it (results reach the driver later than the board's items), so that the lines
+        come in the order things happened; ``flush`` (trial ids, or True for all) lets
+        held ones go: their trial ended, or the search did."""
+        now = time.monotonic()
+        if self.failures is None or (now - self._looked < every_s and not flush):
+            return
+        self._looked = now
+        from raykube.train import announce_failure
+
+        try:
+            self._held += self.failures.take()
+        except Exception:  # a status line must never fail the search
+            log.warning("could not read the trials' worker failures", exc_info=True)
+        ended = set() if flush is True else set(flush or ())
+        due = [i for i in self._held if flush is True or i["trial"] in ended
+               or self._epoch_seen.get(i["trial"], 0) >= i.get("after_epoch", 0)]
+        self._held = [i for i in self._held if i not in due]
+        for item in due:
+            trial = item["trial"]
+            n = self._failures_per_trial[trial] = self._failures_per_trial.get(trial, 0) + 1
+            announce_failure(self._observer_list, f"trial {trial}: {item['failure']}", n,
+                             self.spec.failure.max_worker_failures, item["retry"],
+                             item.get("controller", False))
+
     def epoch(self, trial_id: str, result: dict[str, Any]) -> None:
+        self._epoch_seen[trial_id] = max(self._epoch_seen.get(trial_id, 0), _epoch_of(result))
         metrics = {k: result[k] for k in (TIME_ATTR, *METRICS, "epochTime", "samplesPerSecond")
                    if k in result}
         ckpt = checkpoint_uri(self.storage_path, result.get(CHECKPOINT_KEY))
@@ -375,25 +476,33 @@ class _ProgressCallback(tune.Callback):
     def _sink(self) -> _ObserverSink | None:
         return _SINKS.get(self.key)
 
+    def on_step_begin(self, iteration, trials, **info):  # noqa: ANN001
+        sink = self._sink()
+        if sink is not None:
+            sink.worker_failures(every_s=1.0)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
         sink = self._sink()
         if sink is not None:
+            sink.worker_failures()  # a failure after the epochs before this one
             sink.epoch(trial.trial_id, result)
             sink.trials(trials, trial, result)
 
-    def _changed(self, trials: Sequence[Any]) -> None:
+    def _changed(self, trials: Sequence[Any], ended: Any = None) -> None:
         sink = self._sink()
         if sink is not None:
+            # the failure that ended a trial, before its end
+            sink.worker_failures(flush=[ended.trial_id] if ended is not None else ())
             sink.trials(trials)
 
     def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._changed(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self._changed(trials)
+        self._changed(trials, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self._changed(trials)
+        self._changed(trials, trial)
 
 
 # --------------------------------------------------------------------- outcome
@@ -635,7 +744,9 @@ TRIAL_RESOURCES = {"cpu": 0.01, HEAD_NODE_RESOURCE: 0.001}
 """What each trial's actor asks for (see ``_trainable``)."""
 
 
-def _trainable(spec: TrainingRunSpec, storage_root: str, experiment_uri: str) -> Any:
+def _trainable(spec: TrainingRunSpec, storage_root: str, experiment_uri: str,
+               failures: TrialFailures | None = None,
+               extra_config: dict[str, Any] | None = None) -> Any:
     """The trial: an actor that only drives its Train run (the workers hold the real
     resources), so it asks for a sliver of a CPU; concurrency is bounded by
     maxConcurrentTrials.
@@ -647,20 +758,24 @@ def _trainable(spec: TrainingRunSpec, storage_root: str, experiment_uri: str) ->
     memory monitor killed 2 of 4 trials (3 of 4 at 4 concurrent). The head is sized for
     them (``raykube.footprint.head_bytes``)."""
     fn = tune.with_parameters(_trial_driver, spec_doc=spec.to_dict(),
-                              storage_root=storage_root, experiment_uri=experiment_uri)
+                              storage_root=storage_root, experiment_uri=experiment_uri,
+                              failures=failures, extra_config=extra_config)
     return tune.with_resources(fn, TRIAL_RESOURCES)
 
 
 def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserver] = (),
-             name: str | None = None) -> TuneOutcome:
+             name: str | None = None, extra_config: dict[str, Any] | None = None
+             ) -> TuneOutcome:
     """Run (or resume, or return the stored result of) the search of ``run.spec.tune``.
 
     ``storage_path`` is the storage root (a directory or ``s3://`` URI); the experiment is
     ``<storage_path>/<name>`` (name defaults to the TrainingRun's). Observers get
     ``on_start``, ``on_epoch(metrics, checkpoint, trial=<trial id>)`` for every trial
     epoch, ``on_trials(rows)`` when they have it (the live table), and ``on_end`` with
-    the ``result.json`` document. Raises ``TuneInterrupted`` when the search stopped
-    before every trial ended (run again to resume).
+    the ``result.json`` document; those with ``on_failure`` get a line for each worker
+    failure of any trial's Train run. Raises ``TuneInterrupted`` when the search stopped
+    before every trial ended (run again to resume). ``extra_config`` goes to every
+    trial's workers (tests use it).
     """
     spec = run.spec
     if spec.tune is None:
@@ -695,9 +810,10 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
         build_image_cache(spec, storage_path)
     started = time.monotonic()
     key = experiment_uri
-    _SINKS[key] = _ObserverSink(observers, spec, storage_path)
+    failures = TrialFailures()
+    sink = _SINKS[key] = _ObserverSink(observers, spec, storage_path, failures)
     try:
-        trainable = _trainable(spec, storage_path, experiment_uri)
+        trainable = _trainable(spec, storage_path, experiment_uri, failures, extra_config)
         # Object stores: Tune gets raykube's filesystem (endpoint, credentials) and
         # scheme-less paths, as Ray Train does (raykube.storage.ray_storage).
         ray_root, ray_fs = ray_storage(storage_path)
@@ -721,8 +837,11 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
                 ),
             )
         grid = tuner.fit()
+        sink.worker_failures(flush=True)  # any that came in after Tune's last turn
     finally:
         _SINKS.pop(key, None)
+        with contextlib.suppress(Exception):
+            failures.close()
 
     del grid  # its in-memory trials say TERMINATED for trials an interruption stopped
     statuses = _saved_statuses(experiment_uri)
@@ -885,6 +1004,12 @@ class TrialTable:
     def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None,
                  trial: str | None = None) -> None:
         pass  # rows come with on_trials (they carry status and iterations too)
+
+    def on_failure(self, message: str) -> None:
+        """A trial's worker group failed (``TrialFailures``): one line above the table."""
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]{escape(message)}[/]", highlight=False)
 
     def on_end(self, result: dict[str, Any]) -> None:
         self.stop()

@@ -237,3 +237,49 @@ def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
     assert failed_trials_lines({**doc, "best_trial": {"trialId": "b"}})[0] == (
         "1 of 2 trials failed; the best checkpoint is b's, saved before it failed:")
     assert failed_trials_lines({"trials": doc["trials"][:1]}) == []
+
+
+def test_a_trials_worker_failure_reaches_the_observers(ray_session, tmp_path):
+    """A trial's Train run retries its own worker failures inside the trial actor, and
+    Tune hears nothing of them: the search's observers (the terminal, and the status
+    reporter's ``status.workerFailures``) used to see only trials that errored in the
+    end. One worker of the first trial exits in its third epoch (the fault hook: a real
+    process exit); the trial restarts from its latest checkpoint and finishes. (Not the
+    second: a digits epoch takes ~0.1 s, less than Train's 0.2 s poll, so a worker that
+    dies that soon after a report can take the report with it, and the trial restarts
+    from scratch.)"""
+    from raykube.tune import run_tune
+
+    class Observer(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.failures: list[str] = []
+
+        def on_failure(self, message):
+            self.failures.append(message)
+            self.failed_after = list(self.epochs)  # the epochs seen before it
+
+    doc = _run("tune-worker-failure").model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["train"]["epochs"] = 3
+    doc["spec"]["tune"] = {"trials": 2, "maxConcurrentTrials": 1, "metric": "valLoss",
+                           "scheduler": {"name": "fifo"},
+                           "searchSpace": {"train.optimizer.lr": {"choice": [0.01, 0.003]}}}
+    doc["spec"]["failure"] = {"maxWorkerFailures": 1}
+    run = parse_training_run(doc)
+    marker = tmp_path / "killed"
+    rec = Observer()
+    outcome = run_tune(run, str(tmp_path / "runs"), observers=[rec], extra_config={
+        "fault": {"epoch": 3, "rank": 0, "marker": str(marker)}})
+
+    assert marker.exists()  # the fault did fire, once
+    assert [t["status"] for t in outcome.trials] == ["TERMINATED", "TERMINATED"]
+    [failure] = rec.failures
+    first = outcome.trials[0]["trial"]
+    assert failure.startswith(f"trial {first}: worker failure (rank 0: "), failure
+    assert failure.endswith("restarting the workers from the last checkpoint (retry 1 of 1)")
+    second = outcome.trials[1]["trial"]
+    assert rec.epochs_of(first) == [1, 2, 3] and rec.epochs_of(second) == [1, 2, 3]
+    # announced after the epochs the trial reported before it (1, and 2 unless the dying
+    # worker took its report along) and before the epoch its restarted workers trained,
+    # though Tune hands results to the driver later than the board's items
+    assert [(t, e) for t, e, _ in rec.failed_after] in ([(first, 1)], [(first, 1), (first, 2)])

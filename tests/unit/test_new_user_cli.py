@@ -270,6 +270,7 @@ def test_tune_runs_show_the_trial_table_and_best_trial_not_rays():
              "metric": 0.4, "iterations": 1}]
     table.on_start(run)
     table.on_trials(rows)
+    table.on_failure("trial a_00000: worker failure (rank 0: [bold]ActorDiedError); restarting")
     table.on_end({"trials": rows, "metric": "valAccuracy", "mode": "max", "run_dir": "/r/search",
                   "best_trial": {"trialId": "a_00000", "config": {"train.batchSize": 32},
                                  "metric": 0.95},
@@ -279,3 +280,5 @@ def test_tune_runs_show_the_trial_table_and_best_trial_not_rays():
     assert "Best trial" in text and "train.batchSize = 32" in text
     assert "best checkpoint /r/search/best" in text
     assert "starting Ray Train workers" not in text
+    # a trial's worker failure is a line of its own, its text as it is (no markup)
+    assert "trial a_00000: worker failure (rank 0: [bold]ActorDiedError); restarting" in text

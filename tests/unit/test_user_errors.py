@@ -346,7 +346,7 @@ def test_display_says_when_a_run_continues():
 
 
 def test_failure_announcement_counts_retries():
-    from raykube.train import _announce_failure
+    from raykube.train import announce_failure
 
     seen = []
 
@@ -354,9 +354,9 @@ def test_failure_announcement_counts_retries():
         def on_failure(self, message):
             seen.append(message)
 
-    _announce_failure([Obs(), object()], "worker failure (rank 1: ActorDiedError)", 1, 3, True)
-    _announce_failure([Obs()], "worker failure", 4, 3, False)
-    _announce_failure([Obs()], "worker failure", 9, -1, True)
+    announce_failure([Obs(), object()], "worker failure (rank 1: ActorDiedError)", 1, 3, True)
+    announce_failure([Obs()], "worker failure", 4, 3, False)
+    announce_failure([Obs()], "worker failure", 9, -1, True)
     assert "retry 1 of 3" in seen[0]
     assert "no retries left (failure.maxWorkerFailures=3)" in seen[1]
     assert seen[2].endswith("restarting the workers from the last checkpoint (retry 9)")
@@ -379,7 +379,7 @@ def test_every_failure_decision_is_forwarded_with_its_outcome():
     )
     from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
 
-    from raykube.train import _announce_failure, _forwarder
+    from raykube.train import announce_failure, _forwarder
 
     class Channel:
         def __init__(self):
@@ -415,8 +415,8 @@ def test_every_failure_decision_is_forwarded_with_its_outcome():
 
     # Ray's decision wins over the count: a controller's error is not retried against
     # failure.maxWorkerFailures, and the message does not blame that budget
-    _announce_failure([Obs()], q.items[2]["failure"], 1, 3, q.items[2]["retry"],
+    announce_failure([Obs()], q.items[2]["failure"], 1, 3, q.items[2]["retry"],
                       q.items[2]["controller"])
-    _announce_failure([Obs()], q.items[0]["failure"], 4, 3, False)
+    announce_failure([Obs()], q.items[0]["failure"], 4, 3, False)
     assert seen[0].endswith("not retried: Ray Train's controller failed, not a worker"), seen
     assert seen[1].endswith("no retries left (failure.maxWorkerFailures=3)"), seen
