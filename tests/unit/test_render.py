@@ -344,6 +344,12 @@ def test_cli_render_overrides_and_errors(tmp_path, capsys):
     bad.write_text((REPO / "jobs" / "quickstart.yaml").read_text().replace("workers: 2", "workers: 0"))
     assert main(["render", str(bad)]) == 1
     assert "spec.scaling.workers" in capsys.readouterr().err
+    # a checkpoint the RayService's replicas could not read is refused here, not in pods
+    assert main(["render", str(REPO / "jobs" / "quickstart.yaml"), "--serve",
+                 "--checkpoint", "gs://b/best"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(
+        "raykube render: --checkpoint 'gs://b/best': gs:// storage is not supported")
 
 
 def test_a_replica_change_reaches_the_serving_pods():

@@ -38,8 +38,12 @@ def run(args: argparse.Namespace) -> int:
         render_rayservice,
         render_training,
     )
-    from raykube.spec import InvalidTrainingRun, load_file, parse_training_run
+    from raykube.spec import InvalidTrainingRun, load_file, location_problem, parse_training_run
 
+    if args.checkpoint and (problem := location_problem(args.checkpoint)):
+        # the RayService's replicas would fail on it in their pods, not here
+        print(f"raykube render: --checkpoint {problem}", file=sys.stderr)
+        return 2
     cfg = RenderConfig.from_env()
     objs = []
     seen: dict[tuple[str, str], str] = {}
