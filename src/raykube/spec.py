@@ -67,6 +67,8 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
 _DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 _QUANTITY = k8s_rules.QUANTITY_PATTERN
 MAX_NAME_LENGTH = 40
+"""Child objects append suffixes (``-serve-svc``, KubeRay's ``-raycluster-xxxxx``) and
+Kubernetes caps Service names at 63 characters, so TrainingRun names stay short."""
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
 _S3_BUCKET = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
@@ -105,8 +107,6 @@ def location_problem(location: str) -> str | None:
     return (f"{location!r}: {scheme}:// storage is not supported: use a path (a local "
             "directory or a mounted volume) or an s3:// URI (other object stores through "
             "their S3 API, with AWS_ENDPOINT_URL)")
-"""Child objects append suffixes (``-serve-svc``, KubeRay's ``-raycluster-xxxxx``) and
-Kubernetes caps Service names at 63 characters, so TrainingRun names stay short."""
 
 
 class _Model(BaseModel):
