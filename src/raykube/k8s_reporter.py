@@ -62,7 +62,7 @@ def _now() -> str:
 TRIAL_STATES = {"RUNNING": "running", "PAUSED": "running", "TERMINATED": "finished",
                 "STOPPED": "stopped", "ERROR": "failed"}
 """``raykube.tune``'s trial statuses (Tune's, with ASHA's early stops as STOPPED) ->
-``status.trials`` keys; PENDING trials (and those not sampled yet) are only in ``total``."""
+``status.trials`` keys; PENDING trials and those not sampled yet are ``pending``."""
 
 
 def trial_counts(rows: list[dict[str, Any]], total: int | None) -> dict[str, int]:
@@ -72,7 +72,9 @@ def trial_counts(rows: list[dict[str, Any]], total: int | None) -> dict[str, int
         key = TRIAL_STATES.get(str(row.get("status")))
         if key:
             counts[key] += 1
-    return {"total": max(total or 0, len(rows)), **counts}
+    total = max(total or 0, len(rows))
+    # Tune samples trials lazily (maxConcurrentTrials at a time): the rest are not rows yet
+    return {"total": total, **counts, "pending": total - sum(counts.values())}
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:

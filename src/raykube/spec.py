@@ -584,6 +584,9 @@ class TrialsStatus(_Model):
                                 "(ASHA).")
     failed: int | None = Field(default=None, description="Ended in an error (a worker "
                                "killed for memory, an exception in the loop).")
+    pending: int | None = Field(default=None, description="Not started yet: waiting for "
+                                "resources or for their turn (tune.maxConcurrentTrials); "
+                                "the five counts add up to total.")
 
 
 class ServingStatus(_Model):

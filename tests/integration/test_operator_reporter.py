@@ -78,7 +78,7 @@ def test_reporter_publishes_the_best_tune_trial(kubeconfig):
                    {"trial": "c", "status": "PENDING"}])
     assert rep.patches == 2
     assert kube.get("TrainingRun", "tuned")["status"]["trials"] == {
-        "total": 4, "running": 1, "finished": 0, "stopped": 0, "failed": 1}
+        "total": 4, "running": 1, "finished": 0, "stopped": 0, "failed": 1, "pending": 2}
     rep.on_epoch({"epoch": 1, "valAccuracy": 0.3}, "/t/d/1", "d")  # the last to report
     rep.on_end({"best_checkpoint": "/t/b/3",
                 "best_metrics": {"epoch": 3, "valAccuracy": 0.95, "valLoss": 0.2},
@@ -90,7 +90,8 @@ def test_reporter_publishes_the_best_tune_trial(kubeconfig):
     st = tr["status"]
     assert st["bestTrial"] == {"trialId": "b", "config": {"train.optimizer.lr": 0.01}, "metric": 0.95}
     assert st["checkpoint"]["uri"] == "/t/b/3" and st["checkpoint"]["epoch"] == 3
-    assert st["trials"] == {"total": 4, "running": 0, "finished": 2, "stopped": 1, "failed": 1}
+    assert st["trials"] == {"total": 4, "running": 0, "finished": 2, "stopped": 1, "failed": 1,
+                            "pending": 0}
     progress = {k: v for k, v in st["progress"].items() if k != "updatedAt"}
     assert progress == {"trial": "b", "epoch": 3, "epochs": 3, "valAccuracy": 0.95, "valLoss": 0.2}
     assert validate_strict({k: tr[k] for k in ("apiVersion", "kind", "metadata", "spec", "status")}) == []
