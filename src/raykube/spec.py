@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -72,6 +73,16 @@ Kubernetes caps Service names at 63 characters, so TrainingRun names stay short.
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
 _S3_BUCKET = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error names the value it refuses
+    without repeating a whole list from the file."""
+    r = reprlib.Repr()  # attributes, not keywords: Python 3.10 and 3.11 take none
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxdict = 20
+    r.maxlevel = 4
+    return r.repr(value)[:limit]
 
 
 def location_problem(location: str) -> str | None:
@@ -761,7 +772,7 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         for p in k8s_rules.label_key_problems(key):
             yield SpecError(f"{sc}.nodeSelector[{key}]", f"key {key!r}: {p}")
         for p in k8s_rules.label_value_problems(value):
-            yield SpecError(f"{sc}.nodeSelector[{key}]", f"value {value!r}: {p}")
+            yield SpecError(f"{sc}.nodeSelector[{key}]", f"value {_short(value)}: {p}")
     for i, t in enumerate(spec.scaling.tolerations or []):
         for field, p in k8s_rules.toleration_problems(t.key, t.operator, t.value, t.effect,
                                                       t.toleration_seconds):
@@ -891,7 +902,7 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         for value in dist.sample_values():
             err = _check_override(base, path, value, known)
             if err:
-                yield SpecError(p, f"value {value!r} is not valid at {path}: {err}")
+                yield SpecError(p, f"value {_short(value)} is not valid at {path}: {err}")
                 break
 
 
@@ -1144,9 +1155,57 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_YAML_VALUES = 100_000
+"""Values a document may expand to through YAML aliases (a TrainingRun holds a few
+hundred). kubectl's YAML parser refuses excessive aliasing the same way; PyYAML expands
+them lazily, so a few lines of nested aliases (a "billion laughs") otherwise became
+millions of values for validation to walk and an error message of megabytes."""
+
+
+class _YAMLLimit(yaml.YAMLError):
+    """A document too deep, too self-referential or too large once its aliases expand."""
+
+
+def _expanded_size(doc: Any, limit: int) -> int:
+    """How many values ``doc`` holds with every alias expanded, counting each shared
+    list or mapping once per place it appears (memoised, so the walk is over distinct
+    objects); stops at ``limit``. A list or mapping that contains itself is an error."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(doc, False)]
+    while stack:
+        obj, done = stack.pop()
+        if not isinstance(obj, (list, dict)):
+            continue
+        key = id(obj)
+        children = list(obj.values()) if isinstance(obj, dict) else obj
+        if done:
+            open_.discard(key)
+            sizes[key] = min(limit, 1 + sum(sizes.get(id(c), 1) for c in children))
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise _YAMLLimit("a list or mapping contains itself through an alias")
+        open_.add(key)
+        stack.append((obj, True))
+        stack.extend((c, False) for c in children if isinstance(c, (list, dict)))
+    return sizes.get(id(doc), 1)
+
+
 def load_yaml_documents(text: str) -> list[Any]:
-    """All non-empty documents of a YAML stream (K8s-compatible number parsing)."""
-    return [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+    """All non-empty documents of a YAML stream (K8s-compatible number parsing); a
+    document nested too deeply or that expands past ``MAX_YAML_VALUES`` through aliases
+    is a ``yaml.YAMLError``, as it is for kubectl."""
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+    except RecursionError:
+        raise _YAMLLimit("nested too deeply") from None
+    for doc in docs:
+        if _expanded_size(doc, MAX_YAML_VALUES + 1) > MAX_YAML_VALUES:
+            raise _YAMLLimit(f"expands to more than {MAX_YAML_VALUES:,} values through "
+                             "aliases (excessive aliasing)")
+    return docs
 
 
 def load_file(path: str | Path) -> list[TrainingRun]:

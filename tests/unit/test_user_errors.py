@@ -59,6 +59,37 @@ def test_duplicate_keys_are_refused_as_kubectl_does(tmp_path):
     assert "duplicate key 'epochs'" in msg and "line 10" in msg
 
 
+_RUN_HEAD = "apiVersion: raykube.io/v1alpha1\nkind: TrainingRun\nmetadata: {name: r}\n"
+_NESTED = "&a [1,1,1,1,1,1,1,1,1]"
+for _p, _x in zip("abcdef", "bcdefg", strict=True):  # 9^7 values, written in one line
+    _NESTED = f"&{_x} [{_NESTED}" + f", *{_p}" * 8 + "]"
+_LAUGHS = "".join(f"{x}: &{x} [" + ",".join([f"*{p}"] * 9) + "]\n"
+                  for p, x in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+@pytest.mark.parametrize("name,text,words", [
+    # kubectl's YAML parser refuses these too; PyYAML expanded a "billion laughs" lazily
+    # into 9^8 values for validation to walk, and recursed out on deep nesting
+    ("laughs", _RUN_HEAD + "x-a: &a [1,1,1,1,1,1,1,1,1]\n" + _LAUGHS
+     + "spec: {model: {name: mlp}, data: {dataset: digits}}\n", "excessive aliasing"),
+    ("in-spec", _RUN_HEAD + "spec:\n  model: {name: mlp}\n  data: {dataset: digits}\n"
+     "  tune: {trials: 2, searchSpace: {model.options.hidden: {choice: [" + _NESTED
+     + "]}}}\n", "excessive aliasing"),
+    ("self", _RUN_HEAD + "spec: &s {model: {name: mlp}, data: {dataset: digits}, x: *s}\n",
+     "contains itself through an alias"),
+    ("deep", _RUN_HEAD + "spec: " + "[" * 50000 + "]" * 50000 + "\n", "nested too deeply"),
+])
+def test_yaml_bombs_are_refused_in_one_line_at_once(name, text, words, tmp_path, capsys):
+    f = _yaml(tmp_path, text)
+    started = time.monotonic()
+    assert main(["validate", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert time.monotonic() - started < 20  # seconds each before; a hang was the bug
+    _no_traceback(err)
+    assert len(err) < 2000, err[:300]  # the error names the problem, not the values
+    assert "(file): not valid YAML: " in err and words in err, err
+
+
 def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
     from raykube.spec import load_yaml_documents
 
@@ -379,7 +410,7 @@ def test_every_failure_decision_is_forwarded_with_its_outcome():
     )
     from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
 
-    from raykube.train import announce_failure, _forwarder
+    from raykube.train import _forwarder, announce_failure
 
     class Channel:
         def __init__(self):
