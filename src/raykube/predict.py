@@ -247,14 +247,20 @@ def dataset_for(spec: TrainingRunSpec, split: Split, cache_dir: str) -> ray.data
 
 
 # --------------------------------------------------------------------------- writing
+def check_out(path: str) -> str:
+    """The output's kind (``parquet`` or ``csv``, from the file name), or PredictError."""
+    kind = Path(path).suffix.lower().lstrip(".")
+    if kind not in ("parquet", "csv"):
+        raise PredictError(f"--out {path!r}: the file name must end in .parquet or .csv")
+    return kind
+
+
 class _Writer:
     """Streams numpy batches into one Parquet or CSV file."""
 
     def __init__(self, path: str):
         self.path = path
-        self.kind = Path(path).suffix.lower().lstrip(".")
-        if self.kind not in ("parquet", "csv"):
-            raise PredictError(f"--out {path!r}: the file name must end in .parquet or .csv")
+        self.kind = check_out(path)
         self._writer: Any = None
         self._tmp = f"{path}.tmp-{os.getpid()}"
 

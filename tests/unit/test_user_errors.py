@@ -187,6 +187,24 @@ def test_run_takes_a_file_uri_as_its_path():
     assert local_path("s3://b/runs") == "s3://b/runs"
 
 
+@pytest.mark.parametrize("flags,words", [
+    (["--data", "no/such/dir"], "--data 'no/such/dir': not a TrainingRun YAML file"),
+    (["--data", "mnist"], "a dataset name (digits, fashion-mnist, cifar10, synthetic)"),
+    (["--out", "preds.json"], "--out 'preds.json': the file name must end in .parquet or .csv"),
+])
+def test_predict_refuses_data_and_out_it_cannot_use_before_ray(flags, words, checkpoint,
+                                                               tmp_path, capsys, monkeypatch):
+    """Ray took seconds to start before these were found (found using the CLI)."""
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    args = {"--out": "p.csv", **dict(zip(flags[::2], flags[1::2], strict=True))}
+    assert main(["predict", str(checkpoint), *[x for kv in args.items() for x in kv]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raykube predict: ") and words in err and "\n" not in err, err
+    assert not ray.is_initialized()
+
+
 def test_predict_names_a_data_source_it_cannot_read(checkpoint, tmp_path, capsys):
     assert main(["predict", str(checkpoint), "--data", "gs://b/images",
                  "--out", str(tmp_path / "p.csv")]) == 2

@@ -48,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from raykube.checkpoint import load_model
     from raykube.data import DatasetUnavailable
-    from raykube.predict import PredictError, predict, print_report
+    from raykube.predict import PredictError, check_out, predict, print_report, resolve_data
     from raykube.serve import resolve_checkpoint
-    from raykube.spec import InvalidTrainingRun
+    from raykube.spec import InvalidTrainingRun, TrainingRunSpec
 
     user_errors = (PredictError, InvalidTrainingRun, DatasetUnavailable, OSError, ValueError)
     if args.batch_size < 1 or args.concurrency < 1:
@@ -65,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"raykube predict: {flag} {problem}", file=sys.stderr)
             return 2
     try:
-        # A broken checkpoint is one line now, not a failing actor pool once Ray is up.
-        load_model(resolve_checkpoint(args.checkpoint))
+        # A broken checkpoint, an --out or --data it cannot use: one line now, before
+        # Ray starts (seconds), not a failing actor pool once Ray is up.
+        _, meta = load_model(resolve_checkpoint(args.checkpoint))
+        check_out(args.out)
+        resolve_data(TrainingRunSpec.model_validate(meta.spec), args.data)
     except user_errors as exc:
         print(f"raykube predict: {exc}", file=sys.stderr)
         return 2
