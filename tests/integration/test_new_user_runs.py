@@ -349,6 +349,28 @@ def test_ctrl_c_during_a_tune_search_then_the_same_command_resumes_it(tmp_path):
     assert (run_dir / "best").is_dir()
 
 
+def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path):
+    """``kill PID``, ``docker stop``, systemd: SIGTERM to the process alone. Ray's driver
+    handler made it a bare ``sys.exit(15)``: the run ended without a word (and a search
+    without saving its state). Now it is Ctrl-C: what is saved, exit 130."""
+    spec = tmp_path / "run.yaml"
+    spec.write_text(SPEC.replace("newuser", "term"))
+    run_dir = tmp_path / "runs" / "term"
+    with in_terminal("run", str(spec), "--storage", str(tmp_path / "runs")) as p:
+        seen = []
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("epoch   2/"):
+                os.kill(p.pid, signal.SIGTERM)
+                break
+        rest, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (seen, rest, err)
+    assert "Traceback" not in err + rest
+    saved = json.loads((newest(run_dir) / "meta.json").read_text())["epoch"]
+    assert f"interrupted: {run_dir} has {saved} of 200 epochs; running the same command " \
+           f"again continues from epoch {saved + 1}" in err, err
+
+
 def test_a_gpu_run_on_a_machine_without_those_gpus_says_so_at_once(tmp_path):
     """Before this check such a run printed its header and waited without end (Ray
     Train retries its worker group's start every 60 s). 32 GPUs: no test machine has

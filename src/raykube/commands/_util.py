@@ -52,6 +52,19 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise)
 
 
+def sigterm_as_ctrl_c() -> None:
+    """Make SIGTERM end a training run as Ctrl-C does: re-sent to this process as
+    SIGINT, so whichever handler Ctrl-C has at that moment runs: Tune's (it saves the
+    search state and returns) or Python's ``KeyboardInterrupt`` (the run says what is
+    saved and exits 130). Call it after ``ray.init``, which sets its own handler (a bare
+    ``sys.exit(15)``: a ``kill`` or a container stop ended the run without a word, and
+    with no search state saved)."""
+    def _as_sigint(signum: int, frame: Any) -> None:  # noqa: ARG001
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, _as_sigint)
+
+
 def wait_for_interrupt() -> NoReturn:
     """Block this (main) thread until Ctrl-C or SIGTERM raises ``KeyboardInterrupt``.
 

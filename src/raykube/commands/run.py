@@ -193,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
                          and not rk_data.decodes_in_process(tr.spec))
     import ray
 
+    from raykube.commands._util import sigterm_as_ctrl_c
+
+    sigterm_as_ctrl_c()
     if shortfall := gpu_shortfall(tr, float(ray.cluster_resources().get("GPU", 0))):
         return _fail(shortfall)
     if args.dashboard:
