@@ -159,6 +159,19 @@ def other_ray():
     p.wait(timeout=60)
 
 
+def said_interrupted(p: subprocess.Popen, run_dir: Path, seen: list[str]) -> int:
+    """The interrupted run's end: exit 130, no traceback, and the one line saying how
+    many epochs are on storage (the newest checkpoint's) and where a re-run continues.
+    Returns that epoch."""
+    rest, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (seen, rest, err)
+    assert "Traceback" not in err + rest
+    saved = json.loads((newest(run_dir) / "meta.json").read_text())["epoch"]
+    assert f"interrupted: {run_dir} has {saved} of 200 epochs; running the same command " \
+           f"again continues from epoch {saved + 1}" in err, err
+    return saved
+
+
 def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
     spec = tmp_path / "run.yaml"
     spec.write_text(SPEC)
@@ -181,12 +194,7 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
             if line.startswith("epoch   3/"):
                 os.killpg(p.pid, signal.SIGINT)
                 break
-        rest, err = p.communicate(timeout=120)
-    assert p.returncode == 130, (seen, rest, err)
-    assert "Traceback" not in err + rest
-    saved = json.loads((newest(run_dir) / "meta.json").read_text())["epoch"]
-    assert f"interrupted: {run_dir} has {saved} of 200 epochs; running the same command " \
-           f"again continues from epoch {saved + 1}" in err
+        saved = said_interrupted(p, run_dir, seen)
     assert "multiple active Ray instances" not in (run_dir / "raykube.log").read_text()
 
     # -- 2. a new lr: applied from the next epoch, saved and used alike
@@ -363,12 +371,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path):
             if line.startswith("epoch   2/"):
                 os.kill(p.pid, signal.SIGTERM)
                 break
-        rest, err = p.communicate(timeout=120)
-    assert p.returncode == 130, (seen, rest, err)
-    assert "Traceback" not in err + rest
-    saved = json.loads((newest(run_dir) / "meta.json").read_text())["epoch"]
-    assert f"interrupted: {run_dir} has {saved} of 200 epochs; running the same command " \
-           f"again continues from epoch {saved + 1}" in err, err
+        said_interrupted(p, run_dir, seen)
 
 
 def test_a_gpu_run_on_a_machine_without_those_gpus_says_so_at_once(tmp_path):
