@@ -9,7 +9,7 @@ status reporter (``raykube train`` inside a RayJob).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -36,6 +36,10 @@ class Observers:
 
     def __init__(self, observers: Iterable[RunObserver] = ()):
         self._observers = list(observers)
+
+    def __iter__(self) -> Iterator[RunObserver]:
+        """The observers themselves, for ``notify``'s optional hooks."""
+        return iter(self._observers)
 
     def _call(self, method: str, *args: Any) -> None:
         for obs in self._observers:

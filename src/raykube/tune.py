@@ -402,7 +402,6 @@ class _ObserverSink:
     def __init__(self, observers: Sequence[RunObserver], spec: TrainingRunSpec,
                  storage_path: str, failures: TrialFailures | None = None):
         self.observers = Observers(observers)
-        self._observer_list = list(observers)
         self.spec = spec
         self.storage_path = storage_path
         self.failures = failures
@@ -439,7 +438,7 @@ class _ObserverSink:
         for item in due:
             trial = item["trial"]
             n = self._failures_per_trial[trial] = self._failures_per_trial.get(trial, 0) + 1
-            announce_failure(self._observer_list, f"trial {trial}: {item['failure']}", n,
+            announce_failure(self.observers, f"trial {trial}: {item['failure']}", n,
                              self.spec.failure.max_worker_failures, item["retry"],
                              item.get("controller", False))
 
