@@ -51,7 +51,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from raykube.spec import ServeSpec, location_problem
+from raykube.spec import ServeSpec, file_uri_path, location_problem
 
 _orjson: Any
 try:
@@ -83,9 +83,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
     """
     from raykube.storage import UnsupportedStorage
 
-    text = str(checkpoint)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
+    text = file_uri_path(str(checkpoint))
     if problem := location_problem(text):
         raise UnsupportedStorage(f"checkpoint {problem}")
     if "://" not in text:

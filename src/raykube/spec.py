@@ -85,6 +85,12 @@ def _short(value: Any, limit: int = 200) -> str:
     return r.repr(value)[:limit]
 
 
+def file_uri_path(location: str) -> str:
+    """``file:///data/runs`` -> ``/data/runs``; anything else as it is. The commands take
+    a ``file://`` URI as its path (the spec does not: ``location_problem``)."""
+    return (urlsplit(location).path or "/") if location.startswith("file://") else location
+
+
 def location_problem(location: str) -> str | None:
     """Why ``location`` is neither a filesystem path nor an ``s3://<bucket>[/<prefix>]``
     URI, the only two kinds of storage raykube reads and writes; None when it is one.
@@ -114,7 +120,7 @@ def location_problem(location: str) -> str | None:
                     "lower-case letters, digits, dots and hyphens)")
         return None
     if scheme == "file":
-        return f"{location!r}: give the path itself ({urlsplit(location).path or '/'})"
+        return f"{location!r}: give the path itself ({file_uri_path(location)})"
     return (f"{location!r}: {scheme}:// storage is not supported: use a path (a local "
             "directory or a mounted volume) or an s3:// URI (other object stores through "
             "their S3 API, with AWS_ENDPOINT_URL)")

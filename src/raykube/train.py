@@ -864,7 +864,7 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
 
 
 def announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowed: int,
-                      retry: bool, controller: bool = False) -> None:
+                     retry: bool, controller: bool = False) -> None:
     """Tell observers that have an ``on_failure(message)`` (optional, beyond the
     RunObserver protocol) and the log that the worker group failed, and what happens next.
     ``retry`` is Ray Train's own decision (the controller's next state), never recomputed
@@ -994,7 +994,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         if "failure" in ev:
             failures += 1
             announce_failure(observers, ev["failure"], failures, spec.failure.max_worker_failures,
-                              ev["retry"], ev["controller"])
+                             ev["retry"], ev["controller"])
         else:
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
 

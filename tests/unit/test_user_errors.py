@@ -465,7 +465,7 @@ def test_every_failure_decision_is_forwarded_with_its_outcome():
     # Ray's decision wins over the count: a controller's error is not retried against
     # failure.maxWorkerFailures, and the message does not blame that budget
     announce_failure([Obs()], q.items[2]["failure"], 1, 3, q.items[2]["retry"],
-                      q.items[2]["controller"])
+                     q.items[2]["controller"])
     announce_failure([Obs()], q.items[0]["failure"], 4, 3, False)
     assert seen[0].endswith("not retried: Ray Train's controller failed, not a worker"), seen
     assert seen[1].endswith("no retries left (failure.maxWorkerFailures=3)"), seen

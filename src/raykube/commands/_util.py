@@ -104,11 +104,9 @@ def local_path(text: str) -> str:
     ``--storage=~/runs``), a ``file://`` URI turned into its path; other URIs
     (``s3://``) are kept as they are (and checked by ``raykube.spec.location_problem``
     where they are used, for a one-line error in the command's own words)."""
-    import os
-    from urllib.parse import urlsplit
+    from raykube.spec import file_uri_path
 
-    if text.startswith("file://"):
-        return urlsplit(text).path or "/"
+    text = file_uri_path(text)
     return text if "://" in text else os.path.expanduser(text)
 
 

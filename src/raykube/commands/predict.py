@@ -50,15 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from raykube.data import DatasetUnavailable
     from raykube.predict import PredictError, check_out, predict, print_report, resolve_data
     from raykube.serve import resolve_checkpoint
-    from raykube.spec import InvalidTrainingRun, TrainingRunSpec
+    from raykube.spec import InvalidTrainingRun, TrainingRunSpec, location_problem
 
     user_errors = (PredictError, InvalidTrainingRun, DatasetUnavailable, OSError, ValueError)
     if args.batch_size < 1 or args.concurrency < 1:
         print("raykube predict: --batch-size and --concurrency must be at least 1",
               file=sys.stderr)
         return 2
-    from raykube.spec import location_problem
-
     for flag, value in (("--data", args.data), ("--storage", args.storage),
                         ("--cache-dir", args.cache_dir)):
         if value and (problem := location_problem(value)):
