@@ -130,8 +130,9 @@ def init_memo(memo: kopf.Memo, cfg: OperatorConfig, kube: Kube) -> kopf.Memo:
     # (namespace, TrainingRun) -> {pod name: (Ray cluster, problem)}: what keeps a run's
     # Ray pods from running, as last observed (see on_pod_event)
     memo.pod_problems = {}
-    memo.pod_ooms = {}  # (namespace, run) -> (Ray cluster, pod_oom's line): the latest
-    memo.ooms_seen = {}  # (namespace, run) -> pod_oom keys already posted as an Event
+    # (namespace, run) -> (Ray cluster, note): the latest OOM kill or Ray head loss
+    memo.pod_incidents = {}
+    memo.incidents_seen = {}  # (namespace, run) -> pod_oom / head_loss keys already seen
     memo.pods_guard = threading.Lock()
     memo.runs = {}  # (namespace, name) -> uid: the TrainingRuns seen, for the resync
     memo.runs_guard = threading.Lock()
@@ -703,11 +704,10 @@ def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
         with memo.pods_guard:
             problems = [why for c, why in memo.pod_problems.get((ns, tr_name), {}).values()
                         if cluster and c == cluster]
-            oom_cluster, oom = memo.pod_ooms.get((ns, tr_name), (None, None))
-        patch = st.status_from_rayjob(rayjob, cur, now=st.now_rfc3339(),
-                                      generation=tr["metadata"].get("generation"),
-                                      pod_problems=problems,
-                                      oom=oom if cluster and oom_cluster == cluster else None)
+            inc_cluster, incident = memo.pod_incidents.get((ns, tr_name), (None, None))
+        patch = st.status_from_rayjob(
+            rayjob, cur, now=st.now_rfc3339(), generation=tr["metadata"].get("generation"),
+            pod_problems=problems, incident=incident if cluster and inc_cluster == cluster else None)
         changed = any(cur.get(k) != v for k, v in patch.items())
         if changed:
             _patch_status(kube, tr, patch)
@@ -753,22 +753,29 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     an unbound claim, an image that cannot be pulled; or no longer so), re-derive the
     run's status from its RayJob, which then names the pod and the reason instead of
     "waiting for the Ray cluster". A container OOM-killed (``st.pod_oom``) is one Warning
-    Event naming the field that sizes the pod, and the run's message carries it while
-    the job runs, retries or has failed. Healthy pods cost nothing: no API call is made
-    unless the set of problems of the run changed or a container was killed again."""
+    Event naming the field that sizes the pod; a Ray head lost while the job runs on it
+    (``st.head_loss``) is one Warning Event saying that the job starts again from the
+    latest checkpoint. The run's message carries the latest of either while the job
+    runs, retries or has failed. Healthy pods cost nothing: no API call is made unless
+    the set of problems of the run changed or a new kill or loss was seen."""
     meta = body.metadata
     labels = meta.labels or {}
-    key = (meta.namespace, labels[LABEL])
+    key, cluster = (meta.namespace, labels[LABEL]), labels["ray.io/cluster"]
     problem = None if type == "DELETED" else st.pod_problem(dict(body))
-    entry = (labels["ray.io/cluster"], problem) if problem else None
+    entry = (cluster, problem) if problem else None
     oom = None if type == "DELETED" else st.pod_oom(dict(body))
+    loss = st.head_loss(dict(body), deleted=type == "DELETED", now=st.now_rfc3339())
     with memo.pods_guard:
-        new_oom = oom is not None and oom[0] not in memo.ooms_seen.get(key, ())
+        seen_keys = memo.incidents_seen.get(key, set())
+        new_oom = oom is not None and oom[0] not in seen_keys
+        new_loss = loss is not None and loss[0] not in seen_keys
+        if new_oom or new_loss:
+            memo.incidents_seen[key] = seen_keys | {
+                found[0] for found, new in ((oom, new_oom), (loss, new_loss)) if new}
         if new_oom:
-            memo.ooms_seen.setdefault(key, set()).add(oom[0])
-            memo.pod_ooms[key] = (labels["ray.io/cluster"], oom[1])
+            memo.pod_incidents[key] = (cluster, f"last OOM kill: {oom[1]}")
         seen = memo.pod_problems.get(key, {})
-        if seen.get(meta.name) == entry and not new_oom:
+        if seen.get(meta.name) == entry and not new_oom and not new_loss:
             return
         seen = {**seen, meta.name: entry} if entry else {
             k: v for k, v in seen.items() if k != meta.name}
@@ -778,14 +785,19 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             memo.pod_problems.pop(key, None)
 
     def sync() -> None:
-        if new_oom:  # one Warning per kill: kubectl describe tr says why the workers restarted
-            tr = _get_tr(memo.kube, key[0], key[1])
-            if tr is not None:
-                _event(tr, "Warning", "OOMKilled", f"{oom[1]}: the run needs more memory "
-                       f"than its pods get; raise {st.oom_field(dict(labels))}")
+        tr = _get_tr(memo.kube, key[0], key[1]) if new_oom or new_loss else None
+        if new_oom and tr is not None:  # one Warning per kill: kubectl describe tr says why
+            _event(tr, "Warning", "OOMKilled", f"{oom[1]}: the run needs more memory "
+                   f"than its pods get; raise {st.oom_field(dict(labels))}")
         job = memo.kube.get(RAY_API, "RayJob", key[0], key[1])
-        if job is not None and (job.get("status") or {}).get("rayClusterName") == labels[
-                "ray.io/cluster"]:
+        if new_loss and tr is not None and st.running_on(job, cluster):
+            with memo.pods_guard:
+                memo.pod_incidents[key] = (cluster, f"last Ray head loss: {loss[1]}")
+            _event(tr, "Warning", "RayHeadLost",
+                   f"{loss[1]} while the job ran on it: the job is lost with its head; "
+                   "KubeRay submits it again to the new head, and training resumes from "
+                   "the latest checkpoint")
+        if job is not None and (job.get("status") or {}).get("rayClusterName") == cluster:
             _sync_rayjob_status(job, memo)
 
     _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))
@@ -1050,7 +1062,7 @@ def _forget_gone(memo: kopf.Memo) -> None:
         for key in [k for k, lock in memo.locks.items() if k not in alive and not lock.locked()]:
             del memo.locks[key]
     with memo.pods_guard:
-        for table in (memo.pod_problems, memo.pod_ooms, memo.ooms_seen):
+        for table in (memo.pod_problems, memo.pod_incidents, memo.incidents_seen):
             for key in [k for k in table if k not in alive]:
                 del table[key]
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from raykube.render import ROLE_LABEL, SERVE_ROLE
+
 # Condition types, in the order they are listed in status.conditions.
 VALIDATED = "Validated"
 RUNNING = "Running"
@@ -261,12 +263,58 @@ def pod_oom(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def head_loss(pod: dict[str, Any], *, deleted: bool, now: str) -> tuple[str, str] | None:
+    """(a key that changes with each loss, one line) when this is a Ray head pod (whose
+    cluster is the RayJob's: ``running_on``) and the head is gone or restarting: the pod deleted (by hand, a
+    drain, a preemption), failed (evicted), or its container restarted for a reason
+    other than an OOM kill (``pod_oom`` names those).
+
+    Without GCS fault tolerance the job dies with its head: KubeRay's job submitter fails,
+    its Kubernetes Job submits the same job ID to the new head, and the driver resumes
+    from the latest checkpoint. Nothing in KubeRay's status says so, and the TrainingRun
+    would sit at its last epoch for the minute that takes, for no reason it could see."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if (meta.get("labels") or {}).get("ray.io/node-type") != "head":
+        return None
+    name, uid = meta.get("name", "?"), meta.get("uid")
+    if deleted or meta.get("deletionTimestamp"):
+        return f"{uid}/deleted", f"the Ray head pod {name} was deleted at {now}"
+    if status.get("phase") == "Failed":
+        why = " ".join(f"{status.get('reason') or ''} {status.get('message') or ''}".split())
+        return f"{uid}/failed", f"the Ray head pod {name} failed at {now}" + (
+            f" ({why})" if why else "")
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("lastState") or {}).get("terminated") or {}
+        restarts = int(cs.get("restartCount") or 0)
+        if restarts and term and term.get("reason") != "OOMKilled":
+            how = ", ".join(x for x in (term.get("reason"), f"exit code {term.get('exitCode')}"
+                                        if term.get("exitCode") is not None else None) if x)
+            return (f"{uid}/{cs.get('name')}/{restarts}",
+                    f"the Ray head pod {name}: container {cs.get('name')} restarted at "
+                    f"{term.get('finishedAt') or now}" + (f" ({how})" if how else ""))
+    return None
+
+
+def running_on(rayjob: dict[str, Any] | None, cluster: str) -> bool:
+    """Whether this RayJob's job is running on ``cluster`` now: a head lost then is a
+    fault, while one removed as the job ends, retries on a new cluster or is deleted is
+    KubeRay tearing down."""
+    meta, status = (rayjob or {}).get("metadata") or {}, (rayjob or {}).get("status") or {}
+    return (rayjob is not None and not meta.get("deletionTimestamp")
+            and status.get("rayClusterName") == cluster
+            and status.get("jobDeploymentStatus") == "Running")
+
+
 def oom_field(pod_labels: dict[str, str]) -> str:
-    """The TrainingRun field that sizes this Ray pod's memory."""
-    head = pod_labels.get("ray.io/node-type") == "head"
-    if pod_labels.get("ray.io/originated-from-crd") == "RayService":
-        return "spec.scaling.head.memory" if head else "spec.serve.memoryPerReplica"
-    return "spec.scaling.head.memory" if head else "spec.scaling.memoryPerWorker"
+    """The TrainingRun field that sizes this Ray pod's memory, from the role raykube's
+    render put on its pod template (KubeRay labels a pod with its node type and cluster,
+    not with the kind of object that made the cluster). Both heads, the training
+    cluster's and the serving cluster's, are sized by ``spec.scaling.head``."""
+    if pod_labels.get("ray.io/node-type") == "head":
+        return "spec.scaling.head.memory"
+    if pod_labels.get(ROLE_LABEL) == SERVE_ROLE:
+        return "spec.serve.memoryPerReplica"
+    return "spec.scaling.memoryPerWorker"
 
 
 def attempts_of(rayjob_status: dict[str, Any] | None) -> int | None:
@@ -304,7 +352,7 @@ def status_from_rayjob(
     now: str,
     generation: int | None,
     pod_problems: list[str] | None = None,
-    oom: str | None = None,
+    incident: str | None = None,
 ) -> dict[str, Any]:
     """The TrainingRun status fields to patch after the RayJob's status changed.
 
@@ -312,8 +360,9 @@ def status_from_rayjob(
     attempts, startTime, completionTime, message); progress/checkpoint/serving stay as
     they are. ``pod_problems``: ``pod_problem`` of the RayJob's pods that have one; while
     the job is not running they replace "waiting for the Ray cluster" with what it waits
-    for (reason ``PodsPending``). ``oom``: ``pod_oom``'s line for the latest OOM kill in
-    the run's Ray cluster, added to the message while the job runs, retries or has failed.
+    for (reason ``PodsPending``). ``incident``: the latest OOM kill (``pod_oom``) or head
+    loss (``head_loss``) in the run's Ray cluster, a note such as "last OOM kill: ...",
+    added to the message while the job is submitted, runs, retries or has failed.
     """
     cur = current or {}
     st = rayjob.get("status") or {}
@@ -333,9 +382,10 @@ def status_from_rayjob(
     succ_msg = state.message
     if state.outcome == "Succeeded" and (lost := failed_trials_note(cur.get("trials"))):
         message = succ_msg = f"{message}; {lost}"
-    if oom and (state.outcome == "Failed" or r_reason in ("Retrying", "JobRunning")):
-        message = f"{message} (last OOM kill: {oom})"
-        fail_msg = f"{fail_msg} (last OOM kill: {oom})"
+    if incident and (state.outcome == "Failed"
+                     or r_reason in ("Retrying", "JobRunning", "JobPending")):
+        message = f"{message} ({incident})"
+        fail_msg = f"{fail_msg} ({incident})"
     conds = set_condition(conds, RUNNING, r_status, r_reason, r_msg, now=now,
                           generation=generation)
     if state.outcome == "Succeeded":

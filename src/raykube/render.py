@@ -48,6 +48,8 @@ SERVE_IMPORT_PATH = "raykube.serve:app_builder"
 SERVE_DEPLOYMENT = "Classifier"
 SPEC_HASH_ANNOTATION = "raykube.io/spec-hash"
 ROLE_LABEL = "raykube.io/role"
+"""On every Ray pod template: ``head``, or the worker group's name (``workers``, ``serve``)."""
+SERVE_ROLE = "serve"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # ------------------------------------------------------------------ Ray's settings
@@ -316,7 +318,7 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
     metrics = {"RAY_SERVE_HAPROXY_METRICS_ENABLED": "1"} if cfg.serve_request_metrics else {}
     env = _storage_env(run, cfg, {**SERVE_ENV, **SERVE_POD_ENV, **metrics})
     group = _worker_group(
-        run, cfg, name="serve", units=sv.replicas, cpus=sv.cpus_per_replica,
+        run, cfg, name=SERVE_ROLE, units=sv.replicas, cpus=sv.cpus_per_replica,
         gpus=sv.gpus_per_replica, memory=sv.memory_per_replica, image=image, env=env,
         spec_volume=False, node_selector=s.scaling.node_selector,
         tolerations=[t.to_dict() for t in s.scaling.tolerations or []])

@@ -287,15 +287,25 @@ def test_pod_oom_names_the_pod_container_and_limit():
     assert st.pod_oom(healthy) is None and st.pod_oom({}) is None
 
 
-@pytest.mark.parametrize("labels,field", [
-    ({"ray.io/node-type": "worker", "ray.io/originated-from-crd": "RayJob"},
-     "spec.scaling.memoryPerWorker"),
-    ({"ray.io/node-type": "head", "ray.io/originated-from-crd": "RayJob"},
-     "spec.scaling.head.memory"),
-    ({"ray.io/node-type": "worker", "ray.io/originated-from-crd": "RayService"},
-     "spec.serve.memoryPerReplica"),
+@pytest.mark.parametrize("role,node_type,field", [
+    ("workers", "worker", "spec.scaling.memoryPerWorker"),
+    ("head", "head", "spec.scaling.head.memory"),  # the training cluster's or the serving one's
+    ("serve", "worker", "spec.serve.memoryPerReplica"),
 ])
-def test_oom_field_is_the_one_that_sizes_the_pod(labels, field):
+def test_oom_field_is_the_one_that_sizes_the_pod(role, node_type, field):
+    """From the labels a Ray pod really has: KubeRay's (no ray.io/originated-from-crd on
+    pods, only on the RayCluster) and the rendered template's."""
+    from raykube.render import RenderConfig, render_rayservice, render_training
+    from raykube.spec import parse_spec
+
+    run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"}, "serve": {"enabled": True}}, name="r")
+    cluster = (render_rayservice(run, RenderConfig(), "/c")["spec"]["rayClusterConfig"]
+               if role == "serve" else
+               next(o for o in render_training(run, RenderConfig()) if o["kind"] == "RayJob")
+               ["spec"]["rayClusterSpec"])
+    group = cluster["headGroupSpec"] if role == "head" else cluster["workerGroupSpecs"][0]
+    labels = {**group["template"]["metadata"]["labels"], "ray.io/node-type": node_type,
+              "ray.io/cluster": "r-abc", "ray.io/is-ray-node": "yes"}
     assert st.oom_field(labels) == field
 
 
@@ -308,7 +318,8 @@ def test_oom_field_is_the_one_that_sizes_the_pod(labels, field):
 ])
 def test_the_last_oom_kill_is_in_the_message_while_it_matters(status, shown):
     out = st.status_from_rayjob({"metadata": {"name": "r"}, "status": status}, None,
-                                now="2026-12-01T00:00:00Z", generation=1, oom="pod w-1: x")
+                                now="2026-12-01T00:00:00Z", generation=1,
+                                incident="last OOM kill: pod w-1: x")
     assert ("last OOM kill: pod w-1: x" in out["message"]) is shown
     failed = st.get_condition(out["conditions"], st.FAILED)
     if status.get("jobStatus") == "FAILED":
@@ -351,3 +362,60 @@ def test_a_head_killed_by_rays_memory_monitor_is_one_line_naming_the_fields():
         "killed 2 worker(s) (TrainController, JobSupervisor): the node had 0.97GB in use "
         "of its 1.00GB limit; give its pods more memory: spec.scaling.head.memory"), state.message
     assert "spec.scaling.memoryPerWorker" in state.message
+
+
+def _head(**status) -> dict:
+    return {"metadata": {"name": "r-abc-head-x1", "uid": "u1",
+                         "labels": {"ray.io/node-type": "head", "ray.io/cluster": "r-abc"}},
+            "status": {"phase": "Running", **status}}
+
+
+NOW = "2026-12-02T17:19:34Z"
+
+
+def test_a_head_deleted_failed_or_restarted_is_a_head_loss():
+    assert st.head_loss(_head(), deleted=False, now=NOW) is None
+    assert st.head_loss(_head(), deleted=True, now=NOW) == (
+        "u1/deleted", f"the Ray head pod r-abc-head-x1 was deleted at {NOW}")
+    terminating = _head()
+    terminating["metadata"]["deletionTimestamp"] = "2026-12-02T17:20:04Z"
+    assert st.head_loss(terminating, deleted=False, now=NOW)[0] == "u1/deleted"
+    evicted = _head(phase="Failed", reason="Evicted", message="The node was low on memory.")
+    assert st.head_loss(evicted, deleted=False, now=NOW)[1] == (
+        f"the Ray head pod r-abc-head-x1 failed at {NOW} (Evicted The node was low on memory.)")
+    restarted = _head(containerStatuses=[{"name": "ray-head", "restartCount": 2, "lastState": {
+        "terminated": {"reason": "Error", "exitCode": 1, "finishedAt": "2026-12-02T17:00:00Z"}}}])
+    assert st.head_loss(restarted, deleted=False, now=NOW) == (
+        "u1/ray-head/2", "the Ray head pod r-abc-head-x1: container ray-head restarted at "
+        "2026-12-02T17:00:00Z (Error, exit code 1)")
+
+
+def test_not_a_head_loss_for_workers_or_oom_kills():
+    """(A serving cluster's head is no RayJob's: ``running_on`` tells them apart.)"""
+    worker = _head()
+    worker["metadata"]["labels"]["ray.io/node-type"] = "worker"
+    assert st.head_loss(worker, deleted=True, now=NOW) is None
+    oom = _head(containerStatuses=[{"name": "ray-head", "restartCount": 1, "lastState": {
+        "terminated": {"reason": "OOMKilled", "exitCode": 137}}}])
+    assert st.head_loss(oom, deleted=False, now=NOW) is None  # pod_oom's Warning names it
+
+
+@pytest.mark.parametrize("job,running", [
+    ({"status": {"rayClusterName": "c", "jobDeploymentStatus": "Running"}}, True),
+    ({"status": {"rayClusterName": "other", "jobDeploymentStatus": "Running"}}, False),
+    ({"status": {"rayClusterName": "c", "jobDeploymentStatus": "Complete"}}, False),
+    ({"status": {"rayClusterName": "c", "jobDeploymentStatus": "Retrying"}}, False),
+    ({"metadata": {"deletionTimestamp": NOW},
+      "status": {"rayClusterName": "c", "jobDeploymentStatus": "Running"}}, False),
+    (None, False),
+])
+def test_a_head_is_lost_only_while_its_job_runs_on_it(job, running):
+    assert st.running_on(job, "c") is running
+
+
+def test_the_last_head_loss_is_in_the_message_while_the_job_runs():
+    out = st.status_from_rayjob(
+        {"metadata": {"name": "r"}, "status": {"jobDeploymentStatus": "Running",
+                                               "jobStatus": "RUNNING"}},
+        None, now=NOW, generation=1, incident="last Ray head loss: the Ray head pod p was deleted")
+    assert out["message"].endswith("(last Ray head loss: the Ray head pod p was deleted)")
