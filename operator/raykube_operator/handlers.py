@@ -703,7 +703,7 @@ def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
         cluster = (rayjob.get("status") or {}).get("rayClusterName")
         with memo.pods_guard:
             problems = [why for c, why in memo.pod_problems.get((ns, tr_name), {}).values()
-                        if cluster and c == cluster]
+                        if c is None or (cluster and c == cluster)]  # None: the submitter
             inc_cluster, incident = memo.pod_incidents.get((ns, tr_name), (None, None))
         patch = st.status_from_rayjob(
             rayjob, cur, now=st.now_rfc3339(), generation=tr["metadata"].get("generation"),
@@ -747,12 +747,13 @@ def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
 
 
 # ------------------------------------------------------------------------ Ray pods
-@kopf.on.event("", "v1", "pods", labels={LABEL: kopf.PRESENT, "ray.io/cluster": kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={LABEL: kopf.PRESENT})
 def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A Ray pod of a TrainingRun changed: when whether it can run changed (unschedulable,
-    an unbound claim, an image that cannot be pulled; or no longer so), re-derive the
-    run's status from its RayJob, which then names the pod and the reason instead of
-    "waiting for the Ray cluster". A container OOM-killed (``st.pod_oom``) is one Warning
+    """A pod of a TrainingRun changed (a Ray pod, or KubeRay's job submitter, which has
+    no ``ray.io/cluster`` label and belongs to the RayJob's current cluster): when whether
+    it can run changed (unschedulable, an unbound claim, an image that cannot be pulled;
+    or no longer so), re-derive the run's status from its RayJob, which then names the
+    pod and the reason instead of "waiting for the Ray cluster". A container OOM-killed (``st.pod_oom``) is one Warning
     Event naming the field that sizes the pod; a Ray head lost while the job runs on it
     (``st.head_loss``) is one Warning Event saying that the job starts again from the
     latest checkpoint. The run's message carries the latest of either while the job
@@ -760,10 +761,10 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     the set of problems of the run changed or a new kill or loss was seen."""
     meta = body.metadata
     labels = meta.labels or {}
-    key, cluster = (meta.namespace, labels[LABEL]), labels["ray.io/cluster"]
+    key, cluster = (meta.namespace, labels[LABEL]), labels.get("ray.io/cluster")
     problem = None if type == "DELETED" else st.pod_problem(dict(body))
     entry = (cluster, problem) if problem else None
-    oom = None if type == "DELETED" else st.pod_oom(dict(body))
+    oom = None if type == "DELETED" or cluster is None else st.pod_oom(dict(body))
     loss = st.head_loss(dict(body), deleted=type == "DELETED", now=st.now_rfc3339())
     with memo.pods_guard:
         seen_keys = memo.incidents_seen.get(key, set())
@@ -797,7 +798,7 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
                    f"{loss[1]} while the job ran on it: the job is lost with its head; "
                    "KubeRay submits it again to the new head, and training resumes from "
                    "the latest checkpoint")
-        if job is not None and (job.get("status") or {}).get("rayClusterName") == cluster:
+        if job is not None and cluster in (None, (job.get("status") or {}).get("rayClusterName")):
             _sync_rayjob_status(job, memo)
 
     _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))

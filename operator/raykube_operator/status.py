@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from raykube.render import ROLE_LABEL, SERVE_ROLE
+from raykube.render import ROLE_LABEL, SERVE_ROLE, SUBMITTER_ROLE
 
 # Condition types, in the order they are listed in status.conditions.
 VALIDATED = "Validated"
@@ -226,6 +226,8 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     if meta.get("deletionTimestamp") or status.get("phase") not in ("Pending", None, ""):
         return None
     name = meta.get("name", "?")
+    if (meta.get("labels") or {}).get(ROLE_LABEL) == SUBMITTER_ROLE:
+        name = f"{name} (KubeRay's job submitter)"
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             why = " ".join((cond.get("message") or cond.get("reason") or "").split())
@@ -374,10 +376,12 @@ def status_from_rayjob(
             and r_reason != "Suspended":
         problems = sorted(pod_problems)
         more = f" (and {len(problems) - 1} more pod(s))" if len(problems) > 1 else ""
-        message = f"waiting for the Ray cluster: {problems[0]}{more}"
+        waiting = ("the Ray cluster is up; the job is not submitted yet"
+                   if state.reason == "JobPending" else "waiting for the Ray cluster")
+        message = f"{waiting}: {problems[0]}{more}"
         r_msg = message
-        if r_status == "False":
-            r_reason = "PodsPending"
+        if r_status == "False" or state.reason == "JobPending":  # nothing runs yet
+            r_status, r_reason = "False", "PodsPending"
     fail_msg = state.message
     succ_msg = state.message
     if state.outcome == "Succeeded" and (lost := failed_trials_note(cur.get("trials"))):

@@ -22,6 +22,7 @@ Sizing:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -48,8 +49,14 @@ SERVE_IMPORT_PATH = "raykube.serve:app_builder"
 SERVE_DEPLOYMENT = "Classifier"
 SPEC_HASH_ANNOTATION = "raykube.io/spec-hash"
 ROLE_LABEL = "raykube.io/role"
-"""On every Ray pod template: ``head``, or the worker group's name (``workers``, ``serve``)."""
+"""On every pod template: ``head``, the worker group's name (``workers``, ``serve``), or
+``submitter`` (KubeRay's job submitter)."""
 SERVE_ROLE = "serve"
+SUBMITTER_ROLE = "submitter"
+# KubeRay's own default for the submitter container (common.GetDefaultSubmitterContainer),
+# rendered so that the pod also carries the run's labels (below).
+SUBMITTER_RESOURCES = {"requests": {"cpu": "500m", "memory": "200Mi"},
+                       "limits": {"cpu": "1", "memory": "1Gi"}}
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # ------------------------------------------------------------------ Ray's settings
@@ -257,6 +264,7 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
             "workerGroupSpecs": [group],
         },
     }
+    job["submitterPodTemplate"] = _submitter_template(run, cfg, image)
     if s.suspend:
         # only when true: KubeRay writes RayJobs back without `suspend: false` (omitempty),
         # so rendering it would make every apply of an unchanged render a spec change
@@ -265,6 +273,21 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
         job["activeDeadlineSeconds"] = s.active_deadline_seconds
     return {"apiVersion": "ray.io/v1", "kind": "RayJob",
             "metadata": _meta(run, child_name(run), owner), "spec": job}
+
+
+def _submitter_template(run: TrainingRun, cfg: RenderConfig, image: str) -> dict[str, Any]:
+    """KubeRay's job submitter pod (``ray job submit``, then the job's log) as KubeRay
+    would make it (the head's image, its default resources; KubeRay fills in the command
+    and the job's address), plus the run's labels. Without them nothing ties the pod to
+    its TrainingRun: on a full cluster it sat Pending ("Insufficient cpu") while the
+    TrainingRun said the job was submitted; with them the operator's pod watch names it
+    (``raykube_operator.status.pod_problem``). It needs no API access: no token."""
+    container = {"name": "ray-job-submitter", "image": image,
+                 "imagePullPolicy": cfg.image_pull_policy,
+                 "resources": copy.deepcopy(SUBMITTER_RESOURCES)}
+    return {"metadata": {"labels": {LABEL: run.name, ROLE_LABEL: SUBMITTER_ROLE}},
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                     "containers": [container]}}
 
 
 def ttl_after_finished(run: TrainingRun) -> int:

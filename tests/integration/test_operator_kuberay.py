@@ -90,6 +90,23 @@ def test_rayjob_becomes_a_raycluster_with_running_pods(kube, operator):
     assert tr["status"]["phase"] in ("Pending", "Running")
 
 
+def test_kuberays_job_submitter_pod_carries_the_runs_labels(kube, operator):
+    """KubeRay builds its submitter Job from the rendered template: the pod is the run's
+    (so a submitter that cannot start is named in the run's message, which the operator
+    finds through its pod watch), runs KubeRay's own `ray job submit`, holds no token."""
+    kube.wait_object("RayJob", "kr-train", timeout=60, where=lambda o: (
+        o.get("status") or {}).get("jobDeploymentStatus") == "Running")
+    (pod,) = kube.wait_for(lambda: kube.list(
+        "Pod", label_selector=f"{LABEL}=kr-train,raykube.io/role=submitter"), timeout=60,
+        what="the submitter's pod")
+    assert pod["metadata"]["labels"]["job-name"] == "kr-train"  # the Kubernetes Job's
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    (c,) = spec["containers"]
+    assert "ray job submit" in " ".join(c["args"]), c["args"]
+    assert {"RAY_DASHBOARD_ADDRESS", "RAY_JOB_SUBMISSION_ID"} <= {e["name"] for e in c["env"]}
+
+
 def test_the_log_has_no_line_per_watched_event(kube, operator):
     """kopf logs ``Handler '...' succeeded.`` at INFO after every handler call. By now
     the RayJob and its pods have changed many times: the watch handlers' lines are DEBUG,

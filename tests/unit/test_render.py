@@ -94,6 +94,23 @@ def test_rayjob_contract():
     assert c["resources"]["limits"] == c["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
 
 
+def test_the_job_submitter_is_kuberays_own_with_the_runs_labels():
+    """KubeRay takes a submitterPodTemplate as given and fills in the command and the
+    job's address; ours is its default (image, resources) plus the run's labels, so
+    that the operator's pod watch sees a submitter pod that cannot start."""
+    job = R.render_rayjob(_run(image="example.com/raykube:custom"), CFG)
+    tpl = job["spec"]["submitterPodTemplate"]
+    assert tpl["metadata"]["labels"] == {LABEL: "quickstart", R.ROLE_LABEL: R.SUBMITTER_ROLE}
+    assert tpl["spec"]["restartPolicy"] == "Never"
+    assert tpl["spec"]["automountServiceAccountToken"] is False
+    c, = tpl["spec"]["containers"]
+    head_c, = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert c["image"] == head_c["image"] == "example.com/raykube:custom"
+    assert "command" not in c and "args" not in c  # KubeRay's `ray job submit ...`
+    assert c["resources"] == {"requests": {"cpu": "500m", "memory": "200Mi"},
+                              "limits": {"cpu": "1", "memory": "1Gi"}}
+
+
 def test_ttl_after_finished_defaults():
     assert R.render_rayjob(_run(serve={"enabled": False}), CFG)["spec"][
         "ttlSecondsAfterFinished"] == 600

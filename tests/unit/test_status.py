@@ -419,3 +419,25 @@ def test_the_last_head_loss_is_in_the_message_while_the_job_runs():
                                                "jobStatus": "RUNNING"}},
         None, now=NOW, generation=1, incident="last Ray head loss: the Ray head pod p was deleted")
     assert out["message"].endswith("(last Ray head loss: the Ray head pod p was deleted)")
+
+
+def test_a_submitter_pod_that_cannot_start_is_named_while_the_job_is_not_submitted():
+    """KubeRay's job submitter Pending on a full node (seen on the real node: "0/1 nodes
+    are available: 1 Insufficient cpu") while KubeRay reports the job deployment Running:
+    the run is Pending, and says which pod waits and why."""
+    pod = {"metadata": {"name": "r-zt642", "labels": {"raykube.io/trainingrun": "r",
+                                                      "raykube.io/role": "submitter"}},
+           "status": {"phase": "Pending", "conditions": [{
+               "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+               "message": "0/1 nodes are available: 1 Insufficient cpu."}]}}
+    problem = st.pod_problem(pod)
+    assert problem == ("pod r-zt642 (KubeRay's job submitter) cannot be scheduled: "
+                       "0/1 nodes are available: 1 Insufficient cpu.")
+    out = st.status_from_rayjob(
+        {"metadata": {"name": "r"}, "status": {"jobDeploymentStatus": "Running",
+                                               "rayClusterName": "r-abc"}},
+        None, now=NOW, generation=1, pod_problems=[problem])
+    assert out["message"] == f"the Ray cluster is up; the job is not submitted yet: {problem}"
+    running = st.get_condition(out["conditions"], st.RUNNING)
+    assert (running["status"], running["reason"]) == ("False", "PodsPending")
+    assert out["phase"] == "Pending"
