@@ -14,6 +14,7 @@ contradict them.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -156,9 +157,10 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
     # Ray cluster; with a failed attempt on record all of it is one retry, not a new start
     # (phase and attempts would otherwise flicker back to Pending and 1).
     if dep == "Retrying" or (failed > 0 and dep in ("", "New", "Initializing", "Waiting")):
-        return JobState(("True", "Retrying", f"attempt {failed} failed; KubeRay is starting "
-                         "a new Ray cluster that resumes from the latest checkpoint"),
-                        None, "Retrying", kr_msg or "retrying", False)
+        why = retry_cause(kr_msg)
+        what = f"attempt {failed} failed" + (f": {why}" if why else "")
+        return JobState(("True", "Retrying", f"{what}{RETRY_TAIL}"), None, "Retrying",
+                        f"retrying: {what}", False)
     if dep == "Running":
         if job in ("", "PENDING"):
             return JobState(("True", "JobPending", "the Ray cluster is up; the job is being "
@@ -175,7 +177,28 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
 DRIVER_PREFIX = "raykube train: "
 
 
-def driver_line(kuberay_message: str) -> str | None:
+RETRY_TAIL = "; KubeRay is starting a new Ray cluster that resumes from the latest checkpoint"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def retry_cause(kuberay_message: str, limit: int = 300) -> str | None:
+    """Why the attempt KubeRay is retrying failed, in one line, or None.
+
+    KubeRay writes the failed job's log tail into the RayJob's message as it goes to
+    ``Retrying`` and clears it once the old Ray cluster is gone (a few seconds later).
+    The TrainingRun showed that tail whole (20 lines of Ray's log, terminal colour codes
+    included), then just "retrying". Here: the driver's own line, Ray's OOM kill, or
+    else the log's last line."""
+    if not kuberay_message.strip():
+        return None
+    line = driver_line(kuberay_message, pointer=False) or ray_oom_detail(kuberay_message)
+    if line is None:
+        lines = [ANSI_ESCAPE.sub("", ln).strip() for ln in kuberay_message.splitlines()]
+        line = next((ln for ln in reversed(lines) if ln), "")
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def driver_line(kuberay_message: str, *, pointer: bool = True) -> str | None:
     """The driver's own last word in a failed RayJob's message, or None.
 
     KubeRay's message for a failed job is Ray's "Job entrypoint command failed with exit
@@ -188,7 +211,8 @@ def driver_line(kuberay_message: str) -> str | None:
              if ln.strip().startswith(DRIVER_PREFIX)]
     if not lines:
         return None
-    return f"{lines[-1]} (the job's last log lines: kubectl describe rayjob)"
+    return f"{lines[-1]} (the job's last log lines: kubectl describe rayjob)" if pointer \
+        else lines[-1]
 
 
 OOM_HINT = ("give its pods more memory: spec.scaling.head.memory (the head: the driver, Ray "
@@ -372,6 +396,12 @@ def status_from_rayjob(
     conds = cur.get("conditions") or []
     r_status, r_reason, r_msg = state.running
     message = state.message
+    if r_reason == "Retrying" and r_msg.endswith(f"failed{RETRY_TAIL}"):
+        # KubeRay has cleared the cause from the RayJob: keep what was seen of this attempt
+        prev = get_condition(conds, RUNNING) or {}
+        if prev.get("reason") == "Retrying" and (prev.get("message") or "").startswith(
+                r_msg[:-len(RETRY_TAIL)] + ": "):
+            r_msg, message = prev["message"], cur.get("message") or message
     if pod_problems and state.outcome is None and state.reason != "JobRunning" \
             and r_reason != "Suspended":
         problems = sorted(pod_problems)

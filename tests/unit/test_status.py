@@ -441,3 +441,46 @@ def test_a_submitter_pod_that_cannot_start_is_named_while_the_job_is_not_submitt
     running = st.get_condition(out["conditions"], st.RUNNING)
     assert (running["status"], running["reason"]) == ("False", "PodsPending")
     assert out["phase"] == "Pending"
+
+
+KUBERAY_RETRY_MESSAGE = (  # a RayJob's message as it went to Retrying on the real node
+    "Job entrypoint command failed with exit code 1, last available logs (truncated to "
+    "20,000 chars):\n2026-12-02 09:55:35,913\tINFO job_manager.py:581 -- Runtime env is "
+    "setting up.\nRunning entrypoint for job nofolder-kf8fv: raykube train --spec "
+    "/etc/raykube/trainingrun.yaml\n2026-12-02 09:55:38,204\tINFO worker.py:2029 -- Connected "
+    "to Ray cluster. View the dashboard at \x1b[1m\x1b[32mhttp://10.244.0.57:8265 "
+    "\x1b[39m\x1b[22m\nraykube train: image-folder /mnt/raykube/default/no-such-images: "
+    "cannot list it ([Errno 2] No such file or directory)\n")
+
+
+def test_a_retry_says_why_the_attempt_failed_until_the_next_one_runs():
+    """KubeRay writes the failed attempt's log tail as it goes to Retrying and clears it
+    seconds later: the run says the driver's line throughout the retry, in one line."""
+    why = ("raykube train: image-folder /mnt/raykube/default/no-such-images: cannot list it "
+           "([Errno 2] No such file or directory)")
+    cur: dict = {}
+    seen = []
+    for dep, job, msg in (("Running", "RUNNING", ""), ("Retrying", "FAILED", KUBERAY_RETRY_MESSAGE),
+                          ("Retrying", "", ""), ("", "", ""), ("Initializing", "", ""),
+                          ("Running", "RUNNING", "")):
+        rayjob = {"metadata": {"name": "j"}, "status": {
+            "jobDeploymentStatus": dep, "jobStatus": job, "message": msg,
+            "failed": 0 if not seen else 1}}
+        cur = {**cur, **st.status_from_rayjob(rayjob, cur, now=T0, generation=1)}
+        seen.append(cur["message"])
+        running = st.get_condition(cur["conditions"], st.RUNNING)
+        if 0 < len(seen) - 1 < 5:
+            assert running["message"] == (f"attempt 1 failed: {why}; KubeRay is starting a new "
+                                          "Ray cluster that resumes from the latest checkpoint")
+    assert seen == ["training is running"] + [f"retrying: attempt 1 failed: {why}"] * 4 + [
+        "training is running"], seen
+
+
+@pytest.mark.parametrize("message,cause", [
+    ("", None),
+    ("Job entrypoint command failed with exit code 1, last available logs:\nTraceback ...\n"
+     "  File x\nRuntimeError: \x1b[31mboom\x1b[0m\n\n", "RuntimeError: boom"),
+    ("x" * 400, "x" * 299 + "…"),
+])
+def test_retry_cause_is_one_line(message, cause):
+    assert st.retry_cause(message) == cause
