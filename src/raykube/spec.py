@@ -414,7 +414,7 @@ class TuneSpec(_Model):
 class PVCStorage(_Model):
     """A PersistentVolumeClaim (ReadWriteMany) mounted into every Ray pod."""
 
-    claim_name: str = Field(default="raykube-storage", pattern=_DNS_LABEL[:-1] + r"$",
+    claim_name: str = Field(default="raykube-storage", pattern=_DNS_LABEL,
                             max_length=253, description="Name of the claim, in the "
                             "TrainingRun's namespace.")
     mount_path: str = Field(default="/mnt/raykube", pattern=r"^/", description="Where the "
@@ -1083,6 +1083,12 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
                 msg = f"must be {kind}{bounds}, got {e.get('input')!r}"
         elif e["type"] == "literal_error":
             msg = f"{e['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
+        elif e["type"] == "string_pattern_mismatch":
+            shown = _short(e.get("input"))
+            msg = (f"must be a DNS label: lower-case letters, digits and '-', starting with "
+                   f"a letter and ending with a letter or digit (got {shown})"
+                   if (e.get("ctx") or {}).get("pattern") == _DNS_LABEL
+                   else f"{msg[0].lower()}{msg[1:]} (got {shown})")
         errors.append(SpecError(path or "(document)", msg))
     return errors
 

@@ -303,3 +303,23 @@ def test_a_location_raykube_cannot_read_is_refused_naming_the_field(location, wo
     # the CRD's pattern (^s3://[^/]+) answers some storage URIs first, in pydantic's words
     assert words in error.message or "should match pattern" in error.message, error
     assert words in location_problem(location)
+
+
+@pytest.mark.parametrize("where,value", [
+    ("metadata.name", "Bad_Name"), ("metadata.namespace", "Team.A"),
+    ("spec.checkpoint.storage.pvc.claimName", "My_Claim")])
+def test_a_name_that_is_no_dns_label_says_what_a_dns_label_is(where, value):
+    doc = {"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+           "metadata": {"name": "ok"},
+           "spec": {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}}
+    node = doc
+    *parents, leaf = where.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(doc)
+    [error] = info.value.errors
+    assert error.path == where
+    assert error.message == ("must be a DNS label: lower-case letters, digits and '-', starting "
+                             f"with a letter and ending with a letter or digit (got {value!r})")
