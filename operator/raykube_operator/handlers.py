@@ -753,12 +753,13 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     no ``ray.io/cluster`` label and belongs to the RayJob's current cluster): when whether
     it can run changed (unschedulable, an unbound claim, an image that cannot be pulled;
     or no longer so), re-derive the run's status from its RayJob, which then names the
-    pod and the reason instead of "waiting for the Ray cluster". A container OOM-killed (``st.pod_oom``) is one Warning
-    Event naming the field that sizes the pod; a Ray head lost while the job runs on it
-    (``st.head_loss``) is one Warning Event saying that the job starts again from the
-    latest checkpoint. The run's message carries the latest of either while the job
-    runs, retries or has failed. Healthy pods cost nothing: no API call is made unless
-    the set of problems of the run changed or a new kill or loss was seen."""
+    pod and the reason instead of "waiting for the Ray cluster". A container OOM-killed
+    (``st.pod_oom``) is one Warning Event naming the field that sizes the pod; a Ray head
+    lost while the job runs on it (``st.head_loss``) is one Warning Event saying that the
+    job starts again from the latest checkpoint. The run's message carries the latest of
+    either while the job runs, retries or has failed. Healthy pods cost nothing: no API
+    call is made unless the set of problems of the run changed or a new kill or loss was
+    seen."""
     meta = body.metadata
     labels = meta.labels or {}
     key, cluster = (meta.namespace, labels[LABEL]), labels.get("ray.io/cluster")

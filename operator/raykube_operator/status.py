@@ -290,10 +290,11 @@ def pod_oom(pod: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def head_loss(pod: dict[str, Any], *, deleted: bool, now: str) -> tuple[str, str] | None:
-    """(a key that changes with each loss, one line) when this is a Ray head pod (whose
-    cluster is the RayJob's: ``running_on``) and the head is gone or restarting: the pod deleted (by hand, a
-    drain, a preemption), failed (evicted), or its container restarted for a reason
-    other than an OOM kill (``pod_oom`` names those).
+    """(a key that changes with each loss, one line) when this is a Ray head pod and the
+    head is gone or restarting: the pod deleted (by hand, a drain, a preemption), failed
+    (evicted), or its container restarted for a reason other than an OOM kill
+    (``pod_oom`` names those). Whether it was the RayJob's head, lost while the job ran
+    on it, is ``running_on``'s to say.
 
     Without GCS fault tolerance the job dies with its head: KubeRay's job submitter fails,
     its Kubernetes Job submits the same job ID to the new head, and the driver resumes
