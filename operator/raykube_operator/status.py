@@ -188,13 +188,14 @@ def retry_cause(kuberay_message: str, limit: int = 300) -> str | None:
     ``Retrying`` and clears it once the old Ray cluster is gone (a few seconds later).
     The TrainingRun showed that tail whole (20 lines of Ray's log, terminal colour codes
     included), then just "retrying". Here: the driver's own line, Ray's OOM kill, or
-    else the log's last line."""
+    else the error's own line (``raykube.terminal.error_line``: the log's last line that
+    is no traceback frame)."""
+    from raykube.terminal import error_line
+
     if not kuberay_message.strip():
         return None
-    line = driver_line(kuberay_message, pointer=False) or ray_oom_detail(kuberay_message)
-    if line is None:
-        lines = [ANSI_ESCAPE.sub("", ln).strip() for ln in kuberay_message.splitlines()]
-        line = next((ln for ln in reversed(lines) if ln), "")
+    line = driver_line(kuberay_message, pointer=False) or ray_oom_detail(kuberay_message) \
+        or error_line(ANSI_ESCAPE.sub("", kuberay_message))
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
