@@ -130,9 +130,10 @@ def init_memo(memo: kopf.Memo, cfg: OperatorConfig, kube: Kube) -> kopf.Memo:
     # (namespace, TrainingRun) -> {pod name: (Ray cluster, problem)}: what keeps a run's
     # Ray pods from running, as last observed (see on_pod_event)
     memo.pod_problems = {}
-    # (namespace, run) -> (Ray cluster, note): the latest OOM kill or Ray head loss
-    memo.pod_incidents = {}
-    memo.incidents_seen = {}  # (namespace, run) -> pod_oom / head_loss keys already seen
+    # (namespace, run) -> pod_oom / head_loss keys already handled: a cache that spares
+    # the API calls on later events of the same pod (what was announced is the
+    # TrainingRun's status.lastIncident, which survives a restart)
+    memo.incidents_seen = {}
     memo.pods_guard = threading.Lock()
     memo.runs = {}  # (namespace, name) -> uid: the TrainingRuns seen, for the resync
     memo.runs_guard = threading.Lock()
@@ -704,10 +705,9 @@ def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
         with memo.pods_guard:
             problems = [why for c, why in memo.pod_problems.get((ns, tr_name), {}).values()
                         if c is None or (cluster and c == cluster)]  # None: the submitter
-            inc_cluster, incident = memo.pod_incidents.get((ns, tr_name), (None, None))
         patch = st.status_from_rayjob(
             rayjob, cur, now=st.now_rfc3339(), generation=tr["metadata"].get("generation"),
-            pod_problems=problems, incident=incident if cluster and inc_cluster == cluster else None)
+            pod_problems=problems)
         changed = any(cur.get(k) != v for k, v in patch.items())
         if changed:
             _patch_status(kube, tr, patch)
@@ -756,8 +756,9 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     pod and the reason instead of "waiting for the Ray cluster". A container OOM-killed
     (``st.pod_oom``) is one Warning Event naming the field that sizes the pod; a Ray head
     lost while the job runs on it (``st.head_loss``) is one Warning Event saying that the
-    job starts again from the latest checkpoint. The run's message carries the latest of
-    either while the job runs, retries or has failed. Healthy pods cost nothing: no API
+    job starts again from the latest checkpoint. The latest of either is the run's
+    ``status.lastIncident``; its message notes it while the job runs, retries or has
+    failed on that cluster. Healthy pods cost nothing: no API
     call is made unless the set of problems of the run changed or a new kill or loss was
     seen."""
     meta = body.metadata
@@ -765,19 +766,16 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     key, cluster = (meta.namespace, labels[LABEL]), labels.get("ray.io/cluster")
     problem = None if type == "DELETED" else st.pod_problem(dict(body))
     entry = (cluster, problem) if problem else None
-    oom = None if type == "DELETED" or cluster is None else st.pod_oom(dict(body))
-    loss = st.head_loss(dict(body), deleted=type == "DELETED", now=st.now_rfc3339())
+    now = st.now_rfc3339()
+    oom = None if type == "DELETED" or cluster is None else st.pod_oom(dict(body), now=now)
+    loss = st.head_loss(dict(body), deleted=type == "DELETED", now=now)
     with memo.pods_guard:
         seen_keys = memo.incidents_seen.get(key, set())
-        new_oom = oom is not None and oom[0] not in seen_keys
-        new_loss = loss is not None and loss[0] not in seen_keys
-        if new_oom or new_loss:
-            memo.incidents_seen[key] = seen_keys | {
-                found[0] for found, new in ((oom, new_oom), (loss, new_loss)) if new}
-        if new_oom:
-            memo.pod_incidents[key] = (cluster, f"last OOM kill: {oom[1]}")
+        new = [inc for inc in (oom, loss) if inc is not None and inc.key not in seen_keys]
+        if new:
+            memo.incidents_seen[key] = seen_keys | {inc.key for inc in new}
         seen = memo.pod_problems.get(key, {})
-        if seen.get(meta.name) == entry and not new_oom and not new_loss:
+        if seen.get(meta.name) == entry and not new:
             return
         seen = {**seen, meta.name: entry} if entry else {
             k: v for k, v in seen.items() if k != meta.name}
@@ -787,22 +785,34 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             memo.pod_problems.pop(key, None)
 
     def sync() -> None:
-        tr = _get_tr(memo.kube, key[0], key[1]) if new_oom or new_loss else None
-        if new_oom and tr is not None:  # one Warning per kill: kubectl describe tr says why
-            _event(tr, "Warning", "OOMKilled", f"{oom[1]}: the run needs more memory "
-                   f"than its pods get; raise {st.oom_field(dict(labels))}")
         job = memo.kube.get(RAY_API, "RayJob", key[0], key[1])
-        if new_loss and tr is not None and st.running_on(job, cluster):
-            with memo.pods_guard:
-                memo.pod_incidents[key] = (cluster, f"last Ray head loss: {loss[1]}")
-            _event(tr, "Warning", "RayHeadLost",
-                   f"{loss[1]} while the job ran on it: the job is lost with its head; "
-                   "KubeRay submits it again to the new head, and training resumes from "
-                   "the latest checkpoint")
+        for inc in new:  # a head lost is a fault only while the job runs on it
+            if inc.reason == "OOMKilled" or st.running_on(job, cluster):
+                _announce(memo, key, cluster, inc, labels)
         if job is not None and cluster in (None, (job.get("status") or {}).get("rayClusterName")):
             _sync_rayjob_status(job, memo)
 
     _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))
+
+
+def _announce(memo: kopf.Memo, key: tuple[str, str], cluster: str | None, inc: st.Incident,
+              labels: dict[str, str]) -> None:
+    """Record an OOM kill or head loss in ``status.lastIncident`` and post its one Warning
+    Event, unless the status already holds it or a later one: an operator (re)starting
+    lists every pod again, kills and restarts from before its start included."""
+    with _lock(memo, *key):
+        tr = _get_tr(memo.kube, *key)
+        if tr is None or not st.incident_is_new(inc, (tr.get("status") or {}).get("lastIncident")):
+            return
+        _patch_status(memo.kube, tr, {"lastIncident": st.incident_status(inc, cluster)})
+    if inc.reason == "OOMKilled":  # kubectl describe tr says why, and what to raise
+        _event(tr, "Warning", "OOMKilled", f"{inc.message}: the run needs more memory "
+               f"than its pods get; raise {st.oom_field(dict(labels))}")
+    else:
+        _event(tr, "Warning", "RayHeadLost",
+               f"{inc.message} while the job ran on it: the job is lost with its head; "
+               "KubeRay submits it again to the new head, and training resumes from "
+               "the latest checkpoint")
 
 
 @kopf.on.field(*TR, field="status.checkpoint")
@@ -1064,7 +1074,7 @@ def _forget_gone(memo: kopf.Memo) -> None:
         for key in [k for k, lock in memo.locks.items() if k not in alive and not lock.locked()]:
             del memo.locks[key]
     with memo.pods_guard:
-        for table in (memo.pod_problems, memo.pod_incidents, memo.incidents_seen):
+        for table in (memo.pod_problems, memo.incidents_seen):
             for key in [k for k in table if k not in alive]:
                 del table[key]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from raykube.render import ROLE_LABEL, SERVE_ROLE, SUBMITTER_ROLE
@@ -266,9 +266,29 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     return None
 
 
-def pod_oom(pod: dict[str, Any]) -> tuple[str, str] | None:
-    """(a key that changes with each kill, one line) when a container of this Ray pod was
-    OOM-killed (now, or before its last restart), else None.
+@dataclass(frozen=True)
+class Incident:
+    """A fault seen in a Ray pod: ``key`` changes with each occurrence (the operator's
+    memo of what it has announced), ``at`` is when it happened as the pod's status says
+    (so an operator restarted mid-run can tell it from what ``status.lastIncident``
+    holds), ``message`` one line naming the pod."""
+
+    key: str
+    reason: str  # OOMKilled | RayHeadLost
+    message: str
+    at: str
+
+
+def _k8s_time(value: Any) -> datetime | None:
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def pod_oom(pod: dict[str, Any], *, now: str) -> Incident | None:
+    """An OOMKilled incident when a container of this Ray pod was OOM-killed (now, or
+    before its last restart), else None.
 
     The kubelet restarts the container in place (KubeRay's Ray pods keep the default
     ``restartPolicy: Always``), Ray Train restarts its workers from the last checkpoint,
@@ -284,18 +304,38 @@ def pod_oom(pod: dict[str, Any]) -> tuple[str, str] | None:
                 name, limit = cs.get("name"), limits.get(cs.get("name"))
                 restarts = int(cs.get("restartCount") or 0)
                 key = f"{meta.get('uid')}/{name}/{restarts}/{term.get('finishedAt')}"
-                return key, (f"pod {meta.get('name', '?')}: container {name} was OOMKilled"
-                             + (f" at its {limit} memory limit" if limit else "")
-                             + (f" ({restarts} restart(s))" if restarts else ""))
+                return Incident(
+                    key, "OOMKilled",
+                    f"pod {meta.get('name', '?')}: container {name} was OOMKilled"
+                    + (f" at its {limit} memory limit" if limit else "")
+                    + (f" ({restarts} restart(s))" if restarts else ""),
+                    term.get("finishedAt") or now)
     return None
 
 
-def head_loss(pod: dict[str, Any], *, deleted: bool, now: str) -> tuple[str, str] | None:
-    """(a key that changes with each loss, one line) when this is a Ray head pod and the
-    head is gone or restarting: the pod deleted (by hand, a drain, a preemption), failed
-    (evicted), or its container restarted for a reason other than an OOM kill
-    (``pod_oom`` names those). Whether it was the RayJob's head, lost while the job ran
-    on it, is ``running_on``'s to say.
+def _deleted_at(meta: dict[str, Any], now: str) -> str:
+    """When deletion was asked for: ``deletionTimestamp`` is that plus the grace period."""
+    when = _k8s_time(meta.get("deletionTimestamp"))
+    if when is None:
+        return now
+    return now_rfc3339(when - timedelta(seconds=int(meta.get("deletionGracePeriodSeconds") or 0)))
+
+
+def _failed_at(status: dict[str, Any], now: str) -> str:
+    """The latest container end or condition change a failed pod shows."""
+    times = [(cs.get("state") or {}).get("terminated", {}).get("finishedAt")
+             for cs in status.get("containerStatuses") or []]
+    times += [c.get("lastTransitionTime") for c in status.get("conditions") or []]
+    parsed = [t for t in map(_k8s_time, times) if t is not None]
+    return now_rfc3339(max(parsed)) if parsed else now
+
+
+def head_loss(pod: dict[str, Any], *, deleted: bool, now: str) -> Incident | None:
+    """A RayHeadLost incident when this is a Ray head pod and the head is gone or
+    restarting: the pod deleted (by hand, a drain, a preemption), failed (evicted), or its
+    container restarted for a reason other than an OOM kill (``pod_oom`` names those).
+    Whether it was the RayJob's head, lost while the job ran on it, is ``running_on``'s
+    to say.
 
     Without GCS fault tolerance the job dies with its head: KubeRay's job submitter fails,
     its Kubernetes Job submits the same job ID to the new head, and the driver resumes
@@ -306,21 +346,54 @@ def head_loss(pod: dict[str, Any], *, deleted: bool, now: str) -> tuple[str, str
         return None
     name, uid = meta.get("name", "?"), meta.get("uid")
     if deleted or meta.get("deletionTimestamp"):
-        return f"{uid}/deleted", f"the Ray head pod {name} was deleted at {now}"
+        at = _deleted_at(meta, now)
+        return Incident(f"{uid}/deleted", "RayHeadLost",
+                        f"the Ray head pod {name} was deleted at {at}", at)
     if status.get("phase") == "Failed":
         why = " ".join(f"{status.get('reason') or ''} {status.get('message') or ''}".split())
-        return f"{uid}/failed", f"the Ray head pod {name} failed at {now}" + (
-            f" ({why})" if why else "")
+        at = _failed_at(status, now)
+        return Incident(f"{uid}/failed", "RayHeadLost",
+                        f"the Ray head pod {name} failed at {at}" + (f" ({why})" if why else ""),
+                        at)
     for cs in status.get("containerStatuses") or []:
         term = (cs.get("lastState") or {}).get("terminated") or {}
         restarts = int(cs.get("restartCount") or 0)
         if restarts and term and term.get("reason") != "OOMKilled":
             how = ", ".join(x for x in (term.get("reason"), f"exit code {term.get('exitCode')}"
                                         if term.get("exitCode") is not None else None) if x)
-            return (f"{uid}/{cs.get('name')}/{restarts}",
-                    f"the Ray head pod {name}: container {cs.get('name')} restarted at "
-                    f"{term.get('finishedAt') or now}" + (f" ({how})" if how else ""))
+            at = term.get("finishedAt") or now
+            return Incident(f"{uid}/{cs.get('name')}/{restarts}", "RayHeadLost",
+                            f"the Ray head pod {name}: container {cs.get('name')} restarted "
+                            f"at {at}" + (f" ({how})" if how else ""), at)
     return None
+
+
+def incident_is_new(incident: Incident, last: dict[str, Any] | None) -> bool:
+    """Whether ``incident`` came after the one ``status.lastIncident`` holds. An operator
+    (re)starting sees every pod again, kills and restarts from before included: those
+    were announced already, by the operator that wrote ``last``."""
+    if not last:
+        return True
+    mine, theirs = _k8s_time(incident.at), _k8s_time(last.get("at"))
+    if mine is None or theirs is None or mine > theirs:
+        return True
+    return mine == theirs and incident.message != last.get("message")
+
+
+def incident_note(last: dict[str, Any] | None, cluster: str | None = None) -> str | None:
+    """"last OOM kill: ..." / "last Ray head loss: ..." for ``status.lastIncident``;
+    with ``cluster``, only when it happened there (a retry's new cluster starts clean)."""
+    if not last or not last.get("message") or (
+            cluster is not None and last.get("rayCluster") != cluster):
+        return None
+    what = "OOM kill" if last.get("reason") == "OOMKilled" else "Ray head loss"
+    return f"last {what}: {last['message']}"
+
+
+def incident_status(incident: Incident, cluster: str | None) -> dict[str, Any]:
+    """``status.lastIncident`` for ``incident`` in ``cluster``."""
+    return {"reason": incident.reason, "message": incident.message, "rayCluster": cluster,
+            "at": incident.at}
 
 
 def running_on(rayjob: dict[str, Any] | None, cluster: str) -> bool:
@@ -380,7 +453,6 @@ def status_from_rayjob(
     now: str,
     generation: int | None,
     pod_problems: list[str] | None = None,
-    incident: str | None = None,
 ) -> dict[str, Any]:
     """The TrainingRun status fields to patch after the RayJob's status changed.
 
@@ -388,9 +460,9 @@ def status_from_rayjob(
     attempts, startTime, completionTime, message); progress/checkpoint/serving stay as
     they are. ``pod_problems``: ``pod_problem`` of the RayJob's pods that have one; while
     the job is not running they replace "waiting for the Ray cluster" with what it waits
-    for (reason ``PodsPending``). ``incident``: the latest OOM kill (``pod_oom``) or head
-    loss (``head_loss``) in the run's Ray cluster, a note such as "last OOM kill: ...",
-    added to the message while the job is submitted, runs, retries or has failed.
+    for (reason ``PodsPending``). The latest OOM kill or head loss in the RayJob's current
+    Ray cluster (``status.lastIncident``) is noted in the message ("last OOM kill: ...")
+    while the job is submitted, runs, retries or has failed.
     """
     cur = current or {}
     st = rayjob.get("status") or {}
@@ -418,6 +490,7 @@ def status_from_rayjob(
     succ_msg = state.message
     if state.outcome == "Succeeded" and (lost := failed_trials_note(cur.get("trials"))):
         message = succ_msg = f"{message}; {lost}"
+    incident = incident_note(cur.get("lastIncident"), st.get("rayClusterName") or "")
     if incident and (state.outcome == "Failed"
                      or r_reason in ("Retrying", "JobRunning", "JobPending")):
         message = f"{message} ({incident})"

@@ -626,6 +626,23 @@ class WorkerFailuresStatus(_Model):
     at: str | None = Field(default=None, description="When it was reported (RFC 3339).")
 
 
+class IncidentStatus(_Model):
+    """The latest fault in the run's Ray pods that KubeRay's status does not show, written
+    by the operator when it sees it (one Warning Event each). Kept here, not in the
+    operator's memory, so that an operator restarted mid-run neither forgets it nor
+    announces it again."""
+
+    reason: Literal["OOMKilled", "RayHeadLost"] | None = Field(
+        default=None, description="OOMKilled (a container killed for memory) or RayHeadLost "
+        "(the Ray head pod deleted, failed or restarted while the job ran on it).")
+    message: str | None = Field(default=None, description="What happened, naming the pod.")
+    ray_cluster: str | None = Field(default=None, description="The Ray cluster it happened "
+                                    "in; the run's message notes it while that cluster "
+                                    "runs, retries or has failed the job.")
+    at: str | None = Field(default=None, description="When it happened (RFC 3339), as the "
+                           "pod's status says where it does.")
+
+
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Serving", "Suspended"]
 
 
@@ -651,6 +668,8 @@ class TrainingRunStatus(_Model):
     completion_time: str | None = Field(default=None, description="When it finished.")
     attempts: int | None = Field(default=None, description="Attempts so far (1 + retries).")
     message: str | None = Field(default=None, description="Last notable event, for humans.")
+    last_incident: IncidentStatus | None = Field(
+        default=None, description="The latest OOM kill or Ray head loss in the run's pods.")
 
 
 class TrainingRun(_Model):

@@ -91,10 +91,9 @@ def test_resync_puts_back_a_rayjob_whose_deletion_no_watch_saw(kube, operator):
         for key in (live, gone):  # what the pod watch and the handlers keep per run
             memo.locks[key]
             memo.pod_problems[key] = {"pod": ("cluster", "Unschedulable")}
-            memo.pod_incidents[key] = ("cluster", "last OOM kill: pod p: ray-worker OOMKilled")
             memo.incidents_seen[key] = {"uid/ray-worker/1/t"}
         assert resync(memo) == [f"RayJob/{kube.namespace}/missed"]
-        tables = (memo.locks, memo.pod_problems, memo.pod_incidents, memo.incidents_seen)
+        tables = (memo.locks, memo.pod_problems, memo.incidents_seen)
         assert all(live in t and gone not in t for t in tables), "a gone run's state is kept"
         job = kube.get("RayJob", "missed")
         assert job is not None and job["metadata"]["uid"] != old

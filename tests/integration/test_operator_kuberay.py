@@ -236,6 +236,14 @@ def test_an_oom_killed_worker_is_named_with_the_field_to_raise(kube, operator):
     kube.patch("Pod", pod_name, {"metadata": {"labels": {"raykube-test": "touched"}}})
     time.sleep(2)
     assert len(oom_events()) == 1
+    held = kube.get("TrainingRun", name)["status"]["lastIncident"]
+    assert held == {"reason": "OOMKilled", "message": event["message"].split(": the run")[0],
+                    "rayCluster": cluster, "at": "2026-12-01T00:01:00Z"}, held
+    # an operator restarted mid-run lists the pod again, kill included: not a new kill
+    operator.restart()
+    kube.patch("Pod", pod_name, {"metadata": {"labels": {"raykube-test": "touched-again"}}})
+    time.sleep(3)
+    assert len(oom_events()) == 1, [e["message"] for e in oom_events()]
 
     kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED",
                                        "failed": 1, "reason": "AppFailed",
@@ -284,8 +292,15 @@ def test_a_lost_ray_head_is_named_while_the_job_runs_and_not_at_its_end(kube, op
     (new_head,) = kube.wait_for(lambda: [p for p in heads()
                                          if p["metadata"]["name"] != head_name],
                                 timeout=60, what="KubeRay's new head pod")
+    # an operator restarted mid-run no longer sees the deleted pod: the note stays (the
+    # status holds it) through the status syncs that follow its start
+    operator.restart()
     kube.patch("Pod", new_head["metadata"]["name"],
                {"metadata": {"labels": {"raykube-test": "touched"}}})
+    time.sleep(3)
+    tr = kube.get("TrainingRun", name)
+    assert f"last Ray head loss: the Ray head pod {head_name} was deleted" in tr["status"][
+        "message"], tr["status"]["message"]
 
     kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Complete",
                                        "jobStatus": "SUCCEEDED", "succeeded": 1})

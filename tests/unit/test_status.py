@@ -276,15 +276,18 @@ def oom_pod(when: str = "lastState", limit: str | None = "4Gi", restarts: int = 
 
 
 def test_pod_oom_names_the_pod_container_and_limit():
-    key, line = st.pod_oom(oom_pod())
-    assert line == "pod w-1: container ray-worker was OOMKilled at its 4Gi memory limit (1 restart(s))"
-    assert st.pod_oom(oom_pod(when="state", restarts=0))[1] == (
+    inc = st.pod_oom(oom_pod(), now=NOW)
+    assert inc.message == ("pod w-1: container ray-worker was OOMKilled at its 4Gi memory "
+                           "limit (1 restart(s))")
+    assert (inc.reason, inc.at) == ("OOMKilled", "2026-12-01T00:01:00Z")  # the kubelet's time
+    assert st.pod_oom(oom_pod(when="state", restarts=0), now=NOW).message == (
         "pod w-1: container ray-worker was OOMKilled at its 4Gi memory limit")
-    assert st.pod_oom(oom_pod(limit=None))[1].endswith("was OOMKilled (1 restart(s))")
-    assert st.pod_oom(oom_pod(restarts=2))[0] != key  # the next kill is a new one
+    assert st.pod_oom(oom_pod(limit=None), now=NOW).message.endswith(
+        "was OOMKilled (1 restart(s))")
+    assert st.pod_oom(oom_pod(restarts=2), now=NOW).key != inc.key  # the next kill is new
     healthy = oom_pod()
     healthy["status"]["containerStatuses"][0]["lastState"]["terminated"]["reason"] = "Error"
-    assert st.pod_oom(healthy) is None and st.pod_oom({}) is None
+    assert st.pod_oom(healthy, now=NOW) is None and st.pod_oom({}, now=NOW) is None
 
 
 @pytest.mark.parametrize("role,node_type,field", [
@@ -317,9 +320,11 @@ def test_oom_field_is_the_one_that_sizes_the_pod(role, node_type, field):
     ({"jobDeploymentStatus": "Initializing"}, False),
 ])
 def test_the_last_oom_kill_is_in_the_message_while_it_matters(status, shown):
-    out = st.status_from_rayjob({"metadata": {"name": "r"}, "status": status}, None,
-                                now="2026-12-01T00:00:00Z", generation=1,
-                                incident="last OOM kill: pod w-1: x")
+    last = {"lastIncident": {"reason": "OOMKilled", "message": "pod w-1: x", "rayCluster": "c",
+                             "at": "2026-12-01T00:00:00Z"}}
+    out = st.status_from_rayjob({"metadata": {"name": "r"},
+                                 "status": {**status, "rayClusterName": "c"}}, last,
+                                now="2026-12-01T00:00:00Z", generation=1)
     assert ("last OOM kill: pod w-1: x" in out["message"]) is shown
     failed = st.get_condition(out["conditions"], st.FAILED)
     if status.get("jobStatus") == "FAILED":
@@ -375,19 +380,26 @@ NOW = "2026-12-02T17:19:34Z"
 
 def test_a_head_deleted_failed_or_restarted_is_a_head_loss():
     assert st.head_loss(_head(), deleted=False, now=NOW) is None
-    assert st.head_loss(_head(), deleted=True, now=NOW) == (
-        "u1/deleted", f"the Ray head pod r-abc-head-x1 was deleted at {NOW}")
+    assert st.head_loss(_head(), deleted=True, now=NOW) == st.Incident(
+        "u1/deleted", "RayHeadLost", f"the Ray head pod r-abc-head-x1 was deleted at {NOW}", NOW)
     terminating = _head()
-    terminating["metadata"]["deletionTimestamp"] = "2026-12-02T17:20:04Z"
-    assert st.head_loss(terminating, deleted=False, now=NOW)[0] == "u1/deleted"
-    evicted = _head(phase="Failed", reason="Evicted", message="The node was low on memory.")
-    assert st.head_loss(evicted, deleted=False, now=NOW)[1] == (
-        f"the Ray head pod r-abc-head-x1 failed at {NOW} (Evicted The node was low on memory.)")
+    # the API server sets deletionTimestamp to the request's time plus the grace period
+    terminating["metadata"].update(deletionTimestamp="2026-12-02T17:20:04Z",
+                                   deletionGracePeriodSeconds=30)
+    inc = st.head_loss(terminating, deleted=False, now=NOW)
+    assert (inc.key, inc.at) == ("u1/deleted", "2026-12-02T17:19:34Z")
+    assert inc.message.endswith("was deleted at 2026-12-02T17:19:34Z")
+    evicted = _head(phase="Failed", reason="Evicted", message="The node was low on memory.",
+                    conditions=[{"type": "Ready", "lastTransitionTime": "2026-12-02T17:10:00Z"}])
+    inc = st.head_loss(evicted, deleted=False, now=NOW)
+    assert inc.message == ("the Ray head pod r-abc-head-x1 failed at 2026-12-02T17:10:00Z "
+                           "(Evicted The node was low on memory.)")
+    assert inc.at == "2026-12-02T17:10:00Z"  # the pod's time, the same on every look
     restarted = _head(containerStatuses=[{"name": "ray-head", "restartCount": 2, "lastState": {
         "terminated": {"reason": "Error", "exitCode": 1, "finishedAt": "2026-12-02T17:00:00Z"}}}])
-    assert st.head_loss(restarted, deleted=False, now=NOW) == (
-        "u1/ray-head/2", "the Ray head pod r-abc-head-x1: container ray-head restarted at "
-        "2026-12-02T17:00:00Z (Error, exit code 1)")
+    assert st.head_loss(restarted, deleted=False, now=NOW) == st.Incident(
+        "u1/ray-head/2", "RayHeadLost", "the Ray head pod r-abc-head-x1: container ray-head "
+        "restarted at 2026-12-02T17:00:00Z (Error, exit code 1)", "2026-12-02T17:00:00Z")
 
 
 def test_not_a_head_loss_for_workers_or_oom_kills():
@@ -417,8 +429,38 @@ def test_the_last_head_loss_is_in_the_message_while_the_job_runs():
     out = st.status_from_rayjob(
         {"metadata": {"name": "r"}, "status": {"jobDeploymentStatus": "Running",
                                                "jobStatus": "RUNNING"}},
-        None, now=NOW, generation=1, incident="last Ray head loss: the Ray head pod p was deleted")
+        {"lastIncident": {"reason": "RayHeadLost", "message": "the Ray head pod p was deleted",
+                          "rayCluster": "c", "at": NOW}}, now=NOW, generation=1)
+    assert "head loss" not in out["message"]  # the RayJob names no cluster: not this one
+    job = {"metadata": {"name": "r"}, "status": {"jobDeploymentStatus": "Running",
+                                                 "jobStatus": "RUNNING", "rayClusterName": "c"}}
+    cur = {"lastIncident": {"reason": "RayHeadLost", "message": "the Ray head pod p was deleted",
+                            "rayCluster": "c", "at": NOW}}
+    out = st.status_from_rayjob(job, cur, now=NOW, generation=1)
     assert out["message"].endswith("(last Ray head loss: the Ray head pod p was deleted)")
+    retried = {**job, "status": {**job["status"], "rayClusterName": "c2"}}  # a new cluster
+    assert "head loss" not in st.status_from_rayjob(retried, cur, now=NOW, generation=1)["message"]
+
+
+def test_an_incident_is_new_only_after_the_one_the_status_holds():
+    """An operator (re)starting sees every pod again: a kill or restart from before,
+    which the status already holds or which came before it, is not announced again."""
+    inc = st.head_loss(_head(containerStatuses=[{"name": "ray-head", "restartCount": 1,
+                                                 "lastState": {"terminated": {
+                                                     "reason": "Error", "exitCode": 1,
+                                                     "finishedAt": "2026-12-02T17:00:00Z"}}}]),
+                       deleted=False, now=NOW)
+    assert st.incident_is_new(inc, None) and st.incident_is_new(inc, {})
+    held = st.incident_status(inc, "c")
+    assert held == {"reason": "RayHeadLost", "message": inc.message, "rayCluster": "c",
+                    "at": "2026-12-02T17:00:00Z"}
+    assert not st.incident_is_new(inc, held)  # the same one
+    later = {**held, "at": "2026-12-02T17:05:00Z", "message": "pod w: OOMKilled"}
+    assert not st.incident_is_new(inc, later)  # an older one, announced before the later
+    assert st.incident_is_new(st.pod_oom(oom_pod(), now=NOW), {**held, "at": "2026-11-30T00:00:00Z"})
+    same_second = {**held, "message": "pod w-2: container ray-worker was OOMKilled"}
+    assert st.incident_is_new(inc, same_second)  # two at once: each is announced
+    assert st.incident_is_new(inc, {**held, "at": "not a time"})
 
 
 def test_a_submitter_pod_that_cannot_start_is_named_while_the_job_is_not_submitted():
