@@ -179,6 +179,12 @@ class KubernetesReporter:
         self._epochs = run.spec.train.epochs
         self.score_metric = run.spec.checkpoint.score_metric
         self._trials = run.spec.tune.trials if run.spec.tune is not None else None
+        # status.workerFailures counts this attempt's: a retried or resumed run's driver
+        # starts with Ray Train's whole budget, and the last attempt's failures (a suspend
+        # stops the workers first) would read as this one's, "retry 2 of 3" included.
+        # Sent with the first epoch (null removes the field).
+        with self._lock:
+            self._pending["workerFailures"] = None
 
     def on_trials(self, rows: list[dict[str, Any]]) -> None:
         """A Tune search's trial table changed (a trial started, reported or ended)."""

@@ -264,6 +264,7 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
             "workerGroupSpecs": [group],
         },
     }
+    group["template"]["spec"]["containers"][0]["lifecycle"] = copy.deepcopy(STOP_RAY_FIRST)
     job["submitterPodTemplate"] = _submitter_template(run, cfg, image)
     if s.suspend:
         # only when true: KubeRay writes RayJobs back without `suspend: false` (omitempty),
@@ -273,6 +274,25 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
         job["activeDeadlineSeconds"] = s.active_deadline_seconds
     return {"apiVersion": "ray.io/v1", "kind": "RayJob",
             "metadata": _meta(run, child_name(run), owner), "spec": job}
+
+
+STOP_RAY_FIRST: dict[str, Any] = {
+    "preStop": {"exec": {"command": ["sh", "-c", "ray stop >/dev/null 2>&1 &"]}}}
+"""The training cluster's worker containers stop Ray as they are deleted. KubeRay starts
+Ray under ``bash -c '...; ray start --block'``: bash is PID 1 and ignores SIGTERM, so a
+deleted worker pod (the cluster torn down at the end, on a suspend, or the pod killed)
+trained on for its whole 30 s grace period, then was killed. ``ray stop`` ends its Ray
+processes (SIGTERM, SIGKILL after 16 s); ``ray start --block`` then returns and the
+container exits. It runs in the background: run in the foreground it is killed with the
+container it stops, and the kubelet posts a FailedPreStopHook Warning for every pod.
+KubeRay sets no ``preStop`` and says to (its RayJob controller's Suspending case).
+
+Not on the head: there a graceful stop ends the job cleanly, KubeRay's submitter then
+exits 0, and KubeRay counts a lost head as a failed attempt (a retry on a new cluster,
+seen on the real node) where a head killed at the end of its grace period has the
+submitter send the same job to the new head, within the same attempt; with no workers
+left the head's driver trains no more. Not on the serving cluster: its replicas answer
+until KubeRay has moved the Service."""
 
 
 def _submitter_template(run: TrainingRun, cfg: RenderConfig, image: str) -> dict[str, Any]:

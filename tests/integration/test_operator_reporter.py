@@ -188,3 +188,29 @@ def test_a_worker_failure_is_in_the_status_at_once(kubeconfig):
     st = kube.get("TrainingRun", "rep-fail")["status"]
     assert st["workerFailures"]["count"] == 2 and "no retries left" in st["workerFailures"]["last"]
     assert rep.patches == 3
+
+
+def test_a_new_attempts_driver_clears_the_last_attempts_worker_failures(kubeconfig):
+    """status.workerFailures counts the current attempt's: a retried or resumed run
+    (after a suspend, whose workers stop first) starts a new driver with Ray Train's
+    whole budget, and with the first epoch the old attempt's failures are gone."""
+    kube = kubeconfig
+    spec = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}
+    kube.create({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+                 "metadata": {"name": "rep-again"}, "spec": spec})
+    env = {"RAYKUBE_TRAININGRUN": f"{kube.namespace}/rep-again"}
+    first = KubernetesReporter.from_env(env, min_interval=3600)
+    first.on_start(parse_spec(spec, name="rep-again"))
+    first.on_epoch({"epoch": 1, "valAccuracy": 0.5}, "/c/1", None)
+    first.on_failure("worker failure (rank 0: WorkerHealthCheckFailedError: The actor died "
+                     "because its node has died.); restarting the workers from the last "
+                     "checkpoint (retry 1 of 3)")
+    assert kube.get("TrainingRun", "rep-again")["status"]["workerFailures"]["count"] == 1
+    second = KubernetesReporter.from_env(env, min_interval=3600)  # the next attempt's
+    second.on_start(parse_spec(spec, name="rep-again"))
+    second.on_epoch({"epoch": 2, "valAccuracy": 0.6}, "/c/2", None)
+    st = kube.get("TrainingRun", "rep-again")["status"]
+    assert "workerFailures" not in st and st["progress"]["epoch"] == 2, st
+    second.on_failure("worker failure (rank 1: RuntimeError: boom); restarting the workers "
+                      "from the last checkpoint (retry 1 of 3)")
+    assert kube.get("TrainingRun", "rep-again")["status"]["workerFailures"]["count"] == 1

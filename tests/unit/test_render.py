@@ -111,6 +111,23 @@ def test_the_job_submitter_is_kuberays_own_with_the_runs_labels():
                               "limits": {"cpu": "1", "memory": "1Gi"}}
 
 
+def test_training_workers_stop_ray_when_deleted_and_no_other_pod_does():
+    """KubeRay's Ray containers run bash as PID 1, which ignores SIGTERM: without a
+    preStop hook a deleted training worker pod trains on for its grace period. The head
+    and the serving pods keep KubeRay's behaviour (see ``STOP_RAY_FIRST``)."""
+    job = R.render_rayjob(_run(), CFG)
+    head, (group,) = _pods(job)
+    c, = group["template"]["spec"]["containers"]
+    assert c["lifecycle"] == {"preStop": {"exec": {
+        "command": ["sh", "-c", "ray stop >/dev/null 2>&1 &"]}}}
+    c["lifecycle"]["preStop"]["exec"]["command"].append("x")
+    assert R.STOP_RAY_FIRST["preStop"]["exec"]["command"][-1].endswith("&")  # not shared
+    assert "lifecycle" not in head["template"]["spec"]["containers"][0]
+    svc = R.render_rayservice(_run(serve={"enabled": True}), CFG, "/c")
+    head, (group,) = _pods(svc)
+    assert all("lifecycle" not in g["template"]["spec"]["containers"][0] for g in (head, group))
+
+
 def test_ttl_after_finished_defaults():
     assert R.render_rayjob(_run(serve={"enabled": False}), CFG)["spec"][
         "ttlSecondsAfterFinished"] == 600
