@@ -307,6 +307,19 @@ def _popen(mode: str, payload: dict[str, Any], tmp: str, **kw: Any) -> subproces
         OMP_NUM_THREADS="1"), text=True, **kw)
 
 
+def _last_error(log_path: str) -> str:
+    """The last line of a child's stderr that is not a traceback frame (Ray's INFO lines
+    included: the reason is usually last)."""
+    from raykube.terminal import error_line
+
+    try:
+        with open(log_path, errors="replace") as f:
+            text = f.read()[-20000:]
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return (error_line(text) or "(nothing on stderr)")[:500]
+
+
 def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
     if proc.poll() is None:
         if proc.stdin:
@@ -396,8 +409,10 @@ def run_suite(*, quick: bool = False, params: dict[str, Any] | None = None,
             proc.kill()
     # raykube (one Ray for both configurations)
     port = free_port()
-    proc = _popen("raykube-server", {**p, "port": port}, tmp, stdin=subprocess.PIPE,
-                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    server_log = os.path.join(tmp, "raykube-server.log")  # why it exited, if it does
+    with open(server_log, "w") as log_file:
+        proc = _popen("raykube-server", {**p, "port": port}, tmp, stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, stderr=log_file)
     try:
         for variant, batch, wait_ms in (("raykube", 1, 0.0), ("raykube-batched", 32, 5.0)):
             assert proc.stdin and proc.stdout
@@ -408,7 +423,8 @@ def run_suite(*, quick: bool = False, params: dict[str, Any] | None = None,
             while not line.startswith("READY") and time.monotonic() < deadline:
                 line = proc.stdout.readline()
                 if not line and proc.poll() is not None:
-                    raise ChildError(f"raykube server exited with {proc.returncode}")
+                    raise ChildError(f"raykube server exited with {proc.returncode} at "
+                                     f"'deploy {batch}': {_last_error(server_log)}")
             if not line.startswith("READY"):
                 raise ChildError("raykube server did not become ready")
             load(variant, line.split()[1])
