@@ -590,7 +590,8 @@ def run_suite(*, quick: bool = False, cases: list[str] | None = None,
             report.notes.append(
                 f"{case}: quick run, measured windows as short as {shortest:.0f} s, "
                 f"{rounds} round(s): its throughput ratios are a smoke figure, not the goals' "
-                f"measurement (windows >= {WINDOW_GOAL.target:.0f} s, 3 rounds: "
+                f"measurement (windows >= {WINDOW_GOAL.target:.0f} s, {FULL['rounds']} "
+                "rounds: "
                 "`make bench-full`).")
         report.add_check(f"{case}: raykube launch to first training step",
                          report.get(case, "raykube", "time_to_first_step_s"),
