@@ -635,7 +635,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         conds = st.set_condition(conds, st.RUNNING, False, "Rerun", "a new run was "
                                  "started for the changed spec", now=now, generation=gen)
         patch.update({"startTime": None, "completionTime": None, "attempts": None,
-                      "jobId": None})
+                      "jobId": None, "permanentFailure": None})
     if run.spec.suspend and job_result in ("created", "suspend"):
         conds = st.set_condition(conds, st.RUNNING, False, "Suspended",
                                  "spec.suspend is true", now=now, generation=gen)
@@ -701,6 +701,9 @@ def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
         if tr is None or not _owned(rayjob, tr):
             return
         cur = tr.get("status") or {}
+        if _asked_to_cancel(cur):  # the driver's request, if its own handler missed it
+            tr = _cancel_retries(kube, tr)
+            cur = tr.get("status") or {}
         cluster = (rayjob.get("status") or {}).get("rayClusterName")
         with memo.pods_guard:
             problems = [why for c, why in memo.pod_problems.get((ns, tr_name), {}).values()
@@ -721,6 +724,55 @@ def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
         succeeded = st.is_true(patch["conditions"], st.SUCCEEDED)
     if succeeded and changed:
         promote(kube, cfg, memo, ns, tr_name)
+
+
+def _asked_to_cancel(status: dict[str, Any]) -> bool:
+    report = status.get("permanentFailure") or {}
+    return bool(report.get("message")) and report.get("retriesCancelled") is None
+
+
+def _cancel_retries(kube: Kube, tr: dict[str, Any]) -> dict[str, Any]:
+    """Answer the driver's ``status.permanentFailure`` (``st.retry_cancellation``): lower
+    the RayJob's ``backoffLimit`` so that KubeRay does not retry the attempt, then say so
+    in ``retriesCancelled``, which the driver waits for before it exits. Call with the
+    run's lock held; returns the TrainingRun as patched."""
+    meta, cur = tr["metadata"], tr.get("status") or {}
+    report = cur["permanentFailure"]
+    name = cur.get("rayJob")
+    job = kube.get(RAY_API, "RayJob", meta["namespace"], name) if name else None
+    if job is not None and not _owned(job, tr):
+        job = None
+    limit, cancelled = st.retry_cancellation(job, report)
+    if limit is not None:
+        kube.patch(RAY_API, "RayJob", meta["namespace"], name, {"spec": {"backoffLimit": limit}})
+    patched = kube.patch(API_VERSION, KIND, meta["namespace"], meta["name"],
+                         {"status": {"permanentFailure": {"retriesCancelled": cancelled}}},
+                         subresource="status")
+    if cancelled:
+        _event(tr, "Normal", "RetriesCancelled",
+               f"{report['message']}: KubeRay will not retry (a new attempt would fail "
+               "the same way)")
+    else:
+        log.info("TrainingRun %s/%s asked to cancel retries too late (RayJob %s)",
+                 meta["namespace"], meta["name"],
+                 ((job or {}).get("status") or {}).get("jobDeploymentStatus", "missing"))
+    return patched
+
+
+@kopf.on.field(*TR, field="status.permanentFailure")
+def on_permanent_failure(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The driver reports that its attempt failed for a cause every attempt would meet,
+    and waits for the answer (``_cancel_retries``) before it exits."""
+    if not _asked_to_cancel(dict(body.get("status") or {})):
+        return
+    ns, name = body.metadata.namespace, body.metadata.name
+    try:
+        with _lock(memo, ns, name):
+            tr = _get_tr(memo.kube, ns, name)
+            if tr is not None and _asked_to_cancel(tr.get("status") or {}):
+                _cancel_retries(memo.kube, tr)
+    except ApiError as exc:
+        raise _transient(exc, memo.cfg) from exc
 
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL: kopf.PRESENT})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -175,6 +175,40 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
 
 
 DRIVER_PREFIX = "raykube train: "
+
+
+NOT_RETRIED = "; not retried: a new attempt would fail the same way"
+PERMANENT_REASON = "PermanentFailure"
+"""The Failed condition's reason when the driver reported a cause a retry cannot fix."""
+RETRYABLE_DEPLOYMENT = {"Initializing", "Running", "Waiting"}
+"""RayJob deployment states in which the attempt that reported is still the RayJob's
+current one: KubeRay has not yet seen it fail."""
+
+
+def retry_cancellation(rayjob: dict[str, Any] | None,
+                       report: dict[str, Any]) -> tuple[int | None, bool]:
+    """The operator's answer to a driver's ``status.permanentFailure`` (pure).
+
+    Returns ``(backoffLimit, cancelled)``: the ``spec.backoffLimit`` to give the RayJob
+    (None: leave it) and whether KubeRay will then not retry the reporting attempt.
+    KubeRay (``checkBackoffLimitAndUpdateStatusIfNeeded``) retries a failed attempt while
+    ``failed < backoffLimit + 1``, counting this failure in ``failed``; with
+    ``backoffLimit`` equal to the failures before it, this attempt is the last. Too late
+    (False) when the RayJob is no longer running that attempt: another job id, or KubeRay
+    has already seen it fail."""
+    if rayjob is None:
+        return None, False
+    st = rayjob.get("status") or {}
+    if (st.get("jobDeploymentStatus") or "") not in RETRYABLE_DEPLOYMENT:
+        return None, False
+    job_id = report.get("jobId")
+    if job_id and st.get("jobId") and job_id != st["jobId"]:
+        return None, False
+    failed = int(st.get("failed") or 0)
+    limit = (rayjob.get("spec") or {}).get("backoffLimit")
+    if not isinstance(limit, int) or limit <= failed:
+        return None, True  # already the last attempt (no backoffLimit: KubeRay never retries)
+    return failed, True
 
 
 RETRY_TAIL = "; KubeRay is starting a new Ray cluster that resumes from the latest checkpoint"
@@ -490,6 +524,13 @@ def status_from_rayjob(
     succ_msg = state.message
     if state.outcome == "Succeeded" and (lost := failed_trials_note(cur.get("trials"))):
         message = succ_msg = f"{message}; {lost}"
+    permanent = cur.get("permanentFailure") or {}
+    if state.outcome == "Failed" and permanent.get("retriesCancelled") and permanent.get("message"):
+        # the driver's own line (KubeRay's message may be its submitter's, or cut)
+        fail_msg = (f"the Ray job failed after {max(int(st.get('failed') or 0), 1)} "
+                    f"attempt(s): {permanent['message']}{NOT_RETRIED}")
+        message = fail_msg
+        state = replace(state, reason=PERMANENT_REASON)
     incident = incident_note(cur.get("lastIncident"), st.get("rayClusterName") or "")
     if incident and (state.outcome == "Failed"
                      or r_reason in ("Retrying", "JobRunning", "JobPending")):

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from raykube.spec import TrainingRunSpec
+from raykube.transient import MaybeTransient
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ DEFAULT_IMAGE_SIZE = 32
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
 
 
-class DatasetUnavailable(RuntimeError):
-    """A dataset is neither in the cache directory nor downloadable (offline)."""
+class DatasetUnavailable(MaybeTransient, RuntimeError):
+    """A dataset cannot be read: not in the cache directory nor downloadable (offline), a
+    folder that is missing or holds no classes, a corrupt file. ``transient`` for the
+    network's part (a failed download, an object store that did not answer)."""
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,7 @@ def _fashion_mnist(spec: TrainingRunSpec, cache_dir: str) -> tuple[np.ndarray, .
                 except BadDatasetFile as bad:
                     raise DatasetUnavailable(str(bad)) from None
             raise DatasetUnavailable(_load_failure("fashion-mnist", raw, present, exc,
-                                                   cache_dir)) from None
+                                                   cache_dir), transient=not present) from None
     xs = [ds.data.numpy()[:, None] for ds in (train, test)]  # uint8, N x 1 x 28 x 28
     ys = [ds.targets.numpy().astype(np.int64) for ds in (train, test)]
     return xs[0], ys[0], xs[1], ys[1]
@@ -256,7 +259,7 @@ def _cifar10(spec: TrainingRunSpec, cache_dir: str) -> tuple[np.ndarray, ...]:
             test = CIFAR10(cache_dir, train=False, download=False)
         except Exception as exc:
             raise DatasetUnavailable(_load_failure("cifar10", folder, present, exc,
-                                                   cache_dir)) from None
+                                                   cache_dir), transient=not present) from None
     # HWC -> CHW, still uint8: ToTensor + Normalize((0.5,)*3, (0.5,)*3) as in the tutorial
     # happen per batch (normalise_batch).
     xs = [np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)) for ds in (train, test)]
@@ -334,7 +337,7 @@ def _list_classes(uri: str) -> list[str]:
         try:
             s3.check(uri)
         except s3.S3Unavailable as exc:
-            raise DatasetUnavailable(f"image-folder {exc}") from None
+            raise DatasetUnavailable(f"image-folder {exc}", transient=exc.transient) from None
     fs, path = filesystem(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=False))
@@ -342,7 +345,8 @@ def _list_classes(uri: str) -> list[str]:
                           and not i.base_name.startswith(".")), key=lambda i: i.base_name)
         counts = {i.base_name: len(_images_in(fs, i.path)) for i in folders}
     except (FileNotFoundError, OSError) as exc:
-        raise DatasetUnavailable(f"image-folder {uri}: cannot list it ({exc})") from exc
+        raise DatasetUnavailable(f"image-folder {uri}: cannot list it ({exc})", transient=(
+            uri.startswith("s3://") and not isinstance(exc, FileNotFoundError))) from exc
     for name, n in counts.items():
         if n == 0 and (uri, name) not in _WARNED:
             _WARNED.add((uri, name))

@@ -7,7 +7,9 @@ patches ``status.progress`` and ``status.checkpoint`` (the best checkpoint so fa
 allows for this one object only. A Tune search adds ``status.trials`` (trials by state)
 and, at its end, ``status.bestTrial``, with ``status.progress`` set to the best trial's
 epoch, so that ``kubectl get tr``'s Epoch and Val-Acc columns show the model chosen,
-not whichever trial reported last.
+not whichever trial reported last. A run that fails for a cause no retry can fix writes
+``status.permanentFailure`` and waits for the operator's answer (``stop_retries``), which
+is why the Role also allows reading the status back.
 
 Rate-limited (at most one patch per ``min_interval`` seconds; the latest values are
 always flushed at ``on_end``) and never raising: an unreachable API server or a refused
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 PROGRESS_KEYS = ("trainLoss", "valLoss", "valAccuracy")
 REQUEST_TIMEOUT = (5.0, 15.0)
 """(connect, read) seconds for one status patch."""
+STOP_RETRIES_WAIT_S = 30.0
+"""How long a driver whose run failed for good waits for the operator to cancel KubeRay's
+retries (``KubernetesReporter.stop_retries``); the operator answers within a second or two."""
 
 
 def api_error_line(exc: BaseException) -> str:
@@ -236,6 +241,43 @@ class KubernetesReporter:
             self._pending["workerFailures"] = {"count": self._worker_failures,
                                                "last": message[:1000], "at": _now()}
         self.flush()
+
+    def stop_retries(self, message: str, *, job_id: str | None = None,
+                     wait_s: float = STOP_RETRIES_WAIT_S, poll_s: float = 0.5) -> bool | None:
+        """This attempt failed for a cause a retry cannot fix: ask the operator to cancel
+        KubeRay's retries, and wait (at most ``wait_s``) for its answer before the
+        driver exits. KubeRay decides whether to retry in the same step in which it sees
+        the job fail, so the RayJob's ``backoffLimit`` must be lowered while this driver
+        still runs.
+
+        Writes ``status.permanentFailure`` (its ``retriesCancelled`` cleared), then reads
+        it back every ``poll_s``. Returns the operator's answer (True: cancelled; False:
+        too late), or None when none came (no operator, no API server): KubeRay then
+        retries as ``failure.maxRetries`` says."""
+        report = {"message": message[:1000], "at": _now(), "jobId": job_id,
+                  "retriesCancelled": None}
+        with self._lock:
+            self._pending["permanentFailure"] = report
+        if not self.flush():
+            return None
+        group, version = API_VERSION.split("/")
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            time.sleep(poll_s)
+            try:
+                obj = self._client().get_namespaced_custom_object_status(
+                    group, version, self.namespace, PLURAL, self.name,
+                    _request_timeout=self.request_timeout)
+            except Exception as exc:  # keep asking until the deadline
+                log.debug("reading TrainingRun %s/%s: %s", self.namespace, self.name,
+                          api_error_line(exc))
+                continue
+            got = ((obj or {}).get("status") or {}).get("permanentFailure") or {}
+            if got.get("at") != report["at"] or got.get("message") != report["message"]:
+                return None  # replaced (another attempt's driver): not ours to wait for
+            if got.get("retriesCancelled") is not None:
+                return bool(got["retriesCancelled"])
+        return None
 
     def _better(self, value: float) -> bool:
         if self._best is None:

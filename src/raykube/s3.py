@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from raykube.spec import S3_SECRET_KEYS as SECRET_KEYS  # noqa: F401 (the Secret's shape)
+from raykube.transient import MaybeTransient
 
 DEFAULT_REGION = "us-east-1"
 CONNECT_TIMEOUT_S = 3.0
@@ -37,9 +38,10 @@ REQUEST_TIMEOUT_S = 60.0
 """Per request (socket read), not per transfer: a slow multipart part may take a while."""
 
 
-class S3Unavailable(OSError):
+class S3Unavailable(MaybeTransient, OSError):
     """An s3:// location cannot be used: unreachable endpoint, refused credentials,
-    missing bucket, no permission. ``str()`` is the one line users read."""
+    missing bucket, no permission. ``str()`` is the one line users read; ``transient``
+    is true for an endpoint that did not answer (the rest a retry would meet again)."""
 
 
 @dataclass(frozen=True)
@@ -114,12 +116,21 @@ def filesystem(uri: str, settings: S3Settings | None = None) -> tuple[Any, str]:
     return fs, f"{bucket}/{key}" if key else bucket
 
 
+UNREACHABLE = ("network_connection", "curlcode", "couldn't connect", "could not connect",
+               "connection refused", "timeout", "timed out", "resolve host")
+"""What pyarrow/the AWS SDK say (lower-cased) when the endpoint did not answer."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The S3 endpoint did not answer (as opposed to answering no)."""
+    low = str(exc).lower()
+    return any(s in low for s in UNREACHABLE)
+
+
 def _cause(exc: BaseException, settings: S3Settings, bucket: str) -> str:
     """One human line for what pyarrow/the AWS SDK reported (their text is long)."""
     text = str(exc)
-    low = text.lower()
-    if any(s in low for s in ("network_connection", "curlcode", "couldn't connect", "could not connect",
-                              "connection refused", "timeout", "timed out", "resolve host")):
+    if unreachable(exc):
         return f"cannot reach the S3 endpoint {settings.where} (is it running, is AWS_ENDPOINT_URL right?)"
     if any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "INVALID_ACCESS_KEY_ID",
                                "SIGNATURE_DOES_NOT_MATCH", "InvalidClientTokenId")):
@@ -167,7 +178,8 @@ def check(uri: str, *, write: bool = False, settings: S3Settings | None = None) 
     except S3Unavailable:
         raise
     except (OSError, ValueError) as exc:
-        raise S3Unavailable(f"{uri}: {_cause(exc, settings, bucket)}") from None
+        raise S3Unavailable(f"{uri}: {_cause(exc, settings, bucket)}",
+                            transient=unreachable(exc)) from None
 
 
 def require_file(uri: str, settings: S3Settings | None = None) -> None:
@@ -181,6 +193,7 @@ def require_file(uri: str, settings: S3Settings | None = None) -> None:
     try:
         info = fs.get_file_info(f"{bucket}/{key}")
     except OSError as exc:
-        raise S3Unavailable(f"{uri}: {_cause(exc, settings, bucket)}") from None
+        raise S3Unavailable(f"{uri}: {_cause(exc, settings, bucket)}",
+                            transient=unreachable(exc)) from None
     if info.type != pafs.FileType.File:
         raise S3Unavailable(f"{uri}: no such object at {settings.where}")

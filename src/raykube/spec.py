@@ -643,6 +643,24 @@ class IncidentStatus(_Model):
                            "pod's status says where it does.")
 
 
+class PermanentFailureStatus(_Model):
+    """The driver's report that its attempt failed for a cause every attempt would meet
+    (a dataset that does not exist, refused credentials, a run directory of another
+    model), and the operator's answer. The driver writes it before it exits and waits a
+    few seconds for ``retriesCancelled``; the operator lowers the RayJob's
+    ``backoffLimit`` so that KubeRay does not retry the attempt (it decides in the same
+    step in which it sees the failure, so the answer must come first)."""
+
+    message: str | None = Field(default=None, description="The failure, in one line.")
+    at: str | None = Field(default=None, description="When the driver reported it (RFC 3339).")
+    job_id: str | None = Field(default=None, description="The Ray job (submission id) of "
+                               "the attempt that reported it.")
+    retries_cancelled: bool | None = Field(
+        default=None, description="The operator's answer: true once KubeRay will not retry "
+        "this attempt (the RayJob's backoffLimit lowered), false when it came too late "
+        "(the attempt was no longer the RayJob's running one).")
+
+
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Serving", "Suspended"]
 
 
@@ -670,6 +688,9 @@ class TrainingRunStatus(_Model):
     message: str | None = Field(default=None, description="Last notable event, for humans.")
     last_incident: IncidentStatus | None = Field(
         default=None, description="The latest OOM kill or Ray head loss in the run's pods.")
+    permanent_failure: PermanentFailureStatus | None = Field(
+        default=None, description="An attempt failed for a cause a retry cannot fix: "
+        "KubeRay's retries cancelled.")
 
 
 class TrainingRun(_Model):

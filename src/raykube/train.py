@@ -44,6 +44,7 @@ from raykube.resume import (
 )
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
 from raykube.storage import checkpoint_uri, filesystem, ray_storage, read_bytes, write_bytes
+from raykube.transient import MaybeTransient
 
 if TYPE_CHECKING:
     import torch
@@ -539,8 +540,10 @@ def run_dir_for(storage_path: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
-class StorageError(OSError):
-    """The storage root cannot hold the run (a file, read-only, no permission)."""
+class StorageError(MaybeTransient, OSError):
+    """The storage root cannot hold the run (a file, read-only, no permission; refused
+    credentials, a missing bucket). ``transient`` for an object store that did not
+    answer or failed during training."""
 
 
 def check_storage(storage_path: str, name: str) -> str:
@@ -564,7 +567,7 @@ def check_storage(storage_path: str, name: str) -> str:
             try:
                 s3.check(run_dir, write=True)
             except s3.S3Unavailable as exc:
-                raise StorageError(f"storage {exc}") from None
+                raise StorageError(f"storage {exc}", transient=exc.transient) from None
         return run_dir
     probe = os.path.join(run_dir, ".raykube-write-test")
     try:
@@ -578,7 +581,7 @@ def check_storage(storage_path: str, name: str) -> str:
     return run_dir
 
 
-class RunDirConflict(ValueError):
+class RunDirConflict(MaybeTransient, ValueError):
     """The run directory holds checkpoints of a different model or dataset."""
 
 
@@ -1008,7 +1011,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
             raise
         raise StorageError(f"storage {run_dir}: the object store failed during training "
                            f"({lost}); run again to resume from the latest complete "
-                           "checkpoint") from exc
+                           "checkpoint", transient=True) from exc
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: training reported no checkpoint")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import time
@@ -314,6 +315,67 @@ def test_a_lost_ray_head_is_named_while_the_job_runs_and_not_at_its_end(kube, op
     tr = kube.get("TrainingRun", name)
     assert "head loss" not in tr["status"]["message"], tr["status"]["message"]
     kube.delete("TrainingRun", name)
+
+
+def test_a_failure_no_retry_can_fix_is_not_retried(kube, operator, tmp_path):
+    """``raykube train`` (the RayJob's entrypoint, run here on a Ray of its own, as the
+    run's ServiceAccount) meets a dataset folder that does not exist: it asks for the
+    retries to be cancelled while its attempt still runs; the operator lowers the
+    RayJob's backoffLimit; KubeRay's own retry decision then fails the RayJob for good,
+    and the TrainingRun says why with the driver's line. A second run that does not ask
+    is retried by the same path. Stand-in: kwok runs no Ray, so no Ray job ever reports
+    to KubeRay; KubeRay fails such an attempt itself 30 s after its submitter pod has
+    finished (kwok finishes it at once): the failure both runs get."""
+    names = ("kr-permanent", "kr-retried")
+    for name in names:
+        kube.create(tr_doc(name))
+    jobs = {name: kube.wait_object("RayJob", name, timeout=60, where=lambda o: (
+        o.get("status") or {}).get("jobDeploymentStatus") == "Running") for name in names}
+    job = jobs["kr-permanent"]
+    account = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"][
+        "serviceAccountName"]
+    config = kube.cp.kubeconfig_for(account, kube.namespace, tmp_path / "driver.kubeconfig")
+    spec = copy.deepcopy(QUICKSTART)
+    spec["metadata"] = {"name": "kr-permanent"}
+    spec["spec"]["data"] = {"dataset": "image-folder", "uri": str(tmp_path / "no-such-images")}
+    (tmp_path / "spec.yaml").write_text(json.dumps(spec))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KUBERNETES_SERVICE_HOST", "RAY_ADDRESS")}
+    env.update(KUBECONFIG=str(config), RAYKUBE_TRAININGRUN=f"{kube.namespace}/kr-permanent",
+               RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(
+                   {"metadata": {"job_submission_id": job["status"]["jobId"]}}))
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "raykube", "train", "--spec",
+                          str(tmp_path / "spec.yaml"), "--storage", str(tmp_path / "runs")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    print(f"raykube train exited {out.returncode} after {time.monotonic() - started:.1f} s")
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("raykube train: ")]
+    cause = f"image-folder {tmp_path / 'no-such-images'}: cannot list it"
+    assert out.returncode == 1, out.stderr
+    assert len(lines) == 3 and lines[0] == lines[2] and lines[0].startswith(
+        f"raykube train: {cause}"), out.stderr
+    assert lines[1] == "raykube train: not retried: a new attempt would fail the same way"
+    assert kube.get("RayJob", "kr-permanent")["spec"]["backoffLimit"] == 0
+    assert kube.get("RayJob", "kr-retried")["spec"]["backoffLimit"] == 2
+
+    tr = kube.wait_object("TrainingRun", "kr-permanent", timeout=90,
+                          where=lambda o: (o.get("status") or {}).get("phase") == "Failed")
+    failed = next(c for c in tr["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PermanentFailure", failed
+    assert tr["status"]["message"] == (
+        f"the Ray job failed after 1 attempt(s): {lines[0][len('raykube train: '):]}; not "
+        "retried: a new attempt would fail the same way"), tr["status"]["message"]
+    assert tr["status"]["permanentFailure"]["retriesCancelled"] is True
+    retried = kube.wait_object("RayJob", "kr-retried", timeout=60, where=lambda o: int(
+        (o.get("status") or {}).get("failed") or 0) >= 1)
+    assert retried["status"]["jobDeploymentStatus"] != "Failed", retried["status"]
+    time.sleep(5)  # KubeRay requeues every 3 s: a retry would have begun
+    st = kube.get("RayJob", "kr-permanent")["status"]
+    assert (st["jobDeploymentStatus"], st["failed"]) == ("Failed", 1), st
+    assert [e for e in kube.list("Event") if e.get("reason") == "RetriesCancelled"
+            and (e.get("involvedObject") or {}).get("name") == "kr-permanent"]
+    for name in names:
+        kube.delete("TrainingRun", name)
 
 
 def test_promotion_becomes_a_rayservice_cluster_and_deletion_removes_everything(kube, operator):

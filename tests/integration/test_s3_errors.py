@@ -76,28 +76,47 @@ def job(tmp_path, *, storage: str | None = None, data_uri: str | None = None):
     return str(f)
 
 
-@pytest.mark.parametrize("case", ["wrong-secret", "missing-bucket", "refused", "silent"])
-def test_run_with_bad_s3_storage_says_why_in_one_line(case, s3_server, tmp_path, monkeypatch,
-                                                      capsys, no_ray, request):
+def bad_s3(case: str, monkeypatch, request) -> tuple[str, str]:
+    """Set up one bad S3 setting against the real MinIO: (storage URI, what the line says)."""
     storage = "s3://raykube-test/runs"
     if case == "wrong-secret":
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-        want = "refused the credentials"
-    elif case == "missing-bucket":
-        storage = "s3://no-such-bucket/runs"
-        want = "bucket 'no-such-bucket' does not exist"
-    elif case == "refused":
+        return storage, "refused the credentials"
+    if case == "missing-bucket":
+        return "s3://no-such-bucket/runs", "bucket 'no-such-bucket' does not exist"
+    if case == "refused":
         from s3_server import free_port
 
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-        want = "cannot reach the S3 endpoint http://127.0.0.1:"
     else:
         monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("silent_endpoint"))
-        want = "cannot reach the S3 endpoint http://127.0.0.1:"
+    return storage, "cannot reach the S3 endpoint http://127.0.0.1:"
+
+
+@pytest.mark.parametrize("case", ["wrong-secret", "missing-bucket", "refused", "silent"])
+def test_run_with_bad_s3_storage_says_why_in_one_line(case, s3_server, tmp_path, monkeypatch,
+                                                      capsys, no_ray, request):
+    storage, want = bad_s3(case, monkeypatch, request)
     started = time.monotonic()
     line = one_line(capsys, main(["run", job(tmp_path, storage=storage)]), started)
     assert line.startswith(f"raykube run: storage {storage}/default/bad-s3: "), line
     assert want in line, line
+
+
+@pytest.mark.parametrize("case,retry", [("wrong-secret", False), ("missing-bucket", False),
+                                        ("refused", True), ("silent", True)])
+def test_only_an_endpoint_that_did_not_answer_is_worth_a_retry(case, retry, s3_server,
+                                                               monkeypatch, request):
+    """What ``raykube train`` asks the operator not to retry (``raykube.transient``):
+    refused credentials and a missing bucket would fail every attempt."""
+    from raykube.train import StorageError, check_storage
+    from raykube.transient import retry_would_help
+
+    storage, want = bad_s3(case, monkeypatch, request)
+    with pytest.raises(StorageError) as err:
+        check_storage(storage, "bad-s3")
+    assert want in str(err.value)
+    assert retry_would_help(err.value) is retry
 
 
 def test_run_with_an_image_folder_in_a_missing_bucket(s3_server, tmp_path, capsys, no_ray):

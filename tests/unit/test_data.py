@@ -10,6 +10,7 @@ from PIL import Image
 from fake_datasets import write_fashion_mnist
 from raykube import data
 from raykube.spec import parse_spec
+from raykube.transient import retry_would_help
 
 
 def make_spec(dataset: str, **data_fields):
@@ -77,6 +78,7 @@ def test_fashion_mnist_offline_error_says_how_to_preseed(tmp_path, monkeypatch):
         data._numpy_arrays(make_spec("fashion-mnist"), str(tmp_path))
     msg = str(err.value)
     assert str(tmp_path / "FashionMNIST" / "raw") in msg and "train-images-idx3-ubyte.gz" in msg
+    assert retry_would_help(err.value)  # a download that failed may work on the next attempt
 
 
 def test_cache_dir_defaults_and_override():
@@ -113,5 +115,12 @@ def test_image_folder_classes_and_stable_split(tmp_path):
 
 def test_image_folder_needs_class_subfolders(tmp_path):
     (tmp_path / "only").mkdir()
-    with pytest.raises(data.DatasetUnavailable, match="sub-folder of images per class"):
+    with pytest.raises(data.DatasetUnavailable, match="sub-folder of images per class") as err:
         data.dataset_info(make_spec("image-folder", uri=str(tmp_path)))
+    assert not retry_would_help(err.value)  # every attempt would find the same folder
+
+
+def test_a_missing_image_folder_is_not_worth_a_retry(tmp_path):
+    with pytest.raises(data.DatasetUnavailable, match="cannot list it") as err:
+        data.dataset_info(make_spec("image-folder", uri=str(tmp_path / "no-such-images")))
+    assert not retry_would_help(err.value)

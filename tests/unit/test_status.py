@@ -526,3 +526,45 @@ def test_a_retry_says_why_the_attempt_failed_until_the_next_one_runs():
 ])
 def test_retry_cause_is_one_line(message, cause):
     assert st.retry_cause(message) == cause
+
+
+def rayjob(dep: str, *, failed: int = 0, job_id: str = "r-abc", limit: int | None = 2) -> dict:
+    spec = {} if limit is None else {"backoffLimit": limit}
+    return {"metadata": {"name": "r"}, "spec": spec,
+            "status": {"jobDeploymentStatus": dep, "failed": failed, "jobId": job_id}}
+
+
+@pytest.mark.parametrize("obj,report,answer", [
+    # the running attempt is the first: KubeRay's check (failed < backoffLimit + 1, the
+    # failure counted) then lets it be the last
+    (rayjob("Running"), {"jobId": "r-abc"}, (0, True)),
+    (rayjob("Running", failed=1), {"jobId": "r-abc"}, (1, True)),
+    (rayjob("Initializing"), {}, (0, True)),  # no job id reported: the running attempt
+    (rayjob("Running", failed=2), {"jobId": "r-abc"}, (None, True)),  # already the last
+    (rayjob("Running", limit=None), {}, (None, True)),  # no backoffLimit: never retried
+    (rayjob("Running"), {"jobId": "r-old"}, (None, False)),  # another attempt's report
+    (rayjob("Retrying", failed=1), {"jobId": "r-abc"}, (None, False)),  # KubeRay saw it fail
+    (rayjob("Failed", failed=1), {}, (None, False)),
+    (None, {}, (None, False)),  # no RayJob
+])
+def test_retry_cancellation(obj, report, answer):
+    assert st.retry_cancellation(obj, report) == answer
+
+
+def test_a_failure_no_retry_can_fix_says_so_with_the_drivers_line():
+    cur = {"permanentFailure": {"message": "image-folder /mnt/x: cannot list it",
+                                "retriesCancelled": True}}
+    out = st.status_from_rayjob(
+        job(jobDeploymentStatus="Failed", jobStatus="", failed=1, reason="AppFailed",
+            message="The RayJob submitter finished at ... but the ray job did not reach"),
+        cur, now=T0, generation=1)
+    failed = st.get_condition(out["conditions"], st.FAILED)
+    assert (out["phase"], failed["reason"]) == ("Failed", "PermanentFailure")
+    assert out["message"] == failed["message"] == (
+        "the Ray job failed after 1 attempt(s): image-folder /mnt/x: cannot list it; not "
+        "retried: a new attempt would fail the same way")
+    # a report KubeRay did not honour (too late) changes nothing
+    cur["permanentFailure"]["retriesCancelled"] = False
+    out = st.status_from_rayjob(job(jobDeploymentStatus="Failed", failed=3, reason="AppFailed",
+                                    message="boom"), cur, now=T0, generation=1)
+    assert st.get_condition(out["conditions"], st.FAILED)["reason"] == "AppFailed"

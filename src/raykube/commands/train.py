@@ -41,6 +41,42 @@ def _observers() -> list:
     return out
 
 
+def job_submission_id(env: dict[str, str] | None = None) -> str | None:
+    """The Ray job this driver runs as (KubeRay's ``status.jobId``), from the job config
+    Ray's job supervisor gives its driver; None outside a submitted job."""
+    import json
+    import os
+
+    raw = (env if env is not None else os.environ).get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    try:
+        value = (json.loads(raw or "{}").get("metadata") or {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
+def give_up(line: str) -> bool:
+    """The run failed for a cause every attempt would meet (``raykube.transient``): on a
+    cluster, ask the operator to cancel KubeRay's retries before exiting, and say what
+    came of it. Outside one (no ``RAYKUBE_TRAININGRUN``) nothing to do: False."""
+    from raykube.k8s_reporter import KubernetesReporter
+
+    try:
+        reporter = KubernetesReporter.from_env()
+        if reporter is None:
+            return False
+        answer = reporter.stop_retries(line, job_id=job_submission_id())
+    except Exception as exc:  # the failure line above is what matters
+        print(f"raykube train: could not ask to cancel the retries: {exc}", file=sys.stderr)
+        return True
+    print("raykube train: " + {
+        True: "not retried: a new attempt would fail the same way",
+        False: "the operator answered too late to cancel the retry",
+        None: "no answer from the operator: KubeRay retries as spec.failure.maxRetries says",
+    }[answer], file=sys.stderr, flush=True)
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -51,12 +87,15 @@ def run(args: argparse.Namespace) -> int:
     except InvalidTrainingRun as exc:
         for e in exc.errors:
             print(f"{e.source or exc.source or args.spec}: {e.path}: {e.message}", file=sys.stderr)
+        give_up(f"invalid TrainingRun: {exc.errors[0].path}: {exc.errors[0].message}"
+                if exc.errors else f"invalid TrainingRun: {exc}")
         return 1
     storage = args.storage or os.environ.get("RAYKUBE_STORAGE") or "./runs"
 
     from raykube.data import DatasetUnavailable
     from raykube.local import init_ray, train_or_tune
     from raykube.train import RunDirConflict, StorageError, is_training_failure, training_failure
+    from raykube.transient import retry_would_help
 
     # A RayJob's driver joins its cluster (RAY_ADDRESS), whose head runs the dashboard
     # KubeRay submits through; without an address, a Ray of its own, as `raykube run`.
@@ -64,7 +103,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         outcome = train_or_tune(tr, storage, observers=_observers())
     except (DatasetUnavailable, StorageError, RunDirConflict) as exc:  # the pod log shows one clear line
-        print(f"raykube train: {exc}", file=sys.stderr)
+        print(f"raykube train: {exc}", file=sys.stderr, flush=True)
+        if not retry_would_help(exc) and give_up(str(exc)):
+            # KubeRay's message (and so the TrainingRun's) quotes the log's last lines:
+            # the cause goes last again, after what came of the request
+            print(f"raykube train: {exc}", file=sys.stderr, flush=True)
         return 1
     except Exception as exc:
         if not is_training_failure(exc):
