@@ -148,7 +148,7 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
         detail = driver_line(kr_msg) or ray_oom_detail(kr_msg) or kr_msg or \
             f"jobDeploymentStatus={dep}, jobStatus={job or 'unknown'}"
         return JobState(("False", "Completed", "the Ray job finished"), "Failed", reason,
-                        f"the Ray job failed after {max(failed, 1)} attempt(s): {detail}", True)
+                        failed_message(failed, detail), True)
     if dep in SUSPENDED_DEPLOYMENT:
         return JobState(("False", "Suspended", "spec.suspend is true: the Ray cluster is "
                          "stopped; set it to false to resume from the latest checkpoint"),
@@ -175,6 +175,11 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
 
 
 DRIVER_PREFIX = "raykube train: "
+
+
+def failed_message(failed: int, detail: str) -> str:
+    """The message of a RayJob that failed for good after ``failed`` attempts."""
+    return f"the Ray job failed after {max(failed, 1)} attempt(s): {detail}"
 
 
 NOT_RETRIED = "; not retried: a new attempt would fail the same way"
@@ -527,8 +532,8 @@ def status_from_rayjob(
     permanent = cur.get("permanentFailure") or {}
     if state.outcome == "Failed" and permanent.get("retriesCancelled") and permanent.get("message"):
         # the driver's own line (KubeRay's message may be its submitter's, or cut)
-        fail_msg = (f"the Ray job failed after {max(int(st.get('failed') or 0), 1)} "
-                    f"attempt(s): {permanent['message']}{NOT_RETRIED}")
+        fail_msg = failed_message(int(st.get("failed") or 0),
+                                  f"{permanent['message']}{NOT_RETRIED}")
         message = fail_msg
         state = replace(state, reason=PERMANENT_REASON)
     incident = incident_note(cur.get("lastIncident"), st.get("rayClusterName") or "")
