@@ -432,6 +432,7 @@ def failure_callback(queue: Any) -> Any:
     """A Ray Train callback (run in the Train controller) that puts each failure of the
     worker group on ``queue`` as ``{"failure": line, "retry": bool, "controller": bool}``
     (a plain run's driver and each Tune trial use it)."""
+    import ray
     from ray.train.v2._internal.execution.callback import ControllerCallback
     from ray.train.v2._internal.execution.controller.state import (
         ReschedulingState,
@@ -450,6 +451,14 @@ def failure_callback(queue: Any) -> Any:
 
         def __init__(self, q: Any):
             self.q = q
+
+        def after_controller_start(self, train_run_context):  # noqa: ANN001, ARG002
+            # The controller's own handle, so that an interrupted driver can abort the
+            # run before it shuts Ray down (see fit_and_stream).
+            try:
+                self.q.put_nowait({CONTROLLER_ITEM: ray.get_runtime_context().current_actor})
+            except Exception:
+                log.warning("could not forward the controller's handle", exc_info=True)
 
         def after_controller_state_update(self, previous_state, current_state):  # noqa: ANN001
             retry = isinstance(current_state, (RestartingState, ReschedulingState))
@@ -885,18 +894,32 @@ def announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowe
     notify(observers, f"{what}; {nxt}", hook="on_failure")
 
 
+CONTROLLER_ITEM = "raykube.controller"
+"""The key of the channel item that carries Ray Train's controller's actor handle (put by
+``failure_callback`` as the controller starts; taken by ``fit_and_stream``, never passed to
+``on_item``)."""
+
+
 def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]], None], *,
-                   thread_name: str = "raykube-fit") -> Any:
+                   thread_name: str = "raykube-fit", abort_wait_s: float = 30.0) -> Any:
     """Run ``trainer.fit()`` in a thread while this thread hands each item that the Train
     controller's callback put on ``queue`` to ``on_item``, in order; return fit's Result.
 
     Why: ``fit`` blocks until training ends, but observers (the rich display, the status
     reporter) and ``tune.report`` must run here, on the driver's (or trial's) thread, as
     each epoch ends. fit's exception is re-raised here; the channel is always closed.
+
+    When this thread is interrupted (Ctrl-C, or SIGTERM made one), the run is aborted
+    first, and the interrupt re-raised only once the fit thread has left Ray (at most
+    ``abort_wait_s`` later). Its caller shuts Ray down next; a fit thread still waiting
+    in ``ray.get`` then read the core worker as it was freed, and the process died with
+    SIGSEGV instead of saying what was saved (``raykube run`` after SIGTERM, 1 run in 8
+    on a loaded machine; the core dump showed that thread in ``CoreWorker::Get``).
     """
     from queue import Empty
 
     box: dict[str, Any] = {}
+    controller: list[Any] = []
 
     def _fit() -> None:
         try:
@@ -904,22 +927,60 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
         except BaseException as exc:  # re-raised on this thread
             box["error"] = exc
 
+    def _next(timeout: float) -> dict[str, Any] | None:
+        """The next item for ``on_item``; keeps the controller's handle aside."""
+        item = queue.get(timeout=timeout)
+        if CONTROLLER_ITEM in item:
+            controller[:] = [item[CONTROLLER_ITEM]]
+            return None
+        return item
+
     thread = threading.Thread(target=_fit, name=thread_name, daemon=True)
     thread.start()
     try:
         while thread.is_alive() or not queue.empty():
             try:
-                item = queue.get(timeout=0.5)
+                item = _next(0.5)
             except Empty:
                 continue
-            on_item(item)
+            if item is not None:
+                on_item(item)
         thread.join()
+    except KeyboardInterrupt:
+        _abort_fit(thread, controller, _next, abort_wait_s)
+        raise
     finally:
         with contextlib.suppress(Exception):
             queue.close()
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def _abort_fit(thread: threading.Thread, controller: list[Any],
+               next_item: Callable[[float], dict[str, Any] | None], wait_s: float) -> None:
+    """Abort an interrupted run the way Ray Train's own Ctrl-C handler does (the
+    controller's ``abort``: the workers are stopped, the run marked aborted), and wait
+    for the fit thread to return. Without the controller's handle yet (interrupted while
+    it starts) the handle is awaited from the channel; a controller that does not answer
+    is killed."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    with contextlib.suppress(Exception):  # the channel is best effort here
+        while not controller and thread.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                next_item(0.2)  # items after an interrupt are not shown
+    if controller:
+        with contextlib.suppress(Exception):  # the controller exits inside abort()
+            ray.get(controller[0].abort.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        thread.join(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
+        if thread.is_alive():
+            with contextlib.suppress(Exception):
+                ray.kill(controller[0], no_restart=True)
+    thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        log.warning("Ray Train's run did not stop within %.0f s of the interrupt", wait_s)
 
 
 def _storage_outage(exc: BaseException) -> str | None:
