@@ -909,12 +909,13 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
     reporter) and ``tune.report`` must run here, on the driver's (or trial's) thread, as
     each epoch ends. fit's exception is re-raised here; the channel is always closed.
 
-    When this thread is interrupted (Ctrl-C, or SIGTERM made one), the run is aborted
-    first, and the interrupt re-raised only once the fit thread has left Ray (at most
-    ``abort_wait_s`` later). Its caller shuts Ray down next; a fit thread still waiting
-    in ``ray.get`` then read the core worker as it was freed, and the process died with
-    SIGSEGV instead of saying what was saved (``raykube run`` after SIGTERM, 1 run in 8
-    on a loaded machine; the core dump showed that thread in ``CoreWorker::Get``).
+    When this thread is interrupted (Ctrl-C, or SIGTERM made one; or an observer fails),
+    the run is aborted first, and the exception re-raised only once the fit thread has
+    left Ray (at most ``abort_wait_s`` later). Its caller shuts Ray down next; a fit
+    thread still waiting in ``ray.get`` then read the core worker as it was freed, and the
+    process died with SIGSEGV instead of saying what was saved (``raykube run`` after
+    SIGTERM, 4 runs in 23 on a loaded machine; the core dump showed that thread in
+    ``CoreWorker::Get``).
     """
     from queue import Empty
 
@@ -946,7 +947,7 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
             if item is not None:
                 on_item(item)
         thread.join()
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SystemExit, an observer's error: no run left behind
         _abort_fit(thread, controller, _next, abort_wait_s)
         raise
     finally:

@@ -115,6 +115,46 @@ def test_predict_bad_input(trained, tmp_path, capsys):
     assert not list(tmp_path.glob("x.*"))
 
 
+def test_sigterm_ends_predict_as_ctrl_c_does(trained, tmp_path):
+    """``kill PID`` or a container stop while Ray Data predicts: "interrupted" and exit
+    130, as Ctrl-C and `raykube run` do, and no half-written predictions file. Before,
+    Ray's driver handler ended it with a bare ``sys.exit(15)`` and not a word."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    checkpoint, _ = trained
+    data = tmp_path / "big.yaml"  # long enough to be stopped mid-way (~40 s here)
+    data.write_text("apiVersion: raykube.io/v1alpha1\nkind: TrainingRun\n"
+                    "metadata: {name: big}\nspec:\n  model: {name: mlp}\n"
+                    "  data: {dataset: synthetic, shape: [1, 8, 8], numSamples: 2000000}\n")
+    out = tmp_path / "pred.parquet"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RAYKUBE_"))}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    p = subprocess.Popen([sys.executable, "-m", "raykube", "predict", checkpoint, "--data",
+                          str(data), "--split", "all", "--out", str(out), "--storage",
+                          str(tmp_path / "runs"), "-v"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        seen = []
+        for line in p.stderr:  # -v: Ray Data's progress comes here
+            seen.append(line)
+            if "Running Dataset" in line:
+                os.kill(p.pid, signal.SIGTERM)
+                break
+        rest, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(30)
+    assert any("Running Dataset" in line for line in seen), seen[-20:]
+    assert p.returncode == 130, (p.returncode, "".join(seen[-20:]), err[-6000:], rest[-2000:])
+    assert err.rstrip().splitlines()[-1] == "interrupted", err[-3000:]
+    assert "Traceback" not in err + rest
+    assert not out.exists()
+
+
 def _digit_pngs(root, images, names) -> list[str]:
     from PIL import Image
 

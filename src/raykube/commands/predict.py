@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
             init_local_ray(num_cpus=args.num_cpus, include_dashboard=False,
                            configure_logging=False)
         started = True
+        from raykube.commands._util import sigterm_as_ctrl_c
+
+        sigterm_as_ctrl_c()  # `kill`/a container stop: "interrupted" and 130, not Ray's silent 15
     try:
         outcome = predict(args.checkpoint, out=args.out, data=args.data, split=args.split,
                           batch_size=args.batch_size, concurrency=args.concurrency,
