@@ -647,13 +647,15 @@ def _decode_in_process(files: ImageFiles, x: np.ndarray, size: int, channels: in
 def _decode_with_ray_data(spec: TrainingRunSpec, files: ImageFiles, x: np.ndarray) -> None:
     """Decode with Ray Data on every CPU of the cluster (large or ``s3://`` folders)."""
     from raykube.dataset_files import BadDatasetFile
+    from raykube.ray_data_batches import batches
 
     position = {p: i for i, p in enumerate(files.paths)}
     try:
-        for batch in _read_files(spec, files, files.paths).iter_batches(
-                batch_size=None, batch_format="numpy", prefetch_batches=2):
-            idx = [position[str(p)] for p in batch["path"]]
-            x[idx] = batch["image"]
+        with batches(_read_files(spec, files, files.paths), batch_size=None,
+                     batch_format="numpy", prefetch_batches=2) as it:
+            for batch in it:
+                idx = [position[str(p)] for p in batch["path"]]
+                x[idx] = batch["image"]
     except Exception as exc:
         # Ray Data re-raises a decode task's error on the driver as
         # RayTaskError(UserCodeException), with the task's exception only as traceback

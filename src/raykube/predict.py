@@ -18,9 +18,7 @@ What to predict on (``data``):
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from raykube import ray_data_batches
 from raykube.spec import DatasetName, TrainingRunSpec, load_one
 
 if TYPE_CHECKING:
@@ -365,8 +364,6 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
     correct = np.zeros(len(names) + 1, dtype=np.int64)
     rows = 0
     has_labels = False
-    batches: Any = None
-    before = set(threading.enumerate())
     try:
         if not folder:
             ds = dataset_for(spec, split, cache)
@@ -382,21 +379,20 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
             batch_size=batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=concurrency),
             num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
-        batches = preds.iter_batches(batch_size=None, batch_format="numpy")
-        for batch in batches:
-            writer.write(batch)
-            rows += len(batch["prediction"])
-            if "label" in batch and scored:
-                has_labels = True
-                truth = batch["label"]  # model class ids (the predictor mapped them)
-                slot = np.where(truth < 0, len(names), truth)
-                examples += np.bincount(slot, minlength=len(names) + 1)
-                correct += np.bincount(slot, weights=truth == batch["prediction"],
-                                       minlength=len(names) + 1).astype(np.int64)
+        with ray_data_batches.batches(preds, batch_size=None, batch_format="numpy") as it:
+            for batch in it:
+                writer.write(batch)
+                rows += len(batch["prediction"])
+                if "label" in batch and scored:
+                    has_labels = True
+                    truth = batch["label"]  # model class ids (the predictor mapped them)
+                    slot = np.where(truth < 0, len(names), truth)
+                    examples += np.bincount(slot, minlength=len(names) + 1)
+                    correct += np.bincount(slot, weights=truth == batch["prediction"],
+                                           minlength=len(names) + 1).astype(np.int64)
         writer.close()
     except BaseException:
         writer.abort()
-        _stop_iteration(batches, set(threading.enumerate()) - before)
         raise
     finally:
         ctx.execution_options.preserve_order = keep_order
@@ -413,26 +409,6 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
             outcome.per_class.append(ClassAccuracy("(not a model class)", int(examples[-1]), 0))
     outcome.wall_time_s = time.perf_counter() - t0
     return outcome
-
-
-def _stop_iteration(batches: Any, threads: set[threading.Thread], wait_s: float = 10.0) -> None:
-    """Stop Ray Data's iteration and wait (at most ``wait_s``) for the threads it started.
-
-    Why: the caller shuts Ray down next (an interrupted ``raykube predict``). Ray Data's
-    prefetch threads are daemons it never joins; one still in ``ray.get`` gets SystemExit
-    from the shutdown, and freeing that exception's frames released an ObjectRef into the
-    core worker already gone, which ends the process at once with exit 1 (Ray's
-    ``QuickExit``). A Ctrl-C or SIGTERM then said nothing and exited 1, 6 times in 26.
-    Closing the iterator sets their stop flag and shuts Ray Data's executor down; its
-    tasks and actors gone, a thread waiting on them returns. Not awaited: Ray Data's
-    block ``Prefetcher``, which parks on a condition (outside Ray) until its owner is
-    collected, so it would only add ``wait_s`` to every interrupt."""
-    with contextlib.suppress(Exception):
-        getattr(batches, "close", lambda: None)()
-    deadline = time.monotonic() + wait_s
-    for t in threads:
-        if t is not threading.current_thread() and t.name != "Prefetcher":
-            t.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _unscored_reason(label_names: list[str], model_names: list[str], scored: bool) -> str | None:
