@@ -430,8 +430,9 @@ def _forwarder(queue: Any, storage_path: str) -> list[Any]:
 
 def failure_callback(queue: Any) -> Any:
     """A Ray Train callback (run in the Train controller) that puts each failure of the
-    worker group on ``queue`` as ``{"failure": line, "retry": bool, "controller": bool}``
-    (a plain run's driver and each Tune trial use it)."""
+    worker group on ``queue`` as ``{"failure": line, "retry": bool, "controller": bool}``,
+    and first the controller's own handle as ``{CONTROLLER_ITEM: handle}`` (a plain run's
+    driver and each Tune trial use it, through ``fit_and_stream``)."""
     import ray
     from ray.train.v2._internal.execution.callback import ControllerCallback
     from ray.train.v2._internal.execution.controller.state import (
@@ -898,10 +899,12 @@ CONTROLLER_ITEM = "raykube.controller"
 """The key of the channel item that carries Ray Train's controller's actor handle (put by
 ``failure_callback`` as the controller starts; taken by ``fit_and_stream``, never passed to
 ``on_item``)."""
+ABORT_WAIT_S = 30.0
+"""How long an interrupted ``fit_and_stream`` waits for the aborted run's thread."""
 
 
 def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]], None], *,
-                   thread_name: str = "raykube-fit", abort_wait_s: float = 30.0) -> Any:
+                   thread_name: str = "raykube-fit") -> Any:
     """Run ``trainer.fit()`` in a thread while this thread hands each item that the Train
     controller's callback put on ``queue`` to ``on_item``, in order; return fit's Result.
 
@@ -911,7 +914,7 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
 
     When this thread is interrupted (Ctrl-C, or SIGTERM made one; or an observer fails),
     the run is aborted first, and the exception re-raised only once the fit thread has
-    left Ray (at most ``abort_wait_s`` later). Its caller shuts Ray down next; a fit
+    left Ray (at most ``ABORT_WAIT_S`` later). Its caller shuts Ray down next; a fit
     thread still waiting in ``ray.get`` then read the core worker as it was freed, and the
     process died with SIGSEGV instead of saying what was saved (``raykube run`` after
     SIGTERM, 4 runs in 23 on a loaded machine; the core dump showed that thread in
@@ -919,8 +922,7 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
     """
     from queue import Empty
 
-    box: dict[str, Any] = {}
-    controller: list[Any] = []
+    box: dict[str, Any] = {}  # result / error from the fit thread; controller from the channel
 
     def _fit() -> None:
         try:
@@ -932,7 +934,7 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
         """The next item for ``on_item``; keeps the controller's handle aside."""
         item = queue.get(timeout=timeout)
         if CONTROLLER_ITEM in item:
-            controller[:] = [item[CONTROLLER_ITEM]]
+            box["controller"] = item[CONTROLLER_ITEM]
             return None
         return item
 
@@ -948,7 +950,7 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
                 on_item(item)
         thread.join()
     except BaseException:  # Ctrl-C, SystemExit, an observer's error: no run left behind
-        _abort_fit(thread, controller, _next, abort_wait_s)
+        _abort_fit(thread, box, _next)
         raise
     finally:
         with contextlib.suppress(Exception):
@@ -958,8 +960,8 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
     return box["result"]
 
 
-def _abort_fit(thread: threading.Thread, controller: list[Any],
-               next_item: Callable[[float], dict[str, Any] | None], wait_s: float) -> None:
+def _abort_fit(thread: threading.Thread, box: dict[str, Any],
+               next_item: Callable[[float], dict[str, Any] | None]) -> None:
     """Abort an interrupted run the way Ray Train's own Ctrl-C handler does (the
     controller's ``abort``: the workers are stopped, the run marked aborted), and wait
     for the fit thread to return. Without the controller's handle yet (interrupted while
@@ -967,21 +969,21 @@ def _abort_fit(thread: threading.Thread, controller: list[Any],
     is killed."""
     import ray
 
-    deadline = time.monotonic() + wait_s
-    with contextlib.suppress(Exception):  # the channel is best effort here
-        while not controller and thread.is_alive() and time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                next_item(0.2)  # items after an interrupt are not shown
-    if controller:
+    deadline = time.monotonic() + ABORT_WAIT_S
+    while "controller" not in box and thread.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # the channel is best effort here
+            next_item(0.2)  # items after an interrupt are not shown
+    controller = box.get("controller")
+    if controller is not None:
         with contextlib.suppress(Exception):  # the controller exits inside abort()
-            ray.get(controller[0].abort.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            ray.get(controller.abort.remote(), timeout=max(1.0, deadline - time.monotonic()))
         thread.join(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
         if thread.is_alive():
             with contextlib.suppress(Exception):
-                ray.kill(controller[0], no_restart=True)
+                ray.kill(controller, no_restart=True)
     thread.join(timeout=max(0.0, deadline - time.monotonic()))
     if thread.is_alive():
-        log.warning("Ray Train's run did not stop within %.0f s of the interrupt", wait_s)
+        log.warning("Ray Train's run did not stop within %.0f s of the interrupt", ABORT_WAIT_S)
 
 
 def _storage_outage(exc: BaseException) -> str | None:
