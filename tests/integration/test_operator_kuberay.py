@@ -46,6 +46,15 @@ def operator_logs(operator):
     print(operator.logs()[-6000:])
 
 
+@pytest.fixture(scope="module")
+def kr_train(kube, operator) -> float:
+    """The quickstart run the first tests watch, created once per module (by whichever of
+    them runs first, so each also runs alone with ``-k``); returns when it was created."""
+    created = time.monotonic()
+    kube.create(tr_doc("kr-train"))
+    return created
+
+
 def tr_doc(name: str, serve: bool = False) -> dict:
     doc = copy.deepcopy(QUICKSTART)
     doc["metadata"] = {"name": name}
@@ -62,9 +71,8 @@ def pods_running(kube, cluster: str) -> list[dict]:
     return [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
 
 
-def test_rayjob_becomes_a_raycluster_with_running_pods(kube, operator):
-    t0 = time.monotonic()
-    kube.create(tr_doc("kr-train"))
+def test_rayjob_becomes_a_raycluster_with_running_pods(kube, operator, kr_train):
+    t0 = kr_train
     job = kube.wait_object("RayJob", "kr-train",
                            where=lambda o: (o.get("status") or {}).get("rayClusterName"))
     cluster = job["status"]["rayClusterName"]
@@ -91,7 +99,7 @@ def test_rayjob_becomes_a_raycluster_with_running_pods(kube, operator):
     assert tr["status"]["phase"] in ("Pending", "Running")
 
 
-def test_kuberays_job_submitter_pod_carries_the_runs_labels(kube, operator):
+def test_kuberays_job_submitter_pod_carries_the_runs_labels(kube, operator, kr_train):
     """KubeRay builds its submitter Job from the rendered template: the pod is the run's
     (so a submitter that cannot start is named in the run's message, which the operator
     finds through its pod watch), runs KubeRay's own `ray job submit`, holds no token."""
@@ -108,7 +116,7 @@ def test_kuberays_job_submitter_pod_carries_the_runs_labels(kube, operator):
     assert {"RAY_DASHBOARD_ADDRESS", "RAY_JOB_SUBMISSION_ID"} <= {e["name"] for e in c["env"]}
 
 
-def test_the_log_has_no_line_per_watched_event(kube, operator):
+def test_the_log_has_no_line_per_watched_event(kube, operator, kr_train):
     """kopf logs ``Handler '...' succeeded.`` at INFO after every handler call. By now
     the RayJob and its pods have changed many times: the watch handlers' lines are DEBUG,
     the create handler's (once per run) stays."""
@@ -123,7 +131,7 @@ def test_the_log_has_no_line_per_watched_event(kube, operator):
     assert noisy == [], noisy[:5]
 
 
-def test_nothing_is_rewritten_back_and_forth(kube, operator):
+def test_nothing_is_rewritten_back_and_forth(kube, operator, kr_train):
     """Once KubeRay has settled, the operator changes nothing and the head Service has one
     owner (the RayJob's); an operator restart writes nothing either."""
     kube.wait_object("RayJob", "kr-train", where=lambda o: (o.get("status") or {}).get(
