@@ -13,6 +13,11 @@ took 3.4-3.7 s here, of which ~1 s waiting for Ray's API-server process (which, 
 the dashboard and with usage stats off, serves nothing) and up to 1 s more because it
 looks for its raylet in the GCS once a second.
 
+A SIGTERM handler the command set before (``commands._util.sigterm_as_ctrl_c``) stays
+in place through ``ray.init`` (``_keeping_sigterm_handler``): ``ray.init`` sets two of its
+own, a bare ``sys.exit(15)`` and the head node's (kill Ray's processes, exit 1), so a
+``kill`` while Ray started ended ``raykube serve`` or ``run`` with exit 15 and no word.
+
 And it ends with nothing left behind (``shutdown_local_ray``): Ray 2.60's worker processes
 can deadlock in their own exit (seen here: a Train controller of a finished ``raykube
 run``, its core worker's destructor waiting on a mutex the same thread held, in
@@ -29,6 +34,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -113,6 +119,31 @@ def _lean_start(include_dashboard: bool | None) -> Iterator[None]:
         node.Node.start_api_server, node.Node.start_monitor, services.get_node = saved
 
 
+@contextlib.contextmanager
+def _keeping_sigterm_handler() -> Iterator[None]:
+    """While ``ray.init`` runs: keep the Python SIGTERM handler the caller set (a
+    command's "SIGTERM is Ctrl-C"), instead of the two Ray sets in the driver.
+
+    Ray's are a driver's ``sys.exit(15)`` (set first thing in ``ray.init``) and, when it
+    starts the node itself, one that kills the node's processes and exits 1. A command
+    that handles the interrupt already stops its Ray in a ``finally`` (and
+    ``shutdown_local_ray`` runs at exit): Ray's handlers only made it end without a word.
+    Without a Python handler of the caller's (none, or the default), Ray's are kept."""
+    mine = signal.getsignal(signal.SIGTERM)
+    if not callable(mine) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from ray._private import utils
+
+    saved = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        utils.set_sigterm_handler = saved
+        signal.signal(signal.SIGTERM, mine)
+
+
 def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> Any:
     """``ray.init`` of a new local instance whose processes all know its address;
     ``ray.init``'s context."""
@@ -125,7 +156,7 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> Any:
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": address}
     try:
-        with _lean_start(kwargs.get("include_dashboard")):
+        with _keeping_sigterm_handler(), _lean_start(kwargs.get("include_dashboard")):
             ctx = ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env,
                            **kwargs)
     finally:

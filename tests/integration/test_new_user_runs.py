@@ -266,22 +266,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path):
-    """`raykube serve --replicas 3` on a small machine: Ray is sized for the replicas
-    instead of waiting forever (#8); the terminal shows raykube's lines only and the curl
-    line is whole (#11, #12); Ctrl-C stops it cleanly, also when one of Ray's threads
-    rather than the main one takes the SIGINT (it slept on through it, now and then)."""
-
+def untrained_digits_checkpoint(ckpt: Path) -> Path:
+    """A small MLP's checkpoint for the digits, saved without training (what serving
+    needs is its files, not its accuracy)."""
     from raykube.checkpoint import save_checkpoint
     from raykube.models import build_model
     from raykube.spec import parse_spec
 
     spec = parse_spec({"model": {"name": "mlp", "options": {"hidden": [8]}},
                        "data": {"dataset": "digits"}}).spec
-    ckpt = tmp_path / "ckpt"
     save_checkpoint(ckpt, model=build_model(spec.model, (1, 8, 8), 10), optimizer=None, epoch=1,
                     spec=spec.to_dict(), class_names=[str(i) for i in range(10)],
                     input_shape=[1, 8, 8], metrics={"valAccuracy": 0.5})
+    return ckpt
+
+
+def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path):
+    """``kill PID`` or a container stop of `raykube serve`: Serve and Ray are stopped
+    and the port is free again, exit 0 after "stopping", as with Ctrl-C. (A SIGTERM
+    while Ray starts is the same Ctrl-C: ``test_ray_local.py``.)"""
+    ckpt = untrained_digits_checkpoint(tmp_path / "ckpt")
+    port = free_port()
+    with in_terminal("serve", str(ckpt), "--port", str(port)) as p:
+        for line in p.stdout:
+            if line.startswith("Ctrl-C to stop"):
+                break
+        assert b'"epoch"' in urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata",
+                                                    timeout=30).read()
+        os.kill(p.pid, signal.SIGTERM)
+        rest, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and rest.strip().endswith("stopping"), (p.returncode, rest, err)
+    assert "Traceback" not in rest + err, err
+    import socket
+
+    with socket.socket() as s:  # no listener of Serve's is left on it
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind (TIME_WAIT)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+
+
+def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path):
+    """`raykube serve --replicas 3` on a small machine: Ray is sized for the replicas
+    instead of waiting forever (#8); the terminal shows raykube's lines only and the curl
+    line is whole (#11, #12); Ctrl-C stops it cleanly, also when one of Ray's threads
+    rather than the main one takes the SIGINT (it slept on through it, now and then)."""
+
+    ckpt = untrained_digits_checkpoint(tmp_path / "ckpt")
     port = free_port()
     out = []
     with in_terminal("serve", str(ckpt), "--port", str(port), "--replicas", "3") as p:

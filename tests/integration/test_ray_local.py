@@ -144,3 +144,69 @@ def test_no_ray_process_outlives_the_command():
     finally:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# SIGTERM while ray.init starts the node: sent from inside ray.init (Ray's node lookup,
+# reached once the GCS and raylet run), where a `kill` lands during a command's start.
+TERM_DURING_START = r"""
+import json, os, signal, sys
+from ray._private import services
+from raykube.commands._util import sigterm_as_ctrl_c
+import raykube.ray_local as rl
+
+real_get_node = services.get_node
+def term_then_get(gcs_address, node_id):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real_get_node(gcs_address, node_id)
+services.get_node = term_then_get
+if sys.argv[1] == "ctrl-c":
+    sigterm_as_ctrl_c()
+try:
+    rl.init_local_ray(num_cpus=1, include_dashboard=False, configure_logging=False)
+    outcome = "started"
+except KeyboardInterrupt:
+    outcome = "KeyboardInterrupt"
+except SystemExit as exc:
+    outcome = f"SystemExit {exc.code}"
+handler = signal.getsignal(signal.SIGTERM)
+print(json.dumps({"outcome": outcome, "handler": getattr(handler, "__qualname__", str(handler))}))
+"""
+
+
+def _ray_processes_of(ray_tmp: str) -> list[int]:
+    """Live (not zombie) processes whose command line names this Ray's temp dir."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if ray_tmp.encode() in cmdline and _alive(int(entry)):
+            pids.append(int(entry))
+    return pids
+
+
+def test_sigterm_while_ray_starts_is_the_commands_ctrl_c():
+    """A command that made SIGTERM its Ctrl-C (``raykube serve``, ``run``, ``predict``)
+    keeps that through ``ray.init``: Ray's own handlers (a bare ``sys.exit(15)``, the head
+    node's exit 1) ended the command without a word when a ``kill`` came while Ray
+    started. The control: without a handler of the caller's, Ray's are kept."""
+    outcomes = {}
+    for mode in ("ctrl-c", "ray's"):
+        ray_tmp = tempfile.mkdtemp(prefix="rkt", dir="/tmp")
+        try:
+            outcomes[mode] = _run_script(TERM_DURING_START, mode, RAY_TMPDIR=ray_tmp)
+            deadline = time.monotonic() + 30
+            while (left := _ray_processes_of(ray_tmp)) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert left == [], (mode, left)  # an interrupted start leaves no Ray behind
+        finally:
+            for pid in _ray_processes_of(ray_tmp):
+                os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert outcomes["ctrl-c"] == {"outcome": "KeyboardInterrupt",
+                                  "handler": "sigterm_as_ctrl_c.<locals>._as_sigint"}, outcomes
+    assert outcomes["ray's"]["outcome"].startswith("SystemExit"), outcomes

@@ -43,22 +43,17 @@ def flag_errors(exc: Any, flags: Mapping[str, str]) -> list[str]:
     return lines
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (``kill``, a container stop, systemd) end the command like Ctrl-C:
-    the ``finally`` blocks shut Serve and Ray down instead of Ray's crash-style dump."""
-    def _raise(signum: int, frame: Any) -> None:  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _raise)
-
-
 def sigterm_as_ctrl_c() -> None:
-    """Make SIGTERM end a training run as Ctrl-C does: re-sent to this process as
-    SIGINT, so whichever handler Ctrl-C has at that moment runs: Tune's (it saves the
-    search state and returns) or Python's ``KeyboardInterrupt`` (the run says what is
-    saved and exits 130). Call it after ``ray.init``, which sets its own handler (a bare
-    ``sys.exit(15)``: a ``kill`` or a container stop ended the run without a word, and
-    with no search state saved)."""
+    """Make SIGTERM (``kill``, a container stop, systemd) end a command as Ctrl-C does:
+    re-sent to this process as SIGINT, so whichever handler Ctrl-C has at that moment
+    runs: Tune's (it saves the search state and returns) or Python's
+    ``KeyboardInterrupt`` (a run says what is saved and exits 130; ``serve`` stops Serve
+    and Ray in its ``finally``).
+
+    ``ray.init`` sets its own handler (a bare ``sys.exit(15)``: a ``kill`` ended the
+    command without a word, and a search with no state saved). Set this before
+    ``raykube.ray_local.init_local_ray``, which keeps it through Ray's start; after a
+    plain ``ray.init`` (joining a Ray), set it again."""
     def _as_sigint(signum: int, frame: Any) -> None:  # noqa: ARG001
         os.kill(os.getpid(), signal.SIGINT)
 

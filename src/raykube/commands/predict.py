@@ -78,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
     started = False
     if not ray.is_initialized():
+        from raykube.commands._util import sigterm_as_ctrl_c
+
+        # `kill`/a container stop: "interrupted" and 130, not Ray's silent 15; set before
+        # Ray starts (our own Ray keeps it through ray.init), again after a joined one
+        sigterm_as_ctrl_c()
         if not terminal.verbose(args.verbose):
             terminal.divert(terminal.default_log("predict"))
         # RAY_ADDRESS (e.g. inside a Ray cluster) connects to it; otherwise our own Ray.
@@ -89,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
             init_local_ray(num_cpus=args.num_cpus, include_dashboard=False,
                            configure_logging=False)
         started = True
-        from raykube.commands._util import sigterm_as_ctrl_c
-
-        sigterm_as_ctrl_c()  # `kill`/a container stop: "interrupted" and 130, not Ray's silent 15
+        sigterm_as_ctrl_c()
     try:
         outcome = predict(args.checkpoint, out=args.out, data=args.data, split=args.split,
                           batch_size=args.batch_size, concurrency=args.concurrency,

@@ -186,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
         observers, expected, stopped = [RichDisplay(console)], (), ()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from raykube.commands._util import sigterm_as_ctrl_c
+
+    sigterm_as_ctrl_c()  # before Ray starts: it stays through ray.init (raykube.ray_local)
     # Idle workers for Ray Data's decode tasks: only for a folder Ray Data decodes (a
     # small local one was decoded above, by prepare()).
     dashboard = init_ray(num_cpus=local_cpus(tr), dashboard=args.dashboard or tr.spec.tune is not None,
@@ -193,9 +196,6 @@ def run(args: argparse.Namespace) -> int:
                          and not rk_data.decodes_in_process(tr.spec))
     import ray
 
-    from raykube.commands._util import sigterm_as_ctrl_c
-
-    sigterm_as_ctrl_c()
     if shortfall := gpu_shortfall(tr, float(ray.cluster_resources().get("GPU", 0))):
         return _fail(shortfall)
     if args.dashboard:
@@ -248,9 +248,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"served at [bold]{url}[/]\n  question: one validation example, "
                       f"true label [bold]{truth}[/]\n  answer:   {describe_answer(answer)}")
         if args.serve:
-            from raykube.commands._util import stop_on_sigterm, wait_for_interrupt
+            from raykube.commands._util import wait_for_interrupt
 
-            stop_on_sigterm()
             console.print("serving until Ctrl-C. Try:")
             print(curl_command(url, instance), file=terminal.out(), flush=True)
             wait_for_interrupt()

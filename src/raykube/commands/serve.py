@@ -14,7 +14,7 @@ import sys
 from raykube.commands._util import (
     flag_errors,
     port_number,
-    stop_on_sigterm,
+    sigterm_as_ctrl_c,
     wait_for_interrupt,
     with_examples,
 )
@@ -116,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
     from raykube.serve import curl_example, start_local, stop_local
 
     apply_ray_env()  # Serve's HAProxy ingress, short drain (README "Performance")
+    # `kill`, a container stop: as Ctrl-C, from here on (it stays through ray.init)
+    sigterm_as_ctrl_c()
     # This command's own Ray, even when another one runs here (raykube.ray_local).
     init_local_ray(num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
-    stop_on_sigterm()
     try:
         try:
             base = start_local(args.checkpoint, serve_spec, port=args.port, host=args.host,
