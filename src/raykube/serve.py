@@ -136,6 +136,10 @@ class InputSpec:
                  spec: Any, *, max_instances: int = DEFAULT_MAX_INSTANCES):
         self.input_shape = tuple(int(x) for x in input_shape)
         self.flat_size = math.prod(self.input_shape)
+        # [8, 8] for a one-channel [1, 8, 8]: a grey image as its rows, as most
+        # tutorials hold it (None where the shape has no size-1 axis to leave out)
+        bare = tuple(d for d in self.input_shape if d != 1)
+        self.bare_shape = bare if bare != self.input_shape and bare else None
         self.class_names = list(class_names)
         self.spec = spec  # TrainingRunSpec, for image preprocessing
         self.max_instances = max_instances
@@ -145,8 +149,9 @@ class InputSpec:
     def instances_to_array(self, instances: Any, *, raw: bytes = b"") -> np.ndarray:
         """Validate ``instances`` (parsed JSON) into a float32 (N, *input_shape) array.
 
-        Accepted: a non-empty list of instances, each nested in the input shape or flat
-        with prod(input_shape) numbers. Refused with a message: other types, ragged
+        Accepted: a non-empty list of instances, each nested in the input shape, in it
+        without its size-1 axes (``[8, 8]`` for ``[1, 8, 8]``), or flat with
+        prod(input_shape) numbers. Refused with a message: other types, ragged
         lists, strings/booleans/nulls, NaN or infinity, more than max_instances.
         """
         self._check_list("instances", instances)
@@ -180,12 +185,13 @@ class InputSpec:
         """A numeric array -> float32 (N, *input_shape), or the 422 saying why not."""
         shape = arr.shape[1:]
         if shape != self.input_shape:
-            if arr.ndim == 2 and shape[0] == self.flat_size:
+            if (arr.ndim == 2 and shape[0] == self.flat_size) or shape == self.bare_shape:
                 arr = arr.reshape((arr.shape[0], *self.input_shape))
             else:
+                bare = f"{list(self.bare_shape)}, or " if self.bare_shape else ""
                 raise RequestError(422, f"each instance must have shape "
-                                   f"{list(self.input_shape)} (or {self.flat_size} flat "
-                                   f"numbers); got {list(shape)}")
+                                   f"{list(self.input_shape)} (or {bare}{self.flat_size} "
+                                   f"flat numbers); got {list(shape)}")
         with np.errstate(over="ignore", invalid="ignore"):
             arr = arr.astype(np.float32, copy=False)
         finite = np.isfinite(arr)

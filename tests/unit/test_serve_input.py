@@ -29,9 +29,11 @@ def test_nested_flat_and_integer_instances(inputs):
     a = parse(inputs, {"instances": x.tolist()})
     b = parse(inputs, {"instances": x.reshape(2, 64).tolist()}, "application/json; charset=utf-8")
     c = parse(inputs, {"instances": [[0] * 64]}, None)  # ints; no content-type is JSON
+    d = parse(inputs, {"instances": x.reshape(2, 8, 8).tolist()})  # a grey image's rows
     assert a.dtype == np.float32 and a.shape == (2, 1, 8, 8)
     np.testing.assert_array_equal(a, x)
     np.testing.assert_array_equal(b, x)
+    np.testing.assert_array_equal(d, x)
     assert c.shape == (1, 1, 8, 8) and not c.any()
 
 
@@ -55,6 +57,19 @@ def test_refused_with_message(inputs, doc, status, word):
         parse(inputs, doc)
     assert err.value.status == status
     assert word in err.value.message
+
+
+def test_the_shape_error_names_every_form_it_takes(inputs):
+    with pytest.raises(RequestError) as err:
+        parse(inputs, {"instances": [[[0] * 7] * 8]})
+    assert err.value.message == ("each instance must have shape [1, 8, 8] (or [8, 8], or 64 "
+                                 "flat numbers); got [8, 7]")
+    rgb = InputSpec([3, 4, 4], ["a", "b"], SPEC)  # no size-1 axis: no short form
+    assert rgb.bare_shape is None
+    with pytest.raises(RequestError) as err:
+        rgb.parse_body(json.dumps({"instances": [[[0] * 4] * 4]}).encode(), None)
+    assert err.value.message == ("each instance must have shape [3, 4, 4] (or 48 flat "
+                                 "numbers); got [4, 4]")
 
 
 def test_content_type(inputs):
