@@ -28,10 +28,12 @@ Decisions (README "Operator"):
   ``RayJobRecreated``, Warning event; the new Ray cluster resumes from the latest
   checkpoint; stop a run with ``spec.suspend`` instead). Once the run has finished, a
   missing RayJob is *not* recreated (that would train again): the outcome stays. A
-  deleted RayService is promoted again when the gate still passes. Children with our
-  name that another TrainingRun owns (e.g. a just-deleted one with the same name whose
-  children the garbage collector has not removed yet) are never adopted:
-  ``NameConflict``, retried when they are gone. The same holds after an operator
+  deleted RayService is promoted again when the gate still passes. The spec ConfigMap,
+  ServiceAccount, Role and RoleBinding are applied again when deleted while the run is
+  active (watched by label). Children with our name that another TrainingRun owns (e.g.
+  a just-deleted one with the same name whose children the garbage collector has not
+  removed yet), or that are the user's own objects, are never adopted or written:
+  ``NameConflict``, retried until they are gone (``_ours_to_apply``). The same holds after an operator
   restart (the resume handler reconciles every TrainingRun level-triggered), and for a
   child deleted while a watch was cut (an API server restart: kopf lists again, and
   nothing says what vanished meanwhile): every ``RAYKUBE_RESYNC_SECONDS`` each known
@@ -204,15 +206,20 @@ def _ref(obj: dict[str, Any]) -> tuple[str, str, str, str]:
     return obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]
 
 
-def apply_child(kube: Kube, obj: dict[str, Any], *, missing: bool = False) -> str:
+_UNREAD: Any = object()
+
+
+def apply_child(kube: Kube, obj: dict[str, Any], current: dict[str, Any] | None = _UNREAD) -> str:
     """Create ``obj`` or bring it up to date (server-side apply, only when its spec-hash
     annotation differs). Returns created, unchanged or updated.
 
-    ``missing``: the caller has just read that it does not exist: apply without reading
-    it again. The RayJob is created with a plain create instead (``apply_rayjob``): a 409
-    there is how a same-named leftover of another TrainingRun is noticed."""
+    ``current``: the object as the caller has just read it (None: it does not exist),
+    so that it is not read again. The RayJob is created with a plain create instead
+    (``apply_rayjob``): a 409 there is how a same-named leftover of another TrainingRun
+    is noticed."""
     obj = _annotate(obj)
-    current = None if missing else kube.get(*_ref(obj))
+    if current is _UNREAD:
+        current = kube.get(*_ref(obj))
     if current is not None and _ann(current, SPEC_HASH) == _ann(obj, SPEC_HASH):
         return "unchanged"
     kube.apply(obj)  # server-side apply: fields that left the render leave the object
@@ -231,7 +238,9 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
     - ``rerun``: a training change after the run finished: a new RayJob replaces the old;
     - ``ignored``: a training change while the RayJob is active (not applied);
     - ``update``: a training change while the RayJob is suspended: applied to it now;
-    - ``suspend``: only ``suspend`` (or other non-training fields) differ: patch it;
+    - ``suspend``: ``spec.suspend`` differs (and no training field): patch it;
+    - ``refresh``: only other non-training fields differ (a ``serve`` edit changes the
+      RayJob's spec hash, not what it runs): its annotation is patched, nothing else;
     - ``unchanged``.
     """
     if current is None:
@@ -250,7 +259,9 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
         return "rerun" if allow_rerun else "finished"
     if _ann(current, SPEC_HASH) == _ann(job, SPEC_HASH):
         return "unchanged"
-    return "suspend"
+    suspended = bool((current.get("spec") or {}).get("suspend", False))
+    return "suspend" if suspended != bool((job.get("spec") or {}).get("suspend", False)) \
+        else "refresh"
 
 
 def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None,
@@ -271,7 +282,7 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
                 raise ApiError(409, "Terminating", "the previous RayJob is still being deleted")
         kube.create(job)
         return "rerun"
-    if action == "suspend":
+    if action in ("suspend", "refresh"):
         kube.patch(*_ref(job), {"metadata": {"annotations": {SPEC_HASH: _ann(job, SPEC_HASH)}},
                                 "spec": {"suspend": bool(job["spec"].get("suspend", False))}})
     return action
@@ -307,6 +318,55 @@ def _owned(child: dict[str, Any], tr: dict[str, Any]) -> bool:
     return any(r.get("uid") == uid for r in refs) if uid else True
 
 
+def _ours_to_apply(child: dict[str, Any], tr: dict[str, Any]) -> bool:
+    """Whether the operator may apply over this existing ConfigMap, ServiceAccount, Role
+    or RoleBinding of ``tr``'s name: it is ``tr``'s, or an orphan of a same-named
+    TrainingRun deleted with ``--cascade=orphan`` (labelled as that run's, owned by
+    nothing), which the run takes over. Anything else is somebody's own object (a
+    ConfigMap the user made, with no label of ours) or another owner's (the previous
+    run's, until the garbage collector removes it): applying over it would add our data
+    and ownerReference to it, and deleting the TrainingRun would then have the garbage
+    collector delete the user's object. The RayJob is stricter (``_owned`` alone): an
+    orphaned RayJob may still be training."""
+    if _owned(child, tr):
+        return True
+    meta = child.get("metadata") or {}
+    return not meta.get("ownerReferences") and (meta.get("labels") or {}).get(LABEL) == (
+        tr.get("metadata") or {}).get("name")
+
+
+def _name_conflict(kube: Kube, tr: dict[str, Any], job_name: str,
+                   foreign: list[str]) -> dict[str, str]:
+    """``SpecApplied=False``, reason ``NameConflict``, for children of our names that we
+    may not take over (``foreign``: "Kind name"); nothing is created or changed. Status
+    and event only when the message is new (the run is retried until they are gone)."""
+    cur = tr.get("status") or {}
+    gen = tr["metadata"].get("generation")
+    what = ", ".join(foreign)
+    one = len(foreign) == 1
+    msg = (f"{what} {'exists' if one else 'exist'} and {'is' if one else 'are'} not owned by "
+           f"this TrainingRun: rename the TrainingRun or delete {'it' if one else 'them'}")
+    conds = st.set_condition(cur.get("conditions"), st.SPEC_APPLIED, False, "NameConflict",
+                             msg, now=st.now_rfc3339(), generation=gen)
+    patch = {"conditions": conds, "phase": st.phase_of(conds), "message": msg}
+    if cur.get("message") != msg or (st.get_condition(cur.get("conditions"), st.SPEC_APPLIED)
+                                     or {}).get("reason") != "NameConflict":
+        _patch_status(kube, tr, patch)
+        _event(tr, "Warning", "NameConflict", msg)
+    kinds = {f.split(" ", 1)[0] + "/" + f.split(" ", 1)[1]: "conflict" for f in foreign}
+    return kinds or {f"RayJob/{job_name}": "conflict"}
+
+
+def _raise_while_conflicting(results: dict[str, str], cfg: OperatorConfig) -> None:
+    """A NameConflict over a child other than the RayJob (no watch tells us when it is
+    gone; a deleted RayJob's event does): kopf retries the handler until it is gone."""
+    waiting = sorted(k for k, v in results.items() if v == "conflict" and not k.startswith(
+        "RayJob/"))
+    if waiting:
+        raise kopf.TemporaryError(f"waiting for {', '.join(waiting)} (not this TrainingRun's) "
+                                  "to be deleted or renamed", delay=cfg.retry_delay * 6)
+
+
 # ------------------------------------------------------------------ TrainingRun
 SERVING_ONLY = ("spec.serve", "spec.suspend")
 """Spec paths whose change never starts a new training run."""
@@ -316,14 +376,16 @@ SERVING_ONLY = ("spec.serve", "spec.suspend")
 @kopf.on.create(*TR)
 def on_trainingrun(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """First sight (or operator restart): validate and make sure the children exist."""
-    reconcile(dict(body), memo, allow_rerun=False, changed=None)
+    _raise_while_conflicting(reconcile(dict(body), memo, allow_rerun=False, changed=None),
+                             memo.cfg)
 
 
 @kopf.on.update(*TR, field="spec")
 def on_spec_change(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, **_: Any) -> None:
     """A spec edit: apply it as the module docstring says (suspend, serve, rerun, ignore)."""
     changed = sorted({"spec." + ".".join(str(p) for p in d[1]) if d[1] else "spec" for d in diff})
-    reconcile(dict(body), memo, allow_rerun=True, changed=changed)
+    _raise_while_conflicting(reconcile(dict(body), memo, allow_rerun=True, changed=changed),
+                             memo.cfg)
 
 
 def _training_changed(changed: list[str] | None) -> bool:
@@ -414,41 +476,36 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     if isinstance(prepared, dict):
         return prepared
     run, job, others = prepared
-    meta = tr["metadata"]
-    gen = meta.get("generation")
     cur = tr.get("status") or {}
     job_name = job["metadata"]["name"]
     finished = st.is_true(cur.get("conditions"), st.SUCCEEDED) or st.is_true(
         cur.get("conditions"), st.FAILED)
     current = kube.get(*_ref(job))
-    if current is not None and not _owned(current, tr):
-        msg = (f"a RayJob named {job_name} exists and is not owned by this TrainingRun: "
-               "rename the TrainingRun or delete that RayJob")
-        conds = st.set_condition(cur.get("conditions"), st.SPEC_APPLIED, False, "NameConflict",
-                                 msg, now=st.now_rfc3339(), generation=gen)
-        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
-                                 "message": msg})
-        _event(tr, "Warning", "NameConflict", msg)
-        return {f"RayJob/{job_name}": "conflict"}
+    currents = [kube.get(*_ref(c)) for c in others]
+    foreign = [f"RayJob {job_name}"] if current is not None and not _owned(current, tr) else []
+    foreign += [f"{c['kind']} {c['metadata']['name']}" for c, now in zip(others, currents, strict=True)
+                if now is not None and not _ours_to_apply(now, tr)]
+    if foreign:
+        return _name_conflict(kube, tr, job_name, foreign)
     action = plan_rayjob(current, job, finished=finished, allow_rerun=allow_rerun,
                          training_changed=_training_changed(changed))
     conflicts = _run_dir_conflict(kube, run) if action == "rerun" else []
     if conflicts:
         return _refuse_rerun(kube, cfg, tr, run, job_name, conflicts)
     results: dict[str, str] = {}
-    if action in ("create", "rerun", "suspend", "unchanged", "update"):
+    if action in ("create", "rerun", "suspend", "refresh", "unchanged", "update"):
         # the ConfigMap holds the spec the driver reads (also on a retry): it only
         # changes together with the RayJob
-        results = {f"{c['kind']}/{c['metadata']['name']}": apply_child(kube, c)
-                   for c in others}
+        results = {f"{c['kind']}/{c['metadata']['name']}": apply_child(kube, c, now)
+                   for c, now in zip(others, currents, strict=True)}
     job_result = apply_rayjob(kube, job, current, action)
     results[f"RayJob/{job_name}"] = job_result
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
 
 
-RUN_DIR_IDENTITY = ("model", "data")
+RUN_DIR_IDENTITY = ("model", "data", "train.seed")
 """What a run directory's checkpoints are tied to (raykube.train refuses to resume them
-with another model or dataset): a new run of such a spec under the same name would fail
+with another model, dataset or seed, which splits train from validation): a new run of such a spec under the same name would fail
 every KubeRay retry with RunDirConflict, each on a fresh Ray cluster."""
 
 
@@ -466,8 +523,12 @@ def _run_dir_conflict(kube: Kube, run: TrainingRun) -> list[str]:
         old = parse_training_run(yaml.safe_load(next(iter((cm.get("data") or {}).values()))))
     except Exception:  # unreadable: the driver's own check still stands
         return []
-    return [f"spec.{k}" for k in RUN_DIR_IDENTITY
-            if getattr(old.spec, k) != getattr(run.spec, k)]
+    def at(spec: Any, path: str) -> Any:
+        for part in path.split("."):
+            spec = getattr(spec, part)
+        return spec
+
+    return [f"spec.{k}" for k in RUN_DIR_IDENTITY if at(old.spec, k) != at(run.spec, k)]
 
 
 def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
@@ -477,8 +538,8 @@ def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: Trai
 
     fields = ", ".join(conflicts)
     msg = (f"{fields} differs from the finished run's: {storage_root(run, cfg.render)}/"
-           f"{run.name} holds checkpoints of the previous model/dataset, which a new run "
-           "cannot resume; apply the new spec under a new metadata.name (or delete that run "
+           f"{run.name} holds checkpoints of the previous model, dataset or seed (the seed "
+           "decides the train/validation split), which a new run cannot resume; apply the new spec under a new metadata.name (or delete that run "
            "directory and edit the spec again). The finished run is kept.")
     cur = tr.get("status") or {}
     gen = tr["metadata"].get("generation")
@@ -548,10 +609,9 @@ def _first_sight(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any]) -> dict[st
     results: dict[str, str] = {}
     try:
         for child in [*(_annotate(c) for c in others), job]:
-            if child is job:
-                kube.create(child)  # 409: another TrainingRun's leftover, the careful path
-            else:
-                kube.apply(child)  # ours alone once the old owner's reference is gone
+            # 409: something of that name exists (a retry after a partial attempt, a
+            # leftover, the user's own object): the careful path decides whose it is
+            kube.create(child)
             results[f"{child['kind']}/{child['metadata']['name']}"] = "created"
     except ApiError as exc:
         if exc.status == 409:
@@ -605,9 +665,10 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         events.append(("Warning", "SpecChangeIgnored", msg))
     else:
         reason = {"created": "Created", "unchanged": "UpToDate", "updated": "Updated",
-                  "suspend": "SuspendUpdated", "rerun": "Rerun",
+                  "suspend": "SuspendUpdated", "refresh": "Updated", "rerun": "Rerun",
                   "finished": "Finished", "update": "UpdatedWhileSuspended"}[job_result]
-        message = (f"RayJob {job_result}" if job_result != "update" else
+        message = (f"RayJob {'updated' if job_result == 'refresh' else job_result}"
+                   if job_result != "update" else
                    f"{', '.join(changed or []) or 'the spec'} applied to the suspended RayJob: "
                    "the run resumes with it")
         old = st.get_condition(conds, st.SPEC_APPLIED)
@@ -796,6 +857,30 @@ def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         rayjob = dict(body)
         _retrying(memo, f"following RayJob {body.metadata.name}",
                   lambda: _sync_rayjob_status(rayjob, memo))
+
+
+# ------------------------------------------------- the RayJob's companions, deleted
+@kopf.on.event("", "v1", "configmaps", labels={LABEL: kopf.PRESENT})
+@kopf.on.event("", "v1", "serviceaccounts", labels={LABEL: kopf.PRESENT})
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels={LABEL: kopf.PRESENT})
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels={LABEL: kopf.PRESENT})
+def on_companion_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The spec ConfigMap, the driver's ServiceAccount, Role or RoleBinding deleted
+    behind our back: reconcile its run, which applies it again while the run is active
+    (KubeRay's next Ray pods mount the ConfigMap and run as the ServiceAccount: without
+    them no pod of a retry could start, and nothing said why). A finished run's are not
+    recreated, as its RayJob is not. Other events cost nothing (no API call)."""
+    if type != "DELETED":
+        return
+    what = f"{body.get('kind', 'object')} {body.metadata.namespace}/{body.metadata.name}"
+
+    def again() -> None:
+        tr = _owner_of(body, memo.kube)
+        if tr is not None:
+            log.info("%s of a run was deleted: reconciling its run", what)
+            reconcile(tr, memo, allow_rerun=False, changed=None)
+
+    _retrying(memo, f"reconciling after {what} was deleted", lambda: _unwrap(again))
 
 
 # ------------------------------------------------------------------------ Ray pods
@@ -993,6 +1078,11 @@ def _rayservice_gone(memo: kopf.Memo, ns: str, tr_name: str, svc_name: str,
 def _sync_rayservice_status(svc: dict[str, Any], memo: kopf.Memo) -> None:
     kube: Kube = memo.kube
     meta = svc["metadata"]
+    if meta.get("deletionTimestamp"):
+        # going (KubeRay's finalizer holds it a moment): its DELETED event says who
+        # deleted it; following its status now would bring back the Ready condition
+        # that the operator removed when it deleted it (serve.enabled: false)
+        return
     ns, tr_name = meta["namespace"], meta["labels"][LABEL]
     with _lock(memo, ns, tr_name):
         tr = _get_tr(kube, ns, tr_name)
@@ -1132,7 +1222,7 @@ def _forget_gone(memo: kopf.Memo) -> None:
 
 
 WATCH_HANDLERS = tuple(f.__name__ for f in (on_rayjob_event, on_pod_event, on_rayservice_event,
-                                             on_trainingrun_event))
+                                             on_trainingrun_event, on_companion_event))
 """The ``kopf.on.event`` handlers (kopf's handler id is the function's name): they run at
 every event of every watched object."""
 _WATCH_SUCCEEDED = tuple(f"Handler {h!r} succeeded." for h in WATCH_HANDLERS)

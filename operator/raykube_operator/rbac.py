@@ -15,11 +15,14 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("ray.io", "rayjobs"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     ("ray.io", "rayservices"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     # delete: never called; OwnerReferencesPermissionEnforcement requires it to set an
-    # ownerReference on an existing object (adopting a same-named orphan)
-    ("", "configmaps"): frozenset({"get", "create", "patch", "delete"}),
-    ("", "serviceaccounts"): frozenset({"get", "create", "patch", "delete"}),
-    ("rbac.authorization.k8s.io", "roles"): frozenset({"get", "create", "patch", "delete"}),
-    ("rbac.authorization.k8s.io", "rolebindings"): frozenset({"get", "create", "patch", "delete"}),
+    # ownerReference on an existing object (adopting a same-named orphan). list/watch:
+    # those labelled as a run's, to apply one again when it is deleted behind our back.
+    ("", "configmaps"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    ("", "serviceaccounts"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    ("rbac.authorization.k8s.io", "roles"):
+        frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    ("rbac.authorization.k8s.io", "rolebindings"):
+        frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     ("", "events"): frozenset({"create"}),
     # watched (label raykube.io/trainingrun) to say why a run's Ray pods do not start
     ("", "pods"): frozenset({"list", "watch"}),

@@ -225,6 +225,37 @@ def test_lowering_min_accuracy_after_success_promotes(kube):
     assert kube.get("RayJob", name)["metadata"]["uid"] == job_uid
 
 
+def test_serving_turned_off_says_so_while_kuberays_finalizer_holds_the_rayservice(kube):
+    """KubeRay's finalizer keeps a deleted RayService a moment, and its status changes
+    meanwhile: following it brought back ``status.rayService`` and a Ready condition, so
+    the DELETED event then read as someone else's deletion (a ``RayServiceDeleted``
+    Warning). A finalizer of the test's stands in for KubeRay's, which does not act in
+    this module's namespace."""
+    name = "serve-off"
+    kube.create(tr_doc(name, serve=True, min_accuracy=0.5))
+    run_job(kube, name)
+    checkpoint(kube, name, 0.95)
+    succeed(kube, name)
+    svc = f"{name}-serve"
+    kube.wait_object("RayService", svc)
+    ready(kube, name)
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
+    kube.patch("RayService", svc, {"metadata": {"finalizers": ["test.raykube.io/hold"]}})
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"enabled": False}}})
+    kube.wait_object("RayService", svc, where=lambda o: o["metadata"].get("deletionTimestamp"))
+    ready(kube, name)  # the status moves while it is held, as KubeRay's does
+    time.sleep(1.5)
+    kube.patch("RayService", svc, {"metadata": {"finalizers": None}})
+    kube.wait_gone("RayService", svc)
+    time.sleep(1.5)
+    tr = kube.wait_condition(name, "Promoted", "False", reason="ServeDisabled")
+    assert "rayService" not in tr["status"] and cond(tr, "Ready") is None, tr["status"]
+    assert tr["status"]["phase"] == "Succeeded" and status_is_valid(tr) == []
+    warned = [e for e in kube.list("Event") if e.get("involvedObject", {}).get("name") == name
+              and e.get("reason") == "RayServiceDeleted"]
+    assert warned == [], warned
+
+
 def test_label_edit_changes_no_child(kube):
     name = "labels"
     kube.create(tr_doc(name))
@@ -276,6 +307,53 @@ def test_recreated_with_same_name_never_adopts_the_old_children(kube):
     assert job["metadata"]["ownerReferences"][0]["uid"] == new["metadata"]["uid"]
     tr = kube.wait_condition(name, "SpecApplied", reason="Created")
     assert tr["status"]["phase"] == "Pending" and status_is_valid(tr) == []
+
+
+def test_a_users_own_object_of_a_childs_name_is_never_taken_over(kube):
+    """A ConfigMap the user made that happens to be named like the run's spec ConfigMap
+    (``<name>-spec``): applying over it would add the spec and our ownerReference, and
+    deleting the TrainingRun would then have the garbage collector delete the user's
+    ConfigMap. Refused as ``NameConflict`` naming it, nothing created; the run starts
+    once the user has deleted it."""
+    name = "users-cm"
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": f"{name}-spec", "namespace": "default"},
+                 "data": {"mine": "precious"}})
+    kube.create(tr_doc(name))
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="NameConflict")
+    msg = cond(tr, "SpecApplied")["message"]
+    assert msg.startswith(f"ConfigMap {name}-spec exists and is not owned by this "
+                          "TrainingRun"), msg
+    cm = kube.get("ConfigMap", f"{name}-spec")
+    assert cm["data"] == {"mine": "precious"}, cm["data"]
+    assert not cm["metadata"].get("ownerReferences"), cm["metadata"]
+    assert kube.get("RayJob", name) is None
+    kube.delete("ConfigMap", f"{name}-spec")  # no watch sees it: the handler's retry does
+    job = kube.wait_object("RayJob", name, timeout=60)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == tr["metadata"]["uid"]
+    kube.wait_condition(name, "SpecApplied", reason="Created")
+    cm = kube.wait_object("ConfigMap", f"{name}-spec")
+    assert "mine" not in cm["data"]
+
+
+def test_companions_deleted_behind_our_back_are_applied_again(kube):
+    """The spec ConfigMap and the driver's ServiceAccount, Role and RoleBinding of an
+    active run deleted by someone: KubeRay's next Ray pods mount the one and run as the
+    other, so a retry could start no pod, and the run said nothing. They are applied
+    again at once (a watch on what carries the run's label)."""
+    name = "companions"
+    tr = kube.create(tr_doc(name))
+    run_job(kube, name)
+    names = {"ConfigMap": f"{name}-spec", "ServiceAccount": f"{name}-raykube",
+             "Role": f"{name}-raykube", "RoleBinding": f"{name}-raykube"}
+    old = {kind: kube.wait_object(kind, n)["metadata"]["uid"] for kind, n in names.items()}
+    for kind, n in names.items():
+        kube.delete(kind, n)
+    for kind, n in names.items():
+        new = kube.wait_object(kind, n, timeout=60,
+                               where=lambda o, kind=kind: o["metadata"]["uid"] != old[kind])
+        assert new["metadata"]["ownerReferences"][0]["uid"] == tr["metadata"]["uid"], new
+    assert "trainingrun.yaml" in "".join(kube.get("ConfigMap", names["ConfigMap"])["data"])
 
 
 def test_rayservice_deleted_is_promoted_again(kube):

@@ -8,11 +8,12 @@ from raykube_operator.handlers import SPEC_HASH, TRAINING_HASH, _training_change
 
 
 def job(training: str = "t1", spec: str = "s1", deployment: str | None = None,
-        deleting: bool = False) -> dict:
+        deleting: bool = False, suspend: bool = False) -> dict:
     meta: dict = {"name": "x", "annotations": {TRAINING_HASH: training, SPEC_HASH: spec}}
     if deleting:
         meta["deletionTimestamp"] = "2025-01-01T00:00:00Z"
-    return {"metadata": meta, "status": {"jobDeploymentStatus": deployment} if deployment else {}}
+    return {"metadata": meta, "spec": {"suspend": suspend},
+            "status": {"jobDeploymentStatus": deployment} if deployment else {}}
 
 
 @pytest.mark.parametrize("current, finished, allow_rerun, training_changed, expected", [
@@ -22,7 +23,9 @@ def job(training: str = "t1", spec: str = "s1", deployment: str | None = None,
     (None, True, True, False, "finished"),  # serve-only edit after cleanup
     (None, True, True, True, "rerun"),  # training edit after cleanup
     (job(), False, False, False, "unchanged"),
-    (job(spec="s2"), False, True, False, "suspend"),
+    (job(spec="s2", suspend=True), False, True, False, "suspend"),  # resumed
+    # a serve edit of a finished run: the RayJob's hash only, not "Suspend"
+    (job(spec="s2", deployment="Complete"), True, True, False, "refresh"),
     (job(training="t0", deployment="Running"), False, True, True, "ignored"),
     (job(training="t0", deployment="Complete"), True, True, True, "rerun"),
     (job(training="t0", deployment="Complete"), True, False, False, "finished"),
