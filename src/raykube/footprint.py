@@ -191,7 +191,7 @@ def head_bytes(spec: TrainingRunSpec, *, job: bool = True) -> int:
     """What the head holds: the training (``job``) cluster's head of a search holds the
     Tune driver and each concurrent trial's actors; any other head is ``RAY_HEAD_BYTES``."""
     if job and spec.tune is not None:
-        return TUNE_HEAD_BYTES + spec.tune.max_concurrent_trials * TUNE_TRIAL_HEAD_BYTES
+        return TUNE_HEAD_BYTES + spec.tune.concurrent_trials * TUNE_TRIAL_HEAD_BYTES
     return RAY_HEAD_BYTES
 
 

@@ -86,6 +86,40 @@ def image_problem(image: str) -> str | None:
     return None
 
 
+DNS_SUBDOMAIN_PATTERN = _DNS_SUBDOMAIN_RE.pattern
+"""A Secret's or a PersistentVolumeClaim's name (RFC 1123 subdomain, dots allowed)."""
+
+RESERVED_MOUNTS = ("/etc/raykube", "/proc", "/sys", "/dev")
+"""Where the storage volume may not go, nor below: the spec ConfigMap's mount (a
+duplicate mountPath makes the API server refuse the RayJob), and the kernel's."""
+SYSTEM_DIRS = ("/bin", "/boot", "/etc", "/home", "/lib", "/lib64", "/opt", "/root", "/run",
+               "/sbin", "/tmp", "/usr", "/var")
+"""Directories of the image the volume would hide if mounted on them (Python, Ray's
+sockets in /tmp/ray, the run's home); below them is fine (``/var/lib/raykube``)."""
+
+
+def mount_path_problem(path: str) -> str | None:
+    """None for a storage ``mountPath`` the pods can use, else why not. Kubernetes
+    itself refuses ``:`` and a duplicate of another mount (only when KubeRay creates the
+    pods); the rest would start pods whose image or Ray no longer works."""
+    if ":" in path:
+        return "must not contain ':' (Kubernetes refuses it)"
+    parts = path.split("/")[1:]
+    if path == "/" or not all(parts):
+        return ("must be the absolute path of a directory other than /, with no empty parts or "
+                f"trailing '/' (got {path!r})")
+    if any(p in (".", "..") for p in parts):
+        return f"must not contain '.' or '..' parts (got {path!r})"
+    for reserved in RESERVED_MOUNTS:
+        if path == reserved or path.startswith(reserved + "/"):
+            why = ("the run's spec is mounted there" if reserved == "/etc/raykube"
+                   else "the kernel's file system is there")
+            return f"{path} is reserved ({why}); use e.g. /mnt/raykube"
+    if path in SYSTEM_DIRS:
+        return f"would hide the image's {path}; use a directory of its own, e.g. /mnt/raykube"
+    return None
+
+
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
 """A Kubernetes quantity as the spec accepts it (the CRD's pattern too)."""
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)

@@ -96,7 +96,7 @@ def local_cpus(run: TrainingRun) -> int:
     s = run.spec
     need = s.scaling.workers * s.scaling.cpus_per_worker
     if s.tune is not None:
-        need *= s.tune.max_concurrent_trials
+        need *= s.tune.concurrent_trials
     need += s.serve.cpus_per_replica * s.serve.replicas if s.serve.enabled else 0
     return int(max(os.cpu_count() or 1, -(-need // 1)))
 
@@ -135,7 +135,7 @@ def memory_shortfall(run: TrainingRun, available: int | None) -> str | None:
     s = run.spec
     fp = fpm.footprint(s)
     each = fp.training_bytes if fp is not None else fpm.TORCH_PROCESS_BYTES
-    trials = s.tune.max_concurrent_trials if s.tune is not None else 1
+    trials = s.tune.concurrent_trials if s.tune is not None else 1
     n = s.scaling.workers * trials
     if n * each <= available:
         return None

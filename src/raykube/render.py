@@ -244,7 +244,7 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
     """The KubeRay RayJob running ``raykube train`` on a cluster sized from ``scaling``."""
     s = run.spec
     sc = s.scaling
-    trials = s.tune.max_concurrent_trials if s.tune is not None else 1
+    trials = s.tune.concurrent_trials if s.tune is not None else 1
     image = s.image or (cfg.gpu_image if sc.gpus_per_worker > 0 else cfg.cpu_image)
     env = [*_storage_env(run, cfg, {**TRAIN_ENV, WORKER_SLOT_ENV: WORKER_SLOT}),
            {"name": "RAYKUBE_TRAININGRUN", "value": f"{run.namespace}/{run.name}"}]

@@ -9,8 +9,10 @@ Decided here, per spec section, so that what is printed, saved and used agree:
   ``momentum`` (Adam's beta1) and ``weightDecay`` are set to the new values; another
   kind (adam -> sgd) starts with a fresh optimizer state, since one kind's state means
   nothing to another (torch would fail on it).
-- ``train.batchSize``, ``train.seed``, ``scaling``, ``serve``, ``checkpoint``: used as
-  given from the next epoch.
+- ``train.seed``: refused too (``RunDirConflict``): it decides the train/validation
+  split, and another would validate on examples already trained on.
+- ``train.batchSize``, ``scaling``, ``serve``, ``checkpoint``: used as given from the
+  next epoch.
 
 The resume point is the newest checkpoint on storage that can be read, not only the one
 Ray Train's own bookkeeping remembers: after a Ctrl-C that bookkeeping can lag the
@@ -144,10 +146,9 @@ def optimizer_notes(old: TrainingRunSpec, new: TrainingRunSpec, epoch: int) -> l
         if changed:
             notes.append(f"train.optimizer changed ({', '.join(changed)}): applied to the "
                          f"restored {n.name} optimizer from epoch {epoch + 1}")
-    for key, attr in (("batchSize", "batch_size"), ("seed", "seed")):
-        a, b = getattr(old.train, attr), getattr(new.train, attr)
-        if a != b:
-            notes.append(f"train.{key} changed ({a} -> {b}): used from epoch {epoch + 1}")
+    a, b = old.train.batch_size, new.train.batch_size
+    if a != b:
+        notes.append(f"train.batchSize changed ({a} -> {b}): used from epoch {epoch + 1}")
     return notes
 
 

@@ -67,6 +67,14 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
 
 _DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 _QUANTITY = k8s_rules.QUANTITY_PATTERN
+_DNS_SUBDOMAIN = k8s_rules.DNS_SUBDOMAIN_PATTERN
+MAX_PATH_LENGTH = 4096
+"""Longest path or URI (Linux's PATH_MAX). Without a bound, a spec of 128 KiB and more
+applied with ``kubectl apply`` took the TrainingRun's annotations (kubectl's copy of it,
+kopf's) over Kubernetes' 256 KiB, and every event of the run failed in kopf."""
+MIN_POD_CPUS = 0.1
+"""The fewest CPUs of a Ray pod: below, Ray's own processes starve beside the work (and
+under a millicore Kubernetes gets a limit of 0)."""
 MAX_NAME_LENGTH = 40
 """Child objects append suffixes (``-serve-svc``, KubeRay's ``-raycluster-xxxxx``) and
 Kubernetes caps Service names at 63 characters, so TrainingRun names stay short."""
@@ -206,6 +214,7 @@ class DataSpec(_Model):
     uri: str | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_PATH_LENGTH,
         description="image-folder only: a directory (on the shared volume) or an s3:// URI "
         "whose sub-folders are the class names.",
     )
@@ -245,6 +254,7 @@ class DataSpec(_Model):
     cache_dir: str | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_PATH_LENGTH,
         description="Where downloaded datasets are kept, shared by all runs (default: "
         "datasets/ under the storage root). Pre-seed it for offline clusters.",
     )
@@ -292,7 +302,8 @@ class TrainSpec(_Model):
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
     seed: int = Field(default=0, ge=0, description="Seed of the split, the initial weights "
-                      "and the shuffling: two runs with one seed see the same data.")
+                      "and the shuffling: two runs with one seed see the same data. "
+                      "Fixed once a run has checkpoints: resuming with another is refused.")
 
 
 # --------------------------------------------------------------------------- scaling
@@ -313,7 +324,8 @@ class Toleration(_Model):
 class HeadSpec(_Model):
     """The Ray head pod (runs the driver; no training work)."""
 
-    cpus: float = Field(default=1.0, gt=0.0, le=512, description="CPUs of the head pod.")
+    cpus: float = Field(default=1.0, ge=MIN_POD_CPUS, le=512, description="CPUs of the head "
+                        "pod (at least 0.1).")
     memory: str | None = Field(default=None, pattern=_QUANTITY, description="Memory of the "
                                "head pod. Default 2Gi; with tune, what the search's head "
                                "needs rounded up to 512Mi (2.5Gi at maxConcurrentTrials 2, "
@@ -329,8 +341,9 @@ class ScalingSpec(_Model):
 
     workers: int = Field(default=2, ge=1, le=1024, description="Number of Ray Train workers "
                          "(DDP processes); one Ray worker pod each.")
-    cpus_per_worker: float = Field(default=1.0, gt=0.0, le=512, description="CPUs per worker; "
-                                   "also the worker's torch thread count.")
+    cpus_per_worker: float = Field(default=1.0, ge=MIN_POD_CPUS, le=512, description="CPUs "
+                                   "per worker (at least 0.1); also the worker's torch "
+                                   "thread count.")
     gpus_per_worker: float = Field(default=0.0, ge=0.0, le=16, description="GPUs per worker "
                                    "(0: CPU training). Fractions below 1 share a GPU, e.g. "
                                    "between Tune trials.")
@@ -394,7 +407,7 @@ class TuneSpec(_Model):
     trials: int = Field(default=4, ge=1, le=10000, description="Number of trials (samples).")
     max_concurrent_trials: int = Field(default=1, ge=1, le=1000, description="Trials running "
                                        "at once; the Ray cluster is sized for this many "
-                                       "times scaling.")
+                                       "(at most trials) times scaling.")
     metric: str = Field(default="valAccuracy", description="Metric that ranks trials: "
                         "valAccuracy, valLoss, trainLoss or trainAccuracy.")
     mode: Literal["max", "min"] | None = Field(default=None, description="max or min "
@@ -409,16 +422,25 @@ class TuneSpec(_Model):
     def resolved_mode(self) -> Literal["max", "min"]:
         return self.mode or METRICS.get(self.metric, "max")
 
+    @property
+    def concurrent_trials(self) -> int:
+        """Trials that can run at once: what the Ray cluster (and the head's memory) is
+        sized for. Never more than there are trials (``trials: 1, maxConcurrentTrials:
+        4`` would otherwise keep three workers' pods idle for the whole search)."""
+        return min(self.trials, self.max_concurrent_trials)
+
 
 # ------------------------------------------------------------------------ checkpoint
 class PVCStorage(_Model):
     """A PersistentVolumeClaim (ReadWriteMany) mounted into every Ray pod."""
 
-    claim_name: str = Field(default="raykube-storage", pattern=_DNS_LABEL,
+    claim_name: str = Field(default="raykube-storage", pattern=_DNS_SUBDOMAIN,
                             max_length=253, description="Name of the claim, in the "
                             "TrainingRun's namespace.")
-    mount_path: str = Field(default="/mnt/raykube", pattern=r"^/", description="Where the "
-                            "volume is mounted in the pods.")
+    mount_path: str = Field(default="/mnt/raykube", pattern=r"^/", max_length=MAX_PATH_LENGTH,
+                            description="Where the volume is mounted in the pods: a "
+                            "directory of its own (not /, /etc/raykube, /tmp or another of "
+                            "the image's system directories).")
 
 
 S3_SECRET_KEYS: tuple[tuple[str, bool], ...] = (
@@ -436,7 +458,8 @@ keys as environment variables (never the rest of the Secret), which is what
 class SecretRef(_Model):
     """A Secret in the TrainingRun's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Name of the Secret (keys "
+    name: str = Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN,
+                      description="Name of the Secret (keys "
                       "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN, "
                       "AWS_ENDPOINT_URL for a non-AWS endpoint such as MinIO, and AWS_REGION; "
                       "the pods get only these keys).")
@@ -447,8 +470,9 @@ class StorageSpec(_Model):
 
     pvc: PVCStorage | None = Field(default=None, description="A shared volume (default: the "
                                    "claim raykube-storage at /mnt/raykube).")
-    uri: str | None = Field(default=None, pattern=r"^s3://[^/]+", description="An s3:// "
-                            "URI (bucket and optional prefix); not with pvc.")
+    uri: str | None = Field(default=None, pattern=r"^s3://[^/]+", max_length=MAX_PATH_LENGTH,
+                            description="An s3:// URI (bucket and optional prefix); not with "
+                            "pvc.")
     secret_ref: SecretRef | None = Field(default=None, description="Credentials to read and write uri.")
 
 
@@ -476,7 +500,8 @@ class ServeSpec(_Model):
     min_accuracy: float = Field(default=0.0, ge=0.0, le=1.0, description="Gate: the served "
                                 "checkpoint's valAccuracy must be at least this.")
     replicas: int = Field(default=1, ge=1, le=1000, description="Serve replicas.")
-    cpus_per_replica: float = Field(default=1.0, gt=0.0, le=512, description="CPUs per replica.")
+    cpus_per_replica: float = Field(default=1.0, ge=MIN_POD_CPUS, le=512, description="CPUs "
+                                    "per replica (at least 0.1).")
     gpus_per_replica: float = Field(default=0.0, ge=0.0, le=16, description="GPUs per replica.")
     memory_per_replica: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory per "
                                     "serving worker pod. At least the model's float32 "
@@ -517,7 +542,8 @@ class TrainingRunSpec(_Model):
                                        "and storage.")
     serve: ServeSpec = Field(default_factory=ServeSpec, description="Serving after training.")
     failure: FailureSpec = Field(default_factory=FailureSpec, description="Retries.")
-    image: str | None = Field(default=None, min_length=1, description="Container image of the "
+    image: str | None = Field(default=None, min_length=1, max_length=1024,
+                              description="Container image of the "
                               "Ray pods (default: the operator's CPU image, or its CUDA image "
                               "when scaling.gpusPerWorker > 0).")
     active_deadline_seconds: int | None = Field(
@@ -795,6 +821,8 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     yield from _pod_field_checks(spec)
 
     st = spec.checkpoint.storage
+    if st.pvc is not None and (p := k8s_rules.mount_path_problem(st.pvc.mount_path)):
+        yield SpecError(f"{s}.checkpoint.storage.pvc.mountPath", p)
     if st.pvc is not None and st.uri is not None:
         yield SpecError(f"{s}.checkpoint.storage", "set either pvc or uri, not both")
     if st.uri is not None and (problem := location_problem(st.uri)):
@@ -847,7 +875,7 @@ def _head_memory_check(spec: TrainingRunSpec) -> Iterator[SpecError]:
     if have is None or have >= need:
         return
     if spec.tune is not None:
-        n = spec.tune.max_concurrent_trials
+        n = spec.tune.concurrent_trials
         what = (f"~{fpm.TUNE_HEAD_BYTES // fpm.MiB} MiB for Ray's processes, the job "
                 f"supervisor and Tune's driver, and ~{fpm.TUNE_TRIAL_HEAD_BYTES // fpm.MiB} "
                 f"MiB for each of the {n} concurrent trial(s) (spec.tune.maxConcurrentTrials): "
@@ -948,7 +976,13 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         for value in dist.sample_values():
             err = _check_override(base, path, value, known)
             if err:
-                yield SpecError(p, f"value {_short(value)} is not valid at {path}: {err}")
+                # a range is checked just below its (exclusive) high end: name the bound
+                # the user wrote, not 49.99999999999999
+                shown = (f"{kind} bound {vals[1]!r}" if kind in ("uniform", "loguniform")
+                         and value == math.nextafter(vals[1], vals[0])
+                         else f"{kind} bound {vals[0]!r}" if kind != "choice" and value == vals[0]
+                         else f"value {_short(value)}")
+                yield SpecError(p, f"{shown} is not valid at {path}: {err}")
                 break
 
 
@@ -1128,6 +1162,9 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
             msg = (f"must be a DNS label: lower-case letters, digits and '-', starting with "
                    f"a letter and ending with a letter or digit (got {shown})"
                    if (e.get("ctx") or {}).get("pattern") == _DNS_LABEL
+                   else f"must be a DNS subdomain: lower-case letters, digits, '-' and '.', "
+                   f"starting and ending with a letter or digit (got {shown})"
+                   if (e.get("ctx") or {}).get("pattern") == _DNS_SUBDOMAIN
                    else f"{msg[0].lower()}{msg[1:]} (got {shown})")
         errors.append(SpecError(path or "(document)", msg))
     return errors

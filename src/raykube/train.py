@@ -601,6 +601,14 @@ def _spec_conflict(old: TrainingRunSpec, new: TrainingRunSpec) -> str | None:
             return (f"the run directory holds checkpoints of a different spec.{section} "
                     f"({getattr(old, section).to_dict()} vs {getattr(new, section).to_dict()}); "
                     "use a new metadata.name / storage path or delete the old run directory")
+    if old.train.seed != new.train.seed:
+        # raykube.data splits train/validation by the seed: another seed would validate
+        # on examples the checkpoints were trained on (and rank them on another set)
+        return (f"the run directory holds checkpoints trained with train.seed "
+                f"{old.train.seed}, not {new.train.seed}: the seed decides the "
+                "train/validation split, so resuming with another would validate on "
+                "examples already trained on; set it back, or use a new metadata.name / "
+                "storage path")
     return None
 
 

@@ -731,7 +731,7 @@ def _tune_config(spec: TrainingRunSpec) -> Any:
         scheduler=scheduler,
         # Seeded sampling: a resumed or repeated search proposes the same trials.
         search_alg=BasicVariantGenerator(random_state=spec.train.seed,
-                                         max_concurrent=t.max_concurrent_trials),
+                                         max_concurrent=t.concurrent_trials),
         trial_dirname_creator=trial_dirname,
     )
 

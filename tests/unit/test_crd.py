@@ -78,7 +78,7 @@ def test_schema_keeps_the_models_constraints():
     s = _schema()["properties"]["spec"]
     scaling = s["properties"]["scaling"]["properties"]
     assert scaling["workers"]["minimum"] == 1 and scaling["workers"]["type"] == "integer"
-    assert scaling["cpusPerWorker"]["exclusiveMinimum"] is True
+    assert scaling["cpusPerWorker"]["minimum"] == 0.1 and "exclusiveMinimum" not in scaling["cpusPerWorker"]
     assert scaling["memoryPerWorker"]["pattern"].startswith("^[0-9]")
     assert s["required"] == ["model", "data"]
     assert s["properties"]["model"]["properties"]["name"]["enum"] == ["mlp", "cifar-cnn", "resnet18"]

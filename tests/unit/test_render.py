@@ -185,9 +185,9 @@ def test_explicit_image_and_scheduling_constraints():
     assert validate_all([job]) == []
 
 
-def _tune(max_concurrent, gpus=0.0, workers=2):
+def _tune(max_concurrent, gpus=0.0, workers=2, trials=8):
     return _run(scaling={"workers": workers, "gpusPerWorker": gpus, "memoryPerWorker": "2Gi"},
-                tune={"trials": 8, "maxConcurrentTrials": max_concurrent,
+                tune={"trials": trials, "maxConcurrentTrials": max_concurrent,
                       "searchSpace": {"train.optimizer.lr": {"loguniform": [1e-4, 1e-1]}}})
 
 
@@ -197,6 +197,15 @@ def test_tune_sizes_the_cluster_for_concurrent_trials():
     assert group["replicas"] == 6  # 3 trials x 2 workers
     assert head["rayStartParams"]["num-cpus"] == "1"  # room for the trial drivers
     assert validate_all([job]) == []
+
+
+def test_tune_never_sizes_for_more_trials_than_there_are():
+    """``trials: 1, maxConcurrentTrials: 4`` kept three workers' pods idle all search
+    long (and 1000 concurrent trials of 4 made 1000 worker pods)."""
+    _, (group,) = _pods(R.render_rayjob(_tune(4, trials=1), CFG))
+    assert group["replicas"] == 2  # 1 trial x 2 workers
+    _, (group,) = _pods(R.render_rayjob(_tune(1000, trials=4), CFG))
+    assert group["replicas"] == 8
 
 
 def test_fractional_gpus_pack_trials_into_gpu_pods():

@@ -84,3 +84,23 @@ def test_unlisted_checkpoints_outside_the_keep_best_of_all_are_deleted(listed, u
     from raykube.resume import unlisted_to_delete
 
     assert unlisted_to_delete(listed, unlisted, keep=keep, mode=mode) == deleted
+
+
+def test_a_changed_seed_is_refused_like_a_changed_dataset(tmp_path):
+    """``train.seed`` splits train from validation (``raykube.data``): resumed with
+    another, the run validated on examples its checkpoints were trained on, and ranked
+    ``best/`` on another validation set. It was taken as a note."""
+    from raykube.spec import TrainingRunSpec
+    from raykube.train import RunDirConflict, check_resumable
+
+    def spec(**train):
+        return TrainingRunSpec.model_validate({"model": {"name": "mlp"},
+                                               "data": {"dataset": "digits"},
+                                               "train": {"epochs": 5, **train}})
+
+    ckpt = tmp_path / "checkpoint_epoch_0002"
+    ckpt.mkdir()
+    (ckpt / "meta.json").write_text(json.dumps({"epoch": 2, "spec": spec(seed=0).to_dict()}))
+    check_resumable(str(tmp_path), spec(seed=0, epochs=9, batchSize=32))  # a note at most
+    with pytest.raises(RunDirConflict, match="trained with train.seed 0, not 7"):
+        check_resumable(str(tmp_path), spec(seed=7))

@@ -305,10 +305,14 @@ def test_a_location_raykube_cannot_read_is_refused_naming_the_field(location, wo
     assert words in location_problem(location)
 
 
-@pytest.mark.parametrize("where,value", [
-    ("metadata.name", "Bad_Name"), ("metadata.namespace", "Team.A"),
-    ("spec.checkpoint.storage.pvc.claimName", "My_Claim")])
-def test_a_name_that_is_no_dns_label_says_what_a_dns_label_is(where, value):
+@pytest.mark.parametrize("where,value,what", [
+    ("metadata.name", "Bad_Name", "label"), ("metadata.namespace", "Team.A", "label"),
+    ("spec.checkpoint.storage.pvc.claimName", "My_Claim", "subdomain"),
+    ("spec.checkpoint.storage.secretRef.name", "Bad Name", "subdomain")])
+def test_a_name_kubernetes_would_refuse_says_what_it_must_be(where, value, what):
+    """A claim's or Secret's name is a DNS subdomain (dots allowed), as Kubernetes has
+    it: a Secret name it refuses left KubeRay unable to create any pod, and the run
+    waiting for its Ray cluster without end."""
     doc = {"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
            "metadata": {"name": "ok"},
            "spec": {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}}
@@ -317,9 +321,61 @@ def test_a_name_that_is_no_dns_label_says_what_a_dns_label_is(where, value):
     for key in parents:
         node = node.setdefault(key, {})
     node[leaf] = value
+    if "secretRef" in where:
+        doc["spec"]["checkpoint"]["storage"]["uri"] = "s3://bucket/runs"
     with pytest.raises(InvalidTrainingRun) as info:
         parse_training_run(doc)
     [error] = info.value.errors
     assert error.path == where
-    assert error.message == ("must be a DNS label: lower-case letters, digits and '-', starting "
-                             f"with a letter and ending with a letter or digit (got {value!r})")
+    if what == "label":
+        assert error.message == ("must be a DNS label: lower-case letters, digits and '-', "
+                                 "starting with a letter and ending with a letter or digit "
+                                 f"(got {value!r})")
+    else:
+        assert error.message == ("must be a DNS subdomain: lower-case letters, digits, '-' "
+                                 "and '.', starting and ending with a letter or digit "
+                                 f"(got {value!r})")
+    if where.endswith("claimName"):  # a valid claim name with dots is one
+        node[leaf] = "claim.with.dots"
+        assert parse_training_run(doc).spec.checkpoint.storage.pvc.claim_name == "claim.with.dots"
+
+
+@pytest.mark.parametrize("path,words", [
+    ("/etc/raykube", "reserved (the run's spec is mounted there)"),
+    ("/etc/raykube/data", "reserved"), ("/proc/x", "kernel's"), ("/", "other than /"),
+    ("/mnt/raykube/", "trailing '/'"), ("/mnt//x", "empty parts"),
+    ("/mnt/../tmp", "'..'"), ("/mnt/a:b", "':'"), ("/tmp", "hide the image's /tmp"),
+    ("/usr", "hide"), ("/mnt/raykube", None), ("/var/lib/raykube", None), ("/data", None)])
+def test_a_storage_mount_path_the_pods_cannot_use_is_refused(path, words):
+    """The spec ConfigMap's own mount (the API server refused the RayJob for the
+    duplicate, retried every 30 s, with the run's status empty) and paths that would
+    hide what the image and Ray need."""
+    doc = {"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun", "metadata": {"name": "ok"},
+           "spec": {"model": {"name": "mlp"}, "data": {"dataset": "digits"},
+                    "checkpoint": {"storage": {"pvc": {"mountPath": path}}}}}
+    if words is None:
+        assert parse_training_run(doc).spec.checkpoint.storage.pvc.mount_path == path
+        return
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(doc)
+    [error] = info.value.errors
+    assert error.path == "spec.checkpoint.storage.pvc.mountPath" and words in error.message, error
+
+
+def test_pod_cpus_below_a_tenth_are_refused():
+    """0.0001 rendered as ``cpu: '0'`` (Kubernetes' millicores), 0.001 as a 1m limit no
+    Ray pod runs in."""
+    for where in ("scaling.cpusPerWorker", "scaling.head.cpus", "serve.cpusPerReplica"):
+        section, *rest = where.split(".")
+        for value, ok in ((0.0001, False), (0.05, False), (0.1, True)):
+            spec = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}
+            node = spec.setdefault(section, {})
+            for key in rest[:-1]:
+                node = node.setdefault(key, {})
+            node[rest[-1]] = value
+            if ok:
+                parse_spec(spec)
+                continue
+            with pytest.raises(InvalidTrainingRun) as info:
+                parse_spec(spec)
+            assert [e.path for e in info.value.errors] == [f"spec.{where}"], info.value.errors

@@ -288,3 +288,12 @@ def test_example_jobs_are_valid_searches(jobs_dir, name):
     first = {p: (d.choice[0] if d.choice else getattr(d, d.kind())[0])
              for p, d in run.spec.tune.search_space.items()}
     assert rt.trial_spec(run.spec, first).tune is None
+
+
+def test_a_range_out_of_bounds_names_the_bound_as_written():
+    """Tune samples [low, high): the high end is checked just below it, and the message
+    said ``value 49.99999999999999`` for a bound the user wrote as 50."""
+    (msg,) = _errors({"train.optimizer.lr": {"uniform": [5, 50]}}).values()
+    assert "uniform bound 50" in msg and "49.99" not in msg, msg
+    (msg,) = _errors({"train.epochs": {"randint": [0, 5]}}).values()
+    assert "randint bound 0 is not valid at train.epochs" in msg, msg
