@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         # Ray's output is in the log: the details go there, one line here.
         import traceback
 
-        traceback.print_exc()  # into the log (stderr is diverted)
+        try:
+            traceback.print_exc()  # into the log (stderr is diverted)
+            sys.stderr.flush()
+        except OSError:  # the log's disk is full (often the very error): one line still
+            pass
         print(f"raykube {args.command}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
               f" (details in {terminal.log_path()})", file=terminal.err())
         return 1

@@ -249,10 +249,23 @@ def dataset_for(spec: TrainingRunSpec, split: Split, cache_dir: str) -> ray.data
 
 # --------------------------------------------------------------------------- writing
 def check_out(path: str) -> str:
-    """The output's kind (``parquet`` or ``csv``, from the file name), or PredictError."""
+    """The output's kind (``parquet`` or ``csv``, from the file name), or PredictError:
+    checked before Ray starts, so that a place the file cannot go is one line now, not
+    after the whole prediction. ``s3://`` is refused: it was written as a local folder
+    named ``s3:``."""
+    if "://" in path or path.lower().startswith("s3:"):
+        raise PredictError(f"--out {path!r}: must be a local file (write it here, then copy "
+                           "it to object storage)")
     kind = Path(path).suffix.lower().lstrip(".")
     if kind not in ("parquet", "csv"):
         raise PredictError(f"--out {path!r}: the file name must end in .parquet or .csv")
+    existing = Path(path).absolute().parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # missing folders are made: where they would go
+    if not existing.is_dir():
+        raise PredictError(f"--out {path!r}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PredictError(f"--out {path!r}: cannot write in {existing}")
     return kind
 
 

@@ -18,6 +18,10 @@ in place through ``ray.init`` (``_keeping_sigterm_handler``): ``ray.init`` sets 
 own, a bare ``sys.exit(15)`` and the head node's (kill Ray's processes, exit 1), so a
 ``kill`` while Ray started ended ``raykube serve`` or ``run`` with exit 15 and no word.
 
+Ray's processes start in process groups of their own (``_own_process_group``), so a
+SIGTERM to the command's group (``timeout``, ``kill -- -PGID``) stops the command, which
+stops Ray in order, instead of killing the GCS and raylet under it.
+
 And it ends with nothing left behind (``shutdown_local_ray``): Ray 2.60's worker processes
 can deadlock in their own exit (seen here: a Train controller of a finished ``raykube
 run``, its core worker's destructor waiting on a mutex the same thread held, in
@@ -120,6 +124,42 @@ def _lean_start(include_dashboard: bool | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _own_process_group() -> Iterator[None]:
+    """While ``ray.init`` starts Ray's processes (GCS, raylet, log monitor): each in a
+    process group of its own, not the command's.
+
+    ``timeout``, ``kill -- -PGID`` and a shell's job control signal the whole group.
+    Ray blocks SIGINT in its processes (so Ctrl-C reaches only the command, which stops
+    Ray in order), but not SIGTERM: a group SIGTERM killed the GCS and raylet under the
+    command, so ``raykube run`` waited 60 s for a GCS that was gone and exited 1 without
+    saying what was saved, and ``raykube serve`` left Serve's HAProxy (a grandchild,
+    never stopped) holding the port. In a group of their own they get only what the
+    command does to them; Ray's fate sharing (the kernel kills them when the command
+    dies) still holds, and the raylet's workers and agents are in the raylet's group."""
+    from ray._private import services
+
+    saved = services.ConsolePopen
+
+    class OwnGroupPopen(saved):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            ray_preexec = kwargs.get("preexec_fn")
+
+            def preexec() -> None:
+                os.setpgid(0, 0)
+                if ray_preexec is not None:
+                    ray_preexec()
+
+            kwargs["preexec_fn"] = preexec
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = OwnGroupPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = saved
+
+
+@contextlib.contextmanager
 def _keeping_sigterm_handler() -> Iterator[None]:
     """While ``ray.init`` runs: keep the Python SIGTERM handler the caller set (a
     command's "SIGTERM is Ctrl-C"), instead of the two Ray sets in the driver.
@@ -156,7 +196,8 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> Any:
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": address}
     try:
-        with _keeping_sigterm_handler(), _lean_start(kwargs.get("include_dashboard")):
+        with _keeping_sigterm_handler(), _own_process_group(), \
+                _lean_start(kwargs.get("include_dashboard")):
             ctx = ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env,
                            **kwargs)
     finally:

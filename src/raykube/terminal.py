@@ -113,8 +113,9 @@ def restore() -> None:
     handler = _state.get("handler")
     if handler is not None:
         logging.getLogger("raykube").removeHandler(handler)  # type: ignore[arg-type]
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for std in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # into the log: its disk may be full
+            std.flush()
     saved_out, saved_err = _state["saved"]  # type: ignore[misc]
     for stream in ("out", "err"):
         with contextlib.suppress(Exception):

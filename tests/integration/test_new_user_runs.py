@@ -281,10 +281,13 @@ def untrained_digits_checkpoint(ckpt: Path) -> Path:
     return ckpt
 
 
-def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path):
+@pytest.mark.parametrize("to", ["process", "group"])
+def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path, to):
     """``kill PID`` or a container stop of `raykube serve`: Serve and Ray are stopped
-    and the port is free again, exit 0 after "stopping", as with Ctrl-C. (A SIGTERM
-    while Ray starts is the same Ctrl-C: ``test_ray_local.py``.)"""
+    and the port is free again, exit 0 after "stopping", as with Ctrl-C. To the whole
+    process group (``timeout``), it killed Ray under Serve: 38 s to stop, and Serve's
+    HAProxy stayed, holding the port. (A SIGTERM while Ray starts is the same Ctrl-C:
+    ``test_ray_local.py``.)"""
     ckpt = untrained_digits_checkpoint(tmp_path / "ckpt")
     port = free_port()
     with in_terminal("serve", str(ckpt), "--port", str(port)) as p:
@@ -293,7 +296,7 @@ def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path):
                 break
         assert b'"epoch"' in urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata",
                                                     timeout=30).read()
-        os.kill(p.pid, signal.SIGTERM)
+        (os.kill if to == "process" else os.killpg)(p.pid, signal.SIGTERM)
         rest, err = p.communicate(timeout=120)
     assert p.returncode == 0 and rest.strip().endswith("stopping"), (p.returncode, rest, err)
     assert "Traceback" not in rest + err, err
@@ -387,10 +390,13 @@ def test_ctrl_c_during_a_tune_search_then_the_same_command_resumes_it(tmp_path):
     assert (run_dir / "best").is_dir()
 
 
-def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path):
-    """``kill PID``, ``docker stop``, systemd: SIGTERM to the process alone. Ray's driver
-    handler made it a bare ``sys.exit(15)``: the run ended without a word (and a search
-    without saving its state). Now it is Ctrl-C: what is saved, exit 130."""
+@pytest.mark.parametrize("to", ["process", "group"])
+def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path, to):
+    """``kill PID``, ``docker stop``: SIGTERM to the process alone. Ray's driver handler
+    made it a bare ``sys.exit(15)``: the run ended without a word (and a search without
+    saving its state). Now it is Ctrl-C: what is saved, exit 130. ``timeout`` and ``kill
+    -- -PGID`` signal the whole process group: that killed Ray's GCS and raylet under the
+    run (60 s of waiting, exit 1, nothing said); now the same as to the process."""
     spec = tmp_path / "run.yaml"
     spec.write_text(SPEC.replace("newuser", "term"))
     run_dir = tmp_path / "runs" / "term"
@@ -399,7 +405,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path):
         for line in p.stdout:
             seen.append(line)
             if line.startswith("epoch   2/"):
-                os.kill(p.pid, signal.SIGTERM)
+                (os.kill if to == "process" else os.killpg)(p.pid, signal.SIGTERM)
                 break
         said_interrupted(p, run_dir, seen)
 

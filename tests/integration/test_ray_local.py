@@ -210,3 +210,30 @@ def test_sigterm_while_ray_starts_is_the_commands_ctrl_c():
     assert outcomes["ctrl-c"] == {"outcome": "KeyboardInterrupt",
                                   "handler": "sigterm_as_ctrl_c.<locals>._as_sigint"}, outcomes
     assert outcomes["ray's"]["outcome"].startswith("SystemExit"), outcomes
+
+
+GROUPS = r"""
+import json, os
+import ray
+import raykube.ray_local as rl
+
+rl.init_local_ray(num_cpus=1, include_dashboard=False, configure_logging=False)
+mine = os.getpgid(0)
+groups = {name: [os.getpgid(p.process.pid) for p in infos]
+          for name, infos in ray._private.worker._global_node.all_processes.items()}
+answer = ray.get(ray.remote(lambda: os.getpgid(0)).remote())  # a worker: the raylet's group
+ray.shutdown()
+print(json.dumps({"mine": mine, "groups": groups, "worker": answer}))
+"""
+
+
+def test_rays_processes_are_not_in_the_commands_process_group():
+    """``timeout`` or ``kill -- -PGID`` signal the command's whole process group: Ray's
+    GCS and raylet died of it under a running `raykube run` (60 s of waiting for the
+    GCS, exit 1, nothing said), and under `raykube serve` (Serve's HAProxy left holding
+    the port). They are in groups of their own, and so are the workers."""
+    out = _run_script(GROUPS, "")
+    assert {"gcs_server", "raylet"} <= set(out["groups"]), out
+    for name, groups in out["groups"].items():
+        assert out["mine"] not in groups, (name, out)
+    assert out["worker"] != out["mine"], out

@@ -469,3 +469,51 @@ def test_every_failure_decision_is_forwarded_with_its_outcome():
     announce_failure([Obs()], q.items[0]["failure"], 4, 3, False)
     assert seen[0].endswith("not retried: Ray Train's controller failed, not a worker"), seen
     assert seen[1].endswith("no retries left (failure.maxWorkerFailures=3)"), seen
+
+
+def test_predict_refuses_an_out_it_cannot_write_before_ray_starts(tmp_path):
+    """``--out s3://...`` was written as a local folder named ``s3:`` and reported as
+    done; an --out under a file failed only after the whole prediction."""
+    from raykube.predict import PredictError, check_out
+
+    for out, words in (("s3://bucket/p.csv", "must be a local file"),
+                       ("s3:/bucket/p.csv", "must be a local file"),
+                       (str(tmp_path / "f" / "p.csv"), "is not a directory")):
+        (tmp_path / "f").write_text("a file")
+        with pytest.raises(PredictError, match=words):
+            check_out(out)
+    assert check_out(str(tmp_path / "new" / "dir" / "p.parquet")) == "parquet"  # made later
+
+
+FULL_LOG = r"""
+import sys
+from raykube import cli, terminal
+real = cli._command_module
+
+class Failing:
+    add_arguments = staticmethod(real("validate").add_arguments)
+
+    @staticmethod
+    def run(args):
+        terminal.divert("/dev/full")  # the log's disk is full: every write is ENOSPC
+        raise OSError(28, "No space left on device", "/runs/x/checkpoint_epoch_0003")
+
+cli._command_module = lambda name: Failing
+sys.exit(cli.main(["validate", "x.yaml"]))
+"""
+
+
+def test_an_error_with_the_logs_disk_full_is_still_one_line():
+    """The details of an error go to the command's log; on a full disk (often the very
+    error) writing them failed too, and 83 lines of nested tracebacks reached the
+    terminal. /dev/full stands in for the full disk (every write fails with ENOSPC)."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", FULL_LOG], capture_output=True, text=True,
+                       timeout=60)
+    lines = [ln for ln in p.stderr.splitlines() if not ln.startswith("Ray's output goes to")]
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        "raykube validate: OSError: [Errno 28] No space left on device"), lines
