@@ -81,14 +81,17 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 # group would be lost (the run trains on and exits 0; serve never stops).
 AS_FOREGROUND_JOB = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
                      "os.execv(sys.executable, [sys.executable, '-m', 'raykube', *sys.argv[1:]])")
+AS_BACKGROUND_JOB = AS_FOREGROUND_JOB.replace("SIG_DFL", "SIG_IGN")  # `cmd &` in a script
 
 
 @contextlib.contextmanager
-def in_terminal(*args: str):
+def in_terminal(*args: str, sigint_ignored: bool = False):
     """``raykube ARGS`` as a terminal's foreground job: its own process group, so a
     SIGINT to the group is the user's Ctrl-C; always reaped, so no run or Serve instance
-    outlives its test holding ports or CPUs."""
-    p = subprocess.Popen([sys.executable, "-c", AS_FOREGROUND_JOB, *args], stdout=subprocess.PIPE,
+    outlives its test holding ports or CPUs. ``sigint_ignored``: as a non-interactive
+    shell starts a background job (SIGINT ignored, inherited through exec)."""
+    job = AS_BACKGROUND_JOB if sigint_ignored else AS_FOREGROUND_JOB
+    p = subprocess.Popen([sys.executable, "-c", job, *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
     try:
         yield p
@@ -281,22 +284,24 @@ def untrained_digits_checkpoint(ckpt: Path) -> Path:
     return ckpt
 
 
-@pytest.mark.parametrize("to", ["process", "group"])
+@pytest.mark.parametrize("to", ["process", "group", "sigint ignored"])
 def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path, to):
     """``kill PID`` or a container stop of `raykube serve`: Serve and Ray are stopped
     and the port is free again, exit 0 after "stopping", as with Ctrl-C. To the whole
     process group (``timeout``), it killed Ray under Serve: 38 s to stop, and Serve's
-    HAProxy stayed, holding the port. (A SIGTERM while Ray starts is the same Ctrl-C:
-    ``test_ray_local.py``.)"""
+    HAProxy stayed, holding the port. Started with SIGINT ignored (``raykube serve &`` in
+    a script, nohup), SIGTERM re-sent as SIGINT did nothing: only SIGKILL stopped it.
+    (A SIGTERM while Ray starts is the same Ctrl-C: ``test_ray_local.py``.)"""
     ckpt = untrained_digits_checkpoint(tmp_path / "ckpt")
     port = free_port()
-    with in_terminal("serve", str(ckpt), "--port", str(port)) as p:
+    ignoring = to == "sigint ignored"
+    with in_terminal("serve", str(ckpt), "--port", str(port), sigint_ignored=ignoring) as p:
         for line in p.stdout:
             if line.startswith("Ctrl-C to stop"):
                 break
         assert b'"epoch"' in urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata",
                                                     timeout=30).read()
-        (os.kill if to == "process" else os.killpg)(p.pid, signal.SIGTERM)
+        (os.killpg if to == "group" else os.kill)(p.pid, signal.SIGTERM)
         rest, err = p.communicate(timeout=120)
     assert p.returncode == 0 and rest.strip().endswith("stopping"), (p.returncode, rest, err)
     assert "Traceback" not in rest + err, err

@@ -55,6 +55,11 @@ def sigterm_as_ctrl_c() -> None:
     ``raykube.ray_local.init_local_ray``, which keeps it through Ray's start; after a
     plain ``ray.init`` (joining a Ray), set it again."""
     def _as_sigint(signum: int, frame: Any) -> None:  # noqa: ARG001
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            # Started with SIGINT ignored (`cmd &` in a script, nohup): a SIGINT would
+            # do nothing and SIGTERM with it (a `raykube serve &` nothing could stop
+            # but SIGKILL), or, at SIG_DFL, end the process before any cleanup
+            raise KeyboardInterrupt
         os.kill(os.getpid(), signal.SIGINT)
 
     signal.signal(signal.SIGTERM, _as_sigint)
