@@ -1,5 +1,5 @@
 import sys
 
-from raykube.cli import main
+from raykube.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

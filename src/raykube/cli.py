@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # name -> one-line help. Order is the order of `raykube --help`.
@@ -82,5 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         terminal.restore()
 
 
+def entry() -> int:
+    """The ``raykube`` command: ``main``, then the rest of the exit (stopping Ray, its
+    exit hooks) with Ctrl-C ignored. A user pressing Ctrl-C again and again while an
+    interrupted run stopped Ray got a ``KeyboardInterrupt`` traceback from Ray's exit
+    hook and exit 1, with Ray's agents left behind for a minute."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # again, while main() was stopping Ray
+        from raykube import terminal
+
+        print("interrupted", file=terminal.err())
+        code = 130
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

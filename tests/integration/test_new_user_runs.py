@@ -415,6 +415,24 @@ def test_sigterm_ends_a_run_as_ctrl_c_does(tmp_path, to):
         said_interrupted(p, run_dir, seen)
 
 
+def test_ctrl_c_pressed_again_and_again_still_ends_in_one_line(tmp_path):
+    """Four Ctrl-C 0.3 s apart: the later ones came while the run stopped Ray, and one
+    reached Ray's exit hook: a ``KeyboardInterrupt`` traceback and exit 1 (3 of 3 in a
+    user's audit). Now exit 130, "interrupted", no traceback."""
+    spec = tmp_path / "run.yaml"
+    spec.write_text(SPEC.replace("newuser", "again"))
+    with in_terminal("run", str(spec), "--storage", str(tmp_path / "runs")) as p:
+        for line in p.stdout:
+            if line.startswith("epoch   2/"):
+                break
+        for _ in range(4):
+            os.killpg(p.pid, signal.SIGINT)
+            time.sleep(0.3)
+        rest, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (rest, err)
+    assert "Traceback" not in rest + err and "interrupted" in err, err
+
+
 def test_a_gpu_run_on_a_machine_without_those_gpus_says_so_at_once(tmp_path):
     """Before this check such a run printed its header and waited without end (Ray
     Train retries its worker group's start every 60 s). 32 GPUs: no test machine has
