@@ -104,7 +104,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     settings.execution.max_workers = cfg.max_workers
     settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
-    init_memo(memo, cfg, Kube())
+    init_memo(memo, cfg, Kube(pool_size=cfg.max_workers + 4))  # + the watch-side callers
     if cfg.resync > 0:
         memo.resync_stop = threading.Event()
         threading.Thread(target=_resync_loop, args=(memo, cfg.resync), daemon=True,

@@ -57,6 +57,9 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Serving", "type": "string", "jsonPath": ".status.serving.endpoint",
      "description": "In-cluster URL of the model's HTTP API."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # -o wide: why a run is Pending or Failed without `kubectl describe`
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1,
+     "description": "The last notable event, for humans."},
 ]
 
 # Extra schema for fields whose Python type is wider than what is accepted (the models

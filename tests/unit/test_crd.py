@@ -71,7 +71,10 @@ def test_crd_names_columns_and_status():
     cols = {c["name"].upper(): c["jsonPath"] for c in v["additionalPrinterColumns"]}
     assert cols == {"PHASE": ".status.phase", "EPOCH": ".status.progress.epoch",
                     "VAL-ACC": ".status.progress.valAccuracy",
-                    "SERVING": ".status.serving.endpoint", "AGE": ".metadata.creationTimestamp"}
+                    "SERVING": ".status.serving.endpoint", "AGE": ".metadata.creationTimestamp",
+                    "MESSAGE": ".status.message"}
+    # only under -o wide: the default view stays narrow
+    assert [c["name"] for c in v["additionalPrinterColumns"] if c.get("priority")] == ["Message"]
 
 
 def test_schema_keeps_the_models_constraints():
