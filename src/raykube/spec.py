@@ -80,7 +80,7 @@ MAX_NAME_LENGTH = 40
 Kubernetes caps Service names at 63 characters, so TrainingRun names stay short."""
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
-_S3_BUCKET = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # 3-63 characters
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -124,8 +124,11 @@ def location_problem(location: str) -> str | None:
         if "?" in rest or "#" in rest:
             return f"{location!r}: an s3:// URI takes no query or fragment"
         if not _S3_BUCKET.match(bucket) or ".." in bucket:
-            return (f"{location!r}: {bucket!r} is not an S3 bucket name (up to 63 "
+            return (f"{location!r}: {bucket!r} is not an S3 bucket name (3 to 63 "
                     "lower-case letters, digits, dots and hyphens)")
+        if "//" in rest:
+            return (f"{location!r}: has an empty part ('//'); S3 would store it under "
+                    "another key than the one shown")
         return None
     if scheme == "file":
         return f"{location!r}: give the path itself ({file_uri_path(location)})"

@@ -174,7 +174,7 @@ def test_every_bound_is_enforced_by_the_api_server(kube, path, keyword, value):
 
 CEL_CASES = {
     "set either pvc or uri, not both":
-        ("spec.checkpoint.storage", {"pvc": {"claimName": "c"}, "uri": "s3://b/p"}),
+        ("spec.checkpoint.storage", {"pvc": {"claimName": "c"}, "uri": "s3://bkt/p"}),
     "secretRef only applies with uri":
         ("spec.checkpoint.storage", {"pvc": {"claimName": "c"}, "secretRef": {"name": "s"}}),
     "uniform must be [low, high] with low < high":

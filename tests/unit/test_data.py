@@ -84,7 +84,7 @@ def test_fashion_mnist_offline_error_says_how_to_preseed(tmp_path, monkeypatch):
 def test_cache_dir_defaults_and_override():
     spec = make_spec("digits")
     assert data.cache_dir_for(spec, "/mnt/raykube/ns") == "/mnt/raykube/ns/datasets"
-    assert data.cache_dir_for(spec, "s3://b/p").endswith(".cache/raykube/datasets")
+    assert data.cache_dir_for(spec, "s3://bkt/p").endswith(".cache/raykube/datasets")
     assert data.cache_dir_for(make_spec("digits", cacheDir="/data"), "/x") == "/data"
 
 

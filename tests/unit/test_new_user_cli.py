@@ -170,7 +170,7 @@ def test_storage_tilde_and_spec_relative_data_uri(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HOME", str(tmp_path))
     assert local_path("~/runs") == str(tmp_path / "runs")
-    assert local_path("s3://b/p") == "s3://b/p"
+    assert local_path("s3://bkt/p") == "s3://bkt/p"
     f = _folder_spec(tmp_path, "imgs")
     assert resolve_data_uri(load_one(f), f).spec.data.uri == str(tmp_path / "imgs")
 

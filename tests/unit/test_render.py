@@ -26,7 +26,7 @@ def _run(**spec_over):
 
 
 def _all(run, owner=None):
-    return [*R.render_training(run, CFG, owner), R.render_rayservice(run, CFG, "s3://b/ck", owner)]
+    return [*R.render_training(run, CFG, owner), R.render_rayservice(run, CFG, "s3://bkt/ck", owner)]
 
 
 def _pods(rayjob):
@@ -164,7 +164,7 @@ def test_gpu_job_gets_gpus_and_the_cuda_image():
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
         group["template"]["spec"]["tolerations"]
     assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
-    svc_head, (svc_group,) = _pods(R.render_rayservice(run, CFG, "s3://b/x"))
+    svc_head, (svc_group,) = _pods(R.render_rayservice(run, CFG, "s3://bkt/x"))
     assert svc_group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
@@ -362,14 +362,14 @@ def test_render_imports_neither_torch_nor_ray():
 def test_cli_render_prints_every_job(capsys):
     from raykube.cli import main
 
-    assert main(["render", *map(str, JOB_FILES), "--checkpoint", "s3://b/best"]) == 0
+    assert main(["render", *map(str, JOB_FILES), "--checkpoint", "s3://bkt/best"]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert validate_all(docs) == []
     assert all("ownerReferences" not in d["metadata"] for d in docs)
     kinds = [d["kind"] for d in docs]
     assert kinds.count("RayJob") == len(JOB_FILES)
     services = [d for d in docs if d["kind"] == "RayService"]
-    assert services and all("s3://b/best" in s["spec"]["serveConfigV2"] for s in services)
+    assert services and all("s3://bkt/best" in s["spec"]["serveConfigV2"] for s in services)
 
 
 def test_cli_render_overrides_and_errors(tmp_path, capsys):
@@ -400,7 +400,7 @@ def test_a_replica_change_reaches_the_serving_pods():
     is also in the pod template, so a change is a cluster change KubeRay rolls out."""
     def template(replicas):
         run = _run(serve={"enabled": True, "replicas": replicas})
-        svc = R.render_rayservice(run, CFG, "s3://b/ck")
+        svc = R.render_rayservice(run, CFG, "s3://bkt/ck")
         _, (group,) = _pods(svc)
         return group["replicas"], group["template"]["metadata"]["annotations"]
     assert template(1) == (1, {"raykube.io/serve-replicas": "1"})
@@ -410,7 +410,7 @@ def test_a_replica_change_reaches_the_serving_pods():
 def test_rayservice_has_its_own_name_and_serve_service():
     """Not the RayJob's name: both KubeRay controllers would own <name>-head-svc."""
     run = _run()
-    svc = R.render_rayservice(run, CFG, "s3://b/ck")
+    svc = R.render_rayservice(run, CFG, "s3://bkt/ck")
     assert svc["metadata"]["name"] == "quickstart-serve" != R.render_rayjob(run, CFG)["metadata"]["name"]
     assert svc["spec"]["serveService"]["metadata"]["name"] == "quickstart-serve-svc"
     assert R.serve_endpoint(run) == "http://quickstart-serve-svc.default:8000"

@@ -41,8 +41,8 @@ def test_checkpoint_uri_keeps_the_storage_scheme():
     assert checkpoint_uri("s3://bucket/p/ns", "bucket/p/ns/r/checkpoint_epoch_0001") == \
         "s3://bucket/p/ns/r/checkpoint_epoch_0001"
     assert checkpoint_uri("/mnt/x", "/mnt/x/r/c") == "/mnt/x/r/c"
-    assert checkpoint_uri("s3://b", None) is None
-    assert run_dir_for("s3://b/p/", "r") == "s3://b/p/r"
+    assert checkpoint_uri("s3://bkt", None) is None
+    assert run_dir_for("s3://bkt/p/", "r") == "s3://bkt/p/r"
 
 
 def test_demo_request_posts_json_with_the_standard_library():

@@ -30,13 +30,13 @@ def test_filesystem_targets_the_endpoint_path_style():
     assert "127.0.0.1:9" in repr(fs.__reduce__()) and "http" in repr(fs.__reduce__())
 
 
-@pytest.mark.parametrize("uri,bucket,key", [("s3://b", "b", ""), ("s3://b/", "b", ""),
-                                            ("s3://b/x/y/", "b", "x/y")])
+@pytest.mark.parametrize("uri,bucket,key", [("s3://bkt", "bkt", ""), ("s3://bkt/", "bkt", ""),
+                                            ("s3://bkt/x/y/", "bkt", "x/y")])
 def test_split(uri, bucket, key):
     assert s3.split(uri) == (bucket, key)
 
 
-@pytest.mark.parametrize("uri", ["s3://", "s3:///x", "s3://b/x?endpoint_override=h", "gs://b/x"])
+@pytest.mark.parametrize("uri", ["s3://", "s3:///x", "s3://bkt/x?endpoint_override=h", "gs://b/x"])
 def test_split_refuses_what_is_not_a_bucket_and_path(uri):
     with pytest.raises(s3.S3Unavailable, match="s3://|not an s3"):
         s3.split(uri)

@@ -121,7 +121,7 @@ INVALID = [
      "spec.tune.searchSpace[train.batchSize]"),
     ("tune-empty-space", "spec/tune/searchSpace", {}, "spec.tune.searchSpace"),
     ("tune-grace-period", "spec/tune/scheduler", {"gracePeriod": 10}, "spec.tune.scheduler.gracePeriod"),
-    ("storage-both", "spec/checkpoint", {"storage": {"uri": "s3://b/p", "pvc": {}}},
+    ("storage-both", "spec/checkpoint", {"storage": {"uri": "s3://bkt/p", "pvc": {}}},
      "spec.checkpoint.storage"),
     ("storage-scheme", "spec/checkpoint", {"storage": {"uri": "gs://b/p"}}, "spec.checkpoint.storage.uri"),
     ("secret-without-uri", "spec/checkpoint", {"storage": {"secretRef": {"name": "s3"}}},
@@ -277,7 +277,7 @@ def test_ray_pod_memory_floor_is_exact(qty, ok):
 
 
 @pytest.mark.parametrize("location", ["/data/images", "images", "./a:b/c", "~/x", "s3://bkt",
-                                      "s3://bkt/", "s3://my.bucket-1/a/b", "s3://b/x"])
+                                      "s3://bkt/", "s3://my.bucket-1/a/b", "s3://bkt/x"])
 def test_paths_and_s3_uris_are_locations(location):
     assert location_problem(location) is None
 
@@ -289,6 +289,7 @@ def test_paths_and_s3_uris_are_locations(location):
     ("s3://", "names no bucket"), ("s3:///images", "names no bucket"),
     ("s3://Bkt/images", "not an S3 bucket name"), ("s3://bkt_1/x", "not an S3 bucket name"),
     ("s3://bkt/x#y", "no query or fragment"), ("file:///data/images", "(/data/images)"),
+    ("s3://ab/x", "3 to 63"), ("s3://bkt//x", "empty part"),
 ])
 @pytest.mark.parametrize("field", ["spec.data.uri", "spec.checkpoint.storage.uri"])
 def test_a_location_raykube_cannot_read_is_refused_naming_the_field(location, words, field):

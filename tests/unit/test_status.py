@@ -165,7 +165,7 @@ UPGRADING = {"type": "UpgradeInProgress", "status": "True"}
         "classifier": {"status": "DEPLOYING"}}}}, False, "ServeApplicationDeploying"),
     ({"conditions": [{**READY, "status": "False"}], "activeServiceStatus": {
         "applicationStatuses": {"classifier": {
-            "status": "DEPLOY_FAILED", "message": "cannot read checkpoint s3://b/x"}}}},
+            "status": "DEPLOY_FAILED", "message": "cannot read checkpoint s3://bkt/x"}}}},
      False, "ServeApplicationFailed"),
     ({"conditions": [{"type": "Ready", "status": "False", "reason": "Initializing"}]},
      False, "Initializing"),

@@ -18,7 +18,7 @@ from raykube.transient import retry_would_help
 
 @pytest.mark.parametrize("exc", [
     DatasetUnavailable("image-folder /x: cannot list it"),
-    StorageError("storage s3://b/r: refused the credentials"),
+    StorageError("storage s3://bkt/r: refused the credentials"),
     S3Unavailable("s3://nobucket/x: bucket 'nobucket' does not exist"),
     RunDirConflict("/runs/a: the run directory holds checkpoints of a different spec.model"),
 ])
@@ -28,7 +28,7 @@ def test_raykubes_input_errors_are_permanent_by_default(exc):
 
 @pytest.mark.parametrize("exc", [
     DatasetUnavailable("fashion-mnist could not be downloaded", transient=True),
-    StorageError("storage s3://b/r: cannot reach the S3 endpoint", transient=True),
+    StorageError("storage s3://bkt/r: cannot reach the S3 endpoint", transient=True),
     RuntimeError("Training failed due to worker errors"),  # a worker OOM, a node lost
     OSError("connection reset"),
 ])

@@ -184,7 +184,7 @@ def test_run_takes_a_file_uri_as_its_path():
 
     assert local_path("file:///data/runs") == "/data/runs"
     assert local_path("~/runs") == os.path.expanduser("~/runs")
-    assert local_path("s3://b/runs") == "s3://b/runs"
+    assert local_path("s3://bkt/runs") == "s3://bkt/runs"
 
 
 @pytest.mark.parametrize("flags,words", [
