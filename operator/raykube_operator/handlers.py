@@ -543,8 +543,12 @@ def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: Trai
            "directory and edit the spec again). The finished run is kept.")
     cur = tr.get("status") or {}
     gen = tr["metadata"].get("generation")
-    conds = st.set_condition(cur.get("conditions"), st.SPEC_APPLIED, False, "RunDirConflict",
-                             msg, now=st.now_rfc3339(), generation=gen)
+    now = st.now_rfc3339()
+    # validated it was (the conflict is with what the run directory holds)
+    conds = st.set_condition(cur.get("conditions"), st.VALIDATED, True, "SpecValid",
+                             "the spec is valid", now=now, generation=gen)
+    conds = st.set_condition(conds, st.SPEC_APPLIED, False, "RunDirConflict", msg, now=now,
+                             generation=gen)
     patch = {"conditions": conds, "phase": st.phase_of(conds), "observedGeneration": gen}
     if any(cur.get(k) != v for k, v in patch.items()):
         _patch_status(kube, tr, patch)
@@ -564,6 +568,11 @@ def _prepare(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], *, preconditio
         run = _parse(tr)
     except InvalidTrainingRun as exc:
         msg = "; ".join(f"{e.path}: {e.message}" for e in exc.errors)
+        said = st.get_condition(cur.get("conditions"), st.VALIDATED) or {}
+        if (said.get("reason"), said.get("message"), said.get("observedGeneration")) == (
+                "InvalidSpec", msg, gen):
+            # said already (an operator restart, a retry): no second Warning, no write
+            return {"validated": "False", "errors": msg}
         conds = st.set_condition(cur.get("conditions"), st.VALIDATED, False,
                                  "InvalidSpec", msg, now=now, generation=gen)
         _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),

@@ -142,6 +142,30 @@ def test_a_pod_rule_the_crd_cannot_check_is_refused_by_the_operator(kube):
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
 
 
+def test_an_operator_restart_does_not_repeat_an_invalid_specs_warning(kube, operator):
+    """The operator's start reconciles every TrainingRun: for one whose spec is still
+    invalid it posted another InvalidSpec Warning each time (3 after 2 restarts)."""
+    name = "bad-twice"
+    doc = tr_doc(name)
+    doc["spec"]["scaling"]["tolerations"] = [{"key": "gpu", "operator": "Exists",
+                                              "value": "a100"}]
+    kube.create(doc)
+    tr = kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+
+    def warnings() -> list[dict]:
+        return [e for e in kube.list("Event") if e.get("reason") == "InvalidSpec"
+                and e.get("involvedObject", {}).get("name") == name]
+
+    assert kube.wait_for(lambda: len(warnings()) == 1, timeout=30, what="one Warning")
+    operator.restart()
+    kube.wait_for(lambda: (kube.get("TrainingRun", name).get("metadata") or {}).get(
+        "annotations") is not None, timeout=30, what="the TrainingRun")
+    time.sleep(4)  # the restarted operator's resume handler has run by now
+    assert [e.get("count", 1) for e in warnings()] == [1], warnings()
+    again = kube.get("TrainingRun", name)
+    assert again["metadata"]["resourceVersion"] == tr["metadata"]["resourceVersion"]
+
+
 def test_a_model_too_large_for_its_memory_is_refused_then_runs_when_given_it(kube):
     """No schema can relate a model's size to memoryPerWorker: a model whose weights,
     gradients and optimizer buffers alone exceed it would be OOM-killed in every
