@@ -122,16 +122,22 @@ def test_invalid_spec_is_refused_by_the_api_server_naming_the_field(kube):
     assert kube.get("TrainingRun", "bad") is None and children(kube, "bad") == []
 
 
+def create_with_a_bad_toleration(kube, name: str) -> dict:
+    """A TrainingRun whose toleration a Pod refuses (the CRD lets it through), once the
+    operator has said so."""
+    doc = tr_doc(name)
+    doc["spec"]["scaling"]["tolerations"] = [{"key": "gpu", "operator": "Exists",
+                                              "value": "a100"}]
+    kube.create(doc)
+    return kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+
+
 def test_a_pod_rule_the_crd_cannot_check_is_refused_by_the_operator(kube):
     """A toleration a Pod refuses passes the CRD (and would pass on KubeRay's RayJob,
     leaving pods never created): the operator says Validated=False naming it, creates
     nothing, and starts the run once it is fixed."""
     name = "bad-toleration"
-    doc = tr_doc(name)
-    doc["spec"]["scaling"]["tolerations"] = [{"key": "gpu", "operator": "Exists",
-                                              "value": "a100"}]
-    kube.create(doc)
-    tr = kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+    tr = create_with_a_bad_toleration(kube, name)
     assert "spec.scaling.tolerations[0].value" in cond(tr, "Validated")["message"]
     assert tr["status"]["phase"] == "Failed" and children(kube, name) == []
     kube.patch("TrainingRun", name, {"spec": {"scaling": {"tolerations": [
@@ -146,11 +152,7 @@ def test_an_operator_restart_does_not_repeat_an_invalid_specs_warning(kube, oper
     """The operator's start reconciles every TrainingRun: for one whose spec is still
     invalid it posted another InvalidSpec Warning each time (3 after 2 restarts)."""
     name = "bad-twice"
-    doc = tr_doc(name)
-    doc["spec"]["scaling"]["tolerations"] = [{"key": "gpu", "operator": "Exists",
-                                              "value": "a100"}]
-    kube.create(doc)
-    tr = kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+    tr = create_with_a_bad_toleration(kube, name)
 
     def warnings() -> list[dict]:
         return [e for e in kube.list("Event") if e.get("reason") == "InvalidSpec"
