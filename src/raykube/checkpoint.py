@@ -119,7 +119,11 @@ def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
     try:
         data = json.loads(meta_file.read_text())
         return CheckpointMeta(**data)
-    except (ValueError, TypeError) as exc:  # bad JSON, missing or unknown fields
+    except TypeError:  # missing or unknown fields: Python's words name our class
+        raise CheckpointError(f"{meta_file}: not a valid raykube {META_FILE} (its fields "
+                              f"are not {', '.join(CheckpointMeta.__dataclass_fields__)})"
+                              ) from None
+    except ValueError as exc:  # not JSON, not UTF-8
         raise CheckpointError(f"{meta_file}: not a valid raykube {META_FILE} "
                               f"({_first_line(exc)})") from None
 

@@ -517,3 +517,21 @@ def test_an_error_with_the_logs_disk_full_is_still_one_line():
     assert "Traceback" not in p.stderr + p.stdout, p.stderr
     assert len(lines) == 1 and lines[0].startswith(
         "raykube validate: OSError: [Errno 28] No space left on device"), lines
+
+
+@pytest.mark.parametrize("meta,words", [
+    (b"\xcf\x00garbage", "not a valid raykube meta.json ('utf-8' codec"),
+    (b'{"epoch": "x", "classNames": 5}', "not a valid raykube meta.json (its fields are not "),
+])
+def test_predict_refuses_a_broken_meta_json_before_ray(meta, words, checkpoint, tmp_path,
+                                                       capsys):
+    """meta.json (what predict reads for the class names and the input shape) was read
+    only once Ray was up: exit 1 after seconds, in Python's words about our class
+    (``CheckpointMeta.__init__() got an unexpected keyword argument``)."""
+    import ray
+
+    (checkpoint / "meta.json").write_bytes(meta)
+    assert main(["predict", str(checkpoint), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raykube predict: ") and words in err and "\n" not in err, err
+    assert "__init__" not in err and not ray.is_initialized()

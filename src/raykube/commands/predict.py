@@ -46,7 +46,7 @@ raykube predict runs/cifar10-cnn/best --data ./my-images --out preds.csv
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from raykube.checkpoint import load_model
+    from raykube.checkpoint import load_model, read_meta
     from raykube.data import DatasetUnavailable
     from raykube.predict import PredictError, check_out, predict, print_report, resolve_data
     from raykube.serve import resolve_checkpoint
@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         # A broken checkpoint, an --out or --data it cannot use: one line now, before
         # Ray starts (seconds), not a failing actor pool once Ray is up.
-        _, meta = load_model(resolve_checkpoint(args.checkpoint))
+        local = resolve_checkpoint(args.checkpoint)
+        _, meta = load_model(local)
+        read_meta(local)  # what the prediction reads once Ray is up (class names, shape)
         check_out(args.out)
         resolve_data(TrainingRunSpec.model_validate(meta.spec), args.data)
     except user_errors as exc:
