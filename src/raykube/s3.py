@@ -65,6 +65,25 @@ class S3Settings:
                    secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
                    session_token=env.get("AWS_SESSION_TOKEN") or None)
 
+    def endpoint_problem(self) -> str | None:
+        """Why ``AWS_ENDPOINT_URL`` is no ``scheme://host[:port]``, or None. Without a
+        scheme it was taken as https and said 'cannot reach'; a path was dropped without
+        a word; spaces went to the AWS SDK, which answered in its own terms."""
+        if not self.endpoint:
+            return None
+        shown = f"AWS_ENDPOINT_URL {self.endpoint!r}"
+        if "://" not in self.endpoint:
+            return f"{shown}: give the scheme, e.g. http://{self.endpoint}"
+        parts = urlsplit(self.endpoint)
+        if parts.scheme not in ("http", "https"):
+            return f"{shown}: the scheme must be http:// or https://"
+        if not parts.netloc or any(c.isspace() for c in self.endpoint):
+            return f"{shown}: is not a URL (scheme://host:port)"
+        if parts.path.strip("/") or parts.query:
+            return (f"{shown}: give scheme://host:port only; S3 clients put the bucket in "
+                    f"the path ({parts.path} would be ignored)")
+        return None
+
     @property
     def where(self) -> str:
         """The endpoint as users named it (for messages)."""
@@ -161,6 +180,8 @@ def check(uri: str, *, write: bool = False, settings: S3Settings | None = None) 
 
     settings = settings or S3Settings.from_env()
     bucket, key = split(uri)
+    if problem := settings.endpoint_problem():
+        raise S3Unavailable(f"{uri}: {problem}")
     fs = settings.filesystem(connect_timeout=2.0, request_timeout=5.0, attempts=1)
     try:
         # A listing first: unlike HEAD requests, its error answers carry the S3 error

@@ -48,3 +48,24 @@ def test_local_run_uses_the_specs_s3_storage_unless_told_otherwise():
     assert local_storage(tr, None) == "s3://bkt/runs/default"  # where the operator puts it
     assert local_storage(tr, "/tmp/x") == "/tmp/x"
     assert local_storage(parse_spec(base, name="r"), None) == "./runs"
+
+
+@pytest.mark.parametrize("endpoint,words", [
+    ("127.0.0.1:9000", "give the scheme, e.g. http://127.0.0.1:9000"),
+    ("ftp://127.0.0.1:9000", "http:// or https://"),
+    ("not a url", "give the scheme"), ("http://not a url", "is not a URL"),
+    ("http://127.0.0.1:9000/some/path", "(/some/path would be ignored)"),
+    ("http://127.0.0.1:9000", None), ("https://minio.storage:9000/", None), (None, None),
+])
+def test_an_endpoint_that_is_no_scheme_host_port_is_named(endpoint, words):
+    """Without a scheme the endpoint was taken as https and 'could not be reached'; a
+    path was dropped without a word; spaces reached the AWS SDK, which answered in its
+    own terms. Checked before any request (no S3 server needed)."""
+    settings = s3.S3Settings.from_env({"AWS_ENDPOINT_URL": endpoint} if endpoint else {})
+    problem = settings.endpoint_problem()
+    if words is None:
+        assert problem is None
+        return
+    assert problem is not None and words in problem, problem
+    with pytest.raises(s3.S3Unavailable, match="AWS_ENDPOINT_URL"):
+        s3.check("s3://bkt/runs", settings=settings)
