@@ -335,14 +335,14 @@ def _ours_to_apply(child: dict[str, Any], tr: dict[str, Any]) -> bool:
         tr.get("metadata") or {}).get("name")
 
 
-def _name_conflict(kube: Kube, tr: dict[str, Any], job_name: str,
-                   foreign: list[str]) -> dict[str, str]:
+def _name_conflict(kube: Kube, tr: dict[str, Any],
+                   foreign: list[tuple[str, str]]) -> dict[str, str]:
     """``SpecApplied=False``, reason ``NameConflict``, for children of our names that we
-    may not take over (``foreign``: "Kind name"); nothing is created or changed. Status
+    may not take over (``foreign``: (kind, name)); nothing is created or changed. Status
     and event only when the message is new (the run is retried until they are gone)."""
     cur = tr.get("status") or {}
     gen = tr["metadata"].get("generation")
-    what = ", ".join(foreign)
+    what = ", ".join(f"{kind} {name}" for kind, name in foreign)
     one = len(foreign) == 1
     msg = (f"{what} {'exists' if one else 'exist'} and {'is' if one else 'are'} not owned by "
            f"this TrainingRun: rename the TrainingRun or delete {'it' if one else 'them'}")
@@ -353,8 +353,7 @@ def _name_conflict(kube: Kube, tr: dict[str, Any], job_name: str,
                                      or {}).get("reason") != "NameConflict":
         _patch_status(kube, tr, patch)
         _event(tr, "Warning", "NameConflict", msg)
-    kinds = {f.split(" ", 1)[0] + "/" + f.split(" ", 1)[1]: "conflict" for f in foreign}
-    return kinds or {f"RayJob/{job_name}": "conflict"}
+    return {f"{kind}/{name}": "conflict" for kind, name in foreign}
 
 
 def _raise_while_conflicting(results: dict[str, str], cfg: OperatorConfig) -> None:
@@ -482,11 +481,11 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
         cur.get("conditions"), st.FAILED)
     current = kube.get(*_ref(job))
     currents = [kube.get(*_ref(c)) for c in others]
-    foreign = [f"RayJob {job_name}"] if current is not None and not _owned(current, tr) else []
-    foreign += [f"{c['kind']} {c['metadata']['name']}" for c, now in zip(others, currents, strict=True)
+    foreign = [("RayJob", job_name)] if current is not None and not _owned(current, tr) else []
+    foreign += [(c["kind"], c["metadata"]["name"]) for c, now in zip(others, currents, strict=True)
                 if now is not None and not _ours_to_apply(now, tr)]
     if foreign:
-        return _name_conflict(kube, tr, job_name, foreign)
+        return _name_conflict(kube, tr, foreign)
     action = plan_rayjob(current, job, finished=finished, allow_rerun=allow_rerun,
                          training_changed=_training_changed(changed))
     conflicts = _run_dir_conflict(kube, run) if action == "rerun" else []
