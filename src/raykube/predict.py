@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -315,14 +316,56 @@ class _Writer:
 
 
 # ------------------------------------------------------------------------------ main
+def actor_plan(concurrency: int, resources: dict[str, float], *, cpus_per_actor: float | None,
+               gpus_per_actor: float | None) -> tuple[int, float, float, str | None]:
+    """``(actors, CPUs each, GPUs each, note)`` for the predictor pool on this cluster.
+
+    Each actor is a process holding the model, so more of them than the cluster can run
+    at once only costs start-up and memory: ``--concurrency 100`` on 2 CPUs started 100
+    processes and had not finished after 3 minutes. The pool is capped at what fits (one
+    per GPU share; without GPUs, one per CPU, or per ``cpus_per_actor``), and the note
+    says so. A share larger than the whole cluster can never be placed: an error, not a
+    pool waiting forever.
+    """
+    cpus = float(resources.get("CPU", 1.0))
+    gpus = float(resources.get("GPU", 0.0))
+    has_cpus = f"{cpus:g} CPU{'' if cpus == 1 else 's'}"
+    has_gpus = f"{gpus:g} GPU{'' if gpus == 1 else 's'}"
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if gpus >= 1 else 0.0
+    if gpus_per_actor > gpus:
+        raise PredictError(f"--gpus-per-actor {gpus_per_actor:g}: this Ray has {has_gpus}")
+    if cpus_per_actor is not None and cpus_per_actor > cpus:
+        raise PredictError(f"--cpus-per-actor {cpus_per_actor:g}: this Ray has {has_cpus}")
+    fit = 1e-9  # 0.3 * 10 is 3.0000000000000004 in floating point
+    if gpus_per_actor > 0:
+        most, what = int(gpus / gpus_per_actor + fit), f"{has_gpus}, {gpus_per_actor:g} each"
+    elif cpus_per_actor:
+        most, what = int(cpus / cpus_per_actor + fit), f"{has_cpus}, {cpus_per_actor:g} each"
+    else:
+        most, what = max(1, int(cpus + fit)), f"{has_cpus} and no GPU"
+    note = None
+    if concurrency > most:
+        note = (f"--concurrency {concurrency}: this Ray has {what}, so {most} predictor "
+                f"actor{'s' if most > 1 else ''} (each is a process holding the model)")
+        concurrency = most
+    if cpus_per_actor is None:
+        # Leave one CPU to the read/repartition tasks feeding the actors: actors holding
+        # every CPU would starve them and the pipeline would wait forever.
+        cpus_per_actor = min(1.0, max(cpus - 1.0, 0.0) / concurrency)
+    return concurrency, cpus_per_actor, gpus_per_actor, note
+
+
 def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split | None = None,
             batch_size: int = 256, concurrency: int = 1, gpus_per_actor: float | None = None,
             cpus_per_actor: float | None = None,
-            cache_dir: str | None = None, storage: str | None = None) -> PredictOutcome:
+            cache_dir: str | None = None, storage: str | None = None,
+            notify: Callable[[str], None] | None = None) -> PredictOutcome:
     """Classify a dataset with a checkpoint; write the predictions to ``out``.
 
     Uses the current Ray (the caller starts it). ``split`` defaults to ``val``, or
-    ``all`` for an image folder given as ``data``.
+    ``all`` for an image folder given as ``data``. ``notify`` hears what was changed
+    from what was asked (a ``concurrency`` the cluster cannot hold).
     """
     import ray
     import ray.data
@@ -356,13 +399,11 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
         raise PredictError(f"the data ({spec.data.dataset}) has examples of shape "
                            f"{list(info.input_shape)}; the checkpoint's model takes "
                            f"{list(meta.input_shape)}")
-    resources = ray.cluster_resources()
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
-    if cpus_per_actor is None:
-        # Leave one CPU to the read/repartition tasks feeding the actors: actors holding
-        # every CPU would starve them and the pipeline would wait forever.
-        cpus_per_actor = min(1.0, max(resources.get("CPU", 1.0) - 1.0, 0.0) / concurrency)
+    concurrency, cpus_per_actor, gpus_per_actor, note = actor_plan(
+        concurrency, ray.cluster_resources(), cpus_per_actor=cpus_per_actor,
+        gpus_per_actor=gpus_per_actor)
+    if note and notify:
+        notify(note)
 
     ctx = ray.data.DataContext.get_current()
     keep_order = ctx.execution_options.preserve_order

@@ -156,15 +156,51 @@ def _cause(exc: BaseException, settings: S3Settings, bucket: str) -> str:
         return (f"{settings.where} refused the credentials (check AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or the Secret they come from)")
     if "NoSuchBucket" in text or "NO_SUCH_BUCKET" in text:
-        return f"bucket {bucket!r} does not exist at {settings.where}"
+        return not_s3(settings) or f"bucket {bucket!r} does not exist at {settings.where}"
     if any(s in text for s in ("ACCESS_DENIED", "AccessDenied", "403")):
         if not (settings.access_key and settings.secret_key):
             return (f"access denied by {settings.where} and no credentials are set "
                     "(export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
         return (f"access denied by {settings.where} (wrong AWS_ACCESS_KEY_ID/"
                 f"AWS_SECRET_ACCESS_KEY, or no permission on bucket {bucket!r})")
+    if why := not_s3(settings):
+        return why
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return f"{settings.where}: {first}"
+
+
+S3_BODY_STARTS = (b"<?xml", b"<Error", b"<ListAllMyBucketsResult", b"<ListBucketResult")
+
+
+def not_s3(settings: S3Settings) -> str | None:
+    """What answers at ``AWS_ENDPOINT_URL`` if it is no S3 server, or None.
+
+    pyarrow reads any 404 as "no such key", so a web page at the endpoint (MinIO's
+    console on 9001 instead of its API on 9000, a proxy's front page) looked like a
+    missing bucket. Every S3 implementation answers an anonymous ``GET /`` in S3's terms
+    (an XML body or ``x-amz-*`` headers, usually AccessDenied); anything else is not one.
+    Asked only once a bucket seems missing. An endpoint that cannot be asked here (TLS
+    this Python does not trust, no answer) returns None: the caller's own line stands.
+    """
+    if not settings.endpoint or settings.endpoint_problem():
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(settings.endpoint + "/", timeout=5.0) as r:  # noqa: S310 (http/https checked)
+            status, headers, body = r.status, r.headers, r.read(256)
+    except urllib.error.HTTPError as exc:
+        status, headers, body = exc.code, exc.headers, exc.read(256)
+    except (OSError, ValueError):
+        return None
+    kind = headers.get("Content-Type", "no content type").split(";")[0]
+    if (any(k.lower().startswith("x-amz-") for k in headers) or "xml" in kind
+            or body.lstrip().startswith(S3_BODY_STARTS)):
+        return None
+    return (f"{settings.where} is not an S3 API (it answered HTTP {status}, {kind}); is "
+            "AWS_ENDPOINT_URL the S3 port? (MinIO: the API port, 9000 by default, not the "
+            "console's 9001)")
 
 
 def check(uri: str, *, write: bool = False, settings: S3Settings | None = None) -> None:
@@ -188,7 +224,8 @@ def check(uri: str, *, write: bool = False, settings: S3Settings | None = None) 
         # code, which tells refused credentials from a missing permission.
         fs.get_file_info(pafs.FileSelector(f"{bucket}/{key}".rstrip("/"), allow_not_found=True))
         if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
-            raise S3Unavailable(f"{uri}: bucket {bucket!r} does not exist at {settings.where}")
+            raise S3Unavailable(f"{uri}: " + (not_s3(settings) or
+                                f"bucket {bucket!r} does not exist at {settings.where}"))
         if write:
             probe = f"{bucket}/{key}/.raykube-write-test".replace("//", "/")
             with fs.open_output_stream(probe) as f:

@@ -44,12 +44,18 @@ def direct_probs(checkpoint: str, x: np.ndarray) -> np.ndarray:
         return torch.softmax(model(torch.from_numpy(x)), 1).numpy()
 
 
-def test_predict_accuracy_equals_training_and_direct(trained, tmp_path, capsys):
+def test_predict_accuracy_equals_training_and_direct(trained, ray_session, tmp_path, capsys):
     checkpoint, metrics = trained
     out = tmp_path / "preds.parquet"
-    assert main(["predict", checkpoint, "--out", str(out), "--concurrency", "2",
-                 "--batch-size", "50"]) == 0
-    printed = capsys.readouterr().out
+    # 50 actors asked of a 4-CPU Ray at 1.5 CPUs each: 2 of them, and a line saying so
+    # (50 were started before, each a process loading the model)
+    cpus = ray_session.cluster_resources()["CPU"]
+    assert main(["predict", checkpoint, "--out", str(out), "--concurrency", "50",
+                 "--cpus-per-actor", "1.5", "--batch-size", "50"]) == 0
+    printed, err = capsys.readouterr()
+    assert err == (f"raykube predict: --concurrency 50: this Ray has {cpus:g} CPUs, 1.5 each, "
+                   f"so {int(cpus // 1.5)} predictor actors (each is a process holding the "
+                   "model)\n"), err
     table = pq.read_table(out)
     assert table.column_names == ["label", "label_name", "prediction", "prediction_name",
                                   "confidence", "probabilities"]
@@ -113,6 +119,25 @@ def test_predict_bad_input(trained, tmp_path, capsys):
     assert "shape" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "missing"), "--out", str(tmp_path / "x.csv")]) == 2
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_predict_data_in_a_missing_bucket_is_refused_before_any_work(trained, s3_server,
+                                                                     tmp_path, capsys,
+                                                                     monkeypatch):
+    """The bucket of ``--data s3://…`` is checked with the checkpoint, before Ray starts:
+    it was met inside the prediction, in AWS's words, after Ray's start-up."""
+    import raykube.predict
+
+    def refuse(*_, **__):
+        raise AssertionError("the prediction started before --data was checked")
+
+    monkeypatch.setattr(raykube.predict, "predict", refuse)
+    checkpoint, _ = trained
+    assert main(["predict", checkpoint, "--data", "s3://no-such-bucket/images",
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("raykube predict: --data s3://no-such-bucket/images: bucket "
+                   f"'no-such-bucket' does not exist at {s3_server.endpoint}\n"), err
 
 
 def test_sigterm_ends_predict_as_ctrl_c_does(trained, tmp_path):

@@ -4,6 +4,7 @@ loopback port nobody listens on, and one that accepts connections but never answ
 
 from __future__ import annotations
 
+import http.server
 import socket
 import threading
 import time
@@ -39,6 +40,27 @@ def silent_endpoint():
     for s in held:
         s.close()
     sock.close()
+
+
+@pytest.fixture
+def web_page():
+    """A real HTTP server that is no S3 API (what MinIO's console port or a proxy's front
+    page is): every GET is a 200 HTML page, every other method a 501."""
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200 if self.path == "/" else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(b"<html><body>MinIO Console</body></html>")
+
+        def log_message(self, *_) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture
@@ -84,6 +106,9 @@ def bad_s3(case: str, monkeypatch, request) -> tuple[str, str]:
         return storage, "refused the credentials"
     if case == "missing-bucket":
         return "s3://no-such-bucket/runs", "bucket 'no-such-bucket' does not exist"
+    if case == "web-page":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", request.getfixturevalue("web_page"))
+        return storage, "is not an S3 API (it answered HTTP 200, text/html); is AWS_ENDPOINT_URL the S3 port?"
     if case == "refused":
         from s3_server import free_port
 
@@ -93,7 +118,7 @@ def bad_s3(case: str, monkeypatch, request) -> tuple[str, str]:
     return storage, "cannot reach the S3 endpoint http://127.0.0.1:"
 
 
-@pytest.mark.parametrize("case", ["wrong-secret", "missing-bucket", "refused", "silent"])
+@pytest.mark.parametrize("case", ["wrong-secret", "missing-bucket", "web-page", "refused", "silent"])
 def test_run_with_bad_s3_storage_says_why_in_one_line(case, s3_server, tmp_path, monkeypatch,
                                                       capsys, no_ray, request):
     storage, want = bad_s3(case, monkeypatch, request)
@@ -104,7 +129,7 @@ def test_run_with_bad_s3_storage_says_why_in_one_line(case, s3_server, tmp_path,
 
 
 @pytest.mark.parametrize("case,retry", [("wrong-secret", False), ("missing-bucket", False),
-                                        ("refused", True), ("silent", True)])
+                                        ("web-page", False), ("refused", True), ("silent", True)])
 def test_only_an_endpoint_that_did_not_answer_is_worth_a_retry(case, retry, s3_server,
                                                                monkeypatch, request):
     """What ``raykube train`` asks the operator not to retry (``raykube.transient``):

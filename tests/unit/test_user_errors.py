@@ -118,6 +118,16 @@ def test_run_names_the_bad_flag(tmp_path, capsys, flags, expected):
     _no_traceback(err)
 
 
+def test_run_refuses_an_empty_storage_flag(tmp_path, capsys, monkeypatch):
+    """``--storage "$RUNS"`` with RUNS unset was the default ./runs without a word."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["run", _run_yaml(tmp_path), "--storage", ""])
+    assert exc.value.code == 2
+    assert "argument --storage: is empty (leave the flag out for the default)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_run_overrides_go_through_the_cross_field_checks(tmp_path, capsys):
     f = _run_yaml(tmp_path, "  tune:\n    trials: 2\n    scheduler: {name: asha, gracePeriod: 2}\n"
                             "    searchSpace:\n      train.optimizer.lr: {loguniform: [0.001, 0.1]}\n")
@@ -191,6 +201,13 @@ def test_run_takes_a_file_uri_as_its_path():
     (["--data", "no/such/dir"], "--data 'no/such/dir': not a TrainingRun YAML file"),
     (["--data", "mnist"], "a dataset name (digits, fashion-mnist, cifar10, synthetic)"),
     (["--out", "preds.json"], "--out 'preds.json': the file name must end in .parquet or .csv"),
+    # an unset shell variable: the current folder read as images, or the default storage
+    (["--data", ""], "--data is empty"),
+    (["--storage", " "], "--storage is empty"),
+    (["--cache-dir", ""], "--cache-dir is empty"),
+    (["--out", ""], "--out is empty"),
+    (["--concurrency", "2", "--gpus-per-actor", "-1"], "--gpus-per-actor -1: must be 0 or more"),
+    (["--cpus-per-actor", "nan"], "--cpus-per-actor nan: must be 0 or more"),
 ])
 def test_predict_refuses_data_and_out_it_cannot_use_before_ray(flags, words, checkpoint,
                                                                tmp_path, capsys, monkeypatch):

@@ -106,6 +106,8 @@ def local_path(text: str) -> str:
     where they are used, for a one-line error in the command's own words)."""
     from raykube.spec import file_uri_path
 
+    if not text.strip():  # `--storage "$UNSET_VAR"`: not the default in disguise
+        raise argparse.ArgumentTypeError("is empty (leave the flag out for the default)")
     text = file_uri_path(text)
     return text if "://" in text else os.path.expanduser(text)
 

@@ -57,9 +57,17 @@ def run(args: argparse.Namespace) -> int:
         print("raykube predict: --batch-size and --concurrency must be at least 1",
               file=sys.stderr)
         return 2
+    for flag, share in (("--cpus-per-actor", args.cpus_per_actor),
+                        ("--gpus-per-actor", args.gpus_per_actor)):
+        if share is not None and not share >= 0:  # also NaN
+            print(f"raykube predict: {flag} {share:g}: must be 0 or more", file=sys.stderr)
+            return 2
     for flag, value in (("--data", args.data), ("--storage", args.storage),
-                        ("--cache-dir", args.cache_dir)):
-        if value and (problem := location_problem(value)):
+                        ("--cache-dir", args.cache_dir), ("--out", args.out)):
+        if value is not None and not value.strip():  # "$UNSET_VAR": ./ is not meant
+            print(f"raykube predict: {flag} is empty", file=sys.stderr)
+            return 2
+        if value and flag != "--out" and (problem := location_problem(value)):
             print(f"raykube predict: {flag} {problem}", file=sys.stderr)
             return 2
     try:
@@ -69,7 +77,14 @@ def run(args: argparse.Namespace) -> int:
         _, meta = load_model(local)
         read_meta(local)  # what the prediction reads once Ray is up (class names, shape)
         check_out(args.out)
-        resolve_data(TrainingRunSpec.model_validate(meta.spec), args.data)
+        data_spec, _ = resolve_data(TrainingRunSpec.model_validate(meta.spec), args.data)
+        if (uri := data_spec.data.uri) and uri.startswith("s3://"):
+            from raykube import s3
+
+            try:
+                s3.check(uri)
+            except s3.S3Unavailable as exc:
+                raise OSError(f"--data {exc}") from None
     except user_errors as exc:
         print(f"raykube predict: {exc}", file=sys.stderr)
         return 2
@@ -102,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, concurrency=args.concurrency,
                           gpus_per_actor=args.gpus_per_actor,
                           cpus_per_actor=args.cpus_per_actor, cache_dir=args.cache_dir,
-                          storage=args.storage)
+                          storage=args.storage,
+                          notify=lambda note: print(f"raykube predict: {note}",
+                                                    file=terminal.err()))
     except (PredictError, InvalidTrainingRun, DatasetUnavailable, FileNotFoundError) as exc:
         print(f"raykube predict: {exc}", file=terminal.err())
         return 2
