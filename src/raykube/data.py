@@ -430,13 +430,26 @@ def prepare(spec: TrainingRunSpec, cache_dir: str, storage_root: str | None = No
         _cached_arrays(_data_key(spec), cache_dir)
     if spec.data.dataset == "image-folder":
         uri = spec.data.uri
-        files = (list_image_files(uri) if storage_root is not None and uri and "://" not in uri
-                 else None)
-        if files is not None and _in_process(files):
+        assert uri, "image-folder needs data.uri"
+        files = list_image_files(uri)
+        check_split(spec, files)
+        if storage_root is not None and "://" not in uri and _in_process(files):
             build_image_cache(spec, storage_root, files)
         else:
             check_image_folder(spec)
     return dataset_info(spec, cache_dir)
+
+
+def check_split(spec: TrainingRunSpec, files: ImageFiles) -> None:
+    """An image folder's split leaves every Train worker a training example and
+    something to validate on (``raykube.spec.split_problem``; the spec alone decides it
+    for the other datasets), or one ``DatasetUnavailable`` line before any worker."""
+    from raykube.spec import split_problem
+
+    val = split_mask(files, "val", spec.data.validation_fraction, spec.train.seed)
+    if problem := split_problem(spec, int((~val).sum()), int(val.sum())):
+        raise DatasetUnavailable(f"{problem[0]}: {problem[1]} (image-folder {files.uri} has "
+                                 f"{len(files.paths)} images)")
 
 
 # ------------------------------------------------------------------- image handling

@@ -227,7 +227,9 @@ class DataSpec(_Model):
         lt=1.0,
         description="Fraction of the examples held out for validation (a deterministic "
         "split by train.seed). Ignored by datasets with an official test split "
-        "(fashion-mnist, cifar10), which validate on that split.",
+        "(fashion-mnist, cifar10), which validate on that split. The split must leave "
+        "every Train worker a training example and hold at least one validation example: "
+        "checked with the spec for digits and synthetic, before training for an image folder.",
     )
     image_size: int | None = Field(
         default=None,
@@ -811,6 +813,9 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
             yield SpecError(f"{s}.model.name", f"{spec.model.name} needs image input [C, H, W]; "
                             f"the dataset gives {list(shape)} (use mlp)")
 
+    if problem := split_problem(spec, *(known_split_sizes(spec) or (None, None))):
+        yield SpecError(*problem)
+
     if spec.train.batch_size < spec.scaling.workers:
         yield SpecError(f"{s}.train.batchSize", f"global batch {spec.train.batch_size} is "
                         f"smaller than scaling.workers={spec.scaling.workers}")
@@ -839,6 +844,51 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
 
     if spec.tune is not None:
         yield from _tune_checks(spec)
+
+
+DATASET_TRAIN_EXAMPLES = {"digits": 1797, "fashion-mnist": 60000, "cifar10": 50000}
+"""Examples before the split (digits: scikit-learn's bundled set, split by
+validationFraction) or in the official training split (the others validate on their
+test split)."""
+
+
+def known_split_sizes(spec: TrainingRunSpec) -> tuple[int, int | None] | None:
+    """(training, validation) examples of the run, where the spec alone decides them
+    (``raykube.data``'s split: ``max(1, round(n * validationFraction))`` held out, then
+    ``numSamples`` caps the training examples); validation None for an official test
+    split; None for an image folder (its files decide)."""
+    d = spec.data
+    if d.dataset == "synthetic" or d.dataset == "digits":
+        n = (d.num_samples or 2048) if d.dataset == "synthetic" else DATASET_TRAIN_EXAMPLES["digits"]
+        n_val = max(1, round(n * d.validation_fraction))
+        train = n - n_val
+        return (min(train, d.num_samples) if d.num_samples and d.dataset == "digits"
+                else train), n_val
+    if d.dataset in DATASET_TRAIN_EXAMPLES:
+        n = DATASET_TRAIN_EXAMPLES[d.dataset]
+        return min(n, d.num_samples or n), None
+    return None
+
+
+def split_problem(spec: TrainingRunSpec, train: int | None, val: int | None
+                  ) -> tuple[str, str] | None:
+    """(field, why) when the split leaves a Train worker without a training example or
+    nothing to validate on: such a run trained nothing and still 'succeeded' (digits with
+    validationFraction 0.9999 reported an untrained model's 6 % as its result)."""
+    if train is None:
+        return None
+    d, workers = spec.data, spec.scaling.workers
+    capped = d.num_samples is not None and d.dataset != "synthetic" and train == d.num_samples
+    field = "spec.data.numSamples" if d.dataset == "synthetic" or capped else "spec.data.validationFraction"
+    if train < workers:
+        fix = ("raise numSamples" if field.endswith("numSamples")
+               else "lower validationFraction")
+        return field, (f"leaves {train} training example{'' if train == 1 else 's'} for "
+                       f"{workers} worker{'' if workers == 1 else 's'}; each worker needs at "
+                       f"least one ({fix})")
+    if val == 0:
+        return "spec.data.validationFraction", "leaves no validation examples (raise it)"
+    return None
 
 
 def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:

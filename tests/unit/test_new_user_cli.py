@@ -125,6 +125,20 @@ def test_empty_class_folders_warn_and_one_class_is_refused(tmp_path):
     assert "at least 2 classes with images; found ['cat'] (empty: bird, dog)" in p.stderr
 
 
+def test_an_image_folder_split_that_leaves_a_worker_nothing_is_refused_before_ray(tmp_path):
+    """Two images per class and a validation fraction of 0.9: the hashed split keeps
+    fewer training images than the two workers; it trained nothing and 'succeeded'."""
+    for cls in ("cat", "dog"):
+        for i in range(2):
+            _png(tmp_path / "imgs" / cls / f"{i}.png", 40 * i)
+    f = _folder_spec(tmp_path, "imgs")
+    Path(f).write_text(Path(f).read_text().replace("imageSize: 8}", "imageSize: 8, validationFraction: 0.9}"))
+    line = one_error_line(cli("run", f, "--storage", str(tmp_path / "runs")),
+                          "spec.data.validationFraction: leaves ", "for 2 workers",
+                          "lower validationFraction", "has 4 images")
+    assert line.startswith("raykube run: ")
+
+
 # -------------------------------------------------------- 15: corrupt pre-seeded data
 def test_a_corrupt_preseeded_download_names_the_file_and_leaves_no_tmp(tmp_path):
     from raykube.data import FASHION_FILES

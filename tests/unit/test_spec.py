@@ -132,6 +132,13 @@ INVALID = [
     ("serve-replicas", "spec/serve/replicas", 0, "spec.serve.replicas"),
     ("max-retries", "spec/failure", {"maxRetries": -1}, "spec.failure.maxRetries"),
     ("cnn-on-vectors", "spec/model/name", "cifar-cnn", None),  # filled below: synthetic [64]
+    # splits that leave a worker no training example (it trained nothing and succeeded)
+    ("digits-all-validation", "spec/data", {"dataset": "digits", "validationFraction": 0.9999},
+     "spec.data.validationFraction"),
+    ("digits-one-sample", "spec/data", {"dataset": "digits", "numSamples": 1}, "spec.data.numSamples"),
+    ("synthetic-one-sample", "spec/data", {"dataset": "synthetic", "numSamples": 1},
+     "spec.data.numSamples"),
+    ("cifar-one-sample", "spec/data", {"dataset": "cifar10", "numSamples": 1}, "spec.data.numSamples"),
 ]
 
 
@@ -380,3 +387,25 @@ def test_pod_cpus_below_a_tenth_are_refused():
             with pytest.raises(InvalidTrainingRun) as info:
                 parse_spec(spec)
             assert [e.path for e in info.value.errors] == [f"spec.{where}"], info.value.errors
+
+
+@pytest.mark.parametrize("data,workers,want", [
+    ({"dataset": "digits", "validationFraction": 0.9989}, 2, None),  # 1797 - 1795 = 2 left
+    ({"dataset": "digits", "validationFraction": 0.9989}, 3,
+     "leaves 2 training examples for 3 workers; each worker needs at least one (lower "
+     "validationFraction)"),
+    ({"dataset": "synthetic", "numSamples": 3}, 2, None),  # 1 validates, 2 train
+    ({"dataset": "synthetic", "numSamples": 2}, 2,
+     "leaves 1 training example for 2 workers; each worker needs at least one (raise numSamples)"),
+    ({"dataset": "fashion-mnist", "numSamples": 4}, 4, None),
+])
+def test_a_split_must_leave_every_worker_a_training_example(data, workers, want):
+    doc = _set(_set(BASE, "spec/data", data), "spec/scaling", {"workers": workers})
+    doc["spec"]["train"]["batchSize"] = 32
+    doc["spec"].pop("tune")
+    if want is None:
+        parse_training_run(doc)
+        return
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(doc)
+    assert [e.message for e in info.value.errors] == [want]
