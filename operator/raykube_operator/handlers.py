@@ -74,6 +74,7 @@ from raykube.spec import (
     VERSION,
     InvalidTrainingRun,
     TrainingRun,
+    check_for_cluster,
     parse_training_run,
 )
 from raykube_operator import status as st
@@ -163,7 +164,7 @@ def _parse(body: dict[str, Any]) -> TrainingRun:
     doc = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
            "metadata": {k: meta[k] for k in ("name", "namespace", "labels") if meta.get(k)},
            "spec": body.get("spec")}
-    return parse_training_run(doc)
+    return check_for_cluster(parse_training_run(doc))
 
 
 def _hash(obj: dict[str, Any], *, drop_suspend: bool = False) -> str:

@@ -37,7 +37,7 @@ import yaml
 
 from raykube.flags import parse_flag
 from raykube.footprint import default_head_memory
-from raykube.spec import API_VERSION, KIND, LABEL, TrainingRun
+from raykube.spec import API_VERSION, KIND, LABEL, TrainingRun, check_for_cluster
 from raykube.spec import S3_SECRET_KEYS as SECRET_KEYS
 
 SPEC_MOUNT = "/etc/raykube"
@@ -205,7 +205,9 @@ def default_checkpoint_uri(run: TrainingRun, cfg: RenderConfig | None = None) ->
 # ------------------------------------------------------------------------- training
 def render_training(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] | None = None
                     ) -> list[dict[str, Any]]:
-    """Everything training needs, in apply order: ConfigMap, RBAC, RayJob."""
+    """Everything training needs, in apply order: ConfigMap, RBAC, RayJob.
+    ``InvalidTrainingRun`` for what only a cluster refuses (``check_for_cluster``)."""
+    check_for_cluster(run)
     return [render_spec_configmap(run, cfg, owner), *render_rbac(run, cfg, owner),
             render_rayjob(run, cfg, owner)]
 

@@ -219,7 +219,8 @@ class DataSpec(_Model):
         min_length=1,
         max_length=MAX_PATH_LENGTH,
         description="image-folder only: a directory (on the shared volume) or an s3:// URI "
-        "whose sub-folders are the class names.",
+        "whose sub-folders are the class names. A relative path is relative to the spec "
+        "file's folder (raykube run); a cluster needs an absolute one.",
     )
     validation_fraction: float = Field(
         default=0.2,
@@ -261,7 +262,9 @@ class DataSpec(_Model):
         min_length=1,
         max_length=MAX_PATH_LENGTH,
         description="Where downloaded datasets are kept, shared by all runs (default: "
-        "datasets/ under the storage root). Pre-seed it for offline clusters.",
+        "datasets/ under the storage root). Pre-seed it for offline clusters. A relative "
+        "path is relative to the spec file's folder (raykube run); a cluster needs an "
+        "absolute one.",
     )
 
 
@@ -1244,6 +1247,29 @@ def parse_training_run(doc: Any, *, source: str | None = None) -> TrainingRun:
         raise InvalidTrainingRun(_errors_from_pydantic(exc), source) from None
     except SpecErrors as exc:
         raise InvalidTrainingRun(exc.errors, source) from None
+
+
+def cluster_problems(run: TrainingRun) -> list[SpecError]:
+    """What only a cluster refuses. A relative ``data.uri`` or ``data.cacheDir`` means the
+    spec file's folder to ``raykube run``; a pod has no spec file, and the path would
+    resolve against the image's working directory, where the data is not."""
+    pvc = run.spec.checkpoint.storage.pvc
+    shared = pvc.mount_path if pvc is not None else "/mnt/raykube"
+    return [SpecError(path, f"{value!r} is a relative path, which a pod cannot resolve "
+                      f"(locally it is relative to the spec file); give an absolute path on "
+                      f"the shared volume (under {shared})"
+                      + (" or an s3:// URI" if path.endswith("uri") else ""))
+            for path, value in (("spec.data.uri", run.spec.data.uri),
+                                ("spec.data.cacheDir", run.spec.data.cache_dir))
+            if value and "://" not in value and not value.startswith("/")]
+
+
+def check_for_cluster(run: TrainingRun, source: str | None = None) -> TrainingRun:
+    """``run``, or ``InvalidTrainingRun`` naming what a cluster refuses
+    (``cluster_problems``): the operator and ``raykube render`` ask it."""
+    if errors := cluster_problems(run):
+        raise InvalidTrainingRun(errors, source)
+    return run
 
 
 def parse_spec(spec_doc: Any, *, name: str = "run", namespace: str = "default") -> TrainingRun:

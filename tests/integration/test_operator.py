@@ -122,6 +122,20 @@ def test_invalid_spec_is_refused_by_the_api_server_naming_the_field(kube):
     assert kube.get("TrainingRun", "bad") is None and children(kube, "bad") == []
 
 
+def test_a_relative_data_path_is_refused_in_a_cluster_naming_it(kube):
+    """``data.uri: ./images`` is the spec file's folder to ``raykube run``; a pod has no
+    spec file and resolved it against the image's working directory."""
+    name = "relative-uri"
+    doc = tr_doc(name)
+    doc["spec"]["data"] = {"dataset": "image-folder", "uri": "images", "cacheDir": "cache"}
+    kube.create(doc)
+    tr = kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+    msg = cond(tr, "Validated")["message"]
+    assert "spec.data.uri: 'images' is a relative path, which a pod cannot resolve" in msg, msg
+    assert "spec.data.cacheDir: 'cache' is a relative path" in msg, msg
+    assert children(kube, name) == []
+
+
 def create_with_a_bad_toleration(kube, name: str) -> dict:
     """A TrainingRun whose toleration a Pod refuses (the CRD lets it through), once the
     operator has said so."""

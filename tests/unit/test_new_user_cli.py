@@ -187,6 +187,21 @@ def test_storage_tilde_and_spec_relative_data_uri(tmp_path, monkeypatch):
     assert local_path("s3://bkt/p") == "s3://bkt/p"
     f = _folder_spec(tmp_path, "imgs")
     assert resolve_data_uri(load_one(f), f).spec.data.uri == str(tmp_path / "imgs")
+    # data.cacheDir too (it was relative to the working directory, unlike data.uri)
+    Path(f).write_text(Path(f).read_text().replace("imageSize: 8}", "imageSize: 8, cacheDir: c}"))
+    data = resolve_data_uri(load_one(f), f).spec.data
+    assert (data.uri, data.cache_dir) == (str(tmp_path / "imgs"), str(tmp_path / "c"))
+    Path(f).write_text(Path(f).read_text().replace("cacheDir: c}", "cacheDir: ~/c}"))
+    assert resolve_data_uri(load_one(f), f).spec.data.cache_dir == str(tmp_path / "c")
+
+
+def test_render_refuses_a_relative_data_path_a_pod_cannot_resolve(tmp_path):
+    f = _folder_spec(tmp_path, "imgs")
+    p = cli("render", f)
+    line = one_error_line(p, "spec.data.uri: 'imgs' is a relative path, which a pod cannot "
+                          "resolve (locally it is relative to the spec file); give an absolute "
+                          "path on the shared volume (under /mnt/raykube) or an s3:// URI")
+    assert line.startswith(f"{f}: ") and p.stdout == ""
 
 
 def test_printed_paths_and_curl_are_never_wrapped():

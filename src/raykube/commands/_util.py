@@ -113,15 +113,22 @@ def local_path(text: str) -> str:
 
 
 def resolve_data_uri(run: Any, spec_file: str) -> Any:
-    """``data.uri`` relative paths are relative to the spec file, as a reader of the
-    file expects (and as kustomize and docker-compose resolve them), not to the working
-    directory the command happens to run in."""
+    """Relative ``data.uri`` and ``data.cacheDir`` are relative to the spec file, as a
+    reader of the file expects (and as kustomize and docker-compose resolve them), not
+    to the working directory the command happens to run in."""
     import os
 
-    uri = run.spec.data.uri
-    if not uri or "://" in uri or os.path.isabs(uri) or spec_file == "-":
+    if spec_file == "-":
         return run
     base = os.path.dirname(os.path.abspath(spec_file))
-    absolute = os.path.normpath(os.path.join(base, os.path.expanduser(uri)))
-    data = run.spec.data.model_copy(update={"uri": absolute})
+    update = {}
+    for field in ("uri", "cache_dir"):
+        value = getattr(run.spec.data, field)
+        if value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            update[field] = os.path.normpath(os.path.join(base, value))
+        elif value and value.startswith("~"):
+            update[field] = os.path.expanduser(value)
+    if not update:
+        return run
+    data = run.spec.data.model_copy(update=update)
     return run.model_copy(update={"spec": run.spec.model_copy(update={"data": data})})

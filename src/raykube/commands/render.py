@@ -38,7 +38,13 @@ def run(args: argparse.Namespace) -> int:
         render_rayservice,
         render_training,
     )
-    from raykube.spec import InvalidTrainingRun, load_file, location_problem, parse_training_run
+    from raykube.spec import (
+        InvalidTrainingRun,
+        check_for_cluster,
+        load_file,
+        location_problem,
+        parse_training_run,
+    )
 
     if args.checkpoint and (problem := location_problem(args.checkpoint)):
         # the RayService's replicas would fail on it in their pods, not here
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                     if args.namespace:
                         doc["metadata"]["namespace"] = args.namespace
                     tr = parse_training_run(doc, source=path)
-                objs.extend(render_training(tr, cfg))
+                objs.extend(render_training(check_for_cluster(tr, source=path), cfg))
                 if args.serve or (args.serve is None and tr.spec.serve.enabled):
                     ckpt = args.checkpoint or default_checkpoint_uri(tr, cfg)
                     objs.append(render_rayservice(tr, cfg, ckpt))
