@@ -38,6 +38,23 @@ def test_plan_rayjob(current, finished, allow_rerun, training_changed, expected)
                        training_changed=training_changed) == expected
 
 
+@pytest.mark.parametrize("current, finished, allow_rerun, rerun_pending, expected", [
+    # a training edit of a finished run whose RayJob KubeRay's finalizer still holds:
+    # a rerun (it waits for it), not an error
+    (job(training="t0", deployment="Complete", deleting=True), True, True, False, "rerun"),
+    # decided already: the deletion's event (or a restarted operator) starts it
+    (job(training="t0", deployment="Complete", deleting=True), True, False, True, "rerun"),
+    (None, True, False, True, "rerun"),
+    # no edit: the finished run's RayJob is going, nothing to start
+    (job(deployment="Complete", deleting=True), True, True, False, "terminating"),
+    (job(training="t0", deployment="Complete", deleting=True), True, False, False, "terminating"),
+])
+def test_plan_a_rerun_over_a_rayjob_being_deleted(current, finished, allow_rerun, rerun_pending,
+                                                  expected):
+    assert plan_rayjob(current, job(), finished=finished, allow_rerun=allow_rerun,
+                       training_changed=allow_rerun, rerun_pending=rerun_pending) == expected
+
+
 @pytest.mark.parametrize("changed, expected", [
     (None, False), ([], False), (["spec.serve.minAccuracy"], False), (["spec.suspend"], False),
     (["spec.serve"], False), (["spec.train.epochs"], True), (["spec"], True),
