@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 import kopf
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     liveness = cfg.liveness if args.liveness is None else (
         None if args.liveness.lower() in ("off", "none", "") else args.liveness)
     kopf.configure(debug=args.verbose, verbose=args.verbose)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(throttled_retry_is_a_warning)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else cfg.log_level)
     if cfg.preflight:
         from raykube_operator import preflight
@@ -80,6 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         identity=operator_identity(),
     )
     return 0
+
+
+_THROTTLED_RETRY = re.compile(r"Request attempt #?\S* failed; will retry: .* -> "
+                              r"APITooManyRequestsError\(")
+
+
+def throttled_retry_is_a_warning(record: logging.LogRecord) -> bool:
+    """kopf logs each retried request at ERROR, also a 429 (the API server's priority and
+    fairness throttling, or "storage is (re)initializing" just after it starts), which it
+    then retries after the Retry-After the server asked for. That is flow control, not a
+    fault: WARNING. The last attempt ("failed; escalating") and every other failure keep
+    their level."""
+    if record.levelno == logging.ERROR and _THROTTLED_RETRY.match(record.getMessage()):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def operator_identity() -> str:

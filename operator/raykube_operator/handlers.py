@@ -17,8 +17,13 @@ Decisions (README "Operator"):
   the Ray cluster; training resumes from the latest checkpoint). ``serve`` changes
   re-render the RayService in place. Other (training) fields: while the RayJob is
   active they are *not* applied (condition ``SpecApplied=False``, reason
-  ``SpecChangeIgnored``, naming the fields); once it has finished, a change starts a new
-  run (the RayJob is replaced; a passing result updates the RayService in place).
+  ``SpecChangeIgnored``, naming the fields; ``SpecChangeNotApplied`` once the run has
+  ended without them); once it has finished, a change starts a new run (the RayJob is
+  replaced; a passing result updates the RayService in place). The old RayJob is
+  deleted first, and KubeRay's finalizer holds it while it stops its Ray cluster: the
+  status says so (``SpecApplied=False``, reason ``WaitingForPreviousRayJob``), and that
+  status is what makes the RayJob's DELETED event (or the resync, or a restarted
+  operator) create the new one.
   After success, ``serve`` edits re-check the gate without retraining: lowering
   ``serve.minAccuracy`` below the reported accuracy (or turning ``serve.enabled`` back
   on) promotes; raising it above keeps the live RayService (``Promoted=False`` says so;
@@ -228,7 +233,7 @@ def apply_child(kube: Kube, obj: dict[str, Any], current: dict[str, Any] | None 
 
 
 def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished: bool,
-                allow_rerun: bool, training_changed: bool) -> str:
+                allow_rerun: bool, training_changed: bool, rerun_pending: bool = False) -> str:
     """What to do with the RayJob (pure; ``job`` carries its hash annotations).
 
     - ``create``: none exists and the run has no outcome yet (first sight, or the RayJob
@@ -236,19 +241,26 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
       resumes from the latest checkpoint);
     - ``finished``: the change must not start a new run (none was asked for; or the run is
       over and its RayJob was cleaned up: it is not recreated, that would train again);
-    - ``rerun``: a training change after the run finished: a new RayJob replaces the old;
+    - ``rerun``: a training change after the run finished: a new RayJob replaces the old
+      (``rerun_pending``: that was decided already, and the old RayJob is still being
+      deleted or has just gone);
     - ``ignored``: a training change while the RayJob is active (not applied);
     - ``update``: a training change while the RayJob is suspended: applied to it now;
     - ``suspend``: ``spec.suspend`` differs (and no training field): patch it;
     - ``refresh``: only other non-training fields differ (a ``serve`` edit changes the
       RayJob's spec hash, not what it runs): its annotation is patched, nothing else;
+    - ``terminating``: the RayJob is being deleted (KubeRay's finalizer holds it while it
+      stops the Ray cluster), no rerun waits for it: its DELETED event reconciles again;
     - ``unchanged``.
     """
     if current is None:
         if not finished:
             return "create"
-        return "rerun" if allow_rerun and training_changed else "finished"
+        return "rerun" if rerun_pending or (allow_rerun and training_changed) else "finished"
     if (current.get("metadata") or {}).get("deletionTimestamp"):
+        if finished and (rerun_pending or (allow_rerun and _ann(current, TRAINING_HASH) != _ann(
+                job, TRAINING_HASH))):
+            return "rerun"  # apply_rayjob waits for it to go
         return "terminating"
     if _ann(current, TRAINING_HASH) != _ann(job, TRAINING_HASH):
         deployment = ((current.get("status") or {}).get("jobDeploymentStatus")) or ""
@@ -267,9 +279,9 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
 
 def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None,
                  action: str) -> str:
-    """Carry out ``plan_rayjob``'s decision. Returns the action (``created`` for create)."""
-    if action == "terminating":
-        raise ApiError(409, "Terminating", "the previous RayJob is still being deleted")
+    """Carry out ``plan_rayjob``'s decision. Returns the action (``created`` for create;
+    ``deleting`` for a rerun whose previous RayJob is still there: KubeRay's finalizer
+    holds it while it stops its Ray cluster, and its DELETED event creates the new one)."""
     if action == "create":
         kube.create(job)
         return "created"
@@ -278,9 +290,10 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
         return "update"
     if action == "rerun":
         if current is not None:
-            kube.delete(*_ref(job))
+            if not (current.get("metadata") or {}).get("deletionTimestamp"):
+                kube.delete(*_ref(job))
             if kube.get(*_ref(job)) is not None:  # KubeRay's finalizer: wait for it
-                raise ApiError(409, "Terminating", "the previous RayJob is still being deleted")
+                return "deleting"
         kube.create(job)
         return "rerun"
     if action in ("suspend", "refresh"):
@@ -488,7 +501,14 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     if foreign:
         return _name_conflict(kube, tr, foreign)
     action = plan_rayjob(current, job, finished=finished, allow_rerun=allow_rerun,
-                         training_changed=_training_changed(changed))
+                         training_changed=_training_changed(changed),
+                         rerun_pending=_rerun_pending(cur))
+    if action == "terminating":
+        # deleted by someone (KubeRay's finalizer holds it a moment): its DELETED event
+        # reconciles again, and recreates it if the run is still active
+        log.info("RayJob %s/%s is being deleted: reconciled again once it is gone", ns,
+                 job_name)
+        return {f"RayJob/{job_name}": "terminating"}
     conflicts = _run_dir_conflict(kube, run) if action == "rerun" else []
     if conflicts:
         return _refuse_rerun(kube, cfg, tr, run, job_name, conflicts)
@@ -502,6 +522,22 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     results[f"RayJob/{job_name}"] = job_result
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
 
+
+RERUN_WAITING = "WaitingForPreviousRayJob"
+"""``SpecApplied=False``'s reason while a rerun waits for the finished run's RayJob to be
+deleted (KubeRay's finalizer stops its Ray cluster first): the status itself says that a
+new run is due, so the RayJob's DELETED event, the resync or a restarted operator starts
+it (``plan_rayjob``'s ``rerun_pending``)."""
+
+
+def _rerun_pending(status: dict[str, Any]) -> bool:
+    return (st.get_condition(status.get("conditions"), st.SPEC_APPLIED) or {}).get(
+        "reason") == RERUN_WAITING
+
+
+SPEC_NOT_APPLIED = (st.SPEC_CHANGE_IGNORED, st.SPEC_CHANGE_NOT_APPLIED, "RunDirConflict")
+"""``SpecApplied=False`` reasons that a later reconcile of the finished run keeps: the
+edit they name is still not applied (a restart must not turn them into ``Finished``)."""
 
 RUN_DIR_IDENTITY = ("model", "data", "train.seed")
 """What a run directory's checkpoints are tied to (raykube.train refuses to resume them
@@ -652,6 +688,10 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     gen = meta.get("generation")
     cur = tr.get("status") or {}
     now = st.now_rfc3339()
+    old_applied = st.get_condition(cur.get("conditions"), st.SPEC_APPLIED)
+    if job_result == "unchanged" and not cur.get("rayJob") and old_applied is None:
+        # ours, and the status never said so: created just before an operator was killed
+        job_result = "created"
     was_invalid = (st.get_condition(cur.get("conditions"), st.VALIDATED) or {}).get(
         "status") == "False"
     recreated = job_result == "created" and bool(cur.get("rayJob"))
@@ -666,12 +706,28 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         patch["message"] = f"KubeRay is installed now: RayJob {job_result}"
     events: list[tuple[str, str, str]] = []
     if job_result == "ignored":
-        fields = ", ".join(changed or []) or "training fields"
-        msg = (f"{fields} changed while the RayJob is running: not applied to this "
-               "run; change the spec again after it finishes to start a new run")
-        conds = st.set_condition(conds, st.SPEC_APPLIED, False, "SpecChangeIgnored", msg,
+        msg = st.spec_change_ignored(", ".join(changed or []) or "training fields")
+        if changed is None and (old_applied or {}).get("reason") == st.SPEC_CHANGE_IGNORED:
+            msg = old_applied.get("message") or msg  # a restart, an event: said already
+        else:
+            events.append(("Warning", st.SPEC_CHANGE_IGNORED, msg))
+        conds = st.set_condition(conds, st.SPEC_APPLIED, False, st.SPEC_CHANGE_IGNORED, msg,
                                  now=now, generation=gen)
-        events.append(("Warning", "SpecChangeIgnored", msg))
+    elif job_result == "deleting":
+        msg = (f"{', '.join(changed or []) or 'the spec'} changed after the run finished: "
+               f"the new run starts once RayJob {job_name} of the previous run is deleted "
+               "(KubeRay stops its Ray cluster first)")
+        if changed is None and old_applied and old_applied.get("reason") == RERUN_WAITING:
+            msg = old_applied.get("message") or msg  # said already (a restart, an event)
+        conds = st.set_condition(conds, st.SPEC_APPLIED, False, RERUN_WAITING, msg, now=now,
+                                 generation=gen)
+        patch["message"] = msg
+        log.info("TrainingRun %s/%s: waiting for the previous RayJob %s to be deleted; the "
+                 "new run starts then", meta["namespace"], meta["name"], job_name)
+    elif job_result == "finished" and (old_applied or {}).get("status") == "False" and (
+            old_applied or {}).get("reason") in SPEC_NOT_APPLIED:
+        # the finished run's RayJob still ran an older spec: the edit is still not applied
+        conds = st.spec_change_after_the_run(conds, now=now, generation=gen)
     else:
         reason = {"created": "Created", "unchanged": "UpToDate", "updated": "Updated",
                   "suspend": "SuspendUpdated", "refresh": "Updated", "rerun": "Rerun",
@@ -698,14 +754,15 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                                  "RayJob created; waiting for KubeRay", now=now,
                                  generation=gen)
     if job_result == "rerun":
+        msg = "a new run was started for the changed spec"
         for t in (st.SUCCEEDED, st.FAILED):
             if st.get_condition(conds, t) is not None:
-                conds = st.set_condition(conds, t, False, "Rerun", "", now=now,
-                                         generation=gen)
-        conds = st.set_condition(conds, st.RUNNING, False, "Rerun", "a new run was "
-                                 "started for the changed spec", now=now, generation=gen)
+                conds = st.set_condition(conds, t, False, "Rerun", f"{msg}: no outcome yet",
+                                         now=now, generation=gen)
+        conds = st.set_condition(conds, st.RUNNING, False, "Rerun", msg, now=now,
+                                 generation=gen)
         patch.update({"startTime": None, "completionTime": None, "attempts": None,
-                      "jobId": None, "permanentFailure": None})
+                      "jobId": None, "permanentFailure": None, "message": msg})
     if run.spec.suspend and job_result in ("created", "suspend"):
         conds = st.set_condition(conds, st.RUNNING, False, "Suspended",
                                  "spec.suspend is true", now=now, generation=gen)
@@ -720,7 +777,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                               "suspend": "Suspend"}[job_result],
                f"RayJob {job_name}: {job_result}")
     _reconcile_rayservice(kube, cfg, tr, run, now=now, gen=gen, results=results)
-    if (job_result != "rerun" and run.spec.serve.enabled
+    if (job_result not in ("rerun", "deleting") and run.spec.serve.enabled
             and st.is_true(conds, st.SUCCEEDED)):
         results["promote"] = "gate"
     return results
@@ -760,13 +817,22 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
 # kopf.on.field handler would store kopf's last-handled-configuration annotation on them,
 # and KubeRay copies a RayJob's annotations into its RayCluster. Objects whose schema is
 # KubeRay's carry only what we render.
-def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
-    """KubeRay moved the job: map it onto the TrainingRun, promote on success."""
+def _sync_rayjob_status(memo: kopf.Memo, ns: str, tr_name: str, job_name: str) -> None:
+    """KubeRay moved the job: map it onto the TrainingRun, promote on success.
+
+    The RayJob is read here, under the run's lock, not taken from the watch event: a
+    pod's event and the RayJob's own are handled on different threads, and an older
+    RayJob mapped after a newer one set the status back a step (a retry read as
+    ``JobPending`` between two ``Retrying``, each with its Event). A RayJob being deleted
+    is not followed: it is no longer the run's (a rerun's previous RayJob, or one deleted
+    by someone, which its DELETED event handles)."""
     cfg: OperatorConfig = memo.cfg
     kube: Kube = memo.kube
-    meta = rayjob["metadata"]
-    ns, tr_name = meta["namespace"], meta["labels"][LABEL]
     with _lock(memo, ns, tr_name):
+        rayjob = kube.get(RAY_API, "RayJob", ns, job_name)
+        if rayjob is None or rayjob["metadata"].get("deletionTimestamp") or not (
+                rayjob.get("status")):
+            return
         tr = _get_tr(kube, ns, tr_name)
         if tr is None or not _owned(rayjob, tr):
             return
@@ -784,13 +850,9 @@ def _sync_rayjob_status(rayjob: dict[str, Any], memo: kopf.Memo) -> None:
         changed = any(cur.get(k) != v for k, v in patch.items())
         if changed:
             _patch_status(kube, tr, patch)
-        old_phase, new_phase = cur.get("phase"), patch["phase"]
-        if old_phase != new_phase or patch.get("message") != cur.get("message"):
-            failed = st.is_true(patch["conditions"], st.FAILED)
-            _event(tr, "Warning" if failed else "Normal",
-                   new_phase if new_phase != "Running" else
-                   (st.get_condition(patch["conditions"], st.RUNNING) or {}).get("reason", "Running"),
-                   patch.get("message") or new_phase)
+        event = st.phase_event(cur, patch)
+        if event is not None:
+            _event(tr, *event)
         succeeded = st.is_true(patch["conditions"], st.SUCCEEDED)
     if succeeded and changed:
         promote(kube, cfg, memo, ns, tr_name)
@@ -862,10 +924,10 @@ def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         _retrying(memo, f"reconciling after RayJob {body.metadata.name} was deleted",
                   lambda: _unwrap(again))
         return
-    if body.get("status"):
-        rayjob = dict(body)
-        _retrying(memo, f"following RayJob {body.metadata.name}",
-                  lambda: _sync_rayjob_status(rayjob, memo))
+    if body.get("status") and not body.metadata.get("deletionTimestamp"):
+        ns, tr_name, name = body.metadata.namespace, body.metadata.labels[LABEL], body.metadata.name
+        _retrying(memo, f"following RayJob {name}",
+                  lambda: _sync_rayjob_status(memo, ns, tr_name, name))
 
 
 # ------------------------------------------------- the RayJob's companions, deleted
@@ -936,7 +998,7 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             if inc.reason == "OOMKilled" or st.running_on(job, cluster):
                 _announce(memo, key, cluster, inc, labels)
         if job is not None and cluster in (None, (job.get("status") or {}).get("rayClusterName")):
-            _sync_rayjob_status(job, memo)
+            _sync_rayjob_status(memo, key[0], key[1], key[1])
 
     _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))
 
@@ -1021,15 +1083,19 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
                 _event(tr, "Warning", "NameConflict", msg)
             return
         result = apply_child(kube, obj)
+        was_promoted = st.is_true(cur.get("conditions"), st.PROMOTED)
         conds = st.set_condition(cur.get("conditions"), st.PROMOTED, True, decision.reason,
                                  decision.message, now=now, generation=gen)
         patch = {"conditions": conds, "phase": st.phase_of(conds),
                  "rayService": obj["metadata"]["name"]}
         if any(cur.get(k) != v for k, v in patch.items()):
             _patch_status(kube, tr, patch)
-        if result != "unchanged":
-            _event(tr, "Normal", "Promoted", f"RayService {obj['metadata']['name']} {result}: "
-                   f"{decision.message}")
+        if result != "unchanged" or not was_promoted:
+            # also a gate passed again over a RayService that kept serving (GateNotMet
+            # after serve.minAccuracy was raised, then lowered): the Warning that said
+            # it was not promoted is not the last word
+            _event(tr, "Normal", "Promoted", f"RayService {obj['metadata']['name']} "
+                   f"{'kept' if result == 'unchanged' else result}: {decision.message}")
 
 
 # ------------------------------------------------------------- children deleted
@@ -1191,10 +1257,12 @@ def resync(memo: kopf.Memo) -> list[str]:
             conds = cur.get("conditions")
             finished = st.is_true(conds, st.SUCCEEDED) or st.is_true(conds, st.FAILED)
             job = cur.get("rayJob")
-            if job and not finished and kube.get(RAY_API, "RayJob", ns, job) is None:
+            due = not finished or _rerun_pending(cur)  # a rerun waits for its deletion
+            if job and due and kube.get(RAY_API, "RayJob", ns, job) is None:
                 found.append(f"RayJob/{ns}/{job}")
-                log.warning("RayJob %s/%s of an active run is gone and no deletion was seen "
-                            "(a watch was cut?): reconciling", ns, job)
+                log.warning("RayJob %s/%s of an active run (or of a rerun's previous run) "
+                            "is gone and no deletion was seen (a watch was cut?): reconciling",
+                            ns, job)
                 _retrying(memo, f"reconciling after RayJob {job} was found gone",
                           lambda tr=tr: _unwrap(lambda: reconcile(
                               tr, memo, allow_rerun=False, changed=None)))

@@ -546,18 +546,22 @@ def status_from_rayjob(
     if state.outcome == "Succeeded":
         conds = set_condition(conds, SUCCEEDED, "True", state.reason, succ_msg, now=now,
                               generation=generation)
-        conds = set_condition(conds, FAILED, "False", "JobSucceeded", "", now=now,
+        conds = set_condition(conds, FAILED, "False", "JobSucceeded", succ_msg, now=now,
                               generation=generation)
     elif state.outcome == "Failed":
         conds = set_condition(conds, FAILED, "True", state.reason, fail_msg, now=now,
                               generation=generation)
-        conds = set_condition(conds, SUCCEEDED, "False", state.reason, "", now=now,
+        conds = set_condition(conds, SUCCEEDED, "False", state.reason,
+                              "the Ray job failed (the Failed condition says why)", now=now,
                               generation=generation)
     else:  # a (re)started run: no outcome yet
         for t in (SUCCEEDED, FAILED):
             if get_condition(conds, t) is not None:
-                conds = set_condition(conds, t, "False", state.reason, "", now=now,
+                conds = set_condition(conds, t, "False", state.reason,
+                                      f"no outcome yet: {state.message}", now=now,
                                       generation=generation)
+    if state.terminal:
+        conds = spec_change_after_the_run(conds, now=now, generation=generation)
 
     out: dict[str, Any] = {
         "conditions": conds,
@@ -578,6 +582,63 @@ def status_from_rayjob(
     elif cur.get("completionTime"):
         out["completionTime"] = None  # a rerun / retry: not complete any more
     return out
+
+
+# ------------------------------------------------------------------------ spec changes
+SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+SPEC_CHANGE_NOT_APPLIED = "SpecChangeNotApplied"
+_WHILE_RUNNING = " changed while the RayJob is running"
+
+
+def spec_change_ignored(fields: str) -> str:
+    """``SpecApplied=False``'s message for a training edit made while the RayJob runs."""
+    return (f"{fields}{_WHILE_RUNNING}: not applied to this run; change the spec again "
+            "after it finishes to start a new run")
+
+
+def spec_change_not_applied(fields: str) -> str:
+    """The same once the run has ended: what the user can do now."""
+    return (f"{fields} changed while the RayJob was running and the run finished without "
+            "it: the spec now differs from what was trained; edit the spec again (any "
+            "field of it) to start a new run with it")
+
+
+def spec_change_after_the_run(conditions: list[dict[str, Any]], *, now: str,
+                              generation: int | None) -> list[dict[str, Any]]:
+    """At the end of a run, a ``SpecChangeIgnored`` ("changed while the RayJob is
+    running") becomes ``SpecChangeNotApplied``, saying what to do now."""
+    old = get_condition(conditions, SPEC_APPLIED) or {}
+    if old.get("reason") != SPEC_CHANGE_IGNORED:
+        return conditions
+    message = old.get("message") or ""
+    fields = message.split(_WHILE_RUNNING)[0] if _WHILE_RUNNING in message else "the spec"
+    return set_condition(conditions, SPEC_APPLIED, False, SPEC_CHANGE_NOT_APPLIED,
+                         spec_change_not_applied(fields), now=now, generation=generation)
+
+
+_NO_CAUSE = re.compile(r"attempt \d+ failed" + re.escape(RETRY_TAIL))
+
+
+def phase_event(current: dict[str, Any] | None,
+                patch: dict[str, Any]) -> tuple[str, str, str] | None:
+    """The Event to post after ``status_from_rayjob``'s ``patch`` over ``current``:
+    (type, reason, message), or None. One when the phase or the message changed, except
+    a retry already announced (same attempt) that has lost its cause: KubeRay clears the
+    failed job's log from the RayJob, and after a pod-problem message the condition's
+    message no longer holds it either; "retrying: attempt 1 failed" then said nothing
+    the Retrying Event before it had not said better."""
+    cur = current or {}
+    old_phase, new_phase = cur.get("phase"), patch["phase"]
+    if old_phase == new_phase and patch.get("message") == cur.get("message"):
+        return None
+    running = get_condition(patch["conditions"], RUNNING) or {}
+    if (new_phase == old_phase == "Running" and running.get("reason") == "Retrying"
+            and patch.get("attempts") == cur.get("attempts")
+            and _NO_CAUSE.fullmatch(running.get("message") or "")):
+        return None
+    failed = is_true(patch["conditions"], FAILED)
+    reason = new_phase if new_phase != "Running" else running.get("reason", "Running")
+    return ("Warning" if failed else "Normal", reason, patch.get("message") or new_phase)
 
 
 # --------------------------------------------------------------------------- promotion

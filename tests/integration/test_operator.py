@@ -92,6 +92,8 @@ def test_status_follows_kuberay_to_success(kube):
     assert st["phase"] == "Succeeded" and st["completionTime"] == "2025-01-01T01:00:00Z"
     assert st["attempts"] == 2
     assert cond(tr, "Running")["status"] == "False"
+    failed = cond(tr, "Failed")  # it had reason JobSucceeded and an empty message
+    assert (failed["status"], failed["message"]) == ("False", "the Ray job succeeded"), failed
     assert validate_strict(tr) == []
     reasons = kube.wait_for(lambda: {e.get("reason") for e in kube.list("Event")
                                      if e.get("involvedObject", {}).get("name") == name}
@@ -231,7 +233,7 @@ def test_restart_creates_no_duplicates_and_keeps_status(kube, operator):
     assert kube.get("TrainingRun", name)["status"]["phase"] == "Running"
 
 
-def test_suspend_propagates_and_running_changes_are_ignored(kube):
+def test_suspend_propagates_and_running_changes_are_ignored(kube, operator):
     name = "edits"
     kube.create(tr_doc(name))
     job = kube.wait_object("RayJob", name)
@@ -253,6 +255,26 @@ def test_suspend_propagates_and_running_changes_are_ignored(kube):
     assert "spec.train.epochs" in cond(tr, "SpecApplied")["message"]
     assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
     assert kube.get("ConfigMap", f"{name}-spec")["data"] == cm_before
+    # the run ends without the edit: the condition stops saying "while the RayJob is
+    # running" and says what to do now, also after an operator restart
+    rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangeNotApplied")
+    msg = cond(tr, "SpecApplied")["message"]
+    assert msg.startswith("spec.train.epochs changed while the RayJob was running and the "
+                          "run finished without it") and "edit the spec again" in msg, msg
+    assert tr["status"]["phase"] == "Succeeded"
+    operator.restart()
+    time.sleep(3)  # the resume handler has reconciled it by now
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangeNotApplied")
+    assert cond(tr, "SpecApplied")["message"] == msg
+    ignored = [e for e in kube.list("Event") if e.get("reason") == "SpecChangeIgnored"
+               and e.get("involvedObject", {}).get("name") == name]
+    assert len(ignored) == 1, ignored
+    # as it says: another edit starts a new run, with the spec as it now is
+    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 98}}})
+    kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
+    kube.wait_condition(name, "SpecApplied", reason="Rerun")
+    assert "epochs: 98" in kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
 
 
 def test_deletion_leaves_nothing_orphaned(kube):

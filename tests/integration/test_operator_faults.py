@@ -42,6 +42,22 @@ def test_transient_api_errors_are_retried(kube, operator):
     assert [f.hits for f in faults] == [1, 1, 1, 1]
 
 
+def test_a_throttled_start_is_logged_as_a_warning(kube, operator):
+    """The API server's priority and fairness (or its "storage is (re)initializing" just
+    after a start) answers 429 and kopf retries: it logged that at ERROR."""
+    fault = kube.inject("list", "trainingruns", 429)
+    # kmock keeps the start-up checks' SelfSubjectReviews and refuses the next start's
+    # (409): the restarted operator skips them
+    operator.env["RAYKUBE_PREFLIGHT"] = "0"
+    operator.restart()
+    kube.wait_for(lambda: fault.hits == 1, what="the throttled list")
+    kube.create(tr_doc("after-429"))
+    kube.wait_condition("after-429", "Validated", timeout=30)
+    said = [line for line in operator.logs().splitlines() if "APITooManyRequestsError" in line]
+    assert said and all("[WARNING" in line and "will retry" in line for line in said), said
+    assert not [line for line in operator.logs().splitlines() if "[ERROR" in line]
+
+
 # ------------------------------------------------------------------ malformed input
 def _bad(spec_edit):
     def make(name):

@@ -21,7 +21,7 @@ import yaml
 from k8s_schemas import validate_strict
 from operator_helpers import CHILD_KINDS as BASE_KINDS
 from operator_helpers import children as _children
-from operator_helpers import cond, good_spec, status_is_valid, tr_doc
+from operator_helpers import cond, events, good_spec, status_is_valid, tr_doc
 from raykube.k8s_reporter import KubernetesReporter
 from raykube.spec import parse_spec
 from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
@@ -96,6 +96,31 @@ def test_killed_after_create_before_rayjob(kube, operator):
             "raykube.io/trainingrun") == "k-early"]  # create, or server-side apply (patch)
     assert sorted(c.plural for c in creates) == sorted(
         ["configmaps", "serviceaccounts", "roles", "rolebindings", "rayjobs"]), creates
+
+
+def test_killed_after_the_children_before_the_status(kube, operator):
+    """SIGKILLed after it created the children, before its status patch and its Created
+    Event: the restarted operator found everything in place and said
+    ``SpecApplied=True/UpToDate`` ("RayJob unchanged"), with no Created Event ever. The
+    state is made here as the kill leaves it: the run's status and Events removed while
+    the operator is down (kopf's annotations stay: a resume, not a create)."""
+    name = "k-mid"
+    kube.create(tr_doc(name))
+    kube.wait_condition(name, "SpecApplied", reason="Created")
+    job = kube.get("RayJob", name)["metadata"]["uid"]
+    operator.kill()
+    kube.patch_status("TrainingRun", name, None)
+    for event in events(kube, name):
+        kube.delete("Event", event["metadata"]["name"])
+    assert kube.get("TrainingRun", name).get("status") is None
+    operator.start()
+    tr = kube.wait_condition(name, "SpecApplied", reason="Created")
+    assert cond(tr, "Running")["reason"] == "Created" and tr["status"]["rayJob"] == name
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job
+    kube.wait_for(lambda: [e["reason"] for e in events(kube, name)] == ["Created"],
+                  what="one Created Event")
+    time.sleep(1)
+    assert [e["reason"] for e in events(kube, name)] == ["Created"]
 
 
 def test_killed_while_running_picks_up_success_and_promotes(kube, operator):
@@ -216,6 +241,16 @@ def test_lowering_min_accuracy_after_success_promotes(kube):
     tr = kube.wait_condition(name, "Promoted", "False", reason="GateNotMet")
     assert "keeps serving" in cond(tr, "Promoted")["message"]
     assert kube.get("RayService", f"{name}-serve") is not None
+    # lowered again: promoted again over the RayService that kept serving, and an Event
+    # says so (describe ended with the GateNotMet Warning, the RayService being unchanged)
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"minAccuracy": 0.9}}})
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+    promoted = kube.wait_for(lambda: len(events_of(kube, name, "Promoted")) == 2
+                             and events_of(kube, name, "Promoted"), what="a Promoted Event")
+    assert [e["message"].split(":")[0] for e in promoted if "kept" in e["message"]] == [
+        f"RayService {name}-serve kept"], promoted
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"minAccuracy": 0.99}}})
+    kube.wait_condition(name, "Promoted", "False", reason="GateNotMet")
     kube.patch("TrainingRun", name, {"spec": {"serve": {"enabled": False}}})
     kube.wait_for(lambda: kube.get("RayService", f"{name}-serve") is None, what="RayService deleted")
     tr = kube.wait_condition(name, "Promoted", "False", reason="ServeDisabled")
@@ -223,6 +258,12 @@ def test_lowering_min_accuracy_after_success_promotes(kube):
     kube.patch("TrainingRun", name, {"spec": {"serve": {"enabled": True, "minAccuracy": 0.5}}})
     kube.wait_object("RayService", f"{name}-serve")  # re-enabled: promoted again, still no retraining
     assert kube.get("RayJob", name)["metadata"]["uid"] == job_uid
+
+
+def events_of(kube, name: str, reason: str) -> list[dict]:
+    """The run's Events with ``reason``, oldest first (kopf sets eventTime, in µs)."""
+    return sorted((e for e in events(kube, name) if e.get("reason") == reason),
+                  key=lambda e: e.get("eventTime") or e["metadata"]["creationTimestamp"])
 
 
 def test_serving_turned_off_says_so_while_kuberays_finalizer_holds_the_rayservice(kube):
@@ -265,6 +306,93 @@ def test_label_edit_changes_no_child(kube):
     time.sleep(1.0)
     after = {o["kind"]: o["metadata"]["resourceVersion"] for o in children(kube, name)}
     assert after == before
+
+
+HOLD = "test.raykube.io/hold"
+"""A finalizer of the tests', standing in for KubeRay's (which holds a RayJob or a
+RayService until it has stopped its Ray cluster; KubeRay does not act in this module)."""
+
+
+def error_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "ERROR" in line or "Traceback" in line]
+
+
+def test_a_rerun_waits_for_the_previous_rayjob_without_an_error(kube, operator):
+    """A training edit after the run finished replaces its RayJob, which KubeRay's
+    finalizer keeps a while. The operator logged ``409 Terminating`` at ERROR at every
+    rerun (kopf's retry), and the status said ``SpecApplied=True/Finished`` at the new
+    generation meanwhile. It now says that it waits, at the new generation, and starts
+    the new run when the old RayJob is gone."""
+    name = "rerun-wait"
+    kube.create(tr_doc(name))
+    run_job(kube, name)
+    succeed(kube, name)
+    kube.wait_condition(name, "Succeeded")
+    old = kube.patch("RayJob", name, {"metadata": {"finalizers": [HOLD]}})["metadata"]["uid"]
+    logged = len(operator.logs())
+    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 4}}})
+    kube.wait_object("RayJob", name, where=lambda o: o["metadata"].get("deletionTimestamp"))
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="WaitingForPreviousRayJob")
+    gen = tr["metadata"]["generation"]
+    applied = cond(tr, "SpecApplied")
+    assert applied["observedGeneration"] == gen and tr["status"]["observedGeneration"] == gen
+    assert applied["message"].startswith("spec.train.epochs changed after the run finished: "
+                                         f"the new run starts once RayJob {name}"), applied
+    assert tr["status"]["message"] == applied["message"]
+    assert cond(tr, "Succeeded")["status"] == "True"  # the previous run's outcome, so far
+    # KubeRay moves the RayJob it is deleting: not the run's any more, not followed
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    time.sleep(2)  # kopf retried a failed handler within 0.5 s here (RAYKUBE_RETRY_DELAY)
+    tr = kube.get("TrainingRun", name)
+    assert cond(tr, "SpecApplied")["reason"] == "WaitingForPreviousRayJob", tr["status"]
+    assert cond(tr, "Succeeded")["status"] == "True", tr["status"]
+    assert kube.get("RayJob", name)["metadata"]["uid"] == old
+    kube.patch("RayJob", name, {"metadata": {"finalizers": None}})  # KubeRay is done
+    job = kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != old)
+    assert not job["metadata"].get("deletionTimestamp")
+    tr = kube.wait_condition(name, "SpecApplied", reason="Rerun")
+    assert cond(tr, "Running")["reason"] == "Rerun" and tr["status"]["phase"] == "Pending"
+    assert cond(tr, "Succeeded")["status"] == "False" and cond(tr, "Succeeded")["message"]
+    assert all(c["observedGeneration"] == gen for c in tr["status"]["conditions"]
+               if c["type"] in ("Validated", "SpecApplied", "Running")), tr["status"]
+    assert status_is_valid(tr) == []
+    kube.wait_for(lambda: len(events_of(kube, name, "Rerun")) == 1, what="one Rerun Event")
+    log = operator.logs()[logged:]
+    assert error_lines(log) == [], error_lines(log)
+    assert "waiting for the previous RayJob" in log
+
+
+def test_a_retry_is_announced_once_with_its_cause(kube):
+    """A Retrying Event with the failed attempt's cause, one naming a Ray pod that cannot
+    be scheduled, and then none: once the pod was gone, "retrying: attempt 1 failed"
+    came as a third Event with nothing in it (KubeRay had cleared its message)."""
+    name = "retry-once"
+    kube.create(tr_doc(name))
+    run_job(kube, name)
+    kube.patch_status("RayJob", name, {
+        "jobDeploymentStatus": "Retrying", "jobStatus": "FAILED", "failed": 1,
+        "rayClusterName": f"{name}-a",
+        "message": "Job entrypoint command failed with exit code 1, last available logs:\n"
+                   "raykube train: the data is gone"})
+    kube.wait_condition(name, "Running", reason="Retrying")
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Initializing", "jobStatus": "",
+                                       "message": "", "rayClusterName": f"{name}-b"})
+    pod = f"{name}-b-head"
+    kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "labels": {
+        "raykube.io/trainingrun": name, "ray.io/cluster": f"{name}-b", "ray.io/node-type": "head"}},
+        "spec": {"nodeSelector": {"raykube.io/no-such-node": "x"},
+                 "containers": [{"name": "ray-head", "image": "ray"}]}})
+    kube.wait_object("TrainingRun", name, where=lambda o: "cannot be scheduled" in (
+        o["status"].get("message") or ""))
+    kube.delete("Pod", pod)
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("message") == (
+        "retrying: attempt 1 failed"))
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    kube.wait_for(lambda: events_of(kube, name, "JobRunning")[1:], what="the next attempt's Event")
+    said = [e["message"] for e in events_of(kube, name, "Retrying")]
+    assert len(said) == 2, said
+    assert said[0] == "retrying: attempt 1 failed: raykube train: the data is gone", said
+    assert said[1].startswith(f"waiting for the Ray cluster: pod {pod} cannot be scheduled"), said
 
 
 def test_rayjob_deleted_while_running_is_recreated(kube):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from raykube_operator.handlers import SPEC_HASH, TRAINING_HASH, _training_changed, plan_rayjob
@@ -34,6 +36,23 @@ def job(training: str = "t1", spec: str = "s1", deployment: str | None = None,
 def test_plan_rayjob(current, finished, allow_rerun, training_changed, expected):
     assert plan_rayjob(current, job(), finished=finished, allow_rerun=allow_rerun,
                        training_changed=training_changed) == expected
+
+
+@pytest.mark.parametrize("current, finished, allow_rerun, rerun_pending, expected", [
+    # a training edit of a finished run whose RayJob KubeRay's finalizer still holds:
+    # a rerun (it waits for it), not an error
+    (job(training="t0", deployment="Complete", deleting=True), True, True, False, "rerun"),
+    # decided already: the deletion's event (or a restarted operator) starts it
+    (job(training="t0", deployment="Complete", deleting=True), True, False, True, "rerun"),
+    (None, True, False, True, "rerun"),
+    # no edit: the finished run's RayJob is going, nothing to start
+    (job(deployment="Complete", deleting=True), True, True, False, "terminating"),
+    (job(training="t0", deployment="Complete", deleting=True), True, False, False, "terminating"),
+])
+def test_plan_a_rerun_over_a_rayjob_being_deleted(current, finished, allow_rerun, rerun_pending,
+                                                  expected):
+    assert plan_rayjob(current, job(), finished=finished, allow_rerun=allow_rerun,
+                       training_changed=allow_rerun, rerun_pending=rerun_pending) == expected
 
 
 @pytest.mark.parametrize("changed, expected", [
@@ -96,3 +115,24 @@ def test_the_operator_starts_as_a_uid_without_a_passwd_entry(monkeypatch):
     monkeypatch.setenv("POD_ID", "raykube-operator-abc")
     entry.main(["-A", "--liveness", "off"])
     assert seen["identity"] == "raykube-operator-abc"
+
+
+@pytest.mark.parametrize("message,level", [
+    # kopf's words at the operator's start, just after the API server started
+    ("Request attempt #1/6 failed; will retry: GET https://127.0.0.1:44941/apis/raykube.io/"
+     "v1alpha1/trainingruns -> APITooManyRequestsError('storage is (re)initializing', {}, "
+     "status=429)", logging.WARNING),
+    # the last attempt, and every other failure, stay errors
+    ("Request attempt #6/6 failed; escalating: GET https://h/apis -> "
+     "APITooManyRequestsError('x', {}, status=429)", logging.ERROR),
+    ("Request attempt #1/6 failed; will retry: GET https://h/apis -> "
+     "APIServerError('etcdserver: leader changed', {}, status=500)", logging.ERROR),
+    ("Handler 'on_spec_change/spec' failed temporarily: boom", logging.ERROR),
+])
+def test_a_throttled_request_that_kopf_retries_is_a_warning(message, level):
+    from raykube_operator.__main__ import throttled_retry_is_a_warning
+
+    record = logging.LogRecord("kopf._cogs.clients.watching", logging.ERROR, __file__, 1,
+                               message, None, None)
+    assert throttled_retry_is_a_warning(record) is True
+    assert (record.levelno, record.levelname) == (level, logging.getLevelName(level))

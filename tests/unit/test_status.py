@@ -568,3 +568,76 @@ def test_a_failure_no_retry_can_fix_says_so_with_the_drivers_line():
     out = st.status_from_rayjob(job(jobDeploymentStatus="Failed", failed=3, reason="AppFailed",
                                     message="boom"), cur, now=T0, generation=1)
     assert st.get_condition(out["conditions"], st.FAILED)["reason"] == "AppFailed"
+
+
+def test_the_outcome_conditions_that_are_false_say_why():
+    """``Failed=False`` on success carried reason JobSucceeded and an empty message (and
+    ``Succeeded=False`` on failure the same): each now says what it stands for."""
+    ok = apply([{"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+                {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "succeeded": 1}])
+    failed = st.get_condition(ok["conditions"], st.FAILED)
+    assert (failed["status"], failed["reason"], failed["message"]) == (
+        "False", "JobSucceeded", "the Ray job succeeded")
+    bad = apply([{"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "failed": 1,
+                  "reason": "AppFailed"}])
+    succeeded = st.get_condition(bad["conditions"], st.SUCCEEDED)
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "AppFailed")
+    assert "failed" in succeeded["message"] and "Failed condition" in succeeded["message"]
+    again = {**bad, **st.status_from_rayjob(job(jobDeploymentStatus="Running", jobStatus="RUNNING"),
+                                            bad, now=T1, generation=2)}
+    assert all(st.get_condition(again["conditions"], t)["message"]
+               == "no outcome yet: training is running" for t in (st.SUCCEEDED, st.FAILED))
+
+
+@pytest.mark.parametrize("end", [
+    {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "succeeded": 1},
+    {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "failed": 1},
+])
+def test_a_change_ignored_while_running_says_what_to_do_once_the_run_has_ended(end):
+    running = apply([{"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}])
+    ignored = st.set_condition(running["conditions"], st.SPEC_APPLIED, False,
+                               st.SPEC_CHANGE_IGNORED,
+                               st.spec_change_ignored("spec.train.epochs"), now=T0,
+                               generation=2)
+    cur = {**running, "conditions": ignored}
+    still = st.status_from_rayjob(job(jobDeploymentStatus="Running", jobStatus="RUNNING",
+                                      failed=0), cur, now=T0, generation=2)
+    assert st.get_condition(still["conditions"], st.SPEC_APPLIED)["reason"] == "SpecChangeIgnored"
+    done = st.status_from_rayjob(job(**end), cur, now=T1, generation=2)
+    applied = st.get_condition(done["conditions"], st.SPEC_APPLIED)
+    assert (applied["status"], applied["reason"]) == ("False", "SpecChangeNotApplied")
+    assert applied["message"].startswith("spec.train.epochs changed while the RayJob was "
+                                         "running and the run finished without it")
+    assert "is running" not in applied["message"] and "edit the spec again" in applied["message"]
+
+
+def test_a_retry_is_announced_once_with_its_cause():
+    """Seen on the real control plane: a Retrying Event with the failed attempt's cause,
+    one naming a pod that could not be scheduled, then "retrying: attempt 1 failed" with
+    nothing more (KubeRay had cleared its message, and the pod message had replaced the
+    one that held the cause). The Events follow ``phase_event``, as the handler posts
+    them."""
+    cause = "RuntimeError: boom"
+    kuberay = "Job entrypoint command failed with exit code 1, last available logs:\n" + cause
+    problem = "pod r-head cannot be scheduled: 0/1 nodes are available"
+    steps = [({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}, []),
+             ({"jobDeploymentStatus": "Retrying", "jobStatus": "FAILED", "failed": 1,
+               "message": kuberay}, []),
+             ({"jobDeploymentStatus": "Retrying", "failed": 1}, []),
+             ({"jobDeploymentStatus": "Initializing", "failed": 1}, [problem]),
+             ({"jobDeploymentStatus": "Initializing", "failed": 1}, []),
+             ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "failed": 1}, [])]
+    cur: dict = {}
+    events = []
+    for i, (status, problems) in enumerate(steps):
+        patch = st.status_from_rayjob(job(**status), cur, now=f"2025-01-01T00:00:0{i}Z",
+                                      generation=1, pod_problems=problems)
+        event = st.phase_event(cur, patch)
+        if event:
+            events.append(event)
+        cur = {k: v for k, v in {**cur, **patch}.items() if v is not None}
+    assert [(reason, message) for _type, reason, message in events] == [
+        ("JobRunning", "training is running"),
+        ("Retrying", f"retrying: attempt 1 failed: {cause}"),
+        ("Retrying", f"waiting for the Ray cluster: {problem}"),
+        ("JobRunning", "training is running")], events
