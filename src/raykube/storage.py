@@ -7,6 +7,7 @@ local paths and object stores alike. pyarrow is imported lazily (it ships with R
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -79,3 +80,33 @@ def checkpoint_uri(storage_path: str, path: str | None) -> str | None:
     if not path or "://" not in storage_path or "://" in path:
         return path or None
     return f"{storage_path.split('://', 1)[0]}://{path.lstrip('/')}"
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXTS = ("no space left on device", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk (or a spent quota): ENOSPC/EDQUOT from Python's own
+    I/O, or from pyarrow, whose OSError carries the errno (and says it in its text:
+    "Error writing bytes to file. Detail: [errno 28] No space left on device")."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    low = str(exc).lower()
+    return isinstance(exc, OSError) and any(t in low for t in DISK_FULL_TEXTS)
+
+
+def remove_tree(fs: Any, path: str) -> None:
+    """Delete the directory ``path`` on ``fs`` (a pyarrow filesystem) and all it holds,
+    quietly (best effort: it is a clean-up). A local directory goes through
+    ``shutil.rmtree``, which never follows a symbolic link out of it."""
+    import contextlib
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    if isinstance(fs, pafs.LocalFileSystem):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        fs.delete_dir(path)

@@ -43,7 +43,15 @@ from raykube.resume import (
     unlisted_to_delete,
 )
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
-from raykube.storage import checkpoint_uri, filesystem, ray_storage, read_bytes, write_bytes
+from raykube.storage import (
+    checkpoint_uri,
+    disk_full,
+    filesystem,
+    ray_storage,
+    read_bytes,
+    remove_tree,
+    write_bytes,
+)
 from raykube.transient import MaybeTransient
 
 if TYPE_CHECKING:
@@ -55,6 +63,29 @@ HISTORY_FILE = "history.json"
 RESULT_FILE = "result.json"
 REPORT_FILE = "report.png"
 VAL_BATCH = 1024
+STORE_WAIT_S = 300.0
+"""How long a worker waits for an object store that stopped answering (polling it)
+before the run stops (``StorageFailed``); tests shorten it through the workers' config
+(``store_wait_s``)."""
+
+
+class StorageError(MaybeTransient, OSError):
+    """The storage root cannot hold the run (a file, read-only, no permission; refused
+    credentials, a missing bucket; a full disk). ``transient`` for an object store that
+    did not answer or failed during training."""
+
+
+class StorageFailed(StorageError):
+    """A storage failure met by a worker during training that a restart of the worker
+    group cannot fix (a full disk; an object store away longer than ``STORE_WAIT_S``):
+    Ray Train does not retry it (``_trainer_class``'s failure policy) and ``fit`` raises
+    it as it is, one line."""
+
+
+def store_outage_line(run_dir: str, cause: str) -> str:
+    """The one line for an object store that failed during training."""
+    return (f"storage {run_dir}: the object store failed during training ({cause}); run "
+            "again to resume from the latest complete checkpoint")
 
 
 # ============================================================================ worker
@@ -68,7 +99,10 @@ def _make_optimizer(spec: TrainingRunSpec, params: Iterable[torch.nn.Parameter])
 
 def _maybe_fail(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
     """Test hook: make this worker fail once (marker file) to exercise recovery: exit the
-    process, or (``allocate_gib``) grow its memory until Ray's memory monitor kills it."""
+    process, or (``allocate_gib``) grow its memory until Ray's memory monitor kills it;
+    or (``pause``) stop mid-epoch until ``<marker>.resume`` exists (at most 120 s), so
+    that a test can break something (stop the object store, fill a disk) at a known
+    point of the run."""
     if not fault or int(fault.get("epoch", -1)) != epoch or int(fault.get("rank", 0)) != rank:
         return
     marker = fault["marker"]
@@ -76,6 +110,11 @@ def _maybe_fail(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
         return
     with open(marker, "w") as f:
         f.write(f"killed rank {rank} in epoch {epoch}\n")
+    if fault.get("pause"):
+        deadline = time.monotonic() + 120
+        while not os.path.exists(f"{marker}.resume") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return
     if "allocate_gib" in fault:
         import numpy as np
 
@@ -183,6 +222,96 @@ def ensure_uploaded(local_dir: str, fs: Any, path: str, *, timeout_s: float = 30
             time.sleep(1.0)
 
 
+def _store_wait_s(config: dict[str, Any]) -> float:
+    return float(config.get("store_wait_s", STORE_WAIT_S))
+
+
+def _store_call(op: Callable[[], Any], config: dict[str, Any], doing: str,
+                deadline: float | None = None) -> Any:
+    """``op()``, waiting for an object store that stopped answering (until ``deadline``,
+    by default ``store_wait_s`` from now, polling it) and trying again once it answers;
+    when it stays away, ``StorageFailed`` (one line; Ray Train is told not to restart
+    the workers for it, since a restart needs the store too). Local storage and other
+    errors pass through."""
+    from raykube.s3 import unreachable
+
+    fs, wait_s = config.get("storage_fs"), _store_wait_s(config)
+    deadline = time.monotonic() + wait_s if deadline is None else deadline
+    while True:
+        try:
+            return op()
+        except OSError as exc:
+            if fs is None or isinstance(exc, StorageFailed) or not unreachable(exc):
+                raise
+            log.warning("the object store did not answer while %s; waiting up to %.0f s for "
+                        "it: %s", doing, max(0.0, deadline - time.monotonic()), exc)
+            if not _wait_for_store(fs, config["run_path"], deadline):
+                raise StorageFailed(store_outage_line(
+                    config["run_dir"], f"{config.get('store_where') or 'the S3 endpoint'} did "
+                    f"not answer for {wait_s:.0f} s while {doing}"), transient=True) from None
+
+
+def _wait_for_store(fs: Any, path: str, deadline: float) -> bool:
+    """Poll the object store until it answers (True) or ``deadline`` passes (False)."""
+    from raykube.s3 import unreachable
+
+    while True:
+        try:
+            fs.get_file_info(path)
+            return True
+        except OSError as exc:
+            if not unreachable(exc):  # it answers, if only with an error: try the call again
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)
+
+
+def _checkpoint_uploader(config: dict[str, Any]) -> Callable[[Any, str], Any]:
+    """Rank 0's ``checkpoint_upload_fn`` for ``ray.train.report``: Ray Train's own upload
+    (``persist_current_checkpoint``), then for an object store the whole-file check
+    (``ensure_uploaded``), before the controller registers the checkpoint; an object
+    store that stops answering is waited for (``_store_call``). A full disk stops the run
+    at once: the half-written checkpoint directory is removed and ``StorageFailed`` says
+    which storage is full (a restart would train the epoch again into the same disk)."""
+
+    def upload(checkpoint: Any, name: str) -> Any:
+        import ray.train
+
+        storage = ray.train.get_context().get_storage()
+        dest = storage.build_checkpoint_path_from_name(name)
+
+        deadline = time.monotonic() + _store_wait_s(config)
+
+        def attempt() -> Any:
+            persisted = storage.persist_current_checkpoint(checkpoint, name)
+            if config.get("storage_fs") is not None:  # an object store: prove the upload whole
+                ensure_uploaded(checkpoint.path, config["storage_fs"], dest,
+                                timeout_s=max(0.0, deadline - time.monotonic()))
+            return persisted
+
+        try:
+            return _store_call(attempt, config, f"saving {name}", deadline)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            remove_tree(storage.storage_filesystem, dest)
+            raise StorageFailed(disk_full_line(f"storage {config['run_dir']}", name,
+                                               exc)) from None
+
+    return upload
+
+
+def disk_full_line(where: str, what: str, exc: BaseException, removed: bool = True) -> str:
+    """The one line for a disk that filled up while ``what`` was written to ``where``
+    (``storage <run directory>``, or the local temporary directory)."""
+    why = (os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno
+           else "no space left on device")
+    return (f"{where}: the disk is full ({why}) while saving {what}"
+            f"{', which was removed' if removed else ''}; free some space (or use another "
+            "--storage), then run again to resume from the latest complete checkpoint")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker. ``config``: ``spec`` (camelCase spec dict, required),
     ``overrides`` (dotted path -> value, e.g. a Tune sample), ``cache_dir``,
@@ -226,10 +355,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(spec.model, info.input_shape, info.num_classes)
     start_epoch, history, opt_state, old_spec = 1, [], None, None
     # A re-run: the driver's pick (newest readable on storage) unless Ray's is as new.
-    ckpt = choose_checkpoint(ray.train.get_checkpoint(), config.get("resume_from"),
-                             config.get("skipped_checkpoints", ()))
+    ckpt = _store_call(lambda: choose_checkpoint(ray.train.get_checkpoint(),
+                                                 config.get("resume_from"),
+                                                 config.get("skipped_checkpoints", ())),
+                       config, "choosing the checkpoint to resume from")
     if ckpt is not None:
-        state, opt_state, start_epoch, history, old_spec = _restore(ckpt, spec)
+        state, opt_state, start_epoch, history, old_spec = _store_call(
+            lambda: _restore(ckpt, spec), config, "restoring the latest checkpoint")
         model.load_state_dict(state)
     # Gradients are views into the all-reduce buckets: one copy less per step.
     model = ray.train.torch.prepare_model(
@@ -239,6 +371,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     load_optimizer_state(optimizer, opt_state, old_spec, spec)  # see raykube.resume
     per_worker_batch = max(1, spec.train.batch_size // world)
     spec_dict = spec.to_dict()
+    upload = _checkpoint_uploader(config)
 
     for epoch in range(start_epoch, spec.train.epochs + 1):
         t0 = time.perf_counter()
@@ -302,15 +435,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             tmp = tempfile.mkdtemp(prefix="raykube-ckpt-")
             try:
-                save_checkpoint(tmp, model=model, optimizer=optimizer, epoch=epoch, spec=spec_dict,
-                                class_names=info.class_names, input_shape=info.input_shape,
-                                metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
-                with open(os.path.join(tmp, HISTORY_FILE), "w") as f:
-                    json.dump(history, f)
+                try:
+                    save_checkpoint(tmp, model=model, optimizer=optimizer, epoch=epoch,
+                                    spec=spec_dict, class_names=info.class_names,
+                                    input_shape=info.input_shape,
+                                    metrics={k: v for k, v in metrics.items()
+                                             if isinstance(v, float)})
+                    with open(os.path.join(tmp, HISTORY_FILE), "w") as f:
+                        json.dump(history, f)
+                except OSError as exc:  # the local temporary directory's disk
+                    if not disk_full(exc):
+                        raise
+                    raise StorageFailed(disk_full_line(f"temporary directory {tmp}", name,
+                                                       exc, removed=False)) from None
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=name)
-                if config.get("storage_fs") is not None:  # an object store: prove the upload whole
-                    ensure_uploaded(tmp, config["storage_fs"], f"{config['run_path']}/{name}")
+                                 checkpoint_dir_name=name,
+                                 checkpoint_upload_fn=upload)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -428,6 +568,13 @@ def _forwarder(queue: Any, storage_path: str) -> list[Any]:
     return [_Forward(queue, storage_path), failure_callback(queue)]
 
 
+def _stops_on_storage(error: Any) -> bool:
+    """Whether a worker of the failed group raised ``StorageFailed``."""
+    failures = getattr(error, "worker_failures", None)
+    return isinstance(failures, dict) and any(isinstance(e, StorageFailed)
+                                              for e in failures.values())
+
+
 def failure_callback(queue: Any) -> Any:
     """A Ray Train callback (run in the Train controller) that puts each failure of the
     worker group on ``queue`` as ``{"failure": line, "retry": bool, "controller": bool}``,
@@ -469,7 +616,7 @@ def failure_callback(queue: Any) -> Any:
                 error = getattr(current_state.next_state, "training_failed_error", None)
             else:
                 return
-            if error is None:
+            if error is None or _stops_on_storage(error):  # the run's own last line says it
                 return
             # Tell the driver, so the user reads why the workers restart amid Ray's logs.
             try:
@@ -550,12 +697,6 @@ def run_dir_for(storage_path: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
-class StorageError(MaybeTransient, OSError):
-    """The storage root cannot hold the run (a file, read-only, no permission; refused
-    credentials, a missing bucket). ``transient`` for an object store that did not
-    answer or failed during training."""
-
-
 def check_storage(storage_path: str, name: str) -> str:
     """Create ``<storage>/<name>`` and prove it is writable; return the run directory.
 
@@ -582,9 +723,12 @@ def check_storage(storage_path: str, name: str) -> str:
     probe = os.path.join(run_dir, ".raykube-write-test")
     try:
         os.makedirs(run_dir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        try:
+            with open(probe, "w") as f:
+                f.write("ok")
+        finally:  # a full disk fails the write (or the close) after the file was made
+            with contextlib.suppress(OSError):
+                os.remove(probe)
     except OSError as exc:
         raise StorageError(f"storage {storage_path!r} cannot hold run {name!r}: "
                            f"{exc.strerror or exc} ({exc.filename or run_dir})") from None
@@ -799,9 +943,24 @@ def _trainer_class(pg_cleaner: bool) -> Any:
         from ray.train.v2._internal.callbacks.placement_group_callback import (
             PlacementGroupCleanerCallback,
         )
+        from ray.train.v2._internal.execution.failure_handling import (
+            DefaultFailurePolicy,
+            FailureDecision,
+        )
         from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
     except ImportError:  # another Ray version: keep its defaults
         return _TorchTrainer
+
+    class _StopOnStorage(DefaultFailurePolicy):
+        """Ray's failure policy, except that a worker's ``StorageFailed`` (a full disk,
+        an object store that stayed away) ends the run at once: restarting the workers
+        would retrain the epoch into the same full disk, or fail restoring from the
+        absent store, ``failure.maxWorkerFailures`` times over."""
+
+        def make_decision(self, training_failed_error: Any) -> Any:
+            if _stops_on_storage(training_failed_error):
+                return FailureDecision.RAISE
+            return super().make_decision(training_failed_error)
 
     class _FixedSize(FixedScalingPolicy):
         """Ray's fixed-size policy, minus its calls to the AutoscalingCoordinator."""
@@ -830,6 +989,9 @@ def _trainer_class(pg_cleaner: bool) -> Any:
             policy = kwargs.get("scaling_policy")
             if type(policy) is FixedScalingPolicy:  # elastic runs keep Ray's policy
                 kwargs["scaling_policy"] = _FixedSize(policy.scaling_config)
+            failures = kwargs.get("failure_policy")
+            if type(failures) is DefaultFailurePolicy:
+                kwargs["failure_policy"] = _StopOnStorage(failures.failure_config)
             return super()._initialize_and_run_controller(**kwargs)
 
     return _Trainer
@@ -860,8 +1022,15 @@ def build_trainer(spec: TrainingRunSpec, *, storage_root: str, storage_path: str
         config["image_cache"] = rk_data.build_image_cache(spec, storage_root)
     ck = spec.checkpoint
     ray_path, ray_fs = ray_storage(storage_path)
-    # object stores: rank 0 checks each checkpoint upload there
-    config.update(storage_fs=ray_fs, run_path=f"{ray_path.rstrip('/')}/{name}")
+    # object stores: rank 0 checks each checkpoint upload there, and the workers wait
+    # for one that stops answering (_store_call); every worker names the run directory
+    # in a storage failure's line
+    config.update(storage_fs=ray_fs, run_path=f"{ray_path.rstrip('/')}/{name}",
+                  run_dir=run_dir_for(storage_path, name))
+    if ray_fs is not None:
+        from raykube.s3 import S3Settings
+
+        config["store_where"] = S3Settings.from_env().where
     return _trainer_class(pg_cleaner)(
         train_loop_per_worker,
         train_loop_config={**config, **(extra_config or {})},
@@ -994,10 +1163,28 @@ def _abort_fit(thread: threading.Thread, box: dict[str, Any],
         log.warning("Ray Train's run did not stop within %.0f s of the interrupt", ABORT_WAIT_S)
 
 
-def _storage_outage(exc: BaseException) -> str | None:
-    """The first line of an object-store error behind a failed run, if that is what
-    ended it (Ray Train's controller stops when it cannot write its checkpoint list;
-    it wraps the pyarrow error in a ControllerError)."""
+VALIDATE_MARKER = ".validate_storage_marker"
+"""Ray Train's ``VALIDATE_STORAGE_MARKER_FILENAME``, spelled out (as
+``raykube.resume.TRAIN_SNAPSHOT``): the empty file it writes into the run directory to
+prove the storage writable, and leaves there."""
+
+
+def remove_storage_marker(run_dir: str) -> None:
+    """Delete Ray Train's storage marker from the run directory once the run is over
+    (it writes one again when a run starts, and checks it before each upload)."""
+    with contextlib.suppress(Exception):  # a leftover empty file is not worth an error
+        fs, path = filesystem(f"{run_dir}/{VALIDATE_MARKER}")
+        fs.delete_file(path)
+
+
+def _storage_failure(exc: BaseException, run_dir: str) -> StorageError | None:
+    """The one-line ``StorageError`` for a run that storage ended, or None when something
+    else did: a worker's ``StorageFailed`` (a full disk, an object store that stayed
+    away), or an error of Ray Train's controller, which stops, not retried, when it
+    cannot write its checkpoint list (a full disk; an object store that does not
+    answer: the pyarrow error wrapped in a ControllerError)."""
+    from raykube import s3
+
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -1005,10 +1192,19 @@ def _storage_outage(exc: BaseException) -> str | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        if isinstance(e, StorageFailed):
+            return e
+        if isinstance(e, OSError) and disk_full(e):
+            return StorageError(disk_full_line(f"storage {run_dir}",
+                                               "Ray Train's checkpoint list", e, removed=False))
         text = str(e)
-        if isinstance(e, OSError) and "AWS Error" in text:
-            return " ".join(text.split())[:300]
-        todo += [e.__cause__, e.__context__, getattr(e, "controller_failure", None)]
+        if isinstance(e, OSError) and "AWS Error" in text and s3.is_s3(run_dir):
+            cause = (f"cannot reach the S3 endpoint {s3.S3Settings.from_env().where}"
+                     if s3.unreachable(e) else " ".join(text.split())[:300])
+            return StorageError(store_outage_line(run_dir, cause), transient=True)
+        failures = getattr(e, "worker_failures", None)
+        todo += [e.__cause__, e.__context__, getattr(e, "controller_failure", None),
+                 *(failures.values() if isinstance(failures, dict) else ())]
     return None
 
 
@@ -1078,12 +1274,12 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         if result.error:
             raise result.error
     except Exception as exc:
-        lost = _storage_outage(exc) if "://" in storage_path else None
-        if lost is None:
+        failed = _storage_failure(exc, run_dir)
+        if failed is None:
             raise
-        raise StorageError(f"storage {run_dir}: the object store failed during training "
-                           f"({lost}); run again to resume from the latest complete "
-                           "checkpoint", transient=True) from exc
+        raise failed from exc
+    finally:
+        remove_storage_marker(run_dir)
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: training reported no checkpoint")
 

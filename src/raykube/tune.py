@@ -274,7 +274,13 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     ``extra_config`` is merged into the workers' config (tests use it).
     """
     from raykube.resume import drop_unreadable_train_snapshot, latest_usable
-    from raykube.train import ReportChannel, build_trainer, failure_callback, fit_and_stream
+    from raykube.train import (
+        ReportChannel,
+        build_trainer,
+        failure_callback,
+        fit_and_stream,
+        remove_storage_marker,
+    )
 
     assert spec_doc is not None and storage_root is not None and experiment_uri is not None
     spec = trial_spec(TrainingRunSpec.model_validate(spec_doc), config)
@@ -324,6 +330,7 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
         result = fit_and_stream(trainer, queue, _on_item, thread_name="raykube-trial-fit")
     finally:
         _RUNNING_CONTROLLER.pop("handle", None)
+        remove_storage_marker(train_dir)
     if reports == 0:
         _report_finished_run(result, storage_root)
 
@@ -839,6 +846,9 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
         sink.worker_failures(flush=True)  # any that came in after Tune's last turn
     finally:
         _SINKS.pop(key, None)
+        from raykube.train import remove_storage_marker
+
+        remove_storage_marker(experiment_uri)  # Tune's, as Ray Train's in each trial
         with contextlib.suppress(Exception):
             failures.close()
 
