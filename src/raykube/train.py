@@ -243,12 +243,26 @@ def _store_call(op: Callable[[], Any], config: dict[str, Any], doing: str,
         except OSError as exc:
             if fs is None or isinstance(exc, StorageFailed) or not unreachable(exc):
                 raise
+            where = config.get("store_where") or "the S3 endpoint"
             log.warning("the object store did not answer while %s; waiting up to %.0f s for "
                         "it: %s", doing, max(0.0, deadline - time.monotonic()), exc)
+            _tell_driver(config, f"the object store {where} did not answer while {doing}: "
+                         f"waiting up to {max(0.0, deadline - time.monotonic()):.0f} s for it "
+                         "(Ctrl-C stops the run; running it again resumes)")
             if not _wait_for_store(fs, config["run_path"], deadline):
                 raise StorageFailed(store_outage_line(
-                    config["run_dir"], f"{config.get('store_where') or 'the S3 endpoint'} did "
-                    f"not answer for {wait_s:.0f} s while {doing}"), transient=True) from None
+                    config["run_dir"], f"{where} did not answer for {wait_s:.0f} s while "
+                    f"{doing}"), transient=True) from None
+            _tell_driver(config, f"the object store {where} answers again: training goes on")
+
+
+def _tell_driver(config: dict[str, Any], text: str) -> None:
+    """A line for the user from a worker (``ReportChannel.note``), if the driver gave
+    the channel (``notes``); never fails the worker."""
+    channel = config.get("notes")
+    if channel is not None:
+        with contextlib.suppress(Exception):
+            channel.note(text)
 
 
 def _wait_for_store(fs: Any, path: str, deadline: float) -> bool:
@@ -490,6 +504,9 @@ class ReportChannel:
     """
 
     NAMESPACE = "raykube-reports"
+    NOTES = "note/"
+    """Sub-prefix of lines from the Train workers (``note``): any worker may write one,
+    so they are keyed by time and process, not numbered."""
 
     def __init__(self, poll_s: float = 0.2):
         import uuid
@@ -510,16 +527,35 @@ class ReportChannel:
                          namespace=self.NAMESPACE)
         self._put += 1
 
+    def note(self, text: str) -> None:
+        """From a Train worker: a line the user should read now (``{"note": text}`` on
+        the driver), such as a wait for an object store that stopped answering."""
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        key = f"{self.prefix}{self.NOTES}{time.time_ns():020d}-{os.getpid()}".encode()
+        _internal_kv_put(key, text.encode(), overwrite=True, namespace=self.NAMESPACE)
+
+    def _notes(self) -> list[bytes]:
+        from ray.experimental.internal_kv import _internal_kv_list
+
+        return sorted(_internal_kv_list(f"{self.prefix}{self.NOTES}".encode(),
+                                        namespace=self.NAMESPACE))
+
     def _take(self) -> dict[str, Any] | None:
         from ray import cloudpickle
         from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get
 
         raw = _internal_kv_get(self._key(self._got), namespace=self.NAMESPACE)
-        if raw is None:
-            return None
-        _internal_kv_del(self._key(self._got), namespace=self.NAMESPACE)
-        self._got += 1
-        return cloudpickle.loads(raw)
+        if raw is not None:
+            _internal_kv_del(self._key(self._got), namespace=self.NAMESPACE)
+            self._got += 1
+            return cloudpickle.loads(raw)
+        for key in self._notes()[:1]:
+            text = _internal_kv_get(key, namespace=self.NAMESPACE)
+            _internal_kv_del(key, namespace=self.NAMESPACE)
+            if text is not None:
+                return {"note": text.decode(errors="replace")}
+        return None
 
     def get(self, timeout: float) -> dict[str, Any]:
         """The next item; ``queue.Empty`` when none came within ``timeout`` s."""
@@ -537,7 +573,8 @@ class ReportChannel:
     def empty(self) -> bool:
         from ray.experimental.internal_kv import _internal_kv_exists
 
-        return not _internal_kv_exists(self._key(self._got), namespace=self.NAMESPACE)
+        return not (_internal_kv_exists(self._key(self._got), namespace=self.NAMESPACE)
+                    or self._notes())
 
     def close(self) -> None:
         """Drop what was never read (a failed run)."""
@@ -1081,9 +1118,11 @@ ABORT_WAIT_S = 30.0
 
 
 def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]], None], *,
-                   thread_name: str = "raykube-fit") -> Any:
+                   thread_name: str = "raykube-fit",
+                   on_note: Callable[[str], None] | None = None) -> Any:
     """Run ``trainer.fit()`` in a thread while this thread hands each item that the Train
     controller's callback put on ``queue`` to ``on_item``, in order; return fit's Result.
+    A worker's line (``ReportChannel.note``) goes to ``on_note`` (default: the log).
 
     Why: ``fit`` blocks until training ends, but observers (the rich display, the status
     reporter) and ``tune.report`` must run here, on the driver's (or trial's) thread, as
@@ -1112,6 +1151,9 @@ def fit_and_stream(trainer: Any, queue: Any, on_item: Callable[[dict[str, Any]],
         item = queue.get(timeout=timeout)
         if CONTROLLER_ITEM in item:
             box["controller"] = item[CONTROLLER_ITEM]
+            return None
+        if "note" in item:
+            (on_note or (lambda text: log.warning("%s", text)))(item["note"])
             return None
         return item
 
@@ -1252,7 +1294,8 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     queue = ReportChannel()
     trainer = build_trainer(spec, storage_root=storage_path, storage_path=storage_path,
                             name=name, callbacks=_forwarder(queue, storage_path),
-                            extra_config=extra_config, pg_cleaner=False)
+                            extra_config={**(extra_config or {}), "notes": queue},
+                            pg_cleaner=False)
 
     obs.on_start(run)
     for note in plan.notes:
@@ -1270,7 +1313,8 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
             obs.on_epoch(ev["metrics"], ev["checkpoint"], None)
 
     try:
-        result = fit_and_stream(trainer, queue, _on_item)
+        result = fit_and_stream(trainer, queue, _on_item,
+                                on_note=lambda text: notify(observers, text))
         if result.error:
             raise result.error
     except Exception as exc:

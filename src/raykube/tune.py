@@ -303,7 +303,7 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
         storage_path=trial_dir,
         name="train",
         callbacks=[_user_callback(queue), failure_callback(queue)],
-        extra_config=extra_config or None,
+        extra_config={**extra_config, "notes": queue},
     )
     reports = 0
     last_epoch = 0  # the last epoch this trial reported to Tune (resumed trials: theirs)
@@ -327,7 +327,8 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
         reports += 1
 
     try:
-        result = fit_and_stream(trainer, queue, _on_item, thread_name="raykube-trial-fit")
+        result = fit_and_stream(trainer, queue, _on_item, thread_name="raykube-trial-fit",
+                                on_note=lambda text: log.warning("trial %s: %s", trial_id, text))
     finally:
         _RUNNING_CONTROLLER.pop("handle", None)
         remove_storage_marker(train_dir)

@@ -27,11 +27,13 @@ SPEC = {**DIGITS_SPEC, "train": {**DIGITS_SPEC["train"], "epochs": 3},
 
 
 class Recorder:
-    """A RunObserver that remembers the epochs reported and the failures announced."""
+    """A RunObserver that remembers the epochs reported, the failures announced and the
+    notes (what the terminal prints as it happens)."""
 
     def __init__(self):
         self.epochs: list[int] = []
         self.failures: list[str] = []
+        self.notes: list[str] = []
         self.epoch1 = threading.Event()
 
     def on_start(self, run):
@@ -44,6 +46,9 @@ class Recorder:
 
     def on_failure(self, message):
         self.failures.append(message)
+
+    def on_note(self, message):
+        self.notes.append(message)
 
     def on_end(self, result):
         pass
@@ -156,6 +161,9 @@ def test_object_store_gone_mid_run_stops_in_one_line_and_a_rerun_resumes(
                    "checkpoint")
     assert err.value.transient  # a RayJob's next attempt may find the store back
     assert rec.failures == [] and rec.epochs == [1]
+    # the wait was said as it began, not only at its end
+    assert any(n.startswith(f"the object store {s3_server.endpoint} did not answer while "
+                            "saving checkpoint_epoch_0002: waiting up to ") for n in rec.notes), rec.notes
 
     rec2 = Recorder()
     out = fit(run, s3_prefix, observers=[rec2])
@@ -197,6 +205,8 @@ def test_object_store_back_within_the_wait_costs_no_worker_restart(
     assert done.get("fault"), "the server was never stopped: nothing was tested"
     assert rec.failures == []
     assert rec.epochs == [1, 2, 3]
+    waits = [n for n in rec.notes if "did not answer while saving checkpoint_epoch_0002" in n]
+    assert waits and f"the object store {s3_server.endpoint} answers again: training goes on" in rec.notes, rec.notes
     assert [h["epoch"] for h in out.history] == [1, 2, 3]
     for uri in out.checkpoints:
         _, meta = load_model(resolve_checkpoint(uri))
