@@ -82,6 +82,62 @@ def test_render_refuses_duplicate_names_and_a_missing_output_directory(tmp_path)
                    "cannot write", "No such file or directory")
 
 
+def test_render_refuses_empty_option_values():
+    """``-n "$NS"`` with NS unset rendered into the file's namespace (``default``) with
+    exit 0; ``--image ""`` and ``--checkpoint ""`` fell back to the defaults as silently."""
+    for flag in ("--namespace", "--image", "--checkpoint"):
+        p = cli("render", QUICKSTART, flag, "")
+        one_error_line(p, f"raykube render: {flag} is empty")
+        assert p.returncode == 2 and p.stdout == ""
+
+
+def test_render_names_the_option_behind_a_bad_namespace_or_image():
+    p = cli("render", QUICKSTART, "-n", "ML")
+    one_error_line(p, "metadata.namespace: must be a DNS label", "(got 'ML') (from --namespace)")
+    p = cli("render", QUICKSTART, "--image", "a b")
+    one_error_line(p, "spec.image: 'a b' is not a valid image reference", "(from --image)")
+
+
+def test_render_checkpoint_is_one_checkpoint_for_one_served_run():
+    """``--checkpoint`` with several served runs put the same checkpoint (one model) in
+    every RayService: cifar10's served the quickstart's digits MLP. With none served it
+    did nothing. Both exit 0 before; now one line, exit 2, nothing on stdout."""
+    jobs = sorted(str(f) for f in Path(QUICKSTART).parent.glob("*.yaml"))
+    p = cli("render", *jobs, "--checkpoint", "s3://bkt/quickstart/best")
+    one_error_line(p, f"--checkpoint 's3://bkt/quickstart/best': {len(jobs)} TrainingRuns are served",
+                   "quickstart", "cifar10-cnn", "render the run it belongs to on its own")
+    assert p.returncode == 2 and p.stdout == ""
+    p = cli("render", QUICKSTART, "--no-serve", "--checkpoint", "/mnt/raykube/default/q/best")
+    one_error_line(p, "no RayService is rendered")
+    assert p.returncode == 2 and p.stdout == ""
+    # one served run: its checkpoint
+    p = cli("render", QUICKSTART, "--checkpoint", "s3://bkt/quickstart/best")
+    assert p.returncode == 0 and "checkpoint: s3://bkt/quickstart/best" in p.stdout
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("relative/best", "is a relative path, which the serving pods cannot resolve"),
+    ("~/best", "is a relative path"),
+    (" /mnt/raykube/default/quickstart/best", "leading or trailing spaces"),
+    ("/mnt/raykube/default/quickstart/best\n", "leading or trailing spaces"),
+    ("/mnt/raykube/x\tbest", "a control character"),
+])
+def test_render_refuses_a_checkpoint_the_serving_pods_cannot_find(value, needle):
+    p = cli("render", QUICKSTART, "--checkpoint", value)
+    line = one_error_line(p, needle)
+    assert line.startswith("raykube render: --checkpoint ") and p.stdout == ""
+    if "relative" in needle:
+        assert "/mnt/raykube/default/quickstart" in line  # where the run's checkpoints are
+
+
+def test_render_to_a_full_disk_is_one_line():
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([sys.executable, "-m", "raykube", "render", QUICKSTART],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.strip() == "raykube render: cannot write the output: No space left on device"
+
+
 # ------------------------------------------------------------- 6, 13: image folders
 def _png(path: Path, value: int) -> None:
     import numpy as np

@@ -362,14 +362,20 @@ def test_render_imports_neither_torch_nor_ray():
 def test_cli_render_prints_every_job(capsys):
     from raykube.cli import main
 
-    assert main(["render", *map(str, JOB_FILES), "--checkpoint", "s3://bkt/best"]) == 0
+    assert main(["render", *map(str, JOB_FILES)]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert validate_all(docs) == []
     assert all("ownerReferences" not in d["metadata"] for d in docs)
     kinds = [d["kind"] for d in docs]
     assert kinds.count("RayJob") == len(JOB_FILES)
     services = [d for d in docs if d["kind"] == "RayService"]
-    assert services and all("s3://bkt/best" in s["spec"]["serveConfigV2"] for s in services)
+    assert services  # each serves its own run's best checkpoint
+    for s in services:
+        name = s["metadata"]["labels"][LABEL]
+        assert f"checkpoint: /mnt/raykube/default/{name}/best\n" in s["spec"]["serveConfigV2"]
+    assert main(["render", str(JOB_FILES[0]), "--checkpoint", "s3://bkt/best"]) == 0
+    (svc,) = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d["kind"] == "RayService"]
+    assert "checkpoint: s3://bkt/best\n" in svc["spec"]["serveConfigV2"]
 
 
 def test_cli_render_overrides_and_errors(tmp_path, capsys):

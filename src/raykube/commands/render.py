@@ -8,7 +8,32 @@ ownerReferences (there is no TrainingRun object to own them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from collections.abc import Callable
+
+_FROM_OPTION = {"metadata.namespace": " (from --namespace)", "spec.image": " (from --image)"}
+
+
+def _option_problem(args: argparse.Namespace,
+                    location_problem: Callable[[str], str | None]) -> str | None:
+    """What is wrong with the options themselves, before any file is read; None if nothing.
+
+    An empty value (``-n "$NS"`` with NS unset) used to mean "not given": the objects
+    went to the file's namespace (or ``default``) and the default image without a word."""
+    for flag, value in (("--namespace", args.namespace), ("--image", args.image),
+                        ("--checkpoint", args.checkpoint)):
+        if value is not None and not value.strip():
+            return f"{flag} is empty: give a value, or leave the option out"
+    ckpt = args.checkpoint
+    if ckpt is None:
+        return None
+    if ckpt != ckpt.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in ckpt):
+        return (f"--checkpoint {ckpt!r}: has leading or trailing spaces or a control "
+                "character; the serving pods would look for exactly that path")
+    if problem := location_problem(ckpt):  # the replicas would fail on it in their pods
+        return f"--checkpoint {problem}"
+    return None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "and the CPU/CUDA defaults)")
     p.add_argument("-n", "--namespace", help="namespace of the rendered objects (overrides "
                    "metadata.namespace)")
-    p.add_argument("--checkpoint", metavar="URI", help="checkpoint the RayService serves "
+    p.add_argument("--checkpoint", metavar="URI", help="checkpoint the RayService serves: an "
+                   "absolute path on the run's volume or an s3:// URI, for one served run "
                    "(default: <storage>/<namespace>/<name>/best, the copy of the best "
                    "checkpoint each finished training run writes)")
     serve = p.add_mutually_exclusive_group()
@@ -37,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         dump_yaml,
         render_rayservice,
         render_training,
+        storage_root,
     )
     from raykube.spec import (
         InvalidTrainingRun,
@@ -46,13 +73,13 @@ def run(args: argparse.Namespace) -> int:
         parse_training_run,
     )
 
-    if args.checkpoint and (problem := location_problem(args.checkpoint)):
-        # the RayService's replicas would fail on it in their pods, not here
-        print(f"raykube render: --checkpoint {problem}", file=sys.stderr)
+    if problem := _option_problem(args, location_problem):
+        print(f"raykube render: {problem}", file=sys.stderr)
         return 2
     cfg = RenderConfig.from_env()
     objs = []
     seen: dict[tuple[str, str], str] = {}
+    served: list[str] = []
     try:
         for path in args.files:
             for tr in load_file(path):
@@ -71,15 +98,39 @@ def run(args: argparse.Namespace) -> int:
                         doc["spec"]["image"] = args.image
                     if args.namespace:
                         doc["metadata"]["namespace"] = args.namespace
-                    tr = parse_training_run(doc, source=path)
+                    try:
+                        tr = parse_training_run(doc, source=path)
+                    except InvalidTrainingRun as exc:  # the option's value, not the file's
+                        raise InvalidTrainingRun(
+                            [dataclasses.replace(e, message=e.message + _FROM_OPTION.get(e.path, ""))
+                             for e in exc.errors], exc.source) from None
                 objs.extend(render_training(check_for_cluster(tr, source=path), cfg))
                 if args.serve or (args.serve is None and tr.spec.serve.enabled):
+                    if args.checkpoint and "://" not in args.checkpoint \
+                            and not args.checkpoint.startswith("/"):
+                        print(f"raykube render: --checkpoint {args.checkpoint!r} is a relative "
+                              "path, which the serving pods cannot resolve: give an absolute "
+                              "path on the run's volume or an s3:// URI (its run directory is "
+                              f"{storage_root(tr, cfg)}/{tr.name})", file=sys.stderr)
+                        return 2
                     ckpt = args.checkpoint or default_checkpoint_uri(tr, cfg)
                     objs.append(render_rayservice(tr, cfg, ckpt))
+                    served.append(tr.name)
     except InvalidTrainingRun as exc:
         for e in exc.errors:
             print(f"{e.source or exc.source}: {e.path}: {e.message}", file=sys.stderr)
         return 1
+    if args.checkpoint and len(served) != 1:
+        # One checkpoint is one model: every RayService would serve it, whatever it was
+        # trained for; and with no RayService the option would silently do nothing.
+        why = ("no RayService is rendered (--no-serve, or serve.enabled is false): add "
+               "--serve, or leave --checkpoint out" if not served else
+               f"{len(served)} TrainingRuns are served ({', '.join(served)}) and each would "
+               "serve that one checkpoint: render the run it belongs to on its own, or the "
+               "others without --checkpoint (each then serves its own <storage>/<namespace>/"
+               "<name>/best)")
+        print(f"raykube render: --checkpoint {args.checkpoint!r}: {why}", file=sys.stderr)
+        return 2
     text = dump_yaml(objs)
     if args.out:
         try:
@@ -90,5 +141,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"wrote {len(objs)} objects to {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except OSError as exc:  # a full disk behind a redirect, a closed pipe
+            print(f"raykube render: cannot write the output: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
     return 0
