@@ -138,6 +138,15 @@ def test_render_to_a_full_disk_is_one_line():
     assert p.stderr.strip() == "raykube render: cannot write the output: No space left on device"
 
 
+def test_render_never_writes_over_its_own_input(tmp_path):
+    spec = tmp_path / "run.yaml"
+    spec.write_text(Path(QUICKSTART).read_text())
+    before = spec.read_text()
+    p = cli("render", str(spec), "-o", str(tmp_path / "." / "run.yaml"))
+    one_error_line(p, f"--out {tmp_path}/./run.yaml is an input file")
+    assert spec.read_text() == before
+
+
 # ------------------------------------------------------------- 6, 13: image folders
 def _png(path: Path, value: int) -> None:
     import numpy as np

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 
@@ -133,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     text = dump_yaml(objs)
     if args.out:
+        for path in args.files:  # `-o jobs/run.yaml` would replace the spec by its render
+            if path != "-" and os.path.exists(args.out) and os.path.samefile(path, args.out):
+                print(f"raykube render: --out {args.out} is an input file; write the KubeRay "
+                      "objects elsewhere", file=sys.stderr)
+                return 2
         try:
             Path(args.out).write_text(text)
         except OSError as exc:  # a missing directory, no permission, a directory
