@@ -142,8 +142,9 @@ def test_render_never_writes_over_its_own_input(tmp_path):
     spec = tmp_path / "run.yaml"
     spec.write_text(Path(QUICKSTART).read_text())
     before = spec.read_text()
-    p = cli("render", str(spec), "-o", str(tmp_path / "." / "run.yaml"))
-    one_error_line(p, f"--out {tmp_path}/./run.yaml is an input file")
+    (tmp_path / "link.yaml").symlink_to(spec)  # the same file by another name
+    p = cli("render", str(spec), "-o", str(tmp_path / "link.yaml"))
+    one_error_line(p, f"--out {tmp_path}/link.yaml is an input file")
     assert spec.read_text() == before
 
 
