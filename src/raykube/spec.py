@@ -773,6 +773,12 @@ class SpecErrors(ValueError):
         self.errors = errors
         super().__init__("; ".join(str(e) for e in errors))
 
+    def __reduce__(self):  # noqa: ANN204
+        # Pickled as (cls, args) by default, i.e. rebuilt from the joined message: a
+        # string, which the join above then spelled out one character at a time (a Tune
+        # trial's error crossed Ray that way: "s; p; e; c; ...").
+        return (type(self), (self.errors,))
+
 
 class InvalidTrainingRun(ValueError):
     """A document is not a valid TrainingRun. ``errors`` lists every problem found."""
@@ -782,6 +788,9 @@ class InvalidTrainingRun(ValueError):
         self.source = source
         prefix = f"{source}: " if source else ""
         super().__init__(prefix + "; ".join(str(e) for e in errors))
+
+    def __reduce__(self):  # noqa: ANN204
+        return (type(self), (self.errors, self.source))  # see SpecErrors.__reduce__
 
 
 def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:

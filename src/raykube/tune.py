@@ -11,6 +11,7 @@ Layout, all in the run's storage (a shared volume or ``s3://``)::
 
     <storage>/<name>/                  the Tune experiment (Tuner state, restorable)
         raykube-tune.json              the spec this search is for
+        raykube-history.json           trials' reported epochs from before a resume
         trial-<id>/                    Tune's per-trial results (progress.csv ...)
             train/checkpoint_*/        the trial's Ray Train run and its checkpoints
         result.json, report.png        the outcome, once the search is complete
@@ -37,7 +38,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from raykube.events import Observers, RunObserver
+from raykube.events import Observers, RunObserver, notify
 from raykube.spec import (
     METRICS,
     Distribution,
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 REPORT_FILE = "report.png"
 MARKER_FILE = "raykube-tune.json"
+HISTORY_FILE = "raykube-history.json"  # every trial's reported epochs, kept over resumes
 CHECKPOINT_KEY = "checkpoint_path"  # what Ray's TuneReportCallback adds to each report
 TIME_ATTR = "epoch"  # ASHA's clock: the loop's epoch counter survives trial restarts
 # The spec sections that decide what a search computes: a stored search is reused (or
@@ -612,11 +614,13 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
     analysis = ExperimentAnalysis(path, default_metric=metric, default_mode=mode,
                                   storage_filesystem=fs)
     frames = analysis.trial_dataframes
+    kept = _kept_history(experiment_uri)  # what resumed trials reported before (keep_history)
     trials: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
     for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
         row = trial_row(trial, spec, metric)
-        row["history"] = history = _history(frames.get(trial.trial_id))
+        row["history"] = history = _merge_history(kept.get(trial.trial_id, []),
+                                                  _history(frames.get(trial.trial_id)))
         if history:  # progress.csv is the full record; last_result may lag a restore
             row["iterations"] = max(row["iterations"], history[-1][TIME_ATTR])
             row["status"] = trial_status(str(trial.status), row["iterations"],
@@ -826,7 +830,10 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
         ray_root, ray_fs = ray_storage(storage_path)
         ray_experiment, _ = ray_storage(experiment_uri)
         if marker is not None and tune.Tuner.can_restore(ray_experiment, storage_filesystem=ray_fs):
-            log.info("resuming the interrupted search in %s", experiment_uri)
+            done = keep_history(experiment_uri)
+            notify(observers, f"resuming the interrupted search in {experiment_uri}: "
+                   f"{done} of {spec.tune.trials} trial(s) finished; the others continue "
+                   "from their last checkpoint")
             tuner = tune.Tuner.restore(ray_experiment, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=ray_fs)
@@ -924,6 +931,50 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> 
     return (", ".join(diffs[:limit]) + more) if diffs else "model, data, train or tune changed"
 
 
+def _merge_history(older: list[dict[str, Any]], newer: list[dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """One row per epoch, ``newer``'s where both have it (a resumed trial trains again
+    from its last checkpoint, so an epoch reported twice has its latest model)."""
+    rows = {int(r[TIME_ATTR]): r for r in older}
+    rows.update({int(r[TIME_ATTR]): r for r in newer})
+    return [rows[e] for e in sorted(rows)]
+
+
+def _kept_history(experiment_uri: str) -> dict[str, list[dict[str, Any]]]:
+    try:
+        return _read_json(_join(experiment_uri, HISTORY_FILE)) or {}
+    except ValueError:  # cut off by a kill mid-write: progress.csv still has the rest
+        log.warning("ignoring the unreadable %s", HISTORY_FILE, exc_info=True)
+        return {}
+
+
+def keep_history(experiment_uri: str) -> int:
+    """Before ``Tuner.restore``: save every trial's reported epochs in ``HISTORY_FILE``;
+    the number of trials that had ended.
+
+    Tune keeps a trial's ``progress.csv`` over a restore only when the trial has a *Tune*
+    checkpoint (``ray.tune.logger``'s ``_restore_from_remote``). Ours have Ray Train
+    checkpoints only, so a resumed trial's file started over and the epochs it reported
+    before the interruption were gone: from its history, ``report.png``, and the choice
+    of the best trial (an interrupted trial's best epoch was never a candidate).
+    """
+    from ray.tune import ExperimentAnalysis
+
+    path, fs = ray_storage(experiment_uri)
+    try:
+        analysis = ExperimentAnalysis(path, storage_filesystem=fs)
+        frames = analysis.trial_dataframes
+    except Exception:  # resuming matters more than the curves
+        log.warning("could not read the trials' progress before resuming", exc_info=True)
+        return 0
+    kept = _kept_history(experiment_uri)
+    for trial_id, df in frames.items():
+        rows = [{k: _plain(v) for k, v in r.items()} for r in _history(df)]
+        kept[trial_id] = _merge_history(kept.get(trial_id, []), rows)
+    _write_json(_join(experiment_uri, HISTORY_FILE), kept)
+    return sum(str(t.status) in ("TERMINATED", "ERROR") for t in analysis.trials)
+
+
 def _saved_statuses(experiment_uri: str) -> list[str]:
     """Trial statuses as the experiment state in storage has them: what a resume sees.
 
@@ -1014,6 +1065,12 @@ class TrialTable:
     def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None,
                  trial: str | None = None) -> None:
         pass  # rows come with on_trials (they carry status and iterations too)
+
+    def on_note(self, message: str) -> None:
+        """Something the user should know (a resumed search): one line above the table."""
+        from rich.markup import escape
+
+        self.console.print(escape(message), highlight=False)
 
     def on_failure(self, message: str) -> None:
         """A trial's worker group failed (``TrialFailures``): one line above the table."""

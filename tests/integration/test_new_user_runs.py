@@ -389,6 +389,7 @@ def test_ctrl_c_during_a_tune_search_then_the_same_command_resumes_it(tmp_path):
     p = run_cli(str(spec), "--storage", str(storage))
     clean(p)
     assert "Best trial" in p.stdout and f"best checkpoint {run_dir}/best" in p.stdout, p.stdout
+    assert f"resuming the interrupted search in {run_dir}: " in p.stdout, p.stdout
     result = json.loads((run_dir / "result.json").read_text())
     assert len(result["trials"]) == 2, result
     assert not [t for t in result["trials"] if t["status"] == "ERROR"], result["trials"]

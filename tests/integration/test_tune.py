@@ -70,6 +70,7 @@ class Recorder:
         self.epochs: list[tuple[str | None, int, str | None]] = []
         self.rows: list[dict] = []
         self.ended: dict | None = None
+        self.notes: list[str] = []
         self._sent = False
 
     def on_start(self, run):
@@ -86,6 +87,9 @@ class Recorder:
                 and len(finished) >= self.interrupt_after):
             self._sent = True
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop signal
+
+    def on_note(self, message):
+        self.notes.append(message)
 
     def on_end(self, result):
         self.ended = result
@@ -283,3 +287,71 @@ def test_a_trials_worker_failure_reaches_the_observers(ray_session, tmp_path):
     # worker took its report along) and before the epoch its restarted workers trained,
     # though Tune hands results to the driver later than the board's items
     assert [(t, e) for t, e, _ in rec.failed_after] in ([(first, 1)], [(first, 1), (first, 2)])
+
+
+def test_a_resumed_trial_keeps_the_epochs_it_reported_before(ray_session, tmp_path):
+    """Tune restores a trial's progress.csv only from a *Tune* checkpoint, and a trial's
+    checkpoints are Ray Train's: a trial interrupted mid-way and resumed by a new
+    `raykube run` started its progress over, so its history (result.json, report.png)
+    began at the resume and the epochs before it were never candidates for the best.
+    Here the best epoch is before the interruption for sure (mode max on valLoss: the
+    first epoch's, the highest), and every checkpoint is kept.
+
+    A new `raykube run` is a new Ray session, whose Tune staging directory is empty;
+    this test's session is shared, so its staging directory of the experiment is
+    removed between the two runs to stand for that (with it, Tune appended to the old
+    file and the loss never showed here)."""
+    import shutil
+
+    from ray.train._internal.storage import _get_ray_train_session_dir
+
+    from raykube.tune import TuneInterrupted, run_tune
+
+    epochs = 8
+
+    class Interrupt(Recorder):
+        def on_trials(self, rows):
+            self.rows = rows
+            if not self._sent and any(r["status"] == "RUNNING" and r["iterations"] >= 2
+                                      for r in rows):
+                self._sent = True
+                os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop, as Ctrl-C
+
+    doc = _run("tune-resume-history").model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["train"].update(epochs=epochs, batchSize=16)
+    doc["spec"]["tune"] = {"trials": 1, "metric": "valLoss", "mode": "max",
+                           "scheduler": {"name": "fifo"},
+                           "searchSpace": {"train.optimizer.lr": {"choice": [0.01]}}}
+    doc["spec"]["checkpoint"] = {"keep": epochs, "scoreMetric": "valLoss"}
+    run = parse_training_run(doc)
+    storage = str(tmp_path / "storage")
+
+    first = Interrupt()
+    with pytest.raises(TuneInterrupted):
+        run_tune(run, storage, observers=[first])
+    [trial] = {t for t, _, _ in first.epochs}
+    before = first.epochs_of(trial)
+    assert before[:2] == [1, 2], before
+    for staged in Path(_get_ray_train_session_dir()).glob(f"*/{run.name}"):
+        shutil.rmtree(staged)
+
+    second = Interrupt()
+    second._sent = True  # no second interruption
+    outcome = run_tune(run, storage, observers=[second])
+    [row] = outcome.trials
+    seen = [h["epoch"] for h in row["history"]]
+    # An epoch the trial trained after the interruption, before Ray stopped it, was
+    # never reported (the resume continues from its checkpoint): there may be a gap
+    # right after `before`; everything reported is there.
+    assert set(before) <= set(seen) and seen[-1] == epochs, (before, seen)
+    assert set(second.epochs_of(trial)) <= set(seen)
+    worst = max(row["history"], key=lambda h: h["valLoss"])
+    assert worst["epoch"] in before  # reported before the interruption
+    assert outcome.best_metrics["epoch"] == worst["epoch"]
+    assert outcome.best_checkpoint.endswith(f"checkpoint_epoch_{worst['epoch']:04d}")
+    result = json.loads((Path(storage) / run.name / "result.json").read_text())
+    assert [h["epoch"] for h in result["history"][trial]] == seen
+    # and the terminal says it resumed
+    [note] = second.notes
+    assert note.startswith(f"resuming the interrupted search in {storage}/{run.name}: "
+                           "0 of 1 trial(s) finished"), note

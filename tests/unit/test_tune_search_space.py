@@ -102,6 +102,25 @@ def test_a_sample_that_breaks_a_cross_field_rule_fails_with_the_field():
     assert [e.path for e in exc.value.errors] == ["spec.train.batchSize"]
 
 
+def test_a_samples_spec_error_survives_pickling_as_a_trials_error_does():
+    """A trial's error reaches the driver (error.txt, the end-of-search lines) pickled.
+    Pickled from its args, InvalidTrainingRun was rebuilt with the joined message as its
+    error list, and the search ended with "InvalidTrainingRun: s; p; e; c; ...". (The
+    whole path through a real Ray is tests/integration/test_tune.py's failed-trial test.)"""
+    import pickle
+
+    from raykube.spec import SpecErrors
+
+    with pytest.raises(InvalidTrainingRun) as exc:
+        rt.trial_spec(_run().spec, {"train.batchSize": 1})
+    back = pickle.loads(pickle.dumps(exc.value))
+    assert str(back) == str(exc.value) == (
+        "spec.train.batchSize: global batch 1 is smaller than scaling.workers=2")
+    assert back.errors == exc.value.errors
+    inner = SpecErrors(exc.value.errors)
+    assert str(pickle.loads(pickle.dumps(inner))) == str(inner)
+
+
 # ------------------------------------------------------------------- validation
 @pytest.mark.parametrize(("space", "path", "needle"), [
     ({"train.optimizer.learningRate": {"choice": [0.1]}},

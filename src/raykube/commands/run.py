@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"trained, but could not serve {best}: {exc} "
                      f"(try: raykube serve {best} --port ...)")
     try:
-        instance, truth = validation_example(tr, storage)
+        instance, truth = validation_example(_served_run(tr, outcome), storage)
         answer = demo_request(url, instance)
         console.print(f"served at [bold]{url}[/]\n  question: one validation example, "
                       f"true label [bold]{truth}[/]\n  answer:   {describe_answer(answer)}")
@@ -258,6 +258,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stop_local()
     return 0
+
+
+def _served_run(tr, outcome):  # noqa: ANN001, ANN202 (TrainingRun, local.Outcome)
+    """The TrainingRun whose model is served: after a search, the best trial's spec (a
+    searched ``data.shape``, ``data.dataset`` or ``data.imageSize`` changes what the model
+    takes, and the base spec's example was refused with HTTP 422 after the search)."""
+    if tr.spec.tune is None:
+        return tr
+    from raykube.tune import TuneOutcome, trial_spec
+
+    if not isinstance(outcome.raw, TuneOutcome):
+        return tr
+    return tr.model_copy(update={"spec": trial_spec(tr.spec, outcome.raw.best_config)})
 
 
 def _stop(observers: list) -> None:
