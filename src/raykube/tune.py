@@ -377,6 +377,15 @@ def _metric_of(result: dict[str, Any], metric: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+def trial_epochs(spec: TrainingRunSpec, config: dict[str, Any]) -> int:
+    """The epochs a trial was asked for: its own sample when ``train.epochs`` is searched
+    (a trial that ran its 1 of 1 epochs was listed STOPPED against the base spec's 3)."""
+    try:
+        return int(trial_overrides(spec, config).get("train.epochs", spec.train.epochs))
+    except (TypeError, ValueError):  # a sample the trial itself refuses: it says so
+        return spec.train.epochs
+
+
 def trial_status(status: str, epochs_done: int, epochs: int) -> str:
     """Tune's status, with ASHA's early stops told apart from trials that ran to the end
     (Tune calls both TERMINATED)."""
@@ -396,7 +405,7 @@ def trial_row(trial: Any, spec: TrainingRunSpec, metric: str,
     return {
         "trial": trial.trial_id,
         "params": trial_overrides(spec, trial.config or {}),
-        "status": trial_status(str(trial.status), done, spec.train.epochs),
+        "status": trial_status(str(trial.status), done, trial_epochs(spec, trial.config or {})),
         "metric": _metric_of(last, metric),
         "iterations": done,
     }
@@ -624,7 +633,7 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
         if history:  # progress.csv is the full record; last_result may lag a restore
             row["iterations"] = max(row["iterations"], history[-1][TIME_ATTR])
             row["status"] = trial_status(str(trial.status), row["iterations"],
-                                         spec.train.epochs)
+                                         trial_epochs(spec, trial.config or {}))
             if row["metric"] is None:
                 row["metric"] = _metric_of(history[-1], metric)
         if row["status"] == "ERROR":

@@ -212,6 +212,20 @@ def test_trial_status_tells_early_stops_from_full_runs():
     assert rt.trial_status("ERROR", 1, 5) == "ERROR"
 
 
+def test_a_trial_that_ran_its_own_sampled_epochs_is_not_listed_as_stopped():
+    class Trial:  # the fields trial_row reads of Tune's Trial
+        trial_id, status = "t1", "TERMINATED"
+        config = {"train.epochs": 2, "train.optimizer.lr": 0.01}
+        last_result = {"epoch": 2, "valLoss": 0.5}
+
+    run = _run(searchSpace={"train.epochs": {"choice": [2, 5]},
+                            "train.optimizer.lr": {"loguniform": [1e-4, 1e-1]}},
+               scheduler={"name": "fifo"})
+    assert rt.trial_row(Trial(), run.spec, "valLoss")["status"] == "TERMINATED"
+    Trial.last_result = {"epoch": 1, "valLoss": 0.5}  # an early stop is still one
+    assert rt.trial_row(Trial(), run.spec, "valLoss")["status"] == "STOPPED"
+
+
 def test_history_keeps_one_row_per_epoch_the_last_one():
     import pandas as pd
 
