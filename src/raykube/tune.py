@@ -386,6 +386,16 @@ def trial_epochs(spec: TrainingRunSpec, config: dict[str, Any]) -> int:
         return spec.train.epochs
 
 
+def most_epochs(spec: TrainingRunSpec) -> int:
+    """The most epochs any trial may train: ASHA's ``max_t``, at which it ends a trial
+    (with the base spec's epochs, a trial that sampled more was cut off there)."""
+    assert spec.tune is not None
+    dim = spec.tune.search_space.get("train.epochs")
+    if dim is None:
+        return spec.train.epochs
+    return max(int(v) for v in dim.sample_values())
+
+
 def trial_status(status: str, epochs_done: int, epochs: int) -> str:
     """Tune's status, with ASHA's early stops told apart from trials that ran to the end
     (Tune calls both TERMINATED)."""
@@ -739,7 +749,7 @@ def _tune_config(spec: TrainingRunSpec) -> Any:
     if t.scheduler.name == "asha":
         # stop_last_trials=False: a trial that reaches max_t ends by itself (its Train run
         # finishes cleanly) instead of being stopped by the scheduler.
-        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=spec.train.epochs,
+        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=most_epochs(spec),
                                   grace_period=t.scheduler.grace_period,
                                   reduction_factor=t.scheduler.reduction_factor,
                                   stop_last_trials=False)

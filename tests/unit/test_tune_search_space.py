@@ -226,6 +226,17 @@ def test_a_trial_that_ran_its_own_sampled_epochs_is_not_listed_as_stopped():
     assert rt.trial_row(Trial(), run.spec, "valLoss")["status"] == "STOPPED"
 
 
+@pytest.mark.parametrize("dim,want", [(None, 5), ({"choice": [2, 9, 4]}, 9),
+                                      ({"randint": [2, 12]}, 11)])
+def test_asha_lets_a_trial_train_the_most_epochs_it_may_sample(dim, want):
+    space = {"train.optimizer.lr": {"loguniform": [1e-4, 1e-1]}}
+    if dim is not None:
+        space["train.epochs"] = dim
+    run = _run(searchSpace=space)  # base spec: 5 epochs; ASHA cut trials off there
+    assert rt.most_epochs(run.spec) == want
+    assert rt._tune_config(run.spec).scheduler._max_t == want
+
+
 def test_history_keeps_one_row_per_epoch_the_last_one():
     import pandas as pd
 
