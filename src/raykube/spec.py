@@ -1046,7 +1046,7 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
                 shown = (f"{kind} bound {vals[1]!r}" if kind in ("uniform", "loguniform")
                          and value == math.nextafter(vals[1], vals[0])
                          else f"{kind} bound {vals[0]!r}" if kind != "choice" and value == vals[0]
-                         else f"value {_short(value)}")
+                         else "value null" if value is None else f"value {_short(value)}")
                 yield SpecError(p, f"{shown} is not valid at {path}: {err}")
                 break
 
@@ -1096,7 +1096,9 @@ def _drop_none(obj: Any) -> Any:
 
 def _check_override(base: dict[str, Any], path: str, value: Any,
                     known: frozenset[str] = frozenset()) -> str | None:
-    doc = _drop_none(set_path(base, path, value))
+    # the value as the trial gets it (``apply_overrides``): a null stays a null, which a
+    # required field refuses (it was dropped here and read as "the default")
+    doc = set_path(_drop_none(base), path, value)
     doc.pop("tune", None)
     try:
         trial = TrainingRunSpec.model_validate(doc)

@@ -341,3 +341,14 @@ def test_a_range_out_of_bounds_names_the_bound_as_written():
     assert "uniform bound 50" in msg and "49.99" not in msg, msg
     (msg,) = _errors({"train.epochs": {"randint": [0, 5]}}).values()
     assert "randint bound 0 is not valid at train.epochs" in msg, msg
+
+
+def test_a_null_choice_is_checked_as_the_trial_gets_it():
+    """A null was dropped before the check (read as the default) and failed the trials
+    that sampled it; an optional field takes it (its default)."""
+    errs = _errors({"train.optimizer.lr": {"choice": [None, 0.01]}})
+    assert errs["spec.tune.searchSpace[train.optimizer.lr]"].startswith(
+        "value null is not valid at train.optimizer.lr"), errs
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["tune"]["searchSpace"] = {"model.options.hidden": {"choice": [None, [32]]}}
+    parse_training_run(doc)
