@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from raykube.spec import TrainingRunSpec
+from raykube.spec import SYNTHETIC_SAMPLES, TrainingRunSpec, validation_count
 from raykube.transient import MaybeTransient
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def _split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (train, val) index arrays: a seeded permutation, val first."""
     perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * fraction)))
+    n_val = validation_count(n, fraction)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
@@ -164,7 +164,7 @@ def _synthetic(spec: TrainingRunSpec) -> tuple[np.ndarray, ...]:
     the memory. The examples being independent draws, the last
     ``validationFraction`` of them validate (views, no copy)."""
     shape = _synthetic_shape(spec)
-    n = spec.data.num_samples or 2048
+    n = spec.data.num_samples or SYNTHETIC_SAMPLES
     k = spec.data.num_classes or 10
     d = int(np.prod(shape))
     rng = np.random.default_rng(spec.train.seed)
@@ -174,7 +174,7 @@ def _synthetic(spec: TrainingRunSpec) -> tuple[np.ndarray, ...]:
     y = np.empty(n, dtype=np.int64)
     for i in range(0, n, _LABEL_ROWS):  # the class whose weights best match the model's input
         y[i:i + _LABEL_ROWS] = (_normalised(flat[i:i + _LABEL_ROWS]) @ w).argmax(1)
-    n_val = max(1, int(round(n * spec.data.validation_fraction)))
+    n_val = validation_count(n, spec.data.validation_fraction)
     return x[:n - n_val], y[:n - n_val], x[n - n_val:], y[n - n_val:]
 
 
@@ -362,21 +362,17 @@ def _list_classes(uri: str) -> list[str]:
     return names
 
 
-def check_image_folder(spec: TrainingRunSpec) -> None:
-    """Decode each image of a local image folder once, before any worker reads it:
-    an undecodable file is one ``DatasetUnavailable`` line naming it, not a worker
-    failure retried until Ray Train gives up (``raykube.dataset_files``)."""
+def check_image_folder(spec: TrainingRunSpec, listed: ImageFiles) -> None:
+    """Decode each image of a local image folder (``listed``: its files, as training
+    reads them) once, before any worker reads it: an undecodable file is one
+    ``DatasetUnavailable`` line naming it, not a worker failure retried until Ray Train
+    gives up (``raykube.dataset_files``)."""
     from raykube.dataset_files import BadDatasetFile, check_images
 
     uri = spec.data.uri
     if not uri or "://" in uri:
         return  # object stores: the read tasks report it
-    import pyarrow.fs as pafs
-
-    fs = pafs.LocalFileSystem()
-    root = os.path.abspath(uri)
-    files = [(f.path, f.size, f.mtime_ns) for name in _list_classes(uri)
-             for f in _images_in(fs, os.path.join(root, name))]
+    files = list(zip(listed.paths, listed.sizes, listed.mtimes, strict=True))
     try:
         check_images(files, "L" if spec.data.grayscale else "RGB",
                      spec.data.image_size or DEFAULT_IMAGE_SIZE)
@@ -436,7 +432,7 @@ def prepare(spec: TrainingRunSpec, cache_dir: str, storage_root: str | None = No
         if storage_root is not None and "://" not in uri and _in_process(files):
             build_image_cache(spec, storage_root, files)
         else:
-            check_image_folder(spec)
+            check_image_folder(spec, files)
     return dataset_info(spec, cache_dir)
 
 

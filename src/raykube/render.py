@@ -37,7 +37,7 @@ import yaml
 
 from raykube.flags import parse_flag
 from raykube.footprint import default_head_memory
-from raykube.spec import API_VERSION, KIND, LABEL, TrainingRun, check_for_cluster
+from raykube.spec import API_VERSION, DEFAULT_MOUNT_PATH, KIND, LABEL, TrainingRun
 from raykube.spec import S3_SECRET_KEYS as SECRET_KEYS
 
 SPEC_MOUNT = "/etc/raykube"
@@ -128,7 +128,7 @@ class RenderConfig:
     image_pull_policy: str = "IfNotPresent"
     default_pvc: str = "raykube-storage"
     """Claim mounted when checkpoint.storage names neither pvc nor uri."""
-    default_mount_path: str = "/mnt/raykube"
+    default_mount_path: str = DEFAULT_MOUNT_PATH
     operator_service_account: str = "raykube-operator"
     """The operator's own ServiceAccount (k8s/base); not used by rendered pods."""
     run_service_account_suffix: str = "-raykube"
@@ -205,9 +205,8 @@ def default_checkpoint_uri(run: TrainingRun, cfg: RenderConfig | None = None) ->
 # ------------------------------------------------------------------------- training
 def render_training(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] | None = None
                     ) -> list[dict[str, Any]]:
-    """Everything training needs, in apply order: ConfigMap, RBAC, RayJob.
-    ``InvalidTrainingRun`` for what only a cluster refuses (``check_for_cluster``)."""
-    check_for_cluster(run)
+    """Everything training needs, in apply order: ConfigMap, RBAC, RayJob (for a run
+    that passed ``raykube.spec.check_for_cluster``, as the operator and the command ask)."""
     return [render_spec_configmap(run, cfg, owner), *render_rbac(run, cfg, owner),
             render_rayjob(run, cfg, owner)]
 

@@ -240,6 +240,17 @@ def check(uri: str, *, write: bool = False, settings: S3Settings | None = None) 
                             transient=unreachable(exc)) from None
 
 
+def check_named(what: str, uri: str) -> None:
+    """``check(uri)`` for an ``s3://`` location the user named as ``what`` (``data.uri``,
+    ``--data``): the line starts with that name; other locations pass."""
+    if not is_s3(uri):
+        return
+    try:
+        check(uri)
+    except S3Unavailable as exc:
+        raise S3Unavailable(f"{what} {exc}", transient=exc.transient) from None
+
+
 def require_file(uri: str, settings: S3Settings | None = None) -> None:
     """``check`` plus: the object ``uri`` exists (a checkpoint's checkpoint.pt)."""
     import pyarrow.fs as pafs

@@ -858,10 +858,25 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         yield from _tune_checks(spec)
 
 
+SYNTHETIC_SAMPLES = 2048
+"""data.numSamples of a synthetic dataset when not given."""
+DEFAULT_MOUNT_PATH = "/mnt/raykube"
+"""Where pods mount the shared volume when the spec names no pvc (RenderConfig's default)."""
 DATASET_TRAIN_EXAMPLES = {"digits": 1797, "fashion-mnist": 60000, "cifar10": 50000}
 """Examples before the split (digits: scikit-learn's bundled set, split by
 validationFraction) or in the official training split (the others validate on their
 test split)."""
+
+
+def validation_count(n: int, fraction: float) -> int:
+    """Examples of ``n`` held out for validation (``raykube.data``'s split)."""
+    return max(1, round(n * fraction))
+
+
+def relative_path(location: str) -> bool:
+    """A filesystem path that is not absolute: no pod can resolve it (no spec file, no
+    working directory of the user's)."""
+    return "://" not in location and not location.startswith("/")
 
 
 def known_split_sizes(spec: TrainingRunSpec) -> tuple[int, int | None] | None:
@@ -871,8 +886,9 @@ def known_split_sizes(spec: TrainingRunSpec) -> tuple[int, int | None] | None:
     split; None for an image folder (its files decide)."""
     d = spec.data
     if d.dataset == "synthetic" or d.dataset == "digits":
-        n = (d.num_samples or 2048) if d.dataset == "synthetic" else DATASET_TRAIN_EXAMPLES["digits"]
-        n_val = max(1, round(n * d.validation_fraction))
+        n = ((d.num_samples or SYNTHETIC_SAMPLES) if d.dataset == "synthetic"
+             else DATASET_TRAIN_EXAMPLES["digits"])
+        n_val = validation_count(n, d.validation_fraction)
         train = n - n_val
         return (min(train, d.num_samples) if d.num_samples and d.dataset == "digits"
                 else train), n_val
@@ -1265,14 +1281,14 @@ def cluster_problems(run: TrainingRun) -> list[SpecError]:
     spec file's folder to ``raykube run``; a pod has no spec file, and the path would
     resolve against the image's working directory, where the data is not."""
     pvc = run.spec.checkpoint.storage.pvc
-    shared = pvc.mount_path if pvc is not None else "/mnt/raykube"
+    shared = pvc.mount_path if pvc is not None else DEFAULT_MOUNT_PATH
     return [SpecError(path, f"{value!r} is a relative path, which a pod cannot resolve "
                       f"(locally it is relative to the spec file); give an absolute path on "
                       f"the shared volume (under {shared})"
                       + (" or an s3:// URI" if path.endswith("uri") else ""))
             for path, value in (("spec.data.uri", run.spec.data.uri),
                                 ("spec.data.cacheDir", run.spec.data.cache_dir))
-            if value and "://" not in value and not value.startswith("/")]
+            if value and relative_path(value)]
 
 
 def check_for_cluster(run: TrainingRun, source: str | None = None) -> TrainingRun:

@@ -78,13 +78,10 @@ def run(args: argparse.Namespace) -> int:
         read_meta(local)  # what the prediction reads once Ray is up (class names, shape)
         check_out(args.out)
         data_spec, _ = resolve_data(TrainingRunSpec.model_validate(meta.spec), args.data)
-        if (uri := data_spec.data.uri) and uri.startswith("s3://"):
+        if data_spec.data.uri:
             from raykube import s3
 
-            try:
-                s3.check(uri)
-            except s3.S3Unavailable as exc:
-                raise OSError(f"--data {exc}") from None
+            s3.check_named("--data", data_spec.data.uri)
     except user_errors as exc:
         print(f"raykube predict: {exc}", file=sys.stderr)
         return 2

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         load_file,
         location_problem,
         parse_training_run,
+        relative_path,
     )
 
     if problem := _option_problem(args, location_problem):
@@ -107,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
                              for e in exc.errors], exc.source) from None
                 objs.extend(render_training(check_for_cluster(tr, source=path), cfg))
                 if args.serve or (args.serve is None and tr.spec.serve.enabled):
-                    if args.checkpoint and "://" not in args.checkpoint \
-                            and not args.checkpoint.startswith("/"):
+                    if args.checkpoint and relative_path(args.checkpoint):
                         print(f"raykube render: --checkpoint {args.checkpoint!r} is a relative "
                               "path, which the serving pods cannot resolve: give an absolute "
                               "path on the run's volume or an s3:// URI (its run directory is "

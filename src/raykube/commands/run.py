@@ -125,13 +125,10 @@ def run(args: argparse.Namespace) -> int:
         run_dir = check_storage(storage, tr.name)
         lock = run_lock.hold(run_dir)  # noqa: F841 (held until this process exits)
         check_resumable(run_dir, tr.spec)
-        if tr.spec.data.uri and tr.spec.data.uri.startswith("s3://"):
+        if tr.spec.data.uri:
             from raykube import s3
 
-            try:
-                s3.check(tr.spec.data.uri)
-            except s3.S3Unavailable as exc:
-                raise OSError(f"data.uri {exc}") from None
+            s3.check_named("data.uri", tr.spec.data.uri)
         if tr.spec.serve.enabled:
             from raykube.serve import ensure_port_free
 
