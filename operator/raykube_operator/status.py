@@ -617,6 +617,25 @@ def spec_change_after_the_run(conditions: list[dict[str, Any]], *, now: str,
 
 
 _NO_CAUSE = re.compile(r"attempt \d+ failed" + re.escape(RETRY_TAIL))
+# What ``pod_problem`` says a pod waits for, without the detail after it.
+_POD_WAIT = re.compile(r"(?P<lead>.*?): pod (?P<pod>\S+)(?: \(KubeRay's job submitter\))?"
+                       r"(?: (?P<unscheduled>cannot be scheduled)"
+                       r"|: container (?P<container>\S+) (?P<why>\w+))")
+# kubelet alternates these while it backs off one failing pull
+_SAME_WAIT = {"ImagePullBackOff": "ErrImagePull"}
+
+
+def _waits_for(message: str | None) -> tuple[str, ...] | None:
+    """The pod and the kind of wait a "waiting for the Ray cluster" message names, or
+    None: the scheduler rewrites its verdict at each attempt (a node tainted for a moment
+    under load adds "had untolerated taint(s)"), and kubelet flips ErrImagePull and
+    ImagePullBackOff; neither is news to the reader of Events."""
+    m = _POD_WAIT.match(message or "")
+    if m is None:
+        return None
+    why = m["why"] or ""
+    return (m["lead"], m["pod"], m["unscheduled"] or "", m["container"] or "",
+            _SAME_WAIT.get(why, why))
 
 
 def phase_event(current: dict[str, Any] | None,
@@ -626,7 +645,8 @@ def phase_event(current: dict[str, Any] | None,
     a retry already announced (same attempt) that has lost its cause: KubeRay clears the
     failed job's log from the RayJob, and after a pod-problem message the condition's
     message no longer holds it either; "retrying: attempt 1 failed" then said nothing
-    the Retrying Event before it had not said better."""
+    the Retrying Event before it had not said better. Nor when the same pod still waits
+    for the same thing in other words (``_waits_for``); the status message has them."""
     cur = current or {}
     old_phase, new_phase = cur.get("phase"), patch["phase"]
     if old_phase == new_phase and patch.get("message") == cur.get("message"):
@@ -635,6 +655,9 @@ def phase_event(current: dict[str, Any] | None,
     if (new_phase == old_phase == "Running" and running.get("reason") == "Retrying"
             and patch.get("attempts") == cur.get("attempts")
             and _NO_CAUSE.fullmatch(running.get("message") or "")):
+        return None
+    if old_phase == new_phase and (wait := _waits_for(patch.get("message"))) is not None \
+            and wait == _waits_for(cur.get("message")):
         return None
     failed = is_true(patch["conditions"], FAILED)
     reason = new_phase if new_phase != "Running" else running.get("reason", "Running")

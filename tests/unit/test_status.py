@@ -625,6 +625,9 @@ def test_a_retry_is_announced_once_with_its_cause():
                "message": kuberay}, []),
              ({"jobDeploymentStatus": "Retrying", "failed": 1}, []),
              ({"jobDeploymentStatus": "Initializing", "failed": 1}, [problem]),
+             # the scheduler's next verdict, with the node tainted for a moment (CI)
+             ({"jobDeploymentStatus": "Initializing", "failed": 1},
+              [problem + ", 1 node(s) had untolerated taint(s)"]),
              ({"jobDeploymentStatus": "Initializing", "failed": 1}, []),
              ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "failed": 1}, [])]
     cur: dict = {}
@@ -641,3 +644,29 @@ def test_a_retry_is_announced_once_with_its_cause():
         ("Retrying", f"retrying: attempt 1 failed: {cause}"),
         ("Retrying", f"waiting for the Ray cluster: {problem}"),
         ("JobRunning", "training is running")], events
+
+
+def test_a_pod_that_still_waits_for_the_same_thing_is_not_announced_again():
+    """kubelet flips ErrImagePull and ImagePullBackOff as it backs off, and the scheduler
+    rewrites its verdict; the status message follows, the Events do not repeat. Another
+    wait, or another pod, is announced."""
+    def waiting(reason: str, pod: str = "r-head") -> str:
+        return f"pod {pod}: container ray-head {reason}: pull access denied"
+    steps = [waiting("ErrImagePull"), waiting("ImagePullBackOff"), waiting("ErrImagePull"),
+             "pod r-head cannot be scheduled: 0/1 nodes are available",
+             "pod r-head cannot be scheduled: 0/1 nodes are available: 1 node(s) had "
+             "untolerated taint(s)",
+             waiting("ErrImagePull", pod="r-worker"),
+             waiting("CreateContainerConfigError", pod="r-worker")]
+    cur: dict = {}
+    events, messages = [], []
+    for i, problem in enumerate(steps):
+        patch = st.status_from_rayjob(job(jobDeploymentStatus="Initializing"), cur,
+                                      now=f"2025-01-01T00:00:0{i}Z", generation=1,
+                                      pod_problems=[problem])
+        messages.append(patch["message"])
+        if event := st.phase_event(cur, patch):
+            events.append(event[2])
+        cur = {k: v for k, v in {**cur, **patch}.items() if v is not None}
+    assert messages == [f"waiting for the Ray cluster: {p}" for p in steps]
+    assert events == [f"waiting for the Ray cluster: {steps[i]}" for i in (0, 3, 5, 6)], events
