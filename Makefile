@@ -103,11 +103,11 @@ bench-tools: ## install wrk from Debian's packages when it is not on the PATH
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; }
 
 .PHONY: test
-test: $(STAMP) cluster-bins s3-build bench-tools ## set up (first time) and run the unit and integration tests
+test: $(STAMP) cluster-bins s3-build fluxcel-build bench-tools ## set up (first time) and run the unit and integration tests
 	$(BIN)/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: $(STAMP) ## unit tests only (no Ray, seconds)
+test-unit: $(STAMP) fluxcel-build ## unit tests only (no Ray, seconds)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: lint
@@ -139,6 +139,15 @@ s3-up: $(STAMP) s3-build ## start MinIO on 127.0.0.1:9000 with bucket s3://rayku
 .PHONY: s3-down
 s3-down: ## stop the MinIO of s3-up (data stays in build/s3/data)
 	tests/s3/down.sh
+
+# ----------------------------------------------------------------------------- flux
+# fluxcel (tests/gitops/fluxcel): Flux's own healthCheckExprs evaluation (fluxcd/pkg/runtime,
+# pinned in its go.mod/go.sum), for the test that runs k8s/gitops/flux.yaml's TrainingRun
+# health check on the Argo CD check's cases. Cached like MinIO, under a name that changes
+# with its source; nothing is built when the cached binary exists.
+.PHONY: fluxcel-build
+fluxcel-build: ## build fluxcel once into ~/.cache/raykube (needs Go) and link build/bin/fluxcel
+	tests/gitops/fluxcel/build.sh
 
 # --------------------------------------------------------------------------- bench
 .PHONY: bench

@@ -9,16 +9,21 @@
 - the operator's RBAC grants exactly the API verbs its code uses;
 - the plain KubeRay manifests are what ``raykube render`` prints today;
 - the Argo CD health check (Lua, run with Lua 5.1 like Argo CD's interpreter) maps
-  TrainingRun statuses to the right health;
+  TrainingRun statuses to the right health, and Flux's healthCheckExprs (evaluated by
+  Flux's own code: build/bin/fluxcel, ``make fluxcel-build``) map them to the same, on
+  the same cases and on every combination of conditions;
 - the kind scripts are valid bash and agree with the overlays.
 
 kustomize: ``kubectl kustomize`` (kubectl >= 1.27) or a ``kustomize`` binary on PATH, or
-``RAYKUBE_KUSTOMIZE=/path/to/kustomize``. Missing, the tests fail (not skip) and say so.
+``RAYKUBE_KUSTOMIZE=/path/to/kustomize``. Missing, the tests fail (not skip) and say so;
+so do the Flux tests without build/bin/fluxcel.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 import json
 import re
 import shutil
@@ -36,6 +41,7 @@ from k8s_schemas import validate_all, validate_strict
 from raykube.render import RenderConfig, render_rbac
 from raykube.spec import LABEL, PVCStorage, load_one, load_yaml_documents
 from raykube_operator.rbac import PERMISSIONS
+from raykube_operator.status import phase_of
 
 try:
     import tomllib
@@ -444,12 +450,15 @@ def test_gitops_examples_point_at_real_paths():
     assert checks[0]["kind"] == "TrainingRun" and checks[0]["apiVersion"] == "raykube.io/v1alpha1"
 
 
-def _health(obj: dict[str, Any]) -> tuple[str, str]:
+def _lua_health():
+    """obj -> (health, message): trainingrun-health.lua in one Lua 5.1 runtime."""
     try:
         import lupa.lua51 as lupa  # Argo CD runs health checks with gopher-lua (Lua 5.1)
     except ImportError:
         pytest.fail("lupa is missing (dev extra): pip install 'lupa>=2.4'")
     lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+    fn = lua.execute("return function() " + (K8S / "gitops" / "trainingrun-health.lua").read_text()
+                     + "\nend")
 
     def to_lua(v):
         if isinstance(v, dict):
@@ -458,11 +467,16 @@ def _health(obj: dict[str, Any]) -> tuple[str, str]:
             return lua.table_from([to_lua(x) for x in v])
         return v
 
-    lua.globals().obj = to_lua(obj)
-    fn = lua.execute("return function() " + (K8S / "gitops" / "trainingrun-health.lua").read_text()
-                     + "\nend")
-    hs = fn()
-    return hs["status"], hs["message"]
+    def health(obj: dict[str, Any]) -> tuple[str, str]:
+        lua.globals().obj = to_lua(obj)
+        hs = fn()
+        return hs["status"], hs["message"]
+
+    return health
+
+
+def _health(obj: dict[str, Any]) -> tuple[str, str]:
+    return _lua_health()(obj)
 
 
 def _tr(status=None, generation=1, serve=True):
@@ -479,7 +493,9 @@ def _c(type_, status, reason="R", message=""):
             "lastTransitionTime": "2026-01-01T00:00:00Z"}
 
 
-@pytest.mark.parametrize(("status", "kw", "health", "words"), [
+# (status, _tr keywords, Argo CD health, words of its message): the Lua test's cases, run
+# through Flux's healthCheckExprs too.
+HEALTH_CASES = [
     (None, {}, "Progressing", "operator"),
     ({"observedGeneration": 1, "conditions": [_c("Validated", "False", "InvalidSpec",
                                                  "spec.train.epochs: must be >= 1")]},
@@ -507,11 +523,116 @@ def _c(type_, status, reason="R", message=""):
      {}, "Suspended", "Suspended"),
     ({"observedGeneration": 1, "conditions": [_c("Ready", "True")]},
      {"generation": 2}, "Progressing", "generation 2"),
-])
+]
+
+
+@pytest.mark.parametrize(("status", "kw", "health", "words"), HEALTH_CASES)
 def test_argocd_health_check(status, kw, health, words):
     got, message = _health(_tr(status, **kw))
     assert got == health, message
     assert words.lower() in message.lower(), message
+
+
+# Flux: the TrainingRun healthCheckExprs of k8s/gitops/flux.yaml, evaluated by Flux's own
+# code (github.com/fluxcd/pkg/runtime/cel, as kustomize-controller calls it) in
+# tests/gitops/fluxcel, built by `make fluxcel-build`. Argo CD's health -> Flux's status;
+# Flux has no Suspended, and a suspended run is a stable state someone chose: Current.
+FLUXCEL = REPO / "tests" / "gitops" / "fluxcel"
+FLUX_STATUS = {"Healthy": "Current", "Degraded": "Failed", "Progressing": "InProgress",
+               "Suspended": "Current"}
+
+
+def _fluxcel() -> Path:
+    """build/bin/fluxcel, checked to be the build of the current tests/gitops/fluxcel (the
+    cache directory build.sh names after Flux's runtime version and the source's hash)."""
+    runtime = re.search(r"^\s*github\.com/fluxcd/pkg/runtime (v\S+)$",
+                        (FLUXCEL / "go.mod").read_text(), re.M)[1]
+    digest = hashlib.sha256(b"".join((FLUXCEL / name).read_bytes()
+                                     for name in ("main.go", "go.mod", "go.sum"))).hexdigest()[:12]
+    binary = REPO / "build" / "bin" / "fluxcel"
+    how = ("build it with `make fluxcel-build` (tests/gitops/fluxcel/build.sh; needs Go >= 1.26 "
+           "and the Go module proxy the first time, then cached in ~/.cache/raykube/bin)")
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: {how}")
+    built = binary.resolve().parent.name
+    if built != f"fluxcel-{runtime}-{digest}":
+        pytest.fail(f"{binary} is {built}, not the build of the current source "
+                    f"(fluxcel-{runtime}-{digest}): {how}")
+    return binary
+
+
+def _flux(objs: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Flux's status (and the expression error, if any) for each object."""
+    flux = [d for d in yaml.safe_load_all((K8S / "gitops" / "flux.yaml").read_text()) if d]
+    (checks,) = [k["spec"]["healthCheckExprs"] for k in flux if "healthCheckExprs" in k["spec"]]
+    proc = subprocess.run([str(_fluxcel())], input=json.dumps({"healthCheckExprs": checks,
+                                                               "objects": objs}),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(got) == len(objs), proc.stdout
+    return got
+
+
+def _flux_disagreements(objs: list[dict[str, Any]]) -> list[str]:
+    lua = _lua_health()
+    wrong = []
+    for obj, flux in zip(objs, _flux(objs), strict=True):
+        health, message = lua(obj)
+        if "status" not in obj:
+            # Flux makes the object's top-level fields the expressions' variables, so with
+            # no status at all (before the operator first writes it) any expression errs:
+            # Unknown, which Flux keeps polling as it does InProgress (no CEL can avoid it).
+            ok = flux["status"] == "Unknown" and "no such attribute(s): status" in flux["error"]
+            want = "Unknown (no such attribute status)"
+        else:
+            want = FLUX_STATUS[health]
+            ok = flux["status"] == want and not flux["error"]
+        if not ok:
+            wrong.append(f"Argo CD {health} ({message}) -> Flux {flux['status']} {flux['error']}, "
+                         f"want {want}: {json.dumps(obj.get('status'))}, "
+                         f"generation {obj['metadata']['generation']}, spec {json.dumps(obj['spec'])}")
+    return wrong
+
+
+def _as_written(obj: dict[str, Any]) -> dict[str, Any]:
+    """obj with the status.phase the operator writes beside the conditions (derived from
+    them: Flux's expressions could read it, the Lua does not)."""
+    if "conditions" in obj.get("status", {}):
+        obj["status"] = {**obj["status"], "phase": phase_of(obj["status"]["conditions"])}
+    return obj
+
+
+def test_flux_health_checks_map_the_argocd_cases():
+    objs = [_as_written(_tr(status, **kw)) for status, kw, _, _ in HEALTH_CASES]
+    wrong = _flux_disagreements(objs)
+    assert not wrong, f"{len(wrong)} of {len(objs)}:\n" + "\n".join(wrong)
+
+
+def test_flux_health_checks_agree_with_argocd_on_every_combination():
+    # Each condition absent or in each status that matters (one of each type, as the API
+    # server keeps them), serve on, off or not given, the spec observed or not yet.
+    statuses = {"Validated": [None, "True", "False"], "Failed": [None, "True", "False"],
+                "Ready": [None, "True", "False"], "Succeeded": [None, "True", "False"],
+                "Promoted": [None, "True", "False"],
+                "Running": [None, ("True", "JobRunning"), ("False", "Suspended"),
+                            ("Unknown", "Suspended"), ("False", "Completed")]}
+    objs = []
+    for combo in itertools.product(*statuses.values()):
+        conditions = [_c(type_, *(value if isinstance(value, tuple) else (value,)))
+                      for type_, value in zip(statuses, combo, strict=True) if value is not None]
+        for serve, (generation, observed) in itertools.product(
+                [True, False, None], [(1, 1), (2, 1), (1, None)]):
+            status = {"conditions": conditions}
+            if observed is not None:
+                status["observedGeneration"] = observed
+            obj = _as_written(_tr(status, generation=generation, serve=serve))
+            if serve is None:
+                obj["spec"] = {}
+            objs.append(obj)
+    objs += [_tr({}), _tr({"observedGeneration": 1}), _as_written(_tr({"conditions": []}))]
+    wrong = _flux_disagreements(objs)
+    assert not wrong, f"{len(wrong)} of {len(objs)}, e.g.:\n" + "\n".join(wrong[:10])
 
 
 # ------------------------------------------------------------------- kind scripts
