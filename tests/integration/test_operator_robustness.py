@@ -502,6 +502,80 @@ def test_rayservice_deleted_is_promoted_again(kube):
     kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
 
 
+def test_raykube_render_output_of_the_same_run_is_left_alone(kube, tmp_path):
+    """A namespace where a GitOps tool applies ``raykube render`` output, and a TrainingRun
+    of the same name is created. The rendered objects carry the run's label and no owner,
+    which is how an orphan of the operator's looked: the operator followed the rendered
+    cluster's pods (an OOM kill there became the TrainingRun's Warning and lastIncident),
+    and once the rendered RayJob was deleted (as README says to rerun an edit) it applied
+    over the rendered ConfigMap and RBAC and made itself their owner, so deleting the
+    TrainingRun deleted the GitOps tool's objects. They are somebody else's: NameConflict,
+    and nothing of theirs is written."""
+    import contextlib
+    import io
+
+    from raykube.cli import main
+
+    name = "gitops-side"
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump(tr_doc(name)))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["render", str(spec), "--no-serve", "-n", kube.namespace]) == 0
+    rendered = [d for d in yaml.safe_load_all(out.getvalue()) if d]
+    for obj in rendered:
+        kube.create(obj)
+    kube.create(tr_doc(name))
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="NameConflict")
+    assert cond(tr, "SpecApplied")["message"].startswith(f"RayJob {name}")
+
+    # a pod of the rendered RayJob's cluster, labelled as KubeRay labels it from the
+    # template, OOM-killed (bound to no real node, so nothing but this test writes it)
+    job = next(o for o in rendered if o["kind"] == "RayJob")
+    labels = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    pod = f"{name}-head-x"
+    kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": pod, "labels": {**labels, "ray.io/cluster": f"{name}-x",
+                                "ray.io/node-type": "head"}},
+        "spec": {"nodeName": "no-such-node", "containers": [
+            {"name": "ray-head", "image": "example.com/ray:1",
+             "resources": {"limits": {"memory": "1Gi"}}}]}})
+    kube.patch_status("Pod", pod, {"phase": "Running", "containerStatuses": [{
+        "name": "ray-head", "image": "example.com/ray:1", "imageID": "", "ready": False,
+        "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                                     "startedAt": "2026-12-01T00:00:00Z",
+                                     "finishedAt": "2026-12-01T00:01:00Z"}}}]})
+    kube.delete("RayJob", name)
+    kube.wait_gone("RayJob", name)
+
+    companions = [o for o in rendered if o["kind"] != "RayJob"]
+
+    def still_waiting(o):  # the run retried after the RayJob went, and still refused
+        msg = cond(o, "SpecApplied")["message"]
+        return not msg.startswith(f"RayJob {name}") and all(
+            f"{c['kind']} {c['metadata']['name']}" in msg for c in companions)
+
+    kube.wait_object("TrainingRun", name, timeout=60, where=still_waiting)
+    for c in companions:
+        now = kube.get(c["kind"], c["metadata"]["name"])
+        assert not now["metadata"].get("ownerReferences"), now["metadata"]
+        assert now["metadata"]["labels"] == c["metadata"]["labels"]
+        assert {k: v for k, v in now.items() if k not in ("metadata", "kind", "apiVersion")} \
+            == {k: v for k, v in c.items() if k not in ("metadata", "kind", "apiVersion")}
+    assert kube.get("RayJob", name) is None
+    tr = kube.get("TrainingRun", name)
+    assert cond(tr, "SpecApplied")["reason"] == "NameConflict"
+    assert "lastIncident" not in tr["status"], tr["status"]
+    assert not [e["message"] for e in events(kube, name)
+                if e["reason"] in ("OOMKilled", "RayHeadLost")]
+    kube.delete("TrainingRun", name)
+    kube.wait_gone("TrainingRun", name)
+    for c in companions:  # the GitOps tool's, still there
+        assert kube.get(c["kind"], c["metadata"]["name"]) is not None
+    kube.delete("Pod", pod)
+
+
 def test_everything_above_stayed_within_the_operator_rbac(kube):
     from raykube_operator.rbac import allowed
 
