@@ -73,6 +73,7 @@ from raykube.render import (
     MANAGED_BY_LABEL,
     OPERATOR_MANAGER,
     RENDERED_LABEL,
+    in_storage,
     rayservice_name,
     render_rayservice,
     render_training,
@@ -825,6 +826,16 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
                                     "serving": None, "rayService": None})
         return
     checkpoint = _ann(svc, CHECKPOINT_ANNOTATION)
+    if checkpoint and not in_storage(checkpoint, run, cfg.render):
+        # checkpoint.storage was edited (a new run): the checkpoint served is on the
+        # storage the spec named before, which pods rendered for the new one cannot
+        # read (no volume, or no S3 settings); KubeRay's upgrade would never be ready.
+        # The live RayService stays as it is until a checkpoint of the new storage is
+        # promoted (serve.enabled=false still removes it).
+        log.info("RayService %s/%s serves %s, outside the run's storage now: kept as it is "
+                 "until the new run's checkpoint is promoted", run.namespace, svc_name,
+                 checkpoint)
+        return
     if checkpoint:
         obj = render_rayservice(run, cfg.render, checkpoint, owner=_owner(tr["metadata"]))
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: checkpoint})

@@ -204,6 +204,13 @@ def storage_root(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
     return f"{_mount_path(run, cfg or RenderConfig())}/{run.namespace}"
 
 
+def in_storage(location: str, run: TrainingRun, cfg: RenderConfig | None = None) -> bool:
+    """Whether ``location`` (a checkpoint) is under the run's ``storage_root``: where the
+    run's pods, as rendered for its spec, can read it."""
+    root = storage_root(run, cfg).rstrip("/")
+    return location == root or location.startswith(root + "/")
+
+
 def default_checkpoint_uri(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
     """What ``raykube render`` serves by default: ``<run dir>/best``, the copy of the best
     checkpoint that training refreshes at the end of every run (``raykube.train.publish_best``).

@@ -502,6 +502,41 @@ def test_rayservice_deleted_is_promoted_again(kube):
     kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
 
 
+def test_storage_moved_after_promotion_leaves_the_live_rayservice_as_it_is(kube):
+    """``checkpoint.storage`` edited after the run was served (a volume -> s3://): a new run
+    starts, and the live RayService was rendered again from the new spec right away
+    while it still served the previous run's checkpoint, which is on the volume: its new
+    pods mounted no volume (and took S3 settings instead), so KubeRay's upgrade cluster
+    could not load it. The RayService keeps its storage until a checkpoint of the new
+    storage is promoted."""
+    name = "moved"
+    kube.create(tr_doc(name, serve=True, min_accuracy=0.5))
+    run_job(kube, name)
+    checkpoint(kube, name, 0.95)
+    succeed(kube, name)
+    svc = kube.wait_object("RayService", f"{name}-serve")
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+    job_uid = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"checkpoint": {"storage": {
+        "uri": "s3://bkt/runs", "secretRef": {"name": "s3-creds"}}}}})
+    kube.wait_object("RayJob", name, timeout=30,
+                     where=lambda o: o["metadata"]["uid"] != job_uid)  # the new run
+    time.sleep(2)
+    now = kube.get("RayService", f"{name}-serve")
+    assert now["spec"] == svc["spec"], "the live RayService was rendered for the new storage"
+    # the new run's checkpoint (in the bucket) is promoted with the bucket's settings
+    run_job(kube, name)
+    kube.patch_status("TrainingRun", name, {"checkpoint": {
+        "uri": f"s3://bkt/runs/{kube.namespace}/{name}/ckpt", "epoch": 3,
+        "metrics": {"valAccuracy": 0.96}}})
+    succeed(kube, name)
+    now = kube.wait_object("RayService", f"{name}-serve", timeout=30,
+                           where=lambda o: "s3://bkt/runs" in o["spec"]["serveConfigV2"])
+    head = now["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert "volumes" not in head and any(
+        e["name"] == "AWS_ACCESS_KEY_ID" for e in head["containers"][0]["env"])
+
+
 def test_raykube_render_output_of_the_same_run_is_left_alone(kube, tmp_path):
     """A namespace where a GitOps tool applies ``raykube render`` output, and a TrainingRun
     of the same name is created. The rendered objects carry the run's label and no owner,

@@ -535,3 +535,17 @@ def test_rendered_objects_are_marked_as_not_the_operators(capsys):
         assert obj["metadata"]["labels"] == {LABEL: "quickstart", R.MANAGED_BY_LABEL: "raykube"}
         if obj["kind"] in ("RayJob", "RayService"):
             assert all(R.RENDERED_LABEL not in t["metadata"]["labels"] for t in _templates(obj))
+
+
+def test_in_storage_is_under_the_runs_storage_root():
+    """What the operator asks before it renders the live RayService again for an edited
+    spec: a checkpoint outside the run's storage now (checkpoint.storage edited) is not
+    readable by pods rendered for it."""
+    on_volume = _run()
+    on_s3 = _run(checkpoint={"storage": {"uri": "s3://bkt/runs/", "secretRef": {"name": "s"}}})
+    assert R.in_storage("/mnt/raykube/default/quickstart/best", on_volume)
+    assert R.in_storage("s3://bkt/runs/default/quickstart/checkpoint_000003", on_s3)
+    assert not R.in_storage("/mnt/raykube/default/quickstart/best", on_s3)
+    assert not R.in_storage("s3://bkt/runs/default/quickstart/best", on_volume)
+    assert not R.in_storage("/mnt/raykube/defaultx/quickstart/best", on_volume)
+    assert not R.in_storage("s3://bkt/runs-old/default/q/best", on_s3)
