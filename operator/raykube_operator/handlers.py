@@ -69,7 +69,16 @@ from typing import Any
 
 import kopf
 
-from raykube.render import rayservice_name, render_rayservice, render_training, serve_endpoint
+from raykube.render import (
+    MANAGED_BY_LABEL,
+    OPERATOR_MANAGER,
+    RENDERED_LABEL,
+    in_storage,
+    rayservice_name,
+    render_rayservice,
+    render_training,
+    serve_endpoint,
+)
 from raykube.spec import (
     API_VERSION,
     GROUP,
@@ -94,6 +103,11 @@ SPEC_HASH = f"{GROUP}/spec-hash"
 TRAINING_HASH = f"{GROUP}/training-hash"
 CHECKPOINT_ANNOTATION = f"{GROUP}/checkpoint"
 FINALIZER = f"{GROUP}/finalizer"
+CHILD_LABELS = {LABEL: kopf.PRESENT, RENDERED_LABEL: kopf.ABSENT}
+"""What the watches on children and Ray pods follow: the run's label, but not what
+``raykube render`` printed (``RENDERED_LABEL``, on its objects and pod templates), which
+Argo CD, Flux or kubectl manage: the operator never follows, recreates or adopts those,
+even where a TrainingRun of the same name exists."""
 
 
 # ------------------------------------------------------------------------- settings
@@ -340,13 +354,19 @@ def _ours_to_apply(child: dict[str, Any], tr: dict[str, Any]) -> bool:
     ConfigMap the user made, with no label of ours) or another owner's (the previous
     run's, until the garbage collector removes it): applying over it would add our data
     and ownerReference to it, and deleting the TrainingRun would then have the garbage
-    collector delete the user's object. The RayJob is stricter (``_owned`` alone): an
-    orphaned RayJob may still be training."""
+    collector delete the user's object. An orphan is what the operator made: it carries
+    our ``managed-by``. ``raykube render``'s objects carry the run's label too, and no
+    owner, but a GitOps tool manages them: taken over, they were rewritten under it and
+    deleted with the TrainingRun. The RayJob is stricter (``_owned`` alone): an orphaned
+    RayJob may still be training."""
     if _owned(child, tr):
         return True
     meta = child.get("metadata") or {}
-    return not meta.get("ownerReferences") and (meta.get("labels") or {}).get(LABEL) == (
-        tr.get("metadata") or {}).get("name")
+    labels = meta.get("labels") or {}
+    return (not meta.get("ownerReferences")
+            and labels.get(LABEL) == (tr.get("metadata") or {}).get("name")
+            and labels.get(MANAGED_BY_LABEL) == OPERATOR_MANAGER
+            and RENDERED_LABEL not in labels)
 
 
 def _name_conflict(kube: Kube, tr: dict[str, Any],
@@ -806,6 +826,16 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
                                     "serving": None, "rayService": None})
         return
     checkpoint = _ann(svc, CHECKPOINT_ANNOTATION)
+    if checkpoint and not in_storage(checkpoint, run, cfg.render):
+        # checkpoint.storage was edited (a new run): the checkpoint served is on the
+        # storage the spec named before, which pods rendered for the new one cannot
+        # read (no volume, or no S3 settings); KubeRay's upgrade would never be ready.
+        # The live RayService stays as it is until a checkpoint of the new storage is
+        # promoted (serve.enabled=false still removes it).
+        log.info("RayService %s/%s serves %s, outside the run's storage now: kept as it is "
+                 "until the new run's checkpoint is promoted", run.namespace, svc_name,
+                 checkpoint)
+        return
     if checkpoint:
         obj = render_rayservice(run, cfg.render, checkpoint, owner=_owner(tr["metadata"]))
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: checkpoint})
@@ -907,7 +937,7 @@ def on_permanent_failure(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         raise _transient(exc, memo.cfg) from exc
 
 
-@kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL: kopf.PRESENT})
+@kopf.on.event("ray.io", "v1", "rayjobs", labels=CHILD_LABELS)
 def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A RayJob changed (status: follow it) or was deleted behind our back.
 
@@ -931,10 +961,10 @@ def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
 
 
 # ------------------------------------------------- the RayJob's companions, deleted
-@kopf.on.event("", "v1", "configmaps", labels={LABEL: kopf.PRESENT})
-@kopf.on.event("", "v1", "serviceaccounts", labels={LABEL: kopf.PRESENT})
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels={LABEL: kopf.PRESENT})
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels={LABEL: kopf.PRESENT})
+@kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS)
+@kopf.on.event("", "v1", "serviceaccounts", labels=CHILD_LABELS)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=CHILD_LABELS)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=CHILD_LABELS)
 def on_companion_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The spec ConfigMap, the driver's ServiceAccount, Role or RoleBinding deleted
     behind our back: reconcile its run, which applies it again while the run is active
@@ -955,7 +985,7 @@ def on_companion_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) ->
 
 
 # ------------------------------------------------------------------------ Ray pods
-@kopf.on.event("", "v1", "pods", labels={LABEL: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels=CHILD_LABELS)
 def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A pod of a TrainingRun changed (a Ray pod, or KubeRay's job submitter, which has
     no ``ray.io/cluster`` label and belongs to the RayJob's current cluster): when whether
@@ -1181,7 +1211,7 @@ def _sync_rayservice_status(svc: dict[str, Any], memo: kopf.Memo) -> None:
                    if patch["phase"] == "Serving" else "RayService not ready")
 
 
-@kopf.on.event("ray.io", "v1", "rayservices", labels={LABEL: kopf.PRESENT})
+@kopf.on.event("ray.io", "v1", "rayservices", labels=CHILD_LABELS)
 def on_rayservice_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A RayService changed (follow its status) or was deleted by someone."""
     if type == "DELETED":

@@ -89,6 +89,16 @@ def image_problem(image: str) -> str | None:
 DNS_SUBDOMAIN_PATTERN = _DNS_SUBDOMAIN_RE.pattern
 """A Secret's or a PersistentVolumeClaim's name (RFC 1123 subdomain, dots allowed)."""
 
+
+def object_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a Secret (or a claim): Kubernetes' message, or None."""
+    if len(name) > 253:
+        return "must be no more than 253 characters"
+    if not _DNS_SUBDOMAIN_RE.match(name):
+        return ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                "characters, '-' or '.', and must start and end with an alphanumeric character")
+    return None
+
 RESERVED_MOUNTS = ("/etc/raykube", "/proc", "/sys", "/dev")
 """Where the storage volume may not go, nor below: the spec ConfigMap's mount (a
 duplicate mountPath makes the API server refuse the RayJob), and the kernel's."""

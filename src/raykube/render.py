@@ -51,6 +51,15 @@ SPEC_HASH_ANNOTATION = "raykube.io/spec-hash"
 ROLE_LABEL = "raykube.io/role"
 """On every pod template: ``head``, the worker group's name (``workers``, ``serve``), or
 ``submitter`` (KubeRay's job submitter)."""
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+OPERATOR_MANAGER = "raykube"
+"""``MANAGED_BY_LABEL`` of the operator's children (rendered with an ``owner``) only."""
+RENDERED_LABEL = "raykube.io/rendered-by"
+RENDERED_BY = "raykube-render"
+"""``RENDERED_LABEL`` of what ``raykube render`` prints (rendered without an ``owner``), on
+every object and pod template: Argo CD, Flux or kubectl manage those, not the operator,
+so they carry no ``MANAGED_BY_LABEL`` of ours, and the operator's watches skip anything
+that carries this label (it never follows, recreates or takes over such objects)."""
 SERVE_ROLE = "serve"
 SUBMITTER_ROLE = "submitter"
 # KubeRay's own default for the submitter container (common.GetDefaultSubmitterContainer),
@@ -195,6 +204,13 @@ def storage_root(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
     return f"{_mount_path(run, cfg or RenderConfig())}/{run.namespace}"
 
 
+def in_storage(location: str, run: TrainingRun, cfg: RenderConfig | None = None) -> bool:
+    """Whether ``location`` (a checkpoint) is under the run's ``storage_root``: where the
+    run's pods, as rendered for its spec, can read it."""
+    root = storage_root(run, cfg).rstrip("/")
+    return location == root or location.startswith(root + "/")
+
+
 def default_checkpoint_uri(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
     """What ``raykube render`` serves by default: ``<run dir>/best``, the copy of the best
     checkpoint that training refreshes at the end of every run (``raykube.train.publish_best``).
@@ -249,11 +265,12 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
     image = s.image or (cfg.gpu_image if sc.gpus_per_worker > 0 else cfg.cpu_image)
     env = [*_storage_env(run, cfg, {**TRAIN_ENV, WORKER_SLOT_ENV: WORKER_SLOT}),
            {"name": "RAYKUBE_TRAININGRUN", "value": f"{run.namespace}/{run.name}"}]
+    pods = PodSettings(labels=_pod_labels(run, owner), s3_secret=storage_secret(run))
     group = _worker_group(
         run, cfg, name="workers", units=sc.workers * trials, cpus=sc.cpus_per_worker,
         gpus=sc.gpus_per_worker, memory=sc.memory_per_worker, image=image, env=env,
         spec_volume=False, node_selector=sc.node_selector,
-        tolerations=[t.to_dict() for t in sc.tolerations or []], slot=WORKER_SLOT)
+        tolerations=[t.to_dict() for t in sc.tolerations or []], pods=pods, slot=WORKER_SLOT)
     job: dict[str, Any] = {
         "entrypoint": ENTRYPOINT,
         "shutdownAfterJobFinishes": True,
@@ -261,12 +278,13 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
         "backoffLimit": s.failure.max_retries,
         "rayClusterSpec": {
             "rayVersion": cfg.ray_version,
-            "headGroupSpec": _head_group(run, cfg, image=image, env=env, spec_volume=True),
+            "headGroupSpec": _head_group(run, cfg, image=image, env=env, spec_volume=True,
+                                         pods=pods),
             "workerGroupSpecs": [group],
         },
     }
     group["template"]["spec"]["containers"][0]["lifecycle"] = copy.deepcopy(STOP_RAY_FIRST)
-    job["submitterPodTemplate"] = _submitter_template(run, cfg, image)
+    job["submitterPodTemplate"] = _submitter_template(cfg, image, pods.labels)
     if s.suspend:
         # only when true: KubeRay writes RayJobs back without `suspend: false` (omitempty),
         # so rendering it would make every apply of an unchanged render a spec change
@@ -296,7 +314,8 @@ left the head's driver trains no more. Not on the serving cluster: its replicas 
 until KubeRay has moved the Service."""
 
 
-def _submitter_template(run: TrainingRun, cfg: RenderConfig, image: str) -> dict[str, Any]:
+def _submitter_template(cfg: RenderConfig, image: str, labels: Mapping[str, str]
+                        ) -> dict[str, Any]:
     """KubeRay's job submitter pod (``ray job submit``, then the job's log) as KubeRay
     would make it (the head's image, its default resources; KubeRay fills in the command
     and the job's address), plus the run's labels. Without them nothing ties the pod to
@@ -306,7 +325,7 @@ def _submitter_template(run: TrainingRun, cfg: RenderConfig, image: str) -> dict
     container = {"name": "ray-job-submitter", "image": image,
                  "imagePullPolicy": cfg.image_pull_policy,
                  "resources": copy.deepcopy(SUBMITTER_RESOURCES)}
-    return {"metadata": {"labels": {LABEL: run.name, ROLE_LABEL: SUBMITTER_ROLE}},
+    return {"metadata": {"labels": {**labels, ROLE_LABEL: SUBMITTER_ROLE}},
             "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
                      "containers": [container]}}
 
@@ -354,10 +373,20 @@ def serve_config(run: TrainingRun, checkpoint_uri: str, *, access_log: bool = Fa
 
 
 def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
-                      owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      owner: Mapping[str, Any] | None = None, *,
+                      checkpoint_secret: str | None = None) -> dict[str, Any]:
     """The KubeRay RayService serving ``checkpoint_uri``; a new checkpoint only changes
-    ``serveConfigV2``, which KubeRay rolls out in place (no downtime)."""
+    ``serveConfigV2``, which KubeRay rolls out in place (no downtime).
+
+    ``checkpoint_secret``: the Secret (``checkpoint.storage.secretRef``'s shape) whose S3
+    settings the pods get for an ``s3://`` checkpoint outside the run's storage (a run on
+    a volume); the run's own ``secretRef``, if any, is the one its pods already get."""
     s, sv = run.spec, run.spec.serve
+    own = storage_secret(run)
+    if checkpoint_secret is not None and own is not None and checkpoint_secret != own:
+        raise ValueError(f"the pods already take their S3 settings from "
+                         f"checkpoint.storage.secretRef {own!r}, not {checkpoint_secret!r}")
+    pods = PodSettings(labels=_pod_labels(run, owner), s3_secret=checkpoint_secret or own)
     image = s.image or (cfg.gpu_image if sv.gpus_per_replica > 0 else cfg.cpu_image)
     metrics = {"RAY_SERVE_HAPROXY_METRICS_ENABLED": "1"} if cfg.serve_request_metrics else {}
     env = _storage_env(run, cfg, {**SERVE_ENV, **SERVE_POD_ENV, **metrics})
@@ -365,7 +394,7 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
         run, cfg, name=SERVE_ROLE, units=sv.replicas, cpus=sv.cpus_per_replica,
         gpus=sv.gpus_per_replica, memory=sv.memory_per_replica, image=image, env=env,
         spec_volume=False, node_selector=s.scaling.node_selector,
-        tolerations=[t.to_dict() for t in s.scaling.tolerations or []])
+        tolerations=[t.to_dict() for t in s.scaling.tolerations or []], pods=pods)
     # KubeRay leaves replicas out of the RayService's cluster hash (kuberay#2333), so a
     # replica change alone would never reach the pods: the count in the pod template
     # makes it a cluster change, rolled out by KubeRay's zero-downtime upgrade.
@@ -377,7 +406,8 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
         "serveService": {"metadata": {"name": serve_service_name(run)}},
         "rayClusterConfig": {
             "rayVersion": cfg.ray_version,
-            "headGroupSpec": _head_group(run, cfg, image=image, env=env, spec_volume=False),
+            "headGroupSpec": _head_group(run, cfg, image=image, env=env, spec_volume=False,
+                                         pods=pods),
             "workerGroupSpecs": [group],
         },
     }
@@ -394,8 +424,10 @@ def spec_hash(obj: Any) -> str:
 
 # -------------------------------------------------------------------------- helpers
 def _meta(run: TrainingRun, name: str, owner: Mapping[str, Any] | None) -> dict[str, Any]:
+    manager = ({MANAGED_BY_LABEL: OPERATOR_MANAGER} if owner is not None
+               else {RENDERED_LABEL: RENDERED_BY})
     meta: dict[str, Any] = {"name": name, "namespace": run.namespace,
-                            "labels": {LABEL: run.name, "app.kubernetes.io/managed-by": "raykube"}}
+                            "labels": {LABEL: run.name, **manager}}
     if owner is not None:
         if not owner.get("uid"):
             raise ValueError("owner must carry the TrainingRun's uid")
@@ -403,6 +435,28 @@ def _meta(run: TrainingRun, name: str, owner: Mapping[str, Any] | None) -> dict[
             "apiVersion": API_VERSION, "kind": KIND, "name": owner.get("name", run.name),
             "uid": owner["uid"], "controller": True, "blockOwnerDeletion": True}]
     return meta
+
+
+def _pod_labels(run: TrainingRun, owner: Mapping[str, Any] | None) -> dict[str, str]:
+    """The run's label on every pod template, and ``RENDERED_LABEL`` on those of
+    ``raykube render`` (no ``owner``), so that the operator's pod watch skips them too."""
+    return {LABEL: run.name} if owner is not None else {LABEL: run.name,
+                                                         RENDERED_LABEL: RENDERED_BY}
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """What every pod template of one RayJob or RayService shares besides its container."""
+
+    labels: Mapping[str, str]
+    s3_secret: str | None = None
+    """The Secret the pods take their S3 settings from (``s3_secret_env``), if any."""
+
+
+def storage_secret(run: TrainingRun) -> str | None:
+    """The Secret of ``checkpoint.storage.secretRef`` (only with an s3:// ``uri``)."""
+    st = run.spec.checkpoint.storage
+    return st.secret_ref.name if st.uri is not None and st.secret_ref is not None else None
 
 
 def _mount_path(run: TrainingRun, cfg: RenderConfig) -> str:
@@ -435,7 +489,8 @@ def s3_secret_env(secret: str) -> list[dict[str, Any]]:
 
 
 def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: dict[str, Any],
-                  spec_volume: bool, node_selector: dict[str, str] | None = None,
+                  spec_volume: bool, pods: PodSettings,
+                  node_selector: dict[str, str] | None = None,
                   tolerations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     st = run.spec.checkpoint.storage
     volumes: list[dict[str, Any]] = []
@@ -444,10 +499,10 @@ def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: 
         volumes.append({"name": "storage",
                         "persistentVolumeClaim": {"claimName": _claim_name(run, cfg)}})
         mounts.append({"name": "storage", "mountPath": _mount_path(run, cfg)})
-    elif st.secret_ref is not None:
+    if pods.s3_secret is not None:
         # Named keys, not envFrom: the pods get the S3 settings raykube reads
         # (raykube.s3.SECRET_KEYS) and nothing else the Secret may hold.
-        container["env"] = [*container.get("env", []), *s3_secret_env(st.secret_ref.name)]
+        container["env"] = [*container.get("env", []), *s3_secret_env(pods.s3_secret)]
     if spec_volume:
         volumes.append({"name": "spec", "configMap": {"name": spec_configmap_name(run)}})
         mounts.append({"name": "spec", "mountPath": SPEC_MOUNT, "readOnly": True})
@@ -464,11 +519,11 @@ def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: 
         pod["nodeSelector"] = dict(sorted(node_selector.items()))
     if tolerations:
         pod["tolerations"] = tolerations
-    return {"metadata": {"labels": {LABEL: run.name, ROLE_LABEL: role}}, "spec": pod}
+    return {"metadata": {"labels": {**pods.labels, ROLE_LABEL: role}}, "spec": pod}
 
 
 def _head_group(run: TrainingRun, cfg: RenderConfig, *, image: str, env: list[dict[str, Any]],
-                spec_volume: bool) -> dict[str, Any]:
+                spec_volume: bool, pods: PodSettings) -> dict[str, Any]:
     head = run.spec.scaling.head
     memory = head.memory or default_head_memory(run.spec, job=spec_volume)
     res = {"cpu": _cpu(head.cpus), "memory": memory}
@@ -480,7 +535,7 @@ def _head_group(run: TrainingRun, cfg: RenderConfig, *, image: str, env: list[di
     head_cpus = str(max(1, math.ceil(head.cpus - 1e-9))) if run.spec.tune is not None and spec_volume else "0"
     return {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": head_cpus},
             "template": _pod_template(run, cfg, role="head", container=container,
-                                      spec_volume=spec_volume)}
+                                      spec_volume=spec_volume, pods=pods)}
 
 
 def pods_needed(units: int, gpus_per_unit: float) -> tuple[int, int]:
@@ -493,10 +548,11 @@ def pods_needed(units: int, gpus_per_unit: float) -> tuple[int, int]:
 def _worker_group(run: TrainingRun, cfg: RenderConfig, *, name: str, units: int, cpus: float,
                   gpus: float, memory: str, image: str, env: list[dict[str, Any]],
                   spec_volume: bool, node_selector: dict[str, str] | None,
-                  tolerations: list[dict[str, Any]], slot: str | None = None) -> dict[str, Any]:
+                  tolerations: list[dict[str, Any]], pods: PodSettings,
+                  slot: str | None = None) -> dict[str, Any]:
     """``slot``: a Ray custom resource each pod advertises once per unit it is sized for
     (see ``WORKER_SLOT``), written as KubeRay writes its group ``resources``."""
-    pods, per_pod = pods_needed(units, gpus)
+    count, per_pod = pods_needed(units, gpus)
     pod_cpus = cpus * per_pod
     pod_gpus = math.ceil(gpus * per_pod - 1e-9) if gpus > 0 else 0
     res: dict[str, str] = {"cpu": _cpu(pod_cpus), "memory": _scale_quantity(memory, per_pod)}
@@ -516,11 +572,11 @@ def _worker_group(run: TrainingRun, cfg: RenderConfig, *, name: str, units: int,
     # omitempty) when it adds its finalizer; workerGroupSpecs is an atomic list, so without
     # it KubeRay takes over the whole list and a second `kubectl apply --server-side` of
     # the same render conflicts with kuberay-operator (seen on the real control plane).
-    return {"groupName": name, "replicas": pods, "minReplicas": pods, "maxReplicas": pods,
+    return {"groupName": name, "replicas": count, "minReplicas": count, "maxReplicas": count,
             "numOfHosts": 1, "priority": 0, "scaleStrategy": {}, "rayStartParams": params,
             "template": _pod_template(run, cfg, role=name, container=container,
-                                      spec_volume=spec_volume, node_selector=node_selector,
-                                      tolerations=tolerations)}
+                                      spec_volume=spec_volume, pods=pods,
+                                      node_selector=node_selector, tolerations=tolerations)}
 
 
 def _cpu(cpus: float) -> str:

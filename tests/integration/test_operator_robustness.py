@@ -502,6 +502,115 @@ def test_rayservice_deleted_is_promoted_again(kube):
     kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
 
 
+def test_storage_moved_after_promotion_leaves_the_live_rayservice_as_it_is(kube):
+    """``checkpoint.storage`` edited after the run was served (a volume -> s3://): a new run
+    starts, and the live RayService was rendered again from the new spec right away
+    while it still served the previous run's checkpoint, which is on the volume: its new
+    pods mounted no volume (and took S3 settings instead), so KubeRay's upgrade cluster
+    could not load it. The RayService keeps its storage until a checkpoint of the new
+    storage is promoted."""
+    name = "moved"
+    kube.create(tr_doc(name, serve=True, min_accuracy=0.5))
+    run_job(kube, name)
+    checkpoint(kube, name, 0.95)
+    succeed(kube, name)
+    svc = kube.wait_object("RayService", f"{name}-serve")
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+    job_uid = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"checkpoint": {"storage": {
+        "uri": "s3://bkt/runs", "secretRef": {"name": "s3-creds"}}}}})
+    kube.wait_object("RayJob", name, timeout=30,
+                     where=lambda o: o["metadata"]["uid"] != job_uid)  # the new run
+    time.sleep(2)
+    now = kube.get("RayService", f"{name}-serve")
+    assert now["spec"] == svc["spec"], "the live RayService was rendered for the new storage"
+    # the new run's checkpoint (in the bucket) is promoted with the bucket's settings
+    run_job(kube, name)
+    kube.patch_status("TrainingRun", name, {"checkpoint": {
+        "uri": f"s3://bkt/runs/{kube.namespace}/{name}/ckpt", "epoch": 3,
+        "metrics": {"valAccuracy": 0.96}}})
+    succeed(kube, name)
+    now = kube.wait_object("RayService", f"{name}-serve", timeout=30,
+                           where=lambda o: "s3://bkt/runs" in o["spec"]["serveConfigV2"])
+    head = now["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert "volumes" not in head and any(
+        e["name"] == "AWS_ACCESS_KEY_ID" for e in head["containers"][0]["env"])
+
+
+def test_raykube_render_output_of_the_same_run_is_left_alone(kube, tmp_path):
+    """A namespace where a GitOps tool applies ``raykube render`` output, and a TrainingRun
+    of the same name is created. The rendered objects carry the run's label and no owner,
+    which is how an orphan of the operator's looked: the operator followed the rendered
+    cluster's pods (an OOM kill there became the TrainingRun's Warning and lastIncident),
+    and once the rendered RayJob was deleted (as README says to rerun an edit) it applied
+    over the rendered ConfigMap and RBAC and made itself their owner, so deleting the
+    TrainingRun deleted the GitOps tool's objects. They are somebody else's: NameConflict,
+    and nothing of theirs is written."""
+    import contextlib
+    import io
+
+    from raykube.cli import main
+
+    name = "gitops-side"
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump(tr_doc(name)))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["render", str(spec), "--no-serve", "-n", kube.namespace]) == 0
+    rendered = [d for d in yaml.safe_load_all(out.getvalue()) if d]
+    for obj in rendered:
+        kube.create(obj)
+    kube.create(tr_doc(name))
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="NameConflict")
+    assert cond(tr, "SpecApplied")["message"].startswith(f"RayJob {name}")
+
+    # a pod of the rendered RayJob's cluster, labelled as KubeRay labels it from the
+    # template, OOM-killed (bound to no real node, so nothing but this test writes it)
+    job = next(o for o in rendered if o["kind"] == "RayJob")
+    labels = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    pod = f"{name}-head-x"
+    kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": pod, "labels": {**labels, "ray.io/cluster": f"{name}-x",
+                                "ray.io/node-type": "head"}},
+        "spec": {"nodeName": "no-such-node", "containers": [
+            {"name": "ray-head", "image": "example.com/ray:1",
+             "resources": {"limits": {"memory": "1Gi"}}}]}})
+    kube.patch_status("Pod", pod, {"phase": "Running", "containerStatuses": [{
+        "name": "ray-head", "image": "example.com/ray:1", "imageID": "", "ready": False,
+        "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137,
+                                     "startedAt": "2026-12-01T00:00:00Z",
+                                     "finishedAt": "2026-12-01T00:01:00Z"}}}]})
+    kube.delete("RayJob", name)
+    kube.wait_gone("RayJob", name)
+
+    companions = [o for o in rendered if o["kind"] != "RayJob"]
+
+    def still_waiting(o):  # the run retried after the RayJob went, and still refused
+        msg = cond(o, "SpecApplied")["message"]
+        return not msg.startswith(f"RayJob {name}") and all(
+            f"{c['kind']} {c['metadata']['name']}" in msg for c in companions)
+
+    kube.wait_object("TrainingRun", name, timeout=60, where=still_waiting)
+    for c in companions:
+        now = kube.get(c["kind"], c["metadata"]["name"])
+        assert not now["metadata"].get("ownerReferences"), now["metadata"]
+        assert now["metadata"]["labels"] == c["metadata"]["labels"]
+        assert {k: v for k, v in now.items() if k not in ("metadata", "kind", "apiVersion")} \
+            == {k: v for k, v in c.items() if k not in ("metadata", "kind", "apiVersion")}
+    assert kube.get("RayJob", name) is None
+    tr = kube.get("TrainingRun", name)
+    assert cond(tr, "SpecApplied")["reason"] == "NameConflict"
+    assert "lastIncident" not in tr["status"], tr["status"]
+    assert not [e["message"] for e in events(kube, name)
+                if e["reason"] in ("OOMKilled", "RayHeadLost")]
+    kube.delete("TrainingRun", name)
+    kube.wait_gone("TrainingRun", name)
+    for c in companions:  # the GitOps tool's, still there
+        assert kube.get(c["kind"], c["metadata"]["name"]) is not None
+    kube.delete("Pod", pod)
+
+
 def test_everything_above_stayed_within_the_operator_rbac(kube):
     from raykube_operator.rbac import allowed
 

@@ -110,9 +110,12 @@ def test_render_checkpoint_is_one_checkpoint_for_one_served_run():
     p = cli("render", QUICKSTART, "--no-serve", "--checkpoint", "/mnt/raykube/default/q/best")
     one_error_line(p, "no RayService is rendered")
     assert p.returncode == 2 and p.stdout == ""
-    # one served run: its checkpoint
-    p = cli("render", QUICKSTART, "--checkpoint", "s3://bkt/quickstart/best")
+    # one served run: its checkpoint (an s3:// one, for a run on a volume, with the Secret
+    # its serving pods read it with)
+    p = cli("render", QUICKSTART, "--checkpoint", "s3://bkt/quickstart/best",
+            "--checkpoint-secret", "s3-creds")
     assert p.returncode == 0 and "checkpoint: s3://bkt/quickstart/best" in p.stdout
+    assert "name: s3-creds" in p.stdout
 
 
 @pytest.mark.parametrize(("value", "needle"), [

@@ -136,3 +136,89 @@ def test_a_throttled_request_that_kopf_retries_is_a_warning(message, level):
                                message, None, None)
     assert throttled_retry_is_a_warning(record) is True
     assert (record.levelno, record.levelname) == (level, logging.getLevelName(level))
+
+
+# ------------------------------------------------------- what `raykube render` printed
+def _rendered(owner=None):
+    """The quickstart's objects as ``raykube render`` prints them (no owner), or as the
+    operator makes them (``owner``), and the pods' labels (pod templates, as KubeRay
+    copies them onto the pods)."""
+    from pathlib import Path
+
+    from raykube import render as R
+    from raykube.spec import load_file
+
+    run, = load_file(str(Path(__file__).resolve().parents[2] / "jobs" / "quickstart.yaml"))
+    cfg = R.RenderConfig()
+    objs = [*R.render_training(run, cfg, owner), R.render_rayservice(run, cfg, "/x", owner)]
+    pods = []
+    for o in objs[-2:]:
+        cluster = o["spec"].get("rayClusterSpec") or o["spec"]["rayClusterConfig"]
+        pods += [cluster["headGroupSpec"]["template"],
+                 *(g["template"] for g in cluster["workerGroupSpecs"])]
+    pods.append(objs[-2]["spec"]["submitterPodTemplate"])
+    return objs, [{"kind": "Pod", "metadata": t["metadata"]} for t in pods]
+
+
+OWNER = {"name": "quickstart", "uid": "0b3c5a4e-0000-4000-8000-000000000001"}
+
+
+def test_the_operator_watches_skip_what_raykube_render_printed():
+    """Argo CD, Flux or kubectl manage what ``raykube render`` printed. It carries the run's
+    label, which every watch of the operator on children and Ray pods selected on: a
+    rendered RayJob's pods were followed, and their OOM kills and head losses written
+    into the status of a same-named TrainingRun with Warning Events, for pods it did not
+    own. Each watch now skips ``raykube.io/rendered-by`` (kopf's own label matching)."""
+    import kopf
+    from kopf._core.intents.registries import _matches_metadata
+
+    from raykube_operator import handlers
+
+    kinds = {"RayJob": "rayjobs", "RayService": "rayservices", "ConfigMap": "configmaps",
+             "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
+             "Pod": "pods"}
+    watches = {h.selector.any_name: h for h in kopf.get_default_registry()._watching
+               .get_all_handlers() if h.id in handlers.WATCH_HANDLERS}
+    assert set(kinds.values()) <= set(watches), sorted(watches)
+
+    def seen(obj):
+        h = watches[kinds[obj["kind"]]]
+        return _matches_metadata(pattern=h.labels, content=obj["metadata"]["labels"],
+                                 kwargs={}, cause=None)
+
+    rendered, rendered_pods = _rendered()
+    ours, our_pods = _rendered(OWNER)
+    assert len(rendered_pods) == len(our_pods) == 5
+    assert [o["kind"] for o in rendered] == [o["kind"] for o in ours] == [
+        "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "RayJob", "RayService"]
+    assert [seen(o) for o in rendered + rendered_pods] == [False] * 11
+    assert [seen(o) for o in ours + our_pods] == [True] * 11
+
+
+def test_rendered_companions_are_never_taken_over():
+    """A TrainingRun next to the same run's ``raykube render`` output (a namespace that
+    GitOps also deploys to): the rendered ConfigMap and RBAC carry the run's label and no
+    owner, which is what an orphan of a same-named TrainingRun deleted with
+    ``--cascade=orphan`` looks like, so the operator applied over them and set itself as
+    their owner (deleting the TrainingRun then deleted the GitOps tool's objects). Only
+    what the operator made (its ``managed-by``) is taken over."""
+    import copy
+
+    from raykube_operator.handlers import _ours_to_apply
+
+    tr = {"metadata": {"name": "quickstart", "uid": OWNER["uid"]}}
+    rendered, _ = _rendered()
+    ours, _ = _rendered(OWNER)
+    for obj in rendered[:4]:
+        assert not _ours_to_apply(obj, tr), obj["metadata"]
+    for obj in ours[:4]:
+        assert _ours_to_apply(obj, tr)
+        orphan = copy.deepcopy(obj)
+        del orphan["metadata"]["ownerReferences"]
+        assert _ours_to_apply(orphan, tr)
+        other = copy.deepcopy(obj)  # another TrainingRun's (the GC has not caught up)
+        other["metadata"]["ownerReferences"][0]["uid"] = "another"
+        assert not _ours_to_apply(other, tr)
+    users = {"metadata": {"name": "quickstart-spec", "labels": {"raykube.io/trainingrun":
+                                                                "quickstart"}}}
+    assert not _ours_to_apply(users, tr)

@@ -98,7 +98,7 @@ def test_the_job_submitter_is_kuberays_own_with_the_runs_labels():
     """KubeRay takes a submitterPodTemplate as given and fills in the command and the
     job's address; ours is its default (image, resources) plus the run's labels, so
     that the operator's pod watch sees a submitter pod that cannot start."""
-    job = R.render_rayjob(_run(image="example.com/raykube:custom"), CFG)
+    job = R.render_rayjob(_run(image="example.com/raykube:custom"), CFG, OWNER)
     tpl = job["spec"]["submitterPodTemplate"]
     assert tpl["metadata"]["labels"] == {LABEL: "quickstart", R.ROLE_LABEL: R.SUBMITTER_ROLE}
     assert tpl["spec"]["restartPolicy"] == "Never"
@@ -373,7 +373,8 @@ def test_cli_render_prints_every_job(capsys):
     for s in services:
         name = s["metadata"]["labels"][LABEL]
         assert f"checkpoint: /mnt/raykube/default/{name}/best\n" in s["spec"]["serveConfigV2"]
-    assert main(["render", str(JOB_FILES[0]), "--checkpoint", "s3://bkt/best"]) == 0
+    assert main(["render", str(JOB_FILES[0]), "--checkpoint", "s3://bkt/best",
+                 "--checkpoint-secret", "s3-creds"]) == 0
     (svc,) = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d["kind"] == "RayService"]
     assert "checkpoint: s3://bkt/best\n" in svc["spec"]["serveConfigV2"]
 
@@ -420,3 +421,131 @@ def test_rayservice_has_its_own_name_and_serve_service():
     assert svc["metadata"]["name"] == "quickstart-serve" != R.render_rayjob(run, CFG)["metadata"]["name"]
     assert svc["spec"]["serveService"]["metadata"]["name"] == "quickstart-serve-svc"
     assert R.serve_endpoint(run) == "http://quickstart-serve-svc.default:8000"
+
+
+def _templates(obj):
+    """Every pod template of a RayJob or RayService (head, worker groups, submitter)."""
+    head, groups = _pods(obj)
+    out = [head["template"], *(g["template"] for g in groups)]
+    return out + ([obj["spec"]["submitterPodTemplate"]] if obj["kind"] == "RayJob" else [])
+
+
+def _render_cli(capsys, *argv):
+    from raykube.cli import main
+
+    rc = main(["render", *argv])
+    out, err = capsys.readouterr()
+    return rc, [d for d in yaml.safe_load_all(out) if d], err
+
+
+def _s3_env(obj):
+    """Per pod template: the names of the env entries taken from a Secret, and the Secrets."""
+    out = []
+    for t in _templates(obj):
+        c, = t["spec"]["containers"]
+        refs = [e for e in c.get("env") or [] if "valueFrom" in e]
+        out.append(([e["name"] for e in refs],
+                    {e["valueFrom"]["secretKeyRef"]["name"] for e in refs}))
+    return out
+
+
+def test_an_s3_checkpoint_of_a_run_on_a_volume_gets_the_named_secret(tmp_path, capsys):
+    """``--checkpoint s3://...`` for a run whose storage is a volume: its serving pods had no
+    S3 credentials and no endpoint (the run has no secretRef: the spec allows none with a
+    volume), so each replica failed at start, in its pod. Refused without a Secret, named by
+    --checkpoint-secret; with one, every serving pod takes the same keys, by name, as the
+    pods of a run on s3:// storage get from its secretRef (one builder, s3_secret_env)."""
+    quickstart = str(REPO / "jobs" / "quickstart.yaml")
+    rc, docs, err = _render_cli(capsys, quickstart, "--serve", "--checkpoint", "s3://bkt/best")
+    assert (rc, docs) == (2, [])
+    assert err.count("\n") == 1 and "--checkpoint-secret NAME" in err, err
+    assert err.startswith("raykube render: --checkpoint 's3://bkt/best': the serving pods of "
+                          "quickstart get no S3 credentials or endpoint"), err
+
+    rc, docs, err = _render_cli(capsys, quickstart, "--serve", "--checkpoint", "s3://bkt/best",
+                                "--checkpoint-secret", "s3-creds")
+    assert rc == 0, err
+    svc, = [d for d in docs if d["kind"] == "RayService"]
+    keys = [k for k, _ in R.SECRET_KEYS]
+    assert _s3_env(svc) == [(keys, {"s3-creds"})] * 2
+    for t in _templates(svc):  # the run's volume stays mounted (RAYKUBE_STORAGE is on it)
+        assert t["spec"]["volumes"] == [{"name": "storage", "persistentVolumeClaim":
+                                         {"claimName": "raykube-storage"}}]
+    assert svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][
+        0]["env"][-len(keys):] == R.s3_secret_env("s3-creds")
+    # the training pods are as before: training writes to the volume
+    job, = [d for d in docs if d["kind"] == "RayJob"]
+    assert all(names == [] for names, _ in _s3_env(job))
+    assert validate_all(docs) == []
+
+
+def test_checkpoint_secret_is_refused_where_it_would_do_nothing_or_clash(tmp_path, capsys):
+    quickstart = str(REPO / "jobs" / "quickstart.yaml")
+    for argv in (["--serve", "--checkpoint-secret", "s3-creds"],
+                 ["--serve", "--checkpoint", "/mnt/raykube/x/best", "--checkpoint-secret", "s"]):
+        rc, docs, err = _render_cli(capsys, quickstart, *argv)
+        assert (rc, docs) == (2, []) and err == (
+            "raykube render: --checkpoint-secret only applies with an s3:// --checkpoint (a "
+            "checkpoint in the run's own storage is read as the run's pods read it)\n"), err
+    rc, _, err = _render_cli(capsys, quickstart, "--serve", "--checkpoint", "s3://bkt/best",
+                             "--checkpoint-secret", "S3_Creds")
+    assert rc == 2 and err.startswith("raykube render: --checkpoint-secret 'S3_Creds': a "
+                                      "lowercase RFC 1123 subdomain"), err
+    # a run on s3:// storage: its pods take the S3 settings from its secretRef already
+    doc = load_yaml_documents((REPO / "jobs" / "quickstart.yaml").read_text())[0]
+    doc["spec"]["checkpoint"] = {"storage": {"uri": "s3://bkt/runs", "secretRef": {"name": "own"}}}
+    on_s3 = tmp_path / "on-s3.yaml"
+    on_s3.write_text(yaml.safe_dump(doc))
+    rc, _, err = _render_cli(capsys, str(on_s3), "--serve", "--checkpoint", "s3://other/best",
+                             "--checkpoint-secret", "s3-creds")
+    assert rc == 2 and "already take their S3 settings from checkpoint.storage.secretRef " \
+        "'own'" in err, err
+    for extra in ([], ["--checkpoint-secret", "own"]):
+        rc, docs, err = _render_cli(capsys, str(on_s3), "--serve", "--checkpoint",
+                                    "s3://other/best", *extra)
+        assert rc == 0, err
+        svc, = [d for d in docs if d["kind"] == "RayService"]
+        assert _s3_env(svc) == [([k for k, _ in R.SECRET_KEYS], {"own"})] * 2
+    with pytest.raises(ValueError, match="secretRef 'own'"):
+        R.render_rayservice(parse_training_run(doc), CFG, "s3://other/b", checkpoint_secret="x")
+    # s3:// storage without a secretRef (a node role): the checkpoint is read the same way
+    del doc["spec"]["checkpoint"]["storage"]["secretRef"]
+    on_s3.write_text(yaml.safe_dump(doc))
+    rc, docs, err = _render_cli(capsys, str(on_s3), "--serve", "--checkpoint", "s3://other/b")
+    assert rc == 0, err
+
+
+def test_rendered_objects_are_marked_as_not_the_operators(capsys):
+    """``raykube render`` prints objects that Argo CD, Flux or kubectl manage: they said
+    ``app.kubernetes.io/managed-by: raykube``, as the operator's children do, and nothing
+    told the operator they were not its own. They carry ``raykube.io/rendered-by:
+    raykube-render`` instead, on every object and pod template (the operator's watches
+    skip it: tests/unit/test_operator_plan.py); the operator's children are unchanged."""
+    rc, docs, err = _render_cli(capsys, *map(str, JOB_FILES))
+    assert rc == 0, err
+    templates = [t for d in docs if d["kind"] in ("RayJob", "RayService") for t in _templates(d)]
+    assert len(templates) > len(docs) / 2
+    for d in docs:
+        labels = d["metadata"]["labels"]
+        assert R.MANAGED_BY_LABEL not in labels, d["metadata"]
+        assert labels[R.RENDERED_LABEL] == R.RENDERED_BY and labels[LABEL]
+    for t in templates:
+        assert t["metadata"]["labels"][R.RENDERED_LABEL] == R.RENDERED_BY, t["metadata"]
+    for obj in _all(_run(), OWNER):  # the operator's: as they always were
+        assert obj["metadata"]["labels"] == {LABEL: "quickstart", R.MANAGED_BY_LABEL: "raykube"}
+        if obj["kind"] in ("RayJob", "RayService"):
+            assert all(R.RENDERED_LABEL not in t["metadata"]["labels"] for t in _templates(obj))
+
+
+def test_in_storage_is_under_the_runs_storage_root():
+    """What the operator asks before it renders the live RayService again for an edited
+    spec: a checkpoint outside the run's storage now (checkpoint.storage edited) is not
+    readable by pods rendered for it."""
+    on_volume = _run()
+    on_s3 = _run(checkpoint={"storage": {"uri": "s3://bkt/runs/", "secretRef": {"name": "s"}}})
+    assert R.in_storage("/mnt/raykube/default/quickstart/best", on_volume)
+    assert R.in_storage("s3://bkt/runs/default/quickstart/checkpoint_000003", on_s3)
+    assert not R.in_storage("/mnt/raykube/default/quickstart/best", on_s3)
+    assert not R.in_storage("s3://bkt/runs/default/quickstart/best", on_volume)
+    assert not R.in_storage("/mnt/raykube/defaultx/quickstart/best", on_volume)
+    assert not R.in_storage("s3://bkt/runs-old/default/q/best", on_s3)

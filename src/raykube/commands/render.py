@@ -2,7 +2,9 @@
 
 For GitOps users without the operator: commit the output (or pipe it to
 ``kubectl apply -f -``). Same pure functions as the operator (``raykube.render``), minus
-ownerReferences (there is no TrainingRun object to own them).
+ownerReferences (there is no TrainingRun object to own them) and with the label
+``raykube.io/rendered-by: raykube-render`` instead of the operator's ``managed-by``: a
+GitOps tool (or kubectl) manages these objects, and the operator leaves them alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raykube.spec import TrainingRun
 
 _FROM_OPTION = {"metadata.namespace": " (from --namespace)", "spec.image": " (from --image)"}
 
@@ -23,10 +29,19 @@ def _option_problem(args: argparse.Namespace,
     An empty value (``-n "$NS"`` with NS unset) used to mean "not given": the objects
     went to the file's namespace (or ``default``) and the default image without a word."""
     for flag, value in (("--namespace", args.namespace), ("--image", args.image),
-                        ("--checkpoint", args.checkpoint)):
+                        ("--checkpoint", args.checkpoint),
+                        ("--checkpoint-secret", args.checkpoint_secret)):
         if value is not None and not value.strip():
             return f"{flag} is empty: give a value, or leave the option out"
     ckpt = args.checkpoint
+    if args.checkpoint_secret is not None:
+        from raykube.k8s_rules import object_name_problem
+
+        if ckpt is None or not ckpt.startswith("s3://"):
+            return ("--checkpoint-secret only applies with an s3:// --checkpoint (a checkpoint "
+                    "in the run's own storage is read as the run's pods read it)")
+        if problem := object_name_problem(args.checkpoint_secret):
+            return f"--checkpoint-secret {args.checkpoint_secret!r}: {problem}"
     if ckpt is None:
         return None
     if ckpt != ckpt.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in ckpt):
@@ -34,6 +49,30 @@ def _option_problem(args: argparse.Namespace,
                 "character; the serving pods would look for exactly that path")
     if problem := location_problem(ckpt):  # the replicas would fail on it in their pods
         return f"--checkpoint {problem}"
+    return None
+
+
+def _checkpoint_secret_problem(run: TrainingRun, args: argparse.Namespace) -> str | None:
+    """Why the RayService of ``run`` could not read an s3:// ``--checkpoint`` with the S3
+    settings it would get; None when it can. Its pods get the Secret of the run's
+    ``checkpoint.storage.secretRef`` (s3:// storage) or ``--checkpoint-secret``; a run on
+    a volume has no secretRef (the spec allows none there), and its serving pods had no
+    credentials and no endpoint at all: each replica failed at start, in its pod."""
+    from raykube.render import storage_secret
+
+    ckpt, given = args.checkpoint, args.checkpoint_secret
+    st = run.spec.checkpoint.storage
+    own = storage_secret(run)
+    if given is not None and own is not None and given != own:
+        return (f"--checkpoint-secret {given!r}: the pods of {run.name} already take their "
+                f"S3 settings from checkpoint.storage.secretRef {own!r}, which the "
+                "checkpoint is read with: leave --checkpoint-secret out")
+    if ckpt and ckpt.startswith("s3://") and st.uri is None and given is None:
+        return (f"--checkpoint {ckpt!r}: the serving pods of {run.name} get no S3 "
+                "credentials or endpoint (its checkpoint.storage is a volume, not s3://): "
+                "name the Secret holding them with --checkpoint-secret NAME (keys "
+                "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_ENDPOINT_URL, "
+                "AWS_REGION, AWS_SESSION_TOKEN)")
     return None
 
 
@@ -47,6 +86,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "absolute path on the run's volume or an s3:// URI, for one served run "
                    "(default: <storage>/<namespace>/<name>/best, the copy of the best "
                    "checkpoint each finished training run writes)")
+    p.add_argument("--checkpoint-secret", metavar="NAME", help="Secret in the run's namespace "
+                   "with the S3 settings for an s3:// --checkpoint of a run whose storage is "
+                   "a volume (the keys of checkpoint.storage.secretRef: AWS_ACCESS_KEY_ID, "
+                   "AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN, AWS_ENDPOINT_URL, "
+                   "AWS_REGION); a run on s3:// storage reads it with its own secretRef")
     serve = p.add_mutually_exclusive_group()
     serve.add_argument("--serve", dest="serve", action="store_true", default=None,
                        help="also render the RayService (default: when serve.enabled)")
@@ -80,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cfg = RenderConfig.from_env()
     objs = []
+    secret_problem: str | None = None
     seen: dict[tuple[str, str], str] = {}
     served: list[str] = []
     try:
@@ -114,9 +159,14 @@ def run(args: argparse.Namespace) -> int:
                               "path on the run's volume or an s3:// URI (its run directory is "
                               f"{storage_root(tr, cfg)}/{tr.name})", file=sys.stderr)
                         return 2
-                    ckpt = args.checkpoint or default_checkpoint_uri(tr, cfg)
-                    objs.append(render_rayservice(tr, cfg, ckpt))
                     served.append(tr.name)
+                    # said after the loop, unless --checkpoint is refused for another reason
+                    if problem := _checkpoint_secret_problem(tr, args):
+                        secret_problem = secret_problem or problem
+                        continue
+                    ckpt = args.checkpoint or default_checkpoint_uri(tr, cfg)
+                    objs.append(render_rayservice(tr, cfg, ckpt,
+                                                  checkpoint_secret=args.checkpoint_secret))
     except InvalidTrainingRun as exc:
         for e in exc.errors:
             print(f"{e.source or exc.source}: {e.path}: {e.message}", file=sys.stderr)
@@ -131,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
                "others without --checkpoint (each then serves its own <storage>/<namespace>/"
                "<name>/best)")
         print(f"raykube render: --checkpoint {args.checkpoint!r}: {why}", file=sys.stderr)
+        return 2
+    if secret_problem:
+        print(f"raykube render: {secret_problem}", file=sys.stderr)
         return 2
     text = dump_yaml(objs)
     if args.out:
