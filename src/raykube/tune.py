@@ -646,9 +646,8 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
                                          trial_epochs(spec, trial.config or {}))
             if row["metric"] is None:
                 row["metric"] = _metric_of(history[-1], metric)
-        if row["status"] == "ERROR":
+        if row["status"] == "ERROR":  # said once, by whoever shows the result (run_tune)
             row["error"] = _trial_error(trial, experiment_uri)
-            log.warning("trial %s ended in ERROR: %s", row["trial"], row["error"])
         trials.append(row)
         for rec in history:
             value = _metric_of(rec, metric)
@@ -672,20 +671,43 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
 
 
 def _trial_error(trial: Any, experiment_uri: str) -> str:
-    """'ValueError: ... (traceback: <trial dir>/error.txt)': the last line of a failed
-    trial's stored traceback, so a search that found a best trial still says which
-    trials failed and why, in one line (Tune itself only logs it while running)."""
+    """'rank 0: ValueError: ... (traceback: <trial dir>/error.txt)': what failed a trial,
+    in one line, so a search that found a best trial still says which trials failed and
+    why (Tune itself only logs it while running).
+
+    The cause, from the pickled exception Tune stores: a trial whose Train run failed
+    raises Ray Train's error, whose text ends with the last line of the *worker's*
+    (e.g. "The actor is dead because ...") without its type or rank; the failing ranks
+    and their errors name it, as for a plain run's failure. The stored text's last line
+    when there is no pickle (or it does not load here)."""
     folder = getattr(trial.storage, "trial_dir_name", None)
     where = folder and _join(experiment_uri, folder,
                              trial.run_metadata.error_filename or "error.txt")
-    try:
-        err = trial.get_error()
-    except Exception:  # unreadable storage: say where to look
-        err = None
-    from raykube.terminal import error_line
+    message = ""
+    with contextlib.suppress(Exception):  # unpicklable, or unreadable storage
+        message = _cause_line(trial.get_pickled_error())
+    if not message:
+        try:
+            err = trial.get_error()
+        except Exception:  # unreadable storage: say where to look
+            err = None
+        from raykube.terminal import error_line
 
-    message = error_line(str(err or "")) or "no error message stored"
+        message = error_line(str(err or ""))
+    message = message or "no error message stored"
     return f"{message} (traceback: {where})" if where else message
+
+
+def _cause_line(exc: BaseException | None) -> str:
+    """One line for a trial's exception: a Ray Train failure's ranks and their errors, or
+    the exception's type and last line (``raykube.train.failure_line``); "" for none."""
+    if exc is None:
+        return ""
+    from raykube.train import failure_line, is_training_failure, training_failure
+
+    cause = getattr(exc, "cause", None)  # a RayTaskError wraps what the trial raised
+    exc = cause if isinstance(cause, BaseException) else exc
+    return training_failure(exc) if is_training_failure(exc) else failure_line(exc)
 
 
 def failed_trials_lines(result: dict[str, Any]) -> list[str]:
@@ -898,6 +920,9 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     except Exception:  # a plot must never lose a finished search
         log.warning("could not write %s", REPORT_FILE, exc_info=True)
     _write_json(result_uri, result)
+    if not any(isinstance(o, TrialTable) for o in observers):
+        for line in failed_trials_lines(result):  # the table prints them under itself
+            log.warning("%s", line)
     obs.on_end(result)
     return outcome
 

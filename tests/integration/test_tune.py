@@ -61,6 +61,17 @@ def _run(tmp_name: str = "digits-tune-test"):
     })
 
 
+def _two_trials(name: str, *, epochs: int, max_worker_failures: int):
+    """Two trials one after the other (FIFO), for a worker failure in the first."""
+    doc = _run(name).model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["train"]["epochs"] = epochs
+    doc["spec"]["tune"] = {"trials": 2, "maxConcurrentTrials": 1, "metric": "valLoss",
+                           "scheduler": {"name": "fifo"},
+                           "searchSpace": {"train.optimizer.lr": {"choice": [0.01, 0.003]}}}
+    doc["spec"]["failure"] = {"maxWorkerFailures": max_worker_failures}
+    return parse_training_run(doc)
+
+
 class Recorder:
     """A RunObserver (with the trial-table hook) that remembers what it saw, and can
     interrupt the search once ``finished`` trials are done and another has reported."""
@@ -218,12 +229,19 @@ def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
     def trainable(config):
         if config["x"] == 1:
             raise ValueError("x=1 is not trainable")
+        if config["x"] == 2:  # a trial whose Train run failed, as Ray Train words it
+            from ray.train import WorkerGroupError
+
+            died = "The actor is dead because its worker process has died."
+            raise WorkerGroupError(
+                f"Training failed due to worker errors:\n[Rank 0 Error Snippet]:\n{died}",
+                {0: RuntimeError(f"A worker health check failed.\n{died}")})
         tune.report({"score": config["x"]})
 
     storage = str(tmp_path / "storage")
     tune.Tuner(
         tune.with_resources(trainable, {"cpu": 0.01}),
-        param_space={"x": tune.grid_search([0, 1])},
+        param_space={"x": tune.grid_search([0, 1, 2])},
         run_config=tune.RunConfig(storage_path=storage, name="exp", verbose=0),
     ).fit()
     trials = {t.config["x"]: t for t in ExperimentAnalysis(f"{storage}/exp").trials}
@@ -232,6 +250,12 @@ def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
     where = f"{storage}/exp/{trials[1].storage.trial_dir_name}/error.txt"
     assert message == f"ValueError: x=1 is not trainable (traceback: {where})"
     assert Path(where).is_file()
+    # A Train run's failure: its rank and the worker's error type, not only the last
+    # line of Ray's text (which names neither)
+    where = f"{storage}/exp/{trials[2].storage.trial_dir_name}/error.txt"
+    assert _trial_error(trials[2], f"{storage}/exp") == (
+        "rank 0: RuntimeError: The actor is dead because its worker process has died. "
+        f"(traceback: {where})")
 
     doc = {"trials": [{"trial": "a", "status": "TERMINATED"},
                       {"trial": "b", "status": "ERROR", "error": message}]}
@@ -241,6 +265,41 @@ def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
     assert failed_trials_lines({**doc, "best_trial": {"trialId": "b"}})[0] == (
         "1 of 2 trials failed; the best checkpoint is b's, saved before it failed:")
     assert failed_trials_lines({"trials": doc["trials"][:1]}) == []
+
+
+def test_a_failed_trial_is_said_once_on_the_terminal(ray_session, tmp_path):
+    """`raykube run` of a search in which a trial failed printed its error twice: a
+    warning from `summarize` (raykube's warnings reach the terminal, raykube.terminal)
+    and again in the lines under the final table. The terminal here is the trial
+    table's console and raykube's warnings, as `raykube run` sets them up. The first
+    trial's worker exits in its second epoch (the fault hook), with no retries left."""
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from raykube.terminal import _OneLine
+    from raykube.tune import TrialTable, run_tune
+
+    run = _two_trials("tune-failed-once", epochs=2, max_worker_failures=0)
+    terminal = io.StringIO()
+    warnings = logging.StreamHandler(terminal)
+    warnings.setLevel(logging.WARNING)
+    warnings.setFormatter(_OneLine())
+    logging.getLogger("raykube").addHandler(warnings)
+    try:
+        outcome = run_tune(run, str(tmp_path / "runs"),
+                           observers=[TrialTable(Console(file=terminal, width=1000))],
+                           extra_config={"fault": {"epoch": 2, "rank": 0,
+                                                   "marker": str(tmp_path / "killed")}})
+    finally:
+        logging.getLogger("raykube").removeHandler(warnings)
+    [failed] = [t for t in outcome.trials if t["status"] == "ERROR"]
+    # its cause: the rank and the worker's error type, not Ray's last line alone
+    assert failed["error"].startswith("rank 0: "), failed["error"]
+    text = terminal.getvalue()
+    assert text.count(failed["error"]) == 1, text
+    assert f"  {failed['trial']}: {failed['error']}" in text
 
 
 def test_a_trials_worker_failure_reaches_the_observers(ray_session, tmp_path):
@@ -263,13 +322,7 @@ def test_a_trials_worker_failure_reaches_the_observers(ray_session, tmp_path):
             self.failures.append(message)
             self.failed_after = list(self.epochs)  # the epochs seen before it
 
-    doc = _run("tune-worker-failure").model_dump(by_alias=True, exclude_none=True)
-    doc["spec"]["train"]["epochs"] = 3
-    doc["spec"]["tune"] = {"trials": 2, "maxConcurrentTrials": 1, "metric": "valLoss",
-                           "scheduler": {"name": "fifo"},
-                           "searchSpace": {"train.optimizer.lr": {"choice": [0.01, 0.003]}}}
-    doc["spec"]["failure"] = {"maxWorkerFailures": 1}
-    run = parse_training_run(doc)
+    run = _two_trials("tune-worker-failure", epochs=3, max_worker_failures=1)
     marker = tmp_path / "killed"
     rec = Observer()
     outcome = run_tune(run, str(tmp_path / "runs"), observers=[rec], extra_config={
