@@ -11,7 +11,8 @@ Layout, all in the run's storage (a shared volume or ``s3://``)::
 
     <storage>/<name>/                  the Tune experiment (Tuner state, restorable)
         raykube-tune.json              the spec this search is for
-        raykube-history.json           trials' reported epochs from before a resume
+        raykube-history.json           trials' epochs from before a resume (reported or
+                                       checkpointed: keep_history)
         trial-<id>/                    Tune's per-trial results (progress.csv ...)
             train/checkpoint_*/        the trial's Ray Train run and its checkpoints
         result.json, report.png        the outcome, once the search is complete
@@ -478,13 +479,35 @@ class _ObserverSink:
         ckpt = checkpoint_uri(self.storage_path, result.get(CHECKPOINT_KEY))
         self.observers.on_epoch(metrics, ckpt, trial_id)
 
+    def restored(self, trials: Sequence[Any], history: dict[str, list[dict[str, Any]]]
+                 ) -> None:
+        """The rows of a resumed search's trials before Tune restarts any: each with its
+        latest epoch (its stored last result, or its kept history's when later), and
+        PENDING for those that continue."""
+        if not self._table_observers or not trials:
+            return
+        assert self.spec.tune is not None
+        rows = []
+        for t in trials:
+            last = dict(t.last_result or {})
+            kept = history.get(t.trial_id) or []
+            if kept and _epoch_of(kept[-1]) > _epoch_of(last):
+                last = kept[-1]
+            row = trial_row(t, self.spec, self.spec.tune.metric, last)
+            if str(t.status) not in ("TERMINATED", "ERROR"):
+                row["status"] = "PENDING"
+            rows.append(row)
+        self._show(rows)
+
     def trials(self, trials: Sequence[Any], current: Any = None,
                result: dict[str, Any] | None = None) -> None:
         if not self._table_observers:
             return
         assert self.spec.tune is not None
-        rows = [trial_row(t, self.spec, self.spec.tune.metric,
-                          result if t is current else None) for t in trials]
+        self._show([trial_row(t, self.spec, self.spec.tune.metric,
+                              result if t is current else None) for t in trials])
+
+    def _show(self, rows: list[dict[str, Any]]) -> None:
         for obs in self._table_observers:
             try:
                 obs.on_trials(rows)
@@ -646,9 +669,8 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
                                          trial_epochs(spec, trial.config or {}))
             if row["metric"] is None:
                 row["metric"] = _metric_of(history[-1], metric)
-        if row["status"] == "ERROR":
+        if row["status"] == "ERROR":  # said once, by whoever shows the result (run_tune)
             row["error"] = _trial_error(trial, experiment_uri)
-            log.warning("trial %s ended in ERROR: %s", row["trial"], row["error"])
         trials.append(row)
         for rec in history:
             value = _metric_of(rec, metric)
@@ -672,20 +694,43 @@ def summarize(experiment_uri: str, spec: TrainingRunSpec, *, name: str,
 
 
 def _trial_error(trial: Any, experiment_uri: str) -> str:
-    """'ValueError: ... (traceback: <trial dir>/error.txt)': the last line of a failed
-    trial's stored traceback, so a search that found a best trial still says which
-    trials failed and why, in one line (Tune itself only logs it while running)."""
+    """'rank 0: ValueError: ... (traceback: <trial dir>/error.txt)': what failed a trial,
+    in one line, so a search that found a best trial still says which trials failed and
+    why (Tune itself only logs it while running).
+
+    The cause, from the pickled exception Tune stores: a trial whose Train run failed
+    raises Ray Train's error, whose text ends with the last line of the *worker's*
+    (e.g. "The actor is dead because ...") without its type or rank; the failing ranks
+    and their errors name it, as for a plain run's failure. The stored text's last line
+    when there is no pickle (or it does not load here)."""
     folder = getattr(trial.storage, "trial_dir_name", None)
     where = folder and _join(experiment_uri, folder,
                              trial.run_metadata.error_filename or "error.txt")
-    try:
-        err = trial.get_error()
-    except Exception:  # unreadable storage: say where to look
-        err = None
-    from raykube.terminal import error_line
+    message = ""
+    with contextlib.suppress(Exception):  # unpicklable, or unreadable storage
+        message = _cause_line(trial.get_pickled_error())
+    if not message:
+        try:
+            err = trial.get_error()
+        except Exception:  # unreadable storage: say where to look
+            err = None
+        from raykube.terminal import error_line
 
-    message = error_line(str(err or "")) or "no error message stored"
+        message = error_line(str(err or ""))
+    message = message or "no error message stored"
     return f"{message} (traceback: {where})" if where else message
+
+
+def _cause_line(exc: BaseException | None) -> str:
+    """One line for a trial's exception: a Ray Train failure's ranks and their errors, or
+    the exception's type and last line (``raykube.train.failure_line``); "" for none."""
+    if exc is None:
+        return ""
+    from raykube.train import failure_line, is_training_failure, training_failure
+
+    cause = getattr(exc, "cause", None)  # a RayTaskError wraps what the trial raised
+    exc = cause if isinstance(cause, BaseException) else exc
+    return training_failure(exc) if is_training_failure(exc) else failure_line(exc)
 
 
 def failed_trials_lines(result: dict[str, Any]) -> list[str]:
@@ -849,10 +894,14 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
         ray_root, ray_fs = ray_storage(storage_path)
         ray_experiment, _ = ray_storage(experiment_uri)
         if marker is not None and tune.Tuner.can_restore(ray_experiment, storage_filesystem=ray_fs):
-            done = keep_history(experiment_uri)
+            restored = keep_history(experiment_uri)
+            done = sum(str(t.status) in ("TERMINATED", "ERROR") for t in restored)
             notify(observers, f"resuming the interrupted search in {experiment_uri}: "
                    f"{done} of {spec.tune.trials} trial(s) finished; the others continue "
                    "from their last checkpoint")
+            # the table's first rows: what the trials reported before (Tune's first
+            # event, a trial starting, comes once the restored trials are set up)
+            sink.restored(restored, _kept_history(experiment_uri))
             tuner = tune.Tuner.restore(ray_experiment, trainable=trainable,
                                        resume_unfinished=True, resume_errored=True,
                                        storage_filesystem=ray_fs)
@@ -898,6 +947,9 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     except Exception:  # a plot must never lose a finished search
         log.warning("could not write %s", REPORT_FILE, exc_info=True)
     _write_json(result_uri, result)
+    if not any(isinstance(o, TrialTable) for o in observers):
+        for line in failed_trials_lines(result):  # the table prints them under itself
+            log.warning("%s", line)
     obs.on_end(result)
     return outcome
 
@@ -967,15 +1019,28 @@ def _kept_history(experiment_uri: str) -> dict[str, list[dict[str, Any]]]:
         return {}
 
 
-def keep_history(experiment_uri: str) -> int:
-    """Before ``Tuner.restore``: save every trial's reported epochs in ``HISTORY_FILE``;
-    the number of trials that had ended.
+def keep_history(experiment_uri: str) -> list[Any]:
+    """Before ``Tuner.restore``: save every trial's epochs in ``HISTORY_FILE``; the
+    trials as the stored experiment has them (Tune ``Trial`` objects; [] when it cannot
+    be read).
 
     Tune keeps a trial's ``progress.csv`` over a restore only when the trial has a *Tune*
     checkpoint (``ray.tune.logger``'s ``_restore_from_remote``). Ours have Ray Train
     checkpoints only, so a resumed trial's file started over and the epochs it reported
     before the interruption were gone: from its history, ``report.png``, and the choice
     of the best trial (an interrupted trial's best epoch was never a candidate).
+
+    The epochs a trial checkpointed but Tune never heard of are kept too
+    (``_unreported_epochs``): Ctrl-C reaches the driver first and Tune takes no result
+    after it, while the trial's Train run may finish an epoch (and write its
+    checkpoint) before Tune stops the trial. In Ray Tune's terms a checkpoint reported
+    with ``ray.train.report`` is one of the trial's results, and the resumed trial
+    continues *after* it (Ray Train's latest checkpoint), so that epoch is never
+    reported again: it is recorded here, from its checkpoint's ``meta.json`` (epoch and
+    metrics), when Ray Train's checkpoint list holds it (the report reached Ray Train),
+    instead of leaving a trained epoch's checkpoint outside the trial's
+    history and the choice of the best. An epoch the resumed trial trains again
+    replaces its row (``_merge_history``).
     """
     from ray.tune import ExperimentAnalysis
 
@@ -985,13 +1050,47 @@ def keep_history(experiment_uri: str) -> int:
         frames = analysis.trial_dataframes
     except Exception:  # resuming matters more than the curves
         log.warning("could not read the trials' progress before resuming", exc_info=True)
-        return 0
+        return []
     kept = _kept_history(experiment_uri)
-    for trial_id, df in frames.items():
-        rows = [{k: _plain(v) for k, v in r.items()} for r in _history(df)]
-        kept[trial_id] = _merge_history(kept.get(trial_id, []), rows)
+    for trial in analysis.trials:
+        tid = trial.trial_id
+        rows = [{k: _plain(v) for k, v in r.items()} for r in _history(frames.get(tid))]
+        history = _merge_history(kept.get(tid, []), rows)
+        train_dir = _join(experiment_uri, trial_dirname(trial), "train")
+        unreported = _unreported_epochs(train_dir, {int(r[TIME_ATTR]) for r in history})
+        if history or unreported:
+            kept[tid] = _merge_history(unreported, history)
     _write_json(_join(experiment_uri, HISTORY_FILE), kept)
-    return sum(str(t.status) in ("TERMINATED", "ERROR") for t in analysis.trials)
+    return list(analysis.trials)
+
+
+def _unreported_epochs(train_dir: str, reported: set[int]) -> list[dict[str, Any]]:
+    """History rows for the checkpoints of a trial's Train run whose epoch is not in
+    ``reported``: the epoch and metrics from each one's ``meta.json``, and its path.
+
+    Only those Ray Train's checkpoint list holds (its record of the reports it took; the
+    resumed run continues from its latest) when it has a readable one: a checkpoint a
+    worker wrote but whose report Ray Train never took is trained again by the resumed
+    trial, and reported then. Checkpoints without a readable ``meta.json`` are left out,
+    as ``raykube.resume`` does."""
+    from raykube.resume import checkpoint_dirs, listed_checkpoints, read_meta
+
+    rows: dict[int, dict[str, Any]] = {}
+    try:
+        listed = listed_checkpoints(train_dir)
+        dirs = [d for d in checkpoint_dirs(train_dir)
+                if listed is None or os.path.basename(d) in listed]
+    except Exception:  # resuming matters more than the curves
+        log.warning("could not list the checkpoints in %s", train_dir, exc_info=True)
+        return []
+    for d in dirs:
+        meta = read_meta(d)
+        if meta is None or int(meta["epoch"]) in reported:
+            continue
+        metrics = meta.get("metrics") or {}
+        rows[int(meta["epoch"])] = {TIME_ATTR: int(meta["epoch"]), CHECKPOINT_KEY: d,
+                                    **{k: _plain(metrics[k]) for k in METRICS if k in metrics}}
+    return [rows[e] for e in sorted(rows)]
 
 
 def _saved_statuses(experiment_uri: str) -> list[str]:
@@ -1051,7 +1150,8 @@ def best_trial_summary(result: dict[str, Any]) -> Any:
 class TrialTable:
     """Live trial table for ``raykube run`` (a RunObserver with ``on_trials``).
 
-    Use as a context manager or let ``on_start``/``on_end`` drive the live display.
+    The live display starts with the first rows (``on_trials``; no empty table while
+    Ray sets the trials up) and ends with ``on_end`` (or ``stop``).
     """
 
     def __init__(self, console: Any = None, refresh_per_second: float = 4):
@@ -1065,21 +1165,24 @@ class TrialTable:
         self.rows: list[dict[str, Any]] = []
 
     def on_start(self, run: TrainingRun) -> None:
-        from rich.live import Live
-
         if run.spec.tune is not None:
             self._metric = run.spec.tune.metric
         self._title = f"{run.name}: Tune search ({run.spec.tune.trials if run.spec.tune else 0} trials)"
-        if self._live is None:
-            # transient: the final table is printed once by on_end, not twice
-            self._live = Live(trials_table([], self._metric, self._title), console=self.console,
-                              refresh_per_second=self.refresh_per_second, transient=True)
-            self._live.start()
 
     def on_trials(self, rows: list[dict[str, Any]]) -> None:
+        """Show ``rows``; the live table starts with the first (never empty: a resumed
+        search's first rows are its restored trials, ``run_tune``)."""
+        from rich.live import Live
+
         self.rows = rows
+        table = trials_table(rows, self._metric, self._title)
         if self._live is not None:
-            self._live.update(trials_table(rows, self._metric, self._title))
+            self._live.update(table)
+        elif rows:
+            # transient: the final table is printed once by on_end, not twice
+            self._live = Live(table, console=self.console,
+                              refresh_per_second=self.refresh_per_second, transient=True)
+            self._live.start()
 
     def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None,
                  trial: str | None = None) -> None:

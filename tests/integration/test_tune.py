@@ -61,6 +61,17 @@ def _run(tmp_name: str = "digits-tune-test"):
     })
 
 
+def _two_trials(name: str, *, epochs: int, max_worker_failures: int):
+    """Two trials one after the other (FIFO), for a worker failure in the first."""
+    doc = _run(name).model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["train"]["epochs"] = epochs
+    doc["spec"]["tune"] = {"trials": 2, "maxConcurrentTrials": 1, "metric": "valLoss",
+                           "scheduler": {"name": "fifo"},
+                           "searchSpace": {"train.optimizer.lr": {"choice": [0.01, 0.003]}}}
+    doc["spec"]["failure"] = {"maxWorkerFailures": max_worker_failures}
+    return parse_training_run(doc)
+
+
 class Recorder:
     """A RunObserver (with the trial-table hook) that remembers what it saw, and can
     interrupt the search once ``finished`` trials are done and another has reported."""
@@ -218,12 +229,19 @@ def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
     def trainable(config):
         if config["x"] == 1:
             raise ValueError("x=1 is not trainable")
+        if config["x"] == 2:  # a trial whose Train run failed, as Ray Train words it
+            from ray.train import WorkerGroupError
+
+            died = "The actor is dead because its worker process has died."
+            raise WorkerGroupError(
+                f"Training failed due to worker errors:\n[Rank 0 Error Snippet]:\n{died}",
+                {0: RuntimeError(f"A worker health check failed.\n{died}")})
         tune.report({"score": config["x"]})
 
     storage = str(tmp_path / "storage")
     tune.Tuner(
         tune.with_resources(trainable, {"cpu": 0.01}),
-        param_space={"x": tune.grid_search([0, 1])},
+        param_space={"x": tune.grid_search([0, 1, 2])},
         run_config=tune.RunConfig(storage_path=storage, name="exp", verbose=0),
     ).fit()
     trials = {t.config["x"]: t for t in ExperimentAnalysis(f"{storage}/exp").trials}
@@ -232,6 +250,12 @@ def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
     where = f"{storage}/exp/{trials[1].storage.trial_dir_name}/error.txt"
     assert message == f"ValueError: x=1 is not trainable (traceback: {where})"
     assert Path(where).is_file()
+    # A Train run's failure: its rank and the worker's error type, not only the last
+    # line of Ray's text (which names neither)
+    where = f"{storage}/exp/{trials[2].storage.trial_dir_name}/error.txt"
+    assert _trial_error(trials[2], f"{storage}/exp") == (
+        "rank 0: RuntimeError: The actor is dead because its worker process has died. "
+        f"(traceback: {where})")
 
     doc = {"trials": [{"trial": "a", "status": "TERMINATED"},
                       {"trial": "b", "status": "ERROR", "error": message}]}
@@ -241,6 +265,93 @@ def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
     assert failed_trials_lines({**doc, "best_trial": {"trialId": "b"}})[0] == (
         "1 of 2 trials failed; the best checkpoint is b's, saved before it failed:")
     assert failed_trials_lines({"trials": doc["trials"][:1]}) == []
+
+
+def test_a_failed_trial_is_said_once_on_the_terminal(ray_session, tmp_path):
+    """`raykube run` of a search in which a trial failed printed its error twice: a
+    warning from `summarize` (raykube's warnings reach the terminal, raykube.terminal)
+    and again in the lines under the final table. The terminal here is the trial
+    table's console and raykube's warnings, as `raykube run` sets them up. The first
+    trial's worker exits in its second epoch (the fault hook), with no retries left."""
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from raykube.terminal import _OneLine
+    from raykube.tune import TrialTable, run_tune
+
+    run = _two_trials("tune-failed-once", epochs=2, max_worker_failures=0)
+    terminal = io.StringIO()
+    warnings = logging.StreamHandler(terminal)
+    warnings.setLevel(logging.WARNING)
+    warnings.setFormatter(_OneLine())
+    logging.getLogger("raykube").addHandler(warnings)
+    try:
+        outcome = run_tune(run, str(tmp_path / "runs"),
+                           observers=[TrialTable(Console(file=terminal, width=1000))],
+                           extra_config={"fault": {"epoch": 2, "rank": 0,
+                                                   "marker": str(tmp_path / "killed")}})
+    finally:
+        logging.getLogger("raykube").removeHandler(warnings)
+    [failed] = [t for t in outcome.trials if t["status"] == "ERROR"]
+    # its cause: the rank and the worker's error type, not Ray's last line alone
+    assert failed["error"].startswith("rank 0: "), failed["error"]
+    text = terminal.getvalue()
+    assert text.count(failed["error"]) == 1, text
+    assert f"  {failed['trial']}: {failed['error']}" in text
+
+
+def test_a_checkpointed_epoch_tune_never_heard_of_is_kept_on_resume(ray_session, tmp_path):
+    """Ctrl-C reaches the driver first: Tune takes no result after it, while the trial's
+    Train run may still finish an epoch, write its checkpoint and have Ray Train take its
+    report. The resumed trial continues after that checkpoint, so the epoch was never
+    reported: outside the trial's history and the choice of the best, its checkpoint
+    left behind. `keep_history` (before the resume) records it from the checkpoint's
+    meta.json. Here a plain Tune trial reports epochs 1-2 and its Train folder holds
+    checkpoints of 1-4 with Ray Train's list naming 1-3 (4's report never reached Ray
+    Train: the resumed trial trains 4 again, and reports it then)."""
+    from ray import tune
+
+    from raykube.spec import parse_spec
+    from raykube.tune import HISTORY_FILE, keep_history, summarize, trial_dirname
+
+    exp = tmp_path / "storage" / "exp"
+    scores = {1: 0.5, 2: 0.6, 3: 0.9, 4: 0.95}
+
+    def trainable(config):
+        train = exp / f"trial-{tune.get_context().get_trial_id()}" / "train"
+        for epoch, score in scores.items():
+            ckpt = train / f"checkpoint_epoch_{epoch:04d}"
+            ckpt.mkdir(parents=True)
+            (ckpt / "meta.json").write_text(json.dumps(
+                {"epoch": epoch, "spec": {}, "metrics": {"valAccuracy": score,
+                                                         "valLoss": 1 - score}}))
+            if epoch <= 2:
+                tune.report({"epoch": epoch, "valAccuracy": score,
+                             "checkpoint_path": str(ckpt)})
+        (train / "checkpoint_manager_snapshot.json").write_text(json.dumps(
+            {"checkpoint_results": [{"checkpoint_dir_name": f"checkpoint_epoch_{e:04d}"}
+                                    for e in (1, 2, 3)]}))
+
+    tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0.01}),
+        tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(storage_path=str(exp.parent), name="exp", verbose=0),
+    ).fit()
+    [trial] = keep_history(str(exp))
+    history = json.loads((exp / HISTORY_FILE).read_text())[trial.trial_id]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    ckpt3 = str(exp / f"trial-{trial.trial_id}" / "train" / "checkpoint_epoch_0003")
+    assert history[2] == {"epoch": 3, "valAccuracy": 0.9, "valLoss": pytest.approx(0.1),
+                          "checkpoint_path": ckpt3}
+    # and it is the trial's best, with its checkpoint
+    spec = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
+                       "train": {"epochs": 4},
+                       "tune": {"trials": 1, "metric": "valAccuracy",
+                                "searchSpace": {"train.batchSize": {"choice": [64]}}}}).spec
+    outcome = summarize(str(exp), spec, name="exp", storage_path=str(exp.parent))
+    assert outcome.best_metrics["epoch"] == 3 and outcome.best_checkpoint == ckpt3
 
 
 def test_a_trials_worker_failure_reaches_the_observers(ray_session, tmp_path):
@@ -263,13 +374,7 @@ def test_a_trials_worker_failure_reaches_the_observers(ray_session, tmp_path):
             self.failures.append(message)
             self.failed_after = list(self.epochs)  # the epochs seen before it
 
-    doc = _run("tune-worker-failure").model_dump(by_alias=True, exclude_none=True)
-    doc["spec"]["train"]["epochs"] = 3
-    doc["spec"]["tune"] = {"trials": 2, "maxConcurrentTrials": 1, "metric": "valLoss",
-                           "scheduler": {"name": "fifo"},
-                           "searchSpace": {"train.optimizer.lr": {"choice": [0.01, 0.003]}}}
-    doc["spec"]["failure"] = {"maxWorkerFailures": 1}
-    run = parse_training_run(doc)
+    run = _two_trials("tune-worker-failure", epochs=3, max_worker_failures=1)
     marker = tmp_path / "killed"
     rec = Observer()
     outcome = run_tune(run, str(tmp_path / "runs"), observers=[rec], extra_config={
@@ -335,15 +440,26 @@ def test_a_resumed_trial_keeps_the_epochs_it_reported_before(ray_session, tmp_pa
     for staged in Path(_get_ray_train_session_dir()).glob(f"*/{run.name}"):
         shutil.rmtree(staged)
 
-    second = Interrupt()
+    class Resumed(Interrupt):
+        first_rows = None
+
+        def on_trials(self, rows):
+            if self.first_rows is None:
+                self.first_rows = rows
+            super().on_trials(rows)
+
+    second = Resumed()
     second._sent = True  # no second interruption
     outcome = run_tune(run, storage, observers=[second])
     [row] = outcome.trials
     seen = [h["epoch"] for h in row["history"]]
     # An epoch the trial trained after the interruption, before Ray stopped it, was
-    # never reported (the resume continues from its checkpoint): there may be a gap
-    # right after `before`; everything reported is there.
-    assert set(before) <= set(seen) and seen[-1] == epochs, (before, seen)
+    # never reported to Tune (the resume continues after its checkpoint); it is in the
+    # history all the same (keep_history): no gap after `before`
+    assert seen == list(range(1, epochs + 1)), (before, seen)
+    # the table's first rows (before Tune restarts the trial): the trial as it was
+    [first_row] = second.first_rows
+    assert first_row["status"] == "PENDING" and first_row["iterations"] >= max(before)
     assert set(second.epochs_of(trial)) <= set(seen)
     worst = max(row["history"], key=lambda h: h["valLoss"])
     assert worst["epoch"] in before  # reported before the interruption

@@ -352,3 +352,49 @@ def test_a_null_choice_is_checked_as_the_trial_gets_it():
     doc = copy.deepcopy(BASE)
     doc["spec"]["tune"]["searchSpace"] = {"model.options.hidden": {"choice": [None, [32]]}}
     parse_training_run(doc)
+
+
+def test_the_live_table_starts_with_its_first_rows_never_empty():
+    """A resumed `raykube run` drew an empty table (headers only) for seconds, while Ray
+    restored the trials: the live display now starts with the first rows."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    table = rt.TrialTable(console=Console(file=out, force_terminal=True, width=120))
+    table.on_start(_run())
+    table.on_trials([])
+    assert out.getvalue() == ""
+    table.on_trials(_outcome().trials[:1])
+    table.stop()
+    first = out.getvalue().split("search (")[1]  # the first frame drawn
+    assert "a_00000" in first and "a_00001" not in first
+
+
+def test_a_resumed_search_shows_its_restored_trials_first():
+    """Before Tune restarts anything, the table gets the restored trials with what they
+    reported (the stored last result, or the kept history's when later: epochs Tune
+    never heard of, `keep_history`); those that continue are PENDING (the first one
+    ended before its epochs: ASHA stopped it)."""
+    from types import SimpleNamespace
+
+    run = _run()
+    seen: list = []
+
+    class Table:
+        def on_trials(self, rows):
+            seen.append(rows)
+
+    sink = rt._ObserverSink([Table()], run.spec, "/s")
+    lr = "train.optimizer.lr"
+    done = SimpleNamespace(trial_id="a_00000", config={lr: 0.01}, status="TERMINATED",
+                           last_result={"epoch": 4, "valLoss": 0.2})
+    cut = SimpleNamespace(trial_id="a_00001", config={lr: 1e-6}, status="RUNNING",
+                          last_result={"epoch": 1, "valLoss": 2.3})
+    sink.restored([done, cut], {"a_00001": [{"epoch": 1, "valLoss": 2.3},
+                                            {"epoch": 2, "valLoss": 2.25}]})
+    [rows] = seen
+    assert [(r["trial"], r["status"], r["iterations"], r["metric"]) for r in rows] == [
+        ("a_00000", "STOPPED", 4, 0.2), ("a_00001", "PENDING", 2, 2.25)]
+    assert rows[1]["params"] == {lr: 1e-6}
