@@ -529,7 +529,7 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
         log.info("RayJob %s/%s is being deleted: reconciled again once it is gone", ns,
                  job_name)
         return {f"RayJob/{job_name}": "terminating"}
-    conflicts = _run_dir_conflict(kube, run) if action == "rerun" else []
+    conflicts = _run_dir_conflict(kube, cfg, run) if action == "rerun" else []
     if conflicts:
         return _refuse_rerun(kube, cfg, tr, run, job_name, conflicts)
     results: dict[str, str] = {}
@@ -565,7 +565,7 @@ with another model, dataset or seed, which splits train from validation): a new 
 every KubeRay retry with RunDirConflict, each on a fresh Ray cluster."""
 
 
-def _run_dir_conflict(kube: Kube, run: TrainingRun) -> list[str]:
+def _run_dir_conflict(kube: Kube, cfg: OperatorConfig, run: TrainingRun) -> list[str]:
     """The identity sections in which ``run`` differs from the spec its run directory was
     trained with (the spec ConfigMap of the finished run, which only changes with a run)."""
     from raykube.render import spec_configmap_name
@@ -579,12 +579,24 @@ def _run_dir_conflict(kube: Kube, run: TrainingRun) -> list[str]:
         old = parse_training_run(yaml.safe_load(next(iter((cm.get("data") or {}).values()))))
     except Exception:  # unreadable: the driver's own check still stands
         return []
+    if _storage_place(old, cfg) != _storage_place(run, cfg):
+        return []  # a run directory on another volume or bucket: nothing there to resume
+
     def at(spec: Any, path: str) -> Any:
         for part in path.split("."):
             spec = getattr(spec, part)
         return spec
 
     return [f"spec.{k}" for k in RUN_DIR_IDENTITY if at(old.spec, k) != at(run.spec, k)]
+
+
+def _storage_place(run: TrainingRun, cfg: OperatorConfig) -> tuple[str, str]:
+    """Where the run directory's files live: the claim or the bucket and prefix (not
+    where the volume is mounted, which is the same files under another path)."""
+    st_ = run.spec.checkpoint.storage
+    if st_.uri:
+        return ("s3", st_.uri.rstrip("/"))
+    return ("pvc", st_.pvc.claim_name if st_.pvc else cfg.render.default_pvc)
 
 
 def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
@@ -1082,6 +1094,12 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
         gen = tr["metadata"].get("generation")
         if decision.reason == "ServeDisabled":
             return
+        if decision.promote and decision.checkpoint and not in_storage(
+                decision.checkpoint, run, cfg.render):
+            svc = kube.get(RAY_API, "RayService", ns, rayservice_name(run))
+            if svc is not None and _owned(svc, tr):
+                return  # it serves what was promoted, as it is (_reconcile_rayservice)
+            decision = _outside_storage(decision, run, cfg)
         if not decision.promote:
             message = decision.message
             svc = kube.get(RAY_API, "RayService", ns, rayservice_name(run))
@@ -1126,6 +1144,29 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
             # it was not promoted is not the last word
             _event(tr, "Normal", "Promoted", f"RayService {obj['metadata']['name']} "
                    f"{'kept' if result == 'unchanged' else result}: {decision.message}")
+
+
+STORAGE_MOVED = "CheckpointOutsideStorage"
+"""``Promoted=False``'s reason while the run's checkpoint is on a storage its spec no
+longer names (``checkpoint.storage`` edited, the new run not finished yet)."""
+
+
+def _outside_storage(decision: st.GateDecision, run: TrainingRun, cfg: OperatorConfig
+                     ) -> st.GateDecision:
+    """The gate's verdict on a checkpoint outside the run's storage: not promoted.
+
+    ``checkpoint.storage`` was edited after the checkpoint was written, and the run on
+    the new storage has not promoted one of its own yet (it waits for the previous
+    RayJob to go, or runs). A RayService rendered now would get the new storage's volume
+    or S3 settings and no way to read this checkpoint; KubeRay's cluster would never be
+    ready. Asked only when no RayService is left: a live one keeps serving it, and
+    ``Promoted`` keeps saying so (``_reconcile_rayservice``)."""
+    from raykube.render import storage_root
+
+    return st.GateDecision(False, STORAGE_MOVED, (
+        f"checkpoint {decision.checkpoint} is outside checkpoint.storage "
+        f"({storage_root(run, cfg.render)}), edited since it was written: the run on the "
+        "new storage promotes its own checkpoint"), decision.checkpoint)
 
 
 # ------------------------------------------------------------- children deleted

@@ -668,7 +668,7 @@ def phase_event(current: dict[str, Any] | None,
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
-    reason: str  # GatePassed, GateNotMet, NoCheckpoint, ServeDisabled
+    reason: str  # GatePassed, GateNotMet, NoCheckpoint, ServeDisabled (+ the operator's CheckpointOutsideStorage)
     message: str
     checkpoint: str | None
 

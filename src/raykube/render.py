@@ -205,9 +205,11 @@ def storage_root(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
 
 
 def in_storage(location: str, run: TrainingRun, cfg: RenderConfig | None = None) -> bool:
-    """Whether ``location`` (a checkpoint) is under the run's ``storage_root``: where the
-    run's pods, as rendered for its spec, can read it."""
-    root = storage_root(run, cfg).rstrip("/")
+    """Whether ``location`` (a checkpoint) is on the run's storage: under its volume's
+    mount path or its ``uri``, where the run's pods, as rendered for its spec, can read
+    it (any namespace's directory: the volume is mounted whole)."""
+    st = run.spec.checkpoint.storage
+    root = (st.uri or _mount_path(run, cfg or RenderConfig())).rstrip("/")
     return location == root or location.startswith(root + "/")
 
 

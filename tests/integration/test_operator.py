@@ -330,6 +330,27 @@ def test_model_edit_after_the_run_is_refused_before_creating_anything(kube):
     kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
 
 
+def test_a_model_edit_onto_another_storage_is_a_new_run(kube):
+    """The refusal above protects the run directory on the run's storage: a model edit
+    that also moves ``checkpoint.storage`` to another claim has nothing there to
+    conflict with, and was refused all the same. Another mountPath of the same claim is
+    the same files: still refused."""
+    name = "rerun-moved"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    kube.wait_condition(name, "Succeeded")
+    kube.patch("TrainingRun", name, {"spec": {"model": {"options": {"hidden": [16]}},
+                                              "checkpoint": {"storage": {"pvc": {
+                                                  "claimName": "raykube-storage",
+                                                  "mountPath": "/mnt/elsewhere"}}}}})
+    kube.wait_condition(name, "SpecApplied", "False", reason="RunDirConflict")
+    kube.patch("TrainingRun", name, {"spec": {"checkpoint": {"storage": {"pvc": {
+        "claimName": "other-claim"}}}}})
+    kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
+    kube.wait_condition(name, "SpecApplied", reason="Rerun")
+
+
 def test_operator_requests_stay_within_its_rbac(kube):
     used = kube.operator_permissions()
     assert ("ray.io", "rayjobs", "create") in used

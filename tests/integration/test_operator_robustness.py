@@ -537,6 +537,47 @@ def test_storage_moved_after_promotion_leaves_the_live_rayservice_as_it_is(kube)
         e["name"] == "AWS_ACCESS_KEY_ID" for e in head["containers"][0]["env"])
 
 
+def test_a_checkpoint_left_on_the_previous_storage_is_not_promoted_again(kube):
+    """``checkpoint.storage`` moved after the run was served, and the RayService deleted
+    while the previous RayJob is still being deleted (the run has not started on the new
+    storage, its checkpoint is the previous run's): the gate promoted that checkpoint
+    again, in a RayService rendered for the new storage (S3 settings, no volume) that
+    could never load it. It is not promoted; the run on the new storage promotes its own."""
+    name = "moved-wait"
+    kube.create(tr_doc(name, serve=True, min_accuracy=0.5))
+    run_job(kube, name)
+    checkpoint(kube, name, 0.95)
+    succeed(kube, name)
+    kube.wait_object("RayService", f"{name}-serve")
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+    ready(kube, name)
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
+    old = kube.patch("RayJob", name, {"metadata": {"finalizers": [HOLD]}})["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"checkpoint": {"storage": {
+        "uri": "s3://bkt/runs", "secretRef": {"name": "s3-creds"}}}}})
+    kube.wait_condition(name, "SpecApplied", "False", reason="WaitingForPreviousRayJob")
+    time.sleep(1)  # the live RayService serves what was promoted: still said so
+    assert cond(kube.get("TrainingRun", name), "Promoted")["reason"] == "GatePassed"
+    kube.delete("RayService", f"{name}-serve")
+    tr = kube.wait_condition(name, "Promoted", "False", reason="CheckpointOutsideStorage")
+    msg = cond(tr, "Promoted")["message"]
+    assert "keeps serving" not in msg, msg
+    assert f"/mnt/raykube/default/{name}/ckpt" in msg and "s3://bkt/runs" in msg, msg
+    time.sleep(2)
+    assert kube.get("RayService", f"{name}-serve") is None
+    assert status_is_valid(tr) == []
+    kube.patch("RayJob", name, {"metadata": {"finalizers": None}})
+    kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != old)
+    run_job(kube, name)  # the new run's checkpoint, in the bucket, is promoted
+    kube.patch_status("TrainingRun", name, {"checkpoint": {
+        "uri": f"s3://bkt/runs/{kube.namespace}/{name}/ckpt", "epoch": 3,
+        "metrics": {"valAccuracy": 0.96}}})
+    succeed(kube, name)
+    kube.wait_object("RayService", f"{name}-serve", timeout=30,
+                     where=lambda o: "s3://bkt/runs" in o["spec"]["serveConfigV2"])
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+
+
 def test_raykube_render_output_of_the_same_run_is_left_alone(kube, tmp_path):
     """A namespace where a GitOps tool applies ``raykube render`` output, and a TrainingRun
     of the same name is created. The rendered objects carry the run's label and no owner,

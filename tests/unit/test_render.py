@@ -537,7 +537,7 @@ def test_rendered_objects_are_marked_as_not_the_operators(capsys):
             assert all(R.RENDERED_LABEL not in t["metadata"]["labels"] for t in _templates(obj))
 
 
-def test_in_storage_is_under_the_runs_storage_root():
+def test_in_storage_is_on_the_runs_volume_or_under_its_uri():
     """What the operator asks before it renders the live RayService again for an edited
     spec: a checkpoint outside the run's storage now (checkpoint.storage edited) is not
     readable by pods rendered for it."""
@@ -547,5 +547,6 @@ def test_in_storage_is_under_the_runs_storage_root():
     assert R.in_storage("s3://bkt/runs/default/quickstart/checkpoint_000003", on_s3)
     assert not R.in_storage("/mnt/raykube/default/quickstart/best", on_s3)
     assert not R.in_storage("s3://bkt/runs/default/quickstart/best", on_volume)
-    assert not R.in_storage("/mnt/raykube/defaultx/quickstart/best", on_volume)
+    assert R.in_storage("/mnt/raykube/other-ns/quickstart/best", on_volume)  # mounted whole
+    assert not R.in_storage("/mnt/raykubex/default/quickstart/best", on_volume)
     assert not R.in_storage("s3://bkt/runs-old/default/q/best", on_s3)
