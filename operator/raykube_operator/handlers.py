@@ -1208,9 +1208,11 @@ def _rayservice_gone(memo: kopf.Memo, ns: str, tr_name: str, svc_name: str,
         tr = _get_tr(kube, ns, tr_name)
         if tr is None or tr["metadata"].get("deletionTimestamp") or not owned(tr):
             return
-        cur = tr.get("status") or {}
-        if st.get_condition(cur.get("conditions"), st.READY) is None:
+        if not ((tr.get("spec") or {}).get("serve") or {}).get("enabled"):
             return  # the operator removed it itself (serve.enabled=false)
+        # also one that was not Ready yet (its pods still starting): it was promoted
+        # again only by the resync, minutes later
+        cur = tr.get("status") or {}
         conds = st.set_condition(cur.get("conditions"), st.READY, False, "RayServiceDeleted",
                                  f"RayService {svc_name} was deleted",
                                  now=st.now_rfc3339(),
@@ -1339,7 +1341,8 @@ def resync(memo: kopf.Memo) -> list[str]:
                               tr, memo, allow_rerun=False, changed=None)))
             svc = cur.get("rayService")
             ready = st.get_condition(conds, st.READY)
-            if (svc and ready is not None and ready.get("reason") != "RayServiceDeleted"
+            serving = ((tr.get("spec") or {}).get("serve") or {}).get("enabled")
+            if (svc and serving and (ready or {}).get("reason") != "RayServiceDeleted"
                     and kube.get(RAY_API, "RayService", ns, svc) is None):
                 found.append(f"RayService/{ns}/{svc}")
                 log.warning("RayService %s/%s is gone and no deletion was seen (a watch was "

@@ -60,18 +60,59 @@ def test_operator_outlives_an_api_server_crash(kube, operator, operator_logs):
     assert operator.proc.poll() is None
 
 
-def test_resync_puts_back_a_rayjob_whose_deletion_no_watch_saw(kube, operator):
-    """The resync alone, deterministically: the operator is down while the RayJob is
-    deleted (as a cut watch misses it), and ``resync`` runs as the operator's
-    ServiceAccount, on a memo that knows the run (as kopf's list would have told it),
-    with nothing else running that could react."""
+def operator_memo(kube):
+    """A memo as the operator's start makes it, with a client of its ServiceAccount."""
     import kopf
     import kubernetes
 
     from raykube.testing.real_kube import OPERATOR_SA
     from raykube_operator.config import OperatorConfig
-    from raykube_operator.handlers import init_memo, resync
+    from raykube_operator.handlers import init_memo
     from raykube_operator.kube import Kube
+
+    path = kube.cp.kubeconfig_for(*reversed(OPERATOR_SA), kube.cp.workdir / "resync.kubeconfig")
+    client = kubernetes.config.new_client_from_config(config_file=str(path))
+    return init_memo(kopf.Memo(), OperatorConfig(resync=0), Kube(client))
+
+
+def test_resync_promotes_again_a_rayservice_whose_deletion_no_watch_saw(kube, operator):
+    """The same for a RayService deleted before it was ever Ready (its pods starting):
+    the resync only looked for RayServices that had been Ready, so this one was never
+    promoted again."""
+    from raykube_operator.handlers import resync
+
+    name = "missed-svc"
+    kube.create(tr_doc(name, serve=True))
+    kube.wait_object("RayJob", name)
+    kube.patch_status("TrainingRun", name, {"checkpoint": {
+        "uri": f"/mnt/raykube/{kube.namespace}/{name}/ckpt", "epoch": 3,
+        "metrics": {"valAccuracy": 0.95}}})
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Complete",
+                                       "jobStatus": "SUCCEEDED", "succeeded": 1})
+    old = kube.wait_object("RayService", f"{name}-serve")["metadata"]["uid"]
+    tr = kube.wait_condition(name, "Promoted", reason="GatePassed")
+    operator.kill()
+    try:
+        kube.delete("RayService", f"{name}-serve")
+        kube.wait_for(lambda: kube.get("RayService", f"{name}-serve") is None,
+                      what="the RayService gone")
+        memo = operator_memo(kube)
+        memo.runs[(kube.namespace, name)] = tr["metadata"]["uid"]
+        assert resync(memo) == [f"RayService/{kube.namespace}/{name}-serve"]
+        svc = kube.get("RayService", f"{name}-serve")
+        assert svc is not None and svc["metadata"]["uid"] != old
+        kube.wait_condition(name, "Ready", status="False", reason="RayServiceDeleted")
+        assert resync(memo) == []  # nothing missing now: nothing done
+    finally:
+        operator.start()
+
+
+def test_resync_puts_back_a_rayjob_whose_deletion_no_watch_saw(kube, operator):
+    """The resync alone, deterministically: the operator is down while the RayJob is
+    deleted (as a cut watch misses it), and ``resync`` runs as the operator's
+    ServiceAccount, on a memo that knows the run (as kopf's list would have told it),
+    with nothing else running that could react."""
+    from raykube_operator.handlers import resync
 
     kube.create(tr_doc("missed"))
     kube.wait_object("RayJob", "missed")
@@ -82,9 +123,7 @@ def test_resync_puts_back_a_rayjob_whose_deletion_no_watch_saw(kube, operator):
         kube.delete("RayJob", "missed")
         kube.wait_for(lambda: kube.get("RayJob", "missed") is None, what="the RayJob gone")
 
-        path = kube.cp.kubeconfig_for(*reversed(OPERATOR_SA), kube.cp.workdir / "resync.kubeconfig")
-        client = kubernetes.config.new_client_from_config(config_file=str(path))
-        memo = init_memo(kopf.Memo(), OperatorConfig(resync=0), Kube(client))
+        memo = operator_memo(kube)
         memo.runs[(kube.namespace, "missed")] = tr["metadata"]["uid"]
         memo.runs[(kube.namespace, "never-existed")] = "0"
         live, gone = (kube.namespace, "missed"), (kube.namespace, "never-existed")

@@ -58,6 +58,15 @@ def checkpoint(kube, name, acc, namespace="default"):
                        "metrics": {"valAccuracy": acc}}}, namespace)
 
 
+def promoted(kube, name, **kw):
+    """A serving run trained, its checkpoint reported and promoted: its RayService."""
+    kube.create(tr_doc(name, serve=True, **kw))
+    run_job(kube, name)
+    checkpoint(kube, name, 0.95)
+    succeed(kube, name)
+    return kube.wait_object("RayService", f"{name}-serve")
+
+
 def printer_columns(tr: dict) -> dict:
     """``kubectl get tr`` as the CRD's additionalPrinterColumns would show it."""
     crd = yaml.safe_load(CRD.read_text())
@@ -486,11 +495,7 @@ def test_companions_deleted_behind_our_back_are_applied_again(kube):
 
 def test_rayservice_deleted_is_promoted_again(kube):
     name = "rs-del"
-    kube.create(tr_doc(name, serve=True))
-    run_job(kube, name)
-    checkpoint(kube, name, 0.95)
-    succeed(kube, name)
-    old = kube.wait_object("RayService", f"{name}-serve")["metadata"]["uid"]
+    old = promoted(kube, name)["metadata"]["uid"]
     ready(kube, name)
     kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
     kube.delete("RayService", f"{name}-serve")
@@ -502,6 +507,20 @@ def test_rayservice_deleted_is_promoted_again(kube):
     kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
 
 
+def test_rayservice_deleted_before_it_was_ready_is_promoted_again(kube):
+    """A RayService deleted while its pods were still starting (never Ready): it was
+    promoted again only by the resync, five minutes later."""
+    name = "rs-del-early"
+    old = promoted(kube, name)["metadata"]["uid"]
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+    kube.delete("RayService", f"{name}-serve")
+    kube.wait_object("RayService", f"{name}-serve", timeout=30,
+                     where=lambda o: o["metadata"]["uid"] != old)
+    tr = kube.wait_condition(name, "Ready", "False", reason="RayServiceDeleted")
+    assert status_is_valid(tr) == []
+    assert len(events_of(kube, name, "RayServiceDeleted")) == 1
+
+
 def test_storage_moved_after_promotion_leaves_the_live_rayservice_as_it_is(kube):
     """``checkpoint.storage`` edited after the run was served (a volume -> s3://): a new run
     starts, and the live RayService was rendered again from the new spec right away
@@ -510,11 +529,7 @@ def test_storage_moved_after_promotion_leaves_the_live_rayservice_as_it_is(kube)
     could not load it. The RayService keeps its storage until a checkpoint of the new
     storage is promoted."""
     name = "moved"
-    kube.create(tr_doc(name, serve=True, min_accuracy=0.5))
-    run_job(kube, name)
-    checkpoint(kube, name, 0.95)
-    succeed(kube, name)
-    svc = kube.wait_object("RayService", f"{name}-serve")
+    svc = promoted(kube, name, min_accuracy=0.5)
     kube.wait_condition(name, "Promoted", reason="GatePassed")
     job_uid = kube.get("RayJob", name)["metadata"]["uid"]
     kube.patch("TrainingRun", name, {"spec": {"checkpoint": {"storage": {
@@ -544,11 +559,7 @@ def test_a_checkpoint_left_on_the_previous_storage_is_not_promoted_again(kube):
     again, in a RayService rendered for the new storage (S3 settings, no volume) that
     could never load it. It is not promoted; the run on the new storage promotes its own."""
     name = "moved-wait"
-    kube.create(tr_doc(name, serve=True, min_accuracy=0.5))
-    run_job(kube, name)
-    checkpoint(kube, name, 0.95)
-    succeed(kube, name)
-    kube.wait_object("RayService", f"{name}-serve")
+    promoted(kube, name, min_accuracy=0.5)
     kube.wait_condition(name, "Promoted", reason="GatePassed")
     ready(kube, name)
     kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
