@@ -6,6 +6,7 @@ measures, and a timed test on a shared machine would only measure the neighbours
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -39,6 +40,10 @@ def test_train_suite_smoke(tmp_path):
     for variant, m in rows.items():
         assert m["samples_per_s"] > 0 and m["time_to_first_step_s"] > 0, variant
         assert m["checkpoint_saves"] == 2, variant  # one per epoch, by the writing process
+        # CPU of the training processes and beside them, over the measured window: NaN
+        # when that window held fewer than two of the once-a-second snapshots
+        assert m["train_cpu"] > 0 or math.isnan(m["train_cpu"]), variant
+        assert m["beside_cpu"] >= 0 or math.isnan(m["beside_cpu"]), variant
     assert rows["torch"]["processes"] == rows["raykube-1x2"]["processes"] == 1
     assert rows["ddp"]["processes"] == 2 and rows["raykube"]["processes"] == 2
     # Both DDP flavours step in lockstep: 2 epochs x (1843 train examples / 2 ranks / 64).

@@ -188,3 +188,38 @@ def test_unreadable_wrk_output_is_an_error_not_a_zero():
 
     with pytest.raises(ChildError):
         parse_wrk("wrk: connection refused")
+
+
+def test_cpu_beside_the_training_processes_is_told_from_proc_snapshots():
+    """beside_cpu reads snapshots of (name, CPU ticks) per pid, taken once a second."""
+    snap = [
+        (10.0, {1: ("train", 0), 2: ("gcs_server", 50), 3: ("bench", 0), 5: ("gone", 7)}),
+        (11.0, {1: ("train", 190), 2: ("gcs_server", 55), 3: ("bench", 40), 5: ("gone", 9)}),
+        (12.0, {1: ("train", 380), 2: ("gcs_server", 60), 3: ("bench", 80),
+                4: ("ray::TrainController", 4)}),  # 4 started inside the window
+        (13.0, {1: ("train", 400), 2: ("gcs_server", 99)}),  # after the window
+    ]
+    got = bench_train.beside_cpu(snap, 9.5, 12.5, training={1}, hz=100, exclude={3})
+    assert got["sampled_s"] == 2.0
+    assert got["train_cores"] == pytest.approx(1.9)  # 380 ticks in 2 s at 100 Hz
+    # gcs 10 ticks + the controller's 4 (all its CPU): 14 ticks in 2 s; the bench's own
+    # process is left out, the one that ended inside the window is missed
+    assert got["beside_cores"] == pytest.approx(0.07)
+    assert got["beside_top"] == ["gcs_server 5.0%", "ray::TrainController 2.0%"]
+    # fewer than two snapshots inside the window: nothing is claimed
+    assert bench_train.beside_cpu(snap, 10.5, 11.5, training={1}, hz=100) == {}
+
+
+def test_proc_cpu_sees_this_process_spend_cpu(tmp_path):
+    import os
+
+    before = bench_train.proc_cpu()[os.getpid()][1]
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    name, after = bench_train.proc_cpu()[os.getpid()]
+    assert after - before >= 0.2 * os.sysconf("SC_CLK_TCK")
+    assert name  # the comm field, e.g. "python"
+    (tmp_path / "steps-123.log").write_text("s 1.0\n")
+    (tmp_path / "steps-x.log").write_text("s 1.0\n")
+    assert bench_train.step_log_pids(str(tmp_path)) == {123}

@@ -291,6 +291,104 @@ def analyse(logs: list[dict[str, list[Any]]], *, t_launch: float, epochs: int,
     }
 
 
+# ------------------------------------------------------- CPU beside the training processes
+CPU_SAMPLE_S = 1.0  # one /proc snapshot (~2.5 ms for ~100 processes) per second
+
+
+def proc_cpu() -> dict[int, tuple[str, int]]:
+    """Every process's name and CPU time so far (user + system, clock ticks), from
+    ``/proc`` (Linux); {} where there is none."""
+    out: dict[int, tuple[str, int]] = {}
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:  # gone since the listing
+            continue
+        end = stat.rindex(")")
+        fields = stat[end + 2:].split()
+        out[int(pid)] = (stat[stat.index("(") + 1:end], int(fields[11]) + int(fields[12]))
+    return out
+
+
+class CpuSampler:
+    """Snapshots of :func:`proc_cpu` every ``period`` s while a variant runs (a thread
+    of the bench's own process), so that the CPU the machine spent *beside* the training
+    processes in the measured window can be told after the run, when the window is
+    known (:func:`beside_cpu`).
+
+    Why: a data-parallel step waits for its slowest thread, so on a small machine every
+    core-second that something else takes (Ray's GCS, raylet, agents, Train's controller,
+    the driver; or a neighbour) costs the training processes more than that second. The
+    figure says how much of a throughput gap is that, measured in the same run."""
+
+    def __init__(self, period: float = CPU_SAMPLE_S):
+        import threading
+
+        self.period = period
+        self.samples: list[tuple[float, dict[int, tuple[str, int]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.time(), proc_cpu()))
+            if self._stop.wait(self.period):
+                return
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def beside_cpu(samples: list[tuple[float, dict[int, tuple[str, int]]]], start: float,
+               end: float, training: set[int], *, hz: int | None = None,
+               exclude: set[int] | None = None, top: int = 6) -> dict[str, Any]:
+    """CPU (in cores) of the ``training`` processes and of everything else on the machine
+    between the first and the last snapshot inside [start, end]; {} with fewer than two
+    there. ``exclude``: processes counted in neither (the bench's own). A process that
+    started inside the window counts all its CPU; one that ended inside it is missed."""
+    inside = [s for s in samples if start <= s[0] <= end]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return {}
+    (t_a, a), (t_b, b) = inside[0], inside[-1]
+    hz = hz or os.sysconf("SC_CLK_TCK")
+    secs = t_b - t_a
+    train, beside, names = 0.0, 0.0, {}
+    for pid, (name, ticks) in b.items():
+        if exclude and pid in exclude:
+            continue
+        cores = (ticks - a.get(pid, (name, 0))[1]) / hz / secs
+        if cores <= 0:
+            continue
+        if pid in training:
+            train += cores
+        else:
+            beside += cores
+            names[name] = names.get(name, 0.0) + cores
+    heaviest = sorted(names.items(), key=lambda kv: -kv[1])[:top]
+    return {"train_cores": train, "beside_cores": beside, "sampled_s": secs,
+            "beside_top": [f"{n} {c:.1%}" for n, c in heaviest]}
+
+
+def step_log_pids(directory: str) -> set[int]:
+    """The training processes: one step log each, named after its pid."""
+    pids = set()
+    for path in glob.glob(os.path.join(directory, "steps-*.log")):
+        with_pid = os.path.basename(path)[len("steps-"):-len(".log")]
+        if with_pid.isdigit():
+            pids.add(int(with_pid))
+    return pids
+
+
 # ------------------------------------------------------------------------ baselines
 def _synthetic_arrays(payload: dict[str, Any]) -> Any:
     """The very examples raykube's workers train on (``raykube.data.load_arrays`` on the
@@ -505,22 +603,33 @@ def _measure(case: str, variant: str, mode: str, payload: dict[str, Any],
                                         else max(1, payload["threads"] // payload["workers"])))
     t_launch = time.time()
     try:
-        if mode == "raykube":
-            out = _raykube_run(payload, env=env, timeout=timeout)
-        else:
-            out = run_child(MODULE, mode, payload, timeout=timeout, env=env)
+        with CpuSampler() as sampler:
+            if mode == "raykube":
+                out = _raykube_run(payload, env=env, timeout=timeout)
+            else:
+                out = run_child(MODULE, mode, payload, timeout=timeout, env=env)
         logs = read_step_logs(step_dir)
+        training = step_log_pids(step_dir)
     finally:
         shutil.rmtree(step_dir, ignore_errors=True)
     metrics = analyse(logs, t_launch=t_launch, epochs=payload["epochs"],
                       global_batch=payload["batch_size"], epoch_times=out.get("epoch_times"))
+    # The CPU beside the training processes in the measured window (as in analyse: the
+    # first process's steps after its first epoch).
+    steps0 = logs[0]["steps"]
+    per0 = len(steps0) // max(1, payload["epochs"])
+    cpu = beside_cpu(sampler.samples, steps0[min(per0, len(steps0) - 1)], steps0[-1],
+                     training, exclude={os.getpid()}) if payload["epochs"] > 1 else {}
+    metrics["train_cpu"] = cpu.get("train_cores", float("nan"))
+    metrics["beside_cpu"] = cpu.get("beside_cores", float("nan"))
     if "fit_start" in out:  # the Ray path: Ray's start, then from Ray up to step 1
         metrics["ray_init_s"] = out["ray_init_s"]
         first = min(lg["steps"][0] for lg in logs)
         metrics["train_start_s"] = first - out["fit_start"]
     metrics["load_1m"] = os.getloadavg()[0]
     return {"metrics": metrics, "epoch_times": out.get("epoch_times"),
-            "reported_samples_per_s": out.get("reported_samples_per_s")}
+            "reported_samples_per_s": out.get("reported_samples_per_s"),
+            "beside_top": cpu.get("beside_top", [])}
 
 
 def _record(report: Report, case: str, variant: str, runs: list[dict[str, Any]]) -> None:
@@ -551,6 +660,8 @@ def run_suite(*, quick: bool = False, cases: list[str] | None = None,
         "between_epochs_s": ("between epochs (s)", ".3f"),
         "checkpoint_s": ("checkpoint (s)", ".3f"),
         "checkpoint_fraction": ("checkpoint / epoch", ".2%"),
+        "train_cpu": ("training processes (cores)", ".2f"),
+        "beside_cpu": ("beside them (cores)", ".3f"),
         "load_1m": ("load avg", ".1f"),
     }
     report.primary = "samples_per_s"
@@ -627,7 +738,15 @@ def run_suite(*, quick: bool = False, cases: list[str] | None = None,
         "data) to the end of its first optimizer step; Ray's start (its GCS to the driver "
         "connected, from Ray's logs) and Ray-up-to-first-step are its parts. "
         "Every process runs at nice 0 (raykube's Ray workers through RAY_worker_niceness=0, "
-        "which raykube sets instead of Ray's 15).")
+        "which raykube sets instead of Ray's 15). "
+        "'training processes' and 'beside them' are CPU in cores over the measured window, "
+        f"from a /proc snapshot of every process each {CPU_SAMPLE_S:.0f} s: the processes "
+        "that log steps, and everything else on the machine (for raykube: Ray's GCS, raylet "
+        "and agents, Train's controller, the `raykube run` driver; for every variant, "
+        "anything else running), the bench's own process left out; bench.json lists the "
+        "heaviest of the rest per round (beside_top). On a 2-core machine a data-parallel "
+        "step waits for its slowest thread, so each core-second taken beside the training "
+        "costs it more than that second.")
     return report
 
 
