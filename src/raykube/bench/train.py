@@ -241,6 +241,15 @@ def steady_rate(steps: list[float], epochs: int, window: int | None = None) -> f
     return median(rates)
 
 
+def measured_window(steps: list[float], epochs: int) -> tuple[float, float] | None:
+    """Start and end of the measured window: the first process's steps after its first
+    epoch (the warm-up); None with a single epoch."""
+    first = len(steps) // max(1, epochs)
+    if epochs <= 1 or len(steps) <= first:
+        return None
+    return steps[first], steps[-1]
+
+
 def analyse(logs: list[dict[str, list[Any]]], *, t_launch: float, epochs: int,
             global_batch: int, epoch_times: list[float] | None = None) -> dict[str, Any]:
     """The variant's figures from its step logs (one per training process).
@@ -272,9 +281,8 @@ def analyse(logs: list[dict[str, list[Any]]], *, t_launch: float, epochs: int,
     per = len(steps0) // max(1, epochs)
     gaps = [steps0[k * per] - steps0[k * per - 1] for k in range(1, epochs) if per > 1]
     ckpt_med = median(ckpt_per_epoch[1:] if len(ckpt_per_epoch) > 1 else ckpt_per_epoch)
-    steps0 = logs[0]["steps"]
-    per0 = len(steps0) // max(1, epochs)
-    window = steps0[-1] - steps0[per0] if epochs > 1 and len(steps0) > per0 else float("nan")
+    bounds = measured_window(logs[0]["steps"], epochs)
+    window = bounds[1] - bounds[0] if bounds else float("nan")
     return {
         "window_s": window,
         "samples_per_s": median(rates) * global_batch,
@@ -614,12 +622,9 @@ def _measure(case: str, variant: str, mode: str, payload: dict[str, Any],
         shutil.rmtree(step_dir, ignore_errors=True)
     metrics = analyse(logs, t_launch=t_launch, epochs=payload["epochs"],
                       global_batch=payload["batch_size"], epoch_times=out.get("epoch_times"))
-    # The CPU beside the training processes in the measured window (as in analyse: the
-    # first process's steps after its first epoch).
-    steps0 = logs[0]["steps"]
-    per0 = len(steps0) // max(1, payload["epochs"])
-    cpu = beside_cpu(sampler.samples, steps0[min(per0, len(steps0) - 1)], steps0[-1],
-                     training, exclude={os.getpid()}) if payload["epochs"] > 1 else {}
+    # The CPU beside the training processes, over the window throughput is measured in.
+    bounds = measured_window(logs[0]["steps"], payload["epochs"])
+    cpu = beside_cpu(sampler.samples, *bounds, training, exclude={os.getpid()}) if bounds else {}
     metrics["train_cpu"] = cpu.get("train_cores", float("nan"))
     metrics["beside_cpu"] = cpu.get("beside_cores", float("nan"))
     if "fit_start" in out:  # the Ray path: Ray's start, then from Ray up to step 1
