@@ -1201,13 +1201,54 @@ def _bounds(field: Any) -> str:
     return (" " + " and ".join(p for p in parts if p)) if any(parts) else ""
 
 
+def _field_paths(model: type[BaseModel], prefix: str, depth: int = 0
+                 ) -> Iterable[tuple[str, str]]:
+    """(camelCase name, dotted path) of every field under ``model``, parents first."""
+    nested = []
+    for n, f in model.model_fields.items():
+        path = f"{prefix}.{to_camel(n)}"
+        yield to_camel(n), path
+        child = _model_type(f.annotation)
+        if child is not None and depth < 6:
+            nested.append((child, path))
+    for child, path in nested:
+        yield from _field_paths(child, path, depth + 1)
+
+
+SYNONYMS = {"learningrate": "lr", "numworkers": "workers", "numgpus": "gpusPerWorker",
+            "gpus": "gpusPerWorker", "numcpus": "cpusPerWorker", "maxepochs": "epochs",
+            "numepochs": "epochs", "numtrials": "trials", "numsamples": "trials"}
+"""Other libraries' names for a field (lower case, no '_'): Ray's ``num_workers``,
+torch's ``learning_rate``, Tune's ``num_samples``; an unknown field by one of these
+names is pointed at raykube's."""
+
+
+def _elsewhere(loc: tuple[Any, ...]) -> list[str]:
+    """Where a field named like ``loc[-1]`` does exist in a TrainingRun (``lr`` written
+    under ``spec.train`` lives at ``spec.train.optimizer.lr``): a field put one level
+    off is the commonest unknown field a new user writes, and a close spelling among
+    the siblings does not find it."""
+    if not loc or loc[0] != "spec":
+        return []
+    here = _loc(loc[:-1], "")
+    name = to_camel(str(loc[-1])).lower()
+    return [path for camel, path in _field_paths(TrainingRunSpec, "spec")
+            if camel.lower() == name and path.rsplit(".", 1)[0] != here][:3]
+
+
 def _did_you_mean(loc: tuple[Any, ...]) -> str:
     model = _model_at(loc[:-1])
     if model is None or not loc:
         return ""
     names = [to_camel(n) for n in model.model_fields]
     close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    synonym = SYNONYMS.get(str(loc[-1]).replace("_", "").lower())
+    if synonym in names:
+        return f" (did you mean {synonym!r}?)"
+    found = _elsewhere((*loc[:-1], synonym or loc[-1]))
+    return f" (it belongs at {' or '.join(found)})" if found else ""
 
 
 def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
@@ -1223,10 +1264,11 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
             last = str(e["loc"][-1]) if e["loc"] else ""
-            if "_" in last and to_camel(last) != last:
-                msg += f" (fields are camelCase: did you mean {to_camel(last)!r}?)"
+            camel = to_camel(last)
+            if "_" in last and camel != last and _field_at((*loc[:-1], camel)) is not None:
+                msg += f" (fields are camelCase: did you mean {camel!r}?)"
             else:
-                msg += _did_you_mean(loc)
+                msg += _did_you_mean((*loc[:-1], camel))
         elif e["type"] == "missing":
             msg = "is required"
         elif e.get("input", ...) is None and e["type"] in ("model_type", "dict_type",

@@ -185,6 +185,35 @@ def test_snake_case_gets_a_hint():
         parse_training_run(doc)
 
 
+@pytest.mark.parametrize("path, hint", [
+    ("spec/train/lr", "(it belongs at spec.train.optimizer.lr)"),
+    ("spec/train/learning_rate", "(it belongs at spec.train.optimizer.lr)"),
+    ("spec/train/optimizer/learningRate", "(did you mean 'lr'?)"),
+    ("spec/train/workers", "(it belongs at spec.scaling.workers)"),
+    ("spec/scaling/num_workers", "(did you mean 'workers'?)"),
+    ("spec/train/min_accuracy", "(it belongs at spec.serve.minAccuracy)"),
+    ("spec/train/weight_decay", "(it belongs at spec.train.optimizer.weightDecay)"),
+    ("spec/train/claimName", "(it belongs at spec.checkpoint.storage.pvc.claimName)"),
+])
+def test_a_field_written_at_the_wrong_level_is_pointed_at_its_place(path, hint):
+    """The commonest unknown field a new user writes is a real one one level off (``lr``
+    under ``train``) or another library's name for it (``learning_rate``, Ray's
+    ``num_workers``): the error names where it goes."""
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(_set(BASE, path, 1))
+    (err,) = info.value.errors
+    assert err.path == path.replace("/", ".") and err.message == f"unknown field {hint}"
+
+
+@pytest.mark.parametrize("path", ["spec/train/foo", "spec/train/learning_ratio"])
+def test_an_unknown_field_with_no_likely_meaning_gets_no_guess(path):
+    """No hint is better than a wrong one: ``learning_rate`` was once told 'did you mean
+    learningRate?', a field that exists nowhere."""
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(_set(BASE, path, 1))
+    assert [e.message for e in info.value.errors] == ["unknown field"]
+
+
 def test_all_errors_reported_at_once():
     doc = _set(_set(BASE, "spec/scaling/workers", 0), "spec/train/epochs", -1)
     with pytest.raises(InvalidTrainingRun) as info:
