@@ -134,12 +134,39 @@ def _limit(spec: TrainingRunSpec, x: np.ndarray, y: np.ndarray) -> tuple[np.ndar
 
 
 # --------------------------------------------------------------------------- loaders
-def _digits(spec: TrainingRunSpec) -> tuple[np.ndarray, ...]:
+DIGITS_FILE = ("datasets", "data", "digits.csv.gz")
+"""scikit-learn's bundled copy of the UCI handwritten digits (1,797 rows of 64 pixel
+values 0-16, then the label), relative to the ``sklearn`` package."""
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The digits as ``load_digits`` gives them (``data`` float64 of shape (1797, 64),
+    ``target`` int), read from scikit-learn's file without importing scikit-learn.
+
+    Why: ``import sklearn.datasets`` pulls in SciPy's stats (1.1-1.5 CPU-s here), and
+    every Train worker loads the data on its way to the first step: the quickstart's
+    two workers paid it side by side on two cores. Where the file is not where this
+    scikit-learn keeps it, ``load_digits`` reads it."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(root, *DIGITS_FILE)
+        if os.path.isfile(path):
+            with gzip.open(path, "rt") as f:
+                table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+            return table[:, :-1], table[:, -1].astype(int)
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = _normalise((d.data / 16.0).reshape(-1, 1, 8, 8))
-    y = d.target.astype(np.int64)
+    return d.data, d.target
+
+
+def _digits(spec: TrainingRunSpec) -> tuple[np.ndarray, ...]:
+    data, target = load_digits_arrays()
+    x = _normalise((data / 16.0).reshape(-1, 1, 8, 8))
+    y = target.astype(np.int64)
     tr, va = _split_indices(len(x), spec.data.validation_fraction, spec.train.seed)
     return x[tr], y[tr], x[va], y[va]
 

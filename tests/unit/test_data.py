@@ -32,6 +32,26 @@ def test_digits_shape_normalisation_and_deterministic_split():
     assert set(np.unique(vy)) == set(range(10))
 
 
+def test_digits_are_scikit_learns_without_importing_it():
+    """Every Train worker loads the digits on its way to the first step; importing
+    ``sklearn.datasets`` cost each 1.1-1.5 CPU-s (SciPy's stats). The arrays read from
+    scikit-learn's file are ``load_digits``'s, and nothing of scikit-learn is imported."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    x, y = data.load_digits_arrays()
+    d = load_digits()
+    assert np.array_equal(x, d.data) and x.dtype == d.data.dtype
+    assert np.array_equal(y, d.target)
+    code = ("import json, sys; from raykube.data import load_digits_arrays; "
+            "x, y = load_digits_arrays(); "
+            "print(json.dumps([x.shape, sorted(m for m in sys.modules if m.startswith('sklearn'))]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[[1797, 64], []]", out.stdout + out.stderr
+
+
 def test_synthetic_is_deterministic_and_learnable_shape():
     spec = make_spec("synthetic", shape=[2, 4, 4], numClasses=3, numSamples=100)
     a, b = data._numpy_arrays(spec, "/x"), data._numpy_arrays(spec, "/x")
