@@ -932,15 +932,20 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         for field, p in k8s_rules.toleration_problems(t.key, t.operator, t.value, t.effect,
                                                       t.toleration_seconds):
             yield SpecError(f"{sc}.tolerations[{i}].{field}", p)
+    # A pod too small for the model is told the model's floor (torch and Ray's share
+    # included, always above Ray's own) and only that: two minimums for one field read
+    # as a contradiction.
+    model_errors = list(_model_memory_checks(spec))
     for path, qty in ((f"{sc}.memoryPerWorker", spec.scaling.memory_per_worker),
                       (f"{sc}.head.memory", spec.scaling.head.memory),
                       ("spec.serve.memoryPerReplica", spec.serve.memory_per_replica)):
-        if qty is not None and (p := k8s_rules.ray_pod_memory_problem(qty)):
+        if (qty is not None and all(e.path != path for e in model_errors)
+                and (p := k8s_rules.ray_pod_memory_problem(qty))):
             yield SpecError(path, p)
     if spec.image is not None and (p := k8s_rules.image_problem(spec.image)):
         yield SpecError("spec.image", p)
     yield from _head_memory_check(spec)
-    yield from _model_memory_checks(spec)
+    yield from model_errors
 
 
 def _head_memory_check(spec: TrainingRunSpec) -> Iterator[SpecError]:

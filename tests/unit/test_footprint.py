@@ -140,6 +140,21 @@ def test_a_training_pod_holds_rays_processes_too():
         assert "Ray's processes in the pod" in err.message and "842 MiB" in err.message
 
 
+@pytest.mark.parametrize("field, section", [("memoryPerWorker", "scaling"),
+                                            ("memoryPerReplica", "serve")])
+def test_a_pod_below_both_floors_is_told_the_models_only(field, section):
+    """10Mi is under Ray's own 512Mi floor and under the model's: the field got both
+    minimums, 'at least 512Mi' then 'at least 842 MiB', which read as a contradiction.
+    It is told the model's (the larger, Ray's share included)."""
+    quickstart = {"name": "mlp", "options": {"hidden": [128, 64]}}
+    with pytest.raises(InvalidTrainingRun) as exc:
+        extra = {"enabled": True} if section == "serve" else {}
+        parse_training_run(doc(model=quickstart, **{section: {field: "10Mi", **extra}}))
+    err, = exc.value.errors
+    assert err.path == f"spec.{section}.{field}" and "cannot hold the model" in err.message
+    assert "512Mi" not in err.message
+
+
 def test_the_head_holds_rays_processes_the_driver_and_trains_controller():
     """Measured on a real node: a 1Gi head had Ray Train's controller and the job
     supervisor killed by Ray's memory monitor on each of the RayJob's 3 attempts; 2Gi
