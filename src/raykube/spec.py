@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import itertools
 import math
 import re
 import reprlib
@@ -1020,6 +1021,7 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     base = spec.to_dict(exclude_none=False)
     no_tune = spec.model_copy(update={"tune": None})
     known = frozenset(str(e) for e in semantic_errors(no_tune))
+    valid: list[tuple[str, Distribution]] = []  # the dimensions valid value by value
     for path, dist in tune.search_space.items():
         p = f"{t}.searchSpace[{path}]"
         set_kinds = [k for k in ("choice", "uniform", "loguniform", "randint")
@@ -1062,14 +1064,49 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         for value in dist.sample_values():
             err = _check_override(base, path, value, known)
             if err:
-                # a range is checked just below its (exclusive) high end: name the bound
-                # the user wrote, not 49.99999999999999
-                shown = (f"{kind} bound {vals[1]!r}" if kind in ("uniform", "loguniform")
-                         and value == math.nextafter(vals[1], vals[0])
-                         else f"{kind} bound {vals[0]!r}" if kind != "choice" and value == vals[0]
-                         else "value null" if value is None else f"value {_short(value)}")
-                yield SpecError(p, f"{shown} is not valid at {path}: {err}")
+                yield SpecError(p, f"{_shown(dist, value)} is not valid at {path}: {err}")
                 break
+        else:
+            valid.append((path, dist))
+    yield from _combination_checks(base, valid, known)
+
+
+COMBINATION_CHECKS = 2000
+"""At most this many pairs of searched values are checked (0.4 ms each here): every
+pair of every search of a few dimensions, which is what users write."""
+
+
+def _shown(dist: Distribution, value: Any) -> str:
+    """A searched value as the user wrote it: a range is checked just below its
+    (exclusive) high end, named by the bound written, not 49.99999999999999."""
+    kind = dist.kind()
+    vals = getattr(dist, kind)
+    if kind in ("uniform", "loguniform") and value == math.nextafter(vals[1], vals[0]):
+        return f"{kind} bound {vals[1]!r}"
+    if kind != "choice" and value == vals[0]:
+        return f"{kind} bound {vals[0]!r}"
+    return "value null" if value is None else f"value {_short(value)}"
+
+
+def _combination_checks(base: dict[str, Any], dims: list[tuple[str, Distribution]],
+                        known: frozenset[str]) -> Iterator[SpecError]:
+    """Pairs of searched values that are each valid alone but not together (a model
+    searched over ``mlp`` and ``cifar-cnn`` beside a search over ``hidden``, which the
+    CNN has not): a trial sampling both would fail when it starts, after the search
+    has begun. One error per pair of dimensions, at the second one."""
+    budget = COMBINATION_CHECKS
+    for i, (first, d1) in enumerate(dims):
+        for second, d2 in dims[i + 1:]:
+            for v1, v2 in itertools.product(d1.sample_values(), d2.sample_values()):
+                if budget <= 0:
+                    return
+                budget -= 1
+                err = _check_overrides(base, {first: v1, second: v2}, known)
+                if err:
+                    yield SpecError(f"spec.tune.searchSpace[{second}]", (
+                        f"{_shown(d2, v2)} is not valid with {first} {_shown(d1, v1)}, "
+                        f"which a trial may sample beside it: {err}"))
+                    break
 
 
 def _path_exists(model: type[BaseModel], parts: list[str]) -> bool:
@@ -1117,9 +1154,16 @@ def _drop_none(obj: Any) -> Any:
 
 def _check_override(base: dict[str, Any], path: str, value: Any,
                     known: frozenset[str] = frozenset()) -> str | None:
-    # the value as the trial gets it (``apply_overrides``): a null stays a null, which a
-    # required field refuses (it was dropped here and read as "the default")
-    doc = set_path(_drop_none(base), path, value)
+    return _check_overrides(base, {path: value}, known)
+
+
+def _check_overrides(base: dict[str, Any], overrides: dict[str, Any],
+                     known: frozenset[str] = frozenset()) -> str | None:
+    # the values as the trial gets them (``apply_overrides``): a null stays a null, which
+    # a required field refuses (it was dropped here and read as "the default")
+    doc = _drop_none(base)
+    for path, value in overrides.items():
+        doc = set_path(doc, path, value)
     doc.pop("tune", None)
     try:
         trial = TrainingRunSpec.model_validate(doc)

@@ -788,13 +788,70 @@ def _fmt(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------- run
-def _tune_config(spec: TrainingRunSpec) -> Any:
+class ResumableASHA(ASHAScheduler):
+    """Ray's ASHA, whose rungs survive ``Tuner.restore``.
+
+    Ray Tune (2.60) keeps no scheduler state over a restore: the scheduler a resumed
+    search uses is the one pickled into ``tuner.pkl`` when the search was created, its
+    rungs empty (``TuneController`` never calls ``TrialScheduler.save``). A resumed
+    search then judged each trial only against the results reported after the resume:
+    the first trial to reach a rung passed it whatever its score, and trials that the
+    search before the interruption would have stopped trained on.
+
+    This one records, as Tune adds each restored trial (``on_trial_add``, finished and
+    stopped trials included), the results the trial reported before: its rows in
+    ``HISTORY_FILE``, which ``keep_history`` writes before every restore, replayed
+    through the trial's bracket in epoch order as Tune replayed them live. A search
+    created fresh finds no history file and starts empty, as Ray's does."""
+
+    def __init__(self, *, history_uri: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._history_uri = history_uri
+        self._history: dict[str, list[dict[str, Any]]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_history": None}  # read again where it is restored
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if self._history is None:
+            try:
+                self._history = (_read_json(self._history_uri) or {}) if self._history_uri else {}
+            except Exception as exc:  # cut off by a kill mid-write, storage gone: go on
+                log.warning("ASHA resumes without the trials' earlier results: %s: %s",
+                            self._history_uri, exc)
+                self._history = {}
+        self.replay(trial.trial_id, self._history.get(trial.trial_id) or [])
+
+    def replay(self, trial_id: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Record ``rows`` (a trial's earlier results) in its bracket's rungs."""
+        bracket = self._trial_info.get(trial_id)
+        if bracket is None:
+            return
+        stand_in = _TrialRef(trial_id)
+        results = [(int(r[TIME_ATTR]), float(r[self._metric])) for r in rows
+                   if isinstance(r.get(TIME_ATTR), (int, float))
+                   and isinstance(r.get(self._metric), (int, float))]
+        for epoch, value in sorted(results):
+            bracket.on_result(stand_in, epoch, self._metric_op * value)
+
+
+@dataclass(frozen=True)
+class _TrialRef:
+    """What ASHA's bracket reads of a trial: its id."""
+
+    trial_id: str
+
+
+def _tune_config(spec: TrainingRunSpec, experiment_uri: str = "") -> Any:
     assert spec.tune is not None
     t = spec.tune
     if t.scheduler.name == "asha":
         # stop_last_trials=False: a trial that reaches max_t ends by itself (its Train run
         # finishes cleanly) instead of being stopped by the scheduler.
-        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=most_epochs(spec),
+        scheduler = ResumableASHA(history_uri=_join(experiment_uri, HISTORY_FILE)
+                                  if experiment_uri else None,
+                                  time_attr=TIME_ATTR, max_t=most_epochs(spec),
                                   grace_period=t.scheduler.grace_period,
                                   reduction_factor=t.scheduler.reduction_factor,
                                   stop_last_trials=False)
@@ -911,7 +968,7 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space(spec.tune),
-                tune_config=_tune_config(spec),
+                tune_config=_tune_config(spec, experiment_uri),
                 run_config=tune.RunConfig(
                     storage_path=ray_root, storage_filesystem=ray_fs, name=name,
                     callbacks=[_ProgressCallback(key)],

@@ -216,6 +216,44 @@ def test_search_early_stops_bad_trials_resumes_and_serves_the_best(ray_session, 
     assert again.best_trial_id == best_trial and again.best_checkpoint == outcome.best_checkpoint
 
 
+def test_asha_stops_a_bad_trial_after_a_resume_as_before_it(ray_session, tmp_path):
+    """Ray Tune restores no scheduler state: a search interrupted after a good trial
+    finished, and resumed, judged the next trial against nothing (its rungs were empty)
+    and a bad trial trained every epoch. raykube's ASHA replays the finished trial's
+    results on restore, and the bad trial is stopped at the first rung, as it is in a
+    search that was never interrupted (the test above)."""
+    import shutil
+
+    from ray.train._internal.storage import _get_ray_train_session_dir
+
+    from raykube.tune import TuneInterrupted, run_tune
+
+    class InterruptAtSecondStart(Recorder):
+        def on_trials(self, rows):
+            self.rows = rows
+            if not self._sent and len(rows) == 2 and rows[0]["status"] == "TERMINATED":
+                self._sent = True  # the second trial exists, not a result from it yet
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    doc = _run("tune-resume-asha").model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["tune"]["trials"] = 2  # seed 5: good, then bad (as in the test above)
+    run = parse_training_run(doc)
+    storage = str(tmp_path / "storage")
+    first = InterruptAtSecondStart()
+    with pytest.raises(TuneInterrupted):
+        run_tune(run, storage, observers=[first])
+    good, bad = (r["trial"] for r in first.rows)
+    assert first.epochs_of(good) == list(range(1, EPOCHS + 1)) and not first.epochs_of(bad)
+    for staged in Path(_get_ray_train_session_dir()).glob(f"*/{run.name}"):
+        shutil.rmtree(staged)  # a new `raykube run` is a new Ray session (test above)
+
+    outcome = run_tune(run, storage, observers=[Recorder()])
+    rows = {t["trial"]: t for t in outcome.trials}
+    assert rows[bad]["params"]["train.optimizer.lr"] == BAD_LR, rows
+    assert rows[bad]["status"] == "STOPPED" and rows[bad]["iterations"] == 1, rows[bad]
+    assert rows[good]["status"] == "TERMINATED" and rows[good]["iterations"] == EPOCHS
+
+
 def test_a_failed_trial_is_named_with_its_error(ray_session, tmp_path):
     """A search that found a best trial still says which trials failed and why: the last
     line of each failed trial's stored traceback, and where the whole one is. A real Tune

@@ -4,9 +4,13 @@ settings, validation of bad search spaces (field-level), the trial table and rep
 from __future__ import annotations
 
 import copy
+import json
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Uniform
 
 from raykube import tune as rt
@@ -175,13 +179,53 @@ def test_the_upper_end_of_a_range_is_exclusive():
     parse_training_run(doc)
 
 
+def test_values_valid_alone_but_not_together_are_refused_before_the_search():
+    """Each searched value was checked alone, against the base spec: a search over the
+    model (mlp or resnet18) beside one over ``hidden`` (the MLP's) passed, and every
+    trial sampling resnet18 failed once the search had begun."""
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["model"] = {"name": "mlp"}
+    doc["spec"]["tune"]["searchSpace"] = {"model.name": {"choice": ["mlp", "resnet18"]},
+                                          "model.options.hidden": {"choice": [[16], [32]]}}
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(doc)
+    errors = {e.path: e.message for e in exc.value.errors}
+    assert errors == {"spec.tune.searchSpace[model.options.hidden]": (
+        "value [16] is not valid with model.name value 'resnet18', which a trial may "
+        "sample beside it: spec.model.options.hidden: does not apply to model resnet18 "
+        "(its options: none)")}
+
+
+def test_a_pair_is_checked_over_the_ends_of_its_ranges():
+    """Ranges are checked at both ends, together too: ``batchSize`` at its low bound
+    beside ``workers``-sized batches is the same rule as alone, so here a pair of
+    independent, valid dimensions stays valid and costs a handful of checks."""
+    run = _run(searchSpace={"train.optimizer.lr": {"loguniform": [1e-4, 1e-1]},
+                            "train.batchSize": {"randint": [8, 129]},
+                            "model.options.hidden": {"choice": [[16], [32, 16]]}})
+    assert run.spec.tune is not None
+
+
+def test_a_large_search_space_is_checked_within_a_budget(monkeypatch):
+    from raykube import spec as S
+
+    calls = []
+    real = S._check_overrides
+    monkeypatch.setattr(S, "_check_overrides", lambda *a, **k: calls.append(a) or real(*a, **k))
+    space = {"train.seed": {"choice": list(range(60))},
+             "train.optimizer.lr": {"choice": [i / 1000 for i in range(1, 61)]}}
+    _run(searchSpace=space)
+    pairs = [c for c in calls if len(c[1]) == 2]
+    assert len(pairs) == S.COMBINATION_CHECKS
+
+
 # ------------------------------------------------------------------- scheduler
 def test_asha_uses_epochs_and_the_declared_metric_and_mode():
     run = _run()
     cfg = rt._tune_config(run.spec)
     assert (cfg.metric, cfg.mode, cfg.num_samples) == ("valLoss", "min", 6)
     asha = cfg.scheduler
-    assert type(asha).__name__ == "AsyncHyperBandScheduler"
+    assert isinstance(asha, ASHAScheduler)
     assert asha._time_attr == "epoch"
     assert asha._max_t == 5 and asha._reduction_factor == 3
     # rungs: grace period 2, then x3 (6 > max_t, so only one)
@@ -192,6 +236,63 @@ def test_asha_uses_epochs_and_the_declared_metric_and_mode():
     assert type(fifo.scheduler).__name__ == "FIFOScheduler"
     assert (fifo.metric, fifo.mode) == ("valAccuracy", "max")
     assert rt._tune_config(_run(mode="max").spec).mode == "max"  # explicit mode wins
+
+
+def _restored_asha(spec, experiment: Path, history: dict) -> ASHAScheduler:
+    """The scheduler as ``Tuner.restore`` gets it: unpickled from what was pickled
+    into tuner.pkl at the search's creation, the metric and mode set by Tune."""
+    (experiment / rt.HISTORY_FILE).write_text(json.dumps(history))
+    cfg = rt._tune_config(spec, str(experiment))
+    asha = pickle.loads(pickle.dumps(cfg.scheduler))
+    asha.set_search_properties(cfg.metric, cfg.mode)
+    return asha
+
+
+def test_asha_keeps_its_rungs_over_a_resume(tmp_path):
+    """Ray Tune keeps no scheduler state over ``Tuner.restore``: a resumed search judged
+    each trial only against results reported after the resume, so the first trial to
+    reach a rung passed it whatever its score. raykube's ASHA replays every restored
+    trial's earlier results (``raykube-history.json``) into its rungs."""
+    run = _run(scheduler={"name": "asha", "gracePeriod": 1, "reductionFactor": 2})
+    history = {  # valLoss, mode min: "good" finished, "stopped" was cut at epoch 1
+        "good": [{"epoch": e, "valLoss": 0.5 / e} for e in range(1, 6)],
+        "stopped": [{"epoch": 1, "valLoss": 2.0}],
+        "midway": [{"epoch": 1, "valLoss": 0.6}, {"epoch": 2, "valLoss": 0.4}],
+    }
+    asha = _restored_asha(run.spec, tmp_path, history)
+    for tid in history:  # Tune adds every stored trial again, finished ones included
+        asha.on_trial_add(None, rt._TrialRef(tid))
+    rungs = {m: dict(r) for m, r in asha._brackets[0]._rungs}
+    assert rungs[1] == {"good": -0.5, "stopped": -2.0, "midway": -0.6}
+    assert rungs[2] == {"good": -0.25, "midway": -0.4} and rungs[4] == {"good": -0.125}
+    # a new trial as bad as the stopped one is stopped at the first rung again
+    asha.on_trial_add(None, rt._TrialRef("new"))
+    assert asha.on_trial_result(None, rt._TrialRef("new"), {"epoch": 1, "valLoss": 2.0}) == "STOP"
+    # the interrupted trial is judged at its next rung against the finished one
+    assert asha.on_trial_result(None, rt._TrialRef("midway"), {"epoch": 4, "valLoss": 0.3}) == "STOP"
+
+    # Ray's own ASHA, restored the same way, had forgotten: both went on
+    plain = ASHAScheduler(time_attr="epoch", max_t=5, grace_period=1, reduction_factor=2,
+                          stop_last_trials=False)
+    plain = pickle.loads(pickle.dumps(plain))
+    plain.set_search_properties("valLoss", "min")
+    for tid in [*history, "new"]:
+        plain.on_trial_add(None, rt._TrialRef(tid))
+    assert plain.on_trial_result(None, rt._TrialRef("new"), {"epoch": 1, "valLoss": 2.0}) == "CONTINUE"
+
+
+def test_a_fresh_or_unreadable_history_starts_asha_empty(tmp_path):
+    run = _run(scheduler={"name": "asha", "gracePeriod": 1, "reductionFactor": 2})
+    cfg = rt._tune_config(run.spec, str(tmp_path))  # a new search: no history file
+    asha = pickle.loads(pickle.dumps(cfg.scheduler))
+    asha.set_search_properties(cfg.metric, cfg.mode)
+    asha.on_trial_add(None, rt._TrialRef("t1"))
+    assert all(not r for _, r in asha._brackets[0]._rungs)
+    (tmp_path / rt.HISTORY_FILE).write_text('{"t1": [{"epo')  # cut off by a kill
+    asha = _restored_asha(run.spec, tmp_path, {})
+    (tmp_path / rt.HISTORY_FILE).write_text('{"t1": [{"epo')
+    asha.on_trial_add(None, rt._TrialRef("t1"))
+    assert all(not r for _, r in asha._brackets[0]._rungs)
 
 
 def test_each_trial_gets_the_spec_scaling_including_fractional_gpus():
