@@ -78,6 +78,8 @@ from raykube.render import (
     render_rayservice,
     render_training,
     serve_endpoint,
+    served_storage_id,
+    storage_id,
 )
 from raykube.spec import (
     API_VERSION,
@@ -102,6 +104,9 @@ RAY_API = "ray.io/v1"
 SPEC_HASH = f"{GROUP}/spec-hash"
 TRAINING_HASH = f"{GROUP}/training-hash"
 CHECKPOINT_ANNOTATION = f"{GROUP}/checkpoint"
+STORAGE_ANNOTATION = f"{GROUP}/checkpoint-storage"
+"""On a promoted RayService, next to ``CHECKPOINT_ANNOTATION``: the ``storage_id`` its pods
+were rendered for, which the checkpoint it serves is on (``pvc/<claim>`` or the URI)."""
 FINALIZER = f"{GROUP}/finalizer"
 CHILD_LABELS = {LABEL: kopf.PRESENT, RENDERED_LABEL: kopf.ABSENT}
 """What the watches on children and Ray pods follow: the run's label, but not what
@@ -207,12 +212,28 @@ def _annotate(obj: dict[str, Any], extra: dict[str, str] | None = None) -> dict[
     return obj
 
 
+REPORTING_ENV = frozenset({"RAYKUBE_STORAGE_ID"})
+"""Env of the RayJob's pods that says where the run is, not what it trains (the storage
+id follows from the volume or URI, which count): left out of ``training_hash``, so that
+the RayJob of a run started by an operator that did not render it yet is not read as
+one trained on another spec (``SpecChangeIgnored`` while it runs, and a new run at the
+next edit of any field once it has finished)."""
+
+
 def training_hash(run: TrainingRun, job: dict[str, Any]) -> str:
     """What a run's result depends on: the spec minus suspend/serve, and the RayJob minus
-    suspend (the spec reaches the driver through the ConfigMap, not the RayJob)."""
+    suspend and ``REPORTING_ENV`` (the spec reaches the driver through the ConfigMap, not
+    the RayJob)."""
     spec = run.spec.to_dict()
     spec.pop("suspend", None)
     spec.pop("serve", None)
+    job = copy.deepcopy(job)
+    cluster = (job.get("spec") or {}).get("rayClusterSpec") or {}
+    for group in [cluster.get("headGroupSpec") or {}, *(cluster.get("workerGroupSpecs") or [])]:
+        for container in ((group.get("template") or {}).get("spec") or {}).get("containers", []):
+            if "env" in container:
+                container["env"] = [e for e in container["env"]
+                                    if e.get("name") not in REPORTING_ENV]
     doc = {"spec": spec, "rayjob": _hash(job, drop_suspend=True)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -579,7 +600,7 @@ def _run_dir_conflict(kube: Kube, cfg: OperatorConfig, run: TrainingRun) -> list
         old = parse_training_run(yaml.safe_load(next(iter((cm.get("data") or {}).values()))))
     except Exception:  # unreadable: the driver's own check still stands
         return []
-    if _storage_place(old, cfg) != _storage_place(run, cfg):
+    if storage_id(old, cfg.render) != storage_id(run, cfg.render):
         return []  # a run directory on another volume or bucket: nothing there to resume
 
     def at(spec: Any, path: str) -> Any:
@@ -588,15 +609,6 @@ def _run_dir_conflict(kube: Kube, cfg: OperatorConfig, run: TrainingRun) -> list
         return spec
 
     return [f"spec.{k}" for k in RUN_DIR_IDENTITY if at(old.spec, k) != at(run.spec, k)]
-
-
-def _storage_place(run: TrainingRun, cfg: OperatorConfig) -> tuple[str, str]:
-    """Where the run directory's files live: the claim or the bucket and prefix (not
-    where the volume is mounted, which is the same files under another path)."""
-    st_ = run.spec.checkpoint.storage
-    if st_.uri:
-        return ("s3", st_.uri.rstrip("/"))
-    return ("pvc", st_.pvc.claim_name if st_.pvc else cfg.render.default_pvc)
 
 
 def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
@@ -838,20 +850,29 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
                                     "serving": None, "rayService": None})
         return
     checkpoint = _ann(svc, CHECKPOINT_ANNOTATION)
-    if checkpoint and not in_storage(checkpoint, run, cfg.render):
+    if checkpoint and not in_storage(checkpoint, run, cfg.render, _served_on(svc)):
         # checkpoint.storage was edited (a new run): the checkpoint served is on the
         # storage the spec named before, which pods rendered for the new one cannot
-        # read (no volume, or no S3 settings); KubeRay's upgrade would never be ready.
-        # The live RayService stays as it is until a checkpoint of the new storage is
-        # promoted (serve.enabled=false still removes it).
+        # read (no volume, another claim at the same path, or no S3 settings);
+        # KubeRay's upgrade would never be ready. The live RayService stays as it is
+        # until a checkpoint of the new storage is promoted (serve.enabled=false still
+        # removes it).
         log.info("RayService %s/%s serves %s, outside the run's storage now: kept as it is "
                  "until the new run's checkpoint is promoted", run.namespace, svc_name,
                  checkpoint)
         return
     if checkpoint:
         obj = render_rayservice(run, cfg.render, checkpoint, owner=_owner(tr["metadata"]))
-        obj = _annotate(obj, {CHECKPOINT_ANNOTATION: checkpoint})
+        obj = _annotate(obj, {CHECKPOINT_ANNOTATION: checkpoint,
+                              STORAGE_ANNOTATION: storage_id(run, cfg.render)})
         results[f"RayService/{svc_name}"] = apply_child(kube, obj)
+
+
+def _served_on(svc: dict[str, Any]) -> str | None:
+    """The storage a promoted RayService reads its checkpoint from: its
+    ``STORAGE_ANNOTATION``, or for one promoted before that was written, the claim its
+    pods mount (None for an s3:// run's: its checkpoint's URI names the bucket)."""
+    return _ann(svc, STORAGE_ANNOTATION) or served_storage_id(svc)
 
 
 # ---------------------------------------------------------------------- RayJob status
@@ -1094,20 +1115,26 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
         gen = tr["metadata"].get("generation")
         if decision.reason == "ServeDisabled":
             return
+        svc = kube.get(RAY_API, "RayService", ns, rayservice_name(run))
+        live = svc if svc is not None and _owned(svc, tr) else None
+        written_to = (cur.get("checkpoint") or {}).get("storage")
+        if written_to is None and live is not None and decision.checkpoint and _ann(
+                live, CHECKPOINT_ANNOTATION) == decision.checkpoint:
+            # reported by an older driver: the RayService promoted from this very
+            # checkpoint says which storage it was read from
+            written_to = _served_on(live)
         if decision.promote and decision.checkpoint and not in_storage(
-                decision.checkpoint, run, cfg.render):
-            svc = kube.get(RAY_API, "RayService", ns, rayservice_name(run))
-            if svc is not None and _owned(svc, tr):
+                decision.checkpoint, run, cfg.render, written_to):
+            if live is not None:
                 return  # it serves what was promoted, as it is (_reconcile_rayservice)
-            decision = _outside_storage(decision, run, cfg)
+            decision = _outside_storage(decision, run, cfg, written_to)
         if not decision.promote:
             message = decision.message
-            svc = kube.get(RAY_API, "RayService", ns, rayservice_name(run))
-            if svc is not None and _owned(svc, tr):
+            if live is not None:
                 # e.g. serve.minAccuracy raised after promotion: a config tweak does not
                 # take a live model down; serve.enabled=false does
                 message += (f"; RayService {rayservice_name(run)} keeps serving "
-                            f"{_ann(svc, CHECKPOINT_ANNOTATION)} (promoted earlier): set "
+                            f"{_ann(live, CHECKPOINT_ANNOTATION)} (promoted earlier): set "
                             "spec.serve.enabled=false to remove it")
             old = st.get_condition(cur.get("conditions"), st.PROMOTED) or {}
             conds = st.set_condition(cur.get("conditions"), st.PROMOTED, False, decision.reason,
@@ -1119,9 +1146,9 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
             return
         assert decision.checkpoint is not None
         obj = render_rayservice(run, cfg.render, decision.checkpoint, owner=_owner(tr["metadata"]))
-        obj = _annotate(obj, {CHECKPOINT_ANNOTATION: decision.checkpoint})
-        existing = kube.get(RAY_API, "RayService", ns, rayservice_name(run))
-        if existing is not None and not _owned(existing, tr):
+        obj = _annotate(obj, {CHECKPOINT_ANNOTATION: decision.checkpoint,
+                              STORAGE_ANNOTATION: storage_id(run, cfg.render)})
+        if svc is not None and live is None:
             msg = (f"a RayService named {rayservice_name(run)} exists and is not owned by this TrainingRun: "
                    "not promoted")
             conds = st.set_condition(cur.get("conditions"), st.PROMOTED, False, "NameConflict",
@@ -1151,8 +1178,8 @@ STORAGE_MOVED = "CheckpointOutsideStorage"
 longer names (``checkpoint.storage`` edited, the new run not finished yet)."""
 
 
-def _outside_storage(decision: st.GateDecision, run: TrainingRun, cfg: OperatorConfig
-                     ) -> st.GateDecision:
+def _outside_storage(decision: st.GateDecision, run: TrainingRun, cfg: OperatorConfig,
+                     written_to: str | None = None) -> st.GateDecision:
     """The gate's verdict on a checkpoint outside the run's storage: not promoted.
 
     ``checkpoint.storage`` was edited after the checkpoint was written, and the run on
@@ -1160,13 +1187,20 @@ def _outside_storage(decision: st.GateDecision, run: TrainingRun, cfg: OperatorC
     RayJob to go, or runs). A RayService rendered now would get the new storage's volume
     or S3 settings and no way to read this checkpoint; KubeRay's cluster would never be
     ready. Asked only when no RayService is left: a live one keeps serving it, and
-    ``Promoted`` keeps saying so (``_reconcile_rayservice``)."""
+    ``Promoted`` keeps saying so (``_reconcile_rayservice``).
+
+    ``written_to``: ``status.checkpoint.storage``, named when the driver reported it (a
+    checkpoint on another claim can have a path under the same mount path)."""
     from raykube.render import storage_root
 
+    on = f" (on {written_to})" if written_to else ""
+    where = storage_root(run, cfg.render)
+    if not run.spec.checkpoint.storage.uri:
+        where = f"{storage_id(run, cfg.render)} at {where}"
     return st.GateDecision(False, STORAGE_MOVED, (
-        f"checkpoint {decision.checkpoint} is outside checkpoint.storage "
-        f"({storage_root(run, cfg.render)}), edited since it was written: the run on the "
-        "new storage promotes its own checkpoint"), decision.checkpoint)
+        f"checkpoint {decision.checkpoint}{on} is outside checkpoint.storage ({where}), "
+        "edited since it was written: the run on the new storage promotes its own "
+        "checkpoint"), decision.checkpoint)
 
 
 # ------------------------------------------------------------- children deleted

@@ -4,12 +4,16 @@
 holds ``RAYKUBE_TRAININGRUN=<namespace>/<name>`` (the rendered RayJob sets it). It
 patches ``status.progress`` and ``status.checkpoint`` (the best checkpoint so far by
 ``checkpoint.scoreMetric``) through the ``/status`` subresource, which the rendered Role
-allows for this one object only. A Tune search adds ``status.trials`` (trials by state)
-and, at its end, ``status.bestTrial``, with ``status.progress`` set to the best trial's
-epoch, so that ``kubectl get tr``'s Epoch and Val-Acc columns show the model chosen,
-not whichever trial reported last. A run that fails for a cause no retry can fix writes
-``status.permanentFailure`` and waits for the operator's answer (``stop_retries``), which
-is why the Role also allows reading the status back.
+allows for this one object only. ``status.checkpoint.storage`` says which storage the
+checkpoint is on (``RAYKUBE_STORAGE_ID``, ``pvc/<claim>`` or the s3:// URI, which the
+operator's RayJob sets; for a checkpoint under ``RAYKUBE_STORAGE`` only): the operator
+does not promote it once ``checkpoint.storage`` names another. A Tune search adds
+``status.trials`` (trials by state) and, at its end, ``status.bestTrial``, with
+``status.progress`` set to the best trial's epoch, so that ``kubectl get tr``'s Epoch
+and Val-Acc columns show the model chosen, not whichever trial reported last. A run
+that fails for a cause no retry can fix writes ``status.permanentFailure`` and waits for
+the operator's answer (``stop_retries``), which is why the Role also allows reading the
+status back.
 
 Rate-limited (at most one patch per ``min_interval`` seconds; the latest values are
 always flushed at ``on_end``) and never raising: an unreachable API server or a refused
@@ -28,6 +32,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -90,12 +95,21 @@ def _finite(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def storage_from_env(env: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """``KubernetesReporter``'s ``storage`` and ``storage_root`` in a RayJob's pods
+    (``RAYKUBE_STORAGE_ID``, ``RAYKUBE_STORAGE``); None where unset (older pods)."""
+    env = env if env is not None else os.environ
+    return {"storage": env.get("RAYKUBE_STORAGE_ID") or None,
+            "storage_root": env.get("RAYKUBE_STORAGE") or None}
+
+
 class KubernetesReporter:
     """RunObserver patching ``status.progress``/``status.checkpoint`` of one TrainingRun."""
 
     def __init__(self, namespace: str, name: str, *, min_interval: float = 5.0,
                  api: Any = None, score_metric: str = "valAccuracy",
-                 request_timeout: float | tuple[float, float] = REQUEST_TIMEOUT):
+                 request_timeout: float | tuple[float, float] = REQUEST_TIMEOUT,
+                 storage: str | None = None, storage_root: str | None = None):
         self.namespace = namespace
         self.name = name
         self.min_interval = min_interval
@@ -103,6 +117,9 @@ class KubernetesReporter:
         self.gone = False
         """The TrainingRun does not exist (404): nothing more is sent."""
         self.score_metric = score_metric
+        self.storage = storage
+        """``status.checkpoint.storage`` of a checkpoint under ``storage_root``."""
+        self.storage_root = storage_root.rstrip("/") if storage_root else None
         self._api = api
         self._lock = threading.Lock()
         self._last_sent = float("-inf")  # the first epoch is always sent
@@ -118,11 +135,12 @@ class KubernetesReporter:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **kwargs: Any) -> KubernetesReporter | None:
         """From ``RAYKUBE_TRAININGRUN=<namespace>/<name>``; None when unset."""
-        value = (env if env is not None else os.environ).get("RAYKUBE_TRAININGRUN", "")
+        env = env if env is not None else os.environ
+        value = env.get("RAYKUBE_TRAININGRUN", "")
         if "/" not in value:
             return None
         ns, name = value.split("/", 1)
-        return cls(ns, name, **kwargs)
+        return cls(ns, name, **{**storage_from_env(env), **kwargs})
 
     # ------------------------------------------------------------------ client
     def _client(self) -> Any:
@@ -224,7 +242,7 @@ class KubernetesReporter:
         with self._lock:
             self._pending["progress"] = progress
             if checkpoint and self.score_metric in m and self._better(m[self.score_metric]):
-                self._best = {"uri": str(checkpoint), "metrics": m}
+                self._best = self._checkpoint(checkpoint, m)
                 if "epoch" in progress:
                     self._best["epoch"] = progress["epoch"]
                 self._pending["checkpoint"] = dict(self._best)
@@ -279,6 +297,14 @@ class KubernetesReporter:
                 return bool(got["retriesCancelled"])
         return None
 
+    def _checkpoint(self, uri: Any, metrics: dict[str, float]) -> dict[str, Any]:
+        """``status.checkpoint`` for ``uri``, with the storage it is on when known."""
+        out: dict[str, Any] = {"uri": str(uri), "metrics": metrics}
+        root = self.storage_root
+        if self.storage and root and (str(uri) == root or str(uri).startswith(root + "/")):
+            out["storage"] = self.storage
+        return out
+
     def _better(self, value: float) -> bool:
         if self._best is None:
             return True
@@ -292,7 +318,7 @@ class KubernetesReporter:
         metrics = result.get("bestMetrics") or result.get("best_metrics")
         if best and isinstance(metrics, dict):
             with self._lock:
-                self._best = {"uri": str(best), "metrics": _finite(metrics)}
+                self._best = self._checkpoint(best, _finite(metrics))
                 if isinstance(metrics.get("epoch"), int):
                     self._best["epoch"] = metrics["epoch"]
                 self._pending["checkpoint"] = dict(self._best)

@@ -204,13 +204,50 @@ def storage_root(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
     return f"{_mount_path(run, cfg or RenderConfig())}/{run.namespace}"
 
 
-def in_storage(location: str, run: TrainingRun, cfg: RenderConfig | None = None) -> bool:
+def storage_id(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
+    """Which storage the run's files are on: ``pvc/<claim>`` for a volume (the default
+    claim when the spec names none) or the ``s3://`` URI without a trailing slash. Not
+    where the volume is mounted: another ``mountPath`` of a claim is the same files,
+    and the same ``mountPath`` of another claim is other files.
+
+    ``RAYKUBE_STORAGE_ID`` of the training pods, which the driver reports as
+    ``status.checkpoint.storage``."""
+    st = run.spec.checkpoint.storage
+    if st.uri:
+        return st.uri.rstrip("/")
+    return f"pvc/{_claim_name(run, cfg or RenderConfig())}"
+
+
+def in_storage(location: str, run: TrainingRun, cfg: RenderConfig | None = None,
+               storage: str | None = None) -> bool:
     """Whether ``location`` (a checkpoint) is on the run's storage: under its volume's
     mount path or its ``uri``, where the run's pods, as rendered for its spec, can read
-    it (any namespace's directory: the volume is mounted whole)."""
+    it (any namespace's directory: the volume is mounted whole).
+
+    ``storage``: the ``storage_id`` the checkpoint was written to, where it was recorded
+    (``status.checkpoint.storage``, a RayService's ``raykube.io/checkpoint-storage``):
+    another one than the run's is never in it, whatever the path (another claim
+    mounted at the same path). Not recorded (written before it was): the path only."""
+    if storage is not None and storage.rstrip("/") != storage_id(run, cfg):
+        return False
     st = run.spec.checkpoint.storage
     root = (st.uri or _mount_path(run, cfg or RenderConfig())).rstrip("/")
     return location == root or location.startswith(root + "/")
+
+
+def served_storage_id(rayservice: Mapping[str, Any]) -> str | None:
+    """The ``storage_id`` a RayService rendered by ``render_rayservice`` reads from, by
+    its own pods: ``pvc/<claim>`` of the volume its head mounts; None without one (an
+    ``s3://`` run: its checkpoint's URI names its bucket and prefix)."""
+    try:
+        head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    except (KeyError, TypeError):
+        return None
+    for volume in head.get("volumes") or []:
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if volume.get("name") == "storage" and claim:
+            return f"pvc/{claim}"
+    return None
 
 
 def default_checkpoint_uri(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
@@ -267,6 +304,13 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
     image = s.image or (cfg.gpu_image if sc.gpus_per_worker > 0 else cfg.cpu_image)
     env = [*_storage_env(run, cfg, {**TRAIN_ENV, WORKER_SLOT_ENV: WORKER_SLOT}),
            {"name": "RAYKUBE_TRAININGRUN", "value": f"{run.namespace}/{run.name}"}]
+    if owner is not None:
+        # which storage the driver's reporter says its checkpoints are on
+        # (status.checkpoint.storage), for the operator's promotion. Not in what
+        # `raykube render` prints (nothing promotes there: its output stays as it was),
+        # nor in the RayService's pods (nothing there reports, and a new env var would
+        # roll every live serving cluster out again).
+        env.append({"name": "RAYKUBE_STORAGE_ID", "value": storage_id(run, cfg)})
     pods = PodSettings(labels=_pod_labels(run, owner), s3_secret=storage_secret(run))
     group = _worker_group(
         run, cfg, name="workers", units=sc.workers * trials, cpus=sc.cpus_per_worker,

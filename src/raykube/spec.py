@@ -612,6 +612,9 @@ class CheckpointStatus(_Model):
                             "or s3:// URI).")
     epoch: int | None = Field(default=None, description="Epoch it was taken after.")
     metrics: dict[str, float] | None = Field(default=None, description="Its metrics.")
+    storage: str | None = Field(default=None, description="The storage it was written to, "
+                                "as pvc/<claim> or the s3:// URI: not promoted once "
+                                "checkpoint.storage names another.")
 
 
 class BestTrialStatus(_Model):

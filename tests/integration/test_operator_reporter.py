@@ -43,6 +43,30 @@ def test_reporter_patches_progress_and_best_checkpoint(kubeconfig):
     assert rep.failures == 0
 
 
+def test_the_reported_checkpoint_keeps_its_storage(kubeconfig):
+    """In the operator's RayJob the driver says which storage its checkpoint is on
+    (RAYKUBE_STORAGE_ID): the CRD keeps ``status.checkpoint.storage`` (the API server
+    prunes a field its schema does not name) and the stored object is valid under it."""
+    from k8s_schemas import validate_strict
+
+    kube = kubeconfig
+    spec = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}
+    kube.create({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+                 "metadata": {"name": "rep-storage"}, "spec": spec})
+    rep = KubernetesReporter.from_env({
+        "RAYKUBE_TRAININGRUN": f"{kube.namespace}/rep-storage",
+        "RAYKUBE_STORAGE": f"/mnt/raykube/{kube.namespace}",
+        "RAYKUBE_STORAGE_ID": "pvc/other"}, min_interval=0)
+    rep.on_start(parse_spec(spec, name="rep-storage"))
+    uri = f"/mnt/raykube/{kube.namespace}/rep-storage/checkpoint_000000"
+    rep.on_epoch({"epoch": 1, "valAccuracy": 0.5}, uri, None)
+    tr = kube.get("TrainingRun", "rep-storage")
+    assert tr["status"]["checkpoint"]["storage"] == "pvc/other", tr["status"]
+    assert tr["status"]["checkpoint"]["uri"] == uri
+    assert validate_strict({k: tr[k] for k in ("apiVersion", "kind", "metadata", "spec",
+                                               "status")}) == []
+
+
 def test_reporter_never_raises_when_api_is_unreachable(tmp_path, monkeypatch):
     cfg = tmp_path / "kubeconfig"
     cfg.write_text("apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n"

@@ -589,6 +589,110 @@ def test_a_checkpoint_left_on_the_previous_storage_is_not_promoted_again(kube):
     kube.wait_condition(name, "Promoted", reason="GatePassed")
 
 
+def _claim(obj) -> str:
+    """The claim a RayService's pods mount (its head's storage volume)."""
+    head = obj["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    return next(v["persistentVolumeClaim"]["claimName"] for v in head["volumes"]
+                if v["name"] == "storage")
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["annotated", "promoted-by-an-older-operator"])
+def test_claim_changed_after_promotion_leaves_the_live_rayservice_as_it_is(kube, older):
+    """``checkpoint.storage.pvc.claimName`` edited after the run was served, the mount
+    path kept (the default one): the checkpoint served is on the previous claim, at a
+    path under the same mount path, so it passed for one on the run's storage and the
+    live RayService was rendered again at once for the new claim, which does not hold
+    it: KubeRay's upgrade cluster could never load the model. It is left as it is until
+    the new run's checkpoint is promoted, also while the previous RayJob is held by
+    KubeRay's finalizer (the gate is asked again meanwhile, on the checkpoint reported
+    here as an older driver did, without the storage it is on). ``older``: a RayService
+    promoted before the operator wrote ``raykube.io/checkpoint-storage`` (the claim its
+    pods mount tells)."""
+    name = "claim-moved-old" if older else "claim-moved"
+    svc = promoted(kube, name, min_accuracy=0.5)
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+    if older:
+        svc = kube.patch("RayService", f"{name}-serve", {"metadata": {"annotations": {
+            "raykube.io/checkpoint-storage": None}}})
+    old_claim = _claim(svc)
+    assert old_claim != "other"
+    job_uid = kube.patch("RayJob", name, {"metadata": {"finalizers": [HOLD]}})["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"checkpoint": {"storage": {
+        "pvc": {"claimName": "other"}}}}})
+    kube.wait_condition(name, "SpecApplied", "False", reason="WaitingForPreviousRayJob")
+    time.sleep(2)
+    now = kube.get("RayService", f"{name}-serve")
+    assert now["spec"] == svc["spec"], "the live RayService was rendered for the new claim"
+    kube.patch("RayJob", name, {"metadata": {"finalizers": None}})
+    kube.wait_object("RayJob", name, timeout=30,
+                     where=lambda o: o["metadata"]["uid"] != job_uid)  # the new run
+    time.sleep(2)
+    now = kube.get("RayService", f"{name}-serve")
+    assert now["spec"] == svc["spec"], "the live RayService was rendered for the new claim"
+    assert _claim(now) == old_claim
+    assert now["metadata"]["annotations"].get("raykube.io/checkpoint-storage") == (
+        None if older else f"pvc/{old_claim}")
+    assert cond(kube.get("TrainingRun", name), "Promoted")["reason"] == "GatePassed"
+    # the new run's checkpoint, on the new claim (its driver says so), is promoted there
+    run_job(kube, name)
+    kube.patch_status("TrainingRun", name, {"checkpoint": {
+        "uri": f"/mnt/raykube/{kube.namespace}/{name}/ckpt2", "storage": "pvc/other",
+        "epoch": 3, "metrics": {"valAccuracy": 0.96}}})
+    succeed(kube, name)
+    now = kube.wait_object("RayService", f"{name}-serve", timeout=30,
+                           where=lambda o: "/ckpt2" in o["spec"]["serveConfigV2"])
+    assert _claim(now) == "other"
+    assert now["metadata"]["annotations"]["raykube.io/checkpoint-storage"] == "pvc/other"
+
+
+def test_a_checkpoint_left_on_the_previous_claim_is_not_promoted_again(kube):
+    """The claim-change twin of the test above it: ``claimName`` edited, the mount path
+    kept, the RayService deleted while the previous RayJob is still being deleted. The
+    previous run's checkpoint has a path under the same mount path: it was promoted
+    again, in a RayService that mounts the new claim, which does not hold it. The
+    driver said which claim it is on (``status.checkpoint.storage``): not promoted; the
+    run on the new claim promotes its own."""
+    name = "claim-wait"
+    doc = tr_doc(name, serve=True, min_accuracy=0.5)
+    doc["spec"].setdefault("checkpoint", {})["storage"] = {"pvc": {"claimName": "first"}}
+    kube.create(doc)
+    run_job(kube, name)
+    old_ckpt = f"/mnt/raykube/{kube.namespace}/{name}/ckpt"
+    kube.patch_status("TrainingRun", name, {"checkpoint": {
+        "uri": old_ckpt, "storage": "pvc/first", "epoch": 3,
+        "metrics": {"valAccuracy": 0.95}}})
+    succeed(kube, name)
+    assert _claim(kube.wait_object("RayService", f"{name}-serve")) == "first"
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+    ready(kube, name)
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
+    old = kube.patch("RayJob", name, {"metadata": {"finalizers": [HOLD]}})["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"checkpoint": {"storage": {
+        "pvc": {"claimName": "second"}}}}})
+    kube.wait_condition(name, "SpecApplied", "False", reason="WaitingForPreviousRayJob")
+    time.sleep(1)  # the live RayService serves what was promoted: still said so
+    assert cond(kube.get("TrainingRun", name), "Promoted")["reason"] == "GatePassed"
+    assert _claim(kube.get("RayService", f"{name}-serve")) == "first"
+    kube.delete("RayService", f"{name}-serve")
+    tr = kube.wait_condition(name, "Promoted", "False", reason="CheckpointOutsideStorage")
+    msg = cond(tr, "Promoted")["message"]
+    assert old_ckpt in msg and "pvc/first" in msg and "pvc/second" in msg, msg
+    assert "keeps serving" not in msg, msg
+    time.sleep(2)
+    assert kube.get("RayService", f"{name}-serve") is None
+    assert status_is_valid(tr) == []
+    kube.patch("RayJob", name, {"metadata": {"finalizers": None}})
+    kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != old)
+    run_job(kube, name)  # the new run's checkpoint, on the new claim, is promoted
+    kube.patch_status("TrainingRun", name, {"checkpoint": {
+        "uri": f"/mnt/raykube/{kube.namespace}/{name}/ckpt2", "storage": "pvc/second",
+        "epoch": 3, "metrics": {"valAccuracy": 0.96}}})
+    succeed(kube, name)
+    svc = kube.wait_object("RayService", f"{name}-serve", timeout=30)
+    assert _claim(svc) == "second" and "/ckpt2" in svc["spec"]["serveConfigV2"]
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+
+
 def test_raykube_render_output_of_the_same_run_is_left_alone(kube, tmp_path):
     """A namespace where a GitOps tool applies ``raykube render`` output, and a TrainingRun
     of the same name is created. The rendered objects carry the run's label and no owner,

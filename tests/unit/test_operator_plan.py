@@ -222,3 +222,27 @@ def test_rendered_companions_are_never_taken_over():
     users = {"metadata": {"name": "quickstart-spec", "labels": {"raykube.io/trainingrun":
                                                                 "quickstart"}}}
     assert not _ours_to_apply(users, tr)
+
+
+def test_the_storage_id_env_is_not_a_training_change():
+    """The RayJob's RAYKUBE_STORAGE_ID (where the driver says its checkpoints are) is
+    new: a RayJob an older operator rendered without it must not read as trained on
+    another spec once the operator renders it (SpecChangeIgnored while it runs; a new
+    run at the next edit of any field, serve's included, once it has finished). What is
+    trained still counts (the claim it is on)."""
+    from raykube.render import RenderConfig, render_rayjob
+    from raykube.spec import parse_spec
+    from raykube_operator.handlers import training_hash
+
+    owner = {"name": "x", "uid": "0b3c5a4e-0000-4000-8000-000000000001"}
+    run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"}}, name="x")
+    new = render_rayjob(run, RenderConfig(), owner)
+    older = render_rayjob(run, RenderConfig(), owner)
+    cluster = older["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        c = group["template"]["spec"]["containers"][0]
+        assert any(e["name"] == "RAYKUBE_STORAGE_ID" for e in c["env"])
+        c["env"] = [e for e in c["env"] if e["name"] != "RAYKUBE_STORAGE_ID"]
+    assert training_hash(run, older) == training_hash(run, new)
+    other = render_rayjob(run, RenderConfig(default_pvc="elsewhere"), owner)
+    assert training_hash(run, other) != training_hash(run, new)

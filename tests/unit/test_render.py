@@ -550,3 +550,63 @@ def test_in_storage_is_on_the_runs_volume_or_under_its_uri():
     assert R.in_storage("/mnt/raykube/other-ns/quickstart/best", on_volume)  # mounted whole
     assert not R.in_storage("/mnt/raykubex/default/quickstart/best", on_volume)
     assert not R.in_storage("s3://bkt/runs-old/default/q/best", on_s3)
+
+
+def test_a_checkpoint_on_another_claim_at_the_same_mount_path_is_not_in_storage():
+    """``claimName`` edited, ``mountPath`` kept (here the default one): a checkpoint
+    written on the previous claim has a path under the same mount path, and passed the
+    path check, though pods rendered for the new claim cannot read it. The storage it
+    was written to (``status.checkpoint.storage``, a RayService's annotation) says so;
+    without it (written before it was recorded) the path decides, as before."""
+    old_claim = _run()
+    new_claim = _run(checkpoint={"storage": {"pvc": {"claimName": "other"}}})
+    moved = _run(checkpoint={"storage": {"pvc": {"claimName": "raykube-storage",
+                                                 "mountPath": "/data"}}})
+    on_s3 = _run(checkpoint={"storage": {"uri": "s3://bkt/runs/", "secretRef": {"name": "s"}}})
+    assert R.storage_id(old_claim, CFG) == "pvc/raykube-storage"  # the default claim
+    assert R.storage_id(old_claim, R.RenderConfig(default_pvc="shared")) == "pvc/shared"
+    assert R.storage_id(new_claim, CFG) == "pvc/other"
+    assert R.storage_id(moved, CFG) == "pvc/raykube-storage"  # same files, other path
+    assert R.storage_id(on_s3, CFG) == "s3://bkt/runs"
+    ckpt = "/mnt/raykube/default/quickstart/checkpoint_000003"
+    written_to = R.storage_id(old_claim, CFG)
+    assert R.in_storage(ckpt, old_claim, CFG, written_to)
+    assert not R.in_storage(ckpt, new_claim, CFG, written_to)
+    assert R.in_storage(ckpt, new_claim, CFG)  # not recorded: the path only
+    assert R.in_storage(ckpt, new_claim, CFG, "pvc/other")
+    assert not R.in_storage(ckpt, moved, CFG, written_to)  # the path still counts
+    assert R.in_storage("s3://bkt/runs/default/q/best", on_s3, CFG, "s3://bkt/runs/")
+    assert not R.in_storage("s3://bkt/runs/default/q/best", on_s3, CFG, "s3://bkt/other")
+
+
+def test_the_operators_rayjob_tells_the_driver_its_storage_id():
+    """The driver does not know the operator's default claim: the operator's RayJob
+    says which storage its checkpoints are on (RAYKUBE_STORAGE_ID, the reporter's
+    ``status.checkpoint.storage``). Not what ``raykube render`` prints, nor the
+    RayService's pods: their output is as it was."""
+    cfg = R.RenderConfig(default_pvc="shared")
+    for run, want in ((_run(), "pvc/shared"),
+                      (_run(checkpoint={"storage": {"pvc": {"claimName": "c2"}}}), "pvc/c2"),
+                      (_run(checkpoint={"storage": {"uri": "s3://bkt/p", "secretRef": {
+                          "name": "s"}}}), "s3://bkt/p")):
+        head, (group,) = _pods(R.render_rayjob(run, cfg, OWNER))
+        for pod in (head, group):
+            env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
+            assert env["RAYKUBE_STORAGE_ID"] == want, env
+        for obj in (R.render_rayjob(run, cfg), R.render_rayservice(run, cfg, "/x", OWNER)):
+            for t in _templates(obj):
+                names = [e["name"] for e in t["spec"]["containers"][0].get("env", [])]
+                assert "RAYKUBE_STORAGE_ID" not in names, (obj["kind"], names)
+
+
+def test_served_storage_id_is_the_claim_the_rayservice_mounts():
+    """A RayService promoted before ``raykube.io/checkpoint-storage`` was written: the
+    claim its pods mount is the one its checkpoint is read from."""
+    cfg = R.RenderConfig(default_pvc="shared")
+    svc = R.render_rayservice(_run(), cfg, "/mnt/raykube/default/quickstart/best", OWNER)
+    assert R.served_storage_id(svc) == "pvc/shared"
+    other = _run(checkpoint={"storage": {"pvc": {"claimName": "c2", "mountPath": "/d"}}})
+    assert R.served_storage_id(R.render_rayservice(other, cfg, "/d/x", OWNER)) == "pvc/c2"
+    on_s3 = _run(checkpoint={"storage": {"uri": "s3://bkt/p", "secretRef": {"name": "s"}}})
+    assert R.served_storage_id(R.render_rayservice(on_s3, cfg, "s3://bkt/p/x", OWNER)) is None
+    assert R.served_storage_id({}) is None

@@ -32,9 +32,9 @@ def _observers() -> list:
     if ref:
         try:
             namespace, name = ref.split("/", 1)
-            from raykube.k8s_reporter import KubernetesReporter
+            from raykube.k8s_reporter import KubernetesReporter, storage_from_env
 
-            out.append(KubernetesReporter(namespace, name))
+            out.append(KubernetesReporter(namespace, name, **storage_from_env()))
         except Exception as exc:  # progress reporting is best effort; training is not
             logging.getLogger(__name__).warning(
                 "not reporting status to TrainingRun %s: %s", ref, exc)
