@@ -997,6 +997,12 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
                               "trials unfinished; run it again to resume")
     outcome = summarize(experiment_uri, spec, name=name, storage_path=storage_path)
     outcome.wall_time_s = round(time.monotonic() - started, 2)
+    deleted = prune_unlisted_checkpoints(experiment_uri, outcome.trials)
+    if deleted:
+        notify(observers, f"deleted {len(deleted)} checkpoint(s) that no trial reported "
+                          "(written as ASHA stopped a trial or the search was interrupted, "
+                          "after Ray Train's checkpoint list was saved): checkpoint.keep "
+                          f"is {spec.checkpoint.keep} per trial")
     result = outcome.to_result()
     _publish_best(outcome.best_checkpoint, experiment_uri)
     try:
@@ -1009,6 +1015,45 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
             log.warning("%s", line)
     obs.on_end(result)
     return outcome
+
+
+def prune_unlisted_checkpoints(experiment_uri: str, trials: Sequence[dict[str, Any]]
+                               ) -> list[str]:
+    """Delete, in a finished search, each trial's checkpoints that Ray Train's list
+    does not name and no result of the trial refers to; return their paths.
+
+    A trial's Train workers run on while Tune decides: when ASHA stops a trial (or an
+    interruption does), the epoch being trained may write its checkpoint after Ray
+    Train saved its list, and the run is aborted before Ray ranks it. Ray Train prunes
+    only what its list names, so one such checkpoint stayed per stopped trial, outside
+    ``checkpoint.keep``, for good. A plain run prunes these at its end
+    (``raykube.train``); a trial's Train run has no such end. Nothing refers to them:
+    they were never reported (Tune's results and ``keep_history`` name only reported or
+    listed checkpoints), and a finished search is not resumed. A deletion that fails is
+    a warning: the search has finished and its result is what matters."""
+    from raykube.resume import unlisted_checkpoints
+    from raykube.storage import filesystem
+
+    deleted = []
+    for row in trials:
+        train_dir = _join(experiment_uri, f"trial-{row['trial']}", "train")
+        referenced = {os.path.basename(str(h[CHECKPOINT_KEY]).rstrip("/"))
+                      for h in row.get("history") or [] if h.get(CHECKPOINT_KEY)}
+        try:
+            unlisted = unlisted_checkpoints(train_dir)
+        except Exception as exc:  # noqa: BLE001 - storage trouble: keep them
+            log.warning("could not list the checkpoints of %s: %s", train_dir, exc)
+            continue
+        for path, _ in unlisted:
+            if os.path.basename(path) in referenced:
+                continue
+            try:
+                fs, p = filesystem(path)
+                fs.delete_dir(p)
+                deleted.append(path)
+            except OSError as exc:
+                log.warning("could not delete %s: %s", path, exc)
+    return deleted
 
 
 def _publish_best(checkpoint: str | None, experiment_uri: str) -> None:

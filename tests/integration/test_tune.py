@@ -198,6 +198,15 @@ def test_search_early_stops_bad_trials_resumes_and_serves_the_best(ray_session, 
     assert accuracy == pytest.approx(outcome.best_metrics["valAccuracy"], abs=1e-6)
     assert accuracy > 0.8
 
+    # No trial keeps a checkpoint that neither Ray Train's list nor a result names (one
+    # an early stop or the interruption let a worker write after Ray saved its list).
+    from raykube.resume import unlisted_checkpoints
+
+    for t in outcome.trials:
+        named = {Path(h["checkpoint_path"]).name for h in t["history"] if h.get("checkpoint_path")}
+        left = [Path(p).name for p, _ in unlisted_checkpoints(str(exp / f"trial-{t['trial']}" / "train"))]
+        assert set(left) <= named, (t["trial"], t["status"], left, named)
+
     # Early-stopped and interrupted trials released their Train workers (Tune ends the
     # trial actor; the trial aborts its Train run so the placement group goes too).
     deadline = time.monotonic() + 30

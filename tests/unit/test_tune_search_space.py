@@ -338,6 +338,42 @@ def test_asha_lets_a_trial_train_the_most_epochs_it_may_sample(dim, want):
     assert rt._tune_config(run.spec).scheduler._max_t == want
 
 
+def test_a_finished_search_deletes_the_checkpoints_no_trial_reported(tmp_path):
+    """A trial stopped by ASHA (or cut off by an interruption) may write one more
+    checkpoint after Ray Train saved its list; Ray never prunes it. The finished search
+    deletes those, and keeps every checkpoint Ray lists, every one a result names, and
+    any without a readable meta.json (left for a person to look at)."""
+    from raykube.resume import TRAIN_SNAPSHOT
+
+    def trial(tid: str, listed: list[int], dirs: dict[int, bool]) -> Path:
+        train = tmp_path / f"trial-{tid}" / "train"
+        for epoch, readable in dirs.items():
+            d = train / f"checkpoint_epoch_{epoch:04d}"
+            d.mkdir(parents=True)
+            if readable:
+                (d / "meta.json").write_text(json.dumps({"epoch": epoch, "spec": {}, "metrics": {}}))
+        entry = lambda e: {"checkpoint_dir_name": f"checkpoint_epoch_{e:04d}", "metrics": {}}  # noqa: E731
+        (train / TRAIN_SNAPSHOT).write_text(json.dumps({
+            "checkpoint_results": [entry(e) for e in listed],
+            "latest_checkpoint_result": entry(listed[-1]), "pending_training_results": []}))
+        return train
+
+    stopped = trial("a", [1, 2], {1: True, 2: True, 3: True})
+    resumed = trial("b", [5], {4: True, 5: True, 6: False})
+    rows = [{"trial": "a", "history": [{"epoch": e, rt.CHECKPOINT_KEY: str(stopped / f"checkpoint_epoch_{e:04d}")}
+                                       for e in (1, 2)]},
+            {"trial": "b", "history": [{"epoch": 4, rt.CHECKPOINT_KEY: str(resumed / "checkpoint_epoch_0004")},
+                                       {"epoch": 5, rt.CHECKPOINT_KEY: str(resumed / "checkpoint_epoch_0005")}]},
+            {"trial": "never-started", "history": []}]
+    deleted = rt.prune_unlisted_checkpoints(str(tmp_path), rows)
+    assert deleted == [str(stopped / "checkpoint_epoch_0003")]
+    assert sorted(p.name for p in stopped.iterdir() if p.is_dir()) == [
+        "checkpoint_epoch_0001", "checkpoint_epoch_0002"]
+    assert sorted(p.name for p in resumed.iterdir() if p.is_dir()) == [
+        "checkpoint_epoch_0004", "checkpoint_epoch_0005", "checkpoint_epoch_0006"]
+    assert rt.prune_unlisted_checkpoints(str(tmp_path), rows) == []
+
+
 def test_history_keeps_one_row_per_epoch_the_last_one():
     import pandas as pd
 
