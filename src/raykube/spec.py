@@ -1094,9 +1094,9 @@ def _shown(dist: Distribution, value: Any) -> str:
 def _combination_checks(base: dict[str, Any], dims: list[tuple[str, Distribution]],
                         known: frozenset[str]) -> Iterator[SpecError]:
     """Pairs of searched values that are each valid alone but not together (a model
-    searched over ``mlp`` and ``cifar-cnn`` beside a search over ``hidden``, which the
-    CNN has not): a trial sampling both would fail when it starts, after the search
-    has begun. One error per pair of dimensions, at the second one."""
+    searched over ``mlp`` and ``resnet18`` beside a search over ``hidden``, which
+    resnet18 has not): a trial sampling both would fail when it starts, after the
+    search has begun. One error per pair of dimensions, at the second one."""
     budget = COMBINATION_CHECKS
     for i, (first, d1) in enumerate(dims):
         for second, d2 in dims[i + 1:]:
