@@ -16,10 +16,12 @@ Decisions (README "Operator"):
 - **Spec changes**: ``suspend`` is propagated to the RayJob (KubeRay stops / restarts
   the Ray cluster; training resumes from the latest checkpoint). ``serve`` changes
   re-render the RayService in place. Other (training) fields: while the RayJob is
-  active they are *not* applied (condition ``SpecApplied=False``, reason
-  ``SpecChangeIgnored``, naming the fields; ``SpecChangeNotApplied`` once the run has
-  ended without them); once it has finished, a change starts a new run (the RayJob is
-  replaced; a passing result updates the RayService in place). The old RayJob is
+  active they are *not* applied to it (condition ``SpecApplied=False``, reason
+  ``SpecChangePending``, naming the fields): when that run ends (KubeRay's retries
+  included) a new run starts with the spec as it then is, as for a change made after
+  the run finished (the RayJob is replaced; a passing result updates the RayService in
+  place). The pending edit lives in the status, so a restarted operator starts it too.
+  A RayJob rendered by another operator version, with no edit, is left alone. The old RayJob is
   deleted first, and KubeRay's finalizer holds it while it stops its Ray cluster: the
   status says so (``SpecApplied=False``, reason ``WaitingForPreviousRayJob``), and that
   status is what makes the RayJob's DELETED event (or the resync, or a restarted
@@ -212,28 +214,14 @@ def _annotate(obj: dict[str, Any], extra: dict[str, str] | None = None) -> dict[
     return obj
 
 
-REPORTING_ENV = frozenset({"RAYKUBE_STORAGE_ID"})
-"""Env of the RayJob's pods that says where the run is, not what it trains (the storage
-id follows from the volume or URI, which count): left out of ``training_hash``, so that
-the RayJob of a run started by an operator that did not render it yet is not read as
-one trained on another spec (``SpecChangeIgnored`` while it runs, and a new run at the
-next edit of any field once it has finished)."""
-
-
 def training_hash(run: TrainingRun, job: dict[str, Any]) -> str:
     """What a run's result depends on: the spec minus suspend/serve, and the RayJob minus
-    suspend and ``REPORTING_ENV`` (the spec reaches the driver through the ConfigMap, not
-    the RayJob)."""
+    suspend (the spec reaches the driver through the ConfigMap, not the RayJob). A
+    difference starts a new run only together with an edit (``plan_rayjob``): a RayJob
+    another operator version rendered differently is not retrained."""
     spec = run.spec.to_dict()
     spec.pop("suspend", None)
     spec.pop("serve", None)
-    job = copy.deepcopy(job)
-    cluster = (job.get("spec") or {}).get("rayClusterSpec") or {}
-    for group in [cluster.get("headGroupSpec") or {}, *(cluster.get("workerGroupSpecs") or [])]:
-        for container in ((group.get("template") or {}).get("spec") or {}).get("containers", []):
-            if "env" in container:
-                container["env"] = [e for e in container["env"]
-                                    if e.get("name") not in REPORTING_ENV]
     doc = {"spec": spec, "rayjob": _hash(job, drop_suspend=True)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -268,18 +256,24 @@ def apply_child(kube: Kube, obj: dict[str, Any], current: dict[str, Any] | None 
 
 
 def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished: bool,
-                allow_rerun: bool, training_changed: bool, rerun_pending: bool = False) -> str:
+                edited: bool, rerun_pending: bool = False) -> str:
     """What to do with the RayJob (pure; ``job`` carries its hash annotations).
+
+    ``edited``: the user changed training fields (this spec edit; or the generation moved
+    while the operator was away). A RayJob whose training hash differs without an edit
+    was rendered by another operator version: that is not a reason to train again.
+    ``rerun_pending``: the status holds a decision already (an edit made while the
+    RayJob ran, waiting for the run to end; or a rerun waiting for the old RayJob to go).
 
     - ``create``: none exists and the run has no outcome yet (first sight, or the RayJob
       was deleted by someone while the run was active: it is recreated and training
       resumes from the latest checkpoint);
-    - ``finished``: the change must not start a new run (none was asked for; or the run is
-      over and its RayJob was cleaned up: it is not recreated, that would train again);
-    - ``rerun``: a training change after the run finished: a new RayJob replaces the old
-      (``rerun_pending``: that was decided already, and the old RayJob is still being
-      deleted or has just gone);
-    - ``ignored``: a training change while the RayJob is active (not applied);
+    - ``finished``: nothing asks for a new run (no edit; or the run is over and its
+      RayJob was cleaned up: it is not recreated, that would train again);
+    - ``rerun``: a training edit after the run finished, or one pending from while it
+      ran: a new RayJob replaces the old;
+    - ``pending``: a training edit while the RayJob is active: applied by a new run once
+      this one ends;
     - ``update``: a training change while the RayJob is suspended: applied to it now;
     - ``suspend``: ``spec.suspend`` differs (and no training field): patch it;
     - ``refresh``: only other non-training fields differ (a ``serve`` edit changes the
@@ -288,23 +282,24 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
       stops the Ray cluster), no rerun waits for it: its DELETED event reconciles again;
     - ``unchanged``.
     """
+    differs = current is not None and _ann(current, TRAINING_HASH) != _ann(job, TRAINING_HASH)
     if current is None:
         if not finished:
             return "create"
-        return "rerun" if rerun_pending or (allow_rerun and training_changed) else "finished"
+        return "rerun" if rerun_pending or edited else "finished"
     if (current.get("metadata") or {}).get("deletionTimestamp"):
-        if finished and (rerun_pending or (allow_rerun and _ann(current, TRAINING_HASH) != _ann(
-                job, TRAINING_HASH))):
+        if finished and (rerun_pending or (edited and differs)):
             return "rerun"  # apply_rayjob waits for it to go
         return "terminating"
-    if _ann(current, TRAINING_HASH) != _ann(job, TRAINING_HASH):
+    if differs:
         deployment = ((current.get("status") or {}).get("jobDeploymentStatus")) or ""
         if deployment == "Suspended" or (deployment in ("", "New") and (
                 current.get("spec") or {}).get("suspend")):
             return "update"  # nothing runs: the edit applies when it resumes
-        if deployment not in st.TERMINAL_DEPLOYMENT:
-            return "ignored"
-        return "rerun" if allow_rerun else "finished"
+        if deployment not in st.TERMINAL_DEPLOYMENT or not finished:
+            # (ended, but its outcome is not in the status yet: mapping it reconciles again)
+            return "pending" if edited or rerun_pending else "unchanged"
+        return "rerun" if edited or rerun_pending else "finished"
     if _ann(current, SPEC_HASH) == _ann(job, SPEC_HASH):
         return "unchanged"
     suspended = bool((current.get("spec") or {}).get("suspend", False))
@@ -430,16 +425,14 @@ SERVING_ONLY = ("spec.serve", "spec.suspend")
 @kopf.on.create(*TR)
 def on_trainingrun(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """First sight (or operator restart): validate and make sure the children exist."""
-    _raise_while_conflicting(reconcile(dict(body), memo, allow_rerun=False, changed=None),
-                             memo.cfg)
+    _raise_while_conflicting(reconcile(dict(body), memo, changed=None), memo.cfg)
 
 
 @kopf.on.update(*TR, field="spec")
 def on_spec_change(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, **_: Any) -> None:
     """A spec edit: apply it as the module docstring says (suspend, serve, rerun, ignore)."""
     changed = sorted({"spec." + ".".join(str(p) for p in d[1]) if d[1] else "spec" for d in diff})
-    _raise_while_conflicting(reconcile(dict(body), memo, allow_rerun=True, changed=changed),
-                             memo.cfg)
+    _raise_while_conflicting(reconcile(dict(body), memo, changed=changed), memo.cfg)
 
 
 def _training_changed(changed: list[str] | None) -> bool:
@@ -447,9 +440,12 @@ def _training_changed(changed: list[str] | None) -> bool:
                for c in changed or [])
 
 
-def reconcile(body: dict[str, Any], memo: kopf.Memo, *, allow_rerun: bool,
-              changed: list[str] | None) -> dict[str, str]:
+def reconcile(body: dict[str, Any], memo: kopf.Memo, *, changed: list[str] | None
+              ) -> dict[str, str]:
     """Validate, render, apply; returns what happened to each child (for logs/tests).
+
+    ``changed``: the spec paths of the edit being handled; None when no edit is (first
+    sight, a restart, a child's event, the resync).
 
     Handlers do not return it: kopf would store it in status, outside our schema."""
     cfg: OperatorConfig = memo.cfg
@@ -458,8 +454,7 @@ def reconcile(body: dict[str, Any], memo: kopf.Memo, *, allow_rerun: bool,
     ns, name = meta["namespace"], meta["name"]
     try:
         with _lock(memo, ns, name):
-            results = _reconcile_locked(kube, cfg, body, allow_rerun=allow_rerun,
-                                        changed=changed)
+            results = _reconcile_locked(kube, cfg, body, changed=changed)
         if results.get("promote"):
             # a finished run whose serve settings (or missing RayService) call for the
             # gate again: e.g. serve.minAccuracy lowered, serve.enabled turned back on
@@ -511,11 +506,11 @@ def _report_kuberay_missing(kube: Kube, ns: str, name: str) -> str:
 
 
 def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
-                      allow_rerun: bool, changed: list[str] | None) -> dict[str, str]:
+                      changed: list[str] | None) -> dict[str, str]:
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return {}  # going: ownerReferences clean up, nothing to create
-    if not allow_rerun and not body.get("status") and meta.get("uid"):
+    if changed is None and not body.get("status") and meta.get("uid"):
         results = _first_sight(kube, cfg, body)
         if results is not None:
             return results
@@ -541,9 +536,8 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
                 if now is not None and not _ours_to_apply(now, tr)]
     if foreign:
         return _name_conflict(kube, tr, foreign)
-    action = plan_rayjob(current, job, finished=finished, allow_rerun=allow_rerun,
-                         training_changed=_training_changed(changed),
-                         rerun_pending=_rerun_pending(cur))
+    action = plan_rayjob(current, job, finished=finished, edited=_edited(changed, tr),
+                         rerun_pending=_rerun_pending(cur) or st.edit_pending(cur))
     if action == "terminating":
         # deleted by someone (KubeRay's finalizer holds it a moment): its DELETED event
         # reconciles again, and recreates it if the run is still active
@@ -576,7 +570,18 @@ def _rerun_pending(status: dict[str, Any]) -> bool:
         "reason") == RERUN_WAITING
 
 
-SPEC_NOT_APPLIED = (st.SPEC_CHANGE_IGNORED, st.SPEC_CHANGE_NOT_APPLIED, "RunDirConflict")
+def _edited(changed: list[str] | None, tr: dict[str, Any]) -> bool:
+    """Training fields were edited: this edit's paths say so, or, with no edit at hand, the
+    generation moved since the operator last applied the spec (edited while it was down).
+    A RayJob rendered differently by another operator version is no edit."""
+    if changed is not None:
+        return _training_changed(changed)
+    status = tr.get("status") or {}
+    return bool(status.get("rayJob")) and tr["metadata"].get("generation") != status.get(
+        "observedGeneration")
+
+
+SPEC_NOT_APPLIED = (st.SPEC_CHANGE_NOT_APPLIED, "RunDirConflict")
 """``SpecApplied=False`` reasons that a later reconcile of the finished run keeps: the
 edit they name is still not applied (a restart must not turn them into ``Finished``)."""
 
@@ -749,16 +754,20 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
             "reason") == "KubeRayMissing":
         patch["message"] = f"KubeRay is installed now: RayJob {job_result}"
     events: list[tuple[str, str, str]] = []
-    if job_result == "ignored":
-        msg = st.spec_change_ignored(", ".join(changed or []) or "training fields")
-        if changed is None and (old_applied or {}).get("reason") == st.SPEC_CHANGE_IGNORED:
+    pending = st.pending_fields(old_applied)
+    if job_result == "pending":
+        # every field edited since the run started, not only the last edit's
+        fields = pending + [c for c in changed or [] if c not in pending]
+        msg = st.spec_change_pending(", ".join(fields) or "the spec")
+        if changed is None and pending:
             msg = old_applied.get("message") or msg  # a restart, an event: said already
         else:
-            events.append(("Warning", st.SPEC_CHANGE_IGNORED, msg))
-        conds = st.set_condition(conds, st.SPEC_APPLIED, False, st.SPEC_CHANGE_IGNORED, msg,
+            events.append(("Normal", st.SPEC_CHANGE_PENDING, msg))
+        conds = st.set_condition(conds, st.SPEC_APPLIED, False, st.SPEC_CHANGE_PENDING, msg,
                                  now=now, generation=gen)
     elif job_result == "deleting":
-        msg = (f"{', '.join(changed or []) or 'the spec'} changed after the run finished: "
+        when = "while the previous run ran" if pending else "after the run finished"
+        msg = (f"{', '.join(pending or changed or []) or 'the spec'} changed {when}: "
                f"the new run starts once RayJob {job_name} of the previous run is deleted "
                "(KubeRay stops its Ray cluster first)")
         if changed is None and old_applied and old_applied.get("reason") == RERUN_WAITING:
@@ -770,8 +779,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                  "new run starts then", meta["namespace"], meta["name"], job_name)
     elif job_result == "finished" and (old_applied or {}).get("status") == "False" and (
             old_applied or {}).get("reason") in SPEC_NOT_APPLIED:
-        # the finished run's RayJob still ran an older spec: the edit is still not applied
-        conds = st.spec_change_after_the_run(conds, now=now, generation=gen)
+        pass  # the finished run's RayJob still ran an older spec: still not applied
     else:
         reason = {"created": "Created", "unchanged": "UpToDate", "updated": "Updated",
                   "suspend": "SuspendUpdated", "refresh": "Updated", "rerun": "Rerun",
@@ -917,8 +925,13 @@ def _sync_rayjob_status(memo: kopf.Memo, ns: str, tr_name: str, job_name: str) -
         if event is not None:
             _event(tr, *event)
         succeeded = st.is_true(patch["conditions"], st.SUCCEEDED)
+        ended = succeeded or st.is_true(patch["conditions"], st.FAILED)
     if succeeded and changed:
         promote(kube, cfg, memo, ns, tr_name)
+    if ended and st.edit_pending(patch):
+        # an edit made while it ran: the run it waited for is over, a new one starts
+        # (once this RayJob is deleted); the status holds that, so a restart does it too
+        _unwrap(lambda: reconcile(tr, memo, changed=None))
 
 
 def _asked_to_cancel(status: dict[str, Any]) -> bool:
@@ -982,7 +995,7 @@ def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
             # not only its owner: a same-named successor may be waiting (NameConflict)
             tr = _owner_of(body, memo.kube, owned=False)
             if tr is not None:
-                reconcile(tr, memo, allow_rerun=False, changed=None)
+                reconcile(tr, memo, changed=None)
 
         _retrying(memo, f"reconciling after RayJob {body.metadata.name} was deleted",
                   lambda: _unwrap(again))
@@ -1012,7 +1025,7 @@ def on_companion_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) ->
         tr = _owner_of(body, memo.kube)
         if tr is not None:
             log.info("%s of a run was deleted: reconciling its run", what)
-            reconcile(tr, memo, allow_rerun=False, changed=None)
+            reconcile(tr, memo, changed=None)
 
     _retrying(memo, f"reconciling after {what} was deleted", lambda: _unwrap(again))
 
@@ -1365,6 +1378,12 @@ def resync(memo: kopf.Memo) -> list[str]:
             finished = st.is_true(conds, st.SUCCEEDED) or st.is_true(conds, st.FAILED)
             job = cur.get("rayJob")
             due = not finished or _rerun_pending(cur)  # a rerun waits for its deletion
+            if finished and st.edit_pending(cur):  # its end was seen, the rerun not started
+                log.warning("TrainingRun %s/%s ended with an edit pending and no new run "
+                            "was started: reconciling", ns, name)
+                _retrying(memo, f"starting the pending rerun of {ns}/{name}",
+                          lambda tr=tr: _unwrap(lambda: reconcile(tr, memo, changed=None)))
+                continue
             if job and due and kube.get(RAY_API, "RayJob", ns, job) is None:
                 found.append(f"RayJob/{ns}/{job}")
                 log.warning("RayJob %s/%s of an active run (or of a rerun's previous run) "
@@ -1372,7 +1391,7 @@ def resync(memo: kopf.Memo) -> list[str]:
                             ns, job)
                 _retrying(memo, f"reconciling after RayJob {job} was found gone",
                           lambda tr=tr: _unwrap(lambda: reconcile(
-                              tr, memo, allow_rerun=False, changed=None)))
+                              tr, memo, changed=None)))
             svc = cur.get("rayService")
             ready = st.get_condition(conds, st.READY)
             serving = ((tr.get("spec") or {}).get("serve") or {}).get("enabled")

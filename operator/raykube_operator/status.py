@@ -560,8 +560,6 @@ def status_from_rayjob(
                 conds = set_condition(conds, t, "False", state.reason,
                                       f"no outcome yet: {state.message}", now=now,
                                       generation=generation)
-    if state.terminal:
-        conds = spec_change_after_the_run(conds, now=now, generation=generation)
 
     out: dict[str, Any] = {
         "conditions": conds,
@@ -585,35 +583,36 @@ def status_from_rayjob(
 
 
 # ------------------------------------------------------------------------ spec changes
+SPEC_CHANGE_PENDING = "SpecChangePending"
 SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+"""An older operator's name for ``SpecChangePending``: read as the same."""
 SPEC_CHANGE_NOT_APPLIED = "SpecChangeNotApplied"
+"""An older operator's end of a pending edit ("edit again to start a new run"): kept as
+it was, not turned into a new run by an operator upgrade."""
+EDIT_PENDING = (SPEC_CHANGE_PENDING, SPEC_CHANGE_IGNORED)
 _WHILE_RUNNING = " changed while the RayJob is running"
 
 
-def spec_change_ignored(fields: str) -> str:
+def spec_change_pending(fields: str) -> str:
     """``SpecApplied=False``'s message for a training edit made while the RayJob runs."""
-    return (f"{fields}{_WHILE_RUNNING}: not applied to this run; change the spec again "
-            "after it finishes to start a new run")
+    return (f"{fields}{_WHILE_RUNNING}: not applied to this run (nor to KubeRay's retries "
+            "of it); a new run with the spec as it is then starts once this one ends")
 
 
-def spec_change_not_applied(fields: str) -> str:
-    """The same once the run has ended: what the user can do now."""
-    return (f"{fields} changed while the RayJob was running and the run finished without "
-            "it: the spec now differs from what was trained; edit the spec again (any "
-            "field of it) to start a new run with it")
+def pending_fields(condition: dict[str, Any] | None) -> list[str]:
+    """The fields a pending edit's ``SpecApplied`` message names (empty: none pending)."""
+    condition = condition or {}
+    message = condition.get("message") or ""
+    if condition.get("reason") not in EDIT_PENDING or _WHILE_RUNNING not in message:
+        return []
+    return [f for f in message.split(_WHILE_RUNNING)[0].split(", ") if f]
 
 
-def spec_change_after_the_run(conditions: list[dict[str, Any]], *, now: str,
-                              generation: int | None) -> list[dict[str, Any]]:
-    """At the end of a run, a ``SpecChangeIgnored`` ("changed while the RayJob is
-    running") becomes ``SpecChangeNotApplied``, saying what to do now."""
-    old = get_condition(conditions, SPEC_APPLIED) or {}
-    if old.get("reason") != SPEC_CHANGE_IGNORED:
-        return conditions
-    message = old.get("message") or ""
-    fields = message.split(_WHILE_RUNNING)[0] if _WHILE_RUNNING in message else "the spec"
-    return set_condition(conditions, SPEC_APPLIED, False, SPEC_CHANGE_NOT_APPLIED,
-                         spec_change_not_applied(fields), now=now, generation=generation)
+def edit_pending(status: dict[str, Any]) -> bool:
+    """A training edit made while the RayJob ran waits for that run to end, which starts
+    a new run with it (the status holds it, so a restarted operator still starts it)."""
+    return (get_condition(status.get("conditions"), SPEC_APPLIED) or {}).get(
+        "reason") in EDIT_PENDING
 
 
 _NO_CAUSE = re.compile(r"attempt \d+ failed" + re.escape(RETRY_TAIL))

@@ -19,6 +19,7 @@ from operator_helpers import CHILD_KINDS, children, cond
 from raykube.spec import load_yaml_documents
 from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
 from raykube.testing.kube import KubeError
+from raykube_operator.handlers import TRAINING_HASH
 from raykube_operator.rbac import allowed
 
 JOBS = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
@@ -233,7 +234,7 @@ def test_restart_creates_no_duplicates_and_keeps_status(kube, operator):
     assert kube.get("TrainingRun", name)["status"]["phase"] == "Running"
 
 
-def test_suspend_propagates_and_running_changes_are_ignored(kube, operator):
+def test_suspend_propagates_and_running_edits_wait_for_the_runs_end(kube, operator):
     name = "edits"
     kube.create(tr_doc(name))
     job = kube.wait_object("RayJob", name)
@@ -251,30 +252,84 @@ def test_suspend_propagates_and_running_changes_are_ignored(kube, operator):
     kube.wait_condition(name, "Running", reason="JobRunning")
     cm_before = kube.get("ConfigMap", f"{name}-spec")["data"]
     kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 99}}})
-    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangeIgnored")
-    assert "spec.train.epochs" in cond(tr, "SpecApplied")["message"]
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangePending")
+    kube.patch("TrainingRun", name, {"spec": {"train": {"batchSize": 32}}})
+    tr = kube.wait_object("TrainingRun", name, where=lambda o: "spec.train.batchSize" in cond(
+        o, "SpecApplied")["message"])
+    msg = cond(tr, "SpecApplied")["message"]
+    assert msg.startswith("spec.train.epochs, spec.train.batchSize changed while the RayJob "
+                          "is running"), msg  # every field edited during the run
     assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
     assert kube.get("ConfigMap", f"{name}-spec")["data"] == cm_before
-    # the run ends without the edit: the condition stops saying "while the RayJob is
-    # running" and says what to do now, also after an operator restart
-    rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
-    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangeNotApplied")
-    msg = cond(tr, "SpecApplied")["message"]
-    assert msg.startswith("spec.train.epochs changed while the RayJob was running and the "
-                          "run finished without it") and "edit the spec again" in msg, msg
-    assert tr["status"]["phase"] == "Succeeded"
+    assert tr["status"]["phase"] == "Running"
+    # a restart while it runs: still pending, said once
     operator.restart()
     time.sleep(3)  # the resume handler has reconciled it by now
-    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangeNotApplied")
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangePending")
     assert cond(tr, "SpecApplied")["message"] == msg
-    ignored = [e for e in kube.list("Event") if e.get("reason") == "SpecChangeIgnored"
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
+    pending = [e for e in kube.list("Event") if e.get("reason") == "SpecChangePending"
                and e.get("involvedObject", {}).get("name") == name]
-    assert len(ignored) == 1, ignored
-    # as it says: another edit starts a new run, with the spec as it now is
-    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 98}}})
+    assert len(pending) == 2, pending  # one per edit
+    # the run ends (its outcome is recorded), and a new run starts with the spec as it is
+    rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
+    tr = kube.wait_condition(name, "SpecApplied", reason="Rerun")
+    data = kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
+    assert "epochs: 99" in data and "batchSize: 32" in data
+    assert cond(tr, "Succeeded")["status"] == "False" and tr["status"]["phase"] != "Succeeded"
+    reasons = [e.get("reason") for e in kube.list("Event")
+               if e.get("involvedObject", {}).get("name") == name]
+    assert "Succeeded" in reasons and reasons.count("Rerun") == 1, reasons
+
+
+def test_an_edit_pending_at_the_runs_end_is_started_by_a_restarted_operator(kube, operator):
+    """The run ended while the operator was down: the status still holds the edit made
+    while it ran, and the restarted operator records the outcome, then starts the run."""
+    name = "edit-down"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 7}}})
+    kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangePending")
+    operator.stop()
+    try:
+        rayjob_status(kube, name, jobDeploymentStatus="Failed", jobStatus="FAILED", failed=1)
+    finally:
+        operator.start()
     kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
     kube.wait_condition(name, "SpecApplied", reason="Rerun")
-    assert "epochs: 98" in kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
+    assert "epochs: 7" in kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
+    reasons = [e.get("reason") for e in kube.list("Event")
+               if e.get("involvedObject", {}).get("name") == name]
+    assert "Failed" in reasons, reasons  # the previous run's outcome was recorded first
+
+
+def test_a_finished_run_is_not_retrained_for_an_operator_upgrade(kube, operator):
+    """A RayJob rendered by another operator version (here: one without the storage id
+    env the operator renders now) differs in its training hash. Without an edit, neither
+    a restart nor a serve edit retrains the finished run."""
+    name = "upgraded"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name)
+    cluster = job["spec"]["rayClusterSpec"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        c = group["template"]["spec"]["containers"][0]
+        c["env"] = [e for e in c["env"] if e["name"] != "RAYKUBE_STORAGE_ID"]
+    ann = job["metadata"]["annotations"]
+    ann[TRAINING_HASH] = "rendered-by-an-older-operator"
+    kube.patch("RayJob", name, {"metadata": {"annotations": ann}, "spec": {"rayClusterSpec": cluster}})
+    rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    kube.wait_condition(name, "Succeeded", "True")
+    operator.restart()
+    time.sleep(3)
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"minAccuracy": 0.5}}})
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("observedGeneration") == 2)
+    time.sleep(2)
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
+    tr = kube.get("TrainingRun", name)
+    assert tr["status"]["phase"] == "Succeeded" and cond(tr, "SpecApplied")["status"] == "True"
 
 
 def test_deletion_leaves_nothing_orphaned(kube):

@@ -18,27 +18,30 @@ def job(training: str = "t1", spec: str = "s1", deployment: str | None = None,
             "status": {"jobDeploymentStatus": deployment} if deployment else {}}
 
 
-@pytest.mark.parametrize("current, finished, allow_rerun, training_changed, expected", [
-    (None, False, False, False, "create"),  # first sight / restart before creation
-    (None, False, True, True, "create"),  # fixed invalid spec
-    (None, True, False, False, "finished"),  # cleaned-up RayJob of a finished run: no retrain
-    (None, True, True, False, "finished"),  # serve-only edit after cleanup
-    (None, True, True, True, "rerun"),  # training edit after cleanup
-    (job(), False, False, False, "unchanged"),
-    (job(spec="s2", suspend=True), False, True, False, "suspend"),  # resumed
+@pytest.mark.parametrize("current, finished, edited, expected", [
+    (None, False, False, "create"),  # first sight / restart before creation
+    (None, False, True, "create"),  # fixed invalid spec
+    (None, True, False, "finished"),  # cleaned-up RayJob of a finished run: no retrain
+    (None, True, True, "rerun"),  # training edit after cleanup
+    (job(), False, False, "unchanged"),
+    (job(spec="s2", suspend=True), False, False, "suspend"),  # resumed
     # a serve edit of a finished run: the RayJob's hash only, not "Suspend"
-    (job(spec="s2", deployment="Complete"), True, True, False, "refresh"),
-    (job(training="t0", deployment="Running"), False, True, True, "ignored"),
-    (job(training="t0", deployment="Complete"), True, True, True, "rerun"),
-    (job(training="t0", deployment="Complete"), True, False, False, "finished"),
-    (job(deleting=True), False, False, False, "terminating"),
+    (job(spec="s2", deployment="Complete"), True, False, "refresh"),
+    (job(training="t0", deployment="Running"), False, True, "pending"),
+    # rendered by another operator version, and no edit: the run goes on as it is
+    (job(training="t0", deployment="Running"), False, False, "unchanged"),
+    (job(training="t0", deployment="Complete"), True, True, "rerun"),
+    (job(training="t0", deployment="Complete"), True, False, "finished"),
+    # ended, its outcome not mapped yet: the mapping (and the old run's promotion) first
+    (job(training="t0", deployment="Complete"), False, True, "pending"),
+    (job(training="t0", deployment="Suspended"), False, True, "update"),
+    (job(deleting=True), False, False, "terminating"),
 ])
-def test_plan_rayjob(current, finished, allow_rerun, training_changed, expected):
-    assert plan_rayjob(current, job(), finished=finished, allow_rerun=allow_rerun,
-                       training_changed=training_changed) == expected
+def test_plan_rayjob(current, finished, edited, expected):
+    assert plan_rayjob(current, job(), finished=finished, edited=edited) == expected
 
 
-@pytest.mark.parametrize("current, finished, allow_rerun, rerun_pending, expected", [
+@pytest.mark.parametrize("current, finished, edited, rerun_pending, expected", [
     # a training edit of a finished run whose RayJob KubeRay's finalizer still holds:
     # a rerun (it waits for it), not an error
     (job(training="t0", deployment="Complete", deleting=True), True, True, False, "rerun"),
@@ -48,11 +51,17 @@ def test_plan_rayjob(current, finished, allow_rerun, training_changed, expected)
     # no edit: the finished run's RayJob is going, nothing to start
     (job(deployment="Complete", deleting=True), True, True, False, "terminating"),
     (job(training="t0", deployment="Complete", deleting=True), True, False, False, "terminating"),
+    # an edit made while it ran (held in the status): its end starts the new run
+    (job(training="t0", deployment="Complete"), True, False, True, "rerun"),
+    (job(training="t0", deployment="Failed"), True, False, True, "rerun"),
+    # still running (a restarted operator): still pending
+    (job(training="t0", deployment="Running"), False, False, True, "pending"),
+    # the edit was undone before the run ended: nothing to run again
+    (job(deployment="Complete"), True, False, True, "unchanged"),
 ])
-def test_plan_a_rerun_over_a_rayjob_being_deleted(current, finished, allow_rerun, rerun_pending,
-                                                  expected):
-    assert plan_rayjob(current, job(), finished=finished, allow_rerun=allow_rerun,
-                       training_changed=allow_rerun, rerun_pending=rerun_pending) == expected
+def test_plan_a_pending_or_waiting_rerun(current, finished, edited, rerun_pending, expected):
+    assert plan_rayjob(current, job(), finished=finished, edited=edited,
+                       rerun_pending=rerun_pending) == expected
 
 
 @pytest.mark.parametrize("changed, expected", [
@@ -224,15 +233,14 @@ def test_rendered_companions_are_never_taken_over():
     assert not _ours_to_apply(users, tr)
 
 
-def test_the_storage_id_env_is_not_a_training_change():
+def test_a_rayjob_another_operator_rendered_is_not_retrained():
     """The RayJob's RAYKUBE_STORAGE_ID (where the driver says its checkpoints are) is
-    new: a RayJob an older operator rendered without it must not read as trained on
-    another spec once the operator renders it (SpecChangeIgnored while it runs; a new
-    run at the next edit of any field, serve's included, once it has finished). What is
-    trained still counts (the claim it is on)."""
+    new: a RayJob an older operator rendered without it has another training hash. With
+    no edit that is no reason to train again, neither while it runs (no pending change)
+    nor after (a serve edit, or a restart, starts nothing). A training edit still does."""
     from raykube.render import RenderConfig, render_rayjob
     from raykube.spec import parse_spec
-    from raykube_operator.handlers import training_hash
+    from raykube_operator.handlers import _annotate, _edited, training_hash
 
     owner = {"name": "x", "uid": "0b3c5a4e-0000-4000-8000-000000000001"}
     run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"}}, name="x")
@@ -243,6 +251,19 @@ def test_the_storage_id_env_is_not_a_training_change():
         c = group["template"]["spec"]["containers"][0]
         assert any(e["name"] == "RAYKUBE_STORAGE_ID" for e in c["env"])
         c["env"] = [e for e in c["env"] if e["name"] != "RAYKUBE_STORAGE_ID"]
-    assert training_hash(run, older) == training_hash(run, new)
-    other = render_rayjob(run, RenderConfig(default_pvc="elsewhere"), owner)
-    assert training_hash(run, other) != training_hash(run, new)
+    assert training_hash(run, older) != training_hash(run, new)
+    new = _annotate(new, {TRAINING_HASH: training_hash(run, new)})
+    older = _annotate(older, {TRAINING_HASH: training_hash(run, older)})
+    status = {"rayJob": "x", "observedGeneration": 3}
+    tr = {"metadata": {"generation": 3}, "status": status}
+    for deployment, finished, want in [("Running", False, "unchanged"),
+                                       ("Complete", True, "finished")]:
+        older["status"] = {"jobDeploymentStatus": deployment}
+        for changed in (None, ["spec.serve.minAccuracy"]):  # a restart; a serve edit
+            assert plan_rayjob(older, new, finished=finished,
+                               edited=_edited(changed, tr)) == want
+        assert plan_rayjob(older, new, finished=finished, edited=_edited(
+            ["spec.train.epochs"], tr)) == ("pending" if deployment == "Running" else "rerun")
+    # edited while the operator was down: the generation moved past what it applied
+    assert _edited(None, {"metadata": {"generation": 4}, "status": status}) is True
+    assert _edited(None, {"metadata": {"generation": 1}, "status": {}}) is False  # first sight

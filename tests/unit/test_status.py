@@ -593,22 +593,29 @@ def test_the_outcome_conditions_that_are_false_say_why():
     {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "succeeded": 1},
     {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "failed": 1},
 ])
-def test_a_change_ignored_while_running_says_what_to_do_once_the_run_has_ended(end):
+def test_a_change_made_while_running_stays_pending_past_the_runs_end(end):
+    """The run's end is what the pending edit waits for: the mapped status keeps it (the
+    handler then starts the new run, and a restarted operator reads it there)."""
     running = apply([{"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}])
-    ignored = st.set_condition(running["conditions"], st.SPEC_APPLIED, False,
-                               st.SPEC_CHANGE_IGNORED,
-                               st.spec_change_ignored("spec.train.epochs"), now=T0,
-                               generation=2)
-    cur = {**running, "conditions": ignored}
-    still = st.status_from_rayjob(job(jobDeploymentStatus="Running", jobStatus="RUNNING",
-                                      failed=0), cur, now=T0, generation=2)
-    assert st.get_condition(still["conditions"], st.SPEC_APPLIED)["reason"] == "SpecChangeIgnored"
-    done = st.status_from_rayjob(job(**end), cur, now=T1, generation=2)
-    applied = st.get_condition(done["conditions"], st.SPEC_APPLIED)
-    assert (applied["status"], applied["reason"]) == ("False", "SpecChangeNotApplied")
-    assert applied["message"].startswith("spec.train.epochs changed while the RayJob was "
-                                         "running and the run finished without it")
-    assert "is running" not in applied["message"] and "edit the spec again" in applied["message"]
+    pending = st.set_condition(running["conditions"], st.SPEC_APPLIED, False,
+                               st.SPEC_CHANGE_PENDING,
+                               st.spec_change_pending("spec.train.epochs, spec.image"),
+                               now=T0, generation=2)
+    cur = {**running, "conditions": pending}
+    for rayjob, t in [(job(jobDeploymentStatus="Running", jobStatus="RUNNING", failed=0), T0),
+                      (job(**end), T1)]:
+        out = st.status_from_rayjob(rayjob, cur, now=t, generation=2)
+        assert st.edit_pending(out)
+        applied = st.get_condition(out["conditions"], st.SPEC_APPLIED)
+        assert st.pending_fields(applied) == ["spec.train.epochs", "spec.image"]
+    # an older operator's words for the same
+    legacy = st.set_condition(running["conditions"], st.SPEC_APPLIED, False,
+                              st.SPEC_CHANGE_IGNORED, "spec.train.epochs changed while the "
+                              "RayJob is running: not applied to this run", now=T0,
+                              generation=2)
+    assert st.edit_pending({"conditions": legacy})
+    assert st.pending_fields(st.get_condition(legacy, st.SPEC_APPLIED)) == ["spec.train.epochs"]
+    assert not st.edit_pending(running) and st.pending_fields(None) == []
 
 
 def test_a_retry_is_announced_once_with_its_cause():
