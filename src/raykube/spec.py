@@ -1065,7 +1065,7 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
                             "the same for every trial); the rest belongs to the whole run")
             continue
         for value in dist.sample_values():
-            err = _check_override(base, path, value, known)
+            err = _check_overrides(base, {path: value}, known)
             if err:
                 yield SpecError(p, f"{_shown(dist, value)} is not valid at {path}: {err}")
                 break
@@ -1153,11 +1153,6 @@ def _drop_none(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_drop_none(v) for v in obj]
     return obj
-
-
-def _check_override(base: dict[str, Any], path: str, value: Any,
-                    known: frozenset[str] = frozenset()) -> str | None:
-    return _check_overrides(base, {path: value}, known)
 
 
 def _check_overrides(base: dict[str, Any], overrides: dict[str, Any],

@@ -8,10 +8,14 @@ local paths and object stores alike. pyarrow is imported lazily (it ships with R
 from __future__ import annotations
 
 import errno
+import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from raykube.spec import location_problem
+
+log = logging.getLogger(__name__)
 
 
 class UnsupportedStorage(ValueError):
@@ -94,6 +98,21 @@ def disk_full(exc: BaseException) -> bool:
         return True
     low = str(exc).lower()
     return isinstance(exc, OSError) and any(t in low for t in DISK_FULL_TEXTS)
+
+
+def delete_dirs(uris: Iterable[str]) -> list[str]:
+    """Delete each directory (a path or an ``s3://`` URI) with all it holds; return those
+    deleted. A failure is a warning, not an error: the callers clean up after a finished
+    run or search, whose result stands either way."""
+    deleted = []
+    for uri in uris:
+        try:
+            fs, path = filesystem(uri)
+            fs.delete_dir(path)
+            deleted.append(uri)
+        except OSError as exc:
+            log.warning("could not delete %s: %s", uri, exc)
+    return deleted
 
 
 def remove_tree(fs: Any, path: str) -> None:

@@ -45,6 +45,7 @@ from raykube.resume import (
 from raykube.spec import TrainingRun, TrainingRunSpec, apply_overrides
 from raykube.storage import (
     checkpoint_uri,
+    delete_dirs,
     disk_full,
     filesystem,
     ray_storage,
@@ -909,12 +910,7 @@ def _prune_unlisted(result: Any, spec: TrainingRunSpec, unlisted: list[tuple[Any
         [(c.path, _score(m, ck.score_metric)) for c, m in result.best_checkpoints],
         [(c.path, _score(m, ck.score_metric)) for c, m in unlisted],
         keep=ck.keep, mode=ck.score_mode))
-    for path in sorted(doomed):
-        try:
-            fs, p = filesystem(path)
-            fs.delete_dir(p)
-        except OSError as exc:
-            log.warning("could not delete %s: %s", path, exc)
+    delete_dirs(sorted(doomed))
     if doomed:
         notify(observers, f"deleted {len(doomed)} older checkpoint(s) that Ray Train's "
                           "checkpoint list did not name "

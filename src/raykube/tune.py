@@ -143,7 +143,12 @@ def _write_json(uri: str, doc: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------- trials
 def trial_dirname(trial: Any) -> str:
     """Short, stable trial folder names (Tune's default embeds every parameter)."""
-    return f"trial-{trial.trial_id}"
+    return trial_dir_name(trial.trial_id)
+
+
+def trial_dir_name(trial_id: str) -> str:
+    """The folder of trial ``trial_id`` under the experiment (``trial_dirname``'s)."""
+    return f"trial-{trial_id}"
 
 
 class _Forward:
@@ -289,7 +294,7 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     spec = trial_spec(TrainingRunSpec.model_validate(spec_doc), config)
     trial_id = tune.get_context().get_trial_id()
     queue = ReportChannel()
-    trial_dir = _join(experiment_uri, f"trial-{trial_id}")
+    trial_dir = _join(experiment_uri, trial_dir_name(trial_id))
     train_dir = _join(trial_dir, "train")  # Ray Train's run: storage_path/name below
     extra_config = dict(extra_config or {})
     # A trial resumes through Ray Train's checkpoint list; when a kill cut it off, Train's
@@ -1032,11 +1037,11 @@ def prune_unlisted_checkpoints(experiment_uri: str, trials: Sequence[dict[str, A
     listed checkpoints), and a finished search is not resumed. A deletion that fails is
     a warning: the search has finished and its result is what matters."""
     from raykube.resume import unlisted_checkpoints
-    from raykube.storage import filesystem
+    from raykube.storage import delete_dirs
 
     deleted = []
     for row in trials:
-        train_dir = _join(experiment_uri, f"trial-{row['trial']}", "train")
+        train_dir = _join(experiment_uri, trial_dir_name(row["trial"]), "train")
         referenced = {os.path.basename(str(h[CHECKPOINT_KEY]).rstrip("/"))
                       for h in row.get("history") or [] if h.get(CHECKPOINT_KEY)}
         try:
@@ -1044,15 +1049,8 @@ def prune_unlisted_checkpoints(experiment_uri: str, trials: Sequence[dict[str, A
         except Exception as exc:  # noqa: BLE001 - storage trouble: keep them
             log.warning("could not list the checkpoints of %s: %s", train_dir, exc)
             continue
-        for path, _ in unlisted:
-            if os.path.basename(path) in referenced:
-                continue
-            try:
-                fs, p = filesystem(path)
-                fs.delete_dir(p)
-                deleted.append(path)
-            except OSError as exc:
-                log.warning("could not delete %s: %s", path, exc)
+        deleted += delete_dirs(path for path, _ in unlisted
+                               if os.path.basename(path) not in referenced)
     return deleted
 
 
