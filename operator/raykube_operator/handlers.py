@@ -1298,7 +1298,13 @@ def _sync_rayservice_status(svc: dict[str, Any], memo: kopf.Memo) -> None:
             _event(tr, "Normal", patch["phase"],
                    f"serving {(patch.get('serving') or {}).get('checkpoint')} at "
                    f"{(patch.get('serving') or {}).get('endpoint')}"
-                   if patch["phase"] == "Serving" else "RayService not ready")
+                   if patch["phase"] == "Serving" else
+                   f"RayService not ready: {_ready_words(patch['conditions'])}")
+
+
+def _ready_words(conditions: list[dict[str, Any]]) -> str:
+    ready = st.get_condition(conditions, st.READY) or {}
+    return ": ".join(w for w in (ready.get("reason"), ready.get("message")) if w) or "no status"
 
 
 @kopf.on.event("ray.io", "v1", "rayservices", labels=CHILD_LABELS)

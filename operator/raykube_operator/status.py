@@ -753,6 +753,18 @@ def rayservice_ready(rayservice: dict[str, Any]) -> tuple[bool, str, str]:
     return True, "ServeReady", ""
 
 
+SERVE_CONFIG_UPDATING = "ServeConfigUpdating"
+"""``Ready``'s reason while a new serve config rolls out on the cluster that serves."""
+
+
+def _unobserved(rayservice: dict[str, Any]) -> bool:
+    """KubeRay has not reconciled the RayService's latest spec yet: its status (and the
+    application status in it) still describes the previous one."""
+    seen = (rayservice.get("status") or {}).get("observedGeneration")
+    generation = (rayservice.get("metadata") or {}).get("generation")
+    return seen is not None and generation is not None and int(seen) < int(generation)
+
+
 def serving_from_rayservice(
     rayservice: dict[str, Any],
     current: dict[str, Any] | None,
@@ -765,13 +777,23 @@ def serving_from_rayservice(
     """Status fields (conditions, phase, serving, rayService) after a RayService change."""
     cur = current or {}
     ready, reason, message = rayservice_ready(rayservice)
+    old = cur.get("serving") or {}
+    if ((reason == "ServeApplicationDeploying" or (ready and _unobserved(rayservice)))
+            and is_true(cur.get("conditions"), READY) and old.get("checkpoint")):
+        # a new serveConfigV2 (a promotion, a serve edit): KubeRay applies it to the
+        # running cluster and Serve replaces the replicas one by one; the old ones answer
+        # meanwhile (``make e2e-local`` phase 6: no request failed). Not "not ready", and
+        # not the new checkpoint yet: KubeRay may not even have read the new spec (its
+        # status is still the old config's)
+        ready, reason = True, SERVE_CONFIG_UPDATING
+        message = (f"{message}; rolling out in place: the running replicas answer until "
+                   "the new ones are up")
     conds = set_condition(cur.get("conditions"), READY, ready, reason,
                           message or (f"serving {checkpoint} at {endpoint}" if ready else ""),
                           now=now, generation=generation)
     out: dict[str, Any] = {"conditions": conds, "phase": phase_of(conds),
                            "rayService": (rayservice.get("metadata") or {}).get("name")}
-    old = cur.get("serving") or {}
-    if ready and reason == "UpgradeInProgress" and old:
+    if ready and reason in ("UpgradeInProgress", SERVE_CONFIG_UPDATING) and old:
         out["serving"] = old  # the previous checkpoint serves until the upgrade is done
     elif ready:
         since = old.get("since") if old.get("checkpoint") == checkpoint and old.get("since") else now

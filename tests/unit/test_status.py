@@ -195,6 +195,45 @@ def test_upgrade_keeps_the_previous_checkpoint_serving():
     assert out["phase"] == "Serving" and out["serving"]["checkpoint"] == "c1"
 
 
+def test_an_in_place_serve_config_rollout_keeps_serving():
+    """Seen on a real node (``make e2e-local``, a promotion while serving): KubeRay applies
+    the new serveConfigV2 to the running cluster, Serve's application is DEPLOYING while
+    it replaces the replicas, and the old ones answer meanwhile. The status said "not
+    ready" and phase Pending for ~18 s; it now keeps serving the previous checkpoint."""
+    deploying = {"metadata": {"name": "r"}, "status": {"conditions": [READY],
+                 "activeServiceStatus": {"applicationStatuses": {
+                     "classifier": {"status": "DEPLOYING"}}}}}
+    running = {"metadata": {"name": "r"}, "status": {"conditions": [READY],
+                                                      "activeServiceStatus": RUNNING_APP}}
+    first = st.serving_from_rayservice(running, {}, endpoint="e", checkpoint="c1", now=T0,
+                                       generation=1)
+    during = st.serving_from_rayservice(deploying, first, endpoint="e", checkpoint="c2",
+                                        now=T1, generation=1)
+    ready = st.get_condition(during["conditions"], st.READY)
+    assert during["phase"] == "Serving" and during["serving"] == first["serving"]
+    assert (ready["status"], ready["reason"]) == ("True", "ServeConfigUpdating")
+    assert "the running replicas answer" in ready["message"]
+    after = st.serving_from_rayservice(running, {**first, **during}, endpoint="e",
+                                       checkpoint="c2", now=T1, generation=1)
+    assert after["serving"]["checkpoint"] == "c2"
+    assert st.get_condition(after["conditions"], st.READY)["reason"] == "ServeReady"
+    # the RayService just updated: KubeRay has not read its new spec, the status is the
+    # old config's (RUNNING): the new checkpoint is not served yet
+    unread = {"metadata": {"name": "r", "generation": 3}, "status": {
+        **running["status"], "observedGeneration": 2}}
+    early = st.serving_from_rayservice(unread, first, endpoint="e", checkpoint="c2", now=T1,
+                                       generation=1)
+    assert early["serving"]["checkpoint"] == "c1" and early["phase"] == "Serving"
+    read = {"metadata": {"name": "r", "generation": 3}, "status": {
+        **running["status"], "observedGeneration": 3}}
+    assert st.serving_from_rayservice(read, first, endpoint="e", checkpoint="c2", now=T1,
+                                      generation=1)["serving"]["checkpoint"] == "c2"
+    # a first deployment has nothing serving yet: not ready
+    new = st.serving_from_rayservice(deploying, {}, endpoint="e", checkpoint="c1", now=T0,
+                                     generation=1)
+    assert new["phase"] != "Serving" and "serving" not in new
+
+
 def test_serving_since_kept_for_same_checkpoint():
     svc = {"metadata": {"name": "r"}, "status": {"serviceStatus": "Running",
                                                   "activeServiceStatus": RUNNING_APP}}
