@@ -415,7 +415,10 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true", "--profiling=false",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
-            "--audit-log-mode=blocking", "--v=1",
+            # lumberjack (the audit log's writer) rotates at 100 MB unless told otherwise,
+            # and a test session's polling reaches that: the tests then saw no new call
+            # (an operator restart "never watched"), so only a shrink is followed below
+            "--audit-log-mode=blocking", "--audit-log-maxsize=4096", "--v=1",
             # a real node's kubelet is known by its InternalIP (no DNS for its hostname)
             "--kubelet-preferred-address-types=InternalIP,Hostname",
             # the "kubernetes" Service cannot point at a loopback address
@@ -541,9 +544,12 @@ class ControlPlane:
         tests and the bench read (``AUDIT_FIELDS``). The log is read incrementally: each call parses
         only what was appended since the last one, and keeps only those fields (a test
         session's log reaches tens of MB)."""
-        cache = self.__dict__.setdefault("_audit", {"offset": 0, "events": []})
+        cache = self.__dict__.setdefault("_audit", {"offset": 0, "events": [], "inode": None})
         try:
             with open(self.audit_log, "rb") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if inode != cache["inode"]:  # rotated after all: a new file from its start
+                    cache["inode"], cache["offset"] = inode, 0
                 f.seek(cache["offset"])
                 chunk = f.read()
         except OSError:
