@@ -298,13 +298,18 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
             return "update"  # nothing runs: the edit applies when it resumes
         if deployment not in st.TERMINAL_DEPLOYMENT or not finished:
             # (ended, but its outcome is not in the status yet: mapping it reconciles again)
+            if _suspend_differs(current, job) and deployment not in st.TERMINAL_DEPLOYMENT:
+                return "suspend"  # stopping it is not a training edit: do it now
             return "pending" if edited or rerun_pending else "unchanged"
         return "rerun" if edited or rerun_pending else "finished"
     if _ann(current, SPEC_HASH) == _ann(job, SPEC_HASH):
         return "unchanged"
-    suspended = bool((current.get("spec") or {}).get("suspend", False))
-    return "suspend" if suspended != bool((job.get("spec") or {}).get("suspend", False)) \
-        else "refresh"
+    return "suspend" if _suspend_differs(current, job) else "refresh"
+
+
+def _suspend_differs(current: dict[str, Any], job: dict[str, Any]) -> bool:
+    return bool((current.get("spec") or {}).get("suspend", False)) != bool(
+        (job.get("spec") or {}).get("suspend", False))
 
 
 def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None,
@@ -316,7 +321,12 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
         kube.create(job)
         return "created"
     if action == "update":  # suspended: a training edit takes effect when it resumes
-        kube.apply(job)
+        live = kube.apply(job)
+        want = bool(job["spec"].get("suspend", False))
+        if bool(((live or {}).get("spec") or {}).get("suspend", False)) != want:
+            # the render leaves `suspend: false` out, and a suspend set by a patch (another
+            # field manager) is not removed by the apply: resumed with the edit, at once
+            kube.patch(*_ref(job), {"spec": {"suspend": want}})
         return "update"
     if action == "rerun":
         if current is not None:
@@ -548,9 +558,12 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     if conflicts:
         return _refuse_rerun(kube, cfg, tr, run, job_name, conflicts)
     results: dict[str, str] = {}
-    if action in ("create", "rerun", "suspend", "refresh", "unchanged", "update"):
+    held_back = action == "suspend" and _ann(current, TRAINING_HASH) != _ann(job, TRAINING_HASH)
+    if action in ("create", "rerun", "suspend", "refresh", "unchanged", "update") and not (
+            held_back):
         # the ConfigMap holds the spec the driver reads (also on a retry): it only
-        # changes together with the RayJob
+        # changes together with the RayJob (not when only its suspend is patched while
+        # an edit waits: that edit reaches both while it is suspended)
         results = {f"{c['kind']}/{c['metadata']['name']}": apply_child(kube, c, now)
                    for c, now in zip(others, currents, strict=True)}
     job_result = apply_rayjob(kube, job, current, action)
@@ -780,14 +793,16 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     elif job_result == "finished" and (old_applied or {}).get("status") == "False" and (
             old_applied or {}).get("reason") in SPEC_NOT_APPLIED:
         pass  # the finished run's RayJob still ran an older spec: still not applied
+    elif job_result == "suspend" and pending:
+        pass  # suspended now; the pending edit reaches the RayJob while it is suspended
     else:
         reason = {"created": "Created", "unchanged": "UpToDate", "updated": "Updated",
                   "suspend": "SuspendUpdated", "refresh": "Updated", "rerun": "Rerun",
                   "finished": "Finished", "update": "UpdatedWhileSuspended"}[job_result]
         message = (f"RayJob {'updated' if job_result == 'refresh' else job_result}"
                    if job_result != "update" else
-                   f"{', '.join(changed or []) or 'the spec'} applied to the suspended RayJob: "
-                   "the run resumes with it")
+                   f"{', '.join(pending + [c for c in changed or [] if c not in pending]) or 'the spec'}"
+                   " applied to the suspended RayJob: the run resumes with it")
         old = st.get_condition(conds, st.SPEC_APPLIED)
         if job_result == "unchanged" and old is not None and old.get("status") == "True":
             # a no-op keeps the reason of the last real action (Created, Rerun, ...)

@@ -278,9 +278,36 @@ def test_suspend_propagates_and_running_edits_wait_for_the_runs_end(kube, operat
     data = kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
     assert "epochs: 99" in data and "batchSize: 32" in data
     assert cond(tr, "Succeeded")["status"] == "False" and tr["status"]["phase"] != "Succeeded"
-    reasons = [e.get("reason") for e in kube.list("Event")
-               if e.get("involvedObject", {}).get("name") == name]
-    assert "Succeeded" in reasons and reasons.count("Rerun") == 1, reasons
+    def reasons():
+        return [e.get("reason") for e in kube.list("Event")
+                if e.get("involvedObject", {}).get("name") == name]
+
+    kube.wait_for(lambda: "Rerun" in reasons(), what="the Rerun Event")  # posted after the status
+    assert "Succeeded" in reasons() and reasons().count("Rerun") == 1, reasons()
+
+
+def test_a_run_with_an_edit_pending_can_still_be_suspended(kube):
+    """Before, a training edit made while the RayJob ran held back every later change of
+    the RayJob, ``suspend`` included: the run could not be stopped. Now it stops, and the
+    edit reaches the suspended RayJob, with which it resumes."""
+    name = "pend-susp"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 11}}})
+    kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangePending")
+    kube.patch("TrainingRun", name, {"spec": {"suspend": True}})
+    kube.wait_object("RayJob", name, where=lambda o: o["spec"].get("suspend") is True)
+    assert "epochs: 11" not in kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
+    rayjob_status(kube, name, jobDeploymentStatus="Suspended", jobStatus="STOPPED")
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Suspended")
+    kube.patch("TrainingRun", name, {"spec": {"suspend": False}})
+    tr = kube.wait_condition(name, "SpecApplied", reason="UpdatedWhileSuspended")
+    assert cond(tr, "SpecApplied")["message"].startswith("spec.train.epochs, spec.suspend applied")
+    now = kube.get("RayJob", name)
+    assert now["metadata"]["uid"] == job["metadata"]["uid"] and not now["spec"].get("suspend")
+    assert "epochs: 11" in kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
 
 
 def test_an_edit_pending_at_the_runs_end_is_started_by_a_restarted_operator(kube, operator):
@@ -301,9 +328,11 @@ def test_an_edit_pending_at_the_runs_end_is_started_by_a_restarted_operator(kube
     kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
     kube.wait_condition(name, "SpecApplied", reason="Rerun")
     assert "epochs: 7" in kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
-    reasons = [e.get("reason") for e in kube.list("Event")
-               if e.get("involvedObject", {}).get("name") == name]
-    assert "Failed" in reasons, reasons  # the previous run's outcome was recorded first
+    # the previous run's outcome was recorded too (its Event is posted after the status)
+    kube.wait_for(lambda: any(e.get("reason") == "Failed" for e in kube.list("Event")
+                              if e.get("involvedObject", {}).get("name") == name),
+                  what="the previous run's Failed Event")
+    assert cond(kube.get("TrainingRun", name), "Failed")["reason"] == "Rerun"
 
 
 def test_a_finished_run_is_not_retrained_for_an_operator_upgrade(kube, operator):

@@ -56,6 +56,11 @@ def test_plan_rayjob(current, finished, edited, expected):
     (job(training="t0", deployment="Failed"), True, False, True, "rerun"),
     # still running (a restarted operator): still pending
     (job(training="t0", deployment="Running"), False, False, True, "pending"),
+    # suspended with an edit pending: the suspend goes through now (the edit follows
+    # while it is suspended); a RayJob that has ended is not suspended
+    (job(training="t0", deployment="Running", suspend=True), False, False, True, "suspend"),
+    (job(training="t0", deployment="Running", suspend=True), False, True, False, "suspend"),
+    (job(training="t0", deployment="Complete", suspend=True), False, False, True, "pending"),
     # the edit was undone before the run ended: nothing to run again
     (job(deployment="Complete"), True, False, True, "unchanged"),
 ])
