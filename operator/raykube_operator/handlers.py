@@ -440,7 +440,7 @@ def on_trainingrun(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.update(*TR, field="spec")
 def on_spec_change(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, **_: Any) -> None:
-    """A spec edit: apply it as the module docstring says (suspend, serve, rerun, ignore)."""
+    """A spec edit: apply it as the module docstring says (suspend, serve, rerun, pending)."""
     changed = sorted({"spec." + ".".join(str(p) for p in d[1]) if d[1] else "spec" for d in diff})
     _raise_while_conflicting(reconcile(dict(body), memo, changed=changed), memo.cfg)
 
@@ -581,6 +581,11 @@ it (``plan_rayjob``'s ``rerun_pending``)."""
 def _rerun_pending(status: dict[str, Any]) -> bool:
     return (st.get_condition(status.get("conditions"), st.SPEC_APPLIED) or {}).get(
         "reason") == RERUN_WAITING
+
+
+def _fields(pending: list[str], changed: list[str] | None) -> str:
+    """The fields an edit pending from before and this one's (``changed``) name, once."""
+    return ", ".join(dict.fromkeys([*pending, *(changed or [])])) or "the spec"
 
 
 def _edited(changed: list[str] | None, tr: dict[str, Any]) -> bool:
@@ -770,8 +775,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     pending = st.pending_fields(old_applied)
     if job_result == "pending":
         # every field edited since the run started, not only the last edit's
-        fields = pending + [c for c in changed or [] if c not in pending]
-        msg = st.spec_change_pending(", ".join(fields) or "the spec")
+        msg = st.spec_change_pending(_fields(pending, changed))
         if changed is None and pending:
             msg = old_applied.get("message") or msg  # a restart, an event: said already
         else:
@@ -780,7 +784,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                                  now=now, generation=gen)
     elif job_result == "deleting":
         when = "while the previous run ran" if pending else "after the run finished"
-        msg = (f"{', '.join(pending or changed or []) or 'the spec'} changed {when}: "
+        msg = (f"{_fields(pending, changed)} changed {when}: "
                f"the new run starts once RayJob {job_name} of the previous run is deleted "
                "(KubeRay stops its Ray cluster first)")
         if changed is None and old_applied and old_applied.get("reason") == RERUN_WAITING:
@@ -801,8 +805,8 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                   "finished": "Finished", "update": "UpdatedWhileSuspended"}[job_result]
         message = (f"RayJob {'updated' if job_result == 'refresh' else job_result}"
                    if job_result != "update" else
-                   f"{', '.join(pending + [c for c in changed or [] if c not in pending]) or 'the spec'}"
-                   " applied to the suspended RayJob: the run resumes with it")
+                   f"{_fields(pending, changed)} applied to the suspended RayJob: the run "
+                   "resumes with it")
         old = st.get_condition(conds, st.SPEC_APPLIED)
         if job_result == "unchanged" and old is not None and old.get("status") == "True":
             # a no-op keeps the reason of the last real action (Created, Rerun, ...)

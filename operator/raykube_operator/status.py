@@ -786,8 +786,8 @@ def serving_from_rayservice(
         # not the new checkpoint yet: KubeRay may not even have read the new spec (its
         # status is still the old config's)
         ready, reason = True, SERVE_CONFIG_UPDATING
-        message = (f"{message}; rolling out in place: the running replicas answer until "
-                   "the new ones are up")
+        message = "; ".join(m for m in (message, "rolling out in place: the running "
+                                        "replicas answer until the new ones are up") if m)
     conds = set_condition(cur.get("conditions"), READY, ready, reason,
                           message or (f"serving {checkpoint} at {endpoint}" if ready else ""),
                           now=now, generation=generation)

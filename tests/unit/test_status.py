@@ -224,6 +224,7 @@ def test_an_in_place_serve_config_rollout_keeps_serving():
     early = st.serving_from_rayservice(unread, first, endpoint="e", checkpoint="c2", now=T1,
                                        generation=1)
     assert early["serving"]["checkpoint"] == "c1" and early["phase"] == "Serving"
+    assert st.get_condition(early["conditions"], st.READY)["message"].startswith("rolling out")
     read = {"metadata": {"name": "r", "generation": 3}, "status": {
         **running["status"], "observedGeneration": 3}}
     assert st.serving_from_rayservice(read, first, endpoint="e", checkpoint="c2", now=T1,
