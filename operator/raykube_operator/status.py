@@ -660,6 +660,10 @@ def phase_event(current: dict[str, Any] | None,
         return None
     failed = is_true(patch["conditions"], FAILED)
     reason = new_phase if new_phase != "Running" else running.get("reason", "Running")
+    if new_phase == "Serving":
+        # a rerun while the previous checkpoint serves: the news is the run's, not serving's
+        reason = ("Failed" if failed else "Succeeded" if is_true(patch["conditions"], SUCCEEDED)
+                  else running.get("reason") or "Pending")
     return ("Warning" if failed else "Normal", reason, patch.get("message") or new_phase)
 
 

@@ -658,6 +658,25 @@ def test_a_change_made_while_running_stays_pending_past_the_runs_end(end):
     assert not st.edit_pending(running) and st.pending_fields(None) == []
 
 
+def test_a_rerun_under_a_live_rayservice_is_announced_as_the_runs_news():
+    """Seen on a real node: a rerun while the previous checkpoint served posted "Serving:
+    waiting for the Ray cluster", "Serving: training is running", "Serving: the Ray job
+    succeeded" (the phase stays Serving). The Events name the run's state instead."""
+    serving = st.set_condition(None, st.READY, True, "ServeReady", "", now=T0, generation=2)
+    cur: dict = {"conditions": serving, "phase": "Serving"}
+    seen = []
+    for status in ({"jobDeploymentStatus": "Initializing"},
+                   {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+                   {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "succeeded": 1},
+                   ):
+        patch = st.status_from_rayjob(job(**status), cur, now=T1, generation=2)
+        assert patch["phase"] == "Serving"
+        seen.append(st.phase_event(cur, patch)[:2])
+        cur = {**cur, **patch}
+    assert seen == [("Normal", "Initializing"), ("Normal", "JobRunning"),
+                    ("Normal", "Succeeded")], seen
+
+
 def test_a_retry_is_announced_once_with_its_cause():
     """Seen on the real control plane: a Retrying Event with the failed attempt's cause,
     one naming a pod that could not be scheduled, then "retrying: attempt 1 failed" with
