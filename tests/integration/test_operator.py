@@ -286,17 +286,23 @@ def test_suspend_propagates_and_running_edits_wait_for_the_runs_end(kube, operat
     assert "Succeeded" in reasons() and reasons().count("Rerun") == 1, reasons()
 
 
+def running_with_an_edit_pending(kube, name: str, epochs: int) -> dict:
+    """A TrainingRun whose RayJob runs, edited (``train.epochs``) meanwhile: its RayJob."""
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": epochs}}})
+    kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangePending")
+    return job
+
+
 def test_a_run_with_an_edit_pending_can_still_be_suspended(kube):
     """Before, a training edit made while the RayJob ran held back every later change of
     the RayJob, ``suspend`` included: the run could not be stopped. Now it stops, and the
     edit reaches the suspended RayJob, with which it resumes."""
     name = "pend-susp"
-    kube.create(tr_doc(name))
-    job = kube.wait_object("RayJob", name)
-    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
-    kube.wait_condition(name, "Running", reason="JobRunning")
-    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 11}}})
-    kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangePending")
+    job = running_with_an_edit_pending(kube, name, epochs=11)
     kube.patch("TrainingRun", name, {"spec": {"suspend": True}})
     kube.wait_object("RayJob", name, where=lambda o: o["spec"].get("suspend") is True)
     assert "epochs: 11" not in kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
@@ -314,12 +320,7 @@ def test_an_edit_pending_at_the_runs_end_is_started_by_a_restarted_operator(kube
     """The run ended while the operator was down: the status still holds the edit made
     while it ran, and the restarted operator records the outcome, then starts the run."""
     name = "edit-down"
-    kube.create(tr_doc(name))
-    job = kube.wait_object("RayJob", name)
-    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
-    kube.wait_condition(name, "Running", reason="JobRunning")
-    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 7}}})
-    kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangePending")
+    job = running_with_an_edit_pending(kube, name, epochs=7)
     operator.stop()
     try:
         rayjob_status(kube, name, jobDeploymentStatus="Failed", jobStatus="FAILED", failed=1)
