@@ -417,7 +417,8 @@ class ControlPlane:
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
             # lumberjack (the audit log's writer) rotates at 100 MB unless told otherwise,
             # and a test session's polling reaches that: the tests then saw no new call
-            # (an operator restart "never watched"), so only a shrink is followed below
+            # (an operator restart "never watched"); a rotation is still followed
+            # (``audit_events`` reads a file with a new inode from its start)
             "--audit-log-mode=blocking", "--audit-log-maxsize=4096", "--v=1",
             # a real node's kubelet is known by its InternalIP (no DNS for its hostname)
             "--kubelet-preferred-address-types=InternalIP,Hostname",
