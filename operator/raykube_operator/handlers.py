@@ -276,6 +276,9 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
       this one ends;
     - ``update``: a training change while the RayJob is suspended: applied to it now;
     - ``suspend``: ``spec.suspend`` differs (and no training field): patch it;
+    - ``suspend-pending``: ``spec.suspend`` differs on an active RayJob whose training edit
+      is pending: the suspend alone is patched now (stopping a run is not a training
+      edit); the ConfigMap and the rest wait for the edit to apply;
     - ``refresh``: only other non-training fields differ (a ``serve`` edit changes the
       RayJob's spec hash, not what it runs): its annotation is patched, nothing else;
     - ``terminating``: the RayJob is being deleted (KubeRay's finalizer holds it while it
@@ -299,7 +302,7 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
         if deployment not in st.TERMINAL_DEPLOYMENT or not finished:
             # (ended, but its outcome is not in the status yet: mapping it reconciles again)
             if _suspend_differs(current, job) and deployment not in st.TERMINAL_DEPLOYMENT:
-                return "suspend"  # stopping it is not a training edit: do it now
+                return "suspend-pending"
             return "pending" if edited or rerun_pending else "unchanged"
         return "rerun" if edited or rerun_pending else "finished"
     if _ann(current, SPEC_HASH) == _ann(job, SPEC_HASH):
@@ -336,9 +339,13 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
                 return "deleting"
         kube.create(job)
         return "rerun"
+    suspend = {"spec": {"suspend": bool(job["spec"].get("suspend", False))}}
+    if action == "suspend-pending":  # its spec hash stays: the RayJob runs the old spec
+        kube.patch(*_ref(job), suspend)
+        return "suspend"
     if action in ("suspend", "refresh"):
         kube.patch(*_ref(job), {"metadata": {"annotations": {SPEC_HASH: _ann(job, SPEC_HASH)}},
-                                "spec": {"suspend": bool(job["spec"].get("suspend", False))}})
+                                **suspend})
     return action
 
 
@@ -558,12 +565,10 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     if conflicts:
         return _refuse_rerun(kube, cfg, tr, run, job_name, conflicts)
     results: dict[str, str] = {}
-    held_back = action == "suspend" and _ann(current, TRAINING_HASH) != _ann(job, TRAINING_HASH)
-    if action in ("create", "rerun", "suspend", "refresh", "unchanged", "update") and not (
-            held_back):
+    if action in ("create", "rerun", "suspend", "refresh", "unchanged", "update"):
         # the ConfigMap holds the spec the driver reads (also on a retry): it only
-        # changes together with the RayJob (not when only its suspend is patched while
-        # an edit waits: that edit reaches both while it is suspended)
+        # changes together with the RayJob (not on suspend-pending: the edit reaches
+        # both while it is suspended)
         results = {f"{c['kind']}/{c['metadata']['name']}": apply_child(kube, c, now)
                    for c, now in zip(others, currents, strict=True)}
     job_result = apply_rayjob(kube, job, current, action)

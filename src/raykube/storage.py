@@ -108,24 +108,31 @@ def delete_dirs(uris: Iterable[str]) -> list[str]:
     for uri in uris:
         try:
             fs, path = filesystem(uri)
-            fs.delete_dir(path)
-            deleted.append(uri)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.warning("could not delete %s: %s", uri, exc)
+            continue
+        if remove_tree(fs, path):
+            deleted.append(uri)
     return deleted
 
 
-def remove_tree(fs: Any, path: str) -> None:
-    """Delete the directory ``path`` on ``fs`` (a pyarrow filesystem) and all it holds,
-    quietly (best effort: it is a clean-up). A local directory goes through
+def remove_tree(fs: Any, path: str) -> bool:
+    """Delete the directory ``path`` on ``fs`` (a pyarrow filesystem) and all it holds;
+    True if it was there and is gone. Best effort, as every caller is a clean-up: a
+    failure is a warning, a directory already gone is not. A local directory goes through
     ``shutil.rmtree``, which never follows a symbolic link out of it."""
-    import contextlib
     import shutil
 
     import pyarrow.fs as pafs
 
-    if isinstance(fs, pafs.LocalFileSystem):
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    with contextlib.suppress(OSError):
-        fs.delete_dir(path)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            shutil.rmtree(path)
+        else:
+            fs.delete_dir(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("could not delete %s: %s", path, exc)
+        return False
+    return True

@@ -19,7 +19,7 @@ from operator_helpers import CHILD_KINDS, children, cond
 from raykube.spec import load_yaml_documents
 from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
 from raykube.testing.kube import KubeError
-from raykube_operator.handlers import TRAINING_HASH
+from raykube_operator.handlers import SPEC_HASH, TRAINING_HASH
 from raykube_operator.rbac import allowed
 
 JOBS = sorted((Path(__file__).resolve().parents[2] / "jobs").glob("*.yaml"))
@@ -304,8 +304,11 @@ def test_a_run_with_an_edit_pending_can_still_be_suspended(kube):
     name = "pend-susp"
     job = running_with_an_edit_pending(kube, name, epochs=11)
     kube.patch("TrainingRun", name, {"spec": {"suspend": True}})
-    kube.wait_object("RayJob", name, where=lambda o: o["spec"].get("suspend") is True)
+    stopped = kube.wait_object("RayJob", name, where=lambda o: o["spec"].get("suspend") is True)
     assert "epochs: 11" not in kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
+    # the suspend alone was patched: the RayJob still says it runs the old spec
+    assert stopped["metadata"]["annotations"][SPEC_HASH] == job["metadata"]["annotations"][
+        SPEC_HASH]
     rayjob_status(kube, name, jobDeploymentStatus="Suspended", jobStatus="STOPPED")
     kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Suspended")
     kube.patch("TrainingRun", name, {"spec": {"suspend": False}})

@@ -58,8 +58,8 @@ def test_plan_rayjob(current, finished, edited, expected):
     (job(training="t0", deployment="Running"), False, False, True, "pending"),
     # suspended with an edit pending: the suspend goes through now (the edit follows
     # while it is suspended); a RayJob that has ended is not suspended
-    (job(training="t0", deployment="Running", suspend=True), False, False, True, "suspend"),
-    (job(training="t0", deployment="Running", suspend=True), False, True, False, "suspend"),
+    (job(training="t0", deployment="Running", suspend=True), False, False, True, "suspend-pending"),
+    (job(training="t0", deployment="Running", suspend=True), False, True, False, "suspend-pending"),
     (job(training="t0", deployment="Complete", suspend=True), False, False, True, "pending"),
     # the edit was undone before the run ended: nothing to run again
     (job(deployment="Complete"), True, False, True, "unchanged"),

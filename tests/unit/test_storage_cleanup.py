@@ -77,3 +77,50 @@ def test_ray_names_its_storage_marker_as_raykube_removes_it():
     from raykube.train import VALIDATE_MARKER
 
     assert VALIDATE_MARKER == VALIDATE_STORAGE_MARKER_FILENAME
+
+
+# ------------------------------------------------------------------ the clean-up
+def test_deleting_checkpoint_dirs_reports_what_went_and_never_follows_a_link_out(
+        tmp_path, caplog):
+    """One clean-up for train's and Tune's checkpoints and a half-written upload: a
+    directory goes with all it holds, one already gone is neither deleted nor a warning,
+    and a link inside a doomed directory is removed, not followed."""
+    from raykube.storage import delete_dirs
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the run's")
+    doomed = tmp_path / "run" / "checkpoint_000001"
+    doomed.mkdir(parents=True)
+    (doomed / "model.pt").write_bytes(b"x")
+    (doomed / "link").symlink_to(outside, target_is_directory=True)
+    gone = tmp_path / "run" / "checkpoint_000002"
+
+    with caplog.at_level("WARNING", logger="raykube.storage"):
+        deleted = delete_dirs([str(doomed), str(gone)])
+    assert deleted == [str(doomed)]
+    assert not doomed.exists()
+    assert (outside / "keep.txt").read_text() == "not the run's"
+    assert caplog.records == []
+
+
+def test_a_clean_up_that_fails_is_one_warning_and_the_caller_goes_on(tmp_path, caplog):
+    """A directory that cannot be deleted (here a symbolic link given as the directory,
+    which ``shutil.rmtree`` refuses rather than delete what it points to) is a warning
+    naming it; the other deletions still happen."""
+    from raykube.storage import delete_dirs
+
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "f").write_text("kept")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    other = tmp_path / "other"
+    other.mkdir()
+
+    with caplog.at_level("WARNING", logger="raykube.storage"):
+        deleted = delete_dirs([str(link), str(other)])
+    assert deleted == [str(other)]
+    assert (target / "f").read_text() == "kept"
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert str(link) in caplog.records[0].getMessage()
