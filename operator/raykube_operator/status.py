@@ -182,7 +182,8 @@ def failed_message(failed: int, detail: str) -> str:
     return f"the Ray job failed after {max(failed, 1)} attempt(s): {detail}"
 
 
-NOT_RETRIED = "; not retried: a new attempt would fail the same way"
+NOT_RETRIED = ("; not retried: a new attempt would fail the same way (fix that, then give "
+               "spec.rerun a new value to run again)")
 PERMANENT_REASON = "PermanentFailure"
 """The Failed condition's reason when the driver reported a cause a retry cannot fix."""
 RETRYABLE_DEPLOYMENT = {"Initializing", "Running", "Waiting"}

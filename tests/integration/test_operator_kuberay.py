@@ -396,7 +396,8 @@ def test_a_failure_no_retry_can_fix_is_not_retried(kube, operator, tmp_path):
     assert failed["reason"] == "PermanentFailure", failed
     assert tr["status"]["message"] == (
         f"the Ray job failed after 1 attempt(s): {lines[0][len('raykube train: '):]}; not "
-        "retried: a new attempt would fail the same way"), tr["status"]["message"]
+        "retried: a new attempt would fail the same way (fix that, then give spec.rerun a "
+        "new value to run again)"), tr["status"]["message"]
     assert tr["status"]["permanentFailure"]["retriesCancelled"] is True
     for _ in range(2):  # KubeRay's next reconciles: a retry would begin in them
         nudge(kube, "kr-permanent")
@@ -405,6 +406,19 @@ def test_a_failure_no_retry_can_fix_is_not_retried(kube, operator, tmp_path):
     assert (st["jobDeploymentStatus"], st["failed"]) == ("Failed", 1), st
     assert [e for e in kube.list("Event") if e.get("reason") == "RetriesCancelled"
             and (e.get("involvedObject") or {}).get("name") == "kr-permanent"]
+
+    # the cause fixed outside the spec, the user asks again (a new spec.rerun): a new
+    # RayJob (after KubeRay's finalizer let the failed one go), its retries back, the
+    # previous run's cancellation and outcome cleared
+    old_uid = kube.get("RayJob", "kr-permanent")["metadata"]["uid"]
+    kube.patch("TrainingRun", "kr-permanent", {"spec": {"rerun": "after fixing the data"}})
+    new = kube.wait_object("RayJob", "kr-permanent", timeout=60,
+                           where=lambda o: o["metadata"]["uid"] != old_uid)
+    assert new["spec"]["backoffLimit"] == 2
+    tr = kube.wait_condition("kr-permanent", "SpecApplied", reason="Rerun")
+    assert "permanentFailure" not in tr["status"] and tr["status"]["phase"] != "Failed", tr
+    assert next(c for c in tr["status"]["conditions"] if c["type"] == "Failed")[
+        "status"] == "False"
     for name in names:
         kube.delete("TrainingRun", name)
 

@@ -72,7 +72,7 @@ def test_plan_a_pending_or_waiting_rerun(current, finished, edited, rerun_pendin
 @pytest.mark.parametrize("changed, expected", [
     (None, False), ([], False), (["spec.serve.minAccuracy"], False), (["spec.suspend"], False),
     (["spec.serve"], False), (["spec.train.epochs"], True), (["spec"], True),
-    (["spec.serveX"], True), (["spec.serve.enabled", "spec.image"], True),
+    (["spec.serveX"], True), (["spec.serve.enabled", "spec.image"], True), (["spec.rerun"], True),
 ])
 def test_training_changed(changed, expected):
     assert _training_changed(changed) is expected

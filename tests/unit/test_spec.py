@@ -131,6 +131,8 @@ INVALID = [
     ("min-accuracy", "spec/serve/minAccuracy", 95, "spec.serve.minAccuracy"),
     ("serve-replicas", "spec/serve/replicas", 0, "spec.serve.replicas"),
     ("max-retries", "spec/failure", {"maxRetries": -1}, "spec.failure.maxRetries"),
+    ("rerun-number", "spec/rerun", 2, "spec.rerun"),  # a token: quote it
+    ("rerun-empty", "spec/rerun", "", "spec.rerun"),
     ("cnn-on-vectors", "spec/model/name", "cifar-cnn", None),  # filled below: synthetic [64]
     # splits that leave a worker no training example (it trained nothing and succeeded)
     ("digits-all-validation", "spec/data", {"dataset": "digits", "validationFraction": 0.9999},

@@ -602,7 +602,8 @@ def test_a_failure_no_retry_can_fix_says_so_with_the_drivers_line():
     assert (out["phase"], failed["reason"]) == ("Failed", "PermanentFailure")
     assert out["message"] == failed["message"] == (
         "the Ray job failed after 1 attempt(s): image-folder /mnt/x: cannot list it; not "
-        "retried: a new attempt would fail the same way")
+        "retried: a new attempt would fail the same way (fix that, then give spec.rerun a new "
+        "value to run again)")
     # a report KubeRay did not honour (too late) changes nothing
     cur["permanentFailure"]["retriesCancelled"] = False
     out = st.status_from_rayjob(job(jobDeploymentStatus="Failed", failed=3, reason="AppFailed",
