@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import json
 import math
 import re
 import reprlib
@@ -1335,6 +1336,12 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
                 msg = f"must be {kind}{bounds}, got {e.get('input')!r}"
         elif e["type"] == "literal_error":
             msg = f"{e['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
+        elif e["type"] == "string_type" and isinstance(e.get("input"), (bool, int, float)):
+            # `rerun: 2`, `image: yes`: YAML read a number or a boolean
+            got = e["input"]
+            what = ("a boolean to YAML (so are yes/no/on/off)" if isinstance(got, bool)
+                    else "a number to YAML")
+            msg = f"must be a string, got {json.dumps(got)}, {what}: quote it"
         elif e["type"] == "string_pattern_mismatch":
             shown = _short(e.get("input"))
             msg = (f"must be a DNS label: lower-case letters, digits and '-', starting with "

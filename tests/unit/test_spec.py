@@ -228,6 +228,20 @@ def test_yaml_exponent_floats_are_numbers():
     assert doc == {"lr": 0.001, "big": 20000.0, "name": "1e"}
 
 
+def test_a_number_or_boolean_where_a_string_belongs_says_to_quote_it():
+    """YAML reads `rerun: 2` as a number and `image: yes` as a boolean; pydantic's own
+    "Input should be a valid string" did not say why a value that looks right is wrong."""
+    text = (yaml.safe_dump(_set(_set(BASE, "spec/rerun", "PLACEHOLDER"), "spec/image", "IMG"))
+            .replace("PLACEHOLDER", "2").replace("IMG", "yes"))
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(load_yaml_documents(text)[0])
+    got = {e.path: e.message for e in info.value.errors}
+    assert got == {
+        "spec.rerun": "must be a string, got 2, a number to YAML: quote it",
+        "spec.image": "must be a string, got true, a boolean to YAML (so are yes/no/on/off): "
+                      "quote it"}
+
+
 def test_defaults_are_sensible():
     run = parse_training_run(_set(BASE, "spec/tune", _DELETE))
     s = run.spec
