@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fake_datasets import write_fashion_mnist
+from ray_output import command_lines
 from raykube.checkpoint import load_model, read_meta
 from raykube.cli import main
 from raykube.data import load_arrays
@@ -136,8 +137,9 @@ def test_predict_data_in_a_missing_bucket_is_refused_before_any_work(trained, s3
     assert main(["predict", checkpoint, "--data", "s3://no-such-bucket/images",
                  "--out", str(tmp_path / "x.csv")]) == 2
     err = capsys.readouterr().err
-    assert err == ("raykube predict: --data s3://no-such-bucket/images: bucket "
-                   f"'no-such-bucket' does not exist at {s3_server.endpoint}\n"), err
+    assert command_lines(err) == [
+        "raykube predict: --data s3://no-such-bucket/images: bucket "
+        f"'no-such-bucket' does not exist at {s3_server.endpoint}"], err
 
 
 def test_sigterm_ends_predict_as_ctrl_c_does(trained, tmp_path):

@@ -5,7 +5,6 @@ loopback port nobody listens on, and one that accepts connections but never answ
 from __future__ import annotations
 
 import http.server
-import re
 import socket
 import threading
 import time
@@ -13,6 +12,7 @@ import time
 import pytest
 import yaml
 
+from ray_output import command_lines
 from raykube.cli import main
 
 pytestmark = pytest.mark.integration
@@ -75,16 +75,10 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(raykube.local, "init_ray", refuse)
 
 
-RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((raylet|[^)]*pid=\d+[^)]*)\)")
-"""A line the test session's shared Ray forwards to this process's stderr (its raylet's
-or an actor's log, e.g. the raylet's "is over 95% full" on a nearly full disk): not the
-command's output (the commands here report before Ray would start)."""
-
-
 def one_line(capsys, rc: int, started: float, want_rc: int = 1) -> str:
     elapsed = time.monotonic() - started
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and not RAY_FORWARDED.match(line)]
+    lines = command_lines(err)
     assert rc == want_rc
     assert len(lines) == 1, err
     assert "Traceback" not in err
