@@ -311,8 +311,12 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
 
 
 def _suspend_differs(current: dict[str, Any], job: dict[str, Any]) -> bool:
-    return bool((current.get("spec") or {}).get("suspend", False)) != bool(
-        (job.get("spec") or {}).get("suspend", False))
+    return _suspended(current) != _suspended(job)
+
+
+def _suspended(obj: dict[str, Any] | None) -> bool:
+    """A RayJob's ``spec.suspend`` (the render leaves ``false`` out)."""
+    return bool(((obj or {}).get("spec") or {}).get("suspend", False))
 
 
 def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None,
@@ -323,13 +327,12 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
     if action == "create":
         kube.create(job)
         return "created"
+    suspend = {"spec": {"suspend": _suspended(job)}}
     if action == "update":  # suspended: a training edit takes effect when it resumes
-        live = kube.apply(job)
-        want = bool(job["spec"].get("suspend", False))
-        if bool(((live or {}).get("spec") or {}).get("suspend", False)) != want:
+        if _suspended(kube.apply(job)) != _suspended(job):
             # the render leaves `suspend: false` out, and a suspend set by a patch (another
             # field manager) is not removed by the apply: resumed with the edit, at once
-            kube.patch(*_ref(job), {"spec": {"suspend": want}})
+            kube.patch(*_ref(job), suspend)
         return "update"
     if action == "rerun":
         if current is not None:
@@ -339,7 +342,6 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
                 return "deleting"
         kube.create(job)
         return "rerun"
-    suspend = {"spec": {"suspend": bool(job["spec"].get("suspend", False))}}
     if action == "suspend-pending":  # its spec hash stays: the RayJob runs the old spec
         kube.patch(*_ref(job), suspend)
         return "suspend"
