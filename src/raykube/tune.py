@@ -411,17 +411,20 @@ def trial_status(status: str, epochs_done: int, epochs: int) -> str:
 
 
 def trial_row(trial: Any, spec: TrainingRunSpec, metric: str,
-              last_result: dict[str, Any] | None = None) -> dict[str, Any]:
+              last_result: dict[str, Any] | None = None,
+              status: str | None = None) -> dict[str, Any]:
     """One line of the trial table: trial, params, status, metric, iterations.
 
     ``last_result`` overrides the trial's own (Tune calls result callbacks before it
-    stores the result on the trial)."""
+    stores the result on the trial); so does ``status`` (Tune calls ``on_trial_complete``
+    of a trial stopped before it ran while the trial is still PENDING)."""
     last = last_result if last_result is not None else (trial.last_result or {})
     done = _epoch_of(last)
     return {
         "trial": trial.trial_id,
         "params": trial_overrides(spec, trial.config or {}),
-        "status": trial_status(str(trial.status), done, trial_epochs(spec, trial.config or {})),
+        "status": trial_status(status or str(trial.status), done,
+                               trial_epochs(spec, trial.config or {})),
         "metric": _metric_of(last, metric),
         "iterations": done,
     }
@@ -445,6 +448,7 @@ class _ObserverSink:
         self._epoch_seen: dict[str, int] = {}
         self._looked = 0.0
         self._table_observers = [o for o in observers if hasattr(o, "on_trials")]
+        self._kept: dict[str, list[dict[str, Any]]] = {}  # a resumed search's (restored)
 
     def worker_failures(self, *, every_s: float = 0.0, flush: Iterable[str] | bool = ()
                         ) -> None:
@@ -489,28 +493,35 @@ class _ObserverSink:
         """The rows of a resumed search's trials before Tune restarts any: each with its
         latest epoch (its stored last result, or its kept history's when later), and
         PENDING for those that continue."""
+        self._kept = history
         if not self._table_observers or not trials:
             return
         assert self.spec.tune is not None
         rows = []
         for t in trials:
-            last = dict(t.last_result or {})
-            kept = history.get(t.trial_id) or []
-            if kept and _epoch_of(kept[-1]) > _epoch_of(last):
-                last = kept[-1]
-            row = trial_row(t, self.spec, self.spec.tune.metric, last)
+            row = trial_row(t, self.spec, self.spec.tune.metric, self._latest(t))
             if str(t.status) not in ("TERMINATED", "ERROR"):
                 row["status"] = "PENDING"
             rows.append(row)
         self._show(rows)
 
+    def _latest(self, trial: Any) -> dict[str, Any]:
+        """The trial's last result, or its kept history's last row when that is later
+        (a resumed trial before its first report, or one stopped on resume)."""
+        last = dict(trial.last_result or {})
+        kept = self._kept.get(trial.trial_id) or []
+        return kept[-1] if kept and _epoch_of(kept[-1]) > _epoch_of(last) else last
+
     def trials(self, trials: Sequence[Any], current: Any = None,
-               result: dict[str, Any] | None = None) -> None:
+               result: dict[str, Any] | None = None, ended: Any = None) -> None:
+        """Show the trial table; ``current`` has just reported ``result``; ``ended`` has
+        just completed (TERMINATED, whatever Tune's status says yet)."""
         if not self._table_observers:
             return
         assert self.spec.tune is not None
         self._show([trial_row(t, self.spec, self.spec.tune.metric,
-                              result if t is current else None) for t in trials])
+                              result if t is current else self._latest(t),
+                              "TERMINATED" if t is ended else None) for t in trials])
 
     def _show(self, rows: list[dict[str, Any]]) -> None:
         for obs in self._table_observers:
@@ -544,18 +555,19 @@ class _ProgressCallback(tune.Callback):
             sink.epoch(trial.trial_id, result)
             sink.trials(trials, trial, result)
 
-    def _changed(self, trials: Sequence[Any], ended: Any = None) -> None:
+    def _changed(self, trials: Sequence[Any], ended: Any = None,
+                 completed: bool = False) -> None:
         sink = self._sink()
         if sink is not None:
             # the failure that ended a trial, before its end
             sink.worker_failures(flush=[ended.trial_id] if ended is not None else ())
-            sink.trials(trials)
+            sink.trials(trials, ended=ended if completed else None)
 
     def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._changed(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-        self._changed(trials, trial)
+        self._changed(trials, trial, completed=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
         self._changed(trials, trial)
@@ -807,15 +819,23 @@ class ResumableASHA(ASHAScheduler):
     stopped trials included), the results the trial reported before: its rows in
     ``HISTORY_FILE``, which ``keep_history`` writes before every restore, replayed
     through the trial's bracket in epoch order as Tune replayed them live. A search
-    created fresh finds no history file and starts empty, as Ray's does."""
+    created fresh finds no history file and starts empty, as Ray's does.
+
+    A replayed result can fall below its rung's cutoff: an epoch the trial trained
+    while the search was being interrupted, which Ray Train took (so the resumed trial
+    continues after it) but Tune never did (``keep_history`` records it from its
+    checkpoint). Live, ASHA would have stopped the trial there; such a trial is stopped
+    before it trains again (``choose_trial_to_run``), not at the next rung."""
 
     def __init__(self, *, history_uri: str | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._history_uri = history_uri
         self._history: dict[str, list[dict[str, Any]]] | None = None
+        self._stop_on_resume: dict[str, int] = {}  # trial id -> the epoch of its stop
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_history": None}  # read again where it is restored
+        # read again where it is restored
+        return {**self.__dict__, "_history": None, "_stop_on_resume": {}}
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
@@ -826,19 +846,36 @@ class ResumableASHA(ASHAScheduler):
                 log.warning("ASHA resumes without the trials' earlier results: %s: %s",
                             self._history_uri, exc)
                 self._history = {}
-        self.replay(trial.trial_id, self._history.get(trial.trial_id) or [])
+        stopped_at = self.replay(trial.trial_id, self._history.get(trial.trial_id) or [])
+        if stopped_at is not None and str(trial.status) not in ("TERMINATED", "ERROR"):
+            self._stop_on_resume[trial.trial_id] = stopped_at
 
-    def replay(self, trial_id: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Record ``rows`` (a trial's earlier results) in its bracket's rungs."""
+    def replay(self, trial_id: str, rows: Sequence[dict[str, Any]]) -> int | None:
+        """Record ``rows`` (a trial's earlier results) in its bracket's rungs; the epoch
+        at which ASHA stops the trial, if one of them falls below its rung's cutoff."""
         bracket = self._trial_info.get(trial_id)
         if bracket is None:
-            return
+            return None
         stand_in = _TrialRef(trial_id)
         results = [(int(r[TIME_ATTR]), float(r[self._metric])) for r in rows
                    if isinstance(r.get(TIME_ATTR), (int, float))
                    and isinstance(r.get(self._metric), (int, float))]
         for epoch, value in sorted(results):
-            bracket.on_result(stand_in, epoch, self._metric_op * value)
+            if bracket.on_result(stand_in, epoch, self._metric_op * value) == self.STOP:
+                return epoch
+        return None
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        """Stop, before they run again, the restored trials whose replayed results ASHA
+        stops (see the class); then Ray's choice among the others."""
+        for trial in tune_controller.get_trials():
+            epoch = self._stop_on_resume.pop(trial.trial_id, None)
+            if epoch is not None and str(trial.status) in ("PENDING", "PAUSED"):
+                log.info("trial %s: stopped by ASHA at epoch %d, an epoch it trained as "
+                         "the search was interrupted (its result is below that rung's "
+                         "cutoff)", trial.trial_id, epoch)
+                tune_controller.stop_trial(trial)
+        return super().choose_trial_to_run(tune_controller)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ settings, validation of bad search spaces (field-level), the trial table and rep
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -238,6 +239,14 @@ def test_asha_uses_epochs_and_the_declared_metric_and_mode():
     assert rt._tune_config(_run(mode="max").spec).mode == "max"  # explicit mode wins
 
 
+@dataclasses.dataclass
+class _Trial:
+    """What ASHA reads of a Tune trial that Tune adds: its id and status."""
+
+    trial_id: str
+    status: str = "TERMINATED"
+
+
 def _restored_asha(spec, experiment: Path, history: dict) -> ASHAScheduler:
     """The scheduler as ``Tuner.restore`` gets it: unpickled from what was pickled
     into tuner.pkl at the search's creation, the metric and mode set by Tune."""
@@ -261,12 +270,12 @@ def test_asha_keeps_its_rungs_over_a_resume(tmp_path):
     }
     asha = _restored_asha(run.spec, tmp_path, history)
     for tid in history:  # Tune adds every stored trial again, finished ones included
-        asha.on_trial_add(None, rt._TrialRef(tid))
+        asha.on_trial_add(None, _Trial(tid))
     rungs = {m: dict(r) for m, r in asha._brackets[0]._rungs}
     assert rungs[1] == {"good": -0.5, "stopped": -2.0, "midway": -0.6}
     assert rungs[2] == {"good": -0.25, "midway": -0.4} and rungs[4] == {"good": -0.125}
     # a new trial as bad as the stopped one is stopped at the first rung again
-    asha.on_trial_add(None, rt._TrialRef("new"))
+    asha.on_trial_add(None, _Trial("new"))
     assert asha.on_trial_result(None, rt._TrialRef("new"), {"epoch": 1, "valLoss": 2.0}) == "STOP"
     # the interrupted trial is judged at its next rung against the finished one
     assert asha.on_trial_result(None, rt._TrialRef("midway"), {"epoch": 4, "valLoss": 0.3}) == "STOP"
@@ -277,8 +286,42 @@ def test_asha_keeps_its_rungs_over_a_resume(tmp_path):
     plain = pickle.loads(pickle.dumps(plain))
     plain.set_search_properties("valLoss", "min")
     for tid in [*history, "new"]:
-        plain.on_trial_add(None, rt._TrialRef(tid))
+        plain.on_trial_add(None, _Trial(tid))
     assert plain.on_trial_result(None, rt._TrialRef("new"), {"epoch": 1, "valLoss": 2.0}) == "CONTINUE"
+
+
+def test_a_trial_whose_replayed_epoch_asha_stops_is_stopped_before_it_runs(tmp_path):
+    """An epoch trained as the search was interrupted (Ray Train took it, Tune did not;
+    ``keep_history`` records it) and below its rung's cutoff: the resumed trial is
+    stopped when Tune next chooses a trial to run, not after another epoch. The
+    controller here records the calls ASHA makes (the real TuneController runs in
+    ``tests/integration/test_tune.py``); finished trials are not stopped again."""
+    run = _run(scheduler={"name": "asha", "gracePeriod": 1, "reductionFactor": 2})
+    history = {"good": [{"epoch": e, "valLoss": 0.5 / e} for e in range(1, 6)],
+               "cut": [{"epoch": 1, "valLoss": 2.0}],  # trained as it was interrupted
+               "ended-bad": [{"epoch": 1, "valLoss": 2.0}],  # stopped live, before
+               "fine": [{"epoch": 1, "valLoss": 0.4}]}
+    asha = _restored_asha(run.spec, tmp_path, history)
+    trials = [_Trial("good"), _Trial("cut", "PENDING"), _Trial("ended-bad"),
+              _Trial("fine", "PENDING")]
+    for t in trials:
+        asha.on_trial_add(None, t)
+
+    class Controller:
+        stopped: list[str] = []
+
+        def get_trials(self):
+            return trials
+
+        def stop_trial(self, trial):
+            self.stopped.append(trial.trial_id)
+            trial.status = "TERMINATED"
+
+    controller = Controller()
+    assert asha.choose_trial_to_run(controller).trial_id == "fine"
+    assert controller.stopped == ["cut"]
+    assert asha.choose_trial_to_run(controller).trial_id == "fine"
+    assert controller.stopped == ["cut"]  # once
 
 
 def test_a_fresh_or_unreadable_history_starts_asha_empty(tmp_path):
@@ -286,12 +329,12 @@ def test_a_fresh_or_unreadable_history_starts_asha_empty(tmp_path):
     cfg = rt._tune_config(run.spec, str(tmp_path))  # a new search: no history file
     asha = pickle.loads(pickle.dumps(cfg.scheduler))
     asha.set_search_properties(cfg.metric, cfg.mode)
-    asha.on_trial_add(None, rt._TrialRef("t1"))
+    asha.on_trial_add(None, _Trial("t1"))
     assert all(not r for _, r in asha._brackets[0]._rungs)
     (tmp_path / rt.HISTORY_FILE).write_text('{"t1": [{"epo')  # cut off by a kill
     asha = _restored_asha(run.spec, tmp_path, {})
     (tmp_path / rt.HISTORY_FILE).write_text('{"t1": [{"epo')
-    asha.on_trial_add(None, rt._TrialRef("t1"))
+    asha.on_trial_add(None, _Trial("t1"))
     assert all(not r for _, r in asha._brackets[0]._rungs)
 
 
