@@ -296,9 +296,12 @@ def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path, to):
     port = free_port()
     ignoring = to == "sigint ignored"
     with in_terminal("serve", str(ckpt), "--port", str(port), sigint_ignored=ignoring) as p:
+        out = []
         for line in p.stdout:
+            out.append(line)
             if line.startswith("Ctrl-C to stop"):
                 break
+        assert out and out[-1].startswith("Ctrl-C to stop"), (out, p.communicate(timeout=60))
         assert b'"epoch"' in urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata",
                                                     timeout=30).read()
         (os.killpg if to == "group" else os.kill)(p.pid, signal.SIGTERM)
@@ -327,6 +330,8 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
             out.append(line)
             if line.startswith("Ctrl-C to stop"):
                 break
+        # (its output ended before that line: it did not serve; say why, not "refused")
+        assert out and out[-1].startswith("Ctrl-C to stop"), (out, p.communicate(timeout=60))
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
         assert b'"epoch"' in body
         ctrl_c_taken_by_another_thread(p)
