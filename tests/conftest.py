@@ -30,6 +30,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ray_data_logs_to_the_sessions_stderr(request):
+    """Import Ray Data (which sets up its ``ray.data`` loggers) before any test runs.
+
+    Its console handler, ``ray._private.log.PlainRayHandler``, says it writes to
+    ``sys.stderr`` as it is when a record is emitted, but as a ``StreamHandler`` it
+    keeps the stream it was created with. Created inside a test that captures stderr
+    (``capsys``; ``raykube run`` imports Ray Data), every later Ray Data log went to that
+    closed stream and printed "--- Logging error ---" into the next test's stderr:
+    ``test_predict`` failed after ``test_s3_errors``. Only for sessions with
+    integration tests (unit tests never import Ray Data)."""
+    if any("integration" in item.nodeid for item in request.session.items):
+        import ray.data  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray instance shared by every test of the session.
