@@ -595,6 +595,19 @@ def _fields(pending: list[str], changed: list[str] | None) -> str:
     return ", ".join(dict.fromkeys([*pending, *(changed or [])])) or "the spec"
 
 
+def _rerun_fields(old_applied: dict[str, Any] | None, pending: list[str],
+                  changed: list[str] | None) -> str:
+    """The fields a rerun is for: this edit's and one pending from the run before it, or
+    those named while the rerun waited for the previous RayJob to go (``RERUN_WAITING``).
+    "the spec" when none is known (edited while the operator was down)."""
+    if pending or changed:
+        return _fields(pending, changed)
+    old = old_applied or {}
+    if old.get("reason") == RERUN_WAITING:
+        return (old.get("message") or "").split(" changed ", 1)[0] or "the spec"
+    return "the spec"
+
+
 def _edited(changed: list[str] | None, tr: dict[str, Any]) -> bool:
     """Training fields were edited: this edit's paths say so, or, with no edit at hand, the
     generation moved since the operator last applied the spec (edited while it was down).
@@ -814,6 +827,8 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                    if job_result != "update" else
                    f"{_fields(pending, changed)} applied to the suspended RayJob: the run "
                    "resumes with it")
+        if job_result == "rerun":
+            message = f"RayJob rerun for {_rerun_fields(old_applied, pending, changed)}"
         old = st.get_condition(conds, st.SPEC_APPLIED)
         if job_result == "unchanged" and old is not None and old.get("status") == "True":
             # a no-op keeps the reason of the last real action (Created, Rerun, ...)
@@ -853,7 +868,9 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     if job_result in ("created", "rerun", "suspend") and not recreated:
         _event(tr, "Normal", {"created": "Created", "rerun": "Rerun",
                               "suspend": "Suspend"}[job_result],
-               f"RayJob {job_name}: {job_result}")
+               f"RayJob {job_name}: {job_result}" + (
+                   f" for {_rerun_fields(old_applied, pending, changed)}"
+                   if job_result == "rerun" else ""))
     _reconcile_rayservice(kube, cfg, tr, run, now=now, gen=gen, results=results)
     if (job_result not in ("rerun", "deleting") and run.spec.serve.enabled
             and st.is_true(conds, st.SUCCEEDED)):

@@ -275,6 +275,8 @@ def test_suspend_propagates_and_running_edits_wait_for_the_runs_end(kube, operat
     rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
     kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
     tr = kube.wait_condition(name, "SpecApplied", reason="Rerun")
+    assert cond(tr, "SpecApplied")["message"] == \
+        "RayJob rerun for spec.train.epochs, spec.train.batchSize"  # what it is for
     data = kube.get("ConfigMap", f"{name}-spec")["data"]["trainingrun.yaml"]
     assert "epochs: 99" in data and "batchSize: 32" in data
     assert cond(tr, "Succeeded")["status"] == "False" and tr["status"]["phase"] != "Succeeded"
@@ -284,6 +286,9 @@ def test_suspend_propagates_and_running_edits_wait_for_the_runs_end(kube, operat
 
     kube.wait_for(lambda: "Rerun" in reasons(), what="the Rerun Event")  # posted after the status
     assert "Succeeded" in reasons() and reasons().count("Rerun") == 1, reasons()
+    assert [e["message"] for e in kube.list("Event") if e.get("reason") == "Rerun"
+            and e.get("involvedObject", {}).get("name") == name] == [
+        f"RayJob {name}: rerun for spec.train.epochs, spec.train.batchSize"]
 
 
 def running_with_an_edit_pending(kube, name: str, epochs: int) -> dict:

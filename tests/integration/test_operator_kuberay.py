@@ -416,6 +416,8 @@ def test_a_failure_no_retry_can_fix_is_not_retried(kube, operator, tmp_path):
                            where=lambda o: o["metadata"]["uid"] != old_uid)
     assert new["spec"]["backoffLimit"] == 2
     tr = kube.wait_condition("kr-permanent", "SpecApplied", reason="Rerun")
+    assert next(c for c in tr["status"]["conditions"] if c["type"] == "SpecApplied")[
+        "message"] == "RayJob rerun for spec.rerun"
     assert "permanentFailure" not in tr["status"] and tr["status"]["phase"] != "Failed", tr
     assert next(c for c in tr["status"]["conditions"] if c["type"] == "Failed")[
         "status"] == "False"
