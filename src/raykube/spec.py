@@ -1305,6 +1305,22 @@ def _did_you_mean(loc: tuple[Any, ...]) -> str:
     return f" (it belongs at {' or '.join(found)})" if found else ""
 
 
+def _not_a_mapping(loc: tuple[Any, ...], got: Any) -> str:
+    """A section given a scalar or a list: what it holds instead, and what it got."""
+    model = _model_at(loc)
+    fields = [to_camel(n) for n in model.model_fields] if model else []
+    kind = ("a list" if isinstance(got, list) else "a boolean" if isinstance(got, bool)
+            else "a number" if isinstance(got, (int, float)) else "a string")
+    msg = (f"must be a mapping of its fields ({', '.join(fields[:6])}"
+           f"{', ...' if len(fields) > 6 else ''}), got {_short(got)}, {kind}"
+           if fields else f"must be a mapping, got {_short(got)}, {kind}")
+    if isinstance(got, str) and "uri" in fields and ("://" in got or "/" in got):
+        msg += f": did you mean {{uri: {got}}}?"
+    elif isinstance(got, str) and "name" in fields:
+        msg += f": did you mean {{name: {got}}}?"
+    return msg
+
+
 def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
     errors: list[SpecError] = []
     for e in exc.errors():
@@ -1328,6 +1344,10 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
         elif e.get("input", ...) is None and e["type"] in ("model_type", "dict_type",
                                                             "model_attributes_type"):
             msg = "is empty (null): give it a value or remove the key"
+        elif e["type"] in ("model_type", "dict_type", "model_attributes_type"):
+            # `storage: s3://bucket` where `storage: {uri: s3://bucket}` belongs: not
+            # pydantic's "a valid dictionary or instance of StorageSpec"
+            msg = _not_a_mapping(loc, e.get("input"))
         elif e["type"].startswith("int_") or e["type"].startswith("float_"):
             # e.g. `epochs: 1e9` is a float to YAML: say the range, not "valid integer"
             bounds = _bounds(_field_at(loc))

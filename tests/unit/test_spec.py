@@ -242,6 +242,26 @@ def test_a_number_or_boolean_where_a_string_belongs_says_to_quote_it():
                       "quote it"}
 
 
+def test_a_value_where_a_section_belongs_names_its_fields():
+    """`storage: s3://bucket/runs`, `model: mlp`: pydantic said "Input should be a valid
+    dictionary or instance of StorageSpec", a Python class name; now the section's
+    fields, what it got, and the likely fix."""
+    doc = _set(_set(_set(BASE, "spec/checkpoint", {"storage": "s3://bucket/runs"}),
+                    "spec/model", "mlp"), "spec/scaling", 2)
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(doc)
+    got = {e.path: e.message for e in info.value.errors}
+    assert got == {
+        "spec.checkpoint.storage": "must be a mapping of its fields (pvc, uri, secretRef), "
+                                   "got 's3://bucket/runs', a string: did you mean "
+                                   "{uri: s3://bucket/runs}?",
+        "spec.model": "must be a mapping of its fields (name, options), got 'mlp', a "
+                      "string: did you mean {name: mlp}?",
+        "spec.scaling": "must be a mapping of its fields (workers, cpusPerWorker, "
+                        "gpusPerWorker, memoryPerWorker, nodeSelector, tolerations, ...), "
+                        "got 2, a number"}
+
+
 def test_defaults_are_sensible():
     run = parse_training_run(_set(BASE, "spec/tune", _DELETE))
     s = run.spec
