@@ -846,24 +846,26 @@ class ResumableASHA(ASHAScheduler):
                 log.warning("ASHA resumes without the trials' earlier results: %s: %s",
                             self._history_uri, exc)
                 self._history = {}
-        stopped_at = self.replay(trial.trial_id, self._history.get(trial.trial_id) or [])
-        if stopped_at is not None and str(trial.status) not in ("TERMINATED", "ERROR"):
-            self._stop_on_resume[trial.trial_id] = stopped_at
+        stops = self.replay(trial.trial_id, self._history.get(trial.trial_id) or [])
+        # Only an epoch Tune never took: on those it did, ASHA decided live (the trial
+        # went on), and a replay in another order than the live one must not overrule it.
+        seen = _epoch_of(getattr(trial, "last_result", None) or {})
+        unseen = [epoch for epoch in stops if epoch > seen]
+        if unseen and str(trial.status) not in ("TERMINATED", "ERROR"):
+            self._stop_on_resume[trial.trial_id] = unseen[0]
 
-    def replay(self, trial_id: str, rows: Sequence[dict[str, Any]]) -> int | None:
-        """Record ``rows`` (a trial's earlier results) in its bracket's rungs; the epoch
-        at which ASHA stops the trial, if one of them falls below its rung's cutoff."""
+    def replay(self, trial_id: str, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Record ``rows`` (a trial's earlier results) in its bracket's rungs; the epochs
+        whose result falls below its rung's cutoff (where ASHA says STOP)."""
         bracket = self._trial_info.get(trial_id)
         if bracket is None:
-            return None
+            return []
         stand_in = _TrialRef(trial_id)
         results = [(int(r[TIME_ATTR]), float(r[self._metric])) for r in rows
                    if isinstance(r.get(TIME_ATTR), (int, float))
                    and isinstance(r.get(self._metric), (int, float))]
-        for epoch, value in sorted(results):
-            if bracket.on_result(stand_in, epoch, self._metric_op * value) == self.STOP:
-                return epoch
-        return None
+        return [epoch for epoch, value in sorted(results)
+                if bracket.on_result(stand_in, epoch, self._metric_op * value) == self.STOP]
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         """Stop, before they run again, the restored trials whose replayed results ASHA

@@ -245,6 +245,7 @@ class _Trial:
 
     trial_id: str
     status: str = "TERMINATED"
+    last_result: dict = dataclasses.field(default_factory=dict)  # what Tune took of it
 
 
 def _restored_asha(spec, experiment: Path, history: dict) -> ASHAScheduler:
@@ -300,9 +301,13 @@ def test_a_trial_whose_replayed_epoch_asha_stops_is_stopped_before_it_runs(tmp_p
     history = {"good": [{"epoch": e, "valLoss": 0.5 / e} for e in range(1, 6)],
                "cut": [{"epoch": 1, "valLoss": 2.0}],  # trained as it was interrupted
                "ended-bad": [{"epoch": 1, "valLoss": 2.0}],  # stopped live, before
+               # Tune took this epoch and ASHA let it go on live (it reported before the
+               # good trial did): a replay in another order does not overrule that
+               "passed-live": [{"epoch": 1, "valLoss": 2.0}],
                "fine": [{"epoch": 1, "valLoss": 0.4}]}
     asha = _restored_asha(run.spec, tmp_path, history)
     trials = [_Trial("good"), _Trial("cut", "PENDING"), _Trial("ended-bad"),
+              _Trial("passed-live", "PENDING", {"epoch": 1, "valLoss": 2.0}),
               _Trial("fine", "PENDING")]
     for t in trials:
         asha.on_trial_add(None, t)
@@ -318,9 +323,9 @@ def test_a_trial_whose_replayed_epoch_asha_stops_is_stopped_before_it_runs(tmp_p
             trial.status = "TERMINATED"
 
     controller = Controller()
-    assert asha.choose_trial_to_run(controller).trial_id == "fine"
+    assert asha.choose_trial_to_run(controller).trial_id == "passed-live"
     assert controller.stopped == ["cut"]
-    assert asha.choose_trial_to_run(controller).trial_id == "fine"
+    assert asha.choose_trial_to_run(controller).trial_id == "passed-live"
     assert controller.stopped == ["cut"]  # once
 
 
