@@ -578,34 +578,14 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
 
 
-RERUN_WAITING = "WaitingForPreviousRayJob"
-"""``SpecApplied=False``'s reason while a rerun waits for the finished run's RayJob to be
-deleted (KubeRay's finalizer stops its Ray cluster first): the status itself says that a
-new run is due, so the RayJob's DELETED event, the resync or a restarted operator starts
-it (``plan_rayjob``'s ``rerun_pending``)."""
-
-
 def _rerun_pending(status: dict[str, Any]) -> bool:
     return (st.get_condition(status.get("conditions"), st.SPEC_APPLIED) or {}).get(
-        "reason") == RERUN_WAITING
+        "reason") == st.RERUN_WAITING
 
 
 def _fields(pending: list[str], changed: list[str] | None) -> str:
     """The fields an edit pending from before and this one's (``changed``) name, once."""
     return ", ".join(dict.fromkeys([*pending, *(changed or [])])) or "the spec"
-
-
-def _rerun_fields(old_applied: dict[str, Any] | None, pending: list[str],
-                  changed: list[str] | None) -> str:
-    """The fields a rerun is for: this edit's and one pending from the run before it, or
-    those named while the rerun waited for the previous RayJob to go (``RERUN_WAITING``).
-    "the spec" when none is known (edited while the operator was down)."""
-    if pending or changed:
-        return _fields(pending, changed)
-    old = old_applied or {}
-    if old.get("reason") == RERUN_WAITING:
-        return (old.get("message") or "").split(" changed ", 1)[0] or "the spec"
-    return "the spec"
 
 
 def _edited(changed: list[str] | None, tr: dict[str, Any]) -> bool:
@@ -793,6 +773,8 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         patch["message"] = f"KubeRay is installed now: RayJob {job_result}"
     events: list[tuple[str, str, str]] = []
     pending = st.pending_fields(old_applied)
+    # the fields of this edit and of one not applied yet (pending, or a waiting rerun's)
+    fields = _fields(st.named_fields(old_applied), changed)
     if job_result == "pending":
         # every field edited since the run started, not only the last edit's
         msg = st.spec_change_pending(_fields(pending, changed))
@@ -804,12 +786,10 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                                  now=now, generation=gen)
     elif job_result == "deleting":
         when = "while the previous run ran" if pending else "after the run finished"
-        msg = (f"{_fields(pending, changed)} changed {when}: "
-               f"the new run starts once RayJob {job_name} of the previous run is deleted "
-               "(KubeRay stops its Ray cluster first)")
-        if changed is None and old_applied and old_applied.get("reason") == RERUN_WAITING:
+        msg = st.rerun_waiting(fields, when, job_name)
+        if changed is None and old_applied and old_applied.get("reason") == st.RERUN_WAITING:
             msg = old_applied.get("message") or msg  # said already (a restart, an event)
-        conds = st.set_condition(conds, st.SPEC_APPLIED, False, RERUN_WAITING, msg, now=now,
+        conds = st.set_condition(conds, st.SPEC_APPLIED, False, st.RERUN_WAITING, msg, now=now,
                                  generation=gen)
         patch["message"] = msg
         log.info("TrainingRun %s/%s: waiting for the previous RayJob %s to be deleted; the "
@@ -828,7 +808,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                    f"{_fields(pending, changed)} applied to the suspended RayJob: the run "
                    "resumes with it")
         if job_result == "rerun":
-            message = f"RayJob rerun for {_rerun_fields(old_applied, pending, changed)}"
+            message = f"RayJob rerun for {fields}"
         old = st.get_condition(conds, st.SPEC_APPLIED)
         if job_result == "unchanged" and old is not None and old.get("status") == "True":
             # a no-op keeps the reason of the last real action (Created, Rerun, ...)
@@ -869,7 +849,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         _event(tr, "Normal", {"created": "Created", "rerun": "Rerun",
                               "suspend": "Suspend"}[job_result],
                f"RayJob {job_name}: {job_result}" + (
-                   f" for {_rerun_fields(old_applied, pending, changed)}"
+                   f" for {fields}"
                    if job_result == "rerun" else ""))
     _reconcile_rayservice(kube, cfg, tr, run, now=now, gen=gen, results=results)
     if (job_result not in ("rerun", "deleting") and run.spec.serve.enabled

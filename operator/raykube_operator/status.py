@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -600,13 +601,41 @@ def spec_change_pending(fields: str) -> str:
             "of it); a new run with the spec as it is then starts once this one ends")
 
 
-def pending_fields(condition: dict[str, Any] | None) -> list[str]:
-    """The fields a pending edit's ``SpecApplied`` message names (empty: none pending)."""
+RERUN_WAITING = "WaitingForPreviousRayJob"
+"""``SpecApplied=False``'s reason while a rerun waits for the finished run's RayJob to be
+deleted (KubeRay's finalizer stops its Ray cluster first): the status itself says that a
+new run is due, so the RayJob's DELETED event, the resync or a restarted operator starts
+it (``plan_rayjob``'s ``rerun_pending``)."""
+_CHANGED = " changed "
+
+
+def rerun_waiting(fields: str, when: str, job_name: str) -> str:
+    """``SpecApplied=False``'s message while a rerun waits for the previous RayJob to go."""
+    return (f"{fields}{_CHANGED}{when}: the new run starts once RayJob {job_name} of the "
+            "previous run is deleted (KubeRay stops its Ray cluster first)")
+
+
+# what follows the fields in each SpecApplied message that names them
+_FIELDS_END = {SPEC_CHANGE_PENDING: _WHILE_RUNNING, SPEC_CHANGE_IGNORED: _WHILE_RUNNING,
+               RERUN_WAITING: _CHANGED}
+
+
+def named_fields(condition: dict[str, Any] | None,
+                 reasons: Iterable[str] = tuple(_FIELDS_END)) -> list[str]:
+    """The fields a ``SpecApplied`` condition of one of ``reasons`` names in its message
+    (a pending edit's, a waiting rerun's): the status is the only place they are kept, so
+    a restarted operator still says what a new run is for. Empty for any other reason."""
     condition = condition or {}
     message = condition.get("message") or ""
-    if condition.get("reason") not in EDIT_PENDING or _WHILE_RUNNING not in message:
+    end = _FIELDS_END.get(condition.get("reason") or "")
+    if condition.get("reason") not in reasons or end is None or end not in message:
         return []
-    return [f for f in message.split(_WHILE_RUNNING)[0].split(", ") if f]
+    return [f for f in message.split(end, 1)[0].split(", ") if f]
+
+
+def pending_fields(condition: dict[str, Any] | None) -> list[str]:
+    """The fields a pending edit's ``SpecApplied`` message names (empty: none pending)."""
+    return named_fields(condition, EDIT_PENDING)
 
 
 def edit_pending(status: dict[str, Any]) -> bool:

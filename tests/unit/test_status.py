@@ -659,6 +659,23 @@ def test_a_change_made_while_running_stays_pending_past_the_runs_end(end):
     assert not st.edit_pending(running) and st.pending_fields(None) == []
 
 
+def test_the_fields_a_waiting_rerun_is_for_are_read_back_from_its_status():
+    """A rerun that waits for the previous RayJob to go keeps its fields only in its
+    ``SpecApplied`` message: the operator that starts it (maybe a restarted one) names
+    them from there. A pending edit's are read too; other reasons name none."""
+    waiting = {"type": st.SPEC_APPLIED, "status": "False", "reason": st.RERUN_WAITING,
+               "message": st.rerun_waiting("spec.rerun, spec.train.lr",
+                                           "after the run finished", "tr-abc")}
+    assert st.named_fields(waiting) == ["spec.rerun", "spec.train.lr"]
+    assert st.pending_fields(waiting) == []  # no edit pending: the rerun is due now
+    pending = {**waiting, "reason": st.SPEC_CHANGE_PENDING,
+               "message": st.spec_change_pending("spec.image")}
+    assert st.named_fields(pending) == st.pending_fields(pending) == ["spec.image"]
+    assert st.named_fields({**waiting, "reason": "Rerun"}) == []
+    assert st.named_fields({**waiting, "message": "RayJob deleted"}) == []
+    assert st.named_fields(None) == []
+
+
 def test_a_rerun_under_a_live_rayservice_is_announced_as_the_runs_news():
     """Seen on a real node: a rerun while the previous checkpoint served posted "Serving:
     waiting for the Ray cluster", "Serving: training is running", "Serving: the Ray job
