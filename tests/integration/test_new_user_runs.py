@@ -175,6 +175,18 @@ def said_interrupted(p: subprocess.Popen, run_dir: Path, seen: list[str]) -> int
     return saved
 
 
+def read_until(p: subprocess.Popen, prefix: str) -> list[str]:
+    """The command's output lines up to the first that starts with ``prefix``. Its output
+    ending before that line fails the test with that output and stderr (a server that
+    never served says why, not the "connection refused" of the request after it)."""
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith(prefix):
+            return out
+    pytest.fail(f"the output ended before a line {prefix!r}: {out}, {p.communicate(timeout=60)}")
+
+
 def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
     spec = tmp_path / "run.yaml"
     spec.write_text(SPEC)
@@ -244,13 +256,8 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
     port = free_port()
     with in_terminal("run", str(spec), "--storage", str(storage), "--epochs", str(saved + 2),
                      "--serve", "--port", str(port)) as p:
-        seen = []
-        for line in p.stdout:
-            seen.append(line)
-            if line.startswith("serving until Ctrl-C"):
-                break
-        assert any(f"served at http://127.0.0.1:{port}" in ln for ln in seen), \
-            (seen, p.stderr.read() if p.poll() is not None else "(still running)")
+        seen = read_until(p, "serving until Ctrl-C")
+        assert any(f"served at http://127.0.0.1:{port}" in ln for ln in seen), seen
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
         best = json.loads((run_dir / "best" / "meta.json").read_text())
         assert json.loads(body)["epoch"] == best["epoch"]
@@ -296,12 +303,7 @@ def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path, to):
     port = free_port()
     ignoring = to == "sigint ignored"
     with in_terminal("serve", str(ckpt), "--port", str(port), sigint_ignored=ignoring) as p:
-        out = []
-        for line in p.stdout:
-            out.append(line)
-            if line.startswith("Ctrl-C to stop"):
-                break
-        assert out and out[-1].startswith("Ctrl-C to stop"), (out, p.communicate(timeout=60))
+        read_until(p, "Ctrl-C to stop")
         assert b'"epoch"' in urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata",
                                                     timeout=30).read()
         (os.killpg if to == "group" else os.kill)(p.pid, signal.SIGTERM)
@@ -324,14 +326,8 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
 
     ckpt = untrained_digits_checkpoint(tmp_path / "ckpt")
     port = free_port()
-    out = []
     with in_terminal("serve", str(ckpt), "--port", str(port), "--replicas", "3") as p:
-        for line in p.stdout:
-            out.append(line)
-            if line.startswith("Ctrl-C to stop"):
-                break
-        # (its output ended before that line: it did not serve; say why, not "refused")
-        assert out and out[-1].startswith("Ctrl-C to stop"), (out, p.communicate(timeout=60))
+        out = read_until(p, "Ctrl-C to stop")
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
         assert b'"epoch"' in body
         ctrl_c_taken_by_another_thread(p)
