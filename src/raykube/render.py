@@ -387,9 +387,14 @@ def ttl_after_finished(run: TrainingRun) -> int:
 
 
 # -------------------------------------------------------------------------- serving
-def serve_config(run: TrainingRun, checkpoint_uri: str, *, access_log: bool = False
-                 ) -> dict[str, Any]:
+def serve_config(run: TrainingRun, checkpoint_uri: str, *, access_log: bool = False,
+                 wait_for_training: bool = False) -> dict[str, Any]:
     """Ray Serve config (``serveConfigV2``) for the checkpoint, as a dict.
+
+    ``wait_for_training``: the checkpoint is the run's ``<run dir>/best``, rendered beside
+    the RayJob that trains it (``raykube render``): each replica waits for the run to
+    finish before it loads it (``raykube.serve.wait_for_training``). The operator creates
+    its RayService once training has succeeded, so it never waits.
 
     Per-request access log lines are off unless ``access_log`` (the operator's
     ``RAYKUBE_SERVE_ACCESS_LOG``): at thousands of requests/s they cost CPU and disk.
@@ -409,7 +414,8 @@ def serve_config(run: TrainingRun, checkpoint_uri: str, *, access_log: bool = Fa
         "logging_config": {"enable_access_log": access_log},
         "args": {"checkpoint": checkpoint_uri, "maxBatchSize": sv.max_batch_size,
                  "batchWaitTimeoutMs": sv.batch_wait_timeout_ms,
-                 "maxRequestBytes": sv.max_request_bytes},
+                 "maxRequestBytes": sv.max_request_bytes,
+                 **({"waitForTraining": True} if wait_for_training else {})},
         "deployments": [{"name": SERVE_DEPLOYMENT, "num_replicas": sv.replicas,
                          "max_replicas_per_node": pods_needed(sv.replicas,
                                                               sv.gpus_per_replica)[1],
@@ -420,13 +426,15 @@ def serve_config(run: TrainingRun, checkpoint_uri: str, *, access_log: bool = Fa
 
 def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
                       owner: Mapping[str, Any] | None = None, *,
-                      checkpoint_secret: str | None = None) -> dict[str, Any]:
+                      checkpoint_secret: str | None = None,
+                      wait_for_training: bool = False) -> dict[str, Any]:
     """The KubeRay RayService serving ``checkpoint_uri``; a new checkpoint only changes
     ``serveConfigV2``, which KubeRay rolls out in place (no downtime).
 
     ``checkpoint_secret``: the Secret (``checkpoint.storage.secretRef``'s shape) whose S3
     settings the pods get for an ``s3://`` checkpoint outside the run's storage (a run on
-    a volume); the run's own ``secretRef``, if any, is the one its pods already get."""
+    a volume); the run's own ``secretRef``, if any, is the one its pods already get.
+    ``wait_for_training``: see ``serve_config``."""
     s, sv = run.spec, run.spec.serve
     own = storage_secret(run)
     if checkpoint_secret is not None and own is not None and checkpoint_secret != own:
@@ -447,7 +455,8 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
     group["template"]["metadata"]["annotations"] = {"raykube.io/serve-replicas": str(sv.replicas)}
     spec = {
         "serveConfigV2": yaml.safe_dump(serve_config(run, checkpoint_uri,
-                                                    access_log=cfg.serve_access_log),
+                                                    access_log=cfg.serve_access_log,
+                                                    wait_for_training=wait_for_training),
                                        sort_keys=False),
         "serveService": {"metadata": {"name": serve_service_name(run)}},
         "rayClusterConfig": {

@@ -119,6 +119,68 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
     return str(target)
 
 
+TRAINING_POLL_S = 5.0
+"""How often a replica waiting for training looks for the run's ``result.json``."""
+TRAINING_WAIT_LOG_S = 300.0
+"""How often it says, in its log, that it is still waiting."""
+
+
+def wait_for_training(checkpoint: str, *, poll_s: float = TRAINING_POLL_S,
+                      log_every_s: float = TRAINING_WAIT_LOG_S) -> float:
+    """Block until the training run whose ``<run dir>/best`` ``checkpoint`` names has
+    finished, and return the seconds waited (0.0 when it had already).
+
+    ``raykube render`` puts the RayService beside the RayJob that trains its model (one
+    commit for GitOps), so its replicas can start long before ``best`` exists. A run
+    writes its ``result.json`` after ``best``, so that file is the sign that ``best`` is
+    whole. Waiting here, in the replica's constructor, is how Ray Serve and KubeRay
+    expect a slow start to look: Serve keeps the replica starting (a slow ``__init__`` is
+    a warning, not a failure), KubeRay keeps the RayService not ready and its Service
+    without endpoints, and the replica serves the new model as soon as it is there.
+    Otherwise, every replica failed at start until Serve gave up on the application.
+
+    An unsupported URI, refused credentials or a missing bucket are raised at once (one
+    line), as without waiting; a store that does not answer for a moment is waited out.
+    """
+    from raykube.storage import UnsupportedStorage, read_bytes
+    from raykube.train import RESULT_FILE
+
+    text = file_uri_path(str(checkpoint)).rstrip("/")
+    if problem := location_problem(text):
+        raise UnsupportedStorage(f"checkpoint {problem}")
+    run_dir = text.rsplit("/", 1)[0] if "/" in text else "."
+    marker = f"{run_dir}/{RESULT_FILE}"
+    if "://" not in text:
+        marker = str(Path(marker).expanduser().absolute())
+    from raykube import s3
+
+    started = time.monotonic()
+    said = None
+    while True:
+        unreadable = ""
+        try:
+            if s3.is_s3(text):
+                s3.check(run_dir)  # one line for credentials, bucket, endpoint
+            if read_bytes(marker) is not None:
+                break
+        except OSError as exc:
+            if not (getattr(exc, "transient", False) or s3.unreachable(exc)):
+                raise
+            unreadable = f"; it cannot be read now: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        now = time.monotonic()
+        if said is None or now - said >= log_every_s:
+            log.info("waiting for the training run in %s to finish: %s is served once its "
+                     "%s exists (looked for every %g s; %.0f s so far%s)", run_dir, text,
+                     RESULT_FILE, poll_s, now - started, unreadable)
+            said = now
+        time.sleep(poll_s)
+    waited = time.monotonic() - started
+    if said is not None:
+        log.info("the training run in %s has finished (waited %.0f s): loading %s", run_dir,
+                 waited, text)
+    return waited if said is not None else 0.0
+
+
 # ------------------------------------------------------------------ request validation
 class RequestError(Exception):
     """A bad request: becomes a 4xx JSON answer ``{"error": message}``."""
@@ -327,6 +389,9 @@ class ServeAppArgs(BaseModel):
     batchWaitTimeoutMs: float = Field(default=5.0, ge=0.0, le=10000)
     maxRequestBytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     maxInstances: int = Field(default=DEFAULT_MAX_INSTANCES, ge=1)
+    waitForTraining: bool = Field(default=False, description=(
+        "The checkpoint is <run dir>/best of a run that may still be training: each "
+        "replica waits for the run's result.json before it loads it."))
     replicas: int | None = Field(default=None, ge=1, description="Overrides num_replicas.")
     cpusPerReplica: float | None = Field(default=None, gt=0)
     gpusPerReplica: float | None = Field(default=None, ge=0)
@@ -339,7 +404,7 @@ class Classifier:
     def __init__(self, checkpoint: str, max_batch_size: int = 32,
                  batch_wait_timeout_ms: float = 5.0,
                  max_request_bytes: int = 4 * 1024 * 1024,
-                 max_instances: int = DEFAULT_MAX_INSTANCES):
+                 max_instances: int = DEFAULT_MAX_INSTANCES, wait_for_run: bool = False):
         import torch
 
         from raykube.checkpoint import load_model
@@ -347,6 +412,8 @@ class Classifier:
 
         self.checkpoint = str(checkpoint)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if wait_for_run:
+            wait_for_training(self.checkpoint)
         local = resolve_checkpoint(checkpoint)
         model, meta = load_model(local, map_location=self.device)
         self.model = model.to(self.device).eval()
@@ -528,9 +595,11 @@ def build_app(checkpoint: str, *, max_batch_size: int = 32, batch_wait_timeout_m
               max_request_bytes: int = 4 * 1024 * 1024,
               max_instances: int = DEFAULT_MAX_INSTANCES, replicas: int | None = None,
               cpus_per_replica: float | None = None,
-              gpus_per_replica: float | None = None) -> serve.Application:
+              gpus_per_replica: float | None = None,
+              wait_for_run: bool = False) -> serve.Application:
     """The bound application; options left None keep the deployment's defaults (so a
-    serveConfigV2 ``deployments:`` section can still set them)."""
+    serveConfigV2 ``deployments:`` section can still set them). ``wait_for_run``: each
+    replica first waits for the run of ``<run dir>/best`` to finish (``wait_for_training``)."""
     options: dict[str, Any] = {
         # Enough concurrent requests per replica to fill a batch (Serve's default is 5).
         "max_ongoing_requests": max(256, 2 * max_batch_size),
@@ -545,7 +614,8 @@ def build_app(checkpoint: str, *, max_batch_size: int = 32, batch_wait_timeout_m
     if actor:
         options["ray_actor_options"] = actor
     return Classifier.options(**options).bind(
-        checkpoint, max_batch_size, batch_wait_timeout_ms, max_request_bytes, max_instances)
+        checkpoint, max_batch_size, batch_wait_timeout_ms, max_request_bytes, max_instances,
+        wait_for_run)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
@@ -553,7 +623,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 
     ``args``: ``checkpoint`` (required: directory or URI), ``maxBatchSize``,
     ``batchWaitTimeoutMs``, ``maxRequestBytes``, ``maxInstances``, ``replicas``,
-    ``cpusPerReplica``, ``gpusPerReplica``. Unknown keys are refused.
+    ``cpusPerReplica``, ``gpusPerReplica``, ``waitForTraining``. Unknown keys are refused.
     """
     try:
         a = ServeAppArgs.model_validate(dict(args or {}))
@@ -565,7 +635,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
                      batch_wait_timeout_ms=a.batchWaitTimeoutMs,
                      max_request_bytes=a.maxRequestBytes, max_instances=a.maxInstances,
                      replicas=a.replicas, cpus_per_replica=a.cpusPerReplica,
-                     gpus_per_replica=a.gpusPerReplica)
+                     gpus_per_replica=a.gpusPerReplica, wait_for_run=a.waitForTraining)
 
 
 # ----------------------------------------------------------------------------- local

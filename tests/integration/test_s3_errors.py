@@ -177,3 +177,70 @@ def test_a_malformed_s3_uri_is_named(capsys):
     started = time.monotonic()
     line = one_line(capsys, main(["serve", "s3:///best"]), started, want_rc=2)
     assert "s3:///best" in line and "names no bucket (s3://<bucket>/<prefix>)" in line, line
+
+
+@pytest.mark.parametrize("case", ["wrong-secret", "missing-bucket", "web-page"])
+def test_a_replica_waiting_for_training_says_at_once_what_waiting_would_not_mend(
+        case, s3_server, monkeypatch, request):
+    """A rendered RayService's replica waits for its run's ``best`` (``waitForTraining``);
+    refused credentials, a missing bucket or a wrong endpoint are no reason to wait: one
+    line, in seconds, as without waiting."""
+    from raykube.s3 import S3Unavailable
+    from raykube.serve import wait_for_training
+
+    storage, want = bad_s3(case, monkeypatch, request)
+    started = time.monotonic()
+    with pytest.raises(S3Unavailable) as raised:
+        wait_for_training(f"{storage}/default/quickstart/best", poll_s=0.1)
+    assert want in str(raised.value) and "\n" not in str(raised.value), raised.value
+    assert time.monotonic() - started < 15
+
+
+class _Stopped(Exception):
+    pass
+
+
+@pytest.mark.parametrize("case", ["refused", "silent"])
+def test_a_replica_waiting_for_training_waits_out_an_endpoint_that_does_not_answer(
+        case, s3_server, monkeypatch, request, caplog):
+    """An object store that does not answer for a moment (restarted, overloaded) must not
+    fail a replica that waits for training: it looks again. Stand-in: the waiting loop's
+    sleep ends the test after its third look (this thread only)."""
+    import logging
+
+    from raykube.serve import wait_for_training
+
+    storage, want = bad_s3(case, monkeypatch, request)
+    me, looks, real_sleep = threading.get_ident(), [], time.sleep
+
+    def sleep(s: float) -> None:
+        if threading.get_ident() != me:
+            return real_sleep(s)
+        looks.append(s)
+        if len(looks) == 3:
+            raise _Stopped
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    with caplog.at_level(logging.INFO, logger="raykube.serve"), pytest.raises(_Stopped):
+        wait_for_training(f"{storage}/default/quickstart/best", poll_s=0.1, log_every_s=0)
+    assert len(looks) == 3
+    said = [r.getMessage() for r in caplog.records if r.name == "raykube.serve"]
+    assert len(said) == 3 and all("it cannot be read now: " in m and want in m for m in said), said
+
+
+def test_a_replica_waiting_for_training_on_s3_loads_once_the_run_has_finished(s3_prefix):
+    """The run writes ``best/`` and then ``result.json``: the wait ends with the second."""
+    from raykube.serve import wait_for_training
+    from raykube.storage import write_bytes
+
+    run_dir = f"{s3_prefix}/default/quickstart"
+    write_bytes(f"{run_dir}/best/checkpoint.pt", b"weights")  # best/, the run not done yet
+
+    def finish() -> None:
+        time.sleep(1.5)
+        write_bytes(f"{run_dir}/result.json", b"{}")
+
+    threading.Thread(target=finish, daemon=True).start()
+    waited = wait_for_training(f"{run_dir}/best", poll_s=0.2)
+    assert 1.0 < waited < 30, waited
+    assert wait_for_training(f"{run_dir}/best", poll_s=0.2) == 0.0  # finished already

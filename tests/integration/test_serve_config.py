@@ -76,3 +76,59 @@ def test_rendered_serve_config_deploys_and_upgrades_without_downtime(ray_session
         assert statuses and set(statuses) == {200}, f"non-200 during upgrade: {set(statuses)}"
     finally:
         serve.shutdown()
+
+
+def test_a_rendered_service_applied_beside_its_training_serves_once_the_run_finishes(
+        ray_session, tmp_path):
+    """``raykube render`` output applied at once (GitOps): the RayService's replicas start
+    before the RayJob beside it has trained. Deployed through Serve's declarative API as
+    KubeRay does, the application keeps starting while ``best/`` is missing, and while
+    it is there but the run has not written ``result.json`` (``best/`` may be half
+    copied), then serves the model with no redeploy. Before, each replica failed at start
+    until Serve gave up on the application (DEPLOY_FAILED)."""
+    import json
+    import shutil
+
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+    from test_serve import SPEC, train_digits_checkpoint
+
+    from raykube.render import serve_config
+    from raykube.serve import TRAINING_POLL_S, wait_healthy
+
+    trained = train_digits_checkpoint(tmp_path / "trained", epochs=1)
+    run_dir = tmp_path / "runs" / "default" / "digits"
+    best = run_dir / "best"
+    run = parse_spec({**SPEC, "serve": {"enabled": True, "cpusPerReplica": 0.5}}, name="digits")
+    config = serve_config(run, str(best), wait_for_training=True)
+    serve.shutdown()
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    base = f"http://127.0.0.1:{PORT}"
+
+    def starting_for(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            app = serve.status().applications.get("classifier")
+            assert app is not None and app.status == "DEPLOYING", app
+            try:  # Serve's proxy holds a request for an app that is not up yet
+                r = httpx.get(f"{base}/metadata", timeout=2)
+            except httpx.TimeoutException:
+                continue
+            assert r.status_code != 200, r.text
+            time.sleep(1.0)
+
+    try:
+        from ray.serve.context import _get_global_client
+
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+        starting_for(3 * TRAINING_POLL_S)  # no run directory at all yet
+        shutil.copytree(trained, best)
+        starting_for(2 * TRAINING_POLL_S)  # best/ there, the run not finished
+        (run_dir / "result.json").write_text(json.dumps({"best_checkpoint": str(best)}))
+        wait_healthy(base, timeout_s=60 + 2 * TRAINING_POLL_S)
+        meta = httpx.get(f"{base}/metadata", timeout=60).json()
+        assert meta["checkpoint"] == str(best) and meta["epoch"] == 1, meta
+        r = httpx.post(f"{base}/predict", json={"instances": [[0.0] * 64]}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 1, r.text
+    finally:
+        serve.shutdown()

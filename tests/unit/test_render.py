@@ -372,11 +372,16 @@ def test_cli_render_prints_every_job(capsys):
     assert services  # each serves its own run's best checkpoint
     for s in services:
         name = s["metadata"]["labels"][LABEL]
-        assert f"checkpoint: /mnt/raykube/default/{name}/best\n" in s["spec"]["serveConfigV2"]
+        args = yaml.safe_load(s["spec"]["serveConfigV2"])["applications"][0]["args"]
+        # its own best/, which exists once the RayJob beside it has trained: it waits
+        assert args["checkpoint"] == f"/mnt/raykube/default/{name}/best", args
+        assert args["waitForTraining"] is True, args
     assert main(["render", str(JOB_FILES[0]), "--checkpoint", "s3://bkt/best",
                  "--checkpoint-secret", "s3-creds"]) == 0
     (svc,) = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d["kind"] == "RayService"]
-    assert "checkpoint: s3://bkt/best\n" in svc["spec"]["serveConfigV2"]
+    args = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]["args"]
+    # a checkpoint named on purpose is there already: a missing one fails at once
+    assert args["checkpoint"] == "s3://bkt/best" and "waitForTraining" not in args, args
 
 
 def test_cli_render_overrides_and_errors(tmp_path, capsys):

@@ -85,7 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="URI", help="checkpoint the RayService serves: an "
                    "absolute path on the run's volume or an s3:// URI, for one served run "
                    "(default: <storage>/<namespace>/<name>/best, the copy of the best "
-                   "checkpoint each finished training run writes)")
+                   "checkpoint each finished training run writes; its replicas wait for the "
+                   "run to finish)")
     p.add_argument("--checkpoint-secret", metavar="NAME", help="Secret in the run's namespace "
                    "with the S3 settings for an s3:// --checkpoint of a run whose storage is "
                    "a volume (the keys of checkpoint.storage.secretRef: AWS_ACCESS_KEY_ID, "
@@ -165,8 +166,10 @@ def run(args: argparse.Namespace) -> int:
                         secret_problem = secret_problem or problem
                         continue
                     ckpt = args.checkpoint or default_checkpoint_uri(tr, cfg)
+                    # its own best/ may not exist yet: the replicas wait for the run
                     objs.append(render_rayservice(tr, cfg, ckpt,
-                                                  checkpoint_secret=args.checkpoint_secret))
+                                                  checkpoint_secret=args.checkpoint_secret,
+                                                  wait_for_training=not args.checkpoint))
     except InvalidTrainingRun as exc:
         for e in exc.errors:
             print(f"{e.source or exc.source}: {e.path}: {e.message}", file=sys.stderr)
