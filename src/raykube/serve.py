@@ -60,6 +60,20 @@ except ImportError:  # an image built before raykube required it: the standard l
     _orjson = None
 
 log = logging.getLogger("raykube.serve")
+replica_log = logging.getLogger("ray.serve")
+"""What a replica says about itself: Serve's own logger, which Ray Serve writes to the
+replica's log file (``logs/serve/replica_<app>_<deployment>_<id>.log``, what ``ray logs``
+and a RayService's users read). Our "raykube" loggers are not set up in a replica: their
+INFO lines were dropped there."""
+
+
+def _replica_says(msg: str, *args: Any) -> None:
+    """``replica_log.info`` written out at once: with ``RAY_SERVE_THROUGHPUT_OPTIMIZED``
+    Serve buffers a replica's log records (1,000 of them, or until an ERROR), so a line
+    about a replica that waits would only show long after it mattered. Rare lines only."""
+    replica_log.info(msg, *args)
+    for handler in replica_log.handlers:
+        handler.flush()
 
 APP_NAME = "raykube"
 DEPLOYMENT_NAME = "Classifier"
@@ -169,15 +183,15 @@ def wait_for_training(checkpoint: str, *, poll_s: float = TRAINING_POLL_S,
             unreadable = f"; it cannot be read now: {str(exc).splitlines()[0] if str(exc) else exc!r}"
         now = time.monotonic()
         if said is None or now - said >= log_every_s:
-            log.info("waiting for the training run in %s to finish: %s is served once its "
-                     "%s exists (looked for every %g s; %.0f s so far%s)", run_dir, text,
-                     RESULT_FILE, poll_s, now - started, unreadable)
+            _replica_says("waiting for the training run in %s to finish: %s is served once "
+                          "its %s exists (looked for every %g s; %.0f s so far%s)", run_dir,
+                          text, RESULT_FILE, poll_s, now - started, unreadable)
             said = now
         time.sleep(poll_s)
     waited = time.monotonic() - started
     if said is not None:
-        log.info("the training run in %s has finished (waited %.0f s): loading %s", run_dir,
-                 waited, text)
+        _replica_says("the training run in %s has finished (waited %.0f s): loading %s",
+                      run_dir, waited, text)
     return waited if said is not None else 0.0
 
 
@@ -441,8 +455,8 @@ class Classifier:
         self._inline = time.perf_counter() - t0 < INLINE_MAX_S
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="raykube-model")
         self._metadata = self._build_metadata()
-        log.info("serving %s (%s, epoch %s) on %s", self.checkpoint, spec.model.name,
-                 meta.epoch, self.device)
+        _replica_says("serving %s (%s, epoch %s) on %s", self.checkpoint, spec.model.name,
+                      meta.epoch, self.device)
 
     # -- model ---------------------------------------------------------------------
     def _forward(self, x: np.ndarray) -> np.ndarray:

@@ -221,10 +221,15 @@ def test_a_replica_waiting_for_training_waits_out_an_endpoint_that_does_not_answ
             raise _Stopped
 
     monkeypatch.setattr(time, "sleep", sleep)
-    with caplog.at_level(logging.INFO, logger="raykube.serve"), pytest.raises(_Stopped):
-        wait_for_training(f"{storage}/default/quickstart/best", poll_s=0.1, log_every_s=0)
+    serve_log = logging.getLogger("ray.serve")  # what a replica logs to (not propagated)
+    serve_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="ray.serve"), pytest.raises(_Stopped):
+            wait_for_training(f"{storage}/default/quickstart/best", poll_s=0.1, log_every_s=0)
+    finally:
+        serve_log.removeHandler(caplog.handler)
     assert len(looks) == 3
-    said = [r.getMessage() for r in caplog.records if r.name == "raykube.serve"]
+    said = [r.getMessage() for r in caplog.records if r.name == "ray.serve"]
     assert len(said) == 3 and all("it cannot be read now: " in m and want in m for m in said), said
 
 

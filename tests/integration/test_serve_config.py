@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -105,6 +106,13 @@ def test_a_rendered_service_applied_beside_its_training_serves_once_the_run_fini
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     base = f"http://127.0.0.1:{PORT}"
 
+    def replica_log() -> str:
+        import ray
+
+        logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+        return "".join(f.read_text(errors="replace")
+                       for f in sorted(logs.glob("replica_classifier_Classifier_*.log")))
+
     def starting_for(seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -122,6 +130,9 @@ def test_a_rendered_service_applied_beside_its_training_serves_once_the_run_fini
 
         _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
         starting_for(3 * TRAINING_POLL_S)  # no run directory at all yet
+        # what the replica says, where Serve keeps a replica's log (ray logs, RayService pods)
+        assert f"waiting for the training run in {run_dir} to finish: {best} is served once " \
+               "its result.json exists" in replica_log(), replica_log()
         shutil.copytree(trained, best)
         starting_for(2 * TRAINING_POLL_S)  # best/ there, the run not finished
         (run_dir / "result.json").write_text(json.dumps({"best_checkpoint": str(best)}))
@@ -130,5 +141,6 @@ def test_a_rendered_service_applied_beside_its_training_serves_once_the_run_fini
         assert meta["checkpoint"] == str(best) and meta["epoch"] == 1, meta
         r = httpx.post(f"{base}/predict", json={"instances": [[0.0] * 64]}, timeout=60)
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1, r.text
+        assert f"the training run in {run_dir} has finished" in replica_log(), replica_log()
     finally:
         serve.shutdown()
