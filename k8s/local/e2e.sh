@@ -14,6 +14,10 @@
 #                                               checkpoints kept
 #                                             8 a Tune search (k8s/local/tune.yaml): no
 #                                               trial lost, the head sized for them
+#                                             9 GitOps: `raykube render` of the quickstart
+#                                               (another name) applied at once, no
+#                                               operator: the RayService waits for the
+#                                               RayJob's training, then serves it
 # Each phase prints its wall time and the peak memory, sampled every 2 s, of the node's
 # pods (resident memory in the kubelet's kubepods cgroup) and of this machine as a whole
 # (MemTotal - MemAvailable: includes whatever else runs here).
@@ -22,7 +26,7 @@
 #
 #   make e2e-local                        # all phases
 #   PHASES="1 2 3 4 5 7" make e2e-local   # a subset (1 and 2 always run; each of 4..6 needs
-#                                         # the one before it, 7 needs 4; 8 needs only 1 2)
+#                                         # the one before it, 7 needs 4; 8, 9 need only 1 2)
 #   KEEP=1 PHASES="1 2" make e2e-local    # just the cluster, the node and raykube's operator
 #   KEEP=1 make e2e-local                 # leave the cluster up afterwards (make e2e-local-down)
 set -euo pipefail
@@ -41,11 +45,11 @@ JOB=k8s/local/quickstart.yaml
 STORAGE=/var/lib/raykube-node/storage   # the hostPath of k8s/overlays/local/storage-pv.yaml
 RUN_DIR=$STORAGE/$NS/$NAME
 IMAGES="raykube/raykube:dev-operator raykube/raykube:dev-cpu"
-PHASES=" ${PHASES:-1 2 3 4 5 6 7 8} "
+PHASES=" ${PHASES:-1 2 3 4 5 6 7 8 9} "
 want() { [[ $PHASES == *" $1 "* ]]; }
 read -ra _shown <<<"$PHASES"; SHOWN="PHASES=\"${_shown[*]}\""
 for p in $PHASES; do
-  [[ $p =~ ^[1-8]$ ]] || { echo "error: $SHOWN: '$p' is not a phase (1..8)" >&2; exit 2; }
+  [[ $p =~ ^[1-9]$ ]] || { echo "error: $SHOWN: '$p' is not a phase (1..9)" >&2; exit 2; }
 done
 for p in 4 5 6; do  # a phase works on what the one before it left
   if want "$p" && ! want $((p - 1)); then
@@ -323,6 +327,66 @@ if want 8; then
   note "head $head_mem; trials $(tf '{.status.trials}'); best $(tf '{.status.bestTrial.trialId}') valAccuracy $(tf '{.status.bestTrial.metric}')"
   k -n "$NS" get tr "$TUNE_NAME"
   k -n "$NS" delete tr "$TUNE_NAME" --wait=true --timeout=120s
+  end
+fi
+# ============================================================ 9: GitOps, no operator
+if want 9; then
+  GITOPS_NAME=gitops-quickstart
+  GITOPS=$WORK/$GITOPS_NAME.yaml
+  begin "9: raykube render | kubectl apply: the RayService waits for the RayJob beside it"
+  if k -n "$NS" get tr "$NAME" > /dev/null 2>&1; then  # phases 7/8 not run: free its cores
+    k -n "$NS" delete tr "$NAME" --wait=true --timeout=120s
+    wait_until 300 "the quickstart's pods to be gone" \
+      bash -c "[[ -z \$('$KUBECTL' -n $NS get pods -l raykube.io/trainingrun=$NAME -o name) ]]"
+  fi
+  rm -rf "${STORAGE:?}/$NS/$GITOPS_NAME"
+  # the quickstart under another name, rendered with its RayService as a GitOps user
+  # commits it: one file, applied at once, no TrainingRun and no operator involved
+  sed "s/^  name: $NAME\$/  name: $GITOPS_NAME/" "$JOB" > "$WORK/$GITOPS_NAME.job.yaml"
+  "$PY" -m raykube render "$WORK/$GITOPS_NAME.job.yaml" -n "$NS" \
+    --image raykube/raykube:dev-cpu > "$GITOPS"
+  grep -q 'waitForTraining: true' "$GITOPS" || fail "the rendered RayService does not wait for training"
+  k apply --server-side -f "$GITOPS"
+  gj() { k -n "$NS" get rayjob "$GITOPS_NAME" -o jsonpath="$1" 2>/dev/null; }
+  app_status() {  # the serve app's status on the RayService's (pending or active) cluster
+    k -n "$NS" get rayservice "$GITOPS_NAME-serve" -o jsonpath='{.status.pendingServiceStatus.applicationStatuses.classifier.status}{.status.activeServiceStatus.applicationStatuses.classifier.status}' 2>/dev/null
+  }
+  deadline=$((SECONDS + TRAIN_TIMEOUT)) last="" seen_waiting=""
+  while :; do
+    row="RayJob $(gj '{.status.jobDeploymentStatus}')/$(gj '{.status.jobStatus}'); serve app: $(app_status)"
+    if [[ $row != "$last" ]]; then echo "  $(date +%T) $row"; last=$row; fi
+    # while the RayJob trains, the serving app must be starting, not failed
+    [[ $(app_status) == DEPLOY_FAILED ]] && fail "the serve app failed while training ran: $row"
+    [[ $(gj '{.status.jobStatus}') == RUNNING && $(app_status) == DEPLOYING ]] && seen_waiting=1
+    case $(gj '{.status.jobStatus}') in
+      SUCCEEDED) break ;;
+      FAILED|STOPPED) fail "the rendered RayJob ended $(gj '{.status.jobStatus}'): $(gj '{.status.message}')" ;;
+    esac
+    ((SECONDS < deadline)) || fail "the rendered RayJob did not finish within ${TRAIN_TIMEOUT}s"
+    sleep 2
+  done
+  [[ -n $seen_waiting ]] && note "while the RayJob trained, its RayService's app was DEPLOYING (waiting for best/)" \
+    || note "the RayJob finished before the RayService's app was seen DEPLOYING (its pods started late)"
+  [[ -f $STORAGE/$NS/$GITOPS_NAME/result.json ]] || fail "no result.json under $STORAGE/$NS/$GITOPS_NAME"
+  wait_until 600 "the RayService to be Ready" bash -c \
+    "'$KUBECTL' -n $NS get rayservice $GITOPS_NAME-serve -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
+  # what the replica said, in its log file in the serving pod (where Serve keeps it)
+  cluster=$(k -n "$NS" get rayservice "$GITOPS_NAME-serve" -o jsonpath='{.status.activeServiceStatus.rayClusterName}')
+  pod=$(k -n "$NS" get pods -l "ray.io/cluster=$cluster,ray.io/node-type=worker" -o name | head -1)
+  said=$(k -n "$NS" exec "$pod" -c ray-worker -- bash -c 'cat /tmp/ray/session_latest/logs/serve/replica_*.log' \
+    | grep -o 'waiting for the training run.*\|the training run in .* has finished.*' || true)
+  if [[ -n $seen_waiting ]]; then
+    grep -q 'has finished (waited' <<<"$said" || fail "the replica's log in $pod does not say it waited: $said"
+  fi
+  while read -r line; do
+    if [[ -n $line ]]; then note "replica log: $line"; fi
+  done <<<"$said"
+  svc_ip=$(k -n "$NS" get svc "$GITOPS_NAME-serve-svc" -o jsonpath='{.spec.clusterIP}')
+  wait_until 120 "GET http://$svc_ip:8000/healthz" curl -fsS -m 5 "http://$svc_ip:8000/healthz"
+  out=$("$PY" k8s/local/predict_check.py "http://$svc_ip:8000" "$WORK/$GITOPS_NAME.job.yaml" --count 200) \
+    || fail "predict: $out"
+  note "rendered RayService, no operator: POST /predict: $out"
+  k delete -f "$GITOPS" --wait=true --timeout=180s
   end
 fi
 say "e2e-local passed"

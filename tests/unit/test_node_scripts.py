@@ -111,4 +111,27 @@ def test_the_e2e_search_fits_two_cores_and_gets_the_head_phase_8_expects():
     head = render_rayjob(run, RenderConfig())["spec"]["rayClusterSpec"]["headGroupSpec"]
     memory = head["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
     assert f"[[ $head_mem == {memory} ]]" in E2E_SH
-    assert re.search(r'PHASES:-1 2 3 4 5 6 7 8\}', E2E_SH)
+    assert re.search(r'PHASES:-1 2 3 4 5 6 7 8 9\}', E2E_SH)
+
+
+def test_the_e2e_gitops_phase_renders_a_quickstart_of_its_own_that_waits(tmp_path, capsys):
+    """Phase 9 renames the quickstart with sed and applies its render: the rename must hit
+    metadata.name only, and the RayService must wait for the RayJob's training."""
+    import yaml
+
+    from raykube.cli import main
+
+    sed = re.search(r'sed "s/\^  name: \$NAME\\\$/  name: \$GITOPS_NAME/"', E2E_SH)
+    assert sed and "GITOPS_NAME=gitops-quickstart" in E2E_SH
+    text = (REPO / "k8s" / "local" / "quickstart.yaml").read_text()
+    renamed = re.sub(r"^  name: quickstart$", "  name: gitops-quickstart", text, flags=re.M)
+    assert renamed.count("gitops-quickstart") == 1
+    job = tmp_path / "gitops-quickstart.job.yaml"
+    job.write_text(renamed)
+    assert main(["render", str(job), "-n", "default", "--image", "raykube/raykube:dev-cpu"]) == 0
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for d in yaml.safe_load_all(capsys.readouterr().out)}
+    svc = docs[("RayService", "gitops-quickstart-serve")]
+    assert "waitForTraining: true" in svc["spec"]["serveConfigV2"]
+    assert ("RayJob", "gitops-quickstart") in docs
+    assert 'grep -q \'waitForTraining: true\' "$GITOPS"' in E2E_SH
