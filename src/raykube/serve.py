@@ -103,7 +103,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
     if "://" not in text:
         path = Path(text).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"checkpoint {text}: no such file or directory")
+            raise FileNotFoundError(f"checkpoint {text}: no such file or directory"
+                                    f"{_unfinished_run_hint(path)}")
         return str(path)
     from ray.train import Checkpoint
 
@@ -131,6 +132,22 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
 
             shutil.rmtree(partial, ignore_errors=True)
     return str(target)
+
+
+def _unfinished_run_hint(best: Path) -> str:
+    """What to serve instead of a run's ``best/`` that is not there yet: the run writes it
+    when it finishes, and its per-epoch checkpoints exist before that (a run still
+    training, or one that was interrupted)."""
+    from raykube.resume import checkpoint_dirs
+
+    run_dir = best.parent
+    if best.name != "best" or not run_dir.is_dir():
+        return ""
+    saved = checkpoint_dirs(str(run_dir))
+    if not saved:
+        return f"; the run in {run_dir} has no checkpoint yet (best/ is written when it finishes)"
+    return (f"; the run in {run_dir} has not finished (best/ is written when it does): its "
+            f"latest checkpoint is {saved[-1]}")
 
 
 TRAINING_POLL_S = 5.0
