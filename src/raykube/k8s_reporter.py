@@ -322,6 +322,13 @@ class KubernetesReporter:
                 if isinstance(metrics.get("epoch"), int):
                     self._best["epoch"] = metrics["epoch"]
                 self._pending["checkpoint"] = dict(self._best)
+        final = result.get("metrics")
+        if result.get("reused") and isinstance(final, dict) and final:
+            # Nothing trained: the run directory already held a finished run of this
+            # name (a TrainingRun deleted and applied again finds its checkpoints). No
+            # epoch was reported, so without this EPOCH and VAL-ACC stay empty.
+            with self._lock:
+                self._pending["progress"] = self._progress(final, None)
         trial = result.get("best_trial")  # a Tune search: already in the status shape
         if isinstance(trial, dict) and trial.get("trialId"):
             with self._lock:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from raykube.k8s_reporter import KubernetesReporter
 from raykube.spec import parse_spec
 
 pytestmark = pytest.mark.integration
@@ -139,15 +140,35 @@ def test_keep_is_honoured(finished):
     assert set(dirs) == {Path(outcome.best_checkpoint).name, latest}  # 4 written, <= 2 left
 
 
+class _StatusRecorder:
+    """Stands in for the API server's status subresource (the reporter against the real
+    one: tests/integration/test_operator_reporter.py)."""
+
+    def __init__(self):
+        self.statuses: list[dict] = []
+
+    def patch_namespaced_custom_object_status(self, group, version, ns, plural, name, body,
+                                              **_):
+        self.statuses.append(body["status"])
+
+
 def test_rerun_of_a_finished_run_does_not_retrain(finished, storage):
     from raykube.train import fit
 
     outcome, _ = finished
     before = {p: os.stat(storage / "digits2" / p).st_mtime_ns for p in checkpoint_dirs(storage / "digits2")}
     rec = Recorder()
-    again = fit(digits_run("digits2"), str(storage), observers=[rec])
+    api = _StatusRecorder()
+    rep = KubernetesReporter("default", "digits2", api=api, min_interval=0)
+    again = fit(digits_run("digits2"), str(storage), observers=[rec, rep])
     assert again.reused and rec.epochs == [] and len(rec.ended) == 1
     assert again.history == outcome.history and again.best_checkpoint == outcome.best_checkpoint
+    # kubectl get tr's EPOCH and VAL-ACC: the finished run's last epoch, though none was
+    # reported (a TrainingRun deleted and applied again found its checkpoints)
+    last = outcome.history[-1]
+    progress = api.statuses[-1]["progress"]
+    assert (progress["epoch"], progress["epochs"]) == (last["epoch"], 4), progress
+    assert progress["valAccuracy"] == pytest.approx(last["valAccuracy"]), progress
     after = {p: os.stat(storage / "digits2" / p).st_mtime_ns for p in checkpoint_dirs(storage / "digits2")}
     assert after == before
 
