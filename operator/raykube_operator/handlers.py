@@ -1095,7 +1095,10 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         job = memo.kube.get(RAY_API, "RayJob", key[0], key[1])
         for inc in new:  # a head lost is a fault only while the job runs on it
             if inc.reason == "OOMKilled" or st.running_on(job, cluster):
-                _announce(memo, key, cluster, inc, labels)
+                if cluster and inc.key.endswith("/deleted"):  # with its whole cluster?
+                    inc = st.cluster_loss(
+                        inc, dict(body), memo.kube.get(RAY_API, "RayCluster", key[0], cluster))
+                _announce(memo, key, cluster, inc, labels, job)
         if job is not None and cluster in (None, (job.get("status") or {}).get("rayClusterName")):
             _sync_rayjob_status(memo, key[0], key[1], key[1])
 
@@ -1103,10 +1106,11 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 def _announce(memo: kopf.Memo, key: tuple[str, str], cluster: str | None, inc: st.Incident,
-              labels: dict[str, str]) -> None:
-    """Record an OOM kill or head loss in ``status.lastIncident`` and post its one Warning
-    Event, unless the status already holds it or a later one: an operator (re)starting
-    lists every pod again, kills and restarts from before its start included."""
+              labels: dict[str, str], job: dict[str, Any] | None = None) -> None:
+    """Record an OOM kill, head loss or cluster loss in ``status.lastIncident`` and post
+    its one Warning Event, unless the status already holds it or a later one: an operator
+    (re)starting lists every pod again, kills and restarts from before its start
+    included."""
     with _lock(memo, *key):
         tr = _get_tr(memo.kube, *key)
         if tr is None or not st.incident_is_new(inc, (tr.get("status") or {}).get("lastIncident")):
@@ -1115,11 +1119,14 @@ def _announce(memo: kopf.Memo, key: tuple[str, str], cluster: str | None, inc: s
     if inc.reason == "OOMKilled":  # kubectl describe tr says why, and what to raise
         _event(tr, "Warning", "OOMKilled", f"{inc.message}: the run needs more memory "
                f"than its pods get; raise {st.oom_field(dict(labels))}")
+    elif inc.reason == "RayClusterLost":
+        _event(tr, "Warning", "RayClusterLost",
+               f"{inc.message} while the job ran on it: KubeRay recreates it, and the job "
+               f"is lost with its head; {st.head_loss_outcome(job)}")
     else:
         _event(tr, "Warning", "RayHeadLost",
                f"{inc.message} while the job ran on it: the job is lost with its head; "
-               "KubeRay submits it again to the new head, and training resumes from "
-               "the latest checkpoint")
+               f"{st.head_loss_outcome(job)}")
 
 
 @kopf.on.field(*TR, field="status.checkpoint")

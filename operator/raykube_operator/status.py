@@ -315,7 +315,7 @@ class Incident:
     holds), ``message`` one line naming the pod."""
 
     key: str
-    reason: str  # OOMKilled | RayHeadLost
+    reason: str  # OOMKilled | RayHeadLost | RayClusterLost
     message: str
     at: str
 
@@ -409,6 +409,46 @@ def head_loss(pod: dict[str, Any], *, deleted: bool, now: str) -> Incident | Non
     return None
 
 
+def cluster_loss(loss: Incident, pod: dict[str, Any], raycluster: dict[str, Any] | None
+                 ) -> Incident:
+    """``loss`` (a head pod deleted) as a RayClusterLost incident when the RayCluster that
+    owned the pod is gone: absent, being deleted, or replaced by a new one of the same name
+    (``raycluster`` as read after the head's deletion; KubeRay recreates a running
+    RayJob's cluster at once, so only its uid tells). Else ``loss`` itself."""
+    if loss.reason != "RayHeadLost" or not loss.key.endswith("/deleted"):
+        return loss
+    meta = pod.get("metadata") or {}
+    cluster = (meta.get("labels") or {}).get("ray.io/cluster") or "?"
+    owner = next((o.get("uid") for o in meta.get("ownerReferences") or []
+                  if o.get("kind") == "RayCluster"), None)
+    rc_meta = (raycluster or {}).get("metadata") or {}
+    if raycluster is not None and not rc_meta.get("deletionTimestamp") and (
+            owner is None or rc_meta.get("uid") == owner):
+        return loss
+    return Incident(f"{loss.key}/cluster", "RayClusterLost",
+                    f"the Ray cluster {cluster} was deleted at {loss.at}", loss.at)
+
+
+def head_loss_outcome(rayjob: dict[str, Any] | None) -> str:
+    """What follows a Ray head lost mid-job (alone or with its cluster). KubeRay's job
+    submitter (a Kubernetes Job) fails and runs again, submitting the job to the new head;
+    if its own retries run out before that head is up (seen on a real node after
+    ``kubectl delete raycluster``: KubeRay reported "Submitter completed but Ray job not
+    found in RayCluster"), the attempt fails and a RayJob retry on a new cluster takes
+    over, while ``spec.backoffLimit`` (``failure.maxRetries``) less ``status.failed``
+    allows."""
+    spec, status = (rayjob or {}).get("spec") or {}, (rayjob or {}).get("status") or {}
+    limit, failed = int(spec.get("backoffLimit") or 0), int(status.get("failed") or 0)
+    resubmit = "KubeRay submits the job again to the new head"
+    if failed < limit:
+        return (f"{resubmit} (or, if its submitter gives up first, retries the RayJob on a "
+                f"new Ray cluster: retry {failed + 1} of {limit}), and training resumes "
+                "from the latest checkpoint")
+    return (f"{resubmit}, and training resumes from the latest checkpoint (if its "
+            f"submitter gives up first, the run fails: no RayJob retry is left, "
+            f"spec.failure.maxRetries: {limit})")
+
+
 def incident_is_new(incident: Incident, last: dict[str, Any] | None) -> bool:
     """Whether ``incident`` came after the one ``status.lastIncident`` holds. An operator
     (re)starting sees every pod again, kills and restarts from before included: those
@@ -427,7 +467,8 @@ def incident_note(last: dict[str, Any] | None, cluster: str | None = None) -> st
     if not last or not last.get("message") or (
             cluster is not None and last.get("rayCluster") != cluster):
         return None
-    what = "OOM kill" if last.get("reason") == "OOMKilled" else "Ray head loss"
+    what = {"OOMKilled": "OOM kill", "RayClusterLost": "Ray cluster loss"}.get(
+        last.get("reason") or "", "Ray head loss")
     return f"last {what}: {last['message']}"
 
 

@@ -677,9 +677,10 @@ class IncidentStatus(_Model):
     operator's memory, so that an operator restarted mid-run neither forgets it nor
     announces it again."""
 
-    reason: Literal["OOMKilled", "RayHeadLost"] | None = Field(
-        default=None, description="OOMKilled (a container killed for memory) or RayHeadLost "
-        "(the Ray head pod deleted, failed or restarted while the job ran on it).")
+    reason: Literal["OOMKilled", "RayHeadLost", "RayClusterLost"] | None = Field(
+        default=None, description="OOMKilled (a container killed for memory), RayHeadLost "
+        "(the Ray head pod deleted, failed or restarted while the job ran on it) or "
+        "RayClusterLost (the job's whole RayCluster deleted while the job ran on it).")
     message: str | None = Field(default=None, description="What happened, naming the pod.")
     ray_cluster: str | None = Field(default=None, description="The Ray cluster it happened "
                                     "in; the run's message notes it while that cluster "

@@ -325,6 +325,49 @@ def test_a_lost_ray_head_is_named_while_the_job_runs_and_not_at_its_end(kube, op
     kube.delete("TrainingRun", name)
 
 
+def test_a_raycluster_deleted_under_the_job_is_a_cluster_loss(kube, operator):
+    """``kubectl delete raycluster`` while the job runs on it: KubeRay recreates the
+    cluster at once under the same name, and the job is lost with its head. One Warning
+    Event, reason RayClusterLost (not RayHeadLost: the head pod was not all that went),
+    saying what follows, and the message notes it; the new cluster's pods are no loss."""
+    name = "kr-cluster"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name, timeout=90, where=lambda o: (
+        o.get("status") or {}).get("jobDeploymentStatus") == "Running")
+    cluster = job["status"]["rayClusterName"]
+    kube.wait_for(lambda: [p for p in pods_running(kube, cluster)
+                           if p["metadata"]["labels"]["ray.io/node-type"] == "head"],
+                  timeout=60, what="the running head pod")
+    old_uid = kube.get("RayCluster", cluster)["metadata"]["uid"]
+
+    def incidents() -> list[dict]:
+        return [e for e in kube.list("Event")
+                if e.get("reason") in ("RayHeadLost", "RayClusterLost")
+                and (e.get("involvedObject") or {}).get("name") == name]
+
+    kube.delete("RayCluster", cluster)
+    (event,) = kube.wait_for(incidents, timeout=30, what="a RayClusterLost Event")
+    assert event["reason"] == "RayClusterLost" and event["type"] == "Warning", event
+    limit = job["spec"]["backoffLimit"]
+    assert event["message"].startswith(f"the Ray cluster {cluster} was deleted at "), event
+    assert event["message"].endswith(
+        "while the job ran on it: KubeRay recreates it, and the job is lost with its head; "
+        "KubeRay submits the job again to the new head (or, if its submitter gives up "
+        f"first, retries the RayJob on a new Ray cluster: retry 1 of {limit}), and "
+        "training resumes from the latest checkpoint"), event["message"]
+    held = kube.get("TrainingRun", name)["status"]["lastIncident"]
+    assert (held["reason"], held["rayCluster"]) == ("RayClusterLost", cluster), held
+    kube.wait_object("TrainingRun", name, timeout=30, where=lambda o: "last Ray cluster loss"
+                     in ((o.get("status") or {}).get("message") or ""))
+    # KubeRay's new cluster of the same name: its pods' starts are no further incident
+    kube.wait_for(lambda: (kube.get("RayCluster", cluster) or {"metadata": {"uid": old_uid}})[
+        "metadata"]["uid"] != old_uid, timeout=60, what="KubeRay's new RayCluster")
+    kube.wait_for(lambda: pods_running(kube, cluster), timeout=60, what="its pods")
+    time.sleep(2)
+    assert len(incidents()) == 1, [e["message"] for e in incidents()]
+    kube.delete("TrainingRun", name)
+
+
 def nudge(kube, name: str) -> None:
     """Touch the RayJob (an annotation): a watch event, so KubeRay reconciles it at once."""
     kube.patch("RayJob", name, {"metadata": {"annotations": {

@@ -452,6 +452,41 @@ def test_not_a_head_loss_for_workers_or_oom_kills():
     assert st.head_loss(oom, deleted=False, now=NOW) is None  # pod_oom's Warning names it
 
 
+def test_a_head_deleted_with_its_raycluster_is_a_cluster_loss():
+    """``kubectl delete raycluster``: the head pod goes with its cluster, which KubeRay
+    recreates at once under the same name (only the uid tells); the head's deletion
+    alone is a head loss."""
+    pod = _head()
+    pod["metadata"]["ownerReferences"] = [{"kind": "RayCluster", "name": "r-abc", "uid": "c1"}]
+    loss = st.head_loss(pod, deleted=True, now=NOW)
+    same = {"metadata": {"name": "r-abc", "uid": "c1"}}
+    assert st.cluster_loss(loss, pod, same) is loss  # the cluster is still there
+    gone = st.Incident("u1/deleted/cluster", "RayClusterLost",
+                       f"the Ray cluster r-abc was deleted at {NOW}", NOW)
+    assert st.cluster_loss(loss, pod, None) == gone
+    assert st.cluster_loss(loss, pod, {"metadata": {"name": "r-abc", "uid": "c2"}}) == gone
+    deleting = {"metadata": {"name": "r-abc", "uid": "c1", "deletionTimestamp": NOW}}
+    assert st.cluster_loss(loss, pod, deleting) == gone  # a foreground deletion
+    restarted = st.head_loss(_head(containerStatuses=[{
+        "name": "ray-head", "restartCount": 1, "lastState": {"terminated": {"reason": "Error"}}}]),
+        deleted=False, now=NOW)
+    assert st.cluster_loss(restarted, pod, None) is restarted  # not a deletion
+    assert st.incident_note(st.incident_status(gone, "r-abc"), "r-abc") == (
+        f"last Ray cluster loss: the Ray cluster r-abc was deleted at {NOW}")
+
+
+def test_after_a_head_loss_the_job_is_resubmitted_or_retried_as_the_budget_allows():
+    assert st.head_loss_outcome({"spec": {"backoffLimit": 2}, "status": {"failed": 1}}) == (
+        "KubeRay submits the job again to the new head (or, if its submitter gives up "
+        "first, retries the RayJob on a new Ray cluster: retry 2 of 2), and training "
+        "resumes from the latest checkpoint")
+    assert st.head_loss_outcome({"spec": {"backoffLimit": 2}, "status": {"failed": 2}}) == (
+        "KubeRay submits the job again to the new head, and training resumes from the "
+        "latest checkpoint (if its submitter gives up first, the run fails: no RayJob "
+        "retry is left, spec.failure.maxRetries: 2)")
+    assert "maxRetries: 0" in st.head_loss_outcome({"spec": {}})
+
+
 @pytest.mark.parametrize("job,running", [
     ({"status": {"rayClusterName": "c", "jobDeploymentStatus": "Running"}}, True),
     ({"status": {"rayClusterName": "other", "jobDeploymentStatus": "Running"}}, False),
