@@ -18,6 +18,10 @@
 #                                               (another name) applied at once, no
 #                                               operator: the RayService waits for the
 #                                               RayJob's training, then serves it
+#                                            10 the Ray head pod, then the whole
+#                                               RayCluster, deleted under a running
+#                                               job: each announced, training goes on,
+#                                               every epoch once (k8s/local/losses.sh)
 # Each phase prints its wall time and the peak memory, sampled every 2 s, of the node's
 # pods (resident memory in the kubelet's kubepods cgroup) and of this machine as a whole
 # (MemTotal - MemAvailable: includes whatever else runs here).
@@ -26,7 +30,7 @@
 #
 #   make e2e-local                        # all phases
 #   PHASES="1 2 3 4 5 7" make e2e-local   # a subset (1 and 2 always run; each of 4..6 needs
-#                                         # the one before it, 7 needs 4; 8, 9 need only 1 2)
+#                                         # the one before it, 7 needs 4; 8..10 need only 1 2)
 #   KEEP=1 PHASES="1 2" make e2e-local    # just the cluster, the node and raykube's operator
 #   KEEP=1 make e2e-local                 # leave the cluster up afterwards (make e2e-local-down)
 set -euo pipefail
@@ -45,11 +49,11 @@ JOB=k8s/local/quickstart.yaml
 STORAGE=/var/lib/raykube-node/storage   # the hostPath of k8s/overlays/local/storage-pv.yaml
 RUN_DIR=$STORAGE/$NS/$NAME
 IMAGES="raykube/raykube:dev-operator raykube/raykube:dev-cpu"
-PHASES=" ${PHASES:-1 2 3 4 5 6 7 8 9} "
+PHASES=" ${PHASES:-1 2 3 4 5 6 7 8 9 10} "
 want() { [[ $PHASES == *" $1 "* ]]; }
 read -ra _shown <<<"$PHASES"; SHOWN="PHASES=\"${_shown[*]}\""
 for p in $PHASES; do
-  [[ $p =~ ^[1-9]$ ]] || { echo "error: $SHOWN: '$p' is not a phase (1..9)" >&2; exit 2; }
+  [[ $p =~ ^([1-9]|10)$ ]] || { echo "error: $SHOWN: '$p' is not a phase (1..10)" >&2; exit 2; }
 done
 for p in 4 5 6; do  # a phase works on what the one before it left
   if want "$p" && ! want $((p - 1)); then
@@ -388,6 +392,10 @@ if want 9; then
   note "rendered RayService, no operator: POST /predict: $out"
   k delete -f "$GITOPS" --wait=true --timeout=180s
   end
+fi
+# ============================================================ 10: head and cluster lost
+if want 10; then
+  source k8s/local/losses.sh
 fi
 say "e2e-local passed"
 echo "PASSED" >> "$SUMMARY"

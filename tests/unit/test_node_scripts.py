@@ -111,7 +111,31 @@ def test_the_e2e_search_fits_two_cores_and_gets_the_head_phase_8_expects():
     head = render_rayjob(run, RenderConfig())["spec"]["rayClusterSpec"]["headGroupSpec"]
     memory = head["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
     assert f"[[ $head_mem == {memory} ]]" in E2E_SH
-    assert re.search(r'PHASES:-1 2 3 4 5 6 7 8 9\}', E2E_SH)
+    assert re.search(r'PHASES:-1 2 3 4 5 6 7 8 9 10\}', E2E_SH)
+
+
+def test_the_e2e_loss_phase_trains_a_longer_unserved_copy_of_the_quickstart():
+    """Phase 10 (k8s/local/losses.sh) edits the quickstart with sed: the name, the epochs
+    and serving must each be hit once, and the copy must be a valid run that is not
+    served (its cores stay free, and it ends Succeeded)."""
+    from raykube.spec import load_yaml_documents, parse_training_run
+
+    losses = (REPO / "k8s" / "local" / "losses.sh").read_text()
+    assert "source k8s/local/losses.sh" in E2E_SH
+    epochs = int(re.search(r"LOSS_EPOCHS:-(\d+)", losses)[1])
+    text = (REPO / "k8s" / "local" / "quickstart.yaml").read_text()
+    edits = [(r"^  name: quickstart$", "  name: losses"),
+             (r"^    epochs: [0-9]*", f"    epochs: {epochs}"),
+             (r"^    enabled: true", "    enabled: false")]
+    for sed in ('"s/^  name: $NAME\\$/  name: $LOSS_NAME/"',
+                '"s/^    epochs: [0-9]*/    epochs: $LOSS_EPOCHS/"',
+                "'s/^    enabled: true/    enabled: false/'"):
+        assert sed in losses, sed
+    for pattern, repl in edits:
+        text, n = re.subn(pattern, repl, text, flags=re.M)
+        assert n == 1, pattern
+    run = parse_training_run(load_yaml_documents(text)[0])
+    assert (run.name, run.spec.train.epochs, run.spec.serve.enabled) == ("losses", epochs, False)
 
 
 def test_the_e2e_gitops_phase_renders_a_quickstart_of_its_own_that_waits(tmp_path, capsys):
