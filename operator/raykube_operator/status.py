@@ -146,8 +146,8 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
         reason = kr_reason or ("JobStopped" if job == "STOPPED" else "JobFailed")
         if dep == "ValidationFailed":
             reason = kr_reason or "ValidationFailed"
-        detail = driver_line(kr_msg) or ray_oom_detail(kr_msg) or kr_msg or \
-            f"jobDeploymentStatus={dep}, jobStatus={job or 'unknown'}"
+        detail = driver_line(kr_msg) or ray_oom_detail(kr_msg) or kuberay_explained(kr_msg) \
+            or kr_msg or f"jobDeploymentStatus={dep}, jobStatus={job or 'unknown'}"
         return JobState(("False", "Completed", "the Ray job finished"), "Failed", reason,
                         failed_message(failed, detail), True)
     if dep in SUSPENDED_DEPLOYMENT:
@@ -236,8 +236,24 @@ def retry_cause(kuberay_message: str, limit: int = 300) -> str | None:
     if not kuberay_message.strip():
         return None
     line = driver_line(kuberay_message, pointer=False) or ray_oom_detail(kuberay_message) \
-        or error_line(ANSI_ESCAPE.sub("", kuberay_message))
+        or kuberay_explained(kuberay_message) or error_line(ANSI_ESCAPE.sub("", kuberay_message))
     return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+JOB_NOT_FOUND = "Submitter completed but Ray job not found in RayCluster."
+"""KubeRay's message (``rayjob_controller.go``) when its submitter has given up and the
+Ray cluster has no record of the job: the head that ran it was replaced (deleted, or its
+whole RayCluster deleted and recreated) and the submitter's retries ran out before the
+new head was up."""
+
+
+def kuberay_explained(kuberay_message: str) -> str | None:
+    """KubeRay's own message, where it is one that means more than it says, in words
+    that say why (None otherwise)."""
+    if kuberay_message.strip() == JOB_NOT_FOUND:
+        return ("the job was lost with its Ray head, and KubeRay's job submitter gave up "
+                f"before the new head was up (KubeRay: {JOB_NOT_FOUND})")
+    return None
 
 
 def driver_line(kuberay_message: str, *, pointer: bool = True) -> str | None:

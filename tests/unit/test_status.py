@@ -487,6 +487,20 @@ def test_after_a_head_loss_the_job_is_resubmitted_or_retried_as_the_budget_allow
     assert "maxRetries: 0" in st.head_loss_outcome({"spec": {}})
 
 
+def test_a_job_lost_with_its_head_is_said_in_words_when_retried_or_failed():
+    lost = {"failed": 1, "message": "Submitter completed but Ray job not found in RayCluster."}
+    words = ("the job was lost with its Ray head, and KubeRay's job submitter gave up before "
+             "the new head was up (KubeRay: Submitter completed but Ray job not found in "
+             "RayCluster.)")
+    assert st.job_state({**lost, "jobDeploymentStatus": "Retrying"}).message == (
+        f"retrying: attempt 1 failed: {words}")
+    failed = st.job_state({**lost, "jobDeploymentStatus": "Failed", "jobStatus": "",
+                           "reason": "AppFailed"})
+    assert (failed.outcome, failed.message) == (
+        "Failed", f"the Ray job failed after 1 attempt(s): {words}")
+    assert st.kuberay_explained("Job entrypoint command failed") is None
+
+
 @pytest.mark.parametrize("job,running", [
     ({"status": {"rayClusterName": "c", "jobDeploymentStatus": "Running"}}, True),
     ({"status": {"rayClusterName": "other", "jobDeploymentStatus": "Running"}}, False),
