@@ -3,7 +3,8 @@
 # real controller. Without GCS fault tolerance the job goes with its head each time:
 #   a) `kubectl delete pod <head>` -> one Warning event RayHeadLost; KubeRay's new head
 #      gets the job again (its submitter, or a RayJob retry on a new cluster) and
-#      training goes on from the latest checkpoint
+#      training goes on from the latest checkpoint (20 epochs past the status's once the
+#      old head pod is gone)
 #   b) `kubectl delete raycluster` -> one Warning event RayClusterLost (KubeRay recreates
 #      the cluster under the same name), and training goes on again
 # and then the run succeeds with every epoch once in result.json's history.
@@ -32,24 +33,36 @@ warnings() {  # the run's Warning events of reason $1, one message a line
 }
 has_warning() { [[ -n $(warnings "$1") ]]; }
 cluster_of() { k -n "$NS" get rayjob "$LOSS_NAME" -o jsonpath='{.status.rayClusterName}' 2>/dev/null; }
+head_uid() { k -n "$NS" get pods -l "ray.io/cluster=$1,ray.io/node-type=head" -o jsonpath='{.items[0].metadata.uid}' 2>/dev/null; }
+pod_gone() { [[ -z $(k get pods -A -o jsonpath="{.items[?(@.metadata.uid==\"$1\")].metadata.name}" 2>/dev/null) ]]; }
+# Training went on after a loss: the epoch moved 20 past the one the status held once
+# the old head (where the driver that reports runs) was gone. Taken before, it could be
+# the old head's, which trains on through its grace period (a RayCluster's pods are
+# deleted with the default 30 s).
+went_on() {  # $1: the old head's uid
+  wait_until 120 "the old head pod to be gone" pod_gone "$1"
+  local from; from=$(epoch_now)
+  wait_until 600 "training to go on (past epoch $((from + 20)))" epoch_past $((from + 20))
+}
 
 # a) the head pod, once the run has checkpoints to resume from
 wait_until 600 "$LOSS_NAME to report epoch 50" epoch_past 49
 cluster=$(cluster_of)
 head=$(k -n "$NS" get pods -l "ray.io/cluster=$cluster,ray.io/node-type=head" -o name | head -1)
 [[ -n $head ]] || fail "no head pod of $cluster"
-at=$(epoch_now) t=$SECONDS
+at=$(epoch_now) t=$SECONDS uid=$(head_uid "$cluster")
 k -n "$NS" delete "$head" --grace-period=1 --wait=false
 wait_until 60 "a RayHeadLost event" has_warning RayHeadLost
-wait_until 600 "training to go on after the head loss (past epoch $((at + 20)))" epoch_past $((at + 20))
+went_on "$uid"
 note "a) deleted $head at epoch $at (status lags up to 5 s); training went on $((SECONDS - t)) s later; event: $(warnings RayHeadLost | head -1 | cut -c1-300)"
 
 # b) the whole RayCluster the job runs on now
 cluster=$(cluster_of)
-at=$(epoch_now) t=$SECONDS
+at=$(epoch_now) t=$SECONDS uid=$(head_uid "$cluster")
+[[ -n $uid ]] || fail "no head pod of $cluster"
 k -n "$NS" delete raycluster "$cluster" --wait=false
 wait_until 60 "a RayClusterLost event" has_warning RayClusterLost
-wait_until 600 "training to go on after the cluster loss (past epoch $((at + 20)))" epoch_past $((at + 20))
+went_on "$uid"
 note "b) deleted RayCluster $cluster at epoch $at; training went on $((SECONDS - t)) s later on $(cluster_of); event: $(warnings RayClusterLost | head -1 | cut -c1-300)"
 (($(warnings RayHeadLost | grep -c .) == 1)) || fail "RayHeadLost events: $(warnings RayHeadLost)"
 
