@@ -1096,13 +1096,26 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         for inc in new:  # a head lost is a fault only while the job runs on it
             if inc.reason == "OOMKilled" or st.running_on(job, cluster):
                 if cluster and inc.key.endswith("/deleted"):  # with its whole cluster?
-                    inc = st.cluster_loss(
-                        inc, dict(body), memo.kube.get(RAY_API, "RayCluster", key[0], cluster))
+                    inc = _cluster_loss(memo, key[0], cluster, dict(body), inc)
                 _announce(memo, key, cluster, inc, labels, job)
         if job is not None and cluster in (None, (job.get("status") or {}).get("rayClusterName")):
             _sync_rayjob_status(memo, key[0], key[1], key[1])
 
     _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))
+
+
+def _cluster_loss(memo: kopf.Memo, namespace: str, cluster: str, pod: dict[str, Any],
+                  loss: st.Incident) -> st.Incident:
+    """``st.cluster_loss`` of the RayCluster as it is now. Without the permission to read
+    it (a ClusterRole from before it was needed; the preflight warned) the loss stays a
+    head loss."""
+    try:
+        raycluster = memo.kube.get(RAY_API, "RayCluster", namespace, cluster)
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        return loss
+    return st.cluster_loss(loss, pod, raycluster)
 
 
 def _announce(memo: kopf.Memo, key: tuple[str, str], cluster: str | None, inc: st.Incident,

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 SOFT = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
 """Permissions kopf can do without (it warns and falls back): a warning, not fatal. Both
 are cluster-scoped: checked cluster-wide whatever the operator watches."""
+OPTIONAL = {("ray.io", "rayclusters"): "a RayCluster deleted under its job is announced as "
+            "a head loss (RayHeadLost), not RayClusterLost"}
+"""Namespaced permissions the operator does without, at a cost named here: a warning, not
+fatal (an operator upgraded before its ClusterRole keeps working)."""
 OWN = {("authentication.k8s.io", "selfsubjectreviews"),
        ("authorization.k8s.io", "selfsubjectaccessreviews")}
 """What the preflight itself uses (every authenticated user may, through the built-in
@@ -261,8 +265,12 @@ def run(namespaces: Sequence[str], *, wait_s: float,
         log.warning("the API server does not answer SelfSubjectAccessReviews: the "
                     "operator's permissions were not checked")
         return
-    hard = [c for c in missing if (c.group, c.resource) not in SOFT]
+    hard = [c for c in missing if (c.group, c.resource) not in SOFT | OPTIONAL.keys()]
     soft = [c for c in missing if (c.group, c.resource) in SOFT]
+    for key, cost in OPTIONAL.items():
+        if lacking := [c for c in missing if (c.group, c.resource) == key]:
+            log.warning("%s may not %s: %s; grant the ClusterRole raykube-operator of "
+                        "k8s/base/rbac.yaml", who, describe(lacking), cost)
     scope = ("cluster-wide" if not namespaces
              else "in namespace(s) " + ", ".join(namespaces))
     if hard:
@@ -270,7 +278,7 @@ def run(namespaces: Sequence[str], *, wait_s: float,
                "apply --server-side -k k8s/base)")
         fix += (", or watch only namespaces where a RoleBinding grants it (--namespace)"
                 if not namespaces else " with a RoleBinding in each namespace it watches")
-        if len(hard) == sum((c.group, c.resource) not in SOFT for c in todo):
+        if len(hard) == sum((c.group, c.resource) not in SOFT | OPTIONAL.keys() for c in todo):
             raise PreflightError(f"{who} holds none of the operator's permissions (watching "
                                  f"{scope}; the first: {describe(hard[:1])}): {fix}")
         raise PreflightError(f"{who} may not {describe(hard)} (watching {scope}): {fix}")

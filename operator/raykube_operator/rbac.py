@@ -14,8 +14,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("raykube.io", "trainingruns/finalizers"): frozenset({"update"}),
     ("ray.io", "rayjobs"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     ("ray.io", "rayservices"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
-    # read once when a running job's head pod is deleted: alone (KubeRay starts a new
-    # head) or with its RayCluster (the job fails; only a RayJob retry resumes it)
+    # read when a running job's head pod is deleted: alone, or with its whole RayCluster
+    # (which KubeRay recreates under the same name: the uid tells). Optional
+    # (preflight.OPTIONAL): without it a cluster loss is announced as a head loss.
     ("ray.io", "rayclusters"): frozenset({"get"}),
     # delete: never called; OwnerReferencesPermissionEnforcement requires it to set an
     # ownerReference on an existing object (adopting a same-named orphan). list/watch:

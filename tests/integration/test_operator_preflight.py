@@ -169,6 +169,20 @@ def test_the_shipped_role_bound_in_one_namespace_starts_there_but_not_cluster_wi
     assert "Traceback" not in out, out
 
 
+def test_a_role_from_before_rayclusters_were_read_still_starts_with_a_warning(kube):
+    """The shipped rules less ``get rayclusters`` (a ClusterRole older than the operator
+    image): the operator starts and watches, and says once what it costs (a deleted
+    RayCluster is announced as a head loss) instead of refusing to start."""
+    rules = [r for r in operator_rules() if "rayclusters" not in r["resources"]]
+    assert len(rules) == len(operator_rules()) - 1
+    cfg, user = service_account(kube, "older", rules)
+    out = run_until_watching(kube, cfg, user, "-n", kube.namespace)
+    warning = next(ln for ln in out.splitlines() if "rayclusters" in ln)
+    assert (f"{user} may not get rayclusters.ray.io in namespace {kube.namespace}: a "
+            "RayCluster deleted under its job is announced as a head loss") in warning, out
+    assert "Traceback" not in out, out
+
+
 def test_the_shipped_deployment_identity_starts_cluster_wide(kube):
     """The Deployment's ServiceAccount with the ClusterRoleBinding of k8s/base, ``-A`` (as
     the Deployment runs it): every check passes, nothing is warned."""

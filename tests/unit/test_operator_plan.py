@@ -272,3 +272,42 @@ def test_a_rayjob_another_operator_rendered_is_not_retrained():
     # edited while the operator was down: the generation moved past what it applied
     assert _edited(None, {"metadata": {"generation": 4}, "status": status}) is True
     assert _edited(None, {"metadata": {"generation": 1}, "status": {}}) is False  # first sight
+
+
+class _RayClusterReader:
+    """Stands in for the API server's answer to ``get rayclusters``: a refusal (403) is
+    what a ClusterRole from before the operator read RayClusters gives, which a real API
+    server produces too (tests/integration/test_operator_preflight.py) but not inside a
+    running pod handler without a second operator deployment."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def get(self, api_version, kind, namespace, name):
+        assert (kind, namespace, name) == ("RayCluster", "ns", "r-abc")
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_a_head_loss_stays_one_when_the_raycluster_cannot_be_read():
+    from types import SimpleNamespace
+
+    from raykube_operator import status as st
+    from raykube_operator.handlers import _cluster_loss
+    from raykube_operator.kube import ApiError
+
+    pod = {"metadata": {"name": "r-abc-head-x", "uid": "u1", "labels": {
+        "ray.io/node-type": "head", "ray.io/cluster": "r-abc"},
+        "ownerReferences": [{"kind": "RayCluster", "name": "r-abc", "uid": "c1"}]}}
+    loss = st.head_loss(pod, deleted=True, now="2026-12-05T00:00:00Z")
+
+    def judged(answer):
+        return _cluster_loss(SimpleNamespace(kube=_RayClusterReader(answer)), "ns", "r-abc",
+                             pod, loss)
+
+    assert judged(ApiError(403, "Forbidden")) is loss
+    assert judged(None).reason == "RayClusterLost"
+    assert judged({"metadata": {"uid": "c1"}}) is loss
+    with pytest.raises(ApiError):  # anything else is retried by the pod handler
+        judged(ApiError(500, "Internal Server Error"))
