@@ -45,6 +45,7 @@ OPTIONAL = {("ray.io", "rayclusters"): "a RayCluster deleted under its job is an
             "a head loss (RayHeadLost), not RayClusterLost"}
 """Namespaced permissions the operator does without, at a cost named here: a warning, not
 fatal (an operator upgraded before its ClusterRole keeps working)."""
+NOT_FATAL = SOFT | OPTIONAL.keys()
 OWN = {("authentication.k8s.io", "selfsubjectreviews"),
        ("authorization.k8s.io", "selfsubjectaccessreviews")}
 """What the preflight itself uses (every authenticated user may, through the built-in
@@ -265,7 +266,7 @@ def run(namespaces: Sequence[str], *, wait_s: float,
         log.warning("the API server does not answer SelfSubjectAccessReviews: the "
                     "operator's permissions were not checked")
         return
-    hard = [c for c in missing if (c.group, c.resource) not in SOFT | OPTIONAL.keys()]
+    hard = [c for c in missing if (c.group, c.resource) not in NOT_FATAL]
     soft = [c for c in missing if (c.group, c.resource) in SOFT]
     for key, cost in OPTIONAL.items():
         if lacking := [c for c in missing if (c.group, c.resource) == key]:
@@ -278,7 +279,7 @@ def run(namespaces: Sequence[str], *, wait_s: float,
                "apply --server-side -k k8s/base)")
         fix += (", or watch only namespaces where a RoleBinding grants it (--namespace)"
                 if not namespaces else " with a RoleBinding in each namespace it watches")
-        if len(hard) == sum((c.group, c.resource) not in SOFT | OPTIONAL.keys() for c in todo):
+        if len(hard) == sum((c.group, c.resource) not in NOT_FATAL for c in todo):
             raise PreflightError(f"{who} holds none of the operator's permissions (watching "
                                  f"{scope}; the first: {describe(hard[:1])}): {fix}")
         raise PreflightError(f"{who} may not {describe(hard)} (watching {scope}): {fix}")

@@ -169,7 +169,7 @@ def test_an_operator_restart_does_not_repeat_an_invalid_specs_warning(kube, oper
     """The operator's start reconciles every TrainingRun: for one whose spec is still
     invalid it posted another InvalidSpec Warning each time (3 after 2 restarts)."""
     name = "bad-twice"
-    tr = create_with_a_bad_toleration(kube, name)
+    create_with_a_bad_toleration(kube, name)
 
     def warnings() -> list[dict]:
         return [e for e in kube.list("Event") if e.get("reason") == "InvalidSpec"
@@ -178,7 +178,7 @@ def test_an_operator_restart_does_not_repeat_an_invalid_specs_warning(kube, oper
     assert kube.wait_for(lambda: len(warnings()) == 1, timeout=30, what="one Warning")
     # kopf stores its diff base (an annotation) in a patch of its own after the status:
     # the first operator's last write (CI once saw the status-only resourceVersion here)
-    tr = kube.wait_object("TrainingRun", name, timeout=30, where=lambda o: (
+    kube.wait_object("TrainingRun", name, timeout=30, where=lambda o: (
         (o.get("metadata") or {}).get("annotations") or {}).get(
         "raykube.io/last-handled-configuration"))
     time.sleep(1)
