@@ -17,7 +17,9 @@
 #                                             9 GitOps: `raykube render` of the quickstart
 #                                               (another name) applied at once, no
 #                                               operator: the RayService waits for the
-#                                               RayJob's training, then serves it
+#                                               RayJob's training, then serves it;
+#                                               one that fails for good fails its
+#                                               RayService, naming why
 #                                            10 the Ray head pod, then the whole
 #                                               RayCluster, deleted under a running
 #                                               job: each announced, training goes on,
@@ -391,6 +393,31 @@ if want 9; then
     || fail "predict: $out"
   note "rendered RayService, no operator: POST /predict: $out"
   k delete -f "$GITOPS" --wait=true --timeout=180s
+
+  # A rendered run that fails for good (every attempt fails the same way: no dataset):
+  # its RayService's app must end DEPLOY_FAILED naming the run's reason
+  # (raykube.run_failure), not wait for ever. Its replicas believe a failure from before
+  # they waited after 5 minutes, one that happens while they wait at once.
+  FAILING_NAME=gitops-failing
+  rm -rf "${STORAGE:?}/$NS/$FAILING_NAME"
+  sed -e "s/^  name: $NAME\$/  name: $FAILING_NAME/" \
+      -e "s|^    dataset: digits\$|    dataset: image-folder\n    uri: /nonexistent/images|" \
+      "$JOB" > "$WORK/$FAILING_NAME.job.yaml"
+  "$PY" -m raykube render "$WORK/$FAILING_NAME.job.yaml" -n "$NS" \
+    --image raykube/raykube:dev-cpu > "$WORK/$FAILING_NAME.yaml"
+  k apply --server-side -f "$WORK/$FAILING_NAME.yaml"
+  failing_app() {
+    k -n "$NS" get rayservice "$FAILING_NAME-serve" -o jsonpath="{.status.pendingServiceStatus.applicationStatuses.classifier$1}{.status.activeServiceStatus.applicationStatuses.classifier$1}" 2>/dev/null
+  }
+  wait_until 480 "the failing run's serve app to be DEPLOY_FAILED" \
+    bash -c "[[ \$('$KUBECTL' -n $NS get rayservice $FAILING_NAME-serve -o jsonpath='{.status.pendingServiceStatus.applicationStatuses.classifier.status}{.status.activeServiceStatus.applicationStatuses.classifier.status}') == DEPLOY_FAILED ]]"
+  why=$(failing_app '.serveDeploymentStatuses.Classifier.message' | grep -o 'TrainingRunFailed: .*' || true)
+  [[ $why == *"failed for good"*"image-folder /nonexistent/images: cannot list it"*"there is no model to serve"* ]] \
+    || fail "the failing run's RayService does not say why: $(failing_app '.serveDeploymentStatuses.Classifier.message')"
+  grep -q '"final": true' "$STORAGE/$NS/$FAILING_NAME/failed.json" \
+    || fail "no final failure in $STORAGE/$NS/$FAILING_NAME/failed.json"
+  note "a rendered run that failed for good: RayJob $(k -n "$NS" get rayjob "$FAILING_NAME" -o jsonpath='{.status.jobDeploymentStatus}, {.status.failed} failed attempt(s)'); RayService: ${why:0:240}"
+  k delete -f "$WORK/$FAILING_NAME.yaml" --wait=true --timeout=180s
   end
 fi
 # ============================================================ 10: head and cluster lost

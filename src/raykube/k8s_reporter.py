@@ -297,6 +297,20 @@ class KubernetesReporter:
                 return bool(got["retriesCancelled"])
         return None
 
+    def rayjob(self) -> dict[str, Any] | None:
+        """This driver's RayJob (named as its TrainingRun: ``raykube.render.child_name``),
+        for whether KubeRay retries a failed attempt (``raykube.run_failure``); None,
+        with one line logged, when it cannot be read (a driver Role from before it allowed
+        ``get rayjobs``, an API server out of reach)."""
+        try:
+            return self._client().get_namespaced_custom_object(
+                "ray.io", "v1", self.namespace, "rayjobs", self.name,
+                _request_timeout=self.request_timeout)
+        except Exception as exc:
+            log.warning("could not read RayJob %s/%s to tell whether KubeRay retries this "
+                        "attempt: %s", self.namespace, self.name, api_error_line(exc))
+            return None
+
     def _checkpoint(self, uri: Any, metrics: dict[str, float]) -> dict[str, Any]:
         """``status.checkpoint`` for ``uri``, with the storage it is on when known."""
         out: dict[str, Any] = {"uri": str(uri), "metrics": metrics}

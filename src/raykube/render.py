@@ -279,7 +279,9 @@ def render_spec_configmap(run: TrainingRun, cfg: RenderConfig,
 
 def render_rbac(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] | None = None
                 ) -> list[dict[str, Any]]:
-    """ServiceAccount + Role + RoleBinding: the driver may get/patch only its own status."""
+    """ServiceAccount + Role + RoleBinding: the driver may get/patch only its own
+    TrainingRun's status, and get only its own RayJob (whether KubeRay retries a failed
+    attempt: ``raykube.run_failure``)."""
     sa = service_account_name(run, cfg)
     rbac = "rbac.authorization.k8s.io"
     return [
@@ -288,7 +290,9 @@ def render_rbac(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] | 
          "rules": [{"apiGroups": [API_VERSION.split("/")[0]],
                     "resources": ["trainingruns/status"],
                     "resourceNames": [run.name],
-                    "verbs": ["get", "patch"]}]},
+                    "verbs": ["get", "patch"]},
+                   {"apiGroups": ["ray.io"], "resources": ["rayjobs"],
+                    "resourceNames": [child_name(run)], "verbs": ["get"]}]},
         {"apiVersion": f"{rbac}/v1", "kind": "RoleBinding", "metadata": _meta(run, sa, owner),
          "roleRef": {"apiGroup": rbac, "kind": "Role", "name": sa},
          "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": run.namespace}]},

@@ -156,8 +156,13 @@ TRAINING_WAIT_LOG_S = 300.0
 """How often it says, in its log, that it is still waiting."""
 
 
+class TrainingRunFailed(RuntimeError):
+    """The run a replica waits for failed for good (``raykube.run_failure``): one line."""
+
+
 def wait_for_training(checkpoint: str, *, poll_s: float = TRAINING_POLL_S,
-                      log_every_s: float = TRAINING_WAIT_LOG_S) -> float:
+                      log_every_s: float = TRAINING_WAIT_LOG_S,
+                      believe_after_s: float | None = None) -> float:
     """Block until the training run whose ``<run dir>/best`` ``checkpoint`` names has
     finished, and return the seconds waited (0.0 when it had already).
 
@@ -172,9 +177,18 @@ def wait_for_training(checkpoint: str, *, poll_s: float = TRAINING_POLL_S,
 
     An unsupported URI, refused credentials or a missing bucket are raised at once (one
     line), as without waiting; a store that does not answer for a moment is waited out.
+    A run that failed for good says so in its ``failed.json``: ``TrainingRunFailed`` (one
+    line, the run's reason) at once when it failed while this replica waited, else once it
+    has stood ``believe_after_s`` (``run_failure.believe_after_s()``, 5 minutes) since a
+    replica of this cluster first saw it: the file of an earlier attempt, which a new one
+    removes as it starts, must not fail a replica started beside it.
     """
+    from raykube import run_failure
     from raykube.storage import UnsupportedStorage, read_bytes
     from raykube.train import RESULT_FILE
+
+    if believe_after_s is None:
+        believe_after_s = run_failure.believe_after_s()
 
     text = file_uri_path(str(checkpoint)).rstrip("/")
     if problem := location_problem(text):
@@ -186,19 +200,40 @@ def wait_for_training(checkpoint: str, *, poll_s: float = TRAINING_POLL_S,
     from raykube import s3
 
     started = time.monotonic()
+    waiting_since = time.time()
+    sightings: dict[run_failure.RunFailure, float] = {}  # this replica's own
     said = None
+    failure_said = None
     while True:
         unreadable = ""
+        failure = None
         try:
             if s3.is_s3(text):
                 s3.check(run_dir)  # one line for credentials, bucket, endpoint
             if read_bytes(marker) is not None:
                 break
+            failure = run_failure.read(run_dir)
         except OSError as exc:
             if not (getattr(exc, "transient", False) or s3.unreachable(exc)):
                 raise
             unreadable = f"; it cannot be read now: {str(exc).splitlines()[0] if str(exc) else exc!r}"
         now = time.monotonic()
+        if failure is not None and failure.final:
+            wall = time.time()
+            seen = run_failure.first_seen(run_dir, failure, sightings.setdefault(failure, wall))
+            if run_failure.is_believed(failure, waiting_since=waiting_since, first_seen=seen,
+                                       now=wall, grace_s=believe_after_s):
+                run_failure.tell_believed(run_dir, failure)
+                raise TrainingRunFailed(failure.line(run_dir))
+        if failure is not None and failure != failure_said:
+            _replica_says("the training run in %s: %s at %s (%s): %s", run_dir,
+                          "it failed for good" if failure.final else "an attempt failed",
+                          failure.at, failure.outcome, failure.message)
+            if failure.final:  # from before this replica waited: perhaps an earlier attempt's
+                _replica_says("this replica fails once that has stood %.0f s unless a new "
+                              "attempt starts and removes %s/%s first", believe_after_s,
+                              run_dir, run_failure.FAILED_FILE)
+            failure_said = failure
         if said is None or now - said >= log_every_s:
             _replica_says("waiting for the training run in %s to finish: %s is served once "
                           "its %s exists (looked for every %g s; %.0f s so far%s)", run_dir,

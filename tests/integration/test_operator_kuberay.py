@@ -412,6 +412,10 @@ def test_a_failure_no_retry_can_fix_is_not_retried(kube, operator, tmp_path):
     env.update(KUBECONFIG=str(config), RAYKUBE_TRAININGRUN=f"{kube.namespace}/kr-permanent",
                RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(
                    {"metadata": {"job_submission_id": job["status"]["jobId"]}}))
+    run_dir = tmp_path / "runs" / "kr-permanent"
+    run_dir.mkdir(parents=True)  # an earlier attempt's failure: this one removes it first
+    (run_dir / "failed.json").write_text(json.dumps({
+        "message": "earlier", "at": "2026-01-01T00:00:00Z", "final": True, "outcome": "x"}))
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "raykube", "train", "--spec",
                           str(tmp_path / "spec.yaml"), "--storage", str(tmp_path / "runs")],
@@ -420,9 +424,17 @@ def test_a_failure_no_retry_can_fix_is_not_retried(kube, operator, tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("raykube train: ")]
     cause = f"image-folder {tmp_path / 'no-such-images'}: cannot list it"
     assert out.returncode == 1, out.stderr
-    assert len(lines) == 3 and lines[0] == lines[2] and lines[0].startswith(
+    assert lines[0] == ("raykube train: a new attempt: removed the last one's "
+                        f"{run_dir}/failed.json"), out.stderr
+    lines = lines[1:]
+    assert len(lines) == 4 and lines[0] == lines[3] and lines[0].startswith(
         f"raykube train: {cause}"), out.stderr
     assert lines[1] == "raykube train: not retried: a new attempt would fail the same way"
+    # for a RayService rendered beside the run (raykube.run_failure): final, with the cause
+    assert lines[2] == ("raykube train: the run failed for good (a new attempt would fail "
+                        f"the same way): said in {run_dir}/failed.json"), out.stderr
+    said = json.loads((run_dir / "failed.json").read_text())
+    assert said["final"] is True and said["message"] == lines[0][len("raykube train: "):]
     assert kube.get("RayJob", "kr-permanent")["spec"]["backoffLimit"] == 0
     assert kube.get("RayJob", "kr-retried")["spec"]["backoffLimit"] == 2
 

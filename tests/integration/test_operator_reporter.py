@@ -238,3 +238,90 @@ def test_a_new_attempts_driver_clears_the_last_attempts_worker_failures(kubeconf
     second.on_failure("worker failure (rank 1: RuntimeError: boom); restarting the workers "
                       "from the last checkpoint (retry 1 of 3)")
     assert kube.get("TrainingRun", "rep-again")["status"]["workerFailures"]["count"] == 1
+
+
+def test_a_failed_attempt_says_in_the_run_directory_whether_kuberay_retries_it(
+        kube, tmp_path, monkeypatch, capsys, caplog):
+    """``raykube train``'s ``record_failure`` as the driver runs it in a rendered RayJob:
+    with the token of the driver's own ServiceAccount and the Role ``raykube render``
+    gives it, on the real API server (RBAC enforced). It reads its RayJob and writes
+    ``failed.json``: final once ``status.failed`` has reached ``spec.backoffLimit``. The
+    RayJob is one this test writes, ``status.failed`` included, standing in for KubeRay's
+    count (KubeRay does not act in this namespace). A Role rendered before the RayJob
+    rule: one warning line, and a failure that is not called final."""
+    import logging
+    import time
+
+    from raykube import render as R
+    from raykube import run_failure
+    from raykube.commands.train import record_failure
+
+    run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"}},
+                     name="failing", namespace=kube.namespace)
+    cfg = R.RenderConfig()
+    rbac = R.render_rbac(run, cfg)
+    kube.cp.apply_objects(rbac)
+    rayjob = R.render_rayjob(run, cfg)
+    rayjob["spec"]["suspend"] = True
+    rayjob["spec"]["backoffLimit"] = 2
+    kube.create(rayjob)
+    sa = rbac[0]["metadata"]["name"]
+    monkeypatch.setenv("KUBECONFIG", str(kube.cp.kubeconfig_for(sa, kube.namespace,
+                                                                tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("RAYKUBE_TRAININGRUN", f"{kube.namespace}/failing")
+    run_dir = str(tmp_path / "runs" / kube.namespace / "failing")
+
+    def attempt(failed: int | None) -> run_failure.RunFailure:
+        if failed is not None:
+            kube.patch_status("RayJob", "failing", {"failed": failed})
+        assert record_failure(run_dir, "training failed: boom", permanent=False) is True
+        got = run_failure.read(run_dir)
+        assert got is not None and got.message == "training failed: boom"
+        return got
+
+    first = attempt(None)
+    assert (first.final, first.outcome) == (False, "KubeRay retries it: retry 1 of 2")
+    assert "this attempt failed (KubeRay retries it: retry 1 of 2): said in " \
+           f"{run_dir}/failed.json" in capsys.readouterr().err
+    assert (attempt(1).final, attempt(1).outcome) == (False, "KubeRay retries it: retry 2 of 2")
+    last = attempt(2)
+    assert (last.final, last.outcome) == (
+        True, "no RayJob retry is left, spec.failure.maxRetries: 2")
+    assert "the run failed for good" in capsys.readouterr().err
+
+    # the Role as rendered before it could read the RayJob (the same field manager: the
+    # rules are replaced). The API server's RBAC informer takes a moment to see it.
+    kube.cp.apply_objects([{**rbac[1], "rules": rbac[1]["rules"][:1]}])
+    deadline = time.monotonic() + 30
+    while True:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="raykube.k8s_reporter"):
+            unknown = attempt(None)
+        if unknown.outcome != last.outcome or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert (unknown.final, unknown.outcome) == (
+        False, "whether KubeRay retries it is not known here")
+    [line] = [r.getMessage() for r in caplog.records if r.name == "raykube.k8s_reporter"]
+    assert line.startswith(f"could not read RayJob {kube.namespace}/failing to tell whether "
+                           "KubeRay retries this attempt: 403 Forbidden: "), line
+    assert "\n" not in line
+
+
+def test_a_rendered_rayjobs_driver_says_no_trainingrun_can_cancel_the_retries(
+        kubeconfig, monkeypatch, capsys):
+    """A cause every attempt would meet, in a RayJob of ``raykube render`` (no TrainingRun,
+    no operator): the driver says that KubeRay retries it anyway, not that an operator
+    did not answer (there is none to answer), and does not wait for one."""
+    import time
+
+    from raykube.commands.train import give_up
+
+    monkeypatch.setenv("RAYKUBE_TRAININGRUN", f"{kubeconfig.namespace}/rendered-only-2")
+    started = time.monotonic()
+    assert give_up("image-folder /nope: cannot list it") is True
+    assert time.monotonic() - started < 20  # STOP_RETRIES_WAIT_S is 30 s
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "raykube train: no TrainingRun to ask to cancel KubeRay's retries (a rendered RayJob): "
+        "KubeRay retries as its backoffLimit says, and each attempt fails the same way")

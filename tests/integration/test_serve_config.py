@@ -144,3 +144,57 @@ def test_a_rendered_service_applied_beside_its_training_serves_once_the_run_fini
         assert f"the training run in {run_dir} has finished" in replica_log(), replica_log()
     finally:
         serve.shutdown()
+
+
+def test_a_rendered_service_whose_run_failed_for_good_fails_naming_the_runs_reason(
+        ray_session, tmp_path):
+    """The RayJob beside the RayService failed for good: its driver wrote ``failed.json``
+    (``raykube.run_failure``). Deployed through Serve's declarative API as KubeRay does,
+    the application ends ``DEPLOY_FAILED`` with the run's reason in its message, where
+    before it stayed ``DEPLOYING`` for ever. The failure is from before the replicas
+    waited, so the first replica gives it the grace period (10 s here, through the serving
+    pods' environment; 5 minutes by default) and Serve's next tries believe it at once:
+    one replica says it waits, not three."""
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+    from test_serve import SPEC
+
+    from raykube import run_failure
+    from raykube.render import serve_config
+
+    run_dir = tmp_path / "runs" / "default" / "digits"
+    run_failure.record(str(run_dir), run_failure.RunFailure(
+        message="data.path /data/digits: no such directory", at="2026-01-01T00:00:00Z",
+        final=True, outcome="a new attempt would fail the same way"))
+    run = parse_spec({**SPEC, "serve": {"enabled": True, "cpusPerReplica": 0.5}}, name="digits")
+    config = serve_config(run, str(run_dir / "best"), wait_for_training=True)
+    [app] = config["applications"]
+    app.setdefault("runtime_env", {}).setdefault("env_vars", {})[run_failure.GRACE_ENV] = "10"
+    serve.shutdown()
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    try:
+        import ray
+        from ray.serve.context import _get_global_client
+
+        logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+        before = set(logs.glob("replica_classifier_Classifier_*.log"))
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+        deadline = time.monotonic() + 180
+        status = None
+        while time.monotonic() < deadline:
+            status = serve.status().applications.get("classifier")
+            if status is not None and status.status not in ("NOT_STARTED", "DEPLOYING"):
+                break
+            time.sleep(1.0)
+        assert status is not None and status.status == "DEPLOY_FAILED", status
+        message = status.deployments["Classifier"].message
+        assert (f"TrainingRunFailed: the training run in {run_dir} failed for good at "
+                "2026-01-01T00:00:00Z (a new attempt would fail the same way): data.path "
+                "/data/digits: no such directory; there is no model to serve") in message, message
+        said = [f.read_text(errors="replace") for f in
+                set(logs.glob("replica_classifier_Classifier_*.log")) - before]
+        assert len(said) >= 3, said  # Serve's 3 tries
+        waited = [t for t in said if "this replica fails once that has stood 10 s" in t]
+        assert len(waited) == 1, said
+    finally:
+        serve.shutdown()

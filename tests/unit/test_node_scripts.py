@@ -159,3 +159,35 @@ def test_the_e2e_gitops_phase_renders_a_quickstart_of_its_own_that_waits(tmp_pat
     assert "waitForTraining: true" in svc["spec"]["serveConfigV2"]
     assert ("RayJob", "gitops-quickstart") in docs
     assert 'grep -q \'waitForTraining: true\' "$GITOPS"' in E2E_SH
+
+
+def test_the_e2e_gitops_phase_fails_a_copy_of_the_quickstart_for_good():
+    """Phase 9's second run: sed renames the quickstart and points it at images that do
+    not exist. Each edit must hit once, and the copy must be a valid served run whose
+    every attempt fails the same way (a missing image folder: not a transient cause)."""
+    from raykube.data import DatasetUnavailable
+    from raykube.spec import load_yaml_documents, parse_training_run
+    from raykube.transient import retry_would_help
+
+    assert "FAILING_NAME=gitops-failing" in E2E_SH
+    for sed in ('-e "s/^  name: $NAME\\$/  name: $FAILING_NAME/"',
+                '-e "s|^    dataset: digits\\$|    dataset: image-folder\\n    uri: '
+                '/nonexistent/images|"'):
+        assert sed in E2E_SH, sed
+    text = (REPO / "k8s" / "local" / "quickstart.yaml").read_text()
+    for pattern, repl in ((r"^  name: quickstart$", "  name: gitops-failing"),
+                          (r"^    dataset: digits$",
+                           "    dataset: image-folder\n    uri: /nonexistent/images")):
+        text, n = re.subn(pattern, repl, text, flags=re.M)
+        assert n == 1, pattern
+    run = parse_training_run(load_yaml_documents(text)[0])
+    assert (run.name, run.spec.data.dataset, run.spec.data.uri, run.spec.serve.enabled) == (
+        "gitops-failing", "image-folder", "/nonexistent/images", True)
+    from raykube.data import _list_classes
+
+    try:
+        _list_classes(run.spec.data.uri)
+    except DatasetUnavailable as exc:
+        assert not retry_would_help(exc), exc
+    else:
+        raise AssertionError("listing /nonexistent/images did not fail")

@@ -143,11 +143,15 @@ def test_spec_configmap_round_trips():
     assert again.spec == run.spec and again.name == run.name
 
 
-def test_rbac_is_scoped_to_the_runs_own_status():
+def test_rbac_is_scoped_to_the_runs_own_status_and_rayjob():
     sa, role, binding = R.render_rbac(_run(), CFG)
-    rule, = role["rules"]
-    assert rule == {"apiGroups": ["raykube.io"], "resources": ["trainingruns/status"],
-                    "resourceNames": ["quickstart"], "verbs": ["get", "patch"]}
+    status, rayjob = role["rules"]
+    assert status == {"apiGroups": ["raykube.io"], "resources": ["trainingruns/status"],
+                      "resourceNames": ["quickstart"], "verbs": ["get", "patch"]}
+    # read-only, and only the RayJob it runs in: whether KubeRay retries a failed attempt
+    assert rayjob == {"apiGroups": ["ray.io"], "resources": ["rayjobs"],
+                      "resourceNames": [R.render_rayjob(_run(), CFG)["metadata"]["name"]],
+                      "verbs": ["get"]}
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                     "namespace": "default"}]

@@ -59,3 +59,85 @@ def test_serving_a_runs_best_before_it_exists_names_what_can_be_served(tmp_path)
     with pytest.raises(FileNotFoundError) as raised:  # nothing there at all: no guess
         resolve_checkpoint(str(tmp_path / "nowhere" / "best"))
     assert str(raised.value).endswith("no such file or directory")
+
+
+
+EARLIER = "2026-01-01T00:00:00Z"
+"""A failure from before the replica began to wait: perhaps an earlier attempt's."""
+
+
+def _failed(run_dir, *, final: bool, at: str = EARLIER) -> None:
+    from raykube import run_failure
+
+    run_failure.record(str(run_dir), run_failure.RunFailure(
+        message="training failed: boom", at=at, final=final,
+        outcome="no RayJob retry is left, spec.failure.maxRetries: 0" if final
+        else "KubeRay retries it: retry 1 of 2"))
+
+
+def test_a_failure_from_before_the_wait_fails_it_after_the_grace_period(tmp_path):
+    """The driver's ``failed.json`` says no retry follows, but it was there before the
+    replica began to wait (an earlier attempt's stays until a new attempt's driver removes
+    it): the replica fails once it has stood the grace period, naming the run's reason."""
+    from raykube.serve import TrainingRunFailed
+
+    run_dir = tmp_path / "default" / "quickstart"
+    _failed(run_dir, final=True)
+    started = time.monotonic()
+    with pytest.raises(TrainingRunFailed) as raised:
+        wait_for_training(str(run_dir / "best"), poll_s=0.05, believe_after_s=0.5)
+    assert 0.5 <= time.monotonic() - started < 10
+    line = str(raised.value)
+    assert "\n" not in line and line.startswith(f"the training run in {run_dir} failed for good "
+                                                f"at {EARLIER}"), line
+    assert "training failed: boom; there is no model to serve" in line, line
+
+
+def test_a_run_that_fails_for_good_while_waited_for_fails_the_wait_at_once(tmp_path):
+    from raykube import run_failure
+    from raykube.serve import TrainingRunFailed
+
+    run_dir = tmp_path / "default" / "quickstart"
+    _failed(run_dir, final=False)  # an attempt KubeRay retries: waited out
+
+    def fail_for_good() -> None:
+        time.sleep(1.2)  # failed.json's times are whole seconds
+        _failed(run_dir, final=True, at=run_failure.now())
+
+    threading.Thread(target=fail_for_good, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(TrainingRunFailed, match="failed for good"):
+        wait_for_training(str(run_dir / "best"), poll_s=0.05, believe_after_s=3600)
+    assert 1.0 < time.monotonic() - started < 10
+
+
+def test_a_retried_attempt_or_a_cleared_failure_is_waited_out(tmp_path):
+    """A failed attempt KubeRay retries is not the end; nor is an earlier attempt's final
+    failure that a new attempt removes within the grace period: the wait ends with the
+    run's result."""
+    from raykube import run_failure
+
+    run_dir = tmp_path / "default" / "quickstart"
+    _failed(run_dir, final=True)  # an earlier attempt's, as a new RayJob starts
+
+    def retry_then_finish() -> None:
+        time.sleep(0.6)
+        run_failure.clear(str(run_dir))  # the new attempt's driver starts
+        time.sleep(0.3)
+        _failed(run_dir, final=False)  # ... fails, and KubeRay retries it
+        time.sleep(0.6)
+        (run_dir / "best").mkdir()
+        (run_dir / "result.json").write_text("{}")
+
+    threading.Thread(target=retry_then_finish, daemon=True).start()
+    waited = wait_for_training(str(run_dir / "best"), poll_s=0.05, believe_after_s=5.0)
+    assert 1.0 < waited < 5.0, waited
+
+
+def test_a_finished_run_is_served_whatever_failed_before(tmp_path):
+    """``result.json`` wins: a run that finished after a failed attempt whose file was not
+    removed (a store that refused the delete) is served."""
+    run_dir = tmp_path / "default" / "quickstart"
+    _failed(run_dir, final=True)
+    (run_dir / "result.json").write_text("{}")
+    assert wait_for_training(str(run_dir / "best"), poll_s=0.05, believe_after_s=0.0) == 0.0

@@ -69,11 +69,60 @@ def give_up(line: str) -> bool:
     except Exception as exc:  # the failure line above is what matters
         print(f"raykube train: could not ask to cancel the retries: {exc}", file=sys.stderr)
         return True
-    print("raykube train: " + {
-        True: "not retried: a new attempt would fail the same way",
-        False: "the operator answered too late to cancel the retry",
-        None: "no answer from the operator: KubeRay retries as spec.failure.maxRetries says",
-    }[answer], file=sys.stderr, flush=True)
+    if answer is None and reporter.gone:  # `raykube render`'s RayJob: no TrainingRun, no operator
+        said = ("no TrainingRun to ask to cancel KubeRay's retries (a rendered RayJob): KubeRay "
+                "retries as its backoffLimit says, and each attempt fails the same way")
+    else:
+        said = {
+            True: "not retried: a new attempt would fail the same way",
+            False: "the operator answered too late to cancel the retry",
+            None: "no answer from the operator: KubeRay retries as spec.failure.maxRetries says",
+        }[answer]
+    print(f"raykube train: {said}", file=sys.stderr, flush=True)
+    return True
+
+
+def clear_failure(run_dir: str) -> None:
+    """A new attempt starts: the last one's ``failed.json`` no longer says how the run
+    ends (``raykube.run_failure``). A store that cannot be reached now is the run's own
+    first error, in its words: here only a line saying what is left behind."""
+    from raykube import run_failure
+    from raykube.k8s_reporter import api_error_line
+
+    try:
+        if run_failure.clear(run_dir):
+            print(f"raykube train: a new attempt: removed the last one's "
+                  f"{run_dir}/{run_failure.FAILED_FILE}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        print(f"raykube train: could not remove {run_dir}/{run_failure.FAILED_FILE} "
+              f"({api_error_line(exc)}): serving that waits on this run may take an "
+              "earlier attempt's failure for this one's", file=sys.stderr, flush=True)
+
+
+def record_failure(run_dir: str, line: str, *, permanent: bool) -> bool:
+    """Write ``failed.json`` for the serving that waits on this run: the failure, and
+    whether KubeRay retries it (read from this driver's RayJob). Best effort: the
+    failure line the caller prints last is what matters. True when a line was printed
+    (outside a RayJob nothing is done)."""
+    from raykube import run_failure
+    from raykube.k8s_reporter import KubernetesReporter, api_error_line
+
+    reporter = KubernetesReporter.from_env()
+    if reporter is None:  # not a RayJob's driver: no serving waits on this run
+        return False
+    rayjob = None if permanent else reporter.rayjob()
+    final, outcome = run_failure.attempt_outcome(permanent, rayjob)
+    failure = run_failure.RunFailure(message=line[:1000], at=run_failure.now(), final=final,
+                                     outcome=outcome)
+    where = f"{run_dir}/{run_failure.FAILED_FILE}"
+    try:
+        run_failure.record(run_dir, failure)
+    except Exception as exc:
+        print(f"raykube train: could not write {where} ({api_error_line(exc)})",
+              file=sys.stderr, flush=True)
+        return True
+    print(f"raykube train: {'the run failed for good' if final else 'this attempt failed'} "
+          f"({outcome}): said in {where}", file=sys.stderr, flush=True)
     return True
 
 
@@ -94,8 +143,18 @@ def run(args: argparse.Namespace) -> int:
 
     from raykube.data import DatasetUnavailable
     from raykube.local import init_ray, train_or_tune
-    from raykube.train import RunDirConflict, StorageError, is_training_failure, training_failure
+    from raykube.train import (
+        RunDirConflict,
+        StorageError,
+        is_training_failure,
+        run_dir_for,
+        training_failure,
+    )
     from raykube.transient import retry_would_help
+
+    run_dir = run_dir_for(storage, tr.name)
+    if os.environ.get("RAYKUBE_TRAININGRUN"):  # a RayJob's driver (rendered or the operator's)
+        clear_failure(run_dir)
 
     # A RayJob's driver joins its cluster (RAY_ADDRESS), whose head runs the dashboard
     # KubeRay submits through; without an address, a Ray of its own, as `raykube run`.
@@ -104,13 +163,19 @@ def run(args: argparse.Namespace) -> int:
         outcome = train_or_tune(tr, storage, observers=_observers())
     except (DatasetUnavailable, StorageError, RunDirConflict) as exc:  # the pod log shows one clear line
         print(f"raykube train: {exc}", file=sys.stderr, flush=True)
-        if not retry_would_help(exc) and give_up(str(exc)):
+        permanent = not retry_would_help(exc)
+        said = permanent and give_up(str(exc))
+        if not isinstance(exc, StorageError):  # the store itself failed: nothing to write to
+            said = record_failure(run_dir, str(exc), permanent=permanent) or said
+        if said:
             # KubeRay's message (and so the TrainingRun's) quotes the log's last lines:
             # the cause goes last again, after what came of the request
             print(f"raykube train: {exc}", file=sys.stderr, flush=True)
         return 1
     except Exception as exc:
         if not is_training_failure(exc):
+            record_failure(run_dir, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300],
+                           permanent=False)
             raise
         # Ray's traceback for the log, then one line last: KubeRay's RayJob message (and
         # so the TrainingRun's) quotes the job log's last lines.
@@ -118,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
         traceback.print_exc()
         why = training_failure(exc)
+        record_failure(run_dir, f"training failed: {why}", permanent=False)
         print(f"raykube train: training failed: {why}"
               + (OOM_HINT if "OutOfMemoryError" in why else ""), file=sys.stderr, flush=True)
         return 1
