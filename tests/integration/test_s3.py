@@ -310,3 +310,23 @@ def test_checkpoint_upload_check_resends_missing_and_short_files(s3_server, s3_p
         f.write(b"w" * 10)  # a short copy
     assert ensure_uploaded(str(tmp_path), fs, path) == ["checkpoint.pt"]
     assert ensure_uploaded(str(tmp_path), fs, path) == []
+
+
+def test_a_failed_attempts_record_is_written_read_and_removed_in_the_bucket(s3_server, s3_prefix):
+    """``failed.json`` (``raykube.run_failure``) on MinIO, as a RayJob's driver on s3://
+    storage writes it and a new attempt's driver removes it; a replica waiting for that
+    run fails on it, naming the reason."""
+    from raykube import run_failure
+    from raykube.serve import TrainingRunFailed, wait_for_training
+
+    run_dir = f"{s3_prefix}/default/q"
+    assert run_failure.read(run_dir) is None and run_failure.clear(run_dir) is False
+    failure = run_failure.RunFailure(message="training failed: boom", at="2026-01-01T00:00:00Z",
+                                     final=True, outcome="no RayJob retry is left, "
+                                     "spec.failure.maxRetries: 0")
+    run_failure.record(run_dir, failure)
+    assert run_failure.read(run_dir) == failure
+    with pytest.raises(TrainingRunFailed, match="training failed: boom; there is no model"):
+        wait_for_training(f"{run_dir}/best", poll_s=0.05, believe_after_s=0.2)
+    assert run_failure.clear(run_dir) is True
+    assert run_failure.read(run_dir) is None
