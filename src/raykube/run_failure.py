@@ -42,6 +42,7 @@ waits is believed at once. The period runs from the first sighting by any replic
 serving cluster (Ray's key-value store), and once one replica has believed a failure the
 others do at once, so Serve's 3 tries do not each wait it out."""
 
+
 def believe_after_s(env: Mapping[str, str] | None = None) -> float:
     """``BELIEVE_AFTER_S``, or ``$RAYKUBE_FAILED_RUN_GRACE_S`` when it is a number >= 0
     (anything else is said once in the log and ignored)."""
