@@ -59,6 +59,7 @@ Decisions (README "Operator"):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -66,7 +67,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kopf
@@ -236,6 +237,31 @@ def _ref(obj: dict[str, Any]) -> tuple[str, str, str, str]:
 
 
 _UNREAD: Any = object()
+
+
+class ChildRefused(Exception):
+    """The API server refused (422) an object rendered from a spec that passed our own
+    validation: a bound the CRDs know and the spec's schema does not (KubeRay's int32
+    fields, a ConfigMap's 1 MiB). Retrying cannot help until the spec (or a CRD)
+    changes, so it is reported like an invalid spec, not retried every 30 s with no
+    status, as it was."""
+
+    def __init__(self, obj: dict[str, Any], exc: ApiError):
+        self.kind, self.name = obj.get("kind", "object"), obj["metadata"]["name"]
+        self.reason = exc.message or str(exc)
+        super().__init__(f"the API server refused the {self.kind} {self.name} rendered "
+                         f"from this spec: {self.reason}")
+
+
+@contextlib.contextmanager
+def _refused_as_child(obj: dict[str, Any]) -> Iterator[None]:
+    """Turn a 422 on writing ``obj`` (a child) into ``ChildRefused``."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status == 422:
+            raise ChildRefused(obj, exc) from exc
+        raise
 
 
 def apply_child(kube: Kube, obj: dict[str, Any], current: dict[str, Any] | None = _UNREAD) -> str:
@@ -473,7 +499,10 @@ def reconcile(body: dict[str, Any], memo: kopf.Memo, *, changed: list[str] | Non
     ns, name = meta["namespace"], meta["name"]
     try:
         with _lock(memo, ns, name):
-            results = _reconcile_locked(kube, cfg, body, changed=changed)
+            try:
+                results = _reconcile_locked(kube, cfg, body, changed=changed)
+            except ChildRefused as exc:
+                return _report_refused(kube, ns, name, exc)
         if results.get("promote"):
             # a finished run whose serve settings (or missing RayService) call for the
             # gate again: e.g. serve.minAccuracy lowered, serve.enabled turned back on
@@ -524,6 +553,31 @@ def _report_kuberay_missing(kube: Kube, ns: str, name: str) -> str:
     return KUBERAY_MISSING
 
 
+def _report_refused(kube: Kube, ns: str, name: str, exc: ChildRefused) -> dict[str, str]:
+    """``Validated=False``, reason ``RefusedByAPIServer``, the API server's words, and one
+    Warning event (not again for the same refusal of the same generation). Not retried:
+    an edit of the spec reconciles again (so does the resync)."""
+    msg = str(exc)
+    tr = _get_tr(kube, ns, name)
+    if tr is None:
+        return {"validated": "False", "errors": msg}
+    cur = tr.get("status") or {}
+    gen = tr["metadata"].get("generation")
+    said = st.get_condition(cur.get("conditions"), st.VALIDATED) or {}
+    if (said.get("reason"), said.get("message"), said.get("observedGeneration")) != (
+            REFUSED, msg, gen):
+        log.warning("TrainingRun %s/%s: %s", ns, name, msg)
+        conds = st.set_condition(cur.get("conditions"), st.VALIDATED, False, REFUSED, msg,
+                                 now=st.now_rfc3339(), generation=gen)
+        _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds),
+                                 "observedGeneration": gen, "message": msg})
+        _event(tr, "Warning", REFUSED, msg)
+    return {"validated": "False", "errors": msg}
+
+
+REFUSED = "RefusedByAPIServer"
+
+
 def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
                       changed: list[str] | None) -> dict[str, str]:
     meta = body["metadata"]
@@ -571,9 +625,11 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
         # the ConfigMap holds the spec the driver reads (also on a retry): it only
         # changes together with the RayJob (not on suspend-pending: the edit reaches
         # both while it is suspended)
-        results = {f"{c['kind']}/{c['metadata']['name']}": apply_child(kube, c, now)
-                   for c, now in zip(others, currents, strict=True)}
-    job_result = apply_rayjob(kube, job, current, action)
+        for c, now in zip(others, currents, strict=True):
+            with _refused_as_child(c):
+                results[f"{c['kind']}/{c['metadata']['name']}"] = apply_child(kube, c, now)
+    with _refused_as_child(job):
+        job_result = apply_rayjob(kube, job, current, action)
     results[f"RayJob/{job_name}"] = job_result
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
 
@@ -723,7 +779,8 @@ def _first_sight(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any]) -> dict[st
         for child in [*(_annotate(c) for c in others), job]:
             # 409: something of that name exists (a retry after a partial attempt, a
             # leftover, the user's own object): the careful path decides whose it is
-            kube.create(child)
+            with _refused_as_child(child):
+                kube.create(child)
             results[f"{child['kind']}/{child['metadata']['name']}"] = "created"
     except ApiError as exc:
         if exc.status == 409:

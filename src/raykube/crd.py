@@ -35,13 +35,18 @@ from raykube.spec import (
     GROUP,
     KIND,
     MAX_NAME_LENGTH,
+    MAX_WORKERS,
     METRICS,
     PLURAL,
+    RESERVED_NAMES,
+    RESERVED_SUFFIX,
     SHORT_NAMES,
     SINGULAR,
     VERSION,
+    ScalingSpec,
     TrainingRunSpec,
     TrainingRunStatus,
+    TuneSpec,
 )
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -69,8 +74,28 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "spec.checkpoint.scoreMetric": {"enum": list(METRICS)},
 }
 
+
+def _default(model: type[BaseModel], field: str) -> Any:
+    return model.model_fields[field].default
+
+
+# Train workers at once (the rule of ``spec._tune_checks``): the CRD carries
+# no defaults, so the rule falls back to the models' own.
+_WORKERS = (f"(has(self.scaling) && has(self.scaling.workers) ? self.scaling.workers : "
+            f"{_default(ScalingSpec, 'workers')})")
+_TRIALS = f"(has(self.tune.trials) ? self.tune.trials : {_default(TuneSpec, 'trials')})"
+_AT_ONCE = (f"(has(self.tune.maxConcurrentTrials) ? self.tune.maxConcurrentTrials : "
+            f"{_default(TuneSpec, 'max_concurrent_trials')})")
+
 # CEL rules (x-kubernetes-validations) by schema path; "*" = each value of a map.
 _CEL: dict[str, list[dict[str, str]]] = {
+    "spec": [
+        {"rule": f"!has(self.tune) || {_WORKERS} * ({_TRIALS} < {_AT_ONCE} ? {_TRIALS} : "
+                 f"{_AT_ONCE}) <= {MAX_WORKERS}",
+         "message": f"scaling.workers x the concurrent trials (tune.maxConcurrentTrials, at "
+                    f"most tune.trials) must be at most {MAX_WORKERS} Train workers at once",
+         "fieldPath": ".tune.maxConcurrentTrials"},
+    ],
     "spec.checkpoint.storage": [
         {"rule": "!(has(self.pvc) && has(self.uri))",
          "message": "set either pvc or uri, not both"},
@@ -100,6 +125,12 @@ _NAME_RULES = [
     {"rule": f"self.metadata.name.matches('{_DNS_LABEL}')",
      "message": "metadata.name must be a DNS label (lower-case letters, digits and '-', "
                 "starting with a letter): it names the run's Services"},
+    *({"rule": f"self.metadata.name != '{reserved}'",
+       "message": f"metadata.name {reserved!r} is reserved: {why}"}
+      for reserved, why in RESERVED_NAMES.items()),
+    {"rule": f"!self.metadata.name.endsWith('{RESERVED_SUFFIX}')",
+     "message": f"metadata.name must not end in {RESERVED_SUFFIX!r}: run <x>'s RayService is "
+                f"named <x>{RESERVED_SUFFIX}, and KubeRay would give both the same Services"},
 ]
 
 # Sizes that bound CEL cost estimation (the API server refuses rules whose worst case

@@ -161,12 +161,26 @@ class _Model(BaseModel):
 
 
 # ----------------------------------------------------------------------------- model
+MAX_LAYERS = 64
+"""Most layers ``model.options.hidden`` / ``channels`` may list: far beyond the tutorials'
+networks, and it keeps the spec well inside a ConfigMap (1 MiB), which carries it to the
+driver (a list of 140,000 sizes was accepted before and left the run with no status)."""
+MAX_WORKERS = 1024
+"""Most Ray Train workers one run may ask for at once: ``scaling.workers``, and for a
+search ``scaling.workers`` x the concurrent trials (each trial its own workers; 1,024
+workers x 1,000 trials once rendered a RayJob of 1,024,000 worker pods)."""
+INT32_MAX = 2**31 - 1
+"""KubeRay's RayJob stores ``activeDeadlineSeconds`` and ``ttlSecondsAfterFinished`` as
+int32: a larger value passed our schema and was refused by the API server on the RayJob."""
+
+
 class ModelOptions(_Model):
     """Architecture knobs. Each applies to some models only (checked on validation)."""
 
     hidden: list[Annotated[int, Field(ge=1)]] | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_LAYERS,
         description="mlp: sizes of the hidden layers (default [512, 512], as in the "
         "FashionMNIST tutorial). cifar-cnn: sizes of the fully connected layers after the "
         "convolutions (default [120, 84], the tutorial's l1 and l2).",
@@ -181,6 +195,7 @@ class ModelOptions(_Model):
     channels: list[Annotated[int, Field(ge=1)]] | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_LAYERS,
         description="cifar-cnn: output channels of the convolution blocks (default "
         "[6, 16], as in the CIFAR-10 tutorial).",
     )
@@ -349,7 +364,7 @@ class HeadSpec(_Model):
 class ScalingSpec(_Model):
     """How many Ray Train workers, and what each one gets."""
 
-    workers: int = Field(default=2, ge=1, le=1024, description="Number of Ray Train workers "
+    workers: int = Field(default=2, ge=1, le=MAX_WORKERS, description="Number of Ray Train workers "
                          "(DDP processes); one Ray worker pod each.")
     cpus_per_worker: float = Field(default=1.0, ge=MIN_POD_CPUS, le=512, description="CPUs "
                                    "per worker (at least 0.1); also the worker's torch "
@@ -557,11 +572,11 @@ class TrainingRunSpec(_Model):
                               "Ray pods (default: the operator's CPU image, or its CUDA image "
                               "when scaling.gpusPerWorker > 0).")
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail an attempt after this many seconds. KubeRay "
+        default=None, ge=1, le=INT32_MAX, description="Fail an attempt after this many seconds. KubeRay "
         "counts it per attempt: each retry (failure.maxRetries) starts the clock again, so a "
         "run can take up to (maxRetries + 1) times this.")
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Seconds the finished training Ray cluster is kept "
+        default=None, ge=0, le=INT32_MAX, description="Seconds the finished training Ray cluster is kept "
         "(for its logs) before deletion. Default: 600, or 0 when serve.enabled, so the "
         "serving cluster never has to fit beside an idle training cluster.")
     suspend: bool = Field(default=False, description="Do not run (yet); set to false to start. "
@@ -758,13 +773,35 @@ class TrainingRun(_Model):
 
     @model_validator(mode="after")
     def _semantic(self) -> TrainingRun:
-        errors = list(semantic_errors(self.spec))
+        errors = [SpecError("metadata.name", p) for p in name_problems(self.metadata.name)]
+        errors += semantic_errors(self.spec)
         if errors:
             raise SpecErrors(errors)
         return self
 
 
 # ------------------------------------------------------------------------ validation
+RESERVED_NAMES = {"datasets": "it is the folder of the shared dataset cache "
+                  "(<storage>/datasets), where this run's checkpoints would go"}
+"""Run names that would share a folder of the storage root with something else."""
+RESERVED_SUFFIX = "-serve"
+"""The suffix of a run's RayService name (``render.rayservice_name``): a run named
+``<x>-serve`` would get KubeRay Services of the same names as run ``<x>``'s RayService
+(``<x>-serve-head-svc``), each KubeRay controller rewriting the other's selector."""
+
+
+def name_problems(name: str) -> list[str]:
+    """Why ``name`` cannot name a run, beyond the DNS-label rules (empty if it can). The
+    CRD says the same in CEL (``raykube.crd``)."""
+    if name in RESERVED_NAMES:
+        return [f"{name!r} is reserved: {RESERVED_NAMES[name]}"]
+    if name.endswith(RESERVED_SUFFIX):
+        return [f"must not end in {RESERVED_SUFFIX!r}: {name} is the name of the RayService "
+                f"of a run named {name[:-len(RESERVED_SUFFIX)]}, and KubeRay would give both "
+                "the same Services"]
+    return []
+
+
 @dataclass(frozen=True)
 class SpecError:
     """One problem, at a camelCase field path such as ``spec.scaling.workers``."""
@@ -1026,6 +1063,13 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     if tune.metric not in METRICS:
         yield SpecError(f"{t}.metric", f"{tune.metric!r} is not a reported metric "
                         f"(one of: {', '.join(METRICS)})")
+    units = spec.scaling.workers * tune.concurrent_trials
+    if units > MAX_WORKERS:
+        yield SpecError(f"{t}.maxConcurrentTrials", (
+            f"{tune.concurrent_trials} concurrent trials of scaling.workers="
+            f"{spec.scaling.workers} each is {units} Train workers at once, more than "
+            f"{MAX_WORKERS} (the limit of scaling.workers): lower maxConcurrentTrials or "
+            "scaling.workers"))
     if tune.scheduler.name == "asha" and tune.scheduler.grace_period > spec.train.epochs:
         yield SpecError(f"{t}.scheduler.gracePeriod", f"{tune.scheduler.grace_period} is more "
                         f"than train.epochs={spec.train.epochs}")

@@ -186,7 +186,11 @@ CEL_CASES = {
     # accepted by the API server's own name check (a DNS subdomain), refused by ours
     **{m["message"]: ("metadata.name", v) for m, v in zip(
         SCHEMA["x-kubernetes-validations"],
-        ["a" * 41, "run.v2"], strict=True)},
+        ["a" * 41, "run.v2", "datasets", "quickstart-serve"], strict=True)},
+    # 2 workers (the default, unset) x 513 concurrent trials: 1,026 pods' worth of workers
+    "scaling.workers x the concurrent trials (tune.maxConcurrentTrials, at most tune.trials) "
+    "must be at most 1024 Train workers at once":
+        ("spec.tune.maxConcurrentTrials", {"trials": 600, "maxConcurrentTrials": 513}),
 }
 
 
@@ -212,6 +216,10 @@ def test_every_cel_rule_is_enforced_by_the_api_server(kube, message):
     doc = base_doc()
     if where == "metadata.name":
         doc["metadata"]["name"] = value
+        field = where
+    elif where == "spec.tune.maxConcurrentTrials":
+        doc["spec"].get("scaling", {}).pop("workers", None)
+        doc["spec"]["tune"].update(value)
         field = where
     elif where.startswith("spec.tune.searchSpace."):
         doc["spec"]["tune"]["searchSpace"] = {where.removeprefix("spec.tune.searchSpace."): value}

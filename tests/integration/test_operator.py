@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from k8s_schemas import validate_strict
-from operator_helpers import CHILD_KINDS, children, cond
+from operator_helpers import CHILD_KINDS, children, cond, events
 from raykube.spec import load_yaml_documents
 from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
 from raykube.testing.kube import KubeError
@@ -211,6 +211,76 @@ def test_a_model_too_large_for_its_memory_is_refused_then_runs_when_given_it(kub
     job = kube.wait_object("RayJob", name)
     pod = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["memory"] == "8Gi"
+
+
+def _dry_run_rayjob(kube, name: str) -> int:
+    """The status code of a dry-run create of a minimal RayJob named ``name``."""
+    probe = {"apiVersion": "ray.io/v1", "kind": "RayJob",
+             "metadata": {"name": name, "namespace": kube.namespace},
+             "spec": {"entrypoint": "true"}}
+    return kube.http.post(kube.path("RayJob"), params={"dryRun": "All"},
+                          json=probe).status_code
+
+
+def _refuse_rayjobs_named(kube, name: str) -> tuple[str, str]:
+    """A ValidatingAdmissionPolicy (the API server's own CEL admission) that refuses
+    RayJobs named ``name`` in the test's namespace, as a cluster's policy may; returns the
+    policy's and binding's paths. Waits until it is in force (a dry-run create refused)."""
+    adm = "/apis/admissionregistration.k8s.io/v1"
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1",
+              "kind": "ValidatingAdmissionPolicy", "metadata": {"name": f"no-{kube.namespace}"},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{
+                           "apiGroups": ["ray.io"], "apiVersions": ["*"],
+                           "operations": ["CREATE", "UPDATE"], "resources": ["rayjobs"]}]},
+                       "validations": [{"expression": f"object.metadata.name != '{name}'",
+                                        "message": "this cluster's policy refuses it"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1",
+               "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": f"no-{kube.namespace}"},
+               "spec": {"policyName": f"no-{kube.namespace}", "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {"matchLabels": {
+                            "kubernetes.io/metadata.name": kube.namespace}}}}}
+    for path, obj in ((f"{adm}/validatingadmissionpolicies", policy),
+                      (f"{adm}/validatingadmissionpolicybindings", binding)):
+        assert kube.http.post(path, json=obj).status_code == 201
+    kube.wait_for(lambda: _dry_run_rayjob(kube, name) == 422, timeout=30,
+                  what="the policy in force")
+    return (f"{adm}/validatingadmissionpolicies/no-{kube.namespace}",
+            f"{adm}/validatingadmissionpolicybindings/no-{kube.namespace}")
+
+
+def test_a_child_the_api_server_refuses_is_reported_not_retried_blind(kube):
+    """A RayJob rendered from a valid spec that the API server refuses (here a cluster's
+    admission policy; before the spec's schema caught them, an activeDeadlineSeconds over
+    KubeRay's int32 and a spec over a ConfigMap's 1 MiB did the same): the operator
+    retried it every 30 s and the TrainingRun had no status at all. Now it says
+    Validated=False, RefusedByAPIServer, in the API server's words, with one Warning; an
+    edit once the cause is gone starts the run."""
+    name = "refused"
+    policy, binding = _refuse_rayjobs_named(kube, name)
+    try:
+        kube.create(tr_doc(name))
+        tr = kube.wait_condition(name, "Validated", "False", reason="RefusedByAPIServer")
+        msg = cond(tr, "Validated")["message"]
+        assert msg.startswith(f"the API server refused the RayJob {name} rendered from this "
+                              "spec: ") and "this cluster's policy refuses it" in msg, msg
+        assert tr["status"]["phase"] == "Failed" and tr["status"]["message"] == msg
+        assert kube.get("RayJob", name) is None
+        time.sleep(3)  # no retry loop: no second Warning, the status untouched
+        warnings = [e for e in events(kube, name) if e.get("reason") == "RefusedByAPIServer"]
+        assert [e.get("count", 1) for e in warnings] == [1], warnings
+        assert kube.get("TrainingRun", name)["metadata"]["resourceVersion"] == tr[
+            "metadata"]["resourceVersion"]
+    finally:
+        kube.http.delete(binding)
+        kube.http.delete(policy)
+    kube.wait_for(lambda: _dry_run_rayjob(kube, name) == 201, timeout=30,
+                  what="the policy gone")
+    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 4}}})
+    tr = kube.wait_condition(name, "Validated", "True")
+    assert kube.wait_object("RayJob", name)
+    assert tr["status"]["message"].startswith("the spec is valid now")
 
 
 def test_restart_creates_no_duplicates_and_keeps_status(kube, operator):

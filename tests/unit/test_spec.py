@@ -67,6 +67,17 @@ INVALID = [
     ("no-name", "metadata/name", _DELETE, "metadata.name"),
     ("name-uppercase", "metadata/name", "Digits", "metadata.name"),
     ("name-too-long", "metadata/name", "a" * 41, "metadata.name"),
+    # <storage>/datasets is the dataset cache; <x>-serve is run x's RayService
+    ("name-datasets", "metadata/name", "datasets", "metadata.name"),
+    ("name-serve-suffix", "metadata/name", "digits-serve", "metadata.name"),
+    ("hidden-65-layers", "spec/model/options", {"hidden": [8] * 65}, "spec.model.options.hidden"),
+    ("deadline-over-int32", "spec/activeDeadlineSeconds", 2**31, "spec.activeDeadlineSeconds"),
+    ("ttl-over-int32", "spec/ttlSecondsAfterFinished", 2**31, "spec.ttlSecondsAfterFinished"),
+    # 2 workers x 513 trials at once: 1,026 Train workers (1,024,000 once reached KubeRay)
+    ("tune-workers-at-once", "spec/tune",
+     {"trials": 600, "maxConcurrentTrials": 513,
+      "searchSpace": {"train.optimizer.lr": {"choice": [0.1]}}},
+     "spec.tune.maxConcurrentTrials"),
     ("no-model", "spec/model", _DELETE, "spec.model"),
     ("unknown-model", "spec/model/name", "vgg16", "spec.model.name"),
     ("option-wrong-model", "spec/model/options", {"channels": [8]}, "spec.model.options.channels"),
