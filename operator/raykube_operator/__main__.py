@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     namespaces: tuple[str, ...] = () if args.all_namespaces else (
         tuple(args.namespace) or cfg.namespaces)
+    # the handlers read their settings again from the environment (kopf's startup hook):
+    # -n / -A win over RAYKUBE_NAMESPACES there too (their log said "all" under -n)
+    os.environ["RAYKUBE_NAMESPACES"] = ",".join(namespaces)
     liveness = cfg.liveness if args.liveness is None else (
         None if args.liveness.lower() in ("off", "none", "") else args.liveness)
     kopf.configure(debug=args.verbose, verbose=args.verbose)

@@ -17,6 +17,7 @@ and are read by its own ``from_env``; this module adds what only the operator ne
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{key}={raw!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{key}={raw!r}: expected a finite number")
     if value < 0:
         raise ValueError(f"{key}={raw!r}: must be >= 0")
     return value

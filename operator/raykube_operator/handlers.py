@@ -96,6 +96,7 @@ from raykube.spec import (
     check_for_cluster,
     parse_training_run,
 )
+from raykube_operator import drift
 from raykube_operator import status as st
 from raykube_operator.config import OperatorConfig
 from raykube_operator.kube import ApiError, Kube
@@ -167,6 +168,9 @@ def init_memo(memo: kopf.Memo, cfg: OperatorConfig, kube: Kube) -> kopf.Memo:
     memo.pods_guard = threading.Lock()
     memo.runs = {}  # (namespace, name) -> uid: the TrainingRuns seen, for the resync
     memo.runs_guard = threading.Lock()
+    # child uid -> metadata.generation last seen on a RayJob or RayService: a new one
+    # means its spec was written (by us, or by someone: see _spec_written)
+    memo.generations = {}
     return memo
 
 
@@ -265,8 +269,9 @@ def _refused_as_child(obj: dict[str, Any]) -> Iterator[None]:
 
 
 def apply_child(kube: Kube, obj: dict[str, Any], current: dict[str, Any] | None = _UNREAD) -> str:
-    """Create ``obj`` or bring it up to date (server-side apply, only when its spec-hash
-    annotation differs). Returns created, unchanged or updated.
+    """Create ``obj`` or bring it up to date (server-side apply, when its spec-hash
+    annotation differs, or when a field the render sets was edited by someone:
+    ``drift``). Returns created, unchanged, updated or repaired.
 
     ``current``: the object as the caller has just read it (None: it does not exist),
     so that it is not read again. The RayJob is created with a plain create instead
@@ -276,7 +281,10 @@ def apply_child(kube: Kube, obj: dict[str, Any], current: dict[str, Any] | None 
     if current is _UNREAD:
         current = kube.get(*_ref(obj))
     if current is not None and _ann(current, SPEC_HASH) == _ann(obj, SPEC_HASH):
-        return "unchanged"
+        if not drift.drifted(current, obj):
+            return "unchanged"
+        kube.apply(obj)  # edited by someone: the render's fields put back (forced)
+        return "repaired"
     kube.apply(obj)  # server-side apply: fields that left the render leave the object
     return "created" if current is None else "updated"
 
@@ -343,6 +351,51 @@ def _suspend_differs(current: dict[str, Any], job: dict[str, Any]) -> bool:
 def _suspended(obj: dict[str, Any] | None) -> bool:
     """A RayJob's ``spec.suspend`` (the render leaves ``false`` out)."""
     return bool(((obj or {}).get("spec") or {}).get("suspend", False))
+
+
+RAYJOB_NOT_COMPARED = frozenset({"spec.suspend", "spec.ttlSecondsAfterFinished"})
+"""Compared on their own (``suspend``: the render leaves ``false`` out) or not at all
+(the TTL follows serve.enabled, which a RayJob already running keeps: ``_hash``)."""
+
+
+def _not_compared(status: dict[str, Any]) -> frozenset[str]:
+    """``RAYJOB_NOT_COMPARED``, and ``backoffLimit`` once the driver reported a permanent
+    failure: the operator lowers it itself then (``_cancel_retries``)."""
+    if status.get("permanentFailure"):
+        return RAYJOB_NOT_COMPARED | {"spec.backoffLimit"}
+    return RAYJOB_NOT_COMPARED
+
+
+def rayjob_drift(current: dict[str, Any] | None, job: dict[str, Any],
+                 status: dict[str, Any]) -> list[str]:
+    """The fields of a RayJob ``plan_rayjob`` found up to date (same spec-hash annotation)
+    that someone edited since (pure; ``status``: the TrainingRun's): a RayJob that has
+    ended is left as it is (nothing more runs from it), and so is one being deleted, and
+    one another operator version rendered (its spec-hash differs: ``plan_rayjob`` keeps
+    it running as it is; comparing it with this version's render would take the upgrade
+    for a hand edit and rewrite every running RayJob)."""
+    if current is None or (current.get("metadata") or {}).get("deletionTimestamp"):
+        return []
+    if _ann(current, SPEC_HASH) != _ann(job, SPEC_HASH):
+        return []
+    if ((current.get("status") or {}).get("jobDeploymentStatus")) in st.TERMINAL_DEPLOYMENT:
+        return []
+    paths = drift.drifted(current, job, ignore=_not_compared(status))
+    return paths + (["spec.suspend"] if _suspend_differs(current, job) else [])
+
+
+def repair_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any],
+                  status: dict[str, Any]) -> None:
+    """Put the render's fields back (a forced server-side apply takes them from whoever
+    edited them), and ``suspend`` as the spec says. After a permanent failure the
+    ``backoffLimit`` the operator set is kept."""
+    if drift.drifted(current, job, ignore=_not_compared(status)):
+        if "spec.backoffLimit" in _not_compared(status):
+            job = copy.deepcopy(job)
+            job["spec"]["backoffLimit"] = current["spec"].get("backoffLimit", 0)
+        kube.apply(job)
+    if _suspend_differs(current, job):
+        kube.patch(*_ref(job), {"spec": {"suspend": _suspended(job)}})
 
 
 def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None,
@@ -630,7 +683,20 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
                 results[f"{c['kind']}/{c['metadata']['name']}"] = apply_child(kube, c, now)
     with _refused_as_child(job):
         job_result = apply_rayjob(kube, job, current, action)
-    results[f"RayJob/{job_name}"] = job_result
+        edits = {f"{c['kind']} {c['metadata']['name']}": drift.drifted(now, c)
+                 for c, now in zip(others, currents, strict=True)
+                 if results.get(f"{c['kind']}/{c['metadata']['name']}") == "repaired"}
+        if action == "unchanged" and (paths := rayjob_drift(current, job, cur)):
+            repair_rayjob(kube, job, current, cur)
+            edits[f"RayJob {job_name}"] = paths
+            results[f"RayJob/{job_name}"] = "repaired"
+    results.setdefault(f"RayJob/{job_name}", job_result)
+    for what, paths in edits.items():
+        msg = (f"{what} was edited outside this TrainingRun ({drift.summary(paths)}): put "
+               "back as the spec renders it (edit the TrainingRun instead)")
+        log.warning("TrainingRun %s/%s: %s", tr["metadata"]["namespace"], tr["metadata"]["name"],
+                    msg)
+        _event(tr, "Warning", "ChildEdited", msg)
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
 
 
@@ -953,7 +1019,14 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
         obj = render_rayservice(run, cfg.render, checkpoint, owner=_owner(tr["metadata"]))
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: checkpoint,
                               STORAGE_ANNOTATION: storage_id(run, cfg.render)})
-        results[f"RayService/{svc_name}"] = apply_child(kube, obj)
+        current = kube.get(*_ref(obj))
+        results[f"RayService/{svc_name}"] = result = apply_child(kube, obj, current)
+        if result == "repaired" and current is not None:
+            msg = (f"RayService {svc_name} was edited outside this TrainingRun "
+                   f"({drift.summary(drift.drifted(current, obj))}): put back as the spec "
+                   "renders it (edit the TrainingRun instead)")
+            log.warning("TrainingRun %s/%s: %s", run.namespace, name, msg)
+            _event(tr, "Warning", "ChildEdited", msg)
 
 
 def _served_on(svc: dict[str, Any]) -> str | None:
@@ -1069,8 +1142,11 @@ def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
 
     Deleted while the run is active: the RayJob is recreated (KubeRay starts a new Ray
     cluster; the driver resumes from the latest checkpoint); once the run has finished it
-    is not (that would train again), the TrainingRun keeps its outcome."""
+    is not (that would train again), the TrainingRun keeps its outcome. Its spec edited
+    by someone: put back (``_spec_written``)."""
     if type == "DELETED":
+        _spec_written(memo, type, body)
+
         def again() -> None:
             # not only its owner: a same-named successor may be waiting (NameConflict)
             tr = _owner_of(body, memo.kube, owned=False)
@@ -1080,10 +1156,43 @@ def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         _retrying(memo, f"reconciling after RayJob {body.metadata.name} was deleted",
                   lambda: _unwrap(again))
         return
+    if _spec_written(memo, type, body):
+        _reconcile_owner(memo, body, "was changed")
     if body.get("status") and not body.metadata.get("deletionTimestamp"):
         ns, tr_name, name = body.metadata.namespace, body.metadata.labels[LABEL], body.metadata.name
         _retrying(memo, f"following RayJob {name}",
                   lambda: _sync_rayjob_status(memo, ns, tr_name, name))
+
+
+def _spec_written(memo: kopf.Memo, type: str | None, body: kopf.Body) -> bool:
+    """A RayJob's or RayService's spec was written since the operator last saw it (its
+    ``metadata.generation`` moved on a MODIFIED event): by us (a reconcile finds nothing
+    to do) or by someone's edit, which the reconcile puts back (``drift``). The first
+    sight of a child records its generation only (the resume handler reconciles every
+    run at start)."""
+    meta = body.metadata
+    uid, gen = meta.get("uid"), meta.get("generation")
+    if type == "DELETED":
+        with memo.runs_guard:
+            memo.generations.pop(uid, None)
+        return False
+    with memo.runs_guard:
+        seen = memo.generations.get(uid)
+        memo.generations[uid] = gen
+    return (type == "MODIFIED" and seen is not None and gen != seen
+            and not meta.get("deletionTimestamp"))
+
+
+def _reconcile_owner(memo: kopf.Memo, body: kopf.Body, what: str) -> None:
+    """Reconcile the TrainingRun that owns ``body`` (a child that ``what``)."""
+    desc = f"{body.get('kind', 'object')} {body.metadata.namespace}/{body.metadata.name}"
+
+    def again() -> None:
+        tr = _owner_of(body, memo.kube)
+        if tr is not None:
+            reconcile(tr, memo, changed=None)
+
+    _retrying(memo, f"reconciling after {desc} {what}", lambda: _unwrap(again))
 
 
 # ------------------------------------------------- the RayJob's companions, deleted
@@ -1096,7 +1205,12 @@ def on_companion_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) ->
     behind our back: reconcile its run, which applies it again while the run is active
     (KubeRay's next Ray pods mount the ConfigMap and run as the ServiceAccount: without
     them no pod of a retry could start, and nothing said why). A finished run's are not
-    recreated, as its RayJob is not. Other events cost nothing (no API call)."""
+    recreated, as its RayJob is not. Edited (MODIFIED): reconciled too, which puts back
+    what the render sets (``drift``; each of our own applies costs one reconcile that
+    finds nothing to do). Other events cost nothing (no API call)."""
+    if type == "MODIFIED" and not body.metadata.get("deletionTimestamp"):
+        _reconcile_owner(memo, body, "was changed")
+        return
     if type != "DELETED":
         return
     what = f"{body.get('kind', 'object')} {body.metadata.namespace}/{body.metadata.name}"
@@ -1411,9 +1525,13 @@ def _ready_words(conditions: list[dict[str, Any]]) -> str:
 def on_rayservice_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A RayService changed (follow its status) or was deleted by someone."""
     if type == "DELETED":
+        _spec_written(memo, type, body)
         _retrying(memo, f"reconciling after RayService {body.metadata.name} was deleted",
                   lambda: _rayservice_deleted(body, memo))
-    elif body.get("status"):
+        return
+    if _spec_written(memo, type, body):
+        _reconcile_owner(memo, body, "was changed")
+    if body.get("status"):
         svc = dict(body)
         _retrying(memo, f"following RayService {body.metadata.name}",
                   lambda: _sync_rayservice_status(svc, memo))
@@ -1484,7 +1602,10 @@ def resync(memo: kopf.Memo) -> list[str]:
             finished = st.is_true(conds, st.SUCCEEDED) or st.is_true(conds, st.FAILED)
             job = cur.get("rayJob")
             due = not finished or _rerun_pending(cur)  # a rerun waits for its deletion
-            if finished and st.edit_pending(cur):  # its end was seen, the rerun not started
+            invalid = (st.get_condition(conds, st.VALIDATED) or {}).get("status") == "False"
+            if finished and st.edit_pending(cur) and not invalid:
+                # its end was seen, the rerun not started (an invalid spec holds it back:
+                # Validated says so, and its fix reconciles; no warning every resync)
                 log.warning("TrainingRun %s/%s ended with an edit pending and no new run "
                             "was started: reconciling", ns, name)
                 _retrying(memo, f"starting the pending rerun of {ns}/{name}",

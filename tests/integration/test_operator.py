@@ -283,6 +283,46 @@ def test_a_child_the_api_server_refuses_is_reported_not_retried_blind(kube):
     assert tr["status"]["message"].startswith("the spec is valid now")
 
 
+def test_hand_edits_of_the_children_are_put_back(kube):
+    """A RayJob (entrypoint, backoffLimit, suspend) or the spec ConfigMap the driver reads,
+    edited by hand: the edit stayed for good (a run ended 'Failed after 8 attempts' with
+    maxRetries 100 in its spec). Now each is put back as the spec renders it, with one
+    ChildEdited Warning naming the fields; the operator's own writes raise none."""
+    name = "hand-edited"
+    kube.create(tr_doc(name))
+    kube.wait_condition(name, "SpecApplied", "True")
+    job = kube.wait_object("RayJob", name)
+    config = kube.wait_object("ConfigMap", f"{name}-spec")
+
+    def child_edited() -> list[dict]:
+        return [e for e in events(kube, name) if e.get("reason") == "ChildEdited"]
+
+    time.sleep(2)  # our own writes' events handled
+    assert child_edited() == []
+    kube.patch("RayJob", name, {"spec": {"backoffLimit": 7, "entrypoint": "echo hacked"}})
+    kube.wait_object("RayJob", name, timeout=30, where=lambda o: (
+        o["spec"]["entrypoint"], o["spec"]["backoffLimit"]) == (
+        job["spec"]["entrypoint"], job["spec"]["backoffLimit"]))
+    kube.wait_for(lambda: child_edited(), timeout=10, what="the Warning")
+    msg = child_edited()[0]["message"]
+    assert msg.startswith(f"RayJob {name} was edited outside this TrainingRun (spec.entrypoint, "
+                          "spec.backoffLimit): put back"), msg
+
+    kube.patch("RayJob", name, {"spec": {"suspend": True}})
+    kube.wait_object("RayJob", name, timeout=30,
+                     where=lambda o: not o["spec"].get("suspend", False))
+
+    key = next(iter(config["data"]))
+    kube.patch("ConfigMap", f"{name}-spec", {"data": {key: "epochs: 999\n"}})
+    kube.wait_object("ConfigMap", f"{name}-spec", timeout=30,
+                     where=lambda o: o["data"] == config["data"])
+    reasons = sorted({e["message"].split(" was ")[0] for e in child_edited()})
+    assert reasons == [f"ConfigMap {name}-spec", f"RayJob {name}"], child_edited()
+    tr = kube.get("TrainingRun", name)
+    assert cond(tr, "SpecApplied")["status"] == "True"
+    assert tr["metadata"]["generation"] == 1
+
+
 def test_restart_creates_no_duplicates_and_keeps_status(kube, operator):
     name = "restart"
     kube.create(tr_doc(name))

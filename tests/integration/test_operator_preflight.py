@@ -167,6 +167,8 @@ def test_the_shipped_role_bound_in_one_namespace_starts_there_but_not_cluster_wi
     assert "list, watch customresourcedefinitions.apiextensions.k8s.io" in warning, out
     assert "list, watch namespaces" in warning and "ClusterRoleBinding" in warning, out
     assert "Traceback" not in out, out
+    # the start-up line says what -n asked (it said "all" whatever -n was)
+    assert f"raykube operator configured: namespaces=['{kube.namespace}']" in out, out
 
 
 def test_a_role_from_before_rayclusters_were_read_still_starts_with_a_warning(kube):
@@ -221,6 +223,8 @@ def run_until_watching(kube, kubeconfig: str, user: str, *args: str) -> str:
 
 @pytest.mark.parametrize("var,value", [("RAYKUBE_RETRY_DELAY", "soon"),
                                         ("RAYKUBE_MAX_WORKERS", "-3"),
+                                        ("RAYKUBE_MAX_WORKERS", "inf"),  # was a traceback
+                                        ("RAYKUBE_RESYNC_SECONDS", "nan"),  # was accepted
                                         ("RAYKUBE_LOG_LEVEL", "LOUD")])
 def test_a_bad_setting_is_one_line(var, value, tmp_path):
     line = one_line(start(tmp_path / "unused", "-A", env={var: value}, timeout=30))

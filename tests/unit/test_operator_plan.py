@@ -6,7 +6,13 @@ import logging
 
 import pytest
 
-from raykube_operator.handlers import SPEC_HASH, TRAINING_HASH, _training_changed, plan_rayjob
+from raykube_operator.handlers import (
+    SPEC_HASH,
+    TRAINING_HASH,
+    _training_changed,
+    plan_rayjob,
+    rayjob_drift,
+)
 
 
 def job(training: str = "t1", spec: str = "s1", deployment: str | None = None,
@@ -311,3 +317,31 @@ def test_a_head_loss_stays_one_when_the_raycluster_cannot_be_read():
     assert judged({"metadata": {"uid": "c1"}}) is loss
     with pytest.raises(ApiError):  # anything else is retried by the pod handler
         judged(ApiError(500, "Internal Server Error"))
+
+
+def _live(current: dict, **spec) -> dict:
+    out = {**current, "spec": {**current["spec"], **spec}}
+    return out
+
+
+@pytest.mark.parametrize("current, status, expected", [
+    (job(deployment="Running"), {}, []),
+    (_live(job(deployment="Running"), backoffLimit=7), {}, ["spec.backoffLimit"]),
+    (_live(job(deployment="Running"), suspend=True), {}, ["spec.suspend"]),
+    # rendered by another operator version (its spec-hash): kept as it runs, no "edit"
+    (_live(job(spec="s0", deployment="Running"), backoffLimit=7), {}, []),
+    # ended, or being deleted: nothing more runs from it
+    (_live(job(deployment="Failed"), backoffLimit=7), {}, []),
+    (_live(job(deleting=True), backoffLimit=7), {}, []),
+    # the operator lowered backoffLimit itself for a permanent failure
+    (_live(job(deployment="Running"), backoffLimit=0),
+     {"permanentFailure": {"message": "m"}}, []),
+    (_live(job(deployment="Running"), entrypoint="x"), {"permanentFailure": {"message": "m"}},
+     ["spec.entrypoint"]),
+])
+def test_rayjob_drift(current, status, expected):
+    desired = job()
+    desired["spec"] = {"backoffLimit": 2, "entrypoint": "raykube train"}
+    current = {**current, "spec": {"backoffLimit": 2, "entrypoint": "raykube train",
+                                   **current["spec"]}}
+    assert rayjob_drift(current, desired, status) == expected

@@ -1,0 +1,91 @@
+"""``raykube_operator.drift``: which rendered fields a live child no longer holds."""
+
+from __future__ import annotations
+
+import copy
+
+from raykube_operator.drift import drifted, summary
+
+RENDERED = {
+    "apiVersion": "ray.io/v1", "kind": "RayJob",
+    "metadata": {"name": "r", "annotations": {"raykube.io/spec-hash": "abc"}},
+    "spec": {
+        "entrypoint": "raykube train",
+        "backoffLimit": 2,
+        "shutdownAfterJobFinishes": True,
+        "rayClusterSpec": {"workerGroupSpecs": [{
+            "replicas": 2,
+            "template": {"spec": {"containers": [{
+                "name": "ray-worker", "env": [],
+                "resources": {"limits": {"cpu": "0.5", "memory": "2Gi"}}}]}}}]},
+    },
+}
+
+
+def live() -> dict:
+    """The object as the API server returns it: defaults, status and metadata added."""
+    obj = copy.deepcopy(RENDERED)
+    obj["metadata"].update(uid="u", resourceVersion="7", generation=2, finalizers=["f"])
+    obj["spec"]["submissionMode"] = "K8sJobMode"  # a CRD default: not ours
+    obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["minReplicas"] = 0
+    obj["status"] = {"jobDeploymentStatus": "Running"}
+    return obj
+
+
+def test_what_the_server_adds_is_no_drift():
+    assert drifted(live(), RENDERED) == []
+
+
+def test_kuberays_write_back_is_no_drift():
+    """KubeRay's controller PUTs the whole RayJob (its finalizer) from Go types: quantities
+    come back canonical and zero values / empty lists are dropped (omitempty)."""
+    obj = live()
+    container = obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"][
+        "containers"][0]
+    container["resources"]["limits"] = {"cpu": "500m", "memory": "2147483648"}
+    del container["env"]
+    rendered = copy.deepcopy(RENDERED)
+    rendered["spec"]["suspend"] = False
+    assert drifted(obj, rendered) == []
+
+
+def test_hand_edits_are_named():
+    obj = live()
+    obj["spec"]["entrypoint"] = "echo hacked"
+    obj["spec"]["backoffLimit"] = 7
+    obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = 5
+    paths = drifted(obj, RENDERED)
+    assert paths == ["spec.entrypoint", "spec.backoffLimit",
+                     "spec.rayClusterSpec.workerGroupSpecs[0].replicas"]
+    assert summary(paths, limit=2) == "spec.entrypoint, spec.backoffLimit and 1 more"
+
+
+def test_removed_fields_a_changed_quantity_and_a_list_length_are_drift():
+    obj = live()
+    del obj["spec"]["backoffLimit"]
+    groups = obj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    groups[0]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "2"
+    groups.append(copy.deepcopy(groups[0]))
+    assert drifted(obj, RENDERED) == ["spec.backoffLimit", "spec.rayClusterSpec.workerGroupSpecs"]
+    obj = live()
+    obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0][
+        "resources"]["limits"]["cpu"] = "2"
+    assert drifted(obj, RENDERED) == [
+        "spec.rayClusterSpec.workerGroupSpecs[0].template.spec.containers[0].resources.limits.cpu"]
+
+
+def test_a_bool_is_not_a_number_and_ignored_paths_are_skipped():
+    obj = live()
+    obj["spec"]["shutdownAfterJobFinishes"] = 1
+    assert drifted(obj, RENDERED) == ["spec.shutdownAfterJobFinishes"]
+    assert drifted(obj, RENDERED, ignore=frozenset({"spec.shutdownAfterJobFinishes"})) == []
+
+
+def test_a_configmaps_data_edit_is_drift():
+    rendered = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "r-spec"},
+                "data": {"spec.yaml": "epochs: 7\n"}}
+    obj = copy.deepcopy(rendered)
+    obj["data"]["spec.yaml"] = "epochs: 999\n"
+    assert drifted(obj, rendered) == ["data.spec.yaml"]
+    del obj["data"]
+    assert drifted(obj, rendered) == ["data"]
