@@ -115,6 +115,12 @@ SERVE_ENV = {
     # answers, and on a pod or machine with few cores the others only add wake-ups
     # (p50 +0.3-0.6 ms measured on 2 cores).
     "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+    # HAProxy's client inactivity timeout (Ray's default 3600 s): a client that stops
+    # sending mid-request holds a replica slot (max_ongoing_requests) for that long, so
+    # 256 stalled uploads made the server answer no one, /healthz included, for an hour.
+    # It applies only while HAProxy waits on the client (a slow prediction is `timeout
+    # server`'s), so 60 s cuts no request a client keeps sending.
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
 }
 SERVE_POD_ENV = {
     # With direct ingress a stopping replica keeps serving for at least this long so

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from raykube.checkpoint import META_FILE, WEIGHTS_FILE
 from raykube.spec import TrainingRunSpec
 from raykube.storage import filesystem, read_bytes
 
@@ -72,7 +73,11 @@ def checkpoint_dirs(run_dir: str) -> list[str]:
 def read_meta(ckpt_dir: str) -> dict[str, Any] | None:
     """A raykube checkpoint's meta.json (``epoch``, ``spec``, ``metrics``), or None when
     it is missing or cut off."""
-    raw = read_bytes(f"{ckpt_dir}/meta.json")
+    return _meta_doc(read_bytes(f"{ckpt_dir}/meta.json"))
+
+
+def _meta_doc(raw: bytes | None) -> dict[str, Any] | None:
+    """meta.json's bytes as ``read_meta`` returns them (None: missing or cut off)."""
     try:
         doc = json.loads(raw) if raw else None
         return doc if isinstance(doc, dict) and "epoch" in doc and "spec" in doc else None
@@ -80,15 +85,24 @@ def read_meta(ckpt_dir: str) -> dict[str, Any] | None:
         return None
 
 
+_RESTORE_VERDICTS: dict[str, str | None] = {}
+"""``cannot_restore``'s answers in this process, by checkpoint directory (a torch load
+each, for local ones): ``latest_saved`` goes by them rather than loading again."""
+
+
 def cannot_restore(ckpt_dir: str) -> str | None:
-    """Why a local checkpoint cannot be restored, or None when it can (torch load)."""
+    """Why a checkpoint cannot be restored, or None when it can (torch load, for a local
+    one; an object store's listing for the others)."""
+    why = _cannot_restore(ckpt_dir)
+    _RESTORE_VERDICTS[ckpt_dir] = why
+    return why
+
+
+def _cannot_restore(ckpt_dir: str) -> str | None:
     if "://" in ckpt_dir:
         # object stores: an upload cut short (the store died mid-checkpoint) leaves a
         # checkpoint without its weights; an S3 object is either whole or absent
         import pyarrow.fs as pafs
-
-        from raykube.checkpoint import WEIGHTS_FILE
-        from raykube.storage import filesystem
 
         try:
             fs, path = filesystem(ckpt_dir)
@@ -120,6 +134,56 @@ def latest_usable(run_dir: str) -> tuple[str | None, dict[str, Any] | None, list
             return d, meta, skipped
         skipped.append(d)
     return None, None, skipped
+
+
+def latest_saved(run_dir: str) -> tuple[str | None, dict[str, Any] | None]:
+    """``latest_usable`` without loading a checkpoint: the newest one whose meta.json
+    reads and whose weights file is there (not empty), and that no earlier torch load of
+    this process found unreadable; with its meta.json.
+
+    For the Ctrl-C message, which must not import torch: a Ctrl-C that lands while
+    ``plan_resume`` imports it (its first use in ``raykube run``) leaves torch half
+    initialised, and importing it again failed with ``partially initialized module
+    'torch'``, a ``SystemError`` or a segfault, or (torch found without its ``load``)
+    took every checkpoint for unreadable. A local run directory is read with ``os``
+    alone, so an interrupted pyarrow import does no harm either; a checkpoint is
+    written weights first (renamed into place), then meta.json."""
+    local = "://" not in run_dir
+    dirs = _local_checkpoint_dirs(run_dir) if local else checkpoint_dirs(run_dir)
+    for d in reversed(dirs):
+        if _RESTORE_VERDICTS.get(d):  # a torch load of this process said why not
+            continue
+        meta = _local_meta(d) if local else read_meta(d)
+        if meta is not None and (_has_weights(d) if local else cannot_restore(d) is None):
+            return d, meta
+    return None, None
+
+
+def _local_checkpoint_dirs(run_dir: str) -> list[str]:
+    """``checkpoint_dirs`` of a local run directory, by ``os`` (same names)."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return []
+    return sorted(f"{run_dir.rstrip('/')}/{n}" for n in names
+                  if n.startswith(CHECKPOINT_PREFIX) and os.path.isdir(os.path.join(run_dir, n)))
+
+
+def _local_meta(ckpt_dir: str) -> dict[str, Any] | None:
+    """``read_meta`` of a local checkpoint, by ``open``."""
+    try:
+        with open(os.path.join(ckpt_dir, META_FILE), "rb") as f:
+            return _meta_doc(f.read())
+    except OSError:
+        return None
+
+
+def _has_weights(ckpt_dir: str) -> bool:
+    """A local checkpoint has a non-empty weights file."""
+    try:
+        return os.path.getsize(os.path.join(ckpt_dir, WEIGHTS_FILE)) > 0
+    except OSError:
+        return False
 
 
 def checkpoint_name(epoch: int, taken: Iterable[str] = ()) -> str:

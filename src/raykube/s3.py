@@ -24,10 +24,11 @@ Failures are turned into one line naming the URI and the cause (``S3Unavailable`
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from raykube.spec import S3_SECRET_KEYS as SECRET_KEYS  # noqa: F401 (the Secret's shape)
 from raykube.transient import MaybeTransient
@@ -59,7 +60,7 @@ class S3Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
         env = os.environ if env is None else env
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-        return cls(endpoint=endpoint.rstrip("/") if endpoint else None,
+        return cls(endpoint=_without_trailing_slash(endpoint) if endpoint else None,
                    region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
                    access_key=env.get("AWS_ACCESS_KEY_ID") or None,
                    secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
@@ -68,17 +69,25 @@ class S3Settings:
     def endpoint_problem(self) -> str | None:
         """Why ``AWS_ENDPOINT_URL`` is no ``scheme://host[:port]``, or None. Without a
         scheme it was taken as https and said 'cannot reach'; a path was dropped without
-        a word; spaces went to the AWS SDK, which answered in its own terms."""
+        a word; spaces went to the AWS SDK, which answered in its own terms; a bad
+        bracket or port raised from ``urlsplit``/``urlopen`` as a traceback. Never raises:
+        every command calls it before its first request, to print its one line."""
         if not self.endpoint:
             return None
         shown = f"AWS_ENDPOINT_URL {self.endpoint!r}"
         if "://" not in self.endpoint:
             return f"{shown}: give the scheme, e.g. http://{self.endpoint}"
-        parts = urlsplit(self.endpoint)
+        try:
+            parts = urlsplit(self.endpoint)
+        except ValueError as exc:  # "Invalid IPv6 URL": an unclosed or misplaced bracket
+            return (f"{shown}: bad host ({exc}; an IPv6 address goes in brackets: "
+                    "http://[::1]:9000)")
         if parts.scheme not in ("http", "https"):
             return f"{shown}: the scheme must be http:// or https://"
-        if not parts.netloc or any(c.isspace() for c in self.endpoint):
+        if any(c.isspace() for c in self.endpoint):
             return f"{shown}: is not a URL (scheme://host:port)"
+        if problem := _host_port_problem(parts):
+            return f"{shown}: {problem}"
         if parts.path.strip("/") or parts.query:
             return (f"{shown}: give scheme://host:port only; S3 clients put the bucket in "
                     f"the path ({parts.path} would be ignored)")
@@ -95,6 +104,8 @@ class S3Settings:
         workers, so they need no environment of their own)."""
         import pyarrow.fs as pafs
 
+        if problem := self.endpoint_problem():  # urlsplit below would raise its own words
+            raise S3Unavailable(problem)
         kw: dict[str, Any] = {
             "region": self.region,
             "connect_timeout": connect_timeout,
@@ -111,6 +122,37 @@ class S3Settings:
             if self.session_token:
                 kw["session_token"] = self.session_token
         return pafs.S3FileSystem(**kw)
+
+
+def _without_trailing_slash(endpoint: str) -> str:
+    """``http://h:9000/`` -> ``http://h:9000``, but ``http://`` stays itself: stripping
+    its slashes made ``http:``, which was then told to 'give the scheme'."""
+    scheme, sep, rest = endpoint.partition("://")
+    return f"{scheme}{sep}{rest.rstrip('/')}" if sep else endpoint.rstrip("/")
+
+
+HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+"""What a DNS name or IPv4 address is made of (IPv6 ones come in brackets)."""
+
+
+def _host_port_problem(parts: SplitResult) -> str | None:
+    """What is wrong with the ``host:port`` of an endpoint URL, or None. Each of these
+    reached pyarrow or urllib as-is and came back as their error (or a traceback)."""
+    hostname = parts.hostname or ""
+    if not hostname:
+        if parts.netloc.rpartition("@")[2].count(":") > 1:
+            return "an IPv6 address goes in brackets (http://[::1]:9000)"
+        return "no host in it (scheme://host:port)"
+    if ":" not in hostname and not HOST_NAME.fullmatch(hostname):
+        return f"the host {hostname!r} is not a host name or address"
+    raw_port = parts.netloc.rpartition("]")[2].rpartition("@")[2].partition(":")[2]
+    if not raw_port:
+        return "the port is empty after ':'" if parts.netloc.endswith(":") else None
+    if not raw_port.isdigit():
+        return f"the port {raw_port!r} is not a number"
+    if not 0 < int(raw_port) < 65536:
+        return f"the port {raw_port} is out of range (1-65535)"
+    return None
 
 
 def is_s3(uri: str | os.PathLike[str]) -> bool:
@@ -184,6 +226,7 @@ def not_s3(settings: S3Settings) -> str | None:
     """
     if not settings.endpoint or settings.endpoint_problem():
         return None
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -192,7 +235,7 @@ def not_s3(settings: S3Settings) -> str | None:
             status, headers, body = r.status, r.headers, r.read(256)
     except urllib.error.HTTPError as exc:
         status, headers, body = exc.code, exc.headers, exc.read(256)
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):  # InvalidURL, BadStatusLine
         return None
     kind = headers.get("Content-Type", "no content type").split(";")[0]
     if (any(k.lower().startswith("x-amz-") for k in headers) or "xml" in kind

@@ -78,6 +78,34 @@ def read_bytes(uri: str) -> bytes | None:
         return f.read()
 
 
+def read_summary(uri: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's or a search's ``result.json``: ``(document, None)``, ``(None, None)`` when
+    there is none, or ``(None, note)`` when it is there but no JSON object.
+
+    It is a summary written when a run ends; the checkpoints are the record. One cut
+    short (a full disk, a copy gone wrong) or edited by hand failed every rerun of the
+    run with a ``JSONDecodeError`` after Ray started, so it counts as absent and the
+    note (one line, naming the file) says so, as for Ray Train's own checkpoint list
+    (``raykube.resume.drop_unreadable_train_snapshot``). A file that cannot be read at
+    all (permissions, an object store that fails) still raises: writing the new one at
+    the end of the run would fail the same way, after the training."""
+    import json
+
+    raw = read_bytes(uri)
+    if raw is None:
+        return None, None
+    try:
+        doc = json.loads(raw)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        what = "was empty" if not raw.strip() else f"could not be parsed ({len(raw)} bytes)"
+    else:
+        if isinstance(doc, dict):
+            return doc, None
+        what = "holds no JSON object"
+    return None, (f"the run's summary {uri} {what}: ignored, as if absent (the checkpoints "
+                  "on storage are the record)")
+
+
 def checkpoint_uri(storage_path: str, path: str | None) -> str | None:
     """A Ray checkpoint's filesystem path as a URI users can pass on (``s3://...`` when
     the storage is remote; Ray's ``Checkpoint.path`` drops the scheme)."""

@@ -50,6 +50,7 @@ from raykube.storage import (
     filesystem,
     ray_storage,
     read_bytes,
+    read_summary,
     remove_tree,
     write_bytes,
 )
@@ -822,14 +823,20 @@ def check_resumable(run_dir: str, spec: TrainingRunSpec) -> None:
         raise RunDirConflict(f"{run_dir}: {problem}")
 
 
+def load_result(run_dir: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``run_dir``'s result.json and the note to show when it is corrupt (then taken as
+    absent: ``raykube.storage.read_summary``)."""
+    return read_summary(f"{run_dir}/{RESULT_FILE}")
+
+
 def read_result(run_dir: str) -> dict[str, Any] | None:
-    raw = read_bytes(f"{run_dir}/{RESULT_FILE}")
-    return json.loads(raw) if raw else None
+    """``run_dir``'s result.json; None when there is none or it is corrupt."""
+    return load_result(run_dir)[0]
 
 
-def _finished(run_dir: str, spec: TrainingRunSpec) -> TrainOutcome | None:
-    """The recorded outcome when this exact spec already finished in ``run_dir``."""
-    prev = read_result(run_dir)
+def _finished(prev: dict[str, Any] | None, spec: TrainingRunSpec) -> TrainOutcome | None:
+    """The recorded outcome ``prev`` (a result.json) when this exact spec already
+    finished with it."""
     if not prev or prev.get("spec") != spec.to_dict() or prev.get("epochs", 0) < spec.train.epochs:
         return None
     known = {f for f in TrainOutcome.__dataclass_fields__}
@@ -838,10 +845,12 @@ def _finished(run_dir: str, spec: TrainingRunSpec) -> TrainOutcome | None:
     return out
 
 
-def _outcome_on_disk(run_dir: str, name: str, spec: TrainingRunSpec, latest: str) -> TrainOutcome:
+def _outcome_on_disk(run_dir: str, name: str, spec: TrainingRunSpec, latest: str,
+                     prev: dict[str, Any] | None) -> TrainOutcome:
     """The outcome of what ``run_dir`` already holds, read from its checkpoints (no
     training): ``latest`` is the newest readable one; the best is ranked by
-    ``checkpoint.scoreMetric`` as Ray Train ranks them."""
+    ``checkpoint.scoreMetric`` as Ray Train ranks them. ``prev``: its result.json, if
+    any (for the wall time and spec it recorded)."""
     ck = spec.checkpoint
     ranked = []
     for d in checkpoint_dirs(run_dir):
@@ -851,7 +860,7 @@ def _outcome_on_disk(run_dir: str, name: str, spec: TrainingRunSpec, latest: str
             ranked.append((float(value), d, {**meta["metrics"], "epoch": meta["epoch"]}))
     raw = read_bytes(f"{latest}/{HISTORY_FILE}")
     history = json.loads(raw) if raw else []
-    prev = read_result(run_dir) or {}
+    prev = prev or {}
     # The best that reads back: one whose weights were cut off must not become best/.
     ranked.sort(key=lambda r: r[0], reverse=ck.score_mode == "max")
     best = next((r for r in ranked if r[1] == latest or cannot_restore(r[1]) is None), None)
@@ -1260,7 +1269,8 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     run_dir = check_storage(storage_path, name)
     observers = list(observers)
     obs = Observers(observers)
-    done = _finished(run_dir, spec)
+    prev, result_note = load_result(run_dir)
+    done = _finished(prev, spec)
     if done is not None:
         log.info("%s already finished; not training again", run_dir)
         obs.on_start(run)
@@ -1270,11 +1280,15 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
     plan = plan_resume(run_dir, spec)
     if (note := drop_unreadable_train_snapshot(run_dir)) is not None:
         plan.notes.insert(0, note)
+    if result_note is not None:
+        plan.notes.insert(0, result_note)
     if plan.checkpoint is not None and plan.epoch >= spec.train.epochs:
         obs.on_start(run)
+        if result_note is not None:
+            notify(observers, result_note)
         notify(observers, f"{run_dir} already has {plan.epoch} epochs (asked for "
                           f"{spec.train.epochs}): nothing to train")
-        done = _outcome_on_disk(run_dir, name, spec, plan.checkpoint)
+        done = _outcome_on_disk(run_dir, name, spec, plan.checkpoint, prev)
         obs.on_end(done.to_dict())
         return done
     if plan.checkpoint is not None or plan.skipped:

@@ -49,7 +49,14 @@ from raykube.spec import (
     apply_overrides,
     parse_spec,
 )
-from raykube.storage import checkpoint_uri, exists, ray_storage, read_bytes, write_bytes
+from raykube.storage import (
+    checkpoint_uri,
+    exists,
+    ray_storage,
+    read_bytes,
+    read_summary,
+    write_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -967,7 +974,9 @@ def run_tune(run: TrainingRun, storage_path: str, observers: Iterable[RunObserve
     identity = _identity(spec)
     obs.on_start(run)
 
-    stored = _read_json(result_uri)
+    stored, note = read_summary(result_uri)
+    if note is not None:
+        notify(observers, note)
     if (stored is not None and stored.get("kind") == "tune" and stored.get("complete")
             and stored.get("spec") == identity):
         log.info("search %s already finished; returning its result", experiment_uri)

@@ -189,6 +189,28 @@ def test_more_epochs_resume_from_the_latest_checkpoint(finished, storage, tmp_pa
     assert more.history[:4] == outcome.history and not more.reused
 
 
+def test_a_corrupt_result_json_does_not_stop_a_rerun(finished, storage, tmp_path):
+    """result.json is the summary a run writes as it ends: ``not json`` in it failed the
+    rerun with ``JSONDecodeError`` after Ray started. It now counts as absent (one note
+    naming it), the run resumes from its checkpoints and writes a whole one at its end."""
+    import shutil
+
+    from raykube.train import fit
+
+    copy = tmp_path / "runs"
+    shutil.copytree(storage, copy)
+    result = copy / "digits2" / "result.json"
+    result.write_text("not json\n")
+    rec = Recorder()
+    rec.notes = []
+    rec.on_note = rec.notes.append
+    more = fit(digits_run("digits2", epochs=5), str(copy), observers=[rec])
+    assert [m["epoch"] for m in rec.epochs] == [5] and not more.reused
+    assert f"the run's summary {result} could not be parsed (9 bytes): ignored, as if absent " \
+           "(the checkpoints on storage are the record)" in rec.notes, rec.notes
+    assert json.loads(result.read_text())["epochs"] == 5
+
+
 def test_a_run_killed_while_ray_wrote_its_checkpoint_list_resumes(finished, storage, tmp_path):
     """Ray Train rewrites checkpoint_manager_snapshot.json in place at each report; a run
     killed between truncate and write (seen after a Ctrl-C) left it empty, and Train's

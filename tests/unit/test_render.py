@@ -296,6 +296,8 @@ def test_rayservice_contract():
         assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) <= 5
         # HAProxy: one thread, no per-request metrics datagrams unless asked for.
         assert env["RAY_SERVE_HAPROXY_NBTHREAD"] == "1"
+        # a client that stops sending is dropped after 60 s, not Ray's 3600 s
+        assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == "60"
         assert env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] == "0"
     metered = R.render_rayservice(run, R.RenderConfig(serve_request_metrics=True), "x")
     m_head, m_groups = _pods(metered)

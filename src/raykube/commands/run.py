@@ -304,11 +304,28 @@ def _interrupted(run_dir: str, tr) -> int:  # noqa: ANN001
     if tr.spec.tune is not None:
         msg = f"interrupted: the search in {run_dir} resumes when you run the same command again"
     else:
-        from raykube.resume import latest_usable
-
-        ckpt, meta, _ = latest_usable(run_dir)  # what a re-run continues from
-        msg = (f"interrupted: {run_dir} has {meta['epoch']} of {tr.spec.train.epochs} epochs; "
-               f"running the same command again continues from epoch {int(meta['epoch']) + 1}"
-               if ckpt and meta else f"interrupted before the first checkpoint of {run_dir}")
+        msg = _saved_epochs_line(run_dir, tr.spec.train.epochs)
     print(msg, file=terminal.err())
     return 130
+
+
+def _saved_epochs_line(run_dir: str, epochs: int) -> str:
+    """What a re-run continues from, told from the files alone (``latest_saved``: no
+    torch, which the Ctrl-C may have cut off mid-import). Storage that cannot be read
+    now (an object store gone) still gets a line: the exit stays that of a Ctrl-C."""
+    try:
+        from raykube.resume import latest_saved
+
+        ckpt, meta = latest_saved(run_dir)
+        epoch = int(meta["epoch"]) if ckpt and meta else None
+    except Exception:  # e.g. the object store went away too; the checkpoints stay
+        import logging
+
+        logging.getLogger(__name__).warning("could not count the checkpoints of %s", run_dir,
+                                            exc_info=True)
+        return (f"interrupted: the checkpoints in {run_dir} could not be counted now; running "
+                "the same command again continues from the latest")
+    if epoch is None:
+        return f"interrupted before the first checkpoint of {run_dir}"
+    return (f"interrupted: {run_dir} has {epoch} of {epochs} epochs; "
+            f"running the same command again continues from epoch {epoch + 1}")
