@@ -705,9 +705,16 @@ def _rerun_pending(status: dict[str, Any]) -> bool:
         "reason") == st.RERUN_WAITING
 
 
+SOME_FIELDS = "the spec"
+"""What an edit is called when its fields are not known (made while the operator was
+down: only the generation moved)."""
+
+
 def _fields(pending: list[str], changed: list[str] | None) -> str:
-    """The fields an edit pending from before and this one's (``changed``) name, once."""
-    return ", ".join(dict.fromkeys([*pending, *(changed or [])])) or "the spec"
+    """The fields an edit pending from before and this one's (``changed``) name, once;
+    ``the spec`` only when no field is known (it read 'the spec, spec.train.epochs')."""
+    names = list(dict.fromkeys([*pending, *(changed or [])]))
+    return ", ".join([n for n in names if n != SOME_FIELDS] or [SOME_FIELDS])
 
 
 def _edited(changed: list[str] | None, tr: dict[str, Any]) -> bool:
@@ -1431,6 +1438,11 @@ def _outside_storage(decision: st.GateDecision, run: TrainingRun, cfg: OperatorC
 
 
 # ------------------------------------------------------------- children deleted
+NAMESPACE_TERMINATING = "because it is being terminated"
+"""The API server's words (NamespaceLifecycle admission, 403) for a write into a namespace
+being deleted."""
+
+
 def _retrying(memo: kopf.Memo, what: str, fn: Any) -> None:
     """kopf does not retry event handlers: retry transient API errors here, then log."""
     cfg: OperatorConfig = memo.cfg
@@ -1439,8 +1451,14 @@ def _retrying(memo: kopf.Memo, what: str, fn: Any) -> None:
             fn()
             return
         except ApiError as exc:
+            if exc.status == 403 and NAMESPACE_TERMINATING in exc.message:
+                # the namespace is being deleted (its objects go with it): nothing to put
+                # back, and no error to report (it logged one per deleted child)
+                log.info("%s: skipped, its namespace is being deleted", what)
+                return
             if not exc.transient or attempt == 4:
-                log.error("%s failed: %s (the next operator start reconciles it)", what, exc)
+                log.error("%s failed: %s (the resync, every %.0f s, or the next operator "
+                          "start reconciles it)", what, exc, cfg.resync)
                 return
             time.sleep(cfg.retry_delay * (attempt + 1))
 

@@ -48,6 +48,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTIBLE = ("run", "serve", "predict")
+"""Commands that end on SIGTERM as on Ctrl-C (``interrupted``, exit 130, what is saved
+said), from their first line: each set that up only just before Ray started, so a
+``kill`` while a run checked its storage or prepared its data ended it with exit 143 and
+no word."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -60,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from raykube import terminal
 
+    if args.command in INTERRUPTIBLE:
+        from raykube.commands._util import sigterm_as_ctrl_c
+
+        sigterm_as_ctrl_c()  # from the start: before Ray, a kill ended it without a word
     try:
         return int(_command_module(args.command).run(args) or 0)
     except KeyboardInterrupt:

@@ -119,6 +119,32 @@ def available_memory(meminfo: str = "/proc/meminfo") -> int | None:
     return fields["MemAvailable"] + fields.get("SwapFree", 0)
 
 
+def serving_shortfall(spec: dict[str, Any], replicas: int, available: int | None
+                      ) -> str | None:
+    """Why this machine cannot hold ``replicas`` Serve replicas of a checkpoint trained
+    from ``spec`` (its meta.json's), or None: ``raykube.footprint``'s floor per replica
+    (torch and the weights). ``raykube serve --replicas 50`` printed nothing for minutes
+    while Ray started replica after replica into a machine without room for them (each
+    took ~500 MiB here); ``raykube run`` refuses such a request up front, so does serve."""
+    from raykube import footprint as fpm
+    from raykube.spec import TrainingRunSpec
+
+    if available is None:
+        return None
+    try:
+        fp = fpm.footprint(TrainingRunSpec.model_validate(spec))
+    except Exception:  # a checkpoint of an older spec: torch alone is the floor
+        fp = None
+    each = fp.serving_bytes if fp is not None else fpm.TORCH_PROCESS_BYTES
+    if replicas * each <= available:
+        return None
+    how = ("use fewer --replicas" if each <= available
+           else "not even one replica fits")
+    return (f"{replicas} replica(s) need at least {fpm.size(replicas * each)} of memory and "
+            f"this machine has {fpm.size(available)} available (each replica at least "
+            f"{fpm.size(each)}: torch and the model's weights); {how}")
+
+
 def memory_shortfall(run: TrainingRun, available: int | None) -> str | None:
     """Why this machine cannot hold ``run``'s training processes, or None.
 

@@ -124,7 +124,7 @@ def _lean_start(include_dashboard: bool | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _own_process_group() -> Iterator[None]:
+def _own_process_group() -> Iterator[list[Any]]:
     """While ``ray.init`` starts Ray's processes (GCS, raylet, log monitor): each in a
     process group of its own, not the command's.
 
@@ -135,10 +135,13 @@ def _own_process_group() -> Iterator[None]:
     saying what was saved, and ``raykube serve`` left Serve's HAProxy (a grandchild,
     never stopped) holding the port. In a group of their own they get only what the
     command does to them; Ray's fate sharing (the kernel kills them when the command
-    dies) still holds, and the raylet's workers and agents are in the raylet's group."""
+    dies) still holds, and the raylet's workers and agents are in the raylet's group.
+
+    Yields the list of the processes started (Popen objects), for ``_kill_started``."""
     from ray._private import services
 
     saved = services.ConsolePopen
+    started: list[Any] = []
 
     class OwnGroupPopen(saved):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -151,12 +154,33 @@ def _own_process_group() -> Iterator[None]:
 
             kwargs["preexec_fn"] = preexec
             super().__init__(*args, **kwargs)
+            started.append(self)
 
     services.ConsolePopen = OwnGroupPopen
     try:
-        yield
+        yield started
     finally:
         services.ConsolePopen = saved
+
+
+def _kill_started(started: list[Any]) -> list[int]:
+    """Kill (SIGKILL) what an interrupted ``ray.init`` had started: each process and
+    every descendant (the raylet's dashboard and runtime-env agents, its workers), and
+    reap them. A Ctrl-C while Ray started left those agents running for a minute, parented
+    to init (~210 MB a pair; one pair per interrupted start), and the GCS and raylet as
+    zombies: ``shutdown_local_ray`` only runs for a Ray that finished starting."""
+    killed = []
+    for proc in started:
+        family = {**_descendants(proc.pid), proc.pid: _start_time(proc.pid)}
+        for pid, t in family.items():
+            if t is not None and _start_time(pid) == t:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+    for proc in started:
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+    return killed
 
 
 @contextlib.contextmanager
@@ -196,10 +220,15 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> Any:
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": address}
     try:
-        with _keeping_sigterm_handler(), _own_process_group(), \
+        with _keeping_sigterm_handler(), _own_process_group() as started, \
                 _lean_start(kwargs.get("include_dashboard")):
-            ctx = ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env,
-                           **kwargs)
+            try:
+                ctx = ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env,
+                               **kwargs)
+            except BaseException:  # Ctrl-C / SIGTERM mid-start, or Ray failing to start
+                if not ray.is_initialized():
+                    _kill_started(started)
+                raise
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     # Before Ray's own exit hook (registered when ray was imported: hooks run last first).

@@ -131,6 +131,9 @@ def location_problem(location: str) -> str | None:
         if "//" in rest:
             return (f"{location!r}: has an empty part ('//'); S3 would store it under "
                     "another key than the one shown")
+        if any(part in (".", "..") for part in rest.split("/")[1:]):
+            return (f"{location!r}: has a '.' or '..' part; S3 keys are not paths (MinIO "
+                    "refuses them, AWS stores them as written)")
         return None
     if scheme == "file":
         return f"{location!r}: give the path itself ({file_uri_path(location)})"

@@ -237,3 +237,41 @@ def test_rays_processes_are_not_in_the_commands_process_group():
     for name, groups in out["groups"].items():
         assert out["mine"] not in groups, (name, out)
     assert out["worker"] != out["mine"], out
+
+
+# A Ctrl-C that lands while ray.init starts Ray: raised from inside the start, once the
+# raylet has registered (its dashboard and runtime-env agents are up by then).
+INTERRUPTED = r"""
+import json, os, sys, time
+import raykube.ray_local as rl
+
+def family(pid):
+    return {p: open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode()[:200]
+            for p in rl._descendants(pid)}
+
+seen = {}
+real_wait = rl._wait_for_node
+def interrupting(get_node):
+    wrapped = real_wait(get_node)
+    def wait(gcs_address, node_id):
+        wrapped(gcs_address, node_id)
+        seen.update(family(os.getpid()))
+        raise KeyboardInterrupt
+    return wait
+rl._wait_for_node = interrupting
+try:
+    rl.init_local_ray(num_cpus=1, include_dashboard=False, configure_logging=False)
+except KeyboardInterrupt:
+    pass
+time.sleep(0.5)
+print(json.dumps({"seen": seen, "alive": [p for p in seen if rl._start_time(int(p))]}))
+"""
+
+
+def test_a_ctrl_c_while_ray_starts_leaves_no_ray_process():
+    """Before, the raylet's agents outlived the command for a minute (parented to init,
+    ~210 MB a pair), and the GCS and raylet stayed as zombies."""
+    out = _run_script(INTERRUPTED, "")
+    cmds = " | ".join(out["seen"].values())
+    assert "raylet" in cmds and "gcs_server" in cmds and "DashboardAgent" in cmds, cmds
+    assert out["alive"] == [], {p: out["seen"][p] for p in out["alive"]}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from raykube import footprint as fpm
-from raykube.local import available_memory, memory_shortfall
+from raykube.local import available_memory, memory_shortfall, serving_shortfall
 from raykube.models import build_model
 from raykube.spec import InvalidTrainingRun, ModelSpec, OptimizerSpec, parse_training_run
 
@@ -268,6 +268,20 @@ def test_more_workers_than_memory_is_one_line_naming_the_figures():
     assert why.startswith("50 worker(s) need at least") and "use fewer workers" in why
     assert "not even one" in memory_shortfall(run, each - 1)
     assert memory_shortfall(run, None) is None  # not Linux: no check
+
+
+def test_more_replicas_than_memory_is_one_line_naming_the_figures():
+    run = parse_training_run(doc())
+    spec = run.spec.to_dict()
+    each = fpm.footprint(run.spec).serving_bytes
+    assert serving_shortfall(spec, 50, 50 * each) is None
+    why = serving_shortfall(spec, 50, 50 * each - 1)
+    assert why is not None and "\n" not in why
+    assert why.startswith("50 replica(s) need at least") and "use fewer --replicas" in why
+    assert "not even one" in serving_shortfall(spec, 1, each - 1)
+    # a checkpoint whose spec no longer parses: torch alone is the floor
+    assert serving_shortfall({"model": "?"}, 2, 2 * fpm.TORCH_PROCESS_BYTES - 1)
+    assert serving_shortfall(spec, 50, None) is None  # not Linux: no check
 
 
 def test_run_refuses_more_workers_than_this_machine_holds_before_anything_starts(

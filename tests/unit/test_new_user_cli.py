@@ -246,6 +246,29 @@ def test_serve_fails_fast_when_the_replicas_cannot_fit(tmp_path):
         local_ray_cpus(2, four, machine_cpus=8)
 
 
+def test_serve_refuses_more_replicas_than_this_machine_holds(tmp_path, capsys):
+    """The real `raykube serve` on this machine's /proc/meminfo: 1,000 replicas of even
+    a tiny model (torch alone is ~400 MiB each) is one line and exit 2, before Ray starts
+    (it printed nothing for minutes while Ray started replicas into no room)."""
+    import torch
+
+    from raykube.checkpoint import save_checkpoint
+    from raykube.spec import parse_spec
+
+    spec = parse_spec({"model": {"name": "mlp", "options": {"hidden": [4]}},
+                       "data": {"dataset": "digits"}}).spec
+    from raykube.models import build_model
+
+    model = build_model(spec.model, (1, 8, 8), 10)
+    ckpt = save_checkpoint(tmp_path / "checkpoint_epoch_0001", model=model,
+                           optimizer=torch.optim.Adam(model.parameters()), epoch=1,
+                           spec=spec.to_dict(), class_names=[str(i) for i in range(10)],
+                           input_shape=[1, 8, 8], metrics={"valAccuracy": 0.5})
+    assert main(["serve", str(ckpt), "--replicas", "1000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("raykube serve: 1000 replica(s) need at least")
+
+
 # ---------------------------------------------------------- 12, 17: paths, overrides
 def test_storage_tilde_and_spec_relative_data_uri(tmp_path, monkeypatch):
     from raykube.commands._util import local_path, resolve_data_uri

@@ -9,6 +9,7 @@ import pytest
 from raykube_operator.handlers import (
     SPEC_HASH,
     TRAINING_HASH,
+    _fields,
     _training_changed,
     plan_rayjob,
     rayjob_drift,
@@ -345,3 +346,47 @@ def test_rayjob_drift(current, status, expected):
     current = {**current, "spec": {"backoffLimit": 2, "entrypoint": "raykube train",
                                    **current["spec"]}}
     assert rayjob_drift(current, desired, status) == expected
+
+
+@pytest.mark.parametrize("pending, changed, expected", [
+    ([], None, "the spec"),
+    (["the spec"], ["spec.train.epochs"], "spec.train.epochs"),  # read 'the spec, spec...'
+    (["spec.model.name"], ["spec.train.epochs", "spec.model.name"],
+     "spec.model.name, spec.train.epochs"),
+])
+def test_the_fields_an_edit_names(pending, changed, expected):
+    assert _fields(pending, changed) == expected
+
+
+def test_a_write_into_a_namespace_being_deleted_is_no_error(caplog):
+    """Deleting a namespace with a run in it: each child's DELETED event reconciled the run
+    and logged an ERROR ('403 Forbidden: ... because it is being terminated (the next
+    operator start reconciles it)'). The API server's answer, as NamespaceLifecycle
+    gives it, stands in for the namespace (a unit test of the classification)."""
+    from types import SimpleNamespace
+
+    from raykube_operator.config import OperatorConfig
+    from raykube_operator.handlers import _retrying
+    from raykube_operator.kube import ApiError
+
+    memo = SimpleNamespace(cfg=OperatorConfig(retry_delay=0))
+    calls = []
+
+    def terminating():
+        calls.append(1)
+        raise ApiError(403, "Forbidden", 'configmaps "r-spec" is forbidden: unable to create '
+                       "new content in namespace ns1 because it is being terminated")
+
+    with caplog.at_level(logging.INFO):
+        _retrying(memo, "reconciling after ConfigMap ns1/r-spec was deleted", terminating)
+    assert calls == [1]  # not retried
+    assert [r.levelname for r in caplog.records] == ["INFO"], caplog.text
+    assert "its namespace is being deleted" in caplog.text
+
+    def refused():
+        raise ApiError(403, "Forbidden", "roles is forbidden: User cannot create")
+
+    caplog.clear()
+    _retrying(memo, "reconciling", refused)
+    assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert "the resync, every 300 s, or the next operator start reconciles it" in caplog.text

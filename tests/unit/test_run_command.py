@@ -101,3 +101,29 @@ def test_gpu_shortfall_names_what_asks_for_gpus():
     msg = gpu_shortfall(gpu, 0)
     assert msg is not None and "scaling: 2 worker(s) x gpusPerWorker 0.5" in msg
     assert "to 0 to train on CPUs" in msg
+
+
+def test_a_sigterm_before_ray_starts_is_a_ctrl_c(monkeypatch, capsys):
+    """A ``kill`` while ``raykube run`` still checked its storage or prepared its data
+    (before it set up "SIGTERM is Ctrl-C", just ahead of Ray) ended it with exit 143 and
+    no word; now it is ``interrupted``, exit 130, for run, serve and predict alike."""
+    import os
+    import signal
+    import time
+
+    import raykube.commands.run as run_command
+
+    def killed_while_preparing(args):  # noqa: ANN001, ARG001
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler turns it into a KeyboardInterrupt long before this
+        return 0
+
+    monkeypatch.setattr(run_command, "run", killed_while_preparing)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        started = time.monotonic()
+        assert main(["run", "any.yaml"]) == 130
+        assert time.monotonic() - started < 4
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capsys.readouterr().err.strip().endswith("interrupted")

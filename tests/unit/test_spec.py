@@ -373,6 +373,7 @@ def test_paths_and_s3_uris_are_locations(location):
     ("s3://Bkt/images", "not an S3 bucket name"), ("s3://bkt_1/x", "not an S3 bucket name"),
     ("s3://bkt/x#y", "no query or fragment"), ("file:///data/images", "(/data/images)"),
     ("s3://ab/x", "3 to 63"), ("s3://bkt//x", "empty part"),
+    ("s3://bkt/../../x", "'..' part"), ("s3://bkt/runs/./x", "'..' part"),
 ])
 @pytest.mark.parametrize("field", ["spec.data.uri", "spec.checkpoint.storage.uri"])
 def test_a_location_raykube_cannot_read_is_refused_naming_the_field(location, words, field):

@@ -96,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         _, meta = load_model(resolve_checkpoint(args.checkpoint))
         serve_spec = serve_spec_for(args, meta.spec)
         num_cpus = local_ray_cpus(args.num_cpus, serve_spec, os.cpu_count())
+        from raykube.local import available_memory, serving_shortfall
+
+        if shortfall := serving_shortfall(meta.spec, serve_spec.replicas, available_memory()):
+            raise ValueError(shortfall)
         ensure_port_free(args.host, args.port)
     except ValidationError as exc:
         for line in flag_errors(exc, FLAGS):
