@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raykube.events import RunObserver
-from raykube.ports import free_port
+from raykube.ports import late_bound_port
 from raykube.spec import TrainingRun
 
 
@@ -35,7 +35,8 @@ LOCAL_SERVE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 # Ray Data's decode tasks (image folders) do use them: ``prestart_workers=True``.
 PRESTART_ENV = "RAY_prestart_worker_first_driver"
 # HAProxy's stats and Prometheus ports (8404, 9101 by default) bind all interfaces:
-# a free port each, so two local Rays (or a test session beside `raykube serve`) coexist.
+# a free port each, so two local Rays (or a test session beside `raykube serve`) coexist;
+# below the ephemeral range, since they are bound only when Serve starts (late_bound_port).
 _HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
@@ -55,7 +56,7 @@ def apply_ray_env(*, local: bool = True, prestart_workers: bool = False) -> None
     if local:
         for k in _HAPROXY_PORTS:
             if not os.environ.get(k):
-                os.environ[k] = str(free_port(""))
+                os.environ[k] = str(late_bound_port(""))
 
 
 def init_ray(*, address: str | None = None, num_cpus: int | None = None,
