@@ -680,24 +680,29 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
         # both while it is suspended)
         for c, now in zip(others, currents, strict=True):
             with _refused_as_child(c):
-                results[f"{c['kind']}/{c['metadata']['name']}"] = apply_child(kube, c, now)
+                result = apply_child(kube, c, now)
+            results[f"{c['kind']}/{c['metadata']['name']}"] = result
+            if result == "repaired":
+                _child_edited(tr, f"{c['kind']} {c['metadata']['name']}",
+                              drift.drifted(now, c))
     with _refused_as_child(job):
         job_result = apply_rayjob(kube, job, current, action)
-        edits = {f"{c['kind']} {c['metadata']['name']}": drift.drifted(now, c)
-                 for c, now in zip(others, currents, strict=True)
-                 if results.get(f"{c['kind']}/{c['metadata']['name']}") == "repaired"}
+        results[f"RayJob/{job_name}"] = job_result
         if action == "unchanged" and (paths := rayjob_drift(current, job, cur)):
             repair_rayjob(kube, job, current, cur)
-            edits[f"RayJob {job_name}"] = paths
             results[f"RayJob/{job_name}"] = "repaired"
-    results.setdefault(f"RayJob/{job_name}", job_result)
-    for what, paths in edits.items():
-        msg = (f"{what} was edited outside this TrainingRun ({drift.summary(paths)}): put "
-               "back as the spec renders it (edit the TrainingRun instead)")
-        log.warning("TrainingRun %s/%s: %s", tr["metadata"]["namespace"], tr["metadata"]["name"],
-                    msg)
-        _event(tr, "Warning", "ChildEdited", msg)
+            _child_edited(tr, f"RayJob {job_name}", paths)
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
+
+
+def _child_edited(tr: dict[str, Any], what: str, paths: list[str]) -> None:
+    """Say that ``what`` (a child) was edited by someone and put back: a log line and one
+    ChildEdited Warning on the TrainingRun."""
+    msg = (f"{what} was edited outside this TrainingRun ({drift.summary(paths)}): put "
+           "back as the spec renders it (edit the TrainingRun instead)")
+    log.warning("TrainingRun %s/%s: %s", tr["metadata"]["namespace"], tr["metadata"]["name"],
+                msg)
+    _event(tr, "Warning", "ChildEdited", msg)
 
 
 def _rerun_pending(status: dict[str, Any]) -> bool:
@@ -1029,11 +1034,7 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
         current = kube.get(*_ref(obj))
         results[f"RayService/{svc_name}"] = result = apply_child(kube, obj, current)
         if result == "repaired" and current is not None:
-            msg = (f"RayService {svc_name} was edited outside this TrainingRun "
-                   f"({drift.summary(drift.drifted(current, obj))}): put back as the spec "
-                   "renders it (edit the TrainingRun instead)")
-            log.warning("TrainingRun %s/%s: %s", run.namespace, name, msg)
-            _event(tr, "Warning", "ChildEdited", msg)
+            _child_edited(tr, f"RayService {svc_name}", drift.drifted(current, obj))
 
 
 def _served_on(svc: dict[str, Any]) -> str | None:
@@ -1457,8 +1458,9 @@ def _retrying(memo: kopf.Memo, what: str, fn: Any) -> None:
                 log.info("%s: skipped, its namespace is being deleted", what)
                 return
             if not exc.transient or attempt == 4:
-                log.error("%s failed: %s (the resync, every %.0f s, or the next operator "
-                          "start reconciles it)", what, exc, cfg.resync)
+                again = (f"the resync, every {cfg.resync:.0f} s, or the next operator start"
+                         if cfg.resync > 0 else "the next operator start")
+                log.error("%s failed: %s (%s reconciles it)", what, exc, again)
                 return
             time.sleep(cfg.retry_delay * (attempt + 1))
 
