@@ -528,9 +528,19 @@ def on_trainingrun(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.update(*TR, field="spec")
 def on_spec_change(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, **_: Any) -> None:
-    """A spec edit: apply it as the module docstring says (suspend, serve, rerun, pending)."""
-    changed = sorted({"spec." + ".".join(str(p) for p in d[1]) if d[1] else "spec" for d in diff})
+    """A spec edit: apply it as the module docstring says (suspend, serve, rerun, pending).
+
+    Removing ``spec.rerun`` asks for nothing (a GitOps tool pruning the field, a user
+    tidying the spec): only a new value is a request to run again."""
+    changed = sorted({"spec." + ".".join(str(p) for p in d[1]) if d[1] else "spec"
+                      for d in diff if not _rerun_removed(d)})
     _raise_while_conflicting(reconcile(dict(body), memo, changed=changed), memo.cfg)
+
+
+def _rerun_removed(d: Any) -> bool:
+    """A kopf diff item that removes ``spec.rerun`` (or sets it to null)."""
+    op, path, _old, new = d
+    return tuple(path) == ("rerun",) and op in ("remove", "change") and new is None
 
 
 def _training_changed(changed: list[str] | None) -> bool:

@@ -87,6 +87,8 @@ _TRIALS = f"(has(self.tune.trials) ? self.tune.trials : {_default(TuneSpec, 'tri
 _AT_ONCE = (f"(has(self.tune.maxConcurrentTrials) ? self.tune.maxConcurrentTrials : "
             f"{_default(TuneSpec, 'max_concurrent_trials')})")
 
+_METRIC = f"(has(self.metric) ? self.metric : '{_default(TuneSpec, 'metric')}')"
+
 # CEL rules (x-kubernetes-validations) by schema path; "*" = each value of a map.
 _CEL: dict[str, list[dict[str, str]]] = {
     "spec": [
@@ -95,6 +97,15 @@ _CEL: dict[str, list[dict[str, str]]] = {
          "message": f"scaling.workers x the concurrent trials (tune.maxConcurrentTrials, at "
                     f"most tune.trials) must be at most {MAX_WORKERS} Train workers at once",
          "fieldPath": ".tune.maxConcurrentTrials"},
+    ],
+    "spec.tune": [
+        {"rule": f"!has(self.mode) || self.mode == "
+                 f"({_METRIC} in {sorted(m for m, d in METRICS.items() if d == 'min')} ? "
+                 "'min' : 'max')",
+         "message": "mode must be the metric's direction or left out: "
+                    + ", ".join(f"{m} is better {'higher (max)' if d == 'max' else 'lower (min)'}"
+                                for m, d in METRICS.items()),
+         "fieldPath": ".mode"},
     ],
     "spec.checkpoint.storage": [
         {"rule": "!(has(self.pvc) && has(self.uri))",

@@ -438,8 +438,11 @@ class TuneSpec(_Model):
                                        "(at most trials) times scaling.")
     metric: str = Field(default="valAccuracy", description="Metric that ranks trials: "
                         "valAccuracy, valLoss, trainLoss or trainAccuracy.")
-    mode: Literal["max", "min"] | None = Field(default=None, description="max or min "
-                                               "(default: the metric's natural direction).")
+    mode: Literal["max", "min"] | None = Field(default=None, description="max or min: the "
+                                               "metric's direction (max for the accuracies, "
+                                               "min for the losses), the default; another "
+                                               "is refused, it would rank the worst trial "
+                                               "first.")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="Scheduler.")
     search_space: dict[str, Distribution] = Field(
         min_length=1,
@@ -589,7 +592,8 @@ class TrainingRunSpec(_Model):
         "a counter) asks the operator for a new run of this spec once the current one has "
         "ended, resuming from the latest checkpoint: how a run that failed for a cause "
         "outside the spec (a Secret, a bucket, a dataset folder) is run again once that is "
-        "fixed. Not read by `raykube run`, which resumes whenever it is run again.")
+        "fixed. Removing it asks for nothing. Not read by `raykube run`, which resumes "
+        "whenever it is run again.")
 
 
 class Metadata(BaseModel):
@@ -1066,6 +1070,13 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     if tune.metric not in METRICS:
         yield SpecError(f"{t}.metric", f"{tune.metric!r} is not a reported metric "
                         f"(one of: {', '.join(METRICS)})")
+    elif tune.mode is not None and tune.mode != METRICS[tune.metric]:
+        # ``mode: max`` of a loss ranks the worst trial first, and serves its model
+        better = "higher" if METRICS[tune.metric] == "max" else "lower"
+        yield SpecError(f"{t}.mode", f"{tune.mode!r} would rank the trial with the "
+                        f"{'highest' if tune.mode == 'max' else 'lowest'} {tune.metric} first, "
+                        f"but {tune.metric} is better {better}: use "
+                        f"{METRICS[tune.metric]!r}, or leave mode out")
     units = spec.scaling.workers * tune.concurrent_trials
     if units > MAX_WORKERS:
         yield SpecError(f"{t}.maxConcurrentTrials", (
@@ -1573,8 +1584,43 @@ def load_yaml_documents(text: str) -> list[Any]:
     return docs
 
 
-def load_file(path: str | Path) -> list[TrainingRun]:
-    """Every TrainingRun in a YAML file (one or more documents).
+def other_object(doc: Any) -> str | None:
+    """``"Secret/minio"`` when ``doc`` is another Kubernetes object, not a TrainingRun;
+    None for a TrainingRun, or for anything that cannot be told apart from a mistyped one.
+
+    ``kubectl apply -f`` takes a file holding a run with its Secret or namespace, so the
+    CLI reads such a file too. Only an object of another API group *and* another kind is
+    someone else's: ``apiVersion: raykube.io/v1`` or ``kind: TraningRun`` is still a
+    TrainingRun with a typo, and is refused naming the field."""
+    if not isinstance(doc, dict):
+        return None
+    api, kind = doc.get("apiVersion"), doc.get("kind")
+    if not (isinstance(api, str) and api and isinstance(kind, str) and kind):
+        return None
+    if api.split("/")[0] == GROUP or kind.lower() in (KIND.lower(), "trainingruns", "tr"):
+        return None
+    name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+    return f"{kind}/{name}" if isinstance(name, str) and name else kind
+
+
+def _list_items(docs: list[Any]) -> list[Any]:
+    """The documents with each ``kind: List`` (``kubectl get -o yaml``'s output) replaced
+    by its items, as kubectl reads them."""
+    out: list[Any] = []
+    for doc in docs:
+        if (isinstance(doc, dict) and doc.get("apiVersion") == "v1" and doc.get("kind") == "List"
+                and isinstance(doc.get("items"), list)):
+            out.extend(doc["items"])
+        else:
+            out.append(doc)
+    return out
+
+
+def load_file(path: str | Path, skipped: list[str] | None = None) -> list[TrainingRun]:
+    """Every TrainingRun in a YAML file (one or more documents, or a ``kind: List``).
+
+    Other Kubernetes objects beside them (a Secret, a Namespace; see ``other_object``)
+    are passed over, each named in ``skipped`` when given.
 
     Raises InvalidTrainingRun (source = the file name, document index when several)
     on the first invalid document, or when the file holds none.
@@ -1596,13 +1642,20 @@ def load_file(path: str | Path) -> list[TrainingRun]:
     except yaml.YAMLError as exc:
         raise InvalidTrainingRun([SpecError("(file)", f"not valid YAML: {_yaml_problem(exc)}")],
                                  src) from None
-    if not docs:
-        raise InvalidTrainingRun([SpecError("(file)", "holds no TrainingRun")], src)
-    if len(docs) == 1:
+    docs = _list_items(docs)
+    others = [o for o in map(other_object, docs) if o]
+    if skipped is not None:
+        skipped.extend(others)
+    several = len(docs) > 1
+    indexed = [(i, d) for i, d in enumerate(docs) if not other_object(d)]
+    if not indexed:
+        beside = f" (only {', '.join(others)})" if others else ""
+        raise InvalidTrainingRun([SpecError("(file)", f"holds no TrainingRun{beside}")], src)
+    if not several:
         return [parse_training_run(docs[0], source=src)]
     # Several documents: every invalid one is reported, each with its index.
     runs, errors = [], []
-    for i, doc in enumerate(docs):
+    for i, doc in indexed:
         try:
             runs.append(parse_training_run(doc, source=f"{src}[{i}]"))
         except InvalidTrainingRun as exc:
@@ -1621,13 +1674,18 @@ def load_one(path: str | Path) -> TrainingRun:
     return runs[0]
 
 
-def validate_files(paths: Iterable[str | Path]) -> dict[str, list[SpecError]]:
-    """File -> its errors (empty list when valid). Never raises for bad input."""
+def validate_files(paths: Iterable[str | Path],
+                   skipped: dict[str, list[str]] | None = None) -> dict[str, list[SpecError]]:
+    """File -> its errors (empty list when valid). Never raises for bad input.
+    ``skipped`` gets, per file, the other objects passed over (``load_file``)."""
     out: dict[str, list[SpecError]] = {}
     for p in paths:
+        others: list[str] = []
         try:
-            load_file(p)
+            load_file(p, others)
             out[str(p)] = []
         except InvalidTrainingRun as exc:
             out[str(p)] = exc.errors
+        if skipped is not None:
+            skipped[str(p)] = others
     return out

@@ -188,6 +188,9 @@ CEL_CASES = {
         SCHEMA["x-kubernetes-validations"],
         ["a" * 41, "run.v2", "datasets", "quickstart-serve"], strict=True)},
     # 2 workers (the default, unset) x 513 concurrent trials: 1,026 pods' worth of workers
+    "mode must be the metric's direction or left out: valAccuracy is better higher (max), "
+    "valLoss is better lower (min), trainLoss is better lower (min), trainAccuracy is "
+    "better higher (max)": ("spec.tune.mode", {"metric": "valLoss", "mode": "max"}),
     "scaling.workers x the concurrent trials (tune.maxConcurrentTrials, at most tune.trials) "
     "must be at most 1024 Train workers at once":
         ("spec.tune.maxConcurrentTrials", {"trials": 600, "maxConcurrentTrials": 513}),
@@ -216,6 +219,9 @@ def test_every_cel_rule_is_enforced_by_the_api_server(kube, message):
     doc = base_doc()
     if where == "metadata.name":
         doc["metadata"]["name"] = value
+        field = where
+    elif where == "spec.tune.mode":
+        doc["spec"]["tune"].update(value)
         field = where
     elif where == "spec.tune.maxConcurrentTrials":
         doc["spec"].get("scaling", {}).pop("workers", None)

@@ -561,6 +561,41 @@ def test_a_model_edit_onto_another_storage_is_a_new_run(kube):
     kube.wait_condition(name, "SpecApplied", reason="Rerun")
 
 
+def test_removing_spec_rerun_asks_for_no_new_run(kube):
+    """Only a new ``spec.rerun`` value runs again: a GitOps tool that prunes the field (or
+    a user tidying the spec) removed it, and a finished run trained once more."""
+    name = "rerun-removed"
+    kube.create(tr_doc(name))
+    kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    kube.wait_condition(name, "Succeeded")
+    uid = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"rerun": "1"}})
+    job = kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != uid)
+    rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Succeeded"
+                     and o["status"].get("observedGeneration") == o["metadata"]["generation"])
+    reruns = [e for e in events(kube, name) if e["reason"] == "Rerun"]
+    assert len(reruns) == 1, reruns
+    kube.patch("TrainingRun", name, {"spec": {"rerun": None}})
+    tr = kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get(
+        "observedGeneration") == o["metadata"]["generation"])
+    time.sleep(2)  # a rerun would have deleted the RayJob by now
+    tr = kube.get("TrainingRun", name)
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
+    assert tr["status"]["phase"] == "Succeeded", tr["status"]
+    assert cond(tr, "SpecApplied")["reason"] != "Rerun", cond(tr, "SpecApplied")
+    assert [e for e in events(kube, name) if e["reason"] == "Rerun"] == reruns
+    # the value the last run ran with is no request either; a new one is
+    kube.patch("TrainingRun", name, {"spec": {"rerun": "1"}})
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get(
+        "observedGeneration") == o["metadata"]["generation"])
+    time.sleep(2)
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"rerun": "2"}})
+    kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
+
+
 def test_operator_requests_stay_within_its_rbac(kube):
     used = kube.operator_permissions()
     assert ("ray.io", "rayjobs", "create") in used

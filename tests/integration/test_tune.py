@@ -493,11 +493,15 @@ def test_a_resumed_trial_keeps_the_epochs_it_reported_before(ray_session, tmp_pa
 
     doc = _run("tune-resume-history").model_dump(by_alias=True, exclude_none=True)
     doc["spec"]["train"].update(epochs=epochs, batchSize=16)
-    doc["spec"]["tune"] = {"trials": 1, "metric": "valLoss", "mode": "max",
+    doc["spec"]["tune"] = {"trials": 1, "metric": "valLoss",
                            "scheduler": {"name": "fifo"},
                            "searchSpace": {"train.optimizer.lr": {"choice": [0.01]}}}
     doc["spec"]["checkpoint"] = {"keep": epochs, "scoreMetric": "valLoss"}
     run = parse_training_run(doc)
+    # The highest loss ranks first, so that the best is an epoch reported before the
+    # interruption. A spec cannot ask for that (validation refuses a mode against the
+    # metric's direction): set on the parsed spec, past validation.
+    run.spec.tune.mode = "max"
     storage = str(tmp_path / "storage")
 
     first = Interrupt()

@@ -151,6 +151,21 @@ def test_render_never_writes_over_its_own_input(tmp_path):
     assert spec.read_text() == before
 
 
+def test_render_reads_a_run_beside_its_secret(tmp_path):
+    """A file holding the Secret a run's secretRef names and the run itself, as kubectl
+    takes it: render renders the run and says what it left for kubectl (the Secret is
+    not echoed to the output)."""
+    f = tmp_path / "run.yaml"
+    f.write_text("apiVersion: v1\nkind: Secret\nmetadata: {name: minio}\n"
+                 "stringData: {AWS_SECRET_ACCESS_KEY: s3cret}\n---\n"
+                 + Path(QUICKSTART).read_text())
+    p = cli("render", str(f))
+    assert p.returncode == 0, p.stderr
+    assert "kind: RayJob" in p.stdout and "s3cret" not in p.stdout
+    assert p.stderr.strip() == ("raykube render: not rendered (not TrainingRuns): "
+                                "Secret/minio; apply them as they are")
+
+
 # ------------------------------------------------------------- 6, 13: image folders
 def _png(path: Path, value: int) -> None:
     import numpy as np

@@ -117,6 +117,10 @@ INVALID = [
     ("unknown-top-field", "spec/replicas", 3, "spec.replicas"),
     ("tune-metric", "spec/tune/metric", "accuracy", "spec.tune.metric"),
     ("tune-mode", "spec/tune/mode", "maximize", "spec.tune.mode"),
+    # the highest loss first: the worst trial would win and be served
+    ("tune-mode-against-metric", "spec/tune", {"metric": "valLoss", "mode": "max",
+     "searchSpace": {"train.optimizer.lr": {"choice": [0.1]}}}, "spec.tune.mode"),
+    ("tune-mode-default-metric", "spec/tune/mode", "min", "spec.tune.mode"),
     ("tune-unknown-path", "spec/tune/searchSpace", {"train.learningRate": {"uniform": [0.1, 0.2]}},
      "spec.tune.searchSpace[train.learningRate]"),
     ("tune-empty-choice", "spec/tune/searchSpace", {"train.batchSize": {"choice": []}},
@@ -314,6 +318,39 @@ def test_multi_document_file(tmp_path):
     assert [r.name for r in load_file(two)] == ["digits-mlp", "second"]
     with pytest.raises(InvalidTrainingRun, match="expected one"):
         load_one(two)
+
+
+def test_a_file_holding_a_run_with_its_secret_is_read_as_kubectl_reads_it(tmp_path):
+    """kubectl applies a run with the Secret its secretRef names from one file; the CLI
+    reads the run and names what it passed over. A mistyped kind or group is still a
+    TrainingRun, refused naming the field."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio"},
+              "stringData": {"AWS_ACCESS_KEY_ID": "a"}}
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(yaml.safe_dump(secret) + "---\n" + yaml.safe_dump(BASE))
+    skipped: list[str] = []
+    assert [r.name for r in load_file(mixed, skipped)] == ["digits-mlp"]
+    assert skipped == ["Secret/minio"]
+    assert load_one(mixed).name == "digits-mlp"
+    # `kubectl get tr -o yaml` of several runs is a v1 List
+    listed = tmp_path / "list.yaml"
+    listed.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List",
+                                      "items": [BASE, _set(BASE, "metadata/name", "b")]}))
+    assert [r.name for r in load_file(listed)] == ["digits-mlp", "b"]
+    only = tmp_path / "only.yaml"
+    only.write_text(yaml.safe_dump(secret))
+    with pytest.raises(InvalidTrainingRun, match=r"holds no TrainingRun \(only Secret/minio\)"):
+        load_file(only)
+    for path, value in (("kind", "TraningRun"), ("apiVersion", "raykube.io/v1")):
+        typo = tmp_path / f"{path}.yaml"
+        typo.write_text(yaml.safe_dump(secret) + "---\n" + yaml.safe_dump(_set(BASE, path, value)))
+        with pytest.raises(InvalidTrainingRun) as exc:
+            load_file(typo)
+        assert [e.path for e in exc.value.errors] == [path]
+    out = subprocess.run([sys.executable, "-m", "raykube", "validate", str(mixed)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "valid (not TrainingRuns, not checked: Secret/minio)" in out.stdout
 
 
 def test_cli_validate_exit_codes(tmp_path):

@@ -236,7 +236,9 @@ def test_asha_uses_epochs_and_the_declared_metric_and_mode():
     fifo = rt._tune_config(_run(scheduler={"name": "fifo"}, metric="valAccuracy").spec)
     assert type(fifo.scheduler).__name__ == "FIFOScheduler"
     assert (fifo.metric, fifo.mode) == ("valAccuracy", "max")
-    assert rt._tune_config(_run(mode="max").spec).mode == "max"  # explicit mode wins
+    assert rt._tune_config(_run(mode="min").spec).mode == "min"  # explicit, the same
+    with pytest.raises(InvalidTrainingRun, match=r"spec.tune.mode.*valLoss is better lower"):
+        _run(mode="max")  # the worst trial first: refused (spec._tune_checks)
 
 
 @dataclasses.dataclass

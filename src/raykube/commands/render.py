@@ -128,9 +128,10 @@ def run(args: argparse.Namespace) -> int:
     secret_problem: str | None = None
     seen: dict[tuple[str, str], str] = {}
     served: list[str] = []
+    skipped: list[str] = []
     try:
         for path in args.files:
-            for tr in load_file(path):
+            for tr in load_file(path, skipped):
                 # Two runs of one name would render objects that overwrite each other
                 # on apply (and share a run directory): refuse, naming both.
                 key = (args.namespace or tr.metadata.namespace or "default", tr.name)
@@ -188,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
     if secret_problem:
         print(f"raykube render: {secret_problem}", file=sys.stderr)
         return 2
+    if skipped:  # e.g. the Secret a run's secretRef names, kept beside it for kubectl
+        print(f"raykube render: not rendered (not TrainingRuns): {', '.join(skipped)}; "
+              "apply them as they are", file=sys.stderr)
     text = dump_yaml(objs)
     if args.out:
         for path in args.files:  # `-o jobs/run.yaml` would replace the spec by its render

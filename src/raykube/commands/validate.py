@@ -14,7 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from raykube.spec import validate_files
 
-    results = validate_files(args.files)
+    skipped: dict[str, list[str]] = {}
+    results = validate_files(args.files, skipped)
     bad = 0
     for path, errors in results.items():
         if errors:
@@ -22,7 +23,9 @@ def run(args: argparse.Namespace) -> int:
             for e in errors:
                 print(f"{e.source or path}: {e.path}: {e.message}", file=sys.stderr)
         elif not args.quiet:
-            print(f"{path}: valid")
+            beside = (f" (not TrainingRuns, not checked: {', '.join(skipped[path])})"
+                      if skipped.get(path) else "")
+            print(f"{path}: valid{beside}")
     if bad:
         print(f"{bad} of {len(results)} file(s) invalid", file=sys.stderr)
     return 1 if bad else 0
