@@ -26,6 +26,7 @@ import math
 import re
 import reprlib
 import sys
+import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -1300,18 +1301,18 @@ def _field_at(loc: tuple[Any, ...]) -> Any:
 
 
 def _bounds(field: Any) -> str:
-    """'between 1 and 10000' / '>= 1' from a field's Field(ge=, le=, gt=, lt=)."""
-    lo = hi = None
+    """'between 1 and 10000' / 'more than 0.0 and at most 10.0' from a field's
+    Field(ge=, le=, gt=, lt=)."""
+    bound: dict[str, Any] = {}
     for m in getattr(field, "metadata", ()):
-        for attr, is_lo in (("ge", True), ("gt", True), ("le", False), ("lt", False)):
-            v = getattr(m, attr, None)
-            if v is not None:
-                text = f"{'>' if attr == 'gt' else '<' if attr == 'lt' else ''}{v}"
-                lo, hi = (text, hi) if is_lo else (lo, text)
-    if lo and hi and lo[0].isdigit() and hi[0].isdigit():
-        return f" between {lo} and {hi}"
-    parts = [f">= {lo}" if lo and lo[0].isdigit() else lo, f"<= {hi}" if hi and hi[0].isdigit() else hi]
-    return (" " + " and ".join(p for p in parts if p)) if any(parts) else ""
+        for attr in ("ge", "gt", "le", "lt"):
+            if getattr(m, attr, None) is not None:
+                bound[attr] = getattr(m, attr)
+    if "ge" in bound and "le" in bound:
+        return f" between {bound['ge']} and {bound['le']}"
+    words = {"ge": "at least", "gt": "more than", "le": "at most", "lt": "less than"}
+    parts = [f"{words[a]} {bound[a]}" for a in ("ge", "gt", "le", "lt") if a in bound]
+    return (" " + " and ".join(parts)) if parts else ""
 
 
 def _field_paths(model: type[BaseModel], prefix: str, depth: int = 0
@@ -1400,6 +1401,8 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
                 msg += _did_you_mean((*loc[:-1], camel))
         elif e["type"] == "missing":
             msg = "is required"
+        elif e.get("input", ...) is None and loc == ("metadata",):
+            path, msg = "metadata.name", "is required (metadata is empty)"
         elif e.get("input", ...) is None and e["type"] in ("model_type", "dict_type",
                                                             "model_attributes_type"):
             msg = "is empty (null): give it a value or remove the key"
@@ -1413,6 +1416,16 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
             kind = "a whole number" if e["type"].startswith("int_") else "a number"
             if bounds or e["type"] in ("int_from_float", "int_type", "float_type"):
                 msg = f"must be {kind}{bounds}, got {e.get('input')!r}"
+        elif e["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            # pydantic's "Input should be greater than 0": the range, and what was given,
+            # as for a fractional epochs
+            field = _field_at(loc)
+            bounds = _bounds(field)
+            ann = getattr(field, "annotation", None)
+            whole = ann is int or (int in typing.get_args(ann) and float not in typing.get_args(ann))
+            msg = (f"must be {'a whole number' if whole else 'a number'}{bounds}, "
+                   f"got {e.get('input')!r}" if bounds
+                   else f"{msg[0].lower()}{msg[1:]}, got {e.get('input')!r}")
         elif e["type"] == "literal_error":
             msg = f"{e['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
         elif e["type"] == "string_type" and isinstance(e.get("input"), (bool, int, float)):

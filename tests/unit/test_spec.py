@@ -65,6 +65,7 @@ INVALID = [
     ("api-version", "apiVersion", "raykube.io/v1", "apiVersion"),
     ("kind", "kind", "RayJob", "kind"),
     ("no-name", "metadata/name", _DELETE, "metadata.name"),
+    ("metadata-null", "metadata", None, "metadata.name"),
     ("name-uppercase", "metadata/name", "Digits", "metadata.name"),
     ("name-too-long", "metadata/name", "a" * 41, "metadata.name"),
     # <storage>/datasets is the dataset cache; <x>-serve is run x's RayService
@@ -351,6 +352,20 @@ def test_a_file_holding_a_run_with_its_secret_is_read_as_kubectl_reads_it(tmp_pa
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "valid (not TrainingRuns, not checked: Secret/minio)" in out.stdout
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("spec/train/batchSize", -1, "must be a whole number between 1 and 1048576, got -1"),
+    ("spec/train/optimizer/lr", -1, "must be a number more than 0.0 and at most 10.0, got -1"),
+    ("spec/activeDeadlineSeconds", 2**31, "must be a whole number between 1 and 2147483647, "
+     "got 2147483648"),
+])
+def test_a_value_out_of_range_is_named_with_its_range(path, value, message):
+    """Not pydantic's 'Input should be greater than 0': the range and the value given."""
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(_set(BASE, path, value))
+    assert [(e.path, e.message) for e in exc.value.errors] == [
+        (path.replace("/", "."), message)]
 
 
 def test_cli_validate_exit_codes(tmp_path):
