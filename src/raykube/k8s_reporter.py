@@ -33,9 +33,9 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from raykube.run_failure import now as _now
 from raykube.spec import API_VERSION, METRICS, PLURAL
 
 if TYPE_CHECKING:
@@ -64,9 +64,6 @@ def api_error_line(exc: BaseException) -> str:
             f": {message}" if message else "")
     return " ".join(str(exc).split())[:300] or type(exc).__name__
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 TRIAL_STATES = {"RUNNING": "running", "PAUSED": "running", "TERMINATED": "finished",

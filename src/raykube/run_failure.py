@@ -101,6 +101,8 @@ def attempt_outcome(permanent: bool, rayjob: Mapping[str, Any] | None) -> tuple[
 
 
 def now() -> str:
+    """The time as Kubernetes writes it (RFC 3339, seconds, UTC): the ``at`` of a failure
+    here, and of the driver's status patches (``k8s_reporter``)."""
     return datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

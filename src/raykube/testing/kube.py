@@ -34,7 +34,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from kmock._internal import dicts as kmock_dicts
 from kmock._internal import enums as kmock_enums
 
 from raykube.ports import free_port
+from raykube.run_failure import now as _now
 
 VERBS = {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
 
@@ -67,9 +67,6 @@ RESOURCES: dict[tuple[str, str], tuple[str, bool, set[str], set[str]]] = {
 }
 KIND_TO_RESOURCE = {kind: (av, plural) for (av, plural), (kind, *_rest) in RESOURCES.items()}
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _api_version(res: Any) -> str:
