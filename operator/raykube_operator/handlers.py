@@ -680,9 +680,13 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
         log.info("RayJob %s/%s is being deleted: reconciled again once it is gone", ns,
                  job_name)
         return {f"RayJob/{job_name}": "terminating"}
-    conflicts = _run_dir_conflict(kube, cfg, run) if action == "rerun" else []
+    # A rerun, or an active run's RayJob deleted by someone while an edit was pending:
+    # either way a new RayJob of the edited spec resumes from the run directory
+    with_edit = action == "rerun" or (action == "create" and bool(cur.get("rayJob")) and (
+        st.edit_pending(cur) or _rerun_pending(cur)))
+    conflicts = _run_dir_conflict(kube, cfg, run) if with_edit else []
     if conflicts:
-        return _refuse_rerun(kube, cfg, tr, run, job_name, conflicts)
+        return _refuse_rerun(kube, cfg, tr, run, job_name, conflicts, finished=finished)
     results: dict[str, str] = {}
     if action in ("create", "rerun", "suspend", "refresh", "unchanged", "update"):
         # the ConfigMap holds the spec the driver reads (also on a retry): it only
@@ -728,7 +732,9 @@ down: only the generation moved)."""
 def _fields(pending: list[str], changed: list[str] | None) -> str:
     """The fields an edit pending from before and this one's (``changed``) name, once;
     ``the spec`` only when no field is known (it read 'the spec, spec.train.epochs')."""
-    names = list(dict.fromkeys([*pending, *(changed or [])]))
+    # a serve or suspend edit made alongside is applied at once, not pending
+    names = list(dict.fromkeys([*pending, *[c for c in changed or []
+                                            if _training_changed([c])]]))
     return ", ".join([n for n in names if n != SOME_FIELDS] or [SOME_FIELDS])
 
 
@@ -779,15 +785,22 @@ def _run_dir_conflict(kube: Kube, cfg: OperatorConfig, run: TrainingRun) -> list
 
 
 def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
-                  job_name: str, conflicts: list[str]) -> dict[str, str]:
-    """Refuse, before creating anything, a rerun its run directory cannot hold."""
+                  job_name: str, conflicts: list[str], *, finished: bool = True
+                  ) -> dict[str, str]:
+    """Refuse, before creating anything, a rerun its run directory cannot hold (also the
+    RayJob of an active run deleted with such an edit pending: nothing is recreated
+    until the edit is undone)."""
     from raykube.render import storage_root
 
     fields = ", ".join(conflicts)
-    msg = (f"{fields} differs from the finished run's: {storage_root(run, cfg.render)}/"
+    whose, kept = (("the finished run's", "The finished run is kept.") if finished else
+                   ("the run's (its RayJob was deleted with this edit pending)",
+                    "Nothing runs until the edit is undone, which recreates the RayJob and "
+                    "resumes the run."))
+    msg = (f"{fields} differs from {whose}: {storage_root(run, cfg.render)}/"
            f"{run.name} holds checkpoints of the previous model, dataset or seed (the seed "
            "decides the train/validation split), which a new run cannot resume; apply the new spec under a new metadata.name (or delete that run "
-           "directory and edit the spec again). The finished run is kept.")
+           f"directory and edit the spec again). {kept}")
     cur = tr.get("status") or {}
     gen = tr["metadata"].get("generation")
     now = st.now_rfc3339()
@@ -961,8 +974,15 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         conds = st.set_condition(conds, st.SPEC_APPLIED, True, reason, message, now=now,
                                  generation=gen)
     if recreated:
-        msg = (f"RayJob {job_name} was deleted while the run was active: recreated it; "
-               "training resumes from the latest checkpoint")
+        # a pending edit (or a waiting rerun's) goes into the new RayJob: say so
+        edit = fields if (pending or st.named_fields(old_applied)) else ""
+        msg = (f"RayJob {job_name} was deleted while the run was active: recreated it"
+               + (f" with the pending edit of {edit}" if edit else "")
+               + "; training resumes from the latest checkpoint")
+        if edit:
+            conds = st.set_condition(conds, st.SPEC_APPLIED, True, "Created",
+                                     f"RayJob recreated with {edit}", now=now,
+                                     generation=gen)
         conds = st.set_condition(conds, st.RUNNING, False, "RayJobRecreated", msg, now=now,
                                  generation=gen)
         patch["message"] = msg
