@@ -49,6 +49,11 @@ SHORT_NAMES = ["tr"]
 LABEL = f"{GROUP}/trainingrun"
 """Label put on every child object, value = the TrainingRun's name."""
 
+MAX_SEED = 2**32 - 1
+"""The largest ``train.seed``: the common 32-bit seed range. Larger seeds validated and
+then failed every worker (torch's generators take a signed 64-bit seed, and the
+shuffling seed is derived from it by a multiplication)."""
+
 # Metrics the training loop reports every epoch, with the direction that is "better".
 METRICS: dict[str, Literal["max", "min"]] = {
     "valAccuracy": "max",
@@ -330,7 +335,7 @@ class TrainSpec(_Model):
         description="Global batch size, split evenly across scaling.workers.",
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
-    seed: int = Field(default=0, ge=0, description="Seed of the split, the initial weights "
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of the split, the initial weights "
                       "and the shuffling: two runs with one seed see the same data. "
                       "Fixed once a run has checkpoints: resuming with another is refused.")
 
@@ -1381,7 +1386,8 @@ def _not_a_mapping(loc: tuple[Any, ...], got: Any) -> str:
     return msg
 
 
-def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
+def _errors_from_pydantic(exc: ValidationError,
+                          nulls: set[tuple[str, ...]] = frozenset()) -> list[SpecError]:  # type: ignore[assignment]
     errors: list[SpecError] = []
     for e in exc.errors():
         ctx_err = (e.get("ctx") or {}).get("error")
@@ -1400,7 +1406,8 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
             else:
                 msg += _did_you_mean((*loc[:-1], camel))
         elif e["type"] == "missing":
-            msg = "is required"
+            msg = ("is empty (null): give it a value" if tuple(map(str, loc)) in nulls
+                   else "is required")
         elif e.get("input", ...) is None and loc == ("metadata",):
             path, msg = "metadata.name", "is required (metadata is empty)"
         elif e.get("input", ...) is None and e["type"] in ("model_type", "dict_type",
@@ -1431,7 +1438,7 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
         elif e["type"] == "string_type" and isinstance(e.get("input"), (bool, int, float)):
             # `rerun: 2`, `image: yes`: YAML read a number or a boolean
             got = e["input"]
-            what = ("a boolean to YAML (so are yes/no/on/off)" if isinstance(got, bool)
+            what = ("a boolean to YAML (so are y/n, yes/no, on/off)" if isinstance(got, bool)
                     else "a number to YAML")
             msg = f"must be a string, got {json.dumps(got)}, {what}: quote it"
         elif e["type"] == "string_pattern_mismatch":
@@ -1445,6 +1452,22 @@ def _errors_from_pydantic(exc: ValidationError) -> list[SpecError]:
                    else f"{msg[0].lower()}{msg[1:]} (got {shown})")
         errors.append(SpecError(path or "(document)", msg))
     return errors
+
+
+def _without_nulls(node: Any, path: tuple[str, ...], nulls: set[tuple[str, ...]]) -> Any:
+    """``node`` without its null fields, each noted in ``nulls``: the API server prunes a
+    null field of a custom resource before validation (apiextensions v1), so ``serve:
+    null`` is the default on the cluster; it was an error here. A required one still is,
+    said as empty. The search space's values are the user's own (not pruned there)."""
+    if not isinstance(node, dict) or path == ("spec", "tune", "searchSpace"):
+        return node
+    out = {}
+    for key, value in node.items():
+        if value is None:
+            nulls.add((*path, str(key)))
+        else:
+            out[key] = _without_nulls(value, (*path, str(key)), nulls)
+    return out
 
 
 def parse_training_run(doc: Any, *, source: str | None = None) -> TrainingRun:
@@ -1462,10 +1485,13 @@ def parse_training_run(doc: Any, *, source: str | None = None) -> TrainingRun:
         errors.append(SpecError("kind", f"must be {KIND!r}, got {doc.get('kind')!r}"))
     if errors:
         raise InvalidTrainingRun(errors, source)
+    nulls: set[tuple[str, ...]] = set()
+    if isinstance(doc.get("spec"), dict):
+        doc = {**doc, "spec": _without_nulls(doc["spec"], ("spec",), nulls)}
     try:
         return TrainingRun.model_validate(doc)
     except ValidationError as exc:
-        raise InvalidTrainingRun(_errors_from_pydantic(exc), source) from None
+        raise InvalidTrainingRun(_errors_from_pydantic(exc, nulls), source) from None
     except SpecErrors as exc:
         raise InvalidTrainingRun(exc.errors, source) from None
 
@@ -1533,6 +1559,15 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
+# As kubectl reads YAML (go-yaml v2 under sigs.k8s.io/yaml): y/Y/n/N are booleans too
+# (`enabled: y` is true on the cluster), and a date stays the string it is written as
+# (`rerun: 2026-12-05` is a string on the cluster; PyYAML made it a date, refused).
+_Loader.bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"),
+                              list("yYnN"))
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -1645,6 +1680,9 @@ def load_file(path: str | Path, skipped: list[str] | None = None) -> list[Traini
             text = sys.stdin.buffer.read().decode("utf-8")
         else:
             text = Path(path).read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise InvalidTrainingRun([SpecError("(file)", "a directory with no .yaml, .yml or "
+                                            ".json file")], src) from None
     except OSError as exc:
         raise InvalidTrainingRun([SpecError("(file)", exc.strerror or str(exc))], src) from None
     except UnicodeDecodeError as exc:
@@ -1687,16 +1725,43 @@ def load_one(path: str | Path) -> TrainingRun:
     return runs[0]
 
 
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[str]:
+    """Each directory replaced by its ``.yaml``/``.yml``/``.json`` files, sorted, as
+    ``kubectl apply -f DIR`` reads it (not recursively); files and ``-`` as given. An
+    empty directory stays, to be reported as holding no TrainingRun."""
+    out: list[str] = []
+    for p in map(str, paths):
+        if p != "-" and Path(p).is_dir():
+            found = sorted(str(f) for f in Path(p).iterdir()
+                           if f.suffix in MANIFEST_SUFFIXES and f.is_file())
+            out.extend(found or [p])
+        else:
+            out.append(p)
+    return out
+
+
 def validate_files(paths: Iterable[str | Path],
-                   skipped: dict[str, list[str]] | None = None) -> dict[str, list[SpecError]]:
+                   skipped: dict[str, list[str]] | None = None,
+                   cluster: dict[str, list[SpecError]] | None = None
+                   ) -> dict[str, list[SpecError]]:
     """File -> its errors (empty list when valid). Never raises for bad input.
-    ``skipped`` gets, per file, the other objects passed over (``load_file``)."""
+    ``skipped`` gets, per file, the other objects passed over (``load_file``);
+    ``cluster``, what only a cluster refuses (``cluster_problems``: valid for
+    ``raykube run``). A directory stands for its manifests (``expand_paths``)."""
     out: dict[str, list[SpecError]] = {}
-    for p in paths:
+    for p in expand_paths(paths):
         others: list[str] = []
         try:
-            load_file(p, others)
+            runs = load_file(p, others)
             out[str(p)] = []
+            if cluster is not None:
+                several = len(runs) > 1
+                cluster[str(p)] = [dataclasses.replace(e, source=f"{p}[{r.name}]" if several
+                                                       else None)
+                                   for r in runs for e in cluster_problems(r)]
         except InvalidTrainingRun as exc:
             out[str(p)] = exc.errors
         if skipped is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -254,7 +255,7 @@ def test_a_number_or_boolean_where_a_string_belongs_says_to_quote_it():
     got = {e.path: e.message for e in info.value.errors}
     assert got == {
         "spec.rerun": "must be a string, got 2, a number to YAML: quote it",
-        "spec.image": "must be a string, got true, a boolean to YAML (so are yes/no/on/off): "
+        "spec.image": "must be a string, got true, a boolean to YAML (so are y/n, yes/no, on/off): "
                       "quote it"}
 
 
@@ -359,6 +360,9 @@ def test_a_file_holding_a_run_with_its_secret_is_read_as_kubectl_reads_it(tmp_pa
     ("spec/train/optimizer/lr", -1, "must be a number more than 0.0 and at most 10.0, got -1"),
     ("spec/activeDeadlineSeconds", 2**31, "must be a whole number between 1 and 2147483647, "
      "got 2147483648"),
+    # 2**63 validated, then failed every worker: "Overflow when unpacking long long"
+    ("spec/train/seed", 2**63, "must be a whole number between 0 and 4294967295, "
+     "got 9223372036854775808"),
 ])
 def test_a_value_out_of_range_is_named_with_its_range(path, value, message):
     """Not pydantic's 'Input should be greater than 0': the range and the value given."""
@@ -366,6 +370,45 @@ def test_a_value_out_of_range_is_named_with_its_range(path, value, message):
         parse_training_run(_set(BASE, path, value))
     assert [(e.path, e.message) for e in exc.value.errors] == [
         (path.replace("/", "."), message)]
+
+
+def test_yaml_reads_as_kubectl_reads_it(tmp_path):
+    """The cluster's reading of the same file (go-yaml v2 under kubectl, the API server's
+    pruning of null fields): `enabled: y` is true, a date is the string written, `serve:
+    null` is the default. Each was the other way round here: refused, or valid here and
+    refused by kubectl (`annotations: {x: y}`)."""
+    text = yaml.safe_dump(BASE).replace("enabled: true", "enabled: n")
+    text = text.replace("spec:\n", "spec:\n  rerun: 2026-12-05\n  checkpoint: null\n", 1)
+    run = parse_training_run(load_yaml_documents(text)[0])
+    assert run.spec.serve.enabled is False and run.spec.rerun == "2026-12-05"
+    assert run.spec.checkpoint.keep == parse_training_run(BASE).spec.checkpoint.keep
+    with pytest.raises(InvalidTrainingRun) as exc:  # kubectl: "cannot unmarshal bool"
+        parse_training_run(load_yaml_documents(
+            yaml.safe_dump(BASE).replace("name: digits-mlp", "name: digits-mlp\n  "
+                                         "annotations: {x: y}"))[0])
+    assert [e.path for e in exc.value.errors] == ["metadata.annotations.x"]
+    with pytest.raises(InvalidTrainingRun) as exc:  # required: still an error, said as empty
+        parse_training_run(_set(BASE, "spec/model", None))
+    assert [(e.path, e.message) for e in exc.value.errors] == [
+        ("spec.model", "is empty (null): give it a value")]
+    # `kubectl apply -f DIR`: the directory's manifests; the CLI did "Is a directory"
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(BASE))
+    (tmp_path / "b.json").write_text(json.dumps(_set(BASE, "metadata/name", "b")))
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    assert validate_files([tmp_path]) == {str(tmp_path / "a.yaml"): [], str(tmp_path / "b.json"): []}
+
+
+def test_validate_notes_what_only_a_cluster_refuses(tmp_path):
+    """A relative data.uri is valid for `raykube run` (relative to the file) and refused by
+    the operator and `raykube render`: validate said only 'valid'."""
+    f = tmp_path / "rel.yaml"
+    f.write_text(yaml.safe_dump(_set(BASE, "spec/data", {"dataset": "image-folder",
+                                                          "uri": "./imgs"})))
+    out = subprocess.run([sys.executable, "-m", "raykube", "validate", str(f)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == f"{f}: valid\n", out
+    assert out.stderr.startswith(f"{f}: note: spec.data.uri: './imgs' is a relative path"), out
+    assert out.stderr.rstrip().endswith("refused on a cluster (the operator, raykube render)")
 
 
 def test_cli_validate_exit_codes(tmp_path):

@@ -77,7 +77,8 @@ def _checkpoint_secret_problem(run: TrainingRun, args: argparse.Namespace) -> st
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files holding TrainingRuns")
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files holding TrainingRuns, "
+                   "directories of them (their .yaml, .yml and .json files), or - for stdin")
     p.add_argument("--image", help="container image of the Ray pods (overrides spec.image "
                    "and the CPU/CUDA defaults)")
     p.add_argument("-n", "--namespace", help="namespace of the rendered objects (overrides "
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from raykube.spec import (
         InvalidTrainingRun,
         check_for_cluster,
+        expand_paths,
         load_file,
         location_problem,
         parse_training_run,
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     served: list[str] = []
     skipped: list[str] = []
     try:
-        for path in args.files:
+        for path in expand_paths(args.files):
             for tr in load_file(path, skipped):
                 # Two runs of one name would render objects that overwrite each other
                 # on apply (and share a run directory): refuse, naming both.
@@ -194,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
               "apply them as they are", file=sys.stderr)
     text = dump_yaml(objs)
     if args.out:
-        for path in args.files:  # `-o jobs/run.yaml` would replace the spec by its render
+        for path in expand_paths(args.files):  # `-o jobs/run.yaml` would replace the spec by its render
             if path != "-" and os.path.exists(args.out) and os.path.samefile(path, args.out):
                 print(f"raykube render: --out {args.out} is an input file; write the KubeRay "
                       "objects elsewhere", file=sys.stderr)

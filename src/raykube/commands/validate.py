@@ -7,7 +7,8 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files holding TrainingRuns")
+    p.add_argument("files", nargs="+", metavar="FILE", help="YAML files holding TrainingRuns, "
+                   "directories of them (their .yaml, .yml and .json files), or - for stdin")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
 
 
@@ -15,7 +16,8 @@ def run(args: argparse.Namespace) -> int:
     from raykube.spec import validate_files
 
     skipped: dict[str, list[str]] = {}
-    results = validate_files(args.files, skipped)
+    cluster: dict[str, list] = {}
+    results = validate_files(args.files, skipped, cluster)
     bad = 0
     for path, errors in results.items():
         if errors:
@@ -26,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
             beside = (f" (not TrainingRuns, not checked: {', '.join(skipped[path])})"
                       if skipped.get(path) else "")
             print(f"{path}: valid{beside}")
+        for e in cluster.get(path, []):  # valid for `raykube run`, refused on a cluster
+            print(f"{e.source or path}: note: {e.path}: {e.message}; valid for raykube "
+                  "run, refused on a cluster (the operator, raykube render)", file=sys.stderr)
     if bad:
         print(f"{bad} of {len(results)} file(s) invalid", file=sys.stderr)
     return 1 if bad else 0
