@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROGRESS_KEYS = ("trainLoss", "valLoss", "valAccuracy")
+PROGRESS_DECIMALS = 4
 REQUEST_TIMEOUT = (5.0, 15.0)
 """(connect, read) seconds for one status patch."""
 STOP_RETRIES_WAIT_S = 30.0
@@ -223,7 +224,10 @@ class KubernetesReporter:
     def _progress(self, metrics: dict[str, Any], trial: str | None) -> dict[str, Any]:
         """``status.progress`` for an epoch's metrics (of ``trial``, in a search)."""
         m = _finite(metrics)
-        progress: dict[str, Any] = {k: m[k] for k in PROGRESS_KEYS if k in m}
+        # 4 decimals, as `kubectl get tr` shows them (a number column prints every digit:
+        # 0.9498607242339833); status.checkpoint.metrics, which the gate reads, keeps them
+        progress: dict[str, Any] = {k: round(m[k], PROGRESS_DECIMALS) for k in PROGRESS_KEYS
+                                    if k in m}
         if isinstance(metrics.get("epoch"), int):
             progress["epoch"] = metrics["epoch"]
         if self._epochs is not None:

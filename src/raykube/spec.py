@@ -631,9 +631,12 @@ class ProgressStatus(_Model):
 
     epoch: int | None = Field(default=None, description="Last finished epoch (1-based).")
     epochs: int | None = Field(default=None, description="Epochs in total.")
-    train_loss: float | None = Field(default=None, description="Mean training loss.")
-    val_loss: float | None = Field(default=None, description="Validation loss.")
-    val_accuracy: float | None = Field(default=None, description="Validation accuracy.")
+    train_loss: float | None = Field(default=None, description="Mean training loss (4 "
+                                     "decimals, as shown; status.checkpoint.metrics has "
+                                     "every digit).")
+    val_loss: float | None = Field(default=None, description="Validation loss (4 decimals).")
+    val_accuracy: float | None = Field(default=None, description="Validation accuracy "
+                                       "(4 decimals).")
     trial: str | None = Field(default=None, description="Tune: the trial reporting; when "
                               "the search has ended, the best trial (this epoch and these "
                               "metrics are then its best checkpoint's).")

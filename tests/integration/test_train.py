@@ -168,7 +168,7 @@ def test_rerun_of_a_finished_run_does_not_retrain(finished, storage):
     last = outcome.history[-1]
     progress = api.statuses[-1]["progress"]
     assert (progress["epoch"], progress["epochs"]) == (last["epoch"], 4), progress
-    assert progress["valAccuracy"] == pytest.approx(last["valAccuracy"]), progress
+    assert progress["valAccuracy"] == round(last["valAccuracy"], 4), progress  # as shown
     after = {p: os.stat(storage / "digits2" / p).st_mtime_ns for p in checkpoint_dirs(storage / "digits2")}
     assert after == before
 

@@ -52,3 +52,15 @@ def test_no_storage_where_the_pod_does_not_say_or_the_checkpoint_is_elsewhere():
     rep.on_epoch({"epoch": 2, "valAccuracy": 0.6}, "/mnt/raykube/defaultx/q/c2", None)
     assert [s["checkpoint"].get("storage") for s in api.statuses] == [None, None]
     assert storage_from_env({}) == {"storage": None, "storage_root": None}
+
+
+def test_progress_is_shown_to_four_decimals_and_the_checkpoint_keeps_every_digit():
+    """`kubectl get tr`'s VAL-ACC column (type number) printed 0.9498607242339833; the
+    gate reads status.checkpoint.metrics, which keeps the value as measured."""
+    rep, api = _reporter(POD_ENV)
+    rep.on_epoch({"epoch": 1, "valAccuracy": 0.9498607242339833, "valLoss": 0.123456789,
+                  "trainLoss": 0.3}, "/mnt/raykube/default/quickstart/checkpoint_000000", None)
+    status = api.statuses[-1]
+    assert {k: v for k, v in status["progress"].items() if k != "updatedAt"} == {
+        "epoch": 1, "valAccuracy": 0.9499, "valLoss": 0.1235, "trainLoss": 0.3}
+    assert status["checkpoint"]["metrics"]["valAccuracy"] == 0.9498607242339833
