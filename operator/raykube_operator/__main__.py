@@ -15,7 +15,7 @@ import sys
 
 import kopf
 
-from raykube_operator.config import OperatorConfig
+from raykube_operator.config import OperatorConfig, liveness_endpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true",
                        help="watch every namespace (the default)")
     p.add_argument("--liveness", metavar="URL", default=None,
-                   help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz "
-                   "(default: RAYKUBE_LIVENESS; 'off' disables)")
+                   help="serve kopf's liveness endpoint at http://HOST:PORT/PATH, e.g. "
+                   "http://0.0.0.0:8080/healthz in a pod (default: RAYKUBE_LIVENESS, "
+                   "else none; 'off' disables)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -54,23 +55,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = OperatorConfig.from_env()  # fail fast on a bad RAYKUBE_* value
+        liveness, source = cfg.liveness, "RAYKUBE_LIVENESS"
+        if args.liveness is not None:  # the flag wins over RAYKUBE_LIVENESS
+            liveness, source = liveness_endpoint(args.liveness, "--liveness"), "--liveness"
     except ValueError as exc:
         print(f"raykube operator: {exc}", file=sys.stderr)
         return 2
+    from raykube_operator import preflight
+
+    if liveness:  # local and instant: before the API server is asked anything
+        try:
+            preflight.check_liveness(liveness, source)
+        except preflight.PreflightError as exc:
+            print(f"raykube operator: {exc}", file=sys.stderr)
+            return 2
     namespaces: tuple[str, ...] = () if args.all_namespaces else (
         tuple(args.namespace) or cfg.namespaces)
     # the handlers read their settings again from the environment (kopf's startup hook):
     # -n / -A win over RAYKUBE_NAMESPACES there too (their log said "all" under -n)
     os.environ["RAYKUBE_NAMESPACES"] = ",".join(namespaces)
-    liveness = cfg.liveness if args.liveness is None else (
-        None if args.liveness.lower() in ("off", "none", "") else args.liveness)
     kopf.configure(debug=args.verbose, verbose=args.verbose)
     for handler in logging.getLogger().handlers:
         handler.addFilter(throttled_retry_is_a_warning)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else cfg.log_level)
     if cfg.preflight:
-        from raykube_operator import preflight
-
         try:
             preflight.run(namespaces, wait_s=cfg.api_wait)
         except preflight.PreflightError as exc:

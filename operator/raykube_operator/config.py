@@ -6,7 +6,7 @@ and are read by its own ``from_env``; this module adds what only the operator ne
 | variable | default | meaning |
 |---|---|---|
 | ``RAYKUBE_NAMESPACES`` | (empty: all) | comma-separated namespaces to watch |
-| ``RAYKUBE_LIVENESS`` | ``http://0.0.0.0:8080/healthz`` | kopf liveness endpoint (``off`` disables) |
+| ``RAYKUBE_LIVENESS`` | (empty: none) | kopf liveness endpoint, ``http://HOST:PORT/PATH`` (``--liveness`` wins; ``off`` disables; see ``liveness_endpoint``) |
 | ``RAYKUBE_RETRY_DELAY`` | ``5`` | seconds before a handler retries after a transient API error |
 | ``RAYKUBE_MAX_WORKERS`` | ``32`` | threads running the (synchronous) handlers |
 | ``RAYKUBE_LOG_LEVEL`` | ``INFO`` | operator log level |
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -48,13 +50,60 @@ def _log_level(env: Mapping[str, str], key: str, default: str) -> str:
     return raw
 
 
+LIVENESS_OFF = ("", "off", "none", "false", "0")
+LIVENESS_FORM = "http://HOST:PORT/PATH (e.g. http://127.0.0.1:8080/healthz), or 'off'"
+
+
+def liveness_endpoint(raw: str | None, source: str = "RAYKUBE_LIVENESS") -> str | None:
+    """The URL kopf serves its liveness endpoint at, or None (no endpoint): ``raw`` as
+    given by ``source`` (``RAYKUBE_LIVENESS`` or ``--liveness``, named in the error).
+
+    kopf (1.45) takes the URL as it is and fails only once it runs, at length: ``foo``
+    was 48 lines with two tracebacks ending ``Exception: Unsupported scheme: foo``, a port
+    that is not a number ``ValueError: Port could not be cast to integer value``. So the
+    URL is checked here: scheme ``http`` (kopf serves plain HTTP only), a host, a port
+    1-65535 and a path (the route kopf serves; a probe needs one). Empty, ``off``,
+    ``none``, ``false`` or ``0``: disabled. Whether the port is free is checked at start
+    (``raykube_operator.preflight.check_liveness``); this function is pure."""
+    value = (raw or "").strip()
+    if value.lower() in LIVENESS_OFF:
+        return None
+    where = f"{source}={value!r}"
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError as exc:  # an unbalanced [ of an IPv6 address
+        raise ValueError(f"{where}: {exc}: expected {LIVENESS_FORM}") from None
+    if parts.scheme.lower() == "https":
+        raise ValueError(f"{where}: kopf serves its liveness endpoint over plain http: "
+                         f"expected {LIVENESS_FORM}")
+    if parts.scheme.lower() != "http" or not parts.netloc:
+        raise ValueError(f"{where}: expected {LIVENESS_FORM}")
+    if not parts.hostname:
+        raise ValueError(f"{where}: no host: expected {LIVENESS_FORM}")
+    port = re.search(r":([^:\]]*)$", parts.netloc.rpartition("@")[2])
+    if not port or not port.group(1):
+        raise ValueError(f"{where}: no port: expected {LIVENESS_FORM}")
+    text = port.group(1)
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{where}: the port {text!r} is not a number: expected {LIVENESS_FORM}")
+    if not 1 <= int(text) <= 65535:
+        raise ValueError(f"{where}: the port {int(text)} is out of range (1-65535)")
+    if not parts.path:  # (after a host, a path starts with /)
+        raise ValueError(f"{where}: no path (the probes' path, e.g. /healthz): "
+                         f"expected {LIVENESS_FORM}")
+    return value
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     """Everything the handlers need to know besides the TrainingRun itself."""
 
     render: RenderConfig = field(default_factory=RenderConfig)
     namespaces: tuple[str, ...] = ()
-    liveness: str | None = "http://0.0.0.0:8080/healthz"
+    # None: no health endpoint. The Deployment names one (--liveness, k8s/base/operator.yaml);
+    # a default on 0.0.0.0:8080 also served a local operator's 404s to a kubectl without
+    # KUBECONFIG (its fallback is http://localhost:8080), on every interface.
+    liveness: str | None = None
     retry_delay: float = 5.0
     # Handlers spend their time waiting on the API server (~9 requests per new run), not
     # on CPU: 32 threads gave 1.9x the runs/s of 8 on the real control plane (bench operator).
@@ -73,13 +122,10 @@ class OperatorConfig:
         env = os.environ if env is None else env
         namespaces = tuple(n.strip() for n in env.get("RAYKUBE_NAMESPACES", "").split(",")
                            if n.strip())
-        liveness = env.get("RAYKUBE_LIVENESS", cls.liveness or "").strip()
-        if liveness.lower() in ("", "off", "none", "false", "0"):
-            liveness = None
         return cls(
             render=RenderConfig.from_env(env),
             namespaces=namespaces,
-            liveness=liveness,
+            liveness=liveness_endpoint(env.get("RAYKUBE_LIVENESS", cls.liveness or "")),
             retry_delay=_float(env, "RAYKUBE_RETRY_DELAY", cls.retry_delay),
             max_workers=max(1, int(_float(env, "RAYKUBE_MAX_WORKERS", cls.max_workers))),
             log_level=_log_level(env, "RAYKUBE_LOG_LEVEL", cls.log_level),

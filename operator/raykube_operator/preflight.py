@@ -22,13 +22,21 @@ CRDs and namespaces: it retries for ~18 s, then warns and falls back), which are
 warning here. A cluster that does not answer the reviews (an older API server, a
 restrictive authorizer, an emulator) only costs the check: a warning, and the operator
 starts.
+
+Before all of these, and also with ``RAYKUBE_PREFLIGHT=0`` (it is local, and instant):
+that kopf can listen where its liveness endpoint is asked for (``check_liveness``). A port
+already in use (a second operator started locally) was a 64-line exit 1 with two
+tracebacks, once kopf had logged in.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,6 +83,44 @@ class Check:
 
     def kind(self) -> str:
         return f"{self.resource}.{self.group}" if self.group else self.resource
+
+
+def check_liveness(url: str, source: str = "RAYKUBE_LIVENESS") -> None:
+    """Can kopf listen where ``url`` (valid: ``raykube_operator.config.liveness_endpoint``)
+    asks? Bound as aiohttp will (asyncio's ``create_server``: every address the host
+    resolves to, ``SO_REUSEADDR``, IPv6 only on IPv6 sockets), then closed; a PreflightError
+    naming ``source`` if not. (The port can still be taken between this and kopf's start.)"""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 0
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    head = f"{source}={url!r}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise PreflightError(f"{head}: cannot resolve {host!r} ({exc.strerror})") from None
+    for family, kind, proto, _, addr in dict.fromkeys(infos):
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:  # a family this machine lacks: asyncio passes over it too
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    why = (f"{where} is in use (another operator?): pick another port, "
+                           f"or 'off'")
+                elif exc.errno == errno.EADDRNOTAVAIL:
+                    why = (f"{host} is no address of this machine: use one of its own, "
+                           f"0.0.0.0 (every interface) or 127.0.0.1")
+                elif exc.errno == errno.EACCES:
+                    why = f"no permission to listen on {where}: pick a port above 1023"
+                else:
+                    why = f"cannot listen on {where}: {exc.strerror or exc}"
+                raise PreflightError(f"{head}: {why}") from None
 
 
 def load_kube(factory: Callable[[], Kube] = Kube) -> Kube:

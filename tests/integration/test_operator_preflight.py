@@ -225,7 +225,40 @@ def run_until_watching(kube, kubeconfig: str, user: str, *args: str) -> str:
                                         ("RAYKUBE_MAX_WORKERS", "-3"),
                                         ("RAYKUBE_MAX_WORKERS", "inf"),  # was a traceback
                                         ("RAYKUBE_RESYNC_SECONDS", "nan"),  # was accepted
-                                        ("RAYKUBE_LOG_LEVEL", "LOUD")])
+                                        ("RAYKUBE_LOG_LEVEL", "LOUD"),
+                                        # kopf: 48 lines, "Unsupported scheme: foo", exit 1
+                                        ("RAYKUBE_LIVENESS", "foo"),
+                                        ("RAYKUBE_LIVENESS", "http://127.0.0.1:notaport/healthz")])
 def test_a_bad_setting_is_one_line(var, value, tmp_path):
     line = one_line(start(tmp_path / "unused", "-A", env={var: value}, timeout=30))
     assert var in line
+
+
+def test_a_bad_liveness_flag_is_one_line(tmp_path):
+    """``--liveness=foo`` was kopf's 43 lines with two tracebacks ("Unsupported scheme"),
+    exit 1, once it had logged in. Now: one line, before any Kubernetes API is needed
+    (the kubeconfig here does not exist)."""
+    proc = start(tmp_path / "unused", "-A", "--liveness=foo", timeout=30)
+    assert one_line(proc) == ("raykube operator: --liveness='foo': expected "
+                              "http://HOST:PORT/PATH (e.g. http://127.0.0.1:8080/healthz), "
+                              "or 'off'")
+    assert proc.stderr.count("\n") == 1 and not proc.stdout, proc.stderr
+
+
+def test_a_liveness_port_in_use_is_one_line_before_kubernetes(tmp_path):
+    """A second operator started locally on the first one's health port was kopf's
+    ``Health reporter has failed: [Errno 98] ... address already in use``: 64 lines, two
+    tracebacks, exit 1. The port is tried before the API server is asked anything: the
+    kubeconfig here does not exist (that check would be the line otherwise)."""
+    import socket
+
+    with socket.socket() as held:  # the other operator's endpoint
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/healthz"
+        proc = start(tmp_path / "unused", "-A", f"--liveness={url}", timeout=30)
+    assert one_line(proc) == (f"raykube operator: --liveness={url!r}: 127.0.0.1:{port} is "
+                              f"in use (another operator?): pick another port, or 'off'")
+    assert proc.stderr.count("\n") == 1 and not proc.stdout, proc.stderr
