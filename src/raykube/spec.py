@@ -1142,7 +1142,7 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         for value in dist.sample_values():
             err = _check_overrides(base, {path: value}, known)
             if err:
-                yield SpecError(p, f"{_shown(dist, value)} is not valid at {path}: {err}")
+                yield SpecError(p, f"{_shown(dist, value)} is not valid: {err}")
                 break
         else:
             valid.append((path, dist))
@@ -1240,8 +1240,10 @@ def _check_overrides(base: dict[str, Any], overrides: dict[str, Any],
     doc.pop("tune", None)
     try:
         trial = TrainingRunSpec.model_validate(doc)
-    except ValidationError as exc:
-        return "; ".join(f"{_loc(e['loc'], '')}: {e['msg']}".lstrip(": ") for e in exc.errors())
+    except ValidationError as exc:  # in the words of a spec's own errors, not pydantic's
+        here = next(iter(overrides)) if len(overrides) == 1 else None
+        return "; ".join(e.message if e.path == here else f"{e.path}: {e.message}"
+                         for e in _errors_from_pydantic(exc, root=("spec",), show_input=False))
     except SpecErrors as exc:
         return str(exc)
     # Cross-field rules too (e.g. an option the model does not have, a batch smaller
@@ -1390,7 +1392,13 @@ def _not_a_mapping(loc: tuple[Any, ...], got: Any) -> str:
 
 
 def _errors_from_pydantic(exc: ValidationError,
-                          nulls: set[tuple[str, ...]] = frozenset()) -> list[SpecError]:  # type: ignore[assignment]
+                          nulls: set[tuple[str, ...]] = frozenset(),  # type: ignore[assignment]
+                          *, root: tuple[str, ...] = (), show_input: bool = True
+                          ) -> list[SpecError]:
+    """Each error at its camelCase path, in our words. ``root``: where the validated model
+    sits in a TrainingRun (``("spec",)`` for a spec alone), to find each field's bounds;
+    ``show_input=False`` leaves out the value given (a Tune sample's, shown by the caller
+    as the user wrote it)."""
     errors: list[SpecError] = []
     for e in exc.errors():
         ctx_err = (e.get("ctx") or {}).get("error")
@@ -1399,7 +1407,8 @@ def _errors_from_pydantic(exc: ValidationError,
             continue
         path = _loc(e["loc"], "")
         msg = e["msg"]
-        loc = tuple(e["loc"])
+        loc = (*root, *e["loc"])
+        got = f", got {e.get('input')!r}" if show_input else ""
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
             last = str(e["loc"][-1]) if e["loc"] else ""
@@ -1425,7 +1434,7 @@ def _errors_from_pydantic(exc: ValidationError,
             bounds = _bounds(_field_at(loc))
             kind = "a whole number" if e["type"].startswith("int_") else "a number"
             if bounds or e["type"] in ("int_from_float", "int_type", "float_type"):
-                msg = f"must be {kind}{bounds}, got {e.get('input')!r}"
+                msg = f"must be {kind}{bounds}{got}"
         elif e["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
             # pydantic's "Input should be greater than 0": the range, and what was given,
             # as for a fractional epochs
@@ -1433,9 +1442,20 @@ def _errors_from_pydantic(exc: ValidationError,
             bounds = _bounds(field)
             ann = getattr(field, "annotation", None)
             whole = ann is int or (int in typing.get_args(ann) and float not in typing.get_args(ann))
-            msg = (f"must be {'a whole number' if whole else 'a number'}{bounds}, "
-                   f"got {e.get('input')!r}" if bounds
-                   else f"{msg[0].lower()}{msg[1:]}, got {e.get('input')!r}")
+            msg = (f"must be {'a whole number' if whole else 'a number'}{bounds}{got}"
+                   if bounds else f"{msg[0].lower()}{msg[1:]}{got}")
+        elif e["type"] in ("too_short", "too_long", "string_too_short", "string_too_long"):
+            # pydantic's "List should have at most 3 items after validation, not 4"
+            ctx = e.get("ctx") or {}
+            unit = "character" if e["type"].startswith("string") else "item"
+            limit = ctx.get("min_length" if e["type"].endswith("short") else "max_length")
+            size = ctx.get("actual_length", len(e["input"]) if isinstance(
+                e.get("input"), (str, list, dict)) else None)
+            msg = (f"must have {'at least' if e['type'].endswith('short') else 'at most'} "
+                   f"{limit} {unit}{'' if limit == 1 else 's'}"
+                   + (f", got {size}" if size is not None else ""))
+            if e["type"] == "string_too_short" and limit == 1:
+                msg = "must not be empty"
         elif e["type"] == "literal_error":
             msg = f"{e['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
         elif e["type"] == "string_type" and isinstance(e.get("input"), (bool, int, float)):
