@@ -19,7 +19,7 @@ from raykube_operator.config import OperatorConfig, liveness_endpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m raykube_operator", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m raykube_operator", description=(__doc__ or "").replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",

@@ -967,6 +967,8 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                    "resumes with it")
         if job_result == "rerun":
             message = f"RayJob rerun for {fields}"
+        elif job_result == "suspend":  # it read "RayJob suspend" either way
+            message = f"RayJob {'suspended' if run.spec.suspend else 'resumed'}"
         old = st.get_condition(conds, st.SPEC_APPLIED)
         if job_result == "unchanged" and old is not None and old.get("status") == "True":
             # a no-op keeps the reason of the last real action (Created, Rerun, ...)
@@ -1013,9 +1015,10 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     if job_result in ("created", "rerun", "suspend") and not recreated:
         _event(tr, "Normal", {"created": "Created", "rerun": "Rerun",
                               "suspend": "Suspend"}[job_result],
-               f"RayJob {job_name}: {job_result}" + (
-                   f" for {fields}"
-                   if job_result == "rerun" else ""))
+               f"RayJob {job_name}: " + (
+                   f"rerun for {fields}" if job_result == "rerun" else
+                   ("suspended" if run.spec.suspend else "resumed") if job_result == "suspend"
+                   else job_result))
     _reconcile_rayservice(kube, cfg, tr, run, now=now, gen=gen, results=results)
     if (job_result not in ("rerun", "deleting") and run.spec.serve.enabled
             and st.is_true(conds, st.SUCCEEDED)):

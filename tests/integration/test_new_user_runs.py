@@ -85,14 +85,15 @@ AS_BACKGROUND_JOB = AS_FOREGROUND_JOB.replace("SIG_DFL", "SIG_IGN")  # `cmd &` i
 
 
 @contextlib.contextmanager
-def in_terminal(*args: str, sigint_ignored: bool = False):
+def in_terminal(*args: str, sigint_ignored: bool = False, cwd: Path | None = None):
     """``raykube ARGS`` as a terminal's foreground job: its own process group, so a
     SIGINT to the group is the user's Ctrl-C; always reaped, so no run or Serve instance
     outlives its test holding ports or CPUs. ``sigint_ignored``: as a non-interactive
     shell starts a background job (SIGINT ignored, inherited through exec)."""
     job = AS_BACKGROUND_JOB if sigint_ignored else AS_FOREGROUND_JOB
     p = subprocess.Popen([sys.executable, "-c", job, *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True,
+                         cwd=cwd)
     try:
         yield p
     finally:
@@ -326,10 +327,12 @@ def test_serve_fits_its_replicas_and_keeps_rays_output_off_the_terminal(tmp_path
 
     ckpt = untrained_digits_checkpoint(tmp_path / "ckpt")
     port = free_port()
-    with in_terminal("serve", str(ckpt), "--port", str(port), "--replicas", "3") as p:
+    # a relative path, as typed: answered as the absolute one (it said 'ckpt')
+    with in_terminal("serve", "ckpt", "--port", str(port), "--replicas", "3",
+                     cwd=tmp_path) as p:
         out = read_until(p, "Ctrl-C to stop")
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata", timeout=30).read()
-        assert b'"epoch"' in body
+        assert json.loads(body)["checkpoint"] == str(ckpt), body
         ctrl_c_taken_by_another_thread(p)
         rest, err = p.communicate(timeout=120)
     text = "".join(out) + rest

@@ -464,6 +464,20 @@ def test_a_rayjob_deleted_with_an_edit_pending_is_recreated_with_it_unless_it_co
     kube.wait_condition(name, "SpecApplied")
 
 
+def test_suspend_and_resume_say_which(kube):
+    """Both read 'RayJob suspend' (the condition) and 'RayJob x: suspend' (the Event)."""
+    name = "susp-words"
+    kube.create(tr_doc(name))
+    kube.wait_object("RayJob", name)
+    for value, word in ((True, "suspended"), (False, "resumed")):
+        kube.patch("TrainingRun", name, {"spec": {"suspend": value}})
+        tr = kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get(
+            "observedGeneration") == o["metadata"]["generation"])
+        assert cond(tr, "SpecApplied")["message"] == f"RayJob {word}", cond(tr, "SpecApplied")
+        kube.wait_for(lambda w=word: any(e["message"] == f"RayJob {name}: {w}"
+                                         for e in events(kube, name)), what=f"{word} Event")
+
+
 def test_a_run_with_an_edit_pending_can_still_be_suspended(kube):
     """Before, a training edit made while the RayJob ran held back every later change of
     the RayJob, ``suspend`` included: the run could not be stopped. Now it stops, and the
