@@ -149,6 +149,10 @@ def quiet_watch_handlers(record: logging.LogRecord) -> bool:
     if record.levelno == logging.INFO and record.getMessage() in _WATCH_SUCCEEDED:
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger().isEnabledFor(logging.DEBUG)
+    if record.levelno == logging.ERROR and NAME_CONFLICT_WAIT in record.getMessage():
+        # kopf says every retry of a NameConflict "failed temporarily" at ERROR, every
+        # 30 s; the status and one Warning say it already: a wait, not a fault
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
     return True
 
 
@@ -504,14 +508,17 @@ def _name_conflict(kube: Kube, tr: dict[str, Any],
     return {f"{kind}/{name}": "conflict" for kind, name in foreign}
 
 
+NAME_CONFLICT_WAIT = " (not this TrainingRun's) to be deleted or renamed"
+
+
 def _raise_while_conflicting(results: dict[str, str], cfg: OperatorConfig) -> None:
     """A NameConflict over a child other than the RayJob (no watch tells us when it is
     gone; a deleted RayJob's event does): kopf retries the handler until it is gone."""
     waiting = sorted(k for k, v in results.items() if v == "conflict" and not k.startswith(
         "RayJob/"))
     if waiting:
-        raise kopf.TemporaryError(f"waiting for {', '.join(waiting)} (not this TrainingRun's) "
-                                  "to be deleted or renamed", delay=cfg.retry_delay * 6)
+        raise kopf.TemporaryError(f"waiting for {', '.join(waiting)}{NAME_CONFLICT_WAIT}",
+                                  delay=cfg.retry_delay * 6)
 
 
 # ------------------------------------------------------------------ TrainingRun

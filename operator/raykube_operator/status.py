@@ -130,10 +130,16 @@ class JobState:
     terminal: bool
 
 
-def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
-    """Interpret KubeRay's ``jobDeploymentStatus`` + ``jobStatus`` (+ reason/message)."""
+def job_state(rayjob_status: dict[str, Any] | None, *, suspend: bool = False) -> JobState:
+    """Interpret KubeRay's ``jobDeploymentStatus`` + ``jobStatus`` (+ reason/message).
+
+    ``suspend``: the RayJob's ``spec.suspend``. A RayJob created suspended has no
+    deployment status until KubeRay's first reconcile: that moment is suspended too, not
+    "waiting for the Ray cluster" (a Pending Event for a run that never asked to start)."""
     st = rayjob_status or {}
     dep = st.get("jobDeploymentStatus") or ""
+    if suspend and dep in ("", "New") and not int(st.get("failed") or 0):
+        dep = "Suspended"
     job = st.get("jobStatus") or ""
     kr_reason = st.get("reason") or ""
     kr_msg = st.get("message") or ""
@@ -564,7 +570,7 @@ def status_from_rayjob(
     """
     cur = current or {}
     st = rayjob.get("status") or {}
-    state = job_state(st)
+    state = job_state(st, suspend=bool((rayjob.get("spec") or {}).get("suspend")))
     conds = cur.get("conditions") or []
     r_status, r_reason, r_msg = state.running
     message = state.message

@@ -390,3 +390,20 @@ def test_a_write_into_a_namespace_being_deleted_is_no_error(caplog):
     _retrying(memo, "reconciling", refused)
     assert [r.levelname for r in caplog.records] == ["ERROR"]
     assert "the resync, every 300 s, or the next operator start reconciles it" in caplog.text
+
+
+def test_a_name_conflicts_retries_are_warnings_not_errors():
+    """kopf logs each retry of a TemporaryError at ERROR: a NameConflict's every 30 s,
+    though the status and a Warning Event say it once. Other failures keep their level."""
+    import logging
+
+    from raykube_operator.handlers import NAME_CONFLICT_WAIT, quiet_watch_handlers
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1, msg, None, None)
+
+    wait = record(f"Handler 'on_trainingrun' failed temporarily: waiting for ConfigMap/x-spec"
+                  f"{NAME_CONFLICT_WAIT}")
+    assert quiet_watch_handlers(wait) and wait.levelname == "WARNING"
+    other = record("Handler 'on_trainingrun' failed temporarily: something else")
+    assert quiet_watch_handlers(other) and other.levelname == "ERROR"

@@ -803,3 +803,16 @@ def test_a_pod_that_still_waits_for_the_same_thing_is_not_announced_again():
         cur = {k: v for k, v in {**cur, **patch}.items() if v is not None}
     assert messages == [f"waiting for the Ray cluster: {p}" for p in steps]
     assert events == [f"waiting for the Ray cluster: {steps[i]}" for i in (0, 3, 5, 6)], events
+
+
+def test_a_rayjob_created_suspended_is_suspended_before_kuberay_says_so():
+    """Its status is empty until KubeRay's first reconcile: that was 'waiting for the Ray
+    cluster' (phase Pending, and a Pending Event) for a run that asked not to start."""
+    created = job()
+    created["spec"] = {"suspend": True}
+    out = st.status_from_rayjob(created, {}, now=T0, generation=1)
+    assert out["phase"] == "Suspended"
+    assert st.get_condition(out["conditions"], "Running")["reason"] == "Suspended"
+    created["status"] = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
+    # being suspended: still running until KubeRay has stopped it
+    assert st.status_from_rayjob(created, {}, now=T0, generation=1)["phase"] == "Running"
