@@ -1473,9 +1473,9 @@ def _outside_storage(decision: st.GateDecision, run: TrainingRun, cfg: OperatorC
     if not run.spec.checkpoint.storage.uri:
         where = f"{storage_id(run, cfg.render)} at {where}"
     return st.GateDecision(False, STORAGE_MOVED, (
-        f"checkpoint {decision.checkpoint}{on} is outside checkpoint.storage ({where}), "
-        "edited since it was written: the run on the new storage promotes its own "
-        "checkpoint"), decision.checkpoint)
+        f"checkpoint {decision.checkpoint}{on} is outside checkpoint.storage ({where}): "
+        "written before checkpoint.storage was edited (or by a driver on other storage); "
+        "a run on this storage promotes its own checkpoint"), decision.checkpoint)
 
 
 # ------------------------------------------------------------- children deleted
