@@ -27,7 +27,7 @@ import re
 import reprlib
 import sys
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -335,8 +335,8 @@ class TrainSpec(_Model):
         description="Global batch size, split evenly across scaling.workers.",
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
-    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of the split, the initial weights "
-                      "and the shuffling: two runs with one seed see the same data. "
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of the split, the "
+                      "initial weights and the shuffling: two runs with one seed see the same data. "
                       "Fixed once a run has checkpoints: resuming with another is refused.")
 
 
@@ -1392,7 +1392,7 @@ def _not_a_mapping(loc: tuple[Any, ...], got: Any) -> str:
 
 
 def _errors_from_pydantic(exc: ValidationError,
-                          nulls: set[tuple[str, ...]] = frozenset(),  # type: ignore[assignment]
+                          nulls: Collection[tuple[str, ...]] = (),
                           *, root: tuple[str, ...] = (), show_input: bool = True
                           ) -> list[SpecError]:
     """Each error at its camelCase path, in our words. ``root``: where the validated model
