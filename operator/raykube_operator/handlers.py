@@ -816,7 +816,16 @@ def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: Trai
                              "the spec is valid", now=now, generation=gen)
     conds = st.set_condition(conds, st.SPEC_APPLIED, False, "RunDirConflict", msg, now=now,
                              generation=gen)
-    patch = {"conditions": conds, "phase": st.phase_of(conds), "observedGeneration": gen}
+    patch = {"conditions": conds, "observedGeneration": gen}
+    if not finished:
+        # no RayJob runs: the deleted one's last state ("waiting for the Ray cluster")
+        # no longer describes anything
+        conds = st.set_condition(conds, st.RUNNING, False, "RunDirConflict",
+                                 "nothing runs: its RayJob was deleted with an edit pending "
+                                 "that the run directory cannot take (SpecApplied)",
+                                 now=now, generation=gen)
+        patch.update(conditions=conds, message=msg)
+    patch["phase"] = st.phase_of(conds)
     if any(cur.get(k) != v for k, v in patch.items()):
         _patch_status(kube, tr, patch)
         _event(tr, "Warning", "RunDirConflict", msg)
@@ -1054,6 +1063,8 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
                                  "spec.serve.enabled is false", now=now, generation=gen)
         _patch_status(kube, fresh, {"conditions": conds, "phase": st.phase_of(conds),
                                     "serving": None, "rayService": None})
+        _event(tr, "Normal", "ServeDisabled", f"spec.serve.enabled is false: RayService "
+               f"{svc_name} deleted")  # the phase leaves Serving: say why
         return
     checkpoint = _ann(svc, CHECKPOINT_ANNOTATION)
     if checkpoint and not in_storage(checkpoint, run, cfg.render, _served_on(svc)):

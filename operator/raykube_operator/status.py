@@ -835,7 +835,10 @@ def rayservice_ready(rayservice: dict[str, Any]) -> tuple[bool, str, str]:
         message = c.get("message") or "a new serve config is rolling out"
         if pending in _APP_FAILED:
             message += f"; the new application is {pending}: {pending_message}"
-        if endpoints and app_status == "RUNNING":
+        # KubeRay (v1.6.2, seen on real pods) reports no applicationStatuses for the
+        # active cluster while a new cluster comes up (a serve.replicas edit): with
+        # endpoints, the previous cluster is what answers (421 of 421 requests then)
+        if endpoints and (app_status == "RUNNING" or app_status is None):
             return True, "UpgradeInProgress", message + "; the previous config keeps serving"
         return False, "UpgradeInProgress", message
     if app_status in _APP_FAILED:

@@ -103,6 +103,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
     if "://" not in text:
         path = Path(text).expanduser()
         if not path.exists():
+            if copy := pruned_copy(str(path)):
+                return copy
             raise FileNotFoundError(f"checkpoint {text}: no such file or directory"
                                     f"{_unfinished_run_hint(path)}")
         return str(path)
@@ -114,7 +116,12 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
     if text.startswith("s3://"):
         from raykube import s3
 
-        s3.require_file(f"{text}/checkpoint.pt")  # one line, in seconds, when it cannot be had
+        try:  # one line, in seconds, when it cannot be had
+            s3.require_file(f"{text}/checkpoint.pt")
+        except s3.S3Unavailable as exc:
+            if exc.transient or not (copy := pruned_copy(text)):
+                raise
+            text = copy
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / "raykube-checkpoints" / digest
     if not (target / "checkpoint.pt").exists():
@@ -132,6 +139,41 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str]) -> str:
 
             shutil.rmtree(partial, ignore_errors=True)
     return str(target)
+
+
+def pruned_copy(checkpoint: str) -> str | None:
+    """``<run>/best`` when ``checkpoint`` is a ``<run>/checkpoint_epoch_NNNN`` that is gone
+    and ``best/`` is its copy (the same epoch); else None.
+
+    The operator promotes the concrete checkpoint directory, and a later run of the same
+    TrainingRun (an edit, a rerun) keeps only ``checkpoint.keep`` of them: once it saved
+    that many at least as good, the served one was deleted while it still served, and a
+    replica started then (a pod replaced, Serve restarting one) failed with "no such
+    file or directory" until the new run was promoted, or forever if it failed. The run
+    that wrote it copied it to ``best/`` when it finished, and ``best/`` changes only
+    when a later run finishes: the epoch in its meta.json says whether it still is that
+    checkpoint."""
+    import re
+
+    from raykube.checkpoint import META_FILE
+    from raykube.resume import CHECKPOINT_PREFIX
+    from raykube.storage import filesystem
+
+    m = re.fullmatch(rf"(?P<run>.+)/{CHECKPOINT_PREFIX}(?P<epoch>\d+)/?", checkpoint)
+    if m is None:
+        return None
+    best = f"{m['run']}/best"  # raykube.train.BEST_DIR (that module imports torch and Ray)
+    try:
+        fs, path = filesystem(f"{best}/{META_FILE}")
+        with fs.open_input_stream(path) as f:
+            epoch = json.loads(f.read()).get("epoch")
+    except Exception:  # no best/ (yet), unreadable: there is no copy to serve
+        return None
+    if epoch != int(m["epoch"]):
+        return None
+    log.warning("checkpoint %s is gone (a later run keeps only checkpoint.keep of them); "
+                "serving its copy %s (epoch %s)", checkpoint, best, epoch)
+    return best
 
 
 def _unfinished_run_hint(best: Path) -> str:

@@ -453,6 +453,8 @@ def test_a_rayjob_deleted_with_an_edit_pending_is_recreated_with_it_unless_it_co
     msg = cond(tr, "SpecApplied")["message"]
     assert msg.startswith("spec.model differs from the run's (its RayJob was deleted with "
                           "this edit pending)") and "Nothing runs until the edit is undone" in msg
+    # not the deleted RayJob's last "waiting for the Ray cluster" (seen on real pods)
+    assert cond(tr, "Running")["reason"] == "RunDirConflict" and tr["status"]["message"] == msg
     time.sleep(2)
     assert kube.get("RayJob", name) is None
     [kept] = load_yaml_documents(kube.get("ConfigMap", f"{name}-spec")["data"][

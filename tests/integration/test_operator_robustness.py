@@ -264,6 +264,10 @@ def test_lowering_min_accuracy_after_success_promotes(kube):
     kube.wait_for(lambda: kube.get("RayService", f"{name}-serve") is None, what="RayService deleted")
     tr = kube.wait_condition(name, "Promoted", "False", reason="ServeDisabled")
     assert tr["status"]["phase"] == "Succeeded" and status_is_valid(tr) == []
+    # the phase left Serving: an Event says why (there was none)
+    assert [e["message"] for e in kube.wait_for(lambda: events_of(kube, name, "ServeDisabled"),
+                                                what="a ServeDisabled Event")] == [
+        f"spec.serve.enabled is false: RayService {name}-serve deleted"]
     kube.patch("TrainingRun", name, {"spec": {"serve": {"enabled": True, "minAccuracy": 0.5}}})
     kube.wait_object("RayService", f"{name}-serve")  # re-enabled: promoted again, still no retraining
     assert kube.get("RayJob", name)["metadata"]["uid"] == job_uid

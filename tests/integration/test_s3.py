@@ -196,6 +196,25 @@ def test_server_killed_mid_upload_leaves_no_half_checkpoint_as_latest(
         int(out.best_checkpoint[-4:])
 
 
+def test_a_pruned_served_checkpoint_is_served_from_its_copy_on_s3(s3_server, s3_prefix):
+    """As on a volume (tests/unit/test_serve_wait.py): the promoted checkpoint_epoch_NNNN
+    deleted by a later run's retention is read from best/ while best/ is its copy, in
+    MinIO's real answer for a missing object; another epoch's best/ is not used."""
+    from raykube.s3 import S3Unavailable
+    from raykube.serve import resolve_checkpoint
+
+    fs = s3_server.filesystem()
+    run = f"{s3_prefix}/quickstart"
+    for name, body in (("meta.json", json.dumps({"epoch": 35}).encode()),
+                       ("checkpoint.pt", b"weights")):
+        with fs.open_output_stream(key(f"{run}/best/{name}")) as f:
+            f.write(body)
+    local = Path(resolve_checkpoint(f"{run}/checkpoint_epoch_0035"))
+    assert (local / "checkpoint.pt").read_bytes() == b"weights"
+    with pytest.raises(S3Unavailable, match="checkpoint_epoch_0036/checkpoint.pt: no such object"):
+        resolve_checkpoint(f"{run}/checkpoint_epoch_0036")
+
+
 # ------------------------------------------------------------------ image folders
 def _stripes(vertical: bool, rng: np.random.Generator) -> bytes:
     from PIL import Image

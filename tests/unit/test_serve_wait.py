@@ -62,6 +62,28 @@ def test_serving_a_runs_best_before_it_exists_names_what_can_be_served(tmp_path)
 
 
 
+def test_a_served_checkpoint_a_later_run_pruned_is_served_from_its_copy(tmp_path):
+    """The operator promotes checkpoint_epoch_NNNN; a later run of the same TrainingRun
+    keeps only checkpoint.keep checkpoints and deleted it while it served: a replica
+    started then failed ("no such file or directory", found on real pods). best/ is its
+    copy until a later run finishes: served from there, only while it is that epoch."""
+    import json
+
+    from raykube.serve import resolve_checkpoint
+
+    run_dir = tmp_path / "default" / "quickstart"
+    (run_dir / "best").mkdir(parents=True)
+    (run_dir / "best" / "meta.json").write_text(json.dumps({"epoch": 35}))
+    assert resolve_checkpoint(str(run_dir / "checkpoint_epoch_0035")) == str(run_dir / "best")
+    assert resolve_checkpoint(f"file://{run_dir}/checkpoint_epoch_0035/") == str(run_dir / "best")
+    # best/ is another epoch's now (a later run finished): no copy, the error as before
+    with pytest.raises(FileNotFoundError, match="checkpoint_epoch_0034: no such file"):
+        resolve_checkpoint(str(run_dir / "checkpoint_epoch_0034"))
+    (run_dir / "best" / "meta.json").write_text("{not json")
+    with pytest.raises(FileNotFoundError):
+        resolve_checkpoint(str(run_dir / "checkpoint_epoch_0035"))
+
+
 EARLIER = "2026-01-01T00:00:00Z"
 """A failure from before the replica began to wait: perhaps an earlier attempt's."""
 

@@ -173,6 +173,12 @@ UPGRADING = {"type": "UpgradeInProgress", "status": "True"}
     ({"conditions": [READY, UPGRADING], "activeServiceStatus": RUNNING_APP}, True,
      "UpgradeInProgress"),
     ({"conditions": [{**READY, "status": "False"}, UPGRADING]}, False, "UpgradeInProgress"),
+    # KubeRay v1.6.2 while a new serving cluster comes up: the active cluster's
+    # applicationStatuses are left out, its endpoints still answer
+    ({"conditions": [READY, UPGRADING], "activeServiceStatus": {
+        "rayClusterName": "x-serve-plcmr"}}, True, "UpgradeInProgress"),
+    ({"conditions": [READY, UPGRADING], "activeServiceStatus": {"applicationStatuses": {
+        "classifier": {"status": "DEPLOY_FAILED"}}}}, False, "UpgradeInProgress"),
 ])
 def test_rayservice_ready(status, ready, reason):
     assert st.rayservice_ready({"status": status})[:2] == (ready, reason)
