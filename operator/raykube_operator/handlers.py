@@ -1138,11 +1138,14 @@ def _sync_rayjob_status(memo: kopf.Memo, ns: str, tr_name: str, job_name: str) -
             _event(tr, *event)
         succeeded = st.is_true(patch["conditions"], st.SUCCEEDED)
         ended = succeeded or st.is_true(patch["conditions"], st.FAILED)
+        suspended = (rayjob.get("status") or {}).get("jobDeploymentStatus") == "Suspended"
     if succeeded and changed:
         promote(kube, cfg, memo, ns, tr_name)
-    if ended and st.edit_pending(patch):
+    if (ended or suspended) and st.edit_pending(patch):
         # an edit made while it ran: the run it waited for is over, a new one starts
-        # (once this RayJob is deleted); the status holds that, so a restart does it too
+        # (once this RayJob is deleted); the status holds that, so a restart does it too.
+        # Suspended: nothing runs now, so the edit reaches the RayJob at once
+        # (UpdatedWhileSuspended) instead of staying "pending" until the resume
         _unwrap(lambda: reconcile(tr, memo, changed=None))
 
 
