@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(throttled_retry_is_a_warning)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else cfg.log_level)
+    if not args.verbose:
+        # kubelet's probes of the liveness endpoint: an access line every few seconds
+        # was most of the operator's log in a pod (seen on the real node)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if cfg.preflight:
         try:
             preflight.run(namespaces, wait_s=cfg.api_wait)

@@ -151,3 +151,23 @@ def test_the_endpoint_kopf_is_given(monkeypatch, argv, env, expected):
         monkeypatch.setenv(key, value.format(port=port))
     assert entry.main(["-A", *(a.format(port=port) for a in argv)]) == 0
     assert seen["liveness_endpoint"] == (expected and expected.format(port=port))
+
+
+def test_the_probes_access_lines_stay_out_of_the_log_unless_verbose(monkeypatch):
+    """kubelet probes the liveness endpoint every few seconds; aiohttp's access line for
+    each was most of the operator pod's log (seen on the real node)."""
+    import logging
+
+    import kopf
+
+    from raykube_operator import __main__ as entry
+
+    monkeypatch.setattr(kopf, "run", lambda **kw: None)
+    monkeypatch.setenv("RAYKUBE_PREFLIGHT", "0")
+    monkeypatch.setenv("RAYKUBE_NAMESPACES", "")
+    access = logging.getLogger("aiohttp.access")
+    monkeypatch.setattr(access, "level", logging.NOTSET)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)
+    assert entry.main(["-A"]) == 0
+    assert not access.isEnabledFor(logging.INFO) and access.isEnabledFor(logging.WARNING)
