@@ -751,6 +751,12 @@ def phase_event(current: dict[str, Any] | None,
     if old_phase == new_phase and (wait := _waits_for(patch.get("message"))) is not None \
             and wait == _waits_for(cur.get("message")):
         return None
+    if (old_phase == new_phase == "Pending" and _waits_for(cur.get("message")) is not None
+            and (patch.get("message") or "").startswith("waiting for the Ray cluster")
+            and _waits_for(patch.get("message")) is None):
+        # a pod's problem gone back to the plain "waiting": no news (on the real node it
+        # alternated with "Insufficient cpu", three Pending Events in 2 s)
+        return None
     failed = is_true(patch["conditions"], FAILED)
     reason = new_phase if new_phase != "Running" else running.get("reason", "Running")
     if new_phase == "Serving":

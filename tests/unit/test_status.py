@@ -822,3 +822,20 @@ def test_a_rayjob_created_suspended_is_suspended_before_kuberay_says_so():
     created["status"] = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
     # being suspended: still running until KubeRay has stopped it
     assert st.status_from_rayjob(created, {}, now=T0, generation=1)["phase"] == "Running"
+
+
+def test_a_pod_problem_that_clears_and_comes_back_is_not_an_event_each_time():
+    """On the real node a pod's "Insufficient cpu" and the plain "waiting for the Ray
+    cluster" alternated: three Pending Events in 2 s. The plain wait after a named one
+    says nothing new; the named one is said once per change, as before."""
+    problem = "pod r-head cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+    cur: dict = {}
+    events = []
+    for i, problems in enumerate(([problem], [], [problem], [])):
+        patch = st.status_from_rayjob(job(jobDeploymentStatus="Initializing"), cur,
+                                      now=f"2025-01-01T00:00:0{i}Z", generation=1,
+                                      pod_problems=problems)
+        if event := st.phase_event(cur, patch):
+            events.append(event[2])
+        cur = {k: v for k, v in {**cur, **patch}.items() if v is not None}
+    assert events == [f"waiting for the Ray cluster: {problem}"] * 2, events
