@@ -171,7 +171,8 @@ def job_state(rayjob_status: dict[str, Any] | None, *, suspend: bool = False) ->
     if dep == "Running":
         if job in ("", "PENDING"):
             return JobState(("True", "JobPending", "the Ray cluster is up; the job is being "
-                             "submitted"), None, "JobPending", "job submitted", False)
+                             "submitted"), None, "JobPending",
+                            "the Ray cluster is up; the job is being submitted", False)
         return JobState(("True", "JobRunning", "training is running"), None, "JobRunning",
                         "training is running", False)
     # "", New, Initializing, Waiting (or a value this operator does not know yet)

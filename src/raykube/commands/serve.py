@@ -83,7 +83,9 @@ def serve_spec_for(args: argparse.Namespace, checkpoint_spec: dict):
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if "://" not in args.checkpoint:
+    from raykube.spec import location_problem
+
+    if "://" not in args.checkpoint and not location_problem(args.checkpoint):
         # absolute: the replicas' processes and the /healthz answer name the same
         # directory whatever their working directory ('runs/quickstart/best' before)
         args.checkpoint = os.path.abspath(os.path.expanduser(args.checkpoint))
