@@ -716,6 +716,11 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
 
 
+def _suspend_word(run: TrainingRun) -> str:
+    """What a ``spec.suspend`` change did to the RayJob, for its condition and Event."""
+    return "suspended" if run.spec.suspend else "resumed"
+
+
 def _child_edited(tr: dict[str, Any], what: str, paths: list[str]) -> None:
     """Say that ``what`` (a child) was edited by someone and put back: a log line and one
     ChildEdited Warning on the TrainingRun."""
@@ -984,7 +989,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         if job_result == "rerun":
             message = f"RayJob rerun for {fields}"
         elif job_result == "suspend":  # it read "RayJob suspend" either way
-            message = f"RayJob {'suspended' if run.spec.suspend else 'resumed'}"
+            message = f"RayJob {_suspend_word(run)}"
         old = st.get_condition(conds, st.SPEC_APPLIED)
         if job_result == "unchanged" and old is not None and old.get("status") == "True":
             # a no-op keeps the reason of the last real action (Created, Rerun, ...)
@@ -1033,8 +1038,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                               "suspend": "Suspend"}[job_result],
                f"RayJob {job_name}: " + (
                    f"rerun for {fields}" if job_result == "rerun" else
-                   ("suspended" if run.spec.suspend else "resumed") if job_result == "suspend"
-                   else job_result))
+                   _suspend_word(run) if job_result == "suspend" else job_result))
     _reconcile_rayservice(kube, cfg, tr, run, now=now, gen=gen, results=results)
     if (job_result not in ("rerun", "deleting") and run.spec.serve.enabled
             and st.is_true(conds, st.SUCCEEDED)):

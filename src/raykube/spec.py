@@ -1717,11 +1717,12 @@ def load_file(path: str | Path, skipped: list[str] | None = None) -> list[Traini
         raise InvalidTrainingRun([SpecError("(file)", f"not valid YAML: {_yaml_problem(exc)}")],
                                  src) from None
     docs = _list_items(docs)
-    others = [o for o in map(other_object, docs) if o]
+    kinds = [other_object(d) for d in docs]  # each document read once
+    others = [o for o in kinds if o]
     if skipped is not None:
         skipped.extend(others)
     several = len(docs) > 1
-    indexed = [(i, d) for i, d in enumerate(docs) if not other_object(d)]
+    indexed = [(i, d) for i, (d, o) in enumerate(zip(docs, kinds, strict=True)) if not o]
     if not indexed:
         beside = f" (only {', '.join(others)})" if others else ""
         raise InvalidTrainingRun([SpecError("(file)", f"holds no TrainingRun{beside}")], src)
