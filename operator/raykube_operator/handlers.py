@@ -64,6 +64,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -107,10 +108,17 @@ TR = (GROUP, VERSION, PLURAL)
 RAY_API = "ray.io/v1"
 SPEC_HASH = f"{GROUP}/spec-hash"
 TRAINING_HASH = f"{GROUP}/training-hash"
+RERUN_ANNOTATION = f"{GROUP}/rerun"
+"""On a RayJob: the ``spec.rerun`` value its run was started with. It is kept when the
+field is removed from the spec, so that only a new value asks for a run, also when the
+operator was down and sees no diff (the training hash leaves ``rerun`` out)."""
 CHECKPOINT_ANNOTATION = f"{GROUP}/checkpoint"
 STORAGE_ANNOTATION = f"{GROUP}/checkpoint-storage"
 """On a promoted RayService, next to ``CHECKPOINT_ANNOTATION``: the ``storage_id`` its pods
 were rendered for, which the checkpoint it serves is on (``pvc/<claim>`` or the URI)."""
+ACCURACY_ANNOTATION = f"{GROUP}/val-accuracy"
+"""On a promoted RayService: the validation accuracy its checkpoint was promoted with
+(``status.serving.valAccuracy``, the Served-Acc column)."""
 FINALIZER = f"{GROUP}/finalizer"
 CHILD_LABELS = {LABEL: kopf.PRESENT, RENDERED_LABEL: kopf.ABSENT}
 """What the watches on children and Ray pods follow: the run's label, but not what
@@ -229,8 +237,8 @@ def training_hash(run: TrainingRun, job: dict[str, Any]) -> str:
     difference starts a new run only together with an edit (``plan_rayjob``): a RayJob
     another operator version rendered differently is not retrained."""
     spec = run.spec.to_dict()
-    spec.pop("suspend", None)
-    spec.pop("serve", None)
+    for key in ("suspend", "serve", "rerun"):  # rerun: RERUN_ANNOTATION
+        spec.pop(key, None)
     doc = {"spec": spec, "rayjob": _hash(job, drop_suspend=True)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -323,7 +331,8 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
       stops the Ray cluster), no rerun waits for it: its DELETED event reconciles again;
     - ``unchanged``.
     """
-    differs = current is not None and _ann(current, TRAINING_HASH) != _ann(job, TRAINING_HASH)
+    differs = current is not None and (
+        _ann(current, TRAINING_HASH) != _ann(job, TRAINING_HASH) or _rerun_asked(current, job))
     if current is None:
         if not finished:
             return "create"
@@ -346,6 +355,23 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
     if _ann(current, SPEC_HASH) == _ann(job, SPEC_HASH):
         return "unchanged"
     return "suspend" if _suspend_differs(current, job) else "refresh"
+
+
+def _rerun_asked(current: dict[str, Any], job: dict[str, Any]) -> bool:
+    """``spec.rerun`` holds a value the current RayJob did not run with (a removed value
+    asks for nothing: ``keep_rerun`` carries the old one over)."""
+    wanted = _ann(job, RERUN_ANNOTATION)
+    return wanted is not None and wanted != _ann(current, RERUN_ANNOTATION)
+
+
+def keep_rerun(job: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    """``job`` with the current RayJob's ``RERUN_ANNOTATION`` where the spec has no
+    ``rerun`` any more: applying the RayJob (a serve edit's refresh) must not forget the
+    value the run ran with, or setting it again would read as a new request."""
+    ran = _ann(current, RERUN_ANNOTATION)
+    if ran is None or _ann(job, RERUN_ANNOTATION) is not None:
+        return job
+    return _annotate(job, {RERUN_ANNOTATION: ran})
 
 
 def _suspend_differs(current: dict[str, Any], job: dict[str, Any]) -> bool:
@@ -670,9 +696,9 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     run, job, others = prepared
     cur = tr.get("status") or {}
     job_name = job["metadata"]["name"]
-    finished = st.is_true(cur.get("conditions"), st.SUCCEEDED) or st.is_true(
-        cur.get("conditions"), st.FAILED)
+    finished = _finished(cur)
     current = kube.get(*_ref(job))
+    job = keep_rerun(job, current)
     currents = [kube.get(*_ref(c)) for c in others]
     foreign = [("RayJob", job_name)] if current is not None and not _owned(current, tr) else []
     foreign += [(c["kind"], c["metadata"]["name"]) for c, now in zip(others, currents, strict=True)
@@ -714,6 +740,12 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
             results[f"RayJob/{job_name}"] = "repaired"
             _child_edited(tr, f"RayJob {job_name}", paths)
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
+
+
+def _finished(status: dict[str, Any]) -> bool:
+    """The run has an outcome (Succeeded or Failed) in ``status``."""
+    return st.is_true(status.get("conditions"), st.SUCCEEDED) or st.is_true(
+        status.get("conditions"), st.FAILED)
 
 
 def _suspend_word(run: TrainingRun) -> str:
@@ -873,7 +905,8 @@ def _prepare(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], *, preconditio
                       precondition=precondition)
         _event(tr, "Warning", "RenderFailed", msg)
         raise kopf.PermanentError(msg) from exc
-    job = next(_annotate(c, {TRAINING_HASH: training_hash(run, c)})
+    rerun = {RERUN_ANNOTATION: run.spec.rerun} if run.spec.rerun else {}
+    job = next(_annotate(c, {TRAINING_HASH: training_hash(run, c), **rerun})
                for c in children if c.get("kind") == "RayJob")
     return run, job, [c for c in children if c.get("kind") != "RayJob"]
 
@@ -991,9 +1024,14 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         elif job_result == "suspend":  # it read "RayJob suspend" either way
             message = f"RayJob {_suspend_word(run)}"
         old = st.get_condition(conds, st.SPEC_APPLIED)
-        if job_result == "unchanged" and old is not None and old.get("status") == "True":
-            # a no-op keeps the reason of the last real action (Created, Rerun, ...)
+        if job_result == "unchanged" and old is not None and old.get("status") == "True" and (
+                old.get("observedGeneration") == gen):
+            # a no-op of the same spec keeps the reason of the last real action (Created,
+            # Rerun, ...); an edit that asks for nothing (a removed spec.rerun, a label)
+            # must not be reported as that action again
             reason, message = old.get("reason") or reason, old.get("message") or message
+        elif job_result == "unchanged" and _finished(cur):
+            reason, message = "Finished", "RayJob finished"
         conds = st.set_condition(conds, st.SPEC_APPLIED, True, reason, message, now=now,
                                  generation=gen)
     if recreated:
@@ -1084,12 +1122,30 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
         return
     if checkpoint:
         obj = render_rayservice(run, cfg.render, checkpoint, owner=_owner(tr["metadata"]))
+        kept = {ACCURACY_ANNOTATION: a} if (a := _ann(svc, ACCURACY_ANNOTATION)) else {}
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: checkpoint,
-                              STORAGE_ANNOTATION: storage_id(run, cfg.render)})
+                              STORAGE_ANNOTATION: storage_id(run, cfg.render), **kept})
         current = kube.get(*_ref(obj))
         results[f"RayService/{svc_name}"] = result = apply_child(kube, obj, current)
         if result == "repaired" and current is not None:
             _child_edited(tr, f"RayService {svc_name}", drift.drifted(current, obj))
+
+
+def promoted_accuracy(checkpoint: dict[str, Any] | None) -> dict[str, str]:
+    """``ACCURACY_ANNOTATION`` for the checkpoint promoted (``status.checkpoint``), or
+    nothing when it has no finite ``valAccuracy``."""
+    acc = ((checkpoint or {}).get("metrics") or {}).get("valAccuracy")
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+        return {}
+    return {ACCURACY_ANNOTATION: repr(float(acc))}
+
+
+def _served_accuracy(svc: dict[str, Any]) -> float | None:
+    try:
+        acc = float(_ann(svc, ACCURACY_ANNOTATION) or "nan")
+    except ValueError:  # edited by someone: no figure rather than a wrong one
+        return None
+    return acc if math.isfinite(acc) else None
 
 
 def _served_on(svc: dict[str, Any]) -> str | None:
@@ -1440,7 +1496,8 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
         assert decision.checkpoint is not None
         obj = render_rayservice(run, cfg.render, decision.checkpoint, owner=_owner(tr["metadata"]))
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: decision.checkpoint,
-                              STORAGE_ANNOTATION: storage_id(run, cfg.render)})
+                              STORAGE_ANNOTATION: storage_id(run, cfg.render),
+                              **promoted_accuracy(cur.get("checkpoint"))})
         if svc is not None and live is None:
             msg = (f"a RayService named {rayservice_name(run)} exists and is not owned by this TrainingRun: "
                    "not promoted")
@@ -1583,7 +1640,7 @@ def _sync_rayservice_status(svc: dict[str, Any], memo: kopf.Memo) -> None:
         patch = st.serving_from_rayservice(
             svc, cur, endpoint=serve_endpoint(run),
             checkpoint=_ann(svc, CHECKPOINT_ANNOTATION), now=st.now_rfc3339(),
-            generation=tr["metadata"].get("generation"))
+            generation=tr["metadata"].get("generation"), val_accuracy=_served_accuracy(svc))
         if any(cur.get(k) != v for k, v in patch.items()):
             _patch_status(kube, tr, patch)
         if patch["phase"] != cur.get("phase"):

@@ -627,6 +627,8 @@ def status_from_rayjob(
                                       f"no outcome yet: {state.message}", now=now,
                                       generation=generation)
 
+    if state.outcome == "Succeeded" and conds == cur.get("conditions") and cur.get("message"):
+        message = cur["message"]  # no news: a later one (serving's) stays the last word
     out: dict[str, Any] = {
         "conditions": conds,
         "phase": phase_of(conds),
@@ -880,8 +882,14 @@ def serving_from_rayservice(
     checkpoint: str | None,
     now: str,
     generation: int | None,
+    val_accuracy: float | None = None,
 ) -> dict[str, Any]:
-    """Status fields (conditions, phase, serving, rayService) after a RayService change."""
+    """Status fields (conditions, phase, serving, rayService; the message when a
+    checkpoint goes live) after a RayService change.
+
+    ``val_accuracy``: the served checkpoint's, as it was promoted (the RayService's
+    ``raykube.io/val-accuracy``): ``kubectl get tr`` shows it beside the last epoch's,
+    which a later run (or a later, worse epoch) moves."""
     cur = current or {}
     ready, reason, message = rayservice_ready(rayservice)
     old = cur.get("serving") or {}
@@ -903,6 +911,16 @@ def serving_from_rayservice(
     if ready and reason in ("UpgradeInProgress", SERVE_CONFIG_UPDATING) and old:
         out["serving"] = old  # the previous checkpoint serves until the upgrade is done
     elif ready:
-        since = old.get("since") if old.get("checkpoint") == checkpoint and old.get("since") else now
+        same = old.get("checkpoint") == checkpoint
+        since = old.get("since") if same and old.get("since") else now
         out["serving"] = {"endpoint": endpoint, "checkpoint": checkpoint, "since": since}
+        if val_accuracy is not None:
+            out["serving"]["valAccuracy"] = round(val_accuracy, SHOWN_DECIMALS)
+        if not same or cur.get("phase") != "Serving":
+            # the news now (it said "the Ray job succeeded" all the while it served)
+            out["message"] = f"serving {checkpoint} at {endpoint}"
     return out
+
+
+SHOWN_DECIMALS = 4
+"""Decimals of a metric shown in a printer column (the reporter's ``PROGRESS_DECIMALS``)."""

@@ -59,6 +59,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
      "description": "Last finished epoch."},
     {"name": "Val-Acc", "type": "number", "jsonPath": ".status.progress.valAccuracy",
      "description": "Validation accuracy of the last epoch."},
+    {"name": "Served-Acc", "type": "number", "jsonPath": ".status.serving.valAccuracy",
+     "description": "Validation accuracy of the checkpoint being served."},
     {"name": "Serving", "type": "string", "jsonPath": ".status.serving.endpoint",
      "description": "In-cluster URL of the model's HTTP API."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

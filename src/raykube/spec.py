@@ -688,6 +688,9 @@ class ServingStatus(_Model):
     endpoint: str | None = Field(default=None, description="In-cluster URL of the HTTP API.")
     checkpoint: str | None = Field(default=None, description="Checkpoint being served.")
     since: str | None = Field(default=None, description="When this checkpoint went live.")
+    val_accuracy: float | None = Field(default=None, description="The served checkpoint's "
+                                       "validation accuracy (4 decimals), as it was promoted; "
+                                       "status.progress has the last epoch's.")
 
 
 class WorkerFailuresStatus(_Model):

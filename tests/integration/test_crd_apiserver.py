@@ -259,12 +259,14 @@ def test_printer_columns_explain_and_wait(kube):
     kube.create(doc)
     kube.patch_status("TrainingRun", "cols", {
         "phase": "Serving", "progress": {"epoch": 7, "valAccuracy": 0.975},
-        "serving": {"endpoint": "http://cols-serve-svc.x:8000"},
+        "serving": {"endpoint": "http://cols-serve-svc.x:8000", "valAccuracy": 0.9812},
         "conditions": [{"type": "Succeeded", "status": "True", "reason": "JobSucceeded",
                         "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
     out = kubectl(kube, "get", "tr", "cols").stdout.splitlines()
-    assert out[0].split() == ["NAME", "PHASE", "EPOCH", "VAL-ACC", "SERVING", "AGE"], out
-    assert out[1].split()[:5] == ["cols", "Serving", "7", "0.975", "http://cols-serve-svc.x:8000"]
+    assert out[0].split() == ["NAME", "PHASE", "EPOCH", "VAL-ACC", "SERVED-ACC", "SERVING",
+                              "AGE"], out
+    assert out[1].split()[:6] == ["cols", "Serving", "7", "0.975", "0.9812",
+                                  "http://cols-serve-svc.x:8000"]
     explain = kube.cp.kubectl_run("explain", "trainingrun.spec.scaling").stdout
     assert "workers" in explain and "cpusPerWorker" in explain and "DESCRIPTION" in explain
     assert "gpusPerWorker" in kube.cp.kubectl_run("explain", "tr.spec.scaling",

@@ -156,6 +156,9 @@ def test_killed_while_running_picks_up_success_and_promotes(kube, operator):
     cols = printer_columns(tr)
     assert cols["Phase"] == "Serving" and cols["Epoch"] == 3 and cols["Val-Acc"] == 0.95
     assert cols["Serving"] == f"http://{name}-serve-svc.{kube.namespace}:8000" and cols["Age"]
+    assert cols["Served-Acc"] == 0.95  # the promoted checkpoint's, from the RayService
+    assert cols["Message"] == (f"serving /mnt/raykube/default/{name}/ckpt at "
+                               f"{cols['Serving']}"), cols  # it said "the Ray job succeeded"
     assert [o["kind"] for o in children(kube, name)].count("RayService") == 1
     assert [o["kind"] for o in children(kube, name)].count("RayJob") == 1
 
@@ -173,6 +176,50 @@ def test_deleted_while_operator_down(kube, operator):
     kube.wait_object("RayJob", "k-del-after")
     time.sleep(0.5)
     assert kube.get("TrainingRun", name) is None and children(kube, name) == []
+
+
+def test_rerun_removed_while_operator_down_asks_for_nothing(kube, operator):
+    """A GitOps tool pruned ``spec.rerun`` while the operator was down: on restart there
+    is no diff at hand, only a moved generation, and the finished run trained once more.
+    The RayJob now records the rerun value it ran with (an annotation): a removed value
+    asks for nothing, a new one (also set while the operator was down) reruns."""
+    name = "k-rerun-down"
+    kube.create(tr_doc(name))
+    run_job(kube, name)
+    succeed(kube, name)
+    kube.wait_condition(name, "Succeeded")
+    uid = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.patch("TrainingRun", name, {"spec": {"rerun": "1"}})
+    job = kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != uid)
+    assert job["metadata"]["annotations"]["raykube.io/rerun"] == "1"
+    run_job(kube, name)
+    succeed(kube, name)
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Succeeded"
+                     and o["status"].get("observedGeneration") == o["metadata"]["generation"])
+    operator.kill()
+    kube.patch("TrainingRun", name, {"spec": {"rerun": None}})
+    operator.start()
+    seen = kube.wait_condition(name, "SpecApplied", reason="Finished")  # not "Rerun" again
+    assert cond(seen, "SpecApplied")["observedGeneration"] == seen["metadata"]["generation"]
+    time.sleep(2)  # a rerun would have deleted the RayJob by now
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
+    assert kube.get("TrainingRun", name)["status"]["phase"] == "Succeeded"
+    # the value the last run ran with is still no request; a new one, set while the
+    # operator was down, is
+    operator.kill()
+    kube.patch("TrainingRun", name, {"spec": {"rerun": "1"}})
+    operator.start()
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get(
+        "observedGeneration") == o["metadata"]["generation"])
+    time.sleep(2)
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
+    operator.kill()
+    kube.patch("TrainingRun", name, {"spec": {"rerun": "2"}})
+    operator.start()
+    new = kube.wait_object("RayJob", name,
+                           where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
+    assert new["metadata"]["annotations"]["raykube.io/rerun"] == "2"
+    kube.wait_condition(name, "SpecApplied", reason="Rerun")
 
 
 # ------------------------------------------------------------------------ races

@@ -71,6 +71,7 @@ def test_crd_names_columns_and_status():
     cols = {c["name"].upper(): c["jsonPath"] for c in v["additionalPrinterColumns"]}
     assert cols == {"PHASE": ".status.phase", "EPOCH": ".status.progress.epoch",
                     "VAL-ACC": ".status.progress.valAccuracy",
+                    "SERVED-ACC": ".status.serving.valAccuracy",
                     "SERVING": ".status.serving.endpoint", "AGE": ".metadata.creationTimestamp",
                     "MESSAGE": ".status.message"}
     # only under -o wide: the default view stays narrow

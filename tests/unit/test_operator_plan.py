@@ -407,3 +407,32 @@ def test_a_name_conflicts_retries_are_warnings_not_errors():
     assert quiet_watch_handlers(wait) and wait.levelname == "WARNING"
     other = record("Handler 'on_trainingrun' failed temporarily: something else")
     assert quiet_watch_handlers(other) and other.levelname == "ERROR"
+
+
+@pytest.mark.parametrize("metrics, ann", [
+    ({"valAccuracy": 0.9612}, {"raykube.io/val-accuracy": "0.9612"}),
+    ({"valAccuracy": 1}, {"raykube.io/val-accuracy": "1.0"}),
+    ({"valLoss": 0.2}, {}), ({"valAccuracy": float("nan")}, {}), ({"valAccuracy": True}, {}),
+    (None, {})])
+def test_the_promoted_accuracy_annotation(metrics, ann):
+    from raykube_operator.handlers import promoted_accuracy
+
+    assert promoted_accuracy({"metrics": metrics} if metrics is not None else None) == ann
+
+
+def test_a_removed_rerun_keeps_the_value_the_run_ran_with():
+    """Only a new ``spec.rerun`` asks for a run: the RayJob keeps the value it ran with
+    (also for an operator that was down and sees no diff), and a removed one is no ask."""
+    from raykube_operator.handlers import RERUN_ANNOTATION, _rerun_asked, keep_rerun
+
+    def rj(rerun=None):
+        anns = {RERUN_ANNOTATION: rerun} if rerun else {}
+        return {"metadata": {"annotations": anns}}
+
+    assert not _rerun_asked(rj("1"), rj())
+    assert not _rerun_asked(rj("1"), rj("1"))
+    assert _rerun_asked(rj("1"), rj("2")) and _rerun_asked(rj(), rj("1"))
+    kept = keep_rerun(rj(), rj("1"))
+    assert kept["metadata"]["annotations"][RERUN_ANNOTATION] == "1"
+    assert keep_rerun(rj("2"), rj("1"))["metadata"]["annotations"][RERUN_ANNOTATION] == "2"
+    assert keep_rerun(rj(), None) == rj()

@@ -839,3 +839,32 @@ def test_a_pod_problem_that_clears_and_comes_back_is_not_an_event_each_time():
             events.append(event[2])
         cur = {k: v for k, v in {**cur, **patch}.items() if v is not None}
     assert events == [f"waiting for the Ray cluster: {problem}"] * 2, events
+
+
+def test_serving_is_the_news_and_shows_the_served_accuracy():
+    """While it served, MESSAGE said "the Ray job succeeded" (the RayJob's mapping wrote it
+    again at each RayJob event), and VAL-ACC was the last epoch's (0.9666 shown while
+    0.9889 was served, on real pods). Serving's line is now the message until there is
+    news, and ``serving.valAccuracy`` is the served checkpoint's."""
+    done = job(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    cur = st.status_from_rayjob(done, {}, now=T0, generation=1)
+    assert cur["message"] == "the Ray job succeeded"
+    svc = {"metadata": {"name": "r"}, "status": {"serviceStatus": "Running",
+                                                  "activeServiceStatus": RUNNING_APP}}
+    out = st.serving_from_rayservice(svc, cur, endpoint="e", checkpoint="c1", now=T1,
+                                     generation=1, val_accuracy=0.98888888)
+    cur = {**cur, **out}
+    assert cur["phase"] == "Serving" and cur["message"] == "serving c1 at e"
+    assert cur["serving"]["valAccuracy"] == 0.9889
+    # KubeRay moves the finished RayJob again (its cluster deleted): no news
+    assert st.status_from_rayjob(done, cur, now=T1, generation=1)["message"] == "serving c1 at e"
+    # the same checkpoint's RayService moving is no news either; a new one is
+    again = st.serving_from_rayservice(svc, cur, endpoint="e", checkpoint="c1", now=T1,
+                                       generation=1)
+    assert "message" not in again and "valAccuracy" not in again["serving"]
+    assert st.serving_from_rayservice(svc, cur, endpoint="e", checkpoint="c2", now=T1,
+                                      generation=1)["message"] == "serving c2 at e"
+    # a rerun is news: the RayJob's mapping says so again
+    rerun = st.status_from_rayjob(job(jobDeploymentStatus="Running", jobStatus="RUNNING"), cur,
+                                  now=T1, generation=2)
+    assert rerun["message"] != "serving c1 at e"
