@@ -418,3 +418,13 @@ def test_tune_runs_show_the_trial_table_and_best_trial_not_rays():
     assert "starting Ray Train workers" not in text
     # a trial's worker failure is a line of its own, its text as it is (no markup)
     assert "trial a_00000: worker failure (rank 0: [bold]ActorDiedError); restarting" in text
+
+
+def test_make_help_is_plain_text_when_piped():
+    """``make help | less`` showed ``\\033[36m`` around every target: colour only on a
+    terminal."""
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["make", "-s", "-C", str(repo), "help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "\033" not in out
+    assert any(line.split()[:1] == ["install"] for line in out.splitlines()), out
