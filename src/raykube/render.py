@@ -131,6 +131,15 @@ SERVE_POD_ENV = {
 }
 
 
+SERVE_CLUSTER_DELETION_DELAY_S = 15
+"""``rayClusterDeletionDelaySeconds`` of the RayService: how long KubeRay keeps the previous
+serving Ray cluster after its zero-downtime upgrade moved the Service to the new one (a
+``serve.replicas`` or pod edit). KubeRay's default is 60 s, in which the old cluster's pods
+keep their CPU and memory: on a small node a rerun's submitter pod waited for them. The
+Service's endpoints follow the switch within a second or two and a prediction takes
+milliseconds, so 15 s still drains every request sent to the old cluster."""
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     """Platform defaults, in one place. ``from_env`` reads ``RAYKUBE_<FIELD>`` overrides."""
@@ -469,6 +478,7 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
                                                     wait_for_training=wait_for_training),
                                        sort_keys=False),
         "serveService": {"metadata": {"name": serve_service_name(run)}},
+        "rayClusterDeletionDelaySeconds": SERVE_CLUSTER_DELETION_DELAY_S,
         "rayClusterConfig": {
             "rayVersion": cfg.ray_version,
             "headGroupSpec": _head_group(run, cfg, image=image, env=env, spec_volume=False,

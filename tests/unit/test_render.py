@@ -309,6 +309,8 @@ def test_rayservice_contract():
     assert yaml.safe_load(logged["spec"]["serveConfigV2"])["applications"][0][
         "logging_config"] == {"enable_access_log": True}
     assert R.serve_endpoint(run) == "http://quickstart-serve-svc.default:8000"
+    # the previous serving cluster goes 15 s after an upgrade, not KubeRay's 60 s
+    assert svc["spec"]["rayClusterDeletionDelaySeconds"] == 15
     # a new checkpoint changes the serve config and the hash; nothing else
     other = R.render_rayservice(run, CFG, "/mnt/raykube/default/quickstart/ckpt_9")
     assert other["metadata"]["annotations"] != svc["metadata"]["annotations"]
