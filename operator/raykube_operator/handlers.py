@@ -138,6 +138,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our explicit events + warnings, no chatter
     logging.getLogger("kopf.objects").addFilter(quiet_watch_handlers)
+    logging.getLogger("kopf._core.engines.posting").addFilter(quiet_events_of_a_gone_namespace)
     settings.execution.max_workers = cfg.max_workers
     settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
@@ -161,6 +162,21 @@ def quiet_watch_handlers(record: logging.LogRecord) -> bool:
         # kopf says every retry of a NameConflict "failed temporarily" at ERROR, every
         # 30 s; the status and one Warning say it already: a wait, not a fault
         record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
+
+
+def quiet_events_of_a_gone_namespace(record: logging.LogRecord) -> bool:
+    """An Event posted just as its namespace is deleted (a child's DELETED event, seen
+    before the garbage collector reached the TrainingRun) is refused with 403
+    ``NamespaceTerminating``, which kopf's poster retries and logs at ERROR each time,
+    then 404 once the namespace is gone. The Event would go with its namespace anyway:
+    those lines become DEBUG."""
+    msg = record.getMessage()
+    if NAMESPACE_TERMINATING in msg or (
+            msg.startswith("Failed to post an event") and "Code: 404" in msg
+            and "'kind': 'namespaces'" in msg):
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
     return True
 
 
@@ -1571,6 +1587,11 @@ def _retrying(memo: kopf.Memo, what: str, fn: Any) -> None:
                 # the namespace is being deleted (its objects go with it): nothing to put
                 # back, and no error to report (it logged one per deleted child)
                 log.info("%s: skipped, its namespace is being deleted", what)
+                return
+            if exc.status == 404 and exc.reason == "NotFound":
+                # what it reconciles was deleted meanwhile (the TrainingRun, by the
+                # garbage collector of a deleted namespace): its own event says so
+                log.info("%s: skipped, %s", what, exc.message)
                 return
             if not exc.transient or attempt == 4:
                 again = (f"the resync, every {cfg.resync:.0f} s, or the next operator start"

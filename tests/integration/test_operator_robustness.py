@@ -825,3 +825,35 @@ def test_everything_above_stayed_within_the_operator_rbac(kube):
     assert ("ray.io", "rayjobs", "create") in used
     denied = sorted(p for p in used if not allowed(*p))
     assert denied == [], f"operator used permissions missing from its RBAC: {denied}"
+
+
+def test_deleting_a_namespace_with_a_run_logs_no_error(kube):
+    """A namespace deleted with a run in it: the garbage collector deletes the
+    TrainingRun and its children while the namespace refuses new objects. The operator
+    logged kopf's ``events "kopf-event-" is forbidden`` errors for the Events it tried
+    to post there (seen by a user on the local control plane)."""
+    from raykube.testing.real_kube import RealOperator
+
+    ns = f"{kube.namespace}-gone"
+    kube.ensure_namespace(ns)
+    op = RealOperator(kube, namespaces=(ns,)).start()
+    try:
+        kube.create(tr_doc("goes", ns, serve=True))
+        run_job(kube, "goes", ns)
+        checkpoint(kube, "goes", 0.95, ns)
+        succeed(kube, "goes", ns)
+        kube.wait_object("RayService", "goes-serve", ns)
+        ready(kube, "goes", ns)
+        kube.wait_object("TrainingRun", "goes", ns,
+                         where=lambda o: o["status"].get("phase") == "Serving")
+        logged = len(op.logs())
+        kube.http.delete(f"/api/v1/namespaces/{ns}")
+        kube.wait_for(lambda: kube.http.get(f"/api/v1/namespaces/{ns}").status_code == 404,
+                      timeout=120, what=f"namespace {ns} to go")
+        time.sleep(3)  # what the operator does after its last watch event
+        log = op.logs()[logged:]
+        assert error_lines(log) == [], log
+        assert "kopf-event" not in log, log
+    finally:
+        op.stop()
+        kube.http.delete(f"/api/v1/persistentvolumes/raykube-storage-{ns}")
