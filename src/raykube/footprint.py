@@ -227,11 +227,15 @@ def footprint(spec: TrainingRunSpec) -> Footprint | None:
     return Footprint(n, optimizer_buffers(spec.train.optimizer))
 
 
-def size(nbytes: float) -> str:
-    """A byte count as people read it: 1.5 GiB, 730 MiB."""
+def size(nbytes: float, *, up: bool = False) -> str:
+    """A byte count as people read it: 1.5 GiB, 730 MiB. ``up``: rounded up, for a floor
+    ("needs at least"): 842.3 MiB read "842 MiB", and 842Mi was then refused."""
     if nbytes >= GiB:
-        return f"{nbytes / GiB:.1f} GiB"
-    return f"{nbytes / MiB:.0f} MiB" if nbytes >= MiB else f"{max(1, round(nbytes / 1024))} KiB"
+        tenths = math.ceil(nbytes / GiB * 10) if up else round(nbytes / GiB * 10)
+        return f"{tenths / 10:.1f} GiB"
+    if nbytes >= MiB:
+        return f"{math.ceil(nbytes / MiB) if up else round(nbytes / MiB)} MiB"
+    return f"{max(1, math.ceil(nbytes / 1024) if up else round(nbytes / 1024))} KiB"
 
 
 def training_breakdown(spec: TrainingRunSpec, fp: Footprint) -> str:

@@ -107,6 +107,12 @@ SYSTEM_DIRS = ("/bin", "/boot", "/etc", "/home", "/lib", "/lib64", "/opt", "/roo
 """Directories of the image the volume would hide if mounted on them (Python, Ray's
 sockets in /tmp/ray, the run's home); below them is fine (``/var/lib/raykube``)."""
 
+IMAGE_HOME = "/home/ray"
+"""The Ray images' home and working directory (rayproject/ray, images/*.Dockerfile)."""
+IMAGE_PYTHON = f"{IMAGE_HOME}/anaconda3"
+"""Where those images keep Python, Ray, torch and raykube: hidden by a volume on it, on
+anything below it, or on the home above it, and no pod of the run could start."""
+
 
 def mount_path_problem(path: str) -> str | None:
     """None for a storage ``mountPath`` the pods can use, else why not. Kubernetes
@@ -127,6 +133,9 @@ def mount_path_problem(path: str) -> str | None:
             return f"{path} is reserved ({why}); use e.g. /mnt/raykube"
     if path in SYSTEM_DIRS:
         return f"would hide the image's {path}; use a directory of its own, e.g. /mnt/raykube"
+    if path in (IMAGE_HOME, IMAGE_PYTHON) or path.startswith(IMAGE_PYTHON + "/"):
+        return (f"would hide the image's Python ({IMAGE_PYTHON}) and no pod could start; use "
+                "a directory of its own, e.g. /mnt/raykube")
     return None
 
 

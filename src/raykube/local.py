@@ -141,9 +141,9 @@ def serving_shortfall(spec: dict[str, Any], replicas: int, available: int | None
         return None
     how = ("use fewer --replicas" if each <= available
            else "not even one replica fits")
-    return (f"{replicas} replica(s) need at least {fpm.size(replicas * each)} of memory and "
+    return (f"{replicas} replica(s) need at least {fpm.size(replicas * each, up=True)} of memory and "
             f"this machine has {fpm.size(available)} available (each replica at least "
-            f"{fpm.size(each)}: torch and the model's weights); {how}")
+            f"{fpm.size(each, up=True)}: torch and the model's weights); {how}")
 
 
 def memory_shortfall(run: TrainingRun, available: int | None) -> str | None:
@@ -172,9 +172,9 @@ def memory_shortfall(run: TrainingRun, available: int | None) -> str | None:
            "not even one worker fits: make the model smaller")
     detail = (fpm.training_breakdown(s, fp) if fp is not None
               else "a Python process with torch imported")
-    return (f"{what} need at least {fpm.size(n * each)} of memory and this machine has "
+    return (f"{what} need at least {fpm.size(n * each, up=True)} of memory and this machine has "
             f"{fpm.size(available)} available (each Train worker at least "
-            f"{fpm.size(each)}: {detail}); {how}")
+            f"{fpm.size(each, up=True)}: {detail}); {how}")
 
 
 def gpu_shortfall(run: TrainingRun, gpus: float) -> str | None:

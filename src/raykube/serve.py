@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 import urllib.error
@@ -408,8 +409,10 @@ class InputSpec:
                 x = np.asarray(preprocess_image(img, self._info, self.spec), dtype=np.float32)
             except RequestError:
                 raise
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-                    Image.DecompressionBombError):
+            except Image.DecompressionBombError:  # Pillow's own guard, before ours can
+                raise RequestError(422, f"images[{i}] is more than {MAX_IMAGE_PIXELS} "
+                                   "pixels; at most that many are accepted") from None
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 raise RequestError(422, f"images[{i}] is not a decodable image "
                                    f"({' or '.join(IMAGE_FORMATS)} expected)") from None
             if x.shape != self.input_shape:  # preprocessing must match the model
@@ -430,9 +433,15 @@ class InputSpec:
     # -- body ----------------------------------------------------------------------
     def parse_body(self, body: bytes, content_type: str | None) -> np.ndarray:
         """The whole validation of a ``POST /predict`` body: bytes -> model input."""
-        media = (content_type or "").split(";", 1)[0].strip().lower()
+        media, _, params = (content_type or "").partition(";")
+        media = media.strip().lower()
         if media and media != "application/json" and not media.endswith("+json"):
             raise RequestError(415, f"content-type must be application/json, got {media!r}")
+        if (charset := _charset(params)) not in (None, "utf-8", "utf8", "us-ascii"):
+            # JSON is UTF-8 (RFC 8259 8.1): latin-1 bytes were read as UTF-8 and failed
+            # (or, worse, decoded as something else)
+            raise RequestError(415, f"charset {charset!r} is not accepted: JSON is UTF-8 "
+                               "(send charset=utf-8, or none)")
         if not body:
             raise RequestError(400, "empty body: send a JSON object with \"instances\" or "
                                "\"images\"")
@@ -468,7 +477,19 @@ def _loads(body: bytes) -> Any:
     try:
         return json.loads(body, strict=False)
     except (ValueError, RecursionError) as exc:
+        if "sys.set_int_max_str_digits" in str(exc):  # Python's advice, not a client's
+            raise RequestError(400, "body holds an integer of more than "
+                               f"{sys.get_int_max_str_digits()} digits") from None
         raise RequestError(400, f"body is not valid JSON: {exc}") from None
+
+
+def _charset(params: str) -> str | None:
+    """The ``charset`` parameter of a content-type's parameters (lower-case), or None."""
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
 
 
 def _json_type(value: Any) -> str:

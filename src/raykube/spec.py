@@ -477,7 +477,8 @@ class PVCStorage(_Model):
     mount_path: str = Field(default="/mnt/raykube", pattern=r"^/", max_length=MAX_PATH_LENGTH,
                             description="Where the volume is mounted in the pods: a "
                             "directory of its own (not /, /etc/raykube, /tmp or another of "
-                            "the image's system directories).")
+                            "the image's system directories, nor its home /home/ray or "
+                            "its Python in /home/ray/anaconda3).")
 
 
 S3_SECRET_KEYS: tuple[tuple[str, bool], ...] = (
@@ -793,6 +794,7 @@ class TrainingRun(_Model):
     @model_validator(mode="after")
     def _semantic(self) -> TrainingRun:
         errors = [SpecError("metadata.name", p) for p in name_problems(self.metadata.name)]
+        errors += list(metadata_problems(self.metadata))
         errors += semantic_errors(self.spec)
         if errors:
             raise SpecErrors(errors)
@@ -819,6 +821,19 @@ def name_problems(name: str) -> list[str]:
                 f"of a run named {name[:-len(RESERVED_SUFFIX)]}, and KubeRay would give both "
                 "the same Services"]
     return []
+
+
+def metadata_problems(meta: Metadata) -> Iterator[SpecError]:
+    """Labels and annotation keys the API server refuses (``validate`` said "valid" of
+    ``labels: {"a b": c}``, which ``kubectl apply`` then refused)."""
+    for key, value in (meta.labels or {}).items():
+        for p in k8s_rules.label_key_problems(key):
+            yield SpecError(f"metadata.labels[{key}]", f"key {key!r}: {p}")
+        for p in k8s_rules.label_value_problems(value):
+            yield SpecError(f"metadata.labels[{key}]", f"value {_short(value)}: {p}")
+    for key in meta.annotations or {}:
+        for p in k8s_rules.label_key_problems(key):  # a qualified name, as a label's
+            yield SpecError(f"metadata.annotations[{key}]", f"key {key!r}: {p}")
 
 
 @dataclass(frozen=True)
@@ -1058,7 +1073,7 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     if have is not None and (need := fp.training_pod_bytes(per_pod)) > have:
         yield SpecError("spec.scaling.memoryPerWorker", (
             f"{sc.memory_per_worker} cannot hold the model: a training worker's pod needs "
-            f"at least {fpm.size(need)} per worker ({fpm.training_breakdown(spec, fp)}, "
+            f"at least {fpm.size(need, up=True)} per worker ({fpm.training_breakdown(spec, fp)}, "
             f"{fpm.pod_breakdown(per_pod)}; before activations and data): raise "
             "memoryPerWorker or make the model smaller"))
     have = k8s_rules.quantity_bytes(sv.memory_per_replica)
@@ -1066,7 +1081,7 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     if sv.enabled and have is not None and (need := fp.serving_pod_bytes(per_pod)) > have:
         yield SpecError("spec.serve.memoryPerReplica", (
             f"{sv.memory_per_replica} cannot hold the model: a serving pod needs at "
-            f"least {fpm.size(need)} per replica ({fp.parameters:,} float32 parameters, "
+            f"least {fpm.size(need, up=True)} per replica ({fp.parameters:,} float32 parameters, "
             f"~{fpm.size(fpm.TORCH_PROCESS_BYTES)} for torch, {fpm.pod_breakdown(per_pod)}): "
             "raise memoryPerReplica or make the model smaller"))
 
@@ -1707,8 +1722,8 @@ def load_file(path: str | Path, skipped: list[str] | None = None) -> list[Traini
         else:
             text = Path(path).read_text(encoding="utf-8")
     except IsADirectoryError:
-        raise InvalidTrainingRun([SpecError("(file)", "a directory with no .yaml, .yml or "
-                                            ".json file")], src) from None
+        raise InvalidTrainingRun([SpecError("(file)", _directory_problem(Path(src)))],
+                                 src) from None
     except OSError as exc:
         raise InvalidTrainingRun([SpecError("(file)", exc.strerror or str(exc))], src) from None
     except UnicodeDecodeError as exc:
@@ -1743,6 +1758,23 @@ def load_file(path: str | Path, skipped: list[str] | None = None) -> list[Traini
     return runs
 
 
+def _directory_problem(path: Path) -> str:
+    """What is wrong with a directory given where a file is read: ``validate`` and
+    ``render`` expand directories, so only an empty one reaches here from them; ``run``
+    and ``serve`` take one file (they said "no .yaml file" of a directory full of them)."""
+    try:
+        found = sorted(f.name for f in path.iterdir()
+                       if f.suffix in MANIFEST_SUFFIXES and f.is_file())
+    except OSError as exc:  # unreadable
+        return f"a directory, not a file ({exc.strerror or exc})"
+    if not found:
+        return "a directory with no .yaml, .yml or .json file"
+    if len(found) == 1:
+        return f"a directory, not a file: give the file itself ({path / found[0]})"
+    return (f"a directory, not a file: give one of its {len(found)} .yaml/.yml/.json files "
+            f"(e.g. {path / found[0]})")
+
+
 def load_one(path: str | Path) -> TrainingRun:
     """The single TrainingRun in a file (error if it holds several)."""
     runs = load_file(path)
@@ -1770,6 +1802,13 @@ def expand_paths(paths: Iterable[str | Path]) -> list[str]:
     return out
 
 
+def duplicate_run(namespace: str, name: str, first: str) -> str:
+    """Two TrainingRuns of one name in one namespace: applied together, the second
+    overwrites the first (and they would share a run directory)."""
+    return (f"TrainingRun {name!r} (namespace {namespace}) is already defined in {first}; "
+            "names must be unique")
+
+
 def validate_files(paths: Iterable[str | Path],
                    skipped: dict[str, list[str]] | None = None,
                    cluster: dict[str, list[SpecError]] | None = None
@@ -1779,11 +1818,19 @@ def validate_files(paths: Iterable[str | Path],
     ``cluster``, what only a cluster refuses (``cluster_problems``: valid for
     ``raykube run``). A directory stands for its manifests (``expand_paths``)."""
     out: dict[str, list[SpecError]] = {}
+    seen: dict[tuple[str, str], str] = {}
     for p in expand_paths(paths):
+        if str(p) in out:
+            continue  # the same file named twice (a directory and one of its files)
         others: list[str] = []
         try:
             runs = load_file(p, others)
             out[str(p)] = []
+            for r in runs:  # as `raykube render` refuses them, and kubectl would overwrite
+                key = (r.metadata.namespace or "default", r.name)
+                if key in seen:
+                    out[str(p)].append(SpecError("metadata.name", duplicate_run(*key, seen[key])))
+                seen.setdefault(key, str(p))
             if cluster is not None:
                 several = len(runs) > 1
                 cluster[str(p)] = [dataclasses.replace(e, source=f"{p}[{r.name}]" if several

@@ -137,7 +137,7 @@ def test_a_training_pod_holds_rays_processes_too():
             parse_training_run(doc(model=quickstart, scaling={"memoryPerWorker": small}))
         err, = exc.value.errors
         assert err.path == "spec.scaling.memoryPerWorker", err
-        assert "Ray's processes in the pod" in err.message and "842 MiB" in err.message
+        assert "Ray's processes in the pod" in err.message and "843 MiB" in err.message
 
 
 @pytest.mark.parametrize("field, section", [("memoryPerWorker", "scaling"),

@@ -75,6 +75,39 @@ def test_validate_reads_stdin(tmp_path):
     assert p.returncode == 1 and "<stdin>[1]: spec.model" in p.stderr
 
 
+def test_validate_refuses_the_duplicate_names_render_refuses(tmp_path):
+    """Two files (or two documents) with one run name passed ``validate`` while
+    ``render`` refused them: a CI that only validated let one run overwrite the other."""
+    (tmp_path / "jobs").mkdir()
+    for name in ("a.yaml", "b.yml"):
+        (tmp_path / "jobs" / name).write_text(Path(QUICKSTART).read_text())
+    p = cli("validate", str(tmp_path / "jobs"))
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.splitlines()[0] == (
+        f"{tmp_path}/jobs/b.yml: metadata.name: TrainingRun 'quickstart' (namespace default) "
+        f"is already defined in {tmp_path}/jobs/a.yaml; names must be unique"), p.stderr
+    assert p.stdout == f"{tmp_path}/jobs/a.yaml: valid\n"
+    # another namespace is another run; the same file named twice is one
+    (tmp_path / "jobs" / "b.yml").write_text(
+        Path(QUICKSTART).read_text().replace("name: quickstart", "name: quickstart\n  namespace: ml", 1))
+    assert cli("validate", str(tmp_path / "jobs"), str(tmp_path / "jobs" / "a.yaml")).returncode == 0
+
+
+def test_run_of_a_directory_says_to_give_a_file(tmp_path):
+    """``raykube run jobs/`` said "a directory with no .yaml, .yml or .json file" of a
+    directory holding 74 of them."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "q.yaml").write_text(Path(QUICKSTART).read_text())
+    one_error_line(cli("run", str(tmp_path / "one")),
+                   f"a directory, not a file: give the file itself ({tmp_path}/one/q.yaml)")
+    (tmp_path / "one" / "r.yml").write_text(Path(QUICKSTART).read_text())
+    one_error_line(cli("run", str(tmp_path / "one")),
+                   "give one of its 2 .yaml/.yml/.json files")
+    (tmp_path / "empty").mkdir()
+    one_error_line(cli("run", str(tmp_path / "empty")),
+                   "a directory with no .yaml, .yml or .json file")
+
+
 def test_render_refuses_duplicate_names_and_a_missing_output_directory(tmp_path):
     one_error_line(cli("render", QUICKSTART, QUICKSTART),
                    "'quickstart'", f"already defined in {QUICKSTART}")

@@ -125,3 +125,39 @@ def test_line_wrapped_base64_images_are_accepted(inputs):
     np.testing.assert_array_equal(parse(inputs, {"images": [wrapped]}), want)
     raw = ('{"images": ["' + wrapped + '"]}').encode()  # what the shell substitution sends
     np.testing.assert_array_equal(parse(inputs, raw), want)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG's signature, IHDR (8-bit grey) and IEND: what Pillow reads to size an image."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                               8, 0, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def test_odd_requests_get_a_clear_4xx(inputs):
+    """From a new user's probe: a 30000x30000 PNG header was "not a decodable image"
+    (Pillow's own bomb guard fired before ours); a 5,000-digit integer answered with
+    Python's advice to call sys.set_int_max_str_digits(); latin-1 JSON was read as UTF-8."""
+    import base64
+
+    bomb = base64.b64encode(_png_header(30000, 30000)).decode()
+    with pytest.raises(RequestError) as err:
+        parse(inputs, {"images": [bomb]})
+    assert err.value.status == 422 and "more than 16777216 pixels" in str(err.value)
+    with pytest.raises(RequestError) as err:
+        parse(inputs, b'{"instances": [[' + b"9" * 5000 + b"]]}")
+    assert err.value.status == 400 and "more than 4300 digits" in str(err.value)
+    assert "sys." not in str(err.value)
+    for ct in ("application/json; charset=latin-1", "application/json;charset=\"ISO-8859-1\""):
+        with pytest.raises(RequestError) as err:
+            parse(inputs, {"instances": [[0] * 64]}, ct)
+        assert err.value.status == 415 and "JSON is UTF-8" in str(err.value)
+    for ct in ("application/json; charset=utf-8", "application/json; charset=UTF-8", None, ""):
+        assert parse(inputs, {"instances": [[0] * 64]}, ct).shape[0] == 1

@@ -525,7 +525,11 @@ def test_a_name_kubernetes_would_refuse_says_what_it_must_be(where, value, what)
     ("/etc/raykube/data", "reserved"), ("/proc/x", "kernel's"), ("/", "other than /"),
     ("/mnt/raykube/", "trailing '/'"), ("/mnt//x", "empty parts"),
     ("/mnt/../tmp", "'..'"), ("/mnt/a:b", "':'"), ("/tmp", "hide the image's /tmp"),
-    ("/usr", "hide"), ("/mnt/raykube", None), ("/var/lib/raykube", None), ("/data", None)])
+    ("/usr", "hide"), ("/mnt/raykube", None), ("/var/lib/raykube", None), ("/data", None),
+    # the image's home holds its Python (a new user's mountPath: valid, and no pod started)
+    ("/home/ray", "hide the image's Python (/home/ray/anaconda3)"),
+    ("/home/ray/anaconda3", "hide the image's Python"),
+    ("/home/ray/anaconda3/lib", "hide the image's Python"), ("/home/ray/runs", None)])
 def test_a_storage_mount_path_the_pods_cannot_use_is_refused(path, words):
     """The spec ConfigMap's own mount (the API server refused the RayJob for the
     duplicate, retried every 30 s, with the run's status empty) and paths that would
@@ -581,3 +585,43 @@ def test_a_split_must_leave_every_worker_a_training_example(data, workers, want)
     with pytest.raises(InvalidTrainingRun) as info:
         parse_training_run(doc)
     assert [e.message for e in info.value.errors] == [want]
+
+
+@pytest.mark.parametrize("field, section", [("memoryPerWorker", "scaling"),
+                                            ("memoryPerReplica", "serve")])
+def test_the_memory_floor_a_message_names_is_accepted(field, section):
+    """``needs at least 842 MiB per worker``, and 842Mi was refused too (the floor, 842.x
+    MiB, was rounded to the nearest): the figure a message gives is now one that passes."""
+    import re
+
+    spec = {"model": {"name": "mlp"}, "data": {"dataset": "digits"},
+            "serve": {"enabled": True}}
+    spec.setdefault(section, {})[field] = "600Mi"
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_spec(spec)
+    [error] = [e for e in info.value.errors if e.path == f"spec.{section}.{field}"]
+    need = re.search(r"at least (\d+) MiB", error.message)
+    assert need, error.message
+    spec[section][field] = f"{need[1]}Mi"
+    parse_spec(spec)  # the floor as shown is enough
+    spec[section][field] = f"{int(need[1]) - 1}Mi"
+    with pytest.raises(InvalidTrainingRun):
+        parse_spec(spec)
+
+
+def test_labels_and_annotation_keys_the_api_server_refuses_are_refused():
+    """``labels: {"a b": c}`` was "valid" for ``raykube validate`` and refused by
+    ``kubectl apply``; kubectl's own annotation is a valid key."""
+    doc = {"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+           "metadata": {"name": "lab", "labels": {"a b": "c", "team": "x y", "ok": ""},
+                        "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
+                                        "{}", "bad key": "v"}},
+           "spec": {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}}
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(doc)
+    assert [(e.path, e.message.split(":")[0]) for e in info.value.errors] == [
+        ("metadata.labels[a b]", "key 'a b'"), ("metadata.labels[team]", "value 'x y'"),
+        ("metadata.annotations[bad key]", "key 'bad key'")]
+    doc["metadata"]["labels"] = {"app.kubernetes.io/part-of": "ml", "ok": ""}
+    doc["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{}"}
+    assert parse_training_run(doc).metadata.labels == {"app.kubernetes.io/part-of": "ml", "ok": ""}

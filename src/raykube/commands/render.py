@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from raykube.spec import (
         InvalidTrainingRun,
         check_for_cluster,
+        duplicate_run,
         expand_paths,
         load_file,
         location_problem,
@@ -138,9 +139,8 @@ def run(args: argparse.Namespace) -> int:
                 # on apply (and share a run directory): refuse, naming both.
                 key = (args.namespace or tr.metadata.namespace or "default", tr.name)
                 if key in seen:
-                    print(f"raykube render: {path}: TrainingRun {key[1]!r} (namespace "
-                          f"{key[0]}) is already defined in {seen[key]}; names must be "
-                          "unique", file=sys.stderr)
+                    print(f"raykube render: {path}: {duplicate_run(*key, seen[key])}",
+                          file=sys.stderr)
                     return 1
                 seen[key] = path
                 if args.image or args.namespace:
