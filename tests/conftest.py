@@ -93,3 +93,19 @@ def kuberay_crds() -> Path:
         "KubeRay v1.7.0 CRDs not found: expected ../shared/kuberay/v1.7.0/ or "
         "build/kuberay/v1.7.0/ (run `make kuberay-crds`)"
     )
+
+
+@pytest.fixture
+def no_requests(monkeypatch):
+    """Fails the test if an S3 client is built or an HTTP request is sent: proof that
+    a setting was refused before anything went out (an empty AWS_ENDPOINT_URL would
+    otherwise reach amazonaws.com)."""
+    import urllib.request
+
+    import pyarrow.fs as pafs
+
+    def refuse(*_, **__):
+        raise AssertionError("a request was about to go out")
+
+    monkeypatch.setattr(pafs, "S3FileSystem", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
