@@ -12,6 +12,7 @@ Ray Train's checkpoints are directories, so a Ray ``Checkpoint`` wraps this unch
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import tempfile
@@ -128,6 +129,24 @@ def read_meta(path: str | os.PathLike[str]) -> CheckpointMeta:
                               f"({_first_line(exc)})") from None
 
 
+def _holds_text(wp: Path) -> bool:
+    """Whether ``wp`` starts as a text file (never torch.save's zip archive or pickle).
+    Torch's own error for one is a raw code: a text file saved as checkpoint.pt was
+    "truncated or corrupted (101)", its KeyError."""
+    try:
+        with open(wp, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    if not head or head.startswith((b"PK\x03\x04", b"\x80")):
+        return False
+    try:  # incremental: a character cut at byte 512 is not a reason to call it binary
+        codecs.getincrementaldecoder("utf-8")().decode(head)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def load_payload(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
     """The raw checkpoint dict, read with ``weights_only=True``."""
     import torch
@@ -139,7 +158,9 @@ def load_payload(path: str | os.PathLike[str], map_location: str = "cpu") -> dic
         payload = torch.load(wp, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError...
         text = str(exc).lower()
-        if "unsupported global" in text:  # a pickled object, not weights
+        if _holds_text(wp):
+            why = "not a PyTorch checkpoint file (it holds text)"
+        elif "unsupported global" in text:  # a pickled object, not weights
             why = ("it holds more than tensors and plain values, and raykube never "
                    "runs code from a checkpoint (torch.load weights_only=True)")
         elif "weights only load failed" in text:  # torch's advice (weights_only=False) is unsafe

@@ -33,6 +33,8 @@ from raykube.spec import DatasetName, TrainingRunSpec, load_one
 if TYPE_CHECKING:
     import ray.data
 
+    from raykube.checkpoint import CheckpointMeta
+
 Split = Literal["train", "val", "all"]
 NAMED_DATASETS = [d for d in DatasetName.__args__ if d != "image-folder"]  # type: ignore[attr-defined]
 
@@ -174,7 +176,10 @@ def folder_classes(uri: str) -> list[str] | None:
     fs, path = filesystem(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=False))
-    except (FileNotFoundError, OSError) as exc:
+    except FileNotFoundError:  # pyarrow's "[Errno 2] Path does not exist ... Detail: ..."
+        raise PredictError(f"--data {uri}: no such folder"
+                           f"{' (nothing under that prefix)' if '://' in uri else ''}") from None
+    except OSError as exc:
         raise PredictError(f"--data {uri}: cannot list it ({exc})") from None
     classes = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
                      and not i.base_name.startswith(".") and _images_in(fs, i.path))
@@ -183,6 +188,102 @@ def folder_classes(uri: str) -> list[str] | None:
     if _images_in(fs, path.rstrip("/")):
         return None
     raise PredictError(f"--data {uri}: no images in it nor in its sub-folders")
+
+
+def _names(names: list[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + ("..." if len(names) > most else "")
+
+
+def check_fits_model(spec: TrainingRunSpec, input_shape: list[int] | tuple[int, ...],
+                     class_names: list[str], meta: CheckpointMeta) -> None:
+    """PredictError when a dataset (not an image folder) cannot be the model's input or
+    its labels are not the model's classes.
+
+    A dataset's labels are indices into its own class list, matched to the model's by
+    name; synthetic and digits both name theirs "0", "1", ..., so 3 synthetic classes on
+    a 10-class digits model matched 3 of the 10 by coincidence and printed an accuracy
+    (15 %) with 7 rows of 0 examples. A dataset always has all its classes, so a class
+    count that differs from the model's is another label space: refused. (An image
+    folder is matched by folder name, and a subset of the classes is legitimate there:
+    ``folder_note``.)
+    """
+    if tuple(input_shape) != tuple(meta.input_shape):
+        raise PredictError(f"the data ({spec.data.dataset}) has examples of shape "
+                           f"{list(input_shape)}; the checkpoint's model takes "
+                           f"{list(meta.input_shape)}")
+    if len(class_names) != meta.num_classes:
+        raise PredictError(f"the data ({spec.data.dataset}) has {len(class_names)} classes; "
+                           f"the checkpoint's model has {meta.num_classes} "
+                           f"({_names(list(meta.class_names))}): its labels are not the "
+                           "model's classes, so an accuracy would mean nothing")
+
+
+def folder_note(uri: str, classes: list[str] | None, model_names: list[str]) -> str | None:
+    """A line saying which of the model's classes an image folder covers, when not all
+    of them (or when some folders are none of them); None when there is nothing to say.
+
+    Folders are labeled by name, so a folder of only some classes ("3" and "7" of the
+    digits) is a legitimate use; but the table then shows rows of 0 examples and the
+    accuracy is over those classes only, which the line says. Folders none of whose
+    names is a class are not scored at all (``_unscored_reason``).
+    """
+    if not classes:
+        return None
+    known = set(model_names)
+    matched = [c for c in classes if c in known]
+    extra = [c for c in classes if c not in known]
+    if not matched or (len(matched) == len(model_names) and not extra):
+        return None
+    line = (f"--data {uri}: its class folders are {len(matched)} of the model's "
+            f"{len(model_names)} classes ({_names(matched)}); the accuracy is over those")
+    if extra:
+        line += (f"; {_names(extra)} {'is' if len(extra) == 1 else 'are'} none of its "
+                 "classes (their images count as wrong)")
+    return line
+
+
+def check_data(ckpt_spec: TrainingRunSpec, meta: CheckpointMeta, data: str | None) -> str | None:
+    """Everything about ``data`` that can be found wrong before Ray starts (seconds):
+    PredictError (or S3Unavailable) for data it cannot use, else the ``folder_note``.
+
+    An empty folder, one of only empty class folders, a missing ``s3://`` prefix and
+    data of another label space were found only once Ray was up, or never. Listing a
+    folder (or an S3 prefix, with the client the prediction reads it with) and a
+    dataset's class names cost milliseconds; decoding the images is left to Ray Data.
+    """
+    from raykube import s3
+    from raykube.data import dataset_info
+
+    spec, _ = resolve_data(ckpt_spec, data)
+    spec = _image_folder_for_model(spec, meta.input_shape)
+    if spec.data.dataset != "image-folder":
+        info = dataset_info(spec)  # a named dataset's: no download, no examples read
+        check_fits_model(spec, info.input_shape, list(info.class_names), meta)
+        return None
+    uri = spec.data.uri
+    assert uri
+    s3.check_named("--data", uri)  # a missing bucket or bad credentials, in one line
+    return folder_note(uri, folder_classes(uri), list(meta.class_names))
+
+
+def meta_mismatch(local: str, json_meta: CheckpointMeta, meta: CheckpointMeta) -> str | None:
+    """A line when meta.json is not the copy of checkpoint.pt's own metadata it should be
+    (copied from another checkpoint), else None.
+
+    meta.json said "training reported valAccuracy 95.82 %" for a checkpoint.pt that
+    measures 92.76 %, while ``serve`` reported checkpoint.pt's figure. Prediction uses
+    checkpoint.pt's, as serve does; the line says why the two disagree.
+    """
+    def shown(m: CheckpointMeta) -> str:
+        acc = m.metrics.get("valAccuracy")
+        return f"epoch {m.epoch}" + ("" if acc is None else f", valAccuracy {100 * acc:.2f} %")
+
+    if (json_meta.epoch, json_meta.metrics, list(json_meta.class_names),
+            list(json_meta.input_shape)) == (meta.epoch, meta.metrics, list(meta.class_names),
+                                             list(meta.input_shape)):
+        return None
+    return (f"{Path(local) / 'meta.json'} is not this checkpoint's ({shown(json_meta)}; "
+            f"checkpoint.pt holds {shown(meta)}): using checkpoint.pt's, as serve does")
 
 
 def _folder_batch(batch: dict[str, Any], *, root: str, classes: list[str] | None,
@@ -360,17 +461,20 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
             batch_size: int = 256, concurrency: int = 1, gpus_per_actor: float | None = None,
             cpus_per_actor: float | None = None,
             cache_dir: str | None = None, storage: str | None = None,
-            notify: Callable[[str], None] | None = None) -> PredictOutcome:
+            notify: Callable[[str], None] | None = None,
+            meta: CheckpointMeta | None = None) -> PredictOutcome:
     """Classify a dataset with a checkpoint; write the predictions to ``out``.
 
     Uses the current Ray (the caller starts it). ``split`` defaults to ``val``, or
     ``all`` for an image folder given as ``data``. ``notify`` hears what was changed
-    from what was asked (a ``concurrency`` the cluster cannot hold).
+    from what was asked (a ``concurrency`` the cluster cannot hold). ``meta``: the
+    checkpoint's metadata as checkpoint.pt holds it (``load_model``'s, what the
+    predictor actors and serve use), when the caller has it; read from there otherwise,
+    never from meta.json, which may have been copied from another checkpoint.
     """
     import ray
     import ray.data
 
-    from raykube.checkpoint import read_meta
     from raykube.data import cache_dir_for, dataset_info
     from raykube.serve import resolve_checkpoint
 
@@ -378,7 +482,10 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
     writer = _Writer(out)  # checks the suffix before any work
     if batch_size < 1 or concurrency < 1:
         raise PredictError("--batch-size and --concurrency must be at least 1")
-    meta = read_meta(resolve_checkpoint(checkpoint))
+    if meta is None:
+        from raykube.checkpoint import load_model
+
+        _, meta = load_model(resolve_checkpoint(checkpoint))
     ckpt_spec = TrainingRunSpec.model_validate(meta.spec)
     spec, same = resolve_data(ckpt_spec, data)
     spec = _image_folder_for_model(spec, meta.input_shape)
@@ -395,10 +502,7 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
     else:
         info = dataset_info(spec, cache)
         label_names = list(info.class_names)
-    if not folder and tuple(info.input_shape) != tuple(meta.input_shape):
-        raise PredictError(f"the data ({spec.data.dataset}) has examples of shape "
-                           f"{list(info.input_shape)}; the checkpoint's model takes "
-                           f"{list(meta.input_shape)}")
+        check_fits_model(spec, info.input_shape, label_names, meta)
     concurrency, cpus_per_actor, gpus_per_actor, note = actor_plan(
         concurrency, ray.cluster_resources(), cpus_per_actor=cpus_per_actor,
         gpus_per_actor=gpus_per_actor)
@@ -452,7 +556,8 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
         ctx.execution_options.preserve_order = keep_order
 
     outcome = PredictOutcome(out=out, rows=rows, split=split, dataset=spec.data.dataset,
-                             unscored_reason=_unscored_reason(label_names, names, scored),
+                             unscored_reason=_unscored_reason(label_names, names, scored,
+                                                              folder),
                              checkpoint=str(checkpoint), checkpoint_metrics=dict(meta.metrics),
                              same_data_as_training=same and split == "val")
     if has_labels and rows:
@@ -465,15 +570,16 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
     return outcome
 
 
-def _unscored_reason(label_names: list[str], model_names: list[str], scored: bool) -> str | None:
+def _unscored_reason(label_names: list[str], model_names: list[str], scored: bool,
+                     folder: bool = True) -> str | None:
     if scored:
         return None
     if not label_names:
         return "no labels (images without class sub-folders): accuracy not computed"
     shown = ", ".join(n for n in label_names if n != "(other)")
-    return (f"the folder names ({shown}) are none of the model's classes "
-            f"({', '.join(model_names[:12])}{'...' if len(model_names) > 12 else ''}): "
-            "accuracy not computed")
+    what = "the folder names" if folder else "the data's classes"
+    return (f"{what} ({shown}) are none of the model's classes "
+            f"({_names(model_names)}): accuracy not computed")
 
 
 def print_report(outcome: PredictOutcome, console: Any = None) -> None:

@@ -48,7 +48,14 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from raykube.checkpoint import load_model, read_meta
     from raykube.data import DatasetUnavailable
-    from raykube.predict import PredictError, check_out, predict, print_report, resolve_data
+    from raykube.predict import (
+        PredictError,
+        check_data,
+        check_out,
+        meta_mismatch,
+        predict,
+        print_report,
+    )
     from raykube.serve import resolve_checkpoint
     from raykube.spec import InvalidTrainingRun, TrainingRunSpec, location_problem
 
@@ -56,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.concurrency < 1:
         print("raykube predict: --batch-size and --concurrency must be at least 1",
               file=sys.stderr)
+        return 2
+    if args.num_cpus is not None and args.num_cpus < 1:  # Ray's own words came after start-up
+        print(f"raykube predict: --num-cpus {args.num_cpus}: must be at least 1", file=sys.stderr)
         return 2
     for flag, share in (("--cpus-per-actor", args.cpus_per_actor),
                         ("--gpus-per-actor", args.gpus_per_actor)):
@@ -74,17 +84,16 @@ def run(args: argparse.Namespace) -> int:
         # A broken checkpoint, an --out or --data it cannot use: one line now, before
         # Ray starts (seconds), not a failing actor pool once Ray is up.
         local = resolve_checkpoint(args.checkpoint)
-        _, meta = load_model(local)
-        read_meta(local)  # what the prediction reads once Ray is up (class names, shape)
+        _, meta = load_model(local)  # checkpoint.pt's own metadata: what serve reports
+        mismatch = meta_mismatch(local, read_meta(local), meta)  # a broken meta.json too
         check_out(args.out)
-        data_spec, _ = resolve_data(TrainingRunSpec.model_validate(meta.spec), args.data)
-        if data_spec.data.uri:
-            from raykube import s3
-
-            s3.check_named("--data", data_spec.data.uri)
+        note = check_data(TrainingRunSpec.model_validate(meta.spec), meta, args.data)
     except user_errors as exc:
         print(f"raykube predict: {exc}", file=sys.stderr)
         return 2
+    for line in (mismatch, note):
+        if line:
+            print(f"raykube predict: {line}", file=sys.stderr)
 
     import ray
 
@@ -114,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, concurrency=args.concurrency,
                           gpus_per_actor=args.gpus_per_actor,
                           cpus_per_actor=args.cpus_per_actor, cache_dir=args.cache_dir,
-                          storage=args.storage,
+                          storage=args.storage, meta=meta,
                           notify=lambda note: print(f"raykube predict: {note}",
                                                     file=terminal.err()))
     except (PredictError, InvalidTrainingRun, DatasetUnavailable, FileNotFoundError) as exc:
