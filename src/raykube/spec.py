@@ -452,7 +452,8 @@ class TuneSpec(_Model):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="Scheduler.")
     search_space: dict[str, Distribution] = Field(
         min_length=1,
-        description="Dotted spec paths (e.g. train.optimizer.lr) to distributions.",
+        description="Dotted spec paths (e.g. train.optimizer.lr) to distributions; a whole "
+        "section (e.g. train) samples mappings merged over the spec's.",
     )
 
     @property
@@ -1228,7 +1229,10 @@ def _model_type(annotation: Any) -> type[BaseModel] | None:
 
 
 def set_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """Copy of a camelCase spec dict with a dotted path set (creates missing sections)."""
+    """Copy of a camelCase spec dict with a dotted path set (creates missing sections).
+    A mapping is merged over the mapping there (``merged``), as a Tune trial's sample
+    of a whole section is (``raykube.tune.trial_spec``): validation checks what the
+    trial trains."""
     out = copy.deepcopy(doc)
     cur = out
     parts = path.split(".")
@@ -1236,8 +1240,16 @@ def set_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         if not isinstance(cur.get(part), dict):
             cur[part] = {}
         cur = cur[part]
-    cur[parts[-1]] = value
+    cur[parts[-1]] = merged(cur.get(parts[-1]), value)
     return out
+
+
+def merged(base: Any, value: Any) -> Any:
+    """``value`` over ``base``: a mapping over a mapping keeps the fields it does not
+    name (deep); anything else replaces."""
+    if isinstance(base, dict) and isinstance(value, dict):
+        return {**base, **{k: merged(base.get(k), v) for k, v in value.items()}}
+    return copy.deepcopy(value)
 
 
 def _drop_none(obj: Any) -> Any:
@@ -1427,7 +1439,16 @@ def _errors_from_pydantic(exc: ValidationError,
         msg = e["msg"]
         loc = (*root, *e["loc"])
         got = f", got {e.get('input')!r}" if show_input else ""
-        if e["type"] == "extra_forbidden":
+        if e["loc"] and e["loc"][-1] == "[key]":
+            # a mapping's key that is no string (`searchSpace: {~: ...}`): pydantic said
+            # "searchSpace.None.[key]: Input should be a valid string"
+            path = _loc(e["loc"][:-2], "")
+            key = e.get("input")
+            what = ("field paths such as train.optimizer.lr"
+                    if tuple(map(str, loc[-4:-2])) == ("tune", "searchSpace") else "strings")
+            shown = "null" if key is None else json.dumps(key, default=str)
+            msg = f"keys must be {what}, got {shown}"
+        elif e["type"] == "extra_forbidden":
             msg = "unknown field"
             last = str(e["loc"][-1]) if e["loc"] else ""
             camel = to_camel(last)

@@ -46,8 +46,8 @@ from raykube.spec import (
     TrainingRun,
     TrainingRunSpec,
     TuneSpec,
-    apply_overrides,
     parse_spec,
+    set_path,
 )
 from raykube.storage import (
     checkpoint_uri,
@@ -102,6 +102,8 @@ def param_space(tune_spec: TuneSpec) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     """Numpy scalars (Tune samples with numpy) as plain Python values: the spec is strict."""
+    if isinstance(value, dict):  # a whole section searched: its fields' values
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
@@ -115,14 +117,27 @@ def trial_overrides(spec: TrainingRunSpec, config: dict[str, Any]) -> dict[str, 
     return {path: _plain(config[path]) for path in spec.tune.search_space if path in config}
 
 
+def with_samples(doc: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with every sampled value set at its path, in the search space's order; a
+    sampled mapping is merged over the spec's section (``spec.set_path``): a search over
+    a whole section (``train: {choice: [{epochs: 4, batchSize: 128}]}``) means "these
+    fields of train", not "a train of only these". Replaced, the trial trained with the
+    default optimizer (sgd 0.01) instead of the spec's adam 3e-3, and nothing said so."""
+    for path, value in overrides.items():
+        doc = set_path(doc, path, value)
+    return doc
+
+
 def trial_spec(spec: TrainingRunSpec, config: dict[str, Any]) -> TrainingRunSpec:
-    """The spec one trial trains: the base spec with the sampled values, without ``tune``.
+    """The spec one trial trains: the base spec with the sampled values (a section's
+    merged over the spec's, ``with_samples``), without ``tune``.
 
     Fully re-validated (field types and cross-field rules), so a sample that makes no
     sense (e.g. a batch smaller than the worker count) fails its trial with the field's
     message instead of training something else.
     """
-    overridden = apply_overrides(spec, trial_overrides(spec, config))
+    overridden = TrainingRunSpec.model_validate(
+        with_samples(spec.to_dict(), trial_overrides(spec, config)))
     doc = overridden.to_dict()
     doc.pop("tune", None)
     return parse_spec(doc).spec
@@ -390,23 +405,37 @@ def _metric_of(result: dict[str, Any], metric: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+def sampled_epochs(spec: TrainingRunSpec, overrides: dict[str, Any]) -> int:
+    """``train.epochs`` as these samples leave it: searched by itself or inside a searched
+    ``train`` section (``{train: {epochs: 4, ...}}``), else the base spec's."""
+    value = with_samples({}, overrides).get("train")
+    value = value.get("epochs") if isinstance(value, dict) else None
+    return spec.train.epochs if value is None else int(value)
+
+
 def trial_epochs(spec: TrainingRunSpec, config: dict[str, Any]) -> int:
     """The epochs a trial was asked for: its own sample when ``train.epochs`` is searched
     (a trial that ran its 1 of 1 epochs was listed STOPPED against the base spec's 3)."""
     try:
-        return int(trial_overrides(spec, config).get("train.epochs", spec.train.epochs))
+        return sampled_epochs(spec, trial_overrides(spec, config))
     except (TypeError, ValueError):  # a sample the trial itself refuses: it says so
         return spec.train.epochs
+
+
+def possible_epochs(spec: TrainingRunSpec) -> set[int]:
+    """Every ``train.epochs`` a trial may train (each searched value, also one inside a
+    searched ``train`` section, or the base spec's where a sample leaves it)."""
+    assert spec.tune is not None
+    found = {sampled_epochs(spec, {path: value})
+             for path, dim in spec.tune.search_space.items()
+             if path in ("train", "train.epochs") for value in dim.sample_values()}
+    return found or {spec.train.epochs}
 
 
 def most_epochs(spec: TrainingRunSpec) -> int:
     """The most epochs any trial may train: ASHA's ``max_t``, at which it ends a trial
     (with the base spec's epochs, a trial that sampled more was cut off there)."""
-    assert spec.tune is not None
-    dim = spec.tune.search_space.get("train.epochs")
-    if dim is None:
-        return spec.train.epochs
-    return max(int(v) for v in dim.sample_values())
+    return max(possible_epochs(spec))
 
 
 def trial_status(status: str, epochs_done: int, epochs: int) -> str:
@@ -1254,6 +1283,74 @@ def _saved_statuses(experiment_uri: str) -> list[str]:
     return [str(t.status) for t in ExperimentAnalysis(path, storage_filesystem=fs).trials]
 
 
+# ------------------------------------------------------------------- interrupt
+def interrupted_search_line(experiment_uri: str, spec: TrainingRunSpec) -> str:
+    """The one line a Ctrl-C of a search ends with: what is saved, then what running
+    again does (a plain run's says "29 of 40 epochs"; a search's used to say nothing
+    of what it keeps). Read from the trials' checkpoint files alone, after Ray is
+    down: no Ray call, no torch (``raykube.resume.latest_saved``)."""
+    resumes = (f"interrupted: the search in {experiment_uri} resumes when you run the same "
+               "command again")
+    try:
+        saved = _saved_trial_epochs(experiment_uri)
+    except Exception:  # e.g. the object store went away too; the checkpoints stay
+        log.debug("could not count the checkpoints of %s", experiment_uri, exc_info=True)
+        return f"{resumes}; its checkpoints could not be counted now"
+    return f"{resumes}; {saved_trials_summary(saved, spec)}"
+
+
+def saved_trials_summary(saved: Sequence[tuple[int, int]], spec: TrainingRunSpec) -> str:
+    """'3 of 4 trials have checkpoints (7 of 16 epochs saved)' from (epoch saved, epochs
+    asked) per trial with a checkpoint. The trials without one are asked for the base
+    spec's epochs; when their sample may say otherwise (``train.epochs`` searched), the
+    total is unknown and left out rather than guessed."""
+    assert spec.tune is not None
+    if not saved:
+        return "no trial has saved a checkpoint yet"
+    trials, done = spec.tune.trials, sum(e for e, _ in saved)
+    verb = "has" if len(saved) == 1 else "have"
+    epochs = possible_epochs(spec)
+    if len(saved) < trials and len(epochs) > 1:
+        return f"{len(saved)} of {trials} trials {verb} checkpoints ({done} epochs saved)"
+    asked = sum(n for _, n in saved) + (trials - len(saved)) * max(epochs)
+    return f"{len(saved)} of {trials} trials {verb} checkpoints ({done} of {asked} epochs saved)"
+
+
+def _saved_trial_epochs(experiment_uri: str) -> list[tuple[int, int]]:
+    """(epoch, epochs asked) of each trial's newest saved checkpoint, from its meta.json
+    (which holds the trial's own spec), for the trials that have one."""
+    from raykube.resume import latest_saved
+
+    saved = []
+    for trial_dir in _trial_dirs(experiment_uri):
+        ckpt, meta = latest_saved(_join(trial_dir, "train"))
+        if ckpt and meta:
+            asked = ((meta.get("spec") or {}).get("train") or {}).get("epochs")
+            saved.append((int(meta["epoch"]), int(asked or meta["epoch"])))
+    return saved
+
+
+def _trial_dirs(experiment_uri: str) -> list[str]:
+    """The ``trial-<id>`` folders of an experiment (``os`` for a local one, as
+    ``latest_saved`` reads it; the object store's listing otherwise)."""
+    prefix = trial_dir_name("")
+    if "://" not in experiment_uri:
+        try:
+            names = os.listdir(experiment_uri)
+        except FileNotFoundError:  # interrupted before Tune wrote anything
+            return []
+        return sorted(_join(experiment_uri, n) for n in names if n.startswith(prefix)
+                      and os.path.isdir(os.path.join(experiment_uri, n)))
+    import pyarrow.fs as pafs
+
+    from raykube.storage import filesystem
+
+    fs, path = filesystem(experiment_uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(_join(experiment_uri, i.base_name) for i in infos
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+
+
 # --------------------------------------------------------------------- display
 def trials_table(rows: Sequence[dict[str, Any]], metric: str, title: str | None = None) -> Any:
     """The tutorial-style trial table (rich)."""
@@ -1373,7 +1470,7 @@ class TrialTable:
 
 __all__ = [
     "TrialTable", "TuneInterrupted", "TuneOutcome", "StorageConflict", "best_trial_summary",
-    "failed_trials_lines",
+    "failed_trials_lines", "interrupted_search_line",
     "param_space", "plot_trials", "run_tune", "summarize", "to_domain", "trial_spec",
     "trials_table",
 ]

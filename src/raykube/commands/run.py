@@ -302,7 +302,9 @@ def _interrupted(run_dir: str, tr) -> int:  # noqa: ANN001
     from raykube import terminal
 
     if tr.spec.tune is not None:
-        msg = f"interrupted: the search in {run_dir} resumes when you run the same command again"
+        from raykube.tune import interrupted_search_line  # imported already: the search ran
+
+        msg = interrupted_search_line(run_dir, tr.spec)
     else:
         msg = _saved_epochs_line(run_dir, tr.spec.train.epochs)
     print(msg, file=terminal.err())
