@@ -101,6 +101,28 @@ def _short(value: Any, limit: int = 200) -> str:
     return r.repr(value)[:limit]
 
 
+MAX_S3_PREFIX_BYTES = 800
+"""An s3:// prefix's longest (UTF-8 bytes): S3 keys are at most 1,024 bytes, and below
+a prefix raykube writes ``<namespace>/<name>/`` (up to 104) and a search's
+``trial-<id>/train/checkpoint_epoch_NNNN/checkpoint.pt`` (~60). A 1,100-byte prefix was
+valid, then failed with the SDK's ``KeyTooLongError``."""
+
+
+def _reserved_bucket(bucket: str) -> str | None:
+    """What S3's naming rules refuse beyond the characters (AWS's, which MinIO follows
+    for the address form): the AWS SDK answered ``s3://192.168.1.1/x`` with
+    ``InvalidBucketName`` in its own terms, after ``validate`` said valid."""
+    if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", bucket):
+        return "it is formatted as an IP address"
+    for prefix in ("xn--", "sthree-", "amzn-s3-demo-"):
+        if bucket.startswith(prefix):
+            return f"it must not start with {prefix!r}"
+    for suffix in ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"):
+        if bucket.endswith(suffix):
+            return f"it must not end with {suffix!r}"
+    return None
+
+
 def file_uri_path(location: str) -> str:
     """``file:///data/runs`` -> ``/data/runs``; anything else as it is. The commands take
     a ``file://`` URI as its path (the spec does not: ``location_problem``)."""
@@ -134,6 +156,12 @@ def location_problem(location: str) -> str | None:
         if not _S3_BUCKET.match(bucket) or ".." in bucket:
             return (f"{location!r}: {bucket!r} is not an S3 bucket name (3 to 63 "
                     "lower-case letters, digits, dots and hyphens)")
+        if why := _reserved_bucket(bucket):
+            return f"{location!r}: {bucket!r} is not an S3 bucket name ({why})"
+        if len(prefix := rest.partition("/")[2].encode()) > MAX_S3_PREFIX_BYTES:
+            return (f"{location!r}: its prefix is {len(prefix)} bytes; at most "
+                    f"{MAX_S3_PREFIX_BYTES} (S3 keys are at most 1,024 bytes, and a run's "
+                    "files add up to ~200 below it)")
         if "//" in rest:
             return (f"{location!r}: has an empty part ('//'); S3 would store it under "
                     "another key than the one shown")

@@ -469,6 +469,11 @@ def test_paths_and_s3_uris_are_locations(location):
     ("s3://bkt/x#y", "no query or fragment"), ("file:///data/images", "(/data/images)"),
     ("s3://ab/x", "3 to 63"), ("s3://bkt//x", "empty part"),
     ("s3://bkt/../../x", "'..' part"), ("s3://bkt/runs/./x", "'..' part"),
+    # validate said valid, then the AWS SDK refused them in its own words
+    ("s3://192.168.1.1/x", "formatted as an IP address"),
+    ("s3://xn--bucket/x", "must not start with 'xn--'"),
+    ("s3://bkt-s3alias/x", "must not end with '-s3alias'"),
+    ("s3://bkt/" + "p" * 1100, "its prefix is 1100 bytes; at most 800"),
 ])
 @pytest.mark.parametrize("field", ["spec.data.uri", "spec.checkpoint.storage.uri"])
 def test_a_location_raykube_cannot_read_is_refused_naming_the_field(location, words, field):
