@@ -277,7 +277,16 @@ def test_asha_stops_a_bad_trial_after_a_resume_as_before_it(ray_session, tmp_pat
     outcome = run_tune(run, storage, observers=[second])
     rows = {t["trial"]: t for t in outcome.trials}
     assert rows[bad]["params"]["train.optimizer.lr"] == BAD_LR, rows
-    assert rows[bad]["status"] == "STOPPED" and rows[bad]["iterations"] == 1, rows[bad]
+    assert rows[bad]["status"] == "STOPPED", rows[bad]
+    if second.epochs_of(bad) or trained_as_interrupted:
+        # trained after the resume: stopped at the first rung, as in a live search
+        assert rows[bad]["iterations"] == 1, rows[bad]
+    else:
+        # The signal can land while the bad trial trains (CI under load, 2026-12-05: it
+        # trained 2 epochs that Tune never took). Ray Train's checkpoints kept them, the
+        # replay found them below the first rung's cutoff, and the resumed trial was
+        # stopped before training again: the timing of ``its-first-epoch-unreported``.
+        assert rows[bad]["iterations"] >= 1 and second.rows, rows[bad]
     assert rows[good]["status"] == "TERMINATED" and rows[good]["iterations"] == EPOCHS
     if trained_as_interrupted:  # stopped before it trained again
         assert not second.epochs_of(bad), second.epochs
