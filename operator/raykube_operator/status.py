@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from raykube.render import ROLE_LABEL, SERVE_ROLE, SUBMITTER_ROLE
+from raykube.spec import gate_shortfall
 
 # Condition types, in the order they are listed in status.conditions.
 VALIDATED = "Validated"
@@ -793,15 +794,12 @@ def gate(serve: dict[str, Any] | None, checkpoint: dict[str, Any] | None) -> Gat
         return GateDecision(False, "NoCheckpoint", "the run reported no checkpoint "
                             "(status.checkpoint.uri is empty)", None)
     metrics = (checkpoint or {}).get("metrics") or {}
-    acc = metrics.get("valAccuracy")
-    if not isinstance(acc, (int, float)):
-        return GateDecision(False, "GateNotMet", f"checkpoint {uri} has no valAccuracy metric "
-                            f"(gate: serve.minAccuracy={threshold:g})", uri)
-    if float(acc) >= threshold:
-        return GateDecision(True, "GatePassed", f"valAccuracy {float(acc):.4f} >= "
-                            f"serve.minAccuracy {threshold:g}; serving {uri}", uri)
-    return GateDecision(False, "GateNotMet", f"valAccuracy {float(acc):.4f} < "
-                        f"serve.minAccuracy {threshold:g}: not promoted", uri)
+    if (short := gate_shortfall(threshold, metrics)) is None:
+        return GateDecision(True, "GatePassed", f"valAccuracy {float(metrics['valAccuracy']):.4f}"
+                            f" >= serve.minAccuracy {threshold:g}; serving {uri}", uri)
+    if "valAccuracy" not in metrics:
+        return GateDecision(False, "GateNotMet", f"checkpoint {uri} has {short}", uri)
+    return GateDecision(False, "GateNotMet", f"{short}: not promoted", uri)
 
 
 # ------------------------------------------------------------------------- RayService

@@ -27,7 +27,7 @@ import re
 import reprlib
 import sys
 import typing
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -565,7 +565,8 @@ class ServeSpec(_Model):
     enabled: bool = Field(default=False, description="Serve the model once training succeeds "
                           "and passes the gate.")
     min_accuracy: float = Field(default=0.0, ge=0.0, le=1.0, description="Gate: the served "
-                                "checkpoint's valAccuracy must be at least this.")
+                                "checkpoint's valAccuracy must be at least this, measured "
+                                "on at least 10 validation examples (above 0).")
     replicas: int = Field(default=1, ge=1, le=1000, description="Serve replicas.")
     cpus_per_replica: float = Field(default=1.0, ge=MIN_POD_CPUS, le=512, description="CPUs "
                                     "per replica (at least 0.1).")
@@ -1014,7 +1015,8 @@ def split_problem(spec: TrainingRunSpec, train: int | None, val: int | None
                   ) -> tuple[str, str] | None:
     """(field, why) when the split leaves a Train worker without a training example or
     nothing to validate on: such a run trained nothing and still 'succeeded' (digits with
-    validationFraction 0.9999 reported an untrained model's 6 % as its result)."""
+    validationFraction 0.9999 reported an untrained model's 6 % as its result), or too
+    few validation examples for a declared accuracy gate to mean anything."""
     if train is None:
         return None
     d, workers = spec.data, spec.scaling.workers
@@ -1028,6 +1030,41 @@ def split_problem(spec: TrainingRunSpec, train: int | None, val: int | None
                        f"least one ({fix})")
     if val == 0:
         return "spec.data.validationFraction", "leaves no validation examples (raise it)"
+    if val is not None and val < MIN_GATE_EXAMPLES and gate_declared(spec):
+        return "spec.data.validationFraction", (
+            f"leaves {val} validation example{'' if val == 1 else 's'}, too few for "
+            f"spec.serve.minAccuracy {spec.serve.min_accuracy:g} to judge a checkpoint "
+            f"(at least {MIN_GATE_EXAMPLES}: raise validationFraction, or set "
+            f"serve.minAccuracy: 0)")
+    return None
+
+
+MIN_GATE_EXAMPLES = 10
+"""The fewest validation examples an accuracy gate judges on. With one, a model passed
+``serve.minAccuracy: 0.9`` on a single lucky guess (digits, ``validationFraction: 1e-9``);
+with ten, one example is ten points of accuracy."""
+
+
+def gate_declared(spec: TrainingRunSpec) -> bool:
+    """Serving is asked for behind an accuracy gate above 0."""
+    return spec.serve.enabled and spec.serve.min_accuracy > 0
+
+
+def gate_shortfall(min_accuracy: float, metrics: Mapping[str, Any]) -> str | None:
+    """Why a checkpoint with these ``metrics`` (valAccuracy, valExamples) does not pass
+    ``serve.minAccuracy``; None when it does. One rule for the operator and ``raykube run``."""
+    acc = metrics.get("valAccuracy")
+    if not isinstance(acc, (int, float)) or isinstance(acc, bool):
+        return f"no valAccuracy metric (gate: serve.minAccuracy={min_accuracy:g})"
+    seen = metrics.get("valExamples")
+    if min_accuracy > 0 and isinstance(seen, (int, float)) and seen < MIN_GATE_EXAMPLES:
+        # validation refuses such a split where the spec decides it; a search that samples
+        # validationFraction, or a checkpoint from an older driver, can still report one
+        return (f"valAccuracy {float(acc):.4f} on {int(seen)} validation "
+                f"example{'' if seen == 1 else 's'}: too few for serve.minAccuracy "
+                f"{min_accuracy:g} (at least {MIN_GATE_EXAMPLES})")
+    if float(acc) < min_accuracy:
+        return f"valAccuracy {float(acc):.4f} < serve.minAccuracy {min_accuracy:g}"
     return None
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raykube.cli import main
-from raykube.local import describe_answer, gate_passed
+from raykube.local import describe_answer, gate_shortfall
 from raykube.spec import parse_spec
 
 
@@ -28,8 +28,14 @@ def test_train_rejects_a_missing_spec_file(tmp_path, capsys):
 def test_gate_and_answer_formatting():
     run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
                       "serve": {"enabled": True, "minAccuracy": 0.9}})
-    assert gate_passed(run, {"valAccuracy": 0.95}) and not gate_passed(run, {"valAccuracy": 0.5})
-    assert not gate_passed(run, {})
+    assert gate_shortfall(run, {"valAccuracy": 0.95, "valExamples": 359.0}) is None
+    assert gate_shortfall(run, {"valAccuracy": 0.5}) == "valAccuracy 0.5000 < serve.minAccuracy 0.9"
+    assert "no valAccuracy" in gate_shortfall(run, {})
+    # a perfect score on one example is no evidence (the probe's validationFraction 1e-9)
+    assert gate_shortfall(run, {"valAccuracy": 1.0, "valExamples": 1.0}) == (
+        "valAccuracy 1.0000 on 1 validation example: too few for serve.minAccuracy 0.9 "
+        "(at least 10)")
+    assert gate_shortfall(run, {"valAccuracy": 1.0, "valExamples": 10.0}) is None
     ans = {"predictions": [{"class": 3, "label": "3", "probabilities": [0.1, 0.9]}]}
     assert describe_answer(ans) == "[bold]3[/] (p=0.900)"
     assert describe_answer({"weird": 1}) == '{"weird": 1}'

@@ -584,12 +584,39 @@ def test_a_split_must_leave_every_worker_a_training_example(data, workers, want)
     doc = _set(_set(BASE, "spec/data", data), "spec/scaling", {"workers": workers})
     doc["spec"]["train"]["batchSize"] = 32
     doc["spec"].pop("tune")
+    doc["spec"].pop("serve")  # no accuracy gate: one validation example is enough
     if want is None:
         parse_training_run(doc)
         return
     with pytest.raises(InvalidTrainingRun) as info:
         parse_training_run(doc)
     assert [e.message for e in info.value.errors] == [want]
+
+
+@pytest.mark.parametrize("fraction,serve,want", [
+    (1e-9, {"enabled": True, "minAccuracy": 0.9},
+     "leaves 1 validation example, too few for spec.serve.minAccuracy 0.9 to judge a "
+     "checkpoint (at least 10: raise validationFraction, or set serve.minAccuracy: 0)"),
+    (0.005, {"enabled": True, "minAccuracy": 0.9},  # round(8.985) = 9
+     "leaves 9 validation examples, too few for spec.serve.minAccuracy 0.9 to judge a "
+     "checkpoint (at least 10: raise validationFraction, or set serve.minAccuracy: 0)"),
+    (0.0056, {"enabled": True, "minAccuracy": 0.9}, None),  # round(10.06) = 10
+    (1e-9, {"enabled": True, "minAccuracy": 0.0}, None),  # serving without a gate
+    (1e-9, {"enabled": False, "minAccuracy": 0.9}, None),  # a gate nothing goes through
+])
+def test_an_accuracy_gate_needs_ten_validation_examples(fraction, serve, want):
+    """digits with ``validationFraction: 1e-9`` kept 1 validation example, and its 1.0000
+    passed ``serve.minAccuracy: 0.9`` (a new user's probe)."""
+    doc = _set(_set(BASE, "spec/data", {"dataset": "digits", "validationFraction": fraction}),
+               "spec/serve", serve)
+    doc["spec"].pop("tune")
+    if want is None:
+        parse_training_run(doc)
+        return
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(doc)
+    assert [(e.path, e.message) for e in info.value.errors] == [
+        ("spec.data.validationFraction", want)]
 
 
 @pytest.mark.parametrize("field, section", [("memoryPerWorker", "scaling"),

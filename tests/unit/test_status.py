@@ -142,6 +142,14 @@ def test_rerun_clears_completion_and_outcome():
     ({"enabled": True, "minAccuracy": 0.9}, {"uri": "u", "metrics": {"valAccuracy": 0.9}},
      True, "GatePassed", ["0.9000", "u"]),
     ({"enabled": True}, {"uri": "u", "metrics": {"valAccuracy": 0.1}}, True, "GatePassed", []),
+    # one lucky validation example is no evidence for a gate (validationFraction 1e-9)
+    ({"enabled": True, "minAccuracy": 0.9}, {"uri": "u", "metrics": {
+        "valAccuracy": 1.0, "valExamples": 1.0}}, False, "GateNotMet",
+     ["1.0000 on 1 validation example:", "at least 10", "not promoted"]),
+    ({"enabled": True, "minAccuracy": 0.9}, {"uri": "u", "metrics": {
+        "valAccuracy": 1.0, "valExamples": 10.0}}, True, "GatePassed", ["1.0000"]),
+    ({"enabled": True}, {"uri": "u", "metrics": {"valAccuracy": 1.0, "valExamples": 1.0}},
+     True, "GatePassed", []),  # no gate declared: nothing to judge
 ])
 def test_gate(serve, ckpt, promote, reason, words):
     d = st.gate(serve, ckpt)

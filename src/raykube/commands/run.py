@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         curl_command,
         demo_request,
         describe_answer,
-        gate_passed,
+        gate_shortfall,
         gpu_shortfall,
         init_ray,
         local_cpus,
@@ -221,16 +221,13 @@ def run(args: argparse.Namespace) -> int:
         where = terminal.log_path()
         return _fail(f"training failed: {why}{hint}"
                      + (f" (details in {where})" if where else ""))
-    acc = outcome.best_metrics.get("valAccuracy")
-    acc_text = f"{acc:.4f}" if isinstance(acc, float) else str(acc)
     best = f"{run_dir}/best"
 
     serve = tr.spec.serve
     if not serve.enabled:
         return 0
-    if not gate_passed(tr, outcome.best_metrics):
-        console.print(f"[yellow]not served[/]: valAccuracy {acc_text} is below "
-                      f"serve.minAccuracy {serve.min_accuracy}")
+    if short := gate_shortfall(tr, outcome.best_metrics):
+        console.print(f"[yellow]not served[/]: {short}")
         return 0
     from raykube.serve import start_local, stop_local
 
