@@ -856,14 +856,20 @@ def name_problems(name: str) -> list[str]:
 def metadata_problems(meta: Metadata) -> Iterator[SpecError]:
     """Labels and annotation keys the API server refuses (``validate`` said "valid" of
     ``labels: {"a b": c}``, which ``kubectl apply`` then refused)."""
-    for key, value in (meta.labels or {}).items():
-        for p in k8s_rules.label_key_problems(key):
-            yield SpecError(f"metadata.labels[{key}]", f"key {key!r}: {p}")
-        for p in k8s_rules.label_value_problems(value):
-            yield SpecError(f"metadata.labels[{key}]", f"value {_short(value)}: {p}")
+    yield from label_problems("metadata.labels", meta.labels)
     for key in meta.annotations or {}:
         for p in k8s_rules.label_key_problems(key):  # a qualified name, as a label's
             yield SpecError(f"metadata.annotations[{key}]", f"key {key!r}: {p}")
+
+
+def label_problems(field: str, labels: dict[str, str] | None) -> Iterator[SpecError]:
+    """The keys and values of a label map (``metadata.labels``, a ``nodeSelector``) that
+    the API server refuses, each at ``field[key]``."""
+    for key, value in (labels or {}).items():
+        for p in k8s_rules.label_key_problems(key):
+            yield SpecError(f"{field}[{key}]", f"key {key!r}: {p}")
+        for p in k8s_rules.label_value_problems(value):
+            yield SpecError(f"{field}[{key}]", f"value {_short(value)}: {p}")
 
 
 @dataclass(frozen=True)
@@ -1072,11 +1078,7 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     """What a Pod refuses but a RayJob's pod template accepts, and memory no Ray pod can
     run in (see ``k8s_rules``)."""
     sc = "spec.scaling"
-    for key, value in (spec.scaling.node_selector or {}).items():
-        for p in k8s_rules.label_key_problems(key):
-            yield SpecError(f"{sc}.nodeSelector[{key}]", f"key {key!r}: {p}")
-        for p in k8s_rules.label_value_problems(value):
-            yield SpecError(f"{sc}.nodeSelector[{key}]", f"value {_short(value)}: {p}")
+    yield from label_problems(f"{sc}.nodeSelector", spec.scaling.node_selector)
     for i, t in enumerate(spec.scaling.tolerations or []):
         for field, p in k8s_rules.toleration_problems(t.key, t.operator, t.value, t.effect,
                                                       t.toleration_seconds):
