@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from raykube import k8s_rules
+from raykube import k8s_rules, kube_yaml
 
 GROUP = "raykube.io"
 VERSION = "v1alpha1"
@@ -1656,29 +1656,6 @@ def parse_spec(spec_doc: Any, *, name: str = "run", namespace: str = "default") 
 
 
 # --------------------------------------------------------------------------- loading
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-3`` as a float, as Kubernetes' YAML parser does.
-
-    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``); without this,
-    ``lr: 1e-3`` would be the string "1e-3" here and a number on the cluster.
-
-    A key repeated in one mapping is an error (kubectl refuses it too); PyYAML would
-    silently keep the last value, so ``epochs: 3`` above ``epochs: 12`` would vanish.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue  # "<<" merges may legitimately be overridden
-            if key_node.value in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark,
-                    f"found duplicate key {key_node.value!r}", key_node.start_mark)
-            seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """'line 3, column 11: expected ...' (PyYAML's own text names "<unicode string>")."""
     mark = getattr(exc, "problem_mark", None)
@@ -1686,26 +1663,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if mark is None or problem is None:
         return str(exc)
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-
-
-# As kubectl reads YAML (go-yaml v2 under sigs.k8s.io/yaml): y/Y/n/N are booleans too
-# (`enabled: y` is true on the cluster), and a date stays the string it is written as
-# (`rerun: 2026-12-05` is a string on the cluster; PyYAML made it a date, refused).
-_Loader.bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"),
-                              list("yYnN"))
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in _Loader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
 
 
 MAX_YAML_VALUES = 100_000
@@ -1747,18 +1704,19 @@ def _expanded_size(doc: Any, limit: int) -> int:
 
 
 def load_yaml_documents(text: str) -> list[Any]:
-    """All non-empty documents of a YAML stream (K8s-compatible number parsing); a
-    document nested too deeply or that expands past ``MAX_YAML_VALUES`` through aliases
-    is a ``yaml.YAMLError``, as it is for kubectl."""
+    """All non-empty documents of a YAML stream, read as kubectl reads them and as the
+    API server stores them (``raykube.kube_yaml``); a document nested too deeply or that
+    expands past ``MAX_YAML_VALUES`` through aliases is a ``yaml.YAMLError``, as it is
+    for kubectl."""
     try:
-        docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=kube_yaml.Loader) if d is not None]
     except RecursionError:
         raise _YAMLLimit("nested too deeply") from None
     for doc in docs:
         if _expanded_size(doc, MAX_YAML_VALUES + 1) > MAX_YAML_VALUES:
             raise _YAMLLimit(f"expands to more than {MAX_YAML_VALUES:,} values through "
                              "aliases (excessive aliasing)")
-    return docs
+    return [kube_yaml.as_api_server_stores(d) for d in docs]
 
 
 def other_object(doc: Any) -> str | None:

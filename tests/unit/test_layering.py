@@ -29,7 +29,9 @@ OPERATOR_MODULES = ["raykube_operator", "raykube_operator.handlers", "raykube_op
 OPERATOR_ALLOWED_RAYKUBE = {"raykube", "raykube.spec", "raykube.k8s_rules", "raykube.render", "raykube.crd",
                             "raykube.events", "raykube.flags",
                             # memory floors (math only): validation and the head's default
-                            "raykube.footprint"}
+                            "raykube.footprint",
+                            # how a file is read (yaml only), beside spec's own loading
+                            "raykube.kube_yaml"}
 
 
 def _imported_after(module: str) -> list[str]:
