@@ -32,11 +32,13 @@ from pydantic import BaseModel
 
 from raykube.spec import (
     _DNS_LABEL,
+    GPU_SHARE_RULE,
     GROUP,
     KIND,
     MAX_NAME_LENGTH,
     MAX_WORKERS,
     METRICS,
+    MIN_GPU_SHARE,
     PLURAL,
     RESERVED_NAMES,
     RESERVED_SUFFIX,
@@ -109,6 +111,8 @@ _CEL: dict[str, list[dict[str, str]]] = {
                                 for m, d in METRICS.items()),
          "fieldPath": ".mode"},
     ],
+    **{path: [{"rule": f"self == 0.0 || self >= {MIN_GPU_SHARE!r}", "message": GPU_SHARE_RULE}]
+       for path in ("spec.scaling.gpusPerWorker", "spec.serve.gpusPerReplica")},
     "spec.checkpoint.storage": [
         {"rule": "!(has(self.pvc) && has(self.uri))",
          "message": "set either pvc or uri, not both"},
@@ -156,6 +160,24 @@ _LIMITS: dict[str, dict[str, int]] = {
     "spec.tune.searchSpace.*.loguniform": {"maxItems": 2},
     "spec.tune.searchSpace.*.randint": {"maxItems": 2},
 }
+
+
+def _fractional_bound_rules(node: dict[str, Any]) -> list[dict[str, str]]:
+    """CEL for a number's fractional ``minimum``/``maximum``: the API server compares a
+    whole number with the bound cut to an integer, so ``cpusPerWorker: 0`` passed
+    ``minimum: 0.1`` (and ``-1`` was told "greater than or equal to 0")."""
+    if node.get("type") != "number":
+        return []
+    rules = []
+    for key, strict, op, word in (("minimum", "exclusiveMinimum", ">", "more than"),
+                                  ("maximum", "exclusiveMaximum", "<", "less than")):
+        bound = node.get(key)
+        if bound is None or float(bound).is_integer():
+            continue
+        if not node.get(strict):
+            op, word = op + "=", "at least" if key == "minimum" else "at most"
+        rules.append({"rule": f"self {op} {float(bound)!r}", "message": f"must be {word} {bound:g}"})
+    return rules
 
 
 class SchemaGenerationError(ValueError):
@@ -319,8 +341,9 @@ class _Converter:
 
         out.update(_OVERRIDES.get(path, {}))
         out.update(_LIMITS.get(path, {}))
-        if path in _CEL:
-            out["x-kubernetes-validations"] = _CEL[path]
+        rules = [*_CEL.get(path, []), *_fractional_bound_rules(out)]
+        if rules:
+            out["x-kubernetes-validations"] = rules
 
         desc = " ".join(_sentence(p) for p in _dedupe(desc_parts) if p)
         if not desc and not top and not path.endswith(("[]", ".*")):

@@ -153,13 +153,28 @@ default, so 250 MiB at the least), and a process importing torch peaks at 527 Mi
 own (``import torch``, PyPI's torch 2.14.1 wheel, measured here: maximum RSS)."""
 
 
+_ANY_QUANTITY_RE = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))"
+                             r"([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?")
+"""Every quantity Kubernetes writes (apimachinery's ``resource.Quantity``), beyond what
+the spec accepts: the API server and KubeRay write ``1.0000000001Gi`` back as
+``1073741824107374183n``, and ``1e3`` stays itself."""
+_MULTIPLIER.update({"n": 1e-9, "u": 1e-6})
+
+MAX_QUANTITY_BYTES = 2**63 - 1
+"""The largest memory a Kubernetes quantity holds as an integer (int64): KubeRay wrote
+``99999999999999999999Ei`` back as ``9223372036854775807``."""
+
+
 def quantity_bytes(quantity: str) -> float | None:
-    """A memory quantity in bytes ("4Gi" -> 4294967296.0); None if it is not one."""
-    m = _QUANTITY_RE.match(quantity)
+    """A quantity's value ("4Gi" -> 4294967296.0, "1500m" -> 1.5, "1e3" -> 1000.0);
+    None if it is not one."""
+    m = _ANY_QUANTITY_RE.fullmatch(quantity)
     if m is None:
         return None
-    suffix = m.group(2)
-    return float(quantity[:len(quantity) - len(suffix or "")]) * _MULTIPLIER[suffix]
+    number, suffix = m.groups()
+    if suffix not in _MULTIPLIER:  # a decimal exponent: 1e3
+        return float(number + suffix)
+    return float(number) * _MULTIPLIER[suffix]
 
 
 _MIN_RAY_POD_BYTES = quantity_bytes(MIN_RAY_POD_MEMORY) or 0.0
@@ -168,6 +183,9 @@ _MIN_RAY_POD_BYTES = quantity_bytes(MIN_RAY_POD_MEMORY) or 0.0
 def ray_pod_memory_problem(quantity: str) -> str | None:
     """None when a Ray pod of ``quantity`` memory can run, else why not."""
     have = quantity_bytes(quantity)
+    if have is not None and have > MAX_QUANTITY_BYTES:
+        return (f"{quantity} is more memory than Kubernetes can hold (under 8Ei, "
+                "int64 bytes); no node has it")
     if have is not None and have < _MIN_RAY_POD_BYTES:
         return (f"{quantity} is too little for a Ray pod: at least {MIN_RAY_POD_MEMORY} "
                 "(Ray's object store alone needs 75 MiB, 30 % of the pod's memory, and "

@@ -80,6 +80,16 @@ MAX_PATH_LENGTH = 4096
 """Longest path or URI (Linux's PATH_MAX). Without a bound, a spec of 128 KiB and more
 applied with ``kubectl apply`` took the TrainingRun's annotations (kubectl's copy of it,
 kopf's) over Kubernetes' 256 KiB, and every event of the run failed in kopf."""
+MAX_SPEC_INT = 2**53 - 1
+"""The bound of an integer field with no other. Without one, ``numSamples:
+10000000000000000000`` passed validation and the API server refused it (past int64); the
+CRD keeps a bound as a float64, which holds integers exactly up to 2**53 (2**63 - 1 as a
+bound made the API server refuse every TrainingRun)."""
+MIN_GPU_SHARE = 1e-4
+"""The smallest share of a GPU Ray takes (its resource unit): ``num_gpus=0.00005`` is
+refused with "The precision of the fractional quantity of resource GPU cannot go beyond
+0.0001" when the actor starts, after validation, the API server and KubeRay took it."""
+GPU_SHARE_RULE = "must be 0 or at least 0.0001 (the smallest share of a GPU Ray takes)"
 MIN_POD_CPUS = 0.1
 """The fewest CPUs of a Ray pod: below, Ray's own processes starve beside the work (and
 under a millicore Kubernetes gets a limit of 0)."""
@@ -308,6 +318,7 @@ class DataSpec(_Model):
     num_samples: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_SPEC_INT,
         description="synthetic: number of examples (default 2048). For other datasets: "
         "use at most this many training examples (handy for quick runs).",
     )
@@ -316,7 +327,8 @@ class DataSpec(_Model):
         min_length=1,
         max_length=MAX_PATH_LENGTH,
         description="Where downloaded datasets are kept, shared by all runs (default: "
-        "datasets/ under the storage root). Pre-seed it for offline clusters. A relative "
+        "datasets/ under the storage root): a folder, not a URI. Pre-seed it for offline "
+        "clusters. A relative "
         "path is relative to the spec file's folder (raykube run); a cluster needs an "
         "absolute one.",
     )
@@ -379,7 +391,8 @@ class Toleration(_Model):
         default=None, description="Taint effect to tolerate (empty: all)."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="NoExecute only: how long the pod stays bound."
+        default=None, ge=-MAX_SPEC_INT, le=MAX_SPEC_INT,
+        description="NoExecute only: how long the pod stays bound."
     )
 
 
@@ -457,7 +470,7 @@ class SchedulerSpec(_Model):
 
     name: Literal["asha", "fifo"] = Field(default="asha", description="asha (stop bad trials "
                                           "early) or fifo (run every trial to the end).")
-    grace_period: int = Field(default=1, ge=1, description="asha: epochs every trial runs "
+    grace_period: int = Field(default=1, ge=1, le=MAX_SPEC_INT, description="asha: epochs every trial runs "
                               "before it can be stopped.")
     reduction_factor: float = Field(default=2.0, gt=1.0, le=100, description="asha: keep the "
                                     "top 1/reductionFactor trials at each rung.")
@@ -580,7 +593,7 @@ class ServeSpec(_Model):
                                 "most requests answered by one model call.")
     batch_wait_timeout_ms: float = Field(default=5.0, ge=0.0, le=10000, description="Dynamic "
                                          "batching: longest wait for a batch to fill.")
-    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest "
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=MAX_SPEC_INT, description="Largest "
                                    "request body accepted (413 above).")
 
 
@@ -919,6 +932,11 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         yield SpecError(f"{s}.data.uri", "is required when dataset is image-folder")
     if spec.data.uri and (problem := location_problem(spec.data.uri)):
         yield SpecError(f"{s}.data.uri", problem)
+    if spec.data.cache_dir and (m := _SCHEME.match(spec.data.cache_dir)):
+        # os.makedirs("s3://b/c") made the local folder ./s3:/b/c in the pod
+        yield SpecError(f"{s}.data.cacheDir", (
+            f"{spec.data.cache_dir!r}: a folder, not a {m.group(1)}:// URI (downloaded "
+            "datasets are kept on a filesystem: on a cluster, a path on the shared volume)"))
     if ds != "image-folder":
         if spec.data.uri:
             yield SpecError(f"{s}.data.uri", f"only applies to dataset image-folder, not {ds}")
@@ -950,12 +968,12 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     if spec.train.batch_size < spec.scaling.workers:
         yield SpecError(f"{s}.train.batchSize", f"global batch {spec.train.batch_size} is "
                         f"smaller than scaling.workers={spec.scaling.workers}")
-    for f in ("gpus_per_worker",):
-        g = getattr(spec.scaling, f)
+    for path, g in ((f"{s}.scaling.gpusPerWorker", spec.scaling.gpus_per_worker),
+                    (f"{s}.serve.gpusPerReplica", spec.serve.gpus_per_replica)):
         if g > 1 and not float(g).is_integer():
-            yield SpecError(f"{s}.scaling.{to_camel(f)}", f"{g}: above 1 it must be a whole number")
-    if spec.serve.gpus_per_replica > 1 and not float(spec.serve.gpus_per_replica).is_integer():
-        yield SpecError(f"{s}.serve.gpusPerReplica", "above 1 it must be a whole number")
+            yield SpecError(path, f"{g}: above 1 it must be a whole number")
+        if 0 < g < MIN_GPU_SHARE:
+            yield SpecError(path, f"{g}: {GPU_SHARE_RULE}")
 
     yield from _pod_field_checks(spec)
 

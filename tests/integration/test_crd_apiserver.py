@@ -183,6 +183,9 @@ CEL_CASES = {
         ("spec.tune.searchSpace.train.optimizer.lr", {"loguniform": [0.0, 0.1]}),
     "randint must be [low, high) with low < high":
         ("spec.tune.searchSpace.train.optimizer.lr", {"randint": [5, 5]}),
+    # Ray refuses a smaller share when the actor starts (differential probe)
+    "must be 0 or at least 0.0001 (the smallest share of a GPU Ray takes)":
+        ("spec.scaling.gpusPerWorker", 0.00005),
     # accepted by the API server's own name check (a DNS subdomain), refused by ours
     **{m["message"]: ("metadata.name", v) for m, v in zip(
         SCHEMA["x-kubernetes-validations"],
@@ -209,8 +212,42 @@ def _cel_messages(node: Any) -> list[str]:
     return out
 
 
+def _fractional_bounds(node: dict[str, Any], path: tuple[str, ...] = ()):
+    """(path, minimum) of each number with a fractional minimum (and its CEL rule)."""
+    if node.get("type") == "number" and not float(node.get("minimum", 0)).is_integer():
+        yield ".".join(path), node["minimum"]
+    for key, child in (node.get("properties") or {}).items():
+        yield from _fractional_bounds(child, (*path, key))
+    if isinstance(node.get("items"), dict):
+        yield from _fractional_bounds(node["items"], (*path, "[]"))
+
+
+FRACTIONAL = [(p, v) for p, b in _fractional_bounds(SCHEMA["properties"]["spec"], ("spec",))
+              for v in (0, -1, b / 2)]
+
+
 def test_every_cel_rule_has_a_case():
-    assert sorted(set(_cel_messages(SCHEMA))) == sorted(CEL_CASES)
+    fractional = {f"must be at least {b:g}"
+                  for _, b in _fractional_bounds(SCHEMA["properties"]["spec"], ("spec",))}
+    assert fractional  # the CPU fields
+    assert sorted(set(_cel_messages(SCHEMA)) - fractional) == sorted(CEL_CASES)
+
+
+@pytest.mark.parametrize("path,value", FRACTIONAL, ids=[f"{p}={v}" for p, v in FRACTIONAL])
+def test_a_fractional_minimum_refuses_whole_numbers(kube, path, value):
+    """The API server compares a whole number with a fractional minimum cut to an
+    integer: ``cpusPerWorker: 0`` passed ``minimum: 0.1``, and ``-1`` was told "greater
+    than or equal to 0" (a differential probe). The CRD's CEL rule says the bound."""
+    doc = base_doc()
+    node = doc
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    status, text = dry_run(kube, doc)
+    assert status == 422, (status, text[:500])
+    msg = json.loads(text)["message"]
+    assert path in msg and "must be at least 0.1" in msg, msg
 
 
 @pytest.mark.parametrize("message", sorted(CEL_CASES))
@@ -226,6 +263,10 @@ def test_every_cel_rule_is_enforced_by_the_api_server(kube, message):
     elif where == "spec.tune.maxConcurrentTrials":
         doc["spec"].get("scaling", {}).pop("workers", None)
         doc["spec"]["tune"].update(value)
+        field = where
+    elif where.startswith(("spec.scaling.", "spec.serve.")):
+        section, key = where.split(".")[1:]
+        doc["spec"].setdefault(section, {})[key] = value
         field = where
     elif where.startswith("spec.tune.searchSpace."):
         doc["spec"]["tune"]["searchSpace"] = {where.removeprefix("spec.tune.searchSpace."): value}

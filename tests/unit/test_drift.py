@@ -49,6 +49,26 @@ def test_kuberays_write_back_is_no_drift():
     assert drifted(obj, rendered) == []
 
 
+def test_canonical_quantities_of_any_form_are_no_drift():
+    """``memoryPerWorker: 1.0000000001Gi`` came back from KubeRay as
+    ``1073741824107374183n``, which the comparison could not read: a ChildEdited Warning
+    and a repair on every new run (differential probe, real API server and KubeRay)."""
+    for rendered_qty, written in (("1.0000000001Gi", "1073741824107374183n"),
+                                  ("0.5", "500m"), ("1500m", "1500m"), ("1k", "1e3")):
+        rendered = copy.deepcopy(RENDERED)
+        obj = live()
+        for o, qty in ((rendered, rendered_qty), (obj, written)):
+            o["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"][
+                "containers"][0]["resources"]["limits"]["memory"] = qty
+        assert drifted(obj, rendered) == [], (rendered_qty, written)
+    obj = live()
+    obj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][
+        0]["resources"]["limits"]["memory"] = "1073741824n"  # 1.07 bytes: an edit
+    assert drifted(obj, RENDERED) == [
+        "spec.rayClusterSpec.workerGroupSpecs[0].template.spec.containers[0].resources"
+        ".limits.memory"]
+
+
 def test_hand_edits_are_named():
     obj = live()
     obj["spec"]["entrypoint"] = "echo hacked"

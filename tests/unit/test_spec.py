@@ -442,7 +442,10 @@ def test_non_finite_numbers_are_named_not_compared():
 
 
 @pytest.mark.parametrize("qty, ok", [("512Mi", True), ("0.5Gi", True), ("537M", True),
-                                     ("511Mi", False), ("536M", False), ("600000k", True)])
+                                     ("511Mi", False), ("536M", False), ("600000k", True),
+                                     # past int64 bytes: KubeRay wrote 9223372036854775807
+                                     ("7Ei", True), ("8Ei", False),
+                                     ("99999999999999999999Ei", False)])
 def test_ray_pod_memory_floor_is_exact(qty, ok):
     errors = []
     try:
@@ -452,6 +455,26 @@ def test_ray_pod_memory_floor_is_exact(qty, ok):
     except InvalidTrainingRun as exc:
         errors = [e.path for e in exc.errors]
     assert (errors == []) == ok, errors
+
+
+@pytest.mark.parametrize("path,value,words", [
+    # os.makedirs("s3://b/cache") made the local folder ./s3:/b/cache in the pod
+    ("spec/data/cacheDir", "s3://bkt/cache", "a folder, not a s3:// URI"),
+    ("spec/data/cacheDir", "gs://bkt/cache", "a folder, not a gs:// URI"),
+    # Ray refuses a GPU share under 0.0001 when the actor starts
+    ("spec/scaling/gpusPerWorker", 0.00005, "must be 0 or at least 0.0001"),
+    ("spec/serve/gpusPerReplica", 1e-9, "must be 0 or at least 0.0001"),
+    ("spec/data/numSamples", 10**19, "between 1 and 9007199254740991"),
+    ("spec/serve/maxRequestBytes", 2**63, "between 1024 and 9007199254740991"),
+])
+def test_what_only_a_pod_would_refuse_is_refused(path, value, words):
+    """From a differential probe: validate, the API server and the operator took each of
+    these (or validate took what the API server refused)."""
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(_set(BASE, path, value))
+    field = "spec." + ".".join(path.split("/")[1:])
+    assert [e.path for e in info.value.errors] == [field], info.value.errors
+    assert words in str(info.value)
 
 
 @pytest.mark.parametrize("location", ["/data/images", "images", "./a:b/c", "~/x", "s3://bkt",
