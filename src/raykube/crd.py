@@ -134,7 +134,7 @@ _CEL: dict[str, list[dict[str, str]]] = {
     ],
 }
 
-_NAME_RULES = [
+_NAME_RULES = [{**rule, "fieldPath": ".metadata.name"} for rule in [
     {"rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
      "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters (children add "
                 "suffixes such as -serve-svc and KubeRay's -raycluster-xxxxx, and KubeRay "
@@ -148,7 +148,7 @@ _NAME_RULES = [
     {"rule": f"!self.metadata.name.endsWith('{RESERVED_SUFFIX}')",
      "message": f"metadata.name must not end in {RESERVED_SUFFIX!r}: run <x>'s RayService is "
                 f"named <x>{RESERVED_SUFFIX}, and KubeRay would give both the same Services"},
-]
+]]
 
 # Sizes that bound CEL cost estimation (the API server refuses rules whose worst case
 # is too expensive on unbounded lists/maps).
@@ -212,7 +212,12 @@ def build_crd() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "raykube.io/v1alpha1."},
             "kind": {"type": "string", "description": "TrainingRun."},
-            "metadata": {"type": "object"},
+            # name declared so that the rules above can point at it (fieldPath): the
+            # API server said "<nil>: Invalid value" without it
+            "metadata": {"type": "object", "properties": {"name": {
+                "type": "string", "description": "The run's name: a DNS label of at most "
+                f"{MAX_NAME_LENGTH} characters (it names the run's RayJob, RayService and "
+                "Services)."}}},
             "spec": spec,
             "status": status,
         },

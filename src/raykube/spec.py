@@ -1173,6 +1173,16 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
 
 
 SEARCHABLE = ("model", "data", "train")
+_NOT_SEARCHED = {
+    "tune": "cannot search over the tune section itself",
+    "metadata": "paths are relative to spec (model.*, data.*, train.*); metadata is the "
+                "run's, not a trial's",
+    "scaling": "scaling sizes the Ray cluster (maxConcurrentTrials x scaling, the same for "
+               "every trial)",
+    "serve": "serving comes after the search, with the best trial's checkpoint",
+    "checkpoint": "every trial checkpoints under the run's storage",
+}
+"""Why a search space path outside ``SEARCHABLE`` cannot vary, by its first part."""
 """The spec sections a Tune search may vary per trial."""
 
 
@@ -1232,16 +1242,16 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
             if kind == "loguniform" and lo <= 0:
                 yield SpecError(f"{p}.loguniform", f"low ({lo}) must be > 0")
                 continue
-        if path.startswith(("tune.", "metadata.")) or path in ("tune",):
-            yield SpecError(p, "cannot search over the tune section itself")
+        section = path.split(".")[0]
+        if section in ("tune", "metadata"):
+            yield SpecError(p, _NOT_SEARCHED[section])
             continue
         if not _path_exists(TrainingRunSpec, path.split(".")):
             yield SpecError(p, f"{path!r} is not a field of the spec")
             continue
-        if path.split(".")[0] not in SEARCHABLE:
+        if section not in SEARCHABLE:
             yield SpecError(p, "only model.*, data.* and train.* can vary between trials: "
-                            "scaling sizes the Ray cluster (maxConcurrentTrials x scaling, "
-                            "the same for every trial); the rest belongs to the whole run")
+                            + _NOT_SEARCHED.get(section, "it belongs to the whole run"))
             continue
         for value in dist.sample_values():
             err = _check_overrides(base, {path: value}, known)
