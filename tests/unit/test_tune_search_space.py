@@ -158,8 +158,6 @@ def test_a_samples_spec_error_survives_pickling_as_a_trials_error_does():
     # wait for resources that never come
     ({"scaling.workers": {"randint": [1, 4]}},
      "spec.tune.searchSpace[scaling.workers]", "only model.*, data.* and train.*"),
-    ({"checkpoint.keep": {"choice": [1, 3]}},
-     "spec.tune.searchSpace[checkpoint.keep]", "only model.*, data.* and train.*"),
     # each is told why its own section cannot vary (metadata was "the tune section
     # itself", serve.* got the reason for scaling: differential probe)
     ({"metadata.name": {"choice": ["a", "b"]}},
@@ -168,8 +166,6 @@ def test_a_samples_spec_error_survives_pickling_as_a_trials_error_does():
      "spec.tune.searchSpace[serve.minAccuracy]", "serving comes after the search"),
     ({"checkpoint.keep": {"choice": [1, 3]}},
      "spec.tune.searchSpace[checkpoint.keep]", "every trial checkpoints under the run's"),
-    ({"scaling.workers": {"randint": [1, 4]}},
-     "spec.tune.searchSpace[scaling.workers]", "scaling sizes the Ray cluster"),
 ])
 def test_bad_search_spaces_are_rejected_at_the_field(space, path, needle):
     errors = _errors(space)
