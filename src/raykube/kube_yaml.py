@@ -133,23 +133,21 @@ class Loader(yaml.SafeLoader):
         are no UTF-8), where PyYAML made bytes."""
         return self.construct_yaml_binary(node).decode("utf-8", "replace")
 
-    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
-
     def construct_go_scalar(self, node: yaml.ScalarNode) -> Any:
-        """A number, boolean or null: go-yaml's value of a plain scalar, or PyYAML's for
-        a tagged one (``!!float 3``), which go-yaml reads the same way."""
+        """A number, boolean or null: go-yaml's value of the scalar, also a tagged one
+        (``!!float 3`` is 3.0, ``!!int 0x1F`` 31). A tag its text does not fit is
+        go-yaml's error, in its words (``!!int 08``: PyYAML raised a ValueError, printed
+        as a traceback)."""
         text = self.construct_scalar(node)
         tag, value = resolve_plain(text)
         if tag == node.tag:
             return value
         if node.tag == FLOAT and tag == INT:
-            return float(value)  # !!float 3
-        return self._PYYAML[node.tag](self, node)
-
-    _PYYAML = {INT: yaml.SafeLoader.construct_yaml_int,
-               FLOAT: yaml.SafeLoader.construct_yaml_float,
-               BOOL: yaml.SafeLoader.construct_yaml_bool,
-               NULL: yaml.SafeLoader.construct_yaml_null}
+            return float(value)
+        short = {t: f"!!{t.removeprefix(_TAG)}" for t in (tag, node.tag)}
+        raise yaml.constructor.ConstructorError(
+            None, None, f"cannot decode {short[tag]} `{text}` as a {short[node.tag]}",
+            node.start_mark)
 
 
 for _tag in (INT, FLOAT, BOOL, NULL):

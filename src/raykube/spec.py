@@ -1173,6 +1173,7 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
 
 
 SEARCHABLE = ("model", "data", "train")
+"""The spec sections a Tune search may vary per trial."""
 _NOT_SEARCHED = {
     "tune": "cannot search over the tune section itself",
     "metadata": "paths are relative to spec (model.*, data.*, train.*); metadata is the "
@@ -1183,7 +1184,6 @@ _NOT_SEARCHED = {
     "checkpoint": "every trial checkpoints under the run's storage",
 }
 """Why a search space path outside ``SEARCHABLE`` cannot vary, by its first part."""
-"""The spec sections a Tune search may vary per trial."""
 
 
 def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:

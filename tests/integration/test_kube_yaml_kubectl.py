@@ -88,3 +88,26 @@ def test_what_the_api_server_refuses_does_not_validate(kube, body, field):
     with pytest.raises(InvalidTrainingRun) as info:
         parse_training_run(load_yaml_documents(text)[0])
     assert [e.path for e in info.value.errors] == [field]
+
+
+@pytest.mark.parametrize("value,words", [
+    ("!!int 08", "cannot decode !!float `08` as a !!int"),
+    ("!!int abc", "cannot decode !!str `abc` as a !!int"),
+    ("!!bool maybe", "cannot decode !!str `maybe` as a !!bool"),
+    ("!!float 1:30", "cannot decode !!str `1:30` as a !!float"),
+])
+def test_a_tag_its_text_does_not_fit_is_a_yaml_error_for_both(kube, value, words, tmp_path,
+                                                               capsys):
+    """PyYAML raised a ValueError or KeyError for these (a traceback from ``raykube
+    validate``); kubectl refuses the file, and so does raykube, in go-yaml's words."""
+    from raykube.cli import main
+
+    text = _doc(f"  train: {{epochs: {value}}}\n")
+    out = kube.cp.kubectl_run("apply", "--dry-run=client", "-o", "json", "-n", kube.namespace,
+                              "-f", "-", input=text, check=False)
+    assert out.returncode != 0 and words in out.stderr, out.stderr
+    f = tmp_path / "tagged.yaml"
+    f.write_text(text)
+    assert main(["validate", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err
