@@ -113,6 +113,10 @@ _CEL: dict[str, list[dict[str, str]]] = {
     ],
     **{path: [{"rule": f"self == 0.0 || self >= {MIN_GPU_SHARE!r}", "message": GPU_SHARE_RULE}]
        for path in ("spec.scaling.gpusPerWorker", "spec.serve.gpusPerReplica")},
+    "spec.data": [
+        {"rule": "!has(self.secretRef) || (has(self.uri) && self.uri.startsWith('s3://'))",
+         "message": "secretRef only applies with an s3:// uri", "fieldPath": ".secretRef"},
+    ],
     "spec.checkpoint.storage": [
         {"rule": "!(has(self.pvc) && has(self.uri))",
          "message": "set either pvc or uri, not both"},

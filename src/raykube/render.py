@@ -458,7 +458,7 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
     own = storage_secret(run)
     if checkpoint_secret is not None and own is not None and checkpoint_secret != own:
         raise ValueError(f"the pods already take their S3 settings from "
-                         f"checkpoint.storage.secretRef {own!r}, not {checkpoint_secret!r}")
+                         f"{secret_field(run)[0]} {own!r}, not {checkpoint_secret!r}")
     pods = PodSettings(labels=_pod_labels(run, owner), s3_secret=checkpoint_secret or own)
     image = s.image or (cfg.gpu_image if sv.gpus_per_replica > 0 else cfg.cpu_image)
     metrics = {"RAY_SERVE_HAPROXY_METRICS_ENABLED": "1"} if cfg.serve_request_metrics else {}
@@ -529,9 +529,21 @@ class PodSettings:
 
 
 def storage_secret(run: TrainingRun) -> str | None:
-    """The Secret of ``checkpoint.storage.secretRef`` (only with an s3:// ``uri``)."""
-    st = run.spec.checkpoint.storage
-    return st.secret_ref.name if st.uri is not None and st.secret_ref is not None else None
+    """The Secret the run's pods take their S3 settings from (``secret_field`` says
+    which field names it), if any."""
+    found = secret_field(run)
+    return found[1] if found else None
+
+
+def secret_field(run: TrainingRun) -> tuple[str, str] | None:
+    """(field, Secret) of the run's S3 settings: ``checkpoint.storage.secretRef`` (only
+    with an s3:// ``uri``), else ``data.secretRef`` (an s3:// image folder of a run whose
+    checkpoints are on a volume: its pods had no way to get credentials). Validation lets
+    both be set only when they name the same Secret."""
+    st, data = run.spec.checkpoint.storage, run.spec.data
+    if st.uri is not None and st.secret_ref is not None:
+        return "checkpoint.storage.secretRef", st.secret_ref.name
+    return ("data.secretRef", data.secret_ref.name) if data.secret_ref is not None else None
 
 
 def _mount_path(run: TrainingRun, cfg: RenderConfig) -> str:

@@ -269,6 +269,16 @@ class ModelSpec(_Model):
 
 
 # ------------------------------------------------------------------------------ data
+class SecretRef(_Model):
+    """A Secret in the TrainingRun's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN,
+                      description="Name of the Secret (keys "
+                      "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN, "
+                      "AWS_ENDPOINT_URL for a non-AWS endpoint such as MinIO, and AWS_REGION; "
+                      "the pods get only these keys).")
+
+
 class DataSpec(_Model):
     """Where the examples come from and how they are split."""
 
@@ -286,6 +296,10 @@ class DataSpec(_Model):
         "whose sub-folders are the class names. A relative path is relative to the spec "
         "file's folder (raykube run); a cluster needs an absolute one.",
     )
+    secret_ref: SecretRef | None = Field(
+        default=None, description="s3:// uri on a cluster whose checkpoints are on a "
+        "volume: the Secret the pods read it with (with an s3:// checkpoint.storage.uri, "
+        "its secretRef serves the data too).")
     validation_fraction: float = Field(
         default=0.2,
         gt=0.0,
@@ -533,16 +547,6 @@ S3_SECRET_KEYS: tuple[tuple[str, bool], ...] = (
 """(key, optional) of a ``checkpoint.storage.secretRef`` Secret: the pods get exactly these
 keys as environment variables (never the rest of the Secret), which is what
 ``raykube.s3`` builds its S3 client from. Part of the contract, hence here."""
-
-
-class SecretRef(_Model):
-    """A Secret in the TrainingRun's namespace."""
-
-    name: str = Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN,
-                      description="Name of the Secret (keys "
-                      "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN, "
-                      "AWS_ENDPOINT_URL for a non-AWS endpoint such as MinIO, and AWS_REGION; "
-                      "the pods get only these keys).")
 
 
 class StorageSpec(_Model):
@@ -986,6 +990,16 @@ def _semantic_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         yield SpecError(f"{s}.checkpoint.storage.uri", problem)
     if st.secret_ref is not None and st.uri is None:
         yield SpecError(f"{s}.checkpoint.storage.secretRef", "only applies with uri")
+    data_secret = spec.data.secret_ref
+    if data_secret is not None and not (spec.data.uri or "").startswith("s3://"):
+        yield SpecError(f"{s}.data.secretRef", "only applies with an s3:// data.uri")
+    elif (data_secret is not None and st.uri is not None and st.secret_ref is not None
+          and st.secret_ref.name != data_secret.name):
+        # each pod gets one set of AWS_* variables
+        yield SpecError(f"{s}.data.secretRef", (
+            f"{data_secret.name!r}: the pods take their S3 settings from one Secret, "
+            f"checkpoint.storage.secretRef {st.secret_ref.name!r}: name the same one, or "
+            "leave this out (that one serves the data too)"))
     if spec.checkpoint.score_metric not in METRICS:
         yield SpecError(f"{s}.checkpoint.scoreMetric",
                         f"{spec.checkpoint.score_metric!r} is not a reported metric "

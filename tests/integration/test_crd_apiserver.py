@@ -183,6 +183,8 @@ CEL_CASES = {
         ("spec.tune.searchSpace.train.optimizer.lr", {"loguniform": [0.0, 0.1]}),
     "randint must be [low, high) with low < high":
         ("spec.tune.searchSpace.train.optimizer.lr", {"randint": [5, 5]}),
+    "secretRef only applies with an s3:// uri":
+        ("spec.data.secretRef", {"dataset": "digits", "secretRef": {"name": "s"}}),
     # Ray refuses a smaller share when the actor starts (differential probe)
     "must be 0 or at least 0.0001 (the smallest share of a GPU Ray takes)":
         ("spec.scaling.gpusPerWorker", 0.00005),
@@ -263,6 +265,9 @@ def test_every_cel_rule_is_enforced_by_the_api_server(kube, message):
     elif where == "spec.tune.maxConcurrentTrials":
         doc["spec"].get("scaling", {}).pop("workers", None)
         doc["spec"]["tune"].update(value)
+        field = where
+    elif where == "spec.data.secretRef":
+        doc["spec"]["data"] = value
         field = where
     elif where.startswith(("spec.scaling.", "spec.serve.")):
         section, key = where.split(".")[1:]

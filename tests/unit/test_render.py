@@ -11,7 +11,13 @@ import yaml
 
 from k8s_schemas import validate_all
 from raykube import render as R
-from raykube.spec import LABEL, load_file, load_yaml_documents, parse_training_run
+from raykube.spec import (
+    LABEL,
+    InvalidTrainingRun,
+    load_file,
+    load_yaml_documents,
+    parse_training_run,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 JOB_FILES = sorted((REPO / "jobs").glob("*.yaml"))
@@ -623,3 +629,45 @@ def test_served_storage_id_is_the_claim_the_rayservice_mounts():
     on_s3 = _run(checkpoint={"storage": {"uri": "s3://bkt/p", "secretRef": {"name": "s"}}})
     assert R.served_storage_id(R.render_rayservice(on_s3, cfg, "s3://bkt/p/x", OWNER)) is None
     assert R.served_storage_id({}) is None
+
+
+def test_an_s3_image_folder_of_a_run_on_a_volume_gets_its_data_secret():
+    """``data.uri: s3://...`` with checkpoints on a volume: the spec allowed no secretRef
+    there (``checkpoint.storage.secretRef`` only applies with an s3:// storage uri), so
+    the pods had no way to get credentials (differential probe). ``data.secretRef``
+    gives every pod, training and serving, the same keys by name."""
+    data = {"dataset": "image-folder", "uri": "s3://bkt/images", "secretRef": {"name": "data"}}
+    run = _run(data=data)
+    keys = [k for k, _ in R.SECRET_KEYS]
+
+    def secrets(run):  # per pod template of the RayJob and the RayService
+        return [_s3_env(o) for o in _all(run) if o["kind"] in ("RayJob", "RayService")]
+
+    # the same pods as those of a run on s3:// storage get its secretRef (not the submitter)
+    on_s3 = _run(data=data, checkpoint={"storage": {"uri": "s3://bkt/runs",
+                                                    "secretRef": {"name": "data"}}})
+    assert secrets(run) == secrets(on_s3)
+    assert sum(env == (keys, {"data"}) for obj in secrets(run) for env in obj) >= 3
+    with pytest.raises(ValueError, match="from data.secretRef 'data', not 'x'"):
+        R.render_rayservice(_run(data=data), CFG, "s3://other/b", checkpoint_secret="x")
+
+
+@pytest.mark.parametrize("data,storage,words", [
+    ({"dataset": "digits", "secretRef": {"name": "s"}}, None,
+     "only applies with an s3:// data.uri"),
+    ({"dataset": "image-folder", "uri": "/data/images", "secretRef": {"name": "s"}}, None,
+     "only applies with an s3:// data.uri"),
+    ({"dataset": "image-folder", "uri": "s3://bkt/images", "secretRef": {"name": "data"}},
+     {"uri": "s3://bkt/runs", "secretRef": {"name": "ckpt"}},
+     "'data': the pods take their S3 settings from one Secret, checkpoint.storage.secretRef "
+     "'ckpt'"),
+])
+def test_a_data_secret_where_it_cannot_serve_is_refused(data, storage, words):
+    doc = load_yaml_documents((REPO / "jobs" / "quickstart.yaml").read_text())[0]
+    doc["spec"]["data"] = data
+    if storage:
+        doc["spec"]["checkpoint"] = {"storage": storage}
+    with pytest.raises(InvalidTrainingRun) as info:
+        parse_training_run(doc)
+    assert [e.path for e in info.value.errors] == ["spec.data.secretRef"]
+    assert words in str(info.value)

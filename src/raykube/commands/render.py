@@ -55,19 +55,19 @@ def _option_problem(args: argparse.Namespace,
 def _checkpoint_secret_problem(run: TrainingRun, args: argparse.Namespace) -> str | None:
     """Why the RayService of ``run`` could not read an s3:// ``--checkpoint`` with the S3
     settings it would get; None when it can. Its pods get the Secret of the run's
-    ``checkpoint.storage.secretRef`` (s3:// storage) or ``--checkpoint-secret``; a run on
-    a volume has no secretRef (the spec allows none there), and its serving pods had no
+    ``checkpoint.storage.secretRef`` (s3:// storage) or ``data.secretRef``, or
+    ``--checkpoint-secret``; without any, a run on a volume's serving pods had no
     credentials and no endpoint at all: each replica failed at start, in its pod."""
-    from raykube.render import storage_secret
+    from raykube.render import secret_field
 
     ckpt, given = args.checkpoint, args.checkpoint_secret
-    st = run.spec.checkpoint.storage
-    own = storage_secret(run)
-    if given is not None and own is not None and given != own:
+    own = secret_field(run)
+    if given is not None and own is not None and given != own[1]:
         return (f"--checkpoint-secret {given!r}: the pods of {run.name} already take their "
-                f"S3 settings from checkpoint.storage.secretRef {own!r}, which the "
-                "checkpoint is read with: leave --checkpoint-secret out")
-    if ckpt and ckpt.startswith("s3://") and st.uri is None and given is None:
+                f"S3 settings from {own[0]} {own[1]!r}, which the checkpoint is read "
+                "with: leave --checkpoint-secret out")
+    if (ckpt and ckpt.startswith("s3://") and run.spec.checkpoint.storage.uri is None
+            and own is None and given is None):
         return (f"--checkpoint {ckpt!r}: the serving pods of {run.name} get no S3 "
                 "credentials or endpoint (its checkpoint.storage is a volume, not s3://): "
                 "name the Secret holding them with --checkpoint-secret NAME (keys "
