@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from raykube.checkpoint import META_FILE, WEIGHTS_FILE
 from raykube.spec import TrainingRunSpec
-from raykube.storage import filesystem, read_bytes
+from raykube.storage import exists, filesystem, read_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -237,36 +237,57 @@ def plan_resume(run_dir: str, spec: TrainingRunSpec) -> ResumePlan:
     return ResumePlan(checkpoint=ckpt, epoch=epoch, spec=old, notes=notes, skipped=names)
 
 
-def drop_unreadable_train_snapshot(run_dir: str) -> str | None:
-    """Delete Ray Train's checkpoint list in ``run_dir`` when it cannot be parsed; the
-    note for the user, or None when there was nothing to do.
+def drop_unusable_train_snapshot(run_dir: str) -> str | None:
+    """Delete Ray Train's checkpoint list in ``run_dir`` when Ray Train would refuse to
+    start on it; the note for the user, or None when there was nothing to do.
 
-    Ray Train (2.60) rewrites ``checkpoint_manager_snapshot.json`` in place at every
-    report (truncate, then write: not atomic on a file system), and its controller
-    parses it before anything else on every later run of the same name. A run killed
-    between the two (Ctrl-C, a preempted pod, an OOM kill) left it empty, and from then
-    on each re-run and RayJob retry failed at the controller's start with a
-    ``JSONDecodeError``, seen after a Ctrl-C here. Without it Ray Train starts a new
-    list; raykube resumes from the checkpoints on storage either way (``plan_resume``).
-    Ray's new list no longer names the checkpoints from before the cut: the run's end
-    ranks them with Ray's and prunes them under ``checkpoint.keep`` itself
-    (``unlisted_checkpoints``, ``unlisted_to_delete``). An object store replaces a file
-    whole, so there this never happens."""
+    Ray Train (2.60) parses ``checkpoint_manager_snapshot.json`` before anything else on
+    every later run of the same name, and fails its controller's start on two kinds of
+    list, on every re-run and RayJob retry from then on:
+
+    - one it cannot parse: it rewrites the file in place at every report (truncate, then
+      write: not atomic on a file system), and a run killed between the two (Ctrl-C, a
+      preempted pod, an OOM kill) left it empty (``JSONDecodeError``, seen after a
+      Ctrl-C here). An object store replaces a file whole, so there this never happens;
+    - one that names a checkpoint directory no longer on storage (deleted by hand, or by
+      a cleanup): ``CheckpointManagerInitializationError``, which ``raykube run`` showed
+      as an ``ActorDiedError`` with Ray's colour codes (a new user's probe).
+
+    Without it Ray Train starts a new list; raykube resumes from the checkpoints on
+    storage either way (``plan_resume``). Ray's new list no longer names the checkpoints
+    from before: the run's end ranks them with Ray's and prunes them under
+    ``checkpoint.keep`` itself (``unlisted_checkpoints``, ``unlisted_to_delete``)."""
     uri = f"{run_dir.rstrip('/')}/{TRAIN_SNAPSHOT}"
     raw = read_bytes(uri)
     if raw is None:
         return None
     try:
-        if isinstance(json.loads(raw), dict):
-            return None
+        doc = json.loads(raw)
     except ValueError:
-        pass
+        doc = None
+    if isinstance(doc, dict):
+        gone = [n for n in _ray_checked(doc) if not exists(f"{run_dir.rstrip('/')}/{n}")]
+        if not gone:
+            return None
+        what = (f"names {', '.join(gone)}, which {'is' if len(gone) == 1 else 'are'} no "
+                "longer on storage (deleted?)")
+    else:
+        what = ("was empty, as a run killed while writing it leaves it" if not raw.strip()
+                else f"could not be parsed ({len(raw)} bytes), as a run killed while "
+                "writing it leaves it")
     fs, path = filesystem(uri)
     fs.delete_file(path)
-    what = "was empty" if not raw.strip() else f"could not be parsed ({len(raw)} bytes)"
-    return (f"Ray Train's checkpoint list {TRAIN_SNAPSHOT} {what}, as a run killed while writing it "
-            "leaves it: removed. Training resumes from the checkpoints on storage; those "
-            "already there are ranked and pruned under checkpoint.keep when the run ends")
+    return (f"Ray Train's checkpoint list {TRAIN_SNAPSHOT} {what}: removed (Ray Train "
+            "refuses to start on it). Training resumes from the checkpoints on storage; "
+            "those already there are ranked and pruned under checkpoint.keep when the run "
+            "ends")
+
+
+def _ray_checked(doc: dict[str, Any]) -> list[str]:
+    """The checkpoint directories of a list that Ray Train checks are there at its start
+    (its ``_assert_checkpoints_exist``: the kept results)."""
+    return [e["checkpoint_dir_name"] for e in doc.get("checkpoint_results") or []
+            if isinstance(e, dict) and isinstance(e.get("checkpoint_dir_name"), str)]
 
 
 def listed_checkpoints(run_dir: str) -> set[str] | None:
@@ -288,7 +309,7 @@ def listed_checkpoints(run_dir: str) -> set[str] | None:
 def unlisted_checkpoints(run_dir: str) -> list[tuple[str, dict[str, Any]]]:
     """``(directory, meta.json)`` of the readable checkpoints in ``run_dir`` that Ray
     Train's list does not name: those written before a list that was dropped
-    (``drop_unreadable_train_snapshot``), those a run interrupted by Ctrl-C wrote after
+    (``drop_unusable_train_snapshot``), those a run interrupted by Ctrl-C wrote after
     the last list Ray saved (its bookkeeping lags the uploads), and those left by a
     process killed between Ray saving its list and deleting what fell out of it. Ray
     Train neither ranks nor prunes them; ``raykube.train.fit`` does, at the end of a

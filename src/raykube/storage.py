@@ -86,7 +86,7 @@ def read_summary(uri: str) -> tuple[dict[str, Any] | None, str | None]:
     short (a full disk, a copy gone wrong) or edited by hand failed every rerun of the
     run with a ``JSONDecodeError`` after Ray started, so it counts as absent and the
     note (one line, naming the file) says so, as for Ray Train's own checkpoint list
-    (``raykube.resume.drop_unreadable_train_snapshot``). A file that cannot be read at
+    (``raykube.resume.drop_unusable_train_snapshot``). A file that cannot be read at
     all (permissions, an object store that fails) still raises: writing the new one at
     the end of the run would fail the same way, after the training."""
     import json

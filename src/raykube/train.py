@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -36,7 +37,7 @@ from raykube.render import WORKER_SLOT_ENV
 from raykube.resume import (
     cannot_restore,
     checkpoint_dirs,
-    drop_unreadable_train_snapshot,
+    drop_unusable_train_snapshot,
     plan_resume,
     read_meta,
     unlisted_checkpoints,
@@ -658,11 +659,12 @@ def failure_callback(queue: Any) -> Any:
             if error is None or _stops_on_storage(error):  # the run's own last line says it
                 return
             # Tell the driver, so the user reads why the workers restart amid Ray's logs.
+            controller = type(error).__name__ == "ControllerError"
             try:
-                self.q.put_nowait({"failure": f"worker failure ({training_failure(error)}; "
-                                              "the traceback is in Ray's log)",
-                                   "retry": retry,
-                                   "controller": type(error).__name__ == "ControllerError"})
+                self.q.put_nowait({"failure": f"{'controller' if controller else 'worker'} "
+                                              f"failure ({training_failure(error)}; the "
+                                              "traceback is in Ray's log)",
+                                   "retry": retry, "controller": controller})
             except Exception:
                 log.warning("could not forward a worker failure", exc_info=True)
 
@@ -682,6 +684,24 @@ def failure_line(exc: BaseException, limit: int = 200) -> str:
     last = error_line(str(exc))
     text = last if last.startswith(name) else f"{name}: {last}" if last else name
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def actor_died_line(exc: BaseException) -> str:
+    """One line for Ray's ``ActorDiedError`` out of ``fit``: which actor, and why when
+    Ray knows. Ray's own first line carries colour codes and the actor's repr
+    (``ray::TrainController.__init__() (pid=..., repr=<...object at 0x...>)``); a
+    ``kill -9`` of Train's controller said only "The actor died unexpectedly before
+    finishing this task" (a new user's probe)."""
+    text = _ANSI.sub("", str(exc))
+    who = "Ray Train's controller" if "TrainController" in text else "a Ray actor"
+    if "creation task" in text:
+        from raykube.terminal import error_line
+
+        return f"{who} failed to start ({error_line(text)[:300]})"
+    return f"{who} process died (killed, or out of memory: see the run's log)"
 
 
 def is_training_failure(exc: BaseException) -> bool:
@@ -1108,7 +1128,8 @@ def announce_failure(observers: Iterable[RunObserver], what: str, n: int, allowe
         of = f" of {allowed}" if allowed >= 0 else ""
         nxt = f"restarting the workers from the last checkpoint (retry {n}{of})"
     elif controller:
-        nxt = "not retried: Ray Train's controller failed, not a worker"
+        nxt = ("not retried: Ray Train retries its controller only when starting the "
+               "workers failed")
     else:
         nxt = f"no retries left (failure.maxWorkerFailures={allowed})"
     notify(observers, f"{what}; {nxt}", hook="on_failure")
@@ -1278,7 +1299,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         return done
     check_resumable(run_dir, spec)
     plan = plan_resume(run_dir, spec)
-    if (note := drop_unreadable_train_snapshot(run_dir)) is not None:
+    if (note := drop_unusable_train_snapshot(run_dir)) is not None:
         plan.notes.insert(0, note)
     if result_note is not None:
         plan.notes.insert(0, result_note)

@@ -303,7 +303,7 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     failure of its worker group to ``failures`` (the driver's status and terminal).
     ``extra_config`` is merged into the workers' config (tests use it).
     """
-    from raykube.resume import drop_unreadable_train_snapshot, latest_usable
+    from raykube.resume import drop_unusable_train_snapshot, latest_usable
     from raykube.train import (
         ReportChannel,
         build_trainer,
@@ -321,7 +321,7 @@ def _trial_driver(config: dict[str, Any], spec_doc: dict[str, Any] | None = None
     extra_config = dict(extra_config or {})
     # A trial resumes through Ray Train's checkpoint list; when a kill cut it off, Train's
     # controller would fail on it at every restart: continue from storage instead.
-    if (note := drop_unreadable_train_snapshot(train_dir)) is not None:
+    if (note := drop_unusable_train_snapshot(train_dir)) is not None:
         log.warning("trial %s: %s", trial_id, note)
         ckpt, _, skipped = latest_usable(train_dir)
         extra_config.update(resume_from=ckpt,

@@ -259,6 +259,33 @@ def test_a_run_killed_while_ray_wrote_its_checkpoint_list_resumes(finished, stor
     assert said == (len(old) > int(old_wins)), rec.notes
 
 
+def test_a_listed_checkpoint_deleted_by_hand_does_not_stop_the_next_run(finished, storage,
+                                                                        tmp_path):
+    """A checkpoint directory that Ray Train's list names, deleted by hand: Ray's
+    controller refused to start on every later run (``CheckpointManagerInitializationError``,
+    an ``ActorDiedError`` to ``raykube run``; a new user's probe). The list is removed
+    with a note, and the run resumes from the checkpoints still there. Ray's controller
+    is the real one."""
+    import shutil
+
+    from raykube.resume import TRAIN_SNAPSHOT, listed_checkpoints
+    from raykube.train import fit
+
+    copy = tmp_path / "runs"
+    shutil.copytree(storage, copy)
+    run_dir = copy / "digits2"
+    listed = sorted(listed_checkpoints(str(run_dir)) or [])
+    assert listed, "Ray's list names no checkpoint: nothing to delete"
+    shutil.rmtree(run_dir / listed[0])
+    rec = Recorder()
+    rec.notes = []
+    rec.on_note = rec.notes.append
+    more = fit(digits_run("digits2", epochs=5), str(copy), observers=[rec])
+    assert [h["epoch"] for h in more.history] == [1, 2, 3, 4, 5]
+    assert any(f"{TRAIN_SNAPSHOT} names {listed[0]}, which is no longer on storage" in n
+               for n in rec.notes), rec.notes
+
+
 def test_killed_worker_is_replaced_without_repeating_epochs(ray_session, tmp_path):
     from raykube.train import fit
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from raykube.resume import TRAIN_SNAPSHOT, drop_unreadable_train_snapshot
+from raykube.resume import TRAIN_SNAPSHOT, drop_unusable_train_snapshot
 
 
 def test_the_file_name_is_ray_trains():
@@ -24,16 +24,34 @@ def test_the_file_name_is_ray_trains():
 def test_an_unreadable_list_is_removed_with_a_note(tmp_path, content, what):
     (tmp_path / TRAIN_SNAPSHOT).write_bytes(content)
     (tmp_path / "checkpoint_epoch_0003").mkdir()
-    note = drop_unreadable_train_snapshot(str(tmp_path))
+    note = drop_unusable_train_snapshot(str(tmp_path))
     assert note is not None and f"{TRAIN_SNAPSHOT} {what}" in note, note
     assert not (tmp_path / TRAIN_SNAPSHOT).exists()
     assert (tmp_path / "checkpoint_epoch_0003").is_dir()  # checkpoints are never touched
 
 
+def test_a_list_naming_a_checkpoint_no_longer_on_storage_is_removed(tmp_path):
+    """``rm -rf checkpoint_epoch_0007`` of a finished run: Ray Train's controller refused
+    to start on every re-run (``CheckpointManagerInitializationError``, shown by
+    ``raykube run`` as an ``ActorDiedError``; a new user's probe)."""
+    (tmp_path / "checkpoint_epoch_0008").mkdir()
+    (tmp_path / TRAIN_SNAPSHOT).write_text(_snapshot(
+        ["checkpoint_epoch_0007", "checkpoint_epoch_0008"], "checkpoint_epoch_0008"))
+    note = drop_unusable_train_snapshot(str(tmp_path))
+    assert note is not None and (f"{TRAIN_SNAPSHOT} names checkpoint_epoch_0007, which is no "
+                                 "longer on storage (deleted?): removed") in note, note
+    assert not (tmp_path / TRAIN_SNAPSHOT).exists()
+    assert (tmp_path / "checkpoint_epoch_0008").is_dir()
+    # what Ray does not check at its start (a pending result) is no reason
+    (tmp_path / TRAIN_SNAPSHOT).write_text(_snapshot(
+        ["checkpoint_epoch_0008"], "checkpoint_epoch_0008", pending=["checkpoint_epoch_0009"]))
+    assert drop_unusable_train_snapshot(str(tmp_path)) is None
+
+
 def test_a_whole_list_or_none_is_left_alone(tmp_path):
-    assert drop_unreadable_train_snapshot(str(tmp_path)) is None
+    assert drop_unusable_train_snapshot(str(tmp_path)) is None
     (tmp_path / TRAIN_SNAPSHOT).write_text(json.dumps({"checkpoint_results": []}))
-    assert drop_unreadable_train_snapshot(str(tmp_path)) is None
+    assert drop_unusable_train_snapshot(str(tmp_path)) is None
     assert (tmp_path / TRAIN_SNAPSHOT).exists()
 
 

@@ -488,6 +488,9 @@ def test_every_failure_decision_is_forwarded_with_its_outcome():
     assert [i["controller"] for i in q.items] == [False, True, True]
     assert q.items[0]["failure"].startswith("worker failure (rank 1: RuntimeError: boom;")
     assert "OutOfMemoryError: Ray's memory monitor killed 1 worker(s)" in q.items[1]["failure"]
+    # the controller's own failure is not called a worker's (it read "worker failure ...;
+    # not retried: Ray Train's controller failed, not a worker": a new user's probe)
+    assert q.items[2]["failure"].startswith("controller failure (")
 
     seen = []
 
@@ -500,8 +503,33 @@ def test_every_failure_decision_is_forwarded_with_its_outcome():
     announce_failure([Obs()], q.items[2]["failure"], 1, 3, q.items[2]["retry"],
                      q.items[2]["controller"])
     announce_failure([Obs()], q.items[0]["failure"], 4, 3, False)
-    assert seen[0].endswith("not retried: Ray Train's controller failed, not a worker"), seen
+    assert seen[0].endswith("not retried: Ray Train retries its controller only when "
+                            "starting the workers failed"), seen
     assert seen[1].endswith("no retries left (failure.maxWorkerFailures=3)"), seen
+
+
+@pytest.mark.parametrize("text,want", [
+    # kill -9 of Train's controller mid-run (a new user's probe)
+    ("The actor died unexpectedly before finishing this task.",
+     "a Ray actor process died (killed, or out of memory: see the run's log)"),
+    ("The actor died unexpectedly before finishing this task.\n\tclass_name: TrainController",
+     "Ray Train's controller process died (killed, or out of memory: see the run's log)"),
+    # its start refused (a checkpoint list naming a deleted checkpoint, before this fix)
+    ("The actor died because of an error raised in its creation task, \x1b[36mray::"
+     "TrainController.__init__()\x1b[39m (pid=8681, repr=<TrainController object at 0x7f>)\n"
+     "  File \"x.py\", line 1, in f\n    raise E\n"
+     "ray.train.v2.api.exceptions.CheckpointManagerInitializationError: The run snapshot "
+     "contains a reference to a checkpoint that does not exist anymore",
+     "Ray Train's controller failed to start (ray.train.v2.api.exceptions."
+     "CheckpointManagerInitializationError: The run snapshot contains a reference to a "
+     "checkpoint that does not exist anymore)"),
+])
+def test_an_actor_that_died_is_one_line_without_colour_codes(text, want):
+    """Only the error's text is read (Ray's ``ActorDiedError`` as ``fit`` raised it)."""
+    from raykube.train import actor_died_line
+
+    got = actor_died_line(RuntimeError(text))
+    assert got == want and "\x1b" not in got
 
 
 def test_predict_refuses_an_out_it_cannot_write_before_ray_starts(tmp_path):

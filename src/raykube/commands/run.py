@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         train_or_tune,
         validation_example,
     )
-    from raykube.train import is_training_failure, training_failure
+    from raykube.train import actor_died_line, is_training_failure, training_failure
 
     if tr.spec.tune is not None:
         from raykube.tune import StorageConflict, TrialTable, TuneInterrupted
@@ -208,6 +208,15 @@ def run(args: argparse.Namespace) -> int:
         _stop(observers)
         _stop_ray()  # no Train worker may save another epoch after we say what is saved
         return _interrupted(run_dir, tr)
+    except ray.exceptions.ActorDiedError as exc:  # e.g. Train's controller killed (kill -9, OOM)
+        import traceback
+
+        traceback.print_exc()  # into the run's log (stderr is diverted there)
+        _stop(observers)
+        where = terminal.log_path()
+        return _fail(f"training stopped: {actor_died_line(exc)}; "
+                     + _saved_epochs_line(run_dir, tr.spec.train.epochs, what=None)
+                     + (f" (details in {where})" if where else ""))
     except Exception as exc:  # Ray Train's TrainingFailedError: the workers' errors, not its header
         if not is_training_failure(exc):
             raise
@@ -308,10 +317,12 @@ def _interrupted(run_dir: str, tr) -> int:  # noqa: ANN001
     return 130
 
 
-def _saved_epochs_line(run_dir: str, epochs: int) -> str:
+def _saved_epochs_line(run_dir: str, epochs: int, what: str | None = "interrupted") -> str:
     """What a re-run continues from, told from the files alone (``latest_saved``: no
     torch, which the Ctrl-C may have cut off mid-import). Storage that cannot be read
-    now (an object store gone) still gets a line: the exit stays that of a Ctrl-C."""
+    now (an object store gone) still gets a line: the exit stays that of a Ctrl-C.
+    ``what``: the line's lead ("interrupted: "), None for none (it follows another)."""
+    lead = f"{what}: " if what else ""
     try:
         from raykube.resume import latest_saved
 
@@ -322,9 +333,10 @@ def _saved_epochs_line(run_dir: str, epochs: int) -> str:
 
         logging.getLogger(__name__).warning("could not count the checkpoints of %s", run_dir,
                                             exc_info=True)
-        return (f"interrupted: the checkpoints in {run_dir} could not be counted now; running "
+        return (f"{lead}the checkpoints in {run_dir} could not be counted now; running "
                 "the same command again continues from the latest")
     if epoch is None:
-        return f"interrupted before the first checkpoint of {run_dir}"
-    return (f"interrupted: {run_dir} has {epoch} of {epochs} epochs; "
+        return (f"{what} before the first checkpoint of {run_dir}" if what
+                else f"no checkpoint in {run_dir} yet")
+    return (f"{lead}{run_dir} has {epoch} of {epochs} epochs; "
             f"running the same command again continues from epoch {epoch + 1}")
