@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from raykube.train import (
         RunDirConflict,
         StorageError,
+        actor_died_line,
         is_training_failure,
         run_dir_for,
         training_failure,
@@ -174,8 +175,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except Exception as exc:
         if not is_training_failure(exc):
-            record_failure(run_dir, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300],
-                           permanent=False)
+            # Train's controller killed (an OOM kill in its pod): Ray's text carries colour
+            # codes and the actor's repr, which the TrainingRun's message would quote
+            line = (actor_died_line(exc) if type(exc).__name__ == "ActorDiedError"
+                    else f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+            record_failure(run_dir, line[:300], permanent=False)
             raise
         # Ray's traceback for the log, then one line last: KubeRay's RayJob message (and
         # so the TrainingRun's) quotes the job log's last lines.
