@@ -141,10 +141,9 @@ def mount_path_problem(path: str) -> str | None:
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
 """A Kubernetes quantity as the spec accepts it (the CRD's pattern too)."""
-_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
-_MULTIPLIER = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
-               "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-               "Ei": 2**60}
+_MULTIPLIER = {None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9,
+               "T": 1e12, "P": 1e15, "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+               "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 
 MIN_RAY_POD_MEMORY = "512Mi"
 """Below this a Ray pod of ours cannot start its work: Ray refuses an object store under
@@ -158,7 +157,6 @@ _ANY_QUANTITY_RE = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))"
 """Every quantity Kubernetes writes (apimachinery's ``resource.Quantity``), beyond what
 the spec accepts: the API server and KubeRay write ``1.0000000001Gi`` back as
 ``1073741824107374183n``, and ``1e3`` stays itself."""
-_MULTIPLIER.update({"n": 1e-9, "u": 1e-6})
 
 MAX_QUANTITY_BYTES = 2**63 - 1
 """The largest memory a Kubernetes quantity holds as an integer (int64): KubeRay wrote
