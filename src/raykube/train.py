@@ -683,7 +683,10 @@ def failure_line(exc: BaseException, limit: int = 200) -> str:
         return oom
     last = error_line(str(exc))
     text = last if last.startswith(name) else f"{name}: {last}" if last else name
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 3]  # at a word's end where one is near: "...or b..." read as a typo
+    return (cut.rsplit(" ", 1)[0] if " " in cut[limit // 2:] else cut).rstrip(",;:") + "..."
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -594,3 +594,17 @@ def test_predict_refuses_a_broken_meta_json_before_ray(meta, words, checkpoint, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("raykube predict: ") and words in err and "\n" not in err, err
     assert "__init__" not in err
+
+
+def test_a_long_failure_line_is_cut_at_a_word():
+    """Ray's text was cut mid-word ("...caused by a remote worker hanging or b...": a new
+    user's probe)."""
+    from raykube.train import failure_line
+
+    text = ("RuntimeError: Timed out waiting for the collective; this is typically caused by "
+            "a remote worker hanging or being killed, or by a network problem between the "
+            "workers that Ray cannot see from here at all")
+    got = failure_line(RuntimeError(text), limit=120)
+    assert len(got) <= 120 and got.endswith("...") and got[:-3] == text[:len(got) - 3]
+    assert text[len(got) - 3] == " ", got  # the next character: the cut fell between words
+    assert failure_line(RuntimeError("x" * 300), limit=50) == "RuntimeError: " + "x" * 33 + "..."
