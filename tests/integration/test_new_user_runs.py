@@ -188,6 +188,26 @@ def read_until(p: subprocess.Popen, prefix: str) -> list[str]:
     pytest.fail(f"the output ended before a line {prefix!r}: {out}, {p.communicate(timeout=60)}")
 
 
+def test_ctrl_c_twice_still_says_what_is_saved(tmp_path):
+    """Two Ctrl-C 0.3 s apart (an impatient user): the second one, landing while Ray
+    stopped, printed a bare ``interrupted`` instead of the saved epochs (a fault probe)."""
+    import time
+
+    spec = tmp_path / "run.yaml"
+    spec.write_text(SPEC)
+    storage = tmp_path / "runs"
+    seen = []
+    with in_terminal("run", str(spec), "--storage", str(storage)) as p:
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("epoch   3/"):
+                os.killpg(p.pid, signal.SIGINT)
+                time.sleep(0.3)
+                os.killpg(p.pid, signal.SIGINT)
+                break
+        said_interrupted(p, storage / "newuser", seen)
+
+
 def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
     spec = tmp_path / "run.yaml"
     spec.write_text(SPEC)

@@ -205,8 +205,11 @@ def run(args: argparse.Namespace) -> int:
         _stop(observers)
         return _fail(str(exc))
     except (KeyboardInterrupt, *stopped):
-        _stop(observers)
-        _stop_ray()  # no Train worker may save another epoch after we say what is saved
+        try:
+            _stop(observers)
+            _stop_ray()  # no Train worker may save another epoch after we say what is saved
+        except KeyboardInterrupt:  # Ctrl-C again while Ray stops: what is saved is still said
+            pass  # (it printed a bare "interrupted"; Ray's exit hooks end the rest)
         return _interrupted(run_dir, tr)
     except ray.exceptions.ActorDiedError as exc:  # e.g. Train's controller killed (kill -9, OOM)
         import traceback
