@@ -90,3 +90,28 @@ def summary(paths: list[str], limit: int = 4) -> str:
     """``spec.entrypoint, spec.backoffLimit`` (and how many more)."""
     shown = ", ".join(paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def label_paths(obj: dict[str, Any], key: str) -> list[str]:
+    """JSON Pointers (RFC 6901) of label ``key`` wherever ``obj`` carries it: its own
+    ``metadata.labels`` and each pod template's (``.../template/metadata/labels``), for a
+    JSON Patch that removes it. A server-side apply cannot: the label belongs to the
+    field manager that wrote it (``raykube render``'s output, applied with kubectl)."""
+    escaped = key.replace("~", "~0").replace("/", "~1")
+    out: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            labels = (node.get("metadata") or {}).get("labels") if isinstance(
+                node.get("metadata"), dict) else None
+            if isinstance(labels, dict) and key in labels:
+                out.append(f"{path}/metadata/labels/{escaped}")
+            for k, v in node.items():
+                if k != "metadata" and k != "status":
+                    walk(v, f"{path}/{k.replace('~', '~0').replace('/', '~1')}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}/{i}")
+
+    walk(obj, "")
+    return out

@@ -121,10 +121,22 @@ ACCURACY_ANNOTATION = f"{GROUP}/val-accuracy"
 (``status.serving.valAccuracy``, the Served-Acc column)."""
 FINALIZER = f"{GROUP}/finalizer"
 CHILD_LABELS = {LABEL: kopf.PRESENT, RENDERED_LABEL: kopf.ABSENT}
-"""What the watches on children and Ray pods follow: the run's label, but not what
-``raykube render`` printed (``RENDERED_LABEL``, on its objects and pod templates), which
-Argo CD, Flux or kubectl manage: the operator never follows, recreates or adopts those,
-even where a TrainingRun of the same name exists."""
+"""What the watch on Ray pods follows: the run's label, but not what ``raykube render``
+printed (``RENDERED_LABEL``, on its objects and pod templates), which Argo CD, Flux or
+kubectl manage: the operator never follows, recreates or adopts those, even where a
+TrainingRun of the same name exists. The watches on children add the run's own children
+that carry it (``_followed``)."""
+OUR_CHILDREN = {LABEL: kopf.PRESENT}
+
+
+def _followed(body: kopf.Body, **_: Any) -> bool:
+    """A child the watches follow: not ``raykube render``'s output, except a TrainingRun's
+    own child that carries its label. That is render's output applied over a run's
+    children (``kubectl apply`` keeps their ownerReference): the watches stopped
+    following them, and the reconcile takes them back (``_take_back``)."""
+    meta = body.get("metadata") or {}
+    return RENDERED_LABEL not in (meta.get("labels") or {}) or any(
+        r.get("kind") == KIND and r.get("controller") for r in meta.get("ownerReferences") or [])
 
 
 # ------------------------------------------------------------------------- settings
@@ -721,6 +733,9 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
                 if now is not None and not _ours_to_apply(now, tr)]
     if foreign:
         return _name_conflict(kube, tr, foreign)
+    for now in (current, *currents):
+        if now is not None:
+            _take_back(kube, tr, now)
     action = plan_rayjob(current, job, finished=finished, edited=_edited(changed, tr),
                          rerun_pending=_rerun_pending(cur) or st.edit_pending(cur))
     if action == "terminating":
@@ -756,6 +771,28 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
             results[f"RayJob/{job_name}"] = "repaired"
             _child_edited(tr, f"RayJob {job_name}", paths)
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
+
+
+def _take_back(kube: Kube, tr: dict[str, Any], child: dict[str, Any]) -> bool:
+    """Remove ``RENDERED_LABEL`` from a child of ``tr`` (and its pod templates), with a
+    ChildEdited Warning: ``raykube render``'s output applied over the run's children
+    labelled them so, and the watches then skipped them (status followed only at the
+    resync, the pods of a new Ray cluster not at all). The spec the apply wrote is put
+    back by the drift check as any hand edit's. Whether anything was taken back."""
+    paths = drift.label_paths(child, RENDERED_LABEL)
+    if not paths:
+        return False
+    meta = child["metadata"]
+    kube.json_patch(child["apiVersion"], child["kind"], meta["namespace"], meta["name"],
+                    [{"op": "remove", "path": p} for p in paths])
+    msg = (f"{child['kind']} {meta['name']} carried {RENDERED_LABEL}: `raykube render` "
+           "output was applied over this TrainingRun's objects. They are the operator's: "
+           "the label is removed and the spec put back as the TrainingRun renders it "
+           "(render's output is for clusters without the operator, or another run name)")
+    log.warning("TrainingRun %s/%s: %s", tr["metadata"]["namespace"], tr["metadata"]["name"],
+                msg)
+    _event(tr, "Warning", "ChildEdited", msg)
+    return True
 
 
 def _finished(status: dict[str, Any]) -> bool:
@@ -1112,6 +1149,7 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
     svc = kube.get(RAY_API, "RayService", run.namespace, svc_name)
     if svc is None or not _owned(svc, tr):
         return
+    _take_back(kube, tr, svc)
     if not run.spec.serve.enabled:
         kube.delete(RAY_API, "RayService", run.namespace, svc_name)
         results[f"RayService/{svc_name}"] = "deleted"
@@ -1274,7 +1312,7 @@ def on_permanent_failure(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         raise _transient(exc, memo.cfg) from exc
 
 
-@kopf.on.event("ray.io", "v1", "rayjobs", labels=CHILD_LABELS)
+@kopf.on.event("ray.io", "v1", "rayjobs", labels=OUR_CHILDREN, when=_followed)
 def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A RayJob changed (status: follow it) or was deleted behind our back.
 
@@ -1294,7 +1332,8 @@ def on_rayjob_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
         _retrying(memo, f"reconciling after RayJob {body.metadata.name} was deleted",
                   lambda: _unwrap(again))
         return
-    if _spec_written(memo, type, body):
+    if _spec_written(memo, type, body) or RENDERED_LABEL in body.metadata.labels:
+        # a label-only apply of render's output moves no generation: still ours to take back
         _reconcile_owner(memo, body, "was changed")
     if body.get("status") and not body.metadata.get("deletionTimestamp"):
         ns, tr_name, name = body.metadata.namespace, body.metadata.labels[LABEL], body.metadata.name
@@ -1334,10 +1373,10 @@ def _reconcile_owner(memo: kopf.Memo, body: kopf.Body, what: str) -> None:
 
 
 # ------------------------------------------------- the RayJob's companions, deleted
-@kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS)
-@kopf.on.event("", "v1", "serviceaccounts", labels=CHILD_LABELS)
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=CHILD_LABELS)
-@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=CHILD_LABELS)
+@kopf.on.event("", "v1", "configmaps", labels=OUR_CHILDREN, when=_followed)
+@kopf.on.event("", "v1", "serviceaccounts", labels=OUR_CHILDREN, when=_followed)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=OUR_CHILDREN, when=_followed)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=OUR_CHILDREN, when=_followed)
 def on_companion_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The spec ConfigMap, the driver's ServiceAccount, Role or RoleBinding deleted
     behind our back: reconcile its run, which applies it again while the run is active
@@ -1677,7 +1716,7 @@ def _ready_words(conditions: list[dict[str, Any]]) -> str:
     return ": ".join(w for w in (ready.get("reason"), ready.get("message")) if w) or "no status"
 
 
-@kopf.on.event("ray.io", "v1", "rayservices", labels=CHILD_LABELS)
+@kopf.on.event("ray.io", "v1", "rayservices", labels=OUR_CHILDREN, when=_followed)
 def on_rayservice_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A RayService changed (follow its status) or was deleted by someone."""
     if type == "DELETED":
@@ -1685,7 +1724,7 @@ def on_rayservice_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -
         _retrying(memo, f"reconciling after RayService {body.metadata.name} was deleted",
                   lambda: _rayservice_deleted(body, memo))
         return
-    if _spec_written(memo, type, body):
+    if _spec_written(memo, type, body) or RENDERED_LABEL in body.metadata.labels:
         _reconcile_owner(memo, body, "was changed")
     if body.get("status"):
         svc = dict(body)

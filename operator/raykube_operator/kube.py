@@ -165,6 +165,12 @@ class Kube:
         path = resource_path(api_version, plural_of(kind), namespace, name, subresource)
         return self.request("PATCH", path, patch, "application/merge-patch+json")
 
+    def json_patch(self, api_version: str, kind: str, namespace: str, name: str,
+                   ops: list[dict[str, Any]]) -> dict[str, Any]:
+        """JSON Patch (RFC 6902): ``remove`` takes a field whatever manager owns it."""
+        path = resource_path(api_version, plural_of(kind), namespace, name)
+        return self.request("PATCH", path, ops, "application/json-patch+json")
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """True when deleted, False when it was already gone (background propagation)."""
         path = resource_path(api_version, plural_of(kind), namespace, name)

@@ -323,6 +323,52 @@ def test_hand_edits_of_the_children_are_put_back(kube):
     assert tr["metadata"]["generation"] == 1
 
 
+def test_render_output_applied_over_a_run_is_taken_back(kube, tmp_path, capsys):
+    """``raykube render`` of a TrainingRun applied with kubectl beside that TrainingRun:
+    its objects merge into the run's (kubectl keeps their ownerReference) and carry
+    ``raykube.io/rendered-by``, which the operator's watches skipped, so the run's status
+    was followed only at the resync. Now the operator follows them, removes the label
+    (from the pod templates too) with one ChildEdited Warning each, and puts the spec
+    back."""
+    import json
+
+    import yaml
+
+    from raykube.cli import main
+    from raykube.render import RENDERED_LABEL
+
+    name = "rendered-over"
+    doc = tr_doc(name)
+    doc["metadata"]["namespace"] = kube.namespace
+    kube.create(doc)
+    kube.wait_condition(name, "SpecApplied", "True")
+    job = kube.wait_object("RayJob", name)
+    f = tmp_path / "run.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    assert main(["render", str(f)]) == 0
+    rendered = capsys.readouterr().out
+    assert RENDERED_LABEL in rendered
+    kube.cp.kubectl_run("apply", "-n", kube.namespace, "-f", "-", input=rendered)
+    for kind, child in (("RayJob", name), ("ConfigMap", f"{name}-spec")):
+        back = kube.wait_object(kind, child, timeout=30,
+                                where=lambda o: RENDERED_LABEL not in json.dumps(
+                                    [o["metadata"].get("labels"), o.get("spec")]))
+        assert [r["name"] for r in back["metadata"]["ownerReferences"]] == [name]
+    assert kube.get("RayJob", name)["spec"]["entrypoint"] == job["spec"]["entrypoint"]
+    warned = kube.wait_for(lambda: [e["message"] for e in events(kube, name)
+                                    if e.get("reason") == "ChildEdited"
+                                    and RENDERED_LABEL in e["message"]], timeout=10,
+                           what="the ChildEdited Warnings")
+    assert any(m.startswith(f"RayJob {name} carried {RENDERED_LABEL}") for m in warned), warned
+    assert cond(kube.get("TrainingRun", name), "SpecApplied")["status"] == "True"
+    # the RayJob alone, its labels only this time (no generation moves, no companion's
+    # event reconciles): taken back from its own event
+    job_doc, = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "RayJob"]
+    kube.cp.kubectl_run("apply", "-n", kube.namespace, "-f", "-", input=json.dumps(job_doc))
+    kube.wait_object("RayJob", name, timeout=30, where=lambda o: RENDERED_LABEL not in json.dumps(
+        [o["metadata"].get("labels"), o.get("spec")]))
+
+
 def test_restart_creates_no_duplicates_and_keeps_status(kube, operator):
     name = "restart"
     kube.create(tr_doc(name))
