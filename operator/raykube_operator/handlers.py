@@ -773,26 +773,23 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
 
 
-def _take_back(kube: Kube, tr: dict[str, Any], child: dict[str, Any]) -> bool:
+def _take_back(kube: Kube, tr: dict[str, Any], child: dict[str, Any]) -> None:
     """Remove ``RENDERED_LABEL`` from a child of ``tr`` (and its pod templates), with a
     ChildEdited Warning: ``raykube render``'s output applied over the run's children
     labelled them so, and the watches then skipped them (status followed only at the
     resync, the pods of a new Ray cluster not at all). The spec the apply wrote is put
-    back by the drift check as any hand edit's. Whether anything was taken back."""
+    back by the drift check as any hand edit's."""
     paths = drift.label_paths(child, RENDERED_LABEL)
     if not paths:
-        return False
+        return
     meta = child["metadata"]
     kube.json_patch(child["apiVersion"], child["kind"], meta["namespace"], meta["name"],
                     [{"op": "remove", "path": p} for p in paths])
-    msg = (f"{child['kind']} {meta['name']} carried {RENDERED_LABEL}: `raykube render` "
-           "output was applied over this TrainingRun's objects. They are the operator's: "
-           "the label is removed and the spec put back as the TrainingRun renders it "
-           "(render's output is for clusters without the operator, or another run name)")
-    log.warning("TrainingRun %s/%s: %s", tr["metadata"]["namespace"], tr["metadata"]["name"],
-                msg)
-    _event(tr, "Warning", "ChildEdited", msg)
-    return True
+    _warn_child_edited(tr, (
+        f"{child['kind']} {meta['name']} carried {RENDERED_LABEL}: `raykube render` "
+        "output was applied over this TrainingRun's objects. They are the operator's: "
+        "the label is removed and the spec put back as the TrainingRun renders it "
+        "(render's output is for clusters without the operator, or another run name)"))
 
 
 def _finished(status: dict[str, Any]) -> bool:
@@ -807,10 +804,14 @@ def _suspend_word(run: TrainingRun) -> str:
 
 
 def _child_edited(tr: dict[str, Any], what: str, paths: list[str]) -> None:
-    """Say that ``what`` (a child) was edited by someone and put back: a log line and one
-    ChildEdited Warning on the TrainingRun."""
-    msg = (f"{what} was edited outside this TrainingRun ({drift.summary(paths)}): put "
-           "back as the spec renders it (edit the TrainingRun instead)")
+    """Say that ``what`` (a child) was edited by someone and put back."""
+    _warn_child_edited(tr, f"{what} was edited outside this TrainingRun "
+                           f"({drift.summary(paths)}): put back as the spec renders it "
+                           "(edit the TrainingRun instead)")
+
+
+def _warn_child_edited(tr: dict[str, Any], msg: str) -> None:
+    """One log line and one ChildEdited Warning on the TrainingRun."""
     log.warning("TrainingRun %s/%s: %s", tr["metadata"]["namespace"], tr["metadata"]["name"],
                 msg)
     _event(tr, "Warning", "ChildEdited", msg)

@@ -214,14 +214,6 @@ def train_or_tune(run: TrainingRun, storage: str, observers: Iterable[RunObserve
     return Outcome(o.best_checkpoint, o.best_metrics, o.run_dir, o)
 
 
-def gate_shortfall(run: TrainingRun, metrics: dict[str, Any]) -> str | None:
-    """Why the best checkpoint does not pass ``serve.minAccuracy`` (None: it does), by the
-    operator's rule (``raykube.spec.gate_shortfall``)."""
-    from raykube.spec import gate_shortfall as shortfall
-
-    return shortfall(run.spec.serve.min_accuracy, metrics)
-
-
 def validation_example(run: TrainingRun, storage: str) -> tuple[list, str]:
     """One validation example (as nested lists) and its true class name."""
     from raykube import data as rk_data

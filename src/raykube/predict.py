@@ -165,9 +165,21 @@ def _image_folder_for_model(spec: TrainingRunSpec, input_shape: list[int]) -> Tr
     return TrainingRunSpec.model_validate(doc)
 
 
-def folder_classes(uri: str) -> list[str] | None:
-    """Sub-folders of ``uri`` that hold images (sorted), or None when the images sit in
-    ``uri`` itself: a plain folder of unlabeled images is predicted too."""
+@dataclass(frozen=True)
+class FolderListing:
+    """An image folder as listed once, before Ray starts: its class sub-folders (None:
+    unlabeled images in the folder itself) and the FileInfos of the images in them. The
+    decode check and the prediction's dataset use the same listing."""
+
+    uri: str
+    classes: list[str] | None
+    images: list[Any]
+
+
+def list_folder(uri: str) -> FolderListing:
+    """The images of ``uri``: in its sub-folders (sorted by name; a sub-folder without
+    images is not a class), or, when none has any, in ``uri`` itself (a plain folder of
+    unlabeled images is predicted too). PredictError when there are none."""
     import pyarrow.fs as pafs
 
     from raykube.data import _images_in
@@ -181,13 +193,30 @@ def folder_classes(uri: str) -> list[str] | None:
                            f"{' (nothing under that prefix)' if '://' in uri else ''}") from None
     except OSError as exc:
         raise PredictError(f"--data {uri}: cannot list it ({exc})") from None
-    classes = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
-                     and not i.base_name.startswith(".") and _images_in(fs, i.path))
+    folders = {i.base_name: _images_in(fs, i.path) for i in infos
+               if i.type == pafs.FileType.Directory and not i.base_name.startswith(".")}
+    classes = sorted(name for name, images in folders.items() if images)
     if classes:
-        return classes
-    if _images_in(fs, path.rstrip("/")):
-        return None
+        return FolderListing(uri, classes, [f for c in classes for f in folders[c]])
+    if images := _images_in(fs, path.rstrip("/")):
+        return FolderListing(uri, None, images)
     raise PredictError(f"--data {uri}: no images in it nor in its sub-folders")
+
+
+def check_decodable(spec: TrainingRunSpec, listing: FolderListing) -> None:
+    """PredictError naming the first image of a local folder that cannot be decoded at
+    the size and mode the model reads (an ``s3://`` folder's are found by Ray Data)."""
+    from raykube.data import DEFAULT_IMAGE_SIZE
+    from raykube.dataset_files import BadDatasetFile, check_images
+
+    if "://" in listing.uri:
+        return
+    try:
+        check_images([(f.path, f.size, f.mtime_ns) for f in listing.images],
+                     "L" if spec.data.grayscale else "RGB",
+                     spec.data.image_size or DEFAULT_IMAGE_SIZE)
+    except BadDatasetFile as exc:
+        raise PredictError(f"--data {listing.uri}: {exc}") from None
 
 
 def _names(names: list[str], most: int = 12) -> str:
@@ -242,14 +271,17 @@ def folder_note(uri: str, classes: list[str] | None, model_names: list[str]) -> 
     return line
 
 
-def check_data(ckpt_spec: TrainingRunSpec, meta: CheckpointMeta, data: str | None) -> str | None:
+def check_data(ckpt_spec: TrainingRunSpec, meta: CheckpointMeta,
+               data: str | None) -> tuple[str | None, FolderListing | None]:
     """Everything about ``data`` that can be found wrong before Ray starts (seconds):
-    PredictError (or S3Unavailable) for data it cannot use, else the ``folder_note``.
+    PredictError (or S3Unavailable) for data it cannot use; else the ``folder_note`` and,
+    for an image folder, its listing (for ``predict``, which then lists nothing again).
 
-    An empty folder, one of only empty class folders, a missing ``s3://`` prefix and
-    data of another label space were found only once Ray was up, or never. Listing a
-    folder (or an S3 prefix, with the client the prediction reads it with) and a
-    dataset's class names cost milliseconds; decoding the images is left to Ray Data.
+    An empty folder, one of only empty class folders, a missing ``s3://`` prefix, an
+    image that cannot be decoded and data of another label space were found only once
+    Ray was up, or never. Listing a folder (or an S3 prefix, with the client the
+    prediction reads it with) and a dataset's class names cost milliseconds; a local
+    folder's images are decoded once, at reduced scale where the format allows.
     """
     from raykube import s3
     from raykube.data import dataset_info
@@ -259,11 +291,13 @@ def check_data(ckpt_spec: TrainingRunSpec, meta: CheckpointMeta, data: str | Non
     if spec.data.dataset != "image-folder":
         info = dataset_info(spec)  # a named dataset's: no download, no examples read
         check_fits_model(spec, info.input_shape, list(info.class_names), meta)
-        return None
+        return None, None
     uri = spec.data.uri
     assert uri
     s3.check_named("--data", uri)  # a missing bucket or bad credentials, in one line
-    return folder_note(uri, folder_classes(uri), list(meta.class_names))
+    listing = list_folder(uri)
+    check_decodable(spec, listing)
+    return folder_note(uri, listing.classes, list(meta.class_names)), listing
 
 
 def meta_mismatch(local: str, json_meta: CheckpointMeta, meta: CheckpointMeta) -> str | None:
@@ -307,32 +341,24 @@ def _folder_batch(batch: dict[str, Any], *, root: str, classes: list[str] | None
     return out
 
 
-def image_folder_dataset(spec: TrainingRunSpec, split: Split) -> tuple[ray.data.Dataset, list[str] | None]:
+def image_folder_dataset(spec: TrainingRunSpec, split: Split, listing: FolderListing | None = None
+                         ) -> tuple[ray.data.Dataset, list[str] | None]:
     """An image folder for prediction (labeled or not), with a ``path`` column; and its
-    class names (None: unlabeled). Undecodable files are one error naming the file."""
+    class names (None: unlabeled). Undecodable files are one error naming the file.
+    ``listing``: the folder as ``check_data`` listed it (and checked), if it did."""
     import ray.data
 
     from raykube.data import DEFAULT_IMAGE_SIZE, IMAGE_EXTENSIONS
-    from raykube.dataset_files import BadDatasetFile, check_images
 
     uri = spec.data.uri
     assert uri
-    classes = folder_classes(uri)
+    if listing is None or listing.uri != uri:
+        listing = list_folder(uri)
+        check_decodable(spec, listing)
+    classes = listing.classes
     size = spec.data.image_size or DEFAULT_IMAGE_SIZE
     mode = "L" if spec.data.grayscale else "RGB"
     root = uri.split("://", 1)[1] if "://" in uri else os.path.abspath(uri)
-    if "://" not in uri:
-        import pyarrow.fs as pafs
-
-        from raykube.data import _images_in
-
-        fs = pafs.LocalFileSystem()
-        folders = [os.path.join(root, c) for c in classes] if classes else [root]
-        try:
-            check_images([(f.path, f.size, f.mtime_ns) for d in folders for f in _images_in(fs, d)],
-                         mode, size)
-        except BadDatasetFile as exc:
-            raise PredictError(f"--data {uri}: {exc}") from None
     ds = ray.data.read_images(uri if "://" in uri else root, size=(size, size), mode=mode,
                               include_paths=True, file_extensions=IMAGE_EXTENSIONS)
     ds = ds.map_batches(_folder_batch, batch_format="numpy", fn_kwargs={
@@ -462,7 +488,8 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
             cpus_per_actor: float | None = None,
             cache_dir: str | None = None, storage: str | None = None,
             notify: Callable[[str], None] | None = None,
-            meta: CheckpointMeta | None = None) -> PredictOutcome:
+            meta: CheckpointMeta | None = None,
+            listing: FolderListing | None = None) -> PredictOutcome:
     """Classify a dataset with a checkpoint; write the predictions to ``out``.
 
     Uses the current Ray (the caller starts it). ``split`` defaults to ``val``, or
@@ -471,6 +498,7 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
     checkpoint's metadata as checkpoint.pt holds it (``load_model``'s, what the
     predictor actors and serve use), when the caller has it; read from there otherwise,
     never from meta.json, which may have been copied from another checkpoint.
+    ``listing``: ``check_data``'s listing of an image folder, when the caller has it.
     """
     import ray
     import ray.data
@@ -497,7 +525,7 @@ def predict(checkpoint: str, *, out: str, data: str | None = None, split: Split 
     cache = cache_dir or cache_dir_for(spec, storage or os.environ.get("RAYKUBE_STORAGE", "runs"))
     folder = spec.data.dataset == "image-folder"
     if folder:  # read at the model's input shape; labels from its sub-folders, if any
-        ds, folder_names = image_folder_dataset(spec, split)
+        ds, folder_names = image_folder_dataset(spec, split, listing)
         label_names = folder_names or []
     else:
         info = dataset_info(spec, cache)

@@ -126,6 +126,42 @@ def test_a_folder_of_some_of_the_classes_gets_a_note(checkpoint, tmp_path, capsy
     assert len(fake_predict) == 1
 
 
+def test_an_undecodable_image_is_refused_before_ray(checkpoint, tmp_path, capsys,
+                                                   no_ray_start):
+    """An image that cannot be decoded was found only once Ray was up (10 s later): the
+    folder is now decoded once before, with the listing the prediction goes on to use."""
+    from PIL import Image
+
+    data = tmp_path / "images"
+    for name in ("3", "7"):
+        (data / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(data / name / "a.png")
+    (data / "7" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n cut off")
+    assert main(["predict", str(checkpoint), "--data", str(data),
+                 "--out", str(tmp_path / "p.csv")]) == 2
+    line = _one_line(capsys)
+    assert line.startswith(f"raykube predict: --data {data}: {data}/7/b.png is not a "
+                           "readable image ("), line
+    assert line.endswith("remove or replace it"), line
+
+
+def test_the_checked_listing_is_what_the_prediction_reads(checkpoint, tmp_path, capsys,
+                                                          fake_predict):
+    """The folder is listed once: the prediction gets the listing the checks made."""
+    from PIL import Image
+
+    data = tmp_path / "images"
+    for name in [str(i) for i in range(10)]:
+        (data / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(data / name / "a.png")
+    assert main(["predict", str(checkpoint), "--data", str(data),
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    listing = fake_predict[0]["listing"]
+    assert listing.uri == str(data) and listing.classes == [str(i) for i in range(10)]
+    assert sorted(f.path for f in listing.images) == [
+        str(data / str(i) / "a.png") for i in range(10)]
+
+
 def test_folder_note_says_nothing_when_there_is_nothing_to_say():
     from raykube.predict import folder_note
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from raykube.cli import main
-from raykube.local import describe_answer, gate_shortfall
-from raykube.spec import parse_spec
+from raykube.local import describe_answer
+from raykube.spec import gate_shortfall, parse_spec
 
 
 def test_run_rejects_an_invalid_file_naming_the_field(tmp_path, capsys):
@@ -28,14 +28,15 @@ def test_train_rejects_a_missing_spec_file(tmp_path, capsys):
 def test_gate_and_answer_formatting():
     run = parse_spec({"model": {"name": "mlp"}, "data": {"dataset": "digits"},
                       "serve": {"enabled": True, "minAccuracy": 0.9}})
-    assert gate_shortfall(run, {"valAccuracy": 0.95, "valExamples": 359.0}) is None
-    assert gate_shortfall(run, {"valAccuracy": 0.5}) == "valAccuracy 0.5000 < serve.minAccuracy 0.9"
-    assert "no valAccuracy" in gate_shortfall(run, {})
+    gate = run.spec.serve.min_accuracy
+    assert gate_shortfall(gate, {"valAccuracy": 0.95, "valExamples": 359.0}) is None
+    assert gate_shortfall(gate, {"valAccuracy": 0.5}) == "valAccuracy 0.5000 < serve.minAccuracy 0.9"
+    assert "no valAccuracy" in gate_shortfall(gate, {})
     # a perfect score on one example is no evidence (the probe's validationFraction 1e-9)
-    assert gate_shortfall(run, {"valAccuracy": 1.0, "valExamples": 1.0}) == (
+    assert gate_shortfall(gate, {"valAccuracy": 1.0, "valExamples": 1.0}) == (
         "valAccuracy 1.0000 on 1 validation example: too few for serve.minAccuracy 0.9 "
         "(at least 10)")
-    assert gate_shortfall(run, {"valAccuracy": 1.0, "valExamples": 10.0}) is None
+    assert gate_shortfall(gate, {"valAccuracy": 1.0, "valExamples": 10.0}) is None
     ans = {"predictions": [{"class": 3, "label": "3", "probabilities": [0.1, 0.9]}]}
     assert describe_answer(ans) == "[bold]3[/] (p=0.900)"
     assert describe_answer({"weird": 1}) == '{"weird": 1}'

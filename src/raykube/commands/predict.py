@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         _, meta = load_model(local)  # checkpoint.pt's own metadata: what serve reports
         mismatch = meta_mismatch(local, read_meta(local), meta)  # a broken meta.json too
         check_out(args.out)
-        note = check_data(TrainingRunSpec.model_validate(meta.spec), meta, args.data)
+        note, listing = check_data(TrainingRunSpec.model_validate(meta.spec), meta, args.data)
     except user_errors as exc:
         print(f"raykube predict: {exc}", file=sys.stderr)
         return 2
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, concurrency=args.concurrency,
                           gpus_per_actor=args.gpus_per_actor,
                           cpus_per_actor=args.cpus_per_actor, cache_dir=args.cache_dir,
-                          storage=args.storage, meta=meta,
+                          storage=args.storage, meta=meta, listing=listing,
                           notify=lambda note: print(f"raykube predict: {note}",
                                                     file=terminal.err()))
     except (PredictError, InvalidTrainingRun, DatasetUnavailable, FileNotFoundError) as exc:

@@ -161,13 +161,13 @@ def run(args: argparse.Namespace) -> int:
         curl_command,
         demo_request,
         describe_answer,
-        gate_shortfall,
         gpu_shortfall,
         init_ray,
         local_cpus,
         train_or_tune,
         validation_example,
     )
+    from raykube.spec import gate_shortfall
     from raykube.train import actor_died_line, is_training_failure, training_failure
 
     if tr.spec.tune is not None:
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     serve = tr.spec.serve
     if not serve.enabled:
         return 0
-    if short := gate_shortfall(tr, outcome.best_metrics):
+    if short := gate_shortfall(serve.min_accuracy, outcome.best_metrics):
         console.print(f"[yellow]not served[/]: {short}")
         return 0
     from raykube.serve import start_local, stop_local
