@@ -382,9 +382,9 @@ spec:
 
 
 def test_ctrl_c_during_a_tune_search_then_the_same_command_resumes_it(tmp_path):
-    """Ctrl-C once a trial has saved a checkpoint: one line saying the search resumes
-    when the same command runs again, exit 130, no traceback and none of Ray's advice
-    for API users (`Tuner.restore(...)`) (#7). The same command then finishes the search
+    """Ctrl-C once a trial has saved a checkpoint: a line at once that it is stopping,
+    then one saying the search resumes when the same command runs again, exit 130, no
+    traceback and none of Ray's advice for API users (`Tuner.restore(...)`) (#7). The same command then finishes the search
     with raykube's lines only: the trial table, the best trial, a `best/` (#4, #10)."""
     spec = tmp_path / "tune.yaml"
     spec.write_text(TUNE_SPEC)
@@ -399,6 +399,11 @@ def test_ctrl_c_during_a_tune_search_then_the_same_command_resumes_it(tmp_path):
         os.killpg(p.pid, signal.SIGINT)
         out, err = p.communicate(timeout=120)
     assert p.returncode == 130, (out, err)
+    # said at once: Tune's own line went to Ray's log only, and ending the trials took
+    # 5-13 s with nothing on the screen
+    from raykube.tune import STOPPING_NOTE
+
+    assert STOPPING_NOTE in out, (out, err)
     assert f"interrupted: the search in {run_dir} resumes when you run the same command " \
            f"again" in err, err
     for word in ("Traceback", "Tuner.restore", "tune.Tuner", "resume_errored"):
