@@ -348,6 +348,10 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
       ran: a new RayJob replaces the old;
     - ``pending``: a training edit while the RayJob is active: applied by a new run once
       this one ends;
+    - ``suspend-for-edit``: a training edit while the RayJob's Ray cluster is still coming
+      up (``Initializing``: nothing of the run runs yet, and its pods may never be
+      scheduled, which the edit may fix): suspend it; once ``Suspended`` the edit is an
+      ``update`` and it resumes (``Suspending``: ``pending`` until then);
     - ``update``: a training change while the RayJob is suspended: applied to it now;
     - ``suspend``: ``spec.suspend`` differs (and no training field): patch it;
     - ``suspend-pending``: ``spec.suspend`` differs on an active RayJob whose training edit
@@ -374,6 +378,11 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
         if deployment == "Suspended" or (deployment in ("", "New") and (
                 current.get("spec") or {}).get("suspend")):
             return "update"  # nothing runs: the edit applies when it resumes
+        if edited or rerun_pending:
+            if deployment == "Initializing":  # suspended already: KubeRay has yet to see it
+                return "pending" if _suspended(current) else "suspend-for-edit"
+            if deployment == "Suspending":
+                return "pending"  # Suspended next: then the edit is an update
         if deployment not in st.TERMINAL_DEPLOYMENT or not finished:
             # (ended, but its outcome is not in the status yet: mapping it reconciles again)
             if _suspend_differs(current, job) and deployment not in st.TERMINAL_DEPLOYMENT:
@@ -482,6 +491,9 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
     if action == "suspend-pending":  # its spec hash stays: the RayJob runs the old spec
         kube.patch(*_ref(job), suspend)
         return "suspend"
+    if action == "suspend-for-edit":  # the edit reaches it once Suspended (``update``)
+        kube.patch(*_ref(job), {"spec": {"suspend": True}})
+        return action
     if action in ("suspend", "refresh"):
         kube.patch(*_ref(job), {"metadata": {"annotations": {SPEC_HASH: _ann(job, SPEC_HASH)}},
                                 **suspend})
@@ -1043,13 +1055,20 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     fields = _fields(st.named_fields(old_applied), changed)
     if job_result == "pending":
         # every field edited since the run started, not only the last edit's
-        msg = st.spec_change_pending(_fields(pending, changed))
-        if changed is None and pending:
-            msg = old_applied.get("message") or msg  # a restart, an event: said already
+        msg, reason = st.spec_change_pending(_fields(pending, changed)), st.SPEC_CHANGE_PENDING
+        if changed is None and pending:  # a restart, an event: said already (the reason
+            # too: SpecChangeBeforeStart while KubeRay suspends the RayJob for the edit)
+            msg, reason = old_applied.get("message") or msg, old_applied.get("reason") or reason
         else:
             events.append(("Normal", st.SPEC_CHANGE_PENDING, msg))
-        conds = st.set_condition(conds, st.SPEC_APPLIED, False, st.SPEC_CHANGE_PENDING, msg,
-                                 now=now, generation=gen)
+        conds = st.set_condition(conds, st.SPEC_APPLIED, False, reason, msg, now=now,
+                                 generation=gen)
+    elif job_result == "suspend-for-edit":
+        msg = st.spec_change_before_start(_fields(pending, changed))
+        events.append(("Normal", st.SPEC_CHANGE_BEFORE_START, msg))
+        conds = st.set_condition(conds, st.SPEC_APPLIED, False, st.SPEC_CHANGE_BEFORE_START,
+                                 msg, now=now, generation=gen)
+        patch["message"] = msg
     elif job_result == "deleting":
         when = "while the previous run ran" if pending else "after the run finished"
         msg = st.rerun_waiting(fields, when, job_name)
@@ -1251,6 +1270,8 @@ def _sync_rayjob_status(memo: kopf.Memo, ns: str, tr_name: str, job_name: str) -
         event = st.phase_event(cur, patch)
         if event is not None:
             _event(tr, *event)
+        if stale := st.cluster_left_running(rayjob):
+            _stop_past_deadline(kube, tr, stale)
         succeeded = st.is_true(patch["conditions"], st.SUCCEEDED)
         ended = succeeded or st.is_true(patch["conditions"], st.FAILED)
         suspended = (rayjob.get("status") or {}).get("jobDeploymentStatus") == "Suspended"
@@ -1262,6 +1283,22 @@ def _sync_rayjob_status(memo: kopf.Memo, ns: str, tr_name: str, job_name: str) -
         # Suspended: nothing runs now, so the edit reaches the RayJob at once
         # (UpdatedWhileSuspended) instead of staying "pending" until the resume
         _unwrap(lambda: reconcile(tr, memo, changed=None))
+
+
+def _stop_past_deadline(kube: Kube, tr: dict[str, Any], cluster: str) -> None:
+    """Delete the Ray cluster of a run that KubeRay failed for its deadline but left
+    running (``st.cluster_left_running``), so that nothing trains after the run says
+    Failed; one Warning, when the delete is ours (a cluster already going says nothing)."""
+    meta = tr["metadata"]
+    rc = kube.get(RAY_API, "RayCluster", meta["namespace"], cluster)
+    if rc is None or rc["metadata"].get("deletionTimestamp"):
+        return
+    if kube.delete(RAY_API, "RayCluster", meta["namespace"], cluster):
+        msg = (f"spec.activeDeadlineSeconds passed: KubeRay failed the RayJob but left its "
+               f"Ray job running; RayCluster {cluster} is deleted so that it stops (the "
+               "submitter pod's log keeps the driver's output)")
+        log.warning("TrainingRun %s/%s: %s", meta["namespace"], meta["name"], msg)
+        _event(tr, "Warning", "DeadlineStop", msg)
 
 
 def _asked_to_cancel(status: dict[str, Any]) -> bool:

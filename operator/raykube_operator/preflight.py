@@ -49,10 +49,13 @@ log = logging.getLogger(__name__)
 SOFT = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
 """Permissions kopf can do without (it warns and falls back): a warning, not fatal. Both
 are cluster-scoped: checked cluster-wide whatever the operator watches."""
-OPTIONAL = {("ray.io", "rayclusters"): "a RayCluster deleted under its job is announced as "
-            "a head loss (RayHeadLost), not RayClusterLost"}
-"""Namespaced permissions the operator does without, at a cost named here: a warning, not
-fatal (an operator upgraded before its ClusterRole keeps working)."""
+OPTIONAL = {("ray.io", "rayclusters"): {
+    "get": "a RayCluster deleted under its job is announced as a head loss (RayHeadLost), "
+           "not RayClusterLost",
+    "delete": "a job past its activeDeadlineSeconds trains on until KubeRay deletes its "
+              "cluster (ttlSecondsAfterFinished)"}}
+"""Namespaced permissions the operator does without, at a cost named here per verb: a
+warning, not fatal (an operator upgraded before its ClusterRole keeps working)."""
 NOT_FATAL = SOFT | OPTIONAL.keys()
 OWN = {("authentication.k8s.io", "selfsubjectreviews"),
        ("authorization.k8s.io", "selfsubjectaccessreviews")}
@@ -314,10 +317,11 @@ def run(namespaces: Sequence[str], *, wait_s: float,
         return
     hard = [c for c in missing if (c.group, c.resource) not in NOT_FATAL]
     soft = [c for c in missing if (c.group, c.resource) in SOFT]
-    for key, cost in OPTIONAL.items():
+    for key, costs in OPTIONAL.items():
         if lacking := [c for c in missing if (c.group, c.resource) == key]:
             log.warning("%s may not %s: %s; grant the ClusterRole raykube-operator of "
-                        "k8s/base/rbac.yaml", who, describe(lacking), cost)
+                        "k8s/base/rbac.yaml", who, describe(lacking),
+                        "; ".join(costs[c.verb] for c in lacking))
     scope = ("cluster-wide" if not namespaces
              else "in namespace(s) " + ", ".join(namespaces))
     if hard:

@@ -15,9 +15,10 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     ("ray.io", "rayjobs"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     ("ray.io", "rayservices"): frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     # read when a running job's head pod is deleted: alone, or with its whole RayCluster
-    # (which KubeRay recreates under the same name: the uid tells). Optional
-    # (preflight.OPTIONAL): without it a cluster loss is announced as a head loss.
-    ("ray.io", "rayclusters"): frozenset({"get"}),
+    # (which KubeRay recreates under the same name: the uid tells); deleted when KubeRay
+    # failed a RayJob for its deadline but left its job running. Optional
+    # (preflight.OPTIONAL, which says what each verb's absence costs).
+    ("ray.io", "rayclusters"): frozenset({"get", "delete"}),
     # delete: never called; OwnerReferencesPermissionEnforcement requires it to set an
     # ownerReference on an existing object (adopting a same-named orphan). list/watch:
     # those labelled as a run's, to apply one again when it is deleted behind our back.

@@ -552,6 +552,23 @@ def failed_trials_note(trials: dict[str, Any] | None) -> str:
             "the search's result.json)")
 
 
+def cluster_left_running(rayjob: dict[str, Any]) -> str | None:
+    """The Ray cluster of a RayJob that KubeRay failed for its ``activeDeadlineSeconds``
+    while its Ray job may still run, else None.
+
+    KubeRay (v1.6.2; open upstream, kuberay#2314) marks such a RayJob Failed with reason
+    ``DeadlineExceeded`` and leaves the Ray job running until ``ttlSecondsAfterFinished``
+    deletes the cluster (600 s by default here): on a real node the run went on training,
+    writing checkpoints and reporting epochs for minutes after it said Failed."""
+    s = rayjob.get("status") or {}
+    if (s.get("jobDeploymentStatus"), s.get("reason")) != ("Failed", "DeadlineExceeded"):
+        return None
+    if s.get("jobStatus") in ("SUCCEEDED", "FAILED", "STOPPED") or (
+            rayjob.get("spec") or {}).get("clusterSelector"):
+        return None  # the job ended by itself; a cluster not the RayJob's is not ours to stop
+    return s.get("rayClusterName") or None
+
+
 def status_from_rayjob(
     rayjob: dict[str, Any],
     current: dict[str, Any] | None,
@@ -576,6 +593,10 @@ def status_from_rayjob(
     conds = cur.get("conditions") or []
     r_status, r_reason, r_msg = state.running
     message = state.message
+    applied = get_condition(conds, SPEC_APPLIED) or {}
+    if r_reason == "Suspended" and applied.get("reason") == SPEC_CHANGE_BEFORE_START:
+        # the operator's suspend, not the user's: it resumes by itself with the edit
+        r_msg = message = applied.get("message") or r_msg
     if r_reason == "Retrying" and r_msg.endswith(f"failed{RETRY_TAIL}"):
         # KubeRay has cleared the cause from the RayJob: keep what was seen of this attempt
         prev = get_condition(conds, RUNNING) or {}
@@ -658,8 +679,20 @@ SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
 SPEC_CHANGE_NOT_APPLIED = "SpecChangeNotApplied"
 """An older operator's end of a pending edit ("edit again to start a new run"): kept as
 it was, not turned into a new run by an operator upgrade."""
-EDIT_PENDING = (SPEC_CHANGE_PENDING, SPEC_CHANGE_IGNORED)
+SPEC_CHANGE_BEFORE_START = "SpecChangeBeforeStart"
+"""A training edit made while the RayJob's Ray cluster was still coming up (its pods
+Pending, perhaps for good: the edit may be the fix): nothing of the run runs yet, so
+the operator suspends the RayJob (KubeRay deletes the cluster it was starting) and
+resumes it with the edit, instead of waiting for a run that may never start."""
+EDIT_PENDING = (SPEC_CHANGE_PENDING, SPEC_CHANGE_IGNORED, SPEC_CHANGE_BEFORE_START)
 _WHILE_RUNNING = " changed while the RayJob is running"
+_BEFORE_START = " changed before the Ray cluster came up"
+
+
+def spec_change_before_start(fields: str) -> str:
+    """``SpecApplied=False``'s message while the RayJob is suspended to take the edit."""
+    return (f"{fields}{_BEFORE_START}: the RayJob is suspended (KubeRay deletes the Ray "
+            "cluster it was starting) and then resumed with the edit")
 
 
 def spec_change_pending(fields: str) -> str:
@@ -684,6 +717,7 @@ def rerun_waiting(fields: str, when: str, job_name: str) -> str:
 
 # what follows the fields in each SpecApplied message that names them
 _FIELDS_END = {SPEC_CHANGE_PENDING: _WHILE_RUNNING, SPEC_CHANGE_IGNORED: _WHILE_RUNNING,
+               SPEC_CHANGE_BEFORE_START: _BEFORE_START,
                RERUN_WAITING: _CHANGED}
 
 

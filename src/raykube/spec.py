@@ -634,7 +634,9 @@ class TrainingRunSpec(_Model):
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, le=INT32_MAX, description="Fail an attempt after this many seconds. KubeRay "
         "counts it per attempt: each retry (failure.maxRetries) starts the clock again, so a "
-        "run can take up to (maxRetries + 1) times this.")
+        "run can take up to (maxRetries + 1) times this. An attempt past it fails the run "
+        "(not retried) and the operator deletes its Ray cluster (KubeRay would leave the "
+        "job running until ttlSecondsAfterFinished).")
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, le=INT32_MAX, description="Seconds the finished training Ray cluster is kept "
         "(for its logs) before deletion. Default: 600, or 0 when serve.enabled, so the "

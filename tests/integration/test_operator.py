@@ -631,6 +631,43 @@ def test_training_edit_while_suspended_is_applied_at_once(kube):
         job["metadata"]["annotations"]["raykube.io/training-hash"]
 
 
+def test_a_training_edit_before_the_ray_cluster_is_up_suspends_and_resumes_with_it(kube):
+    """A run whose pods cannot be scheduled (``cpusPerWorker: 8`` on a 2-core node) stays
+    Initializing for good; the edit that fixes it waited for "this run to end", which
+    never came (a fault probe on the real node). Now the operator suspends the RayJob
+    (KubeRay deletes the cluster it was starting) and, once Suspended, resumes it with the
+    edit: the same RayJob, its spec ConfigMap and training hash updated. KubeRay's part
+    (its status moving to Suspending, Suspended) is patched here as KubeRay writes it."""
+    name = "edit-initializing"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Initializing", rayClusterName=f"{name}-x")
+    kube.wait_condition(name, "Running", "False", reason="Initializing")
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"cpusPerWorker": 0.5}}})
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangeBeforeStart")
+    assert cond(tr, "SpecApplied")["message"] == (
+        "spec.scaling.cpusPerWorker changed before the Ray cluster came up: the RayJob is "
+        "suspended (KubeRay deletes the Ray cluster it was starting) and then resumed with "
+        "the edit"), cond(tr, "SpecApplied")
+    kube.wait_object("RayJob", name, where=lambda o: o["spec"].get("suspend") is True)
+    rayjob_status(kube, name, jobDeploymentStatus="Suspending")
+    time.sleep(1)  # a reconcile meanwhile leaves it suspended (Suspending: still pending)
+    assert kube.get("RayJob", name)["spec"].get("suspend") is True
+    tr = kube.wait_condition(name, "Running", "False", reason="Suspended")
+    assert "changed before the Ray cluster came up" in cond(tr, "Running")["message"]
+    rayjob_status(kube, name, jobDeploymentStatus="Suspended")
+    tr = kube.wait_condition(name, "SpecApplied", reason="UpdatedWhileSuspended")
+    assert "spec.scaling.cpusPerWorker" in cond(tr, "SpecApplied")["message"]
+    after = kube.wait_object("RayJob", name, where=lambda o: not o["spec"].get("suspend"))
+    assert after["metadata"]["uid"] == job["metadata"]["uid"]
+    assert after["metadata"]["annotations"][TRAINING_HASH] != \
+        job["metadata"]["annotations"][TRAINING_HASH]
+    assert "cpusPerWorker: 0.5" in kube.get("ConfigMap", f"{name}-spec")["data"][
+        "trainingrun.yaml"]
+    reasons = [e.get("reason") for e in events(kube, name)]
+    assert reasons.count("SpecChangeBeforeStart") == 1, reasons
+
+
 def test_model_edit_after_the_run_is_refused_before_creating_anything(kube):
     """A finished run's directory holds checkpoints of its model: a new run of another model
     under the same name could only fail every retry (RunDirConflict in the driver)."""

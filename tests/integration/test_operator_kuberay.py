@@ -373,6 +373,71 @@ def test_a_raycluster_deleted_under_the_job_is_a_cluster_loss(kube, operator):
     kube.delete("TrainingRun", name)
 
 
+def test_a_job_past_its_deadline_is_stopped_not_left_running(kube, operator):
+    """KubeRay fails a RayJob past ``activeDeadlineSeconds`` but leaves its Ray job
+    running until ``ttlSecondsAfterFinished`` (600 s for an unserved run) deletes the
+    cluster: on the real node a run trained, checkpointed and reported epochs for minutes
+    after it said Failed (a fault probe). The operator deletes that cluster at once, with
+    one DeadlineStop Warning; the RayJob stays Failed (KubeRay neither retries it nor
+    makes a new cluster)."""
+    name = "kr-deadline"
+    doc = tr_doc(name)
+    doc["spec"]["activeDeadlineSeconds"] = 15
+    kube.create(doc)
+    job = kube.wait_object("RayJob", name, timeout=90, where=lambda o: (
+        o.get("status") or {}).get("jobDeploymentStatus") == "Running")
+    cluster = job["status"]["rayClusterName"]
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600  # KubeRay alone keeps it that long
+    tr = kube.wait_condition(name, "Failed", reason="DeadlineExceeded", timeout=60)
+    assert "activeDeadlineSeconds" in tr["status"]["message"], tr["status"]
+    kube.wait_for(lambda: kube.get("RayCluster", cluster) is None, timeout=60,
+                  what=f"RayCluster {cluster} deleted")
+
+    def stops() -> list[dict]:
+        return [e for e in kube.list("Event") if e.get("reason") == "DeadlineStop"
+                and (e.get("involvedObject") or {}).get("name") == name]
+
+    (event,) = kube.wait_for(stops, timeout=30, what="a DeadlineStop Event")
+    assert event["type"] == "Warning" and f"RayCluster {cluster} is deleted" in event["message"]
+    time.sleep(3)  # KubeRay's next reconciles (every 3 s): nothing comes back
+    assert kube.get("RayCluster", cluster) is None
+    assert kube.get("RayJob", name)["status"]["jobDeploymentStatus"] == "Failed"
+    assert len(stops()) == 1, [e["message"] for e in stops()]
+    kube.delete("TrainingRun", name)
+
+
+def test_an_edit_that_lets_unschedulable_pods_start_is_applied_at_once(kube, operator):
+    """Workers asking for more CPU than any node has keep the RayJob Initializing for
+    good; the edit that fixes them waited for a run that never ends (a fault probe on the
+    real node). With KubeRay's real controller: the operator suspends the RayJob, KubeRay
+    deletes the cluster it was starting, the RayJob resumes with the edit and its new
+    cluster's pods run."""
+    name = "kr-unsched"
+    doc = tr_doc(name)
+    doc["spec"]["scaling"]["cpusPerWorker"] = 100  # kwok's node has 64
+    kube.create(doc)
+    job = kube.wait_object("RayJob", name, timeout=90, where=lambda o: (
+        o.get("status") or {}).get("rayClusterName"))
+    first = job["status"]["rayClusterName"]
+    kube.wait_object("TrainingRun", name, timeout=60, where=lambda o: "cannot be scheduled"
+                     in ((o.get("status") or {}).get("message") or ""))
+    assert kube.get("RayJob", name)["status"]["jobDeploymentStatus"] == "Initializing"
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"cpusPerWorker": 0.25}}})
+    running = kube.wait_object("RayJob", name, timeout=120, where=lambda o: (
+        o.get("status") or {}).get("jobDeploymentStatus") == "Running")
+    assert running["metadata"]["uid"] == job["metadata"]["uid"]
+    assert not running["spec"].get("suspend")
+    cluster = running["status"]["rayClusterName"]
+    assert cluster != first, "KubeRay disregards a changed cluster spec of a started RayJob"
+    kube.wait_for(lambda: len([p for p in pods_running(kube, cluster)
+                               if p["metadata"]["labels"]["ray.io/node-type"] == "worker"]) == 2,
+                  timeout=60, what="the new cluster's 2 workers running")
+    tr = kube.get("TrainingRun", name)
+    applied = next(c for c in tr["status"]["conditions"] if c["type"] == "SpecApplied")
+    assert (applied["status"], applied["reason"]) == ("True", "UpdatedWhileSuspended"), applied
+    kube.delete("TrainingRun", name)
+
+
 def nudge(kube, name: str) -> None:
     """Touch the RayJob (an annotation): a watch event, so KubeRay reconciles it at once."""
     kube.patch("RayJob", name, {"metadata": {"annotations": {

@@ -180,9 +180,25 @@ def test_a_role_from_before_rayclusters_were_read_still_starts_with_a_warning(ku
     cfg, user = service_account(kube, "older", rules)
     out = run_until_watching(kube, cfg, user, "-n", kube.namespace)
     warning = next(ln for ln in out.splitlines() if "rayclusters" in ln)
-    assert (f"{user} may not get rayclusters.ray.io in namespace {kube.namespace}: a "
-            "RayCluster deleted under its job is announced as a head loss") in warning, out
+    assert f"{user} may not delete, get rayclusters.ray.io in namespace {kube.namespace}: " \
+        in warning, out
+    assert "a job past its activeDeadlineSeconds trains on until KubeRay deletes its " \
+        "cluster" in warning and "announced as a head loss" in warning, out
     assert "Traceback" not in out, out
+
+
+def test_a_role_that_reads_rayclusters_but_may_not_delete_them_says_what_that_costs(kube):
+    """The ClusterRole of the release before deadline stops (``get`` only): one warning
+    naming the verb missing and its cost alone."""
+    rules = [r if "rayclusters" not in r["resources"] else {**r, "verbs": ["get"]}
+             for r in operator_rules()]
+    cfg, user = service_account(kube, "getonly", rules)
+    out = run_until_watching(kube, cfg, user, "-n", kube.namespace)
+    warning = next(ln for ln in out.splitlines() if "rayclusters" in ln)
+    assert f"{user} may not delete rayclusters.ray.io in namespace {kube.namespace}: a job " \
+        "past its activeDeadlineSeconds trains on until KubeRay deletes its cluster" \
+        in warning, out
+    assert "head loss" not in warning and "Traceback" not in out, out
 
 
 def test_the_shipped_deployment_identity_starts_cluster_wide(kube):

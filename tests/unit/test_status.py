@@ -876,3 +876,21 @@ def test_serving_is_the_news_and_shows_the_served_accuracy():
     rerun = st.status_from_rayjob(job(jobDeploymentStatus="Running", jobStatus="RUNNING"), cur,
                                   now=T1, generation=2)
     assert rerun["message"] != "serving c1 at e"
+
+
+@pytest.mark.parametrize("status,spec,expected", [
+    ({"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "jobStatus": "RUNNING",
+      "rayClusterName": "c"}, {}, "c"),
+    ({"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "rayClusterName": "c"},
+     {}, "c"),  # failed while Initializing: the job may have been submitted all the same
+    ({"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "jobStatus": "SUCCEEDED",
+      "rayClusterName": "c"}, {}, None),  # ended by itself
+    ({"jobDeploymentStatus": "Failed", "reason": "AppFailed", "jobStatus": "FAILED",
+      "rayClusterName": "c"}, {}, None),
+    ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "rayClusterName": "c"}, {}, None),
+    ({"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "jobStatus": "RUNNING",
+      "rayClusterName": "c"}, {"clusterSelector": {"x": "y"}}, None),  # not the RayJob's
+    ({"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded"}, {}, None),
+])
+def test_a_cluster_left_running_past_the_deadline(status, spec, expected):
+    assert st.cluster_left_running({"spec": spec, "status": status}) == expected
