@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     # the handlers read their settings again from the environment (kopf's startup hook):
     # -n / -A win over RAYKUBE_NAMESPACES there too (their log said "all" under -n)
     os.environ["RAYKUBE_NAMESPACES"] = ",".join(namespaces)
-    kopf.configure(debug=args.verbose, verbose=args.verbose)
+    # log_prefix: kopf's own lines about an object ("Handler ... succeeded") name it,
+    # [namespace/name], as `kopf run` does; without it same-named runs in two
+    # namespaces could not be told apart (a probe on the real node)
+    kopf.configure(debug=args.verbose, verbose=args.verbose, log_prefix=True)
     for handler in logging.getLogger().handlers:
         handler.addFilter(throttled_retry_is_a_warning)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else cfg.log_level)

@@ -125,7 +125,9 @@ def test_the_log_has_no_line_per_watched_event(kube, operator, kr_train):
     kube.wait_object("RayJob", "kr-train", where=lambda o: (o.get("status") or {}).get(
         "jobDeploymentStatus"))
     log = operator.logs()
-    assert "Handler 'on_trainingrun' succeeded." in log  # kopf's wording, as filtered
+    # kopf's wording, as filtered, naming the run as `kopf run` does (it named none: same
+    # names in two namespaces could not be told apart)
+    assert f"[{kube.namespace}/kr-train] Handler 'on_trainingrun' succeeded." in log, log
     noisy = [line for line in log.splitlines()
              if any(f"Handler {h!r} succeeded." in line for h in WATCH_HANDLERS)]
     assert noisy == [], noisy[:5]
