@@ -178,6 +178,16 @@ def quantity_bytes(quantity: str) -> float | None:
 _MIN_RAY_POD_BYTES = quantity_bytes(MIN_RAY_POD_MEMORY) or 0.0
 
 
+def milli_hint(quantity: str) -> str:
+    """What a memory quantity in milli-units means, for a message that refuses it: the
+    API server takes ``500m`` (half a byte), and it is nearly always a mistyped ``500Mi``
+    (a probe's "500m cannot hold the model" did not say why). '' for any other."""
+    m = _ANY_QUANTITY_RE.fullmatch(quantity)
+    if m is None or m.group(2) != "m":
+        return ""
+    return f" ('m' is thousandths of a byte: {m.group(1)}Mi is {m.group(1)} mebibytes)"
+
+
 def ray_pod_memory_problem(quantity: str) -> str | None:
     """None when a Ray pod of ``quantity`` memory can run, else why not."""
     have = quantity_bytes(quantity)
@@ -185,7 +195,8 @@ def ray_pod_memory_problem(quantity: str) -> str | None:
         return (f"{quantity} is more memory than Kubernetes can hold (under 8Ei, "
                 "int64 bytes); no node has it")
     if have is not None and have < _MIN_RAY_POD_BYTES:
-        return (f"{quantity} is too little for a Ray pod: at least {MIN_RAY_POD_MEMORY} "
+        return (f"{quantity}{milli_hint(quantity)} is too little for a Ray pod: at least "
+                f"{MIN_RAY_POD_MEMORY} "
                 "(Ray's object store alone needs 75 MiB, 30 % of the pod's memory, and "
                 "importing torch takes ~530 MiB)")
     return None

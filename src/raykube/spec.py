@@ -1155,7 +1155,7 @@ def _head_memory_check(spec: TrainingRunSpec) -> Iterator[SpecError]:
         what = (f"~{fpm.RAY_HEAD_BYTES // fpm.MiB} MiB for Ray's GCS, dashboard and agents, "
                 "the job supervisor, the driver and Ray Train's controller")
     yield SpecError("spec.scaling.head.memory", (
-        f"{memory} is too small for the Ray head: it needs at least "
+        f"{memory}{k8s_rules.milli_hint(memory)} is too small for the Ray head: it needs at least "
         f"{math.ceil(need / fpm.MiB)} MiB ({what}, under Ray's memory monitor's "
         f"{fpm.MEMORY_MONITOR_FRACTION:.0%}); or leave it unset for a default that fits"))
 
@@ -1174,7 +1174,8 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     per_pod = pods_needed(sc.workers, sc.gpus_per_worker)[1]
     if have is not None and (need := fp.training_pod_bytes(per_pod)) > have:
         yield SpecError("spec.scaling.memoryPerWorker", (
-            f"{sc.memory_per_worker} cannot hold the model: a training worker's pod needs "
+            f"{sc.memory_per_worker}{k8s_rules.milli_hint(sc.memory_per_worker)} cannot hold "
+            "the model: a training worker's pod needs "
             f"at least {fpm.size(need, up=True)} per worker ({fpm.training_breakdown(spec, fp)}, "
             f"{fpm.pod_breakdown(per_pod)}; before activations and data): raise "
             "memoryPerWorker or make the model smaller"))
@@ -1182,7 +1183,8 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     per_pod = pods_needed(sv.replicas, sv.gpus_per_replica)[1]
     if sv.enabled and have is not None and (need := fp.serving_pod_bytes(per_pod)) > have:
         yield SpecError("spec.serve.memoryPerReplica", (
-            f"{sv.memory_per_replica} cannot hold the model: a serving pod needs at "
+            f"{sv.memory_per_replica}{k8s_rules.milli_hint(sv.memory_per_replica)} cannot "
+            "hold the model: a serving pod needs at "
             f"least {fpm.size(need, up=True)} per replica ({fp.parameters:,} float32 parameters, "
             f"~{fpm.size(fpm.TORCH_PROCESS_BYTES)} for torch, {fpm.pod_breakdown(per_pod)}): "
             "raise memoryPerReplica or make the model smaller"))

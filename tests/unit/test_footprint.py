@@ -313,3 +313,25 @@ def test_run_refuses_more_workers_than_this_machine_holds_before_anything_starts
     import ray
 
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("scaling.memoryPerWorker", "500m"), ("scaling.head.memory", "900m"),
+    ("serve.memoryPerReplica", "1500m")])
+def test_a_memory_in_thousandths_of_a_byte_says_so(field, value):
+    """``500m`` is half a byte to Kubernetes and almost always a mistyped ``500Mi``: the
+    refusal said only that it "cannot hold the model" (a probe on the real node)."""
+    section, _, key = field.rpartition(".")
+    overrides: dict = {"serve": {"enabled": True}}
+    node = overrides.setdefault(section.split(".")[0], {})
+    for part in section.split(".")[1:]:
+        node = node.setdefault(part, {})
+    node[key] = value
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(doc(**overrides))
+    mine = [e for e in exc.value.errors if e.path == f"spec.{field}"]
+    assert mine, exc.value.errors
+    number = value[:-1]
+    for err in mine:
+        assert err.message.startswith(f"{value} ('m' is thousandths of a byte: {number}Mi is "
+                                      f"{number} mebibytes) "), err.message
