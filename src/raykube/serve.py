@@ -292,16 +292,12 @@ def wait_for_training(checkpoint: str, *, poll_s: float = TRAINING_POLL_S,
 
 # ------------------------------------------------------------------ request validation
 class RequestError(Exception):
-    """A bad request: becomes a 4xx JSON answer ``{"error": message}``. ``close``: the
-    connection is closed after the answer, because the rest of the request's body was
-    not read (a 413): kept open, the server waited for bytes it would never use, and
-    whatever the client sent next on it was read as a new request."""
+    """A bad request: becomes a 4xx JSON answer ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str, *, close: bool = False):
+    def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.close = close
 
 
 class InputSpec:
@@ -650,10 +646,7 @@ class Classifier:
                                "GET /metadata")
         except RequestError as exc:
             self.stats["errors"] += 1
-            response = _error(exc.status, exc.message)
-            if exc.close:
-                response.headers["connection"] = "close"
-            return response
+            return _error(exc.status, exc.message)
         except Exception as exc:  # a bug of ours: answer 500, keep the replica alive
             log.exception("request failed")
             self.stats["errors"] += 1
@@ -688,14 +681,14 @@ class Classifier:
                 raise RequestError(400, "invalid content-length header") from None
             if size > limit:
                 raise RequestError(413, f"request body is {size} bytes; the limit is {limit}"
-                                   " (maxRequestBytes)", close=True)
+                                   " (maxRequestBytes)")
         chunks: list[bytes] = []
         total = 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit:
                 raise RequestError(413, f"request body exceeds {limit} bytes "
-                                   "(maxRequestBytes)", close=True)
+                                   "(maxRequestBytes)")
             chunks.append(chunk)
         return b"".join(chunks)
 
