@@ -797,7 +797,7 @@ def _take_back(kube: Kube, tr: dict[str, Any], child: dict[str, Any]) -> None:
     meta = child["metadata"]
     kube.json_patch(child["apiVersion"], child["kind"], meta["namespace"], meta["name"],
                     [{"op": "remove", "path": p} for p in paths])
-    _warn_child_edited(tr, (
+    _warn(tr, "ChildEdited", (
         f"{child['kind']} {meta['name']} carried {RENDERED_LABEL}: `raykube render` "
         "output was applied over this TrainingRun's objects. They are the operator's: "
         "the label is removed and the spec put back as the TrainingRun renders it "
@@ -817,16 +817,16 @@ def _suspend_word(run: TrainingRun) -> str:
 
 def _child_edited(tr: dict[str, Any], what: str, paths: list[str]) -> None:
     """Say that ``what`` (a child) was edited by someone and put back."""
-    _warn_child_edited(tr, f"{what} was edited outside this TrainingRun "
-                           f"({drift.summary(paths)}): put back as the spec renders it "
-                           "(edit the TrainingRun instead)")
+    _warn(tr, "ChildEdited", f"{what} was edited outside this TrainingRun "
+                             f"({drift.summary(paths)}): put back as the spec renders it "
+                             "(edit the TrainingRun instead)")
 
 
-def _warn_child_edited(tr: dict[str, Any], msg: str) -> None:
-    """One log line and one ChildEdited Warning on the TrainingRun."""
+def _warn(tr: dict[str, Any], reason: str, msg: str) -> None:
+    """One log line and one Warning event (``reason``) on the TrainingRun."""
     log.warning("TrainingRun %s/%s: %s", tr["metadata"]["namespace"], tr["metadata"]["name"],
                 msg)
-    _event(tr, "Warning", "ChildEdited", msg)
+    _event(tr, "Warning", reason, msg)
 
 
 def _rerun_pending(status: dict[str, Any]) -> bool:
@@ -1294,11 +1294,10 @@ def _stop_past_deadline(kube: Kube, tr: dict[str, Any], cluster: str) -> None:
     if rc is None or rc["metadata"].get("deletionTimestamp"):
         return
     if kube.delete(RAY_API, "RayCluster", meta["namespace"], cluster):
-        msg = (f"spec.activeDeadlineSeconds passed: KubeRay failed the RayJob but left its "
-               f"Ray job running; RayCluster {cluster} is deleted so that it stops (the "
-               "submitter pod's log keeps the driver's output)")
-        log.warning("TrainingRun %s/%s: %s", meta["namespace"], meta["name"], msg)
-        _event(tr, "Warning", "DeadlineStop", msg)
+        _warn(tr, "DeadlineStop", (
+            f"spec.activeDeadlineSeconds passed: KubeRay failed the RayJob but left its "
+            f"Ray job running; RayCluster {cluster} is deleted so that it stops (the "
+            "submitter pod's log keeps the driver's output)"))
 
 
 def _asked_to_cancel(status: dict[str, Any]) -> bool:
