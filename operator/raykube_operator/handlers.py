@@ -1445,7 +1445,8 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     no ``ray.io/cluster`` label and belongs to the RayJob's current cluster): when whether
     it can run changed (unschedulable, an unbound claim, an image that cannot be pulled;
     or no longer so), re-derive the run's status from its RayJob, which then names the
-    pod and the reason instead of "waiting for the Ray cluster". A container OOM-killed
+    pod and the reason instead of "waiting for the Ray cluster"; a pod of the run's
+    RayService's clusters re-derives serving's status (``Ready`` names it). A container OOM-killed
     (``st.pod_oom``) is one Warning Event naming the field that sizes the pod; a Ray head
     lost while the job runs on it (``st.head_loss``) is one Warning Event saying that the
     job starts again from the latest checkpoint. The latest of either is the run's
@@ -1485,8 +1486,21 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
                 _announce(memo, key, cluster, inc, labels, job)
         if job is not None and cluster in (None, (job.get("status") or {}).get("rayClusterName")):
             _sync_rayjob_status(memo, key[0], key[1], key[1])
+        elif cluster is not None and (svc := _rayservice_of(memo.kube, key[0], key[1])) \
+                is not None and cluster in st.serving_clusters(svc):
+            _sync_rayservice_status(svc, memo)
 
     _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))
+
+
+def _rayservice_of(kube: Kube, ns: str, tr_name: str) -> dict[str, Any] | None:
+    """The run's RayService, as the API server has it, or None."""
+    tr = _get_tr(kube, ns, tr_name)
+    try:
+        run = _parse(tr) if tr is not None else None
+    except InvalidTrainingRun:
+        return None
+    return kube.get(RAY_API, "RayService", ns, rayservice_name(run)) if run else None
 
 
 def _cluster_loss(memo: kopf.Memo, namespace: str, cluster: str, pod: dict[str, Any],
@@ -1734,12 +1748,19 @@ def _sync_rayservice_status(svc: dict[str, Any], memo: kopf.Memo) -> None:
         except InvalidTrainingRun:
             return
         cur = tr.get("status") or {}
+        clusters = st.serving_clusters(svc)
+        with memo.pods_guard:
+            problems = [why for c, why in memo.pod_problems.get((ns, tr_name), {}).values()
+                        if c in clusters]
         patch = st.serving_from_rayservice(
             svc, cur, endpoint=serve_endpoint(run),
             checkpoint=_ann(svc, CHECKPOINT_ANNOTATION), now=st.now_rfc3339(),
-            generation=tr["metadata"].get("generation"), val_accuracy=_served_accuracy(svc))
+            generation=tr["metadata"].get("generation"), val_accuracy=_served_accuracy(svc),
+            pod_problems=problems)
         if any(cur.get(k) != v for k, v in patch.items()):
             _patch_status(kube, tr, patch)
+        if event := st.serve_wait_event(cur, patch):
+            _event(tr, *event)
         if patch["phase"] != cur.get("phase"):
             _event(tr, "Normal", patch["phase"],
                    f"serving {(patch.get('serving') or {}).get('checkpoint')} at "

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from raykube.render import ROLE_LABEL, SERVE_ROLE, SUBMITTER_ROLE
+from raykube.render import GPU_RESOURCE, ROLE_LABEL, SERVE_ROLE, SUBMITTER_ROLE
 from raykube.spec import gate_shortfall
 
 # Condition types, in the order they are listed in status.conditions.
@@ -321,7 +321,13 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             why = " ".join((cond.get("message") or cond.get("reason") or "").split())
-            return f"pod {name} cannot be scheduled: {why}"
+            # the first sentence is the verdict; the rest is the scheduler's account of
+            # preemption ("no new claims to deallocate, preemption: 0/1 nodes are
+            # available: 1 Preemption is not helpful for scheduling."), no help here
+            verdict = re.split(r"(?<=\.) (?=no new claims|preemption:)", why, maxsplit=1)[0]
+            hint = schedule_hint(pod, verdict)
+            return f"pod {name} cannot be scheduled: " + (
+                f"{verdict.rstrip('.')}; {hint}" if hint else verdict)
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK_CONTAINER_REASONS:
@@ -329,6 +335,83 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
             return (f"pod {name}: container {cs.get('name')} {waiting['reason']}"
                     + (f": {why}" if why else ""))
     return None
+
+
+# What the scheduler names in its verdict, and what of the pod it is about.
+_SCHEDULER_CAUSES = (
+    ("Insufficient cpu", "cpu"), ("Insufficient memory", "memory"),
+    (f"Insufficient {GPU_RESOURCE}", GPU_RESOURCE),
+    ("didn't match Pod's node affinity/selector", "nodeSelector"),
+    ("untolerated taint", "tolerations"),
+    ("persistentvolumeclaim", "claim"), ("PersistentVolumeClaim", "claim"))
+# Taints a node carries for its own state or role (kubelet's, kind's control plane): a
+# pod's tolerations are not the thing to change for those.
+_SYSTEM_TAINTS = ("node.kubernetes.io/", "node-role.kubernetes.io/")
+
+
+def _request(pod: dict[str, Any], resource: str) -> str | None:
+    """The Ray container's request (or limit: a GPU is asked as a limit) of one resource."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    res = (containers[0].get("resources") or {}) if containers else {}
+    value = (res.get("requests") or {}).get(resource) or (res.get("limits") or {}).get(resource)
+    return str(value) if value is not None else None
+
+
+def schedule_field(labels: dict[str, str], cause: str) -> str | None:
+    """The TrainingRun field behind one cause of a scheduler's refusal of a Ray pod, from
+    the role raykube's render put on the pod (``oom_field``'s reading), or None: KubeRay's
+    job submitter is sized by KubeRay's defaults, not by a field of ours."""
+    role = labels.get(ROLE_LABEL)
+    head, serve = labels.get("ray.io/node-type") == "head", role == SERVE_ROLE
+    if cause == "nodeSelector":
+        return "spec.scaling.nodeSelector"
+    if cause == "tolerations":
+        return "spec.scaling.tolerations"
+    if cause == "claim":
+        return "spec.checkpoint.storage.pvc.claimName"
+    if role == SUBMITTER_ROLE:
+        return None
+    if cause == "memory":
+        return oom_field(labels)
+    if cause == "cpu":
+        return ("spec.scaling.head.cpus" if head else "spec.serve.cpusPerReplica" if serve
+                else "spec.scaling.cpusPerWorker")
+    if cause == GPU_RESOURCE and not head:
+        return "spec.serve.gpusPerReplica" if serve else "spec.scaling.gpusPerWorker"
+    return None
+
+
+def schedule_hint(pod: dict[str, Any], verdict: str) -> str:
+    """Which TrainingRun fields put the pod where no node fits it, with what they ask:
+    "spec.scaling.cpusPerWorker asks 8 CPU per pod". The scheduler's verdict names the
+    node's shortfall (``Insufficient cpu``), not the field to change; on the real node a
+    run with ``cpusPerWorker: 8`` said only that, and waits until a node fits (there is
+    no deadline unless ``spec.activeDeadlineSeconds`` sets one)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    said: list[str] = []
+    for words, cause in _SCHEDULER_CAUSES:
+        if words not in verdict or (field := schedule_field(labels, cause)) is None:
+            continue
+        if cause in ("cpu", "memory", GPU_RESOURCE):
+            amount = _request(pod, cause)
+            what = {"cpu": "CPU", "memory": "of memory"}.get(cause, "GPU")
+            line = f"{field} asks {amount} {what} per pod" if amount else field
+        elif cause == "nodeSelector":
+            chosen = (pod.get("spec") or {}).get("nodeSelector") or {}
+            if not chosen:
+                continue  # an affinity that is not ours
+            line = f"{field} asks for nodes with {', '.join(f'{k}={v}' for k, v in sorted(chosen.items()))}"
+        elif cause == "tolerations":
+            keys = [k for k in re.findall(r"untolerated taint\(?s?\)? ?\{([^:}]+)", verdict)
+                    if not k.startswith(_SYSTEM_TAINTS)]
+            if said or not keys:
+                continue  # beside a real shortfall, or a node's own state (not-ready)
+            line = f"{field} does not tolerate the taint {', '.join(keys)}"
+        else:
+            line = f"{field} names the claim (when unset, the operator's default)"
+        if line not in said:
+            said.append(line)
+    return "; ".join(said)
 
 
 @dataclass(frozen=True)
@@ -797,6 +880,11 @@ def phase_event(current: dict[str, Any] | None,
         return None
     failed = is_true(patch["conditions"], FAILED)
     reason = new_phase if new_phase != "Running" else running.get("reason", "Running")
+    if _waits_for(patch.get("message")) is not None:
+        # a pod that cannot run: a Warning (the scheduler's own FailedScheduling is one,
+        # and ``kubectl get events --field-selector type=Warning`` is where people look)
+        return ("Warning", "PodsPending" if running.get("reason") == "PodsPending" else reason,
+                patch.get("message") or new_phase)
     if new_phase == "Serving":
         # a rerun while the previous checkpoint serves: the news is the run's, not serving's
         reason = ("Failed" if failed else "Succeeded" if is_true(patch["conditions"], SUCCEEDED)
@@ -906,6 +994,18 @@ def _unobserved(rayservice: dict[str, Any]) -> bool:
     return seen is not None and generation is not None and int(seen) < int(generation)
 
 
+def serving_clusters(rayservice: dict[str, Any] | None) -> set[str]:
+    """The Ray clusters a RayService serves from or brings up (active, pending)."""
+    st = (rayservice or {}).get("status") or {}
+    return {name for key in ("activeServiceStatus", "pendingServiceStatus")
+            if (name := (st.get(key) or {}).get("rayClusterName"))}
+
+
+SERVE_WAITS = "a serving pod waits"
+"""Lead of the ``Ready`` message (and, before anything serves, of the run's message)
+while a pod of the RayService's clusters cannot run."""
+
+
 def serving_from_rayservice(
     rayservice: dict[str, Any],
     current: dict[str, Any] | None,
@@ -915,15 +1015,26 @@ def serving_from_rayservice(
     now: str,
     generation: int | None,
     val_accuracy: float | None = None,
+    pod_problems: list[str] | None = None,
 ) -> dict[str, Any]:
     """Status fields (conditions, phase, serving, rayService; the message when a
     checkpoint goes live) after a RayService change.
 
     ``val_accuracy``: the served checkpoint's, as it was promoted (the RayService's
     ``raykube.io/val-accuracy``): ``kubectl get tr`` shows it beside the last epoch's,
-    which a later run (or a later, worse epoch) moves."""
+    which a later run (or a later, worse epoch) moves. ``pod_problems``: ``pod_problem``
+    of the pods of the RayService's clusters that have one. KubeRay says only
+    ``UpgradeInProgress`` (or not ready) while a new serving cluster's pods cannot be
+    scheduled (``serve.cpusPerReplica: 8`` on the real node: Pending for good); the
+    ``Ready`` message names the pod and the field, and before anything serves so does
+    the run's message."""
     cur = current or {}
     ready, reason, message = rayservice_ready(rayservice)
+    waits = None
+    if pod_problems:
+        problems = sorted(pod_problems)
+        more = f" (and {len(problems) - 1} more pod(s))" if len(problems) > 1 else ""
+        waits = f"{SERVE_WAITS}: {problems[0]}{more}"
     old = cur.get("serving") or {}
     if ((reason == "ServeApplicationDeploying" or (ready and _unobserved(rayservice)))
             and is_true(cur.get("conditions"), READY) and old.get("checkpoint")):
@@ -935,11 +1046,19 @@ def serving_from_rayservice(
         ready, reason = True, SERVE_CONFIG_UPDATING
         message = "; ".join(m for m in (message, "rolling out in place: the running "
                                         "replicas answer until the new ones are up") if m)
+    said = message or (f"serving {checkpoint} at {endpoint}" if ready else "")
     conds = set_condition(cur.get("conditions"), READY, ready, reason,
-                          message or (f"serving {checkpoint} at {endpoint}" if ready else ""),
+                          "; ".join(m for m in (said, waits) if m),
                           now=now, generation=generation)
     out: dict[str, Any] = {"conditions": conds, "phase": phase_of(conds),
                            "rayService": (rayservice.get("metadata") or {}).get("name")}
+    if not ready and cur.get("phase") != "Serving":
+        # nothing serves yet: the run's message is the wait, and then, once the pod
+        # runs, no longer (it said "the Ray job succeeded" all the while before)
+        if waits:
+            out["message"] = waits
+        elif (cur.get("message") or "").startswith(SERVE_WAITS):
+            out["message"] = said or f"waiting for the RayService: {reason}"
     if ready and reason in ("UpgradeInProgress", SERVE_CONFIG_UPDATING) and old:
         out["serving"] = old  # the previous checkpoint serves until the upgrade is done
     elif ready:
@@ -952,6 +1071,21 @@ def serving_from_rayservice(
             # the news now (it said "the Ray job succeeded" all the while it served)
             out["message"] = f"serving {checkpoint} at {endpoint}"
     return out
+
+
+def serve_wait_event(current: dict[str, Any] | None,
+                     patch: dict[str, Any]) -> tuple[str, str, str] | None:
+    """A Warning when ``serving_from_rayservice``'s ``Ready`` names a pod wait it did not
+    name before (another pod, or another kind of wait: ``_waits_for``), else None."""
+    def wait(conditions: Any) -> tuple[str, tuple[str, ...] | None]:
+        msg = (get_condition(conditions, READY) or {}).get("message") or ""
+        at = msg.find(SERVE_WAITS + ": ")
+        return (msg[at:], _waits_for(msg[at:])) if at >= 0 else ("", None)
+
+    said, new = wait(patch.get("conditions"))
+    if new is None or new == wait((current or {}).get("conditions"))[1]:
+        return None
+    return ("Warning", "ServePodsPending", said)
 
 
 SHOWN_DECIMALS = 4

@@ -593,6 +593,50 @@ def test_promotion_becomes_a_rayservice_cluster_and_deletion_removes_everything(
     assert time.monotonic() - t0 < 60
 
 
+def test_a_serving_pod_that_cannot_be_scheduled_is_named_with_its_field(kube, operator):
+    """``serve.cpusPerReplica`` larger than any node: KubeRay's serving cluster keeps its
+    replica Pending and says only that the RayService is not ready (a fault probe on the
+    real node: ``UpgradeInProgress`` for good). The run names the pod and the field, in
+    its message, ``Ready`` and one Warning; the fix takes the wait away."""
+    name = "kr-serve-unsched"
+    doc = tr_doc(name, serve=True)
+    doc["spec"]["serve"]["cpusPerReplica"] = 100  # kwok's node has 64
+    kube.create(doc)
+    kube.wait_object("RayJob", name, where=lambda o: (o.get("status") or {}).get("startTime"))
+    # stand-in for the driver (its KubernetesReporter) and for Ray finishing the job
+    kube.patch_status("TrainingRun", name, {
+        "checkpoint": {"uri": f"/mnt/raykube/{kube.namespace}/{name}/best", "epoch": 3,
+                       "metrics": {"valAccuracy": 0.97}}})
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Complete",
+                                       "jobStatus": "SUCCEEDED", "succeeded": 1})
+
+    def message(o: dict) -> str:
+        return (o.get("status") or {}).get("message") or ""
+
+    # (the head may wait a moment for the claim to be bound, in a new namespace)
+    tr = kube.wait_object("TrainingRun", name, timeout=90,
+                          where=lambda o: "spec.serve.cpusPerReplica" in message(o))
+    assert message(tr).startswith(f"a serving pod waits: pod {name}-serve-"), message(tr)
+    assert "Insufficient cpu; spec.serve.cpusPerReplica asks 100 CPU per pod" in message(tr)
+    ready = next(c for c in tr["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and "spec.serve.cpusPerReplica" in ready["message"], ready
+
+    def warnings() -> list[dict]:
+        return [e for e in kube.list("Event") if e.get("reason") == "ServePodsPending"
+                and (e.get("involvedObject") or {}).get("name") == name
+                and "cpusPerReplica" in e["message"]]
+
+    (event,) = kube.wait_for(warnings, timeout=30, what="a ServePodsPending Event")
+    assert event["type"] == "Warning" and "spec.serve.cpusPerReplica" in event["message"]
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"cpusPerReplica": 0.25}}})
+    tr = kube.wait_object("TrainingRun", name, timeout=120, where=lambda o: (
+        message(o) and "cannot be scheduled" not in message(o)))
+    ready = next(c for c in tr["status"]["conditions"] if c["type"] == "Ready")
+    assert "cannot be scheduled" not in ready["message"], ready
+    assert len(warnings()) == 1, [e["message"] for e in warnings()]
+    kube.delete("TrainingRun", name)
+
+
 def _render(*files: Path) -> str:
     out = subprocess.run([sys.executable, "-m", "raykube", "render", *map(str, files)],
                          capture_output=True, text=True, check=True)

@@ -285,7 +285,8 @@ UNSCHEDULABLE = {"metadata": {"name": "r-head-abc"}, "status": {
 
 @pytest.mark.parametrize("pod,words", [
     (UNSCHEDULABLE, "pod r-head-abc cannot be scheduled: 0/1 nodes are available: "
-                    "persistentvolumeclaim \"shared\" not found. preemption: 0/1 nodes are available"),
+                    "persistentvolumeclaim \"shared\" not found; spec.checkpoint.storage.pvc."
+                    "claimName names the claim (when unset, the operator's default)"),
     ({"metadata": {"name": "w"}, "status": {"phase": "Pending", "containerStatuses": [
         {"name": "ray-worker", "state": {"waiting": {
             "reason": "ImagePullBackOff", "message": "Back-off pulling image \"x:1\""}}}]}},
@@ -300,6 +301,60 @@ def test_pod_problem(pod, words):
     assert st.pod_problem(pod) == words
 
 
+def _unschedulable(verdict: str, role: str = "workers", **pod_spec: object) -> dict:
+    head = role == "head"
+    return {"metadata": {"name": "p", "labels": {
+        "raykube.io/role": role, "ray.io/node-type": "head" if head else "worker"}},
+        "spec": {"containers": [{"resources": {
+            "requests": {"cpu": "8", "memory": "3Gi"}, "limits": {"nvidia.com/gpu": "1"}}}],
+            **pod_spec},
+        "status": {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": verdict}]}}
+
+
+CPU_SHORT = ("0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, "
+             "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.")
+
+
+@pytest.mark.parametrize("pod,tail", [
+    # the real node's verdict for cpusPerWorker: 8 (the probe): the field, not the
+    # scheduler's account of preemption
+    (_unschedulable(CPU_SHORT), "1 Insufficient cpu; spec.scaling.cpusPerWorker asks 8 CPU per pod"),
+    (_unschedulable(CPU_SHORT, role="head"), "1 Insufficient cpu; spec.scaling.head.cpus asks 8 CPU per pod"),
+    (_unschedulable(CPU_SHORT, role="serve"),
+     "1 Insufficient cpu; spec.serve.cpusPerReplica asks 8 CPU per pod"),
+    (_unschedulable("0/2 nodes are available: 1 Insufficient memory, 1 Insufficient "
+                    "nvidia.com/gpu."),
+     "1 Insufficient memory, 1 Insufficient nvidia.com/gpu; spec.scaling.memoryPerWorker asks "
+     "3Gi of memory per pod; spec.scaling.gpusPerWorker asks 1 GPU per pod"),
+    (_unschedulable("0/1 nodes are available: 1 Insufficient memory.", role="serve"),
+     "1 Insufficient memory; spec.serve.memoryPerReplica asks 3Gi of memory per pod"),
+    (_unschedulable("0/2 nodes are available: 2 node(s) didn't match Pod's node "
+                    "affinity/selector.", nodeSelector={"disk": "ssd"}),
+     "2 node(s) didn't match Pod's node affinity/selector; spec.scaling.nodeSelector asks "
+     "for nodes with disk=ssd"),
+    # a taint of the user's: the tolerations; kind's control plane and a node's own state
+    # (not-ready) are not the pod's to tolerate, and beside a shortfall they are noise
+    (_unschedulable("0/2 nodes are available: 1 node(s) had untolerated taint {gpu: true}, 1 "
+                    "node(s) had untolerated taint {node.kubernetes.io/not-ready: }."),
+     "1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }; "
+     "spec.scaling.tolerations does not tolerate the taint gpu"),
+    (_unschedulable("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated "
+                    "taint {node-role.kubernetes.io/control-plane: }."),
+     "{node-role.kubernetes.io/control-plane: }; spec.scaling.cpusPerWorker asks 8 CPU per pod"),
+    (_unschedulable("0/1 nodes are available: 1 node(s) had untolerated taint "
+                    "{node.kubernetes.io/not-ready: }."),
+     "1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."),
+    # KubeRay's submitter is sized by KubeRay, not by a field of ours
+    (_unschedulable(CPU_SHORT, role="submitter"), "1 Insufficient cpu."),
+])
+def test_an_unschedulable_pod_names_the_field_that_sizes_or_places_it(pod, tail):
+    problem = st.pod_problem(pod)
+    assert problem is not None and problem.endswith(tail), problem
+    assert "preemption" not in problem
+
+
 def test_pod_problems_name_what_the_run_waits_for_until_it_runs():
     problem = st.pod_problem(UNSCHEDULABLE)
     waiting = st.status_from_rayjob(job(jobDeploymentStatus="Initializing"), {}, now=T0,
@@ -308,6 +363,8 @@ def test_pod_problems_name_what_the_run_waits_for_until_it_runs():
     assert waiting["message"] == f"waiting for the Ray cluster: {problem} (and 1 more pod(s))"
     running = st.get_condition(waiting["conditions"], st.RUNNING)
     assert (running["reason"], running["message"]) == ("PodsPending", waiting["message"])
+    # a Warning, as the scheduler's own FailedScheduling (it was Normal, reason Pending)
+    assert st.phase_event({}, waiting) == ("Warning", "PodsPending", waiting["message"])
     # no problem left: back to KubeRay's own words
     cleared = st.status_from_rayjob(job(jobDeploymentStatus="Initializing"), waiting, now=T1,
                                     generation=1, pod_problems=[])
@@ -876,6 +933,54 @@ def test_serving_is_the_news_and_shows_the_served_accuracy():
     rerun = st.status_from_rayjob(job(jobDeploymentStatus="Running", jobStatus="RUNNING"), cur,
                                   now=T1, generation=2)
     assert rerun["message"] != "serving c1 at e"
+
+
+def test_a_serving_pod_that_cannot_run_is_named_until_it_runs():
+    """KubeRay says only that the RayService is not ready (or ``UpgradeInProgress`` while
+    the previous config serves) when the serving cluster's pods cannot be scheduled: the
+    ``Ready`` message names the pod and one Warning says it; before anything serves the
+    run's message does too, and it leaves once the pod runs."""
+    problem = st.pod_problem(_unschedulable(CPU_SHORT, role="serve"))
+    done = job(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    cur = st.status_from_rayjob(done, {}, now=T0, generation=1)
+    svc = {"metadata": {"name": "r"}, "status": {
+        "conditions": [{"type": "Ready", "status": "False", "reason": "Initializing"}],
+        "pendingServiceStatus": {"rayClusterName": "r-serve-abc"}}}
+    assert st.serving_clusters(svc) == {"r-serve-abc"}
+    out = st.serving_from_rayservice(svc, cur, endpoint="e", checkpoint="c1", now=T1,
+                                     generation=1, pod_problems=[problem])
+    assert out["message"] == f"{st.SERVE_WAITS}: {problem}"
+    assert "spec.serve.cpusPerReplica asks 8 CPU per pod" in out["message"]
+    ready = st.get_condition(out["conditions"], st.READY)
+    assert ready["status"] == "False" and ready["message"].endswith(out["message"])
+    assert st.serve_wait_event(cur, out) == ("Warning", "ServePodsPending", out["message"])
+    cur = {**cur, **out}
+    # the same wait seen again (KubeRay's next status): no second Warning
+    again = st.serving_from_rayservice(svc, cur, endpoint="e", checkpoint="c1", now=T1,
+                                       generation=1, pod_problems=[problem])
+    assert st.serve_wait_event(cur, again) is None
+    # the pod runs: the wait leaves the message and the condition
+    cleared = st.serving_from_rayservice(svc, cur, endpoint="e", checkpoint="c1", now=T1,
+                                         generation=1, pod_problems=[])
+    assert cleared["message"] == "waiting for the RayService to become ready"
+    assert st.SERVE_WAITS not in st.get_condition(cleared["conditions"], st.READY)["message"]
+    assert st.serve_wait_event(cur, cleared) is None
+    # an upgrade whose new cluster cannot start: the previous config keeps serving, and
+    # the run's message (serving's) is left as it is
+    serving = {**cur, **st.serving_from_rayservice(
+        {"metadata": {"name": "r"}, "status": {"serviceStatus": "Running",
+                                                "activeServiceStatus": RUNNING_APP}},
+        cur, endpoint="e", checkpoint="c1", now=T1, generation=1)}
+    upgrading = {"metadata": {"name": "r"}, "status": {
+        "conditions": [{"type": "Ready", "status": "True"},
+                       {"type": "UpgradeInProgress", "status": "True", "message": "upgrading"}],
+        "activeServiceStatus": RUNNING_APP, "pendingServiceStatus": {"rayClusterName": "new"}}}
+    up = st.serving_from_rayservice(upgrading, serving, endpoint="e", checkpoint="c1", now=T1,
+                                    generation=2, pod_problems=[problem])
+    assert up["phase"] == "Serving" and "message" not in up
+    ready = st.get_condition(up["conditions"], st.READY)
+    assert ready["reason"] == "UpgradeInProgress" and problem in ready["message"], ready
+    assert st.serve_wait_event(serving, up)[1] == "ServePodsPending"
 
 
 @pytest.mark.parametrize("status,spec,expected", [
