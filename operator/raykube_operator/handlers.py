@@ -1045,7 +1045,11 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
                              "the spec is valid", now=now, generation=gen)
     patch: dict[str, Any] = {"rayJob": job_name, "observedGeneration": gen}
     if was_invalid:
-        patch["message"] = f"the spec is valid now: RayJob {job_result}"
+        # "the spec is valid now: RayJob unchanged" read as news of the RayJob for the
+        # ~40 s of training until KubeRay's next status (on the real node)
+        patch["message"] = (f"the spec is valid now: RayJob {job_result}"
+                            if job_result != "unchanged" else
+                            "the spec is valid now; the run goes on unchanged")
     elif (st.get_condition(cur.get("conditions"), st.SPEC_APPLIED) or {}).get(
             "reason") == "KubeRayMissing":
         patch["message"] = f"KubeRay is installed now: RayJob {job_result}"
@@ -1096,6 +1100,11 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
             message = f"RayJob rerun for {fields}"
         elif job_result == "suspend":  # it read "RayJob suspend" either way
             message = f"RayJob {_suspend_word(run)}"
+        elif job_result == "unchanged" and pending:
+            # the pending edit undone: the condition flips back without an Event
+            # before (a fault probe on the real node)
+            message = st.spec_change_undone(", ".join(pending))
+            events.append(("Normal", "SpecChangeUndone", message))
         old = st.get_condition(conds, st.SPEC_APPLIED)
         if job_result == "unchanged" and old is not None and old.get("status") == "True" and (
                 old.get("observedGeneration") == gen):
@@ -1347,6 +1356,17 @@ def on_permanent_failure(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
                 _cancel_retries(memo.kube, tr)
     except ApiError as exc:
         raise _transient(exc, memo.cfg) from exc
+
+
+@kopf.on.field(*TR, field="status.workerFailures")
+def on_worker_failure(old: Any, new: Any, body: kopf.Body, **_: Any) -> None:
+    """The driver reported a failure of Ray Train's worker group (a worker killed, a
+    node lost, an exception in the loop): one Warning Event, the record of it that
+    outlives the attempt (the next attempt's driver clears the field). kopf keeps the
+    last value handled in the TrainingRun's annotation, so an operator restarted later
+    does not announce it again."""
+    if event := st.worker_failure_event(old, new):
+        _event(dict(body), *event)
 
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels=OUR_CHILDREN, when=_followed)

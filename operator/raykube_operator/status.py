@@ -157,6 +157,12 @@ def job_state(rayjob_status: dict[str, Any] | None, *, suspend: bool = False) ->
             or kr_msg or f"jobDeploymentStatus={dep}, jobStatus={job or 'unknown'}"
         return JobState(("False", "Completed", "the Ray job finished"), "Failed", reason,
                         failed_message(failed, detail), True)
+    if dep == "Suspended" and not suspend:
+        # asked to resume, and KubeRay has not acted yet: not "suspended" (on the real
+        # node that read as a second Suspended Event, right after the resume)
+        return JobState(("False", "Resuming", "resuming: KubeRay starts the Ray cluster "
+                         "again; training resumes from the latest checkpoint"),
+                        None, "Resuming", "resuming", False)
     if dep in SUSPENDED_DEPLOYMENT:
         return JobState(("False", "Suspended", "spec.suspend is true: the Ray cluster is "
                          "stopped; set it to false to resume from the latest checkpoint"),
@@ -792,6 +798,12 @@ it (``plan_rayjob``'s ``rerun_pending``)."""
 _CHANGED = " changed "
 
 
+def spec_change_undone(fields: str) -> str:
+    """``SpecApplied``'s message (and an Event) when a pending edit is edited back."""
+    return (f"{fields} edited back before the edit was applied: the run goes on as it "
+            "was (RayJob unchanged)")
+
+
 def rerun_waiting(fields: str, when: str, job_name: str) -> str:
     """``SpecApplied=False``'s message while a rerun waits for the previous RayJob to go."""
     return (f"{fields}{_CHANGED}{when}: the new run starts once RayJob {job_name} of the "
@@ -878,6 +890,9 @@ def phase_event(current: dict[str, Any] | None,
         # a pod's problem gone back to the plain "waiting": no news (on the real node it
         # alternated with "Insufficient cpu", three Pending Events in 2 s)
         return None
+    if running.get("reason") == "Suspended" and (get_condition(
+            patch["conditions"], SPEC_APPLIED) or {}).get("reason") == SPEC_CHANGE_BEFORE_START:
+        return None  # the operator's own suspend for an edit: its Event said so already
     failed = is_true(patch["conditions"], FAILED)
     reason = new_phase if new_phase != "Running" else running.get("reason", "Running")
     if _waits_for(patch.get("message")) is not None:
@@ -890,6 +905,20 @@ def phase_event(current: dict[str, Any] | None,
         reason = ("Failed" if failed else "Succeeded" if is_true(patch["conditions"], SUCCEEDED)
                   else running.get("reason") or "Pending")
     return ("Warning" if failed else "Normal", reason, patch.get("message") or new_phase)
+
+
+def worker_failure_event(old: Any, new: Any) -> tuple[str, str, str] | None:
+    """The Warning for a worker-group failure the driver reported in
+    ``status.workerFailures`` (``old`` -> ``new``), or None: one per failure (a new
+    ``at``), none when the field is cleared (a new attempt's driver starts its count at
+    zero). The Event is what records it once that happens: on the real node a worker
+    killed mid-attempt was in the status for that attempt only."""
+    if not isinstance(new, dict) or not new.get("last"):
+        return None
+    if isinstance(old, dict) and (old.get("at"), old.get("count")) == (new.get("at"),
+                                                                        new.get("count")):
+        return None
+    return ("Warning", "WorkerFailure", str(new["last"]))
 
 
 # --------------------------------------------------------------------------- promotion

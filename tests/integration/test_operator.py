@@ -465,6 +465,61 @@ def running_with_an_edit_pending(kube, name: str, epochs: int) -> dict:
     return job
 
 
+def test_a_pending_edit_edited_back_is_said_to_be_undone(kube):
+    """An edit made while the run trains waits for its end; edited back, it no longer
+    does: SpecApplied goes back to True, and one Event says so (the condition flipped
+    silently before: a fault probe on the real node)."""
+    name = "undo"
+    epochs = tr_doc(name)["spec"]["train"]["epochs"]
+    job = running_with_an_edit_pending(kube, name, epochs + 5)
+    kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": epochs}}})
+    tr = kube.wait_condition(name, "SpecApplied", "True")
+    applied = cond(tr, "SpecApplied")
+    assert applied["reason"] == "UpToDate" and applied["message"] == (
+        "spec.train.epochs edited back before the edit was applied: the run goes on as it "
+        "was (RayJob unchanged)"), applied
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
+    kube.wait_for(lambda: [e for e in events(kube, name) if e.get("reason") == "SpecChangeUndone"],
+                  timeout=10, what="a SpecChangeUndone Event")
+    # the run's end starts nothing new: nothing was pending
+    rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    kube.wait_condition(name, "Succeeded")
+    time.sleep(1)
+    assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
+    assert [e["reason"] for e in events(kube, name)].count("SpecChangeUndone") == 1
+
+
+def test_a_worker_failure_is_a_warning_once_even_across_a_restart(kube, operator):
+    """The driver patches ``status.workerFailures`` as Ray Train restarts its workers; the
+    next attempt's driver clears it. Each failure is one Warning Event, the record that
+    outlives the attempt, and a restarted operator does not post it again."""
+    name = "worker-failed"
+    kube.create(tr_doc(name))
+    kube.wait_object("RayJob", name)
+    last = "worker failure (rank 1: killed); restarting the workers from the last checkpoint"
+
+    def failures() -> list[str]:
+        return [e["message"] for e in events(kube, name) if e.get("reason") == "WorkerFailure"
+                and e.get("type") == "Warning"]
+
+    kube.patch_status("TrainingRun", name, {"workerFailures": {
+        "count": 1, "last": f"{last} (retry 1 of 3)", "at": "2026-12-06T01:00:00Z"}})
+    kube.wait_for(lambda: failures() == [f"{last} (retry 1 of 3)"], timeout=15,
+                  what="one WorkerFailure Warning")
+    kube.patch_status("TrainingRun", name, {"progress": {"epoch": 2}})  # another field
+    kube.patch_status("TrainingRun", name, {"workerFailures": {
+        "count": 2, "last": f"{last} (retry 2 of 3)", "at": "2026-12-06T01:00:09Z"}})
+    kube.wait_for(lambda: len(failures()) == 2, timeout=15, what="the second Warning")
+    kube.wait_object("TrainingRun", name, timeout=15, where=lambda o: "retry 2 of 3" in (
+        (o["metadata"].get("annotations") or {}).get("raykube.io/last-handled-configuration")
+        or ""))
+    operator.restart()
+    time.sleep(4)  # the restarted operator's resume handler has run by now
+    kube.patch_status("TrainingRun", name, {"workerFailures": None})  # a new attempt
+    time.sleep(2)
+    assert sorted(failures()) == [f"{last} (retry 1 of 3)", f"{last} (retry 2 of 3)"], failures()
+
+
 def test_a_rayjob_deleted_with_an_edit_pending_is_recreated_with_it_unless_it_conflicts(kube):
     """Deleting an active run's RayJob ends that run: the new RayJob takes the pending
     edit, and says so. Before, it took it silently, and a pending model edit went past
@@ -666,6 +721,7 @@ def test_a_training_edit_before_the_ray_cluster_is_up_suspends_and_resumes_with_
         "trainingrun.yaml"]
     reasons = [e.get("reason") for e in events(kube, name)]
     assert reasons.count("SpecChangeBeforeStart") == 1, reasons
+    assert "Suspended" not in reasons, reasons  # the operator's own suspend: said once
 
 
 def test_model_edit_after_the_run_is_refused_before_creating_anything(kube):

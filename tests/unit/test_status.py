@@ -10,7 +10,10 @@ T0, T1 = "2025-01-01T00:00:00Z", "2025-01-01T01:00:00Z"
 
 
 def job(**status):
-    return {"metadata": {"name": "r"}, "status": status}
+    # KubeRay suspends a RayJob whose spec says so; one Suspended without it is resuming
+    spec = {"suspend": True} if status.get("jobDeploymentStatus") in (
+        "Suspending", "Suspended") else {}
+    return {"metadata": {"name": "r"}, "spec": spec, "status": status}
 
 
 def apply(seq):
@@ -31,6 +34,7 @@ def apply(seq):
     ({"jobDeploymentStatus": "Retrying", "failed": 1}, "Running", "Retrying"),
     ({"jobDeploymentStatus": "Suspending"}, "Suspended", "Suspended"),
     ({"jobDeploymentStatus": "Suspended", "jobStatus": "STOPPED"}, "Suspended", "Suspended"),
+    ({"jobDeploymentStatus": "Suspended", "resume": True}, "Pending", "Resuming"),
     ({"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}, "Succeeded", "Completed"),
     ({"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}, "Failed", "Completed"),
     ({"jobDeploymentStatus": "Failed", "jobStatus": "FAILED"}, "Failed", "Completed"),
@@ -38,7 +42,10 @@ def apply(seq):
     ({"jobDeploymentStatus": "SomethingNew"}, "Pending", "SomethingNew"),
 ])
 def test_phase_and_running_condition(status, phase, running_reason):
-    out = st.status_from_rayjob(job(**status), {}, now=T0, generation=3)
+    rayjob = job(**{k: v for k, v in status.items() if k != "resume"})
+    if status.get("resume"):
+        rayjob["spec"] = {}  # spec.suspend set back to false, KubeRay not there yet
+    out = st.status_from_rayjob(rayjob, {}, now=T0, generation=3)
     assert out["phase"] == phase
     running = st.get_condition(out["conditions"], "Running")
     assert running["reason"] == running_reason and running["observedGeneration"] == 3
@@ -999,3 +1006,36 @@ def test_a_serving_pod_that_cannot_run_is_named_until_it_runs():
 ])
 def test_a_cluster_left_running_past_the_deadline(status, spec, expected):
     assert st.cluster_left_running({"spec": spec, "status": status}) == expected
+
+
+def test_a_worker_failure_is_one_warning_each_and_none_when_cleared():
+    """``status.workerFailures`` lives for one attempt (the next attempt's driver clears
+    it): the Event is what records a worker killed mid-run (a fault probe on the real node
+    saw none)."""
+    first = {"count": 1, "last": "worker failure (rank 1: ...); restarting", "at": T0}
+    assert st.worker_failure_event(None, first) == ("Warning", "WorkerFailure", first["last"])
+    assert st.worker_failure_event(first, dict(first)) is None  # the same one again
+    second = {**first, "count": 2, "at": T1}
+    assert st.worker_failure_event(first, second)[1] == "WorkerFailure"
+    assert st.worker_failure_event(second, None) is None  # a new attempt starts at zero
+    assert st.worker_failure_event(None, {"count": 1}) is None  # nothing to say
+
+
+def test_the_operators_suspend_for_an_edit_is_not_announced_again_as_suspended():
+    """The SpecChangeBeforeStart Event says the RayJob is suspended for the edit; a
+    Suspended Event with the same words followed it (on the real node)."""
+    msg = st.spec_change_before_start("spec.scaling.cpusPerWorker")
+    conds = st.set_condition([], st.SPEC_APPLIED, False, st.SPEC_CHANGE_BEFORE_START, msg,
+                             now=T0, generation=2)
+    cur = {"conditions": conds, "phase": "Pending", "message": msg}
+    suspended = job(jobDeploymentStatus="Suspended")
+    suspended["spec"] = {"suspend": True}
+    patch = st.status_from_rayjob(suspended, cur, now=T1, generation=2)
+    assert patch["phase"] == "Suspended" and patch["message"] == msg
+    assert st.phase_event(cur, patch) is None
+    # the user's own suspend is announced as before
+    user = {"conditions": st.set_condition([], st.SPEC_APPLIED, True, "SuspendUpdated",
+                                           "RayJob suspended", now=T0, generation=2),
+            "phase": "Running"}
+    assert st.phase_event(user, st.status_from_rayjob(suspended, user, now=T1,
+                                                      generation=2))[1] == "Suspended"
