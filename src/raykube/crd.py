@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from raykube.k8s_rules import QUANTITY_PATTERN, QUANTITY_RULE
 from raykube.spec import (
     _DNS_LABEL,
     GPU_SHARE_RULE,
@@ -341,6 +342,14 @@ class _Converter:
             for k in ("minLength", "maxLength", "pattern", "format"):
                 if k in node:
                     out[k] = node[k]
+            if out.get("pattern") == QUANTITY_PATTERN:
+                # a CEL rule, not the pattern: the API server's pattern error prints the
+                # regular expression ("should match '^[0-9]+(\.[0-9]+)?(Ki|...'") to a
+                # user who wrote 2GB
+                del out["pattern"]
+                out.setdefault("x-kubernetes-validations", []).append({
+                    "rule": f"self.matches(r'{QUANTITY_PATTERN}')",
+                    "messageExpression": f"'{QUANTITY_RULE} (got \\'' + self + '\\')'"})
         elif t not in ("boolean", None):
             raise SchemaGenerationError(f"{path}: unsupported type {t!r}")
         if "enum" in node:
@@ -350,7 +359,8 @@ class _Converter:
 
         out.update(_OVERRIDES.get(path, {}))
         out.update(_LIMITS.get(path, {}))
-        rules = [*_CEL.get(path, []), *_fractional_bound_rules(out)]
+        rules = [*out.pop("x-kubernetes-validations", []), *_CEL.get(path, []),
+                 *_fractional_bound_rules(out)]
         if rules:
             out["x-kubernetes-validations"] = rules
 

@@ -141,6 +141,27 @@ def mount_path_problem(path: str) -> str | None:
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
 """A Kubernetes quantity as the spec accepts it (the CRD's pattern too)."""
+QUANTITY_MAX_LENGTH = 64
+"""Longest quantity the spec accepts (a bound the API server's CEL cost estimate needs)."""
+QUANTITY_RULE = ("must be a Kubernetes quantity: a number and a unit, Ki, Mi, Gi, Ti "
+                 "(powers of 1024) or k, M, G, T (of 1000), e.g. 4Gi or 512Mi")
+"""What the spec's quantity fields say to a value that is not one (here and, as a CEL
+rule's message, from the API server: its pattern error printed the regular expression)."""
+_UNIT_TYPO = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtTpPeE])(i?)[bB]?(?:ytes?)?")
+
+
+def quantity_hint(value: str) -> str:
+    """``QUANTITY_RULE`` with what was given and, for the usual slips (``2GB``, ``512mb``,
+    ``2 Gi``, ``2gi``), what was most likely meant."""
+    m = _UNIT_TYPO.fullmatch(value.strip())
+    if m is None:
+        return f"{QUANTITY_RULE} (got {value!r})"
+    number, unit = m[1], m[2].upper() if m[2] not in ("k", "K") else "k"
+    binary = f"{number}{'K' if unit == 'k' else unit}i"
+    meant = f"{binary}" + (f" or {number}{unit}" if not m[3] else "")
+    return f"{QUANTITY_RULE} (got {value!r}: {meant}?)"
+
+
 _MULTIPLIER = {None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9,
                "T": 1e12, "P": 1e15, "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
                "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}

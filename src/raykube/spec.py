@@ -415,7 +415,7 @@ class HeadSpec(_Model):
 
     cpus: float = Field(default=1.0, ge=MIN_POD_CPUS, le=512, description="CPUs of the head "
                         "pod (at least 0.1).")
-    memory: str | None = Field(default=None, pattern=_QUANTITY, description="Memory of the "
+    memory: str | None = Field(default=None, pattern=_QUANTITY, max_length=k8s_rules.QUANTITY_MAX_LENGTH, description="Memory of the "
                                "head pod. Default 2Gi; with tune, what the search's head "
                                "needs rounded up to 512Mi (2.5Gi at maxConcurrentTrials 2, "
                                "3.5Gi at 4). At least 1158 MiB: Ray's own processes, the "
@@ -436,7 +436,7 @@ class ScalingSpec(_Model):
     gpus_per_worker: float = Field(default=0.0, ge=0.0, le=16, description="GPUs per worker "
                                    "(0: CPU training). Fractions below 1 share a GPU, e.g. "
                                    "between Tune trials.")
-    memory_per_worker: str = Field(default="4Gi", pattern=_QUANTITY, description="Memory per "
+    memory_per_worker: str = Field(default="4Gi", pattern=_QUANTITY, max_length=k8s_rules.QUANTITY_MAX_LENGTH, description="Memory per "
                                    "worker pod (Kubernetes quantity). At least the model's "
                                    "float32 weights, gradients and optimizer buffers, ~400 "
                                    "MiB for torch and ~400 MiB for Ray's processes, under "
@@ -588,7 +588,7 @@ class ServeSpec(_Model):
     cpus_per_replica: float = Field(default=1.0, ge=MIN_POD_CPUS, le=512, description="CPUs "
                                     "per replica (at least 0.1).")
     gpus_per_replica: float = Field(default=0.0, ge=0.0, le=16, description="GPUs per replica.")
-    memory_per_replica: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory per "
+    memory_per_replica: str = Field(default="2Gi", pattern=_QUANTITY, max_length=k8s_rules.QUANTITY_MAX_LENGTH, description="Memory per "
                                     "serving worker pod. At least the model's float32 "
                                     "weights, ~400 MiB for torch and ~400 MiB for Ray's "
                                     "processes, under Ray's memory monitor's 95 % (about "
@@ -1624,6 +1624,8 @@ def _errors_from_pydantic(exc: ValidationError,
                    else f"must be a DNS subdomain: lower-case letters, digits, '-' and '.', "
                    f"starting and ending with a letter or digit (got {shown})"
                    if (e.get("ctx") or {}).get("pattern") == _DNS_SUBDOMAIN
+                   else k8s_rules.quantity_hint(str(e.get("input")))
+                   if (e.get("ctx") or {}).get("pattern") == _QUANTITY
                    else f"{msg[0].lower()}{msg[1:]} (got {shown})")
         errors.append(SpecError(path or "(document)", msg))
     return errors

@@ -205,7 +205,8 @@ CEL_CASES = {
 def _cel_messages(node: Any) -> list[str]:
     out = []
     if isinstance(node, dict):
-        out += [v["message"] for v in node.get("x-kubernetes-validations") or []]
+        out += [v["message"] for v in node.get("x-kubernetes-validations") or []
+                if "message" in v]  # the quantity rule's messageExpression: below
         for v in node.values():
             out += _cel_messages(v)
     elif isinstance(node, list):
@@ -285,6 +286,42 @@ def test_every_cel_rule_is_enforced_by_the_api_server(kube, message):
     assert message in msg and field.split("[")[0] in msg, msg
     if where == "metadata.name":  # it said "<nil>: Invalid value" (differential probe)
         assert "metadata.name: Invalid value" in msg, msg
+
+
+def _quantity_fields(node: dict[str, Any], path: tuple[str, ...] = ()):
+    """The path of each string the quantity rule checks (a CEL rule, not a pattern)."""
+    if any("messageExpression" in r for r in node.get("x-kubernetes-validations") or []):
+        yield ".".join(path)
+    for key, child in (node.get("properties") or {}).items():
+        yield from _quantity_fields(child, (*path, key))
+
+
+QUANTITIES = sorted(_quantity_fields(SCHEMA["properties"]["spec"], ("spec",)))
+
+
+@pytest.mark.parametrize("path", QUANTITIES)
+def test_a_quantity_that_is_not_one_is_refused_in_words(kube, path):
+    """``memoryPerWorker: 2GB`` through kubectl: the API server's pattern error printed
+    the regular expression (a fault probe on the real node). The CRD's CEL rule says what
+    a quantity is, and what was given; a quantity still passes."""
+    assert {"spec.scaling.memoryPerWorker", "spec.serve.memoryPerReplica",
+            "spec.scaling.head.memory"} <= set(QUANTITIES)
+    for value, refused in (("2GB", True), ("512 Mi", True), ("1.5Gi", False), ("500M", False)):
+        doc = base_doc()
+        node = doc
+        *parents, last = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+        status, text = dry_run(kube, doc)
+        if not refused:
+            assert status in (200, 201), (value, text[:500])
+            continue
+        assert status == 422, (status, text[:500])
+        msg = json.loads(text)["message"]
+        assert f"{path}: Invalid value" in msg and "must be a Kubernetes quantity: a number " \
+            "and a unit" in msg and f"(got '{value}')" in msg, msg
+        assert "^[0-9]" not in msg, msg
 
 
 def test_kubectl_apply_dry_run_names_the_field(kube):

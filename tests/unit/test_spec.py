@@ -680,3 +680,27 @@ def test_labels_and_annotation_keys_the_api_server_refuses_are_refused():
     doc["metadata"]["labels"] = {"app.kubernetes.io/part-of": "ml", "ok": ""}
     doc["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{}"}
     assert parse_training_run(doc).metadata.labels == {"app.kubernetes.io/part-of": "ml", "ok": ""}
+
+
+@pytest.mark.parametrize("value,meant", [
+    ("2GB", "2Gi or 2G?"), ("512mb", "512Mi or 512M?"), ("2 Gi", "2Gi?"), ("2gi", "2Gi?"),
+    ("100MiB", "100Mi?"), ("lots", None)])
+def test_a_memory_that_is_no_quantity_says_what_a_quantity_is(value, meant):
+    """``memoryPerWorker: 2GB`` was refused with the pattern's regular expression; it says
+    what a quantity is, what was given, and for the usual slips what was meant."""
+    for where in ("scaling.memoryPerWorker", "scaling.head.memory", "serve.memoryPerReplica"):
+        section, *rest = where.split(".")
+        spec = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}
+        node = spec.setdefault(section, {})
+        for key in rest[:-1]:
+            node = node.setdefault(key, {})
+        node[rest[-1]] = value
+        with pytest.raises(InvalidTrainingRun) as info:
+            parse_spec(spec)
+        (error,) = info.value.errors
+        assert error.path == f"spec.{where}"
+        assert error.message.startswith("must be a Kubernetes quantity: a number and a unit, "
+                                        "Ki, Mi, Gi, Ti (powers of 1024)"), error.message
+        assert error.message.endswith(f"(got {value!r}: {meant})" if meant else
+                                      f"(got {value!r})"), error.message
+        assert "^[0-9]" not in error.message
