@@ -658,6 +658,13 @@ def cluster_left_running(rayjob: dict[str, Any]) -> str | None:
     return s.get("rayClusterName") or None
 
 
+def _said(conditions: list[dict[str, Any]] | None) -> list[tuple[Any, ...]]:
+    """What conditions say (type, status, reason, message), not when or for which
+    generation."""
+    return [(c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
+            for c in conditions or []]
+
+
 def status_from_rayjob(
     rayjob: dict[str, Any],
     current: dict[str, Any] | None,
@@ -738,8 +745,12 @@ def status_from_rayjob(
                                       f"no outcome yet: {state.message}", now=now,
                                       generation=generation)
 
-    if state.outcome == "Succeeded" and conds == cur.get("conditions") and cur.get("message"):
-        message = cur["message"]  # no news: a later one (serving's) stays the last word
+    if state.outcome == "Succeeded" and _said(conds) == _said(cur.get("conditions")) \
+            and cur.get("message"):
+        # no news: a later one (serving's) stays the last word. Not only the very same
+        # conditions: a serve edit's new generation is no news of the RayJob, and it put
+        # "the Ray job succeeded" back over "serving ..." (on the real node)
+        message = cur["message"]
     out: dict[str, Any] = {
         "conditions": conds,
         "phase": phase_of(conds),

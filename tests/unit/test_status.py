@@ -930,6 +930,9 @@ def test_serving_is_the_news_and_shows_the_served_accuracy():
     assert cur["serving"]["valAccuracy"] == 0.9889
     # KubeRay moves the finished RayJob again (its cluster deleted): no news
     assert st.status_from_rayjob(done, cur, now=T1, generation=1)["message"] == "serving c1 at e"
+    # nor is a serve edit's new generation (it brought "the Ray job succeeded" back while
+    # the checkpoint served, on the real node)
+    assert st.status_from_rayjob(done, cur, now=T1, generation=2)["message"] == "serving c1 at e"
     # the same checkpoint's RayService moving is no news either; a new one is
     again = st.serving_from_rayservice(svc, cur, endpoint="e", checkpoint="c1", now=T1,
                                        generation=1)
