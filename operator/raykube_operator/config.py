@@ -116,6 +116,10 @@ class OperatorConfig:
     # Level-triggered backstop (controller-runtime's SyncPeriod): a child deleted while a
     # watch was cut (an API server restart) sends no DELETED event to anyone.
     resync: float = 300.0
+    # A Ray pod that cannot run is named in the status (and a Warning) once it has been so
+    # for this long: on the real node a serving pod waited ~20 s on every happy path, for
+    # the CPU of the training cluster being deleted, and was a Warning each time.
+    pod_problem_grace: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -132,4 +136,6 @@ class OperatorConfig:
             api_wait=_float(env, "RAYKUBE_API_WAIT", cls.api_wait),
             preflight=env_flag("RAYKUBE_PREFLIGHT", cls.preflight, env),
             resync=_float(env, "RAYKUBE_RESYNC_SECONDS", cls.resync),
+            pod_problem_grace=_float(env, "RAYKUBE_POD_PROBLEM_GRACE_SECONDS",
+                                     cls.pod_problem_grace),
         )

@@ -69,6 +69,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import kopf
@@ -196,10 +197,11 @@ def init_memo(memo: kopf.Memo, cfg: OperatorConfig, kube: Kube) -> kopf.Memo:
     """The operator's shared state: config, API client, locks, and what it has observed."""
     memo.cfg = cfg
     memo.kube = kube
+    _EVENTS["kube"] = kube
     memo.locks = defaultdict(threading.Lock)
     memo.locks_guard = threading.Lock()
-    # (namespace, TrainingRun) -> {pod name: (Ray cluster, problem)}: what keeps a run's
-    # Ray pods from running, as last observed (see on_pod_event)
+    # (namespace, TrainingRun) -> {pod name: (Ray cluster, problem, first seen: monotonic
+    # s)}: what keeps a run's Ray pods from running, as last observed (see on_pod_event)
     memo.pod_problems = {}
     # (namespace, run) -> pod_oom / head_loss keys already handled: a cache that spares
     # the API calls on later events of the same pod (what was announced is the
@@ -517,11 +519,37 @@ def _patch_status(kube: Kube, tr: dict[str, Any], patch: dict[str, Any], *,
                subresource="status")
 
 
+_EVENTS: dict[str, Kube] = {}
+"""The API client for Events posted outside kopf's handlers (``init_memo`` sets it)."""
+
+
 def _event(tr: dict[str, Any], type_: str, reason: str, message: str) -> None:
     try:
-        kopf.event(tr, type=type_, reason=reason, message=message[:1000])
+        try:
+            kopf.event(tr, type=type_, reason=reason, message=message[:1000])
+        except LookupError:
+            # a thread of our own (the resync, a pod problem's re-check after its grace
+            # period): kopf's event queue lives in its handlers' context variables, and
+            # kopf.event there raised, so such an Event was dropped
+            _post_event(_EVENTS["kube"], tr, type_, reason, message[:1000])
     except Exception:  # events are best effort
         log.debug("could not post event", exc_info=True)
+
+
+def _post_event(kube: Kube, tr: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """One Event as kopf posts it (``kopf._cogs.clients.events.post_event``), by us."""
+    meta = tr["metadata"]
+    now = datetime.now(timezone.utc).isoformat()
+    kube.create({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"namespace": meta["namespace"], "generateName": "kopf-event-"},
+        "action": "Action?", "type": type_, "reason": reason, "message": message,
+        "reportingComponent": "kopf", "reportingInstance": "dev",
+        "source": {"component": "kopf"},
+        "involvedObject": {"apiVersion": tr.get("apiVersion") or API_VERSION,
+                           "kind": tr.get("kind") or KIND, "name": meta["name"],
+                           "uid": meta.get("uid"), "namespace": meta["namespace"]},
+        "firstTimestamp": now, "lastTimestamp": now, "eventTime": now})
 
 
 def _owned(child: dict[str, Any], tr: dict[str, Any]) -> bool:
@@ -1267,9 +1295,8 @@ def _sync_rayjob_status(memo: kopf.Memo, ns: str, tr_name: str, job_name: str) -
             tr = _cancel_retries(kube, tr)
             cur = tr.get("status") or {}
         cluster = (rayjob.get("status") or {}).get("rayClusterName")
-        with memo.pods_guard:
-            problems = [why for c, why in memo.pod_problems.get((ns, tr_name), {}).values()
-                        if c is None or (cluster and c == cluster)]  # None: the submitter
+        problems = _pod_problems(memo, ns, tr_name, lambda c: c is None or (
+            cluster and c == cluster))  # None: the submitter
         patch = st.status_from_rayjob(
             rayjob, cur, now=st.now_rfc3339(), generation=tr["metadata"].get("generation"),
             pod_problems=problems)
@@ -1478,7 +1505,6 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     labels = meta.labels or {}
     key, cluster = (meta.namespace, labels[LABEL]), labels.get("ray.io/cluster")
     problem = None if type == "DELETED" else st.pod_problem(dict(body))
-    entry = (cluster, problem) if problem else None
     now = st.now_rfc3339()
     oom = None if type == "DELETED" or cluster is None else st.pod_oom(dict(body), now=now)
     loss = st.head_loss(dict(body), deleted=type == "DELETED", now=now)
@@ -1488,8 +1514,12 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         if new:
             memo.incidents_seen[key] = seen_keys | {inc.key for inc in new}
         seen = memo.pod_problems.get(key, {})
-        if seen.get(meta.name) == entry and not new:
+        was = seen.get(meta.name)
+        if (was or (None, None))[:2] == (cluster, problem) and not new:
             return
+        # a problem keeps its first sighting while the scheduler rewrites its words
+        first = was[2] if was and was[1] is not None and problem is not None else time.monotonic()
+        entry = (cluster, problem, first) if problem else None
         seen = {**seen, meta.name: entry} if entry else {
             k: v for k, v in seen.items() if k != meta.name}
         if seen:
@@ -1497,7 +1527,7 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         else:
             memo.pod_problems.pop(key, None)
 
-    def sync() -> None:
+    def sync(new: list[st.Incident] = new) -> None:
         job = memo.kube.get(RAY_API, "RayJob", key[0], key[1])
         for inc in new:  # a head lost is a fault only while the job runs on it
             if inc.reason == "OOMKilled" or st.running_on(job, cluster):
@@ -1511,6 +1541,23 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             _sync_rayservice_status(svc, memo)
 
     _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))
+    if problem and not (was and was[1] is not None):
+        # named once it has lasted the grace period, if it still does then
+        # (controller-runtime's RequeueAfter)
+        later = threading.Timer(memo.cfg.pod_problem_grace + 0.5, _retrying, args=(
+            memo, f"following pod {meta.name}", lambda: _unwrap(lambda: sync([]))))
+        later.daemon = True
+        later.start()
+
+
+def _pod_problems(memo: kopf.Memo, ns: str, tr_name: str, mine: Any) -> list[str]:
+    """The problems of the run's pods in the clusters ``mine(cluster)`` accepts that have
+    lasted ``pod_problem_grace``: a pod Pending for a moment is no news (a serving pod
+    waits for the CPU of the training cluster being deleted on every happy path)."""
+    oldest = time.monotonic() - memo.cfg.pod_problem_grace
+    with memo.pods_guard:
+        return [why for c, why, first in memo.pod_problems.get((ns, tr_name), {}).values()
+                if mine(c) and first <= oldest]
 
 
 def _rayservice_of(kube: Kube, ns: str, tr_name: str) -> dict[str, Any] | None:
@@ -1769,9 +1816,7 @@ def _sync_rayservice_status(svc: dict[str, Any], memo: kopf.Memo) -> None:
             return
         cur = tr.get("status") or {}
         clusters = st.serving_clusters(svc)
-        with memo.pods_guard:
-            problems = [why for c, why in memo.pod_problems.get((ns, tr_name), {}).values()
-                        if c in clusters]
+        problems = _pod_problems(memo, ns, tr_name, lambda c: c in clusters)
         patch = st.serving_from_rayservice(
             svc, cur, endpoint=serve_endpoint(run),
             checkpoint=_ann(svc, CHECKPOINT_ANNOTATION), now=st.now_rfc3339(),

@@ -331,6 +331,9 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
             # preemption ("no new claims to deallocate, preemption: 0/1 nodes are
             # available: 1 Preemption is not helpful for scheduling."), no help here
             verdict = re.split(r"(?<=\.) (?=no new claims|preemption:)", why, maxsplit=1)[0]
+            # kube-scheduler 1.36 repeats a claim's verdict: 'persistentvolumeclaim "x"
+            # not found. not found.'
+            verdict = re.sub(r"(\w[\w ]*)\. \1\.?$", r"\1.", verdict)
             hint = schedule_hint(pod, verdict)
             return f"pod {name} cannot be scheduled: " + (
                 f"{verdict.rstrip('.')}; {hint}" if hint else verdict)
@@ -369,6 +372,8 @@ def schedule_field(labels: dict[str, str], cause: str) -> str | None:
     job submitter is sized by KubeRay's defaults, not by a field of ours."""
     role = labels.get(ROLE_LABEL)
     head, serve = labels.get("ray.io/node-type") == "head", role == SERVE_ROLE
+    if head and cause in ("nodeSelector", "tolerations"):
+        return None  # the workers' placement: the head takes neither (see schedule_hint)
     if cause == "nodeSelector":
         return "spec.scaling.nodeSelector"
     if cause == "tolerations":
@@ -396,23 +401,38 @@ def schedule_hint(pod: dict[str, Any], verdict: str) -> str:
     labels = (pod.get("metadata") or {}).get("labels") or {}
     said: list[str] = []
     for words, cause in _SCHEDULER_CAUSES:
-        if words not in verdict or (field := schedule_field(labels, cause)) is None:
+        if words not in verdict:
+            continue
+        if (field := schedule_field(labels, cause)) is None:
+            if cause == "tolerations" and labels.get("ray.io/node-type") == "head" and not said:
+                said.append("the head pod takes no tolerations (spec.scaling.tolerations "
+                            "are the workers'): it needs a node without taints")
             continue
         if cause in ("cpu", "memory", GPU_RESOURCE):
             amount = _request(pod, cause)
+            if cause == "cpu" and amount and amount.endswith("m") and amount[:-1].isdigit():
+                amount = f"{int(amount[:-1]) / 1000:g}"  # "0.5 CPU", as the spec says it
             what = {"cpu": "CPU", "memory": "of memory"}.get(cause, "GPU")
             line = f"{field} asks {amount} {what} per pod" if amount else field
+            if cause != GPU_RESOURCE and not field.startswith("spec.scaling.head."):
+                # what the node has left is the shortfall: on a 2-CPU node the quickstart's
+                # worker (1 CPU) waited for the head's 1 CPU, and lowering cpusPerWorker
+                # did not help (the real-pods probe)
+                line += f", beside the head's spec.scaling.head.{cause if cause == 'memory' else 'cpus'} and the node's other pods"
         elif cause == "nodeSelector":
             chosen = (pod.get("spec") or {}).get("nodeSelector") or {}
             if not chosen:
                 continue  # an affinity that is not ours
             line = f"{field} asks for nodes with {', '.join(f'{k}={v}' for k, v in sorted(chosen.items()))}"
         elif cause == "tolerations":
-            keys = [k for k in re.findall(r"untolerated taint\(?s?\)? ?\{([^:}]+)", verdict)
-                    if not k.startswith(_SYSTEM_TAINTS)]
-            if said or not keys:
+            named = re.findall(r"untolerated taint\(?s?\)? ?\{([^:}]+)", verdict)
+            keys = [k for k in named if not k.startswith(_SYSTEM_TAINTS)]
+            if said or (named and not keys):
                 continue  # beside a real shortfall, or a node's own state (not-ready)
-            line = f"{field} does not tolerate the taint {', '.join(keys)}"
+            # kube-scheduler 1.36 names no taint ("1 node(s) had untolerated taint(s).")
+            line = (f"{field} does not tolerate the taint {', '.join(keys)}" if keys else
+                    f"{field} lists the taints the pods tolerate (kubectl describe nodes "
+                    "shows the nodes' taints)")
         else:
             line = f"{field} names the claim (when unset, the operator's default)"
         if line not in said:

@@ -129,7 +129,7 @@ def test_resync_puts_back_a_rayjob_whose_deletion_no_watch_saw(kube, operator):
         live, gone = (kube.namespace, "missed"), (kube.namespace, "never-existed")
         for key in (live, gone):  # what the pod watch and the handlers keep per run
             memo.locks[key]
-            memo.pod_problems[key] = {"pod": ("cluster", "Unschedulable")}
+            memo.pod_problems[key] = {"pod": ("cluster", "Unschedulable", 0.0)}
             memo.incidents_seen[key] = {"uid/ray-worker/1/t"}
         assert resync(memo) == [f"RayJob/{kube.namespace}/missed"]
         tables = (memo.locks, memo.pod_problems, memo.incidents_seen)
@@ -137,6 +137,12 @@ def test_resync_puts_back_a_rayjob_whose_deletion_no_watch_saw(kube, operator):
         job = kube.get("RayJob", "missed")
         assert job is not None and job["metadata"]["uid"] != old
         kube.wait_condition("missed", "Running", status="False", reason="RayJobRecreated")
+        # its Warning too: kopf.event outside kopf's handlers (the resync's thread, here
+        # the test's) raised, and the Event was dropped
+        kube.wait_for(lambda: [e for e in kube.list("Event") if e.get("reason") ==
+                               "RayJobRecreated" and (e.get("involvedObject") or {}).get(
+                                   "name") == "missed"], timeout=10,
+                      what="the resync's RayJobRecreated Event")
         assert (kube.namespace, "never-existed") not in memo.runs  # forgotten, once
         assert resync(memo) == []  # nothing missing now: nothing done
     finally:

@@ -442,8 +442,8 @@ def test_a_retry_is_announced_once_with_its_cause(kube):
         "raykube.io/trainingrun": name, "ray.io/cluster": f"{name}-b", "ray.io/node-type": "head"}},
         "spec": {"nodeSelector": {"raykube.io/no-such-node": "x"},
                  "containers": [{"name": "ray-head", "image": "ray"}]}})
-    kube.wait_object("TrainingRun", name, where=lambda o: "cannot be scheduled" in (
-        o["status"].get("message") or ""))
+    kube.wait_object("TrainingRun", name, timeout=60, where=lambda o: "cannot be scheduled"
+                     in (o["status"].get("message") or ""))  # after the grace period
     kube.delete("Pod", pod)
     kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("message") == (
         "retrying: attempt 1 failed"))
@@ -453,6 +453,53 @@ def test_a_retry_is_announced_once_with_its_cause(kube):
     assert len(said) == 2, said
     assert said[0] == "retrying: attempt 1 failed: raykube train: the data is gone", said
     assert said[1].startswith(f"waiting for the Ray cluster: pod {pod} cannot be scheduled"), said
+
+
+def test_a_pod_pending_for_a_moment_is_no_news(kube):
+    """A Ray pod that cannot be scheduled is named once it has been so for the grace
+    period (15 s): on the real node every serving run's first replica waited ~20 s for
+    the CPU of the training cluster being deleted, and was a Warning each time. One that
+    is scheduled (here: deleted) within the grace period is not named at all; one that
+    stays is, once, with a Warning."""
+    name = "pending-moment"
+    kube.create(tr_doc(name))
+    kube.wait_object("RayJob", name)
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Initializing",
+                                       "rayClusterName": f"{name}-c"})
+    kube.wait_condition(name, "Running", "False", reason="Initializing")
+
+    def pod(suffix: str) -> str:
+        kube.create({"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"{name}-c-{suffix}", "labels": {
+                "raykube.io/trainingrun": name, "ray.io/cluster": f"{name}-c",
+                "ray.io/node-type": "worker"}},
+            "spec": {"nodeSelector": {"raykube.io/no-such-node": "x"},
+                     "containers": [{"name": "ray-worker", "image": "ray"}]}})
+        kube.wait_object("Pod", f"{name}-c-{suffix}", where=lambda o: any(
+            c.get("type") == "PodScheduled" and c.get("status") == "False"
+            for c in (o.get("status") or {}).get("conditions") or []))
+        return f"{name}-c-{suffix}"
+
+    def named() -> bool:
+        return "cannot be scheduled" in (kube.get("TrainingRun", name)["status"].get(
+            "message") or "")
+
+    brief = pod("brief")
+    time.sleep(2)
+    kube.delete("Pod", brief)
+    kube.wait_for(lambda: kube.get("Pod", brief) is None, what="the brief pod gone")
+    time.sleep(16)  # past the grace period and its re-check
+    assert not named() and events_of(kube, name, "PodsPending") == []
+    stays = pod("stays")
+    time.sleep(2)
+    assert not named()  # not yet: within the grace period
+    tr = kube.wait_object("TrainingRun", name, timeout=45, where=lambda o: "cannot be "
+                          "scheduled" in (o["status"].get("message") or ""))
+    assert f"pod {stays} cannot be scheduled" in tr["status"]["message"], tr["status"]
+    (event,) = kube.wait_for(lambda: events_of(kube, name, "PodsPending"), timeout=10,
+                             what="a PodsPending Event")
+    assert event["type"] == "Warning" and brief not in event["message"]
+    kube.delete("Pod", stays)
 
 
 def test_rayjob_deleted_while_running_is_recreated(kube):

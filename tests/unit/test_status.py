@@ -308,18 +308,20 @@ def test_pod_problem(pod, words):
     assert st.pod_problem(pod) == words
 
 
-def _unschedulable(verdict: str, role: str = "workers", **pod_spec: object) -> dict:
+def _unschedulable(verdict: str, role: str = "workers", cpu: str = "8", **pod_spec: object) -> dict:
     head = role == "head"
     return {"metadata": {"name": "p", "labels": {
         "raykube.io/role": role, "ray.io/node-type": "head" if head else "worker"}},
         "spec": {"containers": [{"resources": {
-            "requests": {"cpu": "8", "memory": "3Gi"}, "limits": {"nvidia.com/gpu": "1"}}}],
+            "requests": {"cpu": cpu, "memory": "3Gi"}, "limits": {"nvidia.com/gpu": "1"}}}],
             **pod_spec},
         "status": {"phase": "Pending", "conditions": [{
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": verdict}]}}
 
 
+BESIDE_CPU = ", beside the head's spec.scaling.head.cpus and the node's other pods"
+BESIDE_MEMORY = ", beside the head's spec.scaling.head.memory and the node's other pods"
 CPU_SHORT = ("0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, "
              "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.")
 
@@ -327,16 +329,20 @@ CPU_SHORT = ("0/1 nodes are available: 1 Insufficient cpu. no new claims to deal
 @pytest.mark.parametrize("pod,tail", [
     # the real node's verdict for cpusPerWorker: 8 (the probe): the field, not the
     # scheduler's account of preemption
-    (_unschedulable(CPU_SHORT), "1 Insufficient cpu; spec.scaling.cpusPerWorker asks 8 CPU per pod"),
+    (_unschedulable(CPU_SHORT), "1 Insufficient cpu; spec.scaling.cpusPerWorker asks 8 CPU per pod"
+     + BESIDE_CPU),
     (_unschedulable(CPU_SHORT, role="head"), "1 Insufficient cpu; spec.scaling.head.cpus asks 8 CPU per pod"),
+    # the spec's own unit: 0.5, not Kubernetes' 500m
+    (_unschedulable(CPU_SHORT, role="head", cpu="500m"),
+     "1 Insufficient cpu; spec.scaling.head.cpus asks 0.5 CPU per pod"),
     (_unschedulable(CPU_SHORT, role="serve"),
-     "1 Insufficient cpu; spec.serve.cpusPerReplica asks 8 CPU per pod"),
+     "1 Insufficient cpu; spec.serve.cpusPerReplica asks 8 CPU per pod" + BESIDE_CPU),
     (_unschedulable("0/2 nodes are available: 1 Insufficient memory, 1 Insufficient "
                     "nvidia.com/gpu."),
      "1 Insufficient memory, 1 Insufficient nvidia.com/gpu; spec.scaling.memoryPerWorker asks "
-     "3Gi of memory per pod; spec.scaling.gpusPerWorker asks 1 GPU per pod"),
+     "3Gi of memory per pod" + BESIDE_MEMORY + "; spec.scaling.gpusPerWorker asks 1 GPU per pod"),
     (_unschedulable("0/1 nodes are available: 1 Insufficient memory.", role="serve"),
-     "1 Insufficient memory; spec.serve.memoryPerReplica asks 3Gi of memory per pod"),
+     "1 Insufficient memory; spec.serve.memoryPerReplica asks 3Gi of memory per pod" + BESIDE_MEMORY),
     (_unschedulable("0/2 nodes are available: 2 node(s) didn't match Pod's node "
                     "affinity/selector.", nodeSelector={"disk": "ssd"}),
      "2 node(s) didn't match Pod's node affinity/selector; spec.scaling.nodeSelector asks "
@@ -349,7 +355,22 @@ CPU_SHORT = ("0/1 nodes are available: 1 Insufficient cpu. no new claims to deal
      "spec.scaling.tolerations does not tolerate the taint gpu"),
     (_unschedulable("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated "
                     "taint {node-role.kubernetes.io/control-plane: }."),
-     "{node-role.kubernetes.io/control-plane: }; spec.scaling.cpusPerWorker asks 8 CPU per pod"),
+     "{node-role.kubernetes.io/control-plane: }; spec.scaling.cpusPerWorker asks 8 CPU per pod"
+     + BESIDE_CPU),
+    # kube-scheduler 1.36 names no taint (the real node): the field, and where to look
+    (_unschedulable("0/1 nodes are available: 1 node(s) had untolerated taint(s). preemption: "
+                    "0/1 nodes are available: 1 Preemption is not helpful for scheduling."),
+     "1 node(s) had untolerated taint(s); spec.scaling.tolerations lists the taints the pods "
+     "tolerate (kubectl describe nodes shows the nodes' taints)"),
+    # the head takes no tolerations: not the workers' field (the real node)
+    (_unschedulable("0/1 nodes are available: 1 node(s) had untolerated taint(s).", role="head"),
+     "1 node(s) had untolerated taint(s); the head pod takes no tolerations "
+     "(spec.scaling.tolerations are the workers'): it needs a node without taints"),
+    # and repeats a claim's verdict (the real node)
+    (_unschedulable('0/1 nodes are available: persistentvolumeclaim "c" not found. not found. '
+                    "preemption: 0/1 nodes are available"),
+     'persistentvolumeclaim "c" not found; spec.checkpoint.storage.pvc.claimName names the '
+     "claim (when unset, the operator's default)"),
     (_unschedulable("0/1 nodes are available: 1 node(s) had untolerated taint "
                     "{node.kubernetes.io/not-ready: }."),
      "1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."),
