@@ -23,6 +23,12 @@ every request of the batch). Only arrays of the right shape, dtype and finitenes
 enqueued. A request that finds the replica idle skips the batch queue (waiting
 ``batchWaitTimeoutMs`` for company that is not coming only adds latency); under
 concurrent load requests are batched.
+
+Why images are decoded on threads: a PNG or JPEG decodes at full size before it is resized
+to the model's input, and a 16 KB PNG can hold 16 M pixels. On the event loop one such
+request held every other request of the replica, ``/healthz`` included (the kubelet's
+probe). Images are decoded on ``IMAGE_DECODE_THREADS`` threads, after their headers are
+checked against ``MAX_IMAGE_PIXELS`` each and ``MAX_REQUEST_PIXELS`` in all.
 """
 
 from __future__ import annotations
@@ -81,6 +87,17 @@ DEPLOYMENT_NAME = "Classifier"
 DEFAULT_MAX_INSTANCES = 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
 """Larger images are refused before decoding (a small PNG can inflate enormously)."""
+MAX_REQUEST_PIXELS = 4 * MAX_IMAGE_PIXELS
+"""The most pixels the images of one request may hold together (width x height summed
+over them, read from each image's header): more is refused before any image is decoded.
+64 Mi pixels: 1,024 images of 256x256 (so of 224x224: the instance limit at ImageNet's
+size), 64 of 1024x1024, or 4 at the per-image limit; decoding that many costs well under
+a second of one core. Without it, a body under maxRequestBytes held 192 black 4096x4096
+PNGs (~16 KB each: 3.2 G pixels) and one request cost a replica ~9 s of decoding."""
+IMAGE_DECODE_THREADS = 4
+"""Threads per replica that decode and resize request images (Pillow releases the GIL
+meanwhile): the event loop keeps answering /healthz and other requests. Few, so that
+concurrent image requests queue for CPU and memory instead of all decoding at once."""
 IMAGE_FORMATS = ("PNG", "JPEG")
 INLINE_MAX_S = 0.002
 """Models answering a full batch faster than this run on the event loop (see __init__)."""
@@ -374,19 +391,34 @@ class InputSpec:
 
     # -- images ------------------------------------------------------------------
     def images_to_array(self, images: Any) -> np.ndarray:
-        """Decode base64 PNG/JPEG images and preprocess them exactly as in training."""
-        from PIL import Image, UnidentifiedImageError
+        """Decode base64 PNG/JPEG images and preprocess them exactly as in training.
 
-        from raykube.data import DatasetInfo, preprocess_image
+        Two passes: every image's header first (base64, format, size: the per-image and
+        per-request pixel limits), so an over-limit request is refused before any image
+        is decoded; then the decoding. Slow for large images: the replica calls this on
+        a decode thread, never on its event loop."""
+        opened = self._open_images(images)
+        out = []
+        for i, img in enumerate(opened):
+            x = self._decode_image(i, img)
+            if x.shape != self.input_shape:  # preprocessing must match the model
+                raise RequestError(422, f"images[{i}] preprocessed to shape {list(x.shape)}, "
+                                   f"the model expects {list(self.input_shape)}")
+            out.append(x)
+        return np.stack(out)
+
+    def _open_images(self, images: Any) -> list[Any]:
+        """The images as lazily opened PIL images (headers read, nothing decoded), after
+        the per-image (``MAX_IMAGE_PIXELS``) and per-request (``MAX_REQUEST_PIXELS``)
+        pixel limits: a 422 naming the limit otherwise."""
+        from PIL import Image, UnidentifiedImageError
 
         self._check_list("images", images)
         if len(self.input_shape) != 3:
             raise RequestError(422, f"this model takes {self.flat_size}-number feature "
                                "vectors, not images: send \"instances\"")
-        if self._info is None:
-            self._info = DatasetInfo(input_shape=self.input_shape,
-                                     class_names=self.class_names)
-        out = []
+        opened = []
+        total = 0
         for i, item in enumerate(images):
             if not isinstance(item, str):
                 raise RequestError(422, f"images[{i}] must be a base64 string, got "
@@ -400,26 +432,45 @@ class InputSpec:
             except (binascii.Error, ValueError):
                 raise RequestError(422, f"images[{i}] is not valid base64") from None
             try:
-                img = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
-                w, h = img.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise RequestError(422, f"images[{i}] is {w}x{h} pixels; at most "
-                                       f"{MAX_IMAGE_PIXELS} pixels are accepted")
-                img.load()
-                x = np.asarray(preprocess_image(img, self._info, self.spec), dtype=np.float32)
-            except RequestError:
-                raise
+                img = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)  # the header only
             except Image.DecompressionBombError:  # Pillow's own guard, before ours can
                 raise RequestError(422, f"images[{i}] is more than {MAX_IMAGE_PIXELS} "
                                    "pixels; at most that many are accepted") from None
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 raise RequestError(422, f"images[{i}] is not a decodable image "
                                    f"({' or '.join(IMAGE_FORMATS)} expected)") from None
-            if x.shape != self.input_shape:  # preprocessing must match the model
-                raise RequestError(422, f"images[{i}] preprocessed to shape {list(x.shape)}, "
-                                   f"the model expects {list(self.input_shape)}")
-            out.append(x)
-        return np.stack(out)
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise RequestError(422, f"images[{i}] is {w}x{h} pixels; at most "
+                                   f"{MAX_IMAGE_PIXELS} pixels are accepted")
+            total += w * h
+            opened.append(img)
+        if total > MAX_REQUEST_PIXELS:
+            raise RequestError(422, f"images hold {total} pixels in all; at most "
+                               f"{MAX_REQUEST_PIXELS} per request: send fewer or smaller "
+                               "images")
+        return opened
+
+    def _decode_image(self, i: int, img: Any) -> np.ndarray:
+        """One opened image, decoded and preprocessed: float32 (C, H, W)."""
+        from PIL import Image
+
+        from raykube.data import DatasetInfo, preprocess_image
+
+        if self._info is None:
+            self._info = DatasetInfo(input_shape=self.input_shape,
+                                     class_names=self.class_names)
+        try:
+            img.load()
+            return np.asarray(preprocess_image(img, self._info, self.spec), dtype=np.float32)
+        except Image.DecompressionBombError:
+            raise RequestError(422, f"images[{i}] is more than {MAX_IMAGE_PIXELS} "
+                               "pixels; at most that many are accepted") from None
+        except (OSError, SyntaxError, ValueError):
+            raise RequestError(422, f"images[{i}] is not a decodable image "
+                               f"({' or '.join(IMAGE_FORMATS)} expected)") from None
+        finally:
+            img.close()
 
     def _check_list(self, key: str, value: Any) -> None:
         if not isinstance(value, list):
@@ -433,6 +484,15 @@ class InputSpec:
     # -- body ----------------------------------------------------------------------
     def parse_body(self, body: bytes, content_type: str | None) -> np.ndarray:
         """The whole validation of a ``POST /predict`` body: bytes -> model input."""
+        key, value = self.parse_request(body, content_type)
+        if key == "images":
+            return self.images_to_array(value)
+        return self.instances_to_array(value, raw=body)
+
+    def parse_request(self, body: bytes, content_type: str | None) -> tuple[str, Any]:
+        """A body's content type and JSON checked: ``("instances", ...)`` or
+        ``("images", ...)`` with the parsed value, for ``instances_to_array`` (fast) or
+        ``images_to_array`` (slow for large images: the replica runs it on a thread)."""
         media, _, params = (content_type or "").partition(";")
         media = media.strip().lower()
         if media and media != "application/json" and not media.endswith("+json"):
@@ -455,9 +515,9 @@ class InputSpec:
         if "instances" in doc and "images" in doc:
             raise RequestError(422, "send either \"instances\" or \"images\", not both")
         if "instances" in doc:
-            return self.instances_to_array(doc["instances"], raw=body)
+            return "instances", doc["instances"]
         if "images" in doc:
-            return self.images_to_array(doc["images"])
+            return "images", doc["images"]
         raise RequestError(422, "missing key: send \"instances\" (numbers) or \"images\" "
                            "(base64 PNG/JPEG)")
 
@@ -569,6 +629,8 @@ class Classifier:
         self._forward(warm)
         self._inline = time.perf_counter() - t0 < INLINE_MAX_S
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="raykube-model")
+        self._decoder = ThreadPoolExecutor(IMAGE_DECODE_THREADS,
+                                           thread_name_prefix="raykube-decode")
         self._metadata = self._build_metadata()
         _replica_says("serving %s (%s, epoch %s) on %s", self.checkpoint, spec.model.name,
                       meta.epoch, self.device)
@@ -657,7 +719,13 @@ class Classifier:
         self._active += 1
         try:
             body = await self._read_body(request)
-            x = self.inputs.parse_body(body, request.headers.get("content-type"))
+            key, value = self.inputs.parse_request(body, request.headers.get("content-type"))
+            if key == "images":  # decoding may take long: off the event loop
+                loop = asyncio.get_running_loop()
+                x = await loop.run_in_executor(self._decoder, self.inputs.images_to_array,
+                                               value)
+            else:
+                x = self.inputs.instances_to_array(value, raw=body)
             probs = await self.predict_array(x)
         finally:
             self._active -= 1

@@ -188,6 +188,24 @@ def test_png_images_predict_like_equivalent_instances(server, direct):
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1
 
 
+def test_image_and_instance_requests_together_agree(server, direct):
+    """Images decode on the replica's threads while instances go on: sent together,
+    every answer is the model's."""
+    rng = np.random.default_rng(2)
+    u8 = rng.integers(0, 256, size=(16, 8, 8), dtype=np.uint8)
+    inst = ((u8.astype(np.float32) / 255.0 - 0.5) / 0.5)[:, None]
+
+    async def together():
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*[
+                client.post(f"{server}/predict", json={"images": [_png_b64(u8[i])]} if i % 2
+                            else {"instances": inst[i:i + 1].tolist()})
+                for i in range(16)])
+
+    got = np.concatenate([probs_of(r) for r in asyncio.run(together())])
+    np.testing.assert_allclose(got, direct(inst), rtol=1e-5, atol=1e-6)
+
+
 def bad_requests() -> list[tuple[str, object, dict | None, int, str]]:
     """(name, body, headers, expected status, word the error must contain)."""
     ok = [[[0.0] * 8] * 8]
@@ -229,7 +247,18 @@ def bad_requests() -> list[tuple[str, object, dict | None, int, str]]:
          json_ct, 422, "decodable"),
         ("image not a string", {"images": [123]}, json_ct, 422, "base64 string"),
         ("images empty", {"images": []}, json_ct, 422, "empty"),
+        # five black 4096x4096 PNGs (~80 KB): over MAX_REQUEST_PIXELS, refused undecoded
+        ("images over the pixel limit", {"images": [_black_4096_png()] * 5}, json_ct, 422,
+         "pixels in all"),
     ]
+
+
+def _black_4096_png() -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (4096, 4096)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def test_bad_requests_get_4xx_and_replica_survives(server, val_arrays, direct):

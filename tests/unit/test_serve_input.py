@@ -161,3 +161,71 @@ def test_odd_requests_get_a_clear_4xx(inputs):
         assert err.value.status == 415 and "JSON is UTF-8" in str(err.value)
     for ct in ("application/json; charset=utf-8", "application/json; charset=UTF-8", None, ""):
         assert parse(inputs, {"instances": [[0] * 64]}, ct).shape[0] == 1
+
+
+@pytest.fixture(scope="module")
+def black_4096_png() -> str:
+    """A black 4096x4096 PNG (the per-image limit): ~16 KB of base64 for 16 M pixels."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (4096, 4096)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    """Records every image decode (Pillow's load) and preprocessing call."""
+    from PIL import ImageFile
+
+    import raykube.data
+
+    calls: list[str] = []
+    load, preprocess = ImageFile.ImageFile.load, raykube.data.preprocess_image
+
+    def counted_load(self, *a, **kw):
+        calls.append("load")
+        return load(self, *a, **kw)
+
+    def counted_preprocess(*a, **kw):
+        calls.append("preprocess")
+        return preprocess(*a, **kw)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted_load)
+    monkeypatch.setattr(raykube.data, "preprocess_image", counted_preprocess)
+    return calls
+
+
+def test_images_over_the_request_pixel_limit_are_refused_before_any_decode(
+        black_4096_png, monkeypatch):
+    """From the real-pods probe: 192 black 4096x4096 PNGs (4.19 MB, within every other
+    limit) froze a replica for 9 s. Their total pixels are refused from the headers."""
+    import base64
+
+    cap = 64 * 1024 * 1024  # MAX_REQUEST_PIXELS: four images at the per-image limit
+    inputs = InputSpec([1, 8, 8], [str(i) for i in range(10)], SPEC)  # 1,024 instances
+    calls = _count_decodes(monkeypatch)
+    for images, total in (([black_4096_png] * 192, 192 * 4096 * 4096),
+                          # one pixel over: four at the per-image limit and a 1x1 image
+                          ([black_4096_png] * 4 + [base64.b64encode(_png_header(1, 1))
+                                                   .decode()], cap + 1)):
+        with pytest.raises(RequestError) as err:
+            parse(inputs, {"images": images})
+        assert err.value.status == 422
+        assert err.value.message == (f"images hold {total} pixels in all; at most {cap} "
+                                     "per request: send fewer or smaller images")
+    assert calls == []  # nothing was decoded
+    # The per-image limit still answers first, naming the image.
+    with pytest.raises(RequestError, match=r"images\[1\] is more than 16777216 pixels"):
+        parse(inputs, {"images": [black_4096_png,
+                                  base64.b64encode(_png_header(30000, 30000)).decode()]})
+
+
+def test_images_at_the_request_pixel_limit_are_decoded(black_4096_png, monkeypatch):
+    inputs = InputSpec([1, 8, 8], [str(i) for i in range(10)], SPEC)
+    calls = _count_decodes(monkeypatch)
+    x = parse(inputs, {"images": [black_4096_png] * 4})  # exactly MAX_REQUEST_PIXELS
+    assert x.shape == (4, 1, 8, 8) and calls.count("preprocess") == 4
+    np.testing.assert_array_equal(x, np.full((4, 1, 8, 8), -1.0, np.float32))  # black
