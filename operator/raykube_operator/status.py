@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from raykube.events import NOTHING_TO_TRAIN
 from raykube.render import GPU_RESOURCE, ROLE_LABEL, SERVE_ROLE, SUBMITTER_ROLE
 from raykube.spec import gate_shortfall
 
@@ -733,6 +734,11 @@ def status_from_rayjob(
     succ_msg = state.message
     if state.outcome == "Succeeded" and (lost := failed_trials_note(cur.get("trials"))):
         message = succ_msg = f"{message}; {lost}"
+    note = (cur.get("lastNote") or {}).get("message") or ""
+    if state.outcome == "Succeeded" and note.endswith(NOTHING_TO_TRAIN):
+        # the driver found the epochs already trained (a run re-created under the same
+        # name): "succeeded" alone read as a run that trained
+        message = succ_msg = f"{message}: {note}"
     permanent = cur.get("permanentFailure") or {}
     if state.outcome == "Failed" and permanent.get("retriesCancelled") and permanent.get("message"):
         # the driver's own line (KubeRay's message may be its submitter's, or cut)

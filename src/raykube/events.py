@@ -58,6 +58,11 @@ class Observers:
         self._call("on_end", result)
 
 
+NOTHING_TO_TRAIN = "nothing to train"
+"""How the driver's note ends when the run directory already holds the epochs asked for
+(the operator reads it in ``status.lastNote``: the run's message says it)."""
+
+
 def notify(observers: Iterable[Any], message: str, hook: str = "on_note") -> None:
     """Tell observers that have an optional ``hook(message)`` (beyond the protocol: the
     terminal display has ``on_note`` and ``on_failure``) something the user should know,

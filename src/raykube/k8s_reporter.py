@@ -206,6 +206,7 @@ class KubernetesReporter:
         # Sent with the first epoch (null removes the field).
         with self._lock:
             self._pending["workerFailures"] = None
+            self._pending["lastNote"] = None  # this attempt's notes only
 
     def on_trials(self, rows: list[dict[str, Any]]) -> None:
         """A Tune search's trial table changed (a trial started, reported or ended)."""
@@ -250,6 +251,15 @@ class KubernetesReporter:
             due = time.monotonic() - self._last_sent >= self.min_interval
         if due:
             self.flush()
+
+    def on_note(self, message: str) -> None:
+        """Something the user should know (``raykube.events.notify``): a checkpoint
+        resumed from or skipped, or nothing left to train, which KubeRay's "succeeded"
+        alone hid (a run re-created under a name whose directory held more epochs served
+        the old checkpoint; only the driver's log said so)."""
+        with self._lock:
+            self._pending["lastNote"] = {"message": message[:1000], "at": _now()}
+        self.flush()
 
     def on_failure(self, message: str) -> None:
         """Ray Train's worker group failed (a worker killed for memory, a node lost, an

@@ -773,6 +773,15 @@ class IncidentStatus(_Model):
                            "pod's status says where it does.")
 
 
+class NoteStatus(_Model):
+    """The driver's last note to the user in the current attempt, as ``raykube run``
+    prints it: a checkpoint it resumed from or skipped, or a run directory that already
+    holds the epochs asked for (nothing to train). The run's message says the latter."""
+
+    message: str | None = Field(default=None, description="The note, in one line.")
+    at: str | None = Field(default=None, description="When the driver wrote it (RFC 3339).")
+
+
 class PermanentFailureStatus(_Model):
     """The driver's report that its attempt failed for a cause every attempt would meet
     (a dataset that does not exist, refused credentials, a run directory of another
@@ -811,6 +820,9 @@ class TrainingRunStatus(_Model):
     trials: TrialsStatus | None = Field(default=None, description="Tune: trials by state.")
     worker_failures: WorkerFailuresStatus | None = Field(
         default=None, description="Worker-group failures Ray Train recovered from (or not).")
+    last_note: NoteStatus | None = Field(
+        default=None, description="The driver's last note in this attempt (resumed, skipped "
+        "a checkpoint, nothing to train).")
     serving: ServingStatus | None = Field(default=None, description="Serving endpoint.")
     start_time: str | None = Field(default=None, description="When the RayJob started.")
     completion_time: str | None = Field(default=None, description="When it finished.")

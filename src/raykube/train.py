@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from raykube.events import Observers, RunObserver, notify
+from raykube.events import NOTHING_TO_TRAIN, Observers, RunObserver, notify
 from raykube.render import WORKER_SLOT_ENV
 from raykube.resume import (
     cannot_restore,
@@ -1311,7 +1311,7 @@ def fit(run: TrainingRun, storage_path: str, *, observers: Iterable[RunObserver]
         if result_note is not None:
             notify(observers, result_note)
         notify(observers, f"{run_dir} already has {plan.epoch} epochs (asked for "
-                          f"{spec.train.epochs}): nothing to train")
+                          f"{spec.train.epochs}): {NOTHING_TO_TRAIN}")
         done = _outcome_on_disk(run_dir, name, spec, plan.checkpoint, prev)
         obs.on_end(done.to_dict())
         return done

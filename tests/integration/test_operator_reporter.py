@@ -325,3 +325,36 @@ def test_a_rendered_rayjobs_driver_says_no_trainingrun_can_cancel_the_retries(
     assert capsys.readouterr().err.splitlines()[-1] == (
         "raykube train: no TrainingRun to ask to cancel KubeRay's retries (a rendered RayJob): "
         "KubeRay retries as its backoffLimit says, and each attempt fails the same way")
+
+
+def test_the_drivers_note_is_in_the_status_and_nothing_to_train_in_the_message(kubeconfig):
+    """A run re-created under a name whose directory already held more epochs trained
+    nothing and said only "the Ray job succeeded" (the real-pods probe; the driver's log
+    alone said why). The driver's note reaches status.lastNote at once (the CRD keeps
+    it), and the operator's success message carries it."""
+    from raykube.events import notify
+    from raykube_operator import status as st
+
+    kube = kubeconfig
+    spec = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}}
+    kube.create({"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+                 "metadata": {"name": "rep-note"}, "spec": spec})
+    rep = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": f"{kube.namespace}/rep-note"},
+                                      min_interval=3600)
+    rep.on_start(parse_spec(spec, name="rep-note"))
+    note = ("/mnt/raykube/default/rep-note already has 100 epochs (asked for 12): "
+            "nothing to train")
+    notify([rep], note)  # as train.py tells its observers
+    status = kube.get("TrainingRun", "rep-note")["status"]
+    assert status["lastNote"]["message"] == note and status["lastNote"]["at"].endswith("Z")
+    done = {"metadata": {"name": "rep-note"}, "status": {
+        "jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "succeeded": 1}}
+    out = st.status_from_rayjob(done, status, now="2026-12-06T00:00:00Z", generation=1)
+    assert out["message"] == f"the Ray job succeeded: {note}", out["message"]
+    assert st.phase_event({}, out)[2] == out["message"]
+    # another attempt's driver starts without the last one's note
+    again = KubernetesReporter.from_env({"RAYKUBE_TRAININGRUN": f"{kube.namespace}/rep-note"},
+                                        min_interval=3600)
+    again.on_start(parse_spec(spec, name="rep-note"))
+    again.on_epoch({"epoch": 1, "valAccuracy": 0.5}, "/c/1", None)
+    assert "lastNote" not in kube.get("TrainingRun", "rep-note")["status"]

@@ -1063,3 +1063,16 @@ def test_the_operators_suspend_for_an_edit_is_not_announced_again_as_suspended()
             "phase": "Running"}
     assert st.phase_event(user, st.status_from_rayjob(suspended, user, now=T1,
                                                       generation=2))[1] == "Suspended"
+
+
+def test_a_success_that_trained_nothing_says_so():
+    """Only the driver's "nothing to train" note joins the success message; a resume's
+    note does not."""
+    done = job(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    note = "/mnt/r already has 100 epochs (asked for 12): nothing to train"
+    out = st.status_from_rayjob(done, {"lastNote": {"message": note}}, now=T0, generation=1)
+    assert out["message"] == f"the Ray job succeeded: {note}"
+    assert st.get_condition(out["conditions"], st.SUCCEEDED)["message"] == out["message"]
+    resumed = st.status_from_rayjob(done, {"lastNote": {"message": "resumed from epoch 4"}},
+                                    now=T0, generation=1)
+    assert resumed["message"] == "the Ray job succeeded"
