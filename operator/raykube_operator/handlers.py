@@ -1515,11 +1515,10 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             memo.incidents_seen[key] = seen_keys | {inc.key for inc in new}
         seen = memo.pod_problems.get(key, {})
         was = seen.get(meta.name)
-        if (was or (None, None))[:2] == (cluster, problem) and not new:
-            return
+        if (was[:2] if was else None) == ((cluster, problem) if problem else None) and not new:
+            return  # a healthy pod (or one whose problem is unchanged): no API call
         # a problem keeps its first sighting while the scheduler rewrites its words
-        first = was[2] if was and was[1] is not None and problem is not None else time.monotonic()
-        entry = (cluster, problem, first) if problem else None
+        entry = (cluster, problem, was[2] if was else time.monotonic()) if problem else None
         seen = {**seen, meta.name: entry} if entry else {
             k: v for k, v in seen.items() if k != meta.name}
         if seen:
@@ -1541,7 +1540,7 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             _sync_rayservice_status(svc, memo)
 
     _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))
-    if problem and not (was and was[1] is not None):
+    if problem and not was:
         # named once it has lasted the grace period, if it still does then
         # (controller-runtime's RequeueAfter)
         later = threading.Timer(memo.cfg.pod_problem_grace + 0.5, _retrying, args=(
