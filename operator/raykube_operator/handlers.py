@@ -117,6 +117,9 @@ CHECKPOINT_ANNOTATION = f"{GROUP}/checkpoint"
 STORAGE_ANNOTATION = f"{GROUP}/checkpoint-storage"
 """On a promoted RayService, next to ``CHECKPOINT_ANNOTATION``: the ``storage_id`` its pods
 were rendered for, which the checkpoint it serves is on (``pvc/<claim>`` or the URI)."""
+SERVE_ANNOTATION = f"{GROUP}/serve"
+"""On a RayService: the ``spec.serve`` settings it was rendered from (``serve_settings``),
+which the ``ServeUpdated`` Event compares."""
 ACCURACY_ANNOTATION = f"{GROUP}/val-accuracy"
 """On a promoted RayService: the validation accuracy its checkpoint was promoted with
 (``status.serving.valAccuracy``, the Served-Acc column)."""
@@ -477,6 +480,10 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
         return "created"
     suspend = {"spec": {"suspend": _suspended(job)}}
     if action == "update":  # suspended: a training edit takes effect when it resumes
+        if current is not None:
+            # what the create (and the suspend patch) wrote becomes the apply's, so
+            # that a field the edit removed (a nodeSelector) leaves the RayJob
+            kube.own_as_applied(current)
         if _suspended(kube.apply(job)) != _suspended(job):
             # the render leaves `suspend: false` out, and a suspend set by a patch (another
             # field manager) is not removed by the apply: resumed with the edit, at once
@@ -1235,11 +1242,65 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
         obj = render_rayservice(run, cfg.render, checkpoint, owner=_owner(tr["metadata"]))
         kept = {ACCURACY_ANNOTATION: a} if (a := _ann(svc, ACCURACY_ANNOTATION)) else {}
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: checkpoint,
-                              STORAGE_ANNOTATION: storage_id(run, cfg.render), **kept})
+                              STORAGE_ANNOTATION: storage_id(run, cfg.render), **kept,
+                              **serve_settings(run)})
         current = kube.get(*_ref(obj))
         results[f"RayService/{svc_name}"] = result = apply_child(kube, obj, current)
         if result == "repaired" and current is not None:
             _child_edited(tr, f"RayService {svc_name}", drift.drifted(current, obj))
+        elif result == "updated" and current is not None:
+            _serve_updated(tr, current, obj)
+
+
+SERVE_GATE = ("enabled", "minAccuracy")
+"""``spec.serve`` fields that decide whether a checkpoint serves, not how: they are not
+rendered into the RayService (a gate edit changes no pod and no serve config)."""
+
+
+def serve_settings(run: TrainingRun) -> dict[str, str]:
+    """``SERVE_ANNOTATION``: the ``spec.serve`` settings a RayService was rendered from,
+    so that a later update can say which of them changed, whichever path applies it (the
+    edit's handler, the ConfigMap's event, the gate's re-check race for it)."""
+    sv = {k: v for k, v in run.spec.serve.to_dict().items() if k not in SERVE_GATE}
+    return {SERVE_ANNOTATION: json.dumps(sv, sort_keys=True, separators=(",", ":"))}
+
+
+def serve_update_message(svc_name: str, before: str | None, after: str | None,
+                         paths: list[str]) -> str | None:
+    """The ``ServeUpdated`` Event's message for a RayService updated in place (its
+    checkpoint unchanged), or None when only its metadata moved (another operator
+    version's annotations: nothing the user changed). ``before``/``after``: its
+    ``SERVE_ANNOTATION`` then and now; ``paths``: ``drift.drifted(before, after)``.
+    A new serve config is applied by Ray Serve on the running cluster; a change to the
+    cluster's pods (replicas, CPUs, memory, GPUs) is KubeRay's zero-downtime upgrade,
+    which starts a second Ray cluster and moves traffic once it is ready (on a small node
+    it waits for room, and the serving message says so)."""
+    if all(p.startswith("metadata") for p in paths):
+        return None
+    try:
+        old, new = json.loads(before or "null"), json.loads(after or "null")
+    except ValueError:  # edited by someone: the fields are not known
+        old = new = None
+    what = ""
+    if isinstance(old, dict) and isinstance(new, dict):
+        named = [f"spec.serve.{k} {old.get(k)!r} -> {new.get(k)!r}"
+                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        what = f" ({', '.join(named)})" if named else ""
+    if any(p.startswith("spec.rayClusterConfig") for p in paths):
+        how = ("KubeRay starts a new Ray cluster with it and moves traffic there once it "
+               "is ready; the current one serves meanwhile")
+    else:
+        how = "Ray Serve applies it in place on the running cluster"
+    return f"RayService {svc_name} updated{what}: {how}"
+
+
+def _serve_updated(tr: dict[str, Any], current: dict[str, Any], obj: dict[str, Any]) -> None:
+    """One Normal ``ServeUpdated`` Event for a RayService brought up to date with the same
+    checkpoint (a serve edit): before, the live service changed with no word."""
+    message = serve_update_message(obj["metadata"]["name"], _ann(current, SERVE_ANNOTATION),
+                                   _ann(obj, SERVE_ANNOTATION), drift.drifted(current, obj))
+    if message is not None:
+        _event(tr, "Normal", "ServeUpdated", message)
 
 
 def promoted_accuracy(checkpoint: dict[str, Any] | None) -> dict[str, str]:
@@ -1669,7 +1730,8 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
         obj = render_rayservice(run, cfg.render, decision.checkpoint, owner=_owner(tr["metadata"]))
         obj = _annotate(obj, {CHECKPOINT_ANNOTATION: decision.checkpoint,
                               STORAGE_ANNOTATION: storage_id(run, cfg.render),
-                              **promoted_accuracy(cur.get("checkpoint"))})
+                              **promoted_accuracy(cur.get("checkpoint")),
+                              **serve_settings(run)})
         if svc is not None and live is None:
             msg = (f"a RayService named {rayservice_name(run)} exists and is not owned by this TrainingRun: "
                    "not promoted")
@@ -1679,7 +1741,7 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
                 _patch_status(kube, tr, {"conditions": conds, "phase": st.phase_of(conds)})
                 _event(tr, "Warning", "NameConflict", msg)
             return
-        result = apply_child(kube, obj)
+        result = apply_child(kube, obj, live)
         was_promoted = st.is_true(cur.get("conditions"), st.PROMOTED)
         conds = st.set_condition(cur.get("conditions"), st.PROMOTED, True, decision.reason,
                                  decision.message, now=now, generation=gen)
@@ -1687,7 +1749,10 @@ def promote(kube: Kube, cfg: OperatorConfig, memo: kopf.Memo, ns: str, name: str
                  "rayService": obj["metadata"]["name"]}
         if any(cur.get(k) != v for k, v in patch.items()):
             _patch_status(kube, tr, patch)
-        if result != "unchanged" or not was_promoted:
+        if (result == "updated" and was_promoted and live is not None
+                and _ann(live, CHECKPOINT_ANNOTATION) == decision.checkpoint):
+            _serve_updated(tr, live, obj)  # a serve edit: no new promotion
+        elif result != "unchanged" or not was_promoted:
             # also a gate passed again over a RayService that kept serving (GateNotMet
             # after serve.minAccuracy was raised, then lowered): the Warning that said
             # it was not promoted is not the last word

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 TRANSIENT = {409, 429, 500, 502, 503, 504}
 FIELD_MANAGER = "raykube-operator"
 """409 here means a write conflict (optimistic locking), not AlreadyExists on create."""
+CLIENT_MANAGER = "OpenAPI-Generator"
+"""The field manager the API server names for a create or patch from this client without
+``fieldManager`` (the Python client's User-Agent): every create and merge patch of an
+operator before ``create`` and ``patch`` named ``FIELD_MANAGER``."""
 
 
 class ApiError(Exception):
@@ -145,7 +149,26 @@ class Kube:
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], plural_of(obj["kind"]), meta.get("namespace"))
-        return self.request("POST", path, obj)
+        return self.request("POST", f"{path}?fieldManager={FIELD_MANAGER}", obj)
+
+    def own_as_applied(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Make the fields this operator wrote with a create or a patch (``Update``
+        entries of ``managedFields``) its server-side apply's own, as ``kubectl apply
+        --server-side`` upgrades what client-side apply wrote (Kubernetes' csaupgrade),
+        so that the next ``apply`` removes what dropped out of the render. Without it a
+        field the create wrote stays owned by that create whatever the applies say (a
+        suspended RayJob kept the head's ``nodeSelector`` the edit had removed, and its
+        head stayed unschedulable). ``obj``: the live object; returns it as written
+        (unchanged when there is nothing to move). A 409 (it changed meanwhile) is
+        raised: the caller's reconcile runs again."""
+        entries = (obj.get("metadata") or {}).get("managedFields") or []
+        moved = applied_ownership(entries, obj.get("apiVersion", ""))
+        if moved is None:
+            return obj
+        meta = obj["metadata"]
+        return self.json_patch(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+            {"op": "replace", "path": "/metadata/managedFields", "value": moved}])
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply (create or update) as the one field manager ``raykube-operator``.
@@ -163,7 +186,8 @@ class Kube:
               patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
         """JSON merge patch (RFC 7386): ``None`` deletes a key, lists are replaced."""
         path = resource_path(api_version, plural_of(kind), namespace, name, subresource)
-        return self.request("PATCH", path, patch, "application/merge-patch+json")
+        return self.request("PATCH", f"{path}?fieldManager={FIELD_MANAGER}", patch,
+                            "application/merge-patch+json")
 
     def json_patch(self, api_version: str, kind: str, namespace: str, name: str,
                    ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -182,3 +206,37 @@ class Kube:
             if exc.status == 404:
                 return False
             raise
+
+
+def _union(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two ``fieldsV1`` sets (nested maps of ``f:``/``k:``/``v:`` keys) as one."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _union(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def applied_ownership(entries: list[dict[str, Any]], api_version: str,
+                      manager: str = FIELD_MANAGER,
+                      others: tuple[str, ...] = (CLIENT_MANAGER,)) -> list[dict[str, Any]] | None:
+    """``managedFields`` with the operator's ``Update`` entries (``manager``'s, and
+    ``others``: what its creates and patches were called before they named it) folded
+    into its one ``Apply`` entry, for ``api_version``'s fields and not a subresource's
+    (the status); None when there are none to fold."""
+    def main(e: dict[str, Any]) -> bool:
+        return (not e.get("subresource") and e.get("apiVersion") == api_version
+                and e.get("fieldsType") == "FieldsV1")
+    updates = [e for e in entries if main(e) and e.get("operation") == "Update"
+               and e.get("manager") in (manager, *others)]
+    if not updates:
+        return None
+    applied = [e for e in entries if main(e) and e.get("operation") == "Apply"
+               and e.get("manager") == manager]
+    fields: dict[str, Any] = {}
+    for e in [*applied, *updates]:
+        fields = _union(fields, e.get("fieldsV1") or {})
+    last = max((e.get("time") or "" for e in [*applied, *updates]), default="")
+    entry = {"manager": manager, "operation": "Apply", "apiVersion": api_version,
+             **({"time": last} if last else {}), "fieldsType": "FieldsV1", "fieldsV1": fields}
+    gone = [*applied, *updates]
+    return [e for e in entries if not any(e is g for g in gone)] + [entry]

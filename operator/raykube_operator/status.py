@@ -373,12 +373,9 @@ def schedule_field(labels: dict[str, str], cause: str) -> str | None:
     job submitter is sized by KubeRay's defaults, not by a field of ours."""
     role = labels.get(ROLE_LABEL)
     head, serve = labels.get("ray.io/node-type") == "head", role == SERVE_ROLE
-    if head and cause in ("nodeSelector", "tolerations"):
-        return None  # the workers' placement: the head takes neither (see schedule_hint)
-    if cause == "nodeSelector":
-        return "spec.scaling.nodeSelector"
-    if cause == "tolerations":
-        return "spec.scaling.tolerations"
+    if cause in ("nodeSelector", "tolerations"):
+        # the head's placement is its own (spec.scaling.head), not the workers'
+        return f"spec.scaling.{'head.' if head else ''}{cause}"
     if cause == "claim":
         return "spec.checkpoint.storage.pvc.claimName"
     if role == SUBMITTER_ROLE:
@@ -405,9 +402,6 @@ def schedule_hint(pod: dict[str, Any], verdict: str) -> str:
         if words not in verdict:
             continue
         if (field := schedule_field(labels, cause)) is None:
-            if cause == "tolerations" and labels.get("ray.io/node-type") == "head" and not said:
-                said.append("the head pod takes no tolerations (spec.scaling.tolerations "
-                            "are the workers'): it needs a node without taints")
             continue
         if cause in ("cpu", "memory", GPU_RESOURCE):
             amount = _request(pod, cause)

@@ -8,9 +8,10 @@ allows for this one object only. ``status.checkpoint.storage`` says which storag
 checkpoint is on (``RAYKUBE_STORAGE_ID``, ``pvc/<claim>`` or the s3:// URI, which the
 operator's RayJob sets; for a checkpoint under ``RAYKUBE_STORAGE`` only): the operator
 does not promote it once ``checkpoint.storage`` names another. A Tune search adds
-``status.trials`` (trials by state) and, at its end, ``status.bestTrial``, with
-``status.progress`` set to the best trial's epoch, so that ``kubectl get tr``'s Epoch
-and Val-Acc columns show the model chosen, not whichever trial reported last. A run
+``status.trials`` (trials by state) and, at its end, ``status.bestTrial``; ``status.progress`` is the best epoch of any trial so
+far (by the search's metric), and at the end the best trial's, so that ``kubectl get
+tr``'s Epoch and Val-Acc columns show the model the search chooses, not whichever trial
+reported last. A run
 that fails for a cause no retry can fix writes ``status.permanentFailure`` and waits for
 the operator's answer (``stop_retries``), which is why the Role also allows reading the
 status back.
@@ -125,6 +126,8 @@ class KubernetesReporter:
         self._best: dict[str, Any] | None = None
         self._epochs: int | None = None
         self._trials: int | None = None
+        self._ranked_by: tuple[str, str] | None = None  # a search's (metric, mode)
+        self._leader: float | None = None  # the best value of that metric so far
         self._ended = (0, 0, 0)
         self.failures = 0
         self.patches = 0
@@ -200,6 +203,8 @@ class KubernetesReporter:
         self._epochs = run.spec.train.epochs
         self.score_metric = run.spec.checkpoint.score_metric
         self._trials = run.spec.tune.trials if run.spec.tune is not None else None
+        tune = run.spec.tune
+        self._ranked_by = (tune.metric, tune.resolved_mode) if tune is not None else None
         # status.workerFailures counts this attempt's: a retried or resumed run's driver
         # starts with Ray Train's whole budget, and the last attempt's failures (a suspend
         # stops the workers first) would read as this one's, "retry 2 of 3" included.
@@ -238,11 +243,30 @@ class KubernetesReporter:
         progress["updatedAt"] = _now()
         return progress
 
+    def _leads(self, metrics: dict[str, Any], trial: str | None) -> bool:
+        """Whether an epoch's report goes into ``status.progress``. In a search, only the
+        best epoch so far of any trial by the search's metric (what the search would
+        choose if it ended now, the same record the progress holds once it has ended):
+        with ``maxConcurrentTrials`` > 1 the trials' epochs interleave, and ``kubectl get
+        tr``'s Epoch and Val-Acc columns read 4, 1, 5, 2 (one trial's, then another's)
+        with accuracies that rose and fell with them."""
+        if trial is None or self._ranked_by is None:
+            return True
+        metric, mode = self._ranked_by
+        value = metrics.get(metric)
+        if value is None:
+            return self._leader is None and "progress" not in self._pending
+        if self._leader is None or (value > self._leader if mode == "max" else value < self._leader):
+            self._leader = float(value)
+            return True
+        return False
+
     def on_epoch(self, metrics: dict[str, Any], checkpoint: str | None, trial: str | None) -> None:
         m = _finite(metrics)
         progress = self._progress(metrics, trial)
         with self._lock:
-            self._pending["progress"] = progress
+            if self._leads(m, trial):
+                self._pending["progress"] = progress
             if checkpoint and self.score_metric in m and self._better(m[self.score_metric]):
                 self._best = self._checkpoint(checkpoint, m)
                 if "epoch" in progress:

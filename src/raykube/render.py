@@ -622,7 +622,9 @@ def _head_group(run: TrainingRun, cfg: RenderConfig, *, image: str, env: list[di
     head_cpus = str(max(1, math.ceil(head.cpus - 1e-9))) if run.spec.tune is not None and spec_volume else "0"
     return {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": head_cpus},
             "template": _pod_template(run, cfg, role="head", container=container,
-                                      spec_volume=spec_volume, pods=pods)}
+                                      spec_volume=spec_volume, pods=pods,
+                                      node_selector=head.node_selector,
+                                      tolerations=[t.to_dict() for t in head.tolerations or []])}
 
 
 def pods_needed(units: int, gpus_per_unit: float) -> tuple[int, int]:

@@ -396,7 +396,7 @@ class TrainSpec(_Model):
 
 # --------------------------------------------------------------------------- scaling
 class Toleration(_Model):
-    """A Kubernetes toleration for the Ray worker pods."""
+    """A Kubernetes toleration (for the Ray worker pods, or the head's)."""
 
     key: str | None = Field(default=None, description="Taint key (empty with Exists: all).")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
@@ -423,6 +423,14 @@ class HeadSpec(_Model):
                                "monitor's 95 %; with tune, at least (1200 MiB + 440 MiB per "
                                "concurrent trial) / 0.95, since each trial's driver and Ray "
                                "Train's controller run there (checked on validation).")
+    node_selector: dict[str, str] | None = Field(default=None, description="Node selector "
+                                                 "for the head pods (training and serving). "
+                                                 "Not spec.scaling.nodeSelector: the head does "
+                                                 "no training work and need not share the "
+                                                 "workers' (e.g. GPU) nodes.")
+    tolerations: list[Toleration] | None = Field(default=None, description="Tolerations for "
+                                                 "the head pods (training and serving); "
+                                                 "spec.scaling.tolerations are the workers'.")
 
 
 class ScalingSpec(_Model):
@@ -564,8 +572,10 @@ class CheckpointSpec(_Model):
     """Where checkpoints go and which are kept. One is written every epoch."""
 
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Shared storage.")
-    keep: int = Field(default=2, ge=1, le=1000, description="Checkpoints kept: the best by "
-                      "scoreMetric, plus the latest (always kept, so a retry can resume).")
+    keep: int = Field(default=2, ge=1, le=1000, description="How many of the best "
+                      "checkpoints by scoreMetric are kept. The latest is kept as well (a "
+                      "retry resumes from it), so up to keep + 1 checkpoint folders exist "
+                      "while it is not among the best.")
     score_metric: str = Field(default="valAccuracy", description="Metric that ranks "
                               "checkpoints (and picks the one served): valAccuracy, valLoss, "
                               "trainLoss or trainAccuracy.")
@@ -687,9 +697,10 @@ class ProgressStatus(_Model):
     val_loss: float | None = Field(default=None, description="Validation loss (4 decimals).")
     val_accuracy: float | None = Field(default=None, description="Validation accuracy "
                                        "(4 decimals).")
-    trial: str | None = Field(default=None, description="Tune: the trial reporting; when "
-                              "the search has ended, the best trial (this epoch and these "
-                              "metrics are then its best checkpoint's).")
+    trial: str | None = Field(default=None, description="Tune: the trial of the best epoch "
+                              "so far by tune.metric (this epoch and these metrics are "
+                              "that epoch's; the columns do not jump between trials); when "
+                              "the search has ended, the best trial's best checkpoint.")
     updated_at: str | None = Field(default=None, description="When this was reported.")
 
 
@@ -1124,11 +1135,12 @@ def _pod_field_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     """What a Pod refuses but a RayJob's pod template accepts, and memory no Ray pod can
     run in (see ``k8s_rules``)."""
     sc = "spec.scaling"
-    yield from label_problems(f"{sc}.nodeSelector", spec.scaling.node_selector)
-    for i, t in enumerate(spec.scaling.tolerations or []):
-        for field, p in k8s_rules.toleration_problems(t.key, t.operator, t.value, t.effect,
-                                                      t.toleration_seconds):
-            yield SpecError(f"{sc}.tolerations[{i}].{field}", p)
+    for where, placed in ((sc, spec.scaling), (f"{sc}.head", spec.scaling.head)):
+        yield from label_problems(f"{where}.nodeSelector", placed.node_selector)
+        for i, t in enumerate(placed.tolerations or []):
+            for field, p in k8s_rules.toleration_problems(t.key, t.operator, t.value,
+                                                          t.effect, t.toleration_seconds):
+                yield SpecError(f"{where}.tolerations[{i}].{field}", p)
     # A pod too small for the model is told the model's floor (torch and Ray's share
     # included, always above Ray's own) and only that: two minimums for one field read
     # as a contradiction.

@@ -440,6 +440,36 @@ def test_an_edit_that_lets_unschedulable_pods_start_is_applied_at_once(kube, ope
     kube.delete("TrainingRun", name)
 
 
+def test_the_head_is_placed_by_its_own_fields(kube, operator):
+    """``scaling.head.nodeSelector`` reaches the head pod KubeRay creates, and only it: a
+    selector no node matches keeps the head Pending, named with the head's field (not the
+    workers', whose pods are scheduled); the edit that drops it starts the cluster."""
+    name = "kr-head-place"
+    doc = tr_doc(name)
+    doc["spec"]["scaling"]["head"] = {"nodeSelector": {"raykube.io/test-pool": "nowhere"}}
+    kube.create(doc)
+
+    def message(o: dict) -> str:
+        return (o.get("status") or {}).get("message") or ""
+    tr = kube.wait_object("TrainingRun", name, timeout=90,
+                          where=lambda o: "cannot be scheduled" in message(o))
+    assert ("spec.scaling.head.nodeSelector asks for nodes with raykube.io/test-pool=nowhere"
+            in message(tr)), message(tr)
+    assert "-head" in message(tr), message(tr)
+    pods = kube.list("Pod", label_selector=f"{LABEL}={name}")
+    heads = [p for p in pods if p["metadata"]["labels"].get("ray.io/node-type") == "head"]
+    workers = [p for p in pods if p["metadata"]["labels"].get("ray.io/node-type") == "worker"]
+    assert [p["spec"].get("nodeSelector") for p in heads] == [{"raykube.io/test-pool": "nowhere"}]
+    assert workers and all("raykube.io/test-pool" not in (p["spec"].get("nodeSelector") or {})
+                           for p in workers)
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"head": {"nodeSelector": None}}}})
+    # before own_as_applied, the suspended RayJob kept the selector: the create owned it
+    job = kube.wait_object("RayJob", name, timeout=120, where=lambda o: (
+        o.get("status") or {}).get("jobDeploymentStatus") == "Running")
+    assert "nodeSelector" not in job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    kube.delete("TrainingRun", name)
+
+
 def nudge(kube, name: str) -> None:
     """Touch the RayJob (an annotation): a watch event, so KubeRay reconciles it at once."""
     kube.patch("RayJob", name, {"metadata": {"annotations": {

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from k8s_schemas import validate_strict
+from operator_helpers import events
 from raykube.spec import load_yaml_documents
 from raykube.testing.fixtures import kube, operator, operator_logs  # noqa: F401
 
@@ -125,3 +126,43 @@ def test_fields_that_leave_the_render_leave_the_rayservice(kube):
     assert not worker(svc).get("tolerations")
     managers = {m["manager"] for m in svc["metadata"]["managedFields"]}
     assert "raykube-operator" in managers
+
+
+def test_a_serve_edit_says_how_the_live_rayservice_changes(kube):
+    """A serve edit on a serving run posts one Normal ServeUpdated Event naming the field,
+    its old and new value, and how KubeRay rolls it out: a new serve config in place, a
+    pod change by a new cluster. (Before, the RayService changed with no word on the
+    TrainingRun.) Several paths may apply an edit (its handler, the spec ConfigMap's
+    event, the gate's re-check): each says the same."""
+    name = "serve-edit"
+    make(kube, name)
+    driver_checkpoint(kube, name, "/mnt/raykube/default/serve-edit/ckpt-3", 0.95)
+    succeed(kube, name)
+    kube.wait_condition(name, "Promoted", reason="GatePassed")
+
+    def updates():
+        return sorted(e["message"] for e in events(kube, name, kube.namespace)
+                      if e.get("reason") == "ServeUpdated")
+
+    def promoted():
+        return [e["message"] for e in events(kube, name, kube.namespace)
+                if e.get("reason") == "Promoted"]
+    assert updates() == []
+    assert len(promoted()) == 1, promoted()
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"maxBatchSize": 8}}})
+    said = kube.wait_for(lambda: updates() or None, what="a ServeUpdated Event")
+    assert said == [f"RayService {name}-serve updated (spec.serve.maxBatchSize 32 -> 8): Ray "
+                    "Serve applies it in place on the running cluster"], said
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"replicas": 2}}})
+    said = kube.wait_for(lambda: u if len(u := updates()) == 2 else None,
+                         what="a second ServeUpdated Event")
+    assert (f"RayService {name}-serve updated (spec.serve.replicas 1 -> 2): KubeRay starts a "
+            "new Ray cluster with it and moves traffic there once it is ready; the current "
+            "one serves meanwhile") in said, said
+    # a gate edit changes no RayService: no Event; and no edit read as a new promotion
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"minAccuracy": 0.8}}})
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get(
+        "observedGeneration") == o["metadata"]["generation"])
+    time.sleep(1)
+    assert len(updates()) == 2, updates()
+    assert len(promoted()) == 1, promoted()

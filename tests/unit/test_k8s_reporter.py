@@ -64,3 +64,42 @@ def test_progress_is_shown_to_four_decimals_and_the_checkpoint_keeps_every_digit
     assert {k: v for k, v in status["progress"].items() if k != "updatedAt"} == {
         "epoch": 1, "valAccuracy": 0.9499, "valLoss": 0.1235, "trainLoss": 0.3}
     assert status["checkpoint"]["metrics"]["valAccuracy"] == 0.9498607242339833
+
+
+def _search(metric: str = "valAccuracy"):
+    from pathlib import Path
+
+    from raykube.spec import load_yaml_documents, parse_training_run
+
+    doc, = load_yaml_documents((Path(__file__).resolve().parents[2] / "jobs" /
+                                "digits-tune.yaml").read_text())
+    doc["spec"]["tune"].update(metric=metric, maxConcurrentTrials=2)
+    rep, api = _reporter(POD_ENV)
+    rep.on_start(parse_training_run(doc))
+    return rep, api
+
+
+def test_a_searchs_progress_is_its_best_epoch_so_far_not_the_last_trial_to_report():
+    """Two trials at once: their epochs interleave. The Epoch and Val-Acc columns follow
+    the best epoch by tune.metric (what the search would choose now), so they do not jump
+    1, 1, 2, 2 between trials with the accuracy rising and falling with them."""
+    rep, api = _search()
+    reports = [("a", 1, 0.60), ("b", 1, 0.70), ("a", 2, 0.65), ("b", 2, 0.80),
+               ("a", 3, 0.85), ("b", 3, 0.79)]
+    shown = []
+    for trial, epoch, acc in reports:
+        rep.on_epoch({"epoch": epoch, "valAccuracy": acc, "trainLoss": 0.5}, None, trial)
+        progress = api.statuses[-1].get("progress") if api.statuses else None
+        shown.append((progress["trial"], progress["epoch"]) if progress else None)
+    # each patch sent holds the leader; a report that does not lead changes nothing
+    assert shown == [("a", 1), ("b", 1), ("b", 1), ("b", 2), ("a", 3), ("a", 3)], shown
+    assert [s["progress"]["valAccuracy"] for s in api.statuses if "progress" in s] == [
+        0.6, 0.7, 0.8, 0.85]
+
+
+def test_a_search_ranked_by_a_loss_leads_with_the_lowest():
+    rep, api = _search("valLoss")
+    for trial, epoch, loss in [("a", 1, 0.9), ("b", 1, 0.5), ("a", 2, 0.7)]:
+        rep.on_epoch({"epoch": epoch, "valLoss": loss}, None, trial)
+    assert [(s["progress"]["trial"], s["progress"]["valLoss"]) for s in api.statuses
+            if "progress" in s] == [("a", 0.9), ("b", 0.5)]

@@ -195,6 +195,29 @@ def test_explicit_image_and_scheduling_constraints():
     assert validate_all([job]) == []
 
 
+def test_the_head_is_placed_by_its_own_fields_not_the_workers():
+    """Workers on tainted GPU nodes, the head on a CPU pool: each pod gets only its own
+    group's nodeSelector and tolerations, in the RayJob and in the RayService."""
+    run = _run(scaling={
+        "nodeSelector": {"pool": "gpu"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "head": {"nodeSelector": {"pool": "cpu"},
+                 "tolerations": [{"key": "system", "operator": "Equal", "value": "ray"}]}})
+    for obj in (R.render_rayjob(run, CFG), R.render_rayservice(run, CFG, "s3://b/x")):
+        head, (group,) = _pods(obj)
+        assert head["template"]["spec"]["nodeSelector"] == {"pool": "cpu"}
+        assert head["template"]["spec"]["tolerations"] == [
+            {"key": "system", "operator": "Equal", "value": "ray"}]
+        assert group["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
+        assert group["template"]["spec"]["tolerations"] == [
+            {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+        assert validate_all([obj]) == []
+    # unset: the head's pod says nothing of placement (and renders as before)
+    head, (group,) = _pods(R.render_rayjob(_run(scaling={"nodeSelector": {"pool": "gpu"}}), CFG))
+    assert "nodeSelector" not in head["template"]["spec"]
+    assert "tolerations" not in head["template"]["spec"]
+
+
 def _tune(max_concurrent, gpus=0.0, workers=2, trials=8):
     return _run(scaling={"workers": workers, "gpusPerWorker": gpus, "memoryPerWorker": "2Gi"},
                 tune={"trials": trials, "maxConcurrentTrials": max_concurrent,

@@ -362,10 +362,14 @@ CPU_SHORT = ("0/1 nodes are available: 1 Insufficient cpu. no new claims to deal
                     "0/1 nodes are available: 1 Preemption is not helpful for scheduling."),
      "1 node(s) had untolerated taint(s); spec.scaling.tolerations lists the taints the pods "
      "tolerate (kubectl describe nodes shows the nodes' taints)"),
-    # the head takes no tolerations: not the workers' field (the real node)
+    # the head's placement is its own, not the workers' (the real node)
     (_unschedulable("0/1 nodes are available: 1 node(s) had untolerated taint(s).", role="head"),
-     "1 node(s) had untolerated taint(s); the head pod takes no tolerations "
-     "(spec.scaling.tolerations are the workers'): it needs a node without taints"),
+     "1 node(s) had untolerated taint(s); spec.scaling.head.tolerations lists the taints the "
+     "pods tolerate (kubectl describe nodes shows the nodes' taints)"),
+    (_unschedulable("0/2 nodes are available: 2 node(s) didn't match Pod's node "
+                    "affinity/selector.", role="head", nodeSelector={"pool": "cpu"}),
+     "2 node(s) didn't match Pod's node affinity/selector; spec.scaling.head.nodeSelector "
+     "asks for nodes with pool=cpu"),
     # and repeats a claim's verdict (the real node)
     (_unschedulable('0/1 nodes are available: persistentvolumeclaim "c" not found. not found. '
                     "preemption: 0/1 nodes are available"),
