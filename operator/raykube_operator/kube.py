@@ -151,24 +151,42 @@ class Kube:
         path = resource_path(obj["apiVersion"], plural_of(obj["kind"]), meta.get("namespace"))
         return self.request("POST", f"{path}?fieldManager={FIELD_MANAGER}", obj)
 
-    def own_as_applied(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def own_as_applied(self, obj: dict[str, Any], attempts: int = 3) -> dict[str, Any]:
         """Make the fields this operator wrote with a create or a patch (``Update``
         entries of ``managedFields``) its server-side apply's own, as ``kubectl apply
         --server-side`` upgrades what client-side apply wrote (Kubernetes' csaupgrade),
         so that the next ``apply`` removes what dropped out of the render. Without it a
         field the create wrote stays owned by that create whatever the applies say (a
         suspended RayJob kept the head's ``nodeSelector`` the edit had removed, and its
-        head stayed unschedulable). ``obj``: the live object; returns it as written
-        (unchanged when there is nothing to move). A 409 (it changed meanwhile) is
-        raised: the caller's reconcile runs again."""
-        entries = (obj.get("metadata") or {}).get("managedFields") or []
-        moved = applied_ownership(entries, obj.get("apiVersion", ""))
-        if moved is None:
-            return obj
-        meta = obj["metadata"]
-        return self.json_patch(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"], [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
-            {"op": "replace", "path": "/metadata/managedFields", "value": moved}])
+        head stayed unschedulable). ``obj``: the object as last read; returns it as
+        written (unchanged when there is nothing to move).
+
+        The JSON Patch tests ``resourceVersion``, so that entries another manager wrote
+        meanwhile (KubeRay updates its RayJobs all the time) are never replaced by a
+        stale list; a failed test (the API server answers 422) reads the object again.
+        Still changing after ``attempts``: a 409, which the caller's reconcile retries
+        (never the 422, which would read as a render the API server refused)."""
+        for _ in range(attempts):
+            entries = (obj.get("metadata") or {}).get("managedFields") or []
+            moved = applied_ownership(entries, obj.get("apiVersion", ""))
+            if moved is None:
+                return obj
+            meta = obj["metadata"]
+            ref = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+            try:
+                return self.json_patch(*ref, [
+                    {"op": "test", "path": "/metadata/resourceVersion",
+                     "value": meta["resourceVersion"]},
+                    {"op": "replace", "path": "/metadata/managedFields", "value": moved}])
+            except ApiError as exc:
+                if exc.status not in (409, 422):
+                    raise
+            fresh = self.get(*ref)
+            if fresh is None:
+                raise ApiError(404, "NotFound", f"{ref[1]} {ref[3]} is gone")
+            obj = fresh
+        raise ApiError(409, "Conflict", f"{obj['kind']} {obj['metadata']['name']} kept "
+                       "changing while its field ownership was moved to the apply")
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply (create or update) as the one field manager ``raykube-operator``.
