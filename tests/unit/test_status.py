@@ -380,6 +380,11 @@ CPU_SHORT = ("0/1 nodes are available: 1 Insufficient cpu. no new claims to deal
      "1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."),
     # KubeRay's submitter is sized by KubeRay, not by a field of ours
     (_unschedulable(CPU_SHORT, role="submitter"), "1 Insufficient cpu."),
+    # nor placed by one: not the workers' tolerations (the real node, a tainted node)
+    (_unschedulable("0/1 nodes are available: 1 node(s) had untolerated taint(s).",
+                    role="submitter"),
+     "1 node(s) had untolerated taint(s); KubeRay's job submitter takes no tolerations from "
+     "the TrainingRun: it needs a node without taints"),
 ])
 def test_an_unschedulable_pod_names_the_field_that_sizes_or_places_it(pod, tail):
     problem = st.pod_problem(pod)
