@@ -328,10 +328,25 @@ def apply_child(kube: Kube, obj: dict[str, Any], current: dict[str, Any] | None 
     if current is not None and _ann(current, SPEC_HASH) == _ann(obj, SPEC_HASH):
         if not drift.drifted(current, obj):
             return "unchanged"
-        kube.apply(obj)  # edited by someone: the render's fields put back (forced)
+        _apply_over(kube, obj, current)  # edited by someone: the render's fields put back
         return "repaired"
-    kube.apply(obj)  # server-side apply: fields that left the render leave the object
+    # server-side apply: fields that left the render leave the object
+    _apply_over(kube, obj, current)
     return "created" if current is None else "updated"
+
+
+def _apply_over(kube: Kube, obj: dict[str, Any], current: dict[str, Any] | None
+                ) -> dict[str, Any]:
+    """Server-side apply ``obj`` over ``current`` (as last read; None: none exists), first
+    making what the operator's own creates and patches wrote there the apply's
+    (``Kube.own_as_applied``: no request when there is nothing to move). Every child's
+    first write is a plain create (``_first_sight``; the RayJob's always, for its 409),
+    and a create's fields stay whatever a later apply leaves out: a suspended RayJob kept
+    the head ``nodeSelector`` an edit had removed, and a ConfigMap, ServiceAccount or Role
+    would keep a key or label its render dropped."""
+    if current is not None:
+        kube.own_as_applied(current)
+    return kube.apply(obj)
 
 
 def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished: bool,
@@ -465,7 +480,7 @@ def repair_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any],
         if "spec.backoffLimit" in _not_compared(status):
             job = copy.deepcopy(job)
             job["spec"]["backoffLimit"] = current["spec"].get("backoffLimit", 0)
-        kube.apply(job)
+        current = _apply_over(kube, job, current)
     if _suspend_differs(current, job):
         kube.patch(*_ref(job), {"spec": {"suspend": _suspended(job)}})
 
@@ -480,13 +495,11 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
         return "created"
     suspend = {"spec": {"suspend": _suspended(job)}}
     if action == "update":  # suspended: a training edit takes effect when it resumes
-        if current is not None:
-            # what the create (and the suspend patch) wrote becomes the apply's, so
-            # that a field the edit removed (a nodeSelector) leaves the RayJob
-            kube.own_as_applied(current)
-        if _suspended(kube.apply(job)) != _suspended(job):
-            # the render leaves `suspend: false` out, and a suspend set by a patch (another
-            # field manager) is not removed by the apply: resumed with the edit, at once
+        # what the create (and our suspend patch) wrote becomes the apply's, so that a
+        # field the edit removed (a nodeSelector, our `suspend: true`) leaves the RayJob
+        if _suspended(_apply_over(kube, job, current)) != _suspended(job):
+            # the render leaves `suspend: false` out, and a suspend someone else set
+            # (`kubectl patch rayjob`: another field manager) is not removed by the apply
             kube.patch(*_ref(job), suspend)
         return "update"
     if action == "rerun":

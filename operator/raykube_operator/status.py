@@ -370,11 +370,12 @@ def _request(pod: dict[str, Any], resource: str) -> str | None:
 def schedule_field(labels: dict[str, str], cause: str) -> str | None:
     """The TrainingRun field behind one cause of a scheduler's refusal of a Ray pod, from
     the role raykube's render put on the pod (``oom_field``'s reading), or None: KubeRay's
-    job submitter is sized by KubeRay's defaults, not by a field of ours."""
+    job submitter is sized by KubeRay's defaults, not by a field of ours, and placed with
+    the head (``raykube.render._submitter_template``)."""
     role = labels.get(ROLE_LABEL)
     head, serve = labels.get("ray.io/node-type") == "head", role == SERVE_ROLE
     if role == SUBMITTER_ROLE:
-        return None  # KubeRay's pod: no field of ours places or sizes it (schedule_hint)
+        return f"spec.scaling.head.{cause}" if cause in ("nodeSelector", "tolerations") else None
     if cause in ("nodeSelector", "tolerations"):
         # the head's placement is its own (spec.scaling.head), not the workers'
         return f"spec.scaling.{'head.' if head else ''}{cause}"
@@ -402,12 +403,6 @@ def schedule_hint(pod: dict[str, Any], verdict: str) -> str:
         if words not in verdict:
             continue
         if (field := schedule_field(labels, cause)) is None:
-            if cause == "tolerations" and labels.get(ROLE_LABEL) == SUBMITTER_ROLE and not said:
-                # seen on the real node: a tainted node ran the head and workers (their
-                # tolerations) but not the submitter, which the message blamed on
-                # spec.scaling.tolerations
-                said.append("KubeRay's job submitter takes no tolerations from the "
-                            "TrainingRun: it needs a node without taints")
             continue
         if cause in ("cpu", "memory", GPU_RESOURCE):
             amount = _request(pod, cause)

@@ -37,7 +37,7 @@ import yaml
 
 from raykube.flags import parse_flag
 from raykube.footprint import default_head_memory
-from raykube.spec import API_VERSION, DEFAULT_MOUNT_PATH, KIND, LABEL, TrainingRun
+from raykube.spec import API_VERSION, DEFAULT_MOUNT_PATH, KIND, LABEL, HeadSpec, TrainingRun
 from raykube.spec import S3_SECRET_KEYS as SECRET_KEYS
 
 SPEC_MOUNT = "/etc/raykube"
@@ -349,7 +349,7 @@ def render_rayjob(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] 
         },
     }
     group["template"]["spec"]["containers"][0]["lifecycle"] = copy.deepcopy(STOP_RAY_FIRST)
-    job["submitterPodTemplate"] = _submitter_template(cfg, image, pods.labels)
+    job["submitterPodTemplate"] = _submitter_template(cfg, image, pods.labels, sc.head)
     if s.suspend:
         # only when true: KubeRay writes RayJobs back without `suspend: false` (omitempty),
         # so rendering it would make every apply of an unchanged render a spec change
@@ -379,20 +379,29 @@ left the head's driver trains no more. Not on the serving cluster: its replicas 
 until KubeRay has moved the Service."""
 
 
-def _submitter_template(cfg: RenderConfig, image: str, labels: Mapping[str, str]
-                        ) -> dict[str, Any]:
+def _submitter_template(cfg: RenderConfig, image: str, labels: Mapping[str, str],
+                        head: HeadSpec) -> dict[str, Any]:
     """KubeRay's job submitter pod (``ray job submit``, then the job's log) as KubeRay
     would make it (the head's image, its default resources; KubeRay fills in the command
     and the job's address), plus the run's labels. Without them nothing ties the pod to
     its TrainingRun: on a full cluster it sat Pending ("Insufficient cpu") while the
     TrainingRun said the job was submitted; with them the operator's pod watch names it
-    (``raykube_operator.status.pod_problem``). It needs no API access: no token."""
+    (``raykube_operator.status.pod_problem``). It needs no API access: no token.
+
+    It goes where the head goes (``scaling.head.nodeSelector`` and ``tolerations``):
+    KubeRay gives its own template no placement, so on a node every pod needs a
+    toleration for (seen on the real node) the head and workers ran and the submitter
+    sat Pending, and the job was never submitted. Unset, nothing is added."""
     container = {"name": "ray-job-submitter", "image": image,
                  "imagePullPolicy": cfg.image_pull_policy,
                  "resources": copy.deepcopy(SUBMITTER_RESOURCES)}
-    return {"metadata": {"labels": {**labels, ROLE_LABEL: SUBMITTER_ROLE}},
-            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
-                     "containers": [container]}}
+    spec: dict[str, Any] = {"restartPolicy": "Never", "automountServiceAccountToken": False,
+                            "containers": [container]}
+    if head.node_selector:
+        spec["nodeSelector"] = dict(sorted(head.node_selector.items()))
+    if head.tolerations:
+        spec["tolerations"] = [t.to_dict() for t in head.tolerations]
+    return {"metadata": {"labels": {**labels, ROLE_LABEL: SUBMITTER_ROLE}}, "spec": spec}
 
 
 def ttl_after_finished(run: TrainingRun) -> int:

@@ -424,12 +424,14 @@ class HeadSpec(_Model):
                                "concurrent trial) / 0.95, since each trial's driver and Ray "
                                "Train's controller run there (checked on validation).")
     node_selector: dict[str, str] | None = Field(default=None, description="Node selector "
-                                                 "for the head pods (training and serving). "
+                                                 "for the head pods (training and serving) and "
+                                                 "KubeRay's job submitter pod. "
                                                  "Not spec.scaling.nodeSelector: the head does "
                                                  "no training work and need not share the "
                                                  "workers' (e.g. GPU) nodes.")
     tolerations: list[Toleration] | None = Field(default=None, description="Tolerations for "
-                                                 "the head pods (training and serving); "
+                                                 "the head pods (training and serving) and "
+                                                 "KubeRay's job submitter pod; "
                                                  "spec.scaling.tolerations are the workers'.")
 
 

@@ -44,3 +44,24 @@ def test_fields_the_create_wrote_leave_with_the_apply_once_owned_as_applied(kube
     assert live["data"] == {"a": "1"}
     assert "x" not in (live["metadata"].get("labels") or {})  # the patch's label: ours too
     assert ops.own_as_applied(live) is live  # nothing left to move: no request
+
+
+def test_a_child_the_first_sight_created_loses_what_its_next_render_drops(kube):
+    """``apply_child`` over a ConfigMap the operator's first sight made with a plain
+    create (``_first_sight``): a key and a label the new render leaves out leave the live
+    object; before ``_apply_over`` they stayed, owned by the create."""
+    from raykube_operator.handlers import apply_child
+
+    ns = kube.namespace
+    ops = Kube(kubernetes.config.new_client_from_config(config_file=str(kube.cp.kubeconfig)))
+    first = _cm(ns, {"spec.yaml": "a", "old.yaml": "b"})
+    first["metadata"]["name"] = "first-sight"
+    first["metadata"]["labels"] = {"raykube.io/old": "x"}
+    ops.create(first)
+    second = _cm(ns, {"spec.yaml": "c"})
+    second["metadata"]["name"] = "first-sight"
+    assert apply_child(ops, second) == "updated"
+    live = ops.get("v1", "ConfigMap", ns, "first-sight")
+    assert live["data"] == {"spec.yaml": "c"}
+    assert "raykube.io/old" not in (live["metadata"].get("labels") or {})
+    assert apply_child(ops, second, live) == "unchanged"

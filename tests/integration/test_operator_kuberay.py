@@ -443,7 +443,8 @@ def test_an_edit_that_lets_unschedulable_pods_start_is_applied_at_once(kube, ope
 def test_the_head_is_placed_by_its_own_fields(kube, operator):
     """``scaling.head.nodeSelector`` reaches the head pod KubeRay creates, and only it: a
     selector no node matches keeps the head Pending, named with the head's field (not the
-    workers', whose pods are scheduled); the edit that drops it starts the cluster."""
+    workers', whose pods are scheduled); the edit to one that matches starts the cluster,
+    and KubeRay's job submitter pod takes the head's selector and tolerations."""
     name = "kr-head-place"
     doc = tr_doc(name)
     doc["spec"]["scaling"]["head"] = {"nodeSelector": {"raykube.io/test-pool": "nowhere"}}
@@ -462,11 +463,22 @@ def test_the_head_is_placed_by_its_own_fields(kube, operator):
     assert [p["spec"].get("nodeSelector") for p in heads] == [{"raykube.io/test-pool": "nowhere"}]
     assert workers and all("raykube.io/test-pool" not in (p["spec"].get("nodeSelector") or {})
                            for p in workers)
-    kube.patch("TrainingRun", name, {"spec": {"scaling": {"head": {"nodeSelector": None}}}})
-    # before own_as_applied, the suspended RayJob kept the selector: the create owned it
+    toleration = {"key": "raykube.io/test-taint", "operator": "Exists", "effect": "NoSchedule"}
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"head": {
+        "nodeSelector": {"raykube.io/test-pool": None, "type": "kwok"},
+        "tolerations": [toleration]}}}})
+    # before own_as_applied, the suspended RayJob kept the old key: the create owned it
     job = kube.wait_object("RayJob", name, timeout=120, where=lambda o: (
         o.get("status") or {}).get("jobDeploymentStatus") == "Running")
-    assert "nodeSelector" not in job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    head_spec = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert head_spec["nodeSelector"] == {"type": "kwok"}
+    # KubeRay's job submitter goes where the head goes (it took no placement at all, and
+    # sat Pending on a tainted real node where the head and workers ran)
+    (submitter,) = kube.wait_for(lambda: kube.list("Pod", label_selector=(
+        f"{LABEL}={name},raykube.io/role=submitter")), timeout=60, what="the submitter pod")
+    assert submitter["spec"]["nodeSelector"] == {"type": "kwok"}
+    assert toleration in submitter["spec"]["tolerations"], submitter["spec"]["tolerations"]
+    assert submitter["spec"].get("nodeName"), "scheduled"
     kube.delete("TrainingRun", name)
 
 

@@ -115,6 +115,22 @@ def test_the_job_submitter_is_kuberays_own_with_the_runs_labels():
     assert "command" not in c and "args" not in c  # KubeRay's `ray job submit ...`
     assert c["resources"] == {"requests": {"cpu": "500m", "memory": "200Mi"},
                               "limits": {"cpu": "1", "memory": "1Gi"}}
+    assert "nodeSelector" not in tpl["spec"] and "tolerations" not in tpl["spec"]
+
+
+def test_the_job_submitter_goes_where_the_head_goes():
+    """KubeRay gives its submitter no placement: on a node every pod needs a toleration
+    for (the real node) the head and workers ran and the submitter sat Pending, so the job
+    was never submitted. It takes the head's nodeSelector and tolerations, not the
+    workers' (which may be GPU nodes)."""
+    run = _run(scaling={"nodeSelector": {"pool": "gpu"},
+                        "head": {"nodeSelector": {"pool": "cpu"},
+                                 "tolerations": [{"key": "ml", "operator": "Exists"}]}})
+    job = R.render_rayjob(run, CFG)
+    spec = job["spec"]["submitterPodTemplate"]["spec"]
+    assert spec["nodeSelector"] == {"pool": "cpu"}
+    assert spec["tolerations"] == [{"key": "ml", "operator": "Exists"}]
+    assert validate_all([job]) == []
 
 
 def test_training_workers_stop_ray_when_deleted_and_no_other_pod_does():

@@ -380,11 +380,16 @@ CPU_SHORT = ("0/1 nodes are available: 1 Insufficient cpu. no new claims to deal
      "1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }."),
     # KubeRay's submitter is sized by KubeRay, not by a field of ours
     (_unschedulable(CPU_SHORT, role="submitter"), "1 Insufficient cpu."),
-    # nor placed by one: not the workers' tolerations (the real node, a tainted node)
+    # but placed with the head: not the workers' tolerations (the real node, a tainted
+    # node, blamed spec.scaling.tolerations when the submitter took no placement at all)
     (_unschedulable("0/1 nodes are available: 1 node(s) had untolerated taint(s).",
                     role="submitter"),
-     "1 node(s) had untolerated taint(s); KubeRay's job submitter takes no tolerations from "
-     "the TrainingRun: it needs a node without taints"),
+     "1 node(s) had untolerated taint(s); spec.scaling.head.tolerations lists the taints the "
+     "pods tolerate (kubectl describe nodes shows the nodes' taints)"),
+    (_unschedulable("0/2 nodes are available: 2 node(s) didn't match Pod's node "
+                    "affinity/selector.", role="submitter", nodeSelector={"pool": "cpu"}),
+     "2 node(s) didn't match Pod's node affinity/selector; spec.scaling.head.nodeSelector "
+     "asks for nodes with pool=cpu"),
 ])
 def test_an_unschedulable_pod_names_the_field_that_sizes_or_places_it(pod, tail):
     problem = st.pod_problem(pod)
