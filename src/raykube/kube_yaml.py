@@ -155,6 +155,20 @@ for _tag in (INT, FLOAT, BOOL, NULL):
 Loader.add_constructor(f"{_TAG}binary", Loader.construct_binary_text)
 
 
+class Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes every string kubectl (or PyYAML) would read back as
+    something else. PyYAML quotes only what YAML 1.1 reads as another type, so it wrote
+    ``rack: 08``, ``rerun: 1e5`` and ``key: y`` plain: kubectl reads them as 8, 100000.0
+    and true, and ``raykube train`` refused the very spec the operator had put in its
+    ConfigMap (``nodeSelector.rack: must be a string``)."""
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and tag == STR:
+            return resolve_plain(value)[0]  # not a str to go-yaml: not implicit, so quoted
+        return tag
+
+
 def json_key(key: Any) -> Any:
     """A mapping key as sigs.k8s.io/yaml writes it into JSON: ``1`` is ``"1"``, ``yes``
     is ``"true"`` (``nodeSelector: {1: a}`` reaches the API server as ``{"1": "a"}``).

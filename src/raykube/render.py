@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from raykube import kube_yaml
 from raykube.flags import parse_flag
 from raykube.footprint import default_head_memory
 from raykube.spec import API_VERSION, DEFAULT_MOUNT_PATH, KIND, LABEL, HeadSpec, TrainingRun
@@ -289,7 +290,7 @@ def render_spec_configmap(run: TrainingRun, cfg: RenderConfig,
            "spec": run.spec.to_dict()}
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _meta(run, spec_configmap_name(run), owner),
-            "data": {SPEC_FILE: yaml.safe_dump(doc, sort_keys=False)}}
+            "data": {SPEC_FILE: yaml.dump(doc, Dumper=kube_yaml.Dumper, sort_keys=False)}}
 
 
 def render_rbac(run: TrainingRun, cfg: RenderConfig, owner: Mapping[str, Any] | None = None
@@ -482,10 +483,10 @@ def render_rayservice(run: TrainingRun, cfg: RenderConfig, checkpoint_uri: str,
     # makes it a cluster change, rolled out by KubeRay's zero-downtime upgrade.
     group["template"]["metadata"]["annotations"] = {"raykube.io/serve-replicas": str(sv.replicas)}
     spec = {
-        "serveConfigV2": yaml.safe_dump(serve_config(run, checkpoint_uri,
-                                                    access_log=cfg.serve_access_log,
-                                                    wait_for_training=wait_for_training),
-                                       sort_keys=False),
+        "serveConfigV2": yaml.dump(serve_config(run, checkpoint_uri,
+                                                access_log=cfg.serve_access_log,
+                                                wait_for_training=wait_for_training),
+                                   Dumper=kube_yaml.Dumper, sort_keys=False),
         "serveService": {"metadata": {"name": serve_service_name(run)}},
         "rayClusterDeletionDelaySeconds": SERVE_CLUSTER_DELETION_DELAY_S,
         "rayClusterConfig": {
@@ -699,8 +700,9 @@ def _scale_quantity(quantity: str, factor: int) -> str:
 
 
 # --------------------------------------------------------------------------- output
-class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (the spec ConfigMap, serveConfigV2) as readable ``|`` blocks."""
+class _BlockDumper(kube_yaml.Dumper):
+    """Multi-line strings (the spec ConfigMap, serveConfigV2) as readable ``|`` blocks;
+    strings kubectl would read as numbers or booleans quoted (``kube_yaml.Dumper``)."""
 
 
 def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:

@@ -111,3 +111,29 @@ def test_a_tag_its_text_does_not_fit_is_a_yaml_error_for_both(kube, value, words
     assert main(["validate", str(f)]) == 1
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err, err
+
+
+def test_what_we_write_kubectl_reads_back_as_written(kube):
+    """``raykube render`` and the operator's spec ConfigMap write YAML that kubectl and
+    ``raykube train`` read again. PyYAML's dumper wrote ``rack: 08``, ``rerun: 1e5`` and
+    ``y`` plain (strings to YAML 1.1), which kubectl reads as 8, 100000.0 and true: the
+    rendered RayJob's nodeSelector was refused, and the driver refused the spec the
+    operator had written for it (a new-user probe)."""
+    from raykube import render
+
+    strings = [s for s in SCALARS if not s.startswith("!!")]
+    run = parse_training_run(load_yaml_documents(_doc(
+        "  rerun: '1e5'\n  scaling:\n    nodeSelector: {rack: '08', 'y': 'n'}\n"))[0])
+    (cm,) = [o for o in render.render_training(run, render.RenderConfig())
+             if o["kind"] == "ConfigMap"]
+    # the driver's read of the spec the operator writes
+    spec_text = cm["data"][render.SPEC_FILE]
+    again = parse_training_run(load_yaml_documents(spec_text)[0])
+    assert again.spec.rerun == "1e5"
+    assert again.spec.scaling.node_selector == {"rack": "08", "y": "n"}
+    # kubectl's read of what we write, for every awkward scalar
+    data = {f"k{i}": s for i, s in enumerate(strings)} | {"08": "y", "n": "1e5"}
+    text = render.dump_yaml([{"apiVersion": "v1", "kind": "ConfigMap",
+                              "metadata": {"name": "written"}, "data": data}])
+    assert _kubectl_json(kube, text)["data"] == data
+    assert load_yaml_documents(text)[0]["data"] == data
