@@ -9,7 +9,9 @@ imported, and those modules import torch/ray inside ``run``: ``raykube validate`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import signal
 import sys
 
@@ -76,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=terminal.err())
         return 130
+    except BrokenPipeError:
+        # the reader went away (`raykube validate dir | head -1`): stop without a word, as
+        # `yes | head` does, and without Python's own complaint when it flushes at exit
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as exc:
         if terminal.log_path() is None:  # nothing diverted: the traceback is the report
             raise

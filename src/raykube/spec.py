@@ -74,6 +74,9 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
 }
 
 _DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+_NAMESPACE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""A namespace is an RFC 1123 label: it may start with a digit (``1team``), where a
+TrainingRun's name may not (it names Services, which are RFC 1035 labels)."""
 _QUANTITY = k8s_rules.QUANTITY_PATTERN
 _DNS_SUBDOMAIN = k8s_rules.DNS_SUBDOMAIN_PATTERN
 MAX_PATH_LENGTH = 4096
@@ -670,7 +673,7 @@ class Metadata(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=_DNS_LABEL)
-    namespace: str = Field(default="default", min_length=1, max_length=63, pattern=_DNS_LABEL)
+    namespace: str = Field(default="default", min_length=1, max_length=63, pattern=_NAMESPACE)
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
 
@@ -1458,17 +1461,26 @@ def _loc(loc: Iterable[Any], prefix: str) -> str:
 def _model_at(loc: Iterable[Any]) -> type[BaseModel] | None:
     """The pydantic model whose fields sit at ``loc`` (a TrainingRun error location)."""
     model: type[BaseModel] | None = TrainingRun
+    keyed = False  # the part is a key of a mapping field (searchSpace's spec paths)
     for part in loc:
         if model is None:
             return None
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         field = {to_camel(n): f for n, f in model.model_fields.items()}.get(str(part)) \
             or model.model_fields.get(str(part))
         if field is None:
             return None
         model = _model_type(field.annotation)
+        keyed = _is_mapping(field)
     return model
+
+
+def _is_mapping(field: Any) -> bool:
+    """Whether a field is a ``dict[...]`` (or an optional one): its keys are the user's."""
+    return dict in (typing.get_origin(a) for a in (field.annotation,
+                                                     *typing.get_args(field.annotation)))
 
 
 def _field_at(loc: tuple[Any, ...]) -> Any:
@@ -1550,6 +1562,13 @@ def _not_a_mapping(loc: tuple[Any, ...], got: Any) -> str:
     fields = [to_camel(n) for n in model.model_fields] if model else []
     kind = ("a list" if isinstance(got, list) else "a boolean" if isinstance(got, bool)
             else "a number" if isinstance(got, (int, float)) else "a string")
+    field = _field_at(loc)
+    if field is not None and _is_mapping(field):
+        # a mapping of the user's keys (searchSpace's spec paths), not of our fields:
+        # "must be a mapping of its fields (choice, uniform, ...)" named the values' fields
+        example = (" such as {train.optimizer.lr: {loguniform: [0.0001, 0.1]}}"
+                   if loc[-1] == "searchSpace" else "")
+        return f"must be a mapping{example}, got {_short(got)}, {kind}"
     msg = (f"must be a mapping of its fields ({', '.join(fields[:6])}"
            f"{', ...' if len(fields) > 6 else ''}), got {_short(got)}, {kind}"
            if fields else f"must be a mapping, got {_short(got)}, {kind}")
@@ -1647,6 +1666,9 @@ def _errors_from_pydantic(exc: ValidationError,
             msg = (f"must be a DNS label: lower-case letters, digits and '-', starting with "
                    f"a letter and ending with a letter or digit (got {shown})"
                    if (e.get("ctx") or {}).get("pattern") == _DNS_LABEL
+                   else f"must be a DNS label: lower-case letters, digits and '-', starting "
+                   f"and ending with a letter or digit (got {shown})"
+                   if (e.get("ctx") or {}).get("pattern") == _NAMESPACE
                    else f"must be a DNS subdomain: lower-case letters, digits, '-' and '.', "
                    f"starting and ending with a letter or digit (got {shown})"
                    if (e.get("ctx") or {}).get("pattern") == _DNS_SUBDOMAIN
@@ -1750,10 +1772,12 @@ class _YAMLLimit(yaml.YAMLError):
     """A document too deep, too self-referential or too large once its aliases expand."""
 
 
-def _expanded_size(doc: Any, limit: int) -> int:
+def _expanded_size(doc: Any, limit: int, shared: list[bool] | None = None) -> int:
     """How many values ``doc`` holds with every alias expanded, counting each shared
     list or mapping once per place it appears (memoised, so the walk is over distinct
-    objects); stops at ``limit``. A list or mapping that contains itself is an error."""
+    objects); stops at ``limit``. A list or mapping that contains itself is an error.
+    ``shared`` (when given) gets True appended if any list or mapping appears twice (an
+    alias), for the error's words."""
     sizes: dict[int, int] = {}
     open_: set[int] = set()
     stack: list[tuple[Any, bool]] = [(doc, False)]
@@ -1768,6 +1792,8 @@ def _expanded_size(doc: Any, limit: int) -> int:
             sizes[key] = min(limit, 1 + sum(sizes.get(id(c), 1) for c in children))
             continue
         if key in sizes:
+            if shared is not None and not shared:
+                shared.append(True)
             continue
         if key in open_:
             raise _YAMLLimit("a list or mapping contains itself through an alias")
@@ -1787,9 +1813,13 @@ def load_yaml_documents(text: str) -> list[Any]:
     except RecursionError:
         raise _YAMLLimit("nested too deeply") from None
     for doc in docs:
-        if _expanded_size(doc, MAX_YAML_VALUES + 1) > MAX_YAML_VALUES:
-            raise _YAMLLimit(f"expands to more than {MAX_YAML_VALUES:,} values through "
-                             "aliases (excessive aliasing)")
+        shared: list[bool] = []
+        if _expanded_size(doc, MAX_YAML_VALUES + 1, shared) > MAX_YAML_VALUES:
+            raise _YAMLLimit(
+                f"expands to more than {MAX_YAML_VALUES:,} values through aliases "
+                "(excessive aliasing)" if shared else
+                f"holds more than {MAX_YAML_VALUES:,} values (a TrainingRun holds a few "
+                "hundred)")
     return [kube_yaml.as_api_server_stores(d) for d in docs]
 
 

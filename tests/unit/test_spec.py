@@ -519,7 +519,7 @@ def test_a_location_raykube_cannot_read_is_refused_naming_the_field(location, wo
 
 
 @pytest.mark.parametrize("where,value,what", [
-    ("metadata.name", "Bad_Name", "label"), ("metadata.namespace", "Team.A", "label"),
+    ("metadata.name", "Bad_Name", "label"), ("metadata.namespace", "Team.A", "namespace"),
     ("spec.checkpoint.storage.pvc.claimName", "My_Claim", "subdomain"),
     ("spec.checkpoint.storage.secretRef.name", "Bad Name", "subdomain")])
 def test_a_name_kubernetes_would_refuse_says_what_it_must_be(where, value, what):
@@ -543,6 +543,10 @@ def test_a_name_kubernetes_would_refuse_says_what_it_must_be(where, value, what)
     if what == "label":
         assert error.message == ("must be a DNS label: lower-case letters, digits and '-', "
                                  "starting with a letter and ending with a letter or digit "
+                                 f"(got {value!r})")
+    elif what == "namespace":  # RFC 1123: a digit may come first (1team)
+        assert error.message == ("must be a DNS label: lower-case letters, digits and '-', "
+                                 "starting and ending with a letter or digit "
                                  f"(got {value!r})")
     else:
         assert error.message == ("must be a DNS subdomain: lower-case letters, digits, '-' "

@@ -8,6 +8,8 @@ import argparse
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -96,6 +98,10 @@ _LAUGHS = "".join(f"{x}: &{x} [" + ",".join([f"*{p}"] * 9) + "]\n"
     ("self", _RUN_HEAD + "spec: &s {model: {name: mlp}, data: {dataset: digits}, x: *s}\n",
      "contains itself through an alias"),
     ("deep", _RUN_HEAD + "spec: " + "[" * 50000 + "]" * 50000 + "\n", "nested too deeply"),
+    # no alias at all: it was called "excessive aliasing" (a new-user probe)
+    ("huge", _RUN_HEAD + "spec:\n  model: {name: mlp, options: {hidden: ["
+     + ",".join(["1"] * 100_001) + "]}}\n  data: {dataset: digits}\n",
+     "holds more than 100,000 values (a TrainingRun holds a few hundred)"),
 ])
 def test_yaml_bombs_are_refused_in_one_line_at_once(name, text, words, tmp_path, capsys):
     f = _yaml(tmp_path, text)
@@ -608,3 +614,50 @@ def test_a_long_failure_line_is_cut_at_a_word():
     assert len(got) <= 120 and got.endswith("...") and got[:-3] == text[:len(got) - 3]
     assert text[len(got) - 3] == " ", got  # the next character: the cut fell between words
     assert failure_line(RuntimeError("x" * 300), limit=50) == "RuntimeError: " + "x" * 33 + "..."
+
+
+def test_a_namespace_may_start_with_a_digit_a_name_may_not(tmp_path, capsys):
+    """Namespaces are RFC 1123 labels (``1team`` is one); a TrainingRun's name names
+    Services (RFC 1035: a letter first). ``1team`` was refused, also from --namespace."""
+    f = _yaml(tmp_path, _RUN_HEAD.replace("{name: r}", "{name: r, namespace: 1team}")
+              + "spec: {model: {name: mlp}, data: {dataset: digits}}\n")
+    assert main(["validate", str(f)]) == 0
+    assert main(["render", "-n", "2team", str(f)]) == 0
+    assert "namespace: 2team" in capsys.readouterr().out
+    assert main(["render", "-n", "2Team", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert "metadata.namespace: must be a DNS label" in err and "starting and ending" in err
+    f = _yaml(tmp_path, _RUN_HEAD.replace("{name: r}", "{name: 1r}")
+              + "spec: {model: {name: mlp}, data: {dataset: digits}}\n", "digit.yaml")
+    assert main(["validate", str(f)]) == 1
+    assert "starting with a letter" in capsys.readouterr().err
+
+
+def test_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """``raykube crd --out`` onto a directory, under a file, or onto a full disk, and
+    ``raykube validate`` onto a full disk: each was a traceback (a new-user probe)."""
+    (tmp_path / "afile").write_text("x")
+    for out in (str(tmp_path), str(tmp_path / "afile" / "crd.yaml"), "/dev/full"):
+        assert main(["crd", "--out", out]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"raykube crd: cannot write {out}: ") and err.count("\n") == 1, err
+    f = _yaml(tmp_path, _RUN_HEAD + "spec: {model: {name: mlp}, data: {dataset: digits}}\n")
+    full = subprocess.run([sys.executable, "-m", "raykube", "validate", str(f)],
+                          stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    assert full.returncode == 1
+    assert full.stderr == "raykube validate: cannot write the output: No space left on device\n"
+
+
+def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path):
+    """``raykube validate many/ | head -1`` printed a BrokenPipeError traceback."""
+    for i in range(2000):
+        _yaml(tmp_path, _RUN_HEAD.replace("{name: r}", f"{{name: r{i}}}")
+              + "spec: {model: {name: mlp}, data: {dataset: digits}}\n", f"r{i}.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "raykube", "validate", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().endswith(": valid\n")
+    proc.stdout.close()  # as `head -1` exits
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141  # 128 + SIGPIPE, as `yes | head`
+    assert err == "", err

@@ -22,9 +22,22 @@ def run(args: argparse.Namespace) -> int:
 
     text = markdown_reference() if args.markdown else crd_yaml()
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(text)
+        except OSError as exc:  # a directory, a file where a directory should be, no space
+            print(f"raykube crd: cannot write {args.out}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
         print(f"wrote {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # the reader left (`| head`): cli.main ends quietly
+        except OSError as exc:  # a full disk behind a redirect
+            print(f"raykube crd: cannot write the output: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
     return 0
