@@ -642,9 +642,9 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"raykube crd: cannot write {out}: ") and err.count("\n") == 1, err
     f = _yaml(tmp_path, _RUN_HEAD + "spec: {model: {name: mlp}, data: {dataset: digits}}\n")
-    full = subprocess.run([sys.executable, "-m", "raykube", "validate", str(f)],
-                          stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True,
-                          timeout=120)
+    with open("/dev/full", "w") as disk:
+        full = subprocess.run([sys.executable, "-m", "raykube", "validate", str(f)],
+                              stdout=disk, stderr=subprocess.PIPE, text=True, timeout=120)
     assert full.returncode == 1
     assert full.stderr == "raykube validate: cannot write the output: No space left on device\n"
 
