@@ -217,7 +217,7 @@ def storage_root(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
     st = run.spec.checkpoint.storage
     if st.uri:
         return f"{st.uri.rstrip('/')}/{run.namespace}"
-    return f"{_mount_path(run, cfg or RenderConfig())}/{run.namespace}"
+    return f"{volume_mount_path(run, cfg or RenderConfig())}/{run.namespace}"
 
 
 def storage_id(run: TrainingRun, cfg: RenderConfig | None = None) -> str:
@@ -247,7 +247,7 @@ def in_storage(location: str, run: TrainingRun, cfg: RenderConfig | None = None,
     if storage is not None and storage.rstrip("/") != storage_id(run, cfg):
         return False
     st = run.spec.checkpoint.storage
-    root = (st.uri or _mount_path(run, cfg or RenderConfig())).rstrip("/")
+    root = (st.uri or volume_mount_path(run, cfg or RenderConfig())).rstrip("/")
     return location == root or location.startswith(root + "/")
 
 
@@ -556,7 +556,8 @@ def secret_field(run: TrainingRun) -> tuple[str, str] | None:
     return ("data.secretRef", data.secret_ref.name) if data.secret_ref is not None else None
 
 
-def _mount_path(run: TrainingRun, cfg: RenderConfig) -> str:
+def volume_mount_path(run: TrainingRun, cfg: RenderConfig) -> str:
+    """Where the run's volume is mounted in its pods (the claim's mountPath, else the default)."""
     pvc = run.spec.checkpoint.storage.pvc
     return pvc.mount_path if pvc is not None else cfg.default_mount_path
 
@@ -595,7 +596,7 @@ def _pod_template(run: TrainingRun, cfg: RenderConfig, *, role: str, container: 
     if st.uri is None:
         volumes.append({"name": "storage",
                         "persistentVolumeClaim": {"claimName": _claim_name(run, cfg)}})
-        mounts.append({"name": "storage", "mountPath": _mount_path(run, cfg)})
+        mounts.append({"name": "storage", "mountPath": volume_mount_path(run, cfg)})
     if pods.s3_secret is not None:
         # Named keys, not envFrom: the pods get the S3 settings raykube reads
         # (raykube.s3.SECRET_KEYS) and nothing else the Secret may hold.

@@ -23,6 +23,7 @@ import difflib
 import itertools
 import json
 import math
+import os
 import re
 import reprlib
 import sys
@@ -151,6 +152,10 @@ def location_problem(location: str) -> str | None:
     try Google's metadata server (a hang with no network), answer ``S3://`` with a
     traceback, and read ``s3:/bucket`` as a local folder named ``s3:``.
     """
+    if location != location.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in location):
+        # a pasted newline or space: the pods look for exactly that path (or key)
+        return (f"{location!r}: has leading or trailing spaces or a control character; "
+                "it would be used exactly as written")
     m = _SCHEME.match(location)
     if m is None:
         return None  # a path, relative or absolute
@@ -1727,9 +1732,11 @@ def cluster_problems(run: TrainingRun) -> list[SpecError]:
     resolve against the image's working directory, where the data is not."""
     pvc = run.spec.checkpoint.storage.pvc
     shared = pvc.mount_path if pvc is not None else DEFAULT_MOUNT_PATH
-    return [SpecError(path, f"{value!r} is a relative path, which a pod cannot resolve "
-                      f"(locally it is relative to the spec file); give an absolute path on "
-                      f"the shared volume (under {shared})"
+    return [SpecError(path, (f"{value!r} is in a home directory, which on a pod is not "
+                             "yours (locally it is)" if value.startswith("~") else
+                             f"{value!r} is a relative path, which a pod cannot resolve "
+                             "(locally it is relative to the spec file)")
+                      + f"; give an absolute path on the shared volume (under {shared})"
                       + (" or an s3:// URI" if path.endswith("uri") else ""))
             for path, value in (("spec.data.uri", run.spec.data.uri),
                                 ("spec.data.cacheDir", run.spec.data.cache_dir))
@@ -1940,15 +1947,23 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 def expand_paths(paths: Iterable[str | Path]) -> list[str]:
     """Each directory replaced by its ``.yaml``/``.yml``/``.json`` files, sorted, as
     ``kubectl apply -f DIR`` reads it (not recursively); files and ``-`` as given. An
-    empty directory stays, to be reported as holding no TrainingRun."""
+    empty directory stays, to be reported as holding no TrainingRun. A file named twice
+    (``a.yaml ./a.yaml``, or a directory and one of its files) is read once, under the
+    first name: read twice, its runs were duplicates of themselves to ``render``."""
     out: list[str] = []
+    seen: set[str] = set()
     for p in map(str, paths):
         if p != "-" and Path(p).is_dir():
             found = sorted(str(f) for f in Path(p).iterdir()
                            if f.suffix in MANIFEST_SUFFIXES and f.is_file())
-            out.extend(found or [p])
+            names = found or [p]
         else:
-            out.append(p)
+            names = [p]
+        for name in names:
+            key = name if name == "-" else os.path.realpath(name)
+            if key not in seen:
+                seen.add(key)
+                out.append(name)
     return out
 
 

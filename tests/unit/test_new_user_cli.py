@@ -109,7 +109,10 @@ def test_run_of_a_directory_says_to_give_a_file(tmp_path):
 
 
 def test_render_refuses_duplicate_names_and_a_missing_output_directory(tmp_path):
-    one_error_line(cli("render", QUICKSTART, QUICKSTART),
+    # two files defining one run (the same file named twice is read once)
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(Path(QUICKSTART).read_text())
+    one_error_line(cli("render", QUICKSTART, str(copy)),
                    "'quickstart'", f"already defined in {QUICKSTART}")
     one_error_line(cli("render", QUICKSTART, "-o", str(tmp_path / "no" / "x.yaml")),
                    "cannot write", "No such file or directory")
@@ -149,6 +152,15 @@ def test_render_checkpoint_is_one_checkpoint_for_one_served_run():
             "--checkpoint-secret", "s3-creds")
     assert p.returncode == 0 and "checkpoint: s3://bkt/quickstart/best" in p.stdout
     assert "name: s3-creds" in p.stdout
+    # a path off the run's volume is only there if the image holds it: a note, rendered
+    # anyway (a baked-in model is a real use); on the volume, no note
+    p = cli("render", QUICKSTART, "--checkpoint", "/etc/model")
+    assert p.returncode == 0 and "checkpoint: /etc/model" in p.stdout
+    assert p.stderr.strip() == ("raykube render: note: --checkpoint '/etc/model' is not on "
+                                "quickstart's volume (mounted at /mnt/raykube): the serving "
+                                "pods find it only if the image holds it")
+    p = cli("render", QUICKSTART, "--checkpoint", "/mnt/raykube/default/q/best")
+    assert p.returncode == 0 and p.stderr == ""
 
 
 @pytest.mark.parametrize(("value", "needle"), [

@@ -661,3 +661,29 @@ def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141  # 128 + SIGPIPE, as `yes | head`
     assert err == "", err
+
+
+def test_a_location_with_a_pasted_newline_or_space_is_refused(tmp_path, capsys):
+    """``data.uri: "/data/x\\ny"`` and ``storage.uri: "s3://bucket/x "`` passed validation
+    (``render --checkpoint`` already refused such a value): one rule now, in
+    ``location_problem``."""
+    f = _yaml(tmp_path, _RUN_HEAD + 'spec:\n  model: {name: mlp}\n'
+              '  data: {dataset: image-folder, uri: "/data/x\\ny"}\n'
+              '  checkpoint: {storage: {uri: "s3://bucket/x "}}\n')
+    assert main(["validate", str(f)]) == 1
+    err = capsys.readouterr().err
+    for field in ("spec.data.uri", "spec.checkpoint.storage.uri"):
+        assert f"{field}: " in err and "leading or trailing spaces or a control" in err, err
+
+
+def test_the_same_file_named_twice_is_read_once(tmp_path, capsys):
+    """``render a.yaml ./a.yaml`` refused the run as a duplicate of itself, where
+    ``validate`` took it (and ``kubectl apply -f a.yaml -f a.yaml`` applies it)."""
+    f = _yaml(tmp_path, _RUN_HEAD + "spec: {model: {name: mlp}, data: {dataset: digits}}\n")
+    twice = [str(f), str(tmp_path / "." / "run.yaml"), str(tmp_path)]
+    assert main(["validate", *twice]) == 0
+    assert capsys.readouterr().out.count(": valid") == 1
+    assert main(["render", *twice]) == 0
+    assert capsys.readouterr().out.count("kind: RayJob") == 1
+    assert main(["render", "--out", "", str(f)]) == 2
+    assert "--out is empty" in capsys.readouterr().err

@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from raykube.crd import crd_yaml, markdown_reference
 
+    if args.out is not None and not args.out.strip():  # `-o "$F"` with F unset: not stdout
+        print("raykube crd: --out is empty: give a file, or leave the option out",
+              file=sys.stderr)
+        return 2
     text = markdown_reference() if args.markdown else crd_yaml()
     if args.out:
         try:

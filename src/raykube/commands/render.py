@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from raykube.render import RenderConfig
     from raykube.spec import TrainingRun
 
 _FROM_OPTION = {"metadata.namespace": " (from --namespace)", "spec.image": " (from --image)"}
@@ -30,7 +31,7 @@ def _option_problem(args: argparse.Namespace,
     went to the file's namespace (or ``default``) and the default image without a word."""
     for flag, value in (("--namespace", args.namespace), ("--image", args.image),
                         ("--checkpoint", args.checkpoint),
-                        ("--checkpoint-secret", args.checkpoint_secret)):
+                        ("--checkpoint-secret", args.checkpoint_secret), ("--out", args.out)):
         if value is not None and not value.strip():
             return f"{flag} is empty: give a value, or leave the option out"
     ckpt = args.checkpoint
@@ -44,11 +45,25 @@ def _option_problem(args: argparse.Namespace,
             return f"--checkpoint-secret {args.checkpoint_secret!r}: {problem}"
     if ckpt is None:
         return None
-    if ckpt != ckpt.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in ckpt):
-        return (f"--checkpoint {ckpt!r}: has leading or trailing spaces or a control "
-                "character; the serving pods would look for exactly that path")
     if problem := location_problem(ckpt):  # the replicas would fail on it in their pods
         return f"--checkpoint {problem}"
+    return None
+
+
+def _off_the_volume(run: TrainingRun, cfg: RenderConfig, path: str) -> str | None:
+    """Why an absolute ``--checkpoint`` path is probably not what the serving pods will
+    find, or None: a path outside the run's volume (``/etc/x``, a laptop's folder) is
+    only there if the image holds it (a baked-in model, which is why this is a note and
+    not a refusal); a run on s3:// storage mounts no volume at all."""
+    from raykube.render import volume_mount_path
+
+    if run.spec.checkpoint.storage.uri is not None:
+        return (f"--checkpoint {path!r} is a path, and {run.name}'s pods mount no volume "
+                "(its storage is s3://): they find it only if the image holds it")
+    mount = volume_mount_path(run, cfg).rstrip("/")
+    if path != mount and not path.startswith(mount + "/"):
+        return (f"--checkpoint {path!r} is not on {run.name}'s volume (mounted at {mount}): "
+                "the serving pods find it only if the image holds it")
     return None
 
 
@@ -163,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
                               "path on the run's volume or an s3:// URI (its run directory is "
                               f"{storage_root(tr, cfg)}/{tr.name})", file=sys.stderr)
                         return 2
+                    if (args.checkpoint and not args.checkpoint.startswith("s3://")
+                            and (note := _off_the_volume(tr, cfg, args.checkpoint))):
+                        print(f"raykube render: note: {note}", file=sys.stderr)
                     served.append(tr.name)
                     # said after the loop, unless --checkpoint is refused for another reason
                     if problem := _checkpoint_secret_problem(tr, args):
