@@ -1584,6 +1584,37 @@ def _not_a_mapping(loc: tuple[Any, ...], got: Any) -> str:
     return msg
 
 
+_TYPE_WORDS = {"string_type": "a string", "list_type": "a list", "bool_type": "true or false",
+               "finite_number": "a finite number", "int_parsing": "a whole number",
+               "float_parsing": "a number", "dict_type": "a mapping"}
+"""What a field takes, by pydantic's error type, for the errors no branch above words."""
+
+
+def _s3_uri_words(value: str, shown: str) -> str:
+    """``checkpoint.storage.uri`` that is no ``s3://<bucket>`` (the CRD's pattern, which
+    pydantic answered with the regular expression itself)."""
+    if value.lower().startswith("s3:") and (problem := location_problem(value)):
+        return problem  # S3://, s3:/bucket, s3:///x: the slip named
+    return (f"must be an s3:// URI (s3://<bucket>/<prefix>), got {shown}; a volume is "
+            "checkpoint.storage.pvc")
+
+
+def _as_yaml(value: Any) -> str:
+    """A value as the user's YAML had it, and what YAML made of it: ``'yes', a string``,
+    ``[2Gi], a list``, ``.nan, a number``."""
+    kind = ("null" if value is None else "a boolean" if isinstance(value, bool)
+            else "a number" if isinstance(value, (int, float))
+            else "a string" if isinstance(value, str) else "a list" if isinstance(value, list)
+            else "a mapping" if isinstance(value, dict) else type(value).__name__)
+    if isinstance(value, float) and not math.isfinite(value):
+        shown = ".nan" if math.isnan(value) else ".inf" if value > 0 else "-.inf"
+    elif value is None or isinstance(value, (bool, int, float)):
+        shown = json.dumps(value)
+    else:
+        shown = _short(value, 80)
+    return shown if value is None else f"{shown}, {kind}"
+
+
 def _errors_from_pydantic(exc: ValidationError,
                           nulls: Collection[tuple[str, ...]] = (),
                           *, root: tuple[str, ...] = (), show_input: bool = True
@@ -1679,7 +1710,19 @@ def _errors_from_pydantic(exc: ValidationError,
                    if (e.get("ctx") or {}).get("pattern") == _DNS_SUBDOMAIN
                    else k8s_rules.quantity_hint(str(e.get("input")))
                    if (e.get("ctx") or {}).get("pattern") == _QUANTITY
+                   else f"must be an absolute path (starting with /), got {shown}"
+                   if (e.get("ctx") or {}).get("pattern") == "^/"
+                   else _s3_uri_words(str(e.get("input")), shown)
+                   if (e.get("ctx") or {}).get("pattern") == r"^s3://[^/]+"
                    else f"{msg[0].lower()}{msg[1:]} (got {shown})")
+        elif e["type"] in _TYPE_WORDS and show_input:
+            # pydantic's "Input should be a valid list": what the field takes, and what
+            # YAML made of what was written
+            msg = f"must be {_TYPE_WORDS[e['type']]}, got {_as_yaml(e.get('input'))}"
+            if e["type"] == "bool_type" and isinstance(e.get("input"), str):
+                msg += ": write true or false, without quotes"
+            elif e["type"] == "list_type" and isinstance(e.get("input"), dict):
+                msg += ": a list of them, each item after a '- '"
         errors.append(SpecError(path or "(document)", msg))
     return errors
 

@@ -687,3 +687,27 @@ def test_the_same_file_named_twice_is_read_once(tmp_path, capsys):
     assert capsys.readouterr().out.count("kind: RayJob") == 1
     assert main(["render", "--out", "", str(f)]) == 2
     assert "--out is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("body,words", [
+    ("scaling: {memoryPerWorker: [2Gi]}",
+     "spec.scaling.memoryPerWorker: must be a string, got ['2Gi'], a list"),
+    ("scaling: {tolerations: {key: a}}",
+     "spec.scaling.tolerations: must be a list, got {'key': 'a'}, a mapping: a list of them"),
+    ("serve: {enabled: 'yes'}", "spec.serve.enabled: must be true or false, got 'yes', a "
+     "string: write true or false, without quotes"),
+    ("train: {optimizer: {lr: .nan}}",
+     "spec.train.optimizer.lr: must be a finite number, got .nan, a number"),
+    ("checkpoint: {storage: {pvc: {mountPath: mnt}}}", "spec.checkpoint.storage.pvc.mountPath: "
+     "must be an absolute path (starting with /), got 'mnt'"),
+    ("checkpoint: {storage: {uri: /data/x}}", "spec.checkpoint.storage.uri: must be an s3:// "
+     "URI (s3://<bucket>/<prefix>), got '/data/x'; a volume is checkpoint.storage.pvc"),
+])
+def test_a_value_of_the_wrong_kind_says_what_yaml_made_of_it(body, words, tmp_path, capsys):
+    """pydantic's words reached the user: "Input should be a valid list", "string should
+    match pattern '^/'" (a new-user probe)."""
+    f = _yaml(tmp_path, _RUN_HEAD + f"spec:\n  model: {{name: mlp}}\n  data: {{dataset: digits}}\n  {body}\n")
+    assert main(["validate", "-q", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert words in err, err
+    assert "Input should" not in err and "pattern" not in err
