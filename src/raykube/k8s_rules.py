@@ -206,7 +206,8 @@ def milli_hint(quantity: str) -> str:
     m = _ANY_QUANTITY_RE.fullmatch(quantity)
     if m is None or m.group(2) != "m":
         return ""
-    return f" ('m' is thousandths of a byte: {m.group(1)}Mi is {m.group(1)} mebibytes)"
+    unit = "mebibyte" if m.group(1) == "1" else "mebibytes"
+    return f" ('m' is thousandths of a byte: {m.group(1)}Mi is {m.group(1)} {unit})"
 
 
 def ray_pod_memory_problem(quantity: str) -> str | None:

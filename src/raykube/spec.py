@@ -1299,7 +1299,7 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
             yield SpecError(p, _NOT_SEARCHED[section])
             continue
         if not _path_exists(TrainingRunSpec, path.split(".")):
-            yield SpecError(p, f"{path!r} is not a field of the spec")
+            yield SpecError(p, f"{path!r} is not a field of the spec{_path_hint(path)}")
             continue
         if section not in SEARCHABLE:
             yield SpecError(p, "only model.*, data.* and train.* can vary between trials: "
@@ -1511,6 +1511,17 @@ def _bounds(field: Any) -> str:
     return (" " + " and ".join(parts)) if parts else ""
 
 
+def _path_hint(path: str) -> str:
+    """`` (did you mean 'train.batchSize'?)`` for a searchSpace key that is no field path:
+    the closest of the spec's own (camelCase) paths, as unknown fields are hinted."""
+    known = [p.removeprefix("spec.") for _, p in _field_paths(TrainingRunSpec, "spec")]
+    camel = ".".join(to_camel(part) for part in path.split("."))
+    if camel != path and camel in known:
+        return f" (fields are camelCase: did you mean {camel!r}?)"
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _field_paths(model: type[BaseModel], prefix: str, depth: int = 0
                  ) -> Iterable[tuple[str, str]]:
     """(camelCase name, dotted path) of every field under ``model``, parents first."""
@@ -1657,7 +1668,10 @@ def _errors_from_pydantic(exc: ValidationError,
             path, msg = "metadata.name", "is required (metadata is empty)"
         elif e.get("input", ...) is None and e["type"] in ("model_type", "dict_type",
                                                             "model_attributes_type"):
-            msg = "is empty (null): give it a value or remove the key"
+            field = _field_at(loc)
+            required = field is not None and field.is_required()
+            msg = ("is empty (null): give it a value" if required  # removed, it is missing
+                   else "is empty (null): give it a value or remove the key")
         elif e["type"] in ("model_type", "dict_type", "model_attributes_type"):
             # `storage: s3://bucket` where `storage: {uri: s3://bucket}` belongs: not
             # pydantic's "a valid dictionary or instance of StorageSpec"
@@ -1752,10 +1766,11 @@ def parse_training_run(doc: Any, *, source: str | None = None) -> TrainingRun:
         raise InvalidTrainingRun([SpecError("(document)", f"expected a mapping, got "
                                             f"{type(doc).__name__}")], source)
     errors: list[SpecError] = []
-    if doc.get("apiVersion") != API_VERSION:
-        errors.append(SpecError("apiVersion", f"must be {API_VERSION!r}, got {doc.get('apiVersion')!r}"))
-    if doc.get("kind") != KIND:
-        errors.append(SpecError("kind", f"must be {KIND!r}, got {doc.get('kind')!r}"))
+    for key, want in (("apiVersion", API_VERSION), ("kind", KIND)):
+        if doc.get(key) != want:
+            got = ("it is missing" if key not in doc else "it is empty (null)"
+                   if doc[key] is None else f"got {doc[key]!r}")
+            errors.append(SpecError(key, f"must be {want!r}, {got}"))
     if errors:
         raise InvalidTrainingRun(errors, source)
     nulls: set[tuple[str, ...]] = set()
@@ -1968,7 +1983,8 @@ def _directory_problem(path: Path) -> str:
     except OSError as exc:  # unreadable
         return f"a directory, not a file ({exc.strerror or exc})"
     if not found:
-        return "a directory with no .yaml, .yml or .json file"
+        return ("a directory with no .yaml, .yml or .json file (its subdirectories are not "
+                "read, as kubectl apply -f DIR does not read them)")
     if len(found) == 1:
         return f"a directory, not a file: give the file itself ({path / found[0]})"
     return (f"a directory, not a file: give one of its {len(found)} .yaml/.yml/.json files "

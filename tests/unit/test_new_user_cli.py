@@ -105,7 +105,7 @@ def test_run_of_a_directory_says_to_give_a_file(tmp_path):
                    "give one of its 2 .yaml/.yml/.json files")
     (tmp_path / "empty").mkdir()
     one_error_line(cli("run", str(tmp_path / "empty")),
-                   "a directory with no .yaml, .yml or .json file")
+                   "a directory with no .yaml, .yml or .json file (its subdirectories are not read")
 
 
 def test_render_refuses_duplicate_names_and_a_missing_output_directory(tmp_path):

@@ -711,3 +711,21 @@ def test_a_value_of_the_wrong_kind_says_what_yaml_made_of_it(body, words, tmp_pa
     err = capsys.readouterr().err
     assert words in err, err
     assert "Input should" not in err and "pattern" not in err
+
+
+@pytest.mark.parametrize("text,words", [
+    ("kind: TrainingRun\nmetadata: {name: r}\nspec: {model: {name: mlp}, data: {dataset: digits}}\n",
+     "apiVersion: must be 'raykube.io/v1alpha1', it is missing"),  # was "got None"
+    (_RUN_HEAD + "spec: null\n", "spec: is empty (null): give it a value\n"),  # not "or remove"
+    (_RUN_HEAD + "spec:\n  model: {name: mlp}\n  data: {dataset: digits}\n"
+     "  tune: {searchSpace: {train.batch_size: {choice: [8, 16]}}}\n",
+     "'train.batch_size' is not a field of the spec (fields are camelCase: did you mean "
+     "'train.batchSize'?)"),
+    (_RUN_HEAD + "spec:\n  model: {name: mlp}\n  data: {dataset: digits}\n"
+     "  tune: {searchSpace: {train.batchsize: {choice: [8, 16]}}}\n",
+     "(did you mean 'train.batchSize'?)"),
+])
+def test_small_slips_are_named_in_the_users_terms(text, words, tmp_path, capsys):
+    f = _yaml(tmp_path, text)
+    assert main(["validate", str(f)]) == 1
+    assert words in capsys.readouterr().err
