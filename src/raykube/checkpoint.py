@@ -171,8 +171,13 @@ def load_payload(path: str | os.PathLike[str], map_location: str = "cpu") -> dic
     if not isinstance(payload, dict):
         raise CheckpointError(f"{wp}: not a raykube checkpoint (holds a "
                               f"{type(payload).__name__}, not a dict)")
+    if "format" not in payload:  # another program's dict (a plain state_dict, a bundle)
+        raise CheckpointError(f"{wp}: not a raykube checkpoint (a dict of "
+                              f"{', '.join(map(str, list(payload)[:4])) or 'nothing'}"
+                              f"{', ...' if len(payload) > 4 else ''}; no 'format')")
     if payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: checkpoint format {payload.get('format')!r}, expected {FORMAT}")
+        raise CheckpointError(f"{wp}: checkpoint format {payload.get('format')!r}: this "
+                              f"raykube reads format {FORMAT} (written by another version?)")
     return payload
 
 

@@ -19,6 +19,7 @@ What to predict on (``data``):
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -392,8 +393,14 @@ def check_out(path: str) -> str:
         existing = existing.parent  # missing folders are made: where they would go
     if not existing.is_dir():
         raise PredictError(f"--out {path!r}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PredictError(f"--out {path!r}: cannot write in {existing}")
+    try:  # a file made and removed: os.access says yes to root everywhere (/proc, /sys,
+        # a read-only mount), and the write then failed after the whole prediction
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".raykube-out-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PredictError(f"--out {path!r}: cannot write in {existing} "
+                           f"({exc.strerror or exc})") from None
     return kind
 
 

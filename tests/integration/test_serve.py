@@ -11,6 +11,8 @@ import base64
 import gzip
 import io
 import json
+import socket
+import time
 
 import httpx
 import numpy as np
@@ -215,7 +217,10 @@ def bad_requests() -> list[tuple[str, object, dict | None, int, str]]:
         ("not json", b"{instances: [1,2", json_ct, 400, "JSON"),
         ("empty body", b"", json_ct, 400, "empty"),
         ("invalid utf-8", b"\xff\xfe\x00garbage", json_ct, 400, "JSON"),
-        ("deeply nested", deep.encode(), json_ct, 400, "JSON"),
+        ("deeply nested", deep.encode(), json_ct, 400, "nested too deeply"),
+        # json.loads on bytes read UTF-16 too (a 200); RFC 8259 says UTF-8
+        ("utf-16 body", json.dumps({"instances": [ok]}).encode("utf-16"), json_ct, 400,
+         "not UTF-8"),
         ("wrong content-type", json.dumps({"instances": [ok]}).encode(),
          {"content-type": "text/plain"}, 415, "content-type"),
         ("form content-type", b"instances=1", {"content-type": "application/x-www-form-urlencoded"},
@@ -283,6 +288,52 @@ def test_bad_requests_get_4xx_and_replica_survives(server, val_arrays, direct):
     assert httpx.post(f"{server}/healthz").status_code == 405
     nf = httpx.get(f"{server}/nope")
     assert nf.status_code == 404 and "/predict" in nf.json()["error"]
+
+
+def _raw(base: str, head: bytes, body: bytes) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock.sendall(head + body)
+    return sock
+
+
+def _stats(base: str) -> dict:
+    return httpx.get(f"{base}/metadata", timeout=30).json()["stats"]
+
+
+def test_a_stalled_upload_gets_408_and_a_vanished_client_is_no_error(server, val_arrays):
+    """A body that trickles in held a replica slot for as long as its client kept it up
+    (HAProxy's timeouts count silence, not progress): 300 such clients kept /healthz
+    unanswered for 198 s (a probe). Now the body has BODY_GRACE_S plus its size at
+    BODY_MIN_BYTES_PER_S, then 408. A client that closes mid-body was logged with a
+    traceback and counted in stats.errors."""
+    from raykube.serve import BODY_GRACE_S, BODY_MIN_BYTES_PER_S
+
+    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n")
+    before = _stats(server)
+    gone = _raw(server, head, b'{"inst')
+    time.sleep(1)
+    gone.close()  # half a body, then nothing: the replica's ClientDisconnect
+    started = time.monotonic()
+    sock = _raw(server, head, b'{"instances": ')
+    reply = b""
+    while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    waited = time.monotonic() - started
+    sock.close()
+    allowed = BODY_GRACE_S + 100000 / BODY_MIN_BYTES_PER_S
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
+    assert b"request body too slow: 14 of 100000 bytes" in reply, reply
+    assert allowed - 1 <= waited <= allowed + 10, waited
+    vx, _ = val_arrays
+    assert post(server, {"instances": vx[:1].tolist()}).status_code == 200
+    after = _stats(server)
+    assert after["disconnects"] == before["disconnects"] + 1, after
+    assert after["errors"] == before["errors"] + 1, (before, after)  # the 408 alone
 
 
 def test_bad_request_never_poisons_a_batch(server, val_arrays, direct):

@@ -120,7 +120,7 @@ def test_a_folder_of_some_of_the_classes_gets_a_note(checkpoint, tmp_path, capsy
     assert main(["predict", str(checkpoint), "--data", str(data),
                  "--out", str(tmp_path / "p.csv")]) == 0
     assert _one_line(capsys) == (
-        f"raykube predict: --data {data}: its class folders are 2 of the model's 10 "
+        f"raykube predict: note: --data {data}: its class folders are 2 of the model's 10 "
         "classes (3, 7); the accuracy is over those; cat is none of its classes (their "
         "images count as wrong)")
     assert len(fake_predict) == 1
@@ -212,7 +212,7 @@ def test_a_meta_json_from_another_checkpoint_is_named_and_checkpoint_pt_used(
     shutil.copy(other / "meta.json", checkpoint / "meta.json")
     assert main(["predict", str(checkpoint), "--out", str(tmp_path / "p.csv")]) == 0
     assert _one_line(capsys) == (
-        f"raykube predict: {checkpoint / 'meta.json'} is not this checkpoint's (epoch 8, "
+        f"raykube predict: note: {checkpoint / 'meta.json'} is not this checkpoint's (epoch 8, "
         "valAccuracy 95.82 %; checkpoint.pt holds epoch 1, valAccuracy 50.00 %): using "
         "checkpoint.pt's, as serve does")
     (call,) = fake_predict
@@ -246,3 +246,21 @@ def test_a_text_file_says_so_without_a_raw_code(content, checkpoint, tmp_path, c
     assert main(["predict", str(checkpoint), "--out", str(tmp_path / "p.csv")]) == 2
     assert _one_line(capsys) == (f"raykube predict: {pt}: cannot read this checkpoint: "
                                  "not a PyTorch checkpoint file (it holds text)")
+
+
+def test_another_programs_dict_is_not_a_raykube_checkpoint(checkpoint, tmp_path, capsys,
+                                                          no_ray_start):
+    """A plain state_dict saved as checkpoint.pt said "checkpoint format None, expected
+    1" (a new-user probe); a checkpoint of another format version says which."""
+    import torch
+
+    pt = checkpoint / "checkpoint.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}, pt)
+    assert main(["predict", str(checkpoint), "--out", str(tmp_path / "p.csv")]) == 2
+    assert _one_line(capsys) == (f"raykube predict: {pt}: not a raykube checkpoint (a dict "
+                                 "of fc.weight, fc.bias; no 'format')")
+    torch.save({"format": 99}, pt)
+    assert main(["predict", str(checkpoint), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "checkpoint format 99: this raykube reads format 1" in _one_line(capsys)
+    assert main(["predict", "", "--out", str(tmp_path / "p.csv")]) == 2
+    assert _one_line(capsys) == "raykube predict: CHECKPOINT is empty"

@@ -72,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
         if share is not None and not share >= 0:  # also NaN
             print(f"raykube predict: {flag} {share:g}: must be 0 or more", file=sys.stderr)
             return 2
-    for flag, value in (("--data", args.data), ("--storage", args.storage),
-                        ("--cache-dir", args.cache_dir), ("--out", args.out)):
+    for flag, value in (("CHECKPOINT", args.checkpoint), ("--data", args.data),
+                        ("--storage", args.storage), ("--cache-dir", args.cache_dir),
+                        ("--out", args.out)):
         if value is not None and not value.strip():  # "$UNSET_VAR": ./ is not meant
             print(f"raykube predict: {flag} is empty", file=sys.stderr)
             return 2
-        if value and flag != "--out" and (problem := location_problem(value)):
+        if value and flag not in ("--out", "CHECKPOINT") and (problem := location_problem(value)):
             print(f"raykube predict: {flag} {problem}", file=sys.stderr)
             return 2
     try:
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for line in (mismatch, note):
         if line:
-            print(f"raykube predict: {line}", file=sys.stderr)
+            print(f"raykube predict: note: {line}", file=sys.stderr)
 
     import ray
 
