@@ -371,7 +371,10 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
     - ``suspend-for-edit``: a training edit while the RayJob's Ray cluster is still coming
       up (``Initializing``: nothing of the run runs yet, and its pods may never be
       scheduled, which the edit may fix): suspend it; once ``Suspended`` the edit is an
-      ``update`` and it resumes (``Suspending``: ``pending`` until then);
+      ``update`` and it resumes (``Suspending``: ``pending`` until then). Not while a
+      KubeRay retry's cluster comes up (``status.failed`` > 0): the run has trained, and
+      its retries run the spec it started with (an operator restart applied an edit
+      pending since the first attempt to the retry, "before the Ray cluster came up");
     - ``update``: a training change while the RayJob is suspended: applied to it now;
     - ``suspend``: ``spec.suspend`` differs (and no training field): patch it;
     - ``suspend-pending``: ``spec.suspend`` differs on an active RayJob whose training edit
@@ -399,7 +402,8 @@ def plan_rayjob(current: dict[str, Any] | None, job: dict[str, Any], *, finished
                 current.get("spec") or {}).get("suspend")):
             return "update"  # nothing runs: the edit applies when it resumes
         if edited or rerun_pending:
-            if deployment == "Initializing":  # suspended already: KubeRay has yet to see it
+            if deployment == "Initializing" and not ((current.get("status") or {}).get(
+                    "failed") or 0):  # (suspended already: KubeRay has yet to see it)
                 return "pending" if _suspended(current) else "suspend-for-edit"
             if deployment == "Suspending":
                 return "pending"  # Suspended next: then the edit is an update
@@ -808,7 +812,9 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     # either way a new RayJob of the edited spec resumes from the run directory
     with_edit = action == "rerun" or (action == "create" and bool(cur.get("rayJob")) and (
         st.edit_pending(cur) or _rerun_pending(cur)))
-    conflicts = _run_dir_conflict(kube, cfg, run) if with_edit else []
+    # only a run directory with checkpoints in it can conflict: a run that failed before
+    # its first epoch (a mistyped data.uri) was refused the very fix its failure asked for
+    conflicts = _run_dir_conflict(kube, cfg, run) if with_edit and cur.get("checkpoint") else []
     if conflicts:
         return _refuse_rerun(kube, cfg, tr, run, job_name, conflicts, finished=finished)
     results: dict[str, str] = {}
@@ -823,6 +829,8 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
             if result == "repaired":
                 _child_edited(tr, f"{c['kind']} {c['metadata']['name']}",
                               drift.drifted(now, c))
+    elif action in ("pending", "suspend-pending", "suspend-for-edit"):  # an edit waits
+        results.update(_keep_while_pending(kube, tr, others, currents))
     with _refused_as_child(job):
         job_result = apply_rayjob(kube, job, current, action)
         results[f"RayJob/{job_name}"] = job_result
@@ -831,6 +839,32 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
             results[f"RayJob/{job_name}"] = "repaired"
             _child_edited(tr, f"RayJob {job_name}", paths)
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
+
+
+def _keep_while_pending(kube: Kube, tr: dict[str, Any], others: list[dict[str, Any]],
+                        currents: list[dict[str, Any] | None]) -> dict[str, str]:
+    """The children besides the RayJob while an edit waits for the run to end. The
+    ServiceAccount, Role and RoleBinding are the same for any spec: put back as always
+    (deleted or edited). The ConfigMap holds the spec the run started with, which KubeRay's
+    retries read, so it is left as it is; one deleted is made again, from the edited spec
+    (the started one is gone with it), and a Warning says so. Before, nothing was put
+    back while an edit waited: a retry's head pod was refused ("serviceaccount not
+    found") and its pods waited for the ConfigMap's volume (an operator probe)."""
+    results: dict[str, str] = {}
+    for c, now in zip(others, currents, strict=True):
+        what = f"{c['kind']}/{c['metadata']['name']}"
+        if c["kind"] == "ConfigMap" and now is not None:
+            continue
+        with _refused_as_child(c):
+            results[what] = apply_child(kube, c, now)
+        if results[what] == "repaired":
+            _child_edited(tr, f"{c['kind']} {c['metadata']['name']}", drift.drifted(now, c))
+        elif c["kind"] == "ConfigMap":
+            _warn(tr, "ChildRecreated", (
+                f"ConfigMap {c['metadata']['name']} was deleted while an edit was pending: "
+                "made again from the edited spec (the spec the run started with went with "
+                "it), so KubeRay's retries of this run read the edit"))
+    return results
 
 
 def _take_back(kube: Kube, tr: dict[str, Any], child: dict[str, Any]) -> None:
@@ -957,8 +991,9 @@ def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: Trai
                     "resumes the run."))
     msg = (f"{fields} differs from {whose}: {storage_root(run, cfg.render)}/"
            f"{run.name} holds checkpoints of the previous model, dataset or seed (the seed "
-           "decides the train/validation split), which a new run cannot resume; apply the new spec under a new metadata.name (or delete that run "
-           f"directory and edit the spec again). {kept}")
+           "decides the train/validation split), which a new run cannot resume; apply the "
+           "new spec under a new metadata.name, or delete that run directory and create "
+           f"the TrainingRun again (kubectl delete, then apply). {kept}")
     cur = tr.get("status") or {}
     gen = tr["metadata"].get("generation")
     now = st.now_rfc3339()

@@ -40,6 +40,14 @@ def rayjob_status(kube, name, **status):
     kube.patch_status("RayJob", name, status)
 
 
+def trained(kube, name: str) -> None:
+    """The driver's report of a checkpoint (``status.checkpoint``): the run directory now
+    holds one, which a rerun of another model, dataset or seed could not resume."""
+    kube.patch_status("TrainingRun", name, {"checkpoint": {
+        "uri": f"/mnt/raykube/default/{name}/checkpoint_epoch_0001",
+        "metrics": {"valAccuracy": 0.5}}})
+
+
 @pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
 def test_job_file_creates_valid_children(kube, path):
     docs = load_yaml_documents(path.read_text())
@@ -465,6 +473,31 @@ def running_with_an_edit_pending(kube, name: str, epochs: int) -> dict:
     return job
 
 
+def test_children_deleted_while_an_edit_waits_are_made_again(kube):
+    """While an edit waited for the run to end, nothing of the run was put back: a
+    KubeRay retry's head pod was refused ("serviceaccount ... not found") and its pods
+    waited for the ConfigMap's volume (an operator probe on this control plane). The
+    ServiceAccount, Role and RoleBinding come back as ever; the ConfigMap, whose started
+    spec went with it, comes back with the edit, and a Warning says so."""
+    name = "pend-kids"
+    running_with_an_edit_pending(kube, name, epochs=17)
+    account = f"{name}-raykube"
+    for kind, child in (("ConfigMap", f"{name}-spec"), ("ServiceAccount", account),
+                        ("Role", account), ("RoleBinding", account)):
+        kube.delete(kind, child)
+    for kind, child in (("ServiceAccount", account), ("Role", account),
+                        ("RoleBinding", account)):
+        kube.wait_object(kind, child)
+    cm = kube.wait_object("ConfigMap", f"{name}-spec")
+    assert "epochs: 17" in cm["data"]["trainingrun.yaml"]
+    (warning,) = kube.wait_for(lambda: [e for e in events(kube, name)
+                                        if e.get("reason") == "ChildRecreated"],
+                               what="a ChildRecreated Warning")
+    assert warning["type"] == "Warning" and "while an edit was pending" in warning["message"]
+    tr = kube.get("TrainingRun", name)
+    assert cond(tr, "SpecApplied")["reason"] == "SpecChangePending"  # still waits
+
+
 def test_a_pending_edit_edited_back_is_said_to_be_undone(kube):
     """An edit made while the run trains waits for its end; edited back, it no longer
     does: SpecApplied goes back to True, and one Event says so (the condition flipped
@@ -546,6 +579,7 @@ def test_a_rayjob_deleted_with_an_edit_pending_is_recreated_with_it_unless_it_co
 
     name = "pend-del-model"
     job = running_with_an_edit_pending(kube, name, epochs=14)
+    trained(kube, name)
     kube.patch("TrainingRun", name, {"spec": {"model": {"options": {"hidden": [16]}}}})
     kube.wait_object("TrainingRun", name, where=lambda o: "spec.model.options.hidden" in cond(
         o, "SpecApplied")["message"])
@@ -730,12 +764,14 @@ def test_model_edit_after_the_run_is_refused_before_creating_anything(kube):
     name = "rerun-model"
     kube.create(tr_doc(name))
     job = kube.wait_object("RayJob", name)
+    trained(kube, name)
     rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
     kube.wait_condition(name, "Succeeded")
     kube.patch("TrainingRun", name, {"spec": {"model": {"options": {"hidden": [16]}}}})
     tr = kube.wait_condition(name, "SpecApplied", "False", reason="RunDirConflict")
     msg = cond(tr, "SpecApplied")["message"]
     assert "spec.model" in msg and "new metadata.name" in msg
+    assert "delete that run directory and create the TrainingRun again" in msg
     time.sleep(1)
     assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
     assert tr["status"]["phase"] == "Succeeded"
@@ -743,6 +779,23 @@ def test_model_edit_after_the_run_is_refused_before_creating_anything(kube):
     model = tr_doc(name)["spec"]["model"]  # hidden is a list: a merge patch replaces it
     kube.patch("TrainingRun", name, {"spec": {"model": model, "train": {"epochs": 4}}})
     kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
+
+
+def test_a_run_that_never_trained_takes_a_data_edit(kube):
+    """A run that failed before its first epoch (a mistyped ``data.uri``: the driver says
+    so and asks for no retry) has no checkpoint to conflict with: the fix of its data is a
+    new run. It was refused with RunDirConflict ("holds checkpoints of the previous ...
+    dataset"), whatever the user did next (an operator probe)."""
+    name = "never-trained"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Failed", jobStatus="FAILED", failed=4,
+                  reason="AppFailed", message="job failed")
+    kube.wait_condition(name, "Failed")
+    assert not kube.get("TrainingRun", name)["status"].get("checkpoint")
+    kube.patch("TrainingRun", name, {"spec": {"train": {"seed": 7}}})
+    kube.wait_object("RayJob", name, where=lambda o: o["metadata"]["uid"] != job["metadata"]["uid"])
+    kube.wait_condition(name, "SpecApplied", reason="Rerun")
 
 
 def test_a_model_edit_onto_another_storage_is_a_new_run(kube):
@@ -753,6 +806,7 @@ def test_a_model_edit_onto_another_storage_is_a_new_run(kube):
     name = "rerun-moved"
     kube.create(tr_doc(name))
     job = kube.wait_object("RayJob", name)
+    trained(kube, name)
     rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
     kube.wait_condition(name, "Succeeded")
     kube.patch("TrainingRun", name, {"spec": {"model": {"options": {"hidden": [16]}},

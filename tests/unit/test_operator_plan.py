@@ -25,6 +25,11 @@ def job(training: str = "t1", spec: str = "s1", deployment: str | None = None,
             "status": {"jobDeploymentStatus": deployment} if deployment else {}}
 
 
+def _failed_once(rayjob: dict) -> dict:
+    rayjob["status"]["failed"] = 1  # KubeRay's count of failed attempts
+    return rayjob
+
+
 @pytest.mark.parametrize("current, finished, edited, expected", [
     (None, False, False, "create"),  # first sight / restart before creation
     (None, False, True, "create"),  # fixed invalid spec
@@ -70,6 +75,12 @@ def test_plan_rayjob(current, finished, edited, expected):
     (job(training="t0", deployment="Complete", suspend=True), False, False, True, "pending"),
     # the edit was undone before the run ended: nothing to run again
     (job(deployment="Complete"), True, False, True, "unchanged"),
+    # an edit while the first cluster comes up: suspended for it (it may fix the pods)
+    (job(training="t0", deployment="Initializing"), False, True, False, "suspend-for-edit"),
+    # but a KubeRay retry's cluster runs the spec the run started with: an operator
+    # restart applied an edit pending since attempt 1 to the retry (an operator probe)
+    (_failed_once(job(training="t0", deployment="Initializing")), False, False, True, "pending"),
+    (_failed_once(job(training="t0", deployment="Initializing")), False, True, False, "pending"),
 ])
 def test_plan_a_pending_or_waiting_rerun(current, finished, edited, rerun_pending, expected):
     assert plan_rayjob(current, job(), finished=finished, edited=edited,
