@@ -1268,6 +1268,15 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
     valid: list[tuple[str, Distribution]] = []  # the dimensions valid value by value
     for path, dist in tune.search_space.items():
         p = f"{t}.searchSpace[{path}]"
+        outer = [o for o, d in tune.search_space.items() if path.startswith(o + ".")
+                 and any(_holds_path(v, path[len(o) + 1:]) for v in d.choice or [])]
+        if outer:
+            # a trial's sample of the section is merged first, then the path's value
+            # over it: the section's own value of the path was dropped without a word
+            yield SpecError(p, f"{outer[0]} is searched as a whole too, and a trial "
+                            f"would take {path} from here, not from {outer[0]}'s values: "
+                            f"search {path} in one place")
+            continue
         set_kinds = [k for k in ("choice", "uniform", "loguniform", "randint")
                      if getattr(dist, k) is not None]
         if len(set_kinds) != 1:
@@ -1304,6 +1313,14 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         if section not in SEARCHABLE:
             yield SpecError(p, "only model.*, data.* and train.* can vary between trials: "
                             + _NOT_SEARCHED.get(section, "it belongs to the whole run"))
+            continue
+        leaf = _leaf_field(TrainingRunSpec, path.split("."))
+        if dist.kind() in ("uniform", "loguniform") and leaf is not None and int in (
+                leaf.annotation, *typing.get_args(leaf.annotation)) and float not in (
+                leaf.annotation, *typing.get_args(leaf.annotation)):
+            # "uniform bound 1.0 is not valid: must be a whole number": 1 is one
+            yield SpecError(p, f"{path} takes whole numbers and {dist.kind()} samples "
+                            "fractions: use randint [low, high] or choice")
             continue
         for value in dist.sample_values():
             err = _check_overrides(base, {path: value}, known)
@@ -1351,6 +1368,24 @@ def _combination_checks(base: dict[str, Any], dims: list[tuple[str, Distribution
                         f"{_shown(d2, v2)} is not valid with {first} {_shown(d1, v1)}, "
                         f"which a trial may sample beside it: {err}"))
                     break
+
+
+def _holds_path(value: Any, path: str) -> bool:
+    """Whether a sampled mapping (a searched section's choice) sets the dotted ``path``."""
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
+def _leaf_field(model: type[BaseModel], parts: list[str]) -> Any:
+    """The pydantic field a dotted camelCase path names, or None."""
+    field = {to_camel(n): f for n, f in model.model_fields.items()}.get(parts[0])
+    if field is None or len(parts) == 1:
+        return field
+    sub = _model_type(field.annotation)
+    return _leaf_field(sub, parts[1:]) if sub is not None else None
 
 
 def _path_exists(model: type[BaseModel], parts: list[str]) -> bool:

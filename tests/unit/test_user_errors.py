@@ -728,6 +728,15 @@ def test_a_value_of_the_wrong_kind_says_what_yaml_made_of_it(body, words, tmp_pa
     (_RUN_HEAD + "spec:\n  model: {name: mlp}\n  data: {dataset: digits}\n"
      "  tune: {searchSpace: {train.batchsize: {choice: [8, 16]}}}\n",
      "(did you mean 'train.batchSize'?)"),
+    # "uniform bound 1.0 is not valid: must be a whole number" (an operator probe)
+    (_RUN_HEAD + "spec:\n  model: {name: mlp}\n  data: {dataset: digits}\n"
+     "  tune: {searchSpace: {train.epochs: {uniform: [1, 5]}}}\n",
+     "train.epochs takes whole numbers and uniform samples fractions: use randint"),
+    # a section's choice that sets the same path: its value was dropped without a word
+    (_RUN_HEAD + "spec:\n  model: {name: mlp}\n  data: {dataset: digits}\n  tune:\n"
+     "    searchSpace:\n      train.optimizer.lr: {choice: [0.1]}\n"
+     "      train.optimizer: {choice: [{lr: 0.2}, {lr: 0.01}]}\n",
+     "spec.tune.searchSpace[train.optimizer.lr]: train.optimizer is searched as a whole too"),
 ])
 def test_small_slips_are_named_in_the_users_terms(text, words, tmp_path, capsys):
     f = _yaml(tmp_path, text)
