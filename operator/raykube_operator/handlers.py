@@ -657,9 +657,21 @@ def on_spec_change(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, **_: Any) 
 
     Removing ``spec.rerun`` asks for nothing (a GitOps tool pruning the field, a user
     tidying the spec): only a new value is a request to run again."""
-    changed = sorted({"spec." + ".".join(str(p) for p in d[1]) if d[1] else "spec"
-                      for d in diff if not _rerun_removed(d)})
+    changed = sorted({path for d in diff if not _rerun_removed(d) for path in _leaf_paths(
+        "spec." + ".".join(str(p) for p in d[1]) if d[1] else "spec", d[2], d[3])})
     _raise_while_conflicting(reconcile(dict(body), memo, changed=changed), memo.cfg)
+
+
+def _leaf_paths(path: str, old: Any, new: Any) -> list[str]:
+    """The fields an edit of ``path`` changed: a section added or removed whole (kopf's
+    diff says ``spec.train`` when the spec had no train: section) names its fields, as
+    an edit inside it does (``spec.train.epochs``)."""
+    whole = new if old is None else old if new is None else None
+    if not isinstance(whole, dict) or not whole:
+        return [path]
+    return [leaf for k, v in whole.items()
+            for leaf in _leaf_paths(f"{path}.{k}", None if old is None else v,
+                                    None if new is None else v)]
 
 
 def _rerun_removed(d: Any) -> bool:

@@ -930,8 +930,8 @@ def phase_event(current: dict[str, Any] | None,
     if _waits_for(patch.get("message")) is not None:
         # a pod that cannot run: a Warning (the scheduler's own FailedScheduling is one,
         # and ``kubectl get events --field-selector type=Warning`` is where people look)
-        return ("Warning", "PodsPending" if running.get("reason") == "PodsPending" else reason,
-                patch.get("message") or new_phase)
+        # (also during a retry, whose Running reason stays Retrying: the Event is the pods')
+        return ("Warning", "PodsPending", patch.get("message") or new_phase)
     if new_phase == "Serving":
         # a rerun while the previous checkpoint serves: the news is the run's, not serving's
         reason = ("Failed" if failed else "Succeeded" if is_true(patch["conditions"], SUCCEEDED)

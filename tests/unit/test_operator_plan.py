@@ -454,3 +454,16 @@ def test_a_removed_rerun_keeps_the_value_the_run_ran_with():
     assert kept["metadata"]["annotations"][RERUN_ANNOTATION] == "1"
     assert keep_rerun(rj("2"), rj("1"))["metadata"]["annotations"][RERUN_ANNOTATION] == "2"
     assert keep_rerun(rj(), None) == rj()
+
+
+def test_a_section_added_whole_is_named_by_its_fields():
+    """Adding ``train: {epochs: 5}`` to a spec that had no train section was reported as
+    "spec.train changed" (kopf's diff names the section); an edit inside one names the
+    field, and so does this now."""
+    from raykube_operator.handlers import _leaf_paths
+
+    assert _leaf_paths("spec.train", None, {"epochs": 5, "optimizer": {"lr": 0.1}}) == [
+        "spec.train.epochs", "spec.train.optimizer.lr"]
+    assert _leaf_paths("spec.train", {"epochs": 5}, None) == ["spec.train.epochs"]
+    assert _leaf_paths("spec.train.epochs", 3, 5) == ["spec.train.epochs"]
+    assert _training_changed(_leaf_paths("spec.serve", None, {"replicas": 2})) is False

@@ -888,7 +888,7 @@ def test_a_retry_is_announced_once_with_its_cause():
     assert [(reason, message) for _type, reason, message in events] == [
         ("JobRunning", "training is running"),
         ("Retrying", f"retrying: attempt 1 failed: {cause}"),
-        ("Retrying", f"waiting for the Ray cluster: {problem}"),
+        ("PodsPending", f"waiting for the Ray cluster: {problem}"),  # the README's reason
         ("JobRunning", "training is running")], events
 
 
