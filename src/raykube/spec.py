@@ -1389,15 +1389,8 @@ def _leaf_field(model: type[BaseModel], parts: list[str]) -> Any:
 
 
 def _path_exists(model: type[BaseModel], parts: list[str]) -> bool:
-    """Whether a dotted camelCase path names a leaf field of ``model``."""
-    by_alias = {to_camel(n): f for n, f in model.model_fields.items()}
-    field = by_alias.get(parts[0])
-    if field is None:
-        return False
-    if len(parts) == 1:
-        return True
-    sub = _model_type(field.annotation)
-    return sub is not None and _path_exists(sub, parts[1:])
+    """Whether a dotted camelCase path names a field of ``model``."""
+    return _leaf_field(model, parts) is not None
 
 
 def _model_type(annotation: Any) -> type[BaseModel] | None:

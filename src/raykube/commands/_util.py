@@ -10,7 +10,8 @@ import contextlib
 import os
 import select
 import signal
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 
@@ -132,3 +133,19 @@ def resolve_data_uri(run: Any, spec_file: str) -> Any:
         return run
     data = run.spec.data.model_copy(update=update)
     return run.model_copy(update={"spec": run.spec.model_copy(update={"data": data})})
+
+
+def to_stdout(command: str, write: Callable[[], int]) -> int:
+    """``write()`` (which prints the command's output and returns its exit code), with a
+    stdout that cannot take it (a full disk behind a redirect) said in one line instead
+    of a traceback. A reader that left (``| head``) is cli.main's: it ends quietly."""
+    try:
+        code = write()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        print(f"raykube {command}: cannot write the output: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1

@@ -34,14 +34,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            raise  # the reader left (`| head`): cli.main ends quietly
-        except OSError as exc:  # a full disk behind a redirect
-            print(f"raykube crd: cannot write the output: {exc.strerror or exc}",
-                  file=sys.stderr)
-            return 1
-    return 0
+        return 0
+    from raykube.commands._util import to_stdout
+
+    return to_stdout("crd", lambda: sys.stdout.write(text) and 0)

@@ -18,14 +18,9 @@ def run(args: argparse.Namespace) -> int:
     skipped: dict[str, list[str]] = {}
     cluster: dict[str, list] = {}
     results = validate_files(args.files, skipped, cluster)
-    try:
-        return _report(args, results, skipped, cluster)
-    except BrokenPipeError:
-        raise  # the reader left (`| head`): cli.main ends quietly
-    except OSError as exc:  # a full disk behind a redirect
-        print(f"raykube validate: cannot write the output: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
+    from raykube.commands._util import to_stdout
+
+    return to_stdout("validate", lambda: _report(args, results, skipped, cluster))
 
 
 def _report(args: argparse.Namespace, results: dict, skipped: dict[str, list[str]],
@@ -45,5 +40,4 @@ def _report(args: argparse.Namespace, results: dict, skipped: dict[str, list[str
                   "run, refused on a cluster (the operator, raykube render)", file=sys.stderr)
     if bad:
         print(f"{bad} of {len(results)} file(s) invalid", file=sys.stderr)
-    sys.stdout.flush()
     return 1 if bad else 0
