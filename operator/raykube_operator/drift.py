@@ -86,6 +86,20 @@ def drifted(current: dict[str, Any], desired: dict[str, Any],
     return out
 
 
+def differing_paths(old: Any, new: Any, path: str) -> list[str]:
+    """The dotted paths of the leaves in which two plain documents differ (a list is one
+    leaf; a key on one side only names its own leaves)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [p for k in dict.fromkeys([*old, *new])
+                for p in differing_paths(old.get(k), new.get(k), f"{path}.{k}")]
+    if old == new:
+        return []
+    if isinstance(old, dict) or isinstance(new, dict):
+        return differing_paths(old if isinstance(old, dict) else {},
+                               new if isinstance(new, dict) else {}, path) or [path]
+    return [path]
+
+
 def summary(paths: list[str], limit: int = 4) -> str:
     """``spec.entrypoint, spec.backoffLimit`` (and how many more)."""
     shown = ", ".join(paths[:limit])

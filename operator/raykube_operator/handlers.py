@@ -67,6 +67,7 @@ import logging
 import math
 import threading
 import time
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -509,7 +510,12 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
     if action == "rerun":
         if current is not None:
             if not (current.get("metadata") or {}).get("deletionTimestamp"):
-                kube.delete(*_ref(job))
+                # Foreground: the RayJob goes only after its submitter Job. KubeRay takes
+                # a Job of the RayJob's name as its own whoever owns it, so a new RayJob
+                # created while the previous run's Job was still there "finished" at
+                # once, with that run's outcome (a lost retry; with maxRetries: 0 the
+                # rerun failed without running: an operator probe)
+                kube.delete(*_ref(job), propagation="Foreground")
             if kube.get(*_ref(job)) is not None:  # KubeRay's finalizer: wait for it
                 return "deleting"
         kube.create(job)
@@ -521,8 +527,12 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
         kube.patch(*_ref(job), {"spec": {"suspend": True}})
         return action
     if action in ("suspend", "refresh"):
+        # the TTL follows serve.enabled (``ttl_after_finished``): a serve edit of a
+        # running run changes when its finished cluster goes (it stayed 0 after
+        # ``serve.enabled: false``, so nothing was kept to read the logs from)
+        ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
         kube.patch(*_ref(job), {"metadata": {"annotations": {SPEC_HASH: _ann(job, SPEC_HASH)}},
-                                **suspend})
+                                "spec": {**suspend["spec"], "ttlSecondsAfterFinished": ttl}})
     return action
 
 
@@ -850,7 +860,32 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
             repair_rayjob(kube, job, current, cur)
             results[f"RayJob/{job_name}"] = "repaired"
             _child_edited(tr, f"RayJob {job_name}", paths)
-    return _applied(kube, cfg, tr, run, job_name, job_result, changed, results)
+    edits = _edits_since_start(others, currents) if action != "unchanged" else None
+    return _applied(kube, cfg, tr, run, job_name, job_result, changed, results, edits=edits)
+
+
+def _edits_since_start(others: list[dict[str, Any]], currents: list[dict[str, Any] | None]
+                       ) -> list[str] | None:
+    """The training fields in which the spec now differs from the one the run started
+    with (the spec ConfigMap, which changes only together with the RayJob), or None when
+    that cannot be read. The pending edit's message names these: fields edited and then
+    edited back (``scaling.workers`` 2 -> 3 -> 2) are no longer named, where the names
+    of every edit made since the start were gathered before."""
+    import yaml
+
+    for want, now in zip(others, currents, strict=True):
+        if want["kind"] != "ConfigMap" or now is None:
+            continue
+        try:
+            started, edited = ((yaml.safe_load(next(iter((o.get("data") or {}).values())))
+                                or {}).get("spec") for o in (now, want))
+        except (StopIteration, yaml.YAMLError, AttributeError):
+            return None
+        if not isinstance(started, dict) or not isinstance(edited, dict):
+            return None
+        paths = drift.differing_paths(started, edited, "spec")
+        return [p for p in paths if _training_changed([p])] or None
+    return None
 
 
 def _keep_while_pending(kube: Kube, tr: dict[str, Any], others: list[dict[str, Any]],
@@ -1120,10 +1155,12 @@ def _first_sight(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any]) -> dict[st
 
 def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
              job_name: str, job_result: str, changed: list[str] | None,
-             results: dict[str, str], *, precondition: bool = False) -> dict[str, str]:
+             results: dict[str, str], *, precondition: bool = False,
+             edits: list[str] | None = None) -> dict[str, str]:
     """After the RayJob action: one status patch (if anything changed), the event, the
     RayService follow-up. ``tr`` is the TrainingRun as last read (its status is the
-    base of the conditions written)."""
+    base of the conditions written). ``edits``: ``_edits_since_start``, which a pending
+    edit's message names when known."""
     meta = tr["metadata"]
     gen = meta.get("generation")
     cur = tr.get("status") or {}
@@ -1152,9 +1189,14 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     pending = st.pending_fields(old_applied)
     # the fields of this edit and of one not applied yet (pending, or a waiting rerun's)
     fields = _fields(st.named_fields(old_applied), changed)
+    # every field edited since the run started, not only the last edit's
+    since_start = _fields(pending, changed)
+    if edits:  # in the order they were edited, those edited back left out
+        named = since_start.split(", ")
+        since_start = ", ".join([n for n in named if n in edits]
+                                + [e for e in edits if e not in named])
     if job_result == "pending":
-        # every field edited since the run started, not only the last edit's
-        msg, reason = st.spec_change_pending(_fields(pending, changed)), st.SPEC_CHANGE_PENDING
+        msg, reason = st.spec_change_pending(since_start), st.SPEC_CHANGE_PENDING
         if changed is None and pending:  # a restart, an event: said already (the reason
             # too: SpecChangeBeforeStart while KubeRay suspends the RayJob for the edit)
             msg, reason = old_applied.get("message") or msg, old_applied.get("reason") or reason
@@ -1163,7 +1205,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         conds = st.set_condition(conds, st.SPEC_APPLIED, False, reason, msg, now=now,
                                  generation=gen)
     elif job_result == "suspend-for-edit":
-        msg = st.spec_change_before_start(_fields(pending, changed))
+        msg = st.spec_change_before_start(since_start)
         events.append(("Normal", st.SPEC_CHANGE_BEFORE_START, msg))
         conds = st.set_condition(conds, st.SPEC_APPLIED, False, st.SPEC_CHANGE_BEFORE_START,
                                  msg, now=now, generation=gen)
@@ -1417,7 +1459,7 @@ def _sync_rayjob_status(memo: kopf.Memo, ns: str, tr_name: str, job_name: str) -
             cur = tr.get("status") or {}
         cluster = (rayjob.get("status") or {}).get("rayClusterName")
         problems = _pod_problems(memo, ns, tr_name, lambda c: c is None or (
-            cluster and c == cluster))  # None: the submitter
+            cluster and c == cluster), cur)  # None: the submitter
         patch = st.status_from_rayjob(
             rayjob, cur, now=st.now_rfc3339(), generation=tr["metadata"].get("generation"),
             pod_problems=problems)
@@ -1634,18 +1676,9 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         new = [inc for inc in (oom, loss) if inc is not None and inc.key not in seen_keys]
         if new:
             memo.incidents_seen[key] = seen_keys | {inc.key for inc in new}
-        seen = memo.pod_problems.get(key, {})
-        was = seen.get(meta.name)
+        was = _note_pod(memo, key, dict(body), cluster, problem)
         if (was[:2] if was else None) == ((cluster, problem) if problem else None) and not new:
             return  # a healthy pod (or one whose problem is unchanged): no API call
-        # a problem keeps its first sighting while the scheduler rewrites its words
-        entry = (cluster, problem, was[2] if was else time.monotonic()) if problem else None
-        seen = {**seen, meta.name: entry} if entry else {
-            k: v for k, v in seen.items() if k != meta.name}
-        if seen:
-            memo.pod_problems[key] = seen
-        else:
-            memo.pod_problems.pop(key, None)
 
     def sync(new: list[st.Incident] = new) -> None:
         job = memo.kube.get(RAY_API, "RayJob", key[0], key[1])
@@ -1661,23 +1694,78 @@ def on_pod_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             _sync_rayservice_status(svc, memo)
 
     _retrying(memo, f"following pod {meta.name}", lambda: _unwrap(sync))
-    if problem and not was:
+    left = memo.cfg.pod_problem_grace - st.pod_problem_age(dict(body), datetime.now(timezone.utc))
+    if problem and not was and left > 0:
         # named once it has lasted the grace period, if it still does then
         # (controller-runtime's RequeueAfter)
-        later = threading.Timer(memo.cfg.pod_problem_grace + 0.5, _retrying, args=(
+        later = threading.Timer(left + 0.5, _retrying, args=(
             memo, f"following pod {meta.name}", lambda: _unwrap(lambda: sync([]))))
         later.daemon = True
         later.start()
 
 
-def _pod_problems(memo: kopf.Memo, ns: str, tr_name: str, mine: Any) -> list[str]:
+def _note_pod(memo: kopf.Memo, key: tuple[str, str], pod: dict[str, Any],
+              cluster: str | None, problem: str | None) -> tuple[Any, ...] | None:
+    """Record one pod's ``st.pod_problem`` (None: it has none) in ``memo.pod_problems``
+    and return what was recorded for it before. A problem keeps its first sighting while
+    the scheduler rewrites its words; a new one starts at ``st.pod_problem_age`` ago.
+    Call with ``memo.pods_guard`` held."""
+    seen = memo.pod_problems.get(key, {})
+    name = pod["metadata"]["name"]
+    was = seen.get(name)
+    if problem:
+        first = was[2] if was else time.monotonic() - st.pod_problem_age(
+            pod, datetime.now(timezone.utc))
+        seen = {**seen, name: (cluster, problem, first)}
+    else:
+        seen = {k: v for k, v in seen.items() if k != name}
+    if seen:
+        memo.pod_problems[key] = seen
+    else:
+        memo.pod_problems.pop(key, None)
+    return was
+
+
+def _pod_problems(memo: kopf.Memo, ns: str, tr_name: str, mine: Any,
+                  status: dict[str, Any] | None = None) -> list[str]:
     """The problems of the run's pods in the clusters ``mine(cluster)`` accepts that have
     lasted ``pod_problem_grace``: a pod Pending for a moment is no news (a serving pod
-    waits for the CPU of the training cluster being deleted on every happy path)."""
+    waits for the CPU of the training cluster being deleted on every happy path).
+
+    ``status``, the run's status as it is: when it names a pod wait that the pod watch
+    has not (yet) reported, the run's pods are read once from the API server. After an
+    operator restart the run's first reconcile comes before the pod watch has listed the
+    pods; the status then said "waiting for the Ray cluster" for a moment and a second
+    Warning named the same pod again."""
+    with memo.pods_guard:
+        known = (ns, tr_name) in memo.pod_problems
+    if not known and st.names_pod_wait(status):
+        _list_pods(memo, ns, tr_name)
     oldest = time.monotonic() - memo.cfg.pod_problem_grace
     with memo.pods_guard:
         return [why for c, why, first in memo.pod_problems.get((ns, tr_name), {}).values()
                 if mine(c) and first <= oldest]
+
+
+def _list_pods(memo: kopf.Memo, ns: str, tr_name: str) -> None:
+    """Record the problems of the run's pods as listed now that have lasted the grace
+    period (what ``on_pod_event`` would have recorded from the watch). Younger ones are
+    left to the watch, whose event also re-checks them once the grace period is over;
+    recorded here, that event would find them known and nothing would name them (a
+    serving pod while the status still named a training pod). Pods the watch has
+    already reported are left as it did."""
+    selector = urllib.parse.quote(f"{LABEL}={tr_name},!{RENDERED_LABEL}")
+    pods = memo.kube.request(
+        "GET", f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}").get("items") or []
+    now = datetime.now(timezone.utc)
+    with memo.pods_guard:
+        seen = memo.pod_problems.get((ns, tr_name), {})
+        for pod in pods:
+            if pod.get("metadata", {}).get("name") not in seen and (
+                    problem := st.pod_problem(pod)) and (
+                    st.pod_problem_age(pod, now) >= memo.cfg.pod_problem_grace):
+                cluster = (pod["metadata"].get("labels") or {}).get("ray.io/cluster")
+                _note_pod(memo, (ns, tr_name), pod, cluster, problem)
 
 
 def _rayservice_of(kube: Kube, ns: str, tr_name: str) -> dict[str, Any] | None:
@@ -1940,7 +2028,7 @@ def _sync_rayservice_status(svc: dict[str, Any], memo: kopf.Memo) -> None:
             return
         cur = tr.get("status") or {}
         clusters = st.serving_clusters(svc)
-        problems = _pod_problems(memo, ns, tr_name, lambda c: c in clusters)
+        problems = _pod_problems(memo, ns, tr_name, lambda c: c in clusters, cur)
         patch = st.serving_from_rayservice(
             svc, cur, endpoint=serve_endpoint(run),
             checkpoint=_ann(svc, CHECKPOINT_ANNOTATION), now=st.now_rfc3339(),

@@ -213,12 +213,15 @@ class Kube:
         path = resource_path(api_version, plural_of(kind), namespace, name)
         return self.request("PATCH", path, ops, "application/json-patch+json")
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """True when deleted, False when it was already gone (background propagation)."""
+    def delete(self, api_version: str, kind: str, namespace: str, name: str,
+               propagation: str = "Background") -> bool:
+        """True when deleted, False when it was already gone. ``Foreground``: the object
+        stays (``deletionTimestamp`` set) until the garbage collector has deleted its
+        dependents that block their owner's deletion."""
         path = resource_path(api_version, plural_of(kind), namespace, name)
         try:
             self.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1",
-                                          "propagationPolicy": "Background"})
+                                          "propagationPolicy": propagation})
             return True
         except ApiError as exc:
             if exc.status == 404:

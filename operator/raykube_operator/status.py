@@ -347,6 +347,35 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
     return None
 
 
+def pod_problem_age(pod: dict[str, Any], now: datetime) -> float:
+    """Seconds ``pod_problem``'s problem has lasted, as the pod itself records it: since
+    its ``PodScheduled`` condition turned False (the scheduler's verdict), else since the
+    pod was created (a container that cannot pull its image has waited since it started);
+    0 when neither can be read. Taken from the pod rather than from when the operator
+    first saw it: an operator restarted while a pod waits would otherwise start the grace
+    period again, say "waiting for the Ray cluster" meanwhile, and then name the pod in a
+    second Warning."""
+    since = (pod.get("metadata") or {}).get("creationTimestamp")
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            since = cond.get("lastTransitionTime") or since
+    try:
+        began = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if began.tzinfo is None:
+        began = began.replace(tzinfo=timezone.utc)
+    return max(0.0, (now - began).total_seconds())
+
+
+def names_pod_wait(status: dict[str, Any] | None) -> bool:
+    """Whether a TrainingRun's status names a pod that cannot run (its message, or a
+    condition's: ``Ready`` while a serving pod waits)."""
+    status = status or {}
+    said = [status.get("message")] + [c.get("message") for c in status.get("conditions") or []]
+    return any(_waits_for(m) is not None for m in said if m)
+
+
 # What the scheduler names in its verdict, and what of the pod it is about.
 _SCHEDULER_CAUSES = (
     ("Insufficient cpu", "cpu"), ("Insufficient memory", "memory"),

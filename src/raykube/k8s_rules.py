@@ -139,8 +139,11 @@ def mount_path_problem(path: str) -> str | None:
     return None
 
 
-QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$"
-"""A Kubernetes quantity as the spec accepts it (the CRD's pattern too)."""
+QUANTITY_PATTERN = (r"^\+?([0-9]+(\.[0-9]+)?|\.[0-9]+)"
+                    r"([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+"""A Kubernetes quantity as the spec accepts it (the CRD's pattern too): apimachinery's
+grammar (``1e9``, ``+2Gi``, ``.5Gi`` were refused before), less a negative sign, which
+no memory size can have, and a trailing point (``1.``)."""
 QUANTITY_MAX_LENGTH = 64
 """Longest quantity the spec accepts (a bound the API server's CEL cost estimate needs)."""
 QUANTITY_RULE = ("must be a Kubernetes quantity: a number and a unit, Ki, Mi, Gi, Ti "

@@ -502,10 +502,22 @@ class SchedulerSpec(_Model):
 
     name: Literal["asha", "fifo"] = Field(default="asha", description="asha (stop bad trials "
                                           "early) or fifo (run every trial to the end).")
-    grace_period: int = Field(default=1, ge=1, le=MAX_SPEC_INT, description="asha: epochs every trial runs "
-                              "before it can be stopped.")
-    reduction_factor: float = Field(default=2.0, gt=1.0, le=100, description="asha: keep the "
-                                    "top 1/reductionFactor trials at each rung.")
+    grace_period: int | None = Field(default=None, ge=1, le=MAX_SPEC_INT, description="asha "
+                                     "only: epochs every trial runs before it can be "
+                                     "stopped. Default: 1.")
+    reduction_factor: float | None = Field(default=None, gt=1.0, le=100, description="asha "
+                                           "only: keep the top 1/reductionFactor trials at "
+                                           "each rung. Default: 2.")
+
+    # Unset stays unset (not the default written out), so that fifo with either is
+    # refused also in the spec the operator hands the driver (defaults resolved there).
+    @property
+    def resolved_grace_period(self) -> int:
+        return self.grace_period if self.grace_period is not None else 1
+
+    @property
+    def resolved_reduction_factor(self) -> float:
+        return self.reduction_factor if self.reduction_factor is not None else 2.0
 
 
 class TuneSpec(_Model):
@@ -1259,9 +1271,16 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
             f"{spec.scaling.workers} each is {units} Train workers at once, more than "
             f"{MAX_WORKERS} (the limit of scaling.workers): lower maxConcurrentTrials or "
             "scaling.workers"))
-    if tune.scheduler.name == "asha" and tune.scheduler.grace_period > spec.train.epochs:
-        yield SpecError(f"{t}.scheduler.gracePeriod", f"{tune.scheduler.grace_period} is more "
+    sched = tune.scheduler
+    if sched.name == "asha" and sched.resolved_grace_period > spec.train.epochs:
+        yield SpecError(f"{t}.scheduler.gracePeriod", f"{sched.resolved_grace_period} is more "
                         f"than train.epochs={spec.train.epochs}")
+    for field, value in (("gracePeriod", sched.grace_period),
+                         ("reductionFactor", sched.reduction_factor)):
+        if sched.name == "fifo" and value is not None:
+            yield SpecError(f"{t}.scheduler.{field}", "only asha uses it; fifo runs every "
+                            "trial to the end: remove it, or use name: asha to stop bad "
+                            "trials early")
     base = spec.to_dict(exclude_none=False)
     no_tune = spec.model_copy(update={"tune": None})
     known = frozenset(str(e) for e in semantic_errors(no_tune))

@@ -957,8 +957,8 @@ def _tune_config(spec: TrainingRunSpec, experiment_uri: str = "") -> Any:
         scheduler = ResumableASHA(history_uri=_join(experiment_uri, HISTORY_FILE)
                                   if experiment_uri else None,
                                   time_attr=TIME_ATTR, max_t=most_epochs(spec),
-                                  grace_period=t.scheduler.grace_period,
-                                  reduction_factor=t.scheduler.reduction_factor,
+                                  grace_period=t.scheduler.resolved_grace_period,
+                                  reduction_factor=t.scheduler.resolved_reduction_factor,
                                   stop_last_trials=False)
     else:
         scheduler = FIFOScheduler()

@@ -306,7 +306,8 @@ def test_a_quantity_that_is_not_one_is_refused_in_words(kube, path):
     a quantity is, and what was given; a quantity still passes."""
     assert {"spec.scaling.memoryPerWorker", "spec.serve.memoryPerReplica",
             "spec.scaling.head.memory"} <= set(QUANTITIES)
-    for value, refused in (("2GB", True), ("512 Mi", True), ("1.5Gi", False), ("500M", False)):
+    for value, refused in (("2GB", True), ("512 Mi", True), ("-2Gi", True), ("1.5Gi", False),
+                           ("500M", False), ("2e9", False), ("+2Gi", False), (".5Gi", False)):
         doc = base_doc()
         node = doc
         *parents, last = path.split(".")
@@ -321,7 +322,7 @@ def test_a_quantity_that_is_not_one_is_refused_in_words(kube, path):
         msg = json.loads(text)["message"]
         assert f"{path}: Invalid value" in msg and "must be a Kubernetes quantity: a number " \
             "and a unit" in msg and f"(got '{value}')" in msg, msg
-        assert "^[0-9]" not in msg, msg
+        assert "^\\+?(" not in msg and "[0-9]" not in msg, msg
 
 
 def test_kubectl_apply_dry_run_names_the_field(kube):

@@ -498,6 +498,51 @@ def test_children_deleted_while_an_edit_waits_are_made_again(kube):
     assert cond(tr, "SpecApplied")["reason"] == "SpecChangePending"  # still waits
 
 
+def test_a_serve_edit_of_a_running_run_moves_its_clusters_ttl(kube):
+    """``ttlSecondsAfterFinished`` follows ``serve.enabled`` (0 when serving frees the
+    training cluster's CPU at once, else 600 s to read its logs). A serve edit of a
+    running run refreshed only the RayJob's hash: after ``serve.enabled: false`` the
+    TTL stayed 0, and the finished cluster was deleted at once."""
+    name = "ttl-follows"
+    doc = tr_doc(name)
+    doc["spec"]["serve"]["enabled"] = True
+    kube.create(doc)
+    job = kube.wait_object("RayJob", name)
+    assert job["spec"]["ttlSecondsAfterFinished"] == 0
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"enabled": False}}})
+    job = kube.wait_object("RayJob", name, where=lambda o: o["spec"].get(
+        "ttlSecondsAfterFinished") == 600)
+    assert kube.get("TrainingRun", name)["status"]["phase"] == "Running"
+    kube.patch("TrainingRun", name, {"spec": {"serve": {"enabled": True}}})
+    again = kube.wait_object("RayJob", name, where=lambda o: o["spec"].get(
+        "ttlSecondsAfterFinished") == 0)
+    assert again["metadata"]["uid"] == job["metadata"]["uid"]  # the same run goes on
+    assert cond(kube.get("TrainingRun", name), "SpecApplied")["status"] == "True"
+
+
+def test_a_pending_edit_names_only_the_fields_that_still_differ(kube):
+    """While one edit waits, another field edited and then edited back is no longer
+    named: the message is the difference between the started spec (the ConfigMap) and
+    the spec now. Before, it kept every field edited since the start ("spec.train.epochs,
+    spec.scaling.workers changed" after workers went 2 -> 3 -> 2)."""
+    name = "pend-back"
+    workers = tr_doc(name)["spec"]["scaling"]["workers"]
+    running_with_an_edit_pending(kube, name, epochs=21)
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"workers": workers + 1}}})
+    kube.wait_object("TrainingRun", name, where=lambda o: "spec.scaling.workers" in cond(
+        o, "SpecApplied")["message"])
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"workers": workers}}})
+    tr = kube.wait_object("TrainingRun", name, where=lambda o: "spec.scaling.workers" not in
+                          cond(o, "SpecApplied")["message"])
+    applied = cond(tr, "SpecApplied")
+    assert applied["reason"] == "SpecChangePending", applied
+    assert applied["message"].startswith("spec.train.epochs changed while"), applied
+    said = [e["message"] for e in events(kube, name) if e.get("reason") == "SpecChangePending"]
+    assert applied["message"] in said, said  # an Event said what the condition says
+
+
 def test_a_pending_edit_edited_back_is_said_to_be_undone(kube):
     """An edit made while the run trains waits for its end; edited back, it no longer
     does: SpecApplied goes back to True, and one Event says so (the condition flipped

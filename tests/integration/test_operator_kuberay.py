@@ -214,6 +214,39 @@ def test_a_pod_that_cannot_start_is_named_in_the_message(kube, operator):
         kube.http.delete(f"/api/v1/persistentvolumes/kr-late-{ns}")
 
 
+def test_a_waiting_pod_is_named_once_across_an_operator_restart(kube, operator):
+    """An operator restarted while a pod cannot be scheduled keeps naming it: the wait
+    is counted from the pod's own ``PodScheduled`` condition, and the run's pods are read
+    when its status names a pod the new process has not yet seen. Before, the first
+    reconcile after the restart said "waiting for the Ray cluster" and, the grace period
+    later, a second ``PodsPending`` Warning named the same pod."""
+    doc = tr_doc("kr-waits")
+    doc["spec"]["scaling"]["nodeSelector"] = {"raykube.io/nowhere": "x"}
+    kube.create(doc)
+
+    def message() -> str:
+        return ((kube.get("TrainingRun", "kr-waits") or {}).get("status") or {}).get(
+            "message") or ""
+
+    def warnings() -> list[dict]:
+        return [e for e in kube.list("Event") if e.get("involvedObject", {}).get("name")
+                == "kr-waits" and e.get("reason") == "PodsPending"]
+
+    try:
+        kube.wait_for(lambda: "cannot be scheduled" in message() and warnings(), timeout=90,
+                      what="the pod named, in the status and a Warning")
+        operator.restart()
+        said, until = set(), time.monotonic() + 25  # past the grace period (15 s)
+        while time.monotonic() < until:
+            said.add(message())
+            time.sleep(0.3)
+        assert all("cannot be scheduled" in m for m in said), said
+        events = warnings()
+        assert len(events) == 1 and events[0].get("count", 1) == 1, events
+    finally:
+        kube.delete("TrainingRun", "kr-waits")
+
+
 def test_an_oom_killed_worker_is_named_with_the_field_to_raise(kube, operator):
     """A worker container killed for memory: the kubelet restarts it in place (KubeRay's
     pods keep restartPolicy Always) and KubeRay's status says nothing. The TrainingRun
@@ -592,6 +625,41 @@ def test_a_failure_no_retry_can_fix_is_not_retried(kube, operator, tmp_path):
         "status"] == "False"
     for name in names:
         kube.delete("TrainingRun", name)
+
+
+def test_a_rerun_waits_for_the_previous_runs_submitter_job(kube, operator):
+    """KubeRay takes a Job of the RayJob's name as its submitter whoever owns it: a rerun's
+    RayJob created while the previous run's Job was still there "finished" at once with
+    that run's outcome (an operator probe: a lost retry, or with maxRetries: 0 a rerun
+    failed without running). The previous RayJob is now deleted in the foreground, so it
+    goes, and the new one comes, only after its Job. A finalizer holds the Job here,
+    standing in for a garbage collector that has not got to it yet."""
+    name = "kr-rerun-job"
+    kube.create(tr_doc(name))
+    job = kube.wait_object("Job", name, timeout=90)  # KubeRay's submitter, once the cluster is up
+    kube.patch("Job", name, {"metadata": {"finalizers": ["raykube.io/test-hold"]}})
+    old_uid = kube.get("RayJob", name)["metadata"]["uid"]
+    # stand-in for Ray finishing the job (no container runs here)
+    kube.patch_status("RayJob", name, {"jobDeploymentStatus": "Complete",
+                                       "jobStatus": "SUCCEEDED", "succeeded": 1})
+    kube.wait_object("TrainingRun", name, timeout=30,
+                     where=lambda o: (o.get("status") or {}).get("phase") == "Succeeded")
+    kube.patch("TrainingRun", name, {"spec": {"rerun": "2"}})
+    try:
+        kube.wait_object("RayJob", name, timeout=30,
+                         where=lambda o: o["metadata"].get("deletionTimestamp"))
+        time.sleep(5)  # the Job is still there: so is the previous RayJob
+        assert kube.get("RayJob", name)["metadata"]["uid"] == old_uid
+    finally:
+        kube.patch("Job", name, {"metadata": {"finalizers": None}})
+    new = kube.wait_object("RayJob", name, timeout=60,
+                           where=lambda o: o["metadata"]["uid"] != old_uid)
+    time.sleep(5)  # KubeRay's first reconciles of the new RayJob
+    status = kube.get("RayJob", name).get("status") or {}
+    assert not status.get("failed") and status.get("jobDeploymentStatus") != "Failed", status
+    assert (kube.get("TrainingRun", name)["status"]).get("phase") != "Failed"
+    assert new["metadata"]["uid"] != job["metadata"]["ownerReferences"][0]["uid"]
+    kube.delete("TrainingRun", name)
 
 
 def test_promotion_becomes_a_rayservice_cluster_and_deletion_removes_everything(kube, operator):

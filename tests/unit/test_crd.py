@@ -85,7 +85,7 @@ def test_schema_keeps_the_models_constraints():
     assert scaling["cpusPerWorker"]["minimum"] == 0.1 and "exclusiveMinimum" not in scaling["cpusPerWorker"]
     # a quantity: a CEL rule that says what one is (a pattern's error prints the regex)
     (rule,) = scaling["memoryPerWorker"]["x-kubernetes-validations"]
-    assert rule["rule"].startswith("self.matches(r'^[0-9]") and "pattern" not in scaling[
+    assert rule["rule"].startswith("self.matches(r'^\\+?(") and "pattern" not in scaling[
         "memoryPerWorker"] and scaling["memoryPerWorker"]["maxLength"] == 64
     assert s["required"] == ["model", "data"]
     assert s["properties"]["model"]["properties"]["name"]["enum"] == ["mlp", "cifar-cnn", "resnet18"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from raykube_operator.drift import drifted, summary
+from raykube_operator.drift import differing_paths, drifted, summary
 
 RENDERED = {
     "apiVersion": "ray.io/v1", "kind": "RayJob",
@@ -109,3 +109,17 @@ def test_a_configmaps_data_edit_is_drift():
     assert drifted(obj, rendered) == ["data.spec.yaml"]
     del obj["data"]
     assert drifted(obj, rendered) == ["data"]
+
+
+def test_differing_paths_names_leaves_in_document_order():
+    started = {"train": {"epochs": 10, "batchSize": 64}, "scaling": {"workers": 2},
+               "model": {"options": {"hidden": [64, 32]}}}
+    now = {"train": {"epochs": 12, "batchSize": 64}, "scaling": {"workers": 2},
+           "model": {"options": {"hidden": [64]}}, "rerun": "b"}
+    assert differing_paths(started, now, "spec") == [
+        "spec.train.epochs", "spec.model.options.hidden", "spec.rerun"]
+    assert differing_paths(started, started, "spec") == []
+    # a section present on one side only names its own leaves; a dict against a scalar
+    assert differing_paths({}, {"data": {"uri": "x", "kind": "k"}}, "spec") == [
+        "spec.data.uri", "spec.data.kind"]
+    assert differing_paths({"a": {}}, {"a": 3}, "spec") == ["spec.a"]

@@ -128,6 +128,11 @@ INVALID = [
     ("tune-mode-against-metric", "spec/tune", {"metric": "valLoss", "mode": "max",
      "searchSpace": {"train.optimizer.lr": {"choice": [0.1]}}}, "spec.tune.mode"),
     ("tune-mode-default-metric", "spec/tune/mode", "min", "spec.tune.mode"),
+    # fifo runs every trial to the end: an ASHA setting beside it was dropped unsaid
+    ("tune-fifo-grace", "spec/tune/scheduler", {"name": "fifo", "gracePeriod": 2},
+     "spec.tune.scheduler.gracePeriod"),
+    ("tune-fifo-reduction", "spec/tune/scheduler", {"name": "fifo", "reductionFactor": 3},
+     "spec.tune.scheduler.reductionFactor"),
     ("tune-unknown-path", "spec/tune/searchSpace", {"train.learningRate": {"uniform": [0.1, 0.2]}},
      "spec.tune.searchSpace[train.learningRate]"),
     ("tune-empty-choice", "spec/tune/searchSpace", {"train.batchSize": {"choice": []}},
@@ -308,6 +313,17 @@ def test_round_trip_through_dict():
     assert again == spec
 
 
+def test_a_fifo_search_survives_the_round_trip_the_operator_makes():
+    """The operator hands the driver the spec with its defaults written out (the spec
+    ConfigMap): a fifo search must read back valid, so ASHA's settings stay unset."""
+    doc = _set(BASE, "spec/tune/scheduler", {"name": "fifo"})
+    spec = parse_training_run(doc).spec
+    assert "gracePeriod" not in spec.to_dict()["tune"]["scheduler"]
+    assert TrainingRunSpec.model_validate(spec.to_dict()) == spec
+    asha = parse_training_run(copy.deepcopy(BASE)).spec.tune.scheduler
+    assert (asha.resolved_grace_period, asha.resolved_reduction_factor) == (1, 2.0)
+
+
 def test_load_file_errors(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("spec: [unclosed\n")
@@ -450,7 +466,12 @@ def test_non_finite_numbers_are_named_not_compared():
                                      ("511Mi", False), ("536M", False), ("600000k", True),
                                      # past int64 bytes: KubeRay wrote 9223372036854775807
                                      ("7Ei", True), ("8Ei", False),
-                                     ("99999999999999999999Ei", False)])
+                                     ("99999999999999999999Ei", False),
+                                     # apimachinery's grammar: all valid quantities
+                                     ("1e9", True), ("+2Gi", True), (".5Gi", True),
+                                     ("2E9", True), ("4e+9", True), ("1e8", False),
+                                     ("-2Gi", False), ("1.Gi", False), ("2e", False),
+                                     ("2 Gi", False)])
 def test_ray_pod_memory_floor_is_exact(qty, ok):
     errors = []
     try:
