@@ -1200,7 +1200,10 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         if changed is None and pending:  # a restart, an event: said already (the reason
             # too: SpecChangeBeforeStart while KubeRay suspends the RayJob for the edit)
             msg, reason = old_applied.get("message") or msg, old_applied.get("reason") or reason
-        else:
+        elif (old_applied or {}).get("message") != msg:
+            # not again for what the condition says already: an edit made while the
+            # operator was down reached both its resume and kopf's update handler, two
+            # Events in one second (an operator probe)
             events.append(("Normal", st.SPEC_CHANGE_PENDING, msg))
         conds = st.set_condition(conds, st.SPEC_APPLIED, False, reason, msg, now=now,
                                  generation=gen)
@@ -1323,10 +1326,13 @@ def _reconcile_rayservice(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], r
         conds = st.remove_condition((fresh.get("status") or {}).get("conditions"), st.READY)
         conds = st.set_condition(conds, st.PROMOTED, False, "ServeDisabled",
                                  "spec.serve.enabled is false", now=now, generation=gen)
-        _patch_status(kube, fresh, {"conditions": conds, "phase": st.phase_of(conds),
-                                    "serving": None, "rayService": None})
-        _event(tr, "Normal", "ServeDisabled", f"spec.serve.enabled is false: RayService "
-               f"{svc_name} deleted")  # the phase leaves Serving: say why
+        said = f"spec.serve.enabled is false: RayService {svc_name} deleted"
+        patch = {"conditions": conds, "phase": st.phase_of(conds), "serving": None,
+                 "rayService": None}
+        if ((fresh.get("status") or {}).get("message") or "").startswith("serving "):
+            patch["message"] = said  # it went on saying "serving <checkpoint> at <url>"
+        _patch_status(kube, fresh, patch)
+        _event(tr, "Normal", "ServeDisabled", said)  # the phase leaves Serving: say why
         return
     checkpoint = _ann(svc, CHECKPOINT_ANNOTATION)
     if checkpoint and not in_storage(checkpoint, run, cfg.render, _served_on(svc)):

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from raykube import kube_yaml
+from raykube import k8s_rules, kube_yaml
 from raykube.flags import parse_flag
 from raykube.footprint import default_head_memory
 from raykube.spec import API_VERSION, DEFAULT_MOUNT_PATH, KIND, LABEL, HeadSpec, TrainingRun
@@ -179,7 +179,40 @@ class RenderConfig:
                 values[f.name] = parse_flag(raw, f.default)
             else:
                 values[f.name] = raw
-        return cls(**values)
+        cfg = cls(**values)
+        if problems := cfg.problems():
+            raise ValueError("; ".join(problems))
+        return cfg
+
+    def problems(self) -> list[str]:
+        """Why a setting would render objects that Kubernetes refuses or pods that
+        cannot start, each as ``RAYKUBE_<FIELD>=<value>: why``. Checked when read: a bad
+        one was accepted, and every run then failed blaming its own spec ("the API
+        server refused the RayJob rendered from this spec: ... Duplicate value")."""
+        out = []
+
+        def bad(name: str, why: str | None) -> None:
+            if why:
+                out.append(f"RAYKUBE_{name.upper()}={getattr(self, name)!r}: {why}")
+
+        bad("cpu_image", k8s_rules.image_problem(self.cpu_image))
+        bad("gpu_image", k8s_rules.image_problem(self.gpu_image))
+        bad("image_pull_policy", None if self.image_pull_policy in PULL_POLICIES else
+            f"expected {', '.join(PULL_POLICIES)}")
+        bad("default_pvc", k8s_rules.object_name_problem(self.default_pvc))
+        bad("default_mount_path", k8s_rules.mount_path_problem(self.default_mount_path)
+            if self.default_mount_path.startswith("/") else "must be an absolute path")
+        bad("operator_service_account",
+            k8s_rules.object_name_problem(self.operator_service_account))
+        # <run name><suffix> names the driver's ServiceAccount, Role and RoleBinding
+        bad("run_service_account_suffix", None if re.fullmatch(
+            r"[-a-z0-9.]{0,60}[a-z0-9]", self.run_service_account_suffix) else
+            "the driver's ServiceAccount is <run name><suffix>: lowercase letters, digits, "
+            "'-' or '.', ending in a letter or digit")
+        return out
+
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
 # --------------------------------------------------------------------------- naming

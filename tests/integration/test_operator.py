@@ -543,6 +543,27 @@ def test_a_pending_edit_names_only_the_fields_that_still_differ(kube):
     assert applied["message"] in said, said  # an Event said what the condition says
 
 
+def test_an_edit_made_while_the_operator_was_down_is_said_once(kube, operator):
+    """Edited while no operator ran: kopf runs the resume handler and the update handler
+    for it, and each posted a SpecChangePending Event ("the spec changed ..." and
+    "spec.train.epochs changed ...", one second apart: an operator probe)."""
+    name = "pend-down"
+    kube.create(tr_doc(name))
+    kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Running", jobStatus="RUNNING")
+    kube.wait_condition(name, "Running", reason="JobRunning")
+    operator.stop()
+    try:
+        kube.patch("TrainingRun", name, {"spec": {"train": {"epochs": 23}}})
+    finally:
+        operator.start()
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangePending")
+    assert cond(tr, "SpecApplied")["message"].startswith("spec.train.epochs changed"), tr
+    time.sleep(3)  # both handlers have run by now
+    said = [e["message"] for e in events(kube, name) if e.get("reason") == "SpecChangePending"]
+    assert len(said) == 1 and said[0].startswith("spec.train.epochs changed"), said
+
+
 def test_a_pending_edit_edited_back_is_said_to_be_undone(kube):
     """An edit made while the run trains waits for its end; edited back, it no longer
     does: SpecApplied goes back to True, and one Event says so (the condition flipped

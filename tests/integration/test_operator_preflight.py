@@ -244,7 +244,13 @@ def run_until_watching(kube, kubeconfig: str, user: str, *args: str) -> str:
                                         ("RAYKUBE_LOG_LEVEL", "LOUD"),
                                         # kopf: 48 lines, "Unsupported scheme: foo", exit 1
                                         ("RAYKUBE_LIVENESS", "foo"),
-                                        ("RAYKUBE_LIVENESS", "http://127.0.0.1:notaport/healthz")])
+                                        ("RAYKUBE_LIVENESS", "http://127.0.0.1:notaport/healthz"),
+                                        # render settings: accepted, and every run then
+                                        # failed blaming its own spec (an operator probe)
+                                        ("RAYKUBE_DEFAULT_MOUNT_PATH", "/etc/raykube"),
+                                        ("RAYKUBE_CPU_IMAGE", "Bad Image"),
+                                        ("RAYKUBE_IMAGE_PULL_POLICY", "Sometimes"),
+                                        ("RAYKUBE_DEFAULT_PVC", "Bad_PVC")])
 def test_a_bad_setting_is_one_line(var, value, tmp_path):
     line = one_line(start(tmp_path / "unused", "-A", env={var: value}, timeout=30))
     assert var in line

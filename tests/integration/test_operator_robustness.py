@@ -352,6 +352,9 @@ def test_serving_turned_off_says_so_while_kuberays_finalizer_holds_the_rayservic
     tr = kube.wait_condition(name, "Promoted", "False", reason="ServeDisabled")
     assert "rayService" not in tr["status"] and cond(tr, "Ready") is None, tr["status"]
     assert tr["status"]["phase"] == "Succeeded" and status_is_valid(tr) == []
+    # it said "serving <checkpoint> at <url>" with nothing served (an operator probe)
+    assert tr["status"]["message"] == f"spec.serve.enabled is false: RayService {svc} " \
+        "deleted", tr["status"]["message"]
     warned = [e for e in kube.list("Event") if e.get("involvedObject", {}).get("name") == name
               and e.get("reason") == "RayServiceDeleted"]
     assert warned == [], warned

@@ -710,3 +710,20 @@ def test_a_data_secret_where_it_cannot_serve_is_refused(data, storage, words):
         parse_training_run(doc)
     assert [e.path for e in info.value.errors] == ["spec.data.secretRef"]
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("var,value,words", [
+    ("RAYKUBE_DEFAULT_MOUNT_PATH", "/etc/raykube", "reserved"),
+    ("RAYKUBE_DEFAULT_MOUNT_PATH", "mnt/x", "absolute"),
+    ("RAYKUBE_CPU_IMAGE", "Bad Image", "not a valid image reference"),
+    ("RAYKUBE_GPU_IMAGE", " img:1", "whitespace"),
+    ("RAYKUBE_IMAGE_PULL_POLICY", "Sometimes", "Always, IfNotPresent, Never"),
+    ("RAYKUBE_DEFAULT_PVC", "Bad_PVC", "RFC 1123"),
+    ("RAYKUBE_RUN_SERVICE_ACCOUNT_SUFFIX", "-Ray", "lowercase"),
+])
+def test_a_render_setting_kubernetes_would_refuse_is_refused_when_read(var, value, words):
+    """Each was accepted, and every run then failed blaming its own spec."""
+    with pytest.raises(ValueError) as info:
+        R.RenderConfig.from_env({var: value})
+    assert str(info.value).startswith(f"{var}={value!r}: ") and words in str(info.value)
+    assert R.RenderConfig.from_env({}).problems() == []

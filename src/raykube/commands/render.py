@@ -141,7 +141,11 @@ def run(args: argparse.Namespace) -> int:
     if problem := _option_problem(args, location_problem):
         print(f"raykube render: {problem}", file=sys.stderr)
         return 2
-    cfg = RenderConfig.from_env()
+    try:
+        cfg = RenderConfig.from_env()
+    except ValueError as exc:  # a bad RAYKUBE_* setting: one line, as the operator says
+        print(f"raykube render: {exc}", file=sys.stderr)
+        return 2
     objs = []
     secret_problem: str | None = None
     seen: dict[tuple[str, str], str] = {}
