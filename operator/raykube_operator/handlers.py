@@ -1049,7 +1049,9 @@ def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: Trai
                              "the spec is valid", now=now, generation=gen)
     conds = st.set_condition(conds, st.SPEC_APPLIED, False, "RunDirConflict", msg, now=now,
                              generation=gen)
-    patch = {"conditions": conds, "observedGeneration": gen}
+    # the message too: `kubectl get tr -o wide` went on saying how the finished run
+    # ended, and only describe said the edit was refused
+    patch = {"conditions": conds, "observedGeneration": gen, "message": msg}
     if not finished:
         # no RayJob runs: the deleted one's last state ("waiting for the Ray cluster")
         # no longer describes anything
@@ -1057,7 +1059,7 @@ def _refuse_rerun(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: Trai
                                  "nothing runs: its RayJob was deleted with an edit pending "
                                  "that the run directory cannot take (SpecApplied)",
                                  now=now, generation=gen)
-        patch.update(conditions=conds, message=msg)
+        patch["conditions"] = conds
     patch["phase"] = st.phase_of(conds)
     if any(cur.get(k) != v for k, v in patch.items()):
         _patch_status(kube, tr, patch)

@@ -168,9 +168,10 @@ _LIMITS: dict[str, dict[str, int]] = {
 
 
 def _fractional_bound_rules(node: dict[str, Any]) -> list[dict[str, str]]:
-    """CEL for a number's fractional ``minimum``/``maximum``: the API server compares a
-    whole number with the bound cut to an integer, so ``cpusPerWorker: 0`` passed
-    ``minimum: 0.1`` (and ``-1`` was told "greater than or equal to 0")."""
+    """CEL for a number's fractional ``minimum``/``maximum``, which it takes out of
+    ``node``: the API server compares a whole number with the bound cut to an integer, so
+    ``cpusPerWorker: 0`` passed ``minimum: 0.1`` (and ``-1`` was told "greater than or
+    equal to 0"); kept beside the rule, ``0.05`` was refused twice, in two lines."""
     if node.get("type") != "number":
         return []
     rules = []
@@ -179,8 +180,9 @@ def _fractional_bound_rules(node: dict[str, Any]) -> list[dict[str, str]]:
         bound = node.get(key)
         if bound is None or float(bound).is_integer():
             continue
-        if not node.get(strict):
+        if not node.pop(strict, None):
             op, word = op + "=", "at least" if key == "minimum" else "at most"
+        del node[key]
         rules.append({"rule": f"self {op} {float(bound)!r}", "message": f"must be {word} {bound:g}"})
     return rules
 

@@ -676,8 +676,8 @@ class TrainingRunSpec(_Model):
     suspend: bool = Field(default=False, description="Do not run (yet); set to false to start. "
                           "Setting it on a running run stops its Ray cluster.")
     rerun: str | None = Field(
-        default=None, min_length=1, max_length=253, description="Any new value (a timestamp, "
-        "a counter) asks the operator for a new run of this spec once the current one has "
+        default=None, min_length=1, max_length=253, description="Any new string (a timestamp; "
+        "a counter in quotes, \"2\", as YAML reads 2 as a number) asks the operator for a new run of this spec once the current one has "
         "ended, resuming from the latest checkpoint: how a run that failed for a cause "
         "outside the spec (a Secret, a bucket, a dataset folder) is run again once that is "
         "fixed. Removing it asks for nothing. Not read by `raykube run`, which resumes "

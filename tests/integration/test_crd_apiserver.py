@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -216,9 +217,13 @@ def _cel_messages(node: Any) -> list[str]:
 
 
 def _fractional_bounds(node: dict[str, Any], path: tuple[str, ...] = ()):
-    """(path, minimum) of each number with a fractional minimum (and its CEL rule)."""
-    if node.get("type") == "number" and not float(node.get("minimum", 0)).is_integer():
-        yield ".".join(path), node["minimum"]
+    """(path, minimum) of each number with a fractional minimum: a CEL rule, in place of
+    the schema's ``minimum``."""
+    for rule in node.get("x-kubernetes-validations") or [] if node.get("type") == "number" else []:
+        m = re.fullmatch(r"self >= ([0-9.]+)", rule["rule"])
+        if m and not float(m[1]).is_integer():
+            assert "minimum" not in node, node  # beside the rule: two lines for one value
+            yield ".".join(path), float(m[1])
     for key, child in (node.get("properties") or {}).items():
         yield from _fractional_bounds(child, (*path, key))
     if isinstance(node.get("items"), dict):
@@ -251,6 +256,12 @@ def test_a_fractional_minimum_refuses_whole_numbers(kube, path, value):
     assert status == 422, (status, text[:500])
     msg = json.loads(text)["message"]
     assert path in msg and "must be at least 0.1" in msg, msg
+    assert msg.count(path) == 1, msg  # 0.05 was refused twice: minimum and the rule
+
+
+def test_the_fractional_minimums_are_found():
+    assert {p for p, _ in FRACTIONAL} == {"spec.scaling.cpusPerWorker",
+                                          "spec.scaling.head.cpus", "spec.serve.cpusPerReplica"}
 
 
 @pytest.mark.parametrize("message", sorted(CEL_CASES))

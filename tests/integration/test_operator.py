@@ -841,6 +841,7 @@ def test_model_edit_after_the_run_is_refused_before_creating_anything(kube):
     time.sleep(1)
     assert kube.get("RayJob", name)["metadata"]["uid"] == job["metadata"]["uid"]
     assert tr["status"]["phase"] == "Succeeded"
+    assert tr["status"]["message"] == msg  # -o wide said only how the run had ended
     # back to the run's model, with a training edit the run directory can hold: a new run
     model = tr_doc(name)["spec"]["model"]  # hidden is a list: a merge patch replaces it
     kube.patch("TrainingRun", name, {"spec": {"model": model, "train": {"epochs": 4}}})
