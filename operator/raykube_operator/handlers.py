@@ -65,6 +65,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 import urllib.parse
@@ -154,6 +155,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our explicit events + warnings, no chatter
+    # `kubectl describe tr` said "From: kopf"; the instance is the operator's pod
+    settings.posting.reporting_component = EVENT_COMPONENT
+    settings.posting.reporting_instance = EVENT_INSTANCE
+    settings.posting.event_name_prefix = EVENT_PREFIX
     logging.getLogger("kopf.objects").addFilter(quiet_watch_handlers)
     logging.getLogger("kopf._core.engines.posting").addFilter(quiet_events_of_a_gone_namespace)
     settings.execution.max_workers = cfg.max_workers
@@ -570,16 +575,22 @@ def _event(tr: dict[str, Any], type_: str, reason: str, message: str) -> None:
         log.debug("could not post event", exc_info=True)
 
 
+EVENT_COMPONENT = "raykube-operator"
+"""Who the run's Events are from (``kubectl describe``'s From; kopf's default: kopf)."""
+EVENT_INSTANCE = os.environ.get("HOSTNAME") or EVENT_COMPONENT
+EVENT_PREFIX = "raykube-event-"
+
+
 def _post_event(kube: Kube, tr: dict[str, Any], type_: str, reason: str, message: str) -> None:
     """One Event as kopf posts it (``kopf._cogs.clients.events.post_event``), by us."""
     meta = tr["metadata"]
     now = datetime.now(timezone.utc).isoformat()
     kube.create({
         "apiVersion": "v1", "kind": "Event",
-        "metadata": {"namespace": meta["namespace"], "generateName": "kopf-event-"},
+        "metadata": {"namespace": meta["namespace"], "generateName": EVENT_PREFIX},
         "action": "Action?", "type": type_, "reason": reason, "message": message,
-        "reportingComponent": "kopf", "reportingInstance": "dev",
-        "source": {"component": "kopf"},
+        "reportingComponent": EVENT_COMPONENT, "reportingInstance": EVENT_INSTANCE,
+        "source": {"component": EVENT_COMPONENT},
         "involvedObject": {"apiVersion": tr.get("apiVersion") or API_VERSION,
                            "kind": tr.get("kind") or KIND, "name": meta["name"],
                            "uid": meta.get("uid"), "namespace": meta["namespace"]},

@@ -915,11 +915,18 @@ def _waits_for(message: str | None) -> tuple[str, ...] | None:
     """The pod and the kind of wait a "waiting for the Ray cluster" message names, or
     None: the scheduler rewrites its verdict at each attempt (a node tainted for a moment
     under load adds "had untolerated taint(s)"), and kubelet flips ErrImagePull and
-    ImagePullBackOff; neither is news to the reader of Events."""
+    ImagePullBackOff; neither is news to the reader of Events. What the scheduler says is
+    short of (the CPU, the claim, ...: ``_SCHEDULER_CAUSES``, less a taint) is part of the
+    wait: a claim made and then too little CPU is news (its Warning still named the
+    claim, an operator probe)."""
     m = _POD_WAIT.match(message or "")
     if m is None:
         return None
     why = m["why"] or ""
+    if m["unscheduled"]:
+        said = message[m.end():]
+        why = ",".join(sorted({cause for key, cause in _SCHEDULER_CAUSES
+                               if key in said and cause != "tolerations"}))
     return (m["lead"], m["pod"], m["unscheduled"] or "", m["container"] or "",
             _SAME_WAIT.get(why, why))
 

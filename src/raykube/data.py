@@ -476,6 +476,25 @@ def check_split(spec: TrainingRunSpec, files: ImageFiles) -> None:
 
 
 # ------------------------------------------------------------------- image handling
+def to_mode(image: Image, mode: str) -> Image:
+    """``image.convert(mode)`` that keeps the picture of a 16-bit or 32-bit image: PIL
+    clips those at 255 on the way to 8 bits, so a 16-bit PNG (common for scientific and
+    medical images) became nearly black and white, in training and in serving alike,
+    without a word. Integers are scaled from their bit depth's range (16 bits unless a
+    value needs more), floats from [0, 1] when they lie in it."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image.convert(mode)
+    arr = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
+    else:
+        top = 65535.0 if not arr.size or arr.max() <= 65535 else float(2**32 - 1)
+    eight = np.clip(np.nan_to_num(arr) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    from PIL import Image as PILImage
+
+    return PILImage.fromarray(eight, "L").convert(mode)
+
+
 def preprocess_image(image: Image, info: DatasetInfo, spec: TrainingRunSpec) -> np.ndarray:
     """A PIL image as the model saw its training examples: float32, ``info.input_shape``.
 
@@ -486,7 +505,7 @@ def preprocess_image(image: Image, info: DatasetInfo, spec: TrainingRunSpec) -> 
     if len(shape) != 3:
         raise ValueError(f"this model takes {list(shape)}-feature vectors, not images")
     c, h, w = shape
-    img = image.convert("L" if c == 1 else "RGB")
+    img = to_mode(image, "L" if c == 1 else "RGB")
     if img.size != (w, h):
         img = img.resize((w, h))
     arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -590,7 +609,7 @@ def decode_images(blobs: list[bytes], size: int, channels: int,
     out = np.empty((len(blobs), size, size, channels), dtype=np.uint8)
     for i, blob in enumerate(blobs):
         try:
-            img = Image.open(io.BytesIO(blob)).convert(mode)
+            img = to_mode(Image.open(io.BytesIO(blob)), mode)
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...
             if paths is None:
                 raise

@@ -129,7 +129,11 @@ def resolve_data(ckpt_spec: TrainingRunSpec, data: str | None) -> tuple[Training
     doc = ckpt_spec.to_dict()
     doc.pop("tune", None)
     if data.endswith((".yaml", ".yml")) and Path(data).is_file():
-        run = load_one(data)
+        from raykube.commands._util import resolve_data_uri
+
+        # a relative data.uri is the spec file's, as for `raykube run` (it was read from
+        # the working directory: "--data imgs: no such folder" from the project's root)
+        run = resolve_data_uri(load_one(data), data)
         doc["data"] = run.spec.data.to_dict()
         doc["train"]["seed"] = run.spec.train.seed
     elif data in NAMED_DATASETS:

@@ -517,8 +517,11 @@ class InputSpec:
             raise RequestError(422, f"body must be a JSON object, got {_json_type(doc)}")
         unknown = sorted(set(doc) - {"instances", "images"})
         if unknown:
-            raise RequestError(422, f"unknown key(s) {', '.join(map(repr, unknown))}: send "
-                               "\"instances\" or \"images\"")
+            # a few, each cut short: 200,000 keys were all said back (a 2 MB answer)
+            named = ", ".join(repr(k if len(k) <= 40 else k[:40] + "...") for k in unknown[:5])
+            more = f" and {len(unknown) - 5:,} more" if len(unknown) > 5 else ""
+            raise RequestError(422, f"unknown key(s) {named}{more}: send \"instances\" or "
+                               "\"images\"")
         if "instances" in doc and "images" in doc:
             raise RequestError(422, "send either \"instances\" or \"images\", not both")
         if "instances" in doc:
@@ -724,7 +727,10 @@ class Classifier:
                                "GET /metadata")
         except RequestError as exc:
             self.stats["errors"] += 1
-            return _error(exc.status, exc.message)
+            answer = _error(exc.status, exc.message)
+            if exc.status == 405:  # RFC 9110 15.5.6: a 405 says what the route takes
+                answer.headers["Allow"] = "POST" if path == "/predict" else "GET, HEAD"
+            return answer
         except ClientDisconnect:
             # the client went away mid-body: nobody to answer, and no fault of ours (it
             # was logged with a traceback and counted as an error, 3,498 times in a

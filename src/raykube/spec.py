@@ -1967,6 +1967,12 @@ def _list_items(docs: list[Any]) -> list[Any]:
     return out
 
 
+MAX_SPEC_FILE_BYTES = 4 * 2**20
+"""Most bytes a file of TrainingRuns may hold: read whole and parsed before, a 28 MB
+dataset .json beside the specs (``raykube validate .`` in a project) took 4 GB and more
+than two minutes, and /dev/zero never ended."""
+
+
 def load_file(path: str | Path, skipped: list[str] | None = None) -> list[TrainingRun]:
     """Every TrainingRun in a YAML file (one or more documents, or a ``kind: List``).
 
@@ -1980,9 +1986,15 @@ def load_file(path: str | Path, skipped: list[str] | None = None) -> list[Traini
     try:
         if src == "-":  # `raykube validate -`, `... | raykube render -`
             src = "<stdin>"
-            text = sys.stdin.buffer.read().decode("utf-8")
+            raw = sys.stdin.buffer.read(MAX_SPEC_FILE_BYTES + 1)
         else:
-            text = Path(path).read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                raw = f.read(MAX_SPEC_FILE_BYTES + 1)
+        if len(raw) > MAX_SPEC_FILE_BYTES:
+            raise InvalidTrainingRun([SpecError("(file)", (
+                f"larger than {MAX_SPEC_FILE_BYTES // 2**20} MiB: not a TrainingRun file (the "
+                "API server takes an object of at most ~1.5 MiB); is it a dataset?"))], src)
+        text = raw.decode("utf-8")
     except IsADirectoryError:
         raise InvalidTrainingRun([SpecError("(file)", _directory_problem(Path(src)))],
                                  src) from None

@@ -272,8 +272,10 @@ def test_interrupt_resume_with_edits_and_nothing_to_train(tmp_path, other_ray):
     assert (run_dir / "result.json").read_text() == result
     assert cannot_restore(str(run_dir / "best")) is None
 
-    # -- 5. serving it with --serve until Ctrl-C, which one of Ray's threads takes
-    spec.write_text(spec.read_text() + "  serve: {enabled: true}\n")
+    # -- 5. serving it with --serve until Ctrl-C, which one of Ray's threads takes; the
+    # spec's serve.enabled is false (the default): --serve serves it anyway (it ended
+    # without a word)
+    assert "serve:" not in spec.read_text()
     port = free_port()
     with in_terminal("run", str(spec), "--storage", str(storage), "--epochs", str(saved + 2),
                      "--serve", "--port", str(port)) as p:

@@ -560,8 +560,12 @@ def test_an_edit_made_while_the_operator_was_down_is_said_once(kube, operator):
     tr = kube.wait_condition(name, "SpecApplied", "False", reason="SpecChangePending")
     assert cond(tr, "SpecApplied")["message"].startswith("spec.train.epochs changed"), tr
     time.sleep(3)  # both handlers have run by now
-    said = [e["message"] for e in events(kube, name) if e.get("reason") == "SpecChangePending"]
+    posted = [e for e in events(kube, name) if e.get("reason") == "SpecChangePending"]
+    said = [e["message"] for e in posted]
     assert len(said) == 1 and said[0].startswith("spec.train.epochs changed"), said
+    # kubectl describe's From (it was kopf)
+    assert (posted[0]["source"]["component"], posted[0]["reportingComponent"]) == (
+        "raykube-operator", "raykube-operator"), posted[0]
 
 
 def test_a_pending_edit_edited_back_is_said_to_be_undone(kube):

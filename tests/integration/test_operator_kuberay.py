@@ -243,6 +243,7 @@ def test_a_waiting_pod_is_named_once_across_an_operator_restart(kube, operator):
         assert all("cannot be scheduled" in m for m in said), said
         events = warnings()
         assert len(events) == 1 and events[0].get("count", 1) == 1, events
+        assert events[0]["source"]["component"] == "raykube-operator", events
     finally:
         kube.delete("TrainingRun", "kr-waits")
 

@@ -80,7 +80,7 @@ def test_predict_accuracy_equals_training_and_direct(trained, ray_session, tmp_p
     assert "Accuracy per class" in printed and "training reported valAccuracy" in printed
 
 
-def test_predict_csv_and_image_folder(trained, tmp_path):
+def test_predict_csv_and_image_folder(trained, tmp_path, capsys, monkeypatch):
     """CSV output; PNG files in class folders predict like the equivalent arrays."""
     from PIL import Image
 
@@ -106,6 +106,20 @@ def test_predict_csv_and_image_folder(trained, tmp_path):
                            strict=True))
     want_pairs = sorted(zip(vy.tolist(), want.argmax(1).tolist(), strict=True))
     assert got_pairs == want_pairs
+    # the folder named by a TrainingRun file, relative to that file (as `raykube run`
+    # reads it; it was read from the working directory: "--data ...: no such folder"),
+    # and an --out folder that does not exist yet: made, with a note
+    (tmp_path / "proj").mkdir()
+    spec_file = tmp_path / "proj" / "run.yaml"
+    spec_file.write_text("apiVersion: raykube.io/v1alpha1\nkind: TrainingRun\n"
+                         "metadata: {name: folder}\nspec:\n  model: {name: mlp}\n"
+                         "  data: {dataset: image-folder, uri: ../digits-png}\n")
+    monkeypatch.chdir(tmp_path / "digits-png" / "0")
+    capsys.readouterr()
+    again = tmp_path / "new" / "p.csv"
+    assert main(["predict", checkpoint, "--data", str(spec_file), "--out", str(again)]) == 0
+    assert pacsv.read_csv(again).num_rows == 40
+    assert f"note: --out: {tmp_path / 'new'} does not exist: it is made" in capsys.readouterr().err
 
 
 def test_predict_bad_input(trained, tmp_path, capsys):

@@ -284,8 +284,14 @@ def test_bad_requests_get_4xx_and_replica_survives(server, val_arrays, direct):
                          headers={"content-type": "application/json"}, timeout=30)
     assert chunked.status_code == 413 and "maxRequestBytes" in chunked.json()["error"]
     # Other routes and methods.
-    assert httpx.get(f"{server}/predict").status_code == 405
-    assert httpx.post(f"{server}/healthz").status_code == 405
+    get = httpx.get(f"{server}/predict")
+    assert get.status_code == 405 and get.headers["allow"] == "POST"  # RFC 9110 15.5.6
+    post_ = httpx.post(f"{server}/healthz")
+    assert post_.status_code == 405 and post_.headers["allow"] == "GET, HEAD"
+    # 200,000 unknown keys were all said back: a 2 MB answer
+    many = httpx.post(f"{server}/predict", json={f"k{i}": 1 for i in range(20_000)})
+    assert many.status_code == 422 and len(many.content) < 400, many.content[:400]
+    assert "and 19,995 more" in many.json()["error"]
     nf = httpx.get(f"{server}/nope")
     assert nf.status_code == 404 and "/predict" in nf.json()["error"]
 

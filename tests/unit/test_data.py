@@ -144,3 +144,26 @@ def test_a_missing_image_folder_is_not_worth_a_retry(tmp_path):
     with pytest.raises(data.DatasetUnavailable, match="cannot list it") as err:
         data.dataset_info(make_spec("image-folder", uri=str(tmp_path / "no-such-images")))
     assert not retry_would_help(err.value)
+
+
+def test_a_16_bit_image_keeps_its_picture():
+    """PIL clips a 16-bit image at 255 on the way to 8 bits: a 16-bit PNG of a gradient
+    was nearly all white, in training (decode_images) and in serving alike (an audit)."""
+    import io
+
+    from PIL import Image
+
+    from raykube.data import decode_images
+
+    ramp8 = np.arange(0, 256, 4, dtype=np.uint8).reshape(8, 8)
+    blobs = []
+    for img in (Image.fromarray(ramp8, "L"),
+                Image.fromarray(ramp8.astype(np.uint16) * 257)):  # mode I;16
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    assert Image.open(io.BytesIO(blobs[1])).mode.startswith("I")
+    eight, sixteen = decode_images(blobs, size=8, channels=1)
+    assert np.array_equal(eight, sixteen), (eight[..., 0], sixteen[..., 0])
+    rgb = decode_images(blobs[1:], size=8, channels=3)[0]
+    assert np.array_equal(rgb[0], ramp8) and np.array_equal(rgb[2], ramp8)  # (C, H, W)

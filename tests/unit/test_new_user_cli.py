@@ -161,6 +161,8 @@ def test_render_checkpoint_is_one_checkpoint_for_one_served_run():
                                 "pods find it only if the image holds it")
     p = cli("render", QUICKSTART, "--checkpoint", "/mnt/raykube/default/q/best")
     assert p.returncode == 0 and p.stderr == ""
+    p = cli("render", QUICKSTART, "--checkpoint", "/mnt/raykube/../../etc")  # was no note
+    assert p.returncode == 0 and "is not on quickstart's volume" in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize(("value", "needle"), [

@@ -902,6 +902,12 @@ def test_a_pod_that_still_waits_for_the_same_thing_is_not_announced_again():
              "pod r-head cannot be scheduled: 0/1 nodes are available",
              "pod r-head cannot be scheduled: 0/1 nodes are available: 1 node(s) had "
              "untolerated taint(s)",
+             # the claim made, then too little CPU: another wait (it kept the claim's
+             # Warning); a taint beside it is the scheduler's rewrite again
+             'pod r-head cannot be scheduled: persistentvolumeclaim "x" not found',
+             "pod r-head cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu",
+             "pod r-head cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu, "
+             "1 node(s) had untolerated taint(s)",
              waiting("ErrImagePull", pod="r-worker"),
              waiting("CreateContainerConfigError", pod="r-worker")]
     cur: dict = {}
@@ -915,7 +921,8 @@ def test_a_pod_that_still_waits_for_the_same_thing_is_not_announced_again():
             events.append(event[2])
         cur = {k: v for k, v in {**cur, **patch}.items() if v is not None}
     assert messages == [f"waiting for the Ray cluster: {p}" for p in steps]
-    assert events == [f"waiting for the Ray cluster: {steps[i]}" for i in (0, 3, 5, 6)], events
+    assert events == [f"waiting for the Ray cluster: {steps[i]}" for i in (0, 3, 5, 6, 8, 9)], \
+        events
 
 
 def test_a_rayjob_created_suspended_is_suspended_before_kuberay_says_so():

@@ -133,8 +133,11 @@ def test_yaml_syntax_error_gives_line_and_column(tmp_path):
 
 # ------------------------------------------------------------------- raykube run
 @pytest.mark.parametrize("flags, expected", [
-    (["--epochs", "0"], "--epochs 0: input should be greater than or equal to 1"),
-    (["--workers", "-2"], "--workers -2: input should be greater than or equal to 1"),
+    # in the spec's words (they were pydantic's, "input should be greater than or equal")
+    (["--epochs", "0"], "(with --epochs): spec.train.epochs: must be a whole number "
+     "between 1 and 100000, got 0"),
+    (["--workers", "-2"], "(with --workers): spec.scaling.workers: must be a whole number "
+     "between 1 and 1024, got -2"),
 ])
 def test_run_names_the_bad_flag(tmp_path, capsys, flags, expected):
     assert main(["run", _run_yaml(tmp_path), *flags]) == 1
@@ -742,3 +745,18 @@ def test_small_slips_are_named_in_the_users_terms(text, words, tmp_path, capsys)
     f = _yaml(tmp_path, text)
     assert main(["validate", str(f)]) == 1
     assert words in capsys.readouterr().err
+
+
+def test_a_file_too_large_for_a_trainingrun_is_refused_before_it_is_parsed(tmp_path):
+    """A 28 MB dataset .json beside the specs (``raykube validate .``) was read and parsed
+    whole: 4 GB and more than two minutes; /dev/zero never ended."""
+    from raykube.spec import MAX_SPEC_FILE_BYTES
+
+    big = tmp_path / "dataset.json"
+    big.write_text("[" + "1," * (MAX_SPEC_FILE_BYTES // 2) + "1]")
+    with pytest.raises(InvalidTrainingRun) as exc:
+        load_file(big)
+    assert "larger than 4 MiB" in exc.value.errors[0].message
+    with pytest.raises(InvalidTrainingRun) as exc:
+        load_file("/dev/zero")
+    assert "larger than 4 MiB" in exc.value.errors[0].message

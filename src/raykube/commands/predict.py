@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     except user_errors as exc:
         print(f"raykube predict: {exc}", file=sys.stderr)
         return 2
-    for line in (mismatch, note):
+    made = os.path.dirname(os.path.abspath(args.out))
+    made = None if os.path.isdir(made) else f"--out: {made} does not exist: it is made"
+    for line in (mismatch, note, made):  # made: a mistyped folder was made without a word
         if line:
             print(f"raykube predict: note: {line}", file=sys.stderr)
 

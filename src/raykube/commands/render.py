@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import posixpath
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -61,7 +62,8 @@ def _off_the_volume(run: TrainingRun, cfg: RenderConfig, path: str) -> str | Non
         return (f"--checkpoint {path!r} is a path, and {run.name}'s pods mount no volume "
                 "(its storage is s3://): they find it only if the image holds it")
     mount = volume_mount_path(run, cfg).rstrip("/")
-    if path != mount and not path.startswith(mount + "/"):
+    where = posixpath.normpath(path)  # /mnt/raykube/../../etc is not on it
+    if where != mount and not where.startswith(mount + "/"):
         return (f"--checkpoint {path!r} is not on {run.name}'s volume (mounted at {mount}): "
                 "the serving pods find it only if the image holds it")
     return None
