@@ -154,6 +154,9 @@ def load_payload(path: str | os.PathLike[str], map_location: str = "cpu") -> dic
     wp = _weights_path(path)
     if not wp.exists():
         raise _not_a_checkpoint(path, WEIGHTS_FILE)
+    if wp.is_dir():  # "truncated or corrupted ([Errno 21] Is a directory ...)" before
+        raise CheckpointError(f"{wp}: cannot read this checkpoint: a directory, where the "
+                              "file torch.save wrote belongs")
     try:
         payload = torch.load(wp, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError...

@@ -32,6 +32,7 @@ import io
 import json
 import logging
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -371,9 +372,13 @@ def _list_classes(uri: str) -> list[str]:
         folders = sorted((i for i in infos if i.type == pafs.FileType.Directory
                           and not i.base_name.startswith(".")), key=lambda i: i.base_name)
         counts = {i.base_name: len(_images_in(fs, i.path)) for i in folders}
-    except (FileNotFoundError, OSError) as exc:
-        raise DatasetUnavailable(f"image-folder {uri}: cannot list it ({exc})", transient=(
-            uri.startswith("s3://") and not isinstance(exc, FileNotFoundError))) from exc
+    except FileNotFoundError:  # pyarrow's "[Errno 2] Path does not exist ... Detail: ..."
+        raise DatasetUnavailable(f"image-folder {uri}: no such folder"
+                                 f"{' (nothing under that prefix)' if '://' in uri else ''}",
+                                 transient=False) from None
+    except OSError as exc:
+        raise DatasetUnavailable(f"image-folder {uri}: cannot list it ({exc})",
+                                 transient=uri.startswith("s3://")) from exc
     for name, n in counts.items():
         if n == 0 and (uri, name) not in _WARNED:
             _WARNED.add((uri, name))
@@ -613,7 +618,10 @@ def decode_images(blobs: list[bytes], size: int, channels: int,
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...
             if paths is None:
                 raise
-            why = " ".join(str(exc).split()) or type(exc).__name__
+            # (PIL names the buffer: "cannot identify image file <_io.BytesIO object at
+            # 0x7fe3...>", no help to anyone)
+            why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "",
+                         " ".join(str(exc).split())) or type(exc).__name__
             raise BadDatasetFile(f"{paths[i]} is not a readable image ({why}); remove or "
                                  "replace it") from None
         if img.size != (size, size):

@@ -887,8 +887,13 @@ def ensure_port_free(host: str, port: int) -> None:
     import errno
     import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    if ":" in host or host.startswith("["):
+        # Serve's proxy starts on it and is never reported ready: "Proxies not available
+        # after 60s" after 72 s (an audit); said at once instead
+        raise PortUnavailable(f"cannot listen on {host}:{port}: an IPv6 address, which "
+                              "Ray Serve's proxy does not serve here (use 127.0.0.1, or "
+                              "0.0.0.0 for every IPv4 address)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         try:
             sock.bind((host, port))

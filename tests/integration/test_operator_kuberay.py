@@ -570,7 +570,7 @@ def test_a_failure_no_retry_can_fix_is_not_retried(kube, operator, tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     print(f"raykube train exited {out.returncode} after {time.monotonic() - started:.1f} s")
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("raykube train: ")]
-    cause = f"image-folder {tmp_path / 'no-such-images'}: cannot list it"
+    cause = f"image-folder {tmp_path / 'no-such-images'}: no such folder"
     assert out.returncode == 1, out.stderr
     assert lines[0] == ("raykube train: a new attempt: removed the last one's "
                         f"{run_dir}/failed.json"), out.stderr

@@ -242,6 +242,12 @@ def test_a_corrupt_image_is_one_line_naming_it_before_ray_starts(tmp_path):
     line = one_error_line(cli("run", f, "--storage", str(tmp_path / "runs"), cwd=Path("/")),
                           str(bad), "not a readable image", "remove or replace it")
     assert line.startswith("raykube run: ")
+    assert "BytesIO" not in line and "0x" not in line, line  # PIL named its buffer
+    # a folder that is not there: no pyarrow "[Errno 2] ... Detail:" in the line
+    missing = _folder_spec(tmp_path, "nothing-here")
+    line = one_error_line(cli("run", missing, "--storage", str(tmp_path / "runs")),
+                          "nothing-here: no such folder")
+    assert "Errno" not in line and "Detail" not in line, line
 
 
 def test_empty_class_folders_warn_and_one_class_is_refused(tmp_path):

@@ -248,6 +248,16 @@ def test_a_text_file_says_so_without_a_raw_code(content, checkpoint, tmp_path, c
                                  "not a PyTorch checkpoint file (it holds text)")
 
 
+def test_a_directory_named_checkpoint_pt_says_so(checkpoint, tmp_path, capsys, no_ray_start):
+    """It was "truncated or corrupted ([Errno 21] Is a directory ...)"."""
+    pt = checkpoint / "checkpoint.pt"
+    pt.unlink()
+    pt.mkdir()
+    assert main(["predict", str(checkpoint), "--out", str(tmp_path / "p.csv")]) == 2
+    assert _one_line(capsys) == (f"raykube predict: {pt}: cannot read this checkpoint: a "
+                                 "directory, where the file torch.save wrote belongs")
+
+
 def test_another_programs_dict_is_not_a_raykube_checkpoint(checkpoint, tmp_path, capsys,
                                                           no_ray_start):
     """A plain state_dict saved as checkpoint.pt said "checkpoint format None, expected

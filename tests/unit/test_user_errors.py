@@ -410,6 +410,12 @@ def test_serve_names_bad_flags_and_a_busy_port(checkpoint, capsys):
         port = busy.getsockname()[1]
         assert main(["serve", str(checkpoint), "--port", str(port)]) == 2
     assert "already in use" in capsys.readouterr().err
+    # IPv6: Serve's proxy was never reported ready, "Proxies not available after 60s"
+    # after 72 s; one line now, before Ray starts
+    for host in ("::1", "[::1]"):
+        assert main(["serve", str(checkpoint), "--host", host]) == 2
+        err = capsys.readouterr().err
+        assert "an IPv6 address" in err and "127.0.0.1" in err and err.count("\n") == 1, err
 
 
 # --------------------------------------------------------------------- display

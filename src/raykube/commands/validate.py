@@ -9,7 +9,8 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="YAML files holding TrainingRuns, "
                    "directories of them (their .yaml, .yml and .json files), or - for stdin")
-    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.add_argument("-q", "--quiet", action="store_true", help="print no 'valid' lines: errors, and the notes on what a cluster "
+                   "would refuse, only")
 
 
 def run(args: argparse.Namespace) -> int:
