@@ -931,6 +931,16 @@ def _waits_for(message: str | None) -> tuple[str, ...] | None:
             _SAME_WAIT.get(why, why))
 
 
+def _same_wait(a: tuple[str, ...] | None, b: tuple[str, ...] | None) -> bool:
+    """Two ``_waits_for`` of one wait: the same pod and kind of wait, for the same cause
+    where both verdicts name one. A verdict that names only a taint (a node not ready for
+    a moment: the scheduler then says nothing else) names none, and is the same wait as
+    any other of that pod (it was a second Warning after an operator restart)."""
+    if a is None or b is None:
+        return a is b
+    return a[:4] == b[:4] and (a[4] == b[4] or (bool(a[2]) and not (a[4] and b[4])))
+
+
 def phase_event(current: dict[str, Any] | None,
                 patch: dict[str, Any]) -> tuple[str, str, str] | None:
     """The Event to post after ``status_from_rayjob``'s ``patch`` over ``current``:
@@ -950,7 +960,7 @@ def phase_event(current: dict[str, Any] | None,
             and _NO_CAUSE.fullmatch(running.get("message") or "")):
         return None
     if old_phase == new_phase and (wait := _waits_for(patch.get("message"))) is not None \
-            and wait == _waits_for(cur.get("message")):
+            and _same_wait(wait, _waits_for(cur.get("message"))):
         return None
     if (old_phase == new_phase == "Pending" and _waits_for(cur.get("message")) is not None
             and (patch.get("message") or "").startswith("waiting for the Ray cluster")
@@ -1180,7 +1190,7 @@ def serve_wait_event(current: dict[str, Any] | None,
         return (msg[at:], _waits_for(msg[at:])) if at >= 0 else ("", None)
 
     said, new = wait(patch.get("conditions"))
-    if new is None or new == wait((current or {}).get("conditions"))[1]:
+    if new is None or _same_wait(new, wait((current or {}).get("conditions"))[1]):
         return None
     return ("Warning", "ServePodsPending", said)
 

@@ -908,6 +908,10 @@ def test_a_pod_that_still_waits_for_the_same_thing_is_not_announced_again():
              "pod r-head cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu",
              "pod r-head cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu, "
              "1 node(s) had untolerated taint(s)",
+             # a node not ready for a moment: the verdict names its taint alone
+             "pod r-head cannot be scheduled: 0/1 nodes are available: 1 node(s) had "
+             "untolerated taint {node.kubernetes.io/not-ready: }",
+             "pod r-head cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu",
              waiting("ErrImagePull", pod="r-worker"),
              waiting("CreateContainerConfigError", pod="r-worker")]
     cur: dict = {}
@@ -921,7 +925,7 @@ def test_a_pod_that_still_waits_for_the_same_thing_is_not_announced_again():
             events.append(event[2])
         cur = {k: v for k, v in {**cur, **patch}.items() if v is not None}
     assert messages == [f"waiting for the Ray cluster: {p}" for p in steps]
-    assert events == [f"waiting for the Ray cluster: {steps[i]}" for i in (0, 3, 5, 6, 8, 9)], \
+    assert events == [f"waiting for the Ray cluster: {steps[i]}" for i in (0, 3, 6, 10, 11)], \
         events
 
 
