@@ -68,7 +68,6 @@ import math
 import os
 import threading
 import time
-import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -501,6 +500,7 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
     ``deleting`` for a rerun whose previous RayJob is still there: KubeRay's finalizer
     holds it while it stops its Ray cluster, and its DELETED event creates the new one)."""
     if action == "create":
+        _await_old_submitter(kube, job)
         kube.create(job)
         return "created"
     suspend = {"spec": {"suspend": _suspended(job)}}
@@ -523,6 +523,7 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
                 kube.delete(*_ref(job), propagation="Foreground")
             if kube.get(*_ref(job)) is not None:  # KubeRay's finalizer: wait for it
                 return "deleting"
+        _await_old_submitter(kube, job)  # (deleted by someone else, in the background)
         kube.create(job)
         return "rerun"
     if action == "suspend-pending":  # its spec hash stays: the RayJob runs the old spec
@@ -539,6 +540,40 @@ def apply_rayjob(kube: Kube, job: dict[str, Any], current: dict[str, Any] | None
         kube.patch(*_ref(job), {"metadata": {"annotations": {SPEC_HASH: _ann(job, SPEC_HASH)}},
                                 "spec": {**suspend["spec"], "ttlSecondsAfterFinished": ttl}})
     return action
+
+
+SUBMITTER_WAIT_S = 30.0
+"""Longest a new RayJob waits for the previous one's submitter Job to be collected."""
+
+
+def _await_old_submitter(kube: Kube, job: dict[str, Any]) -> None:
+    """Before a RayJob is created: wait until no Job of its name is left. KubeRay takes a
+    Job of the RayJob's name as its submitter whoever owns it (v1.6.2's
+    ``createK8sJobIfNeed``): one left by a deleted RayJob of that name, which the garbage
+    collector deletes a moment after its owner, made the new RayJob "finish" at once with
+    the previous run's outcome. The operator's own deletions are in the foreground (the
+    RayJob goes after its Job); this covers one deleted by someone else (``kubectl
+    delete rayjob``: ``RayJobRecreated``). Without ``get`` on jobs (a ClusterRole from
+    before it was needed; the preflight warns), or past ``SUBMITTER_WAIT_S``, the RayJob
+    is created anyway."""
+    meta = job["metadata"]
+    deadline = time.monotonic() + SUBMITTER_WAIT_S
+    while True:
+        try:
+            left = kube.get("batch/v1", "Job", meta["namespace"], meta["name"])
+        except ApiError as exc:
+            if exc.status == 403:
+                return
+            raise
+        if left is None:
+            return
+        if time.monotonic() > deadline:
+            log.warning("Job %s/%s (a previous RayJob's submitter?) is still there after "
+                        "%.0f s: creating RayJob %s anyway; KubeRay may take it as the new "
+                        "one's", meta["namespace"], meta["name"], SUBMITTER_WAIT_S,
+                        meta["name"])
+            return
+        time.sleep(0.5)
 
 
 def _get_tr(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
@@ -871,7 +906,8 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
             repair_rayjob(kube, job, current, cur)
             results[f"RayJob/{job_name}"] = "repaired"
             _child_edited(tr, f"RayJob {job_name}", paths)
-    edits = _edits_since_start(others, currents) if action != "unchanged" else None
+    edits = _edits_since_start(others, currents) if action in (
+        "pending", "suspend-for-edit") else None
     return _applied(kube, cfg, tr, run, job_name, job_result, changed, results, edits=edits)
 
 
@@ -1773,9 +1809,7 @@ def _list_pods(memo: kopf.Memo, ns: str, tr_name: str) -> None:
     recorded here, that event would find them known and nothing would name them (a
     serving pod while the status still named a training pod). Pods the watch has
     already reported are left as it did."""
-    selector = urllib.parse.quote(f"{LABEL}={tr_name},!{RENDERED_LABEL}")
-    pods = memo.kube.request(
-        "GET", f"/api/v1/namespaces/{ns}/pods?labelSelector={selector}").get("items") or []
+    pods = memo.kube.list("v1", "Pod", ns, f"{LABEL}={tr_name},!{RENDERED_LABEL}")
     now = datetime.now(timezone.utc)
     with memo.pods_guard:
         seen = memo.pod_problems.get((ns, tr_name), {})

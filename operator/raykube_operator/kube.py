@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from typing import Any
 
 import kubernetes
@@ -89,6 +90,8 @@ PLURALS: dict[str, str] = {
     "RoleBinding": "rolebindings",
     "Event": "events",
     "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Pod": "pods",
+    "Job": "jobs",
 }
 
 
@@ -145,6 +148,14 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    def list(self, api_version: str, kind: str, namespace: str,
+             label_selector: str = "") -> list[dict[str, Any]]:
+        """The namespace's objects of ``kind`` that ``label_selector`` selects."""
+        path = resource_path(api_version, plural_of(kind), namespace)
+        if label_selector:
+            path += "?labelSelector=" + urllib.parse.quote(label_selector)
+        return self.request("GET", path).get("items") or []
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]

@@ -53,7 +53,11 @@ OPTIONAL = {("ray.io", "rayclusters"): {
     "get": "a RayCluster deleted under its job is announced as a head loss (RayHeadLost), "
            "not RayClusterLost",
     "delete": "a job past its activeDeadlineSeconds trains on until KubeRay deletes its "
-              "cluster (ttlSecondsAfterFinished)"}}
+              "cluster (ttlSecondsAfterFinished)"},
+    ("batch", "jobs"): {
+    "get": "a RayJob deleted while its run is active is made again without waiting for "
+           "its submitter Job to go, which KubeRay may take as the new one's (the attempt "
+           "then fails at once)"}}
 """Namespaced permissions the operator does without, at a cost named here per verb: a
 warning, not fatal (an operator upgraded before its ClusterRole keeps working)."""
 NOT_FATAL = SOFT | OPTIONAL.keys()

@@ -19,6 +19,9 @@ PERMISSIONS: dict[tuple[str, str], frozenset[str]] = {
     # failed a RayJob for its deadline but left its job running. Optional
     # (preflight.OPTIONAL, which says what each verb's absence costs).
     ("ray.io", "rayclusters"): frozenset({"get", "delete"}),
+    # read before a RayJob is created: KubeRay takes a Job of its name as its submitter,
+    # whoever owns it, and a deleted RayJob's may not be collected yet. Optional too.
+    ("batch", "jobs"): frozenset({"get"}),
     # delete: never called; OwnerReferencesPermissionEnforcement requires it to set an
     # ownerReference on an existing object (adopting a same-named orphan). list/watch:
     # those labelled as a run's, to apply one again when it is deleted behind our back.

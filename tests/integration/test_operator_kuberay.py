@@ -663,6 +663,34 @@ def test_a_rerun_waits_for_the_previous_runs_submitter_job(kube, operator):
     kube.delete("TrainingRun", name)
 
 
+def test_a_rayjob_deleted_by_someone_is_made_again_after_its_submitter_job(kube, operator):
+    """``kubectl delete rayjob`` while the run is active: the operator makes it again
+    (``RayJobRecreated``), but KubeRay takes a Job of the RayJob's name as its submitter
+    whoever owns it, and the garbage collector deletes the old one only after its owner
+    is gone. The new RayJob is created once that Job has gone. A finalizer holds the Job
+    here, standing in for a garbage collector that has not got to it yet."""
+    name = "kr-recreate-job"
+    kube.create(tr_doc(name))
+    kube.wait_object("Job", name, timeout=90)  # KubeRay's submitter, once the cluster is up
+    kube.patch("Job", name, {"metadata": {"finalizers": ["raykube.io/test-hold"]}})
+    old_uid = kube.get("RayJob", name)["metadata"]["uid"]
+    kube.delete("RayJob", name)  # in the background, as kubectl does
+    try:
+        kube.wait_for(lambda: (kube.get("RayJob", name) or {}).get("metadata", {}).get(
+            "uid") != old_uid, timeout=60, what="the RayJob gone")
+        time.sleep(5)  # the Job is still there: no new RayJob yet
+        assert kube.get("RayJob", name) is None, kube.get("RayJob", name)
+    finally:
+        kube.patch("Job", name, {"metadata": {"finalizers": None}})
+    kube.wait_object("RayJob", name, timeout=60, where=lambda o: o["metadata"]["uid"] != old_uid)
+    tr = kube.wait_condition(name, "Running", "False", reason="RayJobRecreated", timeout=30)
+    time.sleep(5)  # KubeRay's first reconciles of the new RayJob
+    status = kube.get("RayJob", name).get("status") or {}
+    assert not status.get("failed") and status.get("jobDeploymentStatus") != "Failed", status
+    assert tr["status"].get("phase") != "Failed"
+    kube.delete("TrainingRun", name)
+
+
 def test_promotion_becomes_a_rayservice_cluster_and_deletion_removes_everything(kube, operator):
     name = "kr-serving"
     kube.create(tr_doc(name, serve=True))
