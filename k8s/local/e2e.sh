@@ -412,7 +412,7 @@ if want 9; then
   wait_until 480 "the failing run's serve app to be DEPLOY_FAILED" \
     bash -c "[[ \$('$KUBECTL' -n $NS get rayservice $FAILING_NAME-serve -o jsonpath='{.status.pendingServiceStatus.applicationStatuses.classifier.status}{.status.activeServiceStatus.applicationStatuses.classifier.status}') == DEPLOY_FAILED ]]"
   why=$(failing_app '.serveDeploymentStatuses.Classifier.message' | grep -o 'TrainingRunFailed: .*' || true)
-  [[ $why == *"failed for good"*"image-folder /nonexistent/images: cannot list it"*"there is no model to serve"* ]] \
+  [[ $why == *"failed for good"*"image-folder /nonexistent/images: no such folder"*"there is no model to serve"* ]] \
     || fail "the failing run's RayService does not say why: $(failing_app '.serveDeploymentStatuses.Classifier.message')"
   grep -q '"final": true' "$STORAGE/$NS/$FAILING_NAME/failed.json" \
     || fail "no final failure in $STORAGE/$NS/$FAILING_NAME/failed.json"

@@ -727,3 +727,19 @@ def test_a_render_setting_kubernetes_would_refuse_is_refused_when_read(var, valu
         R.RenderConfig.from_env({var: value})
     assert str(info.value).startswith(f"{var}={value!r}: ") and words in str(info.value)
     assert R.RenderConfig.from_env({}).problems() == []
+
+
+def test_every_shipped_operator_config_passes_the_render_settings_check():
+    """The operator refuses a bad RAYKUBE_* render setting at start: the values that
+    k8s/base/config.env and each overlay set must pass (or the Deployment never starts)."""
+    import re
+    from pathlib import Path
+
+    k8s = Path(__file__).resolve().parents[2] / "k8s"
+    base = dict(line.split("=", 1) for line in (k8s / "base" / "config.env").read_text()
+                .splitlines() if line and not line.startswith("#"))
+    assert base["RAYKUBE_CPU_IMAGE"]
+    for overlay in sorted((k8s / "overlays").glob("*/kustomization.yaml")):
+        env = {**base, **dict(m.groups() for m in re.finditer(
+            r"^\s*- (RAYKUBE_[A-Z_]+)=(.*)$", overlay.read_text(), re.M))}
+        assert R.RenderConfig.from_env(env).problems() == [], overlay
