@@ -683,11 +683,14 @@ def test_a_rayjob_deleted_by_someone_is_made_again_after_its_submitter_job(kube,
     finally:
         kube.patch("Job", name, {"metadata": {"finalizers": None}})
     kube.wait_object("RayJob", name, timeout=60, where=lambda o: o["metadata"]["uid"] != old_uid)
-    tr = kube.wait_condition(name, "Running", "False", reason="RayJobRecreated", timeout=30)
+    # (the Event: the condition's RayJobRecreated gives way to KubeRay's next state)
+    kube.wait_for(lambda: [e for e in kube.list("Event") if e.get("reason") == "RayJobRecreated"
+                           and (e.get("involvedObject") or {}).get("name") == name],
+                  timeout=30, what="a RayJobRecreated Event")
     time.sleep(5)  # KubeRay's first reconciles of the new RayJob
     status = kube.get("RayJob", name).get("status") or {}
     assert not status.get("failed") and status.get("jobDeploymentStatus") != "Failed", status
-    assert tr["status"].get("phase") != "Failed"
+    assert kube.get("TrainingRun", name)["status"].get("phase") != "Failed"
     kube.delete("TrainingRun", name)
 
 
