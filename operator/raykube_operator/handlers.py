@@ -672,13 +672,21 @@ def _name_conflict(kube: Kube, tr: dict[str, Any],
     one = len(foreign) == 1
     msg = (f"{what} {'exists' if one else 'exist'} and {'is' if one else 'are'} not owned by "
            f"this TrainingRun: rename the TrainingRun or delete {'it' if one else 'them'}")
-    conds = st.set_condition(cur.get("conditions"), st.SPEC_APPLIED, False, "NameConflict",
-                             msg, now=st.now_rfc3339(), generation=gen)
-    patch = {"conditions": conds, "phase": st.phase_of(conds), "message": msg}
-    if cur.get("message") != msg or (st.get_condition(cur.get("conditions"), st.SPEC_APPLIED)
-                                     or {}).get("reason") != "NameConflict":
+    now = st.now_rfc3339()
+    # the spec was validated to get this far: say so (a conflict is not the spec's fault)
+    conds = st.set_condition(cur.get("conditions"), st.VALIDATED, True, "SpecValid",
+                             "the spec is valid", now=now, generation=gen)
+    conds = st.set_condition(conds, st.SPEC_APPLIED, False, "NameConflict", msg, now=now,
+                             generation=gen)
+    patch = {"conditions": conds, "phase": st.phase_of(conds), "message": msg,
+             "observedGeneration": gen}
+    said = st.get_condition(cur.get("conditions"), st.SPEC_APPLIED) or {}
+    if cur.get("message") != msg or said.get("reason") != "NameConflict":
         _patch_status(kube, tr, patch)
         _event(tr, "Warning", "NameConflict", msg)
+    elif any(cur.get(k) != v for k, v in patch.items() if k != "conditions") or (
+            said.get("observedGeneration") != gen):
+        _patch_status(kube, tr, patch)  # a new generation, the same conflict: no Event
     return {f"{kind}/{name}": "conflict" for kind, name in foreign}
 
 
@@ -1327,7 +1335,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         msg = "a new run was started for the changed spec"
         for t in (st.SUCCEEDED, st.FAILED):
             if st.get_condition(conds, t) is not None:
-                conds = st.set_condition(conds, t, False, "Rerun", f"{msg}: no outcome yet",
+                conds = st.set_condition(conds, t, "Unknown", "Rerun", f"{msg}: no outcome yet",
                                          now=now, generation=gen)
         conds = st.set_condition(conds, st.RUNNING, False, "Rerun", msg, now=now,
                                  generation=gen)

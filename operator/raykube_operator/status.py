@@ -730,8 +730,17 @@ def status_from_rayjob(
     """
     cur = current or {}
     st = rayjob.get("status") or {}
-    state = job_state(st, suspend=bool((rayjob.get("spec") or {}).get("suspend")))
+    suspend = bool((rayjob.get("spec") or {}).get("suspend"))
+    state = job_state(st, suspend=suspend)
     conds = cur.get("conditions") or []
+    if (state.reason == "Retrying" and st.get("jobDeploymentStatus") != "Retrying"
+            and (get_condition(conds, RUNNING) or {}).get("reason") != "Retrying"
+            and cur.get("attempts") is not None
+            and (attempts_of(st) or 0) <= int(cur["attempts"])):
+        # a failed count with no new failure behind it: a suspended run resumed (or one
+        # whose edit suspended it) starts its cluster again, it does not retry ("retrying:
+        # attempt 1 failed" with no cause was a second Retrying Event, after the resume)
+        state = job_state({**st, "failed": 0}, suspend=suspend)
     r_status, r_reason, r_msg = state.running
     message = state.message
     applied = get_condition(conds, SPEC_APPLIED) or {}
@@ -788,10 +797,11 @@ def status_from_rayjob(
         conds = set_condition(conds, SUCCEEDED, "False", state.reason,
                               "the Ray job failed (the Failed condition says why)", now=now,
                               generation=generation)
-    else:  # a (re)started run: no outcome yet
+    else:  # a (re)started run: no outcome yet, so Unknown (metav1's "cannot tell yet"),
+        # not False: a `kubectl wait --for=condition=Succeeded=False` must not fire on it
         for t in (SUCCEEDED, FAILED):
             if get_condition(conds, t) is not None:
-                conds = set_condition(conds, t, "False", state.reason,
+                conds = set_condition(conds, t, "Unknown", state.reason,
                                       f"no outcome yet: {state.message}", now=now,
                                       generation=generation)
 
@@ -811,7 +821,10 @@ def status_from_rayjob(
         out["jobId"] = st["jobId"]
     attempts = attempts_of(st)
     if attempts is not None:
-        out["attempts"] = attempts
+        # never backwards within one run (a rerun clears it first): a suspended RayJob
+        # counts only its finished attempts, and a RayJob deleted and made again
+        # (RayJobRecreated) starts KubeRay's counters at 0; the attempts made stay made
+        out["attempts"] = max(attempts, int(cur.get("attempts") or 0))
     start = st.get("startTime")
     if start and not cur.get("startTime"):
         out["startTime"] = start

@@ -357,7 +357,7 @@ def _list_classes(uri: str) -> list[str]:
     (a one-class model scores 1.0 and is useless)."""
     import pyarrow.fs as pafs
 
-    from raykube.storage import filesystem
+    from raykube.storage import FolderUnreadable, list_folder
 
     if uri.startswith("s3://"):
         from raykube import s3
@@ -366,16 +366,14 @@ def _list_classes(uri: str) -> list[str]:
             s3.check(uri)
         except s3.S3Unavailable as exc:
             raise DatasetUnavailable(f"image-folder {exc}", transient=exc.transient) from None
-    fs, path = filesystem(uri)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=False))
+        fs, _, infos = list_folder(uri)
         folders = sorted((i for i in infos if i.type == pafs.FileType.Directory
                           and not i.base_name.startswith(".")), key=lambda i: i.base_name)
         counts = {i.base_name: len(_images_in(fs, i.path)) for i in folders}
-    except FileNotFoundError:  # pyarrow's "[Errno 2] Path does not exist ... Detail: ..."
-        raise DatasetUnavailable(f"image-folder {uri}: no such folder"
-                                 f"{' (nothing under that prefix)' if '://' in uri else ''}",
-                                 transient=False) from None
+    except FolderUnreadable as exc:
+        raise DatasetUnavailable(f"image-folder {uri}: {exc}",
+                                 transient=not exc.missing and uri.startswith("s3://")) from None
     except OSError as exc:
         raise DatasetUnavailable(f"image-folder {uri}: cannot list it ({exc})",
                                  transient=uri.startswith("s3://")) from exc

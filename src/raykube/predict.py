@@ -188,22 +188,18 @@ def list_folder(uri: str) -> FolderListing:
     import pyarrow.fs as pafs
 
     from raykube.data import _images_in
-    from raykube.storage import filesystem
+    from raykube.storage import FolderUnreadable, list_folder
 
-    fs, path = filesystem(uri)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=False))
-    except FileNotFoundError:  # pyarrow's "[Errno 2] Path does not exist ... Detail: ..."
-        raise PredictError(f"--data {uri}: no such folder"
-                           f"{' (nothing under that prefix)' if '://' in uri else ''}") from None
-    except OSError as exc:
-        raise PredictError(f"--data {uri}: cannot list it ({exc})") from None
+        fs, path, infos = list_folder(uri)
+    except FolderUnreadable as exc:
+        raise PredictError(f"--data {uri}: {exc}") from None
     folders = {i.base_name: _images_in(fs, i.path) for i in infos
                if i.type == pafs.FileType.Directory and not i.base_name.startswith(".")}
     classes = sorted(name for name, images in folders.items() if images)
     if classes:
         return FolderListing(uri, classes, [f for c in classes for f in folders[c]])
-    if images := _images_in(fs, path.rstrip("/")):
+    if images := _images_in(fs, path):
         return FolderListing(uri, None, images)
     raise PredictError(f"--data {uri}: no images in it nor in its sub-folders")
 

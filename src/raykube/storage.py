@@ -51,6 +51,36 @@ def ray_storage(storage_path: str) -> tuple[str, Any]:
     return path, fs
 
 
+class FolderUnreadable(OSError):
+    """A folder that cannot be listed; the message says why in one line (without
+    pyarrow's errno text). ``missing``: it is not there at all (never transient)."""
+
+    def __init__(self, message: str, *, missing: bool) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def list_folder(uri: str) -> tuple[Any, str, list[Any]]:
+    """``(filesystem, path, FileInfo of each entry)`` of the folder ``uri``, not
+    recursive.
+
+    One wording for the training data listing and ``raykube predict``'s: pyarrow says
+    "[Errno 2] Path does not exist ... Detail: ..." for a missing local folder and for an
+    s3:// prefix with nothing under it (object stores have no empty folders)."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    try:
+        path = path.rstrip("/")
+        return fs, path, fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    except FileNotFoundError:
+        raise FolderUnreadable("no such folder" + (" (nothing under that prefix)"
+                                                   if "://" in uri else ""),
+                               missing=True) from None
+    except OSError as exc:
+        raise FolderUnreadable(f"cannot list it ({exc})", missing=False) from exc
+
+
 def exists(uri: str) -> bool:
     """Whether a file or directory is there."""
     import pyarrow.fs as pafs

@@ -136,7 +136,7 @@ def test_rerun_clears_completion_and_outcome():
     out = st.status_from_rayjob(job(jobDeploymentStatus="Running", jobStatus="RUNNING"), done,
                                 now=T1, generation=2)
     assert out["completionTime"] is None and out["phase"] == "Running"
-    assert st.get_condition(out["conditions"], "Succeeded")["status"] == "False"
+    assert st.get_condition(out["conditions"], "Succeeded")["status"] == "Unknown"
 
 
 @pytest.mark.parametrize("serve,ckpt,promote,reason,words", [
@@ -281,6 +281,37 @@ def test_a_kuberay_retry_does_not_flicker():
         cur = {**cur, **st.status_from_rayjob(rayjob, cur, now=T0, generation=1)}
         seen.append((cur["phase"], cur.get("attempts")))
     assert seen == [("Running", 1)] + [("Running", 2)] * 4, seen
+
+
+def test_a_resumed_suspend_is_not_announced_as_a_retry():
+    """A run that failed once, retried, then was suspended and resumed: KubeRay's failed
+    count (1) is the earlier attempt's. Its cluster starting again read as "retrying:
+    attempt 1 failed" (a second Retrying Event, with no cause); it is a resume. A failure
+    seen only through its aftermath (Initializing with a higher count, the Retrying state
+    missed between two watch events) is still a retry."""
+    def rayjob(dep, failed, job="", suspend=False):
+        return {"metadata": {"name": "j"}, "spec": {"suspend": suspend},
+                "status": {"jobDeploymentStatus": dep, "jobStatus": job, "failed": failed}}
+    cur: dict = {}
+    events = []
+    for obj in (rayjob("Running", 0, "RUNNING"), rayjob("Retrying", 1),
+                rayjob("Running", 1, "RUNNING"), rayjob("Suspending", 1, suspend=True),
+                rayjob("Suspended", 1, "STOPPED", suspend=True),
+                rayjob("Suspended", 1, "STOPPED"), rayjob("", 1), rayjob("Initializing", 1),
+                rayjob("Running", 1, "RUNNING")):
+        patch = st.status_from_rayjob(obj, cur, now=T0, generation=1)
+        if (ev := st.phase_event(cur, patch)) is not None:
+            events.append((ev[1], ev[2]))
+        cur = {**cur, **patch}
+    assert events[-3:] == [("Pending", "resuming"), ("Pending", "waiting for the Ray cluster"),
+                           ("JobRunning", "training is running")], events
+    assert [e for e in events if e[0] == "Retrying"] == [
+        ("Retrying", "retrying: attempt 1 failed")], events
+    assert cur["attempts"] == 2
+    # a new failure behind the count: a retry, whatever state it is first seen in
+    missed = st.status_from_rayjob(rayjob("Initializing", 2), cur, now=T1, generation=1)
+    running = st.get_condition(missed["conditions"], st.RUNNING)
+    assert running["reason"] == "Retrying" and missed["attempts"] == 3
 
 
 UNSCHEDULABLE = {"metadata": {"name": "r-head-abc"}, "status": {
@@ -790,6 +821,31 @@ def test_the_outcome_conditions_that_are_false_say_why():
                                             bad, now=T1, generation=2)}
     assert all(st.get_condition(again["conditions"], t)["message"]
                == "no outcome yet: training is running" for t in (st.SUCCEEDED, st.FAILED))
+    # undecided is Unknown (metav1), not False: `kubectl wait --for=condition=Failed=False`
+    # must not read a run that has not ended as one that did not fail
+    assert all(st.get_condition(again["conditions"], t)["status"] == "Unknown"
+               for t in (st.SUCCEEDED, st.FAILED))
+
+
+def test_attempts_never_go_backwards_within_a_run():
+    """KubeRay counts only finished attempts while a RayJob is suspended, and a RayJob
+    deleted and made again (RayJobRecreated) starts from 0: ``status.attempts`` read
+    3 -> 2 and 2 -> 1. The attempts made stay made; a rerun clears the field first."""
+    cur = apply([
+        {"jobDeploymentStatus": "Retrying", "failed": 2},
+        {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "failed": 2},
+    ])
+    assert cur["attempts"] == 3
+    suspended = {**cur, **st.status_from_rayjob(
+        job(jobDeploymentStatus="Suspended", jobStatus="STOPPED", failed=2), cur, now=T1,
+        generation=1)}
+    assert suspended["attempts"] == 3
+    recreated = st.status_from_rayjob(job(jobDeploymentStatus="Initializing"), suspended,
+                                      now=T1, generation=1)
+    assert recreated["attempts"] == 3
+    rerun = {k: v for k, v in suspended.items() if k != "attempts"}  # the rerun's patch
+    assert st.status_from_rayjob(job(jobDeploymentStatus="Initializing"), rerun, now=T1,
+                                 generation=2)["attempts"] == 1
 
 
 @pytest.mark.parametrize("end", [
