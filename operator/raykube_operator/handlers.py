@@ -145,13 +145,32 @@ def _followed(body: kopf.Body, **_: Any) -> bool:
 
 
 # ------------------------------------------------------------------------- settings
+DIFFBASE_MAX_BYTES = 128 * 1024
+"""Largest copy of a TrainingRun kopf may keep in its annotation (annotations hold 256
+KiB in all, ``kubectl apply`` keeps another copy)."""
+
+
+class BoundedDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff base, except for a spec too large for an annotation: the
+    API server refused kopf's patch (422, "metadata.annotations: Too long") and kopf
+    retried it every 5 s with a traceback, for good (an operator audit: 406 KB of
+    tolerations). Such a spec is refused anyway (``raykube.spec.MAX_SPEC_BYTES``, one
+    ``Validated=False``); without a diff base kopf reads each change as a creation, which
+    the level-triggered reconcile handles the same way."""
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        if len(json.dumps(essence, separators=(",", ":"))) > DIFFBASE_MAX_BYTES:
+            return
+        super().store(body=body, patch=patch, essence=essence)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     """All kopf settings in one place; the API client and config go into ``memo``."""
     cfg = OperatorConfig.from_env()
     settings.persistence.finalizer = FINALIZER  # only used if a delete handler is added
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = BoundedDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # our explicit events + warnings, no chatter
     # `kubectl describe tr` said "From: kopf"; the instance is the operator's pod
@@ -576,6 +595,25 @@ def _await_old_submitter(kube: Kube, job: dict[str, Any]) -> None:
         time.sleep(0.5)
 
 
+def _foreign_submitter(kube: Kube, namespace: str, job_name: str) -> bool:
+    """A Job of the RayJob's name that no RayJob of that name owns (a user's own, made
+    before the run): KubeRay cannot create its submitter under that name ("jobs.batch
+    already exists", a Warning on the RayJob only), and the run waited in Pending for
+    ever, "waiting for the Ray cluster" (an operator audit). A previous RayJob's
+    submitter (owned by a RayJob of the name, any uid) is waited for instead
+    (``_await_old_submitter``). Without ``get`` on jobs (the preflight warns): False."""
+    try:
+        found = kube.get("batch/v1", "Job", namespace, job_name)
+    except ApiError as exc:
+        if exc.status == 403:
+            return False
+        raise
+    if found is None:
+        return False
+    refs = (found.get("metadata") or {}).get("ownerReferences") or []
+    return not any(r.get("kind") == "RayJob" and r.get("name") == job_name for r in refs)
+
+
 def _get_tr(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
     return kube.get(API_VERSION, KIND, namespace, name)
 
@@ -672,6 +710,8 @@ def _name_conflict(kube: Kube, tr: dict[str, Any],
     one = len(foreign) == 1
     msg = (f"{what} {'exists' if one else 'exist'} and {'is' if one else 'are'} not owned by "
            f"this TrainingRun: rename the TrainingRun or delete {'it' if one else 'them'}")
+    if any(kind == "Job" for kind, _ in foreign):
+        msg += " (KubeRay names the RayJob's submitter Job after the run, and cannot make it)"
     now = st.now_rfc3339()
     # the spec was validated to get this far: say so (a conflict is not the spec's fault)
     conds = st.set_condition(cur.get("conditions"), st.VALIDATED, True, "SpecValid",
@@ -871,6 +911,8 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     foreign = [("RayJob", job_name)] if current is not None and not _owned(current, tr) else []
     foreign += [(c["kind"], c["metadata"]["name"]) for c, now in zip(others, currents, strict=True)
                 if now is not None and not _ours_to_apply(now, tr)]
+    if _foreign_submitter(kube, ns, job_name):
+        foreign.append(("Job", job_name))
     if foreign:
         return _name_conflict(kube, tr, foreign)
     for now in (current, *currents):
@@ -1182,6 +1224,8 @@ def _first_sight(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any]) -> dict[st
     if isinstance(prepared, dict):
         return prepared
     run, job, others = prepared
+    if _foreign_submitter(kube, job["metadata"]["namespace"], job["metadata"]["name"]):
+        return None  # the careful path says NameConflict, before anything is created
     results: dict[str, str] = {}
     try:
         for child in [*(_annotate(c) for c in others), job]:

@@ -36,6 +36,7 @@ from raykube.spec import (
     GPU_SHARE_RULE,
     GROUP,
     KIND,
+    LABEL_KEY_MAX,
     MAX_NAME_LENGTH,
     MAX_WORKERS,
     METRICS,
@@ -124,6 +125,12 @@ _CEL: dict[str, list[dict[str, str]]] = {
         {"rule": "!has(self.secretRef) || has(self.uri)",
          "message": "secretRef only applies with uri"},
     ],
+    # a label key's length (the API server checks a map's keys only through CEL)
+    **{f"spec.scaling{head}.nodeSelector": [
+        {"rule": f"self.all(k, size(k) <= {LABEL_KEY_MAX})",
+         "message": f"a node selector key must be at most {LABEL_KEY_MAX} characters "
+                    "(a DNS-subdomain prefix, '/', a name of at most 63)"}]
+       for head in ("", ".head")},
     # "exactly one of" and "choice not empty" are min/maxProperties and minItems (_LIMITS):
     # CEL cannot name `choice` at all (its items are untyped, x-kubernetes-preserve-
     # unknown-fields, so the field is left out of CEL's type: "undefined field 'choice'"

@@ -403,12 +403,26 @@ class TrainSpec(_Model):
 
 
 # --------------------------------------------------------------------------- scaling
+MAX_PLACEMENT_ITEMS = 64
+"""Most tolerations, and node selector entries, of one pod kind. Kubernetes sets no such
+bound, but without one a spec the API server took (3,500 tolerations, 406 KB) could not
+be handled: kopf keeps a copy of the spec in an annotation, and annotations hold 256 KiB
+(the operator retried every 5 s, for good)."""
+LABEL_KEY_MAX = 253 + 1 + 63
+"""A label key: a DNS-subdomain prefix, '/', a name of at most 63."""
+LABEL_VALUE_MAX = 63
+
+_NodeSelector = dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX)]]
+
+
 class Toleration(_Model):
     """A Kubernetes toleration (for the Ray worker pods, or the head's)."""
 
-    key: str | None = Field(default=None, description="Taint key (empty with Exists: all).")
+    key: str | None = Field(default=None, max_length=LABEL_KEY_MAX,
+                            description="Taint key (empty with Exists: all).")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value (with Equal).")
+    value: str | None = Field(default=None, max_length=LABEL_VALUE_MAX,
+                              description="Taint value (with Equal).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate (empty: all)."
     )
@@ -431,14 +445,17 @@ class HeadSpec(_Model):
                                "monitor's 95 %; with tune, at least (1200 MiB + 440 MiB per "
                                "concurrent trial) / 0.95, since each trial's driver and Ray "
                                "Train's controller run there (checked on validation).")
-    node_selector: dict[str, str] | None = Field(default=None, description="Node selector "
-                                                 "for the head pods (training and serving) and "
+    node_selector: _NodeSelector | None = Field(default=None, max_length=MAX_PLACEMENT_ITEMS,
+                                                description="Node selector (at most 64 "
+                                                 "entries) for the head pods (training and "
+                                                 "serving) and "
                                                  "KubeRay's job submitter pod. "
                                                  "Not spec.scaling.nodeSelector: the head does "
                                                  "no training work and need not share the "
                                                  "workers' (e.g. GPU) nodes.")
-    tolerations: list[Toleration] | None = Field(default=None, description="Tolerations for "
-                                                 "the head pods (training and serving) and "
+    tolerations: list[Toleration] | None = Field(default=None, max_length=MAX_PLACEMENT_ITEMS,
+                                                 description="Tolerations (at most 64) "
+                                                 "for the head pods (training and serving) and "
                                                  "KubeRay's job submitter pod; "
                                                  "spec.scaling.tolerations are the workers'.")
 
@@ -460,10 +477,12 @@ class ScalingSpec(_Model):
                                    "MiB for torch and ~400 MiB for Ray's processes, under "
                                    "Ray's memory monitor's 95 % (about 850 MiB for a small "
                                    "model; checked on validation).")
-    node_selector: dict[str, str] | None = Field(default=None, description="Node selector "
-                                                 "for the worker pods.")
-    tolerations: list[Toleration] | None = Field(default=None, description="Tolerations for "
-                                                 "the worker pods.")
+    node_selector: _NodeSelector | None = Field(default=None, max_length=MAX_PLACEMENT_ITEMS,
+                                                description="Node selector for the worker "
+                                                "pods (at most 64 entries).")
+    tolerations: list[Toleration] | None = Field(default=None, max_length=MAX_PLACEMENT_ITEMS,
+                                                 description="Tolerations for the worker "
+                                                 "pods (at most 64).")
     head: HeadSpec = Field(default_factory=HeadSpec, description="The Ray head pod.")
 
 
@@ -1820,6 +1839,8 @@ def parse_training_run(doc: Any, *, source: str | None = None) -> TrainingRun:
             errors.append(SpecError(key, f"must be {want!r}, {got}"))
     if errors:
         raise InvalidTrainingRun(errors, source)
+    if (too_big := spec_size_problem(doc.get("spec"))) is not None:
+        raise InvalidTrainingRun([too_big], source)
     nulls: set[tuple[str, ...]] = set()
     if isinstance(doc.get("spec"), dict):
         doc = {**doc, "spec": _without_nulls(doc["spec"], ("spec",), nulls)}
@@ -1829,6 +1850,39 @@ def parse_training_run(doc: Any, *, source: str | None = None) -> TrainingRun:
         raise InvalidTrainingRun(_errors_from_pydantic(exc, nulls), source) from None
     except SpecErrors as exc:
         raise InvalidTrainingRun(exc.errors, source) from None
+
+
+MAX_SPEC_BYTES = 64 * 1024
+"""Largest ``spec``, as compact JSON. A Kubernetes object's annotations hold 256 KiB in
+all, and two of them copy the spec: ``kubectl apply``'s last-applied-configuration and
+the operator's (kopf's) last-handled-configuration. A spec the API server took but kopf
+could not annotate was retried every 5 s, for good (an operator audit: 406 KB of
+tolerations). Every field's own bound keeps a spec far below this; it is reached only
+through the search space's open ``choice`` values."""
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+
+
+def spec_size_problem(spec: Any) -> SpecError | None:
+    """``MAX_SPEC_BYTES`` exceeded, at the field that holds most of it (followed down while
+    one part holds more than half of its parent)."""
+    if not isinstance(spec, (dict, list)) or (size := _json_size(spec)) <= MAX_SPEC_BYTES:
+        return None
+    path, node = "spec", spec
+    while isinstance(node, (dict, list)) and node:
+        parts = node.items() if isinstance(node, dict) else enumerate(node)
+        key, part = max(parts, key=lambda kv: _json_size(kv[1]))
+        if _json_size(part) * 2 <= _json_size(node):
+            break
+        path += f"[{key}]" if isinstance(node, list) else (
+            f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)) else f"[{key}]")
+        node = part
+    where = "" if path == "spec" else f" (most of it in {path}: {_json_size(node) // 1024} KiB)"
+    return SpecError("spec", f"{size // 1024} KiB as JSON, more than the {MAX_SPEC_BYTES // 1024} "
+                     f"KiB a TrainingRun may hold{where}: Kubernetes keeps copies of it in "
+                     "the object's annotations, which hold 256 KiB in all")
 
 
 def cluster_problems(run: TrainingRun) -> list[SpecError]:

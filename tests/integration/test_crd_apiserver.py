@@ -186,6 +186,9 @@ CEL_CASES = {
         ("spec.tune.searchSpace.train.optimizer.lr", {"randint": [5, 5]}),
     "secretRef only applies with an s3:// uri":
         ("spec.data.secretRef", {"dataset": "digits", "secretRef": {"name": "s"}}),
+    # a map's keys have no schema of their own: only CEL bounds them (the head's map too)
+    "a node selector key must be at most 317 characters (a DNS-subdomain prefix, '/', a "
+    "name of at most 63)": ("spec.scaling.nodeSelector", {"k" * 318: "v"}),
     # Ray refuses a smaller share when the actor starts (differential probe)
     "must be 0 or at least 0.0001 (the smallest share of a GPU Ray takes)":
         ("spec.scaling.gpusPerWorker", 0.00005),

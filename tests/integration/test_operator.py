@@ -173,6 +173,37 @@ def test_a_pod_rule_the_crd_cannot_check_is_refused_by_the_operator(kube):
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
 
 
+def test_a_spec_too_large_for_an_annotation_is_refused_once(kube, operator):
+    """A spec the API server takes (its own limit is 3 MiB a request) but that no
+    annotation can hold: kopf's copy of it was refused ("metadata.annotations: Too
+    long") and kopf retried every 5 s with a traceback, for good (an operator audit, 406
+    KB of tolerations, bounded now; a search space's open ``choice`` values still reach
+    it). Refused as InvalidSpec naming where the bulk is, one Warning, no RayJob, and
+    the operator leaves it at that."""
+    name = "too-big"
+    doc = tr_doc(name, tune={"trials": 2, "searchSpace": {
+        "train.optimizer.name": {"choice": ["x" * 1000] * 300}}})
+    kube.create(doc)
+    tr = kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+    msg = cond(tr, "Validated")["message"]
+    assert msg.startswith("spec: 29") and "KiB as JSON" in msg, msg
+    assert "spec.tune.searchSpace[train.optimizer.name].choice" in msg, msg
+    time.sleep(12)  # two of kopf's 5 s retries, had it kept trying
+    warnings = [e for e in kube.list("Event") if e.get("reason") == "InvalidSpec"
+                and e.get("involvedObject", {}).get("name") == name]
+    assert [e.get("count", 1) for e in warnings] == [1], warnings
+    again = kube.get("TrainingRun", name)
+    assert kube.get("RayJob", name) is None
+    assert "raykube.io/last-handled-configuration" not in (
+        again["metadata"].get("annotations") or {})
+    time.sleep(6)
+    assert kube.get("TrainingRun", name)["metadata"]["resourceVersion"] == \
+        again["metadata"]["resourceVersion"]  # nothing writes it again and again
+    retried = [line for line in operator.logs().splitlines()
+               if f"/{name}]" in line and ("Too long" in line or "Throttling" in line)]
+    assert not retried, retried[:3]
+
+
 def test_an_operator_restart_does_not_repeat_an_invalid_specs_warning(kube, operator):
     """The operator's start reconciles every TrainingRun: for one whose spec is still
     invalid it posted another InvalidSpec Warning each time (3 after 2 restarts)."""

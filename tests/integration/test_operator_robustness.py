@@ -578,6 +578,30 @@ def test_a_users_own_object_of_a_childs_name_is_never_taken_over(kube):
     assert "mine" not in cm["data"]
 
 
+def test_a_users_job_of_the_runs_name_is_a_name_conflict(kube):
+    """KubeRay names a RayJob's submitter Job after it and cannot make it when a Job of
+    that name is already there ("jobs.batch already exists", a Warning on the RayJob
+    only): the run sat in Pending, "waiting for the Ray cluster", for good (an operator
+    audit on KubeRay's real controller). Now a Job no RayJob of the name owns is a
+    ``NameConflict`` naming it, nothing is created, and the run starts once it is gone."""
+    name = "users-job"
+    kube.create({"apiVersion": "batch/v1", "kind": "Job",
+                 "metadata": {"name": name, "namespace": "default"},
+                 "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+                     {"name": "c", "image": "busybox", "command": ["true"]}]}}}})
+    kube.create(tr_doc(name))
+    tr = kube.wait_condition(name, "SpecApplied", "False", reason="NameConflict")
+    msg = cond(tr, "SpecApplied")["message"]
+    assert msg.startswith(f"Job {name} exists and is not owned by this TrainingRun"), msg
+    assert "submitter" in msg and tr["status"]["message"] == msg
+    assert cond(tr, "Validated")["status"] == "True", tr["status"]
+    assert kube.get("RayJob", name) is None and kube.get("ConfigMap", f"{name}-spec") is None
+    kube.delete("Job", name, propagation="Background")
+    job = kube.wait_object("RayJob", name, timeout=90)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == tr["metadata"]["uid"]
+    kube.wait_condition(name, "SpecApplied", reason="Created")
+
+
 def test_companions_deleted_behind_our_back_are_applied_again(kube):
     """The spec ConfigMap and the driver's ServiceAccount, Role and RoleBinding of an
     active run deleted by someone: KubeRay's next Ray pods mount the one and run as the

@@ -766,3 +766,41 @@ def test_a_file_too_large_for_a_trainingrun_is_refused_before_it_is_parsed(tmp_p
     with pytest.raises(InvalidTrainingRun) as exc:
         load_file("/dev/zero")
     assert "larger than 4 MiB" in exc.value.errors[0].message
+
+
+def _run_doc(**spec):
+    return {"apiVersion": "raykube.io/v1alpha1", "kind": "TrainingRun",
+            "metadata": {"name": "big"},
+            "spec": {"model": {"name": "mlp"}, "data": {"dataset": "digits"}, **spec}}
+
+
+def test_a_spec_too_large_for_kubernetes_annotations_is_refused_where_it_is_large():
+    """kubectl apply and the operator (kopf) each keep a copy of the spec in an
+    annotation, and annotations hold 256 KiB: a 406 KB spec the API server took had the
+    operator retry every 5 s for good. Refused, one line, naming where the bulk is."""
+    from raykube.spec import MAX_SPEC_BYTES, parse_training_run
+
+    big = ["x" * 1000] * (MAX_SPEC_BYTES // 1000 + 1)
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(_run_doc(tune={"trials": 2, "searchSpace": {
+            "train.optimizer.name": {"choice": big}}}))
+    (err,) = exc.value.errors
+    assert err.path == "spec" and "64 KiB" in err.message, err
+    assert "spec.tune.searchSpace[train.optimizer.name].choice" in err.message, err
+    parse_training_run(_run_doc(tune={"trials": 2, "searchSpace": {
+        "train.optimizer.name": {"choice": ["adam", "sgd"]}}}))  # a spec of a normal size
+
+
+@pytest.mark.parametrize("where,value,path", [
+    ("tolerations", [{"key": "k", "operator": "Exists"}] * 65, "spec.scaling.tolerations"),
+    ("nodeSelector", {f"k{i}": "v" for i in range(65)}, "spec.scaling.nodeSelector"),
+    ("nodeSelector", {"k": "v" * 64}, "spec.scaling.nodeSelector"),
+    ("tolerations", [{"key": "k" * 318, "operator": "Exists"}], "spec.scaling.tolerations"),
+])
+def test_placement_lists_are_bounded(where, value, path):
+    """Bounded in the models, so in the CRD too (maxItems, maxProperties, maxLength)."""
+    from raykube.spec import parse_training_run
+
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(_run_doc(scaling={where: value}))
+    assert any(e.path.startswith(path) for e in exc.value.errors), exc.value.errors
