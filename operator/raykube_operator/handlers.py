@@ -2143,7 +2143,13 @@ def _sync_rayservice_status(svc: dict[str, Any], memo: kopf.Memo) -> None:
             _patch_status(kube, tr, patch)
         if event := st.serve_wait_event(cur, patch):
             _event(tr, *event)
-        if patch["phase"] != cur.get("phase"):
+        if st.is_true(cur.get("conditions"), st.READY) and not st.is_true(
+                patch["conditions"], st.READY):
+            # an outage of what served: a Warning of its own (it was a Normal Event
+            # named after the phase the run fell back to, "Succeeded")
+            _event(tr, "Warning", "ServeNotReady",
+                   f"{st.NOT_SERVING}: {_ready_words(patch['conditions'])}")
+        elif patch["phase"] != cur.get("phase"):
             _event(tr, "Normal", patch["phase"],
                    f"serving {(patch.get('serving') or {}).get('checkpoint')} at "
                    f"{(patch.get('serving') or {}).get('endpoint')}"

@@ -1121,6 +1121,9 @@ def serving_clusters(rayservice: dict[str, Any] | None) -> set[str]:
             if (name := (st.get(key) or {}).get("rayClusterName"))}
 
 
+NOT_SERVING = "not serving: the RayService is not ready"
+"""Lead of the run's message once a served model stops being served."""
+
 SERVE_WAITS = "a serving pod waits"
 """Lead of the ``Ready`` message (and, before anything serves, of the run's message)
 while a pod of the RayService's clusters cannot run."""
@@ -1179,6 +1182,14 @@ def serving_from_rayservice(
             out["message"] = waits
         elif (cur.get("message") or "").startswith(SERVE_WAITS):
             out["message"] = said or f"waiting for the RayService: {reason}"
+    if not ready and is_true(cur.get("conditions"), READY):
+        # it served and no longer does (KubeRay: ZeroServeEndpoints, a failed application):
+        # the SERVING column and the message advertised a dead endpoint until the next
+        # training news (an operator audit); ``Ready`` says why, and the next Ready brings
+        # ``serving`` back
+        out["serving"] = None
+        if cur.get("phase") == "Serving" or (cur.get("message") or "").startswith("serving "):
+            out["message"] = f"{NOT_SERVING}: {reason}" + (f": {message}" if message else "")
     if ready and reason in ("UpgradeInProgress", SERVE_CONFIG_UPDATING) and old:
         out["serving"] = old  # the previous checkpoint serves until the upgrade is done
     elif ready:

@@ -166,3 +166,39 @@ def test_a_serve_edit_says_how_the_live_rayservice_changes(kube):
     time.sleep(1)
     assert len(updates()) == 2, updates()
     assert len(promoted()) == 1, promoted()
+
+
+def test_an_outage_of_the_served_model_is_a_warning_and_clears_serving(kube):
+    """KubeRay's Ready=False ZeroServeEndpoints after the model served: the status kept
+    advertising the endpoint (SERVING column, message) and the outage was a Normal Event
+    named "Succeeded" (an operator audit on KubeRay's real controller). Now: one
+    ``ServeNotReady`` Warning, ``serving`` cleared, the message says why; back when it is."""
+    name = "outage"
+    make(kube, name)
+    driver_checkpoint(kube, name, "/mnt/raykube/default/outage/ckpt-3", 0.95)
+    succeed(kube, name)
+    kube.wait_object("RayService", f"{name}-serve")
+    ready = {"type": "Ready", "status": "True", "reason": "RunningServeDeployments",
+             "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"}
+    app = {"applicationStatuses": {"classifier": {"status": "RUNNING"}}}
+    kube.patch_status("RayService", f"{name}-serve", {
+        "conditions": [ready], "serviceStatus": "Running", "activeServiceStatus": app})
+    kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Serving")
+    kube.patch_status("RayService", f"{name}-serve", {"conditions": [{
+        **ready, "status": "False", "reason": "ZeroServeEndpoints",
+        "message": "Number of serve endpoints dropped to 0"}]})
+    tr = kube.wait_object("TrainingRun", name,
+                          where=lambda o: o["status"].get("phase") == "Succeeded")
+    assert not tr["status"].get("serving"), tr["status"]
+    assert tr["status"]["message"] == ("not serving: the RayService is not ready: "
+                                       "ZeroServeEndpoints: Number of serve endpoints "
+                                       "dropped to 0"), tr["status"]["message"]
+    kube.wait_for(lambda: [e["type"] for e in events(kube, name)
+                           if e["reason"] == "ServeNotReady"] == ["Warning"],
+                  what="one ServeNotReady Warning")
+    assert not [e for e in events(kube, name) if e["reason"] == "Succeeded"
+                and "not ready" in e["message"]]
+    kube.patch_status("RayService", f"{name}-serve", {"conditions": [ready]})
+    tr = kube.wait_object("TrainingRun", name,
+                          where=lambda o: o["status"].get("phase") == "Serving")
+    assert tr["status"]["serving"]["endpoint"].startswith(f"http://{name}-serve-svc.")

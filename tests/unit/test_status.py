@@ -1047,6 +1047,36 @@ def test_serving_is_the_news_and_shows_the_served_accuracy():
     assert rerun["message"] != "serving c1 at e"
 
 
+def test_an_outage_of_what_served_clears_serving_and_says_so():
+    """KubeRay's Ready=False (ZeroServeEndpoints: every serving pod gone) after the model
+    served: the SERVING column and the message still advertised the endpoint, through a
+    later rerun and its failure (an operator audit). Now ``serving`` is cleared and the
+    message says it is not served, and why; the next Ready brings both back."""
+    done = job(jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
+    cur = st.status_from_rayjob(done, {}, now=T0, generation=1)
+    svc = {"metadata": {"name": "r"}, "status": {"serviceStatus": "Running",
+                                                  "activeServiceStatus": RUNNING_APP}}
+    cur = {**cur, **st.serving_from_rayservice(svc, cur, endpoint="e", checkpoint="c1",
+                                                now=T1, generation=1)}
+    assert cur["phase"] == "Serving" and cur["serving"]["endpoint"] == "e"
+    down = {"metadata": {"name": "r"}, "status": {"conditions": [{
+        "type": "Ready", "status": "False", "reason": "ZeroServeEndpoints",
+        "message": "Number of serve endpoints dropped to 0"}], "activeServiceStatus": RUNNING_APP}}
+    out = st.serving_from_rayservice(down, cur, endpoint="e", checkpoint="c1", now=T1,
+                                     generation=1)
+    assert out["serving"] is None and out["phase"] == "Succeeded"
+    assert out["message"] == ("not serving: the RayService is not ready: ZeroServeEndpoints: "
+                              "Number of serve endpoints dropped to 0"), out["message"]
+    cur = {**cur, **out}
+    # still down: nothing new; a finished RayJob's event keeps the outage as the message
+    assert "message" not in st.serving_from_rayservice(down, cur, endpoint="e", checkpoint="c1",
+                                                       now=T1, generation=1)
+    assert st.status_from_rayjob(done, cur, now=T1, generation=1)["message"] == out["message"]
+    back = st.serving_from_rayservice(svc, cur, endpoint="e", checkpoint="c1", now=T1,
+                                      generation=1)
+    assert back["serving"]["endpoint"] == "e" and back["message"] == "serving c1 at e"
+
+
 def test_a_serving_pod_that_cannot_run_is_named_until_it_runs():
     """KubeRay says only that the RayService is not ready (or ``UpgradeInProgress`` while
     the previous config serves) when the serving cluster's pods cannot be scheduled: the
