@@ -1254,6 +1254,29 @@ def _first_sight(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any]) -> dict[st
     return _applied(kube, cfg, fresh, run, job["metadata"]["name"], "created", None, results)
 
 
+def _valid_again(cur: dict[str, Any], job_result: str) -> str:
+    """The run's message once an invalid edit is mended. A finished run's is its outcome
+    again (it said "the spec is valid now; the run goes on unchanged" for good, over why
+    the run had failed: an operator audit); an edit that waits for the running job says
+    so ("RayJob pending" read as a RayJob that had not started)."""
+    conds = cur.get("conditions")
+    if job_result in ("unchanged", "finished") and _finished(cur):
+        serving = cur.get("serving") or {}
+        if st.is_true(conds, st.READY) and serving.get("endpoint"):
+            return f"serving {serving.get('checkpoint')} at {serving['endpoint']}"
+        for type_ in (st.FAILED, st.SUCCEEDED):
+            if st.is_true(conds, type_):
+                return (st.get_condition(conds, type_) or {}).get("message") or type_.lower()
+    if job_result in ("unchanged", "finished"):
+        return "the spec is valid now; the run goes on unchanged"
+    if job_result == "pending":
+        return "the spec is valid now; the edit waits for the running job to end"
+    if job_result == "suspend-for-edit":
+        return ("the spec is valid now; the Ray cluster that was starting is stopped and "
+                "started again with the edit")
+    return f"the spec is valid now: RayJob {job_result}"
+
+
 def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingRun,
              job_name: str, job_result: str, changed: list[str] | None,
              results: dict[str, str], *, precondition: bool = False,
@@ -1280,9 +1303,7 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
     if was_invalid:
         # "the spec is valid now: RayJob unchanged" read as news of the RayJob for the
         # ~40 s of training until KubeRay's next status (on the real node)
-        patch["message"] = (f"the spec is valid now: RayJob {job_result}"
-                            if job_result != "unchanged" else
-                            "the spec is valid now; the run goes on unchanged")
+        patch["message"] = _valid_again(cur, job_result)
     elif (st.get_condition(cur.get("conditions"), st.SPEC_APPLIED) or {}).get(
             "reason") == "KubeRayMissing":
         patch["message"] = f"KubeRay is installed now: RayJob {job_result}"
@@ -1375,6 +1396,9 @@ def _applied(kube: Kube, cfg: OperatorConfig, tr: dict[str, Any], run: TrainingR
         conds = st.set_condition(conds, st.RUNNING, False, "Created",
                                  "RayJob created; waiting for KubeRay", now=now,
                                  generation=gen)
+        # the MESSAGE column too: with KubeRay's controller down it stayed empty
+        patch.setdefault("message", "suspended (spec.suspend is true)" if run.spec.suspend
+                         else "RayJob created; waiting for KubeRay")
     if job_result == "rerun":
         msg = "a new run was started for the changed spec"
         for t in (st.SUCCEEDED, st.FAILED):

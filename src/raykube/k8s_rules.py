@@ -83,7 +83,19 @@ def image_problem(image: str) -> str | None:
     if not _IMAGE_RE.match(image):
         return (f"{image!r} is not a valid image reference (e.g. "
                 "registry.example.com/raykube:0.1.0; the repository is lowercase)")
+    name = image.partition("@")[0]
+    slash = name.rfind("/")
+    if ":" in name[slash + 1:]:
+        name = name[:name.rindex(":")]
+    if len(name) > IMAGE_NAME_MAX:
+        # the distribution reference grammar's bound ("repository name must not be more
+        # than 255 characters"): the kubelet refuses it (InvalidImageName), pods never start
+        return (f"the repository name is {len(name)} characters (registry and path, "
+                f"without the tag); at most {IMAGE_NAME_MAX}")
     return None
+
+
+IMAGE_NAME_MAX = 255
 
 
 DNS_SUBDOMAIN_PATTERN = _DNS_SUBDOMAIN_RE.pattern

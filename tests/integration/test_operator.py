@@ -75,6 +75,10 @@ def test_status_follows_kuberay_to_success(kube):
     name = "life"
     kube.create(tr_doc(name))
     kube.wait_object("RayJob", name)
+    # before KubeRay's controller says anything (here: none runs) the MESSAGE column
+    # says what the run waits for; it was empty
+    tr = kube.wait_condition(name, "Running", "False", reason="Created")
+    assert tr["status"]["message"] == "RayJob created; waiting for KubeRay", tr["status"]
     rayjob_status(kube, name, jobDeploymentStatus="Initializing")
     tr = kube.wait_condition(name, "Running", "False", reason="Initializing")
     assert tr["status"]["phase"] == "Pending"
@@ -180,7 +184,7 @@ def test_a_spec_too_large_for_an_annotation_is_refused_once(kube, operator):
     KB of tolerations, bounded now; a search space's open ``choice`` values still reach
     it). Refused as InvalidSpec naming where the bulk is, one Warning, no RayJob, and
     the operator leaves it at that."""
-    name = "too-big"
+    name = "huge-spec"
     doc = tr_doc(name, tune={"trials": 2, "searchSpace": {
         "train.optimizer.name": {"choice": ["x" * 1000] * 300}}})
     kube.create(doc)
@@ -320,6 +324,28 @@ def test_a_child_the_api_server_refuses_is_reported_not_retried_blind(kube):
     tr = kube.wait_condition(name, "Validated", "True")
     assert kube.wait_object("RayJob", name)
     assert tr["status"]["message"].startswith("the spec is valid now")
+
+
+def test_a_mended_edit_of_a_finished_run_gives_back_its_outcome(kube):
+    """An invalid edit of a failed run, then the edit undone: the message said "the spec
+    is valid now; the run goes on unchanged" for good, over why the run had failed (an
+    operator audit). Now it is the outcome's again."""
+    name = "mended"
+    doc = tr_doc(name)
+    kube.create(doc)
+    kube.wait_object("RayJob", name)
+    rayjob_status(kube, name, jobDeploymentStatus="Failed", jobStatus="FAILED", failed=1,
+                  reason="AppFailed", message="boom")
+    tr = kube.wait_condition(name, "Failed", "True")
+    failed = cond(tr, "Failed")["message"]
+    assert "boom" in failed and tr["status"]["message"] == failed
+    memory = doc["spec"].get("scaling", {}).get("memoryPerWorker", "4Gi")
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"memoryPerWorker": "100Mi"}}})
+    kube.wait_condition(name, "Validated", "False", reason="InvalidSpec")
+    kube.patch("TrainingRun", name, {"spec": {"scaling": {"memoryPerWorker": memory}}})
+    tr = kube.wait_condition(name, "Validated", "True")
+    assert tr["status"]["message"] == failed, tr["status"]["message"]
+    assert tr["status"]["phase"] == "Failed"
 
 
 def test_hand_edits_of_the_children_are_put_back(kube):
@@ -936,8 +962,10 @@ def test_removing_spec_rerun_asks_for_no_new_run(kube):
     rayjob_status(kube, name, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED", succeeded=1)
     kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get("phase") == "Succeeded"
                      and o["status"].get("observedGeneration") == o["metadata"]["generation"])
+    # kopf posts Events from a queue of its own, after the status: wait for it
+    kube.wait_for(lambda: len([e for e in events(kube, name) if e["reason"] == "Rerun"]) == 1,
+                  what="the Rerun Event")
     reruns = [e for e in events(kube, name) if e["reason"] == "Rerun"]
-    assert len(reruns) == 1, reruns
     kube.patch("TrainingRun", name, {"spec": {"rerun": None}})
     tr = kube.wait_object("TrainingRun", name, where=lambda o: o["status"].get(
         "observedGeneration") == o["metadata"]["generation"])

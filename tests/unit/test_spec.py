@@ -119,6 +119,8 @@ INVALID = [
      "spec.serve.memoryPerReplica"),
     ("image-space", "spec/image", "raykube/raykube: 0.1.0", "spec.image"),
     ("image-uppercase", "spec/image", "Raykube/Raykube:0.1.0", "spec.image"),
+    # the reference grammar bounds the repository name (the kubelet: InvalidImageName)
+    ("image-name-256", "spec/image", "registry.example.com/" + "x" * 235 + ":tag", "spec.image"),
     ("lr-nan", "spec/train/optimizer/lr", float("nan"), "spec.train.optimizer.lr"),
     ("min-accuracy-inf", "spec/serve/minAccuracy", float("-inf"), "spec.serve.minAccuracy"),
     ("unknown-top-field", "spec/replicas", 3, "spec.replicas"),
@@ -450,6 +452,7 @@ def test_cli_validate_exit_codes(tmp_path):
     "raykube/raykube:0.1.0-cpu", "docker.io/rayproject/ray:2.60.0-py311",
     "localhost:5000/raykube", "registry.example.com:443/team/raykube@sha256:" + "a" * 64,
     "[::1]:5000/raykube:dev", "my_registry.local/ray__x/train-job:v1.2_rc.3",
+    "registry.example.com:5000/" + "x" * 229 + ":" + "t" * 128,  # a 255-character name
 ])
 def test_image_references_kubernetes_pulls_are_valid(image):
     parse_training_run(_set(BASE, "spec/image", image))
