@@ -341,13 +341,71 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 def _images_in(fs: Any, folder: str) -> list[Any]:
-    """FileInfos of the images directly in ``folder`` (what ``read_images`` labels by
-    their parent folder)."""
+    """FileInfos of the images directly in ``folder`` (an unlabeled folder's, for
+    ``raykube predict``)."""
     import pyarrow.fs as pafs
 
     infos = fs.get_file_info(pafs.FileSelector(folder, recursive=False))
-    return [i for i in infos if i.type == pafs.FileType.File
-            and i.extension.lower() in IMAGE_EXTENSIONS]
+    return sorted((i for i in infos if i.type == pafs.FileType.File and _is_image(i.path)),
+                  key=lambda i: i.path)
+
+
+def _is_image(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return not name.startswith(".") and os.path.splitext(name)[1].lstrip(".").lower() in (
+        IMAGE_EXTENSIONS)
+
+
+def image_tree(fs: Any, root: str, folders: list[Any]) -> dict[str, list[Any]]:
+    """The images under each class folder of ``root`` (``folders``: its sub-folders'
+    FileInfos), at any depth, sorted by path: an image's class is the class folder it is
+    under (torchvision's ``ImageFolder`` rule). Training, the empty-class check and
+    ``raykube predict`` all list a folder through this one function: they disagreed
+    about ``cat/extra/*.png`` (trained as cat, "bird holds no images" for
+    ``bird/sub/*.png``, predicted as "(other)").
+
+    Hidden files and folders (``.DS_Store``, macOS's ``._x.png``) are not images. In a
+    local folder symlinks are followed (a class folder may link to data kept elsewhere),
+    each real folder once, and never into the dataset's own class folders or the folders
+    above it: ``cat/loop -> ..`` was followed 40 levels deep, 24 images were trained as
+    984 (the validation split's images among them) and ``dog``'s were labelled cat."""
+    import pyarrow.fs as pafs
+
+    classes = sorted((i for i in folders if i.type == pafs.FileType.Directory
+                      and not i.base_name.startswith(".")), key=lambda i: i.base_name)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        prefix = root.rstrip("/") + "/"
+        found: dict[str, list[Any]] = {c.base_name: [] for c in classes}
+        for info in fs.get_file_info(pafs.FileSelector(root.rstrip("/"), recursive=True)):
+            rel = info.path[len(prefix):] if info.path.startswith(prefix) else ""
+            parts = rel.split("/")
+            if (info.type == pafs.FileType.File and len(parts) > 1 and parts[0] in found
+                    and not any(p.startswith(".") for p in parts) and _is_image(info.path)):
+                found[parts[0]].append(info)
+        return {c: sorted(v, key=lambda i: i.path) for c, v in found.items()}
+    above = set()  # the root and every folder above it
+    here = os.path.realpath(root)
+    while here not in above:
+        above.add(here)
+        here = os.path.dirname(here)
+    seen = {os.path.realpath(c.path) for c in classes}
+    out: dict[str, list[Any]] = {}
+    for cls in classes:
+        paths: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(cls.path, followlinks=True):
+            kept = []
+            for d in sorted(dirnames):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if d.startswith(".") or real in seen or real in above:
+                    continue
+                seen.add(real)
+                kept.append(d)
+            dirnames[:] = kept
+            paths += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+        infos = fs.get_file_info(paths) if paths else []
+        out[cls.base_name] = sorted((i for i in infos if i.type == pafs.FileType.File),
+                                    key=lambda i: i.path)
+    return out
 
 
 def _list_classes(uri: str) -> list[str]:
@@ -355,8 +413,13 @@ def _list_classes(uri: str) -> list[str]:
     sorted. An empty class folder is left out with a warning (a class the model never
     sees would only dilute its outputs); fewer than two classes with images is an error
     (a one-class model scores 1.0 and is useless)."""
-    import pyarrow.fs as pafs
+    return list(_class_images(uri))
 
+
+def _class_images(uri: str) -> dict[str, list[Any]]:
+    """``image_tree`` of an image-folder root, without its empty classes (each warned
+    about once); DatasetUnavailable for a folder that cannot be listed or has fewer than
+    two classes with images."""
     from raykube.storage import FolderUnreadable, list_folder
 
     if uri.startswith("s3://"):
@@ -367,16 +430,15 @@ def _list_classes(uri: str) -> list[str]:
         except s3.S3Unavailable as exc:
             raise DatasetUnavailable(f"image-folder {exc}", transient=exc.transient) from None
     try:
-        fs, _, infos = list_folder(uri)
-        folders = sorted((i for i in infos if i.type == pafs.FileType.Directory
-                          and not i.base_name.startswith(".")), key=lambda i: i.base_name)
-        counts = {i.base_name: len(_images_in(fs, i.path)) for i in folders}
+        fs, path, infos = list_folder(uri)
+        tree = image_tree(fs, path, infos)
     except FolderUnreadable as exc:
         raise DatasetUnavailable(f"image-folder {uri}: {exc}",
                                  transient=not exc.missing and uri.startswith("s3://")) from None
     except OSError as exc:
         raise DatasetUnavailable(f"image-folder {uri}: cannot list it ({exc})",
                                  transient=uri.startswith("s3://")) from exc
+    counts = {name: len(images) for name, images in tree.items()}
     for name, n in counts.items():
         if n == 0 and (uri, name) not in _WARNED:
             _WARNED.add((uri, name))
@@ -389,7 +451,7 @@ def _list_classes(uri: str) -> list[str]:
             f"classes with images; found {names or 'none'}"
             + (f" (empty: {', '.join(n for n, c in counts.items() if c == 0)})"
                if any(c == 0 for c in counts.values()) else ""))
-    return names
+    return {n: tree[n] for n in names}
 
 
 def check_image_folder(spec: TrainingRunSpec, listed: ImageFiles) -> None:
@@ -562,29 +624,18 @@ def _folder_root(uri: str) -> str:
 
 
 def list_image_files(uri: str) -> ImageFiles:
-    """Every image file of ``<uri>/<class>/...`` (sorted), with its label, size and mtime."""
-    import pyarrow.fs as pafs
-
+    """Every image file of ``<uri>/<class>/...`` (sorted), with its label, size and mtime
+    (``image_tree``: at any depth below its class folder)."""
     from raykube.storage import filesystem
 
-    classes = _list_classes(uri)
-    index = {c: i for i, c in enumerate(classes)}
-    fs, path = filesystem(uri)
-    root = path.rstrip("/")
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    found = []
-    for i in infos:
-        if i.type != pafs.FileType.File:
-            continue
-        rel = i.path[len(root):].lstrip("/")
-        cls = rel.split("/", 1)[0]
-        if "/" not in rel or cls not in index or i.extension.lower() not in IMAGE_EXTENSIONS:
-            continue
-        found.append((i.path, index[cls], int(i.size or 0), int(i.mtime_ns or 0)))
+    tree = _class_images(uri)
+    classes = list(tree)
+    root = filesystem(uri)[1].rstrip("/")
+    found = sorted((i.path, label, int(i.size or 0), int(i.mtime_ns or 0))
+                   for label, c in enumerate(classes) for i in tree[c])
     if not found:
         raise DatasetUnavailable(f"image-folder {uri}: no image files "
                                  f"({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
-    found.sort()
     return ImageFiles(root=root, uri=uri, paths=[f[0] for f in found],
                       labels=np.asarray([f[1] for f in found], dtype=np.int64),
                       sizes=[f[2] for f in found], mtimes=[f[3] for f in found],

@@ -55,7 +55,7 @@ from raykube.storage import (
     remove_tree,
     write_bytes,
 )
-from raykube.transient import MaybeTransient
+from raykube.transient import MaybeTransient, exception_chain
 
 if TYPE_CHECKING:
     import torch
@@ -1256,13 +1256,12 @@ def _storage_failure(exc: BaseException, run_dir: str) -> StorageError | None:
     answer: the pyarrow error wrapped in a ControllerError)."""
     from raykube import s3
 
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    def more(e: BaseException) -> list[Any]:
+        failures = getattr(e, "worker_failures", None)
+        return [getattr(e, "controller_failure", None),
+                *(failures.values() if isinstance(failures, dict) else ())]
+
+    for e in exception_chain(exc, more):
         if isinstance(e, StorageFailed):
             return e
         if isinstance(e, OSError) and disk_full(e):
@@ -1273,9 +1272,6 @@ def _storage_failure(exc: BaseException, run_dir: str) -> StorageError | None:
             cause = (f"cannot reach the S3 endpoint {s3.S3Settings.from_env().where}"
                      if s3.unreachable(e) else " ".join(text.split())[:300])
             return StorageError(store_outage_line(run_dir, cause), transient=True)
-        failures = getattr(e, "worker_failures", None)
-        todo += [e.__cause__, e.__context__, getattr(e, "controller_failure", None),
-                 *(failures.values() if isinstance(failures, dict) else ())]
     return None
 
 

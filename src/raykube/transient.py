@@ -16,6 +16,7 @@ answer, a download that failed), which may work on the next attempt.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
@@ -41,3 +42,21 @@ def retry_would_help(exc: BaseException) -> bool:
     if isinstance(exc, MaybeTransient):
         return bool(exc.transient)
     return True
+
+
+def exception_chain(exc: BaseException,
+                    more: Callable[[BaseException], Iterable[Any]] = lambda e: ()
+                    ) -> Iterator[BaseException]:
+    """``exc`` and every exception behind it, each once: ``__cause__``, ``__context__``,
+    a Ray task error's ``cause``, and what ``more`` names (Ray Train's worker and
+    controller failures). Ray wraps a task's exception in one or more of its own, so the
+    error a user can act on is found here, not by its type at the top."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None), *more(e)]

@@ -252,6 +252,43 @@ def test_predict_folders_as_users_have_them(trained, tmp_path, capsys):
     assert "accuracy 0" not in printed
 
 
+def test_predict_reads_a_folder_as_training_and_serving_do(trained, tmp_path, capsys):
+    """Images of another size and mode, in a nested folder, beside a symlink loop: the
+    probabilities are the model's on serving's preprocessing (``preprocess_image``). Ray
+    Data's ``read_images`` resized them otherwise (one PNG: 0.5247 here, 0.5406 through
+    ``/predict``), labelled ``3/extra/x.png`` "(other)", and followed ``3/loop -> ..``
+    until the path was 40 folders deep (an audit: 24 images predicted as 984 rows)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from raykube import data
+
+    checkpoint, _ = trained
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mixed"
+    files = []
+    for i, folder in enumerate(["3", "3/extra", "7", "7/deeper/still"]):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for j in range(3):
+            path = root / folder / f"{i}{j}.png"
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(path)
+            files.append(str(path))
+    (root / "3" / "loop").symlink_to("..")
+    out = tmp_path / "mixed.parquet"
+    assert main(["predict", checkpoint, "--data", str(root), "--out", str(out)]) == 0
+    table = pq.read_table(out)
+    assert sorted(table["path"].to_pylist()) == sorted(files)
+    labels = dict(zip(table["path"].to_pylist(), table["label"].to_pylist(), strict=True))
+    assert all(labels[f] == int(f[len(str(root)) + 1]) for f in files), labels
+    spec = TrainingRunSpec.model_validate(SPEC)
+    shape = SimpleNamespace(input_shape=(1, 8, 8))
+    want = direct_probs(checkpoint, np.stack([data.preprocess_image(Image.open(f), shape, spec)
+                                              for f in table["path"].to_pylist()]))
+    probs = np.stack(table["probabilities"].to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
+
+
 def test_uint8_dataset_trains_and_predicts_with_one_normalisation(ray_session, tmp_path, capsys):
     """FashionMNIST is held as its uint8 images and normalised per batch in training;
     batch inference normalises in its Ray Data blocks. Both must see the same numbers:

@@ -133,6 +133,32 @@ def test_image_folder_classes_and_stable_split(tmp_path):
     assert 60 < len(val) < 140
 
 
+def test_an_image_folder_is_listed_once_by_one_rule(tmp_path, capsys):
+    """The class of an image is the class folder it is under, at any depth (training
+    trained ``cat/extra/*.png`` as cat while the empty-class check said ``bird/sub``
+    held no images); hidden files are not images; a local folder's symlinks are followed
+    (a class folder may be data kept elsewhere) but never back into the dataset or above
+    it: ``cat/loop -> ..`` listed 24 images as 984, dog's labelled cat."""
+    root = tmp_path / "set"
+    elsewhere = tmp_path / "elsewhere"
+    for folder in ("cat", "cat/extra", "dog", "bird/sub"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "a.png").write_bytes(b"listed, not decoded")
+    (root / "cat" / "._a.png").write_bytes(b"macOS metadata")
+    (root / "cat" / "loop").symlink_to("..")
+    (root / "cat" / "dogs").symlink_to("../dog")
+    (root / "dog" / "up").symlink_to(tmp_path)
+    elsewhere.mkdir()
+    (elsewhere / "b.png").write_bytes(b"x")
+    (root / "fox").symlink_to(elsewhere)
+    files = data.list_image_files(str(root))
+    assert files.classes == ["bird", "cat", "dog", "fox"]
+    got = {p[len(str(root)) + 1:]: files.classes[label]
+           for p, label in zip(files.paths, files.labels, strict=True)}
+    assert got == {"bird/sub/a.png": "bird", "cat/a.png": "cat", "cat/extra/a.png": "cat",
+                   "dog/a.png": "dog", "fox/b.png": "fox"}, got
+
+
 def test_image_folder_needs_class_subfolders(tmp_path):
     (tmp_path / "only").mkdir()
     with pytest.raises(data.DatasetUnavailable, match="sub-folder of images per class") as err:
