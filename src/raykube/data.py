@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -663,7 +664,9 @@ def decode_images(blobs: list[bytes], size: int, channels: int,
     out = np.empty((len(blobs), size, size, channels), dtype=np.uint8)
     for i, blob in enumerate(blobs):
         try:
-            img = to_mode(Image.open(io.BytesIO(blob)), mode)
+            with warnings.catch_warnings():  # a large photo of the user's (check_images)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = to_mode(Image.open(io.BytesIO(blob)), mode)
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...
             if paths is None:
                 raise

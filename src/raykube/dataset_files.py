@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import shutil
+import warnings
 import zlib
 from collections.abc import Iterable
 
@@ -75,7 +76,13 @@ def check_images(files: Iterable[tuple[str, int, float]], mode: str, size: int) 
         return
     for path, _, _ in files:
         try:
-            with Image.open(path) as img:
+            with warnings.catch_warnings():
+                # a 144-megapixel photo is a picture, not an attack, in a folder the user
+                # made: Pillow's two-line DecompressionBombWarning reached the terminal
+                # (past twice its limit Pillow raises, and the file is named below)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
+            with img:
                 img.draft(mode, (size, size))  # JPEG: decode at 1/2..1/8 scale
                 img.load()
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...

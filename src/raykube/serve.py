@@ -105,7 +105,11 @@ IMAGE_DECODE_THREADS = 4
 """Threads per replica that decode and resize request images (Pillow releases the GIL
 meanwhile): the event loop keeps answering /healthz and other requests. Few, so that
 concurrent image requests queue for CPU and memory instead of all decoding at once."""
-IMAGE_FORMATS = ("PNG", "JPEG")
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+"""What a request image may be: the formats training reads from an image folder
+(``data.IMAGE_EXTENSIONS``). Only PNG and JPEG were, so a model trained on a folder of
+WebP images was refused its own files (422)."""
+FORMATS_WORDS = ", ".join(IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1]}"
 INLINE_MAX_S = 0.002
 """Models answering a full batch faster than this run on the event loop (see __init__)."""
 
@@ -445,7 +449,7 @@ class InputSpec:
                                    "pixels; at most that many are accepted") from None
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 raise RequestError(422, f"images[{i}] is not a decodable image "
-                                   f"({' or '.join(IMAGE_FORMATS)} expected)") from None
+                                   f"({FORMATS_WORDS} expected)") from None
             w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise RequestError(422, f"images[{i}] is {w}x{h} pixels; at most "
@@ -475,7 +479,7 @@ class InputSpec:
                                "pixels; at most that many are accepted") from None
         except (OSError, SyntaxError, ValueError):
             raise RequestError(422, f"images[{i}] is not a decodable image "
-                               f"({' or '.join(IMAGE_FORMATS)} expected)") from None
+                               f"({FORMATS_WORDS} expected)") from None
         finally:
             img.close()
 

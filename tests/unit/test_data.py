@@ -193,3 +193,24 @@ def test_a_16_bit_image_keeps_its_picture():
     assert np.array_equal(eight, sixteen), (eight[..., 0], sixteen[..., 0])
     rgb = decode_images(blobs[1:], size=8, channels=3)[0]
     assert np.array_equal(rgb[0], ramp8) and np.array_equal(rgb[2], ramp8)  # (C, H, W)
+
+
+def test_a_large_photo_is_decoded_without_pillows_warning(tmp_path, monkeypatch):
+    """Pillow warns (two lines on the terminal) for an image past its 89-megapixel
+    "decompression bomb" limit: a large photo in the user's own folder is a picture.
+    Here the limit is lowered so that a small image stands in for it."""
+    import io
+    import warnings
+
+    from PIL import Image as PILImage
+
+    from raykube.dataset_files import check_images
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    path = tmp_path / "big.png"
+    PILImage.new("RGB", (12, 12)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        check_images([(str(path), path.stat().st_size, 0.0)], "RGB", 8)
+        buf = io.BytesIO(path.read_bytes())
+        assert data.decode_images([buf.getvalue()], 8, 3).shape == (1, 3, 8, 8)

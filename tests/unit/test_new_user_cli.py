@@ -481,3 +481,26 @@ def test_make_help_is_plain_text_when_piped():
                          text=True, check=True).stdout
     assert "\033" not in out
     assert any(line.split()[:1] == ["install"] for line in out.splitlines()), out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["bench", "train", "--case", "nosuch", "--quick"], "--case 'nosuch': one of cifar10-cnn"),
+    (["bench", "train", "--rounds", "0"], "--rounds 0: must be at least 1"),
+    (["bench", "operator", "--runs", "-5"], "--runs -5: must be at least 1"),
+])
+def test_bench_arguments_are_checked_before_measuring(argv, words, capsys):
+    """An unknown case was a 7-frame traceback (KeyError); --rounds 0 started measuring."""
+    from raykube.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err
+
+
+def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
+    from raykube.cli import main
+
+    f = tmp_path / "taken"
+    f.write_text("x")
+    assert main(["bench", "serve", "--quick", "--out", str(f)]) == 2
+    assert f"--out {f}: a file, not a folder" in capsys.readouterr().err

@@ -229,3 +229,25 @@ def test_images_at_the_request_pixel_limit_are_decoded(black_4096_png, monkeypat
     x = parse(inputs, {"images": [black_4096_png] * 4})  # exactly MAX_REQUEST_PIXELS
     assert x.shape == (4, 1, 8, 8) and calls.count("preprocess") == 4
     np.testing.assert_array_equal(x, np.full((4, 1, 8, 8), -1.0, np.float32))  # black
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "WEBP"])
+def test_every_format_training_reads_is_served(inputs, fmt):
+    """A model trained on a folder of WebP (or BMP, GIF, TIFF) images was refused its own
+    files: 422 "not a decodable image (PNG or JPEG expected)". Each decodes to what the
+    same picture as a PNG does (GIF: palette-quantised, so a grey picture, which keeps)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    grey = Image.fromarray((np.arange(16 * 16) % 251).astype(np.uint8).reshape(16, 16))
+
+    def sent(f: str) -> np.ndarray:
+        buf = io.BytesIO()
+        grey.save(buf, f, **({"lossless": True} if f == "WEBP" else {}))
+        return parse(inputs, {"images": [base64.b64encode(buf.getvalue()).decode()]})
+
+    np.testing.assert_allclose(sent(fmt), sent("PNG"), atol=1e-6)
+    with pytest.raises(RequestError, match=r"PNG, JPEG, BMP, GIF, TIFF or WEBP expected"):
+        parse(inputs, {"images": [base64.b64encode(b"not an image at all").decode()]})

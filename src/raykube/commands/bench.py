@@ -51,18 +51,58 @@ def _run_one(suite: str, args: argparse.Namespace):
                               params={"runs": args.runs} if args.runs else None)
 
 
+def problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the arguments, before minutes of measuring (an unknown case
+    was a traceback, ``--rounds 0`` and an ``--out`` that is a file started measuring)."""
+    import os
+
+    from raykube.bench.train import CASES, GPU_CASE
+
+    known = [*CASES, GPU_CASE]
+    out = [f"--case {c!r}: one of {', '.join(known)}" for c in args.case or []
+           if c not in known]
+    out += [f"{flag} {value}: must be at least 1" for flag, value in (
+        ("--rounds", args.rounds), ("--runs", args.runs)) if value is not None and value < 1]
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        out.append(f"--out {args.out}: a file, not a folder")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
     from raykube.bench.common import write_summary
 
+    if errors := problems(args):
+        for line in errors:
+            print(f"raykube bench: {line}", file=sys.stderr)
+        return 2
+    from raykube.bench.train import GPU_CASE
+
+    if args.case and set(args.case) <= {GPU_CASE}:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"raykube bench: --case {GPU_CASE}: no CUDA GPU on this machine, so "
+                  "there is nothing to measure", file=sys.stderr)
+            return 2
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     out = Path(args.out)
     failed = 0
     for suite in SUITES if args.suite == "all" else (args.suite,):
         print(f"== raykube bench {suite}{' --quick' if args.quick else ''}", flush=True)
-        report = _run_one(suite, args)
+        try:
+            report = _run_one(suite, args)
+        except Exception as exc:
+            from raykube.testing.control_plane import ControlPlaneError
+
+            if not isinstance(exc, ControlPlaneError):
+                raise
+            # the operator suite's real control plane: "etcd is missing: run make
+            # cluster-bins first" came as a traceback
+            print(f"raykube bench {suite}: {exc}", file=sys.stderr)
+            return 2
         paths = report.write(out / suite)
         print(report.markdown(), flush=True)
         print(f"wrote {', '.join(str(p) for p in paths.values())}", flush=True)
