@@ -240,13 +240,19 @@ def _store_call(op: Callable[[], Any], config: dict[str, Any], doing: str,
 
     fs, wait_s = config.get("storage_fs"), _store_wait_s(config)
     deadline = time.monotonic() + wait_s if deadline is None else deadline
+    where = config.get("store_where") or "the S3 endpoint"
     while True:
+        slow = _SlowStoreNote(config, where, doing) if fs is not None else None
         try:
-            return op()
+            result = op()
+            if slow is not None and slow.said:
+                _tell_driver(config, f"the object store {where} answered: training goes on")
+            return result
         except OSError as exc:
+            if slow is not None:
+                slow.cancel()  # the wait below says what happens next
             if fs is None or isinstance(exc, StorageFailed) or not unreachable(exc):
                 raise
-            where = config.get("store_where") or "the S3 endpoint"
             log.warning("the object store did not answer while %s; waiting up to %.0f s for "
                         "it: %s", doing, max(0.0, deadline - time.monotonic()), exc)
             _tell_driver(config, f"the object store {where} did not answer while {doing}: "
@@ -257,6 +263,39 @@ def _store_call(op: Callable[[], Any], config: dict[str, Any], doing: str,
                     config["run_dir"], f"{where} did not answer for {wait_s:.0f} s while "
                     f"{doing}"), transient=True) from None
             _tell_driver(config, f"the object store {where} answers again: training goes on")
+        finally:
+            if slow is not None:
+                slow.cancel()
+
+
+STORE_SLOW_NOTE_S = 20.0
+"""How long one object store call may take before the user is told it has not answered.
+A store that takes connections and then never answers (a hung server, a stopped MinIO)
+fails a request only after ``raykube.s3.REQUEST_TIMEOUT_S`` (60 s) and three tries: the
+terminal said nothing for those minutes (an audit: 120 s on the line of epoch 15)."""
+
+
+class _SlowStoreNote:
+    """A timer that tells the driver, once, that a store call is still waiting."""
+
+    def __init__(self, config: dict[str, Any], where: str, doing: str) -> None:
+        from raykube.s3 import REQUEST_TIMEOUT_S
+
+        self.said = False
+        after = float(config.get("store_slow_note_s", STORE_SLOW_NOTE_S))
+
+        def note() -> None:
+            self.said = True
+            _tell_driver(config, f"the object store {where} has not answered for {after:g} s "
+                         f"while {doing}; still waiting (each request waits up to "
+                         f"{REQUEST_TIMEOUT_S:.0f} s, and is tried 3 times)")
+
+        self._timer = threading.Timer(after, note)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _tell_driver(config: dict[str, Any], text: str) -> None:
