@@ -911,7 +911,9 @@ def _reconcile_locked(kube: Kube, cfg: OperatorConfig, body: dict[str, Any], *,
     foreign = [("RayJob", job_name)] if current is not None and not _owned(current, tr) else []
     foreign += [(c["kind"], c["metadata"]["name"]) for c, now in zip(others, currents, strict=True)
                 if now is not None and not _ours_to_apply(now, tr)]
-    if _foreign_submitter(kube, ns, job_name):
+    if current is None and _foreign_submitter(kube, ns, job_name):
+        # (asked only when a RayJob is to be made: once ours exists, KubeRay has made
+        # its submitter, and each reconcile would read the Job for nothing)
         foreign.append(("Job", job_name))
     if foreign:
         return _name_conflict(kube, tr, foreign)
