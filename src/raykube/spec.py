@@ -1870,16 +1870,17 @@ def spec_size_problem(spec: Any) -> SpecError | None:
     one part holds more than half of its parent)."""
     if not isinstance(spec, (dict, list)) or (size := _json_size(spec)) <= MAX_SPEC_BYTES:
         return None
-    path, node = "spec", spec
+    path, node, node_size = "spec", spec, size
     while isinstance(node, (dict, list)) and node:
         parts = node.items() if isinstance(node, dict) else enumerate(node)
-        key, part = max(parts, key=lambda kv: _json_size(kv[1]))
-        if _json_size(part) * 2 <= _json_size(node):
+        key, part, part_size = max(((k, v, _json_size(v)) for k, v in parts),
+                                   key=lambda kv: kv[2])
+        if part_size * 2 <= node_size:
             break
         path += f"[{key}]" if isinstance(node, list) else (
             f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)) else f"[{key}]")
-        node = part
-    where = "" if path == "spec" else f" (most of it in {path}: {_json_size(node) // 1024} KiB)"
+        node, node_size = part, part_size
+    where = "" if path == "spec" else f" (most of it in {path}: {node_size // 1024} KiB)"
     return SpecError("spec", f"{size // 1024} KiB as JSON, more than the {MAX_SPEC_BYTES // 1024} "
                      f"KiB a TrainingRun may hold{where}: Kubernetes keeps copies of it in "
                      "the object's annotations, which hold 256 KiB in all")
