@@ -1257,6 +1257,10 @@ def _model_memory_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
 
 SEARCHABLE = ("model", "data", "train")
 """The spec sections a Tune search may vary per trial."""
+SAME_FOR_EVERY_TRIAL = ("data.dataset", "data.uri", "data.validationFraction")
+"""Data fields a search may not vary: they change the examples a trial is validated on,
+and the best trial is chosen by its validation metric (``validate`` accepted a search
+over ``data.dataset``: a new-user audit)."""
 _NOT_SEARCHED = {
     "tune": "cannot search over the tune section itself",
     "metadata": "paths are relative to spec (model.*, data.*, train.*); metadata is the "
@@ -1351,6 +1355,14 @@ def _tune_checks(spec: TrainingRunSpec) -> Iterator[SpecError]:
         if section not in SEARCHABLE:
             yield SpecError(p, "only model.*, data.* and train.* can vary between trials: "
                             + _NOT_SEARCHED.get(section, "it belongs to the whole run"))
+            continue
+        if fixed := [f for f in SAME_FOR_EVERY_TRIAL if path == f or (
+                f.startswith(path + ".") and any(_holds_path(v, f[len(path) + 1:])
+                                                 for v in dist.choice or []))]:
+            yield SpecError(p, f"{fixed[0]} must be the same for every trial: trials are "
+                            f"ranked by their {tune.metric} on their validation split, which "
+                            "it changes (another dataset, folder or hold-out); run one search "
+                            "per dataset")
             continue
         leaf = _leaf_field(TrainingRunSpec, path.split("."))
         if dist.kind() in ("uniform", "loguniform") and leaf is not None and int in (

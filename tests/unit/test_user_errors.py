@@ -804,3 +804,22 @@ def test_placement_lists_are_bounded(where, value, path):
     with pytest.raises(InvalidTrainingRun) as exc:
         parse_training_run(_run_doc(scaling={where: value}))
     assert any(e.path.startswith(path) for e in exc.value.errors), exc.value.errors
+
+
+@pytest.mark.parametrize("space,where", [
+    ({"data.dataset": {"choice": ["digits", "fashion-mnist"]}}, "data.dataset"),
+    ({"data.validationFraction": {"uniform": [0.1, 0.3]}}, "data.validationFraction"),
+    ({"data": {"choice": [{"dataset": "digits"}, {"dataset": "synthetic"}]}}, "data.dataset"),
+])
+def test_a_search_may_not_vary_what_trials_are_validated_on(space, where):
+    """validate accepted a search over data.dataset: trials ranked by valAccuracy on
+    different datasets (a new-user audit). The data that fixes the validation split is
+    the same for every trial; the rest of data.* may still vary."""
+    from raykube.spec import parse_training_run
+
+    with pytest.raises(InvalidTrainingRun) as exc:
+        parse_training_run(_run_doc(tune={"trials": 2, "searchSpace": space}))
+    (err,) = exc.value.errors
+    assert err.message.startswith(f"{where} must be the same for every trial"), err
+    parse_training_run(_run_doc(tune={"trials": 2, "searchSpace": {
+        "data": {"choice": [{"numSamples": 500}, {"numSamples": 1000}]}}}))
