@@ -37,6 +37,7 @@ from raykube.spec import (
     GROUP,
     KIND,
     LABEL_KEY_MAX,
+    LABEL_VALUE_MAX,
     MAX_NAME_LENGTH,
     MAX_WORKERS,
     METRICS,
@@ -165,6 +166,13 @@ _NAME_RULES = [{**rule, "fieldPath": ".metadata.name"} for rule in [
 # Sizes that bound CEL cost estimation (the API server refuses rules whose worst case
 # is too expensive on unbounded lists/maps).
 _LIMITS: dict[str, dict[str, int]] = {
+    # label keys and values (their words come from the operator's check: the spec's
+    # label_problems and toleration_problems); here they bound the object's size
+    **{f"spec.scaling{head}{field}": {"maxLength": bound}
+       for head in ("", ".head")
+       for field, bound in ((".nodeSelector.*", LABEL_VALUE_MAX),
+                            (".tolerations[].key", LABEL_KEY_MAX),
+                            (".tolerations[].value", LABEL_VALUE_MAX))},
     "spec.tune.searchSpace": {"maxProperties": 64},
     "spec.tune.searchSpace.*": {"minProperties": 1, "maxProperties": 1},
     "spec.tune.searchSpace.*.choice": {"minItems": 1, "maxItems": 1000},

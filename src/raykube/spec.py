@@ -409,20 +409,20 @@ bound, but without one a spec the API server took (3,500 tolerations, 406 KB) co
 be handled: kopf keeps a copy of the spec in an annotation, and annotations hold 256 KiB
 (the operator retried every 5 s, for good)."""
 LABEL_KEY_MAX = 253 + 1 + 63
-"""A label key: a DNS-subdomain prefix, '/', a name of at most 63."""
+"""A label key: a DNS-subdomain prefix, '/', a name of at most 63. Keys and values are
+bounded in the CRD only (``raykube.crd._LIMITS``): here ``label_problems`` and
+``k8s_rules.toleration_problems`` say what is wrong in the API server's words."""
 LABEL_VALUE_MAX = 63
 
-_NodeSelector = dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX)]]
+_NodeSelector = dict[str, str]
 
 
 class Toleration(_Model):
     """A Kubernetes toleration (for the Ray worker pods, or the head's)."""
 
-    key: str | None = Field(default=None, max_length=LABEL_KEY_MAX,
-                            description="Taint key (empty with Exists: all).")
+    key: str | None = Field(default=None, description="Taint key (empty with Exists: all).")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, max_length=LABEL_VALUE_MAX,
-                              description="Taint value (with Equal).")
+    value: str | None = Field(default=None, description="Taint value (with Equal).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate (empty: all)."
     )
